@@ -1,0 +1,11 @@
+//! crstream image records, generated from `proto/crstream.proto`.
+//!
+//! This crate knows nothing but the records: see docs/FORMAT.md for how they
+//! travel in a stream.
+
+#![allow(clippy::all, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/crstream.v1.rs"));
+
+/// Format version written in stream headers and `Inventory.format_version`.
+pub const FORMAT_VERSION: u16 = 1;

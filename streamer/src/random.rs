@@ -1,0 +1,340 @@
+//! The random-access reader: opens a stream by its trailer and index (two
+//! ranged reads), then fetches any frame with one ranged read, many in
+//! parallel.
+
+use crate::error::{Result, StreamError};
+use crate::format::{
+    FRAME_HEADER_LEN, FrameHeader, FrameKind, HEADER_FIXED_LEN, MAX_OPTIONS_LEN, TRAILER_LEN,
+    Trailer, parse_header_fixed, parse_header_rest,
+};
+use crate::image::{Frame, Item};
+use crate::pages::PageBatch;
+use crate::reader::{StoredFrame, items_from_frames};
+use bytes::Bytes;
+use crstream_proto::{FrameEntry, StreamIndex, StreamOptions};
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Ranged reads of a stored stream (a file, an object).
+#[async_trait::async_trait]
+pub trait RangeRead: Send + Sync {
+    /// Total length in bytes.
+    fn len(&self) -> u64;
+    /// Exactly the bytes of `range`.
+    async fn read_range(&self, range: Range<u64>) -> io::Result<Bytes>;
+}
+
+/// A stream in memory, for tests and small images.
+#[async_trait::async_trait]
+impl RangeRead for Bytes {
+    fn len(&self) -> u64 {
+        Bytes::len(self) as u64
+    }
+    async fn read_range(&self, range: Range<u64>) -> io::Result<Bytes> {
+        if range.end > Bytes::len(self) as u64 || range.start > range.end {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "range past the end",
+            ));
+        }
+        Ok(self.slice(range.start as usize..range.end as usize))
+    }
+}
+
+/// Random-access reader over a [`RangeRead`].
+#[derive(Clone)]
+pub struct RandomReader {
+    src: Arc<dyn RangeRead>,
+    options: StreamOptions,
+    index: Arc<StreamIndex>,
+    /// Page ranges sorted by (pid, start), for fault lookups.
+    by_address: Arc<Vec<usize>>,
+}
+
+impl RandomReader {
+    /// Reads header, trailer and index.
+    pub async fn open(src: Arc<dyn RangeRead>) -> Result<Self> {
+        let total = src.len();
+        if total == 0 {
+            return Err(StreamError::Empty);
+        }
+        let min = (HEADER_FIXED_LEN + 4 + FRAME_HEADER_LEN + TRAILER_LEN) as u64;
+        let head_len = total.min(4096);
+        let head = read(&*src, 0..head_len, "stream header").await?;
+        if head.len() < HEADER_FIXED_LEN {
+            return Err(StreamError::Truncated {
+                what: "stream header",
+                offset: 0,
+                expected: HEADER_FIXED_LEN as u64,
+                got: head.len() as u64,
+            });
+        }
+        let fixed: [u8; HEADER_FIXED_LEN] = head[..HEADER_FIXED_LEN].try_into().unwrap();
+        let opts_len = parse_header_fixed(&fixed)?;
+        let header_len = (HEADER_FIXED_LEN + opts_len + 4) as u64;
+        if total < header_len {
+            return Err(StreamError::Truncated {
+                what: "stream header options",
+                offset: HEADER_FIXED_LEN as u64,
+                expected: (opts_len + 4) as u64,
+                got: total - HEADER_FIXED_LEN as u64,
+            });
+        }
+        let rest = if header_len <= head.len() as u64 {
+            head.slice(HEADER_FIXED_LEN..header_len as usize)
+        } else {
+            debug_assert!(opts_len <= MAX_OPTIONS_LEN);
+            read(
+                &*src,
+                HEADER_FIXED_LEN as u64..header_len,
+                "stream header options",
+            )
+            .await?
+        };
+        let options = parse_header_rest(&fixed, &rest)?;
+        if total < min.max(header_len + (FRAME_HEADER_LEN + TRAILER_LEN) as u64) {
+            return Err(StreamError::Truncated {
+                what: "stream (too short for an index and trailer)",
+                offset: total,
+                expected: header_len + (FRAME_HEADER_LEN + TRAILER_LEN) as u64,
+                got: total,
+            });
+        }
+        let tb = read(&*src, total - TRAILER_LEN as u64..total, "trailer").await?;
+        let trailer = Trailer::decode(tb[..].try_into().unwrap())?;
+        let index_end = trailer.index_offset.checked_add(trailer.index_len);
+        if trailer.index_offset < header_len || index_end != Some(total - TRAILER_LEN as u64) {
+            return Err(StreamError::BadTrailer {
+                reason: format!(
+                    "index at {} ({} bytes) does not end where the trailer begins ({})",
+                    trailer.index_offset,
+                    trailer.index_len,
+                    total - TRAILER_LEN as u64
+                ),
+            });
+        }
+        let frame = fetch_frame(&*src, trailer.index_offset, trailer.index_len).await?;
+        if frame.header.kind != FrameKind::Index {
+            return Err(StreamError::BadTrailer {
+                reason: format!(
+                    "trailer points to a {} frame at {}, not the index",
+                    frame.header.kind.name(),
+                    trailer.index_offset
+                ),
+            });
+        }
+        let index = StreamIndex::decode(frame.raw).map_err(|e| StreamError::BadIndex {
+            reason: format!("index frame at offset {}: {e}", trailer.index_offset),
+        })?;
+        validate_index(&index, header_len, trailer.index_offset)?;
+        let mut by_address: Vec<usize> = (0..index.pages.len()).collect();
+        by_address.sort_by_key(|&i| (index.pages[i].pid, index.pages[i].start));
+        Ok(Self {
+            src,
+            options,
+            index: Arc::new(index),
+            by_address: Arc::new(by_address),
+        })
+    }
+
+    pub fn options(&self) -> &StreamOptions {
+        &self.options
+    }
+
+    pub fn index(&self) -> &StreamIndex {
+        &self.index
+    }
+
+    pub fn len(&self) -> u64 {
+        self.src.len()
+    }
+
+    /// Fetches one frame with one ranged read, verifies and decodes it.
+    pub async fn read_frame(&self, offset: u64, len: u64) -> Result<Frame> {
+        fetch_frame(&*self.src, offset, len).await
+    }
+
+    /// All frames but the index, in stream order, `in_flight` fetched at once.
+    pub fn frames(
+        &self,
+        in_flight: usize,
+    ) -> impl Stream<Item = Result<Frame>> + Send + Unpin + 'static {
+        let entries: Vec<FrameEntry> = self.index.frames.clone();
+        let this = self.clone();
+        Box::pin(
+            futures::stream::iter(entries)
+                .map(move |e| {
+                    let this = this.clone();
+                    async move {
+                        this.read_frame(e.offset, FRAME_HEADER_LEN as u64 + e.stored_len as u64)
+                            .await
+                    }
+                })
+                .buffered(in_flight.max(1)),
+        )
+    }
+
+    /// Items in stream order (metadata, then pages), fetched in parallel and
+    /// checked like a sequential read; the last one is `Item::End`.
+    pub fn items(
+        &self,
+        in_flight: usize,
+    ) -> impl Stream<Item = Result<Item>> + Send + Unpin + 'static {
+        let index = self.index.as_ref().clone();
+        let end = futures::stream::once(async move { Ok(Item::End { index }) });
+        Box::pin(items_from_frames(self.frames(in_flight)).chain(end))
+    }
+
+    /// Page frames in index order, `in_flight` fetched at once.
+    pub fn page_batches(
+        &self,
+        in_flight: usize,
+    ) -> impl Stream<Item = Result<PageBatch>> + Send + Unpin + 'static {
+        let mut frames: Vec<(u64, u32)> = self
+            .index
+            .pages
+            .iter()
+            .map(|p| (p.frame_offset, p.frame_len))
+            .collect();
+        frames.dedup();
+        let this = self.clone();
+        Box::pin(
+            futures::stream::iter(frames)
+                .map(move |(offset, len)| {
+                    let this = this.clone();
+                    async move { this.batch_at(offset, len as u64).await }
+                })
+                .buffered(in_flight.max(1)),
+        )
+    }
+
+    /// The page batch holding page `addr` of process `pid` (one ranged read).
+    pub async fn batch_for_page(&self, pid: u32, addr: u64) -> Result<PageBatch> {
+        let pages = &self.index.pages;
+        let pos = self
+            .by_address
+            .partition_point(|&i| (pages[i].pid, pages[i].start) <= (pid, addr));
+        let hit = pos
+            .checked_sub(1)
+            .map(|p| &pages[self.by_address[p]])
+            .filter(|r| r.pid == pid && addr < r.start + (r.pages << crate::pages::PAGE_SHIFT));
+        let range = hit.ok_or(StreamError::NoSuchPage { pid, addr })?;
+        self.batch_at(range.frame_offset, range.frame_len as u64)
+            .await
+    }
+
+    async fn batch_at(&self, offset: u64, len: u64) -> Result<PageBatch> {
+        let frame = self.read_frame(offset, len).await?;
+        if frame.header.kind != FrameKind::Pages {
+            return Err(StreamError::BadIndex {
+                reason: format!(
+                    "index points to a {} frame at {offset}, not pages",
+                    frame.header.kind.name()
+                ),
+            });
+        }
+        let raw = frame.raw;
+        tokio::task::spawn_blocking(move || PageBatch::decode(raw, offset))
+            .await
+            .map_err(|e| StreamError::WriterGone(format!("decode worker: {e}")))?
+    }
+
+    /// Reads every frame and checks every checksum (for `inspect`).
+    pub async fn verify_all(&self, in_flight: usize) -> Result<u64> {
+        self.frames(in_flight)
+            .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+            .await
+    }
+}
+
+async fn read(src: &dyn RangeRead, range: Range<u64>, what: &'static str) -> Result<Bytes> {
+    let expected = range.end - range.start;
+    let offset = range.start;
+    let bytes = src
+        .read_range(range)
+        .await
+        .map_err(|source| StreamError::Io { offset, source })?;
+    if (bytes.len() as u64) != expected {
+        return Err(StreamError::Truncated {
+            what,
+            offset,
+            expected,
+            got: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+async fn fetch_frame(src: &dyn RangeRead, offset: u64, len: u64) -> Result<Frame> {
+    if len < FRAME_HEADER_LEN as u64 || offset.checked_add(len).is_none_or(|end| end > src.len()) {
+        return Err(StreamError::BadIndex {
+            reason: format!(
+                "frame at {offset} of {len} bytes lies outside the stream of {} bytes",
+                src.len()
+            ),
+        });
+    }
+    let bytes = read(src, offset..offset + len, "frame").await?;
+    let header = FrameHeader::decode(bytes[..FRAME_HEADER_LEN].try_into().unwrap(), offset)?;
+    if header.frame_len() != len {
+        return Err(StreamError::BadIndex {
+            reason: format!(
+                "frame at {offset} is {} bytes, the index says {len}",
+                header.frame_len()
+            ),
+        });
+    }
+    let stored = StoredFrame {
+        offset,
+        header,
+        stored: bytes.slice(FRAME_HEADER_LEN..),
+    };
+    if header.raw_len as usize > 256 << 10 {
+        tokio::task::spawn_blocking(move || stored.decode())
+            .await
+            .map_err(|e| StreamError::WriterGone(format!("decode worker: {e}")))?
+    } else {
+        stored.decode()
+    }
+}
+
+/// Checks that the index describes a well-formed stream before anything trusts it.
+fn validate_index(index: &StreamIndex, header_len: u64, index_offset: u64) -> Result<()> {
+    let bad = |reason: String| Err(StreamError::BadIndex { reason });
+    let mut expected = header_len;
+    for f in &index.frames {
+        if f.offset != expected {
+            return bad(format!(
+                "frame listed at {} but the previous frame ends at {expected}",
+                f.offset
+            ));
+        }
+        expected = f.offset + FRAME_HEADER_LEN as u64 + f.stored_len as u64;
+    }
+    if expected != index_offset {
+        return bad(format!(
+            "frames end at {expected}, the index frame is at {index_offset}"
+        ));
+    }
+    for p in &index.pages {
+        let in_frames = index
+            .frames
+            .binary_search_by_key(&p.frame_offset, |f| f.offset)
+            .ok()
+            .map(|i| &index.frames[i])
+            .filter(|f| {
+                f.kind == FrameKind::Pages as u32
+                    && FRAME_HEADER_LEN as u64 + f.stored_len as u64 == p.frame_len as u64
+            });
+        if in_frames.is_none() || p.pages == 0 {
+            return bad(format!(
+                "page range {:#x}+{} of pid {} points to no page frame (offset {})",
+                p.start, p.pages, p.pid, p.frame_offset
+            ));
+        }
+    }
+    Ok(())
+}

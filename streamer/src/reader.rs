@@ -1,0 +1,274 @@
+//! The sequential reader: reads a stream front to back from any `AsyncRead`
+//! (a pipe, stdin, a download), never seeking; frames are decompressed on
+//! several cores while the next ones are read.
+
+use crate::codec;
+use crate::error::{Result, StreamError};
+use crate::format::{
+    FRAME_HEADER_LEN, FrameHeader, FrameKind, HEADER_FIXED_LEN, TRAILER_LEN, Trailer,
+    parse_header_fixed, parse_header_rest,
+};
+use crate::image::{Frame, Item, ItemDecoder};
+use bytes::Bytes;
+use crstream_proto::StreamOptions;
+use futures::{Stream, StreamExt};
+use std::collections::VecDeque;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Reads exactly `buf.len()` bytes; a short read is a typed truncation.
+async fn read_exact_or_truncated<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+    offset: u64,
+    what: &'static str,
+) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = r
+            .read(&mut buf[got..])
+            .await
+            .map_err(|source| StreamError::Io {
+                offset: offset + got as u64,
+                source,
+            })?;
+        if n == 0 {
+            if offset == 0 && got == 0 {
+                return Err(StreamError::Empty);
+            }
+            return Err(StreamError::Truncated {
+                what,
+                offset,
+                expected: buf.len() as u64,
+                got: got as u64,
+            });
+        }
+        got += n;
+    }
+    Ok(())
+}
+
+/// Reads and checks the stream header; returns the options and header length.
+pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<(StreamOptions, u64)> {
+    let mut fixed = [0u8; HEADER_FIXED_LEN];
+    read_exact_or_truncated(r, &mut fixed, 0, "stream header").await?;
+    let opts_len = parse_header_fixed(&fixed)?;
+    let mut rest = vec![0u8; opts_len + 4];
+    read_exact_or_truncated(
+        r,
+        &mut rest,
+        HEADER_FIXED_LEN as u64,
+        "stream header options",
+    )
+    .await?;
+    let options = parse_header_rest(&fixed, &rest)?;
+    Ok((options, (HEADER_FIXED_LEN + opts_len + 4) as u64))
+}
+
+/// A frame as read, before its checksum is checked and it is decompressed.
+pub struct StoredFrame {
+    pub offset: u64,
+    pub header: FrameHeader,
+    pub stored: Bytes,
+}
+
+impl StoredFrame {
+    /// Checks the payload checksum and decompresses.
+    pub fn decode(self) -> Result<Frame> {
+        let h = self.header;
+        let actual = crc32c::crc32c(&self.stored);
+        if actual != h.payload_crc {
+            return Err(StreamError::ChecksumMismatch {
+                offset: self.offset,
+                kind: h.kind.name(),
+                stream_id: h.stream_id,
+                expected: h.payload_crc,
+                actual,
+            });
+        }
+        let raw = if h.codec == crstream_proto::Codec::None {
+            self.stored
+        } else {
+            Bytes::from(codec::decompress(
+                h.codec,
+                &self.stored,
+                h.raw_len as usize,
+                self.offset,
+            )?)
+        };
+        Ok(Frame {
+            offset: self.offset,
+            header: h,
+            raw,
+        })
+    }
+}
+
+/// Reads stored frames one after the other, and the trailer after the index.
+struct FrameSource<R> {
+    r: R,
+    offset: u64,
+    done: bool,
+}
+
+impl<R: AsyncRead + Unpin> FrameSource<R> {
+    async fn next(&mut self) -> Result<Option<StoredFrame>> {
+        if self.done {
+            return Ok(None);
+        }
+        let offset = self.offset;
+        let mut hb = [0u8; FRAME_HEADER_LEN];
+        read_exact_or_truncated(&mut self.r, &mut hb, offset, "frame header").await?;
+        let header = FrameHeader::decode(&hb, offset)?;
+        let mut stored = vec![0u8; header.stored_len as usize];
+        read_exact_or_truncated(
+            &mut self.r,
+            &mut stored,
+            offset + FRAME_HEADER_LEN as u64,
+            "frame payload",
+        )
+        .await?;
+        self.offset += header.frame_len();
+        if header.kind == FrameKind::Index {
+            self.done = true;
+            self.check_trailer(offset, header.frame_len()).await?;
+        }
+        Ok(Some(StoredFrame {
+            offset,
+            header,
+            stored: Bytes::from(stored),
+        }))
+    }
+
+    async fn check_trailer(&mut self, index_offset: u64, index_len: u64) -> Result<()> {
+        let mut tb = [0u8; TRAILER_LEN];
+        read_exact_or_truncated(&mut self.r, &mut tb, self.offset, "trailer").await?;
+        let trailer = Trailer::decode(&tb)?;
+        if trailer.index_offset != index_offset || trailer.index_len != index_len {
+            return Err(StreamError::BadTrailer {
+                reason: format!(
+                    "trailer points to an index at {} ({} bytes), the index frame is at {index_offset} ({index_len} bytes)",
+                    trailer.index_offset, trailer.index_len
+                ),
+            });
+        }
+        self.offset += TRAILER_LEN as u64;
+        let mut probe = [0u8; 1];
+        match self.r.read(&mut probe).await {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(StreamError::TrailingData {
+                offset: self.offset,
+            }),
+            Err(source) => Err(StreamError::Io {
+                offset: self.offset,
+                source,
+            }),
+        }
+    }
+}
+
+/// Sequential reader over any `AsyncRead`.
+pub struct SequentialReader<R> {
+    options: StreamOptions,
+    header_len: u64,
+    source: FrameSource<R>,
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> SequentialReader<R> {
+    /// Reads and checks the header.
+    pub async fn open(mut r: R) -> Result<Self> {
+        let (options, header_len) = read_header(&mut r).await?;
+        Ok(Self {
+            options,
+            header_len,
+            source: FrameSource {
+                r,
+                offset: header_len,
+                done: false,
+            },
+        })
+    }
+
+    pub fn options(&self) -> &StreamOptions {
+        &self.options
+    }
+
+    pub fn header_len(&self) -> u64 {
+        self.header_len
+    }
+
+    /// Decoded frames in order, `workers` decompressing at once.
+    pub fn frames(self, workers: usize) -> impl Stream<Item = Result<Frame>> + Send + Unpin {
+        let stored = futures::stream::unfold(Some(self.source), |state| async move {
+            let mut source = state?;
+            match source.next().await {
+                Ok(Some(f)) => Some((Ok(f), Some(source))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        Box::pin(
+            stored
+                .map(|r| async move {
+                    let f = r?;
+                    tokio::task::spawn_blocking(move || f.decode())
+                        .await
+                        .map_err(|e| {
+                            StreamError::WriterGone(format!("decompression worker: {e}"))
+                        })?
+                })
+                .buffered(workers.max(1)),
+        )
+    }
+
+    /// Items in order; the last one is `Item::End`.
+    pub fn items(self, workers: usize) -> impl Stream<Item = Result<Item>> + Send + Unpin {
+        items_from_frames(self.frames(workers))
+    }
+}
+
+/// Runs frames through an [`ItemDecoder`]; stops at the first error.
+pub fn items_from_frames(
+    frames: impl Stream<Item = Result<Frame>> + Send + Unpin,
+) -> impl Stream<Item = Result<Item>> + Send + Unpin {
+    let state = (frames, ItemDecoder::new(), VecDeque::<Item>::new(), false);
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut frames, mut decoder, mut queue, failed)| async move {
+            if failed {
+                return None;
+            }
+            loop {
+                if let Some(item) = queue.pop_front() {
+                    return Some((Ok(item), (frames, decoder, queue, false)));
+                }
+                let frame = match frames.next().await? {
+                    Ok(f) => f,
+                    Err(e) => return Some((Err(e), (frames, decoder, queue, true))),
+                };
+                match decoder.decode(frame) {
+                    Ok(items) => queue.extend(items),
+                    Err(e) => return Some((Err(e), (frames, decoder, queue, true))),
+                }
+            }
+        },
+    ))
+}
+
+/// An [`crate::image::ImageSource`] over an item stream, for the engine's
+/// thread. Must not be used from an async context.
+pub struct BlockingItems<S> {
+    items: S,
+    handle: tokio::runtime::Handle,
+}
+
+impl<S: Stream<Item = Result<Item>> + Unpin> BlockingItems<S> {
+    pub fn new(items: S, handle: tokio::runtime::Handle) -> Self {
+        Self { items, handle }
+    }
+}
+
+impl<S: Stream<Item = Result<Item>> + Unpin> crate::image::ImageSource for BlockingItems<S> {
+    fn next_item(&mut self) -> Result<Option<Item>> {
+        self.handle.block_on(self.items.next()).transpose()
+    }
+}
