@@ -19,6 +19,9 @@ pub struct Frame {
 }
 
 /// One unit of image content, in stream order.
+// Record bodies are a few hundred bytes and items pass one by one, at most
+// one per frame for pages: boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Item {
     /// A record of a logical stream. Records whose body this reader does not
@@ -38,9 +41,9 @@ pub enum Item {
         stream_id: u32,
         batch: PageBatch,
     },
-    /// The index frame: the last item of a stream.
+    /// The index frame: the last item of a stream (boxed: it can be large).
     End {
-        index: StreamIndex,
+        index: Box<StreamIndex>,
     },
 }
 
@@ -89,18 +92,14 @@ impl ItemDecoder {
         self.frames_seen += 1;
         let sid = frame.header.stream_id;
         match frame.header.kind {
-            FrameKind::Records | FrameKind::Blob => {
-                if self.metadata_ended {
-                    return Err(unexpected(format!(
-                        "{} frame after the end of metadata",
-                        frame.header.kind.name()
-                    )));
-                }
+            FrameKind::Records | FrameKind::Blob if self.metadata_ended => {
+                return Err(unexpected(format!(
+                    "{} frame after the end of metadata",
+                    frame.header.kind.name()
+                )));
             }
-            FrameKind::Pages => {
-                if !self.metadata_ended {
-                    return Err(unexpected("page frame before the end of metadata".into()));
-                }
+            FrameKind::Pages if !self.metadata_ended => {
+                return Err(unexpected("page frame before the end of metadata".into()));
             }
             FrameKind::MetadataEnd if self.metadata_ended => {
                 return Err(unexpected("a second metadata end frame".into()));
@@ -183,7 +182,9 @@ impl ItemDecoder {
                         ),
                     });
                 }
-                Ok(vec![Item::End { index }])
+                Ok(vec![Item::End {
+                    index: Box::new(index),
+                }])
             }
         }
     }

@@ -181,7 +181,7 @@ impl Inspector {
                         _ => {}
                     }
                 }
-                Item::End { index } => self.index = Some(index),
+                Item::End { index } => self.index = Some(*index),
                 _ => {}
             }
         }
@@ -190,7 +190,8 @@ impl Inspector {
     }
 
     /// The report; fails if the stream ended before its index.
-    pub fn finish(self, total_bytes: u64) -> Result<Report> {
+    pub fn finish(self) -> Result<Report> {
+        let total_bytes = self.end_offset + crate::format::TRAILER_LEN as u64;
         let index = self.index.ok_or(StreamError::Truncated {
             what: "stream (no index frame)",
             offset: self.end_offset,

@@ -23,6 +23,9 @@ use std::sync::Arc;
 pub trait RangeRead: Send + Sync {
     /// Total length in bytes.
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Exactly the bytes of `range`.
     async fn read_range(&self, range: Range<u64>) -> io::Result<Bytes>;
 }
@@ -148,7 +151,8 @@ impl RandomReader {
         &self.index
     }
 
-    pub fn len(&self) -> u64 {
+    /// Length of the stream in bytes.
+    pub fn stream_len(&self) -> u64 {
         self.src.len()
     }
 
@@ -183,7 +187,7 @@ impl RandomReader {
         &self,
         in_flight: usize,
     ) -> impl Stream<Item = Result<Item>> + Send + Unpin + 'static {
-        let index = self.index.as_ref().clone();
+        let index = Box::new(self.index.as_ref().clone());
         let end = futures::stream::once(async move { Ok(Item::End { index }) });
         Box::pin(items_from_frames(self.frames(in_flight)).chain(end))
     }

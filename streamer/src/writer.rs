@@ -357,7 +357,10 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
             ));
         }
         self.check_declared(stream_id)?;
-        if data.is_empty() || data.len() % PAGE_SIZE != 0 || start % PAGE_SIZE as u64 != 0 {
+        if data.is_empty()
+            || !data.len().is_multiple_of(PAGE_SIZE)
+            || !start.is_multiple_of(PAGE_SIZE as u64)
+        {
             return Err(StreamError::Usage(format!(
                 "pages at {start:#x}: {} bytes is not a whole number of aligned pages",
                 data.len()
