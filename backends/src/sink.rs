@@ -1,0 +1,567 @@
+//! Writing: stdout, or a multipart upload that becomes visible on commit.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::runtime::Handle;
+use tokio::task::{JoinError, JoinSet};
+
+use crate::error::{BackendError, Diag};
+use crate::location::{Env, Resolved};
+
+/// How a sink uploads.
+///
+/// A sink holds at most one part being filled plus `parts_in_flight` parts
+/// being uploaded, so its memory is bounded by about
+/// `part_size * (parts_in_flight + 1)` (80 MiB with the defaults).
+///
+/// For `s3://` and `gs://` the part size is raised to the 5 MiB minimum those
+/// services accept. S3 allows at most 10 000 parts, so the largest object is
+/// `part_size * 10_000` (160 GB with the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkOptions {
+    /// Bytes per uploaded part (default 16 MiB).
+    pub part_size: usize,
+    /// Parts uploaded concurrently (default 4); writes wait when all are busy.
+    pub parts_in_flight: usize,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        Self {
+            part_size: 16 << 20,
+            parts_in_flight: 4,
+        }
+    }
+}
+
+/// Where a stream is written. Write to it with `tokio::io::AsyncWrite`, then
+/// call [`Sink::commit`] (the object appears, atomically) or [`Sink::abort`]
+/// (nothing remains). A sink dropped without either is aborted in the
+/// background (on the runtime it was opened on).
+///
+/// `flush`/`shutdown` wait for the parts already handed off to finish
+/// uploading; they do not commit.
+pub struct Sink {
+    url: String,
+    inner: Inner,
+}
+
+enum Inner {
+    Stdio {
+        out: tokio::io::Stdout,
+        written: u64,
+    },
+    Object(ObjectSink),
+}
+
+/// Opens a sink at `url` (see [`parse_location`](crate::parse_location)),
+/// configured from the process environment.
+///
+/// For objects and files this starts the multipart upload right away, so a
+/// missing bucket, bad credentials or an unreachable endpoint fail here,
+/// before anything is written. A pre-existing object at `url` stays intact
+/// until [`Sink::commit`] replaces it.
+pub async fn open_sink(url: &str, opts: &SinkOptions) -> Result<Sink, BackendError> {
+    Env::process().open_sink(url, opts).await
+}
+
+impl Env {
+    /// Opens a sink; see [`open_sink`].
+    pub async fn open_sink(&self, url: &str, opts: &SinkOptions) -> Result<Sink, BackendError> {
+        let inner = match self.resolve(url)? {
+            Resolved::Stdio => Inner::Stdio {
+                out: tokio::io::stdout(),
+                written: 0,
+            },
+            Resolved::Store(t) => {
+                t.check_not_dir()?;
+                if t.probe_on_open {
+                    match crate::source::head(&t).await {
+                        Ok(_) | Err(BackendError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let handle = Handle::try_current().map_err(|_| BackendError::Other {
+                    url: url.to_owned(),
+                    cause: "a sink needs a tokio runtime".to_owned(),
+                })?;
+                let upload = t
+                    .store
+                    .put_multipart(&t.path)
+                    .await
+                    .map_err(|e| t.diag.classify(&e))?;
+                let part_size = opts.part_size.max(t.min_part_size).max(1);
+                tracing::debug!(
+                    url,
+                    part_size,
+                    opts.parts_in_flight,
+                    "multipart upload started"
+                );
+                Inner::Object(ObjectSink::new(
+                    t.diag,
+                    upload,
+                    handle,
+                    part_size,
+                    opts.parts_in_flight,
+                ))
+            }
+        };
+        Ok(Sink {
+            url: url.to_owned(),
+            inner,
+        })
+    }
+}
+
+impl Sink {
+    /// The URL the sink writes to, as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Finishes the upload and makes the object visible (for files: renames
+    /// the temporary file in the same directory into place). Returns the
+    /// number of bytes written. On error the upload is aborted.
+    ///
+    /// For stdout, flushes.
+    pub async fn commit(self) -> Result<u64, BackendError> {
+        match self.inner {
+            Inner::Stdio { mut out, written } => {
+                out.flush().await.map_err(|e| BackendError::Other {
+                    url: self.url.clone(),
+                    cause: e.to_string(),
+                })?;
+                Ok(written)
+            }
+            Inner::Object(mut s) => {
+                let n = s.commit().await?;
+                tracing::debug!(url = self.url, bytes = n, "committed");
+                Ok(n)
+            }
+        }
+    }
+
+    /// Abandons the upload: nothing new appears at the destination and a
+    /// pre-existing object is left as it was. For stdout (where nothing can be
+    /// taken back) this only flushes.
+    pub async fn abort(self) -> Result<(), BackendError> {
+        match self.inner {
+            Inner::Stdio { mut out, .. } => {
+                tracing::warn!("aborting a stream already written to stdout");
+                // Best effort: the reader sees a truncated stream either way.
+                let _ = out.flush().await;
+                Ok(())
+            }
+            Inner::Object(mut s) => s.abort().await,
+        }
+    }
+
+    /// A sink over an existing multipart upload (unit tests of the scheduling).
+    #[cfg(test)]
+    fn from_upload(
+        upload: Box<dyn MultipartUpload>,
+        part_size: usize,
+        parts_in_flight: usize,
+    ) -> Self {
+        Self {
+            url: "test://sink".to_owned(),
+            inner: Inner::Object(ObjectSink::new(
+                Arc::new(Diag::local("test://sink")),
+                upload,
+                Handle::current(),
+                part_size,
+                parts_in_flight,
+            )),
+        }
+    }
+}
+
+impl AsyncWrite for Sink {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().inner {
+            Inner::Stdio { out, written } => {
+                let n = ready!(Pin::new(out).poll_write(cx, buf))?;
+                *written += n as u64;
+                Poll::Ready(Ok(n))
+            }
+            Inner::Object(s) => s.poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Inner::Stdio { out, .. } => Pin::new(out).poll_flush(cx),
+            Inner::Object(s) => s.poll_drain(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Inner::Stdio { out, .. } => Pin::new(out).poll_shutdown(cx),
+            Inner::Object(s) => s.poll_drain(cx),
+        }
+    }
+}
+
+/// The part scheduler: fills one part, hands full parts to tasks on the
+/// runtime (so they progress while the writer is busy elsewhere), and makes
+/// writers wait while `parts_in_flight` parts are uploading.
+struct ObjectSink {
+    diag: Arc<Diag>,
+    /// `None` once completed or aborted.
+    upload: Option<Box<dyn MultipartUpload>>,
+    buf: Vec<u8>,
+    part_size: usize,
+    parts_in_flight: usize,
+    tasks: JoinSet<object_store::Result<()>>,
+    handle: Handle,
+    written: u64,
+    /// The first error; every later call reports it again.
+    failed: Option<BackendError>,
+}
+
+impl ObjectSink {
+    fn new(
+        diag: Arc<Diag>,
+        upload: Box<dyn MultipartUpload>,
+        handle: Handle,
+        part_size: usize,
+        parts_in_flight: usize,
+    ) -> Self {
+        Self {
+            diag,
+            upload: Some(upload),
+            buf: Vec::new(),
+            part_size: part_size.max(1),
+            parts_in_flight: parts_in_flight.max(1),
+            tasks: JoinSet::new(),
+            handle,
+            written: 0,
+            failed: None,
+        }
+    }
+
+    /// Records the outcome of a part upload.
+    fn check(
+        &mut self,
+        joined: Result<object_store::Result<()>, JoinError>,
+    ) -> Result<(), BackendError> {
+        let err = match joined {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => self.diag.classify(&e),
+            Err(e) => BackendError::Other {
+                url: self.diag.url.clone(),
+                cause: format!("part upload task failed: {e}"),
+            },
+        };
+        self.failed.get_or_insert(err.clone());
+        Err(err)
+    }
+
+    fn fail_if_failed(&self) -> Result<(), BackendError> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn gone(&self) -> BackendError {
+        BackendError::Other {
+            url: self.diag.url.clone(),
+            cause: "upload already finished".to_owned(),
+        }
+    }
+
+    /// Hands the filled buffer to a new part upload task.
+    fn ship(&mut self) -> Result<(), BackendError> {
+        let Some(upload) = self.upload.as_mut() else {
+            return Err(self.gone());
+        };
+        let data = Bytes::from(std::mem::take(&mut self.buf));
+        let part = upload.put_part(PutPayload::from(data));
+        self.tasks.spawn_on(part, &self.handle);
+        Ok(())
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        self.fail_if_failed()?;
+        // Reap finished parts so that a failed upload stops the writer early.
+        while let Poll::Ready(Some(r)) = self.tasks.poll_join_next(cx) {
+            self.check(r)?;
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.buf.len() >= self.part_size {
+            // Backpressure: the full part waits for a free upload slot.
+            while self.tasks.len() >= self.parts_in_flight {
+                match ready!(self.tasks.poll_join_next(cx)) {
+                    Some(r) => self.check(r)?,
+                    None => break,
+                }
+            }
+            self.ship()?;
+        }
+        let n = data.len().min(self.part_size - self.buf.len());
+        let need = self.buf.len() + n;
+        if need > self.buf.capacity() {
+            // Grow geometrically but never past one part, so a full part is
+            // exactly one allocation of part_size.
+            let target = need.max(self.buf.capacity() * 2).min(self.part_size);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(&data[..n]);
+        self.written += n as u64;
+        if self.buf.len() >= self.part_size && self.tasks.len() < self.parts_in_flight {
+            self.ship()?;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits for every part handed off so far.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.fail_if_failed()?;
+        while let Some(r) = ready!(self.tasks.poll_join_next(cx)) {
+            self.check(r)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    async fn commit(&mut self) -> Result<u64, BackendError> {
+        let result = self.finish().await;
+        if result.is_err()
+            && let Err(e) = self.abort().await
+        {
+            tracing::warn!("{e}");
+        }
+        result
+    }
+
+    async fn finish(&mut self) -> Result<u64, BackendError> {
+        self.fail_if_failed()?;
+        while let Some(r) = self.tasks.join_next().await {
+            self.check(r)?;
+        }
+        let Some(upload) = self.upload.as_mut() else {
+            return Err(self.gone());
+        };
+        if !self.buf.is_empty() {
+            let data = Bytes::from(std::mem::take(&mut self.buf));
+            upload
+                .put_part(PutPayload::from(data))
+                .await
+                .map_err(|e| self.diag.classify(&e))?;
+        }
+        upload
+            .complete()
+            .await
+            .map_err(|e| self.diag.classify(&e))?;
+        self.upload = None;
+        Ok(self.written)
+    }
+
+    async fn abort(&mut self) -> Result<(), BackendError> {
+        // Stop the parts first so none lands after the upload is aborted.
+        self.tasks.shutdown().await;
+        self.buf = Vec::new();
+        match self.upload.take() {
+            Some(mut upload) => upload.abort().await.map_err(|e| self.diag.classify(&e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ObjectSink {
+    fn drop(&mut self) {
+        let Some(mut upload) = self.upload.take() else {
+            return;
+        };
+        let mut tasks = std::mem::take(&mut self.tasks);
+        tasks.abort_all();
+        let url = self.diag.url.clone();
+        tracing::debug!(url, "sink dropped without commit: aborting the upload");
+        // If the runtime is already gone the task never runs; the upload is
+        // then dropped, which is all that can be done (files clean up on drop).
+        self.handle.spawn(async move {
+            tasks.shutdown().await;
+            if let Err(e) = upload.abort().await {
+                tracing::warn!(url, "abort of a dropped upload failed: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::{PutResult, UploadPart};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::sync::Semaphore;
+
+    /// A multipart upload whose parts finish only when the test releases them.
+    #[derive(Debug, Clone, Default)]
+    struct Gated {
+        state: Arc<GateState>,
+    }
+
+    #[derive(Debug)]
+    struct GateState {
+        gate: Semaphore,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+        parts: Mutex<Vec<Bytes>>,
+        completed: Mutex<Option<Vec<u8>>>,
+        aborted: AtomicUsize,
+    }
+
+    impl Default for GateState {
+        fn default() -> Self {
+            Self {
+                gate: Semaphore::new(0),
+                running: AtomicUsize::new(0),
+                max_running: AtomicUsize::new(0),
+                parts: Mutex::new(Vec::new()),
+                completed: Mutex::new(None),
+                aborted: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MultipartUpload for Gated {
+        fn put_part(&mut self, data: PutPayload) -> UploadPart {
+            let s = self.state.clone();
+            let idx = {
+                let mut parts = s.parts.lock().unwrap();
+                parts.push(Bytes::new());
+                parts.len() - 1
+            };
+            Box::pin(async move {
+                let now = s.running.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max_running.fetch_max(now, Ordering::SeqCst);
+                s.gate.acquire().await.unwrap().forget();
+                s.running.fetch_sub(1, Ordering::SeqCst);
+                let bytes: Vec<u8> = data.iter().flat_map(|b| b.iter().copied()).collect();
+                s.parts.lock().unwrap()[idx] = Bytes::from(bytes);
+                Ok(())
+            })
+        }
+        async fn complete(&mut self) -> object_store::Result<PutResult> {
+            let parts = self.state.parts.lock().unwrap();
+            let all: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
+            *self.state.completed.lock().unwrap() = Some(all);
+            Ok(PutResult {
+                e_tag: None,
+                version: None,
+                extensions: Default::default(),
+            })
+        }
+        async fn abort(&mut self) -> object_store::Result<()> {
+            self.state.aborted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn backpressure_bounds_parts_in_flight() {
+        let up = Gated::default();
+        let state = up.state.clone();
+        let mut sink = Sink::from_upload(Box::new(up), 4, 2);
+        let payload = data(40);
+        // With every part blocked, only part_size * (in_flight + 1) bytes fit.
+        let stuck =
+            tokio::time::timeout(Duration::from_millis(200), sink.write_all(&payload)).await;
+        assert!(
+            stuck.is_err(),
+            "write_all must block while uploads are stuck"
+        );
+        assert_eq!(state.max_running.load(Ordering::SeqCst), 2);
+        assert_eq!(state.parts.lock().unwrap().len(), 2);
+        if let Inner::Object(s) = &sink.inner {
+            assert_eq!(s.written, 12);
+        }
+        // Release everything; the rest goes through and lands in order.
+        state.gate.add_permits(1000);
+        sink.write_all(&payload[12..17]).await.unwrap();
+        sink.write_all(&payload[17..]).await.unwrap();
+        assert_eq!(sink.commit().await.unwrap(), 40);
+        assert_eq!(
+            state.completed.lock().unwrap().as_deref(),
+            Some(&payload[..])
+        );
+        assert!(state.max_running.load(Ordering::SeqCst) <= 2);
+        assert_eq!(state.parts.lock().unwrap().len(), 10);
+    }
+
+    #[tokio::test]
+    async fn drop_aborts_in_background() {
+        let up = Gated::default();
+        let state = up.state.clone();
+        let mut sink = Sink::from_upload(Box::new(up), 4, 2);
+        sink.write_all(&data(6)).await.unwrap();
+        drop(sink);
+        for _ in 0..100 {
+            if state.aborted.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state.aborted.load(Ordering::SeqCst), 1);
+        assert!(state.completed.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn failed_part_fails_later_writes_and_commit() {
+        #[derive(Debug)]
+        struct Failing(Arc<AtomicUsize>);
+        #[async_trait::async_trait]
+        impl MultipartUpload for Failing {
+            fn put_part(&mut self, _: PutPayload) -> UploadPart {
+                Box::pin(async {
+                    Err(object_store::Error::Generic {
+                        store: "test",
+                        source: "disk on fire".into(),
+                    })
+                })
+            }
+            async fn complete(&mut self) -> object_store::Result<PutResult> {
+                panic!("must not complete after a failed part");
+            }
+            async fn abort(&mut self) -> object_store::Result<()> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+        let aborted = Arc::new(AtomicUsize::new(0));
+        let mut sink = Sink::from_upload(Box::new(Failing(aborted.clone())), 4, 1);
+        let mut err = None;
+        for _ in 0..10 {
+            if let Err(e) = sink.write_all(&data(4)).await {
+                err = Some(e);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let err = err.expect("a write must fail after the part failed");
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        let e = sink.commit().await.unwrap_err();
+        assert_eq!(e.to_string(), "test://sink: disk on fire");
+        assert_eq!(aborted.load(Ordering::SeqCst), 1);
+    }
+}

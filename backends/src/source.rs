@@ -1,0 +1,350 @@
+//! Reading: stdin sequentially, objects by ranged reads with read-ahead.
+
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::task::JoinHandle;
+
+use crate::error::{BackendError, Diag};
+use crate::location::{Env, Resolved, Target};
+
+/// How [`Source::into_async_read`] reads an object.
+///
+/// Memory is bounded by about `chunk_size * in_flight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Bytes per ranged GET (default 8 MiB).
+    pub chunk_size: usize,
+    /// Ranged GETs running ahead of the reader (default 4).
+    pub in_flight: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self {
+            chunk_size: 8 << 20,
+            in_flight: 4,
+        }
+    }
+}
+
+/// Where a stream is read from.
+pub struct Source {
+    url: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Stdin,
+    Object(ObjectReader),
+}
+
+/// Opens a source at `url` (see [`parse_location`](crate::parse_location)),
+/// configured from the process environment. For objects and files this asks
+/// for the size (one HEAD), so a missing object fails here.
+pub async fn open_source(url: &str) -> Result<Source, BackendError> {
+    Env::process().open_source(url).await
+}
+
+impl Env {
+    /// Opens a source; see [`open_source`].
+    pub async fn open_source(&self, url: &str) -> Result<Source, BackendError> {
+        let kind = match self.resolve(url)? {
+            Resolved::Stdio => Kind::Stdin,
+            Resolved::Store(t) => {
+                t.check_not_dir()?;
+                let meta = head(&t).await?;
+                Kind::Object(ObjectReader {
+                    inner: Arc::new(ReaderInner {
+                        store: t.store,
+                        path: t.path,
+                        size: meta.size,
+                        e_tag: meta.e_tag,
+                        diag: t.diag,
+                    }),
+                })
+            }
+        };
+        Ok(Source {
+            url: url.to_owned(),
+            kind,
+        })
+    }
+}
+
+impl Source {
+    /// The URL, as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The size in bytes; `None` for stdin.
+    pub fn size(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Stdin => None,
+            Kind::Object(r) => Some(r.size()),
+        }
+    }
+
+    /// A handle for ranged reads; `None` for stdin.
+    pub fn ranged(&self) -> Option<ObjectReader> {
+        match &self.kind {
+            Kind::Stdin => None,
+            Kind::Object(r) => Some(r.clone()),
+        }
+    }
+
+    /// The whole stream, in order. Stdin is read as is; an object is read as
+    /// ranged GETs of `opts.chunk_size`, `opts.in_flight` of them running
+    /// ahead of the reader (several connections wide, bounded memory).
+    ///
+    /// Errors are `io::Error`s whose message is the [`BackendError`] line
+    /// (the `BackendError` itself is the error's `get_ref()`).
+    pub fn into_async_read(self, opts: ReadOptions) -> Box<dyn AsyncRead + Send + Unpin> {
+        match self.kind {
+            Kind::Stdin => Box::new(tokio::io::stdin()),
+            Kind::Object(r) => Box::new(r.read_ahead(opts)),
+        }
+    }
+}
+
+/// A cheap, clone-able handle for ranged reads of one object.
+///
+/// Reads are pinned to the version seen when the source was opened (by ETag
+/// where the store has one): if the object is replaced meanwhile, reads fail
+/// with [`BackendError::Changed`] instead of mixing two versions.
+#[derive(Clone)]
+pub struct ObjectReader {
+    inner: Arc<ReaderInner>,
+}
+
+struct ReaderInner {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+    e_tag: Option<String>,
+    diag: Arc<Diag>,
+}
+
+impl std::fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("url", &self.url())
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+impl ObjectReader {
+    /// The URL, as given.
+    pub fn url(&self) -> &str {
+        &self.inner.diag.url
+    }
+
+    /// The object's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    /// Exactly the bytes of `range`, or an error (a range outside the object
+    /// is [`BackendError::InvalidRange`], never a shorter answer).
+    pub async fn read_range(&self, range: Range<u64>) -> Result<Bytes, BackendError> {
+        let me = &self.inner;
+        if range.start > range.end || range.end > me.size {
+            return Err(BackendError::InvalidRange {
+                url: me.diag.url.clone(),
+                start: range.start,
+                end: range.end,
+                size: me.size,
+            });
+        }
+        if range.is_empty() {
+            // Services reject empty ranges; there is nothing to ask for.
+            return Ok(Bytes::new());
+        }
+        let opts = GetOptions::new()
+            .with_range(Some(GetRange::Bounded(range.clone())))
+            .with_if_match(me.e_tag.clone());
+        let bytes = async { me.store.get_opts(&me.path, opts).await?.bytes().await }
+            .await
+            .map_err(|e| me.diag.classify(&e))?;
+        let expected = range.end - range.start;
+        if bytes.len() as u64 != expected {
+            return Err(BackendError::ShortRead {
+                url: me.diag.url.clone(),
+                offset: range.start,
+                expected,
+                got: bytes.len() as u64,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The whole object as an ordered stream of chunks fetched ahead.
+    fn read_ahead(self, opts: ReadOptions) -> ChunkReader {
+        let chunk = opts.chunk_size.max(1) as u64;
+        let size = self.size();
+        let ranges = (0..size.div_ceil(chunk)).map(move |i| i * chunk..((i + 1) * chunk).min(size));
+        // Each GET runs as its own task so read-ahead progresses while the
+        // consumer is busy; `buffered` keeps at most `in_flight` of them and
+        // yields them in order.
+        let handle = tokio::runtime::Handle::try_current().ok();
+        let chunks = stream::iter(ranges)
+            .map(move |r| {
+                let reader = self.clone();
+                let fut = async move { reader.read_range(r).await };
+                match &handle {
+                    Some(h) => Fetch::Task(AbortOnDrop(h.spawn(fut)), self.url().to_owned()),
+                    None => Fetch::Inline(Box::pin(fut)),
+                }
+            })
+            .buffered(opts.in_flight.max(1))
+            .boxed();
+        ChunkReader {
+            chunks,
+            current: Bytes::new(),
+            done: false,
+        }
+    }
+}
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A ranged GET: a task on the runtime, or (without one) a plain future.
+enum Fetch {
+    Task(AbortOnDrop<Result<Bytes, BackendError>>, String),
+    Inline(BoxFut<Result<Bytes, BackendError>>),
+}
+
+impl Future for Fetch {
+    type Output = Result<Bytes, BackendError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Fetch::Inline(f) => f.as_mut().poll(cx),
+            Fetch::Task(t, url) => Poll::Ready(match ready!(Pin::new(&mut t.0).poll(cx)) {
+                Ok(r) => r,
+                Err(e) => Err(BackendError::Other {
+                    url: url.clone(),
+                    cause: format!("read task failed: {e}"),
+                }),
+            }),
+        }
+    }
+}
+
+/// Cancels the read-ahead when the reader is dropped early.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `AsyncRead` over an ordered stream of chunks.
+struct ChunkReader {
+    chunks: BoxStream<'static, Result<Bytes, BackendError>>,
+    current: Bytes,
+    done: bool,
+}
+
+impl AsyncRead for ChunkReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        loop {
+            if !me.current.is_empty() {
+                let n = me.current.len().min(buf.remaining());
+                buf.put_slice(&me.current.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if me.done || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(me.chunks.poll_next_unpin(cx)) {
+                Some(Ok(chunk)) => me.current = chunk,
+                Some(Err(e)) => {
+                    me.done = true;
+                    return Poll::Ready(Err(e.into()));
+                }
+                None => me.done = true,
+            }
+        }
+    }
+}
+
+/// The object's metadata.
+pub(crate) async fn head(t: &Target) -> Result<ObjectMeta, BackendError> {
+    let err = match t.store.head(&t.path).await {
+        Ok(meta) => return Ok(meta),
+        Err(e) => t.diag.classify(&e),
+    };
+    if matches!(err, BackendError::NotFound { .. }) && t.local_path.is_none() {
+        // Answers to HEAD have no body, so a missing bucket looks like a
+        // missing object; the error body of a GET tells them apart.
+        let probe = GetOptions::new().with_range(Some(GetRange::Bounded(0..1)));
+        if let Err(e) = t.store.get_opts(&t.path, probe).await
+            && let e @ BackendError::NoSuchBucket { .. } = t.diag.classify(&e)
+        {
+            return Err(e);
+        }
+    }
+    Err(err)
+}
+
+/// Whether an object (or file) exists at `url`, configured from the process environment.
+pub async fn exists(url: &str) -> Result<bool, BackendError> {
+    Env::process().exists(url).await
+}
+
+/// Deletes the object (or file) at `url`; deleting something absent is not
+/// an error. Configured from the process environment.
+pub async fn delete(url: &str) -> Result<(), BackendError> {
+    Env::process().delete(url).await
+}
+
+impl Env {
+    /// See [`exists`].
+    pub async fn exists(&self, url: &str) -> Result<bool, BackendError> {
+        let t = self.store_target(url)?;
+        match head(&t).await {
+            Ok(_) => Ok(true),
+            Err(BackendError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// See [`delete`].
+    pub async fn delete(&self, url: &str) -> Result<(), BackendError> {
+        let t = self.store_target(url)?;
+        match t.store.delete(&t.path).await {
+            Ok(()) => Ok(()),
+            Err(e) => match t.diag.classify(&e) {
+                BackendError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    fn store_target(&self, url: &str) -> Result<Target, BackendError> {
+        match self.resolve(url)? {
+            Resolved::Store(t) => Ok(t),
+            Resolved::Stdio => Err(BackendError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "not an object".to_owned(),
+            }),
+        }
+    }
+}
