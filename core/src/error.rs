@@ -1,0 +1,150 @@
+//! Typed errors of the engine. Every variant names the process, thread, fd or
+//! address at fault so that the binary can report it without more context.
+
+use std::io;
+
+/// A failure while driving one task (ptrace, waitpid, injected syscalls,
+/// remote memory). Shared by dump and restore.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("ptrace {op} on tid {tid}: {err}")]
+    Ptrace {
+        tid: i32,
+        op: &'static str,
+        err: io::Error,
+    },
+    #[error("waitpid on tid {tid}: {err}")]
+    Wait { tid: i32, err: io::Error },
+    #[error("tid {tid} exited or was killed while being traced (wait status {status:#x})")]
+    Gone { tid: i32, status: i32 },
+    #[error("tid {tid}: unexpected stop while {while_doing} (wait status {status:#x})")]
+    UnexpectedStop {
+        tid: i32,
+        status: i32,
+        while_doing: &'static str,
+    },
+    #[error("tid {tid}: injected syscall {name} failed: {}", io::Error::from_raw_os_error(*errno))]
+    Syscall {
+        tid: i32,
+        name: &'static str,
+        errno: i32,
+    },
+    #[error("pid {pid}: {what} memory at {addr:#x} ({len} bytes): {err}")]
+    RemoteMemory {
+        pid: i32,
+        what: &'static str,
+        addr: u64,
+        len: usize,
+        err: io::Error,
+    },
+    #[error("pid {pid}: no syscall instruction found in [vdso] or the vdso is missing")]
+    NoSyscallInsn { pid: i32 },
+}
+
+impl TaskError {
+    pub(crate) fn ptrace(tid: i32, op: &'static str) -> impl FnOnce(io::Error) -> Self {
+        move |err| TaskError::Ptrace { tid, op, err }
+    }
+}
+
+/// A /proc file that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("reading {path}: {err}")]
+    Io { path: String, err: io::Error },
+    #[error("parsing {path}: {detail}")]
+    Parse { path: String, detail: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("pid {pid}: no such process")]
+    NoSuchProcess { pid: i32 },
+    #[error("pid {pid}: cannot dump crstream itself or its own process")]
+    SelfDump { pid: i32 },
+    #[error("attaching to pid {pid} tid {tid}: {err}")]
+    Attach { pid: i32, tid: i32, err: io::Error },
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("pid {pid}: {err}")]
+    Proc { pid: i32, err: ProcError },
+    #[error("pid {pid}: mapping {start:#x}-{end:#x} {path}: {reason}")]
+    UnsupportedMapping {
+        pid: i32,
+        start: u64,
+        end: u64,
+        path: String,
+        reason: String,
+    },
+    #[error("pid {pid} fd {fd}: unsupported file kind {what}")]
+    UnsupportedFile { pid: i32, fd: i32, what: String },
+    #[error("pid {pid} fd {fd} ({path}): {err}")]
+    File {
+        pid: i32,
+        fd: i32,
+        path: String,
+        err: io::Error,
+    },
+    #[error("pid {pid}: {what}: {reason}")]
+    Unsupported {
+        pid: i32,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("pid {pid}: scanning pages of {start:#x}-{end:#x}: {err}")]
+    PageScan {
+        pid: i32,
+        start: u64,
+        end: u64,
+        err: io::Error,
+    },
+    #[error("writing the image: {0}")]
+    Stream(#[from] crstream_streamer::StreamError),
+    #[error("injected test failure at {0} (CRSTREAM_TEST_FAIL_AT)")]
+    TestFailure(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("reading the image: {0}")]
+    Stream(#[from] crstream_streamer::StreamError),
+    #[error("bad image: {0}")]
+    Image(String),
+    #[error("image is incompatible with this machine: {0}")]
+    Incompatible(String),
+    #[error("PID {pid} is in use")]
+    PidInUse { pid: i32 },
+    #[error("TID {tid} (of pid {pid}) is in use")]
+    TidInUse { pid: i32, tid: i32 },
+    #[error("creating the process with pid {pid}: {err}")]
+    Clone { pid: i32, err: io::Error },
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("pid {pid}: mapping area {start:#x}-{end:#x} {path}: {reason}")]
+    Mapping {
+        pid: i32,
+        start: u64,
+        end: u64,
+        path: String,
+        reason: String,
+    },
+    #[error("pid {pid}: page data at {addr:#x}: {reason}")]
+    Pages { pid: i32, addr: u64, reason: String },
+    #[error("pid {pid} fd {fd} ({path}): {reason}")]
+    File {
+        pid: i32,
+        fd: u32,
+        path: String,
+        reason: String,
+    },
+    #[error("pid {pid}: credentials differ from the restorer's: {reason}")]
+    Credentials { pid: i32, reason: String },
+    #[error("pid {pid}: {what}: {err}")]
+    Io {
+        pid: i32,
+        what: String,
+        err: io::Error,
+    },
+    #[error("pid {pid} tid {tid}: {reason}")]
+    Thread { pid: i32, tid: i32, reason: String },
+}

@@ -1,0 +1,261 @@
+//! Open files: regular files (also deleted-but-open ones, whose contents
+//! travel as a blob), directories and a few harmless character devices.
+//! Anything else (pipes, sockets, ttys, anon inodes) is refused by name.
+
+use crate::error::{DumpError, RestoreError};
+use crate::stub::Stub;
+use crstream_proto::{FileKind, FileTable, OpenFile};
+use crstream_streamer::ImageSink;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+
+const DELETED: &str = " (deleted)";
+const KCMP_FILE: i32 = 0;
+
+/// (major, minor) of the character devices we reopen by path.
+const SAFE_CHAR_DEVICES: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 8), (1, 9)];
+
+pub fn dump(pid: i32) -> Result<FileTable, DumpError> {
+    let proc_err = |err| DumpError::Proc { pid, err };
+    let mut files: Vec<OpenFile> = Vec::new();
+    for fd in crate::proc::fds(pid).map_err(proc_err)? {
+        let link = crate::proc::read_link(format!("/proc/{pid}/fd/{fd}")).map_err(proc_err)?;
+        if !link.starts_with('/') {
+            return Err(DumpError::UnsupportedFile {
+                pid,
+                fd,
+                what: link,
+            });
+        }
+        let md =
+            std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(|err| DumpError::File {
+                pid,
+                fd,
+                path: link.clone(),
+                err,
+            })?;
+        let info = crate::proc::fdinfo(pid, fd).map_err(proc_err)?;
+        let ft = md.file_type();
+        let mut f = OpenFile {
+            fd: fd as u32,
+            path: link.clone(),
+            open_flags: info.flags & !(libc::O_CLOEXEC as u32),
+            cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
+            offset: info.pos,
+            mode: md.mode(),
+            dev: md.dev(),
+            inode: md.ino(),
+            ..Default::default()
+        };
+        if ft.is_file() {
+            f.kind = FileKind::Regular as i32;
+            f.size = md.size();
+            f.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+            if md.nlink() == 0 {
+                f.deleted = true;
+                f.path = link.strip_suffix(DELETED).unwrap_or(&link).to_string();
+            }
+        } else if ft.is_dir() {
+            f.kind = FileKind::Directory as i32;
+        } else if ft.is_char_device()
+            && SAFE_CHAR_DEVICES.contains(&(libc::major(md.rdev()), libc::minor(md.rdev())))
+        {
+            f.kind = FileKind::CharDevice as i32;
+            f.rdev = md.rdev();
+        } else {
+            let what = if ft.is_char_device() {
+                format!(
+                    "{link} (character device {}:{})",
+                    libc::major(md.rdev()),
+                    libc::minor(md.rdev())
+                )
+            } else if ft.is_fifo() {
+                format!("{link} (fifo)")
+            } else if ft.is_socket() {
+                format!("{link} (socket)")
+            } else {
+                format!("{link} (mode {:o})", md.mode())
+            };
+            return Err(DumpError::UnsupportedFile { pid, fd, what });
+        }
+        // fds sharing one open file description (same offset and flags).
+        for prev in &files {
+            if prev.inode == f.inode && prev.dev == f.dev && prev.dup_of_fd.is_none() {
+                // SAFETY: kcmp with integer arguments.
+                let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, prev.fd, fd) };
+                if r == 0 {
+                    f.dup_of_fd = Some(prev.fd);
+                    break;
+                }
+            }
+        }
+        files.push(f);
+    }
+    Ok(FileTable {
+        pid: pid as u32,
+        files,
+    })
+}
+
+/// Streams the contents of a deleted-but-open file into blob `stream`.
+pub fn dump_contents(
+    pid: i32,
+    f: &OpenFile,
+    sink: &mut dyn ImageSink,
+    stream: u32,
+) -> Result<u64, DumpError> {
+    let fd = f.fd as i32;
+    let err = |err| DumpError::File {
+        pid,
+        fd,
+        path: f.path.clone(),
+        err,
+    };
+    let mut file = File::open(format!("/proc/{pid}/fd/{fd}")).map_err(err)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        sink.blob(stream, &buf[..n])?;
+        total += n as u64;
+    }
+}
+
+/// Recreates a deleted file as an unlinked temporary file with the saved
+/// contents, in the original directory if possible.
+fn recreate_deleted(pid: i32, f: &OpenFile, contents: &[u8]) -> Result<File, RestoreError> {
+    let dir = std::path::Path::new(&f.path)
+        .parent()
+        .filter(|d| d.is_dir())
+        .unwrap_or(std::path::Path::new("/tmp"));
+    let open = |d: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(f.mode & 0o7777)
+            .open(d)
+    };
+    let mut tmp = open(dir)
+        .or_else(|_| open(std::path::Path::new("/tmp")))
+        .map_err(|e| RestoreError::File {
+            pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason: format!("creating a temporary file for the deleted file: {e}"),
+        })?;
+    tmp.write_all(contents).map_err(|e| RestoreError::File {
+        pid,
+        fd: f.fd,
+        path: f.path.clone(),
+        reason: format!("writing the saved contents: {e}"),
+    })?;
+    Ok(tmp)
+}
+
+/// Opens every saved fd at its number in the stub. Returns temporary files
+/// to keep open until the restore is done.
+pub fn restore(
+    stub: &Stub,
+    table: &FileTable,
+    blobs: &HashMap<u32, Vec<u8>>,
+) -> Result<Vec<File>, RestoreError> {
+    let pid = stub.pid;
+    let mut keep = Vec::new();
+    let mut files: Vec<&OpenFile> = table.files.iter().collect();
+    files.sort_by_key(|f| f.fd);
+    for f in files.iter().filter(|f| f.dup_of_fd.is_none()) {
+        let ferr = |reason: String| RestoreError::File {
+            pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason,
+        };
+        let mut path = f.path.clone();
+        if f.kind() == FileKind::Regular {
+            if f.deleted {
+                let data = blobs.get(&f.contents_stream).ok_or_else(|| {
+                    ferr(format!(
+                        "contents (blob stream {}) missing from the image",
+                        f.contents_stream
+                    ))
+                })?;
+                if data.len() as u64 != f.size {
+                    return Err(ferr(format!(
+                        "saved contents hold {} bytes, the file had {}",
+                        data.len(),
+                        f.size
+                    )));
+                }
+                let tmp = recreate_deleted(pid, f, data)?;
+                path = format!("/proc/{}/fd/{}", std::process::id(), tmp.as_raw_fd());
+                keep.push(tmp);
+            } else {
+                let md =
+                    std::fs::metadata(&f.path).map_err(|e| ferr(format!("cannot stat: {e}")))?;
+                if md.size() < f.offset && f.size >= f.offset {
+                    return Err(ferr(format!(
+                        "the file shrank to {} bytes since the dump, below the saved offset {}",
+                        md.size(),
+                        f.offset
+                    )));
+                }
+                if md.size() != f.size {
+                    tracing::warn!(pid, fd = f.fd, path = %f.path, "file size changed since the dump ({} -> {})", f.size, md.size());
+                }
+            }
+        }
+        let flags = (f.open_flags as i32)
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
+        let tmp_fd = stub
+            .open(&path, flags | libc::O_CLOEXEC, 0)
+            .map_err(|e| ferr(format!("open: {e}")))?;
+        let cloexec = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+        if tmp_fd != f.fd as i64 {
+            stub.call(
+                "dup3",
+                libc::SYS_dup3,
+                &[tmp_fd as u64, f.fd as u64, cloexec as u64],
+            )
+            .map_err(|e| ferr(format!("dup3: {e}")))?;
+            stub.call("close", libc::SYS_close, &[tmp_fd as u64])?;
+        } else if !f.cloexec {
+            stub.call(
+                "fcntl",
+                libc::SYS_fcntl,
+                &[f.fd as u64, libc::F_SETFD as u64, 0],
+            )?;
+        }
+        if f.kind() == FileKind::Regular && f.offset != 0 {
+            stub.call(
+                "lseek",
+                libc::SYS_lseek,
+                &[f.fd as u64, f.offset, libc::SEEK_SET as u64],
+            )
+            .map_err(|e| ferr(format!("lseek to {}: {e}", f.offset)))?;
+        }
+    }
+    for f in files.iter() {
+        if let Some(of) = f.dup_of_fd {
+            let cloexec = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+            stub.call(
+                "dup3",
+                libc::SYS_dup3,
+                &[of as u64, f.fd as u64, cloexec as u64],
+            )
+            .map_err(|e| RestoreError::File {
+                pid,
+                fd: f.fd,
+                path: f.path.clone(),
+                reason: format!("dup3 of fd {of}: {e}"),
+            })?;
+        }
+    }
+    Ok(keep)
+}

@@ -1,0 +1,86 @@
+//! crstream's checkpoint/restore engine.
+//!
+//! Dump freezes every thread of a process with PTRACE_SEIZE +
+//! PTRACE_INTERRUPT, reads what /proc and ptrace give, gets the rest by
+//! injecting single syscalls, and writes records then pages to an
+//! [`ImageSink`]. Restore creates a stub with the saved PID (clone3 +
+//! set_tid) and rebuilds the process in it with injected syscalls, driven
+//! entirely by ptrace from the calling thread.
+//!
+//! The engine is synchronous: ptrace requests must come from the thread
+//! that attached, so call [`dump`] and [`restore`] from one thread.
+
+mod check;
+mod creds;
+mod dump;
+pub mod error;
+mod files;
+mod memory;
+mod mm;
+pub mod proc;
+pub mod ptrace;
+mod restore;
+mod signals;
+mod stub;
+pub mod syscall;
+mod threads;
+mod timers;
+
+pub use check::FeatureCheck;
+pub use error::{DumpError, ProcError, RestoreError, TaskError};
+
+use crstream_streamer::{ImageSink, ImageSource};
+
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    pub pid: i32,
+    /// Let the process run on after a successful dump (default: SIGKILL it).
+    pub leave_running: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DumpStats {
+    pub pages: u64,
+    pub page_bytes: u64,
+    /// How long the process was stopped.
+    pub frozen: std::time::Duration,
+    pub total: std::time::Duration,
+    pub threads: usize,
+}
+
+/// Checkpoints process `opts.pid` into `sink`. On failure every change is
+/// undone and the process runs on.
+pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<DumpStats, DumpError> {
+    dump::dump(opts, sink)
+}
+
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {}
+
+impl RestoreOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// A restored process: running, detached, a child of the calling thread.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub pid: i32,
+    pub tids: Vec<i32>,
+}
+
+/// Restores the process of an image with its PID and TIDs. On failure
+/// nothing is left behind.
+pub fn restore(
+    source: &mut dyn ImageSource,
+    opts: &RestoreOptions,
+) -> Result<Restored, RestoreError> {
+    restore::restore(source, opts)
+}
+
+/// What this machine supports.
+pub fn check() -> Vec<FeatureCheck> {
+    check::check()
+}

@@ -1,0 +1,585 @@
+//! Memory areas and their pages.
+//!
+//! Dump: classify every area of /proc/PID/smaps (what restore can rebuild,
+//! which pages to save), find populated pages with the PAGEMAP_SCAN ioctl
+//! (fallback: /proc/PID/pagemap entries) and read them with
+//! process_vm_readv (or /proc/PID/mem for unreadable areas).
+//!
+//! Restore: map every area at its address in the stub with injected mmap
+//! calls, fill pages through /proc/PID/mem, then set the final protections
+//! and madvise flags.
+
+use crate::error::{DumpError, RestoreError};
+use crate::proc::MapEntry;
+use crate::stub::Stub;
+use crate::syscall::{RemoteMem, vm_readv};
+use crstream_proto::{AreaKind, VmArea};
+use crstream_streamer::{ImageSink, PAGE_SIZE, PageBatch};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+/// madvise-able VmFlags that restore reapplies: (smaps name, bit in
+/// `VmArea.madvise`, MADV_* advice).
+const ADVICE: &[(&str, u64, i32)] = &[
+    ("dc", 1 << 0, libc::MADV_DONTFORK),
+    ("dd", 1 << 1, libc::MADV_DONTDUMP),
+    ("wf", 1 << 2, libc::MADV_WIPEONFORK),
+    ("hg", 1 << 3, libc::MADV_HUGEPAGE),
+    ("nh", 1 << 4, libc::MADV_NOHUGEPAGE),
+    ("mg", 1 << 5, libc::MADV_MERGEABLE),
+];
+
+const DELETED: &str = " (deleted)";
+
+/// How the pages of an area are saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Save {
+    /// Nothing (the file or the kernel has the contents).
+    None,
+    /// Anonymous pages of a private mapping: present or swapped, not the
+    /// zero page, not page-cache pages of the mapped file.
+    Private,
+    /// Shared anonymous memory: every populated page.
+    Shared,
+}
+
+/// An area to dump, with the page runs (start, bytes) found in it.
+#[derive(Debug, Clone)]
+pub struct DumpArea {
+    pub area: VmArea,
+    pub save: Save,
+    pub readable: bool,
+    pub runs: Vec<(u64, u64)>,
+}
+
+fn is_shared_anon_path(path: &str) -> bool {
+    path.starts_with("/dev/zero") || path.starts_with("/SYSV") || path == "[anon_shmem]"
+}
+
+/// Decides, for every area of the target, how restore rebuilds it; refuses
+/// the areas it cannot rebuild.
+pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<DumpArea>, DumpError> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        let refuse = |reason: String| DumpError::UnsupportedMapping {
+            pid,
+            start: m.start,
+            end: m.end,
+            path: m.path.clone(),
+            reason,
+        };
+        let mut a = VmArea {
+            start: m.start,
+            end: m.end,
+            prot: m.prot(),
+            flags: if m.shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            } as u32,
+            pgoff: m.pgoff,
+            dev: libc::makedev(m.dev_major, m.dev_minor),
+            inode: m.inode,
+            ..Default::default()
+        };
+        if m.has_flag("gd") {
+            a.flags |= libc::MAP_GROWSDOWN as u32;
+        }
+        for &(name, bit, _) in ADVICE {
+            if m.has_flag(name) {
+                a.madvise |= bit;
+            }
+        }
+        let (kind, save) = match m.path.as_str() {
+            "[vdso]" => (AreaKind::Vdso, Save::None),
+            "[vvar]" => (AreaKind::Vvar, Save::None),
+            "[vvar_vclock]" => (AreaKind::VvarVclock, Save::None),
+            "[vsyscall]" => (AreaKind::Vsyscall, Save::None),
+            _ if m.has_flag("io") || m.has_flag("pf") => {
+                return Err(refuse(
+                    "device (VM_IO/VM_PFNMAP) mappings cannot be restored".into(),
+                ));
+            }
+            "[heap]" => (AreaKind::Heap, Save::Private),
+            "[stack]" => (AreaKind::Stack, Save::Private),
+            p if p.is_empty() || p.starts_with("[anon:") => {
+                if m.shared {
+                    (AreaKind::Anon, Save::Shared)
+                } else {
+                    (AreaKind::Anon, Save::Private)
+                }
+            }
+            p if is_shared_anon_path(p) && m.shared => (AreaKind::Anon, Save::Shared),
+            p if p.starts_with('[') => {
+                return Err(refuse(format!("special mapping {p} is not supported")));
+            }
+            p if p.ends_with(DELETED) => {
+                return Err(refuse(
+                    "the mapped file was deleted (or is a memfd); not supported".into(),
+                ));
+            }
+            p => {
+                let md = std::fs::metadata(p)
+                    .map_err(|e| refuse(format!("cannot stat the mapped file: {e}")))?;
+                if md.ino() != m.inode || md.dev() != a.dev {
+                    return Err(refuse(
+                        "the path now names another file than the one mapped".into(),
+                    ));
+                }
+                a.path = p.to_string();
+                a.file_size = md.size();
+                (
+                    AreaKind::File,
+                    if m.shared { Save::None } else { Save::Private },
+                )
+            }
+        };
+        if kind == AreaKind::Anon && m.shared {
+            a.flags |= libc::MAP_ANONYMOUS as u32;
+            a.shmem_id = m.inode;
+        } else if matches!(kind, AreaKind::Anon | AreaKind::Heap | AreaKind::Stack) {
+            a.flags |= libc::MAP_ANONYMOUS as u32;
+        }
+        a.kind = kind as i32;
+        out.push(DumpArea {
+            area: a,
+            save,
+            readable: m.read,
+            runs: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+// PAGEMAP_SCAN (linux/fs.h).
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610; // _IOWR('f', 16, struct pm_scan_arg)
+const PAGE_IS_FILE: u64 = 1 << 2;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// Populated page runs of [start, end) via PAGEMAP_SCAN; `Err` with
+/// ENOTTY/EINVAL when the kernel lacks it.
+fn scan_ioctl(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    save: Save,
+) -> std::io::Result<Vec<(u64, u64)>> {
+    let excluded = match save {
+        Save::Private => PAGE_IS_PFNZERO | PAGE_IS_FILE,
+        _ => PAGE_IS_PFNZERO,
+    };
+    let mut regions = vec![PageRegion::default(); 1024];
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: at,
+            end,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            category_inverted: excluded,
+            category_mask: excluded,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            ..Default::default()
+        };
+        // SAFETY: arg and the region vector outlive the call; the kernel
+        // writes at most vec_len regions and arg.walk_end.
+        let n = unsafe {
+            libc::ioctl(
+                pagemap.as_raw_fd(),
+                PAGEMAP_SCAN,
+                &mut arg as *mut PmScanArg,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for r in &regions[..n as usize] {
+            match runs.last_mut() {
+                Some(last) if last.0 + last.1 == r.start => last.1 += r.end - r.start,
+                _ => runs.push((r.start, r.end - r.start)),
+            }
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    Ok(runs)
+}
+
+/// Fallback: reads one 64-bit /proc/PID/pagemap entry per page.
+fn scan_pagemap(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    save: Save,
+) -> std::io::Result<Vec<(u64, u64)>> {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    const FILE: u64 = 1 << 61;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut buf = vec![0u8; 8 * 4096];
+    let mut addr = start;
+    while addr < end {
+        let pages = (((end - addr) / PAGE_SIZE as u64) as usize).min(4096);
+        let b = &mut buf[..pages * 8];
+        pagemap.read_exact_at(b, addr / PAGE_SIZE as u64 * 8)?;
+        for e in b.chunks_exact(8) {
+            let e = u64::from_le_bytes(e.try_into().unwrap());
+            let keep = match save {
+                Save::Private => (e & PRESENT != 0 && e & FILE == 0) || e & SWAPPED != 0,
+                _ => e & (PRESENT | SWAPPED) != 0,
+            };
+            if keep {
+                match runs.last_mut() {
+                    Some(last) if last.0 + last.1 == addr => last.1 += PAGE_SIZE as u64,
+                    _ => runs.push((addr, PAGE_SIZE as u64)),
+                }
+            }
+            addr += PAGE_SIZE as u64;
+        }
+    }
+    Ok(runs)
+}
+
+/// Finds the pages to save in every area.
+pub fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
+    let path = format!("/proc/{pid}/pagemap");
+    let pagemap = File::open(&path).map_err(|err| DumpError::Proc {
+        pid,
+        err: crate::error::ProcError::Io {
+            path: path.clone(),
+            err,
+        },
+    })?;
+    let mut use_ioctl = true;
+    for a in areas.iter_mut().filter(|a| a.save != Save::None) {
+        let (start, end) = (a.area.start, a.area.end);
+        let mut runs = None;
+        if use_ioctl {
+            match scan_ioctl(&pagemap, start, end, a.save) {
+                Ok(r) => runs = Some(r),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
+                    tracing::info!(
+                        pid,
+                        "PAGEMAP_SCAN unavailable ({e}); reading pagemap entries"
+                    );
+                    use_ioctl = false;
+                }
+                Err(err) => {
+                    return Err(DumpError::PageScan {
+                        pid,
+                        start,
+                        end,
+                        err,
+                    });
+                }
+            }
+        }
+        let runs = match runs {
+            Some(r) => r,
+            None => {
+                scan_pagemap(&pagemap, start, end, a.save).map_err(|err| DumpError::PageScan {
+                    pid,
+                    start,
+                    end,
+                    err,
+                })?
+            }
+        };
+        a.area.has_pages = !runs.is_empty();
+        a.runs = runs;
+    }
+    Ok(())
+}
+
+/// Reads the saved pages of every area while the target is frozen and
+/// hands them to the sink. Returns (pages, bytes).
+pub fn write_pages(
+    pid: i32,
+    areas: &[DumpArea],
+    sink: &mut dyn ImageSink,
+    stream: u32,
+    fail_at_memory: bool,
+) -> Result<(u64, u64), DumpError> {
+    const BUF: usize = 8 << 20;
+    let mem = RemoteMem::open(pid, false)?;
+    let mut buf = vec![0u8; BUF];
+    let mut pages = 0u64;
+    for (idx, a) in areas.iter().enumerate() {
+        // Split runs so that each batch fits the buffer.
+        let mut pieces: Vec<(u64, usize)> = Vec::new();
+        for &(start, len) in &a.runs {
+            let mut s = start;
+            while s < start + len {
+                let l = ((start + len - s) as usize).min(BUF);
+                pieces.push((s, l));
+                s += l as u64;
+            }
+        }
+        let mut i = 0;
+        while i < pieces.len() {
+            let mut total = 0usize;
+            let mut j = i;
+            while j < pieces.len() && total + pieces[j].1 <= BUF {
+                total += pieces[j].1;
+                j += 1;
+            }
+            let batch = &pieces[i..j];
+            let got = if a.readable {
+                vm_readv(pid, batch, &mut buf).unwrap_or(0)
+            } else {
+                0
+            };
+            if got < total {
+                // Unreadable protections or a short read: /proc/PID/mem
+                // ignores protections (we are the tracer).
+                let mut off = 0;
+                for &(addr, len) in batch {
+                    if off + len > got {
+                        mem.read(addr, &mut buf[off..off + len])?;
+                    }
+                    off += len;
+                }
+            }
+            if fail_at_memory {
+                return Err(DumpError::TestFailure("memory".into()));
+            }
+            let mut off = 0;
+            for &(addr, len) in batch {
+                sink.pages(stream, pid as u32, idx as u32, addr, &buf[off..off + len])?;
+                off += len;
+            }
+            pages += (total / PAGE_SIZE) as u64;
+            i = j;
+        }
+    }
+    Ok((pages, pages * PAGE_SIZE as u64))
+}
+
+// ---------------------------------------------------------------------------
+// Restore
+// ---------------------------------------------------------------------------
+
+fn map_err(pid: i32, a: &VmArea, reason: String) -> RestoreError {
+    RestoreError::Mapping {
+        pid,
+        start: a.start,
+        end: a.end,
+        path: a.path.clone(),
+        reason,
+    }
+}
+
+/// Whether the area is rebuilt by mapping it (vs. moved kernel mappings).
+pub fn is_mapped_area(a: &VmArea) -> bool {
+    matches!(
+        a.kind(),
+        AreaKind::Anon | AreaKind::File | AreaKind::Heap | AreaKind::Stack
+    )
+}
+
+/// Maps every area at its address. Areas that will receive pages but lack
+/// read/write permission are mapped writable first; `finish` fixes them.
+pub fn map_areas(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
+    let pid = stub.pid;
+    for a in areas.iter().filter(|a| is_mapped_area(a)) {
+        let len = a.end - a.start;
+        let mut prot = a.prot as i32;
+        if a.has_pages {
+            prot |= libc::PROT_READ | libc::PROT_WRITE;
+        }
+        let mut flags = (a.flags as i32
+            & (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN))
+            | libc::MAP_FIXED;
+        let mut fd: i64 = -1;
+        if a.kind() == AreaKind::File {
+            flags &= !libc::MAP_ANONYMOUS;
+            let md = std::fs::metadata(&a.path)
+                .map_err(|e| map_err(pid, a, format!("cannot stat: {e}")))?;
+            if md.ino() != a.inode || md.dev() != a.dev {
+                tracing::warn!(pid, path = %a.path, "mapped file was replaced since the dump (other inode)");
+            }
+            let needed = (a.pgoff + len).min(a.file_size);
+            if md.size() < needed {
+                return Err(map_err(
+                    pid,
+                    a,
+                    format!(
+                        "the file shrank from {} to {} bytes since the dump; the mapping needs {needed}",
+                        a.file_size,
+                        md.size()
+                    ),
+                ));
+            }
+            let write_shared =
+                a.flags as i32 & libc::MAP_SHARED != 0 && a.prot as i32 & libc::PROT_WRITE != 0;
+            let oflags = if write_shared {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            } | libc::O_CLOEXEC;
+            fd = stub
+                .open(&a.path, oflags, 0)
+                .map_err(|e| map_err(pid, a, format!("open: {e}")))?;
+        }
+        let r = stub.call(
+            "mmap",
+            libc::SYS_mmap,
+            &[a.start, len, prot as u64, flags as u64, fd as u64, a.pgoff],
+        );
+        if fd >= 0 {
+            stub.call("close", libc::SYS_close, &[fd as u64])?;
+        }
+        let got = r.map_err(|e| map_err(pid, a, e.to_string()))?;
+        if got as u64 != a.start {
+            return Err(map_err(pid, a, format!("mmap returned {got:#x}")));
+        }
+    }
+    Ok(())
+}
+
+/// Writes one page batch into the stub.
+pub fn fill(
+    pid: i32,
+    mem: &RemoteMem,
+    areas: &[VmArea],
+    batch: &PageBatch,
+) -> Result<u64, RestoreError> {
+    let area = areas
+        .get(batch.area as usize)
+        .ok_or_else(|| RestoreError::Pages {
+            pid,
+            addr: batch.runs[0].start,
+            reason: format!("page batch names area {} of {}", batch.area, areas.len()),
+        })?;
+    for (run, data) in batch.runs_with_data() {
+        if run.start < area.start || run.end() > area.end || !is_mapped_area(area) {
+            return Err(RestoreError::Pages {
+                pid,
+                addr: run.start,
+                reason: format!(
+                    "run of {} pages lies outside area {:#x}-{:#x}",
+                    run.pages, area.start, area.end
+                ),
+            });
+        }
+        mem.write(run.start, data)?;
+    }
+    Ok(batch.page_count())
+}
+
+/// Final protections and madvise flags.
+pub fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
+    for a in areas.iter().filter(|a| is_mapped_area(a)) {
+        let len = a.end - a.start;
+        if a.has_pages
+            && a.prot as i32 & (libc::PROT_READ | libc::PROT_WRITE)
+                != libc::PROT_READ | libc::PROT_WRITE
+        {
+            stub.call(
+                "mprotect",
+                libc::SYS_mprotect,
+                &[a.start, len, a.prot as u64],
+            )
+            .map_err(|e| map_err(stub.pid, a, e.to_string()))?;
+        }
+        for &(_, bit, advice) in ADVICE {
+            if a.madvise & bit != 0
+                && let Err(e) =
+                    stub.call("madvise", libc::SYS_madvise, &[a.start, len, advice as u64])
+            {
+                tracing::warn!(pid = stub.pid, start = a.start, advice, "madvise: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_and_scan_self() {
+        let pid = std::process::id() as i32;
+        // A private anonymous area with a few touched pages.
+        let len = 64 * PAGE_SIZE;
+        // SAFETY: fresh anonymous mapping, unmapped at the end.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as *mut u8;
+        assert_ne!(p as isize, -1);
+        // SAFETY: inside the mapping.
+        unsafe {
+            *p.add(3 * PAGE_SIZE) = 1;
+            *p.add(4 * PAGE_SIZE) = 2;
+            *p.add(10 * PAGE_SIZE) = 3;
+            // A read fault maps the zero page, which is not saved.
+            std::ptr::read_volatile(p.add(20 * PAGE_SIZE));
+        }
+        let maps = crate::proc::smaps(pid).unwrap();
+        let mut areas = plan(pid, &maps).unwrap();
+        scan(pid, &mut areas).unwrap();
+        let base = p as u64;
+        let a = areas
+            .iter()
+            .find(|a| a.area.start <= base && a.area.end >= base + len as u64)
+            .unwrap();
+        let ours: Vec<_> = a
+            .runs
+            .iter()
+            .filter(|r| r.0 >= base && r.0 < base + len as u64)
+            .copied()
+            .collect();
+        assert_eq!(
+            ours,
+            vec![(base + 3 * 4096, 2 * 4096), (base + 10 * 4096, 4096)]
+        );
+        assert!(
+            areas
+                .iter()
+                .any(|a| a.area.kind() == AreaKind::Vdso && a.runs.is_empty())
+        );
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(p.cast(), len) };
+    }
+}

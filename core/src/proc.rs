@@ -1,0 +1,417 @@
+//! Parsers for the /proc files the engine reads. Pure functions over text are
+//! split from the readers so they can be unit-tested on /proc/self.
+
+use crate::error::ProcError;
+use std::path::Path;
+
+pub fn read_string(path: impl AsRef<Path>) -> Result<String, ProcError> {
+    let path = path.as_ref();
+    std::fs::read_to_string(path).map_err(|err| ProcError::Io {
+        path: path.display().to_string(),
+        err,
+    })
+}
+
+pub fn read_bytes(path: impl AsRef<Path>) -> Result<Vec<u8>, ProcError> {
+    let path = path.as_ref();
+    std::fs::read(path).map_err(|err| ProcError::Io {
+        path: path.display().to_string(),
+        err,
+    })
+}
+
+pub fn read_link(path: impl AsRef<Path>) -> Result<String, ProcError> {
+    let path = path.as_ref();
+    std::fs::read_link(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|err| ProcError::Io {
+            path: path.display().to_string(),
+            err,
+        })
+}
+
+fn parse_err(path: &str, detail: impl Into<String>) -> ProcError {
+    ProcError::Parse {
+        path: path.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// One line of /proc/PID/maps (plus VmFlags from smaps).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub pgoff: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    pub path: String,
+    pub vmflags: Vec<String>,
+}
+
+impl MapEntry {
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vmflags.iter().any(|x| x == f)
+    }
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    pub fn prot(&self) -> u32 {
+        (if self.read { libc::PROT_READ } else { 0 }
+            | if self.write { libc::PROT_WRITE } else { 0 }
+            | if self.exec { libc::PROT_EXEC } else { 0 }) as u32
+    }
+}
+
+/// Parses one maps line: `start-end perms offset major:minor inode   path`.
+pub fn parse_maps_line(line: &str) -> Option<MapEntry> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let off = it.next()?;
+    let dev = it.next()?;
+    let inode = it.next()?;
+    let path = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    if perms.len() < 4 {
+        return None;
+    }
+    Some(MapEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        pgoff: u64::from_str_radix(off, 16).ok()?,
+        dev_major: u32::from_str_radix(maj, 16).ok()?,
+        dev_minor: u32::from_str_radix(min, 16).ok()?,
+        inode: inode.parse().ok()?,
+        path,
+        vmflags: Vec::new(),
+    })
+}
+
+/// Parses /proc/PID/smaps text: map lines, each followed by `Key: value`
+/// lines, of which we keep VmFlags.
+pub fn parse_smaps(text: &str, path: &str) -> Result<Vec<MapEntry>, ProcError> {
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(last) = out.last_mut() {
+                last.vmflags = flags.split_whitespace().map(str::to_string).collect();
+            }
+            continue;
+        }
+        // Key lines look like "Rss:  4 kB"; map lines start with a hex range.
+        let first = line.split(' ').next().unwrap_or("");
+        if first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            out.push(
+                parse_maps_line(line)
+                    .ok_or_else(|| parse_err(path, format!("bad map line {line:?}")))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub fn smaps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
+    let path = format!("/proc/{pid}/smaps");
+    parse_smaps(&read_string(&path)?, &path)
+}
+
+pub fn maps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
+    let path = format!("/proc/{pid}/maps");
+    read_string(&path)?
+        .lines()
+        .map(|l| parse_maps_line(l).ok_or_else(|| parse_err(&path, format!("bad map line {l:?}"))))
+        .collect()
+}
+
+/// Fields of /proc/PID/status the engine uses.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub name: String,
+    pub umask: u32,
+    pub tgid: i32,
+    pub ppid: i32,
+    pub tracer_pid: i32,
+    pub state: char,
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub no_new_privs: bool,
+    pub seccomp: u32,
+    pub nspid: Vec<i32>,
+    pub sig_blk: u64,
+}
+
+pub fn parse_status(text: &str, path: &str) -> Result<Status, ProcError> {
+    let mut s = Status::default();
+    let hex = |v: &str| {
+        u64::from_str_radix(v.trim(), 16).map_err(|e| parse_err(path, format!("{v:?}: {e}")))
+    };
+    let four = |v: &str| -> Result<[u32; 4], ProcError> {
+        let n: Vec<u32> = v
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        n.try_into()
+            .map_err(|_| parse_err(path, format!("bad id list {v:?}")))
+    };
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "Name" => s.name = v.to_string(),
+            "Umask" => {
+                s.umask =
+                    u32::from_str_radix(v, 8).map_err(|e| parse_err(path, format!("Umask: {e}")))?
+            }
+            "State" => s.state = v.chars().next().unwrap_or('?'),
+            "Tgid" => s.tgid = v.parse().unwrap_or(0),
+            "PPid" => s.ppid = v.parse().unwrap_or(0),
+            "TracerPid" => s.tracer_pid = v.parse().unwrap_or(0),
+            "Uid" => s.uids = four(v)?,
+            "Gid" => s.gids = four(v)?,
+            "Groups" => {
+                s.groups = v
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            }
+            "CapInh" => s.cap_inh = hex(v)?,
+            "CapPrm" => s.cap_prm = hex(v)?,
+            "CapEff" => s.cap_eff = hex(v)?,
+            "CapBnd" => s.cap_bnd = hex(v)?,
+            "CapAmb" => s.cap_amb = hex(v)?,
+            "NoNewPrivs" => s.no_new_privs = v == "1",
+            "Seccomp" => s.seccomp = v.parse().unwrap_or(0),
+            "NSpid" => {
+                s.nspid = v
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            }
+            "SigBlk" => s.sig_blk = hex(v)?,
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+pub fn status(pid: i32) -> Result<Status, ProcError> {
+    let path = format!("/proc/{pid}/status");
+    parse_status(&read_string(&path)?, &path)
+}
+
+/// /proc/PID/stat, with `field(n)` using the 1-based numbering of proc(5).
+#[derive(Debug, Clone)]
+pub struct Stat {
+    pub comm: String,
+    rest: Vec<String>,
+}
+
+impl Stat {
+    /// Field `n` (1-based as in proc(5); n >= 3) as u64, 0 if absent.
+    pub fn field(&self, n: usize) -> u64 {
+        self.rest
+            .get(n.wrapping_sub(3))
+            .and_then(|v| v.parse::<i64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+    pub fn state(&self) -> char {
+        self.rest
+            .first()
+            .and_then(|s| s.chars().next())
+            .unwrap_or('?')
+    }
+}
+
+pub fn parse_stat(text: &str, path: &str) -> Result<Stat, ProcError> {
+    // comm may contain spaces and parentheses: it ends at the last ')'.
+    let open = text.find('(').ok_or_else(|| parse_err(path, "no '('"))?;
+    let close = text.rfind(')').ok_or_else(|| parse_err(path, "no ')'"))?;
+    let comm = text[open + 1..close].to_string();
+    let rest = text[close + 1..]
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    Ok(Stat { comm, rest })
+}
+
+pub fn stat(pid: i32) -> Result<Stat, ProcError> {
+    let path = format!("/proc/{pid}/stat");
+    parse_stat(&read_string(&path)?, &path)
+}
+
+pub fn tasks(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let path = format!("/proc/{pid}/task");
+    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io {
+        path: path.clone(),
+        err,
+    })?;
+    let mut v: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    // The thread-group leader first.
+    if let Some(i) = v.iter().position(|&t| t == pid) {
+        v.remove(i);
+        v.insert(0, pid);
+    }
+    Ok(v)
+}
+
+pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let path = format!("/proc/{pid}/fd");
+    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io {
+        path: path.clone(),
+        err,
+    })?;
+    let mut v: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdInfo {
+    pub pos: u64,
+    /// Octal `flags:` field: O_* flags including O_CLOEXEC (02000000).
+    pub flags: u32,
+    pub mnt_id: u64,
+}
+
+pub fn parse_fdinfo(text: &str, path: &str) -> Result<FdInfo, ProcError> {
+    let mut fi = FdInfo::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "pos" => {
+                fi.pos = v
+                    .parse()
+                    .map_err(|e| parse_err(path, format!("pos: {e}")))?
+            }
+            "flags" => {
+                fi.flags =
+                    u32::from_str_radix(v, 8).map_err(|e| parse_err(path, format!("flags: {e}")))?
+            }
+            "mnt_id" => fi.mnt_id = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok(fi)
+}
+
+pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo, ProcError> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    parse_fdinfo(&read_string(&path)?, &path)
+}
+
+/// Whether /proc/PID exists (the pid is taken by a process or a thread).
+pub fn pid_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_line() {
+        let e = parse_maps_line(
+            "7f795bece000-7f795bed0000 r-xp 00001000 fe:00 325843                     /usr/lib/x y.so",
+        )
+        .unwrap();
+        assert_eq!(
+            (e.start, e.end, e.pgoff, e.inode),
+            (0x7f795bece000, 0x7f795bed0000, 0x1000, 325843)
+        );
+        assert!(e.read && !e.write && e.exec && !e.shared);
+        assert_eq!((e.dev_major, e.dev_minor), (0xfe, 0));
+        assert_eq!(e.path, "/usr/lib/x y.so");
+        let anon = parse_maps_line("7f0000000000-7f0000001000 rw-s 00000000 00:00 0 ").unwrap();
+        assert!(anon.shared && anon.path.is_empty());
+    }
+
+    #[test]
+    fn smaps_self() {
+        let all = smaps(std::process::id() as i32).unwrap();
+        assert!(all.iter().any(|m| m.path == "[stack]" && m.has_flag("gd")));
+        assert!(all.iter().any(|m| m.path == "[vdso]"));
+        assert!(all.iter().all(|m| !m.vmflags.is_empty()));
+    }
+
+    #[test]
+    fn status_self() {
+        let s = status(std::process::id() as i32).unwrap();
+        assert_eq!(s.tgid, std::process::id() as i32);
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(s.uids[0], unsafe { libc::getuid() });
+        assert_eq!(s.nspid.last().copied(), Some(std::process::id() as i32));
+        // SAFETY: umask is process-wide; set it back right away.
+        let m = unsafe { libc::umask(0o022) };
+        unsafe { libc::umask(m) };
+        assert_eq!(s.umask, m);
+    }
+
+    #[test]
+    fn stat_parses_odd_comm() {
+        let st = parse_stat("42 (a) b (c)) S 1 42 42 0 -1", "x").unwrap();
+        assert_eq!(st.comm, "a) b (c)");
+        assert_eq!(st.state(), 'S');
+        assert_eq!(st.field(4), 1);
+        let me = stat(std::process::id() as i32).unwrap();
+        assert!(
+            me.field(48) > 0 && me.field(49) > me.field(48),
+            "arg_start/arg_end"
+        );
+    }
+
+    #[test]
+    fn fdinfo_self() {
+        use std::io::{Seek, SeekFrom};
+        use std::os::fd::AsRawFd;
+        let mut f = std::fs::File::open("/proc/self/status").unwrap();
+        f.seek(SeekFrom::Start(7)).unwrap();
+        let fi = fdinfo(std::process::id() as i32, f.as_raw_fd()).unwrap();
+        assert_eq!(fi.pos, 7);
+        assert_eq!(fi.flags & libc::O_ACCMODE as u32, libc::O_RDONLY as u32);
+        assert_ne!(
+            fi.flags & libc::O_CLOEXEC as u32,
+            0,
+            "std opens with O_CLOEXEC"
+        );
+    }
+
+    #[test]
+    fn tasks_leader_first() {
+        let me = std::process::id() as i32;
+        let t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        let v = tasks(me).unwrap();
+        assert_eq!(v[0], me);
+        assert!(v.len() >= 2);
+        t.join().unwrap();
+    }
+}

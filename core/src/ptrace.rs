@@ -1,0 +1,288 @@
+//! Thin, typed wrappers over the ptrace requests the engine uses, and waiting
+//! for ptrace stops. Everything here must run on the tracer thread.
+
+use crate::error::TaskError;
+use std::io;
+
+pub type Regs = libc::user_regs_struct;
+
+pub const PTRACE_SEIZE: u32 = 0x4206;
+pub const PTRACE_INTERRUPT: u32 = 0x4207;
+pub const PTRACE_PEEKSIGINFO: u32 = 0x4209;
+pub const PTRACE_GETSIGMASK: u32 = 0x420a;
+pub const PTRACE_SETSIGMASK: u32 = 0x420b;
+pub const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
+pub const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+
+pub const PTRACE_O_TRACESYSGOOD: u64 = 1;
+pub const PTRACE_O_TRACECLONE: u64 = 1 << 3;
+pub const PTRACE_O_EXITKILL: u64 = 1 << 20;
+
+pub const PTRACE_EVENT_CLONE: i32 = 3;
+pub const PTRACE_EVENT_STOP: i32 = 128;
+
+const NT_PRFPREG: usize = 2;
+const NT_X86_XSTATE: usize = 0x202;
+
+/// Size of a kernel siginfo_t.
+pub const SIGINFO_SIZE: usize = 128;
+
+fn raw(req: u32, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: ptrace with explicit arguments; pointers passed in addr/data
+    // point to live buffers of the size the request expects.
+    let r = unsafe { libc::ptrace(req as _, tid, addr, data) };
+    if r == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(0) {
+            return Err(e);
+        }
+    }
+    Ok(r)
+}
+
+fn req(
+    tid: i32,
+    op: &'static str,
+    r: u32,
+    addr: usize,
+    data: usize,
+) -> Result<libc::c_long, TaskError> {
+    raw(r, tid, addr, data).map_err(TaskError::ptrace(tid, op))
+}
+
+pub fn seize(tid: i32, options: u64) -> io::Result<()> {
+    raw(PTRACE_SEIZE, tid, 0, options as usize).map(|_| ())
+}
+
+pub fn interrupt(tid: i32) -> Result<(), TaskError> {
+    req(tid, "INTERRUPT", PTRACE_INTERRUPT, 0, 0).map(|_| ())
+}
+
+pub fn set_options(tid: i32, options: u64) -> Result<(), TaskError> {
+    req(
+        tid,
+        "SETOPTIONS",
+        libc::PTRACE_SETOPTIONS,
+        0,
+        options as usize,
+    )
+    .map(|_| ())
+}
+
+pub fn detach(tid: i32, sig: i32) -> Result<(), TaskError> {
+    req(tid, "DETACH", libc::PTRACE_DETACH, 0, sig as usize).map(|_| ())
+}
+
+pub fn cont(tid: i32, sig: i32) -> Result<(), TaskError> {
+    req(tid, "CONT", libc::PTRACE_CONT, 0, sig as usize).map(|_| ())
+}
+
+pub fn syscall(tid: i32, sig: i32) -> Result<(), TaskError> {
+    req(tid, "SYSCALL", libc::PTRACE_SYSCALL, 0, sig as usize).map(|_| ())
+}
+
+pub fn get_regs(tid: i32) -> Result<Regs, TaskError> {
+    // SAFETY: user_regs_struct is plain integers.
+    let mut regs: Regs = unsafe { std::mem::zeroed() };
+    req(
+        tid,
+        "GETREGS",
+        libc::PTRACE_GETREGS,
+        0,
+        &mut regs as *mut _ as usize,
+    )?;
+    Ok(regs)
+}
+
+pub fn set_regs(tid: i32, regs: &Regs) -> Result<(), TaskError> {
+    req(
+        tid,
+        "SETREGS",
+        libc::PTRACE_SETREGS,
+        0,
+        regs as *const _ as usize,
+    )
+    .map(|_| ())
+}
+
+fn get_regset(tid: i32, op: &'static str, nt: usize, max: usize) -> Result<Vec<u8>, TaskError> {
+    let mut buf = vec![0u8; max];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    req(
+        tid,
+        op,
+        libc::PTRACE_GETREGSET,
+        nt,
+        &mut iov as *mut _ as usize,
+    )?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+fn set_regset(tid: i32, op: &'static str, nt: usize, data: &[u8]) -> Result<(), TaskError> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut _,
+        iov_len: data.len(),
+    };
+    req(
+        tid,
+        op,
+        libc::PTRACE_SETREGSET,
+        nt,
+        &mut iov as *mut _ as usize,
+    )
+    .map(|_| ())
+}
+
+/// The XSAVE area (NT_X86_XSTATE); the kernel trims the buffer to its size.
+pub fn get_xstate(tid: i32) -> Result<Vec<u8>, TaskError> {
+    get_regset(tid, "GETREGSET NT_X86_XSTATE", NT_X86_XSTATE, 64 << 10)
+}
+
+pub fn set_xstate(tid: i32, data: &[u8]) -> Result<(), TaskError> {
+    set_regset(tid, "SETREGSET NT_X86_XSTATE", NT_X86_XSTATE, data)
+}
+
+pub fn get_fpregs(tid: i32) -> Result<Vec<u8>, TaskError> {
+    get_regset(tid, "GETREGSET NT_PRFPREG", NT_PRFPREG, 512)
+}
+
+pub fn set_fpregs(tid: i32, data: &[u8]) -> Result<(), TaskError> {
+    set_regset(tid, "SETREGSET NT_PRFPREG", NT_PRFPREG, data)
+}
+
+pub fn get_sigmask(tid: i32) -> Result<u64, TaskError> {
+    let mut mask = 0u64;
+    req(
+        tid,
+        "GETSIGMASK",
+        PTRACE_GETSIGMASK,
+        8,
+        &mut mask as *mut _ as usize,
+    )?;
+    Ok(mask)
+}
+
+pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), TaskError> {
+    req(
+        tid,
+        "SETSIGMASK",
+        PTRACE_SETSIGMASK,
+        8,
+        &mask as *const _ as usize,
+    )
+    .map(|_| ())
+}
+
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// Pending signals (siginfo_t, 128 bytes each) of the thread, or of the
+/// whole process with `shared`.
+pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>, TaskError> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; SIGINFO_SIZE * 32];
+    loop {
+        let args = PeekSiginfoArgs {
+            off: out.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: 32,
+        };
+        let n = req(
+            tid,
+            "PEEKSIGINFO",
+            PTRACE_PEEKSIGINFO,
+            &args as *const _ as usize,
+            buf.as_mut_ptr() as usize,
+        )?;
+        if n <= 0 {
+            return Ok(out);
+        }
+        for i in 0..n as usize {
+            out.push(buf[i * SIGINFO_SIZE..(i + 1) * SIGINFO_SIZE].to_vec());
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct RseqConfig {
+    pub rseq_abi_pointer: u64,
+    pub rseq_abi_size: u32,
+    pub signature: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+pub fn rseq_config(tid: i32) -> Result<RseqConfig, TaskError> {
+    let mut c = RseqConfig::default();
+    req(
+        tid,
+        "GET_RSEQ_CONFIGURATION",
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        std::mem::size_of::<RseqConfig>(),
+        &mut c as *mut _ as usize,
+    )?;
+    Ok(c)
+}
+
+/// What a waitpid status says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Syscall entry or exit stop (PTRACE_O_TRACESYSGOOD).
+    Syscall,
+    /// PTRACE_EVENT_* stop.
+    Event(i32),
+    /// Signal-delivery-stop (or group-stop of a non-seized tracee).
+    Signal(i32),
+    /// Exited or killed.
+    Gone,
+}
+
+pub fn classify(status: i32) -> Stop {
+    if !libc::WIFSTOPPED(status) {
+        return Stop::Gone;
+    }
+    let sig = libc::WSTOPSIG(status);
+    let event = status >> 16;
+    if sig == libc::SIGTRAP | 0x80 {
+        Stop::Syscall
+    } else if event != 0 {
+        Stop::Event(event)
+    } else {
+        Stop::Signal(sig)
+    }
+}
+
+/// Waits for the next state change of `tid`.
+pub fn wait(tid: i32) -> Result<(i32, Stop), TaskError> {
+    let mut status = 0;
+    loop {
+        // SAFETY: plain waitpid on a specific tid.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if r == tid {
+            return Ok((status, classify(status)));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(TaskError::Wait { tid, err: e });
+        }
+    }
+}
+
+/// Sends SIGKILL to the thread group and reaps it (used to throw away a
+/// half-restored process or a dumped one).
+pub fn kill_and_reap(pid: i32) {
+    // SAFETY: signalling a pid we own.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let mut status = 0;
+    // SAFETY: reaps our own child; ECHILD if it is not ours, which is fine.
+    unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+}

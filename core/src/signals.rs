@@ -1,0 +1,144 @@
+//! Signal actions (read and set with injected rt_sigaction) and pending
+//! signals (read with PTRACE_PEEKSIGINFO, queued again from inside the
+//! restored process).
+
+use crate::error::{DumpError, RestoreError, TaskError};
+use crate::ptrace::SIGINFO_SIZE;
+use crate::stub::{SCRATCH_DATA, Stub};
+use crate::syscall::{Remote, RemoteMem};
+use crstream_proto::{SigAction, SignalState};
+
+/// Signals whose action can be read and set (all but SIGKILL and SIGSTOP).
+fn settable() -> impl Iterator<Item = u32> {
+    (1..=64u32).filter(|&s| s != libc::SIGKILL as u32 && s != libc::SIGSTOP as u32)
+}
+
+/// struct kernel_sigaction on x86_64: handler, flags, restorer, mask.
+fn decode(sig: u32, b: &[u8; 32]) -> SigAction {
+    let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+    SigAction {
+        signal: sig,
+        handler: w(0),
+        flags: w(1),
+        restorer: w(2),
+        mask: w(3),
+    }
+}
+
+fn encode(a: &SigAction) -> Vec<u8> {
+    [a.handler, a.flags, a.restorer, a.mask]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+}
+
+pub fn dump(
+    pid: i32,
+    leader: &Remote,
+    mem: &RemoteMem,
+    scratch: u64,
+) -> Result<SignalState, DumpError> {
+    let mut actions = Vec::new();
+    for sig in settable() {
+        leader.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            &[sig as u64, 0, scratch, 8],
+        )?;
+        let mut b = [0u8; 32];
+        mem.read(scratch, &mut b)?;
+        let a = decode(sig, &b);
+        if a.handler != 0 || a.flags != 0 || a.mask != 0 {
+            actions.push(a);
+        }
+    }
+    let shared_pending = crate::ptrace::peek_siginfo(pid, true)?;
+    Ok(SignalState {
+        pid: pid as u32,
+        actions,
+        shared_pending,
+    })
+}
+
+/// Sets every signal's action: the saved one, or SIG_DFL (the stub came
+/// with crstream's handlers).
+pub fn restore_actions(stub: &Stub, st: &SignalState) -> Result<(), RestoreError> {
+    for sig in settable() {
+        let a = st
+            .actions
+            .iter()
+            .find(|a| a.signal == sig)
+            .cloned()
+            .unwrap_or(SigAction {
+                signal: sig,
+                ..Default::default()
+            });
+        let addr = stub.put(SCRATCH_DATA, &encode(&a))?;
+        stub.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            &[sig as u64, addr, 0, 8],
+        )
+        .map_err(|e| RestoreError::Thread {
+            pid: stub.pid,
+            tid: stub.pid,
+            reason: format!("signal {sig} action: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Queues a saved pending signal again, from the thread-group leader (the
+/// kernel lets a process queue SI_USER/SI_TKILL siginfo only to itself).
+/// `tid` None: process-wide.
+pub fn queue(stub: &Stub, tid: Option<i32>, siginfo: &[u8]) -> Result<(), RestoreError> {
+    if siginfo.len() != SIGINFO_SIZE {
+        return Err(RestoreError::Image(format!(
+            "pending siginfo of {} bytes",
+            siginfo.len()
+        )));
+    }
+    let sig = i32::from_le_bytes(siginfo[0..4].try_into().unwrap());
+    if sig == libc::SIGKILL || sig == libc::SIGSTOP || !(1..=64).contains(&sig) {
+        tracing::warn!(pid = stub.pid, sig, "not queueing pending signal");
+        return Ok(());
+    }
+    let info = stub.put(SCRATCH_DATA + 1024, siginfo)?;
+    let r = match tid {
+        Some(t) => stub.call(
+            "rt_tgsigqueueinfo",
+            libc::SYS_rt_tgsigqueueinfo,
+            &[stub.pid as u64, t as u64, sig as u64, info],
+        ),
+        None => stub.call(
+            "rt_sigqueueinfo",
+            libc::SYS_rt_sigqueueinfo,
+            &[stub.pid as u64, sig as u64, info],
+        ),
+    };
+    r.map_err(|e: TaskError| RestoreError::Thread {
+        pid: stub.pid,
+        tid: tid.unwrap_or(stub.pid),
+        reason: format!("queueing pending signal {sig}: {e}"),
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigaction_layout() {
+        let a = SigAction {
+            signal: 10,
+            handler: 1,
+            flags: 2,
+            restorer: 3,
+            mask: 4,
+        };
+        let b: [u8; 32] = encode(&a).try_into().unwrap();
+        assert_eq!(decode(10, &b), a);
+        assert_eq!(settable().count(), 62);
+    }
+}

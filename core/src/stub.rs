@@ -1,0 +1,401 @@
+//! The restore stub: a child created with the saved PID (clone3 + set_tid)
+//! that stops itself under ptrace, then is emptied and rebuilt entirely by
+//! syscalls injected from the restorer thread.
+//!
+//! Injection first uses a `syscall` instruction of the vDSO (the stub is a
+//! copy of crstream, so crstream's vDSO is at the same place in it); then a
+//! trampoline page (`syscall; int3` + scratch space) mapped at an address
+//! free in both the stub and the image, which survives while everything else
+//! is unmapped and remapped.
+
+use crate::error::{RestoreError, TaskError};
+use crate::proc::{self, MapEntry};
+use crate::ptrace::{self, Stop};
+use crate::syscall::{Remote, RemoteMem, find_syscall_insn};
+use crstream_proto::{AreaKind, VmArea};
+use crstream_streamer::PAGE_SIZE;
+
+/// Trampoline: one code page then scratch pages.
+pub const TRAMP_PAGES: u64 = 16;
+pub const TRAMP_LEN: u64 = TRAMP_PAGES * PAGE_SIZE as u64;
+/// Scratch offsets: a path buffer, then room for structures.
+pub const SCRATCH_PATH: usize = 0;
+pub const SCRATCH_PATH_LEN: usize = 8192;
+pub const SCRATCH_DATA: usize = 8192;
+pub const SCRATCH_LEN: usize = (TRAMP_LEN as usize) - PAGE_SIZE;
+
+/// Highest user address + 1 on x86_64 with 4-level paging.
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+
+#[repr(C)]
+#[derive(Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+impl CloneArgs {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        [
+            self.flags,
+            self.pidfd,
+            self.child_tid,
+            self.parent_tid,
+            self.exit_signal,
+            self.stack,
+            self.stack_size,
+            self.tls,
+            self.set_tid,
+            self.set_tid_size,
+            self.cgroup,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+    }
+}
+
+/// Kills and reaps the stub (and its traced threads) unless disarmed: a
+/// failed restore leaves nothing behind.
+pub struct StubGuard {
+    pub pid: i32,
+    pub tids: Vec<i32>,
+    pub armed: bool,
+}
+
+impl Drop for StubGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::debug!(pid = self.pid, "killing the half-restored process");
+        // SAFETY: our own child.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        for &t in self.tids.iter().filter(|&&t| t != self.pid) {
+            let mut st = 0;
+            // SAFETY: reaping traced threads of our child.
+            unsafe { libc::waitpid(t, &mut st, libc::__WALL) };
+        }
+        ptrace::kill_and_reap(self.pid);
+    }
+}
+
+/// The stub being rebuilt: its leader, its memory, its trampoline.
+pub struct Stub {
+    pub pid: i32,
+    pub leader: Remote,
+    pub mem: RemoteMem,
+    pub tramp: u64,
+}
+
+impl Stub {
+    pub fn scratch(&self) -> u64 {
+        self.tramp + PAGE_SIZE as u64
+    }
+
+    pub fn call(&self, name: &'static str, nr: i64, args: &[u64]) -> Result<i64, TaskError> {
+        self.leader.call(name, nr, args)
+    }
+
+    /// Writes `data` at scratch offset `off`; returns its address in the stub.
+    pub fn put(&self, off: usize, data: &[u8]) -> Result<u64, TaskError> {
+        assert!(off + data.len() <= SCRATCH_LEN, "scratch overflow");
+        let addr = self.scratch() + off as u64;
+        self.mem.write(addr, data)?;
+        Ok(addr)
+    }
+
+    /// Writes a NUL-terminated path into the path buffer.
+    pub fn put_path(&self, path: &str) -> Result<u64, TaskError> {
+        let mut b = path.as_bytes().to_vec();
+        b.push(0);
+        if b.len() > SCRATCH_PATH_LEN {
+            return Err(TaskError::Syscall {
+                tid: self.pid,
+                name: "path too long",
+                errno: libc::ENAMETOOLONG,
+            });
+        }
+        self.put(SCRATCH_PATH, &b)
+    }
+
+    /// openat(AT_FDCWD, path, flags, mode) in the stub.
+    pub fn open(&self, path: &str, flags: i32, mode: u32) -> Result<i64, TaskError> {
+        let p = self.put_path(path)?;
+        self.call(
+            "openat",
+            libc::SYS_openat,
+            &[libc::AT_FDCWD as u64, p, flags as u64, mode as u64],
+        )
+    }
+}
+
+/// The body of the stub child right after clone3: only raw syscalls, no
+/// allocation (the child is a copy of a multi-threaded process).
+fn stub_child() -> ! {
+    // SAFETY: raw syscalls with integer arguments.
+    unsafe {
+        if libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+            libc::syscall(libc::SYS_exit_group, 127);
+        }
+        let me = libc::syscall(libc::SYS_getpid);
+        libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+        loop {
+            libc::syscall(libc::SYS_pause);
+        }
+    }
+}
+
+/// Creates the stub with PID `pid`, stopped under ptrace by this thread.
+pub fn spawn(pid: i32) -> Result<StubGuard, RestoreError> {
+    let set_tid = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is a fork; the child only runs
+    // stub_child, which makes raw syscalls.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r == 0 {
+        stub_child();
+    }
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            return Err(RestoreError::PidInUse { pid });
+        }
+        return Err(RestoreError::Clone { pid, err: e });
+    }
+    let guard = StubGuard {
+        pid,
+        tids: vec![pid],
+        armed: true,
+    };
+    let (status, stop) = ptrace::wait(pid)?;
+    if stop != Stop::Signal(libc::SIGSTOP) {
+        return Err(TaskError::UnexpectedStop {
+            tid: pid,
+            status,
+            while_doing: "waiting for the new stub to stop",
+        }
+        .into());
+    }
+    ptrace::set_options(
+        pid,
+        ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_TRACECLONE | ptrace::PTRACE_O_EXITKILL,
+    )?;
+    Ok(guard)
+}
+
+/// Lowest page-aligned address with `len` free bytes in both range sets.
+pub fn free_gap(busy: &[(u64, u64)], len: u64, floor: u64) -> Option<u64> {
+    let mut v: Vec<(u64, u64)> = busy.to_vec();
+    v.sort_unstable();
+    let mut at = floor;
+    for (s, e) in v {
+        if e <= at {
+            continue;
+        }
+        if s >= at + len {
+            return Some(at);
+        }
+        at = at.max(e);
+    }
+    (at + len <= TASK_SIZE).then_some(at)
+}
+
+fn own_vdso() -> Result<(u64, Vec<u8>), RestoreError> {
+    let maps = proc::maps(std::process::id() as i32)
+        .map_err(|e| RestoreError::Incompatible(e.to_string()))?;
+    let v = maps
+        .iter()
+        .find(|m| m.path == "[vdso]")
+        .ok_or_else(|| RestoreError::Incompatible("crstream has no [vdso]".into()))?;
+    // SAFETY: our own vDSO, mapped readable for the life of the process.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(v.start as *const u8, v.len() as usize) }.to_vec();
+    Ok((v.start, bytes))
+}
+
+fn special(maps: &[MapEntry], name: &str) -> Option<(u64, u64)> {
+    maps.iter()
+        .find(|m| m.path == name)
+        .map(|m| (m.start, m.end))
+}
+
+/// Empties the stub: blocks its signals, drops its rseq registration and
+/// fds, maps the trampoline, unmaps everything else and moves its
+/// vDSO/vvar to the image's addresses.
+pub fn prepare(guard: &StubGuard, image: &[VmArea]) -> Result<Stub, RestoreError> {
+    let pid = guard.pid;
+    let (vdso_base, vdso) = own_vdso()?;
+    let insn = find_syscall_insn(&vdso, vdso_base).ok_or(TaskError::NoSyscallInsn { pid })?;
+    let mut leader = Remote::new(pid, insn)?;
+    // All signals blocked while we rebuild; the saved mask is set last.
+    ptrace::set_sigmask(pid, !0)?;
+    // The stub inherited crstream's rseq registration, whose area we are
+    // about to unmap: the kernel would SIGSEGV the stub on its next update.
+    let rseq = ptrace::rseq_config(pid)?;
+    if rseq.rseq_abi_pointer != 0 {
+        leader.call(
+            "rseq(unregister)",
+            libc::SYS_rseq,
+            &[
+                rseq.rseq_abi_pointer,
+                rseq.rseq_abi_size as u64,
+                1,
+                rseq.signature as u64,
+            ],
+        )?;
+    }
+    let stub_maps = proc::maps(pid).map_err(|e| RestoreError::Io {
+        pid,
+        what: "reading the stub's maps".into(),
+        err: std::io::Error::other(e.to_string()),
+    })?;
+    let mut busy: Vec<(u64, u64)> = stub_maps.iter().map(|m| (m.start, m.end)).collect();
+    busy.extend(image.iter().map(|a| (a.start, a.end)));
+    let floor = 1 << 20;
+    let tramp = free_gap(&busy, TRAMP_LEN, floor)
+        .ok_or_else(|| RestoreError::Incompatible("no free address for the trampoline".into()))?;
+    busy.push((tramp, tramp + TRAMP_LEN));
+    let got = leader.call(
+        "mmap(trampoline)",
+        libc::SYS_mmap,
+        &[
+            tramp,
+            TRAMP_LEN,
+            (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+            u64::MAX,
+            0,
+        ],
+    )? as u64;
+    if got != tramp {
+        return Err(RestoreError::Incompatible(format!(
+            "trampoline mapped at {got:#x}, wanted {tramp:#x}"
+        )));
+    }
+    let mem = RemoteMem::open(pid, true)?;
+    mem.write(tramp, &[0x0f, 0x05, 0xcc])?;
+    leader.syscall_ip = tramp;
+    // Nothing of crstream's stack is needed any more; keep rsp in scratch.
+    leader.base.rsp = tramp + TRAMP_LEN - 64;
+    let stub = Stub {
+        pid,
+        leader,
+        mem,
+        tramp,
+    };
+    stub.call(
+        "close_range",
+        libc::SYS_close_range,
+        &[0, u32::MAX as u64, 0],
+    )?;
+
+    // Unmap all but the trampoline and the kernel's special mappings.
+    let names = ["[vvar]", "[vvar_vclock]", "[vdso]"];
+    let mut keep: Vec<(u64, u64)> = vec![(tramp, tramp + TRAMP_LEN)];
+    keep.extend(names.iter().filter_map(|n| special(&stub_maps, n)));
+    keep.sort_unstable();
+    let mut at = 0u64;
+    for &(s, e) in keep.iter().chain(std::iter::once(&(TASK_SIZE, TASK_SIZE))) {
+        if s > at {
+            stub.call("munmap", libc::SYS_munmap, &[at, s - at])?;
+        }
+        at = e;
+    }
+
+    // Move vvar/vvar_vclock/vdso to their saved addresses, through a
+    // temporary place so that no move lands on a mapping not moved yet.
+    let kinds = [AreaKind::Vvar, AreaKind::VvarVclock, AreaKind::Vdso];
+    let mut moves = Vec::new();
+    for (name, kind) in names.iter().zip(kinds) {
+        let ours = special(&stub_maps, name);
+        let theirs = image
+            .iter()
+            .find(|a| a.kind() == kind)
+            .map(|a| (a.start, a.end));
+        match (ours, theirs) {
+            (None, None) => {}
+            (Some(o), Some(t)) if o.1 - o.0 == t.1 - t.0 => moves.push((o, t)),
+            (o, t) => {
+                return Err(RestoreError::Incompatible(format!(
+                    "{name}: this kernel has {:?} bytes, the image {:?} (different kernel?)",
+                    o.map(|o| o.1 - o.0),
+                    t.map(|t| t.1 - t.0)
+                )));
+            }
+        }
+    }
+    let total: u64 = moves.iter().map(|(o, _)| o.1 - o.0).sum();
+    if total > 0 {
+        let tmp = free_gap(&busy, total, floor).ok_or_else(|| {
+            RestoreError::Incompatible("no free address to move the vDSO through".into())
+        })?;
+        let mut t = tmp;
+        let remap = |from: u64, len: u64, to: u64| {
+            stub.call(
+                "mremap(vdso)",
+                libc::SYS_mremap,
+                &[
+                    from,
+                    len,
+                    len,
+                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                    to,
+                ],
+            )
+        };
+        let mut staged = Vec::new();
+        for &((os, oe), target) in &moves {
+            remap(os, oe - os, t)?;
+            staged.push((t, oe - os, target.0));
+            t += oe - os;
+        }
+        for (from, len, to) in staged {
+            remap(from, len, to)?;
+        }
+    }
+    Ok(stub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps() {
+        assert_eq!(free_gap(&[(0x1000, 0x5000)], 0x1000, 0x1000), Some(0x5000));
+        assert_eq!(free_gap(&[(0x3000, 0x5000)], 0x1000, 0x1000), Some(0x1000));
+        assert_eq!(
+            free_gap(
+                &[(0x1000, 0x3000), (0x3000, 0x4000), (0x6000, 0x7000)],
+                0x2000,
+                0x1000
+            ),
+            Some(0x4000)
+        );
+        assert_eq!(
+            free_gap(&[(0x1000, 0x3000), (0x2000, 0x8000)], 0x1000, 0x1000),
+            Some(0x8000)
+        );
+    }
+}

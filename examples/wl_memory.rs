@@ -1,0 +1,51 @@
+//! Workload for the engine tests: fills N MiB with a pattern and, every
+//! 100 ms, verifies its checksum, increments a counter and reports
+//! "counter checksum pid" to the report file (written atomically).
+//!
+//! Usage: wl_memory REPORT [MIB]
+
+use std::time::Duration;
+
+fn report(path: &str, text: &str) {
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, text).expect("write report");
+    std::fs::rename(&tmp, path).expect("rename report");
+}
+
+fn checksum(buf: &[u64]) -> u64 {
+    buf.iter().enumerate().fold(0u64, |acc, (i, &w)| {
+        acc.rotate_left(5) ^ w.wrapping_mul(i as u64 | 1)
+    })
+}
+
+fn main() {
+    // Drop fds inherited from whoever started us (e.g. a CI runner's pipes):
+    // the engine refuses pipes.
+    // SAFETY: no fd above 2 is in use yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
+    let args: Vec<String> = std::env::args().collect();
+    let path = args.get(1).expect("usage: wl_memory REPORT [MIB]").clone();
+    let mib: usize = args.get(2).map_or(16, |s| s.parse().expect("MiB"));
+    let words = mib << 17;
+    let mut buf: Vec<u64> = (0..words as u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5)
+        .collect();
+    let expected = checksum(&buf);
+    let pid = std::process::id();
+    let mut counter: u64 = 0;
+    loop {
+        let sum = checksum(&buf);
+        if sum != expected {
+            report(&path, &format!("CORRUPT {counter} {sum} {pid}\n"));
+            std::process::exit(3);
+        }
+        counter += 1;
+        // Rewrite a word with its own value through a volatile write, so the
+        // pages keep being written without changing the checksum.
+        let i = (counter as usize * 4099) % words;
+        let p = &mut buf[i] as *mut u64;
+        unsafe { p.write_volatile(p.read_volatile()) };
+        report(&path, &format!("{counter} {sum} {pid}\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,97 @@
+//! Workload: threads blocked in the kernel when the dump freezes them:
+//! short sleeps (nanosleep), a long 3 s sleep, a condvar wait with timeout
+//! (futex with timeout) and a condvar wait without timeout (futex). Each
+//! checks that no wait ends early. Reports, every 100 ms:
+//! "pid errors short_sleeps long_sleeps timed_waits".
+//!
+//! Usage: wl_sleep REPORT
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+fn report(path: &str, text: &str) {
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, text).expect("write report");
+    std::fs::rename(&tmp, path).expect("rename report");
+}
+
+fn main() {
+    // SAFETY: no fd above 2 is in use yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
+    let path = std::env::args().nth(1).expect("usage: wl_sleep REPORT");
+    let errors = Arc::new(AtomicU64::new(0));
+    let short = Arc::new(AtomicU64::new(0));
+    let long = Arc::new(AtomicU64::new(0));
+    let timed = Arc::new(AtomicU64::new(0));
+    {
+        let (errors, short) = (errors.clone(), short.clone());
+        std::thread::spawn(move || {
+            loop {
+                let t = Instant::now();
+                std::thread::sleep(Duration::from_millis(300));
+                if t.elapsed() < Duration::from_millis(300) {
+                    eprintln!("short sleep ended early: {:?}", t.elapsed());
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+                short.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    {
+        let (errors, long) = (errors.clone(), long.clone());
+        std::thread::spawn(move || {
+            loop {
+                let t = Instant::now();
+                std::thread::sleep(Duration::from_secs(3));
+                if t.elapsed() < Duration::from_secs(3) {
+                    eprintln!("long sleep ended early: {:?}", t.elapsed());
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+                long.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let pair = Arc::new((Mutex::new(false), Condvar::new()));
+    {
+        let (errors, timed, pair) = (errors.clone(), timed.clone(), pair.clone());
+        std::thread::spawn(move || {
+            let (lock, cv) = &*pair;
+            loop {
+                let t = Instant::now();
+                let g = lock.lock().unwrap();
+                let (_g, res) = cv
+                    .wait_timeout_while(g, Duration::from_millis(200), |ready| !*ready)
+                    .unwrap();
+                if !res.timed_out() || t.elapsed() < Duration::from_millis(200) {
+                    eprintln!("timed wait ended early: {:?}", t.elapsed());
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+                timed.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    {
+        let (errors, pair) = (errors.clone(), pair.clone());
+        std::thread::spawn(move || {
+            let (lock, cv) = &*pair;
+            // Nobody ever notifies: this wait must never return.
+            let g = lock.lock().unwrap();
+            let _g = cv.wait_while(g, |ready| !*ready).unwrap();
+            eprintln!("untimed wait returned");
+            errors.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    let pid = std::process::id();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = format!(
+            "{pid} {} {} {} {}\n",
+            errors.load(Ordering::SeqCst),
+            short.load(Ordering::SeqCst),
+            long.load(Ordering::SeqCst),
+            timed.load(Ordering::SeqCst)
+        );
+        report(&path, &s);
+    }
+}

@@ -1,0 +1,168 @@
+//! Dump and restore of real language runtimes: CPython with imported
+//! modules keeping a dict checksum, and a multi-threaded Java program.
+//! Skipped (with a message) when python3 / java / javac are not installed.
+
+#[path = "engine_support/mod.rs"]
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Spawns `cmd` with stdin /dev/null, output to a log file and no other
+/// inherited fds (a test runner's pipes would make the dump refuse).
+fn spawn(mut cmd: Command, report: std::path::PathBuf) -> Workload {
+    let log = std::fs::File::create(report.with_extension("log")).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: close_range is async-signal-safe; CLOEXEC keeps std's own
+    // exec-error pipe working until exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(
+                libc::SYS_close_range,
+                3,
+                u32::MAX,
+                4, /* CLOSE_RANGE_CLOEXEC */
+            );
+            Ok(())
+        });
+    }
+    Workload::from_child(cmd.spawn().unwrap(), report)
+}
+
+const PYTHON: &str = r#"
+import sys, os, time, json, hashlib, collections, re, threading
+report = sys.argv[1]
+d = {f"k{i}": i * i for i in range(200000)}
+def digest():
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+expected = digest()
+counter = 0
+while True:
+    counter += 1
+    ok = "OK" if digest() == expected else "CORRUPT"
+    with open(report + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {counter} {expected} {ok}\n")
+    os.rename(report + ".tmp", report)
+    time.sleep(0.1)
+"#;
+
+#[test]
+fn python_with_modules_continues() {
+    if !have("python3") {
+        eprintln!("python3 not installed: skipped");
+        return;
+    }
+    let dir = TestDir::new("python");
+    std::fs::write(dir.path("wl.py"), PYTHON).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(dir.path("wl.py")).arg(dir.path("report"));
+    let mut w = spawn(cmd, dir.path("report"));
+    let before = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > at_dump + 3);
+    assert!(r.trim_end().ends_with("OK"), "{r}\n{}", w.log());
+    assert_eq!(
+        r.split_whitespace().nth(2),
+        before.split_whitespace().nth(2),
+        "dict digest"
+    );
+    assert_running_untraced(pid);
+}
+
+const JAVA: &str = r#"
+import java.util.concurrent.atomic.*;
+public class Wl {
+    public static void main(String[] args) throws Exception {
+        int n = 4;
+        AtomicLongArray counters = new AtomicLongArray(n);
+        AtomicBoolean bad = new AtomicBoolean(false);
+        for (int i = 0; i < n; i++) {
+            final int idx = i;
+            Thread t = new Thread(() -> {
+                long local = 0;
+                java.util.HashMap<Integer, Long> m = new java.util.HashMap<>();
+                while (true) {
+                    local++;
+                    m.put((int) (local % 1000), local);
+                    if (Double.isNaN(Math.sqrt(local) * Math.sin(local))) bad.set(true);
+                    counters.set(idx, local);
+                    try { Thread.sleep(5); } catch (InterruptedException e) { return; }
+                }
+            });
+            t.setDaemon(true);
+            t.start();
+        }
+        long pid = ProcessHandle.current().pid();
+        while (true) {
+            StringBuilder sb = new StringBuilder();
+            sb.append(pid).append(' ').append(bad.get() ? "CORRUPT" : "OK");
+            for (int i = 0; i < n; i++) sb.append(' ').append(counters.get(i));
+            sb.append('\n');
+            // java.io, not NIO: NIO's file dispatcher keeps a socketpair fd,
+            // which the engine does not support.
+            java.io.File tmp = new java.io.File(args[0] + ".tmp");
+            try (java.io.FileOutputStream out = new java.io.FileOutputStream(tmp)) {
+                out.write(sb.toString().getBytes());
+            }
+            tmp.renameTo(new java.io.File(args[0]));
+            Thread.sleep(100);
+        }
+    }
+}
+"#;
+
+#[test]
+fn java_with_threads_continues() {
+    if !have("javac") || !have("java") {
+        eprintln!("java/javac not installed: skipped");
+        return;
+    }
+    let dir = TestDir::new("java");
+    std::fs::write(dir.path("Wl.java"), JAVA).unwrap();
+    let st = Command::new("javac")
+        .arg(dir.path("Wl.java"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "javac failed");
+    let mut cmd = Command::new("java");
+    cmd.args(["-XX:-UsePerfData", "-cp"])
+        .arg(&dir.0)
+        .arg("Wl")
+        .arg(dir.path("report"));
+    let mut w = spawn(cmd, dir.path("report"));
+    w.wait_report(T, |r| (2..6).all(|i| field(r, 0, i) >= 50));
+    let tids_before = tasks(w.pid);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = w.read_report().unwrap();
+    w.reap_dumped();
+    let (pid, mut tids) = restore(&img);
+    w.restored(pid);
+    tids.sort_unstable();
+    assert_eq!(tids, tids_before);
+    let r = w.wait_report(T, |r| {
+        (2..6).all(|i| field(r, 0, i) > field(&at_dump, 0, i) + 50)
+    });
+    assert!(r.contains(" OK "), "{r}\n{}", w.log());
+    assert_running_untraced(pid);
+}
