@@ -1,0 +1,159 @@
+//! Command-line interface definition (clap).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "crstream",
+    version,
+    about = "Checkpoint and restore Linux processes as one stream, straight to and from object storage",
+    long_about = "Checkpoint and restore Linux processes as one stream, straight to and from object storage.\n\n\
+Locations: `-` is stdin/stdout; a path or file:///path is a local file; s3://BUCKET/KEY, gs://BUCKET/KEY and \
+az://CONTAINER/KEY use the usual AWS_*, GOOGLE_* and AZURE_* environment variables (AWS_ENDPOINT_URL and \
+AWS_ALLOW_HTTP=true for S3-compatible servers); memory://NAME/KEY is an in-process store for tests.",
+    after_help = "Examples:\n  crstream dump -t 1234 | crstream upload s3://bucket/app.img\n  crstream restore -i s3://bucket/app.img\n  crstream inspect app.img --json"
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); CRSTREAM_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Checkpoint a running process into a stream
+    Dump(DumpArgs),
+    /// Restore a process from a stream
+    Restore(RestoreArgs),
+    /// Check whether this kernel and these privileges support dump and restore
+    Check(CheckArgs),
+    /// Copy stdin to a location (atomically: the object appears only when complete)
+    Upload(UploadArgs),
+    /// Copy a location to stdout
+    Download(DownloadArgs),
+    /// Show what a stream holds, verifying every checksum
+    Inspect(InspectArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodecArg {
+    Zstd,
+    Lz4,
+    None,
+}
+
+impl CodecArg {
+    pub fn codec(self) -> crstream_proto::Codec {
+        match self {
+            Self::Zstd => crstream_proto::Codec::Zstd,
+            Self::Lz4 => crstream_proto::Codec::Lz4,
+            Self::None => crstream_proto::Codec::None,
+        }
+    }
+}
+
+/// Storage tuning shared by the commands that write to a location.
+#[derive(Args, Debug, Clone)]
+pub struct SinkArgs {
+    /// Multipart upload part size in MiB (S3 needs at least 5)
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    pub part_size: usize,
+    /// Parts uploaded at the same time. Memory used is about part-size x (parts-in-flight + 1)
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub parts_in_flight: usize,
+}
+
+/// Storage tuning shared by the commands that read from a location.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// Size of each ranged read in MiB
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    pub chunk_size: usize,
+    /// Ranged reads in flight (read-ahead). Memory used is about chunk-size x reads-in-flight
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub reads_in_flight: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// PID of the process to checkpoint
+    #[arg(short = 't', long = "tree", value_name = "PID")]
+    pub pid: i32,
+    /// Where to write the image: -, a path, file://, s3://, gs://, az://, memory://
+    #[arg(short, long, default_value = "-", value_name = "DEST")]
+    pub output: String,
+    /// Let the process continue after the dump (default: it is killed after a successful dump)
+    #[arg(long)]
+    pub leave_running: bool,
+    /// Compression of the image frames
+    #[arg(long, value_enum, default_value_t = CodecArg::Zstd)]
+    pub compress: CodecArg,
+    /// Compression level (zstd: 1 fast .. 19 small)
+    #[arg(long, default_value_t = 1)]
+    pub level: i32,
+    /// Print the summary as JSON on stdout (only when the image does not go to stdout)
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Where to read the image from: -, a path, file://, s3://, gs://, az://, memory://
+    #[arg(short, long, default_value = "-", value_name = "SRC")]
+    pub input: String,
+    /// Print the restored PID and return once the process runs (default: wait for it and exit with its status)
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Print the restored PID as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UploadArgs {
+    /// Destination: a path, file://, s3://, gs://, az://, memory://
+    #[arg(value_name = "DEST")]
+    pub dest: String,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+    /// Print a JSON summary on stdout at the end
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// Source: a path, file://, s3://, gs://, az://, memory://
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The stream to inspect: -, a path, file://, s3://, gs://, az://, memory://
+    #[arg(value_name = "SRC", default_value = "-")]
+    pub src: String,
+    /// Machine-readable output (stable JSON)
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
