@@ -5,25 +5,11 @@
 //! streamer's blocking adapters, which must not be used inside the runtime.
 
 use crate::cli::{CheckArgs, DumpArgs, RestoreArgs};
+use crate::progress::human_bytes;
 use anyhow::{Context, Result, bail};
-use crstream_backends::{ReadOptions, SinkOptions, open_sink, open_source};
+use crstream_backends::{open_sink, open_source};
 use crstream_streamer::{BlockingItems, SequentialReader, StreamWriter, WriterOptions};
 use std::io::IsTerminal;
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
 
 pub fn dump(args: DumpArgs) -> Result<u8> {
     let to_stdout = args.output == "-";
@@ -31,12 +17,8 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         bail!("refusing to write a binary image to a terminal: use -o FILE or redirect stdout");
     }
     let rt = crate::runtime();
-    let sink_opts = SinkOptions {
-        part_size: args.sink.part_size.max(1) << 20,
-        parts_in_flight: args.sink.parts_in_flight.max(1),
-    };
     let sink = rt
-        .block_on(open_sink(&args.output, &sink_opts))
+        .block_on(open_sink(&args.output, &args.sink.options()))
         .with_context(|| format!("opening {}", args.output))?;
     let wopts = WriterOptions {
         codec: args.compress.codec(),
@@ -53,9 +35,8 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         leave_running: args.leave_running,
     };
     // Outside the runtime: blocking() uses blocking sends.
-    let result = crstream_core::dump(&opts, &mut writer.blocking());
-    let stats = match result {
-        Ok(s) => s,
+    let dumped = match crstream_core::dump(&opts, &mut writer.blocking()) {
+        Ok(d) => d,
         Err(e) => {
             if let Ok((sink, _)) = rt.block_on(writer.finish()) {
                 let _ = rt.block_on(sink.abort());
@@ -63,19 +44,31 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             return Err(anyhow::Error::new(e).context(format!("dumping pid {}", args.pid)));
         }
     };
-    let (sink, summary) = rt
-        .block_on(writer.finish())
-        .context("finishing the image")?;
-    let written = rt
-        .block_on(sink.commit())
-        .with_context(|| format!("committing {}", args.output))?;
+    // The process stays frozen until the image is complete and committed;
+    // if that fails, dropping `dumped` lets it run on unharmed.
+    let stored = rt.block_on(async {
+        let (sink, summary) = writer.finish().await.context("finishing the image")?;
+        let written = sink
+            .commit()
+            .await
+            .with_context(|| format!("committing {}", args.output))?;
+        anyhow::Ok(written.max(summary.bytes))
+    });
+    let written = match stored {
+        Ok(n) => n,
+        Err(e) => {
+            drop(dumped);
+            return Err(e.context(format!("pid {} was left running", args.pid)));
+        }
+    };
+    let stats = dumped.finish(!args.leave_running);
     eprintln!(
         "crstream: dumped pid {} ({} threads): {} pages ({}), {} written, frozen {:.1} ms, total {:.1} ms",
         args.pid,
         stats.threads,
         stats.pages,
-        human(stats.page_bytes),
-        human(written.max(summary.bytes)),
+        human_bytes(stats.page_bytes),
+        human_bytes(written),
         stats.frozen.as_secs_f64() * 1e3,
         stats.total.as_secs_f64() * 1e3,
     );
@@ -85,7 +78,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             "threads": stats.threads,
             "pages": stats.pages,
             "page_bytes": stats.page_bytes,
-            "bytes_written": written.max(summary.bytes),
+            "bytes_written": written,
             "frozen_ms": stats.frozen.as_secs_f64() * 1e3,
             "total_ms": stats.total.as_secs_f64() * 1e3,
             "leave_running": args.leave_running,
@@ -97,10 +90,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
 
 pub fn restore(args: RestoreArgs) -> Result<u8> {
     let rt = crate::runtime();
-    let ropts = ReadOptions {
-        chunk_size: args.source.chunk_size.max(1) << 20,
-        in_flight: args.source.reads_in_flight.max(1),
-    };
+    let ropts = args.source.options();
     let reader = rt.block_on(async {
         let source = open_source(&args.input)
             .await

@@ -273,3 +273,64 @@ fn files_offsets_append_log_and_deleted_file_survive() {
     );
     assert_running_untraced(pid);
 }
+
+#[path = "support/mod.rs"]
+mod s3;
+
+/// Writing the image fails half way (stdout is a pipe nobody reads): the
+/// target was frozen all along and runs on, untraced, as if nothing happened.
+#[test]
+fn failed_image_write_leaves_the_target_running() {
+    let dir = TestDir::new("brokenpipe");
+    let w = Workload::spawn("wl_memory", dir.path("report"), &["32"]);
+    let before = w.wait_report(T, |r| field(r, 0, 0) >= 2);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = std::process::Command::new(crstream())
+        .args(["dump", "-t", &w.pid.to_string()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pipe") || err.contains("Broken"), "{err}");
+    assert!(
+        err.contains("left running") || err.contains("dumping pid"),
+        "{err}"
+    );
+    assert_running_untraced(w.pid);
+    let n = field(&w.read_report().unwrap(), 0, 0);
+    let r = w.wait_report(T, |r| field(r, 0, 0) > n + 2);
+    assert_eq!(field(&r, 0, 1), field(&before, 0, 1), "checksum changed");
+}
+
+/// Dump straight to the S3 test server and restore straight from it.
+#[test]
+fn dump_to_s3_and_restore_from_s3() {
+    let env: Vec<(String, String)> = s3::s3_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let bucket = s3::s3_bucket("engine");
+    let url = format!("s3://{bucket}/memory.img");
+    let dir = TestDir::new("s3");
+    let mut w = Workload::spawn("wl_memory", dir.path("report"), &["48"]);
+    let before = w.wait_report(T, |r| field(r, 0, 0) >= 3);
+    let o = run(&["dump", "-t", &w.pid.to_string(), "-o", &url], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    let dumped = field(&w.read_report().unwrap(), 0, 0);
+    w.reap_dumped();
+    assert!(s3::s3_object_exists(&bucket, "memory.img"));
+    for round in 0..2 {
+        let o = run(&["restore", "-i", &url, "--detach"], &env);
+        assert!(o.status.success(), "{}", text(&o));
+        let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+        w.restored(pid);
+        let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 2);
+        assert_eq!(
+            field(&r, 0, 1),
+            field(&before, 0, 1),
+            "round {round}: checksum changed"
+        );
+        assert_running_untraced(pid);
+        w.kill();
+    }
+}

@@ -165,8 +165,39 @@ fn test_fail_point() -> Option<String> {
     }
 }
 
-pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<DumpStats, DumpError> {
-    let t0 = Instant::now();
+/// A dumped process, still frozen: the caller makes the image durable, then
+/// ends it with [`Dumped::finish`]. Dropping it lets the process run on
+/// unharmed, which is what a failure to store the image must do.
+pub struct Dumped {
+    frozen: Frozen,
+    stats: DumpStats,
+    frozen_at: Instant,
+    started: Instant,
+}
+
+impl Dumped {
+    pub fn stats(&self) -> &DumpStats {
+        &self.stats
+    }
+
+    /// Kills the process (`kill`) or lets it run on, and returns the final
+    /// figures: frozen time runs until now, since the process stayed stopped
+    /// while the image was being stored.
+    pub fn finish(mut self, kill: bool) -> DumpStats {
+        if kill {
+            self.frozen.kill();
+        } else {
+            self.frozen.release();
+        }
+        let mut stats = self.stats.clone();
+        stats.frozen = self.frozen_at.elapsed();
+        stats.total = self.started.elapsed();
+        stats
+    }
+}
+
+pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumped, DumpError> {
+    let started = Instant::now();
     let pid = opts.pid;
     if pid == std::process::id() as i32 {
         return Err(DumpError::SelfDump { pid });
@@ -180,7 +211,7 @@ pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<DumpStats, D
         });
     }
     let mut frozen = Frozen::freeze(pid)?;
-    let t_frozen = Instant::now();
+    let frozen_at = Instant::now();
     let (pages, threads) = match dump_frozen(&mut frozen, opts, sink) {
         Ok(r) => r,
         Err(e) => {
@@ -189,18 +220,18 @@ pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<DumpStats, D
             return Err(e);
         }
     };
-    if opts.leave_running {
-        frozen.release();
-    } else {
-        frozen.kill();
-    }
-    let frozen_time = t_frozen.elapsed();
-    Ok(DumpStats {
+    let stats = DumpStats {
         pages,
         page_bytes: pages * PAGE_SIZE as u64,
-        frozen: frozen_time,
-        total: t0.elapsed(),
+        frozen: frozen_at.elapsed(),
+        total: started.elapsed(),
         threads,
+    };
+    Ok(Dumped {
+        frozen,
+        stats,
+        frozen_at,
+        started,
     })
 }
 

@@ -34,7 +34,7 @@ use crstream_streamer::{ImageSink, ImageSource};
 #[derive(Debug, Clone)]
 pub struct DumpOptions {
     pub pid: i32,
-    /// Let the process run on after a successful dump (default: SIGKILL it).
+    /// The process will run on after the dump (recorded in the image).
     pub leave_running: bool,
 }
 
@@ -48,9 +48,13 @@ pub struct DumpStats {
     pub threads: usize,
 }
 
-/// Checkpoints process `opts.pid` into `sink`. On failure every change is
-/// undone and the process runs on.
-pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<DumpStats, DumpError> {
+pub use dump::Dumped;
+
+/// Checkpoints process `opts.pid` into `sink` and returns it still frozen:
+/// store the image, then call [`Dumped::finish`] (kill it, or let it run
+/// on). On failure, or if the [`Dumped`] is dropped, every change is undone
+/// and the process runs on.
+pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumped, DumpError> {
     dump::dump(opts, sink)
 }
 

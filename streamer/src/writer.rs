@@ -105,6 +105,8 @@ struct PendingPages {
 pub struct StreamWriter<W> {
     tx: mpsc::Sender<Msg>,
     task: Option<JoinHandle<Result<(W, WriteSummary)>>>,
+    /// The runtime the pipeline runs on, for the blocking face.
+    runtime: tokio::runtime::Handle,
     opts: WriterOptions,
     decls: Vec<StreamDecl>,
     next_stream: u32,
@@ -132,6 +134,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
         Self {
             tx,
             task: Some(task),
+            runtime: tokio::runtime::Handle::current(),
             opts: WriterOptions {
                 page_frame_bytes: opts.page_frame_bytes.max(PAGE_SIZE),
                 ..opts
@@ -215,8 +218,8 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
     fn blocking_flush_outbox(&mut self) -> Result<()> {
         while let Some(msg) = self.outbox.pop_front() {
             if self.tx.blocking_send(msg).is_err() {
-                let handle = tokio::runtime::Handle::current();
-                return Err(handle.block_on(self.writer_failure()));
+                let runtime = self.runtime.clone();
+                return Err(runtime.block_on(self.writer_failure()));
             }
         }
         Ok(())

@@ -222,3 +222,50 @@ async fn writer_reports_io_errors_with_offset() {
     let msg = err.to_string();
     assert!(msg.contains("disk full") && msg.contains("offset"), "{msg}");
 }
+
+/// The blocking face (used by the engine from its own thread) reports a
+/// failed output as an error, not a panic.
+#[test]
+fn blocking_writer_reports_a_failed_output() {
+    struct Broken;
+    impl tokio::io::AsyncWrite for Broken {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut w = {
+        let _in = rt.enter();
+        crstream_streamer::StreamWriter::new(Broken, opts(Codec::None))
+    };
+    let mut b = w.blocking();
+    let body = Body::Inventory(Default::default());
+    let mut failed = None;
+    for _ in 0..10_000 {
+        if let Err(e) = b.record(0, body.clone()) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let e = failed.expect("writing to a broken output must fail");
+    assert!(
+        e.to_string().contains("broken pipe") || e.to_string().contains("Broken"),
+        "{e}"
+    );
+}
