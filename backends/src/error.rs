@@ -149,6 +149,22 @@ impl Diag {
     }
 
     /// Turns an `object_store` error into a `BackendError` for this location.
+    /// A local file operation's error, classified like a store's.
+    pub(crate) fn classify_io(&self, what: &str, err: &io::Error) -> BackendError {
+        let url = self.url.clone();
+        match err.kind() {
+            io::ErrorKind::NotFound => BackendError::NotFound { url },
+            io::ErrorKind::PermissionDenied => BackendError::PermissionDenied {
+                url,
+                cause: format!("{what}: {err}"),
+            },
+            _ => BackendError::Other {
+                url,
+                cause: format!("{what}: {err}"),
+            },
+        }
+    }
+
     pub(crate) fn classify(&self, err: &object_store::Error) -> BackendError {
         let url = self.url.clone();
         let chain: Vec<&(dyn StdError + 'static)> =

@@ -57,6 +57,7 @@ enum Inner {
         out: tokio::io::Stdout,
         written: u64,
     },
+    File(FileSink),
     Object(ObjectSink),
 }
 
@@ -79,6 +80,10 @@ impl Env {
                 out: tokio::io::stdout(),
                 written: 0,
             },
+            Resolved::Store(t) if t.local_path.is_some() => {
+                t.check_not_dir()?;
+                Inner::File(FileSink::create(t.diag.clone(), t.local_path.clone().unwrap()).await?)
+            }
             Resolved::Store(t) => {
                 t.check_not_dir()?;
                 if t.probe_on_open {
@@ -139,6 +144,7 @@ impl Sink {
                 })?;
                 Ok(written)
             }
+            Inner::File(f) => f.commit().await,
             Inner::Object(mut s) => {
                 let n = s.commit().await?;
                 tracing::debug!(url = self.url, bytes = n, "committed");
@@ -158,6 +164,7 @@ impl Sink {
                 let _ = out.flush().await;
                 Ok(())
             }
+            Inner::File(f) => f.abort().await,
             Inner::Object(mut s) => s.abort().await,
         }
     }
@@ -194,6 +201,7 @@ impl AsyncWrite for Sink {
                 *written += n as u64;
                 Poll::Ready(Ok(n))
             }
+            Inner::File(f) => f.poll_write(cx, buf),
             Inner::Object(s) => s.poll_write(cx, buf),
         }
     }
@@ -201,6 +209,7 @@ impl AsyncWrite for Sink {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             Inner::Stdio { out, .. } => Pin::new(out).poll_flush(cx),
+            Inner::File(f) => Pin::new(&mut f.file).poll_flush(cx),
             Inner::Object(s) => s.poll_drain(cx),
         }
     }
@@ -208,6 +217,7 @@ impl AsyncWrite for Sink {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             Inner::Stdio { out, .. } => Pin::new(out).poll_shutdown(cx),
+            Inner::File(f) => Pin::new(&mut f.file).poll_flush(cx),
             Inner::Object(s) => s.poll_drain(cx),
         }
     }
@@ -399,6 +409,115 @@ impl Drop for ObjectSink {
             }
         });
     }
+}
+
+/// A local file: written to a temporary file in the destination's directory
+/// and renamed into place on commit, so the file appears only when complete.
+/// Writing straight to the file avoids the part buffers of a multipart
+/// upload (memory and a copy) that a local disk does not need.
+struct FileSink {
+    diag: Arc<Diag>,
+    file: tokio::fs::File,
+    tmp: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    written: u64,
+    /// Committed or aborted: nothing left to clean up.
+    done: bool,
+}
+
+impl FileSink {
+    async fn create(diag: Arc<Diag>, dest: std::path::PathBuf) -> Result<Self, BackendError> {
+        let dir = dest
+            .parent()
+            .unwrap_or(std::path::Path::new("/"))
+            .to_path_buf();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| diag.classify_io(&format!("creating {}", dir.display()), &e))?;
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Hidden, named after the destination and this process, so a leftover
+        // from a killed upload is recognisable; create_new never clobbers.
+        let tmp = dir.join(format!(
+            ".{name}.crstream-{}-{}.tmp",
+            std::process::id(),
+            unique()
+        ));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .await
+            .map_err(|e| diag.classify_io(&format!("creating {}", tmp.display()), &e))?;
+        Ok(Self {
+            diag,
+            file,
+            tmp,
+            dest,
+            written: 0,
+            done: false,
+        })
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.file).poll_write(cx, buf))?;
+        self.written += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    async fn commit(mut self) -> Result<u64, BackendError> {
+        let result = async {
+            self.file
+                .flush()
+                .await
+                .map_err(|e| self.diag.classify_io("writing", &e))?;
+            tokio::fs::rename(&self.tmp, &self.dest).await.map_err(|e| {
+                self.diag
+                    .classify_io("renaming the finished file into place", &e)
+            })
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.done = true;
+                tracing::debug!(url = self.diag.url, bytes = self.written, "committed");
+                Ok(self.written)
+            }
+            Err(e) => {
+                self.remove_tmp();
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self) -> Result<(), BackendError> {
+        self.remove_tmp();
+        Ok(())
+    }
+
+    fn remove_tmp(&mut self) {
+        if !self.done {
+            self.done = true;
+            if let Err(e) = std::fs::remove_file(&self.tmp) {
+                tracing::warn!("removing {}: {e}", self.tmp.display());
+            }
+        }
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        self.remove_tmp();
+    }
+}
+
+/// A number that differs between sinks of one process.
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[cfg(test)]

@@ -2,19 +2,22 @@
 //! be compressed on many cores and decoded one at a time.
 
 use crate::error::{Result, StreamError};
+use bytes::Bytes;
 use crstream_proto::Codec;
 
-/// Compresses `raw`; returns the codec actually used (falls back to none
-/// when compression does not shrink the payload) and the stored bytes.
-pub fn compress(codec: Codec, level: i32, raw: &[u8]) -> (Codec, Vec<u8>) {
+/// Compresses `raw`; returns the codec actually used and the stored bytes.
+/// Falls back to none, without copying, when compression does not shrink
+/// the payload (memory that is already compressed or random).
+pub fn compress(codec: Codec, level: i32, raw: Bytes) -> (Codec, Bytes) {
     let compressed = match codec {
+        _ if raw.is_empty() => None,
         Codec::None => None,
-        Codec::Zstd => zstd::bulk::compress(raw, level).ok(),
-        Codec::Lz4 => Some(lz4_flex::block::compress(raw)),
+        Codec::Zstd => zstd::bulk::compress(&raw, level).ok(),
+        Codec::Lz4 => Some(lz4_flex::block::compress(&raw)),
     };
     match compressed {
-        Some(c) if c.len() < raw.len() => (codec, c),
-        _ => (Codec::None, raw.to_vec()),
+        Some(c) if c.len() < raw.len() => (codec, Bytes::from(c)),
+        _ => (Codec::None, raw),
     }
 }
 

@@ -64,19 +64,44 @@ pub struct WriteSummary {
     pub pages: u64,
 }
 
+/// Frame buffers handed back after their frame is written, so the next
+/// frames reuse memory that is already faulted in: fresh pages cost more
+/// than the copy itself.
+#[derive(Clone, Default)]
+struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<BytesMut>>>);
+
+impl BufferPool {
+    /// Buffers kept at most: about the frames in flight.
+    const MAX: usize = 32;
+
+    fn take(&self) -> Option<BytesMut> {
+        self.0.lock().ok()?.pop()
+    }
+
+    fn give(&self, bytes: Bytes) {
+        if let Ok(mut buf) = bytes.try_into_mut() {
+            buf.clear();
+            if let Ok(mut pool) = self.0.lock()
+                && pool.len() < Self::MAX
+            {
+                pool.push(buf);
+            }
+        }
+    }
+}
+
 /// A raw frame on its way to compression.
 struct Job {
     kind: FrameKind,
     stream_id: u32,
-    /// Payload in parts (a page batch header and its pages), joined by the worker.
-    parts: Vec<Bytes>,
+    raw: Bytes,
     records: u32,
     pages: Option<(u32, u32, Vec<PageRun>)>,
 }
 
 struct Encoded {
     header: FrameHeader,
-    stored: Vec<u8>,
+    stored: Bytes,
     records: u32,
     pages: Option<(u32, u32, Vec<PageRun>)>,
 }
@@ -92,13 +117,16 @@ struct RecordBuf {
     count: u32,
 }
 
-/// Pages being gathered into the next page frame of one area.
+/// Pages being gathered into the next page frame of one area. `buf` starts
+/// with room for the largest possible batch header, so the header is put in
+/// front of the pages at flush time without copying them again.
 struct PendingPages {
     stream_id: u32,
     pid: u32,
     area: u32,
     runs: Vec<PageRun>,
-    data: BytesMut,
+    buf: BytesMut,
+    header_room: usize,
 }
 
 /// Writes one crstream stream to an `AsyncWrite`.
@@ -114,6 +142,7 @@ pub struct StreamWriter<W> {
     pages: Option<PendingPages>,
     metadata_ended: bool,
     outbox: VecDeque<Msg>,
+    pool: BufferPool,
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
@@ -130,7 +159,15 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        let task = tokio::spawn(write_frames(rx, out, options, opts.clone(), workers));
+        let pool = BufferPool::default();
+        let task = tokio::spawn(write_frames(
+            rx,
+            out,
+            options,
+            opts.clone(),
+            workers,
+            pool.clone(),
+        ));
         Self {
             tx,
             task: Some(task),
@@ -145,6 +182,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
             pages: None,
             metadata_ended: false,
             outbox: VecDeque::new(),
+            pool,
         }
     }
 
@@ -298,7 +336,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
             self.outbox.push_back(Msg::Frame(Job {
                 kind: FrameKind::Records,
                 stream_id,
-                parts: vec![Bytes::from(buf.bytes)],
+                raw: Bytes::from(buf.bytes),
                 records: buf.count,
                 pages: None,
             }));
@@ -319,7 +357,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
             self.outbox.push_back(Msg::Frame(Job {
                 kind: FrameKind::Blob,
                 stream_id,
-                parts: vec![Bytes::copy_from_slice(chunk)],
+                raw: Bytes::copy_from_slice(chunk),
                 records: 0,
                 pages: None,
             }));
@@ -339,7 +377,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
         self.outbox.push_back(Msg::Frame(Job {
             kind: FrameKind::MetadataEnd,
             stream_id: 0,
-            parts: Vec::new(),
+            raw: Bytes::new(),
             records: 0,
             pages: None,
         }));
@@ -374,39 +412,50 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
             let same_area = matches!(&self.pages, Some(p) if p.stream_id == stream_id
                 && p.pid == pid && p.area == area
                 && p.runs.last().is_some_and(|r| r.end() <= addr));
-            let full = self
-                .pages
-                .as_ref()
-                .is_some_and(|p| p.data.len() + chunk.len() > self.opts.page_frame_bytes);
+            let full = self.pages.as_ref().is_some_and(|p| {
+                p.buf.len() - p.header_room + chunk.len() > self.opts.page_frame_bytes
+            });
             if !same_area || full {
                 self.flush_pages();
             }
-            let pending = self.pages.get_or_insert_with(|| PendingPages {
-                stream_id,
-                pid,
-                area,
-                runs: Vec::new(),
-                data: BytesMut::with_capacity(self.opts.page_frame_bytes),
+            let frame_bytes = self.opts.page_frame_bytes;
+            let pool = &self.pool;
+            let pending = self.pages.get_or_insert_with(|| {
+                // Each run holds at least one page.
+                let header_room = PageBatch::header_len(frame_bytes / PAGE_SIZE);
+                let mut buf = pool.take().unwrap_or_default();
+                buf.reserve(header_room + frame_bytes);
+                buf.resize(header_room, 0);
+                PendingPages {
+                    stream_id,
+                    pid,
+                    area,
+                    runs: Vec::new(),
+                    buf,
+                    header_room,
+                }
             });
             let pages = (chunk.len() >> PAGE_SHIFT) as u64;
             match pending.runs.last_mut() {
                 Some(run) if run.end() == addr => run.pages += pages,
                 _ => pending.runs.push(PageRun { start: addr, pages }),
             }
-            pending.data.extend_from_slice(chunk);
+            pending.buf.extend_from_slice(chunk);
             addr += chunk.len() as u64;
         }
         Ok(())
     }
 
     fn flush_pages(&mut self) {
-        if let Some(p) = self.pages.take() {
+        if let Some(mut p) = self.pages.take() {
             let mut header = BytesMut::with_capacity(PageBatch::header_len(p.runs.len()));
             PageBatch::encode_header_into(p.pid, p.area, &p.runs, &mut header);
+            let start = p.header_room - header.len();
+            p.buf[start..p.header_room].copy_from_slice(&header);
             self.outbox.push_back(Msg::Frame(Job {
                 kind: FrameKind::Pages,
                 stream_id: p.stream_id,
-                parts: vec![header.freeze(), p.data.freeze()],
+                raw: p.buf.freeze().slice(start..),
                 records: 0,
                 pages: Some((p.pid, p.area, p.runs)),
             }));
@@ -490,22 +539,20 @@ impl<W: AsyncWrite + Unpin + Send + 'static> crate::image::ImageSink for Blockin
 }
 
 /// Compresses and checksums one frame (runs on the blocking pool).
-fn encode_job(job: Job, codec: Codec, level: i32) -> Encoded {
-    let raw: std::borrow::Cow<[u8]> = match job.parts.as_slice() {
-        [] => std::borrow::Cow::Borrowed(&[]),
-        [one] => std::borrow::Cow::Borrowed(one.as_ref()),
-        many => std::borrow::Cow::Owned(many.concat()),
-    };
-    let (codec, stored) = if raw.is_empty() {
-        (Codec::None, Vec::new())
+fn encode_job(job: Job, codec: Codec, level: i32, pool: &BufferPool) -> Encoded {
+    let raw_len = job.raw.len() as u32;
+    let raw = job.raw.clone();
+    let (codec, stored) = codec::compress(codec, level, job.raw);
+    if codec != Codec::None {
+        pool.give(raw);
     } else {
-        codec::compress(codec, level, &raw)
-    };
+        drop(raw);
+    }
     let header = FrameHeader {
         kind: job.kind,
         codec,
         stream_id: job.stream_id,
-        raw_len: raw.len() as u32,
+        raw_len,
         stored_len: stored.len() as u32,
         payload_crc: crc32c::crc32c(&stored),
     };
@@ -525,6 +572,7 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     options: StreamOptions,
     opts: WriterOptions,
     workers: usize,
+    pool: BufferPool,
 ) -> Result<(W, WriteSummary)> {
     let io_err = |offset: u64| move |source| StreamError::Io { offset, source };
     let header = encode_header(&options);
@@ -536,19 +584,21 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     let (codec, level) = (opts.codec, opts.level);
     let messages =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let encode_pool = pool.clone();
     let mut encoded = std::pin::pin!(
         messages
-            .map(|msg| async move {
-                match msg {
-                    Msg::Frame(job) => {
-                        tokio::task::spawn_blocking(move || encode_job(job, codec, level))
-                            .await
-                            .map(Ok)
-                            .map_err(|e| {
-                                StreamError::WriterGone(format!("compression worker: {e}"))
-                            })
+            .map(|msg| {
+                let pool = encode_pool.clone();
+                async move {
+                    match msg {
+                        Msg::Frame(job) => tokio::task::spawn_blocking(move || {
+                            encode_job(job, codec, level, &pool)
+                        })
+                        .await
+                        .map(Ok)
+                        .map_err(|e| StreamError::WriterGone(format!("compression worker: {e}"))),
+                        Msg::Finish(decls) => Ok(Err(decls)),
                     }
-                    Msg::Finish(decls) => Ok(Err(decls)),
                 }
             })
             .buffered(workers)
@@ -565,6 +615,7 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
         let h = frame.header;
         out.write_all(&h.encode()).await.map_err(io_err(offset))?;
         out.write_all(&frame.stored).await.map_err(io_err(offset))?;
+        pool.give(frame.stored);
         index.frames.push(FrameEntry {
             offset,
             kind: h.kind as u32,
@@ -597,13 +648,14 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     }
     index.total_raw_bytes = summary.raw_bytes;
 
-    let raw = index.encode_to_vec();
-    let (icodec, stored) = codec::compress(codec, level, &raw);
+    let raw = Bytes::from(index.encode_to_vec());
+    let raw_len = raw.len() as u32;
+    let (icodec, stored) = codec::compress(codec, level, raw);
     let h = FrameHeader {
         kind: FrameKind::Index,
         codec: icodec,
         stream_id: 0,
-        raw_len: raw.len() as u32,
+        raw_len,
         stored_len: stored.len() as u32,
         payload_crc: crc32c::crc32c(&stored),
     };
