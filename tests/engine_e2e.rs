@@ -334,3 +334,316 @@ fn dump_to_s3_and_restore_from_s3() {
         w.kill();
     }
 }
+
+/// Spawns wl_session in MODE ("setsid" or "keep"), in process group
+/// `pgroup` if given (0: a new group led by the workload).
+fn spawn_session(dir: &TestDir, mode: &str, pgroup: Option<i32>) -> Workload {
+    use std::os::unix::process::CommandExt;
+    let report = dir.path("report");
+    let log = std::fs::File::create(report.with_extension("log")).unwrap();
+    let mut cmd = std::process::Command::new(example("wl_session"));
+    cmd.arg(&report)
+        .arg(mode)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if let Some(g) = pgroup {
+        cmd.process_group(g);
+    }
+    Workload::from_child(cmd.spawn().unwrap(), report)
+}
+
+/// (pgid, sid) of PID from /proc/PID/stat.
+fn pgid_sid(pid: i32) -> (i32, i32) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split(' ').collect();
+    // state ppid pgrp session ...
+    (rest[2].parse().unwrap(), rest[3].parse().unwrap())
+}
+
+fn restore_output(img: &std::path::Path) -> (i32, String) {
+    let o = run(
+        &["restore", "-i", img.to_str().unwrap(), "--detach", "--json"],
+        &[],
+    );
+    assert!(o.status.success(), "restore failed: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    (
+        v["pid"].as_i64().unwrap() as i32,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A process that called setsid() is restored as the leader of a new
+/// session (it was restored by a child of the restorer, in the restorer's
+/// session).
+#[test]
+fn session_leader_is_restored_as_a_session_leader() {
+    let dir = TestDir::new("setsid");
+    let mut w = spawn_session(&dir, "setsid", None);
+    w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    assert_eq!(pgid_sid(w.pid), (w.pid, w.pid));
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    assert_eq!(pgid_sid(pid), (pid, pid), "sid and pgid after restore");
+    let r = w.wait_report(T, |r| field(r, 0, 1) > at_dump + 2);
+    assert_eq!(
+        (field(&r, 0, 2), field(&r, 0, 3)),
+        (pid as u64, pid as u64),
+        "getpgid/getsid as the process sees them: {r}"
+    );
+    assert_running_untraced(pid);
+}
+
+/// A process-group leader (not a session leader) is restored as the leader
+/// of a new group in the restorer's session.
+#[test]
+fn process_group_leader_is_restored_as_a_group_leader() {
+    let dir = TestDir::new("pgrp");
+    let mut w = spawn_session(&dir, "keep", Some(0));
+    w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    // SAFETY: getsid(0) has no preconditions.
+    let our_sid = unsafe { libc::getsid(0) };
+    assert_eq!(pgid_sid(w.pid), (w.pid, our_sid));
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    assert_eq!(pgid_sid(pid), (pid, our_sid), "pgid and sid after restore");
+    let r = w.wait_report(T, |r| field(r, 0, 1) > at_dump + 2);
+    assert_eq!(field(&r, 0, 2), pid as u64, "getpgid: {r}");
+    assert_running_untraced(pid);
+}
+
+/// A member of another group of the restorer's session rejoins that group
+/// while it exists; once it is gone, the process stays in the restorer's
+/// group and the restore warns.
+#[test]
+fn process_group_member_rejoins_its_group_or_stays_with_a_warning() {
+    use std::os::unix::process::CommandExt;
+    let dir = TestDir::new("pgmember");
+    let holder = std::process::Command::new("sleep")
+        .arg("600")
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut holder = Workload::from_child(holder, dir.path("holder"));
+    let group = holder.pid;
+    let mut w = spawn_session(&dir, "keep", Some(group));
+    w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    // SAFETY: no preconditions.
+    let (our_pgid, our_sid) = unsafe { (libc::getpgrp(), libc::getsid(0)) };
+    assert_ne!(group, our_pgid);
+    assert_eq!(pgid_sid(w.pid), (group, our_sid));
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+
+    let (pid, _) = restore_output(&img);
+    w.restored(pid);
+    assert_eq!(pgid_sid(pid), (group, our_sid), "rejoined group {group}");
+    let n = field(&w.read_report().unwrap(), 0, 1);
+    w.wait_report(T, |r| field(r, 0, 1) > n + 2);
+    assert_running_untraced(pid);
+    w.kill();
+
+    holder.kill();
+    let (pid, stderr) = restore_output(&img);
+    w.restored(pid);
+    assert_eq!(
+        pgid_sid(pid),
+        (our_pgid, our_sid),
+        "stays in the restorer's group"
+    );
+    assert!(
+        stderr.contains(&format!("process group {group}")) && stderr.contains("WARN"),
+        "{stderr}"
+    );
+    let n = field(&w.read_report().unwrap(), 0, 1);
+    w.wait_report(T, |r| field(r, 0, 1) > n + 2);
+    assert_running_untraced(pid);
+}
+
+fn vm_rss_kib(pid: i32) -> u64 {
+    status_field(pid, "VmRSS")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A 1 GiB MAP_NORESERVE area of which ~10 MiB is written, 12 MiB only read
+/// (zero page) and the rest never touched: only the written pages (plus the
+/// process's ordinary memory) are saved, and the restored process has the
+/// same data, zeros everywhere else and a small RSS.
+#[test]
+fn sparse_memory_saves_only_populated_pages() {
+    const MIB: u64 = 1 << 20;
+    let dir = TestDir::new("sparse");
+    let mut w = Workload::spawn("wl_sparse", dir.path("report"), &[]);
+    let before = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    assert!(before.contains(" OK "), "{before}\n{}", w.log());
+    let checksum = field(&before, 0, 2);
+    let written = field(&before, 0, 3);
+    assert!(written * 4096 >= 9 * MIB, "{before}");
+    let img = dir.path("img");
+    let o = dump(w.pid, &img, &["--json"]);
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    w.reap_dumped();
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+    let pages = summary["pages"].as_u64().unwrap();
+    assert!(
+        pages >= written && pages * 4096 < 20 * MIB,
+        "{pages} pages saved, {written} written: {summary}"
+    );
+    let size = std::fs::metadata(&img).unwrap().len();
+    assert!(size < 25 * MIB, "image of {size} bytes");
+
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > at_dump + 3);
+    assert_eq!(field(&r, 0, 2), checksum, "{r}");
+    assert!(r.contains(" OK "), "{r}\n{}", w.log());
+    let rss = vm_rss_kib(pid);
+    assert!(
+        rss < 64 * 1024,
+        "restored RSS {rss} kB: the area was filled"
+    );
+    // Full check: every page never written reads as zeros.
+    std::fs::write(dir.path("report.verify"), b"").unwrap();
+    let r = w.wait_report(T, |r| field(r, 0, 5) >= 1 || !r.contains(" OK "));
+    assert!(r.contains(" OK "), "{r}");
+    assert_eq!(field(&r, 0, 2), checksum, "{r}");
+    let rss = vm_rss_kib(pid);
+    assert!(rss < 64 * 1024, "RSS {rss} kB after reading the zero pages");
+    assert_running_untraced(pid);
+}
+
+/// The data file of wl_files is truncated below the saved offset between
+/// dump and restore: restore refuses, naming the file, and leaves no
+/// process; with the file put back, the same image restores.
+#[test]
+fn restore_refuses_an_open_file_truncated_below_its_offset() {
+    let dir = TestDir::new("truncfd");
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let data_path = dir.path("data");
+    std::fs::write(&data_path, &data).unwrap();
+    let mut w = Workload::spawn("wl_files", dir.path("report"), &[dir.0.to_str().unwrap()]);
+    // >= 5 reads of 16 bytes: the saved offset is at least 80.
+    w.wait_report(T, |r| field(r, 0, 1) >= 5);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    w.reap_dumped();
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data_path)
+        .unwrap()
+        .set_len(40)
+        .unwrap();
+    let o = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(data_path.to_str().unwrap()) && err.contains("shrank"),
+        "{err}"
+    );
+    assert!(!proc_exists(w.pid), "a failed restore left pid {}", w.pid);
+
+    std::fs::write(&data_path, &data).unwrap();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= at_dump + 3);
+    assert!(r.trim_end().ends_with(" OK"), "{r}");
+    assert_running_untraced(pid);
+}
+
+/// The workload's own executable (a copy) shrinks between dump and restore:
+/// its mappings would fault or read zeros, so restore refuses, naming the
+/// file, and leaves no process; with the file put back, it restores.
+#[test]
+fn restore_refuses_a_mapped_file_that_shrank() {
+    let dir = TestDir::new("truncmap");
+    let exe = dir.path("wl_memory_copy");
+    std::fs::copy(example("wl_memory"), &exe).unwrap();
+    let report = dir.path("report");
+    let log = std::fs::File::create(report.with_extension("log")).unwrap();
+    let child = std::process::Command::new(&exe)
+        .arg(&report)
+        .arg("8")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut w = Workload::from_child(child, report);
+    let before = w.wait_report(T, |r| field(r, 0, 0) >= 2);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let dumped = field(&w.read_report().unwrap(), 0, 0);
+    w.reap_dumped();
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&exe)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let o = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(exe.to_str().unwrap()) && err.contains("shrank"),
+        "{err}"
+    );
+    assert!(!proc_exists(w.pid), "a failed restore left pid {}", w.pid);
+
+    std::fs::copy(example("wl_memory"), &exe).unwrap();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 2);
+    assert_eq!(field(&r, 0, 1), field(&before, 0, 1), "checksum changed");
+    assert_running_untraced(pid);
+}
+
+/// A failure late in the restore (threads created, state set): the
+/// half-restored process and all its threads are gone when restore exits,
+/// and the same image then restores.
+#[test]
+fn failure_late_in_restore_leaves_no_process_or_thread_behind() {
+    let dir = TestDir::new("latefail");
+    let mut w = Workload::spawn("wl_threads", dir.path("report"), &[]);
+    w.wait_report(T, |r| {
+        r.lines().count() == 9 && (1..9).all(|l| field(r, l, 2) >= 3)
+    });
+    let tids = tasks(w.pid);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let o = run(
+        &["restore", "-i", img.to_str().unwrap(), "--detach"],
+        &[("CRSTREAM_TEST_FAIL_AT", "restore")],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("injected test failure at restore"),
+        "{}",
+        text(&o)
+    );
+    for &t in &tids {
+        assert!(!proc_exists(t), "tid {t} left behind by a failed restore");
+    }
+    let (pid, mut restored) = restore(&img);
+    w.restored(pid);
+    restored.sort_unstable();
+    assert_eq!(restored, tids);
+    assert_running_untraced(pid);
+}

@@ -157,7 +157,7 @@ impl Drop for Frozen {
     }
 }
 
-fn test_fail_point() -> Option<String> {
+pub(crate) fn test_fail_point() -> Option<String> {
     if cfg!(debug_assertions) {
         std::env::var("CRSTREAM_TEST_FAIL_AT").ok()
     } else {
@@ -450,14 +450,15 @@ fn dump_frozen(
             leave_running: opts.leave_running,
         }),
     )?;
+    let (pgid, sid) = crate::session::dump(&stat);
     sink.record(
         0,
         Body::ProcessTree(ProcessTree {
             processes: vec![ProcessEntry {
                 pid: pid as u32,
                 ppid: status.ppid as u32,
-                pgid: stat.field(5) as u32,
-                sid: stat.field(6) as u32,
+                pgid,
+                sid,
                 threads: tids.clone(),
                 state: ProcessState::Alive as i32,
                 exit_code: 0,

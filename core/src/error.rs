@@ -147,4 +147,8 @@ pub enum RestoreError {
     },
     #[error("pid {pid} tid {tid}: {reason}")]
     Thread { pid: i32, tid: i32, reason: String },
+    #[error("pid {pid}: session or process group: {reason}")]
+    Session { pid: i32, reason: String },
+    #[error("injected test failure at {0} (CRSTREAM_TEST_FAIL_AT)")]
+    TestFailure(String),
 }

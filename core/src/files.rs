@@ -159,6 +159,76 @@ fn recreate_deleted(pid: i32, f: &OpenFile, contents: &[u8]) -> Result<File, Res
     Ok(tmp)
 }
 
+/// Checks that the saved regular file `f` (not deleted) can be reopened
+/// without corrupting the process: it must exist and must not have shrunk
+/// below the saved offset. Other changes (size, replaced file, mtime) are
+/// logged when `warn`.
+fn check_regular(pid: i32, f: &OpenFile, warn: bool) -> Result<(), RestoreError> {
+    let ferr = |reason: String| RestoreError::File {
+        pid,
+        fd: f.fd,
+        path: f.path.clone(),
+        reason,
+    };
+    let md = std::fs::metadata(&f.path).map_err(|e| ferr(format!("cannot stat: {e}")))?;
+    if !md.is_file() {
+        return Err(ferr(format!(
+            "it was a regular file and is now a {}",
+            kind_name(&md)
+        )));
+    }
+    if md.size() < f.offset && f.size >= f.offset {
+        return Err(ferr(format!(
+            "the file shrank from {} to {} bytes since the dump, below the saved offset {}",
+            f.size,
+            md.size(),
+            f.offset
+        )));
+    }
+    if !warn {
+        return Ok(());
+    }
+    if md.ino() != f.inode || md.dev() != f.dev {
+        tracing::warn!(pid, fd = f.fd, path = %f.path, "the path names another file than at the dump (other inode)");
+    }
+    if md.size() != f.size {
+        tracing::warn!(pid, fd = f.fd, path = %f.path, "file size changed since the dump ({} -> {})", f.size, md.size());
+    } else if f.mtime_ns != 0 && md.mtime() * 1_000_000_000 + md.mtime_nsec() != f.mtime_ns {
+        tracing::warn!(pid, fd = f.fd, path = %f.path, "file modified since the dump (same size)");
+    }
+    Ok(())
+}
+
+fn kind_name(md: &std::fs::Metadata) -> &'static str {
+    let ft = md.file_type();
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
+}
+
+/// Before anything is created: refuses regular files that changed in a way
+/// that would corrupt the restored process (see `check_regular`).
+pub fn check(pid: i32, table: &FileTable) -> Result<(), RestoreError> {
+    for f in table
+        .files
+        .iter()
+        .filter(|f| f.kind() == FileKind::Regular && !f.deleted && f.dup_of_fd.is_none())
+    {
+        check_regular(pid, f, true)?;
+    }
+    Ok(())
+}
+
 /// Opens every saved fd at its number in the stub. Returns temporary files
 /// to keep open until the restore is done.
 pub fn restore(
@@ -197,18 +267,7 @@ pub fn restore(
                 path = format!("/proc/{}/fd/{}", std::process::id(), tmp.as_raw_fd());
                 keep.push(tmp);
             } else {
-                let md =
-                    std::fs::metadata(&f.path).map_err(|e| ferr(format!("cannot stat: {e}")))?;
-                if md.size() < f.offset && f.size >= f.offset {
-                    return Err(ferr(format!(
-                        "the file shrank to {} bytes since the dump, below the saved offset {}",
-                        md.size(),
-                        f.offset
-                    )));
-                }
-                if md.size() != f.size {
-                    tracing::warn!(pid, fd = f.fd, path = %f.path, "file size changed since the dump ({} -> {})", f.size, md.size());
-                }
+                check_regular(pid, f, false)?;
             }
         }
         let flags = (f.open_flags as i32)

@@ -20,6 +20,7 @@ mod mm;
 pub mod proc;
 pub mod ptrace;
 mod restore;
+mod session;
 mod signals;
 mod stub;
 pub mod syscall;

@@ -6,8 +6,8 @@
 //! process_vm_readv (or /proc/PID/mem for unreadable areas).
 //!
 //! Restore: map every area at its address in the stub with injected mmap
-//! calls, fill pages through /proc/PID/mem, then set the final protections
-//! and madvise flags.
+//! calls (with their madvise flags), fill pages through /proc/PID/mem, then
+//! set the final protections.
 
 use crate::error::{DumpError, RestoreError};
 use crate::proc::MapEntry;
@@ -85,6 +85,11 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<DumpArea>, DumpError> {
         };
         if m.has_flag("gd") {
             a.flags |= libc::MAP_GROWSDOWN as u32;
+        }
+        // VM_NORESERVE: mapped without swap-space reservation (a large
+        // sparse area must not be refused under strict overcommit).
+        if m.has_flag("nr") {
+            a.flags |= libc::MAP_NORESERVE as u32;
         }
         for &(name, bit, _) in ADVICE {
             if m.has_flag(name) {
@@ -238,16 +243,85 @@ fn scan_ioctl(
     Ok(runs)
 }
 
-/// Fallback: reads one 64-bit /proc/PID/pagemap entry per page.
+const PM_PRESENT: u64 = 1 << 63;
+const PM_PFN: u64 = (1 << 55) - 1;
+
+/// PFN ranges of the shared zero page and, when transparent huge pages map
+/// it, of the huge zero page: what a read fault on untouched anonymous
+/// memory maps. Found by read-faulting our own fresh mappings and reading
+/// our own pagemap; empty when PFNs are hidden (without CAP_SYS_ADMIN they
+/// read as 0).
+fn zero_pfns() -> Vec<(u64, u64)> {
+    const HPAGE: usize = 2 << 20;
+    let Ok(pagemap) = File::open("/proc/self/pagemap") else {
+        return Vec::new();
+    };
+    let pfn_of = |addr: usize| -> Option<u64> {
+        let mut b = [0u8; 8];
+        pagemap
+            .read_exact_at(&mut b, (addr / PAGE_SIZE * 8) as u64)
+            .ok()?;
+        let e = u64::from_le_bytes(b);
+        (e & PM_PRESENT != 0 && e & PM_PFN != 0).then_some(e & PM_PFN)
+    };
+    let mut out = Vec::new();
+    for huge in [false, true] {
+        let len = 2 * HPAGE;
+        // SAFETY: a fresh private anonymous mapping, only read, unmapped
+        // below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            continue;
+        }
+        let at = (p as usize).next_multiple_of(HPAGE);
+        let advice = if huge {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
+        // SAFETY: [at, at + HPAGE) lies inside the mapping; reading it
+        // maps a zero page.
+        let pfn = unsafe {
+            libc::madvise(at as *mut libc::c_void, HPAGE, advice);
+            std::ptr::read_volatile(at as *const u8);
+            pfn_of(at)
+        };
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(p, len) };
+        let Some(pfn) = pfn else { continue };
+        let n = if huge { (HPAGE / PAGE_SIZE) as u64 } else { 1 };
+        if !out.iter().any(|&(s, e)| (s..e).contains(&pfn)) {
+            out.push((pfn, pfn + n));
+        }
+    }
+    out
+}
+
+/// Fallback: reads one 64-bit /proc/PID/pagemap entry per page. `zero`:
+/// PFN ranges of zero pages, not saved.
 fn scan_pagemap(
     pagemap: &File,
     start: u64,
     end: u64,
     save: Save,
+    zero: &[(u64, u64)],
 ) -> std::io::Result<Vec<(u64, u64)>> {
-    const PRESENT: u64 = 1 << 63;
+    const PRESENT: u64 = PM_PRESENT;
     const SWAPPED: u64 = 1 << 62;
     const FILE: u64 = 1 << 61;
+    let is_zero = |e: u64| {
+        let pfn = e & PM_PFN;
+        pfn != 0 && zero.iter().any(|&(s, end)| (s..end).contains(&pfn))
+    };
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut buf = vec![0u8; 8 * 4096];
     let mut addr = start;
@@ -258,7 +332,9 @@ fn scan_pagemap(
         for e in b.chunks_exact(8) {
             let e = u64::from_le_bytes(e.try_into().unwrap());
             let keep = match save {
-                Save::Private => (e & PRESENT != 0 && e & FILE == 0) || e & SWAPPED != 0,
+                Save::Private => {
+                    (e & PRESENT != 0 && e & FILE == 0 && !is_zero(e)) || e & SWAPPED != 0
+                }
                 _ => e & (PRESENT | SWAPPED) != 0,
             };
             if keep {
@@ -284,6 +360,7 @@ pub fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
         },
     })?;
     let mut use_ioctl = true;
+    let mut zero: Option<Vec<(u64, u64)>> = None;
     for a in areas.iter_mut().filter(|a| a.save != Save::None) {
         let (start, end) = (a.area.start, a.area.end);
         let mut runs = None;
@@ -310,11 +387,14 @@ pub fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
         let runs = match runs {
             Some(r) => r,
             None => {
-                scan_pagemap(&pagemap, start, end, a.save).map_err(|err| DumpError::PageScan {
-                    pid,
-                    start,
-                    end,
-                    err,
+                let zero = zero.get_or_insert_with(zero_pfns);
+                scan_pagemap(&pagemap, start, end, a.save, zero).map_err(|err| {
+                    DumpError::PageScan {
+                        pid,
+                        start,
+                        end,
+                        err,
+                    }
                 })?
             }
         };
@@ -410,6 +490,42 @@ pub fn is_mapped_area(a: &VmArea) -> bool {
     )
 }
 
+/// Checks that the file of a file-backed area can be mapped again without
+/// corrupting the process: it must exist and still cover every byte of the
+/// file the mapping covered at the dump (a shorter file would give SIGBUS
+/// or zeros where data was). A replaced file is logged when `warn`.
+fn check_mapped_file(pid: i32, a: &VmArea, warn: bool) -> Result<(), RestoreError> {
+    let md =
+        std::fs::metadata(&a.path).map_err(|e| map_err(pid, a, format!("cannot stat: {e}")))?;
+    let needed = (a.pgoff + (a.end - a.start)).min(a.file_size);
+    if md.size() < needed {
+        return Err(map_err(
+            pid,
+            a,
+            format!(
+                "the file shrank from {} to {} bytes since the dump; the mapping needs {needed}",
+                a.file_size,
+                md.size()
+            ),
+        ));
+    }
+    if warn && (md.ino() != a.inode || md.dev() != a.dev) {
+        tracing::warn!(pid, path = %a.path, "mapped file was replaced since the dump (other inode)");
+    }
+    Ok(())
+}
+
+/// Before anything is created: refuses mapped files that changed in a way
+/// that would corrupt the restored process (see `check_mapped_file`).
+pub fn check_files(pid: i32, areas: &[VmArea]) -> Result<(), RestoreError> {
+    let mut seen = std::collections::HashSet::new();
+    for a in areas.iter().filter(|a| a.kind() == AreaKind::File) {
+        let first = seen.insert(a.path.as_str());
+        check_mapped_file(pid, a, first)?;
+    }
+    Ok(())
+}
+
 /// Maps every area at its address. Areas that will receive pages but lack
 /// read/write permission are mapped writable first; `finish` fixes them.
 pub fn map_areas(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
@@ -421,28 +537,16 @@ pub fn map_areas(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
             prot |= libc::PROT_READ | libc::PROT_WRITE;
         }
         let mut flags = (a.flags as i32
-            & (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN))
+            & (libc::MAP_SHARED
+                | libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_GROWSDOWN
+                | libc::MAP_NORESERVE))
             | libc::MAP_FIXED;
         let mut fd: i64 = -1;
         if a.kind() == AreaKind::File {
             flags &= !libc::MAP_ANONYMOUS;
-            let md = std::fs::metadata(&a.path)
-                .map_err(|e| map_err(pid, a, format!("cannot stat: {e}")))?;
-            if md.ino() != a.inode || md.dev() != a.dev {
-                tracing::warn!(pid, path = %a.path, "mapped file was replaced since the dump (other inode)");
-            }
-            let needed = (a.pgoff + len).min(a.file_size);
-            if md.size() < needed {
-                return Err(map_err(
-                    pid,
-                    a,
-                    format!(
-                        "the file shrank from {} to {} bytes since the dump; the mapping needs {needed}",
-                        a.file_size,
-                        md.size()
-                    ),
-                ));
-            }
+            check_mapped_file(pid, a, false)?;
             let write_shared =
                 a.flags as i32 & libc::MAP_SHARED != 0 && a.prot as i32 & libc::PROT_WRITE != 0;
             let oflags = if write_shared {
@@ -465,6 +569,16 @@ pub fn map_areas(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
         let got = r.map_err(|e| map_err(pid, a, e.to_string()))?;
         if got as u64 != a.start {
             return Err(map_err(pid, a, format!("mmap returned {got:#x}")));
+        }
+        // Advice before the pages arrive: filling a MADV_NOHUGEPAGE area
+        // must not allocate huge pages around sparse pages.
+        for &(_, bit, advice) in ADVICE {
+            if a.madvise & bit != 0
+                && let Err(e) =
+                    stub.call("madvise", libc::SYS_madvise, &[a.start, len, advice as u64])
+            {
+                tracing::warn!(pid, start = a.start, advice, "madvise: {e}");
+            }
         }
     }
     Ok(())
@@ -500,7 +614,7 @@ pub fn fill(
     Ok(batch.page_count())
 }
 
-/// Final protections and madvise flags.
+/// Final protections.
 pub fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
     for a in areas.iter().filter(|a| is_mapped_area(a)) {
         let len = a.end - a.start;
@@ -514,14 +628,6 @@ pub fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
                 &[a.start, len, a.prot as u64],
             )
             .map_err(|e| map_err(stub.pid, a, e.to_string()))?;
-        }
-        for &(_, bit, advice) in ADVICE {
-            if a.madvise & bit != 0
-                && let Err(e) =
-                    stub.call("madvise", libc::SYS_madvise, &[a.start, len, advice as u64])
-            {
-                tracing::warn!(pid = stub.pid, start = a.start, advice, "madvise: {e}");
-            }
         }
     }
     Ok(())
@@ -574,6 +680,17 @@ mod tests {
             ours,
             vec![(base + 3 * 4096, 2 * 4096), (base + 10 * 4096, 4096)]
         );
+        // The pagemap fallback finds the same pages (root sees PFNs, so the
+        // zero page is recognised and skipped).
+        let pagemap = File::open(format!("/proc/{pid}/pagemap")).unwrap();
+        let zero = zero_pfns();
+        let fallback =
+            scan_pagemap(&pagemap, base, base + len as u64, Save::Private, &zero).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(!zero.is_empty(), "zero page PFN not found");
+            assert_eq!(fallback, ours);
+        }
         assert!(
             areas
                 .iter()

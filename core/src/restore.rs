@@ -128,9 +128,18 @@ pub fn restore(
         crate::creds::check(pid, c)?;
     }
     let mm_fields = core.mm.as_ref().ok_or_else(|| missing("MmFields"))?;
+    // Files that changed in a way that would corrupt the process are
+    // refused before anything is created.
+    memory::check_files(pid, &mm.areas)?;
+    let empty = FileTable::default();
+    let files = img.files.as_ref().unwrap_or(&empty);
+    crate::files::check(pid, files)?;
+    let fail_at = crate::dump::test_fail_point();
 
     let mut guard = stub::spawn(pid)?;
     let stub = stub::prepare(&guard, &mm.areas)?;
+    // First: everything after may depend on the session (e.g. a tty).
+    crate::session::restore(&stub, entry)?;
     memory::map_areas(&stub, &mm.areas)?;
 
     // Page data follows the metadata.
@@ -168,9 +177,7 @@ pub fn restore(
     memory::finish(&stub, &mm.areas)?;
 
     // Process-wide state.
-    let empty = FileTable::default();
-    let _tmp_files =
-        crate::files::restore(&stub, img.files.as_ref().unwrap_or(&empty), &img.blobs)?;
+    let _tmp_files = crate::files::restore(&stub, files, &img.blobs)?;
     let io = |what: String| {
         move |e: crate::error::TaskError| RestoreError::Io {
             pid,
@@ -248,6 +255,9 @@ pub fn restore(
         remotes.push(r);
     }
     threads::restore_state(&stub, &stub.leader, cores[0])?;
+    if fail_at.as_deref() == Some("restore") {
+        return Err(RestoreError::TestFailure("restore".into()));
+    }
     for t in &cores {
         for si in &t.pending_signals {
             crate::signals::queue(&stub, Some(t.tid as i32), si)?;
