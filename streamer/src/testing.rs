@@ -5,10 +5,12 @@
 use crate::PAGE_SIZE;
 use crate::error::Result;
 use crate::writer::{StreamWriter, WriteSummary, WriterOptions};
+use crate::{RandomReader, SequentialReader};
 use crstream_proto::{
     Inventory, MemoryMap, ProcessCore, ProcessEntry, ProcessTree, StreamKind, ThreadCore, VmArea,
     record::Body,
 };
+use futures::StreamExt;
 use tokio::io::AsyncWrite;
 
 /// Small deterministic PRNG (xorshift64*), so tests need no seed plumbing.
@@ -250,4 +252,28 @@ pub async fn write_image<W: AsyncWrite + Unpin + Send + 'static>(
 pub async fn image_bytes(opts: WriterOptions, spec: &SynthSpec) -> Result<Vec<u8>> {
     let (out, _) = write_image(Vec::new(), opts, spec).await?;
     Ok(out)
+}
+
+/// Reads a whole stream sequentially; the number of items, or the first error.
+pub async fn read_all_sequential(bytes: Vec<u8>) -> Result<usize> {
+    let reader = SequentialReader::open(std::io::Cursor::new(bytes)).await?;
+    count_items(reader.items(2)).await
+}
+
+/// Opens a stream by random access and reads every item; the number of
+/// items, or the first error.
+pub async fn read_all_random(bytes: Vec<u8>) -> Result<usize> {
+    let reader = RandomReader::open(std::sync::Arc::new(bytes::Bytes::from(bytes))).await?;
+    count_items(reader.items(3)).await
+}
+
+async fn count_items(
+    mut items: impl futures::Stream<Item = Result<crate::Item>> + Unpin,
+) -> Result<usize> {
+    let mut n = 0;
+    while let Some(item) = items.next().await {
+        item?;
+        n += 1;
+    }
+    Ok(n)
 }

@@ -478,29 +478,29 @@ pub struct BlockingWriter<'a, W> {
     w: &'a mut StreamWriter<W>,
 }
 
-impl<W: AsyncWrite + Unpin + Send + 'static> BlockingWriter<'_, W> {
-    pub fn declare(&mut self, kind: StreamKind, pid: u32, tid: u32, name: &str) -> Result<u32> {
+impl<W: AsyncWrite + Unpin + Send + 'static> crate::image::ImageSink for BlockingWriter<'_, W> {
+    fn declare(&mut self, kind: StreamKind, pid: u32, tid: u32, name: &str) -> Result<u32> {
         let id = self.w.queue_declare(kind, pid, tid, name)?;
         self.w.blocking_flush_outbox()?;
         Ok(id)
     }
 
-    pub fn record(&mut self, stream_id: u32, body: record::Body) -> Result<()> {
+    fn record(&mut self, stream_id: u32, body: record::Body) -> Result<()> {
         self.w.queue_record(stream_id, body)?;
         self.w.blocking_flush_outbox()
     }
 
-    pub fn blob(&mut self, stream_id: u32, data: &[u8]) -> Result<()> {
+    fn blob(&mut self, stream_id: u32, data: &[u8]) -> Result<()> {
         self.w.queue_blob(stream_id, data)?;
         self.w.blocking_flush_outbox()
     }
 
-    pub fn end_metadata(&mut self) -> Result<()> {
+    fn end_metadata(&mut self) -> Result<()> {
         self.w.queue_end_metadata()?;
         self.w.blocking_flush_outbox()
     }
 
-    pub fn pages(
+    fn pages(
         &mut self,
         stream_id: u32,
         pid: u32,
@@ -510,31 +510,6 @@ impl<W: AsyncWrite + Unpin + Send + 'static> BlockingWriter<'_, W> {
     ) -> Result<()> {
         self.w.queue_pages(stream_id, pid, area, start, data)?;
         self.w.blocking_flush_outbox()
-    }
-}
-
-impl<W: AsyncWrite + Unpin + Send + 'static> crate::image::ImageSink for BlockingWriter<'_, W> {
-    fn declare(&mut self, kind: StreamKind, pid: u32, tid: u32, name: &str) -> Result<u32> {
-        BlockingWriter::declare(self, kind, pid, tid, name)
-    }
-    fn record(&mut self, stream_id: u32, body: record::Body) -> Result<()> {
-        BlockingWriter::record(self, stream_id, body)
-    }
-    fn blob(&mut self, stream_id: u32, data: &[u8]) -> Result<()> {
-        BlockingWriter::blob(self, stream_id, data)
-    }
-    fn end_metadata(&mut self) -> Result<()> {
-        BlockingWriter::end_metadata(self)
-    }
-    fn pages(
-        &mut self,
-        stream_id: u32,
-        pid: u32,
-        area: u32,
-        start: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        BlockingWriter::pages(self, stream_id, pid, area, start, data)
     }
 }
 

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use crstream_proto::Codec;
 use crstream_streamer::format::{FRAME_HEADER_LEN, TRAILER_LEN};
-use crstream_streamer::testing::{SynthSpec, image_bytes};
+use crstream_streamer::testing::{SynthSpec, image_bytes, read_all_random, read_all_sequential};
 use crstream_streamer::{Item, RandomReader, SequentialReader, StreamError, WriterOptions};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -31,28 +31,12 @@ async fn image(codec: Codec) -> Vec<u8> {
     image_bytes(opts, &small_spec()).await.unwrap()
 }
 
-/// Reads the whole stream sequentially; the first error, if any.
 async fn read_seq(bytes: Vec<u8>) -> Result<usize, StreamError> {
-    let reader = SequentialReader::open(std::io::Cursor::new(bytes)).await?;
-    let mut items = reader.items(2);
-    let mut n = 0;
-    while let Some(item) = items.next().await {
-        item?;
-        n += 1;
-    }
-    Ok(n)
+    read_all_sequential(bytes).await
 }
 
-/// Opens the stream by random access and reads every item.
 async fn read_random(bytes: Vec<u8>) -> Result<usize, StreamError> {
-    let reader = RandomReader::open(Arc::new(Bytes::from(bytes))).await?;
-    let mut items = reader.items(3);
-    let mut n = 0;
-    while let Some(item) = items.next().await {
-        item?;
-        n += 1;
-    }
-    Ok(n)
+    read_all_random(bytes).await
 }
 
 /// Offsets of every frame, from the index.

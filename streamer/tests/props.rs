@@ -3,13 +3,11 @@
 //! and arbitrary mutations of valid streams never panic and never read as a
 //! valid stream with different contents. PROPTEST_CASES raises the count.
 
-use bytes::Bytes;
 use crstream_proto::Codec;
-use crstream_streamer::testing::{SynthSpec, image_bytes};
-use crstream_streamer::{RandomReader, SequentialReader, StreamError, WriterOptions};
-use futures::StreamExt;
+use crstream_streamer::testing::{SynthSpec, image_bytes, read_all_random, read_all_sequential};
+use crstream_streamer::{StreamError, WriterOptions};
 use proptest::prelude::*;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -45,29 +43,10 @@ fn valid() -> &'static Vec<u8> {
 
 fn read_all(bytes: Vec<u8>) -> (Result<usize, StreamError>, Result<usize, StreamError>) {
     rt().block_on(async {
-        let seq = async {
-            let r = SequentialReader::open(std::io::Cursor::new(bytes.clone())).await?;
-            let mut items = r.items(2);
-            let mut n = 0;
-            while let Some(i) = items.next().await {
-                i?;
-                n += 1;
-            }
-            Ok(n)
-        }
-        .await;
-        let rnd = async {
-            let r = RandomReader::open(Arc::new(Bytes::from(bytes))).await?;
-            let mut items = r.items(2);
-            let mut n = 0;
-            while let Some(i) = items.next().await {
-                i?;
-                n += 1;
-            }
-            Ok(n)
-        }
-        .await;
-        (seq, rnd)
+        (
+            read_all_sequential(bytes.clone()).await,
+            read_all_random(bytes).await,
+        )
     })
 }
 

@@ -254,6 +254,7 @@ fn blocking_writer_reports_a_failed_output() {
         let _in = rt.enter();
         crstream_streamer::StreamWriter::new(Broken, opts(Codec::None))
     };
+    use crstream_streamer::ImageSink;
     let mut b = w.blocking();
     let body = Body::Inventory(Default::default());
     let mut failed = None;
