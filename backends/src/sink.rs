@@ -418,7 +418,8 @@ impl Drop for ObjectSink {
 struct FileSink {
     diag: Arc<Diag>,
     file: tokio::fs::File,
-    tmp: std::path::PathBuf,
+    /// `None` when writing in place (a device or FIFO).
+    tmp: Option<std::path::PathBuf>,
     dest: std::path::PathBuf,
     written: u64,
     /// Committed or aborted: nothing left to clean up.
@@ -427,6 +428,26 @@ struct FileSink {
 
 impl FileSink {
     async fn create(diag: Arc<Diag>, dest: std::path::PathBuf) -> Result<Self, BackendError> {
+        // A device or FIFO (`-o /dev/null`) is written in place: renaming a
+        // temporary file over it would replace the device with a file.
+        if let Ok(meta) = std::fs::metadata(&dest)
+            && !meta.is_file()
+            && !meta.is_dir()
+        {
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&dest)
+                .await
+                .map_err(|e| diag.classify_io("opening", &e))?;
+            return Ok(Self {
+                diag,
+                file,
+                tmp: None,
+                dest,
+                written: 0,
+                done: true,
+            });
+        }
         let dir = dest
             .parent()
             .unwrap_or(std::path::Path::new("/"))
@@ -454,7 +475,7 @@ impl FileSink {
         Ok(Self {
             diag,
             file,
-            tmp,
+            tmp: Some(tmp),
             dest,
             written: 0,
             done: false,
@@ -473,10 +494,13 @@ impl FileSink {
                 .flush()
                 .await
                 .map_err(|e| self.diag.classify_io("writing", &e))?;
-            tokio::fs::rename(&self.tmp, &self.dest).await.map_err(|e| {
-                self.diag
-                    .classify_io("renaming the finished file into place", &e)
-            })
+            match &self.tmp {
+                Some(tmp) => tokio::fs::rename(tmp, &self.dest).await.map_err(|e| {
+                    self.diag
+                        .classify_io("renaming the finished file into place", &e)
+                }),
+                None => Ok(()),
+            }
         }
         .await;
         match result {
@@ -500,8 +524,10 @@ impl FileSink {
     fn remove_tmp(&mut self) {
         if !self.done {
             self.done = true;
-            if let Err(e) = std::fs::remove_file(&self.tmp) {
-                tracing::warn!("removing {}: {e}", self.tmp.display());
+            if let Some(tmp) = &self.tmp
+                && let Err(e) = std::fs::remove_file(tmp)
+            {
+                tracing::warn!("removing {}: {e}", tmp.display());
             }
         }
     }

@@ -45,6 +45,11 @@ pub struct Source {
 
 enum Kind {
     Stdin,
+    /// A FIFO or a device given by path: read as it comes, like stdin.
+    Special(std::fs::File),
+    /// A local regular file: read straight from the opened file (no ranged
+    /// requests, no chunk buffers), ranged reads through the store.
+    LocalFile(ObjectReader, std::fs::File),
     Object(ObjectReader),
 }
 
@@ -62,8 +67,18 @@ impl Env {
             Resolved::Stdio => Kind::Stdin,
             Resolved::Store(t) => {
                 t.check_not_dir()?;
+                let local = match &t.local_path {
+                    Some(p) => Some(open_local(&t.diag, p)?),
+                    None => None,
+                };
+                if let Some((file, false)) = local {
+                    return Ok(Source {
+                        url: url.to_owned(),
+                        kind: Kind::Special(file),
+                    });
+                }
                 let meta = head(&t).await?;
-                Kind::Object(ObjectReader {
+                let reader = ObjectReader {
                     inner: Arc::new(ReaderInner {
                         store: t.store,
                         path: t.path,
@@ -71,7 +86,11 @@ impl Env {
                         e_tag: meta.e_tag,
                         diag: t.diag,
                     }),
-                })
+                };
+                match local {
+                    Some((file, _)) => Kind::LocalFile(reader, file),
+                    None => Kind::Object(reader),
+                }
             }
         };
         Ok(Source {
@@ -90,31 +109,51 @@ impl Source {
     /// The size in bytes; `None` for stdin.
     pub fn size(&self) -> Option<u64> {
         match &self.kind {
-            Kind::Stdin => None,
-            Kind::Object(r) => Some(r.size()),
+            Kind::Stdin | Kind::Special(_) => None,
+            Kind::LocalFile(r, _) | Kind::Object(r) => Some(r.size()),
         }
     }
 
     /// A handle for ranged reads; `None` for stdin.
     pub fn ranged(&self) -> Option<ObjectReader> {
         match &self.kind {
-            Kind::Stdin => None,
-            Kind::Object(r) => Some(r.clone()),
+            Kind::Stdin | Kind::Special(_) => None,
+            Kind::LocalFile(r, _) | Kind::Object(r) => Some(r.clone()),
         }
     }
 
-    /// The whole stream, in order. Stdin is read as is; an object is read as
-    /// ranged GETs of `opts.chunk_size`, `opts.in_flight` of them running
-    /// ahead of the reader (several connections wide, bounded memory).
+    /// The whole stream, in order. Stdin, FIFOs and local files are read as
+    /// they are; an object is read as ranged GETs of `opts.chunk_size`,
+    /// `opts.in_flight` of them running ahead of the reader (several
+    /// connections wide, bounded memory).
     ///
     /// Errors are `io::Error`s whose message is the [`BackendError`] line
     /// (the `BackendError` itself is the error's `get_ref()`).
     pub fn into_async_read(self, opts: ReadOptions) -> Box<dyn AsyncRead + Send + Unpin> {
         match self.kind {
             Kind::Stdin => Box::new(tokio::io::stdin()),
+            Kind::Special(file) | Kind::LocalFile(_, file) => {
+                Box::new(tokio::io::BufReader::with_capacity(
+                    LOCAL_READ_BUFFER,
+                    tokio::fs::File::from_std(file),
+                ))
+            }
             Kind::Object(r) => Box::new(r.read_ahead(opts)),
         }
     }
+}
+
+/// Read size for local files: large enough for few blocking-pool round trips.
+const LOCAL_READ_BUFFER: usize = 1 << 20;
+
+/// Opens a local path for reading; true if it is a regular file (false: a
+/// FIFO or device, which has no size and no ranges).
+fn open_local(diag: &Diag, path: &std::path::Path) -> Result<(std::fs::File, bool), BackendError> {
+    let file = std::fs::File::open(path).map_err(|e| diag.classify_io("opening", &e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| diag.classify_io("reading the metadata", &e))?;
+    Ok((file, meta.is_file()))
 }
 
 /// A cheap, clone-able handle for ranged reads of one object.

@@ -394,3 +394,69 @@ async fn sink_write_after_large_input_keeps_memory_bounded_and_data_ordered() {
         .unwrap();
     assert_same(&out, &data[..5000]);
 }
+
+/// A device or FIFO given as a path is written and read in place: the sink
+/// must not rename a temporary file over it (as root that would replace
+/// `/dev/null` with a regular file), and the source reads it as a stream.
+#[tokio::test]
+async fn devices_and_fifos_are_written_and_read_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix_mkfifo(&fifo);
+    let url = fifo.to_str().unwrap().to_owned();
+    let data = random_bytes(3 << 20, 11);
+    let reader_url = url.clone();
+    let reader = tokio::spawn(async move {
+        let src = crstream_backends::open_source(&reader_url).await.unwrap();
+        assert!(src.size().is_none() && src.ranged().is_none());
+        let mut r = src.into_async_read(Default::default());
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut got)
+            .await
+            .unwrap();
+        got
+    });
+    let mut sink = crstream_backends::open_sink(&url, &Default::default())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut sink, &data)
+        .await
+        .unwrap();
+    assert_eq!(sink.commit().await.unwrap(), data.len() as u64);
+    assert!(reader.await.unwrap() == data);
+    assert!(
+        std::fs::metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the FIFO was replaced"
+    );
+
+    // /dev/null itself stays a device after a committed write.
+    let mut sink = crstream_backends::open_sink("/dev/null", &Default::default())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut sink, b"gone")
+        .await
+        .unwrap();
+    sink.commit().await.unwrap();
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir("/dev")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".crstream-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left in /dev: {leftovers:?}"
+    );
+}
+
+fn nix_mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}

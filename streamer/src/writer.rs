@@ -3,9 +3,10 @@
 //! Pipeline: the front end (`StreamWriter`, called from async or blocking
 //! code) batches records per logical stream and pages per memory area into
 //! raw frames; a bounded channel feeds them to compression on the blocking
-//! thread pool, `workers` at a time; results are written strictly in order by
-//! one task, which also builds the index. Memory in flight is bounded by about
-//! `2 * workers` frames.
+//! thread pool, up to `2 * workers` at a time (so a finished frame waiting
+//! behind a slower one does not leave a core idle); results are written
+//! strictly in order by one task, which also builds the index. Memory in
+//! flight is bounded by about `3 * workers` frames.
 
 use crate::codec;
 use crate::error::{Result, StreamError};
@@ -539,7 +540,7 @@ fn encode_job(job: Job, codec: Codec, level: i32, pool: &BufferPool) -> Encoded 
     }
 }
 
-/// The back end: compresses frames `workers` at a time, writes them in
+/// The back end: compresses up to `2 * workers` frames at a time, writes them in
 /// order, then the index and trailer.
 async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     rx: mpsc::Receiver<Msg>,
@@ -576,7 +577,9 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
                     }
                 }
             })
-            .buffered(workers)
+            // Twice as many frames in flight as workers: a finished frame
+            // waiting behind a slower one does not leave a core idle.
+            .buffered(workers * 2)
     );
 
     while let Some(item) = encoded.next().await {
