@@ -114,6 +114,15 @@ pub struct RestoreArgs {
     /// Print the restored PID as JSON
     #[arg(long)]
     pub json: bool,
+    /// Resume the process before its memory is loaded: private anonymous memory is
+    /// fetched on demand (userfaultfd: one ranged read per missing frame) and
+    /// prefetched in the background. Needs a file or object, not a pipe. crstream
+    /// stays alive until every page is in; with --detach it prints the PID as soon
+    /// as the process runs and exits once every page is in. If a frame cannot be
+    /// fetched (retried for 30 s), or the process uses mremap or fork on memory
+    /// still arriving, the process is killed and crstream exits with an error.
+    #[arg(long)]
+    pub lazy: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }

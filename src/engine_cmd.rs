@@ -8,7 +8,11 @@ use crate::cli::{CheckArgs, DumpArgs, RestoreArgs};
 use crate::progress::human_bytes;
 use anyhow::{Context, Result, bail};
 use crstream_backends::{open_sink, open_source};
-use crstream_streamer::{BlockingItems, SequentialReader, StreamWriter, WriterOptions};
+use crstream_streamer::{
+    BlockingItems, PageBatch, RandomReader, RangeRead, SequentialReader, StreamWriter,
+    WriterOptions,
+};
+use futures::StreamExt;
 use std::io::IsTerminal;
 
 pub fn dump(args: DumpArgs) -> Result<u8> {
@@ -88,7 +92,206 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// Ranged reads of a file or object, for the random-access reader.
+struct ObjectRange(crstream_backends::ObjectReader);
+
+impl RangeRead for ObjectRange {
+    fn len(&self) -> u64 {
+        self.0.size()
+    }
+    // The expansion of #[async_trait] (the binary does not depend on the
+    // async-trait crate).
+    fn read_range<'a, 'b>(
+        &'a self,
+        range: std::ops::Range<u64>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<bytes::Bytes>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move { self.0.read_range(range).await.map_err(Into::into) })
+    }
+}
+
+/// Fetches page frames for the lazy phase from the engine's worker threads.
+struct Fetcher {
+    reader: RandomReader,
+    handle: tokio::runtime::Handle,
+    url: String,
+}
+
+impl crstream_core::PageFetcher for Fetcher {
+    fn fetch(&self, offset: u64, len: u64) -> std::result::Result<PageBatch, String> {
+        let frame = self
+            .handle
+            .block_on(self.reader.read_frame(offset, len))
+            .map_err(|e| match e {
+                // The storage error itself names what failed.
+                crstream_streamer::StreamError::Io { source, .. } => {
+                    let s = source.to_string();
+                    s.strip_prefix(&format!("{}: ", self.url))
+                        .map_or(s.clone(), str::to_owned)
+                }
+                e => e.to_string(),
+            })?;
+        if frame.header.kind != crstream_streamer::format::FrameKind::Pages {
+            return Err(format!(
+                "the index points to a {} frame, not pages",
+                frame.header.kind.name()
+            ));
+        }
+        PageBatch::decode(frame.raw, offset).map_err(|e| e.to_string())
+    }
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+}
+
+fn env_ms(name: &str) -> Option<std::time::Duration> {
+    std::env::var(name)
+        .ok()?
+        .parse()
+        .ok()
+        .map(std::time::Duration::from_millis)
+}
+
+fn lazy_options() -> crstream_core::LazyOptions {
+    let mut o = crstream_core::LazyOptions::default();
+    if let Some(d) = env_ms("CRSTREAM_LAZY_RETRY_MS") {
+        o.retry_for = d;
+    }
+    // For tests only: slow the prefetch down so that faults are served
+    // while most of the memory is still missing.
+    if cfg!(debug_assertions)
+        && let Some(d) = env_ms("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS")
+    {
+        o.prefetch_delay = d;
+    }
+    o
+}
+
+fn print_restored(args: &RestoreArgs, restored: &crstream_core::Restored) {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "pid": restored.pid, "tids": restored.tids })
+        );
+    } else if args.detach {
+        println!("{}", restored.pid);
+    }
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+}
+
+/// Waits for the restored process (our child) and returns its status.
+fn wait_restored(pid: i32) -> Result<u8> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context(format!("waiting for restored pid {pid}"));
+        }
+    }
+    if libc::WIFEXITED(status) {
+        Ok(libc::WEXITSTATUS(status) as u8)
+    } else {
+        Ok((128 + libc::WTERMSIG(status)) as u8)
+    }
+}
+
+/// `restore --lazy`: metadata from a random-access reader, then the process
+/// runs while its memory is served by userfaultfd.
+fn restore_lazy(args: RestoreArgs) -> Result<u8> {
+    // Until every page is in, crstream must not die of Ctrl-C or SIGTERM
+    // (the process would run on with missing memory): the lazy phase reads
+    // these signals and kills the process instead. Blocked before the
+    // runtime's threads exist, so that all of them inherit the mask.
+    crstream_core::lazy::block_termination_signals();
+    let rt = crate::runtime();
+    let reader = rt.block_on(async {
+        let source = open_source(&args.input)
+            .await
+            .with_context(|| format!("opening {}", args.input))?;
+        let Some(ranged) = source.ranged() else {
+            bail!("--lazy needs a file or object, not a pipe");
+        };
+        RandomReader::open(std::sync::Arc::new(ObjectRange(ranged)))
+            .await
+            .with_context(|| format!("reading {}", args.input))
+    })?;
+    // Only the metadata frames: pages come later, by frame.
+    let metadata_end = reader.index().metadata_end;
+    let entries: Vec<_> = reader
+        .index()
+        .frames
+        .iter()
+        .filter(|f| f.offset < metadata_end)
+        .cloned()
+        .collect();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let items = {
+        let _in_rt = rt.enter();
+        let r = reader.clone();
+        let frames = futures::stream::iter(entries)
+            .map(move |e| {
+                let r = r.clone();
+                async move {
+                    r.read_frame(
+                        e.offset,
+                        crstream_streamer::format::FRAME_HEADER_LEN as u64 + e.stored_len as u64,
+                    )
+                    .await
+                }
+            })
+            .buffered(workers);
+        crstream_streamer::reader::items_from_frames(Box::pin(frames))
+    };
+    let mut source = BlockingItems::new(items, rt.handle().clone());
+    let fetcher = std::sync::Arc::new(Fetcher {
+        reader: reader.clone(),
+        handle: rt.handle().clone(),
+        url: args.input.clone(),
+    });
+    let lopts = lazy_options();
+    let t0 = std::time::Instant::now();
+    let (restored, session) = crstream_core::restore_lazy(
+        &mut source,
+        &crstream_core::RestoreOptions::new(),
+        &reader.index().pages,
+        fetcher,
+        &lopts,
+    )
+    .with_context(|| format!("restoring from {}", args.input))?;
+    let resumed = t0.elapsed();
+    print_restored(&args, &restored);
+    let served = session.serve(&lopts);
+    drop(rt);
+    crstream_core::lazy::unblock_termination_signals();
+    let stats = served?;
+    tracing::info!(
+        pid = restored.pid,
+        resumed_ms = resumed.as_secs_f64() * 1e3,
+        all_in_ms = (resumed + stats.elapsed).as_secs_f64() * 1e3,
+        frames = stats.frames,
+        pages = stats.pages_copied,
+        faults = stats.faults,
+        zero_pages = stats.zero_pages,
+        "lazy restore complete"
+    );
+    if args.detach {
+        return Ok(0);
+    }
+    wait_restored(restored.pid)
+}
+
 pub fn restore(args: RestoreArgs) -> Result<u8> {
+    if args.lazy {
+        return restore_lazy(args);
+    }
     let rt = crate::runtime();
     let ropts = args.source.options();
     let reader = rt.block_on(async {

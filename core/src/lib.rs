@@ -15,6 +15,7 @@ mod creds;
 mod dump;
 pub mod error;
 mod files;
+pub mod lazy;
 mod memory;
 mod mm;
 pub mod proc;
@@ -29,6 +30,7 @@ mod timers;
 
 pub use check::FeatureCheck;
 pub use error::{DumpError, ProcError, RestoreError, TaskError};
+pub use lazy::{LazyError, LazyOptions, LazySession, LazyStats, PageFetcher};
 
 use crstream_streamer::{ImageSink, ImageSource};
 
@@ -83,6 +85,31 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> Result<Restored, RestoreError> {
     restore::restore(source, opts)
+}
+
+/// Restores the process of an image like [`restore`], but lazily: the
+/// metadata comes from `source` (which is not read past the end of
+/// metadata); areas that userfaultfd cannot serve (file-backed private
+/// pages, shared memory) are filled through `fetcher` before the process
+/// runs; its private anonymous memory arrives afterwards, on demand and by
+/// prefetch, while [`LazySession::serve`] runs. `pages` is the image's page
+/// index. On failure nothing is left behind.
+pub fn restore_lazy(
+    source: &mut dyn ImageSource,
+    opts: &RestoreOptions,
+    pages: &[crstream_proto::PageRange],
+    fetcher: std::sync::Arc<dyn PageFetcher>,
+    lazy_opts: &LazyOptions,
+) -> Result<(Restored, LazySession), RestoreError> {
+    restore::restore_lazy(
+        source,
+        opts,
+        restore::LazyInput {
+            pages,
+            fetcher,
+            opts: lazy_opts,
+        },
+    )
 }
 
 /// What this machine supports.

@@ -191,7 +191,7 @@ struct PageRegion {
 
 /// Populated page runs of [start, end) via PAGEMAP_SCAN; `Err` with
 /// ENOTTY/EINVAL when the kernel lacks it.
-fn scan_ioctl(
+pub(crate) fn scan_ioctl(
     pagemap: &File,
     start: u64,
     end: u64,

@@ -5,9 +5,9 @@
 use crate::error::RestoreError;
 use crate::ptrace;
 use crate::stub::{self, TRAMP_LEN};
-use crate::{RestoreOptions, Restored, memory, threads};
+use crate::{RestoreOptions, Restored, lazy, memory, threads};
 use crstream_proto::{
-    FileTable, Inventory, MemoryMap, ProcessCore, ProcessTree, SignalState, ThreadCore,
+    FileTable, Inventory, MemoryMap, PageRange, ProcessCore, ProcessTree, SignalState, ThreadCore,
     record::Body,
 };
 use crstream_streamer::{ImageSource, Item, PAGE_SIZE};
@@ -72,10 +72,163 @@ fn read_metadata(source: &mut dyn ImageSource) -> Result<Image, RestoreError> {
     }
 }
 
+/// What a lazy restore needs besides the metadata: the page index and a
+/// way to fetch frames.
+pub(crate) struct LazyInput<'a> {
+    pub pages: &'a [PageRange],
+    pub fetcher: std::sync::Arc<dyn lazy::PageFetcher>,
+    pub opts: &'a lazy::LazyOptions,
+}
+
 pub fn restore(
     source: &mut dyn ImageSource,
-    _opts: &RestoreOptions,
+    opts: &RestoreOptions,
 ) -> Result<Restored, RestoreError> {
+    restore_inner(source, opts, None).map(|(r, _)| r)
+}
+
+pub(crate) fn restore_lazy(
+    source: &mut dyn ImageSource,
+    opts: &RestoreOptions,
+    input: LazyInput<'_>,
+) -> Result<(Restored, lazy::LazySession), RestoreError> {
+    let (r, s) = restore_inner(source, opts, Some(&input))?;
+    Ok((r, s.expect("lazy session")))
+}
+
+/// Lazy mode, before the process runs: checks the index against the memory
+/// map and fills the areas that cannot be served lazily. Returns the pages
+/// of the image.
+/// Also fills, eagerly, the frames holding `touched` addresses: pages the
+/// kernel writes into while the process is rebuilt (rseq areas), which
+/// must hold their saved contents before that write, as in an eager
+/// restore. Returns the pages of the image and the frames filled.
+fn fill_eager(
+    stub: &stub::Stub,
+    pid: i32,
+    areas: &[crstream_proto::VmArea],
+    input: &LazyInput<'_>,
+    touched: &[u64],
+) -> Result<(u64, Vec<u64>), RestoreError> {
+    let mut pages = 0u64;
+    let mut frames: Vec<(u64, u64)> = Vec::new();
+    for p in input.pages.iter().filter(|p| p.pid as i32 == pid) {
+        let a = areas
+            .get(p.area as usize)
+            .ok_or_else(|| RestoreError::Pages {
+                pid,
+                addr: p.start,
+                reason: format!("index names area {} of {}", p.area, areas.len()),
+            })?;
+        let end = p.start + p.pages * PAGE_SIZE as u64;
+        if p.start < a.start || end > a.end || !memory::is_mapped_area(a) || !a.has_pages {
+            return Err(RestoreError::Pages {
+                pid,
+                addr: p.start,
+                reason: format!(
+                    "index range of {} pages lies outside area {:#x}-{:#x}",
+                    p.pages, a.start, a.end
+                ),
+            });
+        }
+        pages += p.pages;
+        let hit = touched.iter().any(|&t| t >= p.start && t < end);
+        if (hit || !lazy::is_lazy_area(a))
+            && frames.last() != Some(&(p.frame_offset, p.frame_len as u64))
+        {
+            frames.push((p.frame_offset, p.frame_len as u64));
+        }
+    }
+    frames.sort_unstable();
+    frames.dedup();
+    fill_frames(stub, pid, areas, input, &frames)?;
+    Ok((pages, frames.iter().map(|f| f.0).collect()))
+}
+
+fn fill_frames(
+    stub: &stub::Stub,
+    pid: i32,
+    areas: &[crstream_proto::VmArea],
+    input: &LazyInput<'_>,
+    frames: &[(u64, u64)],
+) -> Result<(), RestoreError> {
+    for &(offset, len) in frames {
+        let batch =
+            lazy::fetch_with_retry(&*input.fetcher, offset, len, input.opts.retry_for, None)
+                .map_err(|e| RestoreError::Pages {
+                    pid,
+                    addr: 0,
+                    reason: format!(
+                        "fetching frame at offset {offset} of {}: {e}",
+                        input.fetcher.describe()
+                    ),
+                })?;
+        if batch.pid as i32 != pid {
+            return Err(RestoreError::Image(format!(
+                "pages of pid {} in the image of {pid}",
+                batch.pid
+            )));
+        }
+        memory::fill(pid, &stub.mem, areas, &batch)?;
+    }
+    Ok(())
+}
+
+/// Safety net before the lazy areas are registered: pages of the image
+/// that became present during the rebuild (written by the kernel) would
+/// never receive their saved contents (UFFDIO_COPY finds them present).
+/// Their frames are filled now, with a warning.
+fn fill_touched(
+    stub: &stub::Stub,
+    pid: i32,
+    areas: &[crstream_proto::VmArea],
+    input: &LazyInput<'_>,
+    filled: &[u64],
+) -> Result<(), RestoreError> {
+    let path = format!("/proc/{pid}/pagemap");
+    let pagemap = std::fs::File::open(&path).map_err(|err| RestoreError::Io {
+        pid,
+        what: format!("opening {path}"),
+        err,
+    })?;
+    let mut present = Vec::new();
+    for a in areas.iter().filter(|a| lazy::is_lazy_area(a)) {
+        match memory::scan_ioctl(&pagemap, a.start, a.end, memory::Save::Private) {
+            Ok(runs) => present.extend(runs),
+            Err(e) => {
+                tracing::debug!(pid, "PAGEMAP_SCAN: {e}; not checking for touched pages");
+                return Ok(());
+            }
+        }
+    }
+    if present.is_empty() {
+        return Ok(());
+    }
+    let mut frames = Vec::new();
+    for p in input.pages.iter().filter(|p| p.pid as i32 == pid) {
+        if filled.contains(&p.frame_offset) {
+            continue;
+        }
+        let end = p.start + p.pages * PAGE_SIZE as u64;
+        if let Some(&(s, _)) = present.iter().find(|&&(s, l)| s < end && s + l > p.start) {
+            tracing::warn!(
+                pid,
+                addr = s,
+                "page written during the rebuild; filling its frame before the process runs"
+            );
+            frames.push((p.frame_offset, p.frame_len as u64));
+        }
+    }
+    frames.sort_unstable();
+    frames.dedup();
+    fill_frames(stub, pid, areas, input, &frames)
+}
+
+fn restore_inner(
+    source: &mut dyn ImageSource,
+    _opts: &RestoreOptions,
+    lazy_input: Option<&LazyInput<'_>>,
+) -> Result<(Restored, Option<lazy::LazySession>), RestoreError> {
     let t0 = Instant::now();
     let img = read_metadata(source)?;
     let inv = img.inventory.as_ref().ok_or_else(|| missing("Inventory"))?;
@@ -142,9 +295,20 @@ pub fn restore(
     crate::session::restore(&stub, entry)?;
     memory::map_areas(&stub, &mm.areas)?;
 
-    // Page data follows the metadata.
+    // Page data follows the metadata (lazy: only what cannot wait).
     let mut pages = 0u64;
-    loop {
+    let mut filled = Vec::new();
+    if let Some(input) = lazy_input {
+        let rseq: Vec<u64> = cores
+            .iter()
+            .filter_map(|t| t.rseq.as_ref())
+            .flat_map(|r| [r.addr, r.addr + (r.len as u64).max(1) - 1])
+            .collect();
+        let (n, f) = fill_eager(&stub, pid, &mm.areas, input, &rseq)?;
+        pages = n;
+        filled = f;
+    }
+    while lazy_input.is_none() {
         match source.next_item()? {
             Some(Item::Pages { batch, .. }) => {
                 if batch.pid != core.pid {
@@ -272,6 +436,15 @@ pub fn restore(
         threads::set_registers(pid, t)?;
         ptrace::set_sigmask(t.tid as i32, t.blocked_signals)?;
     }
+    // Lazy: the userfaultfd, after everything that touches the target's
+    // memory (a missing page would block us from here on).
+    let mut prepared = match lazy_input {
+        Some(input) => {
+            fill_touched(&stub, pid, &mm.areas, input, &filled)?;
+            Some(lazy::setup(&stub, &mm.areas)?)
+        }
+        None => None,
+    };
     // Last injected call: drop the trampoline. At its exit stop the leader
     // gets its own registers and never executes trampoline code again.
     let (r, _) = stub
@@ -286,6 +459,15 @@ pub fn restore(
     }
     threads::set_registers(pid, cores[0])?;
     ptrace::set_sigmask(pid, cores[0].blocked_signals)?;
+    let session = lazy_input.map(|input| {
+        lazy::LazySession::new(
+            pid,
+            prepared.take().expect("userfaultfd"),
+            &mm.areas,
+            input.pages,
+            input.fetcher.clone(),
+        )
+    });
     let tids: Vec<i32> = cores.iter().map(|t| t.tid as i32).collect();
     for &tid in tids.iter().rev() {
         ptrace::detach(tid, 0)?;
@@ -296,7 +478,8 @@ pub fn restore(
         threads = tids.len(),
         pages,
         elapsed_ms = t0.elapsed().as_millis() as u64,
+        lazy = lazy_input.is_some(),
         "restored"
     );
-    Ok(Restored { pid, tids })
+    Ok((Restored { pid, tids }, session))
 }

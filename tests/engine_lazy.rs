@@ -1,0 +1,482 @@
+//! End-to-end tests of `crstream restore --lazy` on real processes (run as
+//! root: ptrace, clone3 set_tid, PR_SET_MM_MAP, userfaultfd, pidfd_getfd).
+//!
+//! Run with: cargo build --examples && cargo test --test engine_lazy
+//! (the S3 test needs CRSTREAM_TEST_S3_ENDPOINT, as set by .ci/test; the
+//! storage failure tests start their own moto_server).
+
+#[path = "engine_support/mod.rs"]
+mod support;
+
+#[path = "support/mod.rs"]
+mod s3;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A running `crstream restore --lazy --detach --json`: it prints the PID
+/// as soon as the process runs and exits once every page is in.
+struct LazyRestore {
+    child: Option<Child>,
+    pid: i32,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl LazyRestore {
+    fn start(src: &str, env: &[(&str, &str)], extra: &[&str]) -> Self {
+        let mut c = Command::new(crstream());
+        c.args(["restore", "--lazy", "-i", src, "--json"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("CRSTREAM_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let pid = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(v) => v["pid"].as_i64().unwrap() as i32,
+            Err(_) => {
+                let st = child.wait().unwrap();
+                panic!(
+                    "lazy restore printed no PID ({st:?}): {line}\n{}",
+                    stderr.join().unwrap()
+                );
+            }
+        };
+        LazyRestore {
+            child: Some(child),
+            pid,
+            stderr,
+        }
+    }
+
+    /// Waits for crstream to exit; returns (success, stderr).
+    fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let t = Instant::now();
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("crstream restore --lazy did not finish in {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        (st, stderr.join().unwrap())
+    }
+}
+
+impl Drop for LazyRestore {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Dumps wl_memory (`mib` MiB) to `dest`; returns (workload, checksum,
+/// counter at dump).
+fn dump_memory(dir: &TestDir, mib: &str, dest: &str, env: &[(&str, &str)]) -> (Workload, u64, u64) {
+    let mut w = Workload::spawn("wl_memory", dir.path("report"), &[mib]);
+    let before = w.wait_report(T, |r| field(r, 0, 0) >= 3);
+    let o = run(&["dump", "-t", &w.pid.to_string(), "-o", dest], env);
+    assert!(o.status.success(), "dump failed: {}", text(&o));
+    let dumped = field(&w.read_report().unwrap(), 0, 0);
+    w.reap_dumped();
+    (w, field(&before, 0, 1), dumped)
+}
+
+/// Restores lazily from `src` (with a slowed prefetch, so that most pages
+/// arrive through faults) and checks the process continues intact.
+fn lazy_memory_round(
+    w: &mut Workload,
+    src: &str,
+    env: &[(&str, &str)],
+    checksum: u64,
+    dumped: u64,
+) {
+    let mut env = env.to_vec();
+    env.push(("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "5"));
+    let lr = LazyRestore::start(src, &env, &["--detach"]);
+    w.restored(lr.pid);
+    let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 3);
+    assert_eq!(field(&r, 0, 1), checksum, "checksum changed: {r}");
+    assert_eq!(field(&r, 0, 2), lr.pid as u64);
+    let pid = lr.pid;
+    let (st, stderr) = lr.finish(T);
+    assert!(st.success(), "lazy restore failed: {st:?} {stderr}");
+    // After every page is in, the process runs on without crstream.
+    let n = field(&w.read_report().unwrap(), 0, 0);
+    let r = w.wait_report(T, |r| field(r, 0, 0) > n + 2);
+    assert_eq!(field(&r, 0, 1), checksum, "checksum changed: {r}");
+    assert_running_untraced(pid);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(
+        !std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|l| l.to_string_lossy().contains("userfaultfd")),
+        "the restored process keeps a userfaultfd ({fds} fds)"
+    );
+}
+
+#[test]
+fn lazy_restore_from_a_file_continues_with_pid_counter_and_checksum() {
+    let dir = TestDir::new("lazy-file");
+    let img = dir.path("img");
+    let (mut w, checksum, dumped) = dump_memory(&dir, "128", img.to_str().unwrap(), &[]);
+    lazy_memory_round(&mut w, img.to_str().unwrap(), &[], checksum, dumped);
+    w.kill();
+    std::fs::remove_file(&w.report).unwrap();
+
+    // Without --detach: crstream serves the pages, then waits for the
+    // process and exits with its status.
+    let mut c = Command::new(crstream());
+    c.args(["restore", "--lazy", "-i", img.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let crs = child.id() as i32;
+    let mut guard = s3::ChildGuard(Some(child));
+    let r = w.wait_report(T, |r| {
+        field(r, 0, 0) > dumped + 3 && field(r, 0, 2) == w.pid as u64
+    });
+    assert_eq!(field(&r, 0, 1), checksum);
+    assert_eq!(
+        status_field(w.pid, "PPid").as_deref(),
+        Some(crs.to_string().as_str())
+    );
+    // SAFETY: killing the restored process by PID.
+    unsafe { libc::kill(w.pid, libc::SIGKILL) };
+    let st = guard.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(st.status.code(), Some(128 + 9), "{st:?}");
+    assert!(wait_gone(w.pid, T));
+}
+
+#[test]
+fn lazy_restore_from_a_pipe_is_refused() {
+    let o = run(&["restore", "--lazy", "-i", "-"], &[]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--lazy needs a file or object, not a pipe"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// The same from the S3 test server (CRSTREAM_TEST_S3_ENDPOINT).
+#[test]
+fn lazy_restore_from_s3() {
+    let env = s3::s3_env();
+    let env = env_refs(&env);
+    let bucket = s3::s3_bucket("lazy");
+    let url = format!("s3://{bucket}/memory.img");
+    let dir = TestDir::new("lazy-s3");
+    let (mut w, checksum, dumped) = dump_memory(&dir, "128", &url, &env);
+    lazy_memory_round(&mut w, &url, &env, checksum, dumped);
+}
+
+#[test]
+fn lazy_restore_of_threads_faulting_concurrently() {
+    let dir = TestDir::new("lazy-threads");
+    let mut w = Workload::spawn("wl_threads", dir.path("report"), &[]);
+    let before = w.wait_report(T, |r| {
+        r.lines().count() == 9 && (1..9).all(|l| field(r, l, 2) >= 5)
+    });
+    let tids_before = tasks(w.pid);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = w.read_report().unwrap();
+    w.reap_dumped();
+    let lr = LazyRestore::start(
+        img.to_str().unwrap(),
+        &[("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "50")],
+        &["--detach"],
+    );
+    let pid = lr.pid;
+    w.restored(pid);
+    let r = w.wait_report(T, |r| {
+        (1..9).all(|l| field(r, l, 2) > field(&at_dump, l, 2) + 10)
+    });
+    assert!(r.starts_with(&format!("{pid} OK")), "{r}\n{}", w.log());
+    for l in 1..9 {
+        assert_eq!(
+            field(&r, l, 1),
+            field(&before, l, 1),
+            "thread {l} has another tid"
+        );
+    }
+    let (st, stderr) = lr.finish(T);
+    assert!(st.success(), "{st:?} {stderr}");
+    assert_eq!(tasks(pid), tids_before);
+    assert_running_untraced(pid);
+}
+
+// ---------------------------------------------------------------------------
+// Storage failures during the lazy phase: a dedicated moto_server.
+// ---------------------------------------------------------------------------
+
+struct Moto {
+    child: Option<Child>,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Moto {
+    fn start(port: u16, log: std::path::PathBuf) -> Moto {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]')");
+        let m = Moto {
+            child: Some(child),
+            port,
+            log,
+        };
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < T,
+                "moto_server did not start: {}",
+                std::fs::read_to_string(&m.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn create_bucket(&self, name: &str) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        assert!(raw.starts_with("HTTP/1.1 200"), "creating bucket: {raw}");
+    }
+
+    /// Stops it (SIGKILL by PID) and reaps it.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Uploads a local image to `url` with a fixed part size (so that a
+/// re-upload of the same bytes gets the same ETag).
+fn upload(img: &std::path::Path, url: &str, env: &[(&str, &str)]) {
+    let mut c = Command::new(crstream());
+    c.args(["upload", url, "--part-size", "5"])
+        .stdin(std::fs::File::open(img).unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "upload: {}", text(&o));
+}
+
+/// Dumps wl_memory to a file and uploads it to a dedicated moto server.
+fn image_on_moto(dir: &TestDir, moto: &Moto) -> (Workload, std::path::PathBuf, String, u64, u64) {
+    let img = dir.path("img");
+    let (w, checksum, dumped) = dump_memory(dir, "128", img.to_str().unwrap(), &[]);
+    moto.create_bucket("lazy-fail");
+    let url = "s3://lazy-fail/memory.img".to_string();
+    let env = moto.env();
+    upload(&img, &url, &env_refs(&env));
+    (w, img, url, checksum, dumped)
+}
+
+#[test]
+fn storage_gone_during_lazy_restore_kills_the_process_with_a_clear_error() {
+    let dir = TestDir::new("lazy-gone");
+    let mut moto = Moto::start(free_port(), dir.path("moto.log"));
+    let (mut w, _img, url, _, _) = image_on_moto(&dir, &moto);
+    let env = moto.env();
+    let mut env = env_refs(&env);
+    env.push(("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "300"));
+    env.push(("CRSTREAM_LAZY_RETRY_MS", "1500"));
+    env.push(("CRSTREAM_MAX_RETRIES", "0"));
+    let lr = LazyRestore::start(&url, &env, &["--detach"]);
+    let pid = lr.pid;
+    w.restored(pid);
+    moto.stop();
+    let (st, stderr) = lr.finish(T);
+    eprintln!("crstream: {st:?}\n{stderr}");
+    assert!(!st.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "lazy restore of pid {pid} failed: fetching frame at offset"
+        )) && stderr.contains(&url)
+            && stderr.contains("the process was killed"),
+        "{stderr}"
+    );
+    assert!(wait_gone(pid, T), "pid {pid} still exists");
+}
+
+/// The server stops and comes back (with the same bytes) within the retry
+/// budget: the restore completes.
+#[test]
+fn storage_back_within_the_retry_budget_completes_the_lazy_restore() {
+    let dir = TestDir::new("lazy-back");
+    let port = free_port();
+    let mut moto = Moto::start(port, dir.path("moto.log"));
+    let (mut w, img, url, checksum, dumped) = image_on_moto(&dir, &moto);
+    let env = moto.env();
+    let mut env = env_refs(&env);
+    env.push(("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "300"));
+    env.push(("CRSTREAM_LAZY_RETRY_MS", "30000"));
+    env.push(("CRSTREAM_MAX_RETRIES", "0"));
+    let lr = LazyRestore::start(&url, &env, &["--detach"]);
+    let pid = lr.pid;
+    w.restored(pid);
+    moto.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    let moto = Moto::start(port, dir.path("moto2.log"));
+    moto.create_bucket("lazy-fail");
+    upload(&img, &url, &env);
+    let (st, stderr) = lr.finish(Duration::from_secs(90));
+    assert!(st.success(), "{st:?} {stderr}");
+    // The outage was seen (and survived by retrying).
+    assert!(stderr.contains("retrying"), "{stderr}");
+    let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 3);
+    assert_eq!(field(&r, 0, 1), checksum, "checksum changed: {r}");
+    assert_running_untraced(pid);
+}
+
+/// wl_sparse: a 1 GiB area, ~10 MiB written. Pages never saved are served
+/// as zero pages while the lazy phase runs (the full read-back check runs
+/// during it), data pages by their frames; the RSS stays small.
+#[test]
+fn lazy_restore_of_sparse_memory_serves_zero_pages() {
+    let dir = TestDir::new("lazy-sparse");
+    let mut w = Workload::spawn("wl_sparse", dir.path("report"), &[]);
+    let before = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    assert!(before.contains(" OK "), "{before}\n{}", w.log());
+    let checksum = field(&before, 0, 2);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    w.reap_dumped();
+    let lr = LazyRestore::start(
+        img.to_str().unwrap(),
+        &[("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "300")],
+        &["--detach"],
+    );
+    let pid = lr.pid;
+    w.restored(pid);
+    // Full check while most frames are still missing.
+    std::fs::write(dir.path("report.verify"), b"").unwrap();
+    let r = w.wait_report(T, |r| {
+        (field(r, 0, 1) > at_dump + 1 && field(r, 0, 5) >= 1) || !r.contains(" OK ")
+    });
+    assert!(r.contains(" OK "), "{r}\n{}", w.log());
+    assert_eq!(field(&r, 0, 2), checksum, "{r}");
+    let (st, stderr) = lr.finish(T);
+    assert!(st.success(), "{st:?} {stderr}");
+    let n = field(&w.read_report().unwrap(), 0, 1);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > n + 2);
+    assert!(r.contains(" OK "), "{r}");
+    assert_eq!(field(&r, 0, 2), checksum, "{r}");
+    let rss = status_field(pid, "VmRSS")
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap();
+    assert!(rss < 64 * 1024, "RSS {rss} kB after reading the zero pages");
+    assert_running_untraced(pid);
+}
+
+/// SIGTERM to crstream while pages are missing: the process is killed
+/// rather than left running with missing memory.
+#[test]
+fn sigterm_during_the_lazy_phase_kills_the_process() {
+    let dir = TestDir::new("lazy-term");
+    let img = dir.path("img");
+    let (mut w, _, _) = dump_memory(&dir, "64", img.to_str().unwrap(), &[]);
+    let lr = LazyRestore::start(
+        img.to_str().unwrap(),
+        &[("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "1000")],
+        &["--detach"],
+    );
+    let pid = lr.pid;
+    w.restored(pid);
+    let crs = lr.child.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling the crstream process this test started.
+    unsafe { libc::kill(crs, libc::SIGTERM) };
+    let (st, stderr) = lr.finish(T);
+    assert!(!st.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "lazy restore of pid {pid} failed: crstream received signal 15"
+        )) && stderr.contains("the process was killed"),
+        "{stderr}"
+    );
+    assert!(wait_gone(pid, T), "pid {pid} still exists");
+}
