@@ -1,0 +1,288 @@
+//! Restore benchmark: how soon a restored process runs, and how soon the
+//! restore is complete, for images on a local file and on a local S3 server
+//! (moto), restored three ways:
+//! - staged: `crstream download` to a local file first, then restore it;
+//! - streaming: `crstream restore -i SRC` (pages stream in as they arrive);
+//! - lazy: `crstream restore --lazy -i SRC` (runs first, pages follow).
+//!
+//! "runs after" is when `restore --detach --json` prints the PID: for the
+//! eager modes that is after all memory is in; for lazy, right after resume.
+//! "complete after" is when crstream exits. RSS is crstream's peak (wait4).
+//! Needs root. Usage: bench_restore [--sizes 64,256,1024] [--no-s3]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let mut sizes = vec![64u64, 256, 1024];
+    let mut use_s3 = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--sizes" => {
+                sizes = args
+                    .next()
+                    .expect("--sizes N,N")
+                    .split(',')
+                    .map(|s| s.parse().expect("size in MiB"))
+                    .collect()
+            }
+            "--no-s3" => use_s3 = false,
+            "--help" | "-h" => {
+                println!("usage: bench_restore [--sizes 64,256,1024] [--no-s3]");
+                return;
+            }
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let examples = exe.parent().expect("examples dir").to_path_buf();
+    let crstream = examples.parent().expect("target dir").join("crstream");
+    let wl = examples.join("wl_memory");
+    assert!(
+        crstream.exists() && wl.exists(),
+        "run `cargo build --release --bin crstream --examples` first"
+    );
+    // Detached restored processes are re-parented to us, so we reap them.
+    // SAFETY: a plain prctl on this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s3 = use_s3.then(S3::start);
+
+    println!("size MiB  source  mode       runs after  complete after  peak RSS MiB  verified");
+    for &size in &sizes {
+        let img = dir.path().join(format!("img-{size}"));
+        let report = dir.path().join(format!("report-{size}"));
+        let (pid, checksum, dumped) = dumped_workload(&crstream, &wl, &img, &report, size);
+        let mut sources = vec![("file", img.to_str().unwrap().to_string())];
+        if let Some(s3) = &s3 {
+            let url = format!("s3://{}/img-{size}", s3.bucket);
+            let up = Command::new(&crstream)
+                .args(["upload", &url])
+                .envs(s3.env())
+                .stdin(std::fs::File::open(&img).unwrap())
+                .status()
+                .unwrap();
+            assert!(up.success(), "upload to the local S3 server");
+            sources.push(("s3", url));
+        }
+        for (source, url) in &sources {
+            for mode in ["staged", "streaming", "lazy"] {
+                if mode == "staged" && *source == "file" {
+                    continue; // a local file is already staged
+                }
+                let env = s3.as_ref().map(S3::env).unwrap_or_default();
+                let t0 = Instant::now();
+                let input = if mode == "staged" {
+                    let staged = dir.path().join("staged");
+                    let ok = Command::new(&crstream)
+                        .args(["download", url])
+                        .envs(env.clone())
+                        .stdout(std::fs::File::create(&staged).unwrap())
+                        .status()
+                        .unwrap();
+                    assert!(ok.success(), "download");
+                    staged.to_str().unwrap().to_string()
+                } else {
+                    url.clone()
+                };
+                let mut cmd = Command::new(&crstream);
+                cmd.args(["restore", "--detach", "--json", "-i", &input])
+                    .envs(env);
+                if mode == "lazy" {
+                    cmd.arg("--lazy");
+                }
+                let mut child = cmd
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("crstream restore");
+                let mut line = String::new();
+                BufReader::new(child.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                let runs = t0.elapsed();
+                let (code, rss_kib) = wait_rss(&mut child);
+                let complete = t0.elapsed();
+                assert_eq!(code, 0, "restore ({source}, {mode}) failed");
+                let v: serde_json::Value =
+                    serde_json::from_str(line.trim()).expect("restore --json");
+                assert_eq!(v["pid"].as_i64(), Some(pid as i64));
+                let verified = continues(&report, dumped, checksum);
+                println!(
+                    "{size:>8}  {source:<6}  {mode:<9}  {:>8.1} ms  {:>11.1} ms  {:>12.1}  {}",
+                    runs.as_secs_f64() * 1e3,
+                    complete.as_secs_f64() * 1e3,
+                    rss_kib as f64 / 1024.0,
+                    if verified { "yes" } else { "NO" }
+                );
+                kill_and_reap(pid);
+            }
+        }
+    }
+}
+
+/// Starts wl_memory with `size` MiB, dumps it to `img` (which kills it),
+/// reaps it and waits until its PID is free. Returns (pid, checksum, counter).
+fn dumped_workload(
+    crstream: &Path,
+    wl: &Path,
+    img: &Path,
+    report: &Path,
+    size: u64,
+) -> (i32, u64, u64) {
+    let mut child = Command::new(wl)
+        .arg(report)
+        .arg(size.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let start = Instant::now();
+    let (checksum, _) = loop {
+        if let Some((c, sum)) = read_report(report).filter(|&(c, _)| c >= 2) {
+            break (sum, c);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "workload never reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ok = Command::new(crstream)
+        .args(["dump", "-t", &pid.to_string(), "-o"])
+        .arg(img)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "dump");
+    let dumped = read_report(report).unwrap().0;
+    let _ = child.wait();
+    wait_gone(pid);
+    (pid, checksum, dumped)
+}
+
+/// (counter, checksum) from a wl_memory report.
+fn read_report(report: &Path) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(report).ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
+}
+
+/// Whether the restored workload counts on with the same checksum.
+fn continues(report: &Path, dumped: u64, checksum: u64) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some((c, sum)) = read_report(report) {
+            if c > dumped + 1 {
+                return sum == checksum;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Waits for a child; returns its exit code and peak RSS in KiB.
+fn wait_rss(child: &mut Child) -> (i32, i64) {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter; the child is ours.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as i32;
+    // SAFETY: waiting for our own child, not waited for elsewhere.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+/// Kills a restored process (by PID) and reaps it: as subreaper it is ours.
+fn kill_and_reap(pid: i32) {
+    // SAFETY: signalling and reaping the process this benchmark restored.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    wait_gone(pid);
+}
+
+fn wait_gone(pid: i32) {
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pid {pid} never went away"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A moto S3 server on a free port, stopped (by PID) when dropped.
+struct S3 {
+    child: Child,
+    port: u16,
+    bucket: String,
+}
+
+impl S3 {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]')");
+        let s3 = S3 {
+            child,
+            port,
+            bucket: "bench-restore".into(),
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(c, "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", s3.bucket).unwrap();
+        let mut reply = String::new();
+        let _ = c.read_to_string(&mut reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "creating the bucket: {reply}"
+        );
+        s3
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
