@@ -647,3 +647,42 @@ fn failure_late_in_restore_leaves_no_process_or_thread_behind() {
     assert_eq!(restored, tids);
     assert_running_untraced(pid);
 }
+
+/// Shared and private file mappings, shared anonymous memory, a PROT_NONE
+/// guard and a periodic ITIMER_REAL all come back: the workload checks its
+/// mappings every tick and counts SIGALRMs. (A dump that holds signals
+/// blocked while the timer fires catches it disarmed: this test found that.)
+#[test]
+fn mappings_of_every_kind_and_itimers_survive() {
+    let dir = TestDir::new("mappings");
+    let data = dir.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut w = Workload::spawn("wl_mappings", dir.path("report"), &[data.to_str().unwrap()]);
+    let before = w.wait_report(T, |r| field(r, 0, 0) >= 3);
+    assert_eq!(
+        field(&before, 0, 2),
+        1,
+        "checks failed before the dump: {}",
+        w.log()
+    );
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = w.read_report().unwrap();
+    let (dumped, alarms) = (field(&at_dump, 0, 0), field(&at_dump, 0, 1));
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 3);
+    assert_eq!(
+        field(&r, 0, 2),
+        1,
+        "a mapping check failed after restore: {}",
+        w.log()
+    );
+    assert!(
+        field(&r, 0, 1) > alarms + 5,
+        "the interval timer stopped: {alarms} -> {r}"
+    );
+    assert_eq!(field(&r, 0, 3), pid as u64);
+    assert_running_untraced(pid);
+}

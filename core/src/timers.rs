@@ -44,7 +44,14 @@ pub fn dump(
 
 pub fn restore(stub: &Stub, timers: [&Option<ItimerValue>; 3]) -> Result<(), RestoreError> {
     for (which, t) in timers.iter().enumerate() {
-        let t = (**t).unwrap_or_default();
+        let mut t = (**t).unwrap_or_default();
+        // A periodic ITIMER_REAL is re-armed only when its SIGALRM is
+        // dequeued; one that fired while the dump held every signal blocked
+        // reads as "no time left". Setting that would disarm it for good:
+        // let it fire at once instead (its SIGALRM was pending anyway).
+        if which == libc::ITIMER_REAL as usize && t.value_us == 0 && t.interval_us != 0 {
+            t.value_us = 1;
+        }
         let words = [
             t.interval_us / 1_000_000,
             t.interval_us % 1_000_000,
