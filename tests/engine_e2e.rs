@@ -686,3 +686,57 @@ fn mappings_of_every_kind_and_itimers_survive() {
     assert_eq!(field(&r, 0, 3), pid as u64);
     assert_running_untraced(pid);
 }
+
+/// A process with children is refused, naming them (process trees come
+/// later), and it and its children run on.
+#[test]
+fn dump_of_a_process_with_children_is_refused() {
+    let dir = TestDir::new("children");
+    let log = std::fs::File::create(dir.path("log")).unwrap();
+    // sh runs a background sleep, then becomes the foreground sleep: a
+    // process with one child.
+    let child = std::process::Command::new("sh")
+        .args(["-c", "sleep 60 & exec sleep 60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let w = Workload::from_child(child, dir.path("report"));
+    let kids = || {
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", w.pid, w.pid))
+            .unwrap_or_default()
+    };
+    let start = std::time::Instant::now();
+    while kids().trim().is_empty()
+        || !std::fs::read_to_string(format!("/proc/{}/comm", w.pid))
+            .unwrap_or_default()
+            .starts_with("sleep")
+    {
+        assert!(start.elapsed() < T, "sh never started its child");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let grandchild: i32 = kids().split_whitespace().next().unwrap().parse().unwrap();
+    let img = dir.path("img");
+    let o = run(
+        &[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("child processes") && err.contains(&grandchild.to_string()),
+        "{err}"
+    );
+    assert!(!img.exists());
+    assert_running_untraced(w.pid);
+    assert!(proc_exists(grandchild));
+    // SAFETY: ending the background sleep this test started, by PID.
+    unsafe { libc::kill(grandchild, libc::SIGKILL) };
+}

@@ -210,6 +210,7 @@ pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumped, Dump
             reason: format!("it is a thread of process {}", status.tgid),
         });
     }
+    refuse_children(pid)?;
     let mut frozen = Frozen::freeze(pid)?;
     let frozen_at = Instant::now();
     let (pages, threads) = match dump_frozen(&mut frozen, opts, sink) {
@@ -232,6 +233,29 @@ pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumped, Dump
         stats,
         frozen_at,
         started,
+    })
+}
+
+/// Process trees come later: a dump of a parent alone would leave its
+/// children behind, so refuse it and name them.
+fn refuse_children(pid: i32) -> Result<(), DumpError> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|_| DumpError::NoSuchProcess { pid })?;
+    let mut children: Vec<String> = Vec::new();
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(list.split_whitespace().map(str::to_string));
+    }
+    if children.is_empty() {
+        return Ok(());
+    }
+    Err(DumpError::Unsupported {
+        pid,
+        what: "process tree",
+        reason: format!(
+            "it has child processes ({}); dumping a process with children is not supported yet",
+            children.join(", ")
+        ),
     })
 }
 
