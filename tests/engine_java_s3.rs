@@ -5,9 +5,6 @@
 //!
 //! Run with: cargo build --examples && cargo test --test engine_java_s3
 //! (needs CRSTREAM_TEST_S3_ENDPOINT, as set by .ci/test).
-//!
-//! `have`, `spawn` and the Java program are copied from engine_programs.rs,
-//! where they are private to that test crate.
 
 #[path = "engine_support/mod.rs"]
 mod support;
@@ -15,174 +12,10 @@ mod support;
 #[path = "support/mod.rs"]
 mod s3;
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 const T: Duration = Duration::from_secs(60);
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Spawns `cmd` with stdin /dev/null, output to a log file and no other
-/// inherited fds (a test runner's pipes would make the dump refuse).
-fn spawn(mut cmd: Command, report: std::path::PathBuf) -> Workload {
-    let log = std::fs::File::create(report.with_extension("log")).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    // SAFETY: close_range is async-signal-safe; CLOEXEC keeps std's own
-    // exec-error pipe working until exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(
-                libc::SYS_close_range,
-                3,
-                u32::MAX,
-                4, /* CLOSE_RANGE_CLOEXEC */
-            );
-            Ok(())
-        });
-    }
-    Workload::from_child(cmd.spawn().unwrap(), report)
-}
-
-const JAVA: &str = r#"
-import java.util.concurrent.atomic.*;
-public class Wl {
-    public static void main(String[] args) throws Exception {
-        int n = 4;
-        AtomicLongArray counters = new AtomicLongArray(n);
-        AtomicBoolean bad = new AtomicBoolean(false);
-        for (int i = 0; i < n; i++) {
-            final int idx = i;
-            Thread t = new Thread(() -> {
-                long local = 0;
-                java.util.HashMap<Integer, Long> m = new java.util.HashMap<>();
-                while (true) {
-                    local++;
-                    m.put((int) (local % 1000), local);
-                    if (Double.isNaN(Math.sqrt(local) * Math.sin(local))) bad.set(true);
-                    counters.set(idx, local);
-                    try { Thread.sleep(5); } catch (InterruptedException e) { return; }
-                }
-            });
-            t.setDaemon(true);
-            t.start();
-        }
-        long pid = ProcessHandle.current().pid();
-        while (true) {
-            StringBuilder sb = new StringBuilder();
-            sb.append(pid).append(' ').append(bad.get() ? "CORRUPT" : "OK");
-            for (int i = 0; i < n; i++) sb.append(' ').append(counters.get(i));
-            sb.append('\n');
-            // java.io, not NIO: NIO's file dispatcher keeps a socketpair fd,
-            // which the engine does not support.
-            java.io.File tmp = new java.io.File(args[0] + ".tmp");
-            try (java.io.FileOutputStream out = new java.io.FileOutputStream(tmp)) {
-                out.write(sb.toString().getBytes());
-            }
-            tmp.renameTo(new java.io.File(args[0]));
-            Thread.sleep(100);
-        }
-    }
-}
-"#;
-
-fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-/// A running `crstream restore --lazy --detach --json`: it prints the PID
-/// and TIDs as soon as the process runs and exits once every page is in.
-struct LazyRestore {
-    child: Option<Child>,
-    pid: i32,
-    tids: Vec<i32>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl LazyRestore {
-    fn start(src: &str, env: &[(&str, &str)]) -> Self {
-        let mut c = Command::new(crstream());
-        c.args(["restore", "--lazy", "-i", src, "--detach", "--json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("CRSTREAM_LOG");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let mut child = c.spawn().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let v = match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(v) => v,
-            Err(_) => {
-                let st = child.wait().unwrap();
-                panic!(
-                    "lazy restore printed no PID ({st:?}): {line}\n{}",
-                    stderr.join().unwrap()
-                );
-            }
-        };
-        let pid = v["pid"].as_i64().unwrap() as i32;
-        let tids = v["tids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_i64().unwrap() as i32)
-            .collect();
-        LazyRestore {
-            child: Some(child),
-            pid,
-            tids,
-            stderr: Some(stderr),
-        }
-    }
-
-    /// Waits for crstream to exit; returns its status and stderr.
-    fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let t = Instant::now();
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if t.elapsed() > timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("crstream restore --lazy did not finish in {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (st, self.stderr.take().unwrap().join().unwrap())
-    }
-}
-
-impl Drop for LazyRestore {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Waits until every thread counter is well past its value at the dump
 /// and checks the program reports no corruption.
@@ -205,18 +38,7 @@ fn java_restored_from_s3_with_and_without_lazy() {
     let url = format!("s3://{bucket}/java.img");
 
     let dir = TestDir::new("java-s3");
-    std::fs::write(dir.path("Wl.java"), JAVA).unwrap();
-    let st = Command::new("javac")
-        .arg(dir.path("Wl.java"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "javac failed");
-    let mut cmd = Command::new("java");
-    cmd.args(["-XX:-UsePerfData", "-cp"])
-        .arg(&dir.0)
-        .arg("Wl")
-        .arg(dir.path("report"));
-    let mut w = spawn(cmd, dir.path("report"));
+    let mut w = start_java(&dir);
     w.wait_report(T, |r| (2..6).all(|i| field(r, 0, i) >= 50));
     let tids_before = tasks(w.pid);
     let o = run(&["dump", "-t", &w.pid.to_string(), "-o", &url], &env);
@@ -243,7 +65,7 @@ fn java_restored_from_s3_with_and_without_lazy() {
 
     // (b) Lazy restore from S3: counters must again continue past their
     // dumped values (the image is unchanged).
-    let lr = LazyRestore::start(&url, &env);
+    let lr = LazyRestore::start(&url, &env, &["--detach"]);
     let pid = lr.pid;
     w.restored(pid);
     let mut tids = lr.tids.clone();

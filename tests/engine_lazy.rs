@@ -11,92 +11,12 @@ mod support;
 #[path = "support/mod.rs"]
 mod s3;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
-
-/// A running `crstream restore --lazy --detach --json`: it prints the PID
-/// as soon as the process runs and exits once every page is in.
-struct LazyRestore {
-    child: Option<Child>,
-    pid: i32,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl LazyRestore {
-    fn start(src: &str, env: &[(&str, &str)], extra: &[&str]) -> Self {
-        let mut c = Command::new(crstream());
-        c.args(["restore", "--lazy", "-i", src, "--json"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("CRSTREAM_LOG");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let mut child = c.spawn().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let pid = match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(v) => v["pid"].as_i64().unwrap() as i32,
-            Err(_) => {
-                let st = child.wait().unwrap();
-                panic!(
-                    "lazy restore printed no PID ({st:?}): {line}\n{}",
-                    stderr.join().unwrap()
-                );
-            }
-        };
-        LazyRestore {
-            child: Some(child),
-            pid,
-            stderr,
-        }
-    }
-
-    /// Waits for crstream to exit; returns (success, stderr).
-    fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let t = Instant::now();
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if t.elapsed() > timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("crstream restore --lazy did not finish in {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-        (st, stderr.join().unwrap())
-    }
-}
-
-impl Drop for LazyRestore {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
 
 /// Dumps wl_memory (`mib` MiB) to `dest`; returns (workload, checksum,
 /// counter at dump).
@@ -467,7 +387,7 @@ fn sigterm_during_the_lazy_phase_kills_the_process() {
     );
     let pid = lr.pid;
     w.restored(pid);
-    let crs = lr.child.as_ref().unwrap().id() as i32;
+    let crs = lr.crstream_pid();
     // SAFETY: signalling the crstream process this test started.
     unsafe { libc::kill(crs, libc::SIGTERM) };
     let (st, stderr) = lr.finish(T);

@@ -5,44 +5,11 @@
 #[path = "engine_support/mod.rs"]
 mod support;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use support::*;
 
 const T: Duration = Duration::from_secs(60);
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Spawns `cmd` with stdin /dev/null, output to a log file and no other
-/// inherited fds (a test runner's pipes would make the dump refuse).
-fn spawn(mut cmd: Command, report: std::path::PathBuf) -> Workload {
-    let log = std::fs::File::create(report.with_extension("log")).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    // SAFETY: close_range is async-signal-safe; CLOEXEC keeps std's own
-    // exec-error pipe working until exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(
-                libc::SYS_close_range,
-                3,
-                u32::MAX,
-                4, /* CLOSE_RANGE_CLOEXEC */
-            );
-            Ok(())
-        });
-    }
-    Workload::from_child(cmd.spawn().unwrap(), report)
-}
 
 const PYTHON: &str = r#"
 import sys, os, time, json, hashlib, collections, re, threading
@@ -71,7 +38,7 @@ fn python_with_modules_continues() {
     std::fs::write(dir.path("wl.py"), PYTHON).unwrap();
     let mut cmd = Command::new("python3");
     cmd.arg(dir.path("wl.py")).arg(dir.path("report"));
-    let mut w = spawn(cmd, dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
     let before = w.wait_report(T, |r| field(r, 0, 1) >= 3);
     let img = dir.path("img");
     dump(w.pid, &img, &[]);
@@ -88,48 +55,6 @@ fn python_with_modules_continues() {
     );
     assert_running_untraced(pid);
 }
-
-const JAVA: &str = r#"
-import java.util.concurrent.atomic.*;
-public class Wl {
-    public static void main(String[] args) throws Exception {
-        int n = 4;
-        AtomicLongArray counters = new AtomicLongArray(n);
-        AtomicBoolean bad = new AtomicBoolean(false);
-        for (int i = 0; i < n; i++) {
-            final int idx = i;
-            Thread t = new Thread(() -> {
-                long local = 0;
-                java.util.HashMap<Integer, Long> m = new java.util.HashMap<>();
-                while (true) {
-                    local++;
-                    m.put((int) (local % 1000), local);
-                    if (Double.isNaN(Math.sqrt(local) * Math.sin(local))) bad.set(true);
-                    counters.set(idx, local);
-                    try { Thread.sleep(5); } catch (InterruptedException e) { return; }
-                }
-            });
-            t.setDaemon(true);
-            t.start();
-        }
-        long pid = ProcessHandle.current().pid();
-        while (true) {
-            StringBuilder sb = new StringBuilder();
-            sb.append(pid).append(' ').append(bad.get() ? "CORRUPT" : "OK");
-            for (int i = 0; i < n; i++) sb.append(' ').append(counters.get(i));
-            sb.append('\n');
-            // java.io, not NIO: NIO's file dispatcher keeps a socketpair fd,
-            // which the engine does not support.
-            java.io.File tmp = new java.io.File(args[0] + ".tmp");
-            try (java.io.FileOutputStream out = new java.io.FileOutputStream(tmp)) {
-                out.write(sb.toString().getBytes());
-            }
-            tmp.renameTo(new java.io.File(args[0]));
-            Thread.sleep(100);
-        }
-    }
-}
-"#;
 
 #[test]
 fn java_with_threads_continues() {
@@ -149,7 +74,7 @@ fn java_with_threads_continues() {
         .arg(&dir.0)
         .arg("Wl")
         .arg(dir.path("report"));
-    let mut w = spawn(cmd, dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
     w.wait_report(T, |r| (2..6).all(|i| field(r, 0, i) >= 50));
     let tids_before = tasks(w.pid);
     let img = dir.path("img");

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -259,4 +261,193 @@ pub fn field(report: &str, line: usize, idx: usize) -> u64 {
         .and_then(|l| l.split_whitespace().nth(idx))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+// --- shared by the real-program and lazy-restore tests ---
+
+/// Whether `tool` runs (`tool --version`).
+pub fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Spawns `cmd` with stdin /dev/null, output to a log file and no other
+/// inherited fds (a test runner's pipes would make the dump refuse).
+pub fn spawn_isolated(mut cmd: Command, report: PathBuf) -> Workload {
+    let log = std::fs::File::create(report.with_extension("log")).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: close_range is async-signal-safe; CLOEXEC keeps std's own
+    // exec-error pipe working until exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(
+                libc::SYS_close_range,
+                3,
+                u32::MAX,
+                4, /* CLOSE_RANGE_CLOEXEC */
+            );
+            Ok(())
+        });
+    }
+    Workload::from_child(cmd.spawn().unwrap(), report)
+}
+
+/// A small multi-threaded Java program: 4 threads count and do floating
+/// point work; it reports "pid OK|CORRUPT c0 c1 c2 c3" every 100 ms.
+pub const JAVA: &str = r#"
+import java.util.concurrent.atomic.*;
+public class Wl {
+    public static void main(String[] args) throws Exception {
+        int n = 4;
+        AtomicLongArray counters = new AtomicLongArray(n);
+        AtomicBoolean bad = new AtomicBoolean(false);
+        for (int i = 0; i < n; i++) {
+            final int idx = i;
+            Thread t = new Thread(() -> {
+                long local = 0;
+                java.util.HashMap<Integer, Long> m = new java.util.HashMap<>();
+                while (true) {
+                    local++;
+                    m.put((int) (local % 1000), local);
+                    if (Double.isNaN(Math.sqrt(local) * Math.sin(local))) bad.set(true);
+                    counters.set(idx, local);
+                    try { Thread.sleep(5); } catch (InterruptedException e) { return; }
+                }
+            });
+            t.setDaemon(true);
+            t.start();
+        }
+        long pid = ProcessHandle.current().pid();
+        while (true) {
+            StringBuilder sb = new StringBuilder();
+            sb.append(pid).append(' ').append(bad.get() ? "CORRUPT" : "OK");
+            for (int i = 0; i < n; i++) sb.append(' ').append(counters.get(i));
+            sb.append('\n');
+            // java.io, not NIO: NIO's file dispatcher keeps a socketpair fd,
+            // which the engine does not support.
+            java.io.File tmp = new java.io.File(args[0] + ".tmp");
+            try (java.io.FileOutputStream out = new java.io.FileOutputStream(tmp)) {
+                out.write(sb.toString().getBytes());
+            }
+            tmp.renameTo(new java.io.File(args[0]));
+            Thread.sleep(100);
+        }
+    }
+}
+"#;
+
+/// Compiles the Java program in `dir` and starts it, reporting to
+/// `dir/report`.
+pub fn start_java(dir: &TestDir) -> Workload {
+    std::fs::write(dir.path("Wl.java"), JAVA).unwrap();
+    let st = Command::new("javac")
+        .arg(dir.path("Wl.java"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "javac failed");
+    let mut cmd = Command::new("java");
+    cmd.args(["-XX:-UsePerfData", "-cp"])
+        .arg(&dir.0)
+        .arg("Wl")
+        .arg(dir.path("report"));
+    spawn_isolated(cmd, dir.path("report"))
+}
+
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A running `crstream restore --lazy --json [EXTRA]`: it prints the PID
+/// and TIDs as soon as the process runs and exits once every page is in.
+pub struct LazyRestore {
+    child: Option<Child>,
+    pub pid: i32,
+    pub tids: Vec<i32>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl LazyRestore {
+    pub fn start(src: &str, env: &[(&str, &str)], extra: &[&str]) -> Self {
+        let mut c = Command::new(crstream());
+        c.args(["restore", "--lazy", "-i", src, "--json"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("CRSTREAM_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let v = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(v) => v,
+            Err(_) => {
+                let st = child.wait().unwrap();
+                panic!(
+                    "lazy restore printed no PID ({st:?}): {line}\n{}",
+                    stderr.join().unwrap()
+                );
+            }
+        };
+        let pid = v["pid"].as_i64().unwrap() as i32;
+        let tids = v["tids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap() as i32)
+            .collect();
+        LazyRestore {
+            child: Some(child),
+            pid,
+            tids,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// PID of the crstream process serving the pages.
+    pub fn crstream_pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Waits for crstream to exit; returns its status and stderr.
+    pub fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let t = Instant::now();
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("crstream restore --lazy did not finish in {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (st, self.stderr.take().unwrap().join().unwrap())
+    }
+}
+
+impl Drop for LazyRestore {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
