@@ -239,11 +239,11 @@ pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumped, Dump
 /// Process trees come later: a dump of a parent alone would leave its
 /// children behind, so refuse it and name them.
 fn refuse_children(pid: i32) -> Result<(), DumpError> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map_err(|_| DumpError::NoSuchProcess { pid })?;
+    let tasks = proc::tasks(pid).map_err(|_| DumpError::NoSuchProcess { pid })?;
     let mut children: Vec<String> = Vec::new();
-    for task in tasks.flatten() {
-        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+    for tid in tasks {
+        let list =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
         children.extend(list.split_whitespace().map(str::to_string));
     }
     if children.is_empty() {

@@ -261,8 +261,8 @@ pub fn stat(pid: i32) -> Result<Stat, ProcError> {
     parse_stat(&read_string(&path)?, &path)
 }
 
-pub fn tasks(pid: i32) -> Result<Vec<i32>, ProcError> {
-    let path = format!("/proc/{pid}/task");
+/// The numeric entries of a /proc directory (tasks, fds), sorted.
+fn numeric_entries(path: String) -> Result<Vec<i32>, ProcError> {
     let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io {
         path: path.clone(),
         err,
@@ -271,6 +271,11 @@ pub fn tasks(pid: i32) -> Result<Vec<i32>, ProcError> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     v.sort_unstable();
+    Ok(v)
+}
+
+pub fn tasks(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let mut v = numeric_entries(format!("/proc/{pid}/task"))?;
     // The thread-group leader first.
     if let Some(i) = v.iter().position(|&t| t == pid) {
         v.remove(i);
@@ -280,16 +285,7 @@ pub fn tasks(pid: i32) -> Result<Vec<i32>, ProcError> {
 }
 
 pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
-    let path = format!("/proc/{pid}/fd");
-    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io {
-        path: path.clone(),
-        err,
-    })?;
-    let mut v: Vec<i32> = rd
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    v.sort_unstable();
-    Ok(v)
+    numeric_entries(format!("/proc/{pid}/fd"))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
