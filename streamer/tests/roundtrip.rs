@@ -8,7 +8,10 @@ use crstream_streamer::testing::{SynthSpec, area_start, image_bytes, page_conten
 use crstream_streamer::{Item, PAGE_SIZE, RandomReader, SequentialReader, WriterOptions};
 use futures::StreamExt;
 use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 fn opts(codec: Codec) -> WriterOptions {
     WriterOptions {
@@ -183,42 +186,57 @@ async fn page_frames_respect_the_size_bound() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writer_reports_io_errors_with_offset() {
-    struct FailAfter(usize);
-    impl tokio::io::AsyncWrite for FailAfter {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            if self.0 < buf.len() {
-                return std::task::Poll::Ready(Err(std::io::Error::other("disk full")));
-            }
-            self.0 -= buf.len();
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
+/// An output that accepts `budget` bytes, then fails every write with `kind`.
+struct FailAfter {
+    budget: usize,
+    kind: io::ErrorKind,
+    message: &'static str,
+}
+
+impl FailAfter {
+    fn new(budget: usize, kind: io::ErrorKind, message: &'static str) -> Self {
+        Self {
+            budget,
+            kind,
+            message,
         }
     }
+}
+
+impl tokio::io::AsyncWrite for FailAfter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.budget < buf.len() {
+            return Poll::Ready(Err(io::Error::new(self.kind, self.message)));
+        }
+        self.budget -= buf.len();
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_reports_io_errors_with_offset() {
     let spec = SynthSpec {
         pages_per_area: 400,
         ..Default::default()
     };
-    let err = crstream_streamer::testing::write_image(FailAfter(100_000), opts(Codec::None), &spec)
-        .await
-        .err()
-        .expect("must fail");
+    let err = crstream_streamer::testing::write_image(
+        FailAfter::new(100_000, io::ErrorKind::Other, "disk full"),
+        opts(Codec::None),
+        &spec,
+    )
+    .await
+    .err()
+    .expect("must fail");
     let msg = err.to_string();
     assert!(msg.contains("disk full") && msg.contains("offset"), "{msg}");
 }
@@ -227,32 +245,13 @@ async fn writer_reports_io_errors_with_offset() {
 /// failed output as an error, not a panic.
 #[test]
 fn blocking_writer_reports_a_failed_output() {
-    struct Broken;
-    impl tokio::io::AsyncWrite for Broken {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            _: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            std::task::Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut w = {
         let _in = rt.enter();
-        crstream_streamer::StreamWriter::new(Broken, opts(Codec::None))
+        crstream_streamer::StreamWriter::new(
+            FailAfter::new(0, io::ErrorKind::BrokenPipe, "broken pipe"),
+            opts(Codec::None),
+        )
     };
     use crstream_streamer::ImageSink;
     let mut b = w.blocking();
