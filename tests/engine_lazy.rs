@@ -400,3 +400,79 @@ fn sigterm_during_the_lazy_phase_kills_the_process() {
     );
     assert!(wait_gone(pid, T), "pid {pid} still exists");
 }
+
+/// wl_churn: dumps it idle, leaves `op` in its op file, restores it lazily
+/// with a slow prefetch (32 frames, 150 ms apart), so the op runs while
+/// most of its memory is still missing. Returns the workload, the lazy
+/// restore and the counter at dump.
+fn churn_restored(dir: &TestDir, op: &str) -> (Workload, LazyRestore, u64) {
+    let mut w = Workload::spawn("wl_churn", dir.path("report"), &[]);
+    w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    w.reap_dumped();
+    std::fs::write(dir.path("report.op"), op).unwrap();
+    let lr = LazyRestore::start(
+        img.to_str().unwrap(),
+        &[("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "150")],
+        &["--detach"],
+    );
+    w.restored(lr.pid);
+    (w, lr, at_dump)
+}
+
+fn churn_state(report: &str) -> &str {
+    report.split_whitespace().nth(2).unwrap_or("")
+}
+
+/// munmap and madvise(MADV_DONTNEED) during the lazy phase: the released
+/// ranges get no copies (they stay unmapped / read as zeros), every other
+/// page still arrives intact, and the restore completes.
+#[test]
+fn lazy_restore_honours_munmap_and_dontneed_during_the_lazy_phase() {
+    for op in ["munmap", "dontneed"] {
+        let dir = TestDir::new(&format!("lazy-{op}"));
+        let (mut w, lr, at_dump) = churn_restored(&dir, op);
+        let pid = lr.pid;
+        let r = w.wait_report(T, |r| field(r, 0, 1) > at_dump && churn_state(r) != "idle");
+        assert_eq!(churn_state(&r), format!("ok-{op}"), "{r}\n{}", w.log());
+        let (st, stderr) = lr.finish(T);
+        assert!(st.success(), "{op}: {st:?} {stderr}");
+        let n = field(&w.read_report().unwrap(), 0, 1);
+        let r = w.wait_report(T, |r| field(r, 0, 1) > n + 2);
+        assert_eq!(churn_state(&r), format!("ok-{op}"), "{r}");
+        assert_eq!(field(&r, 0, 0), pid as u64);
+        assert_running_untraced(pid);
+        w.kill();
+    }
+}
+
+/// mremap and fork during the lazy phase are not supported: crstream kills
+/// the process rather than let it run with memory it cannot serve, and
+/// says why.
+#[test]
+fn lazy_restore_refuses_mremap_and_fork_during_the_lazy_phase() {
+    for (op, says) in [
+        ("mremap", "moved memory with mremap"),
+        ("fork", "forked while it was being restored lazily"),
+    ] {
+        let dir = TestDir::new(&format!("lazy-{op}"));
+        let (mut w, lr, _) = churn_restored(&dir, op);
+        let pid = lr.pid;
+        let (st, stderr) = lr.finish(T);
+        assert!(!st.success(), "{op}: crstream succeeded: {stderr}");
+        assert!(
+            stderr.contains(&format!("lazy restore of pid {pid} failed"))
+                && stderr.contains(says)
+                && stderr.contains("the process was killed"),
+            "{op}: {stderr}"
+        );
+        assert!(wait_gone(pid, T), "{op}: pid {pid} still exists");
+        assert!(
+            !w.read_report().unwrap().contains("ok-"),
+            "{op}: the process ran on after the op"
+        );
+        w.kill();
+    }
+}

@@ -452,7 +452,10 @@ impl LazySession {
             claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
         });
-        let (tx, rx) = mpsc::channel::<(usize, Result<PageBatch, String>)>();
+        // Bounded: a worker that is ahead of the copies waits, so fetched
+        // but uncopied frames never hold more than a few frames of memory.
+        let (tx, rx) =
+            mpsc::sync_channel::<(usize, Result<PageBatch, String>)>(opts.fetch_threads.max(1));
         let mut workers = Vec::new();
         for _ in 0..opts.fetch_threads.max(1).min(n.max(1)) {
             let shared = shared.clone();
@@ -854,7 +857,7 @@ fn worker(
     frames: &[(u64, u64)],
     fetcher: &dyn PageFetcher,
     opts: &LazyOptions,
-    tx: &mpsc::Sender<(usize, Result<PageBatch, String>)>,
+    tx: &mpsc::SyncSender<(usize, Result<PageBatch, String>)>,
     efd: RawFd,
 ) {
     loop {
