@@ -67,8 +67,9 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     };
     let stats = dumped.finish(!args.leave_running);
     eprintln!(
-        "crstream: dumped pid {} ({} threads): {} pages ({}), {} written, frozen {:.1} ms, total {:.1} ms",
+        "crstream: dumped pid {} ({} processes, {} threads): {} pages ({}), {} written, frozen {:.1} ms, total {:.1} ms",
         args.pid,
+        stats.processes,
         stats.threads,
         stats.pages,
         human_bytes(stats.page_bytes),
@@ -79,6 +80,8 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     if args.json && !to_stdout {
         let j = serde_json::json!({
             "pid": args.pid,
+            "processes": stats.processes,
+            "pids": stats.pids,
             "threads": stats.threads,
             "pages": stats.pages,
             "page_bytes": stats.page_bytes,
@@ -170,12 +173,17 @@ fn lazy_options() -> crstream_core::LazyOptions {
     o
 }
 
+fn restored_json(restored: &crstream_core::Restored) -> serde_json::Value {
+    serde_json::json!({
+        "pid": restored.pid,
+        "tids": restored.tids,
+        "processes": restored.processes,
+    })
+}
+
 fn print_restored(args: &RestoreArgs, restored: &crstream_core::Restored) {
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({ "pid": restored.pid, "tids": restored.tids })
-        );
+        println!("{}", restored_json(restored));
     } else if args.detach {
         println!("{}", restored.pid);
     }
@@ -312,20 +320,14 @@ pub fn restore(args: RestoreArgs) -> Result<u8> {
         .with_context(|| format!("restoring from {}", args.input))?;
     if args.detach {
         if args.json {
-            println!(
-                "{}",
-                serde_json::json!({ "pid": restored.pid, "tids": restored.tids })
-            );
+            println!("{}", restored_json(&restored));
         } else {
             println!("{}", restored.pid);
         }
         return Ok(0);
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({ "pid": restored.pid, "tids": restored.tids })
-        );
+        println!("{}", restored_json(&restored));
     }
     drop(rt);
     let mut status = 0;

@@ -136,19 +136,6 @@ impl Frozen {
         }
         tracing::debug!(pid = self.pid, "released");
     }
-
-    /// SIGKILLs the target (after a successful dump) and collects the exit
-    /// of every traced thread.
-    fn kill(&mut self) {
-        self.released = true;
-        // SAFETY: signalling the process we dumped.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        for t in self.threads.iter().rev() {
-            let mut st = 0;
-            // SAFETY: collects the exit notification of a tracee.
-            unsafe { libc::waitpid(t.tid, &mut st, libc::__WALL) };
-        }
-    }
 }
 
 impl Drop for Frozen {
@@ -165,11 +152,111 @@ pub(crate) fn test_fail_point() -> Option<String> {
     }
 }
 
-/// A dumped process, still frozen: the caller makes the image durable, then
-/// ends it with [`Dumped::finish`]. Dropping it lets the process run on
+/// The frozen tree: every live process stopped under ptrace, and the
+/// entries of every process, parents before children (the order restore
+/// creates them in).
+struct FrozenTree {
+    procs: Vec<Frozen>,
+    entries: Vec<ProcessEntry>,
+}
+
+impl FrozenTree {
+    /// Freezes `root` and every descendant, top down: a frozen process
+    /// cannot fork, so once it is stopped its list of children is final.
+    fn freeze(root: i32) -> Result<Self, DumpError> {
+        let mut tree = FrozenTree {
+            procs: Vec::new(),
+            entries: Vec::new(),
+        };
+        let mut queue = std::collections::VecDeque::from([root]);
+        while let Some(pid) = queue.pop_front() {
+            if pid == std::process::id() as i32 {
+                return Err(DumpError::SelfDump { pid });
+            }
+            let stat = proc::stat(pid).map_err(|_| DumpError::NoSuchProcess { pid })?;
+            let (pgid, sid) = crate::session::dump(&stat);
+            if stat.state() == 'Z' || stat.state() == 'X' {
+                if pid == root {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        what: "target",
+                        reason: "it is a zombie".into(),
+                    });
+                }
+                tree.entries.push(zombie_entry(pid, &stat, pgid, sid));
+                continue;
+            }
+            let frozen = match Frozen::freeze(pid) {
+                Ok(f) => f,
+                // It exited between the listing and the attach.
+                Err(_) if pid != root && proc::stat(pid).is_ok_and(|s| s.state() == 'Z') => {
+                    let stat = proc::stat(pid).map_err(|err| DumpError::Proc { pid, err })?;
+                    tree.entries.push(zombie_entry(pid, &stat, pgid, sid));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let status = proc::status(pid).map_err(|err| DumpError::Proc { pid, err })?;
+            tree.entries.push(ProcessEntry {
+                pid: pid as u32,
+                ppid: status.ppid as u32,
+                pgid,
+                sid,
+                threads: frozen.threads.iter().map(|t| t.tid as u32).collect(),
+                state: ProcessState::Alive as i32,
+                exit_code: 0,
+                comm: String::new(),
+            });
+            tree.procs.push(frozen);
+            queue.extend(proc::children(pid).map_err(|err| DumpError::Proc { pid, err })?);
+        }
+        tracing::debug!(root, processes = tree.entries.len(), "tree frozen");
+        Ok(tree)
+    }
+
+    fn release(&mut self) {
+        for f in self.procs.iter_mut().rev() {
+            f.release();
+        }
+    }
+
+    /// SIGKILLs every process first (so none runs on without the others),
+    /// then collects the exits of the traced threads.
+    fn kill(&mut self) {
+        for f in &mut self.procs {
+            f.released = true;
+            // SAFETY: signalling a process we dumped.
+            unsafe { libc::kill(f.pid, libc::SIGKILL) };
+        }
+        for f in &self.procs {
+            for t in f.threads.iter().rev() {
+                let mut st = 0;
+                // SAFETY: collects the exit notification of a tracee.
+                unsafe { libc::waitpid(t.tid, &mut st, libc::__WALL) };
+            }
+        }
+    }
+}
+
+fn zombie_entry(pid: i32, stat: &proc::Stat, pgid: u32, sid: u32) -> ProcessEntry {
+    ProcessEntry {
+        pid: pid as u32,
+        ppid: stat.field(4) as u32,
+        pgid,
+        sid,
+        threads: vec![pid as u32],
+        state: ProcessState::Zombie as i32,
+        // The wait status its parent will read (proc(5) field 52).
+        exit_code: stat.field(52) as i32,
+        comm: stat.comm.clone(),
+    }
+}
+
+/// A dumped tree, still frozen: the caller makes the image durable, then
+/// ends it with [`Dumped::finish`]. Dropping it lets every process run on
 /// unharmed, which is what a failure to store the image must do.
 pub struct Dumped {
-    frozen: Frozen,
+    tree: FrozenTree,
     stats: DumpStats,
     frozen_at: Instant,
     started: Instant,
@@ -180,19 +267,25 @@ impl Dumped {
         &self.stats
     }
 
-    /// Kills the process (`kill`) or lets it run on, and returns the final
-    /// figures: frozen time runs until now, since the process stayed stopped
-    /// while the image was being stored.
+    /// Kills the tree (`kill`) or lets it run on, and returns the final
+    /// figures: frozen time runs until now, since the processes stayed
+    /// stopped while the image was being stored.
     pub fn finish(mut self, kill: bool) -> DumpStats {
         if kill {
-            self.frozen.kill();
+            self.tree.kill();
         } else {
-            self.frozen.release();
+            self.tree.release();
         }
         let mut stats = self.stats.clone();
         stats.frozen = self.frozen_at.elapsed();
         stats.total = self.started.elapsed();
         stats
+    }
+}
+
+impl Drop for FrozenTree {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -210,14 +303,13 @@ pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumped, Dump
             reason: format!("it is a thread of process {}", status.tgid),
         });
     }
-    refuse_children(pid)?;
-    let mut frozen = Frozen::freeze(pid)?;
+    let mut tree = FrozenTree::freeze(pid)?;
     let frozen_at = Instant::now();
-    let (pages, threads) = match dump_frozen(&mut frozen, opts, sink) {
+    let (pages, threads) = match dump_frozen(&mut tree, opts, sink) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(pid, "dump failed, letting the process run on: {e}");
-            frozen.release();
+            tracing::warn!(pid, "dump failed, letting the processes run on: {e}");
+            tree.release();
             return Err(e);
         }
     };
@@ -227,35 +319,14 @@ pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumped, Dump
         frozen: frozen_at.elapsed(),
         total: started.elapsed(),
         threads,
+        processes: tree.entries.len(),
+        pids: tree.entries.iter().map(|e| e.pid as i32).collect(),
     };
     Ok(Dumped {
-        frozen,
+        tree,
         stats,
         frozen_at,
         started,
-    })
-}
-
-/// Process trees come later: a dump of a parent alone would leave its
-/// children behind, so refuse it and name them.
-fn refuse_children(pid: i32) -> Result<(), DumpError> {
-    let tasks = proc::tasks(pid).map_err(|_| DumpError::NoSuchProcess { pid })?;
-    let mut children: Vec<String> = Vec::new();
-    for tid in tasks {
-        let list =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
-        children.extend(list.split_whitespace().map(str::to_string));
-    }
-    if children.is_empty() {
-        return Ok(());
-    }
-    Err(DumpError::Unsupported {
-        pid,
-        what: "process tree",
-        reason: format!(
-            "it has child processes ({}); dumping a process with children is not supported yet",
-            children.join(", ")
-        ),
     })
 }
 
@@ -315,14 +386,223 @@ fn prctl_int(
 }
 
 /// Everything while frozen. Returns (pages, threads).
+/// What one frozen process holds, collected before anything is written.
+struct ProcessDump {
+    pid: i32,
+    core: ProcessCore,
+    areas: Vec<memory::DumpArea>,
+    files: crstream_proto::FileTable,
+    signals: crstream_proto::SignalState,
+    threads: Vec<crstream_proto::ThreadCore>,
+}
+
 fn dump_frozen(
-    frozen: &mut Frozen,
+    tree: &mut FrozenTree,
     opts: &DumpOptions,
     sink: &mut dyn ImageSink,
 ) -> Result<(u64, usize), DumpError> {
+    let fail_at = test_fail_point();
+    let mut procs = Vec::new();
+    for frozen in tree.procs.iter_mut() {
+        procs.push(collect(frozen)?);
+    }
+    mark_shared_files(&mut procs);
+    share_memory(&mut procs)?;
+    let root = &procs[0];
+    sink.record(
+        0,
+        Body::Inventory(Inventory {
+            format_version: crstream_proto::FORMAT_VERSION as u32,
+            crstream_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release: uname_release(),
+            arch: "x86_64".into(),
+            page_size: PAGE_SIZE as u32,
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            hostname: hostname(),
+            cpu_flags: cpu_flags(),
+            xfeatures_mask: xcr0(),
+            xsave_size: root.threads[0].xstate.len() as u32,
+            root_pid: root.pid as u32,
+            leave_running: opts.leave_running,
+        }),
+    )?;
+    sink.record(
+        0,
+        Body::ProcessTree(ProcessTree {
+            processes: tree.entries.clone(),
+        }),
+    )?;
+    let mut blob_files = Vec::new();
+    let mut page_streams = Vec::new();
+    for p in procs.iter_mut() {
+        let pid = p.pid;
+        let ps = sink.declare(
+            StreamKind::Process,
+            pid as u32,
+            0,
+            &format!("process {pid}"),
+        )?;
+        page_streams.push(sink.declare(
+            StreamKind::Pages,
+            pid as u32,
+            0,
+            &format!("pages of {pid}"),
+        )?);
+        sink.record(ps, Body::ProcessCore(p.core.clone()))?;
+        let pages_total: u64 = p
+            .areas
+            .iter()
+            .flat_map(|a| a.runs.iter())
+            .map(|r| r.1 / PAGE_SIZE as u64)
+            .sum();
+        sink.record(
+            ps,
+            Body::MemoryMap(crstream_proto::MemoryMap {
+                pid: pid as u32,
+                areas: p.areas.iter().map(|a| a.area.clone()).collect(),
+                pages_total,
+            }),
+        )?;
+        let mut blobs = Vec::new();
+        for f in p.files.files.iter_mut().filter(|f| f.deleted) {
+            let id = sink.declare(
+                StreamKind::Blob,
+                pid as u32,
+                0,
+                &format!("fd {} contents", f.fd),
+            )?;
+            f.contents_stream = id;
+            blobs.push(f.clone());
+        }
+        sink.record(ps, Body::FileTable(p.files.clone()))?;
+        sink.record(ps, Body::SignalState(p.signals.clone()))?;
+        for f in &blobs {
+            sink.record(
+                ps,
+                Body::BlobInfo(BlobInfo {
+                    stream_id: f.contents_stream,
+                    size: f.size,
+                    what: format!("contents of deleted {} (fd {})", f.path, f.fd),
+                }),
+            )?;
+        }
+        for c in &p.threads {
+            let ts = sink.declare(
+                StreamKind::Thread,
+                pid as u32,
+                c.tid,
+                &format!("thread {}", c.tid),
+            )?;
+            sink.record(ts, Body::ThreadCore(c.clone()))?;
+        }
+        blob_files.push((pid, blobs));
+    }
+    for (pid, blobs) in &blob_files {
+        for f in blobs {
+            let n = crate::files::dump_contents(*pid, f, sink, f.contents_stream)?;
+            if n != f.size {
+                return Err(DumpError::File {
+                    pid: *pid,
+                    fd: f.fd as i32,
+                    path: f.path.clone(),
+                    err: std::io::Error::other(format!("read {n} bytes of {}", f.size)),
+                });
+            }
+        }
+    }
+    sink.end_metadata()?;
+    let mut pages = 0;
+    let mut threads = 0;
+    for (p, stream) in procs.iter().zip(page_streams) {
+        let (n, _) = memory::write_pages(
+            p.pid,
+            &p.areas,
+            sink,
+            stream,
+            fail_at.as_deref() == Some("memory"),
+        )?;
+        pages += n;
+        threads += p.threads.len();
+        tracing::info!(pid = p.pid, pages = n, threads = p.threads.len(), "dumped");
+    }
+    Ok((pages, threads))
+}
+
+/// Gives every open file description held by more than one process of the
+/// tree one `shared_id`, so that restore opens it once and shares it.
+fn mark_shared_files(procs: &mut [ProcessDump]) {
+    const KCMP_FILE: i32 = 0;
+    let mut owners: Vec<(i32, u32, u64, u64)> = Vec::new(); // pid, fd, dev, inode
+    for i in 0..procs.len() {
+        let pid = procs[i].pid;
+        for fi in 0..procs[i].files.files.len() {
+            let f = &procs[i].files.files[fi];
+            if f.dup_of_fd.is_some() {
+                continue;
+            }
+            let found = owners.iter().find(|&&(op, ofd, dev, ino)| {
+                op != pid
+                    && dev == f.dev
+                    && ino == f.inode
+                    // SAFETY: kcmp with integer arguments.
+                    && unsafe {
+                        libc::syscall(libc::SYS_kcmp, op, pid, KCMP_FILE, ofd, f.fd)
+                    } == 0
+            });
+            match found.copied() {
+                Some((op, ofd, _, _)) => {
+                    let id = ((op as u64) << 32) | ofd as u64;
+                    procs[i].files.files[fi].shared_id = id;
+                    let owner = procs.iter_mut().find(|p| p.pid == op).expect("owner");
+                    if let Some(of) = owner.files.files.iter_mut().find(|x| x.fd == ofd) {
+                        of.shared_id = id;
+                    }
+                }
+                None => owners.push((pid, f.fd, f.dev, f.inode)),
+            }
+        }
+    }
+    // dups of a shared fd share it too
+    for p in procs.iter_mut() {
+        let ids: Vec<(u32, u64)> = p.files.files.iter().map(|f| (f.fd, f.shared_id)).collect();
+        for f in p.files.files.iter_mut() {
+            if let Some(of) = f.dup_of_fd
+                && let Some(&(_, id)) = ids.iter().find(|(fd, _)| *fd == of)
+            {
+                f.shared_id = id;
+            }
+        }
+    }
+}
+
+/// Shared anonymous memory seen by several processes is restored once (in
+/// the first process that maps it) and mapped from there by the others:
+/// its pages are saved once, where the first mapping covers them.
+fn share_memory(procs: &mut [ProcessDump]) -> Result<(), DumpError> {
+    let mut first: Vec<(u64, u64, u64)> = Vec::new(); // shmem id, pgoff, end offset
+    for p in procs.iter_mut() {
+        for a in p.areas.iter_mut().filter(|a| a.area.shmem_id != 0) {
+            let (off, end) = (a.area.pgoff, a.area.pgoff + a.area.end - a.area.start);
+            match first.iter().find(|f| f.0 == a.area.shmem_id) {
+                Some(&(_, fo, fe)) if fo <= off && end <= fe => {
+                    a.runs.clear();
+                    a.area.has_pages = false;
+                }
+                Some(_) => {}
+                None => first.push((a.area.shmem_id, off, end)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads everything restore needs of one frozen process, by /proc and by
+/// injected syscalls (undone before this returns).
+fn collect(frozen: &mut Frozen) -> Result<ProcessDump, DumpError> {
     let pid = frozen.pid;
     let proc_err = |err| DumpError::Proc { pid, err };
-    let fail_at = test_fail_point();
 
     // What /proc gives, and refusals, before touching anything.
     let status = proc::status(pid).map_err(proc_err)?;
@@ -336,9 +616,8 @@ fn dump_frozen(
     let stat = proc::stat(pid).map_err(proc_err)?;
     let smaps = proc::smaps(pid).map_err(proc_err)?;
     let mut areas = memory::plan(pid, &smaps)?;
-    let mut files = crate::files::dump(pid)?;
+    let files = crate::files::dump(pid)?;
     memory::scan(pid, &mut areas)?;
-
     let vdso = smaps
         .iter()
         .find(|m| m.path == "[vdso]")
@@ -453,115 +732,12 @@ fn dump_frozen(
         child_subreaper: subreaper as u64,
     };
 
-    // Records.
-    let tids: Vec<u32> = frozen.threads.iter().map(|t| t.tid as u32).collect();
-    sink.record(
-        0,
-        Body::Inventory(Inventory {
-            format_version: crstream_proto::FORMAT_VERSION as u32,
-            crstream_version: env!("CARGO_PKG_VERSION").to_string(),
-            kernel_release: uname_release(),
-            arch: "x86_64".into(),
-            page_size: PAGE_SIZE as u32,
-            created_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            hostname: hostname(),
-            cpu_flags: cpu_flags(),
-            xfeatures_mask: xcr0(),
-            xsave_size: cores[0].xstate.len() as u32,
-            root_pid: pid as u32,
-            leave_running: opts.leave_running,
-        }),
-    )?;
-    let (pgid, sid) = crate::session::dump(&stat);
-    sink.record(
-        0,
-        Body::ProcessTree(ProcessTree {
-            processes: vec![ProcessEntry {
-                pid: pid as u32,
-                ppid: status.ppid as u32,
-                pgid,
-                sid,
-                threads: tids.clone(),
-                state: ProcessState::Alive as i32,
-                exit_code: 0,
-            }],
-        }),
-    )?;
-    let ps = sink.declare(
-        StreamKind::Process,
-        pid as u32,
-        0,
-        &format!("process {pid}"),
-    )?;
-    let pages_stream =
-        sink.declare(StreamKind::Pages, pid as u32, 0, &format!("pages of {pid}"))?;
-    sink.record(ps, Body::ProcessCore(core))?;
-    let pages_total: u64 = areas
-        .iter()
-        .flat_map(|a| a.runs.iter())
-        .map(|r| r.1 / PAGE_SIZE as u64)
-        .sum();
-    sink.record(
-        ps,
-        Body::MemoryMap(crstream_proto::MemoryMap {
-            pid: pid as u32,
-            areas: areas.iter().map(|a| a.area.clone()).collect(),
-            pages_total,
-        }),
-    )?;
-    let mut blobs = Vec::new();
-    for f in files.files.iter_mut().filter(|f| f.deleted) {
-        let id = sink.declare(
-            StreamKind::Blob,
-            pid as u32,
-            0,
-            &format!("fd {} contents", f.fd),
-        )?;
-        f.contents_stream = id;
-        blobs.push(f.clone());
-    }
-    sink.record(ps, Body::FileTable(files))?;
-    sink.record(ps, Body::SignalState(signals))?;
-    for f in &blobs {
-        sink.record(
-            ps,
-            Body::BlobInfo(BlobInfo {
-                stream_id: f.contents_stream,
-                size: f.size,
-                what: format!("contents of deleted {} (fd {})", f.path, f.fd),
-            }),
-        )?;
-    }
-    for c in cores {
-        let ts = sink.declare(
-            StreamKind::Thread,
-            pid as u32,
-            c.tid,
-            &format!("thread {}", c.tid),
-        )?;
-        sink.record(ts, Body::ThreadCore(c))?;
-    }
-    for f in &blobs {
-        let n = crate::files::dump_contents(pid, f, sink, f.contents_stream)?;
-        if n != f.size {
-            return Err(DumpError::File {
-                pid,
-                fd: f.fd as i32,
-                path: f.path.clone(),
-                err: std::io::Error::other(format!("read {n} bytes of {}", f.size)),
-            });
-        }
-    }
-    sink.end_metadata()?;
-    let (pages, _) = memory::write_pages(
+    Ok(ProcessDump {
         pid,
-        &areas,
-        sink,
-        pages_stream,
-        fail_at.as_deref() == Some("memory"),
-    )?;
-    tracing::info!(pid, pages, threads = tids.len(), "dumped");
-    Ok((pages, tids.len()))
+        core,
+        areas,
+        files,
+        signals,
+        threads: cores,
+    })
 }

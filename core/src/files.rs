@@ -2,7 +2,7 @@
 //! travel as a blob), directories and a few harmless character devices.
 //! Anything else (pipes, sockets, ttys, anon inodes) is refused by name.
 
-use crate::error::{DumpError, RestoreError};
+use crate::error::{DumpError, RestoreError, TaskError};
 use crate::stub::Stub;
 use crstream_proto::{FileKind, FileTable, OpenFile};
 use crstream_streamer::ImageSink;
@@ -229,6 +229,37 @@ pub fn check(pid: i32, table: &FileTable) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// Duplicates fd `fd` of process `owner` into the stub (pidfd_getfd, run
+/// by the stub itself); the copy is close-on-exec.
+pub fn take_fd(stub: &Stub, owner: i32, fd: u64) -> Result<i64, TaskError> {
+    let pidfd = stub.call("pidfd_open", libc::SYS_pidfd_open, &[owner as u64, 0])?;
+    let got = stub.call("pidfd_getfd", libc::SYS_pidfd_getfd, &[pidfd as u64, fd, 0]);
+    stub.call("close", libc::SYS_close, &[pidfd as u64])?;
+    got
+}
+
+/// Moves fd `tmp_fd` of the stub to the saved number with the saved
+/// close-on-exec flag.
+pub fn place_fd(stub: &Stub, tmp_fd: i64, f: &OpenFile) -> Result<(), TaskError> {
+    let cloexec = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+    if tmp_fd != f.fd as i64 {
+        stub.call(
+            "dup3",
+            libc::SYS_dup3,
+            &[tmp_fd as u64, f.fd as u64, cloexec as u64],
+        )?;
+        stub.call("close", libc::SYS_close, &[tmp_fd as u64])?;
+    } else {
+        let flag = if f.cloexec { libc::FD_CLOEXEC } else { 0 };
+        stub.call(
+            "fcntl",
+            libc::SYS_fcntl,
+            &[f.fd as u64, libc::F_SETFD as u64, flag as u64],
+        )?;
+    }
+    Ok(())
+}
+
 /// Opens every saved fd at its number in the stub. Returns temporary files
 /// to keep open until the restore is done.
 pub fn restore(
@@ -247,6 +278,15 @@ pub fn restore(
             path: f.path.clone(),
             reason,
         };
+        let owner = (f.shared_id >> 32) as i32;
+        if f.shared_id != 0 && owner != pid {
+            // Restored already by an earlier process of the tree: share it.
+            let owner_fd = f.shared_id as u32 as u64;
+            let tmp_fd = take_fd(stub, owner, owner_fd)
+                .map_err(|e| ferr(format!("taking fd {owner_fd} of pid {owner}: {e}")))?;
+            place_fd(stub, tmp_fd, f).map_err(|e| ferr(e.to_string()))?;
+            continue;
+        }
         let mut path = f.path.clone();
         if f.kind() == FileKind::Regular {
             if f.deleted {
@@ -275,22 +315,7 @@ pub fn restore(
         let tmp_fd = stub
             .open(&path, flags | libc::O_CLOEXEC, 0)
             .map_err(|e| ferr(format!("open: {e}")))?;
-        let cloexec = if f.cloexec { libc::O_CLOEXEC } else { 0 };
-        if tmp_fd != f.fd as i64 {
-            stub.call(
-                "dup3",
-                libc::SYS_dup3,
-                &[tmp_fd as u64, f.fd as u64, cloexec as u64],
-            )
-            .map_err(|e| ferr(format!("dup3: {e}")))?;
-            stub.call("close", libc::SYS_close, &[tmp_fd as u64])?;
-        } else if !f.cloexec {
-            stub.call(
-                "fcntl",
-                libc::SYS_fcntl,
-                &[f.fd as u64, libc::F_SETFD as u64, 0],
-            )?;
-        }
+        place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))?;
         if f.kind() == FileKind::Regular && f.offset != 0 {
             stub.call(
                 "lseek",

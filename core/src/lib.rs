@@ -49,6 +49,10 @@ pub struct DumpStats {
     pub frozen: std::time::Duration,
     pub total: std::time::Duration,
     pub threads: usize,
+    /// Processes in the tree, zombies included.
+    pub processes: usize,
+    /// Their PIDs, root first.
+    pub pids: Vec<i32>,
 }
 
 pub use dump::Dumped;
@@ -71,11 +75,16 @@ impl RestoreOptions {
     }
 }
 
-/// A restored process: running, detached, a child of the calling thread.
+/// A restored tree: running, detached; its root is a child of the calling
+/// thread.
 #[derive(Debug, Clone)]
 pub struct Restored {
+    /// The root process.
     pub pid: i32,
+    /// Threads of the root process.
     pub tids: Vec<i32>,
+    /// Every process of the tree (zombies included), root first.
+    pub processes: Vec<i32>,
 }
 
 /// Restores the process of an image with its PID and TIDs. On failure

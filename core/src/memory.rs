@@ -15,6 +15,7 @@ use crate::stub::Stub;
 use crate::syscall::{RemoteMem, vm_readv};
 use crstream_proto::{AreaKind, VmArea};
 use crstream_streamer::{ImageSink, PAGE_SIZE, PageBatch};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -528,7 +529,21 @@ pub fn check_files(pid: i32, areas: &[VmArea]) -> Result<(), RestoreError> {
 
 /// Maps every area at its address. Areas that will receive pages but lack
 /// read/write permission are mapped writable first; `finish` fixes them.
-pub fn map_areas(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
+/// Where restore created a shared anonymous object: the process, its area
+/// and the object offset that area starts at.
+#[derive(Debug, Clone, Copy)]
+pub struct ShmemOrigin {
+    pub pid: i32,
+    pub start: u64,
+    pub end: u64,
+    pub pgoff: u64,
+}
+
+pub fn map_areas(
+    stub: &Stub,
+    areas: &[VmArea],
+    shm: &mut HashMap<u64, ShmemOrigin>,
+) -> Result<(), RestoreError> {
     let pid = stub.pid;
     for a in areas.iter().filter(|a| is_mapped_area(a)) {
         let len = a.end - a.start;
@@ -544,6 +559,30 @@ pub fn map_areas(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
                 | libc::MAP_NORESERVE))
             | libc::MAP_FIXED;
         let mut fd: i64 = -1;
+        let mut pgoff = a.pgoff;
+        // Shared anonymous memory another process of the tree created:
+        // map the same object, through that process's map_files entry.
+        let origin = (a.shmem_id != 0)
+            .then(|| shm.get(&a.shmem_id))
+            .flatten()
+            // Only within the range the origin's mapping covers (the dump
+            // saved the pages once under the same condition).
+            .filter(|o| o.pgoff <= a.pgoff && a.pgoff + len <= o.pgoff + (o.end - o.start));
+        if let Some(o) = origin {
+            flags &= !libc::MAP_ANONYMOUS;
+            pgoff = a.pgoff - o.pgoff;
+            let path = format!("/proc/{}/map_files/{:x}-{:x}", o.pid, o.start, o.end);
+            fd = stub
+                .open(&path, libc::O_RDWR | libc::O_CLOEXEC, 0)
+                .map_err(|e| map_err(pid, a, format!("open {path}: {e}")))?;
+        } else if a.shmem_id != 0 {
+            shm.entry(a.shmem_id).or_insert(ShmemOrigin {
+                pid,
+                start: a.start,
+                end: a.end,
+                pgoff: a.pgoff,
+            });
+        }
         if a.kind() == AreaKind::File {
             flags &= !libc::MAP_ANONYMOUS;
             check_mapped_file(pid, a, false)?;
@@ -561,7 +600,7 @@ pub fn map_areas(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
         let r = stub.call(
             "mmap",
             libc::SYS_mmap,
-            &[a.start, len, prot as u64, flags as u64, fd as u64, a.pgoff],
+            &[a.start, len, prot as u64, flags as u64, fd as u64, pgoff],
         );
         if fd >= 0 {
             stub.call("close", libc::SYS_close, &[fd as u64])?;

@@ -284,6 +284,24 @@ pub fn tasks(pid: i32) -> Result<Vec<i32>, ProcError> {
     Ok(v)
 }
 
+/// Child processes of every thread of `pid` (CONFIG_PROC_CHILDREN).
+pub fn children(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let mut out = Vec::new();
+    for tid in tasks(pid)? {
+        let path = format!("/proc/{pid}/task/{tid}/children");
+        match read_string(&path) {
+            Ok(list) => out.extend(
+                list.split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            ),
+            // The thread exited meanwhile.
+            Err(ProcError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
     numeric_entries(format!("/proc/{pid}/fd"))
 }

@@ -7,28 +7,37 @@ use crate::ptrace;
 use crate::stub::{self, TRAMP_LEN};
 use crate::{RestoreOptions, Restored, lazy, memory, threads};
 use crstream_proto::{
-    FileTable, Inventory, MemoryMap, PageRange, ProcessCore, ProcessTree, SignalState, ThreadCore,
-    record::Body,
+    FileTable, Inventory, MemoryMap, PageRange, ProcessCore, ProcessEntry, ProcessState,
+    ProcessTree, SignalState, ThreadCore, record::Body,
 };
 use crstream_streamer::{ImageSource, Item, PAGE_SIZE};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// The metadata of one image, collected up to the end-of-metadata frame.
+/// The metadata of one image, collected up to the end-of-metadata frame,
+/// by process.
 #[derive(Default)]
 struct Image {
     inventory: Option<Inventory>,
     tree: Option<ProcessTree>,
-    core: Option<ProcessCore>,
-    mm: Option<MemoryMap>,
-    files: Option<FileTable>,
-    signals: Option<SignalState>,
-    threads: Vec<ThreadCore>,
+    cores: HashMap<u32, ProcessCore>,
+    mms: HashMap<u32, MemoryMap>,
+    files: HashMap<u32, FileTable>,
+    signals: HashMap<u32, SignalState>,
+    threads: HashMap<u32, ThreadCore>,
     blobs: HashMap<u32, Vec<u8>>,
 }
 
 fn missing(what: &str) -> RestoreError {
     RestoreError::Image(format!("missing {what} record"))
+}
+
+/// Inserts a per-process record, refusing a second one for the same key.
+fn once<T>(map: &mut HashMap<u32, T>, key: u32, v: T, what: &str) -> Result<(), RestoreError> {
+    if map.insert(key, v).is_some() {
+        return Err(RestoreError::Image(format!("two {what} records for {key}")));
+    }
+    Ok(())
 }
 
 fn read_metadata(source: &mut dyn ImageSource) -> Result<Image, RestoreError> {
@@ -54,22 +63,77 @@ fn read_metadata(source: &mut dyn ImageSource) -> Result<Image, RestoreError> {
             Some(Item::Record { body, .. }) => match body {
                 Body::Inventory(i) => img.inventory = Some(i),
                 Body::ProcessTree(t) => img.tree = Some(t),
-                Body::ProcessCore(c) => {
-                    if img.core.is_some() {
-                        return Err(RestoreError::Image(
-                            "more than one process: not supported yet".into(),
-                        ));
-                    }
-                    img.core = Some(c)
-                }
-                Body::MemoryMap(m) => img.mm = Some(m),
-                Body::FileTable(f) => img.files = Some(f),
-                Body::SignalState(s) => img.signals = Some(s),
-                Body::ThreadCore(t) => img.threads.push(t),
+                Body::ProcessCore(c) => once(&mut img.cores, c.pid, c, "ProcessCore")?,
+                Body::MemoryMap(m) => once(&mut img.mms, m.pid, m, "MemoryMap")?,
+                Body::FileTable(f) => once(&mut img.files, f.pid, f, "FileTable")?,
+                Body::SignalState(s) => once(&mut img.signals, s.pid, s, "SignalState")?,
+                Body::ThreadCore(t) => once(&mut img.threads, t.tid, t, "ThreadCore")?,
                 Body::StreamDecl(_) | Body::BlobInfo(_) => {}
             },
         }
     }
+}
+
+/// One live process of the image, checked and ready to rebuild.
+struct Plan<'a> {
+    core: &'a ProcessCore,
+    mm: &'a MemoryMap,
+    files: &'a FileTable,
+    signals: Option<&'a SignalState>,
+    threads: Vec<&'a ThreadCore>,
+}
+
+/// Checks one live process of the image against its tree entry and this
+/// machine, before anything is created.
+fn plan<'a>(
+    img: &'a Image,
+    entry: &ProcessEntry,
+    empty: &'a FileTable,
+) -> Result<Plan<'a>, RestoreError> {
+    let pid = entry.pid as i32;
+    let of = |what: &str| missing(&format!("{what} of pid {pid}"));
+    let core = img.cores.get(&entry.pid).ok_or_else(|| of("ProcessCore"))?;
+    let mm = img.mms.get(&entry.pid).ok_or_else(|| of("MemoryMap"))?;
+    let mut threads = Vec::new();
+    for tid in &entry.threads {
+        threads.push(
+            img.threads
+                .get(tid)
+                .ok_or_else(|| missing(&format!("ThreadCore of tid {tid}")))?,
+        );
+    }
+    if threads.first().map(|t| t.tid) != Some(entry.pid) {
+        return Err(RestoreError::Image(format!(
+            "the thread list of pid {pid} does not start with its leader"
+        )));
+    }
+    if crate::proc::pid_exists(pid) {
+        return Err(RestoreError::PidInUse { pid });
+    }
+    for t in &threads[1..] {
+        if crate::proc::pid_exists(t.tid as i32) {
+            return Err(RestoreError::TidInUse {
+                pid,
+                tid: t.tid as i32,
+            });
+        }
+    }
+    if let Some(c) = &core.creds {
+        crate::creds::check(pid, c)?;
+    }
+    core.mm.as_ref().ok_or_else(|| of("MmFields"))?;
+    // Files that changed in a way that would corrupt the process are
+    // refused before anything is created.
+    memory::check_files(pid, &mm.areas)?;
+    let files = img.files.get(&entry.pid).unwrap_or(empty);
+    crate::files::check(pid, files)?;
+    Ok(Plan {
+        core,
+        mm,
+        files,
+        signals: img.signals.get(&entry.pid),
+        threads,
+    })
 }
 
 /// What a lazy restore needs besides the metadata: the page index and a
@@ -239,85 +303,140 @@ fn restore_inner(
         )));
     }
     let tree = img.tree.as_ref().ok_or_else(|| missing("ProcessTree"))?;
-    if tree.processes.len() != 1 {
-        return Err(RestoreError::Image(format!(
-            "{} processes in the tree: only one is supported",
-            tree.processes.len()
-        )));
+    let entries = &tree.processes;
+    let root = entries
+        .first()
+        .ok_or_else(|| missing("process in ProcessTree"))?;
+    if root.state() != ProcessState::Alive {
+        return Err(RestoreError::Image("the root process is not alive".into()));
     }
-    let core = img.core.as_ref().ok_or_else(|| missing("ProcessCore"))?;
-    let mm = img.mm.as_ref().ok_or_else(|| missing("MemoryMap"))?;
-    let pid = core.pid as i32;
-    let entry = &tree.processes[0];
-    if entry.pid != core.pid || mm.pid != core.pid {
-        return Err(RestoreError::Image("records of different processes".into()));
-    }
-    let mut cores: Vec<&ThreadCore> = Vec::new();
-    for &tid in &entry.threads {
-        cores.push(
-            img.threads
-                .iter()
-                .find(|t| t.tid == tid)
-                .ok_or_else(|| missing(&format!("ThreadCore of tid {tid}")))?,
-        );
-    }
-    if cores.first().map(|t| t.tid) != Some(core.pid) {
-        return Err(RestoreError::Image(
-            "the thread list does not start with the leader".into(),
-        ));
-    }
-    if crate::proc::pid_exists(pid) {
-        return Err(RestoreError::PidInUse { pid });
-    }
-    for t in &cores[1..] {
-        if crate::proc::pid_exists(t.tid as i32) {
-            return Err(RestoreError::TidInUse {
-                pid,
-                tid: t.tid as i32,
-            });
+    // Parents come before their children: each is forked from its parent.
+    let mut index: HashMap<u32, usize> = HashMap::new();
+    let mut parent_of = vec![usize::MAX; entries.len()];
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            match index.get(&e.ppid) {
+                Some(&p) if entries[p].state() == ProcessState::Alive => parent_of[i] = p,
+                _ => {
+                    return Err(RestoreError::Image(format!(
+                        "process {}: its parent {} is not a live process listed before it",
+                        e.pid, e.ppid
+                    )));
+                }
+            }
+        }
+        if index.insert(e.pid, i).is_some() {
+            return Err(RestoreError::Image(format!(
+                "process {} listed twice",
+                e.pid
+            )));
         }
     }
-    if let Some(c) = &core.creds {
-        crate::creds::check(pid, c)?;
-    }
-    let mm_fields = core.mm.as_ref().ok_or_else(|| missing("MmFields"))?;
-    // Files that changed in a way that would corrupt the process are
-    // refused before anything is created.
-    memory::check_files(pid, &mm.areas)?;
     let empty = FileTable::default();
-    let files = img.files.as_ref().unwrap_or(&empty);
-    crate::files::check(pid, files)?;
+    let mut plans: Vec<Option<Plan<'_>>> = Vec::new();
+    for e in entries {
+        match e.state() {
+            ProcessState::Alive => plans.push(Some(plan(&img, e, &empty)?)),
+            ProcessState::Zombie => {
+                if crate::proc::pid_exists(e.pid as i32) {
+                    return Err(RestoreError::PidInUse { pid: e.pid as i32 });
+                }
+                plans.push(None);
+            }
+            other => {
+                return Err(RestoreError::Image(format!(
+                    "process {} in state {other:?}",
+                    e.pid
+                )));
+            }
+        }
+    }
+    if lazy_input.is_some() && entries.len() > 1 {
+        return Err(RestoreError::Incompatible(format!(
+            "--lazy restores a single process; this image holds a tree of {} processes",
+            entries.len()
+        )));
+    }
     let fail_at = crate::dump::test_fail_point();
+    let no_areas: &[crstream_proto::VmArea] = &[];
+    let areas_of = |i: usize| plans[i].as_ref().map_or(no_areas, |p| &p.mm.areas[..]);
+    let all_areas: Vec<(u64, u64)> = (0..entries.len())
+        .flat_map(|i| areas_of(i).iter().map(|a| (a.start, a.end)))
+        .collect();
 
-    let mut guard = stub::spawn(pid)?;
-    let stub = stub::prepare(&guard, &mm.areas)?;
+    // The processes, each forked from its parent's stub, in their sessions.
+    let mut guards: Vec<stub::StubGuard> = Vec::new();
+    let mut stubs: Vec<stub::Stub> = Vec::new();
+    let guard = stub::spawn(root.pid as i32)?;
+    stubs.push(stub::prepare(&guard, areas_of(0), &all_areas)?);
+    guards.push(guard);
     // First: everything after may depend on the session (e.g. a tty).
-    crate::session::restore(&stub, entry)?;
-    memory::map_areas(&stub, &mm.areas)?;
+    crate::session::restore(&stubs[0], root)?;
+    for (i, e) in entries.iter().enumerate().skip(1) {
+        let pid = e.pid as i32;
+        let exit_signal = plans[i]
+            .as_ref()
+            .map_or(libc::SIGCHLD as u32, |p| p.core.exit_signal);
+        let (g, s) = stub::fork(&stubs[parent_of[i]], pid, exit_signal, areas_of(i))?;
+        guards.push(g);
+        if e.sid == e.pid {
+            s.call("setsid", libc::SYS_setsid, &[])
+                .map_err(|err| RestoreError::Session {
+                    pid,
+                    reason: format!("it led its session, cannot make it one again: {err}"),
+                })?;
+        } else if e.sid != entries[parent_of[i]].sid {
+            return Err(RestoreError::Session {
+                pid,
+                reason: format!(
+                    "it is in session {} but its parent {} is in session {}, and it does not \
+                     lead it: not supported",
+                    e.sid, e.ppid, entries[parent_of[i]].sid
+                ),
+            });
+        }
+        stubs.push(s);
+    }
+    crate::session::restore_groups(&stubs, entries)?;
+
+    // Memory: shared anonymous memory is created by the first process that
+    // maps it and mapped from there by the others.
+    let mut shm_origin: HashMap<u64, memory::ShmemOrigin> = HashMap::new();
+    for (i, s) in stubs.iter().enumerate() {
+        if let Some(p) = &plans[i] {
+            memory::map_areas(s, &p.mm.areas, &mut shm_origin)?;
+        }
+    }
 
     // Page data follows the metadata (lazy: only what cannot wait).
-    let mut pages = 0u64;
+    let mut pages = vec![0u64; entries.len()];
     let mut filled = Vec::new();
     if let Some(input) = lazy_input {
-        let rseq: Vec<u64> = cores
+        let p = plans[0].as_ref().expect("root is alive");
+        let rseq: Vec<u64> = p
+            .threads
             .iter()
             .filter_map(|t| t.rseq.as_ref())
             .flat_map(|r| [r.addr, r.addr + (r.len as u64).max(1) - 1])
             .collect();
-        let (n, f) = fill_eager(&stub, pid, &mm.areas, input, &rseq)?;
-        pages = n;
+        let (n, f) = fill_eager(&stubs[0], root.pid as i32, &p.mm.areas, input, &rseq)?;
+        pages[0] = n;
         filled = f;
     }
     while lazy_input.is_none() {
         match source.next_item()? {
             Some(Item::Pages { batch, .. }) => {
-                if batch.pid != core.pid {
-                    return Err(RestoreError::Image(format!(
-                        "pages of pid {} in the image of {pid}",
-                        batch.pid
-                    )));
-                }
-                pages += memory::fill(pid, &stub.mem, &mm.areas, &batch)?;
+                let i = match index.get(&batch.pid) {
+                    Some(&i) if plans[i].is_some() => i,
+                    _ => {
+                        return Err(RestoreError::Image(format!(
+                            "pages of pid {}, which is not a live process of the image",
+                            batch.pid
+                        )));
+                    }
+                };
+                let areas = areas_of(i);
+                pages[i] += memory::fill(batch.pid as i32, &stubs[i].mem, areas, &batch)?;
             }
             Some(Item::End { .. }) => break,
             None => {
@@ -332,16 +451,146 @@ fn restore_inner(
             }
         }
     }
-    if pages != mm.pages_total {
-        return Err(RestoreError::Image(format!(
-            "the image holds {pages} pages, the memory map announces {}",
-            mm.pages_total
-        )));
+    for (i, p) in plans.iter().enumerate() {
+        if let Some(p) = p {
+            if pages[i] != p.mm.pages_total {
+                return Err(RestoreError::Image(format!(
+                    "the image holds {} pages of pid {}, its memory map announces {}",
+                    pages[i], entries[i].pid, p.mm.pages_total
+                )));
+            }
+            memory::finish(&stubs[i], &p.mm.areas)?;
+        }
     }
-    memory::finish(&stub, &mm.areas)?;
 
-    // Process-wide state.
-    let _tmp_files = crate::files::restore(&stub, files, &img.blobs)?;
+    // Process-wide state, owners of shared files first (tree order).
+    let mut keep_open = Vec::new();
+    for (i, p) in plans.iter().enumerate() {
+        if let Some(p) = p {
+            keep_open.extend(crate::files::restore(&stubs[i], p.files, &img.blobs)?);
+            restore_process_state(&stubs[i], p)?;
+        }
+    }
+    // Zombies exit now, with their saved status; their parents keep no
+    // trace of it but the zombie.
+    for (i, e) in entries.iter().enumerate() {
+        if plans[i].is_none() {
+            stub::exit_as_zombie(&stubs[i], e.exit_code, &e.comm)?;
+            guards[i].armed = false;
+            crate::signals::discard_child_signal(&stubs[parent_of[i]])?;
+        }
+    }
+
+    // Threads.
+    for (i, p) in plans.iter().enumerate() {
+        let Some(p) = p else { continue };
+        let stub = &stubs[i];
+        for t in &p.threads[1..] {
+            let tid = t.tid as i32;
+            let r = threads::create(stub, tid)?;
+            guards[i].tids.push(tid);
+            threads::restore_state(stub, &r, t)?;
+        }
+        threads::restore_state(stub, &stub.leader, p.threads[0])?;
+    }
+    if fail_at.as_deref() == Some("restore") {
+        return Err(RestoreError::TestFailure("restore".into()));
+    }
+    for (i, p) in plans.iter().enumerate() {
+        let Some(p) = p else { continue };
+        let stub = &stubs[i];
+        for t in &p.threads {
+            for si in &t.pending_signals {
+                crate::signals::queue(stub, Some(t.tid as i32), si)?;
+            }
+        }
+        if let Some(s) = p.signals {
+            for si in &s.shared_pending {
+                crate::signals::queue(stub, None, si)?;
+            }
+        }
+        for t in &p.threads[1..] {
+            threads::set_registers(stub.pid, t)?;
+            ptrace::set_sigmask(t.tid as i32, t.blocked_signals)?;
+        }
+    }
+    // Lazy: the userfaultfd, after everything that touches the target's
+    // memory (a missing page would block us from here on).
+    let mut prepared = match lazy_input {
+        Some(input) => {
+            let areas = areas_of(0);
+            fill_touched(&stubs[0], root.pid as i32, areas, input, &filled)?;
+            Some(lazy::setup(&stubs[0], areas)?)
+        }
+        None => None,
+    };
+    // Last injected call: drop the trampoline. At its exit stop the leader
+    // gets its own registers and never executes trampoline code again.
+    for (i, p) in plans.iter().enumerate() {
+        let Some(p) = p else { continue };
+        let stub = &stubs[i];
+        let (r, _) = stub
+            .leader
+            .raw(libc::SYS_munmap, &[stub.tramp, TRAMP_LEN])?;
+        if r != 0 {
+            return Err(RestoreError::Io {
+                pid: stub.pid,
+                what: "unmapping the trampoline".into(),
+                err: std::io::Error::from_raw_os_error(-r as i32),
+            });
+        }
+        threads::set_registers(stub.pid, p.threads[0])?;
+        ptrace::set_sigmask(stub.pid, p.threads[0].blocked_signals)?;
+    }
+    let session = lazy_input.map(|input| {
+        lazy::LazySession::new(
+            root.pid as i32,
+            prepared.take().expect("userfaultfd"),
+            areas_of(0),
+            input.pages,
+            input.fetcher.clone(),
+        )
+    });
+    // Children first, so that no parent runs before its children exist
+    // as it left them.
+    for (i, p) in plans.iter().enumerate().rev() {
+        let Some(p) = p else { continue };
+        for t in p.threads.iter().rev() {
+            ptrace::detach(t.tid as i32, 0)?;
+        }
+        guards[i].armed = false;
+    }
+    drop(keep_open);
+    let tids: Vec<i32> = plans[0]
+        .as_ref()
+        .expect("root is alive")
+        .threads
+        .iter()
+        .map(|t| t.tid as i32)
+        .collect();
+    let processes: Vec<i32> = entries.iter().map(|e| e.pid as i32).collect();
+    tracing::info!(
+        pid = root.pid,
+        processes = processes.len(),
+        pages = pages.iter().sum::<u64>(),
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        lazy = lazy_input.is_some(),
+        "restored"
+    );
+    Ok((
+        Restored {
+            pid: root.pid as i32,
+            tids,
+            processes,
+        },
+        session,
+    ))
+}
+
+/// Process-wide state of one process, set from inside it.
+fn restore_process_state(stub: &stub::Stub, p: &Plan<'_>) -> Result<(), RestoreError> {
+    let pid = stub.pid;
+    let core = p.core;
     let io = |what: String| {
         move |e: crate::error::TaskError| RestoreError::Io {
             pid,
@@ -349,12 +598,12 @@ fn restore_inner(
             err: std::io::Error::other(e.to_string()),
         }
     };
-    let p = stub.put_path(&core.cwd)?;
-    stub.call("chdir", libc::SYS_chdir, &[p])
+    let path = stub.put_path(&core.cwd)?;
+    stub.call("chdir", libc::SYS_chdir, &[path])
         .map_err(io(format!("chdir to {}", core.cwd)))?;
     if core.root != "/" {
-        let p = stub.put_path(&core.root)?;
-        stub.call("chroot", libc::SYS_chroot, &[p])
+        let path = stub.put_path(&core.root)?;
+        stub.call("chroot", libc::SYS_chroot, &[path])
             .map_err(io(format!("chroot to {}", core.root)))?;
     }
     stub.call("umask", libc::SYS_umask, &[core.umask as u64])?;
@@ -368,7 +617,7 @@ fn restore_inner(
             rlim_cur: r.cur,
             rlim_max: r.max,
         };
-        // SAFETY: prlimit64 on our child with a local struct.
+        // SAFETY: prlimit64 on our stub with a local struct.
         if unsafe { libc::prlimit64(pid, r.resource as _, &new, std::ptr::null_mut()) } != 0 {
             tracing::warn!(
                 pid,
@@ -378,15 +627,12 @@ fn restore_inner(
             );
         }
     }
-    crate::signals::restore_actions(
-        &stub,
-        img.signals.as_ref().unwrap_or(&SignalState::default()),
-    )?;
+    crate::signals::restore_actions(stub, p.signals.unwrap_or(&SignalState::default()))?;
     crate::timers::restore(
-        &stub,
+        stub,
         [&core.itimer_real, &core.itimer_virtual, &core.itimer_prof],
     )?;
-    crate::mm::restore(&stub, mm_fields)?;
+    crate::mm::restore(stub, core.mm.as_ref().ok_or_else(|| missing("MmFields"))?)?;
     if core.pdeath_signal != 0 {
         stub.call(
             "prctl(PR_SET_PDEATHSIG)",
@@ -408,78 +654,5 @@ fn restore_inner(
             &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
         )?;
     }
-
-    // Threads.
-    let mut remotes = Vec::new();
-    for t in &cores[1..] {
-        let tid = t.tid as i32;
-        let r = threads::create(&stub, tid)?;
-        guard.tids.push(tid);
-        threads::restore_state(&stub, &r, t)?;
-        remotes.push(r);
-    }
-    threads::restore_state(&stub, &stub.leader, cores[0])?;
-    if fail_at.as_deref() == Some("restore") {
-        return Err(RestoreError::TestFailure("restore".into()));
-    }
-    for t in &cores {
-        for si in &t.pending_signals {
-            crate::signals::queue(&stub, Some(t.tid as i32), si)?;
-        }
-    }
-    if let Some(s) = &img.signals {
-        for si in &s.shared_pending {
-            crate::signals::queue(&stub, None, si)?;
-        }
-    }
-    for t in &cores[1..] {
-        threads::set_registers(pid, t)?;
-        ptrace::set_sigmask(t.tid as i32, t.blocked_signals)?;
-    }
-    // Lazy: the userfaultfd, after everything that touches the target's
-    // memory (a missing page would block us from here on).
-    let mut prepared = match lazy_input {
-        Some(input) => {
-            fill_touched(&stub, pid, &mm.areas, input, &filled)?;
-            Some(lazy::setup(&stub, &mm.areas)?)
-        }
-        None => None,
-    };
-    // Last injected call: drop the trampoline. At its exit stop the leader
-    // gets its own registers and never executes trampoline code again.
-    let (r, _) = stub
-        .leader
-        .raw(libc::SYS_munmap, &[stub.tramp, TRAMP_LEN])?;
-    if r != 0 {
-        return Err(RestoreError::Io {
-            pid,
-            what: "unmapping the trampoline".into(),
-            err: std::io::Error::from_raw_os_error(-r as i32),
-        });
-    }
-    threads::set_registers(pid, cores[0])?;
-    ptrace::set_sigmask(pid, cores[0].blocked_signals)?;
-    let session = lazy_input.map(|input| {
-        lazy::LazySession::new(
-            pid,
-            prepared.take().expect("userfaultfd"),
-            &mm.areas,
-            input.pages,
-            input.fetcher.clone(),
-        )
-    });
-    let tids: Vec<i32> = cores.iter().map(|t| t.tid as i32).collect();
-    for &tid in tids.iter().rev() {
-        ptrace::detach(tid, 0)?;
-    }
-    guard.armed = false;
-    tracing::info!(
-        pid,
-        threads = tids.len(),
-        pages,
-        elapsed_ms = t0.elapsed().as_millis() as u64,
-        lazy = lazy_input.is_some(),
-        "restored"
-    );
-    Ok((Restored { pid, tids }, session))
+    Ok(())
 }

@@ -111,6 +111,52 @@ pub fn restore(stub: &Stub, entry: &ProcessEntry) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// Puts every process of the tree but the root (see [`restore`]) in its
+/// saved process group: group leaders first, then the members. Each stub
+/// was forked from its parent's, so it is already in the right session.
+/// A group is joinable when its leader is in the tree, or when it is the
+/// root's group (which the root took over from the restorer, or kept).
+pub fn restore_groups(stubs: &[Stub], entries: &[ProcessEntry]) -> Result<(), RestoreError> {
+    let (Some(root), Some(root_stub)) = (entries.first(), stubs.first()) else {
+        return Ok(());
+    };
+    // SAFETY: getpgid has no preconditions.
+    let root_group = unsafe { libc::getpgid(root_stub.pid) };
+    for leaders in [true, false] {
+        for (e, stub) in entries.iter().zip(stubs).skip(1) {
+            let pid = e.pid as i32;
+            if e.sid == e.pid || (e.pgid == e.pid) != leaders {
+                continue;
+            }
+            let target = if leaders {
+                0
+            } else if entries.iter().any(|x| x.pid == e.pgid) {
+                e.pgid as i32
+            } else if e.pgid == root.pgid {
+                root_group
+            } else {
+                return Err(RestoreError::Session {
+                    pid,
+                    reason: format!(
+                        "its process group {} has no leader in the tree: not supported",
+                        e.pgid
+                    ),
+                });
+            };
+            // SAFETY: getpgid has no preconditions.
+            if target != 0 && unsafe { libc::getpgid(pid) } == target {
+                continue;
+            }
+            stub.call("setpgid", libc::SYS_setpgid, &[0, target as u64])
+                .map_err(|err| RestoreError::Session {
+                    pid,
+                    reason: format!("joining process group {}: {err}", e.pgid),
+                })?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

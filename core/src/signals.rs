@@ -88,6 +88,25 @@ pub fn restore_actions(stub: &Stub, st: &SignalState) -> Result<(), RestoreError
     Ok(())
 }
 
+/// Takes back the SIGCHLD a restored zombie's exit just queued to its
+/// parent (a SIGCHLD pending at dump time is queued again later).
+pub fn discard_child_signal(parent: &Stub) -> Result<(), RestoreError> {
+    let set = 1u64 << (libc::SIGCHLD - 1);
+    let set_addr = parent.put(SCRATCH_DATA, &set.to_le_bytes())?;
+    let zero = parent.put(SCRATCH_DATA + 16, &[0u8; 16])?;
+    let (r, _) = parent
+        .leader
+        .raw(libc::SYS_rt_sigtimedwait, &[set_addr, 0, zero, 8])?;
+    if r != libc::SIGCHLD as i64 && r != -(libc::EAGAIN as i64) {
+        tracing::warn!(
+            pid = parent.pid,
+            r,
+            "discarding SIGCHLD of a restored zombie"
+        );
+    }
+    Ok(())
+}
+
 /// Queues a saved pending signal again, from the thread-group leader (the
 /// kernel lets a process queue SI_USER/SI_TKILL siginfo only to itself).
 /// `tid` None: process-wide.

@@ -199,7 +199,10 @@ pub fn spawn(pid: i32) -> Result<StubGuard, RestoreError> {
     }
     ptrace::set_options(
         pid,
-        ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_TRACECLONE | ptrace::PTRACE_O_EXITKILL,
+        ptrace::PTRACE_O_TRACESYSGOOD
+            | ptrace::PTRACE_O_TRACECLONE
+            | ptrace::PTRACE_O_TRACEFORK
+            | ptrace::PTRACE_O_EXITKILL,
     )?;
     Ok(guard)
 }
@@ -240,10 +243,132 @@ fn special(maps: &[MapEntry], name: &str) -> Option<(u64, u64)> {
         .map(|m| (m.start, m.end))
 }
 
+/// Creates the stub of a child process from its parent's stub with an
+/// injected clone3 (a fork with set_tid): the child starts as a copy of the
+/// emptied parent (trampoline and vDSO, no fds), traced like it
+/// (PTRACE_O_TRACEFORK). Its special mappings are then moved to the
+/// child's own saved addresses.
+pub fn fork(
+    parent: &Stub,
+    pid: i32,
+    exit_signal: u32,
+    image: &[VmArea],
+) -> Result<(StubGuard, Stub), RestoreError> {
+    let set_tid = parent.put(SCRATCH_DATA + 256, &pid.to_le_bytes())?;
+    let args = CloneArgs {
+        exit_signal: exit_signal as u64,
+        set_tid,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let a = parent.put(SCRATCH_DATA, &args.to_bytes())?;
+    let (ret, _) = parent.leader.raw(
+        libc::SYS_clone3,
+        &[a, std::mem::size_of::<CloneArgs>() as u64],
+    )?;
+    if ret == -(libc::EEXIST as i64) {
+        return Err(RestoreError::PidInUse { pid });
+    }
+    if ret != pid as i64 {
+        return Err(RestoreError::Clone {
+            pid,
+            err: std::io::Error::from_raw_os_error((-ret).clamp(1, 4095) as i32),
+        });
+    }
+    let guard = StubGuard {
+        pid,
+        tids: vec![pid],
+        armed: true,
+    };
+    let (status, stop) = ptrace::wait(pid)?;
+    if !matches!(
+        stop,
+        Stop::Signal(libc::SIGSTOP) | Stop::Event(ptrace::PTRACE_EVENT_STOP)
+    ) {
+        return Err(TaskError::UnexpectedStop {
+            tid: pid,
+            status,
+            while_doing: "waiting for a forked stub to stop",
+        }
+        .into());
+    }
+    let mut leader = Remote::new(pid, parent.tramp)?;
+    leader.base.rsp = parent.leader.base.rsp;
+    let stub = Stub {
+        pid,
+        leader,
+        mem: RemoteMem::open(pid, true)?,
+        tramp: parent.tramp,
+    };
+    // A zombie-to-be has no image: it only exits.
+    if !image.is_empty() {
+        place_specials(&stub, image, &[])?;
+    }
+    Ok((guard, stub))
+}
+
+/// Ends a forked stub the way the saved zombie ended, so that it stays a
+/// zombie with that wait status until its parent reaps it: exit_group(code)
+/// or death by the signal (without a core dump).
+pub fn exit_as_zombie(stub: &Stub, status: i32, comm: &str) -> Result<(), RestoreError> {
+    let pid = stub.pid;
+    // `ps` shows a zombie by its name: the saved one, not crstream's.
+    let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
+    name.push(0);
+    let at = stub.put(SCRATCH_PATH, &name)?;
+    stub.call(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_NAME as u64, at],
+    )?;
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let no_core = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit64 on our stub with a local struct.
+        unsafe { libc::prlimit64(pid, libc::RLIMIT_CORE, &no_core, std::ptr::null_mut()) };
+        // SIG_DFL: the stub came with crstream's handlers.
+        let dfl = stub.put(SCRATCH_DATA, &[0u8; 32])?;
+        stub.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            &[sig as u64, dfl, 0, 8],
+        )?;
+        ptrace::set_sigmask(pid, 0)?;
+        // SAFETY: signalling our own stub.
+        unsafe { libc::kill(pid, sig) };
+        ptrace::cont(pid, 0)?;
+    } else {
+        let code = libc::WEXITSTATUS(status) as u64;
+        let mut r = stub.leader.base;
+        r.rip = stub.leader.syscall_ip;
+        r.rax = libc::SYS_exit_group as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = code;
+        ptrace::set_regs(pid, &r)?;
+        ptrace::cont(pid, 0)?;
+    }
+    loop {
+        match ptrace::wait(pid)? {
+            (_, Stop::Gone) => return Ok(()),
+            (_, Stop::Signal(sig)) => ptrace::cont(pid, sig)?,
+            _ => ptrace::cont(pid, 0)?,
+        }
+    }
+}
+
 /// Empties the stub: blocks its signals, drops its rseq registration and
 /// fds, maps the trampoline, unmaps everything else and moves its
-/// vDSO/vvar to the image's addresses.
-pub fn prepare(guard: &StubGuard, image: &[VmArea]) -> Result<Stub, RestoreError> {
+/// vDSO/vvar to the image's addresses. The trampoline also avoids
+/// `others` (the areas of the other processes of the tree, which are
+/// forked from this stub and keep its trampoline).
+pub fn prepare(
+    guard: &StubGuard,
+    image: &[VmArea],
+    others: &[(u64, u64)],
+) -> Result<Stub, RestoreError> {
     let pid = guard.pid;
     let (vdso_base, vdso) = own_vdso()?;
     let insn = find_syscall_insn(&vdso, vdso_base).ok_or(TaskError::NoSyscallInsn { pid })?;
@@ -272,6 +397,7 @@ pub fn prepare(guard: &StubGuard, image: &[VmArea]) -> Result<Stub, RestoreError
     })?;
     let mut busy: Vec<(u64, u64)> = stub_maps.iter().map(|m| (m.start, m.end)).collect();
     busy.extend(image.iter().map(|a| (a.start, a.end)));
+    busy.extend_from_slice(others);
     let floor = 1 << 20;
     let tramp = free_gap(&busy, TRAMP_LEN, floor)
         .ok_or_else(|| RestoreError::Incompatible("no free address for the trampoline".into()))?;
@@ -323,8 +449,25 @@ pub fn prepare(guard: &StubGuard, image: &[VmArea]) -> Result<Stub, RestoreError
         at = e;
     }
 
-    // Move vvar/vvar_vclock/vdso to their saved addresses, through a
-    // temporary place so that no move lands on a mapping not moved yet.
+    place_specials(&stub, image, &busy)?;
+    Ok(stub)
+}
+
+/// Moves vvar/vvar_vclock/vdso of the stub to the image's addresses, through
+/// a temporary place so that no move lands on a mapping not moved yet.
+/// `busy`: ranges to keep clear besides the stub's maps and the image.
+fn place_specials(stub: &Stub, image: &[VmArea], busy: &[(u64, u64)]) -> Result<(), RestoreError> {
+    let pid = stub.pid;
+    let names = ["[vvar]", "[vvar_vclock]", "[vdso]"];
+    let stub_maps = proc::maps(pid).map_err(|e| RestoreError::Io {
+        pid,
+        what: "reading the stub's maps".into(),
+        err: std::io::Error::other(e.to_string()),
+    })?;
+    let mut busy = busy.to_vec();
+    busy.extend(stub_maps.iter().map(|m| (m.start, m.end)));
+    busy.extend(image.iter().map(|a| (a.start, a.end)));
+    let floor = 1 << 20;
     let kinds = [AreaKind::Vvar, AreaKind::VvarVclock, AreaKind::Vdso];
     let mut moves = Vec::new();
     for (name, kind) in names.iter().zip(kinds) {
@@ -374,7 +517,7 @@ pub fn prepare(guard: &StubGuard, image: &[VmArea]) -> Result<Stub, RestoreError
             remap(from, len, to)?;
         }
     }
-    Ok(stub)
+    Ok(())
 }
 
 #[cfg(test)]

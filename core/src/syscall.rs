@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 #[derive(Debug, Default)]
 pub struct SyscallEvents {
     pub clone: bool,
+    pub fork: bool,
 }
 
 /// A stopped task into which syscalls can be injected.
@@ -71,6 +72,7 @@ impl Remote {
             match stop {
                 Stop::Syscall => break,
                 Stop::Event(ptrace::PTRACE_EVENT_CLONE) => events.clone = true,
+                Stop::Event(ptrace::PTRACE_EVENT_FORK) => events.fork = true,
                 Stop::Gone => return Err(TaskError::Gone { tid, status }),
                 _ => {
                     return Err(TaskError::UnexpectedStop {

@@ -451,3 +451,17 @@ impl Drop for LazyRestore {
         }
     }
 }
+
+/// Child processes of `pid` (all its threads).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    tasks(pid)
+        .into_iter()
+        .flat_map(|t| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{t}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}

@@ -1,0 +1,343 @@
+//! End-to-end tests of process trees (run as root): dump a process with
+//! all its descendants, restore the whole tree with its PIDs, parent links,
+//! process groups, sessions, zombies and shared memory.
+//!
+//! Run with: cargo build --bin crstream --examples && .ci/test
+//! (the S3 tests need CRSTREAM_TEST_S3_ENDPOINT, as set by .ci/test).
+
+#[path = "engine_support/mod.rs"]
+mod support;
+
+#[path = "support/mod.rs"]
+mod s3;
+
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Kills every listed process by PID when dropped (a restored tree is not
+/// our child), and waits until the PIDs are free.
+struct TreeGuard(Vec<i32>);
+
+impl TreeGuard {
+    fn kill(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: signalling processes this test started or restored.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for &pid in &self.0 {
+            assert!(wait_gone(pid, T), "pid {pid} still exists");
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for TreeGuard {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The pids wl_tree reports (A A1 B B1 C C1 Z).
+fn tree_pids(report: &str) -> Vec<i32> {
+    report
+        .lines()
+        .nth(2)
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Slot counters of wl_tree.
+fn slots(report: &str) -> Vec<u64> {
+    report
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn status(report: &str) -> &str {
+    report
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+}
+
+fn ppid(pid: i32) -> i32 {
+    status_field(pid, "PPid")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+/// Waits until every process of the tree has counted past `after`.
+fn wait_all_counting(w: &Workload, after: &[u64]) -> String {
+    w.wait_report(T, |r| {
+        let s = slots(r);
+        s.len() == 7 && s.iter().zip(after).all(|(n, a)| n > a) || status(r).starts_with("BAD")
+    })
+}
+
+/// Restores `src`, checks the tree continues as dumped, returns its guard.
+fn restore_and_check(
+    w: &mut Workload,
+    src: &str,
+    env: &[(&str, &str)],
+    pids: &[i32],
+    parents: &[(i32, i32)],
+    at_dump: &[u64],
+) -> TreeGuard {
+    let o = run(&["restore", "-i", src, "--detach", "--json"], env);
+    assert!(o.status.success(), "restore failed: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let mut restored: Vec<i32> = v["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .map(|p| p.as_i64().unwrap() as i32)
+        .collect();
+    restored.sort_unstable();
+    let mut want = pids.to_vec();
+    want.push(w.pid);
+    want.sort_unstable();
+    assert_eq!(restored, want, "restored processes");
+    w.restored(v["pid"].as_i64().unwrap() as i32);
+    let guard = TreeGuard(want);
+    // Every counter moves on from where it stopped (not from zero), and the
+    // root's own checks (groups, sessions, zombie, parents) pass.
+    let r = wait_all_counting(w, at_dump);
+    assert_eq!(status(&r), "OK", "{r}");
+    for (s, d) in slots(&r).iter().zip(at_dump) {
+        assert!(
+            s > d && *s < d + 200,
+            "counter restarted: {r} vs {at_dump:?}"
+        );
+    }
+    for &(pid, parent) in parents {
+        assert_eq!(ppid(pid), parent, "parent of {pid}");
+    }
+    let z = pids[6];
+    assert_eq!(
+        status_field(z, "State").unwrap_or_default().chars().next(),
+        Some('Z'),
+        "pid {z} is not a zombie"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{z}/comm"))
+            .unwrap()
+            .trim(),
+        "wl_tree",
+        "the zombie's name"
+    );
+    for &pid in &pids[..6] {
+        assert_running_untraced(pid);
+    }
+    guard
+}
+
+/// The whole wl_tree (7 processes and a zombie, 3 groups, 2 sessions, two
+/// shared pages) through the S3 test server, restored twice.
+#[test]
+fn tree_with_groups_sessions_zombie_and_shared_memory_restores_twice_from_s3() {
+    let dir = TestDir::new("tree-s3");
+    let mut w = Workload::spawn("wl_tree", dir.path("report"), &[]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    assert_eq!(status(&r), "OK", "{r}\n{}", w.log());
+    let pids = tree_pids(&r);
+    assert_eq!(pids.len(), 7, "{r}");
+    let (a, a1, b, b1, c, c1, z) = (
+        pids[0], pids[1], pids[2], pids[3], pids[4], pids[5], pids[6],
+    );
+    let parents = [
+        (a, w.pid),
+        (a1, a),
+        (b, w.pid),
+        (b1, b),
+        (c, w.pid),
+        (c1, c),
+        (z, w.pid),
+    ];
+    let env = s3::s3_env();
+    let env = env_refs(&env);
+    let bucket = s3::s3_bucket("tree");
+    let url = format!("s3://{bucket}/tree.img");
+    let o = run(
+        &["dump", "-t", &w.pid.to_string(), "-o", &url, "--json"],
+        &env,
+    );
+    assert!(o.status.success(), "dump failed: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["processes"], 8, "{v}");
+    let at_dump = slots(&w.read_report().unwrap());
+    w.reap_dumped();
+    for &pid in &pids {
+        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
+    }
+    for round in 0..2 {
+        let mut g = restore_and_check(&mut w, &url, &env, &pids, &parents, &at_dump);
+        g.kill();
+        assert!(round < 2);
+    }
+}
+
+/// A restore that fails late (after every process exists) leaves none of
+/// them behind; a dump that fails leaves the whole tree running.
+#[test]
+fn failed_tree_dump_and_restore_leave_nothing_behind() {
+    let dir = TestDir::new("tree-fail");
+    let mut w = Workload::spawn("wl_tree", dir.path("report"), &[]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    let pids = tree_pids(&r);
+    let img = dir.path("img");
+    let o = run(
+        &[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ],
+        &[("CRSTREAM_TEST_FAIL_AT", "memory")],
+    );
+    assert!(!o.status.success(), "dump should fail: {}", text(&o));
+    let before = slots(&w.read_report().unwrap());
+    let r = wait_all_counting(&w, &before);
+    assert_eq!(status(&r), "OK", "after a failed dump: {r}");
+    for &pid in &pids[..6] {
+        assert_running_untraced(pid);
+    }
+
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    for &pid in &pids {
+        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
+    }
+    let o = run(
+        &["restore", "-i", img.to_str().unwrap(), "--detach"],
+        &[("CRSTREAM_TEST_FAIL_AT", "restore")],
+    );
+    assert!(!o.status.success(), "restore should fail: {}", text(&o));
+    for &pid in pids.iter().chain([w.pid].iter()) {
+        assert!(
+            wait_gone(pid, T),
+            "pid {pid} left behind by a failed restore"
+        );
+    }
+    // And the image still restores.
+    let o = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut all = pids.clone();
+    all.push(w.pid);
+    let _g = TreeGuard(all);
+    w.restored(w.pid);
+    let r = wait_all_counting(&w, &slots(&w.read_report().unwrap()));
+    assert_eq!(status(&r), "OK", "{r}");
+}
+
+/// --lazy restores one process: a tree is refused before anything runs.
+#[test]
+fn lazy_restore_of_a_tree_is_refused() {
+    let dir = TestDir::new("tree-lazy");
+    let mut w = Workload::spawn("wl_tree", dir.path("report"), &[]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    let pids = tree_pids(&r);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    for &pid in &pids {
+        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
+    }
+    let o = run(&["restore", "--lazy", "-i", img.to_str().unwrap()], &[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--lazy restores a single process; this image holds a tree of 8"),
+        "{}",
+        text(&o)
+    );
+    assert!(!proc_exists(w.pid));
+}
+
+/// A real shell script nobody here wrote for crstream: bash running a
+/// `while` loop with a subshell and a `sleep` child in every round, and an
+/// external `mv` writing its report. Dumped mid-loop (bash waits for a
+/// child), restored twice: the loop goes on from its count with the same
+/// pid.
+#[test]
+fn bash_loop_with_subshells_and_sleep_children_continues() {
+    if !have("bash") {
+        panic!("bash is needed for this test");
+    }
+    let dir = TestDir::new("tree-bash");
+    let report = dir.path("report");
+    let script = format!(
+        r#"i=0
+while true; do
+  i=$((i+1))
+  ( j=$i; sleep 0.05; : $j )
+  sleep 0.1 &
+  wait $!
+  echo "$$ $i" > {r}.tmp
+  mv {r}.tmp {r}
+done"#,
+        r = report.display()
+    );
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", &script]);
+    let mut w = spawn_isolated(cmd, report);
+    w.wait_report(T, |r| field(r, 0, 1) >= 5);
+    let img = dir.path("img");
+    let o = run(
+        &[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "dump failed: {}", text(&o));
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    w.reap_dumped();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    for pid in v["pids"].as_array().expect("pids") {
+        let pid = pid.as_i64().unwrap() as i32;
+        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
+    }
+    for _ in 0..2 {
+        let o = run(
+            &["restore", "-i", img.to_str().unwrap(), "--detach", "--json"],
+            &[],
+        );
+        assert!(o.status.success(), "restore failed: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let procs: Vec<i32> = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_i64().unwrap() as i32)
+            .collect();
+        let mut g = TreeGuard(procs);
+        w.restored(v["pid"].as_i64().unwrap() as i32);
+        let r = w.wait_report(T, |r| field(r, 0, 1) > at_dump + 3);
+        assert_eq!(field(&r, 0, 0), w.pid as u64, "{r}");
+        let n = field(&r, 0, 1);
+        assert!(
+            n < at_dump + 100,
+            "the loop restarted or jumped: {n} vs {at_dump}"
+        );
+        assert_running_untraced(w.pid);
+        // The children bash started after the restore are its own.
+        g.0.extend(support::children_of(w.pid));
+        g.kill();
+    }
+}
