@@ -9,6 +9,8 @@
 //! eager modes that is after all memory is in; for lazy, right after resume.
 //! "complete after" is when crstream exits. RSS is crstream's peak (wait4).
 //! Needs root. Usage: bench_restore [--sizes 64,256,1024] [--no-s3]
+//! [--s3-server moto|s3s-fs] (s3s-fs: `cargo install s3s-fs --features binary`,
+//! much faster than moto, so closer to what a real object store gives).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 fn main() {
     let mut sizes = vec![64u64, 256, 1024];
     let mut use_s3 = true;
+    let mut server = "moto".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -30,8 +33,11 @@ fn main() {
                     .collect()
             }
             "--no-s3" => use_s3 = false,
+            "--s3-server" => server = args.next().expect("--s3-server moto|s3s-fs"),
             "--help" | "-h" => {
-                println!("usage: bench_restore [--sizes 64,256,1024] [--no-s3]");
+                println!(
+                    "usage: bench_restore [--sizes 64,256,1024] [--no-s3] [--s3-server moto|s3s-fs]"
+                );
                 return;
             }
             other => panic!("unknown argument {other}"),
@@ -49,7 +55,7 @@ fn main() {
     // SAFETY: a plain prctl on this process.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let dir = tempfile::tempdir().expect("temp dir");
-    let s3 = use_s3.then(S3::start);
+    let s3 = use_s3.then(|| S3::start(&server, dir.path()));
 
     println!("size MiB  source  mode       runs after  complete after  peak RSS MiB  verified");
     for &size in &sizes {
@@ -66,7 +72,7 @@ fn main() {
                 .status()
                 .unwrap();
             assert!(up.success(), "upload to the local S3 server");
-            sources.push(("s3", url));
+            sources.push((if s3.name == "moto" { "moto" } else { "s3s-fs" }, url));
         }
         for (source, url) in &sources {
             for mode in ["staged", "streaming", "lazy"] {
@@ -221,25 +227,43 @@ fn wait_gone(pid: i32) {
 
 /// A moto S3 server on a free port, stopped (by PID) when dropped.
 struct S3 {
+    name: String,
     child: Child,
     port: u16,
     bucket: String,
 }
 
 impl S3 {
-    fn start() -> Self {
+    fn start(name: &str, tmp: &Path) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = match name {
+            "moto" => {
+                let mut c = Command::new("moto_server");
+                c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                c
+            }
+            "s3s-fs" => {
+                let root = tmp.join("s3s-root");
+                std::fs::create_dir_all(&root).unwrap();
+                let mut c = Command::new("s3s-fs");
+                c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--access-key", "test", "--secret-key", "test"])
+                    .arg(&root);
+                c
+            }
+            other => panic!("unknown S3 server {other}"),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server (pip install 'moto[server]')");
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let s3 = S3 {
+            name: name.to_string(),
             child,
             port,
             bucket: "bench-restore".into(),
@@ -251,6 +275,11 @@ impl S3 {
                 "moto_server did not start"
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+        if name == "s3s-fs" {
+            // s3s-fs keeps a bucket as a directory of its root.
+            std::fs::create_dir_all(tmp.join("s3s-root").join(&s3.bucket)).unwrap();
+            return s3;
         }
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         write!(c, "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", s3.bucket).unwrap();

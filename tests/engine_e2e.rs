@@ -88,14 +88,20 @@ fn leave_running_keeps_the_process_and_pid_in_use_fails_cleanly() {
     assert_running_untraced(w.pid);
 }
 
+/// A unix socket connected to a process outside the dumped tree cannot be
+/// rebuilt: the dump names the process, fd and socket, and the target runs
+/// on.
 #[test]
-fn dump_of_a_pipe_fails_naming_the_fd_and_the_target_runs_on() {
-    let dir = TestDir::new("pipe");
+fn dump_of_a_socket_connected_outside_the_tree_fails_naming_the_fd_and_the_target_runs_on() {
+    let dir = TestDir::new("outside-socket");
     let report = dir.path("report");
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let child = std::process::Command::new(example("wl_memory"))
         .arg(&report)
         .arg("4")
-        .stdin(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs,
+        )))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -116,9 +122,13 @@ fn dump_of_a_pipe_fails_naming_the_fd_and_the_target_runs_on() {
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains(&format!("pid {} fd 0: unsupported file kind pipe:[", w.pid)),
+        err.contains(&format!(
+            "pid {} fd 0: unsupported file kind socket:[",
+            w.pid
+        )) && err.contains("outside the dumped process tree"),
         "{err}"
     );
+    drop(ours);
     assert!(!img.exists(), "a failed dump must not leave an image");
     let n = field(&w.read_report().unwrap(), 0, 0);
     w.wait_report(T, |r| field(r, 0, 0) > n + 1);

@@ -403,9 +403,12 @@ fn dump_frozen(
 ) -> Result<(u64, usize), DumpError> {
     let fail_at = test_fail_point();
     let mut procs = Vec::new();
+    let mut files_ctx = crate::fdkinds::DumpCtx::default();
     for frozen in tree.procs.iter_mut() {
-        procs.push(collect(frozen)?);
+        procs.push(collect(frozen, &mut files_ctx)?);
     }
+    // Unix sockets are rebuilt as pairs: both ends must be in the tree.
+    files_ctx.check_unix_peers()?;
     mark_shared_files(&mut procs);
     share_memory(&mut procs)?;
     let root = &procs[0];
@@ -600,7 +603,10 @@ fn share_memory(procs: &mut [ProcessDump]) -> Result<(), DumpError> {
 
 /// Reads everything restore needs of one frozen process, by /proc and by
 /// injected syscalls (undone before this returns).
-fn collect(frozen: &mut Frozen) -> Result<ProcessDump, DumpError> {
+fn collect(
+    frozen: &mut Frozen,
+    files_ctx: &mut crate::fdkinds::DumpCtx,
+) -> Result<ProcessDump, DumpError> {
     let pid = frozen.pid;
     let proc_err = |err| DumpError::Proc { pid, err };
 
@@ -616,7 +622,7 @@ fn collect(frozen: &mut Frozen) -> Result<ProcessDump, DumpError> {
     let stat = proc::stat(pid).map_err(proc_err)?;
     let smaps = proc::smaps(pid).map_err(proc_err)?;
     let mut areas = memory::plan(pid, &smaps)?;
-    let files = crate::files::dump(pid)?;
+    let files = crate::files::dump(files_ctx, pid)?;
     memory::scan(pid, &mut areas)?;
     let vdso = smaps
         .iter()

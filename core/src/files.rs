@@ -3,6 +3,7 @@
 //! Anything else (pipes, sockets, ttys, anon inodes) is refused by name.
 
 use crate::error::{DumpError, RestoreError, TaskError};
+use crate::fdkinds::{DumpCtx, Registry};
 use crate::stub::Stub;
 use crstream_proto::{FileKind, FileTable, OpenFile};
 use crstream_streamer::ImageSink;
@@ -18,11 +19,29 @@ const KCMP_FILE: i32 = 0;
 /// (major, minor) of the character devices we reopen by path.
 const SAFE_CHAR_DEVICES: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 8), (1, 9)];
 
-pub fn dump(pid: i32) -> Result<FileTable, DumpError> {
+pub fn dump(ctx: &mut DumpCtx, pid: i32) -> Result<FileTable, DumpError> {
     let proc_err = |err| DumpError::Proc { pid, err };
     let mut files: Vec<OpenFile> = Vec::new();
     for fd in crate::proc::fds(pid).map_err(proc_err)? {
         let link = crate::proc::read_link(format!("/proc/{pid}/fd/{fd}")).map_err(proc_err)?;
+        // Pipes, FIFOs, sockets, eventfd, timerfd, signalfd, epoll.
+        let info = crate::proc::fdinfo(pid, fd).map_err(proc_err)?;
+        let mut f = OpenFile {
+            fd: fd as u32,
+            open_flags: info.flags & !(libc::O_CLOEXEC as u32),
+            cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
+            ..Default::default()
+        };
+        if crate::fdkinds::dump(ctx, pid, fd, &link, &mut f)? {
+            // dev/inode let the tree-wide kcmp pass find shared descriptions.
+            if let Ok(md) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
+                f.dev = md.dev();
+                f.inode = md.ino();
+            }
+            mark_dup(pid, &files, &mut f);
+            files.push(f);
+            continue;
+        }
         if !link.starts_with('/') {
             return Err(DumpError::UnsupportedFile {
                 pid,
@@ -37,7 +56,6 @@ pub fn dump(pid: i32) -> Result<FileTable, DumpError> {
                 path: link.clone(),
                 err,
             })?;
-        let info = crate::proc::fdinfo(pid, fd).map_err(proc_err)?;
         let ft = md.file_type();
         let mut f = OpenFile {
             fd: fd as u32,
@@ -81,23 +99,28 @@ pub fn dump(pid: i32) -> Result<FileTable, DumpError> {
             };
             return Err(DumpError::UnsupportedFile { pid, fd, what });
         }
-        // fds sharing one open file description (same offset and flags).
-        for prev in &files {
-            if prev.inode == f.inode && prev.dev == f.dev && prev.dup_of_fd.is_none() {
-                // SAFETY: kcmp with integer arguments.
-                let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, prev.fd, fd) };
-                if r == 0 {
-                    f.dup_of_fd = Some(prev.fd);
-                    break;
-                }
-            }
-        }
+        mark_dup(pid, &files, &mut f);
         files.push(f);
     }
     Ok(FileTable {
         pid: pid as u32,
         files,
     })
+}
+
+/// Marks `f` as a dup of an earlier fd with the same open file description
+/// (same offset and flags).
+fn mark_dup(pid: i32, files: &[OpenFile], f: &mut OpenFile) {
+    for prev in files {
+        if prev.inode == f.inode && prev.dev == f.dev && prev.dup_of_fd.is_none() {
+            // SAFETY: kcmp with integer arguments.
+            let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, prev.fd, f.fd) };
+            if r == 0 {
+                f.dup_of_fd = Some(prev.fd);
+                return;
+            }
+        }
+    }
 }
 
 /// Streams the contents of a deleted-but-open file into blob `stream`.
@@ -266,6 +289,7 @@ pub fn restore(
     stub: &Stub,
     table: &FileTable,
     blobs: &HashMap<u32, Vec<u8>>,
+    reg: &mut Registry,
 ) -> Result<Vec<File>, RestoreError> {
     let pid = stub.pid;
     let mut keep = Vec::new();
@@ -285,6 +309,19 @@ pub fn restore(
             let tmp_fd = take_fd(stub, owner, owner_fd)
                 .map_err(|e| ferr(format!("taking fd {owner_fd} of pid {owner}: {e}")))?;
             place_fd(stub, tmp_fd, f).map_err(|e| ferr(e.to_string()))?;
+            continue;
+        }
+        if !matches!(
+            f.kind(),
+            FileKind::Regular | FileKind::Directory | FileKind::CharDevice
+        ) {
+            // Created in crstream (shared with the other fds of the tree
+            // that name the same pipe or socket pair), then taken over.
+            let own = crate::fdkinds::open(reg, pid, f)?;
+            let tmp_fd = take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64)
+                .map_err(|e| ferr(format!("taking it from crstream: {e}")))?;
+            drop(own);
+            place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))?;
             continue;
         }
         let mut path = f.path.clone();
@@ -338,6 +375,30 @@ pub fn restore(
                 fd: f.fd,
                 path: f.path.clone(),
                 reason: format!("dup3 of fd {of}: {e}"),
+            })?;
+        }
+    }
+    // epoll registrations name fds of this process: add them once all exist.
+    for f in files.iter().filter(|f| {
+        f.kind() == FileKind::Epoll
+            && f.dup_of_fd.is_none()
+            && (f.shared_id == 0 || (f.shared_id >> 32) as i32 == pid)
+    }) {
+        for t in crate::fdkinds::epoll_targets(f) {
+            let mut ev = Vec::with_capacity(12);
+            ev.extend_from_slice(&t.events.to_le_bytes());
+            ev.extend_from_slice(&t.data.to_le_bytes());
+            let at = stub.put(crate::stub::SCRATCH_DATA, &ev)?;
+            stub.call(
+                "epoll_ctl",
+                libc::SYS_epoll_ctl,
+                &[f.fd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at],
+            )
+            .map_err(|e| RestoreError::File {
+                pid,
+                fd: f.fd,
+                path: f.path.clone(),
+                reason: format!("re-adding fd {} to the epoll set: {e}", t.fd),
             })?;
         }
     }

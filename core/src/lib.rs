@@ -14,6 +14,7 @@ mod check;
 mod creds;
 mod dump;
 pub mod error;
+mod fdkinds;
 mod files;
 pub mod lazy;
 mod memory;

@@ -465,12 +465,19 @@ fn restore_inner(
 
     // Process-wide state, owners of shared files first (tree order).
     let mut keep_open = Vec::new();
+    let mut created = crate::fdkinds::Registry::default();
     for (i, p) in plans.iter().enumerate() {
         if let Some(p) = p {
-            keep_open.extend(crate::files::restore(&stubs[i], p.files, &img.blobs)?);
+            keep_open.extend(crate::files::restore(
+                &stubs[i],
+                p.files,
+                &img.blobs,
+                &mut created,
+            )?);
             restore_process_state(&stubs[i], p)?;
         }
     }
+    drop(created);
     // Zombies exit now, with their saved status; their parents keep no
     // trace of it but the zombie.
     for (i, e) in entries.iter().enumerate() {
