@@ -2,7 +2,11 @@
 //! 100 ms, verifies its checksum, increments a counter and reports
 //! "counter checksum pid" to the report file (written atomically).
 //!
-//! Usage: wl_memory REPORT [MIB]
+//! With PROCESSES > 1, it first forks PROCESSES-1 children that do the same
+//! with their own MIB MiB (verifying silently; a corrupt child exits 3);
+//! only the root reports.
+//!
+//! Usage: wl_memory REPORT [MIB [PROCESSES]]
 
 use std::time::Duration;
 
@@ -26,6 +30,15 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).expect("usage: wl_memory REPORT [MIB]").clone();
     let mib: usize = args.get(2).map_or(16, |s| s.parse().expect("MiB"));
+    let processes: usize = args.get(3).map_or(1, |s| s.parse().expect("PROCESSES"));
+    let mut path = path;
+    for _ in 1..processes {
+        // SAFETY: single-threaded so far; the child runs the same loop.
+        if unsafe { libc::fork() } == 0 {
+            path = String::new();
+            break;
+        }
+    }
     let words = mib << 17;
     let mut buf: Vec<u64> = (0..words as u64)
         .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5)
@@ -36,7 +49,9 @@ fn main() {
     loop {
         let sum = checksum(&buf);
         if sum != expected {
-            report(&path, &format!("CORRUPT {counter} {sum} {pid}\n"));
+            if !path.is_empty() {
+                report(&path, &format!("CORRUPT {counter} {sum} {pid}\n"));
+            }
             std::process::exit(3);
         }
         counter += 1;
@@ -45,7 +60,9 @@ fn main() {
         let i = (counter as usize * 4099) % words;
         let p = &mut buf[i] as *mut u64;
         unsafe { p.write_volatile(p.read_volatile()) };
-        report(&path, &format!("{counter} {sum} {pid}\n"));
+        if !path.is_empty() {
+            report(&path, &format!("{counter} {sum} {pid}\n"));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -417,3 +417,68 @@ fn pipeline_with_full_pipes_eventfd_timerfd_socketpair_and_epoll_continues() {
         assert!(r.contains(" OK "), "after restore: {r}\nat dump: {at_dump}");
     });
 }
+
+/// One GET to 127.0.0.1:port; returns the response (empty on failure).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// `python3 -m http.server` (a listening TCP socket nobody here wrote)
+/// keeps serving on its port after restore, from S3, twice.
+#[test]
+fn python_http_server_keeps_answering_on_its_port_after_restore() {
+    if !have("python3") {
+        panic!("python3 is needed for this test");
+    }
+    let dir = TestDir::new("tree-http");
+    let root = dir.path("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), "hello from before the dump\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .arg("--directory")
+    .arg(&root);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let t = std::time::Instant::now();
+    while !http_get(port, "/hello.txt").contains("hello from before") {
+        assert!(t.elapsed() < T, "http.server did not start: {}", w.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let env = s3::s3_env();
+    let env = env_refs(&env);
+    let url = format!("s3://{}/http.img", s3::s3_bucket("http"));
+    dump_tree(&mut w, &url, &env);
+    assert_eq!(
+        http_get(port, "/hello.txt"),
+        "",
+        "the port answers while dumped"
+    );
+    restore_twice(&url, &env, &mut w, |_| {
+        for _ in 0..3 {
+            let r = http_get(port, "/hello.txt");
+            assert!(
+                r.starts_with("HTTP/1.0 200") && r.contains("hello from before the dump"),
+                "{r}"
+            );
+        }
+    });
+}
