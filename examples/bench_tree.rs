@@ -139,6 +139,8 @@ fn wait_for(mut f: impl FnMut() -> bool) {
 }
 
 /// Runs a command; returns its stdout and peak RSS in KiB (wait4).
+// The child is reaped by the wait4 below, which std does not see.
+#[allow(clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command) -> (Vec<u8>, i64) {
     let child = cmd
         .stdin(Stdio::null())

@@ -402,6 +402,7 @@ fn dump_frozen(
     sink: &mut dyn ImageSink,
 ) -> Result<(u64, usize), DumpError> {
     let fail_at = test_fail_point();
+    refuse_shared_tables(tree)?;
     let mut procs = Vec::new();
     let mut files_ctx = crate::fdkinds::DumpCtx::default();
     for frozen in tree.procs.iter_mut() {
@@ -531,6 +532,30 @@ fn dump_frozen(
         tracing::info!(pid = p.pid, pages = n, threads = p.threads.len(), "dumped");
     }
     Ok((pages, threads))
+}
+
+/// Processes of the tree that share their memory (CLONE_VM without
+/// CLONE_THREAD, e.g. a vfork child before exec) or their fd table
+/// (CLONE_FILES) would come back with separate ones: refuse them.
+fn refuse_shared_tables(tree: &FrozenTree) -> Result<(), DumpError> {
+    const KCMP_VM: i32 = 1;
+    const KCMP_FILES: i32 = 2;
+    for (i, a) in tree.procs.iter().enumerate() {
+        for b in &tree.procs[i + 1..] {
+            for (kind, what) in [(KCMP_VM, "its memory"), (KCMP_FILES, "its fd table")] {
+                // SAFETY: kcmp with integer arguments.
+                let r = unsafe { libc::syscall(libc::SYS_kcmp, a.pid, b.pid, kind, 0, 0) };
+                if r == 0 {
+                    return Err(DumpError::Unsupported {
+                        pid: b.pid,
+                        what: "shared process state",
+                        reason: format!("it shares {what} with process {} (not supported)", a.pid),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Gives every open file description held by more than one process of the
