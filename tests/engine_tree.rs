@@ -169,18 +169,13 @@ fn tree_with_groups_sessions_zombie_and_shared_memory_restores_twice_from_s3() {
     let env = env_refs(&env);
     let bucket = s3::s3_bucket("tree");
     let url = format!("s3://{bucket}/tree.img");
-    let o = run(
-        &["dump", "-t", &w.pid.to_string(), "-o", &url, "--json"],
-        &env,
+    let dumped = dump_tree(&mut w, &url, &env);
+    assert_eq!(dumped.len(), 8, "{dumped:?}");
+    assert!(
+        pids.iter().all(|p| dumped.contains(p)),
+        "{dumped:?} vs {pids:?}"
     );
-    assert!(o.status.success(), "dump failed: {}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert_eq!(v["processes"], 8, "{v}");
     let at_dump = slots(&w.read_report().unwrap());
-    w.reap_dumped();
-    for &pid in &pids {
-        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
-    }
     for round in 0..2 {
         let mut g = restore_and_check(&mut w, &url, &env, &pids, &parents, &at_dump);
         g.kill();
@@ -294,25 +289,8 @@ done"#,
     let mut w = spawn_isolated(cmd, report);
     w.wait_report(T, |r| field(r, 0, 1) >= 5);
     let img = dir.path("img");
-    let o = run(
-        &[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-o",
-            img.to_str().unwrap(),
-            "--json",
-        ],
-        &[],
-    );
-    assert!(o.status.success(), "dump failed: {}", text(&o));
+    dump_tree(&mut w, img.to_str().unwrap(), &[]);
     let at_dump = field(&w.read_report().unwrap(), 0, 1);
-    w.reap_dumped();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    for pid in v["pids"].as_array().expect("pids") {
-        let pid = pid.as_i64().unwrap() as i32;
-        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
-    }
     for _ in 0..2 {
         let o = run(
             &["restore", "-i", img.to_str().unwrap(), "--detach", "--json"],
