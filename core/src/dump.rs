@@ -9,7 +9,7 @@ use crate::syscall::{Remote, RemoteMem, find_syscall_insn};
 use crate::threads::{self, Resume};
 use crate::{DumpOptions, DumpStats};
 use crstream_proto::{
-    BlobInfo, Inventory, ProcessCore, ProcessEntry, ProcessState, ProcessTree, Rlimit, StreamKind,
+    Inventory, ProcessCore, ProcessEntry, ProcessState, ProcessTree, Rlimit, StreamKind,
     record::Body,
 };
 use crstream_streamer::{ImageSink, PAGE_SIZE};
@@ -405,8 +405,10 @@ fn dump_frozen(
     refuse_shared_tables(tree)?;
     let mut procs = Vec::new();
     let mut files_ctx = crate::fdkinds::DumpCtx::default();
+    let mut unlinked = crate::unlinked::Collector::default();
+    let mut sysv = crate::sysv::Collector::default();
     for frozen in tree.procs.iter_mut() {
-        procs.push(collect(frozen, &mut files_ctx)?);
+        procs.push(collect(frozen, &mut files_ctx, &mut unlinked, &mut sysv)?);
     }
     // Unix sockets are rebuilt as pairs: both ends must be in the tree.
     files_ctx.check_unix_peers()?;
@@ -438,7 +440,10 @@ fn dump_frozen(
             processes: tree.entries.clone(),
         }),
     )?;
-    let mut blob_files = Vec::new();
+    unlinked.write_records(sink)?;
+    for seg in sysv.into_records() {
+        sink.record(0, Body::SysvShm(seg))?;
+    }
     let mut page_streams = Vec::new();
     for p in procs.iter_mut() {
         let pid = p.pid;
@@ -469,29 +474,8 @@ fn dump_frozen(
                 pages_total,
             }),
         )?;
-        let mut blobs = Vec::new();
-        for f in p.files.files.iter_mut().filter(|f| f.deleted) {
-            let id = sink.declare(
-                StreamKind::Blob,
-                pid as u32,
-                0,
-                &format!("fd {} contents", f.fd),
-            )?;
-            f.contents_stream = id;
-            blobs.push(f.clone());
-        }
         sink.record(ps, Body::FileTable(p.files.clone()))?;
         sink.record(ps, Body::SignalState(p.signals.clone()))?;
-        for f in &blobs {
-            sink.record(
-                ps,
-                Body::BlobInfo(BlobInfo {
-                    stream_id: f.contents_stream,
-                    size: f.size,
-                    what: format!("contents of deleted {} (fd {})", f.path, f.fd),
-                }),
-            )?;
-        }
         for c in &p.threads {
             let ts = sink.declare(
                 StreamKind::Thread,
@@ -501,21 +485,8 @@ fn dump_frozen(
             )?;
             sink.record(ts, Body::ThreadCore(c.clone()))?;
         }
-        blob_files.push((pid, blobs));
     }
-    for (pid, blobs) in &blob_files {
-        for f in blobs {
-            let n = crate::files::dump_contents(*pid, f, sink, f.contents_stream)?;
-            if n != f.size {
-                return Err(DumpError::File {
-                    pid: *pid,
-                    fd: f.fd as i32,
-                    path: f.path.clone(),
-                    err: std::io::Error::other(format!("read {n} bytes of {}", f.size)),
-                });
-            }
-        }
-    }
+    unlinked.write_contents(sink)?;
     sink.end_metadata()?;
     let mut pages = 0;
     let mut threads = 0;
@@ -631,6 +602,8 @@ fn share_memory(procs: &mut [ProcessDump]) -> Result<(), DumpError> {
 fn collect(
     frozen: &mut Frozen,
     files_ctx: &mut crate::fdkinds::DumpCtx,
+    unlinked: &mut crate::unlinked::Collector,
+    sysv: &mut crate::sysv::Collector,
 ) -> Result<ProcessDump, DumpError> {
     let pid = frozen.pid;
     let proc_err = |err| DumpError::Proc { pid, err };
@@ -646,8 +619,8 @@ fn collect(
     }
     let stat = proc::stat(pid).map_err(proc_err)?;
     let smaps = proc::smaps(pid).map_err(proc_err)?;
-    let mut areas = memory::plan(pid, &smaps)?;
-    let files = crate::files::dump(files_ctx, pid)?;
+    let mut areas = memory::plan(pid, &smaps, unlinked, sysv)?;
+    let files = crate::files::dump(files_ctx, unlinked, pid)?;
     memory::scan(pid, &mut areas)?;
     let vdso = smaps
         .iter()

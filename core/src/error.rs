@@ -100,6 +100,12 @@ pub enum DumpError {
     },
     #[error("writing the image: {0}")]
     Stream(#[from] crstream_streamer::StreamError),
+    #[error("saving the contents of {what} (opened by pid {pid}): {err}")]
+    UnlinkedContents {
+        pid: i32,
+        what: String,
+        err: io::Error,
+    },
     #[error("injected test failure at {0} (CRSTREAM_TEST_FAIL_AT)")]
     TestFailure(String),
 }
@@ -149,6 +155,8 @@ pub enum RestoreError {
     Thread { pid: i32, tid: i32, reason: String },
     #[error("pid {pid}: session or process group: {reason}")]
     Session { pid: i32, reason: String },
+    #[error("recreating {what}: {reason}")]
+    Recreate { what: String, reason: String },
     #[error("injected test failure at {0} (CRSTREAM_TEST_FAIL_AT)")]
     TestFailure(String),
 }

@@ -6,20 +6,20 @@ use crate::error::{DumpError, RestoreError, TaskError};
 use crate::fdkinds::{DumpCtx, Registry};
 use crate::stub::Stub;
 use crstream_proto::{FileKind, FileTable, OpenFile};
-use crstream_streamer::ImageSink;
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-const DELETED: &str = " (deleted)";
+use crate::unlinked::DELETED;
 const KCMP_FILE: i32 = 0;
 
 /// (major, minor) of the character devices we reopen by path.
 const SAFE_CHAR_DEVICES: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 8), (1, 9)];
 
-pub fn dump(ctx: &mut DumpCtx, pid: i32) -> Result<FileTable, DumpError> {
+pub fn dump(
+    ctx: &mut DumpCtx,
+    unlinked: &mut crate::unlinked::Collector,
+    pid: i32,
+) -> Result<FileTable, DumpError> {
     let proc_err = |err| DumpError::Proc { pid, err };
     let mut files: Vec<OpenFile> = Vec::new();
     for fd in crate::proc::fds(pid).map_err(proc_err)? {
@@ -75,6 +75,14 @@ pub fn dump(ctx: &mut DumpCtx, pid: i32) -> Result<FileTable, DumpError> {
             if md.nlink() == 0 {
                 f.deleted = true;
                 f.path = link.strip_suffix(DELETED).unwrap_or(&link).to_string();
+                let source = format!("/proc/{pid}/fd/{fd}");
+                f.unlinked_file = unlinked.note(pid, &source, &link).map_err(|reason| {
+                    DumpError::UnsupportedFile {
+                        pid,
+                        fd,
+                        what: format!("{link}: {reason}"),
+                    }
+                })?;
             }
         } else if ft.is_dir() {
             f.kind = FileKind::Directory as i32;
@@ -121,65 +129,6 @@ fn mark_dup(pid: i32, files: &[OpenFile], f: &mut OpenFile) {
             }
         }
     }
-}
-
-/// Streams the contents of a deleted-but-open file into blob `stream`.
-pub fn dump_contents(
-    pid: i32,
-    f: &OpenFile,
-    sink: &mut dyn ImageSink,
-    stream: u32,
-) -> Result<u64, DumpError> {
-    let fd = f.fd as i32;
-    let err = |err| DumpError::File {
-        pid,
-        fd,
-        path: f.path.clone(),
-        err,
-    };
-    let mut file = File::open(format!("/proc/{pid}/fd/{fd}")).map_err(err)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(err)?;
-        if n == 0 {
-            return Ok(total);
-        }
-        sink.blob(stream, &buf[..n])?;
-        total += n as u64;
-    }
-}
-
-/// Recreates a deleted file as an unlinked temporary file with the saved
-/// contents, in the original directory if possible.
-fn recreate_deleted(pid: i32, f: &OpenFile, contents: &[u8]) -> Result<File, RestoreError> {
-    let dir = std::path::Path::new(&f.path)
-        .parent()
-        .filter(|d| d.is_dir())
-        .unwrap_or(std::path::Path::new("/tmp"));
-    let open = |d: &std::path::Path| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_TMPFILE)
-            .mode(f.mode & 0o7777)
-            .open(d)
-    };
-    let mut tmp = open(dir)
-        .or_else(|_| open(std::path::Path::new("/tmp")))
-        .map_err(|e| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: f.path.clone(),
-            reason: format!("creating a temporary file for the deleted file: {e}"),
-        })?;
-    tmp.write_all(contents).map_err(|e| RestoreError::File {
-        pid,
-        fd: f.fd,
-        path: f.path.clone(),
-        reason: format!("writing the saved contents: {e}"),
-    })?;
-    Ok(tmp)
 }
 
 /// Checks that the saved regular file `f` (not deleted) can be reopened
@@ -283,16 +232,14 @@ pub fn place_fd(stub: &Stub, tmp_fd: i64, f: &OpenFile) -> Result<(), TaskError>
     Ok(())
 }
 
-/// Opens every saved fd at its number in the stub. Returns temporary files
-/// to keep open until the restore is done.
+/// Opens every saved fd at its number in the stub.
 pub fn restore(
     stub: &Stub,
     table: &FileTable,
-    blobs: &HashMap<u32, Vec<u8>>,
+    unlinked: &crate::unlinked::Recreator,
     reg: &mut Registry,
-) -> Result<Vec<File>, RestoreError> {
+) -> Result<(), RestoreError> {
     let pid = stub.pid;
-    let mut keep = Vec::new();
     let mut files: Vec<&OpenFile> = table.files.iter().collect();
     files.sort_by_key(|f| f.fd);
     for f in files.iter().filter(|f| f.dup_of_fd.is_none()) {
@@ -327,28 +274,15 @@ pub fn restore(
         let mut path = f.path.clone();
         if f.kind() == FileKind::Regular {
             if f.deleted {
-                let data = blobs.get(&f.contents_stream).ok_or_else(|| {
-                    ferr(format!(
-                        "contents (blob stream {}) missing from the image",
-                        f.contents_stream
-                    ))
-                })?;
-                if data.len() as u64 != f.size {
-                    return Err(ferr(format!(
-                        "saved contents hold {} bytes, the file had {}",
-                        data.len(),
-                        f.size
-                    )));
-                }
-                let tmp = recreate_deleted(pid, f, data)?;
-                path = format!("/proc/{}/fd/{}", std::process::id(), tmp.as_raw_fd());
-                keep.push(tmp);
+                path = unlinked.proc_path(f.unlinked_file)?;
             } else {
                 check_regular(pid, f, false)?;
             }
         }
+        // O_NOFOLLOW only mattered for the path it was opened by; the
+        // /proc link an unlinked file is reopened through is a symlink.
         let flags = (f.open_flags as i32)
-            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
         let tmp_fd = stub
             .open(&path, flags | libc::O_CLOEXEC, 0)
             .map_err(|e| ferr(format!("open: {e}")))?;
@@ -402,5 +336,5 @@ pub fn restore(
             })?;
         }
     }
-    Ok(keep)
+    Ok(())
 }

@@ -26,8 +26,10 @@ mod session;
 mod signals;
 mod stub;
 pub mod syscall;
+mod sysv;
 mod threads;
 mod timers;
+mod unlinked;
 
 pub use check::FeatureCheck;
 pub use error::{DumpError, ProcError, RestoreError, TaskError};

@@ -31,7 +31,7 @@ const ADVICE: &[(&str, u64, i32)] = &[
     ("mg", 1 << 5, libc::MADV_MERGEABLE),
 ];
 
-const DELETED: &str = " (deleted)";
+use crate::unlinked::DELETED;
 
 /// How the pages of an area are saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +60,12 @@ fn is_shared_anon_path(path: &str) -> bool {
 
 /// Decides, for every area of the target, how restore rebuilds it; refuses
 /// the areas it cannot rebuild.
-pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<DumpArea>, DumpError> {
+pub fn plan(
+    pid: i32,
+    maps: &[MapEntry],
+    unlinked: &mut crate::unlinked::Collector,
+    sysv: &mut crate::sysv::Collector,
+) -> Result<Vec<DumpArea>, DumpError> {
     let mut out = Vec::with_capacity(maps.len());
     for m in maps {
         let refuse = |reason: String| DumpError::UnsupportedMapping {
@@ -97,6 +102,15 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<DumpArea>, DumpError> {
                 a.madvise |= bit;
             }
         }
+        let segment = if m.shared {
+            crate::sysv::segment_of(m)
+        } else {
+            None
+        };
+        if let Some(id) = segment {
+            sysv.note(id, m).map_err(refuse)?;
+            a.sysv_shmid = Some(id);
+        }
         let (kind, save) = match m.path.as_str() {
             "[vdso]" => (AreaKind::Vdso, Save::None),
             "[vvar]" => (AreaKind::Vvar, Save::None),
@@ -120,10 +134,16 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<DumpArea>, DumpError> {
             p if p.starts_with('[') => {
                 return Err(refuse(format!("special mapping {p} is not supported")));
             }
-            p if p.ends_with(DELETED) => {
-                return Err(refuse(
-                    "the mapped file was deleted (or is a memfd); not supported".into(),
-                ));
+            p if crate::unlinked::is_unlinked_link(p) => {
+                // A memfd or deleted file: its contents are saved once for
+                // the tree; private pages written since are saved here.
+                let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                a.unlinked_file = unlinked.note(pid, &source, p).map_err(refuse)?;
+                a.path = p.strip_suffix(DELETED).unwrap_or(p).to_string();
+                (
+                    AreaKind::File,
+                    if m.shared { Save::None } else { Save::Private },
+                )
             }
             p => {
                 let md = std::fs::metadata(p)
@@ -141,7 +161,11 @@ pub fn plan(pid: i32, maps: &[MapEntry]) -> Result<Vec<DumpArea>, DumpError> {
                 )
             }
         };
-        if kind == AreaKind::Anon && m.shared {
+        if let Some(id) = segment {
+            // Pages saved once, like shared anonymous memory (whose ids are
+            // inode numbers of the same filesystem: keep them apart).
+            a.shmem_id = 1 << 62 | id as u64;
+        } else if kind == AreaKind::Anon && m.shared {
             a.flags |= libc::MAP_ANONYMOUS as u32;
             a.shmem_id = m.inode;
         } else if matches!(kind, AreaKind::Anon | AreaKind::Heap | AreaKind::Stack) {
@@ -520,7 +544,10 @@ fn check_mapped_file(pid: i32, a: &VmArea, warn: bool) -> Result<(), RestoreErro
 /// that would corrupt the restored process (see `check_mapped_file`).
 pub fn check_files(pid: i32, areas: &[VmArea]) -> Result<(), RestoreError> {
     let mut seen = std::collections::HashSet::new();
-    for a in areas.iter().filter(|a| a.kind() == AreaKind::File) {
+    for a in areas
+        .iter()
+        .filter(|a| a.kind() == AreaKind::File && a.unlinked_file == 0)
+    {
         let first = seen.insert(a.path.as_str());
         check_mapped_file(pid, a, first)?;
     }
@@ -539,10 +566,18 @@ pub struct ShmemOrigin {
     pub pgoff: u64,
 }
 
+/// What restore recreated that areas map: memfds and deleted files,
+/// System V segments.
+pub struct Mappable<'a> {
+    pub unlinked: &'a crate::unlinked::Recreator,
+    pub sysv: &'a crate::sysv::Recreator,
+}
+
 pub fn map_areas(
     stub: &Stub,
     areas: &[VmArea],
     shm: &mut HashMap<u64, ShmemOrigin>,
+    objects: &Mappable<'_>,
 ) -> Result<(), RestoreError> {
     let pid = stub.pid;
     for a in areas.iter().filter(|a| is_mapped_area(a)) {
@@ -551,63 +586,12 @@ pub fn map_areas(
         if a.has_pages {
             prot |= libc::PROT_READ | libc::PROT_WRITE;
         }
-        let mut flags = (a.flags as i32
-            & (libc::MAP_SHARED
-                | libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_GROWSDOWN
-                | libc::MAP_NORESERVE))
-            | libc::MAP_FIXED;
-        let mut fd: i64 = -1;
-        let mut pgoff = a.pgoff;
-        // Shared anonymous memory another process of the tree created:
-        // map the same object, through that process's map_files entry.
-        let origin = (a.shmem_id != 0)
-            .then(|| shm.get(&a.shmem_id))
-            .flatten()
-            // Only within the range the origin's mapping covers (the dump
-            // saved the pages once under the same condition).
-            .filter(|o| o.pgoff <= a.pgoff && a.pgoff + len <= o.pgoff + (o.end - o.start));
-        if let Some(o) = origin {
-            flags &= !libc::MAP_ANONYMOUS;
-            pgoff = a.pgoff - o.pgoff;
-            let path = format!("/proc/{}/map_files/{:x}-{:x}", o.pid, o.start, o.end);
-            fd = stub
-                .open(&path, libc::O_RDWR | libc::O_CLOEXEC, 0)
-                .map_err(|e| map_err(pid, a, format!("open {path}: {e}")))?;
-        } else if a.shmem_id != 0 {
-            shm.entry(a.shmem_id).or_insert(ShmemOrigin {
-                pid,
-                start: a.start,
-                end: a.end,
-                pgoff: a.pgoff,
-            });
-        }
-        if a.kind() == AreaKind::File {
-            flags &= !libc::MAP_ANONYMOUS;
-            check_mapped_file(pid, a, false)?;
-            let write_shared =
-                a.flags as i32 & libc::MAP_SHARED != 0 && a.prot as i32 & libc::PROT_WRITE != 0;
-            let oflags = if write_shared {
-                libc::O_RDWR
-            } else {
-                libc::O_RDONLY
-            } | libc::O_CLOEXEC;
-            fd = stub
-                .open(&a.path, oflags, 0)
-                .map_err(|e| map_err(pid, a, format!("open: {e}")))?;
-        }
-        let r = stub.call(
-            "mmap",
-            libc::SYS_mmap,
-            &[a.start, len, prot as u64, flags as u64, fd as u64, pgoff],
-        );
-        if fd >= 0 {
-            stub.call("close", libc::SYS_close, &[fd as u64])?;
-        }
-        let got = r.map_err(|e| map_err(pid, a, e.to_string()))?;
-        if got as u64 != a.start {
-            return Err(map_err(pid, a, format!("mmap returned {got:#x}")));
+        match a.sysv_shmid {
+            Some(id) => objects
+                .sysv
+                .attach(stub, id, a.start, prot)
+                .map_err(|e| map_err(pid, a, e.to_string()))?,
+            None => map_area(stub, a, prot, shm, objects.unlinked)?,
         }
         // Advice before the pages arrive: filling a MADV_NOHUGEPAGE area
         // must not allocate huge pages around sparse pages.
@@ -619,6 +603,82 @@ pub fn map_areas(
                 tracing::warn!(pid, start = a.start, advice, "madvise: {e}");
             }
         }
+    }
+    Ok(())
+}
+
+/// Maps one area (not a System V attachment) at its address.
+fn map_area(
+    stub: &Stub,
+    a: &VmArea,
+    prot: i32,
+    shm: &mut HashMap<u64, ShmemOrigin>,
+    unlinked: &crate::unlinked::Recreator,
+) -> Result<(), RestoreError> {
+    let pid = stub.pid;
+    let len = a.end - a.start;
+    let mut flags = (a.flags as i32
+        & (libc::MAP_SHARED
+            | libc::MAP_PRIVATE
+            | libc::MAP_ANONYMOUS
+            | libc::MAP_GROWSDOWN
+            | libc::MAP_NORESERVE))
+        | libc::MAP_FIXED;
+    let mut fd: i64 = -1;
+    let mut pgoff = a.pgoff;
+    // Shared anonymous memory another process of the tree created:
+    // map the same object, through that process's map_files entry.
+    let origin = (a.shmem_id != 0)
+        .then(|| shm.get(&a.shmem_id))
+        .flatten()
+        // Only within the range the origin's mapping covers (the dump
+        // saved the pages once under the same condition).
+        .filter(|o| o.pgoff <= a.pgoff && a.pgoff + len <= o.pgoff + (o.end - o.start));
+    if let Some(o) = origin {
+        flags &= !libc::MAP_ANONYMOUS;
+        pgoff = a.pgoff - o.pgoff;
+        let path = format!("/proc/{}/map_files/{:x}-{:x}", o.pid, o.start, o.end);
+        fd = stub
+            .open(&path, libc::O_RDWR | libc::O_CLOEXEC, 0)
+            .map_err(|e| map_err(pid, a, format!("open {path}: {e}")))?;
+    } else if a.shmem_id != 0 {
+        shm.entry(a.shmem_id).or_insert(ShmemOrigin {
+            pid,
+            start: a.start,
+            end: a.end,
+            pgoff: a.pgoff,
+        });
+    }
+    if a.kind() == AreaKind::File {
+        flags &= !libc::MAP_ANONYMOUS;
+        let path = if a.unlinked_file != 0 {
+            unlinked.proc_path(a.unlinked_file)?
+        } else {
+            check_mapped_file(pid, a, false)?;
+            a.path.clone()
+        };
+        let write_shared =
+            a.flags as i32 & libc::MAP_SHARED != 0 && a.prot as i32 & libc::PROT_WRITE != 0;
+        let oflags = if write_shared {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        } | libc::O_CLOEXEC;
+        fd = stub
+            .open(&path, oflags, 0)
+            .map_err(|e| map_err(pid, a, format!("open: {e}")))?;
+    }
+    let r = stub.call(
+        "mmap",
+        libc::SYS_mmap,
+        &[a.start, len, prot as u64, flags as u64, fd as u64, pgoff],
+    );
+    if fd >= 0 {
+        stub.call("close", libc::SYS_close, &[fd as u64])?;
+    }
+    let got = r.map_err(|e| map_err(pid, a, e.to_string()))?;
+    if got as u64 != a.start {
+        return Err(map_err(pid, a, format!("mmap returned {got:#x}")));
     }
     Ok(())
 }
@@ -702,7 +762,7 @@ mod tests {
             std::ptr::read_volatile(p.add(20 * PAGE_SIZE));
         }
         let maps = crate::proc::smaps(pid).unwrap();
-        let mut areas = plan(pid, &maps).unwrap();
+        let mut areas = plan(pid, &maps, &mut Default::default(), &mut Default::default()).unwrap();
         scan(pid, &mut areas).unwrap();
         let base = p as u64;
         let a = areas

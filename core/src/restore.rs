@@ -25,7 +25,11 @@ struct Image {
     files: HashMap<u32, FileTable>,
     signals: HashMap<u32, SignalState>,
     threads: HashMap<u32, ThreadCore>,
-    blobs: HashMap<u32, Vec<u8>>,
+    /// Memfds and deleted files, recreated as their contents arrive.
+    unlinked: crate::unlinked::Recreator,
+    sysv: Vec<crstream_proto::SysvShm>,
+    /// Blobs of images older than `UnlinkedFile` (deleted fds' contents).
+    legacy_blobs: HashMap<u32, Vec<u8>>,
 }
 
 fn missing(what: &str) -> RestoreError {
@@ -49,9 +53,16 @@ fn read_metadata(source: &mut dyn ImageSource) -> Result<Image, RestoreError> {
                     "the image ends before the end of metadata".into(),
                 ));
             }
-            Some(Item::MetadataEnd) => return Ok(img),
+            Some(Item::MetadataEnd) => {
+                adopt_legacy_deleted(&mut img)?;
+                img.unlinked.check_complete()?;
+                return Ok(img);
+            }
+            Some(Item::Blob { stream_id, data }) if img.unlinked.takes(stream_id) => {
+                img.unlinked.write(stream_id, &data)?
+            }
             Some(Item::Blob { stream_id, data }) => img
-                .blobs
+                .legacy_blobs
                 .entry(stream_id)
                 .or_default()
                 .extend_from_slice(&data),
@@ -68,10 +79,41 @@ fn read_metadata(source: &mut dyn ImageSource) -> Result<Image, RestoreError> {
                 Body::FileTable(f) => once(&mut img.files, f.pid, f, "FileTable")?,
                 Body::SignalState(s) => once(&mut img.signals, s.pid, s, "SignalState")?,
                 Body::ThreadCore(t) => once(&mut img.threads, t.tid, t, "ThreadCore")?,
+                Body::UnlinkedFile(u) => img.unlinked.add(u)?,
+                Body::SysvShm(seg) => img.sysv.push(seg),
                 Body::StreamDecl(_) | Body::BlobInfo(_) => {}
             },
         }
     }
+}
+
+/// Deleted fds of images written before `UnlinkedFile` existed carry
+/// their contents in a blob of their own.
+fn adopt_legacy_deleted(img: &mut Image) -> Result<(), RestoreError> {
+    for table in img.files.values_mut() {
+        for f in table.files.iter_mut() {
+            if f.deleted && f.unlinked_file == 0 && f.dup_of_fd.is_none() {
+                let data = img.legacy_blobs.get(&f.contents_stream).ok_or_else(|| {
+                    RestoreError::Image(format!(
+                        "pid {} fd {}: contents of deleted {} (blob stream {}) missing",
+                        table.pid, f.fd, f.path, f.contents_stream
+                    ))
+                })?;
+                if data.len() as u64 != f.size {
+                    return Err(RestoreError::Image(format!(
+                        "pid {} fd {}: saved contents hold {} bytes, the file had {}",
+                        table.pid,
+                        f.fd,
+                        data.len(),
+                        f.size
+                    )));
+                }
+                img.unlinked.adopt_legacy(f, data)?;
+            }
+        }
+    }
+    img.legacy_blobs.clear();
+    Ok(())
 }
 
 /// One live process of the image, checked and ready to rebuild.
@@ -401,10 +443,18 @@ fn restore_inner(
 
     // Memory: shared anonymous memory is created by the first process that
     // maps it and mapped from there by the others.
+    let mut sysv = crate::sysv::Recreator::default();
+    for seg in &img.sysv {
+        sysv.add(*seg)?;
+    }
+    let objects = memory::Mappable {
+        unlinked: &img.unlinked,
+        sysv: &sysv,
+    };
     let mut shm_origin: HashMap<u64, memory::ShmemOrigin> = HashMap::new();
     for (i, s) in stubs.iter().enumerate() {
         if let Some(p) = &plans[i] {
-            memory::map_areas(s, &p.mm.areas, &mut shm_origin)?;
+            memory::map_areas(s, &p.mm.areas, &mut shm_origin, &objects)?;
         }
     }
 
@@ -464,20 +514,15 @@ fn restore_inner(
     }
 
     // Process-wide state, owners of shared files first (tree order).
-    let mut keep_open = Vec::new();
     let mut created = crate::fdkinds::Registry::default();
     for (i, p) in plans.iter().enumerate() {
         if let Some(p) = p {
-            keep_open.extend(crate::files::restore(
-                &stubs[i],
-                p.files,
-                &img.blobs,
-                &mut created,
-            )?);
+            crate::files::restore(&stubs[i], p.files, &img.unlinked, &mut created)?;
             restore_process_state(&stubs[i], p)?;
         }
     }
     drop(created);
+    img.unlinked.seal()?;
     // Zombies exit now, with their saved status; their parents keep no
     // trace of it but the zombie.
     for (i, e) in entries.iter().enumerate() {
@@ -560,6 +605,9 @@ fn restore_inner(
     });
     // Children first, so that no parent runs before its children exist
     // as it left them.
+    // Last fallible step before the processes run: until here a failure
+    // removes the segments this restore created.
+    sysv.commit()?;
     for (i, p) in plans.iter().enumerate().rev() {
         let Some(p) = p else { continue };
         for t in p.threads.iter().rev() {
@@ -567,7 +615,6 @@ fn restore_inner(
         }
         guards[i].armed = false;
     }
-    drop(keep_open);
     let tids: Vec<i32> = plans[0]
         .as_ref()
         .expect("root is alive")

@@ -465,3 +465,78 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------- trees
+
+const TREE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Kills every listed process by PID when dropped (a restored tree is not
+/// our child), and waits until the PIDs are free.
+pub struct TreeGuard(pub Vec<i32>);
+
+impl TreeGuard {
+    pub fn kill(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: signalling processes this test started or restored.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for &pid in &self.0 {
+            assert!(wait_gone(pid, TREE_TIMEOUT), "pid {pid} still exists");
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for TreeGuard {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Restores `img` with --detach --json twice over (killing in between);
+/// `check` verifies each round and gets the restored pids.
+pub fn restore_twice(src: &str, env: &[(&str, &str)], w: &mut Workload, check: impl Fn(&Workload)) {
+    for _ in 0..2 {
+        let o = run(&["restore", "-i", src, "--detach", "--json"], env);
+        assert!(o.status.success(), "restore failed: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let procs: Vec<i32> = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_i64().unwrap() as i32)
+            .collect();
+        let mut g = TreeGuard(procs.clone());
+        w.restored(v["pid"].as_i64().unwrap() as i32);
+        check(w);
+        for &pid in &procs {
+            assert_running_untraced(pid);
+        }
+        g.0.extend(children_of(w.pid));
+        g.kill();
+    }
+}
+
+/// Dumps the tree of `w` to `dest`, waits until every dumped PID is free.
+pub fn dump_tree(w: &mut Workload, dest: &str, env: &[(&str, &str)]) -> Vec<i32> {
+    let o = run(
+        &["dump", "-t", &w.pid.to_string(), "-o", dest, "--json"],
+        env,
+    );
+    assert!(o.status.success(), "dump failed: {}", text(&o));
+    w.reap_dumped();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let pids: Vec<i32> = v["pids"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .map(|p| p.as_i64().unwrap() as i32)
+        .collect();
+    for &pid in &pids {
+        assert!(wait_gone(pid, TREE_TIMEOUT), "pid {pid} survived the dump");
+    }
+    pids
+}

@@ -1,0 +1,243 @@
+//! System V shared memory segments attached by the tree.
+//!
+//! Dump records each segment once (id, key, permissions, size, whether it
+//! was already removed); its pages are saved like other shared memory,
+//! with the first process that attaches it. Restore recreates the segment
+//! with the same id (by writing `kernel.shm_next_id` just before shmget)
+//! and key, and every process attaches it at its address with shmat, so
+//! shmctl, shmdt and nattch behave as before. A segment that still exists
+//! with the same id, key and size (it was not removed, so it outlived the
+//! dumped processes) is attached again and gets the image's contents.
+
+use crate::error::RestoreError;
+use crate::proc::MapEntry;
+use crate::stub::Stub;
+use crstream_proto::SysvShm;
+use std::collections::BTreeMap;
+
+const SHM_DEST: u32 = 0o1000;
+const SHM_NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
+const PAGE: u64 = 4096;
+
+/// The segment a /proc/PID/maps entry attaches, if it is one: the kernel
+/// names the file "SYSV" + the key in hex and numbers its inode with the id.
+pub(crate) fn segment_of(m: &MapEntry) -> Option<u32> {
+    let key = m.path.strip_prefix("/SYSV")?.get(..8)?;
+    u32::from_str_radix(key, 16).ok()?;
+    u32::try_from(m.inode).ok()
+}
+
+/// One line of /proc/sysvipc/shm.
+fn read_segment(id: u32) -> Result<SysvShm, String> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm")
+        .map_err(|e| format!("reading /proc/sysvipc/shm: {e}"))?;
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || f[1].parse::<u32>().ok() != Some(id) {
+            continue;
+        }
+        let num = |i: usize| f[i].parse::<u64>().map_err(|e| format!("{line}: {e}"));
+        let mode = u32::from_str_radix(f[2], 8).map_err(|e| format!("{line}: {e}"))?;
+        return Ok(SysvShm {
+            id,
+            key: f[0].parse().map_err(|e| format!("{line}: {e}"))?,
+            mode: mode & 0o777,
+            size: num(3)?,
+            uid: num(7)? as u32,
+            gid: num(8)? as u32,
+            removed: mode & SHM_DEST != 0,
+        });
+    }
+    Err(format!(
+        "segment {id} is not in /proc/sysvipc/shm (another IPC namespace?)"
+    ))
+}
+
+/// The segments of the tree being dumped.
+#[derive(Default)]
+pub(crate) struct Collector {
+    segments: BTreeMap<u32, SysvShm>,
+}
+
+impl Collector {
+    /// Notes the segment attached by `m`; Err: why it cannot be restored.
+    pub(crate) fn note(&mut self, id: u32, m: &MapEntry) -> Result<(), String> {
+        if m.has_flag("ht") {
+            return Err("huge-page (SHM_HUGETLB) segments are not supported".into());
+        }
+        let seg = match self.segments.entry(id) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(read_segment(id)?),
+        };
+        // shmat maps the whole segment: a part of it (split by mprotect or
+        // a partial munmap) could not be rebuilt that way.
+        if m.pgoff != 0 || m.len() != seg.size.div_ceil(PAGE) * PAGE {
+            return Err(format!(
+                "only part of System V segment {id} ({} bytes) is attached here; \
+                 partial attachments are not supported",
+                seg.size
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_records(self) -> impl Iterator<Item = SysvShm> {
+        self.segments.into_values()
+    }
+}
+
+// ---------------------------------------------------------------- restore
+
+fn shm_err(s: &SysvShm, reason: String) -> RestoreError {
+    RestoreError::Recreate {
+        what: format!("System V shared memory segment {} (key {:#x})", s.id, s.key),
+        reason,
+    }
+}
+
+/// shmctl(IPC_STAT): (key, size, mode) of an existing segment.
+fn stat(id: u32) -> Option<(i32, u64, u32)> {
+    // SAFETY: shmctl fills a local struct.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    if unsafe { libc::shmctl(id as i32, libc::IPC_STAT, &mut ds) } < 0 {
+        return None;
+    }
+    Some((
+        ds.shm_perm.__key,
+        ds.shm_segsz as u64,
+        ds.shm_perm.mode as u32,
+    ))
+}
+
+/// The segments of an image being restored. Those this restore created
+/// are removed again if it fails (dropped before `commit`).
+#[derive(Default)]
+pub(crate) struct Recreator {
+    segments: Vec<SysvShm>,
+    created: Vec<u32>,
+    committed: bool,
+}
+
+impl Recreator {
+    /// Creates segment `s` with its id and key, or finds it still there.
+    pub(crate) fn add(&mut self, s: SysvShm) -> Result<(), RestoreError> {
+        if let Some((key, size, mode)) = stat(s.id) {
+            if key == s.key && size == s.size && mode & SHM_DEST == 0 && !s.removed {
+                tracing::info!(
+                    id = s.id,
+                    "System V segment still exists; attaching it again"
+                );
+                self.segments.push(s);
+                return Ok(());
+            }
+            return Err(shm_err(
+                &s,
+                format!(
+                    "id {} is taken by another segment (key {key:#x}, {size} bytes)",
+                    s.id
+                ),
+            ));
+        }
+        std::fs::write(SHM_NEXT_ID, s.id.to_string())
+            .map_err(|e| shm_err(&s, format!("writing {SHM_NEXT_ID}: {e}")))?;
+        let key = if s.removed { libc::IPC_PRIVATE } else { s.key };
+        // SAFETY: plain syscall.
+        let got = unsafe {
+            libc::shmget(
+                key,
+                s.size as usize,
+                libc::IPC_CREAT | libc::IPC_EXCL | (s.mode & 0o777) as i32,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        // shmget resets it only when it allocates.
+        let _ = std::fs::write(SHM_NEXT_ID, "-1");
+        if got < 0 {
+            return Err(shm_err(&s, format!("shmget: {err}")));
+        }
+        self.created.push(got as u32);
+        if got as u32 != s.id {
+            return Err(shm_err(&s, format!("shmget gave id {got}")));
+        }
+        // SAFETY: shmctl on the segment just created, with a local struct.
+        unsafe {
+            let mut ds: libc::shmid_ds = std::mem::zeroed();
+            if libc::shmctl(got, libc::IPC_STAT, &mut ds) == 0
+                && (ds.shm_perm.uid != s.uid || ds.shm_perm.gid != s.gid)
+            {
+                ds.shm_perm.uid = s.uid;
+                ds.shm_perm.gid = s.gid;
+                if libc::shmctl(got, libc::IPC_SET, &mut ds) < 0 {
+                    return Err(shm_err(
+                        &s,
+                        format!(
+                            "setting owner {}:{}: {}",
+                            s.uid,
+                            s.gid,
+                            std::io::Error::last_os_error()
+                        ),
+                    ));
+                }
+            }
+        }
+        self.segments.push(s);
+        Ok(())
+    }
+
+    /// Attaches segment `id` in the stub at `start` (replacing what the
+    /// stub has there).
+    pub(crate) fn attach(
+        &self,
+        stub: &Stub,
+        id: u32,
+        start: u64,
+        prot: i32,
+    ) -> Result<(), RestoreError> {
+        if !self.segments.iter().any(|s| s.id == id) {
+            return Err(RestoreError::Image(format!(
+                "no SysvShm record for segment {id}"
+            )));
+        }
+        let mut flags = libc::SHM_REMAP;
+        if prot & libc::PROT_WRITE == 0 {
+            flags |= libc::SHM_RDONLY;
+        }
+        if prot & libc::PROT_EXEC != 0 {
+            flags |= libc::SHM_EXEC;
+        }
+        let got = stub.call("shmat", libc::SYS_shmat, &[id as u64, start, flags as u64])?;
+        if got as u64 != start {
+            return Err(RestoreError::Image(format!(
+                "shmat of segment {id} returned {got:#x}, not {start:#x}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Once every process is attached: segments removed at dump time are
+    /// removed again (they go with the last detach, as before).
+    pub(crate) fn commit(&mut self) -> Result<(), RestoreError> {
+        for s in self.segments.iter().filter(|s| s.removed) {
+            // SAFETY: plain syscall.
+            if unsafe { libc::shmctl(s.id as i32, libc::IPC_RMID, std::ptr::null_mut()) } < 0 {
+                return Err(shm_err(
+                    s,
+                    format!("IPC_RMID: {}", std::io::Error::last_os_error()),
+                ));
+            }
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Recreator {
+    fn drop(&mut self) {
+        if !self.committed {
+            for &id in &self.created {
+                // SAFETY: removing a segment this restore created.
+                unsafe { libc::shmctl(id as i32, libc::IPC_RMID, std::ptr::null_mut()) };
+            }
+        }
+    }
+}

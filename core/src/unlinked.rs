@@ -1,0 +1,448 @@
+//! Files with no name to reopen them by: memfds, and files deleted while
+//! still open or mapped (python's multiprocessing semaphores are unlinked
+//! `/dev/shm` files, mapped shared by every worker).
+//!
+//! Dump saves each such file once, by inode, with its whole contents (a blob
+//! stream), whichever processes open or map it. Restore recreates it once
+//! in crstream, writing the contents as the blob arrives; every fd and
+//! mapping that named it then opens `/proc/<crstream>/fd/N`, so they share
+//! one file again and writes through one are seen through the others.
+
+use crate::error::{DumpError, RestoreError};
+use crstream_proto::{BlobInfo, OpenFile, StreamKind, UnlinkedFile, UnlinkedKind, record::Body};
+use crstream_streamer::ImageSink;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+pub(crate) const DELETED: &str = " (deleted)";
+const MEMFD_PREFIX: &str = "/memfd:";
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// Whether a /proc link names a file that cannot be reopened by its path.
+pub(crate) fn is_unlinked_link(link: &str) -> bool {
+    link.ends_with(DELETED)
+}
+
+// ---------------------------------------------------------------- dump
+
+struct Saved {
+    meta: UnlinkedFile,
+    /// Opened through /proc while the tree is frozen; read at the end.
+    file: File,
+    pid: i32,
+}
+
+/// The unlinked files of the tree being dumped, one per inode.
+#[derive(Default)]
+pub(crate) struct Collector {
+    by_inode: HashMap<(u64, u64), usize>,
+    saved: Vec<Saved>,
+}
+
+impl Collector {
+    /// Notes the unlinked file that `source` (a `/proc/PID/fd/N` or
+    /// `/proc/PID/map_files/A-B` path) opens, whose link reads `link`, and
+    /// returns its id. Err: why it cannot be saved.
+    pub(crate) fn note(&mut self, pid: i32, source: &str, link: &str) -> Result<u64, String> {
+        let file = File::open(source).map_err(|e| format!("opening {source}: {e}"))?;
+        let md = file
+            .metadata()
+            .map_err(|e| format!("stat of {source}: {e}"))?;
+        if let Some(&i) = self.by_inode.get(&(md.dev(), md.ino())) {
+            return Ok(self.saved[i].meta.id);
+        }
+        if !md.is_file() {
+            return Err("not a regular file".into());
+        }
+        let name = link.strip_suffix(DELETED).unwrap_or(link);
+        let (kind, path) = match name.strip_prefix(MEMFD_PREFIX) {
+            Some(n) => (UnlinkedKind::Memfd, n),
+            None => (UnlinkedKind::Deleted, name),
+        };
+        // SAFETY: fstatfs into a local struct.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut sfs) } == 0
+            && sfs.f_type as i64 == HUGETLBFS_MAGIC
+        {
+            return Err("hugetlbfs files (MFD_HUGETLB) are not supported".into());
+        }
+        let seals = if kind == UnlinkedKind::Memfd {
+            // SAFETY: fcntl with integer arguments.
+            let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+            if r < 0 { 0 } else { r as u32 }
+        } else {
+            0
+        };
+        let id = self.saved.len() as u64 + 1;
+        self.by_inode.insert((md.dev(), md.ino()), self.saved.len());
+        self.saved.push(Saved {
+            meta: UnlinkedFile {
+                id,
+                kind: kind as i32,
+                path: path.to_string(),
+                size: md.size(),
+                mode: md.mode() & 0o7777,
+                seals,
+                contents_stream: 0,
+                dev: md.dev(),
+                inode: md.ino(),
+            },
+            file,
+            pid,
+        });
+        Ok(id)
+    }
+
+    /// Declares a blob stream for each file and writes its record, in
+    /// stream 0 (before any process record names it).
+    pub(crate) fn write_records(&mut self, sink: &mut dyn ImageSink) -> Result<(), DumpError> {
+        for s in &mut self.saved {
+            let what = describe(&s.meta);
+            s.meta.contents_stream = sink.declare(StreamKind::Blob, 0, 0, &what)?;
+            sink.record(0, Body::UnlinkedFile(s.meta.clone()))?;
+            sink.record(
+                0,
+                Body::BlobInfo(BlobInfo {
+                    stream_id: s.meta.contents_stream,
+                    size: s.meta.size,
+                    what: format!("contents of {what}"),
+                }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Streams the contents of every file into its blob stream.
+    pub(crate) fn write_contents(&self, sink: &mut dyn ImageSink) -> Result<(), DumpError> {
+        let mut buf = vec![0u8; 1 << 20];
+        for s in &self.saved {
+            let err = |err| DumpError::UnlinkedContents {
+                pid: s.pid,
+                what: describe(&s.meta),
+                err,
+            };
+            let mut left = s.meta.size;
+            let mut at = 0u64;
+            while left > 0 {
+                let want = buf.len().min(left as usize);
+                let n = s.file.read_at(&mut buf[..want], at).map_err(err)?;
+                if n == 0 {
+                    return Err(err(std::io::Error::other(format!(
+                        "the file shrank to {at} bytes from {} during the dump",
+                        s.meta.size
+                    ))));
+                }
+                sink.blob(s.meta.contents_stream, &buf[..n])?;
+                at += n as u64;
+                left -= n as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(u: &UnlinkedFile) -> String {
+    match u.kind() {
+        UnlinkedKind::Memfd => format!("memfd:{}", u.path),
+        _ => format!("deleted file {}", u.path),
+    }
+}
+
+// ---------------------------------------------------------------- restore
+
+struct Recreated {
+    meta: UnlinkedFile,
+    file: File,
+    written: u64,
+}
+
+/// The unlinked files of an image being restored, recreated in crstream.
+/// Dropping it closes them: by then every process that uses one holds it.
+#[derive(Default)]
+pub(crate) struct Recreator {
+    by_id: HashMap<u64, Recreated>,
+    by_stream: HashMap<u32, u64>,
+}
+
+impl Recreator {
+    /// Creates the file of record `u` (still empty).
+    pub(crate) fn add(&mut self, u: UnlinkedFile) -> Result<(), RestoreError> {
+        let err = |reason: String| RestoreError::Recreate {
+            what: describe(&u),
+            reason,
+        };
+        if u.id == 0 || self.by_id.contains_key(&u.id) {
+            return Err(RestoreError::Image(format!(
+                "UnlinkedFile id {} is zero or used twice",
+                u.id
+            )));
+        }
+        let file = match u.kind() {
+            UnlinkedKind::Memfd => create_memfd(&u),
+            UnlinkedKind::Deleted => create_deleted(&u),
+            UnlinkedKind::Unknown => Err(std::io::Error::other("unknown kind")),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        if u.contents_stream != 0 {
+            self.by_stream.insert(u.contents_stream, u.id);
+        }
+        self.by_id.insert(
+            u.id,
+            Recreated {
+                meta: u,
+                file,
+                written: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether blob stream `stream` holds the contents of one of the files.
+    pub(crate) fn takes(&self, stream: u32) -> bool {
+        self.by_stream.contains_key(&stream)
+    }
+
+    /// Appends the next bytes of blob stream `stream`.
+    pub(crate) fn write(&mut self, stream: u32, data: &[u8]) -> Result<(), RestoreError> {
+        let Some(r) = self
+            .by_stream
+            .get(&stream)
+            .and_then(|id| self.by_id.get_mut(id))
+        else {
+            return Ok(());
+        };
+        if r.written + data.len() as u64 > r.meta.size {
+            return Err(RestoreError::Image(format!(
+                "the contents of {} exceed the {} bytes announced",
+                describe(&r.meta),
+                r.meta.size
+            )));
+        }
+        r.file
+            .write_all_at(data, r.written)
+            .map_err(|e| RestoreError::Recreate {
+                what: describe(&r.meta),
+                reason: format!("writing its contents: {e}"),
+            })?;
+        r.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Turns a deleted fd of an image written before `UnlinkedFile` existed
+    /// (contents in a blob named by the fd) into one of these files.
+    pub(crate) fn adopt_legacy(
+        &mut self,
+        f: &mut OpenFile,
+        data: &[u8],
+    ) -> Result<(), RestoreError> {
+        let id = (1 << 63) | f.contents_stream as u64;
+        if !self.by_id.contains_key(&id) {
+            self.add(UnlinkedFile {
+                id,
+                kind: UnlinkedKind::Deleted as i32,
+                path: f.path.clone(),
+                size: f.size,
+                mode: f.mode & 0o7777,
+                ..Default::default()
+            })?;
+            let r = self.by_id.get_mut(&id).expect("just added");
+            r.file
+                .write_all_at(data, 0)
+                .map_err(|e| RestoreError::Recreate {
+                    what: describe(&r.meta),
+                    reason: format!("writing its contents: {e}"),
+                })?;
+            r.written = data.len() as u64;
+        }
+        f.unlinked_file = id;
+        Ok(())
+    }
+
+    /// After the metadata: every file got all its bytes.
+    pub(crate) fn check_complete(&self) -> Result<(), RestoreError> {
+        for r in self.by_id.values() {
+            if r.written != r.meta.size {
+                return Err(RestoreError::Image(format!(
+                    "the image holds {} of the {} bytes of {}",
+                    r.written,
+                    r.meta.size,
+                    describe(&r.meta)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A path the restored process opens to get file `id`.
+    pub(crate) fn proc_path(&self, id: u64) -> Result<String, RestoreError> {
+        let r = self
+            .by_id
+            .get(&id)
+            .ok_or_else(|| RestoreError::Image(format!("no UnlinkedFile record with id {id}")))?;
+        Ok(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            r.file.as_raw_fd()
+        ))
+    }
+
+    /// Adds the saved seals, once every process has opened and mapped the
+    /// files (a write seal refuses writable shared mappings made after it,
+    /// which the processes made before it).
+    pub(crate) fn seal(&self) -> Result<(), RestoreError> {
+        for r in self.by_id.values() {
+            let seals = r.meta.seals;
+            if r.meta.kind() != UnlinkedKind::Memfd || seals == 0 || seals == SEALING_OFF {
+                continue;
+            }
+            // SAFETY: fcntl with integer arguments.
+            if unsafe { libc::fcntl(r.file.as_raw_fd(), libc::F_ADD_SEALS, seals as i32) } < 0 {
+                return Err(RestoreError::Recreate {
+                    what: describe(&r.meta),
+                    reason: format!(
+                        "adding seals {seals:#x}: {}",
+                        std::io::Error::last_os_error()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The seals of a memfd created without MFD_ALLOW_SEALING.
+const SEALING_OFF: u32 = libc::F_SEAL_SEAL as u32;
+
+fn create_memfd(u: &UnlinkedFile) -> std::io::Result<File> {
+    let name = CString::new(u.path.as_str()).map_err(std::io::Error::other)?;
+    let mut flags = libc::MFD_CLOEXEC;
+    if u.seals != SEALING_OFF {
+        flags |= libc::MFD_ALLOW_SEALING;
+    }
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is owned below.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(u.size)?;
+    file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
+    Ok(file)
+}
+
+/// Created at its old path and unlinked at once, so that /proc shows the
+/// same "PATH (deleted)" as before; where that path is taken or its
+/// directory gone, an O_TMPFILE in the same directory (or /tmp) instead.
+fn create_deleted(u: &UnlinkedFile) -> std::io::Result<File> {
+    let path = Path::new(&u.path);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => {
+            std::fs::remove_file(path)?;
+            f
+        }
+        Err(_) => {
+            let tmp = |dir: &Path| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_TMPFILE)
+                    .mode(0o600)
+                    .open(dir)
+            };
+            let dir = path.parent().filter(|d| d.is_dir());
+            dir.map_or_else(|| tmp(Path::new("/tmp")), tmp)
+                .or_else(|_| tmp(Path::new("/tmp")))?
+        }
+    };
+    file.set_len(u.size)?;
+    file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
+    Ok(file)
+}
+
+/// Reads a whole file, for tests.
+#[cfg(test)]
+fn read_all(path: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut v = Vec::new();
+    File::open(path).unwrap().read_to_end(&mut v).unwrap();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memfd_round_trip_keeps_contents_mode_and_seals() {
+        let mut r = Recreator::default();
+        r.add(UnlinkedFile {
+            id: 7,
+            kind: UnlinkedKind::Memfd as i32,
+            path: "state".into(),
+            size: 5,
+            mode: 0o640,
+            seals: (libc::F_SEAL_GROW | libc::F_SEAL_SHRINK) as u32,
+            contents_stream: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(r.takes(3));
+        r.write(3, b"hel").unwrap();
+        assert!(r.check_complete().is_err(), "3 of 5 bytes is incomplete");
+        r.write(3, b"lo").unwrap();
+        assert!(r.write(3, b"!").is_err(), "more than announced");
+        r.check_complete().unwrap();
+        r.seal().unwrap();
+        let path = r.proc_path(7).unwrap();
+        assert_eq!(read_all(&path), b"hello");
+        assert!(
+            std::fs::read_link(&path)
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("/memfd:state")
+        );
+        let f = File::open(&path).unwrap();
+        assert_eq!(f.metadata().unwrap().mode() & 0o7777, 0o640);
+        // SAFETY: fcntl with integer arguments.
+        let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(seals, libc::F_SEAL_GROW | libc::F_SEAL_SHRINK);
+    }
+
+    #[test]
+    fn deleted_file_comes_back_under_its_old_name() {
+        let dir = std::env::temp_dir().join(format!("crstream-unlinked-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = dir.join("sem.x");
+        let mut r = Recreator::default();
+        r.add(UnlinkedFile {
+            id: 1,
+            kind: UnlinkedKind::Deleted as i32,
+            path: old.to_string_lossy().into(),
+            size: 2,
+            mode: 0o600,
+            contents_stream: 9,
+            ..Default::default()
+        })
+        .unwrap();
+        r.write(9, b"ok").unwrap();
+        let path = r.proc_path(1).unwrap();
+        assert!(!old.exists(), "unlinked again at once");
+        assert_eq!(
+            std::fs::read_link(&path).unwrap(),
+            Path::new(&format!("{} (deleted)", old.display()))
+        );
+        assert_eq!(read_all(&path), b"ok");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
