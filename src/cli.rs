@@ -90,6 +90,10 @@ pub struct DumpArgs {
     /// Let the process continue after the dump (default: it is killed after a successful dump)
     #[arg(long)]
     pub leave_running: bool,
+    /// The tree is a job started from an interactive shell: save its terminal fds
+    /// (restore --shell-job gives it the restorer's terminal) instead of refusing them
+    #[arg(long)]
+    pub shell_job: bool,
     /// Compression of the image frames
     #[arg(long, value_enum, default_value_t = CodecArg::Zstd)]
     pub compress: CodecArg,
@@ -123,6 +127,11 @@ pub struct RestoreArgs {
     /// still arriving, the process is killed and crstream exits with an error.
     #[arg(long)]
     pub lazy: bool,
+    /// Restore a shell job (dumped with --shell-job): its terminal fds open this
+    /// crstream's terminal, and it runs in the terminal's foreground while crstream
+    /// waits for it
+    #[arg(long)]
+    pub shell_job: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }

@@ -37,6 +37,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     let opts = crstream_core::DumpOptions {
         pid: args.pid,
         leave_running: args.leave_running,
+        shell_job: args.shell_job,
     };
     // Outside the runtime: blocking() uses blocking sends.
     let dumped = match crstream_core::dump(&opts, &mut writer.blocking()) {
@@ -191,7 +192,8 @@ fn print_restored(args: &RestoreArgs, restored: &crstream_core::Restored) {
 }
 
 /// Waits for the restored process (our child) and returns its status.
-fn wait_restored(pid: i32) -> Result<u8> {
+fn wait_restored(restored: &crstream_core::Restored) -> Result<u8> {
+    let pid = restored.pid;
     let mut status = 0;
     loop {
         // SAFETY: waiting for our own child.
@@ -202,6 +204,15 @@ fn wait_restored(pid: i32) -> Result<u8> {
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
             return Err(e).context(format!("waiting for restored pid {pid}"));
+        }
+    }
+    if let Some((fd, group)) = restored.took_foreground {
+        // SAFETY: tcsetpgrp on our own terminal; SIGTTOU ignored around it
+        // (we are in the background until it succeeds).
+        unsafe {
+            let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            libc::tcsetpgrp(fd, group);
+            libc::signal(libc::SIGTTOU, old);
         }
     }
     if libc::WIFEXITED(status) {
@@ -268,7 +279,7 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
     let t0 = std::time::Instant::now();
     let (restored, session) = crstream_core::restore_lazy(
         &mut source,
-        &crstream_core::RestoreOptions::new(),
+        &restore_options(&args),
         &reader.index().pages,
         fetcher,
         &lopts,
@@ -293,7 +304,7 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
     if args.detach {
         return Ok(0);
     }
-    wait_restored(restored.pid)
+    wait_restored(&restored)
 }
 
 pub fn restore(args: RestoreArgs) -> Result<u8> {
@@ -316,37 +327,18 @@ pub fn restore(args: RestoreArgs) -> Result<u8> {
         reader.items(workers)
     };
     let mut source = BlockingItems::new(items, rt.handle().clone());
-    let restored = crstream_core::restore(&mut source, &crstream_core::RestoreOptions::new())
+    let restored = crstream_core::restore(&mut source, &restore_options(&args))
         .with_context(|| format!("restoring from {}", args.input))?;
+    print_restored(&args, &restored);
     if args.detach {
-        if args.json {
-            println!("{}", restored_json(&restored));
-        } else {
-            println!("{}", restored.pid);
-        }
         return Ok(0);
     }
-    if args.json {
-        println!("{}", restored_json(&restored));
-    }
     drop(rt);
-    let mut status = 0;
-    loop {
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(restored.pid, &mut status, 0) };
-        if r == restored.pid {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).context(format!("waiting for restored pid {}", restored.pid));
-        }
-    }
-    if libc::WIFEXITED(status) {
-        Ok(libc::WEXITSTATUS(status) as u8)
-    } else {
-        Ok((128 + libc::WTERMSIG(status)) as u8)
-    }
+    wait_restored(&restored)
+}
+
+fn restore_options(args: &RestoreArgs) -> crstream_core::RestoreOptions {
+    crstream_core::RestoreOptions::new().with_shell_job(args.shell_job)
 }
 
 pub fn check(args: CheckArgs) -> Result<u8> {

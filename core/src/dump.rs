@@ -9,7 +9,7 @@ use crate::syscall::{Remote, RemoteMem, find_syscall_insn};
 use crate::threads::{self, Resume};
 use crate::{DumpOptions, DumpStats};
 use crstream_proto::{
-    Inventory, ProcessCore, ProcessEntry, ProcessState, ProcessTree, Rlimit, StreamKind,
+    FileKind, Inventory, ProcessCore, ProcessEntry, ProcessState, ProcessTree, Rlimit, StreamKind,
     record::Body,
 };
 use crstream_streamer::{ImageSink, PAGE_SIZE};
@@ -405,6 +405,7 @@ fn dump_frozen(
     refuse_shared_tables(tree)?;
     let mut procs = Vec::new();
     let mut files_ctx = crate::fdkinds::DumpCtx::default();
+    files_ctx.shell_job = opts.shell_job;
     let mut unlinked = crate::unlinked::Collector::default();
     let mut sysv = crate::sysv::Collector::default();
     for frozen in tree.procs.iter_mut() {
@@ -414,6 +415,7 @@ fn dump_frozen(
     files_ctx.check_unix_peers()?;
     mark_shared_files(&mut procs);
     share_memory(&mut procs)?;
+    refuse_session_terminal(tree, &procs)?;
     let root = &procs[0];
     sink.record(
         0,
@@ -432,6 +434,7 @@ fn dump_frozen(
             xsave_size: root.threads[0].xstate.len() as u32,
             root_pid: root.pid as u32,
             leave_running: opts.leave_running,
+            shell_job: opts.shell_job,
         }),
     )?;
     sink.record(
@@ -503,6 +506,31 @@ fn dump_frozen(
         tracing::info!(pid = p.pid, pages = n, threads = p.threads.len(), "dumped");
     }
     Ok((pages, threads))
+}
+
+/// A shell job's terminal is replaced by the restorer's, which works for
+/// a job of a shell (the session and its leader stay behind). A tree that
+/// leads its own session with a terminal would need that terminal itself.
+fn refuse_session_terminal(tree: &FrozenTree, procs: &[ProcessDump]) -> Result<(), DumpError> {
+    let root = &tree.entries[0];
+    if root.sid != root.pid {
+        return Ok(());
+    }
+    for p in procs {
+        if let Some(f) = p.files.files.iter().find(|f| f.kind() == FileKind::Tty) {
+            return Err(DumpError::UnsupportedFile {
+                pid: p.pid,
+                fd: f.fd as i32,
+                what: format!(
+                    "{} (a terminal, and the dumped tree leads its own session {}: \
+                     --shell-job hands a job the restorer's terminal, it cannot give a \
+                     session back its own)",
+                    f.path, root.sid
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Processes of the tree that share their memory (CLONE_VM without

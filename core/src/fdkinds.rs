@@ -390,6 +390,8 @@ fn inet_listener_diag(family: i32, inode: u64) -> io::Result<(u32, u32)> {
 /// Per-dump state shared across every fd of every process of the tree.
 #[derive(Default)]
 pub(crate) struct DumpCtx {
+    /// Dumping a shell job: terminal fds are saved, not refused.
+    pub(crate) shell_job: bool,
     /// Pipe inodes whose queued bytes are already saved (on an earlier fd).
     pipes_saved: HashSet<u64>,
     /// Connected unix sockets seen: inode -> (pid, fd, peer inode), to

@@ -15,6 +15,15 @@ const KCMP_FILE: i32 = 0;
 /// (major, minor) of the character devices we reopen by path.
 const SAFE_CHAR_DEVICES: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 8), (1, 9)];
 
+/// A terminal a job of an interactive shell may hold: a pseudo-terminal
+/// slave (majors 136-143), a virtual console or serial line (major 4), or
+/// /dev/tty and /dev/console (5:0, 5:1). Pseudo-terminal masters (5:2) are
+/// not among them: those belong to the terminal emulator, not the job.
+fn is_terminal(rdev: u64) -> bool {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (136..=143).contains(&major) || major == 4 || (major == 5 && minor <= 1)
+}
+
 pub fn dump(
     ctx: &mut DumpCtx,
     unlinked: &mut crate::unlinked::Collector,
@@ -86,6 +95,19 @@ pub fn dump(
             }
         } else if ft.is_dir() {
             f.kind = FileKind::Directory as i32;
+        } else if ft.is_char_device() && is_terminal(md.rdev()) {
+            if !ctx.shell_job {
+                return Err(DumpError::UnsupportedFile {
+                    pid,
+                    fd,
+                    what: format!(
+                        "{link} (a terminal: if the tree is a job started from a shell, \
+                         dump and restore it with --shell-job)"
+                    ),
+                });
+            }
+            f.kind = FileKind::Tty as i32;
+            f.rdev = md.rdev();
         } else if ft.is_char_device()
             && SAFE_CHAR_DEVICES.contains(&(libc::major(md.rdev()), libc::minor(md.rdev())))
         {
@@ -232,11 +254,18 @@ pub fn place_fd(stub: &Stub, tmp_fd: i64, f: &OpenFile) -> Result<(), TaskError>
     Ok(())
 }
 
+/// What restore reopens files from besides their paths.
+pub struct Reopen<'a> {
+    pub unlinked: &'a crate::unlinked::Recreator,
+    /// The restorer's terminal, for a shell job's terminal fds.
+    pub terminal: Option<&'a str>,
+}
+
 /// Opens every saved fd at its number in the stub.
 pub fn restore(
     stub: &Stub,
     table: &FileTable,
-    unlinked: &crate::unlinked::Recreator,
+    from: &Reopen<'_>,
     reg: &mut Registry,
 ) -> Result<(), RestoreError> {
     let pid = stub.pid;
@@ -260,7 +289,7 @@ pub fn restore(
         }
         if !matches!(
             f.kind(),
-            FileKind::Regular | FileKind::Directory | FileKind::CharDevice
+            FileKind::Regular | FileKind::Directory | FileKind::CharDevice | FileKind::Tty
         ) {
             // Created in crstream (shared with the other fds of the tree
             // that name the same pipe or socket pair), then taken over.
@@ -272,17 +301,32 @@ pub fn restore(
             continue;
         }
         let mut path = f.path.clone();
+        let mut flags = f.open_flags as i32;
+        if f.kind() == FileKind::Tty {
+            path = from
+                .terminal
+                .ok_or_else(|| {
+                    ferr(
+                        "a shell job's terminal: restore it with --shell-job from a terminal"
+                            .into(),
+                    )
+                })?
+                .to_string();
+            // The job's controlling terminal comes with the restorer's
+            // session; opening it must not make it anyone's.
+            flags |= libc::O_NOCTTY;
+        }
         if f.kind() == FileKind::Regular {
             if f.deleted {
-                path = unlinked.proc_path(f.unlinked_file)?;
+                path = from.unlinked.proc_path(f.unlinked_file)?;
             } else {
                 check_regular(pid, f, false)?;
             }
         }
         // O_NOFOLLOW only mattered for the path it was opened by; the
         // /proc link an unlinked file is reopened through is a symlink.
-        let flags = (f.open_flags as i32)
-            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        flags &=
+            !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
         let tmp_fd = stub
             .open(&path, flags | libc::O_CLOEXEC, 0)
             .map_err(|e| ferr(format!("open: {e}")))?;

@@ -42,6 +42,9 @@ pub struct DumpOptions {
     pub pid: i32,
     /// The process will run on after the dump (recorded in the image).
     pub leave_running: bool,
+    /// The tree is a job of an interactive shell: save its terminal fds
+    /// (restore hands it the restorer's terminal) instead of refusing them.
+    pub shell_job: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -70,11 +73,20 @@ pub fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumped, Dump
 
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct RestoreOptions {}
+pub struct RestoreOptions {
+    /// Restore a shell job (dumped with `shell_job`): its terminal fds
+    /// open the terminal on the restorer's stdin.
+    pub shell_job: bool,
+}
 
 impl RestoreOptions {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_shell_job(mut self, on: bool) -> Self {
+        self.shell_job = on;
+        self
     }
 }
 
@@ -88,6 +100,10 @@ pub struct Restored {
     pub tids: Vec<i32>,
     /// Every process of the tree (zombies included), root first.
     pub processes: Vec<i32>,
+    /// A shell job was given the foreground of the terminal on this fd of
+    /// ours, which had this process group in the foreground before: give
+    /// it back (tcsetpgrp) once the job is done.
+    pub took_foreground: Option<(i32, i32)>,
 }
 
 /// Restores the process of an image with its PID and TIDs. On failure

@@ -116,6 +116,74 @@ fn adopt_legacy_deleted(img: &mut Image) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// For a shell job, the terminal its terminal fds will open: the one on
+/// crstream's stdin (or stdout, stderr), as (our fd, its path). None for
+/// other images.
+fn shell_job_terminal(
+    img: &Image,
+    opts: &RestoreOptions,
+) -> Result<Option<(i32, String)>, RestoreError> {
+    let has_tty = img
+        .files
+        .values()
+        .flat_map(|t| &t.files)
+        .any(|f| f.kind() == crstream_proto::FileKind::Tty);
+    let dumped_as_job = img.inventory.as_ref().is_some_and(|i| i.shell_job);
+    if !has_tty && !dumped_as_job {
+        return Ok(None);
+    }
+    if !opts.shell_job {
+        return Err(RestoreError::Incompatible(
+            "the image is a shell job (dumped with --shell-job): restore it with --shell-job, \
+             from a terminal"
+                .into(),
+        ));
+    }
+    for fd in 0..3 {
+        // SAFETY: isatty on a standard fd.
+        if unsafe { libc::isatty(fd) } == 1
+            && let Ok(path) = crate::proc::read_link(format!("/proc/self/fd/{fd}"))
+        {
+            return Ok(Some((fd, path)));
+        }
+    }
+    if has_tty {
+        return Err(RestoreError::Incompatible(
+            "--shell-job: none of crstream's stdin, stdout and stderr is a terminal to give \
+             the job"
+                .into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// Puts the process group of `pid` in the foreground of the terminal on
+/// our `fd`, as the job was in its shell's. Returns (fd, the group that had
+/// it) when it changed.
+fn take_foreground(fd: i32, pid: i32) -> Option<(i32, i32)> {
+    // SAFETY: terminal ioctls on our own fd; SIGTTOU is ignored around
+    // tcsetpgrp so that a background crstream is not stopped by it.
+    unsafe {
+        let before = libc::tcgetpgrp(fd);
+        let job = libc::getpgid(pid);
+        if before < 0 || job < 0 || before == job {
+            return None;
+        }
+        let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        let r = libc::tcsetpgrp(fd, job);
+        libc::signal(libc::SIGTTOU, old);
+        if r != 0 {
+            tracing::warn!(
+                pid,
+                "could not give the job the terminal's foreground: {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        Some((fd, before))
+    }
+}
+
 /// One live process of the image, checked and ready to rebuild.
 struct Plan<'a> {
     core: &'a ProcessCore,
@@ -332,7 +400,7 @@ fn fill_touched(
 
 fn restore_inner(
     source: &mut dyn ImageSource,
-    _opts: &RestoreOptions,
+    opts: &RestoreOptions,
     lazy_input: Option<&LazyInput<'_>>,
 ) -> Result<(Restored, Option<lazy::LazySession>), RestoreError> {
     let t0 = Instant::now();
@@ -344,6 +412,7 @@ fn restore_inner(
             inv.arch, inv.page_size
         )));
     }
+    let terminal = shell_job_terminal(&img, opts)?;
     let tree = img.tree.as_ref().ok_or_else(|| missing("ProcessTree"))?;
     let entries = &tree.processes;
     let root = entries
@@ -413,7 +482,7 @@ fn restore_inner(
     stubs.push(stub::prepare(&guard, areas_of(0), &all_areas)?);
     guards.push(guard);
     // First: everything after may depend on the session (e.g. a tty).
-    crate::session::restore(&stubs[0], root)?;
+    crate::session::restore(&stubs[0], root, opts.shell_job)?;
     for (i, e) in entries.iter().enumerate().skip(1) {
         let pid = e.pid as i32;
         let exit_signal = plans[i]
@@ -515,9 +584,13 @@ fn restore_inner(
 
     // Process-wide state, owners of shared files first (tree order).
     let mut created = crate::fdkinds::Registry::default();
+    let reopen = crate::files::Reopen {
+        unlinked: &img.unlinked,
+        terminal: terminal.as_ref().map(|t| t.1.as_str()),
+    };
     for (i, p) in plans.iter().enumerate() {
         if let Some(p) = p {
-            crate::files::restore(&stubs[i], p.files, &img.unlinked, &mut created)?;
+            crate::files::restore(&stubs[i], p.files, &reopen, &mut created)?;
             restore_process_state(&stubs[i], p)?;
         }
     }
@@ -608,6 +681,8 @@ fn restore_inner(
     // Last fallible step before the processes run: until here a failure
     // removes the segments this restore created.
     sysv.commit()?;
+    // A job that reads its terminal in the background would stop at once.
+    let took_foreground = terminal.and_then(|(fd, _)| take_foreground(fd, root.pid as i32));
     for (i, p) in plans.iter().enumerate().rev() {
         let Some(p) = p else { continue };
         for t in p.threads.iter().rev() {
@@ -636,6 +711,7 @@ fn restore_inner(
             pid: root.pid as i32,
             tids,
             processes,
+            took_foreground,
         },
         session,
     ))

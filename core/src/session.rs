@@ -54,7 +54,8 @@ fn ours() -> (i32, i32) {
 
 /// Puts the stub in its saved session/group. Call it early, before anything
 /// that depends on the session (a controlling terminal, job control).
-pub fn restore(stub: &Stub, entry: &ProcessEntry) -> Result<(), RestoreError> {
+/// `shell_job`: moving to the restorer's session is expected, not warned.
+pub fn restore(stub: &Stub, entry: &ProcessEntry, shell_job: bool) -> Result<(), RestoreError> {
     let pid = stub.pid;
     let (pgid, sid) = (entry.pgid as i32, entry.sid as i32);
     let ours = ours();
@@ -78,7 +79,7 @@ pub fn restore(stub: &Stub, entry: &ProcessEntry) -> Result<(), RestoreError> {
                         "it was a process-group leader, cannot make it one again ({e})"
                     ))
                 })?;
-            if sid != ours.1 {
+            if sid != ours.1 && !shell_job {
                 tracing::warn!(
                     pid,
                     "it led process group {pgid} in session {sid}; restored as the leader of \
