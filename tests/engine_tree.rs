@@ -389,3 +389,101 @@ fn python_http_server_keeps_answering_on_its_port_after_restore() {
         }
     });
 }
+
+/// Waits until the counter of the report at `path` passes `n`, and checks
+/// its status is OK.
+fn ok_after(path: &str, n: u64) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let r = std::fs::read_to_string(path).unwrap_or_default();
+        if field(&r, 0, 1) > n {
+            assert_eq!(status(&r), "OK", "{path}: {r}");
+            return r;
+        }
+        assert!(t.elapsed() < T, "{path} stuck: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sid_pgid(pid: i32) -> (i32, i32) {
+    // SAFETY: plain queries about another process.
+    unsafe { (libc::getsid(pid), libc::getpgid(pid)) }
+}
+
+/// wl_orphans: B lives in session A and group A, D in group C, and A and
+/// C have exited. Restored (from S3, twice), both are back in those
+/// sessions and groups under their subreaper R, led by helpers that are
+/// gone again once the tree runs.
+#[test]
+fn gone_session_and_group_leaders_are_stood_in_for_by_helpers() {
+    let dir = TestDir::new("tree-orphans");
+    let report = dir.path("report");
+    let mut w = Workload::spawn("wl_orphans", report.clone(), &[]);
+    let b_report = format!("{}.b", report.display());
+    let d_report = format!("{}.d", report.display());
+    let (b_at, d_at) = (ok_after(&b_report, 3), ok_after(&d_report, 3));
+    let (b, d) = (field(&b_at, 0, 0) as i32, field(&d_at, 0, 0) as i32);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let (a, c) = (field(&r, 0, 2) as i32, field(&r, 0, 3) as i32);
+    assert_eq!(sid_pgid(b), (a, a), "B before the dump");
+    assert_eq!(sid_pgid(d).1, c, "D before the dump");
+    assert!(!proc_exists(a) && !proc_exists(c), "A and C exited");
+    let env = s3::s3_env();
+    let env = env_refs(&env);
+    let url = format!("s3://{}/orphans.img", s3::s3_bucket("orphans"));
+    let mut pids = dump_tree(&mut w, &url, &env);
+    pids.sort_unstable();
+    let mut want = vec![w.pid, b, d];
+    want.sort_unstable();
+    assert_eq!(pids, want);
+    let (b_n, d_n) = (
+        field(&std::fs::read_to_string(&b_report).unwrap(), 0, 1),
+        field(&std::fs::read_to_string(&d_report).unwrap(), 0, 1),
+    );
+    let root = w.pid;
+    restore_twice(&url, &env, &mut w, |_| {
+        let b_now = ok_after(&b_report, b_n + 3);
+        ok_after(&d_report, d_n + 3);
+        assert!(field(&b_now, 0, 1) < b_n + 200, "B restarted: {b_now}");
+        assert_eq!(sid_pgid(b), (a, a), "B's session and group");
+        assert_eq!(sid_pgid(d), (sid_pgid(root).0, c), "D's session and group");
+        assert_eq!((ppid(b), ppid(d)), (root, root), "parents");
+        assert!(
+            !proc_exists(a) && !proc_exists(c),
+            "a helper was left behind"
+        );
+    });
+}
+
+/// A daemon (B of wl_orphans) dumped on its own: its session leader is
+/// gone, so restore recreates the session around it with a helper, and it
+/// continues in session A and group A instead of the restorer's.
+#[test]
+fn daemon_is_restored_in_its_own_session_though_its_leader_is_gone() {
+    let dir = TestDir::new("tree-daemon");
+    let report = dir.path("report");
+    let _w = Workload::spawn("wl_orphans", report.clone(), &[]);
+    let b_report = format!("{}.b", report.display());
+    let b = field(&ok_after(&b_report, 3), 0, 0) as i32;
+    let (a, _) = sid_pgid(b);
+    assert!(!proc_exists(a), "A exited");
+    let img = dir.path("img");
+    let o = run(
+        &["dump", "-t", &b.to_string(), "-o", img.to_str().unwrap()],
+        &[],
+    );
+    assert!(o.status.success(), "dump failed: {}", text(&o));
+    assert!(wait_gone(b, T), "B survived its dump");
+    let b_n = field(&std::fs::read_to_string(&b_report).unwrap(), 0, 1);
+    for _ in 0..2 {
+        let o = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
+        assert!(o.status.success(), "restore failed: {}", text(&o));
+        let mut g = TreeGuard(vec![b]);
+        let now = ok_after(&b_report, b_n + 3);
+        assert!(field(&now, 0, 1) < b_n + 200, "B restarted: {now}");
+        assert_eq!(sid_pgid(b), (a, a), "B's session and group");
+        assert!(!proc_exists(a), "the helper was left behind");
+        assert_running_untraced(b);
+        g.kill();
+    }
+}

@@ -478,17 +478,60 @@ fn restore_inner(
     // The processes, each forked from its parent's stub, in their sessions.
     let mut guards: Vec<stub::StubGuard> = Vec::new();
     let mut stubs: Vec<stub::Stub> = Vec::new();
-    let guard = stub::spawn(root.pid as i32)?;
-    stubs.push(stub::prepare(&guard, areas_of(0), &all_areas)?);
-    guards.push(guard);
-    // First: everything after may depend on the session (e.g. a tty).
-    crate::session::restore(&stubs[0], root, opts.shell_job)?;
+    let mut helpers = crate::session::Helpers::default();
+    let in_tree = |pid: u32| index.contains_key(&pid);
+    // SAFETY: getsid(0) has no preconditions.
+    let our_sid = unsafe { libc::getsid(0) } as u32;
+    // A shell job joins the restorer's session, whatever it was in.
+    if !opts.shell_job && crate::session::needs_session_helper(root, our_sid, in_tree(root.sid)) {
+        // Created inside a helper's session, as crstream's child.
+        let h = helpers.new_session(None, root.sid as i32, &all_areas)?;
+        let (g, s) = stub::fork(&h.stub, root.pid as i32, 0, areas_of(0), true)?;
+        guards.push(g);
+        if root.pgid == root.pid {
+            s.call("setpgid", libc::SYS_setpgid, &[0, 0])
+                .map_err(|err| RestoreError::Session {
+                    pid: root.pid as i32,
+                    reason: format!("it led its process group, cannot again: {err}"),
+                })?;
+        }
+        stubs.push(s);
+    } else {
+        let guard = stub::spawn(root.pid as i32)?;
+        stubs.push(stub::prepare(&guard, areas_of(0), &all_areas)?);
+        guards.push(guard);
+        // First: everything after may depend on the session (e.g. a tty).
+        crate::session::restore(&stubs[0], root, opts.shell_job)?;
+    }
     for (i, e) in entries.iter().enumerate().skip(1) {
         let pid = e.pid as i32;
         let exit_signal = plans[i]
             .as_ref()
             .map_or(libc::SIGCHLD as u32, |p| p.core.exit_signal);
-        let (g, s) = stub::fork(&stubs[parent_of[i]], pid, exit_signal, areas_of(i))?;
+        let parent = parent_of[i];
+        let parent_sid = entries[parent].sid;
+        let (g, s) = if crate::session::needs_session_helper(e, parent_sid, in_tree(e.sid)) {
+            let h = match helpers.get(e.sid) {
+                Some(h) if crate::session::Helpers::parent_of(h) == Some(parent) => h,
+                Some(_) => {
+                    return Err(RestoreError::Session {
+                        pid,
+                        reason: format!(
+                            "its session {} (whose leader is gone) holds processes of \
+                             different parents: not supported",
+                            e.sid
+                        ),
+                    });
+                }
+                None => helpers.new_session(Some((parent, &stubs[parent])), e.sid as i32, &[])?,
+            };
+            if exit_signal != libc::SIGCHLD as u32 {
+                tracing::warn!(pid, exit_signal, "restored with SIGCHLD as its exit signal");
+            }
+            stub::fork(&h.stub, pid, 0, areas_of(i), true)?
+        } else {
+            stub::fork(&stubs[parent], pid, exit_signal, areas_of(i), false)?
+        };
         guards.push(g);
         if e.sid == e.pid {
             s.call("setsid", libc::SYS_setsid, &[])
@@ -496,19 +539,21 @@ fn restore_inner(
                     pid,
                     reason: format!("it led its session, cannot make it one again: {err}"),
                 })?;
-        } else if e.sid != entries[parent_of[i]].sid {
+        } else if e.sid != parent_sid && helpers.get(e.sid).is_none() {
             return Err(RestoreError::Session {
                 pid,
                 reason: format!(
                     "it is in session {} but its parent {} is in session {}, and it does not \
-                     lead it: not supported",
-                    e.sid, e.ppid, entries[parent_of[i]].sid
+                     lead it; the session's leader is not in the tree and PID {} is taken, so \
+                     no helper can lead the session again",
+                    e.sid, e.ppid, parent_sid, e.sid
                 ),
             });
         }
         stubs.push(s);
     }
-    crate::session::restore_groups(&stubs, entries)?;
+    crate::session::restore_groups(&stubs, entries, &mut helpers)?;
+    helpers.end(&stubs)?;
 
     // Memory: shared anonymous memory is created by the first process that
     // maps it and mapped from there by the others.

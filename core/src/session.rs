@@ -9,8 +9,114 @@
 
 use crate::error::RestoreError;
 use crate::proc::Stat;
-use crate::stub::Stub;
+use crate::stub::{self, Stub, StubGuard};
 use crstream_proto::ProcessEntry;
+
+/// A stand-in for a session or process-group leader that had exited by
+/// the dump (a daemon's session after the classic double fork, a pipeline
+/// whose first process is gone): a process with the leader's PID that
+/// makes itself the leader, so that the processes of the tree can be
+/// created in (session) or join (group) its session or group. It exits
+/// before the tree runs; the session or group lives on with its members.
+pub struct Helper {
+    pub pid: i32,
+    guard: StubGuard,
+    pub stub: Stub,
+    /// The stub (index in the tree) whose child it is and which reaps it;
+    /// None: crstream's own child.
+    reaper: Option<usize>,
+}
+
+#[derive(Default)]
+pub struct Helpers(Vec<Helper>);
+
+impl Helpers {
+    pub fn get(&self, pid: u32) -> Option<&Helper> {
+        self.0.iter().find(|h| h.pid == pid as i32)
+    }
+
+    /// Whose child the helper is (index in the tree; None: crstream's).
+    pub fn parent_of(h: &Helper) -> Option<usize> {
+        h.reaper
+    }
+
+    /// A helper leading a new session `sid`, forked from `parent` (index
+    /// and stub), or created by crstream when `parent` is None.
+    pub fn new_session(
+        &mut self,
+        parent: Option<(usize, &Stub)>,
+        sid: i32,
+        others: &[(u64, u64)],
+    ) -> Result<&Helper, RestoreError> {
+        let (guard, stub) = match parent {
+            Some((_, p)) => stub::fork(p, sid, libc::SIGCHLD as u32, &[], false)?,
+            None => {
+                let g = stub::spawn(sid)?;
+                let s = stub::prepare(&g, &[], others)?;
+                (g, s)
+            }
+        };
+        stub.call("setsid", libc::SYS_setsid, &[])
+            .map_err(|e| RestoreError::Session {
+                pid: sid,
+                reason: format!("a helper standing in for the gone session leader: setsid: {e}"),
+            })?;
+        tracing::debug!(sid, "helper process leads the session again");
+        self.0.push(Helper {
+            pid: sid,
+            guard,
+            stub,
+            reaper: parent.map(|p| p.0),
+        });
+        Ok(self.0.last().expect("just pushed"))
+    }
+
+    /// A helper leading process group `pgid` again, forked from `member`
+    /// (index and stub), a process of the tree in that group's session.
+    pub fn new_group(&mut self, member: (usize, &Stub), pgid: i32) -> Result<(), RestoreError> {
+        let (guard, stub) = stub::fork(member.1, pgid, libc::SIGCHLD as u32, &[], false)?;
+        stub.call("setpgid", libc::SYS_setpgid, &[0, 0])
+            .map_err(|e| RestoreError::Session {
+                pid: pgid,
+                reason: format!("a helper standing in for the gone group leader: setpgid: {e}"),
+            })?;
+        tracing::debug!(pgid, "helper process leads the group again");
+        self.0.push(Helper {
+            pid: pgid,
+            guard,
+            stub,
+            reaper: Some(member.0),
+        });
+        Ok(())
+    }
+
+    /// Ends every helper once the tree is in its sessions and groups; each
+    /// is reaped by its parent, which is left no SIGCHLD of it.
+    pub fn end(self, stubs: &[Stub]) -> Result<(), RestoreError> {
+        for mut h in self.0.into_iter().rev() {
+            stub::exit_as_zombie(&h.stub, 0, "crstream-helper")?;
+            h.guard.armed = false;
+            if let Some(i) = h.reaper {
+                let r = &stubs[i];
+                r.call(
+                    "wait4",
+                    libc::SYS_wait4,
+                    &[h.pid as u64, 0, libc::__WALL as u64, 0],
+                )?;
+                crate::signals::discard_child_signal(r)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether restore needs a helper for the session of `e`, whose parent
+/// (or, for the root, the restorer) is in session `parent_sid`: it is in
+/// another session it does not lead, whose leader is neither in the tree
+/// nor alive (its PID is free).
+pub fn needs_session_helper(e: &ProcessEntry, parent_sid: u32, in_tree: bool) -> bool {
+    e.sid != e.pid && e.sid != parent_sid && !in_tree && !crate::proc::pid_exists(e.sid as i32)
+}
 
 /// (pgid, sid) of a process from its /proc/PID/stat.
 pub fn dump(stat: &Stat) -> (u32, u32) {
@@ -91,6 +197,11 @@ pub fn restore(stub: &Stub, entry: &ProcessEntry, shell_job: bool) -> Result<(),
         Plan::Stay => {}
         Plan::Join(g) => {
             if let Err(e) = stub.call("setpgid", libc::SYS_setpgid, &[0, g as u64]) {
+                if !crate::proc::pid_exists(g) {
+                    // `restore_groups` has a helper lead it again.
+                    tracing::debug!(pid, "process group {g} is gone ({e})");
+                    return Ok(());
+                }
                 tracing::warn!(
                     pid,
                     "process group {g} (session {sid}) is gone or not joinable ({e}); \
@@ -117,10 +228,36 @@ pub fn restore(stub: &Stub, entry: &ProcessEntry, shell_job: bool) -> Result<(),
 /// was forked from its parent's, so it is already in the right session.
 /// A group is joinable when its leader is in the tree, or when it is the
 /// root's group (which the root took over from the restorer, or kept).
-pub fn restore_groups(stubs: &[Stub], entries: &[ProcessEntry]) -> Result<(), RestoreError> {
+///
+/// A group whose leader is gone (its PID free) gets a helper leader, forked
+/// from its first member, while the others join; the root too, once it is
+/// in its saved session.
+pub fn restore_groups(
+    stubs: &[Stub],
+    entries: &[ProcessEntry],
+    helpers: &mut Helpers,
+) -> Result<(), RestoreError> {
     let (Some(root), Some(root_stub)) = (entries.first(), stubs.first()) else {
         return Ok(());
     };
+    let in_tree = |g: u32| entries.iter().any(|x| x.pid == g);
+    let gone = |g: u32| !in_tree(g) && !crate::proc::pid_exists(g as i32);
+    // SAFETY: getpgid/getsid have no preconditions.
+    let (root_group, root_sid) =
+        unsafe { (libc::getpgid(root_stub.pid), libc::getsid(root_stub.pid)) };
+    if root.pgid != root.pid
+        && root_group != root.pgid as i32
+        && root_sid == root.sid as i32
+        && gone(root.pgid)
+    {
+        helpers.new_group((0, root_stub), root.pgid as i32)?;
+        root_stub
+            .call("setpgid", libc::SYS_setpgid, &[0, root.pgid as u64])
+            .map_err(|err| RestoreError::Session {
+                pid: root.pid as i32,
+                reason: format!("joining process group {}: {err}", root.pgid),
+            })?;
+    }
     // SAFETY: getpgid has no preconditions.
     let root_group = unsafe { libc::getpgid(root_stub.pid) };
     for leaders in [true, false] {
@@ -131,16 +268,24 @@ pub fn restore_groups(stubs: &[Stub], entries: &[ProcessEntry]) -> Result<(), Re
             }
             let target = if leaders {
                 0
-            } else if entries.iter().any(|x| x.pid == e.pgid) {
+            } else if in_tree(e.pgid) || helpers.get(e.pgid).is_some() {
                 e.pgid as i32
             } else if e.pgid == root.pgid {
                 root_group
+            } else if gone(e.pgid) {
+                let i = entries
+                    .iter()
+                    .position(|x| x.pid == e.pid)
+                    .expect("in entries");
+                helpers.new_group((i, stub), e.pgid as i32)?;
+                e.pgid as i32
             } else {
                 return Err(RestoreError::Session {
                     pid,
                     reason: format!(
-                        "its process group {} has no leader in the tree: not supported",
-                        e.pgid
+                        "its process group {} has no leader in the tree, and PID {} is taken \
+                         by another process: no helper can lead the group again",
+                        e.pgid, e.pgid
                     ),
                 });
             };

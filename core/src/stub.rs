@@ -248,15 +248,26 @@ fn special(maps: &[MapEntry], name: &str) -> Option<(u64, u64)> {
 /// emptied parent (trampoline and vDSO, no fds), traced like it
 /// (PTRACE_O_TRACEFORK). Its special mappings are then moved to the
 /// child's own saved addresses.
+///
+/// `clone_parent`: the child becomes a sibling of `parent` (CLONE_PARENT),
+/// to be created inside the session or group of a helper standing in for a
+/// leader that is gone; it then inherits the helper's exit signal.
 pub fn fork(
     parent: &Stub,
     pid: i32,
     exit_signal: u32,
     image: &[VmArea],
+    clone_parent: bool,
 ) -> Result<(StubGuard, Stub), RestoreError> {
     let set_tid = parent.put(SCRATCH_DATA + 256, &pid.to_le_bytes())?;
     let args = CloneArgs {
-        exit_signal: exit_signal as u64,
+        flags: if clone_parent {
+            libc::CLONE_PARENT as u64
+        } else {
+            0
+        },
+        // clone3 refuses an exit signal with CLONE_PARENT.
+        exit_signal: if clone_parent { 0 } else { exit_signal as u64 },
         set_tid,
         set_tid_size: 1,
         ..Default::default()
@@ -449,7 +460,10 @@ pub fn prepare(
         at = e;
     }
 
-    place_specials(&stub, image, &busy)?;
+    // A helper (no image) keeps crstream's: its children move their own.
+    if !image.is_empty() {
+        place_specials(&stub, image, &busy)?;
+    }
     Ok(stub)
 }
 
