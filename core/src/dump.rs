@@ -682,7 +682,9 @@ fn collect(
     )? as u64;
     let injected = (|| -> Result<_, DumpError> {
         let signals = crate::signals::dump(pid, &leader, &mem, scratch)?;
-        let itimers = crate::timers::dump(pid, &leader, &mem, scratch)?;
+        let itimers = crate::timers::dump(&leader, &mem, scratch)?;
+        let tids: Vec<i32> = frozen.threads.iter().map(|t| t.tid).collect();
+        let posix_timers = crate::timers::dump_posix(pid, &tids, &leader, &mem, scratch)?;
         let mm = crate::mm::dump(pid, &stat, &leader)?;
         let pdeath = prctl_int(
             &leader,
@@ -715,14 +717,22 @@ fn collect(
                 pid, t.tid, &t.regs, t.mask, &remote, &mem, scratch,
             )?);
         }
-        Ok((signals, itimers, mm, pdeath, subreaper, securebits, cores))
+        Ok((
+            signals,
+            (itimers, posix_timers),
+            mm,
+            pdeath,
+            subreaper,
+            securebits,
+            cores,
+        ))
     })();
     let unmapped = leader.call(
         "munmap(scratch)",
         libc::SYS_munmap,
         &[scratch, PAGE_SIZE as u64],
     );
-    let (signals, itimers, mm, pdeath, subreaper, securebits, cores) = injected?;
+    let (signals, (itimers, posix_timers), mm, pdeath, subreaper, securebits, cores) = injected?;
     unmapped?;
 
     let mut rlimits = Vec::new();
@@ -762,6 +772,7 @@ fn collect(
         pdeath_signal: pdeath,
         cmdline: proc::read_bytes(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
         child_subreaper: subreaper as u64,
+        posix_timers,
     };
 
     Ok(ProcessDump {

@@ -1,6 +1,6 @@
 //! Non-regular open files: anonymous pipes, FIFOs, sockets (unix; TCP/UDP
 //! that are bound or listening but not connected), eventfd, timerfd,
-//! signalfd and epoll.
+//! signalfd, epoll and inotify.
 //!
 //! Dump inspects the target's fd from crstream's own process through a
 //! duplicate obtained with pidfd_getfd (same open file description), so
@@ -15,8 +15,8 @@
 
 use crate::error::{DumpError, RestoreError};
 use crstream_proto::{
-    EpollFile, EpollTarget, EventFdFile, FileKind, OpenFile, PipeFile, SignalFdFile, SockOpt,
-    SocketFile, TimerFdFile,
+    EpollFile, EpollTarget, EventFdFile, FileKind, InotifyFile, InotifyWatch, OpenFile, PipeFile,
+    SignalFdFile, SockOpt, SocketFile, TimerFdFile,
 };
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -461,6 +461,7 @@ pub(crate) fn dump(
         "anon_inode:[timerfd]" => dump_timerfd(pid, fd, &info()?, f)?,
         "anon_inode:[signalfd]" => dump_signalfd(pid, fd, &info()?, f)?,
         "anon_inode:[eventpoll]" => dump_epoll(pid, fd, &info()?, f)?,
+        "anon_inode:inotify" => dump_inotify(pid, fd, &info()?, f)?,
         _ if link.starts_with('/') => {
             let proc_path = format!("/proc/{pid}/fd/{fd}");
             let md = std::fs::metadata(&proc_path).map_err(|err| DumpError::File {
@@ -1063,6 +1064,189 @@ fn dump_timerfd(pid: i32, fd: i32, info: &str, f: &mut OpenFile) -> Result<(), D
     Ok(())
 }
 
+/// inotify_add_watch flags restore reapplies: the event bits (IN_ALL_EVENTS)
+/// and the two flags the kernel keeps with a watch.
+const IN_WATCH_MASK: u32 = 0x0000_0fff | 0x0400_0000 /* IN_EXCL_UNLINK */ | 0x8000_0000 /* IN_ONESHOT */;
+const IN_DONT_FOLLOW: u32 = 0x0200_0000;
+const IN_MASK_CREATE: u32 = 0x1000_0000;
+
+/// One "inotify wd:.. ino:.. sdev:.. mask:.. ignored_mask:.. fhandle-bytes:..
+/// fhandle-type:.. f_handle:.." line of an fdinfo (numbers in hex; sdev is
+/// the kernel's dev_t, major << 20 | minor).
+#[derive(Debug, Default, PartialEq)]
+struct InotifyLine {
+    wd: i32,
+    ino: u64,
+    sdev: u32,
+    mask: u32,
+    handle_type: i32,
+    handle: Vec<u8>,
+}
+
+fn parse_inotify_line(line: &str) -> Option<InotifyLine> {
+    let rest = line.strip_prefix("inotify ")?;
+    let mut w = InotifyLine::default();
+    let mut wd = None;
+    for tok in rest.split_whitespace() {
+        let (k, v) = tok.split_once(':')?;
+        let hex = || u64::from_str_radix(v, 16).ok();
+        match k {
+            "wd" => wd = Some(hex()? as i32),
+            "ino" => w.ino = hex()?,
+            "sdev" => w.sdev = hex()? as u32,
+            "mask" => w.mask = hex()? as u32,
+            "fhandle-type" => w.handle_type = hex()? as i32,
+            "f_handle" => {
+                w.handle = (0..v.len() / 2)
+                    .map(|i| u8::from_str_radix(&v[i * 2..i * 2 + 2], 16).ok())
+                    .collect::<Option<Vec<u8>>>()?;
+            }
+            _ => {}
+        }
+    }
+    w.wd = wd?;
+    Some(w)
+}
+
+/// Undoes the octal escapes (\040 ...) of a /proc/PID/mountinfo field.
+fn unescape_mount_field(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(c) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(c);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The path of the inode an inotify watch names, found with
+/// open_by_handle_at (CAP_DAC_READ_SEARCH) through a mount of its device in
+/// the target's mount table, and checked by stat. Err: why not.
+fn inotify_watch_path(pid: i32, w: &InotifyLine) -> Result<(String, u64), String> {
+    let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
+    let dev = libc::makedev(major, minor);
+    if w.handle.is_empty() {
+        return Err(format!(
+            "device {major}:{minor} gives no file handle for inode {}",
+            w.ino
+        ));
+    }
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .map_err(|e| format!("reading /proc/{pid}/mountinfo: {e}"))?;
+    let want = format!("{major}:{minor}");
+    // Mounts of the device, those of its root first (a bind mount of a
+    // subdirectory may not reach the inode).
+    let mut mounts: Vec<(bool, String)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && f[2] == want).then(|| (f[3] != "/", unescape_mount_field(f[4])))
+        })
+        .collect();
+    mounts.sort();
+    if mounts.is_empty() {
+        return Err(format!(
+            "device {major}:{minor} of inode {} is not mounted in its mount table",
+            w.ino
+        ));
+    }
+    let mut fh = Vec::with_capacity(8 + w.handle.len());
+    fh.extend_from_slice(&(w.handle.len() as u32).to_ne_bytes());
+    fh.extend_from_slice(&w.handle_type.to_ne_bytes());
+    fh.extend_from_slice(&w.handle);
+    let mut last_err = String::new();
+    for (_, mnt) in &mounts {
+        let mnt_path = format!("/proc/{pid}/root{mnt}");
+        let Ok(c) = std::ffi::CString::new(mnt_path.clone()) else {
+            continue;
+        };
+        // SAFETY: c is a valid C string.
+        let mfd = match cvt_fd(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        }) {
+            Ok(fd) => fd,
+            Err(e) => {
+                last_err = format!("opening {mnt_path}: {e}");
+                continue;
+            }
+        };
+        // SAFETY: fh is a struct file_handle with handle_bytes bytes.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                mfd.as_raw_fd(),
+                fh.as_ptr(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        let fd = match cvt_fd(r as libc::c_int) {
+            Ok(fd) => fd,
+            Err(e) => {
+                last_err = format!("open_by_handle_at through {mnt}: {e}");
+                continue;
+            }
+        };
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| format!("resolving inode {}: {e}", w.ino))?;
+        let path = link.to_string_lossy().into_owned();
+        if path.ends_with(" (deleted)") {
+            return Err(format!("the watched inode {} was deleted ({path})", w.ino));
+        }
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&path) {
+            Ok(md) if md.ino() == w.ino && md.dev() == dev => return Ok((path, dev)),
+            Ok(_) => last_err = format!("inode {} resolves to {path}, another inode here", w.ino),
+            Err(e) => last_err = format!("inode {} resolves to {path}: {e}", w.ino),
+        }
+    }
+    Err(last_err)
+}
+
+/// inotify: every watch with its wd, mask and the path of its inode.
+/// Events queued and not yet read are not saved (the restored instance
+/// starts with an empty queue).
+fn dump_inotify(pid: i32, fd: i32, info: &str, f: &mut OpenFile) -> Result<(), DumpError> {
+    let mut watches = Vec::new();
+    for line in info.lines().filter(|l| l.starts_with("inotify ")) {
+        let w = parse_inotify_line(line).ok_or_else(|| DumpError::Proc {
+            pid,
+            err: crate::error::ProcError::Parse {
+                path: format!("/proc/{pid}/fdinfo/{fd}"),
+                detail: format!("inotify line {line:?}"),
+            },
+        })?;
+        let (path, dev) =
+            inotify_watch_path(pid, &w).map_err(|reason| DumpError::UnsupportedFile {
+                pid,
+                fd,
+                what: format!("anon_inode:inotify (watch wd {}: {reason})", w.wd),
+            })?;
+        watches.push(InotifyWatch {
+            wd: w.wd,
+            mask: w.mask & IN_WATCH_MASK,
+            path,
+            inode: w.ino,
+            dev,
+        });
+    }
+    watches.sort_by_key(|w| w.wd);
+    f.kind = FileKind::Inotify as i32;
+    f.inotify = Some(InotifyFile { watches });
+    Ok(())
+}
+
 fn dump_signalfd(pid: i32, fd: i32, info: &str, f: &mut OpenFile) -> Result<(), DumpError> {
     let mask = parse_hex(pid, fd, info, "sigmask")?;
     f.kind = FileKind::Signalfd as i32;
@@ -1223,6 +1407,10 @@ pub(crate) fn open(reg: &mut Registry, pid: i32, f: &OpenFile) -> Result<OwnedFd
             cvt_fd(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) })
                 .map_err(|e| ferr("signalfd", e))?
         }
+        FileKind::Inotify => {
+            let i = f.inotify.as_ref().ok_or_else(|| missing("inotify"))?;
+            open_inotify(pid, f, i)?
+        }
         FileKind::Epoll => {
             // Targets are added by the caller in the restored process.
             // SAFETY: epoll_create1 with an integer argument.
@@ -1323,6 +1511,116 @@ fn open_pipe(reg: &mut Registry, f: &OpenFile, p: &PipeFile) -> io::Result<Owned
     }
     obj.handed[i] = true;
     dup_fd(obj.ends[i].as_raw_fd())
+}
+
+/// Before anything is created: every path an inotify fd of the image
+/// watches must exist.
+pub(crate) fn check_inotify(pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
+    for w in f.inotify.iter().flat_map(|i| i.watches.iter()) {
+        if let Err(e) = std::fs::symlink_metadata(&w.path) {
+            return Err(RestoreError::File {
+                pid,
+                fd: f.fd,
+                path: f.path.clone(),
+                reason: format!("inotify watch wd {} on {}: {e}", w.wd, w.path),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A new inotify instance with every saved watch at its saved wd.
+///
+/// The kernel allocates wds cyclically per instance (idr_alloc_cyclic from
+/// 1): each new watch gets the number after the last one handed out, even
+/// when lower ones are free again. So the watches are added in wd order,
+/// and a filler watch (on a memfd of ours, which no saved watch names) is
+/// added and removed until the counter reaches the next saved wd.
+/// Removing a filler queues an IN_IGNORED event: the queue is emptied once
+/// every watch is in place, before the restored process gets the fd. Events
+/// of the saved watches that happen during the restore go with them, like
+/// the events queued but not read at dump time, which the image does not
+/// hold.
+fn open_inotify(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, RestoreError> {
+    let ferr = |reason: String| RestoreError::File {
+        pid,
+        fd: f.fd,
+        path: f.path.clone(),
+        reason,
+    };
+    // SAFETY: inotify_init1 with integer flags.
+    let ino = cvt_fd(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })
+        .map_err(|e| ferr(format!("inotify_init1: {e}")))?;
+    let add = |path: &str, mask: u32| -> io::Result<i32> {
+        let c = std::ffi::CString::new(path)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: c is a valid C string.
+        cvt(unsafe { libc::inotify_add_watch(ino.as_raw_fd(), c.as_ptr(), mask) })
+    };
+    let mut watches: Vec<&InotifyWatch> = i.watches.iter().collect();
+    watches.sort_by_key(|w| w.wd);
+    let mut filler: Option<(OwnedFd, String)> = None;
+    let mut next = 1i32;
+    let mut fillers = 0u64;
+    for w in watches {
+        if w.wd < next {
+            return Err(ferr(format!(
+                "bad image: inotify watch wd {} listed twice or out of range",
+                w.wd
+            )));
+        }
+        while next < w.wd {
+            if filler.is_none() {
+                // SAFETY: memfd_create with a static C string.
+                let m = cvt_fd(unsafe {
+                    libc::memfd_create(c"crstream-inotify-filler".as_ptr(), libc::MFD_CLOEXEC)
+                })
+                .map_err(|e| ferr(format!("memfd_create: {e}")))?;
+                let p = format!("/proc/self/fd/{}", m.as_raw_fd());
+                filler = Some((m, p));
+            }
+            let p = &filler.as_ref().expect("filler").1;
+            let got = add(p, libc::IN_ATTRIB | IN_MASK_CREATE)
+                .map_err(|e| ferr(format!("filler watch to reach wd {}: {e}", w.wd)))?;
+            // SAFETY: removing the watch just added.
+            cvt(unsafe { libc::inotify_rm_watch(ino.as_raw_fd(), got) })
+                .map_err(|e| ferr(format!("removing filler watch {got}: {e}")))?;
+            if got >= w.wd {
+                return Err(ferr(format!(
+                    "the kernel gave wd {got} while reaching wd {}",
+                    w.wd
+                )));
+            }
+            next = got + 1;
+            fillers += 1;
+            if fillers.is_multiple_of(4096) {
+                drain(ino.as_raw_fd());
+            }
+        }
+        // IN_DONT_FOLLOW: the saved path names the watched inode itself;
+        // IN_MASK_CREATE: two saved watches must not merge into one.
+        let got = add(&w.path, w.mask | IN_DONT_FOLLOW | IN_MASK_CREATE)
+            .map_err(|e| ferr(format!("inotify watch wd {} on {}: {e}", w.wd, w.path)))?;
+        if got != w.wd {
+            return Err(ferr(format!(
+                "inotify watch on {} got wd {got} instead of {}",
+                w.path, w.wd
+            )));
+        }
+        next = got + 1;
+    }
+    drain(ino.as_raw_fd());
+    if fillers > 0 {
+        tracing::debug!(pid, fd = f.fd, fillers, "inotify wds reached with fillers");
+    }
+    Ok(ino)
+}
+
+/// Reads and discards every event queued on a non-blocking inotify fd.
+fn drain(fd: RawFd) {
+    let mut buf = [0u8; 4096];
+    // SAFETY: buf is valid for its length.
+    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
 }
 
 fn open_timerfd(t: &TimerFdFile) -> io::Result<OwnedFd> {
@@ -2071,6 +2369,90 @@ mod tests {
             8
         );
         assert_eq!(u64::from_ne_bytes(v), 1);
+    }
+
+    #[test]
+    fn inotify_fdinfo_lines_are_parsed() {
+        let l = "inotify wd:1f ino:98c0e6 sdev:fe00000 mask:300 ignored_mask:0 \
+                 fhandle-bytes:8 fhandle-type:1 f_handle:e6c098000654d312";
+        let w = parse_inotify_line(l).unwrap();
+        assert_eq!(
+            w,
+            InotifyLine {
+                wd: 31,
+                ino: 0x98c0e6,
+                sdev: 0xfe00000,
+                mask: 0x300,
+                handle_type: 1,
+                handle: vec![0xe6, 0xc0, 0x98, 0, 0x06, 0x54, 0xd3, 0x12],
+            }
+        );
+        assert!(parse_inotify_line("inotify ino:1").is_none(), "no wd");
+        assert_eq!(unescape_mount_field(r"/a\040b"), "/a b");
+    }
+
+    fn inotify_lines(fd: RawFd) -> Vec<String> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+        let mut v: Vec<String> = info
+            .lines()
+            .filter(|l| l.starts_with("inotify "))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn inotify_round_trip_keeps_wds_masks_and_flags() {
+        let dir = std::env::temp_dir().join(format!("crstream-inotify-{}", me()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("file"), b"x").unwrap();
+        let ino =
+            cvt_fd(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) }).unwrap();
+        let add = |p: &std::path::Path, mask: u32| {
+            let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+            cvt(unsafe { libc::inotify_add_watch(ino.as_raw_fd(), c.as_ptr(), mask) }).unwrap()
+        };
+        for _ in 0..5 {
+            let wd = add(&dir, libc::IN_ATTRIB);
+            cvt(unsafe { libc::inotify_rm_watch(ino.as_raw_fd(), wd) }).unwrap();
+        }
+        let w_file = add(&dir.join("file"), libc::IN_MODIFY | libc::IN_ONESHOT);
+        let w_sub = add(&dir.join("sub"), libc::IN_CREATE | libc::IN_EXCL_UNLINK);
+        assert_eq!((w_file, w_sub), (6, 7));
+        let f = dump_fd(&mut DumpCtx::default(), ino.as_raw_fd()).unwrap();
+        assert_eq!(f.kind(), FileKind::Inotify);
+        let watches = &f.inotify.as_ref().unwrap().watches;
+        assert_eq!(
+            watches
+                .iter()
+                .map(|w| (w.wd, w.path.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (6, dir.join("file").to_str().unwrap()),
+                (7, dir.join("sub").to_str().unwrap())
+            ]
+        );
+        let n = open(&mut Registry::default(), me(), &f).unwrap();
+        assert_eq!(inotify_lines(n.as_raw_fd()), inotify_lines(ino.as_raw_fd()));
+        assert_eq!(
+            flags(n.as_raw_fd()) & libc::O_NONBLOCK,
+            libc::O_NONBLOCK,
+            "O_NONBLOCK kept"
+        );
+        // The fillers left no event behind; new events carry the saved wd.
+        let mut buf = [0u8; 4096];
+        assert!(unsafe { libc::read(n.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } < 0);
+        std::fs::write(dir.join("sub").join("new"), b"").unwrap();
+        let got = unsafe { libc::read(n.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(got >= 16);
+        assert_eq!(i32::from_ne_bytes(buf[0..4].try_into().unwrap()), 7);
+        // A watched path that is gone is refused before anything is created.
+        std::fs::remove_file(dir.join("file")).unwrap();
+        let e = check_inotify(me(), &f).unwrap_err().to_string();
+        assert!(e.contains(dir.join("file").to_str().unwrap()), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Open files: regular files (also deleted-but-open ones, whose contents
 //! travel as a blob), directories and a few harmless character devices.
-//! Anything else (pipes, sockets, ttys, anon inodes) is refused by name.
+//! Pipes, sockets and the anon-inode kinds are left to `fdkinds`; anything
+//! else (ttys, other devices, unknown anon inodes) is refused by name.
 
 use crate::error::{DumpError, RestoreError, TaskError};
 use crate::fdkinds::{DumpCtx, Registry};
@@ -33,7 +34,7 @@ pub fn dump(
     let mut files: Vec<OpenFile> = Vec::new();
     for fd in crate::proc::fds(pid).map_err(proc_err)? {
         let link = crate::proc::read_link(format!("/proc/{pid}/fd/{fd}")).map_err(proc_err)?;
-        // Pipes, FIFOs, sockets, eventfd, timerfd, signalfd, epoll.
+        // Pipes, FIFOs, sockets, eventfd, timerfd, signalfd, epoll, inotify.
         let info = crate::proc::fdinfo(pid, fd).map_err(proc_err)?;
         let mut f = OpenFile {
             fd: fd as u32,
@@ -211,7 +212,8 @@ fn kind_name(md: &std::fs::Metadata) -> &'static str {
 }
 
 /// Before anything is created: refuses regular files that changed in a way
-/// that would corrupt the restored process (see `check_regular`).
+/// that would corrupt the restored process (see `check_regular`), and
+/// inotify watches on paths that no longer exist.
 pub fn check(pid: i32, table: &FileTable) -> Result<(), RestoreError> {
     for f in table
         .files
@@ -219,6 +221,13 @@ pub fn check(pid: i32, table: &FileTable) -> Result<(), RestoreError> {
         .filter(|f| f.kind() == FileKind::Regular && !f.deleted && f.dup_of_fd.is_none())
     {
         check_regular(pid, f, true)?;
+    }
+    for f in table
+        .files
+        .iter()
+        .filter(|f| f.kind() == FileKind::Inotify && f.dup_of_fd.is_none())
+    {
+        crate::fdkinds::check_inotify(pid, f)?;
     }
     Ok(())
 }

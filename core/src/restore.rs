@@ -662,6 +662,8 @@ fn restore_inner(
             threads::restore_state(stub, &r, t)?;
         }
         threads::restore_state(stub, &stub.leader, p.threads[0])?;
+        // After the threads: a SIGEV_THREAD_ID timer names one of them.
+        crate::timers::restore_posix(stub, &p.core.posix_timers)?;
     }
     if fail_at.as_deref() == Some("restore") {
         return Err(RestoreError::TestFailure("restore".into()));
