@@ -487,3 +487,67 @@ fn daemon_is_restored_in_its_own_session_though_its_leader_is_gone() {
         g.kill();
     }
 }
+
+fn kcmp(a: i32, b: i32, kind: i32) -> bool {
+    // SAFETY: kcmp with integer arguments.
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) == 0 }
+}
+
+const KCMP_FILES: i32 = 2;
+const KCMP_FS: i32 = 3;
+
+/// A child cloned with CLONE_FILES | CLONE_FS (not a thread) comes back
+/// sharing its parent's fd table and fs state: fds the parent opens after
+/// the restore are in the child's table too, and kcmp says they share.
+#[test]
+fn processes_sharing_their_fd_table_and_fs_state_share_them_again() {
+    let dir = TestDir::new("tree-clone-files");
+    let mut w = Workload::spawn("wl_clone", dir.path("report"), &["files-fs"]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 5);
+    assert_eq!(status(&r), "OK", "{r}\n{}", w.log());
+    let child = field(&r, 1, 0) as i32;
+    assert!(kcmp(w.pid, child, KCMP_FILES) && kcmp(w.pid, child, KCMP_FS));
+    let img = dir.path("img");
+    let pids = dump_tree(&mut w, img.to_str().unwrap(), &[]);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    restore_twice(img.to_str().unwrap(), &[], &mut w, |w| {
+        let r = w.wait_report(T, |r| field(r, 0, 1) > at_dump + 5 || status(r) != "OK");
+        assert_eq!(status(&r), "OK", "{r}");
+        assert!(kcmp(w.pid, child, KCMP_FILES), "fd table shared again");
+        assert!(kcmp(w.pid, child, KCMP_FS), "fs state shared again");
+    });
+}
+
+/// A child sharing its parent's memory without being a thread (CLONE_VM,
+/// as vfork) is refused by name, and both run on untraced.
+#[test]
+fn dump_refuses_processes_sharing_memory_without_being_threads() {
+    let dir = TestDir::new("tree-clone-vm");
+    let w = Workload::spawn("wl_clone", dir.path("report"), &["vm"]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    let child = field(&r, 1, 0) as i32;
+    let img = dir.path("img");
+    let o = run(
+        &[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("pid {child}"))
+            && text(&o).contains(&format!("shares its memory with process {}", w.pid)),
+        "{}",
+        text(&o)
+    );
+    let n = field(&w.read_report().unwrap(), 0, 1);
+    w.wait_report(T, |r| field(r, 0, 1) > n + 2);
+    assert_running_untraced(w.pid);
+    assert_running_untraced(child);
+    let _g = TreeGuard(vec![child]);
+}

@@ -204,8 +204,7 @@ impl FrozenTree {
                 sid,
                 threads: frozen.threads.iter().map(|t| t.tid as u32).collect(),
                 state: ProcessState::Alive as i32,
-                exit_code: 0,
-                comm: String::new(),
+                ..Default::default()
             });
             tree.procs.push(frozen);
             queue.extend(proc::children(pid).map_err(|err| DumpError::Proc { pid, err })?);
@@ -249,6 +248,7 @@ fn zombie_entry(pid: i32, stat: &proc::Stat, pgid: u32, sid: u32) -> ProcessEntr
         // The wait status its parent will read (proc(5) field 52).
         exit_code: stat.field(52) as i32,
         comm: stat.comm.clone(),
+        ..Default::default()
     }
 }
 
@@ -402,7 +402,7 @@ fn dump_frozen(
     sink: &mut dyn ImageSink,
 ) -> Result<(u64, usize), DumpError> {
     let fail_at = test_fail_point();
-    refuse_shared_tables(tree)?;
+    mark_shared_tables(tree)?;
     let mut procs = Vec::new();
     let mut files_ctx = crate::fdkinds::DumpCtx::default();
     files_ctx.shell_job = opts.shell_job;
@@ -533,24 +533,50 @@ fn refuse_session_terminal(tree: &FrozenTree, procs: &[ProcessDump]) -> Result<(
     Ok(())
 }
 
-/// Processes of the tree that share their memory (CLONE_VM without
-/// CLONE_THREAD, e.g. a vfork child before exec) or their fd table
-/// (CLONE_FILES) would come back with separate ones: refuse them.
-fn refuse_shared_tables(tree: &FrozenTree) -> Result<(), DumpError> {
+/// Processes of the tree may share their fd table (CLONE_FILES) or their
+/// cwd, root and umask (CLONE_FS) with their parent: they are marked, and
+/// restore forks them sharing those again. Sharing that restore could not
+/// rebuild that way is refused: memory (CLONE_VM without CLONE_THREAD, e.g.
+/// a vfork child before exec), or a table shared with a process other than
+/// the parent (the parent would come back with a table of its own).
+fn mark_shared_tables(tree: &mut FrozenTree) -> Result<(), DumpError> {
     const KCMP_VM: i32 = 1;
     const KCMP_FILES: i32 = 2;
-    for (i, a) in tree.procs.iter().enumerate() {
-        for b in &tree.procs[i + 1..] {
-            for (kind, what) in [(KCMP_VM, "its memory"), (KCMP_FILES, "its fd table")] {
-                // SAFETY: kcmp with integer arguments.
-                let r = unsafe { libc::syscall(libc::SYS_kcmp, a.pid, b.pid, kind, 0, 0) };
-                if r == 0 {
-                    return Err(DumpError::Unsupported {
-                        pid: b.pid,
-                        what: "shared process state",
-                        reason: format!("it shares {what} with process {} (not supported)", a.pid),
-                    });
+    const KCMP_FS: i32 = 3;
+    // SAFETY: kcmp with integer arguments.
+    let same =
+        |a: i32, b: i32, kind: i32| unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) == 0 };
+    let pids: Vec<i32> = tree.procs.iter().map(|p| p.pid).collect();
+    for (j, &b) in pids.iter().enumerate().skip(1) {
+        let entry = tree
+            .entries
+            .iter_mut()
+            .find(|e| e.pid as i32 == b)
+            .expect("every frozen process has an entry");
+        let parent = entry.ppid as i32;
+        for (kind, what) in [
+            (KCMP_VM, "its memory"),
+            (KCMP_FILES, "its fd table"),
+            (KCMP_FS, "its cwd, root and umask"),
+        ] {
+            if kind != KCMP_VM && same(parent, b, kind) {
+                if kind == KCMP_FILES {
+                    entry.shares_files_with_parent = true;
+                } else {
+                    entry.shares_fs_with_parent = true;
                 }
+                continue;
+            }
+            if let Some(&a) = pids[..j].iter().find(|&&a| same(a, b, kind)) {
+                return Err(DumpError::Unsupported {
+                    pid: b,
+                    what: "shared process state",
+                    reason: if kind == KCMP_VM {
+                        format!("it shares {what} with process {a} (CLONE_VM without threads)")
+                    } else {
+                        format!("it shares {what} with process {a}, which is not its parent")
+                    },
+                });
             }
         }
     }

@@ -486,7 +486,13 @@ fn restore_inner(
     if !opts.shell_job && crate::session::needs_session_helper(root, our_sid, in_tree(root.sid)) {
         // Created inside a helper's session, as crstream's child.
         let h = helpers.new_session(None, root.sid as i32, &all_areas)?;
-        let (g, s) = stub::fork(&h.stub, root.pid as i32, 0, areas_of(0), true)?;
+        let (g, s) = stub::fork(
+            &h.stub,
+            root.pid as i32,
+            0,
+            areas_of(0),
+            libc::CLONE_PARENT as u64,
+        )?;
         guards.push(g);
         if root.pgid == root.pid {
             s.call("setpgid", libc::SYS_setpgid, &[0, 0])
@@ -510,6 +516,13 @@ fn restore_inner(
             .map_or(libc::SIGCHLD as u32, |p| p.core.exit_signal);
         let parent = parent_of[i];
         let parent_sid = entries[parent].sid;
+        let mut share = 0;
+        if e.shares_files_with_parent {
+            share |= libc::CLONE_FILES as u64;
+        }
+        if e.shares_fs_with_parent {
+            share |= libc::CLONE_FS as u64;
+        }
         let (g, s) = if crate::session::needs_session_helper(e, parent_sid, in_tree(e.sid)) {
             let h = match helpers.get(e.sid) {
                 Some(h) if crate::session::Helpers::parent_of(h) == Some(parent) => h,
@@ -528,9 +541,17 @@ fn restore_inner(
             if exit_signal != libc::SIGCHLD as u32 {
                 tracing::warn!(pid, exit_signal, "restored with SIGCHLD as its exit signal");
             }
-            stub::fork(&h.stub, pid, 0, areas_of(i), true)?
+            if share != 0 {
+                return Err(RestoreError::Session {
+                    pid,
+                    reason: "it shares its fd table or fs state with its parent and is in a \
+                             session whose leader is gone: not supported"
+                        .into(),
+                });
+            }
+            stub::fork(&h.stub, pid, 0, areas_of(i), libc::CLONE_PARENT as u64)?
         } else {
-            stub::fork(&stubs[parent], pid, exit_signal, areas_of(i), false)?
+            stub::fork(&stubs[parent], pid, exit_signal, areas_of(i), share)?
         };
         guards.push(g);
         if e.sid == e.pid {
@@ -635,7 +656,10 @@ fn restore_inner(
     };
     for (i, p) in plans.iter().enumerate() {
         if let Some(p) = p {
-            crate::files::restore(&stubs[i], p.files, &reopen, &mut created)?;
+            // A shared fd table was filled by the parent (earlier in order).
+            if !entries[i].shares_files_with_parent {
+                crate::files::restore(&stubs[i], p.files, &reopen, &mut created)?;
+            }
             restore_process_state(&stubs[i], p)?;
         }
     }

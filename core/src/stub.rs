@@ -249,23 +249,21 @@ fn special(maps: &[MapEntry], name: &str) -> Option<(u64, u64)> {
 /// (PTRACE_O_TRACEFORK). Its special mappings are then moved to the
 /// child's own saved addresses.
 ///
-/// `clone_parent`: the child becomes a sibling of `parent` (CLONE_PARENT),
-/// to be created inside the session or group of a helper standing in for a
-/// leader that is gone; it then inherits the helper's exit signal.
+/// `flags`: CLONE_FILES / CLONE_FS to share the parent's fd table or fs
+/// state; CLONE_PARENT to make the child a sibling of `parent`, created
+/// inside the session of a helper standing in for a leader that is gone
+/// (it then inherits the helper's exit signal).
 pub fn fork(
     parent: &Stub,
     pid: i32,
     exit_signal: u32,
     image: &[VmArea],
-    clone_parent: bool,
+    flags: u64,
 ) -> Result<(StubGuard, Stub), RestoreError> {
+    let clone_parent = flags & libc::CLONE_PARENT as u64 != 0;
     let set_tid = parent.put(SCRATCH_DATA + 256, &pid.to_le_bytes())?;
     let args = CloneArgs {
-        flags: if clone_parent {
-            libc::CLONE_PARENT as u64
-        } else {
-            0
-        },
+        flags,
         // clone3 refuses an exit signal with CLONE_PARENT.
         exit_signal: if clone_parent { 0 } else { exit_signal as u64 },
         set_tid,
