@@ -76,11 +76,15 @@ fn main() {
         let pid = libc::fork();
         assert!(pid >= 0, "fork");
         if pid == 0 {
+            // Into the foreground before anything reads the terminal (a
+            // background read would stop the job): as a shell does for its
+            // job, with SIGTTOU ignored since we are not there yet.
             libc::setpgid(0, 0);
+            libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            assert_eq!(libc::tcsetpgrp(0, libc::getpid()), 0, "tcsetpgrp");
+            libc::signal(libc::SIGTTOU, libc::SIG_DFL);
             job(&path);
         }
-        libc::setpgid(pid, pid);
-        assert_eq!(libc::tcsetpgrp(0, pid), 0, "tcsetpgrp");
         // Reaps the job when it ends (dumped, killed), as a shell does.
         loop {
             if libc::wait(std::ptr::null_mut()) < 0 {

@@ -17,14 +17,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn status(report: &str) -> &str {
-    report
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-}
-
 /// wl_shm's counters: region name -> the three processes' counters.
 fn regions(report: &str) -> Vec<(String, Vec<u64>)> {
     report

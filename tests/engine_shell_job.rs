@@ -97,14 +97,6 @@ impl Pty {
     }
 }
 
-fn status(report: &str) -> &str {
-    report
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-}
-
 /// A job in the foreground of a shell's terminal: dump refuses its terminal
 /// without --shell-job (the job runs on), and refuses the shell itself (it
 /// leads the terminal's session); restore refuses the image without it; with it, the job comes back twice under another terminal, in that
@@ -131,36 +123,15 @@ fn shell_job_moves_to_the_restoring_terminal_and_keeps_reading_and_writing() {
 
     let img = dir.path("img");
     let img_s = img.to_str().unwrap();
-    let o = run(&["dump", "-t", &job.to_string(), "-o", img_s], &[]);
-    assert!(
-        !o.status.success(),
-        "dump without --shell-job: {}",
-        text(&o)
-    );
-    let msg = text(&o);
+    let msg = dump_refused(job, &img, &[]);
     assert!(
         msg.contains("a terminal") && msg.contains("--shell-job") && msg.contains(&pty.slave),
         "{msg}"
     );
     // The shell itself leads the terminal's session: that terminal cannot
     // be handed back to it.
-    let o = run(
-        &[
-            "dump",
-            "-t",
-            &shell.pid.to_string(),
-            "-o",
-            img_s,
-            "--shell-job",
-        ],
-        &[],
-    );
-    assert!(
-        !o.status.success(),
-        "dump of a session leader: {}",
-        text(&o)
-    );
-    assert!(text(&o).contains("leads its own session"), "{}", text(&o));
+    let msg = dump_refused(shell.pid, &img, &["--shell-job"]);
+    assert!(msg.contains("leads its own session"), "{msg}");
     assert_running_untraced(shell.pid);
     let before = field(&shell.read_report().unwrap(), 0, 1);
     let r = shell.wait_report(T, |r| field(r, 0, 1) > before + 2);

@@ -38,14 +38,6 @@ fn slots(report: &str) -> Vec<u64> {
         .collect()
 }
 
-fn status(report: &str) -> &str {
-    report
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("")
-}
-
 fn ppid(pid: i32) -> i32 {
     status_field(pid, "PPid")
         .and_then(|v| v.trim().parse().ok())
@@ -527,23 +519,11 @@ fn dump_refuses_processes_sharing_memory_without_being_threads() {
     let w = Workload::spawn("wl_clone", dir.path("report"), &["vm"]);
     let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
     let child = field(&r, 1, 0) as i32;
-    let img = dir.path("img");
-    let o = run(
-        &[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-o",
-            img.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(!o.status.success(), "{}", text(&o));
+    let msg = dump_refused(w.pid, &dir.path("img"), &[]);
     assert!(
-        text(&o).contains(&format!("pid {child}"))
-            && text(&o).contains(&format!("shares its memory with process {}", w.pid)),
-        "{}",
-        text(&o)
+        msg.contains(&format!("pid {child}"))
+            && msg.contains(&format!("shares its memory with process {}", w.pid)),
+        "{msg}"
     );
     let n = field(&w.read_report().unwrap(), 0, 1);
     w.wait_report(T, |r| field(r, 0, 1) > n + 2);

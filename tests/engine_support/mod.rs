@@ -263,6 +263,25 @@ pub fn field(report: &str, line: usize, idx: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// The status word of a report whose first line is "PID COUNTER STATUS".
+pub fn status(report: &str) -> &str {
+    report
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("")
+}
+
+/// `crstream dump -t PID -o IMG [extra]` that must fail; returns its output.
+pub fn dump_refused(pid: i32, img: &Path, extra: &[&str]) -> String {
+    let pid_s = pid.to_string();
+    let mut args = vec!["dump", "-t", &pid_s, "-o", img.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = run(&args, &[]);
+    assert!(!o.status.success(), "the dump should fail: {}", text(&o));
+    text(&o)
+}
+
 // --- shared by the real-program and lazy-restore tests ---
 
 /// Whether `tool` runs (`tool --version`).
