@@ -2,8 +2,9 @@
 //!
 //! `wl_clone REPORT files-fs`: clones a child with CLONE_FILES | CLONE_FS
 //! (no CLONE_VM: a fork that keeps one fd table and one cwd/umask). Every
-//! 60 ms the parent opens a file (the next fd number) and the child checks
-//! that the fd exists in its table too. Report: "PARENT N STATUS\nCHILD"
+//! 60 ms the parent opens a file at a new fd number (100 + round) and the
+//! child checks that the fd exists in its table too (a copy of the table
+//! taken earlier would lack it). Report: "PARENT N STATUS\nCHILD"
 //! (STATUS: OK or BAD-what). Whether fs state is shared is for the test to
 //! check (kcmp).
 //!
@@ -99,7 +100,7 @@ fn main() {
     assert!(pid > 0, "clone: {}", std::io::Error::last_os_error());
     let me = std::process::id();
     let mut n = 0u64;
-    let mut open: Vec<std::fs::File> = Vec::new();
+    let devnull = std::fs::File::open("/dev/null").expect("open");
     loop {
         n += 1;
         let mut status = "OK".to_string();
@@ -110,12 +111,18 @@ fn main() {
             if want != 0 && s[1].load(Ordering::SeqCst) == want | MISSING {
                 status = format!("BAD-child-lacks-fd-{want}");
             }
-            if open.len() > 20 {
-                open.drain(..19);
+            if n < 800 {
+                // SAFETY: dup of our own fd at the lowest free number >= 100 + n.
+                let fd = unsafe {
+                    libc::fcntl(
+                        std::os::fd::AsRawFd::as_raw_fd(&devnull),
+                        libc::F_DUPFD,
+                        100 + n as i32,
+                    )
+                };
+                assert!(fd >= 0, "F_DUPFD");
+                s[0].store(fd as u64, Ordering::SeqCst);
             }
-            let f = std::fs::File::open("/dev/null").expect("open");
-            s[0].store(std::os::fd::AsRawFd::as_raw_fd(&f) as u64, Ordering::SeqCst);
-            open.push(f);
         }
         report(&path, &format!("{me} {n} {status}\n{pid}\n"));
         std::thread::sleep(Duration::from_millis(60));

@@ -127,9 +127,10 @@ pub struct RestoreArgs {
     /// still arriving, the process is killed and crstream exits with an error.
     #[arg(long)]
     pub lazy: bool,
-    /// Restore a shell job (dumped with --shell-job): its terminal fds open this
-    /// crstream's terminal, and it runs in the terminal's foreground while crstream
-    /// waits for it
+    /// Restore a shell job (dumped with --shell-job): its terminal fds open crstream's
+    /// controlling terminal, and it joins crstream's session and process group, so the
+    /// shell's job control (foreground, Ctrl-Z, Ctrl-C) covers both. Without --detach
+    /// it keeps the foreground; with --detach it loses it when crstream exits
     #[arg(long)]
     pub shell_job: bool,
     #[command(flatten)]

@@ -206,15 +206,6 @@ fn wait_restored(restored: &crstream_core::Restored) -> Result<u8> {
             return Err(e).context(format!("waiting for restored pid {pid}"));
         }
     }
-    if let Some((fd, group)) = restored.took_foreground {
-        // SAFETY: tcsetpgrp on our own terminal; SIGTTOU ignored around it
-        // (we are in the background until it succeeds).
-        unsafe {
-            let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-            libc::tcsetpgrp(fd, group);
-            libc::signal(libc::SIGTTOU, old);
-        }
-    }
     if libc::WIFEXITED(status) {
         Ok(libc::WEXITSTATUS(status) as u8)
     } else {

@@ -406,6 +406,9 @@ fn dump_frozen(
     let mut procs = Vec::new();
     let mut files_ctx = crate::fdkinds::DumpCtx::default();
     files_ctx.shell_job = opts.shell_job;
+    files_ctx.job_tty = proc::stat(tree.procs[0].pid)
+        .map(|s| s.field(7))
+        .unwrap_or(0);
     let mut unlinked = crate::unlinked::Collector::default();
     let mut sysv = crate::sysv::Collector::default();
     for frozen in tree.procs.iter_mut() {

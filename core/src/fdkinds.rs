@@ -390,8 +390,10 @@ fn inet_listener_diag(family: i32, inode: u64) -> io::Result<(u32, u32)> {
 /// Per-dump state shared across every fd of every process of the tree.
 #[derive(Default)]
 pub(crate) struct DumpCtx {
-    /// Dumping a shell job: terminal fds are saved, not refused.
+    /// Dumping a shell job: fds of its controlling terminal (this device
+    /// number, the root's tty_nr) or of /dev/tty are saved, not refused.
     pub(crate) shell_job: bool,
+    pub(crate) job_tty: u64,
     /// Pipe inodes whose queued bytes are already saved (on an earlier fd).
     pipes_saved: HashSet<u64>,
     /// Connected unix sockets seen: inode -> (pid, fd, peer inode), to
@@ -1529,6 +1531,9 @@ pub(crate) fn check_inotify(pid: i32, f: &OpenFile) -> Result<(), RestoreError> 
     Ok(())
 }
 
+/// Most filler watches one inotify fd may need to reach its saved wds.
+const MAX_INOTIFY_FILLERS: u64 = 1 << 20;
+
 /// A new inotify instance with every saved watch at its saved wd.
 ///
 /// The kernel allocates wds cyclically per instance (idr_alloc_cyclic from
@@ -1569,6 +1574,14 @@ fn open_inotify(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, Rest
                 w.wd
             )));
         }
+        // Each filler is two syscalls: a wd far beyond any real one is a
+        // damaged image, not a loop to run for hours.
+        if (w.wd - next) as u64 + fillers > MAX_INOTIFY_FILLERS {
+            return Err(ferr(format!(
+                "bad image: inotify wd {} would take more than {MAX_INOTIFY_FILLERS} filler watches",
+                w.wd
+            )));
+        }
         while next < w.wd {
             if filler.is_none() {
                 // SAFETY: memfd_create with a static C string.
@@ -1591,7 +1604,7 @@ fn open_inotify(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, Rest
                     w.wd
                 )));
             }
-            next = got + 1;
+            next = got.saturating_add(1);
             fillers += 1;
             if fillers.is_multiple_of(4096) {
                 drain(ino.as_raw_fd());
@@ -1607,7 +1620,7 @@ fn open_inotify(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, Rest
                 w.path, w.wd
             )));
         }
-        next = got + 1;
+        next = got.saturating_add(1);
     }
     drain(ino.as_raw_fd());
     if fillers > 0 {

@@ -97,6 +97,17 @@ pub fn dump(
         } else if ft.is_dir() {
             f.kind = FileKind::Directory as i32;
         } else if ft.is_char_device() && is_terminal(md.rdev()) {
+            let job_terminal = md.rdev() == ctx.job_tty || md.rdev() == libc::makedev(5, 0);
+            if ctx.shell_job && !job_terminal {
+                return Err(DumpError::UnsupportedFile {
+                    pid,
+                    fd,
+                    what: format!(
+                        "{link} (a terminal other than the job's controlling terminal: only \
+                         that one is handed over by --shell-job)"
+                    ),
+                });
+            }
             if !ctx.shell_job {
                 return Err(DumpError::UnsupportedFile {
                     pid,

@@ -100,10 +100,6 @@ pub struct Restored {
     pub tids: Vec<i32>,
     /// Every process of the tree (zombies included), root first.
     pub processes: Vec<i32>,
-    /// A shell job was given the foreground of the terminal on this fd of
-    /// ours, which had this process group in the foreground before: give
-    /// it back (tcsetpgrp) once the job is done.
-    pub took_foreground: Option<(i32, i32)>,
 }
 
 /// Restores the process of an image with its PID and TIDs. On failure

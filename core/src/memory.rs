@@ -108,7 +108,7 @@ pub fn plan(
             None
         };
         if let Some(id) = segment {
-            sysv.note(id, m).map_err(refuse)?;
+            sysv.note(pid, id, m).map_err(refuse)?;
             a.sysv_shmid = Some(id);
         }
         let (kind, save) = match m.path.as_str() {

@@ -140,48 +140,22 @@ fn shell_job_terminal(
         ));
     }
     for fd in 0..3 {
-        // SAFETY: isatty on a standard fd.
-        if unsafe { libc::isatty(fd) } == 1
-            && let Ok(path) = crate::proc::read_link(format!("/proc/self/fd/{fd}"))
-        {
+        // The job joins crstream's session and group: only the controlling
+        // terminal of that session lets it read and write in the foreground.
+        // SAFETY: terminal queries on a standard fd.
+        let ours = unsafe { libc::isatty(fd) == 1 && libc::tcgetsid(fd) == libc::getsid(0) };
+        if ours && let Ok(path) = crate::proc::read_link(format!("/proc/self/fd/{fd}")) {
             return Ok(Some((fd, path)));
         }
     }
     if has_tty {
         return Err(RestoreError::Incompatible(
-            "--shell-job: none of crstream's stdin, stdout and stderr is a terminal to give \
-             the job"
+            "--shell-job: none of crstream's stdin, stdout and stderr is its controlling \
+             terminal, to give the job"
                 .into(),
         ));
     }
     Ok(None)
-}
-
-/// Puts the process group of `pid` in the foreground of the terminal on
-/// our `fd`, as the job was in its shell's. Returns (fd, the group that had
-/// it) when it changed.
-fn take_foreground(fd: i32, pid: i32) -> Option<(i32, i32)> {
-    // SAFETY: terminal ioctls on our own fd; SIGTTOU is ignored around
-    // tcsetpgrp so that a background crstream is not stopped by it.
-    unsafe {
-        let before = libc::tcgetpgrp(fd);
-        let job = libc::getpgid(pid);
-        if before < 0 || job < 0 || before == job {
-            return None;
-        }
-        let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-        let r = libc::tcsetpgrp(fd, job);
-        libc::signal(libc::SIGTTOU, old);
-        if r != 0 {
-            tracing::warn!(
-                pid,
-                "could not give the job the terminal's foreground: {}",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
-        Some((fd, before))
-    }
 }
 
 /// One live process of the image, checked and ready to rebuild.
@@ -525,7 +499,7 @@ fn restore_inner(
         }
         let (g, s) = if crate::session::needs_session_helper(e, parent_sid, in_tree(e.sid)) {
             let h = match helpers.get(e.sid) {
-                Some(h) if crate::session::Helpers::parent_of(h) == Some(parent) => h,
+                Some(h) if h.parent() == Some(parent) => h,
                 Some(_) => {
                     return Err(RestoreError::Session {
                         pid,
@@ -654,16 +628,22 @@ fn restore_inner(
         unlinked: &img.unlinked,
         terminal: terminal.as_ref().map(|t| t.1.as_str()),
     };
+    // Every fd table before any process state: paths are opened outside a
+    // chroot that a process sharing its fs state (CLONE_FS) would enter.
     for (i, p) in plans.iter().enumerate() {
-        if let Some(p) = p {
-            // A shared fd table was filled by the parent (earlier in order).
-            if !entries[i].shares_files_with_parent {
-                crate::files::restore(&stubs[i], p.files, &reopen, &mut created)?;
-            }
-            restore_process_state(&stubs[i], p)?;
+        // A shared fd table was filled by the parent (earlier in order).
+        if let Some(p) = p
+            && !entries[i].shares_files_with_parent
+        {
+            crate::files::restore(&stubs[i], p.files, &reopen, &mut created)?;
         }
     }
     drop(created);
+    for (i, p) in plans.iter().enumerate() {
+        if let Some(p) = p {
+            restore_process_state(&stubs[i], p, entries[i].shares_fs_with_parent)?;
+        }
+    }
     img.unlinked.seal()?;
     // Zombies exit now, with their saved status; their parents keep no
     // trace of it but the zombie.
@@ -749,11 +729,6 @@ fn restore_inner(
     });
     // Children first, so that no parent runs before its children exist
     // as it left them.
-    // Last fallible step before the processes run: until here a failure
-    // removes the segments this restore created.
-    sysv.commit()?;
-    // A job that reads its terminal in the background would stop at once.
-    let took_foreground = terminal.and_then(|(fd, _)| take_foreground(fd, root.pid as i32));
     for (i, p) in plans.iter().enumerate().rev() {
         let Some(p) = p else { continue };
         for t in p.threads.iter().rev() {
@@ -761,6 +736,10 @@ fn restore_inner(
         }
         guards[i].armed = false;
     }
+    // Until here a failure removed the segments this restore created; now
+    // the tree runs and keeps them, and those removed at dump time are
+    // removed again (they go with the last detach).
+    sysv.commit();
     let tids: Vec<i32> = plans[0]
         .as_ref()
         .expect("root is alive")
@@ -782,14 +761,18 @@ fn restore_inner(
             pid: root.pid as i32,
             tids,
             processes,
-            took_foreground,
         },
         session,
     ))
 }
 
 /// Process-wide state of one process, set from inside it.
-fn restore_process_state(stub: &stub::Stub, p: &Plan<'_>) -> Result<(), RestoreError> {
+/// `shares_fs`: cwd, root and umask are its parent's (CLONE_FS), set there.
+fn restore_process_state(
+    stub: &stub::Stub,
+    p: &Plan<'_>,
+    shares_fs: bool,
+) -> Result<(), RestoreError> {
     let pid = stub.pid;
     let core = p.core;
     let io = |what: String| {
@@ -799,15 +782,17 @@ fn restore_process_state(stub: &stub::Stub, p: &Plan<'_>) -> Result<(), RestoreE
             err: std::io::Error::other(e.to_string()),
         }
     };
-    let path = stub.put_path(&core.cwd)?;
-    stub.call("chdir", libc::SYS_chdir, &[path])
-        .map_err(io(format!("chdir to {}", core.cwd)))?;
-    if core.root != "/" {
-        let path = stub.put_path(&core.root)?;
-        stub.call("chroot", libc::SYS_chroot, &[path])
-            .map_err(io(format!("chroot to {}", core.root)))?;
+    if !shares_fs {
+        let path = stub.put_path(&core.cwd)?;
+        stub.call("chdir", libc::SYS_chdir, &[path])
+            .map_err(io(format!("chdir to {}", core.cwd)))?;
+        if core.root != "/" {
+            let path = stub.put_path(&core.root)?;
+            stub.call("chroot", libc::SYS_chroot, &[path])
+                .map_err(io(format!("chroot to {}", core.root)))?;
+        }
+        stub.call("umask", libc::SYS_umask, &[core.umask as u64])?;
     }
-    stub.call("umask", libc::SYS_umask, &[core.umask as u64])?;
     stub.call(
         "personality",
         libc::SYS_personality,

@@ -30,14 +30,16 @@ pub struct Helper {
 #[derive(Default)]
 pub struct Helpers(Vec<Helper>);
 
+impl Helper {
+    /// Whose child it is (index in the tree; None: crstream's).
+    pub fn parent(&self) -> Option<usize> {
+        self.reaper
+    }
+}
+
 impl Helpers {
     pub fn get(&self, pid: u32) -> Option<&Helper> {
         self.0.iter().find(|h| h.pid == pid as i32)
-    }
-
-    /// Whose child the helper is (index in the tree; None: crstream's).
-    pub fn parent_of(h: &Helper) -> Option<usize> {
-        h.reaper
     }
 
     /// A helper leading a new session `sid`, forked from `parent` (index
@@ -160,12 +162,18 @@ fn ours() -> (i32, i32) {
 
 /// Puts the stub in its saved session/group. Call it early, before anything
 /// that depends on the session (a controlling terminal, job control).
-/// `shell_job`: moving to the restorer's session is expected, not warned.
+/// `shell_job`: the job joins the restorer's session and process group.
 pub fn restore(stub: &Stub, entry: &ProcessEntry, shell_job: bool) -> Result<(), RestoreError> {
     let pid = stub.pid;
     let (pgid, sid) = (entry.pgid as i32, entry.sid as i32);
     let ours = ours();
     let err = |reason: String| RestoreError::Session { pid, reason };
+    if shell_job && sid != pid {
+        // A shell job joins the restorer's process group: the shell's job
+        // control (foreground, Ctrl-Z, Ctrl-C) then covers it with crstream.
+        tracing::debug!(pid, "shell job: stays in the restorer's group {}", ours.0);
+        return Ok(());
+    }
     match plan(pid, pgid, sid, ours) {
         Plan::NewSession => {
             // The stub is not a group leader (it is in the restorer's group),
@@ -268,10 +276,12 @@ pub fn restore_groups(
             }
             let target = if leaders {
                 0
+            } else if e.pgid == root.pgid {
+                // Kept, taken over from the restorer, or (shell job) the
+                // restorer's own.
+                root_group
             } else if in_tree(e.pgid) || helpers.get(e.pgid).is_some() {
                 e.pgid as i32
-            } else if e.pgid == root.pgid {
-                root_group
             } else if gone(e.pgid) {
                 let i = entries
                     .iter()

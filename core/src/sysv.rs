@@ -22,6 +22,9 @@ const PAGE: u64 = 4096;
 /// The segment a /proc/PID/maps entry attaches, if it is one: the kernel
 /// names the file "SYSV" + the key in hex and numbers its inode with the id.
 pub(crate) fn segment_of(m: &MapEntry) -> Option<u32> {
+    if m.dev_major != 0 || !m.path.ends_with(" (deleted)") {
+        return None;
+    }
     let key = m.path.strip_prefix("/SYSV")?.get(..8)?;
     u32::from_str_radix(key, 16).ok()?;
     u32::try_from(m.inode).ok()
@@ -61,7 +64,14 @@ pub(crate) struct Collector {
 
 impl Collector {
     /// Notes the segment attached by `m`; Err: why it cannot be restored.
-    pub(crate) fn note(&mut self, id: u32, m: &MapEntry) -> Result<(), String> {
+    pub(crate) fn note(&mut self, pid: i32, id: u32, m: &MapEntry) -> Result<(), String> {
+        // /proc/sysvipc describes crstream's IPC namespace only.
+        let ns = |p: String| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        if ns(format!("/proc/{pid}/ns/ipc")).ok() != ns("/proc/self/ns/ipc".into()).ok() {
+            return Err(
+                "the process is in another IPC namespace than crstream: not supported".into(),
+            );
+        }
         if m.has_flag("ht") {
             return Err("huge-page (SHM_HUGETLB) segments are not supported".into());
         }
@@ -95,18 +105,39 @@ fn shm_err(s: &SysvShm, reason: String) -> RestoreError {
     }
 }
 
-/// shmctl(IPC_STAT): (key, size, mode) of an existing segment.
-fn stat(id: u32) -> Option<(i32, u64, u32)> {
+/// shmctl(IPC_STAT) of an existing segment.
+fn stat(id: u32) -> Option<libc::shmid_ds> {
     // SAFETY: shmctl fills a local struct.
     let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
-    if unsafe { libc::shmctl(id as i32, libc::IPC_STAT, &mut ds) } < 0 {
-        return None;
+    (unsafe { libc::shmctl(id as i32, libc::IPC_STAT, &mut ds) } == 0).then_some(ds)
+}
+
+/// Holds an exclusive lock on a file for as long as it lives: restores of
+/// this machine take turns at `kernel.shm_next_id`, which is global.
+struct NextIdLock {
+    _file: std::fs::File,
+}
+
+impl NextIdLock {
+    fn take() -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/crstream-shm-next-id.lock")
+            .or_else(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open("/tmp/crstream-shm-next-id.lock")
+            })?;
+        // SAFETY: flock on our own fd; released when it is closed.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(NextIdLock { _file: f })
     }
-    Some((
-        ds.shm_perm.__key,
-        ds.shm_segsz as u64,
-        ds.shm_perm.mode as u32,
-    ))
 }
 
 /// The segments of an image being restored. Those this restore created
@@ -121,8 +152,20 @@ pub(crate) struct Recreator {
 impl Recreator {
     /// Creates segment `s` with its id and key, or finds it still there.
     pub(crate) fn add(&mut self, s: SysvShm) -> Result<(), RestoreError> {
-        if let Some((key, size, mode)) = stat(s.id) {
-            if key == s.key && size == s.size && mode & SHM_DEST == 0 && !s.removed {
+        if let Some(ds) = stat(s.id) {
+            let (key, size, mode) = (
+                ds.shm_perm.__key,
+                ds.shm_segsz as u64,
+                ds.shm_perm.mode as u32,
+            );
+            // The very segment the tree used, outliving it: same key, size,
+            // owner and permissions, and not removed.
+            if key == s.key
+                && size == s.size
+                && (ds.shm_perm.uid, ds.shm_perm.gid, mode & 0o777) == (s.uid, s.gid, s.mode)
+                && mode & SHM_DEST == 0
+                && !s.removed
+            {
                 tracing::info!(
                     id = s.id,
                     "System V segment still exists; attaching it again"
@@ -138,6 +181,8 @@ impl Recreator {
                 ),
             ));
         }
+        let _lock = NextIdLock::take().map_err(|e| shm_err(&s, format!("locking: {e}")))?;
+        let before = std::fs::read_to_string(SHM_NEXT_ID).unwrap_or_else(|_| "-1".into());
         std::fs::write(SHM_NEXT_ID, s.id.to_string())
             .map_err(|e| shm_err(&s, format!("writing {SHM_NEXT_ID}: {e}")))?;
         let key = if s.removed { libc::IPC_PRIVATE } else { s.key };
@@ -150,14 +195,17 @@ impl Recreator {
             )
         };
         let err = std::io::Error::last_os_error();
-        // shmget resets it only when it allocates.
-        let _ = std::fs::write(SHM_NEXT_ID, "-1");
+        // shmget resets it only when it allocates; put back what was there.
+        let _ = std::fs::write(SHM_NEXT_ID, before.trim());
         if got < 0 {
             return Err(shm_err(&s, format!("shmget: {err}")));
         }
         self.created.push(got as u32);
         if got as u32 != s.id {
-            return Err(shm_err(&s, format!("shmget gave id {got}")));
+            return Err(shm_err(
+                &s,
+                format!("shmget gave id {got}: another program set kernel.shm_next_id meanwhile"),
+            ));
         }
         // SAFETY: shmctl on the segment just created, with a local struct.
         unsafe {
@@ -214,20 +262,20 @@ impl Recreator {
         Ok(())
     }
 
-    /// Once every process is attached: segments removed at dump time are
-    /// removed again (they go with the last detach, as before).
-    pub(crate) fn commit(&mut self) -> Result<(), RestoreError> {
+    /// Once the tree runs: segments removed at dump time are removed again
+    /// (they go with the last detach, as before); the others stay.
+    pub(crate) fn commit(&mut self) {
+        self.committed = true;
         for s in self.segments.iter().filter(|s| s.removed) {
             // SAFETY: plain syscall.
             if unsafe { libc::shmctl(s.id as i32, libc::IPC_RMID, std::ptr::null_mut()) } < 0 {
-                return Err(shm_err(
-                    s,
-                    format!("IPC_RMID: {}", std::io::Error::last_os_error()),
-                ));
+                tracing::warn!(
+                    id = s.id,
+                    "System V segment removed at dump time stays visible: IPC_RMID: {}",
+                    std::io::Error::last_os_error()
+                );
             }
         }
-        self.committed = true;
-        Ok(())
     }
 }
 

@@ -9,7 +9,9 @@
 //! one file again and writes through one are seen through the others.
 
 use crate::error::{DumpError, RestoreError};
-use crstream_proto::{BlobInfo, OpenFile, StreamKind, UnlinkedFile, UnlinkedKind, record::Body};
+use crstream_proto::{
+    BlobInfo, Extent, OpenFile, StreamKind, UnlinkedFile, UnlinkedKind, record::Body,
+};
 use crstream_streamer::ImageSink;
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -77,6 +79,7 @@ impl Collector {
         } else {
             0
         };
+        let data = data_extents(&file, md.size()).map_err(|e| format!("finding its data: {e}"))?;
         let id = self.saved.len() as u64 + 1;
         self.by_inode.insert((md.dev(), md.ino()), self.saved.len());
         self.saved.push(Saved {
@@ -90,6 +93,8 @@ impl Collector {
                 contents_stream: 0,
                 dev: md.dev(),
                 inode: md.ino(),
+                sparse: true,
+                data,
             },
             file,
             pid,
@@ -108,7 +113,7 @@ impl Collector {
                 0,
                 Body::BlobInfo(BlobInfo {
                     stream_id: s.meta.contents_stream,
-                    size: s.meta.size,
+                    size: blob_len(&s.meta),
                     what: format!("contents of {what}"),
                 }),
             )?;
@@ -116,7 +121,8 @@ impl Collector {
         Ok(())
     }
 
-    /// Streams the contents of every file into its blob stream.
+    /// Streams the data of every file (its holes left out) into its blob
+    /// stream.
     pub(crate) fn write_contents(&self, sink: &mut dyn ImageSink) -> Result<(), DumpError> {
         let mut buf = vec![0u8; 1 << 20];
         for s in &self.saved {
@@ -125,24 +131,88 @@ impl Collector {
                 what: describe(&s.meta),
                 err,
             };
-            let mut left = s.meta.size;
-            let mut at = 0u64;
-            while left > 0 {
-                let want = buf.len().min(left as usize);
-                let n = s.file.read_at(&mut buf[..want], at).map_err(err)?;
-                if n == 0 {
-                    return Err(err(std::io::Error::other(format!(
-                        "the file shrank to {at} bytes from {} during the dump",
-                        s.meta.size
-                    ))));
+            for e in &s.meta.data {
+                let mut at = e.offset;
+                let end = e.offset + e.len;
+                while at < end {
+                    let want = buf.len().min((end - at) as usize);
+                    let n = s.file.read_at(&mut buf[..want], at).map_err(err)?;
+                    if n == 0 {
+                        return Err(err(std::io::Error::other(format!(
+                            "the file shrank below {at} bytes during the dump"
+                        ))));
+                    }
+                    sink.blob(s.meta.contents_stream, &buf[..n])?;
+                    at += n as u64;
                 }
-                sink.blob(s.meta.contents_stream, &buf[..n])?;
-                at += n as u64;
-                left -= n as u64;
             }
         }
         Ok(())
     }
+}
+
+/// The ranges of `file` that hold data (SEEK_DATA/SEEK_HOLE): a large
+/// memfd is often mostly holes, which must not fill the image or, at
+/// restore, memory.
+fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<Extent>> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut at = 0i64;
+    while (at as u64) < size {
+        // SAFETY: lseek on our own fd (reads use pread, not the offset).
+        let start = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if start < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(out),
+                // No hole support: all of it.
+                Some(libc::EINVAL) => Ok(vec![Extent {
+                    offset: 0,
+                    len: size,
+                }]),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        if end < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let end = (end as u64).min(size);
+        if end > start as u64 {
+            out.push(Extent {
+                offset: start as u64,
+                len: end - start as u64,
+            });
+        }
+        at = end as i64;
+    }
+    Ok(out)
+}
+
+/// Bytes of the blob of `u`: its data extents, or all of it.
+fn blob_len(u: &UnlinkedFile) -> u64 {
+    if u.sparse {
+        u.data.iter().map(|e| e.len).sum()
+    } else {
+        u.size
+    }
+}
+
+/// Where blob byte `n` of `u` goes in the file, and how many bytes from
+/// there are contiguous in the blob.
+fn file_position(u: &UnlinkedFile, n: u64) -> (u64, u64) {
+    if !u.sparse {
+        return (n, u.size - n);
+    }
+    let mut skipped = 0;
+    for e in &u.data {
+        if n < skipped + e.len {
+            return (e.offset + (n - skipped), e.len - (n - skipped));
+        }
+        skipped += e.len;
+    }
+    (u.size, 0)
 }
 
 fn describe(u: &UnlinkedFile) -> String {
@@ -181,6 +251,19 @@ impl Recreator {
                 u.id
             )));
         }
+        let mut end = 0;
+        for e in &u.data {
+            if e.offset < end || e.offset.checked_add(e.len).is_none_or(|x| x > u.size) {
+                return Err(RestoreError::Image(format!(
+                    "{}: data range {}+{} out of order or beyond its {} bytes",
+                    describe(&u),
+                    e.offset,
+                    e.len,
+                    u.size
+                )));
+            }
+            end = e.offset + e.len;
+        }
         let file = match u.kind() {
             UnlinkedKind::Memfd => create_memfd(&u),
             UnlinkedKind::Deleted => create_deleted(&u),
@@ -206,8 +289,8 @@ impl Recreator {
         self.by_stream.contains_key(&stream)
     }
 
-    /// Appends the next bytes of blob stream `stream`.
-    pub(crate) fn write(&mut self, stream: u32, data: &[u8]) -> Result<(), RestoreError> {
+    /// Writes the next bytes of blob stream `stream` where they belong.
+    pub(crate) fn write(&mut self, stream: u32, mut data: &[u8]) -> Result<(), RestoreError> {
         let Some(r) = self
             .by_stream
             .get(&stream)
@@ -215,20 +298,30 @@ impl Recreator {
         else {
             return Ok(());
         };
-        if r.written + data.len() as u64 > r.meta.size {
+        let what = describe(&r.meta);
+        if r.written + data.len() as u64 > blob_len(&r.meta) {
             return Err(RestoreError::Image(format!(
-                "the contents of {} exceed the {} bytes announced",
-                describe(&r.meta),
-                r.meta.size
+                "the contents of {what} exceed the {} bytes announced",
+                blob_len(&r.meta)
             )));
         }
-        r.file
-            .write_all_at(data, r.written)
-            .map_err(|e| RestoreError::Recreate {
-                what: describe(&r.meta),
-                reason: format!("writing its contents: {e}"),
-            })?;
-        r.written += data.len() as u64;
+        while !data.is_empty() {
+            let (at, room) = file_position(&r.meta, r.written);
+            let n = data.len().min(room as usize);
+            if n == 0 {
+                return Err(RestoreError::Image(format!(
+                    "{what}: blob beyond its data ranges"
+                )));
+            }
+            r.file
+                .write_all_at(&data[..n], at)
+                .map_err(|e| RestoreError::Recreate {
+                    what: what.clone(),
+                    reason: format!("writing its contents: {e}"),
+                })?;
+            r.written += n as u64;
+            data = &data[n..];
+        }
         Ok(())
     }
 
@@ -265,11 +358,11 @@ impl Recreator {
     /// After the metadata: every file got all its bytes.
     pub(crate) fn check_complete(&self) -> Result<(), RestoreError> {
         for r in self.by_id.values() {
-            if r.written != r.meta.size {
+            if r.written != blob_len(&r.meta) {
                 return Err(RestoreError::Image(format!(
                     "the image holds {} of the {} bytes of {}",
                     r.written,
-                    r.meta.size,
+                    blob_len(&r.meta),
                     describe(&r.meta)
                 )));
             }
@@ -417,6 +510,58 @@ mod tests {
         // SAFETY: fcntl with integer arguments.
         let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
         assert_eq!(seals, libc::F_SEAL_GROW | libc::F_SEAL_SHRINK);
+    }
+
+    #[test]
+    fn sparse_memfd_saves_only_its_data_and_comes_back_with_its_holes() {
+        let name = CString::new("sparse").unwrap();
+        // SAFETY: a fresh memfd owned by the File.
+        let f = unsafe { File::from_raw_fd(libc::memfd_create(name.as_ptr(), 0)) };
+        f.set_len(1 << 20).unwrap();
+        f.write_all_at(b"ab", 0).unwrap();
+        f.write_all_at(b"cde", 8192).unwrap();
+        let data = data_extents(&f, 1 << 20).unwrap();
+        let ranges: Vec<(u64, u64)> = data.iter().map(|e| (e.offset, e.len)).collect();
+        // tmpfs reports data by page.
+        assert_eq!(ranges, vec![(0, 4096), (8192, 4096)]);
+
+        let mut r = Recreator::default();
+        r.add(UnlinkedFile {
+            id: 1,
+            kind: UnlinkedKind::Memfd as i32,
+            path: "sparse".into(),
+            size: 1 << 20,
+            mode: 0o600,
+            contents_stream: 4,
+            sparse: true,
+            data: vec![
+                Extent { offset: 0, len: 2 },
+                Extent {
+                    offset: 8192,
+                    len: 3,
+                },
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        r.write(4, b"abc").unwrap();
+        r.write(4, b"de").unwrap();
+        r.check_complete().unwrap();
+        let got = read_all(&r.proc_path(1).unwrap());
+        assert_eq!(got.len(), 1 << 20);
+        assert_eq!(&got[..2], b"ab");
+        assert_eq!(&got[8192..8195], b"cde");
+        assert!(got[2..8192].iter().chain(&got[8195..]).all(|&b| b == 0));
+        // Ranges that overlap or leave the file are refused.
+        let bad = UnlinkedFile {
+            id: 2,
+            kind: UnlinkedKind::Memfd as i32,
+            size: 10,
+            sparse: true,
+            data: vec![Extent { offset: 8, len: 5 }],
+            ..Default::default()
+        };
+        assert!(r.add(bad).is_err());
     }
 
     #[test]
