@@ -21,7 +21,7 @@ use crstream_proto::{
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 // Constants the libc crate does not export for x86_64 gnu (values from the
 // kernel uapi headers).
@@ -482,7 +482,6 @@ pub(crate) fn dump(
                     what: format!("{link} (fifo whose path was removed: cannot reopen it)"),
                 });
             }
-            use std::os::unix::fs::MetadataExt;
             f.dev = md.dev();
             f.mode = md.mode();
             dump_pipe(ctx, pid, fd, link, md.ino(), FileKind::Fifo, f)?;
@@ -1206,7 +1205,6 @@ fn inotify_watch_path(pid: i32, w: &InotifyLine) -> Result<(String, u64), String
         if path.ends_with(" (deleted)") {
             return Err(format!("the watched inode {} was deleted ({path})", w.ino));
         }
-        use std::os::unix::fs::MetadataExt;
         match std::fs::symlink_metadata(&path) {
             Ok(md) if md.ino() == w.ino && md.dev() == dev => return Ok((path, dev)),
             Ok(_) => last_err = format!("inode {} resolves to {path}, another inode here", w.ino),
@@ -1519,13 +1517,20 @@ fn open_pipe(reg: &mut Registry, f: &OpenFile, p: &PipeFile) -> io::Result<Owned
 /// watches must exist.
 pub(crate) fn check_inotify(pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
     for w in f.inotify.iter().flat_map(|i| i.watches.iter()) {
-        if let Err(e) = std::fs::symlink_metadata(&w.path) {
-            return Err(RestoreError::File {
-                pid,
-                fd: f.fd,
-                path: f.path.clone(),
-                reason: format!("inotify watch wd {} on {}: {e}", w.wd, w.path),
-            });
+        match std::fs::symlink_metadata(&w.path) {
+            Err(e) => {
+                return Err(RestoreError::File {
+                    pid,
+                    fd: f.fd,
+                    path: f.path.clone(),
+                    reason: format!("inotify watch wd {} on {}: {e}", w.wd, w.path),
+                });
+            }
+            // Same machine, other file: watched by path all the same.
+            Ok(md) if w.inode != 0 && (md.ino(), md.dev()) != (w.inode, w.dev) => {
+                tracing::warn!(pid, fd = f.fd, path = %w.path, "inotify watch: the path names another file than at the dump");
+            }
+            Ok(_) => {}
         }
     }
     Ok(())

@@ -61,11 +61,23 @@ fn read_metadata(source: &mut dyn ImageSource) -> Result<Image, RestoreError> {
             Some(Item::Blob { stream_id, data }) if img.unlinked.takes(stream_id) => {
                 img.unlinked.write(stream_id, &data)?
             }
-            Some(Item::Blob { stream_id, data }) => img
-                .legacy_blobs
-                .entry(stream_id)
-                .or_default()
-                .extend_from_slice(&data),
+            Some(Item::Blob { stream_id, data }) => {
+                // Only an old image's deleted fd names its blob itself.
+                let named =
+                    img.files.values().flat_map(|t| &t.files).any(|f| {
+                        f.deleted && f.unlinked_file == 0 && f.contents_stream == stream_id
+                    });
+                if !named {
+                    return Err(RestoreError::Image(format!(
+                        "blob stream {stream_id} belongs to no UnlinkedFile or deleted fd \
+                         record before it"
+                    )));
+                }
+                img.legacy_blobs
+                    .entry(stream_id)
+                    .or_default()
+                    .extend_from_slice(&data)
+            }
             Some(Item::Pages { .. }) => {
                 return Err(RestoreError::Image(
                     "pages before the end of metadata".into(),
