@@ -687,14 +687,19 @@ fn restore_inner(
     for (i, p) in plans.iter().enumerate() {
         let Some(p) = p else { continue };
         let stub = &stubs[i];
+        let timers = &p.core.posix_timers;
         for t in &p.threads {
-            for si in &t.pending_signals {
-                crate::signals::queue(stub, Some(t.tid as i32), si)?;
+            for si in t.pending_signals.iter() {
+                if !crate::timers::raised_again(timers, si) {
+                    crate::signals::queue(stub, Some(t.tid as i32), si)?;
+                }
             }
         }
         if let Some(s) = p.signals {
-            for si in &s.shared_pending {
-                crate::signals::queue(stub, None, si)?;
+            for si in s.shared_pending.iter() {
+                if !crate::timers::raised_again(timers, si) {
+                    crate::signals::queue(stub, None, si)?;
+                }
             }
         }
         for t in &p.threads[1..] {

@@ -393,6 +393,26 @@ fn create_timer(stub: &Stub, t: &PosixTimer, by_id: bool) -> Result<(), RestoreE
     Ok(())
 }
 
+/// Whether a saved pending signal is the one of a periodic POSIX timer,
+/// which `restore_posix` arms to fire at once (its delivery re-arms it):
+/// the timer raises it again, so queueing the saved one too would deliver
+/// it twice.
+pub fn raised_again(timers: &[crstream_proto::PosixTimer], siginfo: &[u8]) -> bool {
+    const SI_TIMER: i32 = -2;
+    // siginfo_t on x86_64: si_code at 8; for SI_TIMER the timer ID at 16.
+    let word = |at: usize| {
+        siginfo
+            .get(at..at + 4)
+            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    word(8) == Some(SI_TIMER)
+        && word(16).is_some_and(|id| {
+            timers
+                .iter()
+                .any(|t| t.id == id && t.value_ns == 0 && t.interval_ns != 0)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,5 +457,30 @@ mod tests {
         assert!(check_clock(100, process(100), &tids).is_ok());
         assert!(check_clock(100, process(555), &tids).is_err());
         assert!(check_clock(100, 4, &tids).is_err(), "MONOTONIC_RAW");
+    }
+
+    #[test]
+    fn a_periodic_timers_pending_signal_is_raised_again_not_queued() {
+        let timer = |id, value_ns, interval_ns| crstream_proto::PosixTimer {
+            id,
+            value_ns,
+            interval_ns,
+            ..Default::default()
+        };
+        let timers = [timer(3, 0, 1_000_000), timer(4, 0, 0), timer(5, 500, 1_000)];
+        let siginfo = |code: i32, id: i32| {
+            let mut b = vec![0u8; 128];
+            b[8..12].copy_from_slice(&code.to_le_bytes());
+            b[16..20].copy_from_slice(&id.to_le_bytes());
+            b
+        };
+        assert!(raised_again(&timers, &siginfo(-2, 3)), "periodic, fired");
+        assert!(!raised_again(&timers, &siginfo(-2, 4)), "one-shot: queued");
+        assert!(
+            !raised_again(&timers, &siginfo(-2, 5)),
+            "armed: not refired"
+        );
+        assert!(!raised_again(&timers, &siginfo(0, 3)), "not SI_TIMER");
+        assert!(!raised_again(&timers, &[0u8; 10]), "short siginfo");
     }
 }
