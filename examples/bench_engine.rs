@@ -11,6 +11,10 @@
 //!
 //! MB/s is 10^6 bytes per second of the workload's buffer (SIZE MiB).
 
+#[path = "bench_common/mod.rs"]
+mod common;
+
+use common::{cpu_time, machine_busy, others_pct, proc_cpu, tv, wait_idle};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -336,88 +340,6 @@ fn rss_mib(kib: i64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
 
-fn tv(t: libc::timeval) -> Duration {
-    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-}
-
-fn ticks(n: u64) -> Duration {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Duration::from_secs_f64(n as f64 / hz)
-}
-
-/// CPU time (user + system) this process has used so far.
-fn cpu_time() -> Duration {
-    // SAFETY: an all-zero rusage is valid for getrusage to overwrite.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// Busy CPU time of the whole machine so far, all CPUs together (from
-/// /proc/stat: all but idle and iowait; steal counts, as others took it).
-fn machine_busy() -> Duration {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let busy: u64 = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .filter_map(|(_, v)| v.parse::<u64>().ok())
-        .sum();
-    ticks(busy)
-}
-
-/// CPU time of another process so far (a zombie still has it).
-fn proc_cpu(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name: state is field 3, utime 14, stime 15.
-    let f: Vec<u64> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    ticks(f.iter().sum())
-}
-
-/// Share (%) of all CPUs that something other than the measured work used
-/// during `wall`: when high, the figures measure the machine, not crstream.
-fn others_pct(busy: Duration, ours: Duration, wall: Duration) -> f64 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    busy.saturating_sub(ours).as_secs_f64() / (wall.as_secs_f64().max(1e-9) * cpus) * 100.0
-}
-
-/// Waits (up to `max`) until the machine is idle, so that builds or tests
-/// running next to the bench do not weigh on the figures.
-fn wait_idle(max: Duration) {
-    let started = Instant::now();
-    let mut said = false;
-    loop {
-        let (b0, c0, t0) = (machine_busy(), cpu_time(), Instant::now());
-        std::thread::sleep(Duration::from_millis(300));
-        let load = others_pct(machine_busy() - b0, cpu_time() - c0, t0.elapsed());
-        if load < 10.0 {
-            return;
-        }
-        if started.elapsed() > max {
-            eprintln!("bench_engine: warning: the machine is {load:.0}% busy; measuring anyway");
-            return;
-        }
-        if !said {
-            eprintln!("bench_engine: waiting for the machine to be idle ({load:.0}% busy)");
-            said = true;
-        }
-    }
-}
-
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);
 
@@ -470,20 +392,7 @@ fn print_table(rows: &[Vec<String>]) {
 fn main() {
     let o = parse_args();
     // target/release/examples/bench_engine -> target/release/{crstream,examples/wl_memory}
-    let exe = std::env::current_exe().expect("current_exe");
-    let examples = exe.parent().expect("examples directory").to_path_buf();
-    let crstream = examples
-        .parent()
-        .expect("target directory")
-        .join("crstream");
-    let wl = examples.join("wl_memory");
-    for p in [&crstream, &wl] {
-        assert!(
-            p.exists(),
-            "{} is missing: run `cargo build --release --examples --bin crstream`",
-            p.display()
-        );
-    }
+    let (crstream, wl) = (common::crstream_bin(), common::example_bin("wl_memory"));
     // Restored processes are re-parented to us when the restorer exits, so
     // we can reap them at once instead of waiting for PID 1 to.
     // SAFETY: a plain prctl on this process.
@@ -505,7 +414,7 @@ during dump or restore (the higher of the two; high = figures not trustworthy)"
         for codec in &o.codecs {
             for dest in &o.dests {
                 if o.wait_idle > 0 {
-                    wait_idle(Duration::from_secs(o.wait_idle));
+                    wait_idle("bench_engine", Duration::from_secs(o.wait_idle));
                 }
                 eprintln!("bench_engine: {size} MiB, {codec}, {dest}");
                 let report = dir.join("report");

@@ -12,6 +12,9 @@
 //! [--s3-server moto|s3s-fs] (s3s-fs: `cargo install s3s-fs --features binary`,
 //! much faster than moto, so closer to what a real object store gives).
 
+#[path = "bench_common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -43,14 +46,7 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let examples = exe.parent().expect("examples dir").to_path_buf();
-    let crstream = examples.parent().expect("target dir").join("crstream");
-    let wl = examples.join("wl_memory");
-    assert!(
-        crstream.exists() && wl.exists(),
-        "run `cargo build --release --bin crstream --examples` first"
-    );
+    let (crstream, wl) = (common::crstream_bin(), common::example_bin("wl_memory"));
     // Detached restored processes are re-parented to us, so we reap them.
     // SAFETY: a plain prctl on this process.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

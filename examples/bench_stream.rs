@@ -20,6 +20,10 @@ use crstream_streamer::{
     WriterOptions, codec::codec_name,
 };
 use futures::StreamExt;
+#[path = "bench_common/mod.rs"]
+mod common;
+
+use common::{cpu_time, crstream_bin, machine_busy, others_pct, proc_cpu, tv, wait_idle};
 use std::future::Future;
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -196,19 +200,6 @@ fn status_kib(key: &str) -> u64 {
             })
         })
         .unwrap_or(0)
-}
-
-/// CPU time (user + system) this process has used so far.
-fn cpu_time() -> Duration {
-    // SAFETY: an all-zero rusage is valid for getrusage to overwrite.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn tv(t: libc::timeval) -> Duration {
-    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
 }
 
 /// Cores kept busy on average: CPU time over wall time.
@@ -505,91 +496,6 @@ impl Drop for Scratch {
     }
 }
 
-/// Busy CPU time of the whole machine so far, all CPUs together (from
-/// /proc/stat: all but idle and iowait; steal counts, as others took it).
-fn machine_busy() -> Duration {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let busy: u64 = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .filter_map(|(_, v)| v.parse::<u64>().ok())
-        .sum();
-    ticks(busy)
-}
-
-fn ticks(n: u64) -> Duration {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Duration::from_secs_f64(n as f64 / hz)
-}
-
-/// CPU time of another process so far (a zombie still has it).
-fn proc_cpu(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name: state is field 3, utime 14, stime 15.
-    let f: Vec<u64> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    ticks(f.iter().sum())
-}
-
-/// Share (%) of all CPUs that something other than the measured work used
-/// during `wall`: when high, the figures measure the machine, not crstream.
-fn others_pct(busy: Duration, ours: Duration, wall: Duration) -> f64 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    busy.saturating_sub(ours).as_secs_f64() / (wall.as_secs_f64().max(1e-9) * cpus) * 100.0
-}
-
-/// Waits (up to `max`) until the machine is idle, so that builds or tests
-/// running next to the bench do not weigh on the figures.
-fn wait_idle(max: Duration) {
-    let started = Instant::now();
-    let mut said = false;
-    loop {
-        let (b0, c0, t0) = (machine_busy(), cpu_time(), Instant::now());
-        std::thread::sleep(Duration::from_millis(300));
-        let load = others_pct(machine_busy() - b0, cpu_time() - c0, t0.elapsed());
-        if load < 10.0 {
-            return;
-        }
-        if started.elapsed() > max {
-            eprintln!("bench_stream: warning: the machine is {load:.0}% busy; measuring anyway");
-            return;
-        }
-        if !said {
-            eprintln!("bench_stream: waiting for the machine to be idle ({load:.0}% busy)");
-            said = true;
-        }
-    }
-}
-
-fn crstream_bin() -> PathBuf {
-    // target/release/examples/bench_stream -> target/release/crstream
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("crstream"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release --examples --bin crstream`",
-        bin.display()
-    );
-    bin
-}
-
 /// Where upload and download go.
 struct Target {
     loc: &'static str,
@@ -645,7 +551,7 @@ fn main() {
     let crstream = crstream_bin();
     let idle = || {
         if o.wait_idle > 0 {
-            wait_idle(Duration::from_secs(o.wait_idle));
+            wait_idle("bench_stream", Duration::from_secs(o.wait_idle));
         }
     };
     let base = o.dir.clone().unwrap_or_else(std::env::temp_dir);

@@ -6,6 +6,9 @@
 //! Needs root. Usage: bench_tree [--sizes 1,10,100] [--mib 16]
 //! (after `cargo build --release --bin crstream --examples`).
 
+#[path = "bench_common/mod.rs"]
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,14 +33,7 @@ fn main() {
             }
         }
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let examples = exe.parent().expect("examples dir").to_path_buf();
-    let crstream = examples.parent().expect("target dir").join("crstream");
-    let wl = examples.join("wl_memory");
-    assert!(
-        crstream.exists() && wl.exists(),
-        "run `cargo build --release --bin crstream --examples` first"
-    );
+    let (crstream, wl) = (common::crstream_bin(), common::example_bin("wl_memory"));
     // The restored root is re-parented to us when crstream exits.
     // SAFETY: a plain prctl on this process.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

@@ -1,0 +1,119 @@
+//! What the benchmarks share: finding the binaries they run, and measuring
+//! CPU time and how busy the machine is (so that figures taken next to a
+//! build are flagged instead of trusted). Included with `#[path]`; not an
+//! example of its own (a directory without main.rs).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The `crstream` binary of the build this benchmark belongs to
+/// (target/release/examples/bench_x -> target/release/crstream).
+pub fn crstream_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    built(
+        exe.parent()
+            .and_then(|p| p.parent())
+            .expect("target directory")
+            .join("crstream"),
+    )
+}
+
+/// Example `name` (a workload) of the same build.
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    built(exe.parent().expect("examples directory").join(name))
+}
+
+fn built(p: PathBuf) -> PathBuf {
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release --bin crstream --examples` first",
+        p.display()
+    );
+    p
+}
+
+pub fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+pub fn ticks(n: u64) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Duration::from_secs_f64(n as f64 / hz)
+}
+
+/// CPU time (user + system) this process has used so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is valid for getrusage to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Busy CPU time of the whole machine so far, all CPUs together (from
+/// /proc/stat: all but idle and iowait; steal counts, as others took it).
+pub fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let busy: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    ticks(busy)
+}
+
+/// CPU time of another process so far (a zombie still has it).
+pub fn proc_cpu(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name: state is field 3, utime 14, stime 15.
+    let f: Vec<u64> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    ticks(f.iter().sum())
+}
+
+/// Share (%) of all CPUs that something other than the measured work used
+/// during `wall`: when high, the figures measure the machine, not crstream.
+pub fn others_pct(busy: Duration, ours: Duration, wall: Duration) -> f64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    busy.saturating_sub(ours).as_secs_f64() / (wall.as_secs_f64().max(1e-9) * cpus) * 100.0
+}
+
+/// Waits (up to `max`) until the machine is idle, so that builds or tests
+/// running next to the bench do not weigh on the figures. `bench` names
+/// the benchmark in what it prints.
+pub fn wait_idle(bench: &str, max: Duration) {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        let (b0, c0, t0) = (machine_busy(), cpu_time(), Instant::now());
+        std::thread::sleep(Duration::from_millis(300));
+        let load = others_pct(machine_busy() - b0, cpu_time() - c0, t0.elapsed());
+        if load < 10.0 {
+            return;
+        }
+        if started.elapsed() > max {
+            eprintln!("{bench}: warning: the machine is {load:.0}% busy; measuring anyway");
+            return;
+        }
+        if !said {
+            eprintln!("{bench}: waiting for the machine to be idle ({load:.0}% busy)");
+            said = true;
+        }
+    }
+}
