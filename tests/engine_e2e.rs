@@ -78,9 +78,7 @@ fn leave_running_keeps_the_process_and_pid_in_use_fails_cleanly() {
     w.wait_report(T, |r| field(r, 0, 0) > n + 2);
     assert_running_untraced(w.pid);
 
-    let o = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = restore_refused(img.to_str().unwrap(), &[]);
     assert!(err.contains(&format!("PID {} is in use", w.pid)), "{err}");
     // The original is untouched and keeps running.
     let n = field(&w.read_report().unwrap(), 0, 0);
@@ -109,18 +107,7 @@ fn dump_of_a_socket_connected_outside_the_tree_fails_naming_the_fd_and_the_targe
     let w = Workload::from_child(child, report);
     w.wait_report(T, |r| field(r, 0, 0) >= 2);
     let img = dir.path("img");
-    let o = run(
-        &[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-o",
-            img.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(!o.status.success(), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = dump_refused(w.pid, &img, &[], &[]);
     assert!(
         err.contains(&format!(
             "pid {} fd 0: unsupported file kind socket:[",
@@ -141,22 +128,8 @@ fn failure_while_reading_memory_leaves_the_target_running_untraced() {
     let w = Workload::spawn("wl_memory", dir.path("report"), &["32"]);
     let before = w.wait_report(T, |r| field(r, 0, 0) >= 2);
     let img = dir.path("img");
-    let o = run(
-        &[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-o",
-            img.to_str().unwrap(),
-        ],
-        &[("CRSTREAM_TEST_FAIL_AT", "memory")],
-    );
-    assert!(!o.status.success(), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("injected test failure at memory"),
-        "{}",
-        text(&o)
-    );
+    let err = dump_refused(w.pid, &img, &[], &[("CRSTREAM_TEST_FAIL_AT", "memory")]);
+    assert!(err.contains("injected test failure at memory"), "{err}");
     assert_running_untraced(w.pid);
     let n = field(&w.read_report().unwrap(), 0, 0);
     let r = w.wait_report(T, |r| field(r, 0, 0) > n + 2);
@@ -555,9 +528,7 @@ fn restore_refuses_an_open_file_truncated_below_its_offset() {
         .unwrap()
         .set_len(40)
         .unwrap();
-    let o = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
-    assert!(!o.status.success(), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = restore_refused(img.to_str().unwrap(), &[]);
     assert!(
         err.contains(data_path.to_str().unwrap()) && err.contains("shrank"),
         "{err}"
@@ -603,9 +574,7 @@ fn restore_refuses_a_mapped_file_that_shrank() {
         .unwrap()
         .set_len(4096)
         .unwrap();
-    let o = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
-    assert!(!o.status.success(), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = restore_refused(img.to_str().unwrap(), &[]);
     assert!(
         err.contains(exe.to_str().unwrap()) && err.contains("shrank"),
         "{err}"
@@ -634,16 +603,11 @@ fn failure_late_in_restore_leaves_no_process_or_thread_behind() {
     let img = dir.path("img");
     dump(w.pid, &img, &[]);
     w.reap_dumped();
-    let o = run(
-        &["restore", "-i", img.to_str().unwrap(), "--detach"],
+    let err = restore_refused(
+        img.to_str().unwrap(),
         &[("CRSTREAM_TEST_FAIL_AT", "restore")],
     );
-    assert!(!o.status.success(), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("injected test failure at restore"),
-        "{}",
-        text(&o)
-    );
+    assert!(err.contains("injected test failure at restore"), "{err}");
     for &t in &tids {
         assert!(!proc_exists(t), "tid {t} left behind by a failed restore");
     }

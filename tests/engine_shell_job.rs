@@ -123,14 +123,14 @@ fn shell_job_moves_to_the_restoring_terminal_and_keeps_reading_and_writing() {
 
     let img = dir.path("img");
     let img_s = img.to_str().unwrap();
-    let msg = dump_refused(job, &img, &[]);
+    let msg = dump_refused(job, &img, &[], &[]);
     assert!(
         msg.contains("a terminal") && msg.contains("--shell-job") && msg.contains(&pty.slave),
         "{msg}"
     );
     // The shell itself leads the terminal's session: that terminal cannot
     // be handed back to it.
-    let msg = dump_refused(shell.pid, &img, &["--shell-job"]);
+    let msg = dump_refused(shell.pid, &img, &["--shell-job"], &[]);
     assert!(msg.contains("leads its own session"), "{msg}");
     assert_running_untraced(shell.pid);
     let before = field(&shell.read_report().unwrap(), 0, 1);

@@ -196,13 +196,10 @@ fn restore_refuses_an_inotify_watch_on_a_removed_path() {
     w.reap_dumped();
     let file = dir.path("data").join("file.txt");
     std::fs::remove_file(&file).unwrap();
-    let o = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
-    assert!(!o.status.success(), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = restore_refused(img.to_str().unwrap(), &[]);
     assert!(
         err.contains("inotify") && err.contains(file.to_str().unwrap()),
-        "{}",
-        text(&o)
+        "{err}"
     );
     for t in tids {
         assert!(!proc_exists(t), "tid {t} left behind by a failed restore");
@@ -236,13 +233,10 @@ fn dump_refuses_a_thread_cpu_clock_timer_and_the_target_runs_on() {
     let r = w.wait_report(T, |r| field(r, 0, COUNTER) >= 2);
     let pid_s = w.pid.to_string();
     let img = dir.path("img");
-    let o = run(&["dump", "-t", &pid_s, "-o", img.to_str().unwrap()], &[]);
-    assert!(!o.status.success(), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = dump_refused(w.pid, &img, &[], &[]);
     assert!(
         err.contains("POSIX timer") && err.contains("CPU clock") && err.contains(&pid_s),
-        "{}",
-        text(&o)
+        "{err}"
     );
     w.wait_report(T, |x| field(x, 0, COUNTER) > field(&r, 0, COUNTER) + 2);
     assert_running_untraced(w.pid);

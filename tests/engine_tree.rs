@@ -158,17 +158,7 @@ fn failed_tree_dump_and_restore_leave_nothing_behind() {
     let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
     let pids = tree_pids(&r);
     let img = dir.path("img");
-    let o = run(
-        &[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-o",
-            img.to_str().unwrap(),
-        ],
-        &[("CRSTREAM_TEST_FAIL_AT", "memory")],
-    );
-    assert!(!o.status.success(), "dump should fail: {}", text(&o));
+    dump_refused(w.pid, &img, &[], &[("CRSTREAM_TEST_FAIL_AT", "memory")]);
     let before = slots(&w.read_report().unwrap());
     let r = wait_all_counting(&w, &before);
     assert_eq!(status(&r), "OK", "after a failed dump: {r}");
@@ -181,11 +171,10 @@ fn failed_tree_dump_and_restore_leave_nothing_behind() {
     for &pid in &pids {
         assert!(wait_gone(pid, T), "pid {pid} survived the dump");
     }
-    let o = run(
-        &["restore", "-i", img.to_str().unwrap(), "--detach"],
+    restore_refused(
+        img.to_str().unwrap(),
         &[("CRSTREAM_TEST_FAIL_AT", "restore")],
     );
-    assert!(!o.status.success(), "restore should fail: {}", text(&o));
     for &pid in pids.iter().chain([w.pid].iter()) {
         assert!(
             wait_gone(pid, T),
@@ -519,7 +508,7 @@ fn dump_refuses_processes_sharing_memory_without_being_threads() {
     let w = Workload::spawn("wl_clone", dir.path("report"), &["vm"]);
     let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
     let child = field(&r, 1, 0) as i32;
-    let msg = dump_refused(w.pid, &dir.path("img"), &[]);
+    let msg = dump_refused(w.pid, &dir.path("img"), &[], &[]);
     assert!(
         msg.contains(&format!("pid {child}"))
             && msg.contains(&format!("shares its memory with process {}", w.pid)),

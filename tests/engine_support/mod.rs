@@ -272,14 +272,22 @@ pub fn status(report: &str) -> &str {
         .unwrap_or("")
 }
 
-/// `crstream dump -t PID -o IMG [extra]` that must fail; returns its output.
-pub fn dump_refused(pid: i32, img: &Path, extra: &[&str]) -> String {
+/// `crstream dump -t PID -o IMG [extra]` that must fail; returns its
+/// stderr.
+pub fn dump_refused(pid: i32, img: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
     let pid_s = pid.to_string();
     let mut args = vec!["dump", "-t", &pid_s, "-o", img.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let o = run(&args, &[]);
+    let o = run(&args, env);
     assert!(!o.status.success(), "the dump should fail: {}", text(&o));
-    text(&o)
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `crstream restore -i SRC --detach` that must fail; returns its stderr.
+pub fn restore_refused(src: &str, env: &[(&str, &str)]) -> String {
+    let o = run(&["restore", "-i", src, "--detach"], env);
+    assert!(!o.status.success(), "the restore should fail: {}", text(&o));
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 // --- shared by the real-program and lazy-restore tests ---
