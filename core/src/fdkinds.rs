@@ -494,6 +494,38 @@ pub(crate) fn dump(
     Ok(true)
 }
 
+/// The error of a failed step (`what`) while saving fd `fd` (`link`) of
+/// `pid`.
+fn fd_error(pid: i32, fd: i32, link: &str) -> impl Fn(&str, io::Error) -> DumpError + '_ {
+    move |what, e| DumpError::File {
+        pid,
+        fd,
+        path: link.to_string(),
+        err: io::Error::new(e.kind(), format!("{what}: {e}")),
+    }
+}
+
+/// The backlog of a listening socket from its sock_diag answer (connections
+/// waiting, backlog). One with connections waiting is refused: they would
+/// be lost. When sock_diag cannot tell, SOMAXCONN.
+fn listener_backlog(
+    pid: i32,
+    fd: i32,
+    what: &str,
+    diag: io::Result<(u32, u32)>,
+    refuse: impl Fn(String) -> DumpError,
+) -> Result<u32, DumpError> {
+    match diag {
+        Ok((pending, _)) if pending > 0 => Err(refuse(format!(
+            "{what} has {pending} connection(s) waiting in the accept queue"
+        ))),
+        Ok((_, backlog)) => Ok(backlog),
+        Err(e) => {
+            tracing::debug!(pid, fd, "sock_diag failed ({e}): backlog set to SOMAXCONN");
+            Ok(libc::SOMAXCONN as u32)
+        }
+    }
+}
 fn dump_pipe(
     ctx: &mut DumpCtx,
     pid: i32,
@@ -503,12 +535,7 @@ fn dump_pipe(
     kind: FileKind,
     f: &mut OpenFile,
 ) -> Result<(), DumpError> {
-    let err = |what: &str, e: io::Error| DumpError::File {
-        pid,
-        fd,
-        path: link.to_string(),
-        err: io::Error::new(e.kind(), format!("{what}: {e}")),
-    };
+    let err = fd_error(pid, fd, link);
     let dup = steal_fd(pid, fd).map_err(|e| err("pidfd_getfd", e))?;
     // SAFETY: fcntl with integer arguments.
     let capacity = cvt(unsafe { libc::fcntl(dup.as_raw_fd(), libc::F_GETPIPE_SZ) })
@@ -669,12 +696,7 @@ fn dump_socket(
     inode: u64,
     f: &mut OpenFile,
 ) -> Result<(), DumpError> {
-    let err = |what: &str, e: io::Error| DumpError::File {
-        pid,
-        fd,
-        path: link.to_string(),
-        err: io::Error::new(e.kind(), format!("{what}: {e}")),
-    };
+    let err = fd_error(pid, fd, link);
     let refuse = |why: String| DumpError::UnsupportedFile {
         pid,
         fd,
@@ -711,24 +733,9 @@ fn dump_socket(
             }
             let diag = unix_diag(inode);
             if listening {
-                match diag {
-                    Ok(d) if d.rqueue > 0 => {
-                        return Err(refuse(format!(
-                            "unix listener {} has {} connection(s) waiting in the accept queue",
-                            fmt_sockaddr(&sf.local_addr),
-                            d.rqueue
-                        )));
-                    }
-                    Ok(d) => sf.backlog = d.wqueue,
-                    Err(e) => {
-                        tracing::debug!(
-                            pid,
-                            fd,
-                            "unix_diag failed ({e}): backlog set to SOMAXCONN"
-                        );
-                        sf.backlog = libc::SOMAXCONN as u32;
-                    }
-                }
+                let what = format!("unix listener {}", fmt_sockaddr(&sf.local_addr));
+                let queues = diag.map(|d| (d.rqueue, d.wqueue));
+                sf.backlog = listener_backlog(pid, fd, &what, queues, refuse)?;
             } else {
                 match diag {
                     Ok(d) => {
@@ -809,23 +816,9 @@ fn dump_socket(
                     )));
                 }
                 if listening {
-                    match inet_listener_diag(family, inode) {
-                        Ok((pending, _)) if pending > 0 => {
-                            return Err(refuse(format!(
-                                "TCP listener on {} has {pending} connection(s) waiting in the accept queue",
-                                fmt_sockaddr(&sf.local_addr)
-                            )));
-                        }
-                        Ok((_, backlog)) => sf.backlog = backlog,
-                        Err(e) => {
-                            tracing::debug!(
-                                pid,
-                                fd,
-                                "inet_diag failed ({e}): backlog set to SOMAXCONN"
-                            );
-                            sf.backlog = libc::SOMAXCONN as u32;
-                        }
-                    }
+                    let what = format!("TCP listener on {}", fmt_sockaddr(&sf.local_addr));
+                    let diag = inet_listener_diag(family, inode);
+                    sf.backlog = listener_backlog(pid, fd, &what, diag, refuse)?;
                 }
             } else {
                 if !sf.peer_addr.is_empty() {
