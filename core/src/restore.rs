@@ -128,13 +128,10 @@ fn adopt_legacy_deleted(img: &mut Image) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// For a shell job, the terminal its terminal fds will open: the one on
-/// crstream's stdin (or stdout, stderr), as (our fd, its path). None for
-/// other images.
-fn shell_job_terminal(
-    img: &Image,
-    opts: &RestoreOptions,
-) -> Result<Option<(i32, String)>, RestoreError> {
+/// For a shell job, the path of the terminal its terminal fds will open:
+/// crstream's controlling terminal, on its stdin (or stdout, stderr). None
+/// for other images.
+fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<String>, RestoreError> {
     let has_tty = img
         .files
         .values()
@@ -157,7 +154,7 @@ fn shell_job_terminal(
         // SAFETY: terminal queries on a standard fd.
         let ours = unsafe { libc::isatty(fd) == 1 && libc::tcgetsid(fd) == libc::getsid(0) };
         if ours && let Ok(path) = crate::proc::read_link(format!("/proc/self/fd/{fd}")) {
-            return Ok(Some((fd, path)));
+            return Ok(Some(path));
         }
     }
     if has_tty {
@@ -638,7 +635,7 @@ fn restore_inner(
     let mut created = crate::fdkinds::Registry::default();
     let reopen = crate::files::Reopen {
         unlinked: &img.unlinked,
-        terminal: terminal.as_ref().map(|t| t.1.as_str()),
+        terminal: terminal.as_deref(),
     };
     // Every fd table before any process state: paths are opened outside a
     // chroot that a process sharing its fs state (CLONE_FS) would enter.
