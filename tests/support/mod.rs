@@ -54,8 +54,13 @@ pub fn s3_endpoint() -> String {
 
 /// Environment for crstream to talk to the S3 test server.
 pub fn s3_env() -> Vec<(String, String)> {
+    s3_env_for(s3_endpoint())
+}
+
+/// Environment for crstream to talk to the S3 server at `endpoint`.
+pub fn s3_env_for(endpoint: String) -> Vec<(String, String)> {
     [
-        ("AWS_ENDPOINT_URL", s3_endpoint()),
+        ("AWS_ENDPOINT_URL", endpoint),
         ("AWS_ALLOW_HTTP", "true".into()),
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
