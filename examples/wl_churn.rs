@@ -19,16 +19,13 @@
 
 use std::time::Duration;
 
+mod wl_common;
+use wl_common::report;
+
 const PAGE: usize = 4096;
 const WORDS: usize = PAGE / 8;
 const PAGES: usize = 8192; // 32 MiB
 const QUARTER: usize = PAGES / 4;
-
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
 
 fn pattern(page: usize, word: usize) -> u64 {
     ((page * WORDS + word) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5A5A

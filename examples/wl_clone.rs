@@ -14,11 +14,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
+mod wl_common;
+use wl_common::report;
 
 /// Marks, in the child's answer, an fd it did not find.
 const MISSING: u64 = 1 << 32;

@@ -14,6 +14,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod wl_common;
+
 static ALARMS: AtomicU64 = AtomicU64::new(0);
 const PAGE: usize = 4096;
 
@@ -147,9 +149,7 @@ fn main() {
             ALARMS.load(Ordering::Relaxed),
             ok as u8
         );
-        let tmp = format!("{report}.tmp");
-        std::fs::write(&tmp, line).unwrap();
-        std::fs::rename(&tmp, report).unwrap();
+        wl_common::report(report, &line);
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -10,11 +10,8 @@
 
 use std::time::Duration;
 
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
+mod wl_common;
+use wl_common::report;
 
 fn checksum(buf: &[u64]) -> u64 {
     buf.iter().enumerate().fold(0u64, |acc, (i, &w)| {

@@ -20,11 +20,8 @@
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
+mod wl_common;
+use wl_common::report;
 
 fn pipe() -> (RawFd, RawFd) {
     let mut fds = [0; 2];

@@ -8,11 +8,8 @@
 
 use std::time::Duration;
 
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
+mod wl_common;
+use wl_common::report;
 
 fn main() {
     // SAFETY: no fd above 2 is in use yet.

@@ -25,18 +25,15 @@ use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod wl_common;
+use wl_common::report;
+
 const PROCS: usize = 3;
 const PAGE: usize = 4096;
 const MEMFD_SEALS: i32 = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK;
 const PRIVATE_MARK: u64 = 0x5052_4956_4154_4521;
 
 type Slots = [AtomicU64; PROCS];
-
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
 
 fn map(flags: i32, fd: i32) -> *mut libc::c_void {
     // SAFETY: a fresh mapping of one page.

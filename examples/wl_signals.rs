@@ -9,17 +9,14 @@
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
+mod wl_common;
+use wl_common::report;
+
 static USR1: AtomicU64 = AtomicU64::new(0);
 static USR2: AtomicU64 = AtomicU64::new(0);
 static USR2_FROM: AtomicI32 = AtomicI32::new(0);
 static BAD: AtomicU64 = AtomicU64::new(0);
 static mut ALTSTACK: [u8; 65536] = [0; 65536];
-
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
 
 extern "C" fn on_usr1(_sig: i32, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     let local = 0u8;

@@ -14,6 +14,9 @@
 
 use std::time::Duration;
 
+mod wl_common;
+use wl_common::report;
+
 const PAGE: usize = 4096;
 const WORDS: usize = PAGE / 8;
 const PAGES: usize = 1 << 18; // 1 GiB
@@ -29,12 +32,6 @@ fn written(i: usize) -> bool {
 
 fn read_only(i: usize) -> bool {
     !written(i) && (i % SPREAD == SPREAD / 2 || (READ_START..READ_START + READ_PAGES).contains(&i))
-}
-
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
 }
 
 struct Area(*mut u64);

@@ -9,13 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
-const THREADS: usize = 8;
+mod wl_common;
+use wl_common::report;
 
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
+const THREADS: usize = 8;
 
 fn mxcsr() -> u32 {
     let mut v: u32 = 0;

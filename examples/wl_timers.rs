@@ -24,6 +24,9 @@
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
+mod wl_common;
+use wl_common::report;
+
 static USR1: AtomicU64 = AtomicU64::new(0);
 static USR2: AtomicU64 = AtomicU64::new(0);
 static USR2_ON_THREAD: AtomicU64 = AtomicU64::new(0);
@@ -34,12 +37,6 @@ const SI_TIMER: i32 = -2;
 const SIGEV_SIGNAL: i32 = 0;
 const SIGEV_NONE: i32 = 1;
 const SIGEV_THREAD_ID: i32 = 4;
-
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
 
 /// (si_code, sigev_value) of a timer siginfo: the _timer member holds
 /// si_tid and si_overrun (ints) at 16 and 20, si_sigval at 24.

@@ -22,13 +22,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const SLOTS: usize = 7;
+mod wl_common;
+use wl_common::report;
 
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
+const SLOTS: usize = 7;
 
 fn slots() -> &'static [AtomicU64; SLOTS] {
     // SAFETY: one shared anonymous page, inherited by every fork; atomics

@@ -15,11 +15,8 @@
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-fn report(path: &str, text: &str) {
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).expect("write report");
-    std::fs::rename(&tmp, path).expect("rename report");
-}
+mod wl_common;
+use wl_common::report;
 
 fn status() -> String {
     // SAFETY: plain queries on our own fds.
