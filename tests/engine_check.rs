@@ -1,6 +1,5 @@
 //! `crstream check` reports every feature and succeeds on this machine.
 
-#[path = "engine_support/mod.rs"]
 mod support;
 
 #[test]

@@ -3,7 +3,6 @@
 //!
 //! Run with: cargo build --examples && cargo test --test engine_e2e
 
-#[path = "engine_support/mod.rs"]
 mod support;
 
 use std::time::Duration;
@@ -257,9 +256,6 @@ fn files_offsets_append_log_and_deleted_file_survive() {
     assert_running_untraced(pid);
 }
 
-#[path = "support/mod.rs"]
-mod s3;
-
 /// Writing the image fails half way (stdout is a pipe nobody reads): the
 /// target was frozen all along and runs on, untraced, as if nothing happened.
 #[test]
@@ -269,7 +265,7 @@ fn failed_image_write_leaves_the_target_running() {
     let before = w.wait_report(T, |r| field(r, 0, 0) >= 2);
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let o = std::process::Command::new(crstream())
+    let o = crstream()
         .args(["dump", "-t", &w.pid.to_string()])
         .stdout(writer)
         .output()
@@ -290,9 +286,9 @@ fn failed_image_write_leaves_the_target_running() {
 /// Dump straight to the S3 test server and restore straight from it.
 #[test]
 fn dump_to_s3_and_restore_from_s3() {
-    let env: Vec<(String, String)> = s3::s3_env();
+    let env: Vec<(String, String)> = s3_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let bucket = s3::s3_bucket("engine");
+    let bucket = s3_bucket("engine");
     let url = format!("s3://{bucket}/memory.img");
     let dir = TestDir::new("s3");
     let mut w = Workload::spawn("wl_memory", dir.path("report"), &["48"]);
@@ -301,7 +297,7 @@ fn dump_to_s3_and_restore_from_s3() {
     assert!(o.status.success(), "{}", text(&o));
     let dumped = field(&w.read_report().unwrap(), 0, 0);
     w.reap_dumped();
-    assert!(s3::s3_object_exists(&bucket, "memory.img"));
+    assert!(s3_object_exists(&bucket, "memory.img"));
     for round in 0..2 {
         let o = run(&["restore", "-i", &url, "--detach"], &env);
         assert!(o.status.success(), "{}", text(&o));

@@ -6,11 +6,7 @@
 //! Run with: cargo build --examples && cargo test --test engine_java_s3
 //! (needs CRSTREAM_TEST_S3_ENDPOINT, as set by .ci/test).
 
-#[path = "engine_support/mod.rs"]
 mod support;
-
-#[path = "support/mod.rs"]
-mod s3;
 
 use std::time::Duration;
 use support::*;
@@ -32,9 +28,9 @@ fn java_restored_from_s3_with_and_without_lazy() {
         eprintln!("java/javac not installed: skipped");
         return;
     }
-    let env = s3::s3_env();
+    let env = s3_env();
     let env = env_refs(&env);
-    let bucket = s3::s3_bucket("java");
+    let bucket = s3_bucket("java");
     let url = format!("s3://{bucket}/java.img");
 
     let dir = TestDir::new("java-s3");
@@ -45,7 +41,7 @@ fn java_restored_from_s3_with_and_without_lazy() {
     assert!(o.status.success(), "dump failed: {}", text(&o));
     let at_dump = w.read_report().unwrap();
     w.reap_dumped();
-    assert!(s3::s3_object_exists(&bucket, "java.img"), "no object {url}");
+    assert!(s3_object_exists(&bucket, "java.img"), "no object {url}");
 
     // (a) Plain restore from S3.
     let o = run(&["restore", "-i", &url, "--detach"], &env);

@@ -5,11 +5,7 @@
 //! (the S3 test needs CRSTREAM_TEST_S3_ENDPOINT, as set by .ci/test; the
 //! storage failure tests start their own moto_server).
 
-#[path = "engine_support/mod.rs"]
 mod support;
-
-#[path = "support/mod.rs"]
-mod s3;
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -77,14 +73,14 @@ fn lazy_restore_from_a_file_continues_with_pid_counter_and_checksum() {
 
     // Without --detach: crstream serves the pages, then waits for the
     // process and exits with its status.
-    let mut c = Command::new(crstream());
+    let mut c = crstream();
     c.args(["restore", "--lazy", "-i", img.to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let child = c.spawn().unwrap();
     let crs = child.id() as i32;
-    let mut guard = s3::ChildGuard(Some(child));
+    let mut guard = ChildGuard(Some(child));
     let r = w.wait_report(T, |r| {
         field(r, 0, 0) > dumped + 3 && field(r, 0, 2) == w.pid as u64
     });
@@ -114,9 +110,9 @@ fn lazy_restore_from_a_pipe_is_refused() {
 /// The same from the S3 test server (CRSTREAM_TEST_S3_ENDPOINT).
 #[test]
 fn lazy_restore_from_s3() {
-    let env = s3::s3_env();
+    let env = s3_env();
     let env = env_refs(&env);
-    let bucket = s3::s3_bucket("lazy");
+    let bucket = s3_bucket("lazy");
     let url = format!("s3://{bucket}/memory.img");
     let dir = TestDir::new("lazy-s3");
     let (mut w, checksum, dumped) = dump_memory(&dir, "128", &url, &env);
@@ -201,7 +197,7 @@ impl Moto {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        s3::s3_env_for(self.endpoint())
+        s3_env_for(self.endpoint())
     }
 
     fn create_bucket(&self, name: &str) {
@@ -243,7 +239,7 @@ fn free_port() -> u16 {
 /// Uploads a local image to `url` with a fixed part size (so that a
 /// re-upload of the same bytes gets the same ETag).
 fn upload(img: &std::path::Path, url: &str, env: &[(&str, &str)]) {
-    let mut c = Command::new(crstream());
+    let mut c = crstream();
     c.args(["upload", url, "--part-size", "5"])
         .stdin(std::fs::File::open(img).unwrap())
         .stdout(Stdio::null())

@@ -2,7 +2,6 @@
 //! modules keeping a dict checksum, and a multi-threaded Java program.
 //! Skipped (with a message) when python3 / java / javac are not installed.
 
-#[path = "engine_support/mod.rs"]
 mod support;
 
 use std::process::Command;

@@ -6,11 +6,7 @@
 //! Run with: cargo build --bin crstream --examples && .ci/test
 //! (the S3 tests need CRSTREAM_TEST_S3_ENDPOINT, as set by .ci/test).
 
-#[path = "engine_support/mod.rs"]
 mod support;
-
-#[path = "support/mod.rs"]
-mod s3;
 
 use std::time::Duration;
 use support::*;
@@ -56,9 +52,9 @@ fn memfd_deleted_file_sysv_and_anonymous_shared_memory_stay_shared() {
     let r = w.wait_report(T, |r| field(r, 0, 1) >= 20);
     assert_eq!(status(&r), "OK", "{r}\n{}", w.log());
     let kids = [field(&r, 1, 0) as i32, field(&r, 1, 1) as i32];
-    let env = s3::s3_env();
+    let env = s3_env();
     let env = env_refs(&env);
-    let url = format!("s3://{}/shm.img", s3::s3_bucket("shm"));
+    let url = format!("s3://{}/shm.img", s3_bucket("shm"));
     let pids = dump_tree(&mut w, &url, &env);
     assert_eq!(pids.len(), 3, "{pids:?}");
     let at_dump = regions(&w.read_report().unwrap());
@@ -146,9 +142,9 @@ if __name__ == "__main__":
     let mut w = spawn_isolated(cmd, report);
     let r = w.wait_report(T, |r| field(r, 0, 1) >= 5);
     assert_eq!(status(&r), "OK", "{r}\n{}", w.log());
-    let env = s3::s3_env();
+    let env = s3_env();
     let env = env_refs(&env);
-    let url = format!("s3://{}/pool.img", s3::s3_bucket("pool"));
+    let url = format!("s3://{}/pool.img", s3_bucket("pool"));
     let pids = dump_tree(&mut w, &url, &env);
     assert!(pids.len() >= 3, "the pool's workers were dumped: {pids:?}");
     let at_dump = w.read_report().unwrap();

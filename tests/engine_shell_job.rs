@@ -3,7 +3,6 @@
 //! with --shell-job under another terminal, where it goes on printing and
 //! reading lines in the foreground.
 
-#[path = "engine_support/mod.rs"]
 mod support;
 
 use std::io::{Read, Write};
@@ -159,7 +158,7 @@ fn shell_job_moves_to_the_restoring_terminal_and_keeps_reading_and_writing() {
         let tty = Pty::open();
         let [i, o, e] = tty.stdio();
         // crstream is the new terminal's session leader, as a shell would be.
-        let mut cmd = Command::new(crstream());
+        let mut cmd = crstream();
         cmd.args(["restore", "-i", img_s, "--shell-job"])
             .stdin(i)
             .stdout(o)

@@ -2,12 +2,9 @@
 //! test server into the restored process's memory; crstream never holds the
 //! whole image. Peak RSS is measured with wait4 on the restore process.
 
-#[path = "support/mod.rs"]
-mod s3;
-#[path = "engine_support/mod.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use support::*;
 
@@ -64,12 +61,12 @@ fn restore_from_a_pipe_streams_with_bounded_memory() {
     let (mut w, dumped, checksum) = dumped_workload(&dir, img.to_str().unwrap(), &[]);
 
     // crstream download FILE | crstream restore --detach
-    let mut download = Command::new(crstream())
+    let mut download = crstream()
         .args(["download", img.to_str().unwrap()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let restore = Command::new(crstream())
+    let restore = crstream()
         .args(["restore", "--detach"])
         .stdin(download.stdout.take().unwrap())
         .stdout(Stdio::piped())
@@ -95,14 +92,14 @@ fn restore_from_a_pipe_streams_with_bounded_memory() {
 // The restore process is reaped with wait4, which also gives its peak RSS.
 #[allow(clippy::zombie_processes)]
 fn restore_from_s3_streams_with_bounded_memory() {
-    let env: Vec<(String, String)> = s3::s3_env();
+    let env: Vec<(String, String)> = s3_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let bucket = s3::s3_bucket("streaming");
+    let bucket = s3_bucket("streaming");
     let url = format!("s3://{bucket}/app.img");
     let dir = TestDir::new("stream-s3");
     let (mut w, dumped, checksum) = dumped_workload(&dir, &url, &env);
 
-    let restore = Command::new(crstream())
+    let restore = crstream()
         .args([
             "restore",
             "-i",

@@ -4,7 +4,6 @@
 //! Run with: cargo build --bin crstream --example wl_timers &&
 //! cargo test --test engine_timers
 
-#[path = "engine_support/mod.rs"]
 mod support;
 
 use std::path::Path;

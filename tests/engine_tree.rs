@@ -5,11 +5,7 @@
 //! Run with: cargo build --bin crstream --examples && .ci/test
 //! (the S3 tests need CRSTREAM_TEST_S3_ENDPOINT, as set by .ci/test).
 
-#[path = "engine_support/mod.rs"]
 mod support;
-
-#[path = "support/mod.rs"]
-mod s3;
 
 use std::time::Duration;
 use support::*;
@@ -131,9 +127,9 @@ fn tree_with_groups_sessions_zombie_and_shared_memory_restores_twice_from_s3() {
         (c1, c),
         (z, w.pid),
     ];
-    let env = s3::s3_env();
+    let env = s3_env();
     let env = env_refs(&env);
-    let bucket = s3::s3_bucket("tree");
+    let bucket = s3_bucket("tree");
     let url = format!("s3://{bucket}/tree.img");
     let dumped = dump_tree(&mut w, &url, &env);
     assert_eq!(dumped.len(), 8, "{dumped:?}");
@@ -285,9 +281,9 @@ fn pipeline_with_full_pipes_eventfd_timerfd_socketpair_and_epoll_continues() {
     let mut w = Workload::spawn("wl_pipeline", dir.path("report"), &[]);
     let r = w.wait_report(T, |r| field(r, 0, 3) >= 20);
     assert!(r.contains(" OK "), "{r}\n{}", w.log());
-    let env = s3::s3_env();
+    let env = s3_env();
     let env = env_refs(&env);
-    let url = format!("s3://{}/pipeline.img", s3::s3_bucket("pipeline"));
+    let url = format!("s3://{}/pipeline.img", s3_bucket("pipeline"));
     let pids = dump_tree(&mut w, &url, &env);
     assert_eq!(pids.len(), 3, "{pids:?}");
     let at_dump = w.read_report().unwrap();
@@ -351,9 +347,9 @@ fn python_http_server_keeps_answering_on_its_port_after_restore() {
         assert!(t.elapsed() < T, "http.server did not start: {}", w.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let env = s3::s3_env();
+    let env = s3_env();
     let env = env_refs(&env);
-    let url = format!("s3://{}/http.img", s3::s3_bucket("http"));
+    let url = format!("s3://{}/http.img", s3_bucket("http"));
     dump_tree(&mut w, &url, &env);
     assert_eq!(
         http_get(port, "/hello.txt"),
@@ -409,9 +405,9 @@ fn gone_session_and_group_leaders_are_stood_in_for_by_helpers() {
     assert_eq!(sid_pgid(b), (a, a), "B before the dump");
     assert_eq!(sid_pgid(d).1, c, "D before the dump");
     assert!(!proc_exists(a) && !proc_exists(c), "A and C exited");
-    let env = s3::s3_env();
+    let env = s3_env();
     let env = env_refs(&env);
-    let url = format!("s3://{}/orphans.img", s3::s3_bucket("orphans"));
+    let url = format!("s3://{}/orphans.img", s3_bucket("orphans"));
     let mut pids = dump_tree(&mut w, &url, &env);
     pids.sort_unstable();
     let mut want = vec![w.pid, b, d];

@@ -1,25 +1,25 @@
-//! Helpers for the engine end-to-end tests: run real workloads (the
-//! examples/wl_*.rs programs) and the real crstream binary.
+//! Real workloads (the examples/wl_*.rs programs and real programs)
+//! dumped and restored by the real crstream binary.
 //!
 //! Every process a test starts is killed by PID and reaped (or waited for
 //! until /proc/PID is gone) by a Drop guard, even when the test fails.
 
-#![allow(dead_code)]
-
+use super::cli::crstream;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn crstream() -> PathBuf {
+/// Path of the crstream binary under test.
+pub fn crstream_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crstream"))
 }
 
 /// A workload example, built next to the binary (`cargo build --examples`,
 /// or any plain `cargo test`, builds them).
 pub fn example(name: &str) -> PathBuf {
-    let p = crstream().parent().unwrap().join("examples").join(name);
+    let p = crstream_bin().parent().unwrap().join("examples").join(name);
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --examples` first",
@@ -209,7 +209,7 @@ impl Drop for Workload {
 }
 
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(crstream());
+    let mut c = crstream();
     c.args(args).stdin(Stdio::null());
     for (k, v) in env {
         c.env(k, v);
@@ -401,7 +401,7 @@ pub struct LazyRestore {
 
 impl LazyRestore {
     pub fn start(src: &str, env: &[(&str, &str)], extra: &[&str]) -> Self {
-        let mut c = Command::new(crstream());
+        let mut c = crstream();
         c.args(["restore", "--lazy", "-i", src, "--json"])
             .args(extra)
             .stdin(Stdio::null())
