@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod pages;
 pub mod random;
 pub mod reader;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod writer;
 
