@@ -12,7 +12,6 @@ use crstream_streamer::{
     BlockingItems, PageBatch, RandomReader, RangeRead, SequentialReader, StreamWriter,
     WriterOptions,
 };
-use futures::StreamExt;
 use std::io::IsTerminal;
 
 pub fn dump(args: DumpArgs) -> Result<u8> {
@@ -126,9 +125,8 @@ struct Fetcher {
 
 impl crstream_core::PageFetcher for Fetcher {
     fn fetch(&self, offset: u64, len: u64) -> std::result::Result<PageBatch, String> {
-        let frame = self
-            .handle
-            .block_on(self.reader.read_frame(offset, len))
+        self.handle
+            .block_on(self.reader.page_batch(offset, len))
             .map_err(|e| match e {
                 // The storage error itself names what failed.
                 crstream_streamer::StreamError::Io { source, .. } => {
@@ -137,14 +135,7 @@ impl crstream_core::PageFetcher for Fetcher {
                         .map_or(s.clone(), str::to_owned)
                 }
                 e => e.to_string(),
-            })?;
-        if frame.header.kind != crstream_streamer::format::FrameKind::Pages {
-            return Err(format!(
-                "the index points to a {} frame, not pages",
-                frame.header.kind.name()
-            ));
-        }
-        PageBatch::decode(frame.raw, offset).map_err(|e| e.to_string())
+            })
     }
     fn describe(&self) -> String {
         self.url.clone()
@@ -233,32 +224,11 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
             .await
             .with_context(|| format!("reading {}", args.input))
     })?;
-    // Only the metadata frames: pages come later, by frame.
-    let metadata_end = reader.index().metadata_end;
-    let entries: Vec<_> = reader
-        .index()
-        .frames
-        .iter()
-        .filter(|f| f.offset < metadata_end)
-        .cloned()
-        .collect();
+    // Only the metadata: pages come later, by frame.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let items = {
         let _in_rt = rt.enter();
-        let r = reader.clone();
-        let frames = futures::stream::iter(entries)
-            .map(move |e| {
-                let r = r.clone();
-                async move {
-                    r.read_frame(
-                        e.offset,
-                        crstream_streamer::format::FRAME_HEADER_LEN as u64 + e.stored_len as u64,
-                    )
-                    .await
-                }
-            })
-            .buffered(workers);
-        crstream_streamer::reader::items_from_frames(Box::pin(frames))
+        reader.metadata_items(workers)
     };
     let mut source = BlockingItems::new(items, rt.handle().clone());
     let fetcher = std::sync::Arc::new(Fetcher {

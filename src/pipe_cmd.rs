@@ -171,8 +171,13 @@ fn print_report(r: &Report) {
     );
     if let Some(inv) = &r.inventory {
         println!(
-            "  dumped by crstream {} on {} ({} {}), root pid {}",
-            inv.crstream_version, inv.hostname, inv.kernel_release, inv.arch, inv.root_pid
+            "  dumped by crstream {} on {} ({} {}), root pid {}, records version {}",
+            inv.crstream_version,
+            inv.hostname,
+            inv.kernel_release,
+            inv.arch,
+            inv.root_pid,
+            inv.records_version
         );
     }
     println!();

@@ -1,8 +1,6 @@
 //! `crstream check`: does this kernel and this process have what dump and
 //! restore need?
 
-use std::os::fd::AsRawFd;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeatureCheck {
     pub name: String,
@@ -30,10 +28,6 @@ fn cap(status: &crate::proc::Status, bit: u32, name: &str) -> Result<String, Str
     } else {
         Err(format!("{name} missing"))
     }
-}
-
-fn errno() -> String {
-    std::io::Error::last_os_error().to_string()
 }
 
 pub fn check() -> Vec<FeatureCheck> {
@@ -64,19 +58,12 @@ pub fn check() -> Vec<FeatureCheck> {
         true,
         cr,
     ));
-    // SAFETY: prctl reading our own clear_child_tid into a local.
-    let mut addr = 0u64;
-    let r = unsafe {
-        libc::prctl(40 /* PR_GET_TID_ADDRESS */, &mut addr as *mut u64)
-    };
     out.push(feature(
         "CONFIG_CHECKPOINT_RESTORE (PR_GET_TID_ADDRESS)",
         true,
-        if r == 0 {
-            Ok("available".into())
-        } else {
-            Err(errno())
-        },
+        crate::sys::process::own_tid_address()
+            .map(|_| "available".into())
+            .map_err(|e| e.to_string()),
     ));
     let vdso = crate::proc::maps(me)
         .ok()
@@ -86,19 +73,21 @@ pub fn check() -> Vec<FeatureCheck> {
         true,
         match vdso {
             Some(v) => {
-                // SAFETY: our own vDSO is mapped readable.
-                let b =
-                    unsafe { std::slice::from_raw_parts(v.start as *const u8, v.len() as usize) };
-                crate::syscall::find_syscall_insn(b, v.start)
-                    .map(|a| format!("at {a:#x}"))
-                    .ok_or_else(|| "not found".into())
+                let mut b = vec![0u8; v.len() as usize];
+                match crate::sys::mem::vm_readv(me, &[(v.start, b.len())], &mut b) {
+                    Ok(n) if n == b.len() => crate::inject::find_syscall_insn(&b, v.start)
+                        .map(|a| format!("at {a:#x}"))
+                        .ok_or_else(|| "not found".into()),
+                    Ok(_) => Err("short read of [vdso]".into()),
+                    Err(e) => Err(format!("reading [vdso]: {e}")),
+                }
             }
             None => Err("no [vdso]".into()),
         },
     ));
     let x = 0x5au8;
     let mut y = 0u8;
-    let n = crate::syscall::vm_readv(
+    let n = crate::sys::mem::vm_readv(
         me,
         &[(&x as *const u8 as u64, 1)],
         std::slice::from_mut(&mut y),
@@ -118,45 +107,21 @@ pub fn check() -> Vec<FeatureCheck> {
         false,
         match pm {
             Ok(f) => {
-                #[repr(C)]
-                struct Arg([u64; 12]);
-                let mut regions = [0u64; 3 * 4];
                 let base = &x as *const u8 as u64 & !4095;
-                let mut a = Arg([
-                    96,
-                    0,
-                    base,
-                    base + 4096,
-                    0,
-                    regions.as_mut_ptr() as u64,
-                    4,
-                    0,
-                    0,
-                    0,
-                    1 << 3,
-                    1 << 3,
-                ]);
-                // SAFETY: valid pm_scan_arg and region buffer.
-                let r = unsafe { libc::ioctl(f.as_raw_fd(), 0xC060_6610, &mut a as *mut Arg) };
-                if r >= 0 {
-                    Ok("available".into())
-                } else {
-                    Err(format!("{} (falls back to pagemap entries)", errno()))
+                match crate::sys::mem::pagemap_scan(&f, base, base + 4096, 0) {
+                    Ok(_) => Ok("available".into()),
+                    Err(e) => Err(format!("{e} (falls back to pagemap entries)")),
                 }
             }
             Err(e) => Err(e.to_string()),
         },
     ));
-    // SAFETY: kcmp on our own fds 0 and 0.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, me, me, 0, 0, 0) };
     out.push(feature(
         "kcmp",
         false,
-        if r >= 0 {
-            Ok("available (detects shared open files)".into())
-        } else {
-            Err(errno())
-        },
+        crate::sys::kcmp::shares(me, me, crate::sys::kcmp::Shared::Vm)
+            .map(|_| "available (detects shared open files)".into())
+            .map_err(|e| e.to_string()),
     ));
     out.push(feature(
         "XSAVE",
@@ -167,42 +132,18 @@ pub fn check() -> Vec<FeatureCheck> {
             Err("FXSAVE only".into())
         },
     ));
-    // SAFETY: userfaultfd returns an fd we close right away.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_userfaultfd,
-            libc::O_CLOEXEC | 1, /* UFFD_USER_MODE_ONLY */
-        )
-    };
-    if fd >= 0 {
-        unsafe { libc::close(fd as i32) };
-    }
     out.push(feature(
         "userfaultfd (lazy restore, later)",
         false,
-        if fd >= 0 {
-            Ok("available".into())
-        } else {
-            Err(errno())
-        },
+        crate::sys::uffd::own(libc::O_CLOEXEC | crate::sys::uffd::USER_MODE_ONLY)
+            .map(|_| "available".into())
+            .map_err(|e| e.to_string()),
     ));
-    // SAFETY: pidfd_open on ourselves; closed right away.
-    let pfd = unsafe { libc::syscall(libc::SYS_pidfd_open, me, 0) };
-    let got = if pfd >= 0 {
-        // SAFETY: pidfd_getfd of our own fd 0 (or an error if fd 0 is closed).
-        let g = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pfd, 0, 0) };
-        let res = if g >= 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF) {
-            Ok("available".into())
-        } else {
-            Err(errno())
-        };
-        if g >= 0 {
-            unsafe { libc::close(g as i32) };
-        }
-        unsafe { libc::close(pfd as i32) };
-        res
-    } else {
-        Err(errno())
+    let got = match crate::sys::pidfd::take_fd(me, 0) {
+        // EBADF: fd 0 is closed, the call itself works.
+        Ok(_) => Ok("available".into()),
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok("available".into()),
+        Err(e) => Err(e.to_string()),
     };
     out.push(feature("pidfd_getfd (lazy restore, later)", false, got));
     out.push(feature(

@@ -116,6 +116,10 @@ pub enum RestoreError {
     Stream(#[from] crstream_streamer::StreamError),
     #[error("bad image: {0}")]
     Image(String),
+    #[error("bad image: no {what} record for {owner}")]
+    MissingRecord { what: &'static str, owner: String },
+    #[error("bad image: two {what} records for {owner}")]
+    DuplicateRecord { what: &'static str, owner: String },
     #[error("image is incompatible with this machine: {0}")]
     Incompatible(String),
     #[error("PID {pid} is in use")]

@@ -4,10 +4,10 @@
 //! the entry stop to the exit stop. The task's code is never modified.
 //!
 //! Also: access to a task's memory through /proc/PID/mem (which works on
-//! areas without read or write permission) and process_vm_readv.
+//! areas without read or write permission).
 
 use crate::error::TaskError;
-use crate::ptrace::{self, Regs, Stop};
+use crate::sys::ptrace::{self, Regs, Stop};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -162,44 +162,80 @@ impl RemoteMem {
     }
 }
 
-/// Reads `runs` (address, length) of another process into `buf` with one
-/// process_vm_readv call per at most 1024 runs. Returns bytes read.
-pub fn vm_readv(pid: i32, runs: &[(u64, usize)], buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut done = 0usize;
-    let mut off = 0usize;
-    for chunk in runs.chunks(1024) {
-        let total: usize = chunk.iter().map(|r| r.1).sum();
-        let local = libc::iovec {
-            iov_base: buf[off..off + total].as_mut_ptr().cast(),
-            iov_len: total,
-        };
-        let remote: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|&(a, l)| libc::iovec {
-                iov_base: a as *mut _,
-                iov_len: l,
-            })
-            .collect();
-        // SAFETY: local buffer is valid for `total` bytes; remote iovecs are
-        // addresses in the other process, checked by the kernel.
-        let n = unsafe {
-            libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+
+/// Where the registers of a thread stopped inside a syscall go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The same task continues (dump failed or --leave-running): the
+    /// kernel's restart_block is intact, so RESTART_RESTARTBLOCK restarts
+    /// through restart_syscall.
+    SameTask,
+    /// A restored task: no restart_block, so those syscalls return EINTR
+    /// (callers such as nanosleep loops retry with the remaining time the
+    /// kernel already wrote out).
+    Restored,
+}
+
+/// Turns the registers of a thread stopped inside a syscall into registers
+/// that restart it (or report EINTR) when the thread resumes with no
+/// further kernel restart processing (orig_rax = -1).
+pub fn adjust_restart(regs: &mut Regs, mode: Resume) {
+    if (regs.orig_rax as i64) >= 0 {
+        match -(regs.rax as i64) {
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                regs.rax = regs.orig_rax;
+                regs.rip -= 2;
+            }
+            ERESTART_RESTARTBLOCK => match mode {
+                Resume::SameTask => {
+                    regs.rax = libc::SYS_restart_syscall as u64;
+                    regs.rip -= 2;
+                }
+                Resume::Restored => regs.rax = (-libc::EINTR) as i64 as u64,
+            },
+            _ => {}
         }
-        done += n as usize;
-        if n as usize != total {
-            return Ok(done);
-        }
-        off += total;
     }
-    Ok(done)
+    regs.orig_rax = u64::MAX;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn regs(orig: i64, rax: i64) -> Regs {
+        let mut r = ptrace::zero_regs();
+        r.orig_rax = orig as u64;
+        r.rax = rax as u64;
+        r.rip = 0x1002;
+        r
+    }
+
+    #[test]
+    fn restart_adjustment() {
+        for code in [512, 513, 514] {
+            let mut r = regs(202, -code);
+            adjust_restart(&mut r, Resume::Restored);
+            assert_eq!((r.rax, r.rip, r.orig_rax as i64), (202, 0x1000, -1));
+        }
+        let mut r = regs(230, -516);
+        adjust_restart(&mut r, Resume::Restored);
+        assert_eq!((r.rax as i64, r.rip), (-(libc::EINTR as i64), 0x1002));
+        let mut r = regs(230, -516);
+        adjust_restart(&mut r, Resume::SameTask);
+        assert_eq!((r.rax, r.rip), (libc::SYS_restart_syscall as u64, 0x1000));
+        // Not in a syscall, or a finished one: untouched but for orig_rax.
+        let mut r = regs(-1, -512);
+        adjust_restart(&mut r, Resume::Restored);
+        assert_eq!((r.rax as i64, r.rip), (-512, 0x1002));
+        let mut r = regs(0, 5);
+        adjust_restart(&mut r, Resume::Restored);
+        assert_eq!((r.rax, r.rip, r.orig_rax as i64), (5, 0x1002, -1));
+    }
 
     #[test]
     fn finds_syscall_insn() {

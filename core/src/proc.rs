@@ -61,9 +61,6 @@ impl MapEntry {
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
-    pub fn is_empty(&self) -> bool {
-        self.end == self.start
-    }
     pub fn prot(&self) -> u32 {
         (if self.read { libc::PROT_READ } else { 0 }
             | if self.write { libc::PROT_WRITE } else { 0 }

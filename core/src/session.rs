@@ -8,7 +8,6 @@
 //! session. Otherwise it stays in the restorer's group, with a warning.
 
 use crate::error::RestoreError;
-use crate::proc::Stat;
 use crate::stub::{self, Stub, StubGuard};
 use crstream_proto::ProcessEntry;
 
@@ -105,7 +104,7 @@ impl Helpers {
                     libc::SYS_wait4,
                     &[h.pid as u64, 0, libc::__WALL as u64, 0],
                 )?;
-                crate::signals::discard_child_signal(r)?;
+                crate::kinds::signals::discard_child_signal(r)?;
             }
         }
         Ok(())
@@ -118,11 +117,6 @@ impl Helpers {
 /// nor alive (its PID is free).
 pub fn needs_session_helper(e: &ProcessEntry, parent_sid: u32, in_tree: bool) -> bool {
     e.sid != e.pid && e.sid != parent_sid && !in_tree && !crate::proc::pid_exists(e.sid as i32)
-}
-
-/// (pgid, sid) of a process from its /proc/PID/stat.
-pub fn dump(stat: &Stat) -> (u32, u32) {
-    (stat.field(5) as u32, stat.field(6) as u32)
 }
 
 /// What restore does about the session and group of the process.
@@ -156,8 +150,19 @@ pub fn plan(pid: i32, pgid: i32, sid: i32, ours: (i32, i32)) -> Plan {
 }
 
 fn ours() -> (i32, i32) {
-    // SAFETY: getpgrp and getsid(0) have no preconditions.
-    unsafe { (libc::getpgrp(), libc::getsid(0)) }
+    (getpgid(0), getsid(0))
+}
+
+/// Process group of `pid` (0: crstream), or -1 if it is gone.
+fn getpgid(pid: i32) -> i32 {
+    rustix::process::getpgid(rustix::process::Pid::from_raw(pid))
+        .map_or(-1, |p| p.as_raw_nonzero().get())
+}
+
+/// Session of `pid` (0: crstream), or -1 if it is gone.
+pub(crate) fn getsid(pid: i32) -> i32 {
+    rustix::process::getsid(rustix::process::Pid::from_raw(pid))
+        .map_or(-1, |p| p.as_raw_nonzero().get())
 }
 
 /// Puts the stub in its saved session/group. Call it early, before anything
@@ -250,9 +255,7 @@ pub fn restore_groups(
     };
     let in_tree = |g: u32| entries.iter().any(|x| x.pid == g);
     let gone = |g: u32| !in_tree(g) && !crate::proc::pid_exists(g as i32);
-    // SAFETY: getpgid/getsid have no preconditions.
-    let (root_group, root_sid) =
-        unsafe { (libc::getpgid(root_stub.pid), libc::getsid(root_stub.pid)) };
+    let (root_group, root_sid) = (getpgid(root_stub.pid), getsid(root_stub.pid));
     if root.pgid != root.pid
         && root_group != root.pgid as i32
         && root_sid == root.sid as i32
@@ -266,8 +269,7 @@ pub fn restore_groups(
                 reason: format!("joining process group {}: {err}", root.pgid),
             })?;
     }
-    // SAFETY: getpgid has no preconditions.
-    let root_group = unsafe { libc::getpgid(root_stub.pid) };
+    let root_group = getpgid(root_stub.pid);
     for leaders in [true, false] {
         for (e, stub) in entries.iter().zip(stubs).skip(1) {
             let pid = e.pid as i32;
@@ -299,8 +301,7 @@ pub fn restore_groups(
                     ),
                 });
             };
-            // SAFETY: getpgid has no preconditions.
-            if target != 0 && unsafe { libc::getpgid(pid) } == target {
+            if target != 0 && getpgid(pid) == target {
                 continue;
             }
             stub.call("setpgid", libc::SYS_setpgid, &[0, target as u64])

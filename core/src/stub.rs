@@ -9,9 +9,10 @@
 //! is unmapped and remapped.
 
 use crate::error::{RestoreError, TaskError};
+use crate::inject::{Remote, RemoteMem, find_syscall_insn};
 use crate::proc::{self, MapEntry};
-use crate::ptrace::{self, Stop};
-use crate::syscall::{Remote, RemoteMem, find_syscall_insn};
+use crate::sys::process::CloneArgs;
+use crate::sys::ptrace::{self, Stop};
 use crstream_proto::{AreaKind, VmArea};
 use crstream_streamer::PAGE_SIZE;
 
@@ -27,43 +28,6 @@ pub const SCRATCH_LEN: usize = (TRAMP_LEN as usize) - PAGE_SIZE;
 /// Highest user address + 1 on x86_64 with 4-level paging.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 
-#[repr(C)]
-#[derive(Default)]
-pub struct CloneArgs {
-    pub flags: u64,
-    pub pidfd: u64,
-    pub child_tid: u64,
-    pub parent_tid: u64,
-    pub exit_signal: u64,
-    pub stack: u64,
-    pub stack_size: u64,
-    pub tls: u64,
-    pub set_tid: u64,
-    pub set_tid_size: u64,
-    pub cgroup: u64,
-}
-
-impl CloneArgs {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        [
-            self.flags,
-            self.pidfd,
-            self.child_tid,
-            self.parent_tid,
-            self.exit_signal,
-            self.stack,
-            self.stack_size,
-            self.tls,
-            self.set_tid,
-            self.set_tid_size,
-            self.cgroup,
-        ]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect()
-    }
-}
-
 /// Kills and reaps the stub (and its traced threads) unless disarmed: a
 /// failed restore leaves nothing behind.
 pub struct StubGuard {
@@ -78,12 +42,9 @@ impl Drop for StubGuard {
             return;
         }
         tracing::debug!(pid = self.pid, "killing the half-restored process");
-        // SAFETY: our own child.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = crate::sys::process::kill(self.pid, libc::SIGKILL);
         for &t in self.tids.iter().filter(|&&t| t != self.pid) {
-            let mut st = 0;
-            // SAFETY: reaping traced threads of our child.
-            unsafe { libc::waitpid(t, &mut st, libc::__WALL) };
+            ptrace::reap(t);
         }
         ptrace::kill_and_reap(self.pid);
     }
@@ -139,49 +100,14 @@ impl Stub {
     }
 }
 
-/// The body of the stub child right after clone3: only raw syscalls, no
-/// allocation (the child is a copy of a multi-threaded process).
-fn stub_child() -> ! {
-    // SAFETY: raw syscalls with integer arguments.
-    unsafe {
-        if libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
-            libc::syscall(libc::SYS_exit_group, 127);
-        }
-        let me = libc::syscall(libc::SYS_getpid);
-        libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
-        loop {
-            libc::syscall(libc::SYS_pause);
-        }
-    }
-}
-
 /// Creates the stub with PID `pid`, stopped under ptrace by this thread.
 pub fn spawn(pid: i32) -> Result<StubGuard, RestoreError> {
-    let set_tid = [pid];
-    let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: set_tid.as_ptr() as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
-    // SAFETY: clone3 without CLONE_VM is a fork; the child only runs
-    // stub_child, which makes raw syscalls.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if r == 0 {
-        stub_child();
-    }
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EEXIST) {
+    match crate::sys::process::fork_traced_stub(pid) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             return Err(RestoreError::PidInUse { pid });
         }
-        return Err(RestoreError::Clone { pid, err: e });
+        Err(err) => return Err(RestoreError::Clone { pid, err }),
     }
     let guard = StubGuard {
         pid,
@@ -231,9 +157,15 @@ fn own_vdso() -> Result<(u64, Vec<u8>), RestoreError> {
         .iter()
         .find(|m| m.path == "[vdso]")
         .ok_or_else(|| RestoreError::Incompatible("crstream has no [vdso]".into()))?;
-    // SAFETY: our own vDSO, mapped readable for the life of the process.
-    let bytes =
-        unsafe { std::slice::from_raw_parts(v.start as *const u8, v.len() as usize) }.to_vec();
+    let mut bytes = vec![0u8; v.len() as usize];
+    let me = std::process::id() as i32;
+    let n = crate::sys::mem::vm_readv(me, &[(v.start, bytes.len())], &mut bytes)
+        .map_err(|e| RestoreError::Incompatible(format!("reading crstream's [vdso]: {e}")))?;
+    if n != bytes.len() {
+        return Err(RestoreError::Incompatible(
+            "short read of crstream's [vdso]".into(),
+        ));
+    }
     Ok((v.start, bytes))
 }
 
@@ -271,10 +203,7 @@ pub fn fork(
         ..Default::default()
     };
     let a = parent.put(SCRATCH_DATA, &args.to_bytes())?;
-    let (ret, _) = parent.leader.raw(
-        libc::SYS_clone3,
-        &[a, std::mem::size_of::<CloneArgs>() as u64],
-    )?;
+    let (ret, _) = parent.leader.raw(libc::SYS_clone3, &[a, CloneArgs::SIZE])?;
     if ret == -(libc::EEXIST as i64) {
         return Err(RestoreError::PidInUse { pid });
     }
@@ -332,12 +261,7 @@ pub fn exit_as_zombie(stub: &Stub, status: i32, comm: &str) -> Result<(), Restor
     )?;
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
-        let no_core = libc::rlimit64 {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: prlimit64 on our stub with a local struct.
-        unsafe { libc::prlimit64(pid, libc::RLIMIT_CORE, &no_core, std::ptr::null_mut()) };
+        let _ = crate::sys::process::set_rlimit(pid, libc::RLIMIT_CORE, 0, 0);
         // SIG_DFL: the stub came with crstream's handlers.
         let dfl = stub.put(SCRATCH_DATA, &[0u8; 32])?;
         stub.call(
@@ -346,8 +270,11 @@ pub fn exit_as_zombie(stub: &Stub, status: i32, comm: &str) -> Result<(), Restor
             &[sig as u64, dfl, 0, 8],
         )?;
         ptrace::set_sigmask(pid, 0)?;
-        // SAFETY: signalling our own stub.
-        unsafe { libc::kill(pid, sig) };
+        crate::sys::process::kill(pid, sig).map_err(|err| RestoreError::Io {
+            pid,
+            what: format!("killing the zombie-to-be with signal {sig}"),
+            err,
+        })?;
         ptrace::cont(pid, 0)?;
     } else {
         let code = libc::WEXITSTATUS(status) as u64;

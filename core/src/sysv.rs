@@ -12,12 +12,12 @@
 use crate::error::RestoreError;
 use crate::proc::MapEntry;
 use crate::stub::Stub;
+use crate::sys::shm::{self, SHM_DEST};
 use crstream_proto::SysvShm;
+use crstream_streamer::PAGE_SIZE;
 use std::collections::BTreeMap;
 
-const SHM_DEST: u32 = 0o1000;
 const SHM_NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
-const PAGE: u64 = 4096;
 
 /// The segment a /proc/PID/maps entry attaches, if it is one: the kernel
 /// names the file "SYSV" + the key in hex and numbers its inode with the id.
@@ -81,7 +81,7 @@ impl Collector {
         };
         // shmat maps the whole segment: a part of it (split by mprotect or
         // a partial munmap) could not be rebuilt that way.
-        if m.pgoff != 0 || m.len() != seg.size.div_ceil(PAGE) * PAGE {
+        if m.pgoff != 0 || m.len() != seg.size.next_multiple_of(PAGE_SIZE as u64) {
             return Err(format!(
                 "only part of System V segment {id} ({} bytes) is attached here; \
                  partial attachments are not supported",
@@ -105,13 +105,6 @@ fn shm_err(s: &SysvShm, reason: String) -> RestoreError {
     }
 }
 
-/// shmctl(IPC_STAT) of an existing segment.
-fn stat(id: u32) -> Option<libc::shmid_ds> {
-    // SAFETY: shmctl fills a local struct.
-    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
-    (unsafe { libc::shmctl(id as i32, libc::IPC_STAT, &mut ds) } == 0).then_some(ds)
-}
-
 /// Holds an exclusive lock on a file for as long as it lives: restores of
 /// this machine take turns at `kernel.shm_next_id`, which is global.
 struct NextIdLock {
@@ -132,10 +125,8 @@ impl NextIdLock {
                     .write(true)
                     .open("/tmp/crstream-shm-next-id.lock")
             })?;
-        // SAFETY: flock on our own fd; released when it is closed.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // Released when the file is closed.
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
         Ok(NextIdLock { _file: f })
     }
 }
@@ -152,17 +143,13 @@ pub(crate) struct Recreator {
 impl Recreator {
     /// Creates segment `s` with its id and key, or finds it still there.
     pub(crate) fn add(&mut self, s: SysvShm) -> Result<(), RestoreError> {
-        if let Some(ds) = stat(s.id) {
-            let (key, size, mode) = (
-                ds.shm_perm.__key,
-                ds.shm_segsz as u64,
-                ds.shm_perm.mode as u32,
-            );
+        if let Some(seg) = shm::stat(s.id) {
+            let (key, size, mode) = (seg.key, seg.size, seg.mode);
             // The very segment the tree used, outliving it: same key, size,
             // owner and permissions, and not removed.
             if key == s.key
                 && size == s.size
-                && (ds.shm_perm.uid, ds.shm_perm.gid, mode & 0o777) == (s.uid, s.gid, s.mode)
+                && (seg.uid, seg.gid, mode & 0o777) == (s.uid, s.gid, s.mode)
                 && mode & SHM_DEST == 0
                 && !s.removed
             {
@@ -186,48 +173,23 @@ impl Recreator {
         std::fs::write(SHM_NEXT_ID, s.id.to_string())
             .map_err(|e| shm_err(&s, format!("writing {SHM_NEXT_ID}: {e}")))?;
         let key = if s.removed { libc::IPC_PRIVATE } else { s.key };
-        // SAFETY: plain syscall.
-        let got = unsafe {
-            libc::shmget(
-                key,
-                s.size as usize,
-                libc::IPC_CREAT | libc::IPC_EXCL | (s.mode & 0o777) as i32,
-            )
-        };
-        let err = std::io::Error::last_os_error();
+        let got = shm::get(
+            key,
+            s.size,
+            libc::IPC_CREAT | libc::IPC_EXCL | (s.mode & 0o777) as i32,
+        );
         // shmget resets it only when it allocates; put back what was there.
         let _ = std::fs::write(SHM_NEXT_ID, before.trim());
-        if got < 0 {
-            return Err(shm_err(&s, format!("shmget: {err}")));
-        }
-        self.created.push(got as u32);
-        if got as u32 != s.id {
+        let got = got.map_err(|err| shm_err(&s, format!("shmget: {err}")))?;
+        self.created.push(got);
+        if got != s.id {
             return Err(shm_err(
                 &s,
                 format!("shmget gave id {got}: another program set kernel.shm_next_id meanwhile"),
             ));
         }
-        // SAFETY: shmctl on the segment just created, with a local struct.
-        unsafe {
-            let mut ds: libc::shmid_ds = std::mem::zeroed();
-            if libc::shmctl(got, libc::IPC_STAT, &mut ds) == 0
-                && (ds.shm_perm.uid != s.uid || ds.shm_perm.gid != s.gid)
-            {
-                ds.shm_perm.uid = s.uid;
-                ds.shm_perm.gid = s.gid;
-                if libc::shmctl(got, libc::IPC_SET, &mut ds) < 0 {
-                    return Err(shm_err(
-                        &s,
-                        format!(
-                            "setting owner {}:{}: {}",
-                            s.uid,
-                            s.gid,
-                            std::io::Error::last_os_error()
-                        ),
-                    ));
-                }
-            }
-        }
+        shm::set_owner(got, s.uid, s.gid)
+            .map_err(|e| shm_err(&s, format!("setting owner {}:{}: {e}", s.uid, s.gid)))?;
         self.segments.push(s);
         Ok(())
     }
@@ -267,12 +229,10 @@ impl Recreator {
     pub(crate) fn commit(&mut self) {
         self.committed = true;
         for s in self.segments.iter().filter(|s| s.removed) {
-            // SAFETY: plain syscall.
-            if unsafe { libc::shmctl(s.id as i32, libc::IPC_RMID, std::ptr::null_mut()) } < 0 {
+            if let Err(e) = shm::remove(s.id) {
                 tracing::warn!(
                     id = s.id,
-                    "System V segment removed at dump time stays visible: IPC_RMID: {}",
-                    std::io::Error::last_os_error()
+                    "System V segment removed at dump time stays visible: IPC_RMID: {e}"
                 );
             }
         }
@@ -283,8 +243,7 @@ impl Drop for Recreator {
     fn drop(&mut self) {
         if !self.committed {
             for &id in &self.created {
-                // SAFETY: removing a segment this restore created.
-                unsafe { libc::shmctl(id as i32, libc::IPC_RMID, std::ptr::null_mut()) };
+                let _ = shm::remove(id);
             }
         }
     }

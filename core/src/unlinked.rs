@@ -16,7 +16,7 @@ use crstream_streamer::ImageSink;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -65,17 +65,11 @@ impl Collector {
             Some(n) => (UnlinkedKind::Memfd, n),
             None => (UnlinkedKind::Deleted, name),
         };
-        // SAFETY: fstatfs into a local struct.
-        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut sfs) } == 0
-            && sfs.f_type as i64 == HUGETLBFS_MAGIC
-        {
+        if rustix::fs::fstatfs(&file).is_ok_and(|s| s.f_type == HUGETLBFS_MAGIC) {
             return Err("hugetlbfs files (MFD_HUGETLB) are not supported".into());
         }
         let seals = if kind == UnlinkedKind::Memfd {
-            // SAFETY: fcntl with integer arguments.
-            let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-            if r < 0 { 0 } else { r as u32 }
+            rustix::fs::fcntl_get_seals(&file).map_or(0, |s| s.bits())
         } else {
             0
         };
@@ -155,37 +149,31 @@ impl Collector {
 /// memfd is often mostly holes, which must not fill the image or, at
 /// restore, memory.
 fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<Extent>> {
-    let fd = file.as_raw_fd();
+    use rustix::fs::{SeekFrom, seek};
     let mut out = Vec::new();
-    let mut at = 0i64;
-    while (at as u64) < size {
-        // SAFETY: lseek on our own fd (reads use pread, not the offset).
-        let start = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
-        if start < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENXIO) => Ok(out),
-                // No hole support: all of it.
-                Some(libc::EINVAL) => Ok(vec![Extent {
+    let mut at = 0u64;
+    // lseek on our own fd: reads use pread, not the offset.
+    while at < size {
+        let start = match seek(file, SeekFrom::Data(at)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => return Ok(out),
+            // No hole support: all of it.
+            Err(rustix::io::Errno::INVAL) => {
+                return Ok(vec![Extent {
                     offset: 0,
                     len: size,
-                }]),
-                _ => Err(e),
-            };
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let end = (end as u64).min(size);
-        if end > start as u64 {
+                }]);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let end = seek(file, SeekFrom::Hole(start))?.min(size);
+        if end > start {
             out.push(Extent {
-                offset: start as u64,
-                len: end - start as u64,
+                offset: start,
+                len: end - start,
             });
         }
-        at = end as i64;
+        at = end;
     }
     Ok(out)
 }
@@ -392,16 +380,11 @@ impl Recreator {
             if r.meta.kind() != UnlinkedKind::Memfd || seals == 0 || seals == SEALING_OFF {
                 continue;
             }
-            // SAFETY: fcntl with integer arguments.
-            if unsafe { libc::fcntl(r.file.as_raw_fd(), libc::F_ADD_SEALS, seals as i32) } < 0 {
-                return Err(RestoreError::Recreate {
+            rustix::fs::fcntl_add_seals(&r.file, rustix::fs::SealFlags::from_bits_retain(seals))
+                .map_err(|e| RestoreError::Recreate {
                     what: describe(&r.meta),
-                    reason: format!(
-                        "adding seals {seals:#x}: {}",
-                        std::io::Error::last_os_error()
-                    ),
-                });
-            }
+                    reason: format!("adding seals {seals:#x}: {e}"),
+                })?;
         }
         Ok(())
     }
@@ -412,17 +395,11 @@ const SEALING_OFF: u32 = libc::F_SEAL_SEAL as u32;
 
 fn create_memfd(u: &UnlinkedFile) -> std::io::Result<File> {
     let name = CString::new(u.path.as_str()).map_err(std::io::Error::other)?;
-    let mut flags = libc::MFD_CLOEXEC;
+    let mut flags = rustix::fs::MemfdFlags::CLOEXEC;
     if u.seals != SEALING_OFF {
-        flags |= libc::MFD_ALLOW_SEALING;
+        flags |= rustix::fs::MemfdFlags::ALLOW_SEALING;
     }
-    // SAFETY: memfd_create with a NUL-terminated name; the fd is owned below.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
+    let file = File::from(rustix::fs::memfd_create(name.as_c_str(), flags)?);
     file.set_len(u.size)?;
     file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
     Ok(file)
@@ -507,16 +484,15 @@ mod tests {
         );
         let f = File::open(&path).unwrap();
         assert_eq!(f.metadata().unwrap().mode() & 0o7777, 0o640);
-        // SAFETY: fcntl with integer arguments.
-        let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+        let seals = rustix::fs::fcntl_get_seals(&f).unwrap().bits() as i32;
         assert_eq!(seals, libc::F_SEAL_GROW | libc::F_SEAL_SHRINK);
     }
 
     #[test]
     fn sparse_memfd_saves_only_its_data_and_comes_back_with_its_holes() {
-        let name = CString::new("sparse").unwrap();
-        // SAFETY: a fresh memfd owned by the File.
-        let f = unsafe { File::from_raw_fd(libc::memfd_create(name.as_ptr(), 0)) };
+        let f = File::from(
+            rustix::fs::memfd_create("sparse", rustix::fs::MemfdFlags::empty()).unwrap(),
+        );
         f.set_len(1 << 20).unwrap();
         f.write_all_at(b"ab", 0).unwrap();
         f.write_all_at(b"cde", 8192).unwrap();

@@ -31,6 +31,8 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct InventorySummary {
     pub crstream_version: String,
+    /// Version of the record layout (`Inventory.format_version`).
+    pub records_version: u32,
     pub kernel_release: String,
     pub arch: String,
     pub hostname: String,
@@ -170,6 +172,7 @@ impl Inspector {
                         record::Body::Inventory(inv) => {
                             self.inventory = Some(InventorySummary {
                                 crstream_version: inv.crstream_version,
+                                records_version: inv.format_version,
                                 kernel_release: inv.kernel_release,
                                 arch: inv.arch,
                                 hostname: inv.hostname,

@@ -166,7 +166,33 @@ impl RandomReader {
         &self,
         in_flight: usize,
     ) -> impl Stream<Item = Result<Frame>> + Send + Unpin + 'static {
-        let entries: Vec<FrameEntry> = self.index.frames.clone();
+        self.frames_of(self.index.frames.clone(), in_flight)
+    }
+
+    /// Items of the metadata only (every frame before the end of
+    /// metadata, `in_flight` fetched at once, checked like a sequential
+    /// read): for a restore that fetches the pages later, frame by frame
+    /// ([`page_batch`](Self::page_batch)).
+    pub fn metadata_items(
+        &self,
+        in_flight: usize,
+    ) -> impl Stream<Item = Result<Item>> + Send + Unpin + 'static {
+        let end = self.index.metadata_end;
+        let entries = self
+            .index
+            .frames
+            .iter()
+            .filter(|f| f.offset < end)
+            .cloned()
+            .collect();
+        items_from_frames(self.frames_of(entries, in_flight))
+    }
+
+    fn frames_of(
+        &self,
+        entries: Vec<FrameEntry>,
+        in_flight: usize,
+    ) -> impl Stream<Item = Result<Frame>> + Send + Unpin + 'static {
         let this = self.clone();
         Box::pin(
             futures::stream::iter(entries)
@@ -209,7 +235,7 @@ impl RandomReader {
             futures::stream::iter(frames)
                 .map(move |(offset, len)| {
                     let this = this.clone();
-                    async move { this.batch_at(offset, len as u64).await }
+                    async move { this.page_batch(offset, len as u64).await }
                 })
                 .buffered(in_flight.max(1)),
         )
@@ -226,11 +252,13 @@ impl RandomReader {
             .map(|p| &pages[self.by_address[p]])
             .filter(|r| r.pid == pid && addr < r.start + (r.pages << crate::pages::PAGE_SHIFT));
         let range = hit.ok_or(StreamError::NoSuchPage { pid, addr })?;
-        self.batch_at(range.frame_offset, range.frame_len as u64)
+        self.page_batch(range.frame_offset, range.frame_len as u64)
             .await
     }
 
-    async fn batch_at(&self, offset: u64, len: u64) -> Result<PageBatch> {
+    /// The page batch of the page frame at `offset` (`len` bytes with its
+    /// header, as the index gives them), with one ranged read.
+    pub async fn page_batch(&self, offset: u64, len: u64) -> Result<PageBatch> {
         let frame = self.read_frame(offset, len).await?;
         if frame.header.kind != FrameKind::Pages {
             return Err(StreamError::BadIndex {

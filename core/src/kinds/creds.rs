@@ -1,11 +1,53 @@
-//! Credentials: saved from /proc/PID/status; restore checks that they match
-//! the restorer's own (setting them is not supported yet).
+//! Credentials (the `Credentials` record): saved from /proc/PID/status and
+//! an injected prctl(PR_GET_SECUREBITS); restore checks that they match
+//! the restorer's own (setting them is not supported yet) and sets
+//! no_new_privs.
 
-use crate::error::RestoreError;
+use crate::error::{DumpError, RestoreError};
+use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
 use crate::proc::Status;
+use crate::records::ProcessImage;
 use crstream_proto::Credentials;
 
-pub fn from_status(s: &Status, securebits: u32) -> Credentials {
+pub(crate) struct Creds;
+
+impl Kind for Creds {
+    fn name(&self) -> &'static str {
+        "credentials"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Process
+    }
+
+    fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        let securebits = p.injector().call(
+            "prctl(PR_GET_SECUREBITS)",
+            libc::SYS_prctl,
+            &[libc::PR_GET_SECUREBITS as u64],
+        )? as u32;
+        p.records.push(from_status(p.status, securebits));
+        Ok(())
+    }
+
+    fn check(&self, p: &ProcessImage<'_>) -> Result<(), RestoreError> {
+        check(p.pid, p.need()?)
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        let c: &Credentials = p.image.need()?;
+        if c.no_new_privs {
+            p.stub.call(
+                "prctl(PR_SET_NO_NEW_PRIVS)",
+                libc::SYS_prctl,
+                &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn from_status(s: &Status, securebits: u32) -> Credentials {
     Credentials {
         uid: s.uids[0],
         euid: s.uids[1],
@@ -28,7 +70,7 @@ pub fn from_status(s: &Status, securebits: u32) -> Credentials {
 
 /// Fails unless the saved credentials equal the restorer's (the stub
 /// inherits the restorer's). no_new_privs is set separately.
-pub fn check(pid: i32, saved: &Credentials) -> Result<(), RestoreError> {
+fn check(pid: i32, saved: &Credentials) -> Result<(), RestoreError> {
     let me =
         crate::proc::status(std::process::id() as i32).map_err(|e| RestoreError::Credentials {
             pid,

@@ -8,17 +8,121 @@
 //! Restore: map every area at its address in the stub with injected mmap
 //! calls (with their madvise flags), fill pages through /proc/PID/mem, then
 //! set the final protections.
+//!
+//! The `MemoryMap` record of each process lists its areas; the pages
+//! themselves travel in page frames after the metadata, which the
+//! orchestrators write ([`Memory::write_pages`]) and read ([`fill`]).
 
 use crate::error::{DumpError, RestoreError};
+use crate::inject::RemoteMem;
+use crate::kind::{DumpProcess, DumpTree, Kind, Phase, RestoreObjects, RestoreProcess};
 use crate::proc::MapEntry;
+use crate::records::ProcessImage;
 use crate::stub::Stub;
-use crate::syscall::{RemoteMem, vm_readv};
-use crstream_proto::{AreaKind, VmArea};
+use crate::sys::mem::{
+    PAGE_IS_FILE, PAGE_IS_PFNZERO, PM_FILE, PM_PFN, PM_PRESENT, PM_SWAPPED, pagemap_scan, vm_readv,
+    zero_page_pfns,
+};
+use crstream_proto::{AreaKind, MemoryMap, VmArea};
 use crstream_streamer::{ImageSink, PAGE_SIZE, PageBatch};
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
+
+/// Memory: areas and their pages.
+#[derive(Default)]
+pub(crate) struct Memory {
+    /// Dump: the areas of each process (by pid), with the page runs to save.
+    areas: HashMap<i32, Vec<DumpArea>>,
+    /// Restore: where each shared anonymous object was created.
+    shm_origin: HashMap<u64, ShmemOrigin>,
+}
+
+impl Kind for Memory {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Memory
+    }
+
+    fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        let pid = p.pid;
+        let smaps = crate::proc::smaps(pid).map_err(|err| DumpError::Proc { pid, err })?;
+        let mut areas = plan(pid, &smaps, &mut p.objects.unlinked, &mut p.objects.sysv)?;
+        scan(pid, &mut areas)?;
+        self.areas.insert(pid, areas);
+        Ok(())
+    }
+
+    /// Shared anonymous memory is saved once, with the first process that
+    /// maps it; then every process gets its `MemoryMap`.
+    fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
+        let order: Vec<i32> = t.processes.iter().map(|p| p.pid).collect();
+        share_memory(&order, &mut self.areas);
+        for p in t.processes.iter_mut() {
+            let areas = &self.areas[&p.pid];
+            p.records.push(MemoryMap {
+                pid: p.pid as u32,
+                areas: areas.iter().map(|a| a.area.clone()).collect(),
+                pages_total: areas
+                    .iter()
+                    .flat_map(|a| a.runs.iter())
+                    .map(|r| r.1 / PAGE_SIZE as u64)
+                    .sum(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Files that changed in a way that would corrupt the process are
+    /// refused before anything is created.
+    fn check(&self, p: &ProcessImage<'_>) -> Result<(), RestoreError> {
+        check_files(p.pid, &p.need::<MemoryMap>()?.areas)
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        let mm: &MemoryMap = p.image.need()?;
+        map_areas(p.stub, &mm.areas, &mut self.shm_origin, p.objects)
+    }
+}
+
+impl Memory {
+    /// Reads the saved pages of every area of `pid` while it is frozen and
+    /// hands them to the sink. Returns the pages written.
+    pub(crate) fn write_pages(
+        &self,
+        pid: i32,
+        sink: &mut dyn ImageSink,
+        stream: u32,
+    ) -> Result<u64, DumpError> {
+        write_pages(pid, &self.areas[&pid], sink, stream)
+    }
+}
+
+/// Shared anonymous memory seen by several processes is restored once (in
+/// the first process that maps it) and mapped from there by the others:
+/// its pages are saved once, where the first mapping covers them.
+fn share_memory(order: &[i32], areas: &mut HashMap<i32, Vec<DumpArea>>) {
+    let mut first: Vec<(u64, u64, u64)> = Vec::new(); // shmem id, pgoff, end offset
+    for pid in order {
+        let Some(list) = areas.get_mut(pid) else {
+            continue;
+        };
+        for a in list.iter_mut().filter(|a| a.area.shmem_id != 0) {
+            let (off, end) = (a.area.pgoff, a.area.pgoff + a.area.end - a.area.start);
+            match first.iter().find(|f| f.0 == a.area.shmem_id) {
+                Some(&(_, fo, fe)) if fo <= off && end <= fe => {
+                    a.runs.clear();
+                    a.area.has_pages = false;
+                }
+                Some(_) => {}
+                None => first.push((a.area.shmem_id, off, end)),
+            }
+        }
+    }
+}
 
 /// madvise-able VmFlags that restore reapplies: (smaps name, bit in
 /// `VmArea.madvise`, MADV_* advice).
@@ -35,7 +139,7 @@ use crate::unlinked::DELETED;
 
 /// How the pages of an area are saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Save {
+pub(crate) enum Save {
     /// Nothing (the file or the kernel has the contents).
     None,
     /// Anonymous pages of a private mapping: present or swapped, not the
@@ -47,7 +151,7 @@ pub enum Save {
 
 /// An area to dump, with the page runs (start, bytes) found in it.
 #[derive(Debug, Clone)]
-pub struct DumpArea {
+struct DumpArea {
     pub area: VmArea,
     pub save: Save,
     pub readable: bool,
@@ -60,7 +164,7 @@ fn is_shared_anon_path(path: &str) -> bool {
 
 /// Decides, for every area of the target, how restore rebuilds it; refuses
 /// the areas it cannot rebuild.
-pub fn plan(
+fn plan(
     pid: i32,
     maps: &[MapEntry],
     unlinked: &mut crate::unlinked::Collector,
@@ -182,38 +286,6 @@ pub fn plan(
     Ok(out)
 }
 
-// PAGEMAP_SCAN (linux/fs.h).
-const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610; // _IOWR('f', 16, struct pm_scan_arg)
-const PAGE_IS_FILE: u64 = 1 << 2;
-const PAGE_IS_PRESENT: u64 = 1 << 3;
-const PAGE_IS_SWAPPED: u64 = 1 << 4;
-const PAGE_IS_PFNZERO: u64 = 1 << 5;
-
-#[repr(C)]
-#[derive(Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-
 /// Populated page runs of [start, end) via PAGEMAP_SCAN; `Err` with
 /// ENOTTY/EINVAL when the kernel lacks it.
 pub(crate) fn scan_ioctl(
@@ -226,109 +298,7 @@ pub(crate) fn scan_ioctl(
         Save::Private => PAGE_IS_PFNZERO | PAGE_IS_FILE,
         _ => PAGE_IS_PFNZERO,
     };
-    let mut regions = vec![PageRegion::default(); 1024];
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut at = start;
-    while at < end {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
-            start: at,
-            end,
-            vec: regions.as_mut_ptr() as u64,
-            vec_len: regions.len() as u64,
-            category_inverted: excluded,
-            category_mask: excluded,
-            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            ..Default::default()
-        };
-        // SAFETY: arg and the region vector outlive the call; the kernel
-        // writes at most vec_len regions and arg.walk_end.
-        let n = unsafe {
-            libc::ioctl(
-                pagemap.as_raw_fd(),
-                PAGEMAP_SCAN,
-                &mut arg as *mut PmScanArg,
-            )
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        for r in &regions[..n as usize] {
-            match runs.last_mut() {
-                Some(last) if last.0 + last.1 == r.start => last.1 += r.end - r.start,
-                _ => runs.push((r.start, r.end - r.start)),
-            }
-        }
-        if arg.walk_end <= at {
-            break;
-        }
-        at = arg.walk_end;
-    }
-    Ok(runs)
-}
-
-const PM_PRESENT: u64 = 1 << 63;
-const PM_PFN: u64 = (1 << 55) - 1;
-
-/// PFN ranges of the shared zero page and, when transparent huge pages map
-/// it, of the huge zero page: what a read fault on untouched anonymous
-/// memory maps. Found by read-faulting our own fresh mappings and reading
-/// our own pagemap; empty when PFNs are hidden (without CAP_SYS_ADMIN they
-/// read as 0).
-fn zero_pfns() -> Vec<(u64, u64)> {
-    const HPAGE: usize = 2 << 20;
-    let Ok(pagemap) = File::open("/proc/self/pagemap") else {
-        return Vec::new();
-    };
-    let pfn_of = |addr: usize| -> Option<u64> {
-        let mut b = [0u8; 8];
-        pagemap
-            .read_exact_at(&mut b, (addr / PAGE_SIZE * 8) as u64)
-            .ok()?;
-        let e = u64::from_le_bytes(b);
-        (e & PM_PRESENT != 0 && e & PM_PFN != 0).then_some(e & PM_PFN)
-    };
-    let mut out = Vec::new();
-    for huge in [false, true] {
-        let len = 2 * HPAGE;
-        // SAFETY: a fresh private anonymous mapping, only read, unmapped
-        // below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            continue;
-        }
-        let at = (p as usize).next_multiple_of(HPAGE);
-        let advice = if huge {
-            libc::MADV_HUGEPAGE
-        } else {
-            libc::MADV_NOHUGEPAGE
-        };
-        // SAFETY: [at, at + HPAGE) lies inside the mapping; reading it
-        // maps a zero page.
-        let pfn = unsafe {
-            libc::madvise(at as *mut libc::c_void, HPAGE, advice);
-            std::ptr::read_volatile(at as *const u8);
-            pfn_of(at)
-        };
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(p, len) };
-        let Some(pfn) = pfn else { continue };
-        let n = if huge { (HPAGE / PAGE_SIZE) as u64 } else { 1 };
-        if !out.iter().any(|&(s, e)| (s..e).contains(&pfn)) {
-            out.push((pfn, pfn + n));
-        }
-    }
-    out
+    pagemap_scan(pagemap, start, end, excluded)
 }
 
 /// Fallback: reads one 64-bit /proc/PID/pagemap entry per page. `zero`:
@@ -341,8 +311,8 @@ fn scan_pagemap(
     zero: &[(u64, u64)],
 ) -> std::io::Result<Vec<(u64, u64)>> {
     const PRESENT: u64 = PM_PRESENT;
-    const SWAPPED: u64 = 1 << 62;
-    const FILE: u64 = 1 << 61;
+    const SWAPPED: u64 = PM_SWAPPED;
+    const FILE: u64 = PM_FILE;
     let is_zero = |e: u64| {
         let pfn = e & PM_PFN;
         pfn != 0 && zero.iter().any(|&(s, end)| (s..end).contains(&pfn))
@@ -375,7 +345,7 @@ fn scan_pagemap(
 }
 
 /// Finds the pages to save in every area.
-pub fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
+fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
     let path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&path).map_err(|err| DumpError::Proc {
         pid,
@@ -412,7 +382,7 @@ pub fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
         let runs = match runs {
             Some(r) => r,
             None => {
-                let zero = zero.get_or_insert_with(zero_pfns);
+                let zero = zero.get_or_insert_with(zero_page_pfns);
                 scan_pagemap(&pagemap, start, end, a.save, zero).map_err(|err| {
                     DumpError::PageScan {
                         pid,
@@ -430,14 +400,14 @@ pub fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
 }
 
 /// Reads the saved pages of every area while the target is frozen and
-/// hands them to the sink. Returns (pages, bytes).
-pub fn write_pages(
+/// hands them to the sink. Returns the pages written.
+fn write_pages(
     pid: i32,
     areas: &[DumpArea],
     sink: &mut dyn ImageSink,
     stream: u32,
-    fail_at_memory: bool,
-) -> Result<(u64, u64), DumpError> {
+) -> Result<u64, DumpError> {
+    let fail_at_memory = crate::failpoint::armed("memory");
     const BUF: usize = 8 << 20;
     let mem = RemoteMem::open(pid, false)?;
     let mut buf = vec![0u8; BUF];
@@ -490,7 +460,7 @@ pub fn write_pages(
             i = j;
         }
     }
-    Ok((pages, pages * PAGE_SIZE as u64))
+    Ok(pages)
 }
 
 // ---------------------------------------------------------------------------
@@ -508,7 +478,7 @@ fn map_err(pid: i32, a: &VmArea, reason: String) -> RestoreError {
 }
 
 /// Whether the area is rebuilt by mapping it (vs. moved kernel mappings).
-pub fn is_mapped_area(a: &VmArea) -> bool {
+pub(crate) fn is_mapped_area(a: &VmArea) -> bool {
     matches!(
         a.kind(),
         AreaKind::Anon | AreaKind::File | AreaKind::Heap | AreaKind::Stack
@@ -542,7 +512,7 @@ fn check_mapped_file(pid: i32, a: &VmArea, warn: bool) -> Result<(), RestoreErro
 
 /// Before anything is created: refuses mapped files that changed in a way
 /// that would corrupt the restored process (see `check_mapped_file`).
-pub fn check_files(pid: i32, areas: &[VmArea]) -> Result<(), RestoreError> {
+fn check_files(pid: i32, areas: &[VmArea]) -> Result<(), RestoreError> {
     let mut seen = std::collections::HashSet::new();
     for a in areas
         .iter()
@@ -554,30 +524,23 @@ pub fn check_files(pid: i32, areas: &[VmArea]) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Maps every area at its address. Areas that will receive pages but lack
-/// read/write permission are mapped writable first; `finish` fixes them.
 /// Where restore created a shared anonymous object: the process, its area
 /// and the object offset that area starts at.
 #[derive(Debug, Clone, Copy)]
-pub struct ShmemOrigin {
-    pub pid: i32,
-    pub start: u64,
-    pub end: u64,
-    pub pgoff: u64,
+struct ShmemOrigin {
+    pid: i32,
+    start: u64,
+    end: u64,
+    pgoff: u64,
 }
 
-/// What restore recreated that areas map: memfds and deleted files,
-/// System V segments.
-pub struct Mappable<'a> {
-    pub unlinked: &'a crate::unlinked::Recreator,
-    pub sysv: &'a crate::sysv::Recreator,
-}
-
-pub fn map_areas(
+/// Maps every area at its address. Areas that will receive pages but lack
+/// read/write permission are mapped writable first; `finish` fixes them.
+fn map_areas(
     stub: &Stub,
     areas: &[VmArea],
     shm: &mut HashMap<u64, ShmemOrigin>,
-    objects: &Mappable<'_>,
+    objects: &RestoreObjects<'_>,
 ) -> Result<(), RestoreError> {
     let pid = stub.pid;
     for a in areas.iter().filter(|a| is_mapped_area(a)) {
@@ -684,7 +647,7 @@ fn map_area(
 }
 
 /// Writes one page batch into the stub.
-pub fn fill(
+pub(crate) fn fill(
     pid: i32,
     mem: &RemoteMem,
     areas: &[VmArea],
@@ -714,7 +677,7 @@ pub fn fill(
 }
 
 /// Final protections.
-pub fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
+pub(crate) fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
     for a in areas.iter().filter(|a| is_mapped_area(a)) {
         let len = a.end - a.start;
         if a.has_pages
@@ -782,7 +745,7 @@ mod tests {
         // The pagemap fallback finds the same pages (root sees PFNs, so the
         // zero page is recognised and skipped).
         let pagemap = File::open(format!("/proc/{pid}/pagemap")).unwrap();
-        let zero = zero_pfns();
+        let zero = zero_page_pfns();
         let fallback =
             scan_pagemap(&pagemap, base, base + len as u64, Save::Private, &zero).unwrap();
         // SAFETY: geteuid has no preconditions.

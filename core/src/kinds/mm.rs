@@ -3,19 +3,46 @@
 //! CAP_CHECKPOINT_RESTORE (the per-field variants need CAP_SYS_RESOURCE).
 
 use crate::error::{DumpError, RestoreError};
-use crate::proc::Stat;
+use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
+use crate::records::ProcessImage;
 use crate::stub::{SCRATCH_DATA, Stub};
-use crate::syscall::Remote;
 use crstream_proto::MmFields;
 
-const PR_SET_MM: u64 = 35;
-const PR_SET_MM_MAP: u64 = 14;
-const PR_GET_DUMPABLE: u64 = 3;
-const PR_SET_DUMPABLE: u64 = 4;
-const PR_GET_THP_DISABLE: u64 = 42;
-const PR_SET_THP_DISABLE: u64 = 41;
+const PR_SET_MM: u64 = libc::PR_SET_MM as u64;
+const PR_SET_MM_MAP: u64 = libc::PR_SET_MM_MAP as u64;
+const PR_GET_DUMPABLE: u64 = libc::PR_GET_DUMPABLE as u64;
+const PR_SET_DUMPABLE: u64 = libc::PR_SET_DUMPABLE as u64;
+const PR_GET_THP_DISABLE: u64 = libc::PR_GET_THP_DISABLE as u64;
+const PR_SET_THP_DISABLE: u64 = libc::PR_SET_THP_DISABLE as u64;
 
-pub fn dump(pid: i32, stat: &Stat, leader: &Remote) -> Result<MmFields, DumpError> {
+pub(crate) struct Mm;
+
+impl Kind for Mm {
+    fn name(&self) -> &'static str {
+        "mm fields"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Process
+    }
+
+    fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        let fields = dump(p)?;
+        p.records.push(fields);
+        Ok(())
+    }
+
+    fn check(&self, p: &ProcessImage<'_>) -> Result<(), RestoreError> {
+        p.need::<MmFields>().map(drop)
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        restore(p.stub, p.image.need()?)
+    }
+}
+
+fn dump(p: &DumpProcess<'_>) -> Result<MmFields, DumpError> {
+    let (pid, stat, leader) = (p.pid, p.stat, &p.injector().leader);
     let proc_err = |err| DumpError::Proc { pid, err };
     let auxv = crate::proc::read_bytes(format!("/proc/{pid}/auxv")).map_err(proc_err)?;
     let exe_path = crate::proc::read_link(format!("/proc/{pid}/exe")).map_err(proc_err)?;
@@ -81,7 +108,7 @@ fn prctl_mm_map(m: &MmFields, auxv_addr: u64, exe_fd: u32) -> Vec<u8> {
     b
 }
 
-pub fn restore(stub: &Stub, m: &MmFields) -> Result<(), RestoreError> {
+fn restore(stub: &Stub, m: &MmFields) -> Result<(), RestoreError> {
     let pid = stub.pid;
     let exe = stub
         .open(&m.exe_path, libc::O_RDONLY | libc::O_CLOEXEC, 0)

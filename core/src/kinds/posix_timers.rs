@@ -1,7 +1,6 @@
-//! Interval timers (getitimer/setitimer, injected) and POSIX timers
-//! (timer_create).
+//! POSIX timers (timer_create), the `PosixTimers` record.
 //!
-//! POSIX timers are listed by /proc/PID/timers (ID, signal and sigev_value,
+//! They are listed by /proc/PID/timers (ID, signal and sigev_value,
 //! notification mode and target, clock) and their setting is read with an
 //! injected timer_gettime. Restore recreates each one in the restored
 //! process with the same ID: with prctl(PR_TIMER_CREATE_RESTORE_IDS) where
@@ -15,64 +14,46 @@
 //! the kernel hands the next new timer ID from.
 
 use crate::error::{DumpError, RestoreError};
+use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
+use crate::records::ProcessImage;
 use crate::stub::{SCRATCH_DATA, Stub};
-use crate::syscall::{Remote, RemoteMem};
-use crstream_proto::{ItimerValue, PosixTimer};
+use crstream_proto::{PosixTimer, PosixTimers as Record};
+use libc::{SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD, SIGEV_THREAD_ID};
+
+pub(crate) struct PosixTimers;
+
+impl Kind for PosixTimers {
+    fn name(&self) -> &'static str {
+        "POSIX timers"
+    }
+
+    /// After the threads: a SIGEV_THREAD_ID timer names one.
+    fn phase(&self) -> Phase {
+        Phase::Threads
+    }
+
+    fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        let timers = dump(p)?;
+        p.records.push(Record { timers });
+        Ok(())
+    }
+
+    fn check(&self, p: &ProcessImage<'_>) -> Result<(), RestoreError> {
+        p.need::<Record>().map(drop)
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        let r: &Record = p.image.need()?;
+        restore(p.stub, &r.timers)
+    }
+}
 
 /// prctl option and its arguments (include/uapi/linux/prctl.h, Linux 6.17).
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 const PR_TIMER_CREATE_RESTORE_IDS_OFF: u64 = 0;
 const PR_TIMER_CREATE_RESTORE_IDS_ON: u64 = 1;
-/// sigev_notify values (include/uapi/asm-generic/siginfo.h).
-const SIGEV_SIGNAL: i32 = 0;
-const SIGEV_NONE: i32 = 1;
-const SIGEV_THREAD: i32 = 2;
-const SIGEV_THREAD_ID: i32 = 4;
 /// Most filler timers the fallback creates to reach one ID.
 const MAX_FILLER_TIMERS: u32 = 1 << 16;
-
-fn to_us(sec: u64, usec: u64) -> u64 {
-    sec * 1_000_000 + usec
-}
-
-/// (real, virtual, prof)
-pub fn dump(leader: &Remote, mem: &RemoteMem, scratch: u64) -> Result<[ItimerValue; 3], DumpError> {
-    let mut out: [ItimerValue; 3] = Default::default();
-    for (which, slot) in out.iter_mut().enumerate() {
-        leader.call("getitimer", libc::SYS_getitimer, &[which as u64, scratch])?;
-        let mut b = [0u8; 32];
-        mem.read(scratch, &mut b)?;
-        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-        *slot = ItimerValue {
-            interval_us: to_us(w(0), w(1)),
-            value_us: to_us(w(2), w(3)),
-        };
-    }
-    Ok(out)
-}
-
-pub fn restore(stub: &Stub, timers: [&Option<ItimerValue>; 3]) -> Result<(), RestoreError> {
-    for (which, t) in timers.iter().enumerate() {
-        let mut t = (**t).unwrap_or_default();
-        // A periodic ITIMER_REAL is re-armed only when its SIGALRM is
-        // dequeued; one that fired while the dump held every signal blocked
-        // reads as "no time left". Setting that would disarm it for good:
-        // let it fire at once instead (its SIGALRM was pending anyway).
-        if which == libc::ITIMER_REAL as usize && t.value_us == 0 && t.interval_us != 0 {
-            t.value_us = 1;
-        }
-        let words = [
-            t.interval_us / 1_000_000,
-            t.interval_us % 1_000_000,
-            t.value_us / 1_000_000,
-            t.value_us % 1_000_000,
-        ];
-        let b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let a = stub.put(SCRATCH_DATA, &b)?;
-        stub.call("setitimer", libc::SYS_setitimer, &[which as u64, a, 0])?;
-    }
-    Ok(())
-}
 
 /// One timer as /proc/PID/timers lists it.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -185,16 +166,13 @@ fn ns(sec: i64, nsec: i64) -> u64 {
         .saturating_add(nsec.max(0) as u64)
 }
 
-/// Every POSIX timer of `pid` (whose threads are `tids`), with its setting
-/// read by injected timer_gettime calls. Refuses timers restore could not
-/// recreate, naming them.
-pub fn dump_posix(
-    pid: i32,
-    tids: &[i32],
-    leader: &Remote,
-    mem: &RemoteMem,
-    scratch: u64,
-) -> Result<Vec<PosixTimer>, DumpError> {
+/// Every POSIX timer of the process, with its setting read by injected
+/// timer_gettime calls. Refuses timers restore could not recreate, naming
+/// them.
+fn dump(p: &DumpProcess<'_>) -> Result<Vec<PosixTimer>, DumpError> {
+    let pid = p.pid;
+    let tids: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
+    let tids = &tids[..];
     let path = format!("/proc/{pid}/timers");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -231,15 +209,13 @@ pub fn dump_posix(
                 t.target
             )));
         }
-        leader.call(
+        let b = p.injector().call_reading::<32>(
             "timer_gettime",
             libc::SYS_timer_gettime,
-            &[t.id as u64, scratch],
+            &[t.id as u64, p.injector().scratch],
         )?;
-        let mut b = [0u8; 32];
-        mem.read(scratch, &mut b)?;
         let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-        let overrun = leader.call(
+        let overrun = p.injector().call(
             "timer_getoverrun",
             libc::SYS_timer_getoverrun,
             &[t.id as u64],
@@ -264,16 +240,15 @@ pub fn dump_posix(
     Ok(out)
 }
 
-/// Recreates the POSIX timers of a restored process with their IDs. Call
-/// once every thread exists: SIGEV_THREAD_ID timers name one.
-pub fn restore_posix(stub: &Stub, timers: &[PosixTimer]) -> Result<(), RestoreError> {
+/// Recreates the POSIX timers of a restored process with their IDs.
+fn restore(stub: &Stub, timers: &[PosixTimer]) -> Result<(), RestoreError> {
     if timers.is_empty() {
         return Ok(());
     }
     let pid = stub.pid;
     let mut sorted: Vec<&PosixTimer> = timers.iter().collect();
     sorted.sort_by_key(|t| t.id);
-    let forced_linear = crate::dump::test_fail_point().as_deref() == Some("posix-timer-prctl");
+    let forced_linear = crate::failpoint::armed("posix-timer-prctl");
     let by_id = !forced_linear
         && stub
             .leader
@@ -394,10 +369,10 @@ fn create_timer(stub: &Stub, t: &PosixTimer, by_id: bool) -> Result<(), RestoreE
 }
 
 /// Whether a saved pending signal is the one of a periodic POSIX timer,
-/// which `restore_posix` arms to fire at once (its delivery re-arms it):
+/// which `restore` arms to fire at once (its delivery re-arms it):
 /// the timer raises it again, so queueing the saved one too would deliver
 /// it twice.
-pub fn raised_again(timers: &[crstream_proto::PosixTimer], siginfo: &[u8]) -> bool {
+pub(crate) fn raised_again(timers: &[PosixTimer], siginfo: &[u8]) -> bool {
     const SI_TIMER: i32 = -2;
     // siginfo_t on x86_64: si_code at 8; for SI_TIMER the timer ID at 16.
     let word = |at: usize| {

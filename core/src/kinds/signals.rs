@@ -1,12 +1,91 @@
-//! Signal actions (read and set with injected rt_sigaction) and pending
-//! signals (read with PTRACE_PEEKSIGINFO, queued again from inside the
-//! restored process).
+//! Signals: the actions of every signal (read and set with injected
+//! rt_sigaction) and the signals pending for the process (its
+//! `SignalState` record) and for each thread (in `ThreadCore`), read with
+//! PTRACE_PEEKSIGINFO and queued again from inside the restored process
+//! once nothing else is injected. Two kinds, one per phase.
 
 use crate::error::{DumpError, RestoreError, TaskError};
-use crate::ptrace::SIGINFO_SIZE;
+use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
 use crate::stub::{SCRATCH_DATA, Stub};
-use crate::syscall::{Remote, RemoteMem};
-use crstream_proto::{SigAction, SignalState};
+use crate::sys::ptrace::SIGINFO_SIZE;
+use crstream_proto::{PosixTimers, SigAction, SignalState};
+
+/// Signal actions, and the signals pending for the whole process.
+pub(crate) struct SignalActions;
+
+impl Kind for SignalActions {
+    fn name(&self) -> &'static str {
+        "signal actions"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Process
+    }
+
+    fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        let mut actions = Vec::new();
+        for sig in settable() {
+            let old = p.injector().scratch;
+            let b = p.injector().call_reading::<32>(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                &[sig as u64, 0, old, 8],
+            )?;
+            let a = decode(sig, &b);
+            if a.handler != 0 || a.flags != 0 || a.mask != 0 {
+                actions.push(a);
+            }
+        }
+        let shared_pending = crate::sys::ptrace::peek_siginfo(p.pid, true)?;
+        p.records.push(SignalState {
+            pid: p.pid as u32,
+            actions,
+            shared_pending,
+        });
+        Ok(())
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        let none = SignalState::default();
+        restore_actions(p.stub, p.image.records.get().unwrap_or(&none))
+    }
+}
+
+/// Signals pending at dump time, queued again.
+pub(crate) struct PendingSignals;
+
+impl Kind for PendingSignals {
+    fn name(&self) -> &'static str {
+        "pending signals"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Signals
+    }
+
+    fn dump(&mut self, _p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        // Read with the rest of each record: SignalActions (process-wide)
+        // and Threads (per thread).
+        Ok(())
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        let no_timers = PosixTimers::default();
+        let timers = &p.image.records.get().unwrap_or(&no_timers).timers;
+        let raised_again = |si: &[u8]| crate::kinds::posix_timers::raised_again(timers, si);
+        for t in &p.image.threads {
+            for si in t.pending_signals.iter().filter(|si| !raised_again(si)) {
+                queue(p.stub, Some(t.tid as i32), si)?;
+            }
+        }
+        if let Some(s) = p.image.records.get::<SignalState>() {
+            for si in s.shared_pending.iter().filter(|si| !raised_again(si)) {
+                queue(p.stub, None, si)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Signals whose action can be read and set (all but SIGKILL and SIGSTOP).
 fn settable() -> impl Iterator<Item = u32> {
@@ -32,37 +111,9 @@ fn encode(a: &SigAction) -> Vec<u8> {
         .collect()
 }
 
-pub fn dump(
-    pid: i32,
-    leader: &Remote,
-    mem: &RemoteMem,
-    scratch: u64,
-) -> Result<SignalState, DumpError> {
-    let mut actions = Vec::new();
-    for sig in settable() {
-        leader.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            &[sig as u64, 0, scratch, 8],
-        )?;
-        let mut b = [0u8; 32];
-        mem.read(scratch, &mut b)?;
-        let a = decode(sig, &b);
-        if a.handler != 0 || a.flags != 0 || a.mask != 0 {
-            actions.push(a);
-        }
-    }
-    let shared_pending = crate::ptrace::peek_siginfo(pid, true)?;
-    Ok(SignalState {
-        pid: pid as u32,
-        actions,
-        shared_pending,
-    })
-}
-
 /// Sets every signal's action: the saved one, or SIG_DFL (the stub came
 /// with crstream's handlers).
-pub fn restore_actions(stub: &Stub, st: &SignalState) -> Result<(), RestoreError> {
+fn restore_actions(stub: &Stub, st: &SignalState) -> Result<(), RestoreError> {
     for sig in settable() {
         let a = st
             .actions
@@ -90,7 +141,7 @@ pub fn restore_actions(stub: &Stub, st: &SignalState) -> Result<(), RestoreError
 
 /// Takes back the SIGCHLD a restored zombie's exit just queued to its
 /// parent (a SIGCHLD pending at dump time is queued again later).
-pub fn discard_child_signal(parent: &Stub) -> Result<(), RestoreError> {
+pub(crate) fn discard_child_signal(parent: &Stub) -> Result<(), RestoreError> {
     let set = 1u64 << (libc::SIGCHLD - 1);
     let set_addr = parent.put(SCRATCH_DATA, &set.to_le_bytes())?;
     let zero = parent.put(SCRATCH_DATA + 16, &[0u8; 16])?;
@@ -110,7 +161,7 @@ pub fn discard_child_signal(parent: &Stub) -> Result<(), RestoreError> {
 /// Queues a saved pending signal again, from the thread-group leader (the
 /// kernel lets a process queue SI_USER/SI_TKILL siginfo only to itself).
 /// `tid` None: process-wide.
-pub fn queue(stub: &Stub, tid: Option<i32>, siginfo: &[u8]) -> Result<(), RestoreError> {
+fn queue(stub: &Stub, tid: Option<i32>, siginfo: &[u8]) -> Result<(), RestoreError> {
     if siginfo.len() != SIGINFO_SIZE {
         return Err(RestoreError::Image(format!(
             "pending siginfo of {} bytes",

@@ -84,8 +84,7 @@ pub fn syscall(tid: i32, sig: i32) -> Result<(), TaskError> {
 }
 
 pub fn get_regs(tid: i32) -> Result<Regs, TaskError> {
-    // SAFETY: user_regs_struct is plain integers.
-    let mut regs: Regs = unsafe { std::mem::zeroed() };
+    let mut regs: Regs = super::zeroed();
     req(
         tid,
         "GETREGS",
@@ -282,9 +281,58 @@ pub fn wait(tid: i32) -> Result<(i32, Stop), TaskError> {
 /// Sends SIGKILL to the thread group and reaps it (used to throw away a
 /// half-restored process or a dumped one).
 pub fn kill_and_reap(pid: i32) {
-    // SAFETY: signalling a pid we own.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = super::process::kill(pid, libc::SIGKILL);
+    reap(pid);
+}
+
+/// Collects the exit of `tid` (a traced thread or our child), if any:
+/// ECHILD when it is not ours, which is fine.
+pub fn reap(tid: i32) {
     let mut status = 0;
-    // SAFETY: reaps our own child; ECHILD if it is not ours, which is fine.
-    unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+    // SAFETY: waitpid on a specific tid into a local.
+    unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+}
+
+/// Registers as bytes, as the image keeps them (27 u64, little-endian).
+pub fn regs_to_bytes(r: &Regs) -> Vec<u8> {
+    super::bytes_of(r).to_vec()
+}
+
+/// Registers from their bytes in the image; None if the length is wrong.
+pub fn regs_from_bytes(b: &[u8]) -> Option<Regs> {
+    let mut regs: Regs = super::zeroed();
+    let out = super::bytes_of_mut(&mut regs);
+    if b.len() != out.len() {
+        return None;
+    }
+    out.copy_from_slice(b);
+    Some(regs)
+}
+
+/// All registers zero (a placeholder until the real ones are read).
+pub fn zero_regs() -> Regs {
+    super::zeroed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regs_roundtrip() {
+        let mut r = zero_regs();
+        (r.orig_rax, r.rax, r.rip, r.fs_base) = (3, 4, 0x1002, 0xdead_beef);
+        let b = regs_to_bytes(&r);
+        assert_eq!(b.len(), 216);
+        assert_eq!(
+            u64::from_le_bytes(b[8 * 21..8 * 22].try_into().unwrap()),
+            0xdead_beef
+        );
+        let back = regs_from_bytes(&b).unwrap();
+        assert_eq!(
+            (back.fs_base, back.orig_rax, back.rip),
+            (0xdead_beef, 3, 0x1002)
+        );
+        assert!(regs_from_bytes(&b[1..]).is_none());
+    }
 }

@@ -1,0 +1,276 @@
+//! IPv4 and IPv6 sockets: TCP listeners (with their backlog, found with
+//! sock_diag) and TCP or UDP sockets that are bound but not connected,
+//! with their options. Established connections and connected UDP sockets
+//! are refused by name for now.
+
+use super::socket::{
+    Created, apply_options, finish, fmt_sockaddr, listener_backlog, read, type_name,
+};
+use super::unix::backlog;
+use super::{DumpFd, FdKind, Reopen, sock_diag};
+use crate::error::{DumpError, RestoreError};
+use crate::kind::RestoreObjects;
+use crate::sys::socket;
+use crstream_proto::{FileKind, OpenFile, SocketFile};
+use std::io;
+use std::os::fd::OwnedFd;
+
+#[derive(Default)]
+pub(super) struct InetSockets {
+    created: Created,
+}
+
+/// Port of an AF_INET/AF_INET6 sockaddr.
+fn port(raw: &[u8]) -> u16 {
+    if raw.len() >= 4 {
+        u16::from_be_bytes([raw[2], raw[3]])
+    } else {
+        0
+    }
+}
+
+impl FdKind for InetSockets {
+    fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
+        let inet = |family| family == libc::AF_INET || family == libc::AF_INET6;
+        let Some((dup, mut sf)) = read(d, inet)? else {
+            return Ok(false);
+        };
+        let tcp = match (sf.r#type, sf.protocol) {
+            (libc::SOCK_STREAM, libc::IPPROTO_TCP) => true,
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => false,
+            (ty, protocol) => {
+                return Err(d.refuse(format!(
+                    "{} socket of type {} protocol {protocol}: only TCP and UDP are supported",
+                    if sf.family == libc::AF_INET {
+                        "IPv4"
+                    } else {
+                        "IPv6"
+                    },
+                    type_name(ty)
+                )));
+            }
+        };
+        if tcp {
+            let state = socket::tcp_state(&dup).map_err(|e| d.error("TCP_INFO", e))?;
+            if state == sock_diag::TCP_ESTABLISHED {
+                return Err(d.refuse(format!(
+                    "established TCP connection to {}: not supported yet",
+                    fmt_sockaddr(&sf.peer_addr)
+                )));
+            }
+            if state != sock_diag::TCP_LISTEN && state != sock_diag::TCP_CLOSE {
+                return Err(d.refuse(format!(
+                    "TCP connection in state {state} with {}: not supported yet",
+                    fmt_sockaddr(&sf.peer_addr)
+                )));
+            }
+            if sf.listening {
+                let what = format!("TCP listener on {}", fmt_sockaddr(&sf.local_addr));
+                let diag = sock_diag::tcp_listener(sf.family, sf.inode);
+                sf.backlog = listener_backlog(d, &what, diag)?;
+            }
+        } else {
+            if !sf.peer_addr.is_empty() {
+                return Err(d.refuse(format!(
+                    "UDP socket connected to {}: not supported yet",
+                    fmt_sockaddr(&sf.peer_addr)
+                )));
+            }
+            if rustix::io::ioctl_fionread(&dup).is_ok_and(|n| n > 0) {
+                tracing::warn!(
+                    pid = d.pid,
+                    fd = d.fd,
+                    "UDP socket has queued datagrams; they are not saved"
+                );
+            }
+        }
+        finish(d, &dup, sf, f);
+        Ok(true)
+    }
+
+    fn restores(&self, f: &OpenFile) -> bool {
+        f.kind() == FileKind::Socket
+            && f.socket
+                .as_ref()
+                .is_some_and(|s| s.family == libc::AF_INET || s.family == libc::AF_INET6)
+    }
+
+    fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        _objects: &RestoreObjects<'_>,
+    ) -> Result<Reopen, RestoreError> {
+        let ferr = |what: &str, e: io::Error| RestoreError::File {
+            pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason: format!("{what}: {e}"),
+        };
+        let s = f.socket.as_ref().expect("restores() checked it");
+        let fd = match self.created.again(pid, f, s.inode) {
+            Some(again) => again.map_err(|e| ferr("dup", e))?,
+            None => {
+                let sock = create(s, &ferr)?;
+                self.created.keep(s.inode, sock);
+                self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))?
+            }
+        };
+        super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
+        Ok(Reopen::Created(fd))
+    }
+}
+
+fn create(
+    s: &SocketFile,
+    ferr: &dyn Fn(&str, io::Error) -> RestoreError,
+) -> Result<OwnedFd, RestoreError> {
+    let sock = socket::socket(s.family, s.r#type, s.protocol).map_err(|e| ferr("socket", e))?;
+    apply_options(&sock, &s.options).map_err(|e| ferr("socket options", e))?;
+    if port(&s.local_addr) != 0 {
+        socket::bind(&sock, &s.local_addr)
+            .map_err(|e| ferr(&format!("bind to {}", fmt_sockaddr(&s.local_addr)), e))?;
+    }
+    if s.listening {
+        socket::listen(&sock, backlog(s)).map_err(|e| ferr("listen", e))?;
+    }
+    Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{created, dump_own};
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::os::fd::AsRawFd;
+
+    fn tcp_listener(family: i32, addr: &[u8], backlog: i32) -> io::Result<OwnedFd> {
+        let s = socket::socket(family, libc::SOCK_STREAM, 0)?;
+        socket::setsockopt_int(&s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        socket::setsockopt_int(&s, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        socket::bind(&s, addr)?;
+        socket::listen(&s, backlog)?;
+        Ok(s)
+    }
+
+    fn listener_round_trip(family: i32, addr: Vec<u8>) {
+        let orig = match tcp_listener(family, &addr, 7) {
+            Ok(s) => s,
+            Err(e) if family == libc::AF_INET6 => {
+                eprintln!("skipping the IPv6 listener test: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let f = dump_own(orig.as_raw_fd()).unwrap();
+        let s = f.socket.as_ref().unwrap();
+        assert!(s.listening);
+        assert_eq!(s.backlog, 7);
+        assert_eq!(s.family, family);
+        let p = port(&s.local_addr);
+        assert_ne!(p, 0);
+        drop(orig);
+        let n = created(&mut InetSockets::default(), &f);
+        assert_eq!(port(&socket::name(&n, false).unwrap()), p);
+        let again = dump_own(n.as_raw_fd()).unwrap();
+        assert_eq!(again.socket.as_ref().unwrap().backlog, 7);
+        assert_ne!(
+            socket::getsockopt_int(&n, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap(),
+            0
+        );
+        assert_eq!(
+            socket::getsockopt_int(&n, libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap(),
+            1
+        );
+        let to = if family == libc::AF_INET {
+            format!("127.0.0.1:{p}")
+        } else {
+            format!("[::1]:{p}")
+        };
+        let mut c = TcpStream::connect(to).unwrap();
+        let a = rustix::net::accept(&n).unwrap();
+        c.write_all(b"x").unwrap();
+        let mut got = [0u8; 1];
+        std::fs::File::from(a).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"x");
+    }
+
+    fn sockaddr_in(ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut v = vec![0u8; 16];
+        v[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v[2..4].copy_from_slice(&port.to_be_bytes());
+        v[4..8].copy_from_slice(&ip);
+        v
+    }
+
+    #[test]
+    fn tcp_listener_v4_round_trip() {
+        listener_round_trip(libc::AF_INET, sockaddr_in([127, 0, 0, 1], 0));
+    }
+
+    #[test]
+    fn tcp_listener_v6_round_trip() {
+        let mut v = vec![0u8; 28];
+        v[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v[23] = 1; // ::1
+        listener_round_trip(libc::AF_INET6, v);
+    }
+
+    #[test]
+    fn tcp_listener_with_pending_connection_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let e = dump_own(l.as_raw_fd()).unwrap_err().to_string();
+        assert!(e.contains("accept queue"), "{e}");
+    }
+
+    #[test]
+    fn established_tcp_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_srv, _) = l.accept().unwrap();
+        let e = dump_own(c.as_raw_fd()).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, DumpError::UnsupportedFile { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "established TCP connection to 127.0.0.1:{p}: not supported yet"
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains(&format!("fd {}", c.as_raw_fd())), "{msg}");
+    }
+
+    #[test]
+    fn udp_bound_round_trip() {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.set_broadcast(true).unwrap();
+        u.set_nonblocking(true).unwrap();
+        let p = u.local_addr().unwrap().port();
+        let f = dump_own(u.as_raw_fd()).unwrap();
+        assert_ne!(f.open_flags as i32 & libc::O_NONBLOCK, 0);
+        drop(u);
+        let n = created(&mut InetSockets::default(), &f);
+        let flags = rustix::fs::fcntl_getfl(&n).unwrap().bits() as i32;
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
+        let n = UdpSocket::from(n);
+        assert_eq!(n.local_addr().unwrap().port(), p);
+        assert!(n.broadcast().unwrap());
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(b"dgram", ("127.0.0.1", p)).unwrap();
+        n.set_nonblocking(false).unwrap();
+        let mut buf = [0u8; 16];
+        let (len, _) = n.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"dgram");
+    }
+
+    #[test]
+    fn netlink_socket_is_refused_by_name() {
+        let s = socket::socket(libc::AF_NETLINK, libc::SOCK_DGRAM, libc::NETLINK_ROUTE).unwrap();
+        let e = dump_own(s.as_raw_fd()).unwrap_err().to_string();
+        assert!(e.contains("netlink socket"), "{e}");
+    }
+}

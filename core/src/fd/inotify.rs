@@ -1,0 +1,418 @@
+//! inotify: every watch with its wd, mask and the path of its inode.
+//! Events queued and not yet read are not saved (the restored instance
+//! starts with an empty queue).
+
+use super::{DumpFd, FdKind, Reopen};
+use crate::error::{DumpError, RestoreError};
+use crate::kind::RestoreObjects;
+use crstream_proto::{FileKind, InotifyFile, InotifyWatch, OpenFile};
+use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+use rustix::fs::{Mode, OFlags};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+/// inotify_add_watch flags restore reapplies: the event bits
+/// (IN_ALL_EVENTS) and the two flags the kernel keeps with a watch.
+const IN_WATCH_MASK: u32 = libc::IN_ALL_EVENTS | libc::IN_EXCL_UNLINK | libc::IN_ONESHOT;
+/// Most filler watches one inotify fd may need to reach its saved wds.
+const MAX_FILLERS: u64 = 1 << 20;
+
+pub(super) struct Inotify;
+
+impl FdKind for Inotify {
+    fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
+        if d.link != "anon_inode:inotify" {
+            return Ok(false);
+        }
+        let info = d.fdinfo()?;
+        let mut watches = Vec::new();
+        for line in info.lines().filter(|l| l.starts_with("inotify ")) {
+            let w =
+                parse_line(line).ok_or_else(|| d.bad_fdinfo(format!("inotify line {line:?}")))?;
+            let (path, dev) = watch_path(d.pid, &w)
+                .map_err(|reason| d.refuse(format!("watch wd {}: {reason}", w.wd)))?;
+            watches.push(InotifyWatch {
+                wd: w.wd,
+                mask: w.mask & IN_WATCH_MASK,
+                path,
+                inode: w.ino,
+                dev,
+            });
+        }
+        watches.sort_by_key(|w| w.wd);
+        f.kind = FileKind::Inotify as i32;
+        f.path = d.link.to_string();
+        f.inotify = Some(InotifyFile { watches });
+        Ok(true)
+    }
+
+    fn restores(&self, f: &OpenFile) -> bool {
+        matches!(f.kind(), FileKind::Inotify)
+    }
+
+    /// Every path an inotify fd of the image watches must exist.
+    fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
+        for w in f.inotify.iter().flat_map(|i| i.watches.iter()) {
+            match std::fs::symlink_metadata(&w.path) {
+                Err(e) => {
+                    return Err(RestoreError::File {
+                        pid,
+                        fd: f.fd,
+                        path: f.path.clone(),
+                        reason: format!("inotify watch wd {} on {}: {e}", w.wd, w.path),
+                    });
+                }
+                // Same machine, other file: watched by path all the same.
+                Ok(md) if w.inode != 0 && (md.ino(), md.dev()) != (w.inode, w.dev) => {
+                    tracing::warn!(pid, fd = f.fd, path = %w.path, "inotify watch: the path names another file than at the dump");
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        _objects: &RestoreObjects<'_>,
+    ) -> Result<Reopen, RestoreError> {
+        let ferr = |reason: String| RestoreError::File {
+            pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason,
+        };
+        let i = f
+            .inotify
+            .as_ref()
+            .ok_or_else(|| ferr("bad image: inotify record missing".into()))?;
+        let fd = create(pid, f, i)?;
+        super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr(format!("F_SETFL: {e}")))?;
+        Ok(Reopen::Created(fd))
+    }
+}
+
+/// One "inotify wd:.. ino:.. sdev:.. mask:.. ignored_mask:..
+/// fhandle-bytes:.. fhandle-type:.. f_handle:.." line of an fdinfo
+/// (numbers in hex; sdev is the kernel's dev_t, major << 20 | minor).
+#[derive(Debug, Default, PartialEq)]
+struct Line {
+    wd: i32,
+    ino: u64,
+    sdev: u32,
+    mask: u32,
+    handle_type: i32,
+    handle: Vec<u8>,
+}
+
+fn parse_line(line: &str) -> Option<Line> {
+    let rest = line.strip_prefix("inotify ")?;
+    let mut w = Line::default();
+    let mut wd = None;
+    for tok in rest.split_whitespace() {
+        let (k, v) = tok.split_once(':')?;
+        let hex = || u64::from_str_radix(v, 16).ok();
+        match k {
+            "wd" => wd = Some(hex()? as i32),
+            "ino" => w.ino = hex()?,
+            "sdev" => w.sdev = hex()? as u32,
+            "mask" => w.mask = hex()? as u32,
+            "fhandle-type" => w.handle_type = hex()? as i32,
+            "f_handle" => {
+                w.handle = (0..v.len() / 2)
+                    .map(|i| u8::from_str_radix(&v[i * 2..i * 2 + 2], 16).ok())
+                    .collect::<Option<Vec<u8>>>()?;
+            }
+            _ => {}
+        }
+    }
+    w.wd = wd?;
+    Some(w)
+}
+
+/// Undoes the octal escapes (\040 ...) of a /proc/PID/mountinfo field.
+fn unescape_mount_field(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(c) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(c);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The path of the inode an inotify watch names, found with
+/// open_by_handle_at (CAP_DAC_READ_SEARCH) through a mount of its device in
+/// the target's mount table, and checked by stat. Err: why not.
+fn watch_path(pid: i32, w: &Line) -> Result<(String, u64), String> {
+    let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
+    let dev = libc::makedev(major, minor);
+    if w.handle.is_empty() {
+        return Err(format!(
+            "device {major}:{minor} gives no file handle for inode {}",
+            w.ino
+        ));
+    }
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .map_err(|e| format!("reading /proc/{pid}/mountinfo: {e}"))?;
+    let want = format!("{major}:{minor}");
+    // Mounts of the device, those of its root first (a bind mount of a
+    // subdirectory may not reach the inode).
+    let mut mounts: Vec<(bool, String)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && f[2] == want).then(|| (f[3] != "/", unescape_mount_field(f[4])))
+        })
+        .collect();
+    mounts.sort();
+    if mounts.is_empty() {
+        return Err(format!(
+            "device {major}:{minor} of inode {} is not mounted in its mount table",
+            w.ino
+        ));
+    }
+    let mut last_err = String::new();
+    for (_, mnt) in &mounts {
+        let mnt_path = format!("/proc/{pid}/root{mnt}");
+        let mfd = match rustix::fs::open(
+            mnt_path.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                last_err = format!("opening {mnt_path}: {e}");
+                continue;
+            }
+        };
+        let fd = match crate::sys::fds::open_by_handle(
+            &mfd,
+            w.handle_type,
+            &w.handle,
+            libc::O_PATH | libc::O_CLOEXEC,
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                last_err = format!("open_by_handle_at through {mnt}: {e}");
+                continue;
+            }
+        };
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| format!("resolving inode {}: {e}", w.ino))?;
+        let path = link.to_string_lossy().into_owned();
+        if path.ends_with(" (deleted)") {
+            return Err(format!("the watched inode {} was deleted ({path})", w.ino));
+        }
+        match std::fs::symlink_metadata(&path) {
+            Ok(md) if md.ino() == w.ino && md.dev() == dev => return Ok((path, dev)),
+            Ok(_) => last_err = format!("inode {} resolves to {path}, another inode here", w.ino),
+            Err(e) => last_err = format!("inode {} resolves to {path}: {e}", w.ino),
+        }
+    }
+    Err(last_err)
+}
+
+/// A new inotify instance with every saved watch at its saved wd.
+///
+/// The kernel allocates wds cyclically per instance (idr_alloc_cyclic from
+/// 1): each new watch gets the number after the last one handed out, even
+/// when lower ones are free again. So the watches are added in wd order,
+/// and a filler watch (on a memfd of ours, which no saved watch names) is
+/// added and removed until the counter reaches the next saved wd.
+/// Removing a filler queues an IN_IGNORED event: the queue is emptied once
+/// every watch is in place, before the restored process gets the fd. Events
+/// of the saved watches that happen during the restore go with them, like
+/// the events queued but not read at dump time, which the image does not
+/// hold.
+fn create(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, RestoreError> {
+    let ferr = |reason: String| RestoreError::File {
+        pid,
+        fd: f.fd,
+        path: f.path.clone(),
+        reason,
+    };
+    let ino = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
+        .map_err(|e| ferr(format!("inotify_init1: {e}")))?;
+    let add = |path: &str, mask: u32| -> io::Result<i32> {
+        Ok(inotify::add_watch(
+            &ino,
+            path,
+            WatchFlags::from_bits_retain(mask),
+        )?)
+    };
+    let mut watches: Vec<&InotifyWatch> = i.watches.iter().collect();
+    watches.sort_by_key(|w| w.wd);
+    let mut filler: Option<(OwnedFd, String)> = None;
+    let mut next = 1i32;
+    let mut fillers = 0u64;
+    for w in watches {
+        if w.wd < next {
+            return Err(ferr(format!(
+                "bad image: inotify watch wd {} listed twice or out of range",
+                w.wd
+            )));
+        }
+        // Each filler is two syscalls: a wd far beyond any real one is a
+        // damaged image, not a loop to run for hours.
+        if (w.wd - next) as u64 + fillers > MAX_FILLERS {
+            return Err(ferr(format!(
+                "bad image: inotify wd {} would take more than {MAX_FILLERS} filler watches",
+                w.wd
+            )));
+        }
+        while next < w.wd {
+            if filler.is_none() {
+                let m = rustix::fs::memfd_create(
+                    "crstream-inotify-filler",
+                    rustix::fs::MemfdFlags::CLOEXEC,
+                )
+                .map_err(|e| ferr(format!("memfd_create: {e}")))?;
+                let p = format!("/proc/self/fd/{}", m.as_raw_fd());
+                filler = Some((m, p));
+            }
+            let p = &filler.as_ref().expect("filler").1;
+            let got = add(p, libc::IN_ATTRIB | libc::IN_MASK_CREATE)
+                .map_err(|e| ferr(format!("filler watch to reach wd {}: {e}", w.wd)))?;
+            inotify::remove_watch(&ino, got)
+                .map_err(|e| ferr(format!("removing filler watch {got}: {e}")))?;
+            if got >= w.wd {
+                return Err(ferr(format!(
+                    "the kernel gave wd {got} while reaching wd {}",
+                    w.wd
+                )));
+            }
+            next = got.saturating_add(1);
+            fillers += 1;
+            if fillers.is_multiple_of(4096) {
+                drain(&ino);
+            }
+        }
+        // IN_DONT_FOLLOW: the saved path names the watched inode itself;
+        // IN_MASK_CREATE: two saved watches must not merge into one.
+        let got = add(
+            &w.path,
+            w.mask | libc::IN_DONT_FOLLOW | libc::IN_MASK_CREATE,
+        )
+        .map_err(|e| ferr(format!("inotify watch wd {} on {}: {e}", w.wd, w.path)))?;
+        if got != w.wd {
+            return Err(ferr(format!(
+                "inotify watch on {} got wd {got} instead of {}",
+                w.path, w.wd
+            )));
+        }
+        next = got.saturating_add(1);
+    }
+    drain(&ino);
+    if fillers > 0 {
+        tracing::debug!(pid, fd = f.fd, fillers, "inotify wds reached with fillers");
+    }
+    Ok(ino)
+}
+
+/// Reads and discards every event queued on a non-blocking inotify fd.
+fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 4096];
+    while rustix::io::read(fd, &mut buf).is_ok_and(|n| n > 0) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{created, dump_own, me};
+    use super::*;
+
+    #[test]
+    fn inotify_fdinfo_lines_are_parsed() {
+        let l = "inotify wd:1f ino:98c0e6 sdev:fe00000 mask:300 ignored_mask:0 \
+                 fhandle-bytes:8 fhandle-type:1 f_handle:e6c098000654d312";
+        let w = parse_line(l).unwrap();
+        assert_eq!(
+            w,
+            Line {
+                wd: 31,
+                ino: 0x98c0e6,
+                sdev: 0xfe00000,
+                mask: 0x300,
+                handle_type: 1,
+                handle: vec![0xe6, 0xc0, 0x98, 0, 0x06, 0x54, 0xd3, 0x12],
+            }
+        );
+        assert!(parse_line("inotify ino:1").is_none(), "no wd");
+        assert_eq!(unescape_mount_field(r"/a\040b"), "/a b");
+    }
+
+    fn lines(fd: &OwnedFd) -> Vec<String> {
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+        let mut v: Vec<String> = info
+            .lines()
+            .filter(|l| l.starts_with("inotify "))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn inotify_round_trip_keeps_wds_masks_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("file"), b"x").unwrap();
+        let ino = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).unwrap();
+        let add = |p: &std::path::Path, mask: u32| {
+            inotify::add_watch(&ino, p, WatchFlags::from_bits_retain(mask)).unwrap()
+        };
+        for _ in 0..5 {
+            let wd = add(dir, libc::IN_ATTRIB);
+            inotify::remove_watch(&ino, wd).unwrap();
+        }
+        let w_file = add(&dir.join("file"), libc::IN_MODIFY | libc::IN_ONESHOT);
+        let w_sub = add(&dir.join("sub"), libc::IN_CREATE | libc::IN_EXCL_UNLINK);
+        assert_eq!((w_file, w_sub), (6, 7));
+        let f = dump_own(ino.as_raw_fd()).unwrap();
+        assert_eq!(f.kind(), FileKind::Inotify);
+        let watches = &f.inotify.as_ref().unwrap().watches;
+        assert_eq!(
+            watches
+                .iter()
+                .map(|w| (w.wd, w.path.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (6, dir.join("file").to_str().unwrap()),
+                (7, dir.join("sub").to_str().unwrap())
+            ]
+        );
+        let n = created(&mut Inotify, &f);
+        assert_eq!(lines(&n), lines(&ino));
+        let flags = rustix::fs::fcntl_getfl(&n).unwrap().bits() as i32;
+        assert_eq!(
+            flags & libc::O_NONBLOCK,
+            libc::O_NONBLOCK,
+            "O_NONBLOCK kept"
+        );
+        // The fillers left no event behind; new events carry the saved wd.
+        let mut buf = [0u8; 4096];
+        assert!(rustix::io::read(&n, &mut buf).is_err());
+        std::fs::write(dir.join("sub").join("new"), b"").unwrap();
+        let got = rustix::io::read(&n, &mut buf).unwrap();
+        assert!(got >= 16);
+        assert_eq!(i32::from_ne_bytes(buf[0..4].try_into().unwrap()), 7);
+        // A watched path that is gone is refused before anything is created.
+        std::fs::remove_file(dir.join("file")).unwrap();
+        let e = Inotify.check(me(), &f).unwrap_err().to_string();
+        assert!(e.contains(dir.join("file").to_str().unwrap()), "{e}");
+    }
+}

@@ -1,0 +1,523 @@
+//! Open files: the fd table of each process (the `FileTable` record), one
+//! file per kind of open file.
+//!
+//! Dump reads each fd from /proc (its link, fdinfo and metadata) and asks
+//! the fd kinds in turn which one it is; an fd no kind takes is refused by
+//! name. Kinds that need the object itself inspect it from crstream's own
+//! process through a duplicate taken with pidfd_getfd (same open file
+//! description), so nothing is injected into the target and nothing is
+//! consumed.
+//!
+//! Restore puts every fd back at its number in the stub: files are opened
+//! again by path from inside the stub; kernel objects (pipes, sockets,
+//! eventfd, ...) are created in crstream and handed over with pidfd_getfd.
+//! An open file description several fds or processes share is created once
+//! and shared again.
+
+mod epoll;
+mod eventfd;
+mod inet;
+mod inotify;
+mod pipe;
+mod regular;
+mod signalfd;
+mod sock_diag;
+mod socket;
+mod timerfd;
+mod tty;
+mod unix;
+
+use crate::error::{DumpError, RestoreError, TaskError};
+use crate::kind::{
+    DumpObjects, DumpProcess, DumpTree, Kind, Phase, ProcessDump, RestoreObjects, RestoreProcess,
+};
+use crate::records::ProcessImage;
+use crate::stub::Stub;
+use crate::sys::kcmp;
+use crstream_proto::{FileTable, OpenFile};
+use std::fs::Metadata;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+/// The fd kinds, tried in this order on each fd at dump: those known by
+/// their /proc link first, then those known by the file's type.
+fn fd_kinds() -> Vec<Box<dyn FdKind>> {
+    vec![
+        Box::new(pipe::Pipes::default()),
+        Box::new(unix::UnixSockets::default()),
+        Box::new(inet::InetSockets::default()),
+        Box::new(socket::OtherSockets),
+        Box::new(eventfd::EventFd),
+        Box::new(timerfd::TimerFd),
+        Box::new(signalfd::SignalFd),
+        Box::new(epoll::Epoll),
+        Box::new(inotify::Inotify),
+        Box::new(tty::Terminals),
+        Box::new(regular::Regular),
+    ]
+}
+
+/// One kind of open file.
+trait FdKind {
+    /// If the fd is of this kind: fills `f.kind`, `f.path` and the kind's
+    /// sub-record, and returns Ok(true). Ok(false): not this kind. Err: this
+    /// kind, but it cannot be saved (naming the fd and why).
+    fn dump(&mut self, fd: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError>;
+    /// Once every fd of the tree was read: refusals that need all of them.
+    fn dump_tree(&mut self, _t: &DumpTree<'_>) -> Result<(), DumpError> {
+        Ok(())
+    }
+    /// Whether this kind restores the saved fd `f`.
+    fn restores(&self, f: &OpenFile) -> bool;
+    /// Before restore creates anything.
+    fn check(&self, _pid: i32, _f: &OpenFile) -> Result<(), RestoreError> {
+        Ok(())
+    }
+    /// How the open file description of `f` comes back in process `pid`.
+    fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        objects: &RestoreObjects<'_>,
+    ) -> Result<Reopen, RestoreError>;
+    /// Once every fd of the process is in place (registrations that name
+    /// other fds by number).
+    fn after_table(&mut self, _stub: &Stub, _f: &OpenFile) -> Result<(), RestoreError> {
+        Ok(())
+    }
+}
+
+/// One fd of a frozen process, as fd kinds read it.
+struct DumpFd<'a> {
+    pid: i32,
+    fd: i32,
+    /// Its /proc/PID/fd link ("/path", "pipe:[123]", "anon_inode:...").
+    link: &'a str,
+    /// stat of the file (through /proc/PID/fd/N), if it has one.
+    md: Option<&'a Metadata>,
+    shell_job: bool,
+    /// Device number of the tree's controlling terminal (root's tty_nr).
+    job_tty: u64,
+    objects: &'a mut DumpObjects,
+}
+
+impl DumpFd<'_> {
+    /// The fd's fdinfo text.
+    fn fdinfo(&self) -> Result<String, DumpError> {
+        crate::proc::read_string(format!("/proc/{}/fdinfo/{}", self.pid, self.fd))
+            .map_err(|err| DumpError::Proc { pid: self.pid, err })
+    }
+
+    /// A duplicate of the fd in crstream: the same open file description.
+    fn take(&self) -> Result<OwnedFd, DumpError> {
+        crate::sys::pidfd::take_fd(self.pid, self.fd).map_err(|e| self.error("pidfd_getfd", e))
+    }
+
+    /// The error of a failed step (`what`) while saving this fd.
+    fn error(&self, what: &str, e: io::Error) -> DumpError {
+        DumpError::File {
+            pid: self.pid,
+            fd: self.fd,
+            path: self.link.to_string(),
+            err: io::Error::new(e.kind(), format!("{what}: {e}")),
+        }
+    }
+
+    /// A refusal of this fd: `why` it cannot be saved.
+    fn refuse(&self, why: impl std::fmt::Display) -> DumpError {
+        DumpError::UnsupportedFile {
+            pid: self.pid,
+            fd: self.fd,
+            what: format!("{} ({why})", self.link),
+        }
+    }
+
+    /// A malformed fdinfo field.
+    fn bad_fdinfo(&self, detail: String) -> DumpError {
+        DumpError::Proc {
+            pid: self.pid,
+            err: crate::error::ProcError::Parse {
+                path: format!("/proc/{}/fdinfo/{}", self.pid, self.fd),
+                detail,
+            },
+        }
+    }
+}
+
+/// How an open file description comes back.
+#[derive(Debug)]
+enum Reopen {
+    /// Opened again from inside the process by path, with these flags,
+    /// then moved to `offset` (if not 0).
+    Path {
+        path: String,
+        flags: i32,
+        offset: u64,
+    },
+    /// Created in crstream (with its status flags), handed over.
+    Created(OwnedFd),
+}
+
+/// Value of `key:` in an fdinfo text.
+fn fdinfo_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim())
+    })
+}
+
+/// Status flags F_SETFL can change; the rest of `open_flags` is fixed by
+/// how the object is created.
+const SETFL_MASK: i32 =
+    libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
+
+/// Gives an fd created in crstream the saved status flags.
+fn set_status_flags(fd: &OwnedFd, open_flags: u32) -> io::Result<()> {
+    use rustix::fs::OFlags;
+    let cur = rustix::fs::fcntl_getfl(fd)?.bits() as i32;
+    let want = (cur & !SETFL_MASK) | (open_flags as i32 & SETFL_MASK);
+    if want != cur {
+        rustix::fs::fcntl_setfl(fd, OFlags::from_bits_retain(want as u32))?;
+    }
+    Ok(())
+}
+
+/// A new fd for the open file description of `fd` (close-on-exec).
+fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
+
+/// A new open file description of the file `fd` opens, with `access` mode
+/// (through /proc/self/fd; non-blocking so that a FIFO never waits for a
+/// partner: the saved flags are set afterwards).
+fn reopen(fd: &OwnedFd, access: i32) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        OFlags::from_bits_retain((access | libc::O_NONBLOCK | libc::O_CLOEXEC) as u32),
+        Mode::empty(),
+    )?)
+}
+
+/// Open files.
+#[derive(Default)]
+pub(crate) struct Files {
+    kinds: Vec<Box<dyn FdKind>>,
+    /// Dump: device number of the tree's controlling terminal.
+    job_tty: Option<u64>,
+}
+
+impl Files {
+    pub(crate) fn new() -> Self {
+        Self {
+            kinds: fd_kinds(),
+            job_tty: None,
+        }
+    }
+
+    /// The kind that restores `f`, or the error of a bad image.
+    fn restorer(&mut self, pid: i32, f: &OpenFile) -> Result<&mut Box<dyn FdKind>, RestoreError> {
+        self.kinds
+            .iter_mut()
+            .find(|k| k.restores(f))
+            .ok_or_else(|| RestoreError::File {
+                pid,
+                fd: f.fd,
+                path: f.path.clone(),
+                reason: format!("bad image: no kind of open file restores {:?}", f.kind()),
+            })
+    }
+}
+
+impl Kind for Files {
+    fn name(&self) -> &'static str {
+        "open files"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Files
+    }
+
+    fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        let pid = p.pid;
+        let proc_err = |err| DumpError::Proc { pid, err };
+        // The tree's root comes first: its terminal is the job's.
+        let job_tty = *self.job_tty.get_or_insert(p.stat.field(7));
+        let mut files: Vec<OpenFile> = Vec::new();
+        for fd in crate::proc::fds(pid).map_err(proc_err)? {
+            let link = crate::proc::read_link(format!("/proc/{pid}/fd/{fd}")).map_err(proc_err)?;
+            let info = crate::proc::fdinfo(pid, fd).map_err(proc_err)?;
+            let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"));
+            let mut f = OpenFile {
+                fd: fd as u32,
+                open_flags: info.flags & !(libc::O_CLOEXEC as u32),
+                cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
+                offset: info.pos,
+                ..Default::default()
+            };
+            let mut dfd = DumpFd {
+                pid,
+                fd,
+                link: &link,
+                md: md.as_ref().ok(),
+                shell_job: p.shell_job,
+                job_tty,
+                objects: p.objects,
+            };
+            let mut taken = false;
+            for k in self.kinds.iter_mut() {
+                if k.dump(&mut dfd, &mut f)? {
+                    taken = true;
+                    break;
+                }
+            }
+            if !taken {
+                return Err(match md {
+                    Err(err) if link.starts_with('/') => DumpError::File {
+                        pid,
+                        fd,
+                        path: link,
+                        err,
+                    },
+                    _ => DumpError::UnsupportedFile {
+                        pid,
+                        fd,
+                        what: link,
+                    },
+                });
+            }
+            // dev/inode let the tree-wide kcmp pass find shared descriptions.
+            if let Ok(md) = &md {
+                f.dev = md.dev();
+                f.inode = md.ino();
+            }
+            mark_dup(pid, &files, &mut f);
+            files.push(f);
+        }
+        p.records.push(FileTable {
+            pid: pid as u32,
+            files,
+        });
+        Ok(())
+    }
+
+    fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
+        for k in self.kinds.iter_mut() {
+            k.dump_tree(t)?;
+        }
+        mark_shared_files(t.processes);
+        Ok(())
+    }
+
+    /// Refuses files that changed in a way that would corrupt the restored
+    /// process, before anything is created.
+    fn check(&self, p: &ProcessImage<'_>) -> Result<(), RestoreError> {
+        let Some(table) = p.records.get::<FileTable>() else {
+            return Ok(());
+        };
+        for f in table.files.iter().filter(|f| f.dup_of_fd.is_none()) {
+            if let Some(k) = self.kinds.iter().find(|k| k.restores(f)) {
+                k.check(p.pid, f)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        // A shared fd table was filled by the parent (earlier in order).
+        if p.entry().shares_files_with_parent {
+            return Ok(());
+        }
+        let Some(table) = p.image.records.get::<FileTable>() else {
+            return Ok(());
+        };
+        self.restore_table(p.stub, table, p.objects)
+    }
+
+    /// The objects created in crstream are closed: every process holds its
+    /// own copies now.
+    fn restore_done(&mut self) {
+        self.kinds = fd_kinds();
+    }
+}
+
+impl Files {
+    /// Opens every saved fd at its number in the stub.
+    fn restore_table(
+        &mut self,
+        stub: &Stub,
+        table: &FileTable,
+        objects: &RestoreObjects<'_>,
+    ) -> Result<(), RestoreError> {
+        let pid = stub.pid;
+        let mut files: Vec<&OpenFile> = table.files.iter().collect();
+        files.sort_by_key(|f| f.fd);
+        for f in files.iter().filter(|f| f.dup_of_fd.is_none()) {
+            let ferr = |reason: String| RestoreError::File {
+                pid,
+                fd: f.fd,
+                path: f.path.clone(),
+                reason,
+            };
+            let owner = (f.shared_id >> 32) as i32;
+            if f.shared_id != 0 && owner != pid {
+                // Restored already by an earlier process of the tree: share it.
+                let owner_fd = f.shared_id as u32 as u64;
+                let tmp_fd = take_fd(stub, owner, owner_fd)
+                    .map_err(|e| ferr(format!("taking fd {owner_fd} of pid {owner}: {e}")))?;
+                place_fd(stub, tmp_fd, f).map_err(|e| ferr(e.to_string()))?;
+                continue;
+            }
+            match self.restorer(pid, f)?.open(pid, f, objects)? {
+                Reopen::Created(own) => {
+                    let tmp_fd = take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64)
+                        .map_err(|e| ferr(format!("taking it from crstream: {e}")))?;
+                    drop(own);
+                    place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))?;
+                }
+                Reopen::Path {
+                    path,
+                    flags,
+                    offset,
+                } => {
+                    let tmp_fd = stub
+                        .open(&path, flags | libc::O_CLOEXEC, 0)
+                        .map_err(|e| ferr(format!("open: {e}")))?;
+                    place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))?;
+                    if offset != 0 {
+                        stub.call(
+                            "lseek",
+                            libc::SYS_lseek,
+                            &[f.fd as u64, offset, libc::SEEK_SET as u64],
+                        )
+                        .map_err(|e| ferr(format!("lseek to {offset}: {e}")))?;
+                    }
+                }
+            }
+        }
+        for f in files.iter() {
+            if let Some(of) = f.dup_of_fd {
+                let cloexec = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+                stub.call(
+                    "dup3",
+                    libc::SYS_dup3,
+                    &[of as u64, f.fd as u64, cloexec as u64],
+                )
+                .map_err(|e| RestoreError::File {
+                    pid,
+                    fd: f.fd,
+                    path: f.path.clone(),
+                    reason: format!("dup3 of fd {of}: {e}"),
+                })?;
+            }
+        }
+        // What names fds of this process by number, once all exist; for a
+        // description shared with an earlier process, done there.
+        for f in files.iter().filter(|f| {
+            f.dup_of_fd.is_none() && (f.shared_id == 0 || (f.shared_id >> 32) as i32 == pid)
+        }) {
+            self.restorer(pid, f)?.after_table(stub, f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Marks `f` as a dup of an earlier fd with the same open file description
+/// (same offset and flags).
+fn mark_dup(pid: i32, files: &[OpenFile], f: &mut OpenFile) {
+    for prev in files {
+        if prev.inode == f.inode
+            && prev.dev == f.dev
+            && prev.dup_of_fd.is_none()
+            && kcmp::same_file(pid, prev.fd, pid, f.fd).unwrap_or(false)
+        {
+            f.dup_of_fd = Some(prev.fd);
+            return;
+        }
+    }
+}
+
+/// Gives every open file description held by more than one process of the
+/// tree one `shared_id`, so that restore opens it once and shares it.
+fn mark_shared_files(procs: &mut [ProcessDump]) {
+    fn table(p: &mut ProcessDump) -> &mut FileTable {
+        p.records
+            .get_mut::<FileTable>()
+            .expect("every process has a FileTable")
+    }
+    let mut owners: Vec<(i32, u32, u64, u64)> = Vec::new(); // pid, fd, dev, inode
+    for i in 0..procs.len() {
+        let pid = procs[i].pid;
+        for fi in 0..table(&mut procs[i]).files.len() {
+            let f = &table(&mut procs[i]).files[fi];
+            if f.dup_of_fd.is_some() {
+                continue;
+            }
+            let (fd, dev, inode) = (f.fd, f.dev, f.inode);
+            let found = owners.iter().find(|&&(op, ofd, odev, oino)| {
+                op != pid
+                    && odev == dev
+                    && oino == inode
+                    && kcmp::same_file(op, ofd, pid, fd).unwrap_or(false)
+            });
+            match found.copied() {
+                Some((op, ofd, _, _)) => {
+                    let id = ((op as u64) << 32) | ofd as u64;
+                    table(&mut procs[i]).files[fi].shared_id = id;
+                    let owner = procs.iter_mut().find(|p| p.pid == op).expect("owner");
+                    if let Some(of) = table(owner).files.iter_mut().find(|x| x.fd == ofd) {
+                        of.shared_id = id;
+                    }
+                }
+                None => owners.push((pid, fd, dev, inode)),
+            }
+        }
+    }
+    // dups of a shared fd share it too
+    for p in procs.iter_mut() {
+        let t = table(p);
+        let ids: Vec<(u32, u64)> = t.files.iter().map(|f| (f.fd, f.shared_id)).collect();
+        for f in t.files.iter_mut() {
+            if let Some(of) = f.dup_of_fd
+                && let Some(&(_, id)) = ids.iter().find(|(fd, _)| *fd == of)
+            {
+                f.shared_id = id;
+            }
+        }
+    }
+}
+
+/// Duplicates fd `fd` of process `owner` into the stub (pidfd_getfd, run
+/// by the stub itself); the copy is close-on-exec.
+fn take_fd(stub: &Stub, owner: i32, fd: u64) -> Result<i64, TaskError> {
+    let pidfd = stub.call("pidfd_open", libc::SYS_pidfd_open, &[owner as u64, 0])?;
+    let got = stub.call("pidfd_getfd", libc::SYS_pidfd_getfd, &[pidfd as u64, fd, 0]);
+    stub.call("close", libc::SYS_close, &[pidfd as u64])?;
+    got
+}
+
+/// Moves fd `tmp_fd` of the stub to the saved number with the saved
+/// close-on-exec flag.
+fn place_fd(stub: &Stub, tmp_fd: i64, f: &OpenFile) -> Result<(), TaskError> {
+    let cloexec = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+    if tmp_fd != f.fd as i64 {
+        stub.call(
+            "dup3",
+            libc::SYS_dup3,
+            &[tmp_fd as u64, f.fd as u64, cloexec as u64],
+        )?;
+        stub.call("close", libc::SYS_close, &[tmp_fd as u64])?;
+    } else {
+        let flag = if f.cloexec { libc::FD_CLOEXEC } else { 0 };
+        stub.call(
+            "fcntl",
+            libc::SYS_fcntl,
+            &[f.fd as u64, libc::F_SETFD as u64, flag as u64],
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod testing;

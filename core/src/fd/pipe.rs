@@ -1,0 +1,313 @@
+//! Pipes and FIFOs, with the bytes queued in them. Both ends, in every
+//! process, name a pipe by its inode; restore creates one pipe per inode
+//! (a FIFO is opened again by its path) and hands its ends out.
+//!
+//! The queued bytes are read without consuming them: tee() copies them
+//! into a scratch pipe of ours, which we read.
+
+use super::{DumpFd, FdKind, Reopen, dup, reopen};
+use crate::error::{DumpError, RestoreError};
+use crate::kind::RestoreObjects;
+use crstream_proto::{FileKind, OpenFile, PipeFile};
+use rustix::fs::{Mode, OFlags};
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+#[derive(Default)]
+pub(super) struct Pipes {
+    /// Dump: pipe inodes whose queued bytes are saved already (on an
+    /// earlier fd).
+    saved: HashSet<u64>,
+    /// Restore: pipe/FIFO inode (at dump) -> our copy of it.
+    created: HashMap<u64, PipeObj>,
+}
+
+struct PipeObj {
+    /// Anonymous pipe: [read, write]; FIFO: [O_RDWR keeper, same].
+    ends: [OwnedFd; 2],
+    /// Read/write ends already handed out once (later ones are reopened to
+    /// get their own open file description).
+    handed: [bool; 2],
+    filled: bool,
+}
+
+/// `INODE` of "prefix:[INODE]".
+pub(super) fn bracket_inode(link: &str, prefix: &str) -> Option<u64> {
+    link.strip_prefix(prefix)?
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+impl FdKind for Pipes {
+    fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
+        let (kind, inode) = if let Some(ino) = bracket_inode(d.link, "pipe:") {
+            (FileKind::Pipe, ino)
+        } else if let Some(md) =
+            d.md.filter(|m| m.file_type().is_fifo() && d.link.starts_with('/'))
+        {
+            if d.link.ends_with(" (deleted)") {
+                return Err(d.refuse("fifo whose path was removed: cannot reopen it"));
+            }
+            f.dev = md.dev();
+            f.mode = md.mode();
+            (FileKind::Fifo, md.ino())
+        } else {
+            return Ok(false);
+        };
+        let dup = d.take()?;
+        let capacity = rustix::pipe::fcntl_getpipe_size(&dup)
+            .map_err(|e| d.error("F_GETPIPE_SZ", e.into()))?;
+        let queued = if self.saved.contains(&inode) {
+            Vec::new()
+        } else {
+            let q =
+                peek(d.pid, d.fd, capacity).map_err(|e| d.error("reading the queued bytes", e))?;
+            self.saved.insert(inode);
+            q
+        };
+        f.kind = kind as i32;
+        f.path = d.link.to_string();
+        f.inode = inode;
+        f.pipe = Some(PipeFile {
+            inode,
+            write_end: f.open_flags as i32 & libc::O_ACCMODE == libc::O_WRONLY,
+            capacity: capacity as u32,
+            queued,
+        });
+        Ok(true)
+    }
+
+    fn restores(&self, f: &OpenFile) -> bool {
+        matches!(f.kind(), FileKind::Pipe | FileKind::Fifo)
+    }
+
+    fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        _objects: &RestoreObjects<'_>,
+    ) -> Result<Reopen, RestoreError> {
+        let ferr = |what: &str, e: io::Error| RestoreError::File {
+            pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason: format!("{what}: {e}"),
+        };
+        let p = f.pipe.as_ref().ok_or_else(|| RestoreError::File {
+            pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason: "bad image: pipe record missing".into(),
+        })?;
+        let fd = self
+            .open_pipe(f, p)
+            .map_err(|e| ferr("recreating the pipe", e))?;
+        super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
+        Ok(Reopen::Created(fd))
+    }
+}
+
+impl Pipes {
+    fn open_pipe(&mut self, f: &OpenFile, p: &PipeFile) -> io::Result<OwnedFd> {
+        let fifo = f.kind() == FileKind::Fifo;
+        let obj = match self.created.entry(p.inode) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let ends = if fifo {
+                    let md = std::fs::metadata(&f.path)?;
+                    if !md.file_type().is_fifo() {
+                        return Err(io::Error::other("the path is no longer a FIFO"));
+                    }
+                    // O_RDWR|O_NONBLOCK never blocks waiting for the other side.
+                    let keep = rustix::fs::open(
+                        f.path.as_str(),
+                        OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    let keep2 = dup(&keep)?;
+                    [keep, keep2]
+                } else {
+                    let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+                    [r, w]
+                };
+                if p.capacity != 0 {
+                    let cur = rustix::pipe::fcntl_getpipe_size(&ends[1])?;
+                    if cur as u32 != p.capacity {
+                        rustix::pipe::fcntl_setpipe_size(&ends[1], p.capacity as usize)?;
+                    }
+                }
+                v.insert(PipeObj {
+                    ends,
+                    handed: [false; 2],
+                    filled: false,
+                })
+            }
+        };
+        if !p.queued.is_empty() {
+            if obj.filled {
+                tracing::debug!(
+                    inode = p.inode,
+                    "queued bytes saved twice for one pipe: ignored"
+                );
+            } else {
+                // Non-blocking so that a pipe that cannot hold them fails
+                // instead of hanging the restore.
+                let w = reopen(&obj.ends[1], libc::O_WRONLY)?;
+                write_all(&w, &p.queued)?;
+                obj.filled = true;
+            }
+        }
+        let access = f.open_flags as i32 & libc::O_ACCMODE;
+        if fifo || access == libc::O_RDWR {
+            // FIFO: every open is its own description, as at dump.
+            return reopen(&obj.ends[0], access);
+        }
+        let i = usize::from(p.write_end);
+        if obj.handed[i] {
+            // Another description of the same end: reopen, so its status
+            // flags are its own.
+            return reopen(&obj.ends[i], access);
+        }
+        obj.handed[i] = true;
+        dup(&obj.ends[i])
+    }
+}
+
+/// Writes all of `data` to an fd known to have room; EAGAIN is an error
+/// (the object cannot hold what it held).
+pub(super) fn write_all(fd: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The bytes queued in the pipe of fd `fd` of `pid`, left in place.
+fn peek(pid: i32, fd: i32, capacity: usize) -> io::Result<Vec<u8>> {
+    // A read end of our own on the same pipe: works when the process only
+    // holds the write end, and O_NONBLOCK keeps a FIFO open from blocking.
+    let rd = rustix::fs::open(
+        format!("/proc/{pid}/fd/{fd}"),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let avail = rustix::io::ioctl_fionread(&rd)? as usize;
+    if avail == 0 {
+        return Ok(Vec::new());
+    }
+    // A scratch pipe with as many slots as the source, so tee() can
+    // duplicate every buffer in one call (it always starts at the head of
+    // the source, so it cannot be resumed).
+    let (sr, sw) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    rustix::pipe::fcntl_setpipe_size(&sw, capacity)?;
+    let n = rustix::pipe::tee(&rd, &sw, avail, SpliceFlags::NONBLOCK)?;
+    if n != avail {
+        return Err(io::Error::other(format!(
+            "tee copied {n} of the {avail} queued bytes"
+        )));
+    }
+    let mut out = vec![0u8; avail];
+    let mut got = 0;
+    while got < out.len() {
+        match rustix::io::read(&sr, &mut out[got..]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{created, dump_own, read_avail};
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        rustix::pipe::pipe_with(PipeFlags::CLOEXEC).unwrap()
+    }
+
+    #[test]
+    fn pipe_queued_bytes_survive_and_are_not_consumed() {
+        let (r, w) = pipe();
+        let data: Vec<u8> = (0..3072u32).map(|i| (i * 7) as u8).collect();
+        let mut wf = std::fs::File::from(w.try_clone().unwrap());
+        wf.write_all(&data).unwrap();
+        // The write end first: it alone carries the queued bytes.
+        let mut kind = Pipes::default();
+        let fw = super::super::testing::dump_with(&mut kind, w.as_raw_fd()).unwrap();
+        let fr = super::super::testing::dump_with(&mut kind, r.as_raw_fd()).unwrap();
+        assert_eq!(fw.kind(), FileKind::Pipe);
+        let pw = fw.pipe.as_ref().unwrap();
+        let pr = fr.pipe.as_ref().unwrap();
+        assert!(pw.write_end && !pr.write_end);
+        assert_eq!(pw.inode, pr.inode);
+        assert_eq!(pw.queued, data);
+        assert!(pr.queued.is_empty());
+        assert_eq!(fw.path, format!("pipe:[{}]", pw.inode));
+        // Nothing consumed.
+        assert_eq!(rustix::io::ioctl_fionread(&r).unwrap(), 3072);
+
+        let mut kind = Pipes::default();
+        let nr = created(&mut kind, &fr);
+        let nw = created(&mut kind, &fw);
+        let mode = |fd: &OwnedFd| rustix::fs::fcntl_getfl(fd).unwrap().bits() as i32;
+        assert_eq!(mode(&nr) & libc::O_ACCMODE, libc::O_RDONLY);
+        assert_eq!(mode(&nw) & libc::O_ACCMODE, libc::O_WRONLY);
+        let cap = rustix::pipe::fcntl_getpipe_size(&nr).unwrap();
+        assert_eq!(cap as u32, pw.capacity);
+        rustix::fs::fcntl_setfl(&nr, OFlags::NONBLOCK).unwrap();
+        assert_eq!(read_avail(&nr), data);
+        // The original still holds its bytes.
+        let mut orig = vec![0u8; 3072];
+        std::fs::File::from(r).read_exact(&mut orig).unwrap();
+        assert_eq!(orig, data);
+    }
+
+    #[test]
+    fn fifo_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let orig = rustix::fs::open(
+            &path,
+            OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        write_all(&orig, b"fifo data").unwrap();
+        let f = dump_own(orig.as_raw_fd()).unwrap();
+        assert_eq!(f.kind(), FileKind::Fifo);
+        assert_eq!(f.path, path.to_str().unwrap());
+        assert_eq!(f.pipe.as_ref().unwrap().queued, b"fifo data");
+        assert_eq!(read_avail(&orig), b"fifo data");
+        drop(orig);
+        let mut kind = Pipes::default();
+        let n = created(&mut kind, &f);
+        let flags = rustix::fs::fcntl_getfl(&n).unwrap().bits() as i32;
+        assert_eq!(
+            flags & (libc::O_ACCMODE | libc::O_NONBLOCK),
+            libc::O_RDWR | libc::O_NONBLOCK
+        );
+        assert_eq!(read_avail(&n), b"fifo data");
+    }
+}

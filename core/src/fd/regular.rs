@@ -1,0 +1,226 @@
+//! Files opened by path: regular files (also deleted-but-open ones, whose
+//! contents are saved once for the tree as unlinked files), directories
+//! and a few harmless character devices. Any other file with a path is
+//! refused by name.
+
+use super::{DumpFd, FdKind, Reopen};
+use crate::error::{DumpError, RestoreError};
+use crate::kind::RestoreObjects;
+use crate::unlinked::DELETED;
+use crstream_proto::{FileKind, OpenFile};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+/// (major, minor) of the character devices reopened by path: /dev/null,
+/// /dev/zero, /dev/random, /dev/urandom.
+const SAFE_CHAR_DEVICES: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 8), (1, 9)];
+
+pub(super) struct Regular;
+
+impl FdKind for Regular {
+    fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
+        let (pid, fd) = (d.pid, d.fd);
+        if !d.link.starts_with('/') {
+            return Ok(false);
+        }
+        let Some(md) = d.md else {
+            return Ok(false); // the caller reports why stat failed
+        };
+        let ft = md.file_type();
+        f.path = d.link.to_string();
+        f.mode = md.mode();
+        if ft.is_file() {
+            f.kind = FileKind::Regular as i32;
+            f.size = md.size();
+            f.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+            if md.nlink() == 0 {
+                f.deleted = true;
+                f.path = d.link.strip_suffix(DELETED).unwrap_or(d.link).to_string();
+                let source = format!("/proc/{pid}/fd/{fd}");
+                f.unlinked_file =
+                    d.objects
+                        .unlinked
+                        .note(pid, &source, d.link)
+                        .map_err(|reason| DumpError::UnsupportedFile {
+                            pid,
+                            fd,
+                            what: format!("{}: {reason}", d.link),
+                        })?;
+            }
+        } else if ft.is_dir() {
+            f.kind = FileKind::Directory as i32;
+        } else if ft.is_char_device()
+            && SAFE_CHAR_DEVICES.contains(&(libc::major(md.rdev()), libc::minor(md.rdev())))
+        {
+            f.kind = FileKind::CharDevice as i32;
+            f.rdev = md.rdev();
+        } else {
+            let what = if ft.is_char_device() {
+                format!(
+                    "{} (character device {}:{})",
+                    d.link,
+                    libc::major(md.rdev()),
+                    libc::minor(md.rdev())
+                )
+            } else if ft.is_socket() {
+                format!("{} (socket)", d.link)
+            } else {
+                format!("{} (mode {:o})", d.link, md.mode())
+            };
+            return Err(DumpError::UnsupportedFile { pid, fd, what });
+        }
+        Ok(true)
+    }
+
+    fn restores(&self, f: &OpenFile) -> bool {
+        matches!(
+            f.kind(),
+            FileKind::Regular | FileKind::Directory | FileKind::CharDevice
+        )
+    }
+
+    fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
+        if f.kind() == FileKind::Regular && !f.deleted {
+            check_regular(pid, f, true)?;
+        }
+        Ok(())
+    }
+
+    fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        objects: &RestoreObjects<'_>,
+    ) -> Result<Reopen, RestoreError> {
+        let mut path = f.path.clone();
+        let mut offset = 0;
+        if f.kind() == FileKind::Regular {
+            if f.deleted {
+                path = objects.unlinked.proc_path(f.unlinked_file)?;
+            } else {
+                check_regular(pid, f, false)?;
+            }
+            offset = f.offset;
+        }
+        // O_NOFOLLOW only mattered for the path it was opened by; the
+        // /proc link an unlinked file is reopened through is a symlink.
+        let flags = f.open_flags as i32
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        Ok(Reopen::Path {
+            path,
+            flags,
+            offset,
+        })
+    }
+}
+
+/// Checks that the saved regular file `f` (not deleted) can be reopened
+/// without corrupting the process: it must exist and must not have shrunk
+/// below the saved offset. Other changes (size, replaced file, mtime) are
+/// logged when `warn`.
+fn check_regular(pid: i32, f: &OpenFile, warn: bool) -> Result<(), RestoreError> {
+    let ferr = |reason: String| RestoreError::File {
+        pid,
+        fd: f.fd,
+        path: f.path.clone(),
+        reason,
+    };
+    let md = std::fs::metadata(&f.path).map_err(|e| ferr(format!("cannot stat: {e}")))?;
+    if !md.is_file() {
+        return Err(ferr(format!(
+            "it was a regular file and is now a {}",
+            kind_name(&md)
+        )));
+    }
+    if md.size() < f.offset && f.size >= f.offset {
+        return Err(ferr(format!(
+            "the file shrank from {} to {} bytes since the dump, below the saved offset {}",
+            f.size,
+            md.size(),
+            f.offset
+        )));
+    }
+    if !warn {
+        return Ok(());
+    }
+    if md.ino() != f.inode || md.dev() != f.dev {
+        tracing::warn!(pid, fd = f.fd, path = %f.path, "the path names another file than at the dump (other inode)");
+    }
+    if md.size() != f.size {
+        tracing::warn!(pid, fd = f.fd, path = %f.path, "file size changed since the dump ({} -> {})", f.size, md.size());
+    } else if f.mtime_ns != 0 && md.mtime() * 1_000_000_000 + md.mtime_nsec() != f.mtime_ns {
+        tracing::warn!(pid, fd = f.fd, path = %f.path, "file modified since the dump (same size)");
+    }
+    Ok(())
+}
+
+fn kind_name(md: &std::fs::Metadata) -> &'static str {
+    let ft = md.file_type();
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{dump_own, restore_own};
+    use super::*;
+    use std::io::{Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn regular_file_keeps_path_flags_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.seek(SeekFrom::Start(4)).unwrap();
+        let f = dump_own(file.as_raw_fd()).unwrap();
+        assert_eq!(f.kind(), FileKind::Regular);
+        assert_eq!((f.offset, f.size), (4, 10));
+        assert_ne!(f.open_flags as i32 & libc::O_APPEND, 0);
+        match restore_own(&f).unwrap() {
+            Reopen::Path {
+                path: p,
+                flags,
+                offset,
+            } => {
+                assert_eq!(p, path.to_str().unwrap());
+                assert_eq!(
+                    flags & (libc::O_ACCMODE | libc::O_APPEND),
+                    libc::O_WRONLY | libc::O_APPEND
+                );
+                assert_eq!(offset, 4);
+            }
+            Reopen::Created(_) => panic!("a regular file is reopened by path"),
+        }
+        // Shrunk below the saved offset: refused before anything is created.
+        std::fs::write(&path, b"01").unwrap();
+        let e = Regular.check(1, &f).unwrap_err().to_string();
+        assert!(e.contains("shrank"), "{e}");
+    }
+
+    #[test]
+    fn other_devices_are_refused_by_name() {
+        let tty = std::fs::File::open("/dev/ptmx").unwrap();
+        let e = dump_own(tty.as_raw_fd()).unwrap_err().to_string();
+        assert!(e.contains("/dev/ptmx"), "{e}");
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(
+            dump_own(null.as_raw_fd()).unwrap().kind(),
+            FileKind::CharDevice
+        );
+    }
+}

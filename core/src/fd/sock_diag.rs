@@ -1,0 +1,165 @@
+//! sock_diag (NETLINK_SOCK_DIAG): what the kernel tells of a socket that
+//! its fd does not: the peer of a unix socket, its queue lengths and
+//! shutdown state, the accept queue of a TCP listener.
+
+use crate::sys::socket;
+use rustix::net::{RecvFlags, SendFlags};
+use std::io;
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const UDIAG_SHOW_PEER: u32 = 0x4;
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
+pub(super) const TCP_ESTABLISHED: u8 = 1;
+pub(super) const TCP_CLOSE: u8 = 7;
+pub(super) const TCP_LISTEN: u8 = 10;
+
+/// Sends one SOCK_DIAG_BY_FAMILY request and calls `each` with the payload
+/// of every answer until it returns true, the dump ends, or (for a
+/// non-dump request) after the first answer.
+fn request(req: &[u8], dump: bool, mut each: impl FnMut(&[u8]) -> bool) -> io::Result<()> {
+    let nl = socket::socket(libc::AF_NETLINK, libc::SOCK_DGRAM, libc::NETLINK_SOCK_DIAG)?;
+    let mut msg = Vec::with_capacity(16 + req.len());
+    msg.extend_from_slice(&((16 + req.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = libc::NLM_F_REQUEST as u16 | if dump { libc::NLM_F_DUMP as u16 } else { 0 };
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+    msg.extend_from_slice(req);
+    rustix::net::send(&nl, &msg, SendFlags::empty())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match rustix::net::recv(&nl, &mut buf[..], RecvFlags::empty()) {
+            Ok((n, _)) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut b = &buf[..n];
+        if b.is_empty() {
+            return Ok(());
+        }
+        while b.len() >= 16 {
+            let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let ty = u16::from_ne_bytes([b[4], b[5]]);
+            if len < 16 || len > b.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated netlink message",
+                ));
+            }
+            let payload = &b[16..len];
+            match ty as i32 {
+                libc::NLMSG_DONE => return Ok(()),
+                libc::NLMSG_ERROR => {
+                    let code = payload
+                        .get(..4)
+                        .map(|p| i32::from_ne_bytes([p[0], p[1], p[2], p[3]]))
+                        .unwrap_or(-libc::EIO);
+                    if code == 0 {
+                        return Ok(());
+                    }
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+                _ => {
+                    if each(payload) || !dump {
+                        return Ok(());
+                    }
+                }
+            }
+            let adv = (len + 3) & !3;
+            b = &b[adv.min(b.len())..];
+        }
+    }
+}
+
+/// Netlink attributes (rtattr) of `b`, as (type, payload).
+fn rtattrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]);
+        if len < 4 || len > b.len() {
+            break;
+        }
+        out.push((ty, &b[4..len]));
+        b = &b[((len + 3) & !3).min(b.len())..];
+    }
+    out
+}
+
+#[derive(Debug, Default)]
+pub(super) struct UnixDiag {
+    pub state: u8,
+    pub peer: u64,
+    /// Listener: connections waiting in the accept queue; others: bytes.
+    pub rqueue: u32,
+    /// Listener: the listen() backlog.
+    pub wqueue: u32,
+    pub shutdown: u8,
+}
+
+pub(super) fn unix(inode: u64) -> io::Result<UnixDiag> {
+    // struct unix_diag_req: family, protocol, pad, states, ino, show, cookie[2]
+    let mut req = Vec::with_capacity(24);
+    req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&(inode as u32).to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    // INET_DIAG_NOCOOKIE: do not check the cookie.
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let mut found = None;
+    request(&req, false, |p| {
+        // struct unix_diag_msg: family, type, state, pad, ino, cookie[2]
+        if p.len() < 16 || u32::from_ne_bytes([p[4], p[5], p[6], p[7]]) as u64 != inode {
+            return false;
+        }
+        let mut d = UnixDiag {
+            state: p[2],
+            ..Default::default()
+        };
+        for (ty, v) in rtattrs(&p[16..]) {
+            match ty {
+                UNIX_DIAG_PEER if v.len() >= 4 => {
+                    d.peer = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]) as u64
+                }
+                UNIX_DIAG_RQLEN if v.len() >= 8 => {
+                    d.rqueue = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+                    d.wqueue = u32::from_ne_bytes([v[4], v[5], v[6], v[7]]);
+                }
+                UNIX_DIAG_SHUTDOWN if !v.is_empty() => d.shutdown = v[0],
+                _ => {}
+            }
+        }
+        found = Some(d);
+        true
+    })?;
+    found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in unix_diag"))
+}
+
+/// (accept queue length, backlog) of a TCP listener, found by inode among
+/// the listeners of our network namespace.
+pub(super) fn tcp_listener(family: i32, inode: u64) -> io::Result<(u32, u32)> {
+    // struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48 bytes)
+    let mut req = vec![0u8; 56];
+    req[0] = family as u8;
+    req[1] = libc::IPPROTO_TCP as u8;
+    req[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    let mut found = None;
+    request(&req, true, |p| {
+        // struct inet_diag_msg: 4 bytes, sockid (48), expires, rqueue, wqueue, uid, inode
+        if p.len() < 72 {
+            return false;
+        }
+        let at = |o: usize| u32::from_ne_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]);
+        if at(68) as u64 == inode {
+            found = Some((at(56), at(60)));
+            return true;
+        }
+        false
+    })?;
+    found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not among the TCP listeners"))
+}

@@ -1,0 +1,408 @@
+//! What every socket kind shares: reading a socket's family, type, names
+//! and options through a duplicate of its fd, setting options again,
+//! queued data (peeked without consuming, sent again on restore), and the
+//! sockets restore created in crstream. Sockets of families no kind
+//! restores are refused by name here.
+
+use super::pipe::bracket_inode;
+use super::{DumpFd, FdKind, Reopen};
+use crate::error::{DumpError, RestoreError};
+use crate::kind::RestoreObjects;
+use crate::sys::socket::{
+    SO_ACCEPTCONN, SO_DOMAIN, SO_PEEK_OFF, SO_PROTOCOL, getsockopt, getsockopt_int, name, peek,
+    send_to, setsockopt, setsockopt_int, shutdown,
+};
+use crstream_proto::{FileKind, OpenFile, SockOpt, SocketFile};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+
+/// Upper bound of datagrams peeked from one socket, so that a kernel that
+/// does not advance the peek offset cannot make the dump loop forever.
+const MAX_PEEKED_MESSAGES: usize = 1 << 16;
+
+/// If fd `d` is a socket of a family `wanted` takes: a duplicate of it in
+/// crstream, and what every socket record holds (inode, family, type,
+/// protocol, listening, names).
+pub(super) fn read(
+    d: &DumpFd<'_>,
+    wanted: impl Fn(i32) -> bool,
+) -> Result<Option<(OwnedFd, SocketFile)>, DumpError> {
+    let Some(inode) = bracket_inode(d.link, "socket:") else {
+        return Ok(None);
+    };
+    let dup = d.take()?;
+    let int = |level, opt, what| getsockopt_int(&dup, level, opt).map_err(|e| d.error(what, e));
+    let family = int(libc::SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN")?;
+    if !wanted(family) {
+        return Ok(None);
+    }
+    let sf = SocketFile {
+        inode,
+        family,
+        r#type: int(libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?,
+        protocol: int(libc::SOL_SOCKET, SO_PROTOCOL, "SO_PROTOCOL")?,
+        listening: int(libc::SOL_SOCKET, SO_ACCEPTCONN, "SO_ACCEPTCONN")? != 0,
+        local_addr: name(&dup, false).map_err(|e| d.error("getsockname", e))?,
+        peer_addr: name(&dup, true).map_err(|e| d.error("getpeername", e))?,
+        ..Default::default()
+    };
+    Ok(Some((dup, sf)))
+}
+
+/// Saves the options of the socket and fills `f` with its record.
+pub(super) fn finish(d: &DumpFd<'_>, dup: &OwnedFd, mut sf: SocketFile, f: &mut OpenFile) {
+    for (level, opt) in option_list(sf.family, sf.r#type) {
+        let mut buf = [0u8; 16];
+        match getsockopt(dup, level, opt, &mut buf) {
+            Ok(n) => sf.options.push(SockOpt {
+                level,
+                name: opt,
+                value: buf[..n].to_vec(),
+            }),
+            Err(e) => tracing::debug!(pid = d.pid, fd = d.fd, level, opt, "getsockopt failed: {e}"),
+        }
+    }
+    f.kind = FileKind::Socket as i32;
+    f.path = d.link.to_string();
+    f.inode = sf.inode;
+    f.socket = Some(sf);
+}
+
+/// Sockets of the families no other kind takes: refused by name.
+pub(super) struct OtherSockets;
+
+impl FdKind for OtherSockets {
+    fn dump(&mut self, d: &mut DumpFd<'_>, _f: &mut OpenFile) -> Result<bool, DumpError> {
+        match read(d, |_| true)? {
+            Some((_, sf)) => Err(d.refuse(format!("{} socket", family_name(sf.family)))),
+            None => Ok(false),
+        }
+    }
+
+    fn restores(&self, _f: &OpenFile) -> bool {
+        false
+    }
+
+    fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        _o: &RestoreObjects<'_>,
+    ) -> Result<Reopen, RestoreError> {
+        Err(RestoreError::File {
+            pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason: "bad image: a socket of an unknown family".into(),
+        })
+    }
+}
+
+fn family_name(fam: i32) -> String {
+    match fam {
+        libc::AF_NETLINK => "netlink".into(),
+        libc::AF_PACKET => "packet".into(),
+        libc::AF_ALG => "AF_ALG".into(),
+        libc::AF_VSOCK => "vsock".into(),
+        libc::AF_BLUETOOTH => "bluetooth".into(),
+        libc::AF_CAN => "CAN".into(),
+        libc::AF_XDP => "XDP".into(),
+        libc::AF_TIPC => "TIPC".into(),
+        _ => format!("family {fam}"),
+    }
+}
+
+pub(super) fn type_name(ty: i32) -> &'static str {
+    match ty {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "dgram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        libc::SOCK_RAW => "raw",
+        _ => "other",
+    }
+}
+
+/// (level, name) of the options saved for a socket of this kind; restore
+/// sets those whose value differs from a fresh socket's.
+fn option_list(family: i32, ty: i32) -> Vec<(i32, i32)> {
+    let mut v = vec![
+        (libc::SOL_SOCKET, libc::SO_RCVBUF),
+        (libc::SOL_SOCKET, libc::SO_SNDBUF),
+    ];
+    if family == libc::AF_UNIX {
+        v.push((libc::SOL_SOCKET, libc::SO_PASSCRED));
+        return v;
+    }
+    v.extend([
+        (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        (libc::SOL_SOCKET, libc::SO_REUSEPORT),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        (libc::SOL_SOCKET, libc::SO_PRIORITY),
+    ]);
+    if ty == libc::SOCK_DGRAM {
+        v.push((libc::SOL_SOCKET, libc::SO_BROADCAST));
+    }
+    if ty == libc::SOCK_STREAM {
+        v.extend([
+            (libc::SOL_SOCKET, libc::SO_LINGER),
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+            (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT),
+        ]);
+    }
+    if family == libc::AF_INET6 {
+        v.push((libc::IPPROTO_IPV6, libc::IPV6_V6ONLY));
+    }
+    v
+}
+
+/// Applies the saved options whose value differs from the fresh socket's,
+/// so that untouched buffers keep their auto-tuning.
+pub(super) fn apply_options(s: &OwnedFd, opts: &[SockOpt]) -> io::Result<()> {
+    for o in opts {
+        let mut cur = [0u8; 16];
+        let n = getsockopt(s, o.level, o.name, &mut cur)?;
+        if cur[..n] == o.value[..] {
+            continue;
+        }
+        let is_buf = o.level == libc::SOL_SOCKET
+            && (o.name == libc::SO_RCVBUF || o.name == libc::SO_SNDBUF)
+            && o.value.len() == 4;
+        let r = if is_buf {
+            // getsockopt reports twice what setsockopt was given.
+            let v = i32::from_ne_bytes([o.value[0], o.value[1], o.value[2], o.value[3]]);
+            let force = if o.name == libc::SO_RCVBUF {
+                libc::SO_RCVBUFFORCE
+            } else {
+                libc::SO_SNDBUFFORCE
+            };
+            // FORCE: the saved value may exceed the sysctl limits if it was
+            // set by a privileged process; fall back to the plain option.
+            setsockopt_int(s, o.level, force, v / 2)
+                .or_else(|_| setsockopt_int(s, o.level, o.name, v / 2))
+        } else {
+            setsockopt(s, o.level, o.name, &o.value)
+        };
+        r.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("setsockopt level {} name {}: {e}", o.level, o.name),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// "ADDR:PORT" / "[ADDR]:PORT" / unix path, for messages.
+pub(super) fn fmt_sockaddr(raw: &[u8]) -> String {
+    if raw.len() < 2 {
+        return "(none)".into();
+    }
+    let fam = u16::from_ne_bytes([raw[0], raw[1]]) as i32;
+    match fam {
+        libc::AF_INET if raw.len() >= 8 => {
+            let port = u16::from_be_bytes([raw[2], raw[3]]);
+            let ip = std::net::Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7]);
+            format!("{ip}:{port}")
+        }
+        libc::AF_INET6 if raw.len() >= 24 => {
+            let port = u16::from_be_bytes([raw[2], raw[3]]);
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&raw[8..24]);
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(o))
+        }
+        libc::AF_UNIX => {
+            let p = &raw[2..];
+            if p.is_empty() {
+                "(unnamed)".into()
+            } else if p[0] == 0 {
+                format!("@{}", String::from_utf8_lossy(&p[1..]))
+            } else {
+                let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
+                String::from_utf8_lossy(&p[..end]).into_owned()
+            }
+        }
+        _ => format!("(family {fam})"),
+    }
+}
+
+/// The backlog of a listening socket from its sock_diag answer (connections
+/// waiting, backlog). One with connections waiting is refused: they would
+/// be lost. When sock_diag cannot tell, SOMAXCONN.
+pub(super) fn listener_backlog(
+    d: &DumpFd<'_>,
+    what: &str,
+    diag: io::Result<(u32, u32)>,
+) -> Result<u32, DumpError> {
+    match diag {
+        Ok((pending, _)) if pending > 0 => Err(d.refuse(format!(
+            "{what} has {pending} connection(s) waiting in the accept queue"
+        ))),
+        Ok((_, backlog)) => Ok(backlog),
+        Err(e) => {
+            tracing::debug!(
+                pid = d.pid,
+                fd = d.fd,
+                "sock_diag failed ({e}): backlog set to SOMAXCONN"
+            );
+            Ok(libc::SOMAXCONN as u32)
+        }
+    }
+}
+
+/// Why the queue of a socket could not be read.
+pub(super) enum PeekError {
+    Io(io::Error),
+    Refuse(String),
+}
+
+impl From<io::Error> for PeekError {
+    fn from(e: io::Error) -> Self {
+        PeekError::Io(e)
+    }
+}
+
+/// The data queued on a socket, left in place: one entry per message
+/// (stream: one entry with all bytes).
+///
+/// MSG_PEEK always starts at the head of the queue, so we walk it with an
+/// explicit SO_PEEK_OFF that we set before every peek (so a truncated
+/// datagram can be retried with a larger buffer), then put back the
+/// socket's own value (normally -1: disabled).
+pub(super) fn peek_queue(s: &OwnedFd, ty: i32) -> Result<Vec<Vec<u8>>, PeekError> {
+    let saved_off = getsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF)?;
+    let r = peek_messages(s, ty);
+    let restored = setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, saved_off);
+    let out = r?;
+    restored?;
+    Ok(out)
+}
+
+fn peek_messages(s: &OwnedFd, ty: i32) -> Result<Vec<Vec<u8>>, PeekError> {
+    let stream = ty == libc::SOCK_STREAM;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut all = Vec::new();
+    let mut off: i32 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..MAX_PEEKED_MESSAGES {
+        setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, off)?;
+        let Some((n, passed_fds)) = peek(s, &mut buf, !stream)? else {
+            break;
+        };
+        if passed_fds {
+            return Err(PeekError::Refuse(
+                "a queued message carries file descriptors (SCM_RIGHTS): not supported".into(),
+            ));
+        }
+        if stream {
+            if n == 0 {
+                break; // end of stream: the peer shut down its side
+            }
+            all.extend_from_slice(&buf[..n]);
+            off += n as i32;
+            continue;
+        }
+        if n > buf.len() {
+            // Truncated: retry the same message with a large enough buffer.
+            buf.resize(n, 0);
+            continue;
+        }
+        out.push(buf[..n].to_vec());
+        off += n as i32;
+        // A zero-length datagram does not move the offset; the kernel
+        // skips it next time because it is marked as peeked.
+    }
+    if stream && !all.is_empty() {
+        out.push(all);
+    }
+    Ok(out)
+}
+
+/// Sends one message whole, without blocking.
+pub(super) fn send_all(s: &OwnedFd, msg: &[u8], to: Option<&[u8]>) -> io::Result<()> {
+    let n = send_to(s, msg, to)?;
+    if n != msg.len() {
+        return Err(io::Error::other(format!(
+            "only {n} of {} bytes accepted",
+            msg.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Sends the saved queue of a socket through `into` (its peer), making
+/// room in the sender's buffer first if the data would not fit.
+pub(super) fn refill(into: &OwnedFd, queued: &[Vec<u8>], to: Option<&[u8]>) -> io::Result<()> {
+    let total: usize = queued.iter().map(|q| q.len() + 512).sum();
+    if total > 0 {
+        let cur = getsockopt_int(into, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+        if (cur as usize) < total * 2 {
+            setsockopt_int(into, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, total as i32)?;
+        }
+    }
+    for q in queued {
+        send_all(into, q, to)?;
+    }
+    Ok(())
+}
+
+/// shutdown() with the saved SHUT_RD=1 / SHUT_WR=2 bits.
+pub(super) fn shutdown_bits(s: &OwnedFd, bits: u32) -> io::Result<()> {
+    let how = match bits & 3 {
+        0 => return Ok(()),
+        1 => libc::SHUT_RD,
+        2 => libc::SHUT_WR,
+        _ => libc::SHUT_RDWR,
+    };
+    shutdown(s, how)
+}
+
+/// Sockets restore created in crstream, by their inode at dump.
+#[derive(Default)]
+pub(super) struct Created {
+    socks: HashMap<u64, OwnedFd>,
+    /// Inodes already handed out once.
+    handed: std::collections::HashSet<u64>,
+}
+
+impl Created {
+    /// A second description of a socket handed out already: sockets cannot
+    /// be reopened, so it shares the first one's (and its status flags).
+    pub(super) fn again(&self, pid: i32, f: &OpenFile, inode: u64) -> Option<io::Result<OwnedFd>> {
+        if !self.handed.contains(&inode) {
+            return None;
+        }
+        tracing::debug!(
+            pid,
+            fd = f.fd,
+            "socket:[{inode}] opened twice: sharing one description"
+        );
+        Some(match self.socks.get(&inode) {
+            Some(s) => super::dup(s),
+            None => Err(io::Error::other("socket missing")),
+        })
+    }
+
+    pub(super) fn get(&self, inode: u64) -> Option<&OwnedFd> {
+        self.socks.get(&inode)
+    }
+
+    /// Keeps socket `s` created for `inode` (not handed out yet).
+    pub(super) fn keep(&mut self, inode: u64, s: OwnedFd) {
+        self.socks.insert(inode, s);
+    }
+
+    /// Hands out a new fd of the socket kept for `inode`.
+    pub(super) fn hand_out(&mut self, inode: u64) -> io::Result<OwnedFd> {
+        let s = self
+            .socks
+            .get(&inode)
+            .ok_or_else(|| io::Error::other("socket missing"))?;
+        let out = super::dup(s)?;
+        self.handed.insert(inode);
+        Ok(out)
+    }
+}

@@ -1,0 +1,167 @@
+//! Terminals: the controlling terminal of a job started from an
+//! interactive shell (`--shell-job`). Its fds are saved by name only;
+//! restore opens the restorer's own terminal for them. Any other terminal
+//! is refused by name, and so is a tree that leads its own terminal's
+//! session (it would need that terminal itself).
+
+use super::{DumpFd, FdKind, Reopen};
+use crate::error::{DumpError, RestoreError};
+use crate::kind::{DumpTree, RestoreObjects};
+use crstream_proto::{FileKind, FileTable, OpenFile};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+/// A terminal a job of an interactive shell may hold: a pseudo-terminal
+/// slave (majors 136-143), a virtual console or serial line (major 4), or
+/// /dev/tty and /dev/console (5:0, 5:1). Pseudo-terminal masters (5:2) are
+/// not among them: those belong to the terminal emulator, not the job.
+fn is_terminal(rdev: u64) -> bool {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (136..=143).contains(&major) || major == 4 || (major == 5 && minor <= 1)
+}
+
+pub(super) struct Terminals;
+
+impl FdKind for Terminals {
+    fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
+        let Some(md) = d.md.filter(|md| md.file_type().is_char_device()) else {
+            return Ok(false);
+        };
+        if !d.link.starts_with('/') || !is_terminal(md.rdev()) {
+            return Ok(false);
+        }
+        let job_terminal = md.rdev() == d.job_tty || md.rdev() == libc::makedev(5, 0);
+        if d.shell_job && !job_terminal {
+            return Err(d.refuse(
+                "a terminal other than the job's controlling terminal: only that one is handed \
+                 over by --shell-job",
+            ));
+        }
+        if !d.shell_job {
+            return Err(d.refuse(
+                "a terminal: if the tree is a job started from a shell, dump and restore it \
+                 with --shell-job",
+            ));
+        }
+        f.kind = FileKind::Tty as i32;
+        f.path = d.link.to_string();
+        f.mode = md.mode();
+        f.rdev = md.rdev();
+        Ok(true)
+    }
+
+    /// A shell job's terminal is replaced by the restorer's, which works
+    /// for a job of a shell (the session and its leader stay behind). A
+    /// tree that leads its own session with a terminal would need that
+    /// terminal itself.
+    fn dump_tree(&mut self, t: &DumpTree<'_>) -> Result<(), DumpError> {
+        let root = &t.entries[0];
+        if root.sid != root.pid {
+            return Ok(());
+        }
+        for p in t.processes.iter() {
+            let files = p.records.get::<FileTable>().map_or(&[][..], |t| &t.files);
+            if let Some(f) = files.iter().find(|f| f.kind() == FileKind::Tty) {
+                return Err(DumpError::UnsupportedFile {
+                    pid: p.pid,
+                    fd: f.fd as i32,
+                    what: format!(
+                        "{} (a terminal, and the dumped tree leads its own session {}: \
+                         --shell-job hands a job the restorer's terminal, it cannot give a \
+                         session back its own)",
+                        f.path, root.sid
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn restores(&self, f: &OpenFile) -> bool {
+        matches!(f.kind(), FileKind::Tty)
+    }
+
+    fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        objects: &RestoreObjects<'_>,
+    ) -> Result<Reopen, RestoreError> {
+        let path = objects.terminal.ok_or_else(|| RestoreError::File {
+            pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason: "a shell job's terminal: restore it with --shell-job from a terminal".into(),
+        })?;
+        // The job's controlling terminal comes with the restorer's session;
+        // opening it must not make it anyone's.
+        let flags = (f.open_flags as i32 | libc::O_NOCTTY)
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        Ok(Reopen::Path {
+            path: path.to_string(),
+            flags,
+            offset: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{dump_job_fd, dump_own, open_on_terminal};
+    use super::*;
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    /// A pseudo-terminal: (master, slave, slave's path).
+    fn pty() -> (OwnedFd, OwnedFd, String) {
+        let master =
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let name = ptsname(&master, Vec::new()).unwrap();
+        let path = name.to_string_lossy().into_owned();
+        let slave = rustix::fs::open(
+            path.as_str(),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        (master, slave, path)
+    }
+
+    #[test]
+    fn a_terminal_needs_shell_job_and_comes_back_as_the_restorers() {
+        let (_master, slave, path) = pty();
+        let e = dump_own(slave.as_raw_fd()).unwrap_err().to_string();
+        assert!(e.contains(&path) && e.contains("--shell-job"), "{e}");
+
+        let rdev = rustix::fs::fstat(&slave).unwrap().st_rdev;
+        let f = dump_job_fd(&mut Terminals, slave.as_raw_fd(), rdev).unwrap();
+        assert_eq!(
+            (f.kind(), f.rdev, f.path.as_str()),
+            (FileKind::Tty, rdev, path.as_str())
+        );
+        // Another terminal than the job's is refused even with --shell-job.
+        let e = dump_job_fd(&mut Terminals, slave.as_raw_fd(), rdev + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("other than the job's controlling terminal"),
+            "{e}"
+        );
+
+        // Restore opens the restorer's terminal, never as a controlling one.
+        match open_on_terminal(&mut Terminals, &f, Some("/dev/pts/77")).unwrap() {
+            Reopen::Path { path, flags, .. } => {
+                assert_eq!(path, "/dev/pts/77");
+                assert_ne!(flags & libc::O_NOCTTY, 0);
+                assert_eq!(flags & libc::O_ACCMODE, libc::O_RDWR);
+            }
+            Reopen::Created(_) => panic!("a terminal is reopened by path"),
+        }
+        let e = open_on_terminal(&mut Terminals, &f, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--shell-job"), "{e}");
+    }
+}

@@ -1,0 +1,361 @@
+//! Unix sockets: listening (with their backlog), bound, and connected ones
+//! with the data queued on them. A connected socket is rebuilt as one end
+//! of a socketpair whose other end is its peer, so both ends must be in
+//! the dumped tree; a socket whose peer is gone comes back with EOF after
+//! its queued data.
+
+use super::socket::{
+    Created, PeekError, apply_options, finish, fmt_sockaddr, listener_backlog, peek_queue, read,
+    refill, shutdown_bits,
+};
+use super::{DumpFd, FdKind, Reopen, sock_diag};
+use crate::error::{DumpError, RestoreError};
+use crate::kind::{DumpTree, RestoreObjects};
+use crate::sys::socket;
+use crstream_proto::{FileKind, OpenFile, SocketFile};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileTypeExt;
+
+#[derive(Default)]
+pub(super) struct UnixSockets {
+    /// Dump: connected sockets seen: inode -> (pid, fd, peer inode), to
+    /// check at the end that every peer is inside the tree.
+    peers: HashMap<u64, (i32, i32, u64)>,
+    /// Restore: the sockets created so far.
+    created: Created,
+    /// Restore: second end of a socketpair (by inode) -> (first end inode,
+    /// its shutdown bits), applied once both records are known.
+    pair_waiting: HashMap<u64, (u64, u32)>,
+}
+
+impl FdKind for UnixSockets {
+    fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
+        let Some((dup, mut sf)) = read(d, |family| family == libc::AF_UNIX)? else {
+            return Ok(false);
+        };
+        let ty = sf.r#type;
+        if !matches!(
+            ty,
+            libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET
+        ) {
+            return Err(d.refuse(format!("unix socket of type {ty}")));
+        }
+        let diag = sock_diag::unix(sf.inode);
+        if sf.listening {
+            let what = format!("unix listener {}", fmt_sockaddr(&sf.local_addr));
+            let queues = diag.map(|q| (q.rqueue, q.wqueue));
+            sf.backlog = listener_backlog(d, &what, queues)?;
+        } else {
+            match diag {
+                Ok(q) => {
+                    sf.peer_inode = q.peer;
+                    sf.shutdown = q.shutdown as u32;
+                    if q.peer == 0
+                        && q.state == sock_diag::TCP_ESTABLISHED
+                        && ty != libc::SOCK_DGRAM
+                        && q.shutdown != 3
+                    {
+                        return Err(
+                            d.refuse("connected unix socket whose peer cannot be identified")
+                        );
+                    }
+                }
+                Err(e) if !sf.peer_addr.is_empty() => {
+                    return Err(d.refuse(format!(
+                        "unix socket connected to {} but its peer cannot be identified (unix_diag: {e})",
+                        fmt_sockaddr(&sf.peer_addr)
+                    )));
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        pid = d.pid,
+                        fd = d.fd,
+                        "unix_diag failed ({e}) on an unconnected socket"
+                    )
+                }
+            }
+            sf.queued = peek_queue(&dup, ty).map_err(|e| match e {
+                PeekError::Io(e) => d.error("peeking the queued data", e),
+                PeekError::Refuse(why) => d.refuse(why),
+            })?;
+            if sf.peer_inode != 0 {
+                self.peers.insert(sf.inode, (d.pid, d.fd, sf.peer_inode));
+            } else if !sf.queued.is_empty() && ty == libc::SOCK_DGRAM && sf.local_addr.len() <= 2 {
+                return Err(
+                    d.refuse("unbound, unconnected unix datagram socket with queued messages")
+                );
+            }
+        }
+        finish(d, &dup, sf, f);
+        Ok(true)
+    }
+
+    /// Unix sockets are rebuilt as pairs: both ends must be in the tree,
+    /// connected to each other.
+    fn dump_tree(&mut self, _t: &DumpTree<'_>) -> Result<(), DumpError> {
+        self.check_peers()
+    }
+
+    fn restores(&self, f: &OpenFile) -> bool {
+        f.kind() == FileKind::Socket && f.socket.as_ref().is_some_and(|s| s.family == libc::AF_UNIX)
+    }
+
+    fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        _objects: &RestoreObjects<'_>,
+    ) -> Result<Reopen, RestoreError> {
+        let ferr = |what: &str, e: io::Error| RestoreError::File {
+            pid,
+            fd: f.fd,
+            path: f.path.clone(),
+            reason: format!("{what}: {e}"),
+        };
+        let s = f.socket.as_ref().expect("restores() checked it");
+        let fd = match self.created.again(pid, f, s.inode) {
+            Some(again) => again.map_err(|e| ferr("dup", e))?,
+            None => self.create(s, &ferr)?,
+        };
+        super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
+        Ok(Reopen::Created(fd))
+    }
+}
+
+impl UnixSockets {
+    fn check_peers(&self) -> Result<(), DumpError> {
+        let mut v: Vec<_> = self.peers.iter().collect();
+        v.sort();
+        for (ino, &(pid, fd, peer)) in v {
+            match self.peers.get(&peer) {
+                Some(&(_, _, back)) if back == *ino => {}
+                Some(&(ppid, pfd, _)) => {
+                    return Err(DumpError::UnsupportedFile {
+                        pid,
+                        fd,
+                        what: format!(
+                            "socket:[{ino}] (unix socket connected to socket:[{peer}] (pid {ppid} fd {pfd}), which is connected elsewhere: one-way unix connections are not supported)"
+                        ),
+                    });
+                }
+                None => {
+                    return Err(DumpError::UnsupportedFile {
+                        pid,
+                        fd,
+                        what: format!(
+                            "socket:[{ino}] (unix socket connected to socket:[{peer}], which is outside the dumped process tree)"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn create(
+        &mut self,
+        s: &SocketFile,
+        ferr: &dyn Fn(&str, io::Error) -> RestoreError,
+    ) -> Result<OwnedFd, RestoreError> {
+        // A connected stream whose peer was closed at dump time.
+        let orphan =
+            s.peer_inode == 0 && !s.listening && s.r#type != libc::SOCK_DGRAM && s.shutdown == 3;
+        if s.peer_inode == 0 && !orphan {
+            return self.create_unpaired(s, ferr);
+        }
+        if self.created.get(s.inode).is_some() {
+            // Second end of a pair created for its peer.
+            let mine = self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))?;
+            apply_options(&mine, &s.options).map_err(|e| ferr("socket options", e))?;
+            let peer = self
+                .created
+                .get(s.peer_inode)
+                .ok_or_else(|| ferr("registry", io::Error::other("peer socket missing")))?;
+            refill(peer, &s.queued, None)
+                .map_err(|e| ferr("writing the queued data into the peer", e))?;
+            // Data of both directions is in: now the shutdowns can be set.
+            if let Some((first, bits)) = self.pair_waiting.remove(&s.inode) {
+                shutdown_bits(peer, bits)
+                    .map_err(|e| ferr(&format!("shutdown of socket:[{first}]"), e))?;
+            }
+            shutdown_bits(&mine, s.shutdown).map_err(|e| ferr("shutdown", e))?;
+            return Ok(mine);
+        }
+        let (a, b) = socket::socketpair(s.r#type).map_err(|e| ferr("socketpair", e))?;
+        apply_options(&a, &s.options).map_err(|e| ferr("socket options", e))?;
+        refill(&b, &s.queued, None)
+            .map_err(|e| ferr("writing the queued data into the peer", e))?;
+        if orphan {
+            // The peer was closed at dump time: closing ours gives EOF
+            // after the queued data, as the process saw it.
+            drop(b);
+            shutdown_bits(&a, s.shutdown & 1).map_err(|e| ferr("shutdown", e))?;
+        } else {
+            self.created.keep(s.peer_inode, b);
+            self.pair_waiting
+                .insert(s.peer_inode, (s.inode, s.shutdown));
+        }
+        self.created.keep(s.inode, a);
+        self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
+    }
+
+    /// A listening, bound or unbound socket with no peer.
+    fn create_unpaired(
+        &mut self,
+        s: &SocketFile,
+        ferr: &dyn Fn(&str, io::Error) -> RestoreError,
+    ) -> Result<OwnedFd, RestoreError> {
+        let sock =
+            socket::socket(libc::AF_UNIX, s.r#type, s.protocol).map_err(|e| ferr("socket", e))?;
+        apply_options(&sock, &s.options).map_err(|e| ferr("socket options", e))?;
+        let bound = s.local_addr.len() > 2;
+        if bound {
+            if s.local_addr[2] != 0 {
+                // A path: a stale socket file left by the dumped process
+                // would make bind fail with EADDRINUSE.
+                let p = &s.local_addr[2..];
+                let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
+                let path = std::path::Path::new(
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&p[..end]),
+                );
+                if let Ok(md) = std::fs::symlink_metadata(path) {
+                    if md.file_type().is_socket() {
+                        std::fs::remove_file(path)
+                            .map_err(|e| ferr("removing the old socket file", e))?;
+                    } else {
+                        return Err(ferr(
+                            "bind",
+                            io::Error::other(format!(
+                                "{} exists and is not a socket",
+                                path.display()
+                            )),
+                        ));
+                    }
+                }
+            }
+            socket::bind(&sock, &s.local_addr)
+                .map_err(|e| ferr(&format!("bind to {}", fmt_sockaddr(&s.local_addr)), e))?;
+        }
+        if s.listening {
+            socket::listen(&sock, backlog(s)).map_err(|e| ferr("listen", e))?;
+        } else if bound && !s.queued.is_empty() {
+            // Datagrams queued on a bound, unconnected socket: send them
+            // again to its name (their senders' addresses are lost).
+            let tmp = socket::socket(libc::AF_UNIX, s.r#type, 0).map_err(|e| ferr("socket", e))?;
+            refill(&tmp, &s.queued, Some(&s.local_addr))
+                .map_err(|e| ferr("sending the queued datagrams again", e))?;
+        }
+        self.created.keep(s.inode, sock);
+        self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
+    }
+}
+
+/// The listen() backlog to set again.
+pub(super) fn backlog(s: &SocketFile) -> i32 {
+    if s.backlog == 0 {
+        libc::SOMAXCONN
+    } else {
+        s.backlog.min(i32::MAX as u32) as i32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::socket::send_all;
+    use super::super::testing::{created, dump_own, dump_with, read_avail};
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn unix_stream_pair_with_queued_data() {
+        let (a, b) = socket::socketpair(libc::SOCK_STREAM).unwrap();
+        send_all(&b, b"hello ", None).unwrap();
+        send_all(&b, b"there", None).unwrap();
+        send_all(&a, b"world", None).unwrap();
+        let mut kind = UnixSockets::default();
+        let fa = dump_with(&mut kind, a.as_raw_fd()).unwrap();
+        let fb = dump_with(&mut kind, b.as_raw_fd()).unwrap();
+        kind.check_peers().unwrap();
+        let (sa, sb) = (fa.socket.as_ref().unwrap(), fb.socket.as_ref().unwrap());
+        assert_eq!(sa.family, libc::AF_UNIX);
+        assert_eq!(sa.peer_inode, sb.inode);
+        assert_eq!(sb.peer_inode, sa.inode);
+        assert_eq!(sa.queued, vec![b"hello there".to_vec()]);
+        assert_eq!(sb.queued, vec![b"world".to_vec()]);
+        // Nothing consumed and the peek offset is disabled again.
+        assert_eq!(
+            socket::getsockopt_int(&a, libc::SOL_SOCKET, socket::SO_PEEK_OFF).unwrap(),
+            -1
+        );
+        assert_eq!(read_avail(&a), b"hello there");
+        assert_eq!(read_avail(&b), b"world");
+
+        let mut kind = UnixSockets::default();
+        let na = created(&mut kind, &fa);
+        let nb = created(&mut kind, &fb);
+        assert_eq!(read_avail(&na), b"hello there");
+        assert_eq!(read_avail(&nb), b"world");
+        send_all(&na, b"ping", None).unwrap();
+        assert_eq!(read_avail(&nb), b"ping");
+    }
+
+    #[test]
+    fn unix_dgram_pair_keeps_message_boundaries() {
+        let (a, b) = socket::socketpair(libc::SOCK_DGRAM).unwrap();
+        let big = vec![0x5au8; 100_000];
+        for m in [&b"m1"[..], b"message two", &big] {
+            send_all(&b, m, None).unwrap();
+        }
+        let mut kind = UnixSockets::default();
+        let fa = dump_with(&mut kind, a.as_raw_fd()).unwrap();
+        let fb = dump_with(&mut kind, b.as_raw_fd()).unwrap();
+        kind.check_peers().unwrap();
+        let sa = fa.socket.as_ref().unwrap();
+        assert_eq!(
+            sa.queued,
+            vec![b"m1".to_vec(), b"message two".to_vec(), big.clone()]
+        );
+        assert_eq!(
+            socket::getsockopt_int(&a, libc::SOL_SOCKET, socket::SO_PEEK_OFF).unwrap(),
+            -1
+        );
+        drop((a, b));
+        let mut kind = UnixSockets::default();
+        let na = created(&mut kind, &fa);
+        let _nb = created(&mut kind, &fb);
+        let mut buf = vec![0u8; 200_000];
+        for want in [&b"m1"[..], b"message two", &big] {
+            let (n, _) =
+                rustix::net::recv(&na, &mut buf[..], rustix::net::RecvFlags::DONTWAIT).unwrap();
+            assert_eq!(&buf[..n], want);
+        }
+    }
+
+    #[test]
+    fn unix_peer_outside_the_tree_is_refused() {
+        let (a, _b) = socket::socketpair(libc::SOCK_STREAM).unwrap();
+        let mut kind = UnixSockets::default();
+        dump_with(&mut kind, a.as_raw_fd()).unwrap();
+        let e = kind.check_peers().unwrap_err().to_string();
+        assert!(e.contains("outside the dumped process tree"), "{e}");
+    }
+
+    #[test]
+    fn unix_listener_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // listen() again only updates the backlog.
+        socket::listen(&l, 9).unwrap();
+        let f = dump_own(l.as_raw_fd()).unwrap();
+        let s = f.socket.as_ref().unwrap();
+        assert!(s.listening);
+        assert_eq!(s.backlog, 9);
+        drop(l); // leaves the socket file behind, as a dead process would
+        let n = created(&mut UnixSockets::default(), &f);
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        rustix::net::accept(&n).unwrap();
+    }
+}

@@ -1,0 +1,298 @@
+//! Freezing a process tree for dump: every thread of every process stopped
+//! under ptrace (PTRACE_SEIZE + PTRACE_INTERRUPT), top down, with the
+//! tree's entries (PIDs, parents, sessions, zombies). Dropping the frozen
+//! tree puts back what dump changed and lets every process run on.
+
+use crate::error::{DumpError, TaskError};
+use crate::inject::{Resume, adjust_restart};
+use crate::proc;
+use crate::sys::kcmp::{self, Shared};
+use crate::sys::ptrace::{self, Regs, Stop};
+use crstream_proto::{ProcessEntry, ProcessState};
+
+/// One thread of a frozen process.
+pub(crate) struct FrozenThread {
+    pub tid: i32,
+    /// Its registers and signal mask when it was stopped.
+    pub regs: Regs,
+    pub mask: u64,
+    /// Registers were changed by injected syscalls.
+    pub touched: bool,
+    /// The signal mask was replaced by "all blocked".
+    masked: bool,
+}
+
+/// Every thread of one process, stopped under ptrace. Dropping it puts
+/// every register and mask back and detaches: the process runs on.
+pub(crate) struct Frozen {
+    pub pid: i32,
+    /// Leader first.
+    pub threads: Vec<FrozenThread>,
+    released: bool,
+}
+
+/// Waits until a seized+interrupted thread reaches its interrupt stop,
+/// passing on signals it was about to receive. Ok(false): it exited.
+fn wait_interrupt_stop(tid: i32) -> Result<bool, TaskError> {
+    loop {
+        let (status, stop) = ptrace::wait(tid)?;
+        match stop {
+            Stop::Event(ptrace::PTRACE_EVENT_STOP) => return Ok(true),
+            // A signal-delivery-stop: deliver it; the pending interrupt
+            // stops the thread again before it runs user code.
+            Stop::Signal(sig) => ptrace::cont(tid, sig)?,
+            Stop::Gone => return Ok(false),
+            _ => {
+                return Err(TaskError::UnexpectedStop {
+                    tid,
+                    status,
+                    while_doing: "waiting for the interrupt stop",
+                });
+            }
+        }
+    }
+}
+
+impl Frozen {
+    pub(crate) fn freeze(pid: i32) -> Result<Self, DumpError> {
+        let mut f = Frozen {
+            pid,
+            threads: Vec::new(),
+            released: false,
+        };
+        // Threads may be created while we attach: repeat until a listing
+        // shows no new thread (stopped threads cannot create more).
+        loop {
+            let tids = proc::tasks(pid).map_err(|err| DumpError::Proc { pid, err })?;
+            let new: Vec<i32> = tids
+                .into_iter()
+                .filter(|t| !f.threads.iter().any(|x| x.tid == *t))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) && tid != pid => continue,
+                    Err(err) => return Err(DumpError::Attach { pid, tid, err }),
+                }
+                f.threads.push(FrozenThread {
+                    tid,
+                    regs: ptrace::zero_regs(),
+                    mask: 0,
+                    touched: false,
+                    masked: false,
+                });
+                ptrace::interrupt(tid)?;
+                if !wait_interrupt_stop(tid)? {
+                    f.threads.pop();
+                    if tid == pid {
+                        return Err(DumpError::NoSuchProcess { pid });
+                    }
+                    continue;
+                }
+                let t = f.threads.last_mut().expect("just pushed");
+                t.regs = ptrace::get_regs(tid)?;
+                t.mask = ptrace::get_sigmask(tid)?;
+                // No signal may interrupt our injected syscalls.
+                ptrace::set_sigmask(tid, !0)?;
+                t.masked = true;
+            }
+        }
+        if f.threads.first().map(|t| t.tid) != Some(pid) {
+            return Err(DumpError::NoSuchProcess { pid });
+        }
+        tracing::debug!(pid, threads = f.threads.len(), "frozen");
+        Ok(f)
+    }
+
+    /// Puts registers and masks back and detaches every thread.
+    pub(crate) fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        for t in self.threads.iter().rev() {
+            if t.touched {
+                let mut regs = t.regs;
+                adjust_restart(&mut regs, Resume::SameTask);
+                if let Err(e) = ptrace::set_regs(t.tid, &regs) {
+                    tracing::error!(tid = t.tid, "restoring registers: {e}");
+                }
+            }
+            if t.masked
+                && let Err(e) = ptrace::set_sigmask(t.tid, t.mask)
+            {
+                tracing::error!(tid = t.tid, "restoring the signal mask: {e}");
+            }
+            if let Err(e) = ptrace::detach(t.tid, 0) {
+                tracing::error!(tid = t.tid, "detaching: {e}");
+            }
+        }
+        tracing::debug!(pid = self.pid, "released");
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The frozen tree: every live process stopped under ptrace, and the
+/// entries of every process, parents before children (the order restore
+/// creates them in).
+pub(crate) struct FrozenTree {
+    pub procs: Vec<Frozen>,
+    pub entries: Vec<ProcessEntry>,
+}
+
+/// (pgid, sid) of a process from its /proc/PID/stat.
+fn group_and_session(stat: &proc::Stat) -> (u32, u32) {
+    (stat.field(5) as u32, stat.field(6) as u32)
+}
+
+impl FrozenTree {
+    /// Freezes `root` and every descendant, top down: a frozen process
+    /// cannot fork, so once it is stopped its list of children is final.
+    pub(crate) fn freeze(root: i32) -> Result<Self, DumpError> {
+        let mut tree = FrozenTree {
+            procs: Vec::new(),
+            entries: Vec::new(),
+        };
+        let mut queue = std::collections::VecDeque::from([root]);
+        while let Some(pid) = queue.pop_front() {
+            if pid == std::process::id() as i32 {
+                return Err(DumpError::SelfDump { pid });
+            }
+            let stat = proc::stat(pid).map_err(|_| DumpError::NoSuchProcess { pid })?;
+            let (pgid, sid) = group_and_session(&stat);
+            if stat.state() == 'Z' || stat.state() == 'X' {
+                if pid == root {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        what: "target",
+                        reason: "it is a zombie".into(),
+                    });
+                }
+                tree.entries.push(zombie_entry(pid, &stat, pgid, sid));
+                continue;
+            }
+            let frozen = match Frozen::freeze(pid) {
+                Ok(f) => f,
+                // It exited between the listing and the attach.
+                Err(_) if pid != root && proc::stat(pid).is_ok_and(|s| s.state() == 'Z') => {
+                    let stat = proc::stat(pid).map_err(|err| DumpError::Proc { pid, err })?;
+                    tree.entries.push(zombie_entry(pid, &stat, pgid, sid));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let status = proc::status(pid).map_err(|err| DumpError::Proc { pid, err })?;
+            tree.entries.push(ProcessEntry {
+                pid: pid as u32,
+                ppid: status.ppid as u32,
+                pgid,
+                sid,
+                threads: frozen.threads.iter().map(|t| t.tid as u32).collect(),
+                state: ProcessState::Alive as i32,
+                exit_signal: stat.field(38) as u32,
+                comm: stat.comm.clone(),
+                cmdline: proc::read_bytes(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+                ..Default::default()
+            });
+            tree.procs.push(frozen);
+            queue.extend(proc::children(pid).map_err(|err| DumpError::Proc { pid, err })?);
+        }
+        tracing::debug!(root, processes = tree.entries.len(), "tree frozen");
+        Ok(tree)
+    }
+
+    pub(crate) fn release(&mut self) {
+        for f in self.procs.iter_mut().rev() {
+            f.release();
+        }
+    }
+
+    /// SIGKILLs every process first (so none runs on without the others),
+    /// then collects the exits of the traced threads.
+    pub(crate) fn kill(&mut self) {
+        for f in &mut self.procs {
+            f.released = true;
+            let _ = crate::sys::process::kill(f.pid, libc::SIGKILL);
+        }
+        for f in &self.procs {
+            for t in f.threads.iter().rev() {
+                ptrace::reap(t.tid);
+            }
+        }
+    }
+
+    /// Processes of the tree may share their fd table (CLONE_FILES) or
+    /// their cwd, root and umask (CLONE_FS) with their parent: they are
+    /// marked, and restore forks them sharing those again. Sharing that
+    /// restore could not rebuild that way is refused: memory (CLONE_VM
+    /// without CLONE_THREAD, e.g. a vfork child before exec), or a table
+    /// shared with a process other than the parent (the parent would come
+    /// back with a table of its own).
+    pub(crate) fn mark_shared_tables(&mut self) -> Result<(), DumpError> {
+        let same = |a: i32, b: i32, what: Shared| kcmp::shares(a, b, what).unwrap_or(false);
+        let pids: Vec<i32> = self.procs.iter().map(|p| p.pid).collect();
+        for (j, &b) in pids.iter().enumerate().skip(1) {
+            let entry = self
+                .entries
+                .iter_mut()
+                .find(|e| e.pid as i32 == b)
+                .expect("every frozen process has an entry");
+            let parent = entry.ppid as i32;
+            for (what, name) in [
+                (Shared::Vm, "its memory"),
+                (Shared::Files, "its fd table"),
+                (Shared::Fs, "its cwd, root and umask"),
+            ] {
+                if what != Shared::Vm && same(parent, b, what) {
+                    if what == Shared::Files {
+                        entry.shares_files_with_parent = true;
+                    } else {
+                        entry.shares_fs_with_parent = true;
+                    }
+                    continue;
+                }
+                if let Some(&a) = pids[..j].iter().find(|&&a| same(a, b, what)) {
+                    return Err(DumpError::Unsupported {
+                        pid: b,
+                        what: "shared process state",
+                        reason: if what == Shared::Vm {
+                            format!("it shares {name} with process {a} (CLONE_VM without threads)")
+                        } else {
+                            format!("it shares {name} with process {a}, which is not its parent")
+                        },
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FrozenTree {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn zombie_entry(pid: i32, stat: &proc::Stat, pgid: u32, sid: u32) -> ProcessEntry {
+    ProcessEntry {
+        pid: pid as u32,
+        ppid: stat.field(4) as u32,
+        pgid,
+        sid,
+        threads: vec![pid as u32],
+        state: ProcessState::Zombie as i32,
+        // The wait status its parent will read (proc(5) field 52).
+        exit_code: stat.field(52) as i32,
+        comm: stat.comm.clone(),
+        ..Default::default()
+    }
+}

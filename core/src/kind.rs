@@ -1,0 +1,188 @@
+//! The contract every kind of process state implements, and what it is
+//! given to work with.
+//!
+//! A kind (memory, open files, credentials, timers, ...) lives in one file
+//! with its dump side, its restore side and its records. Dump calls
+//! [`Kind::dump`] for every frozen process, in registry order, then
+//! [`Kind::dump_tree`] once; restore calls [`Kind::check`] for every
+//! process before it creates anything, then [`Kind::restore`] for every
+//! process, phase by phase (see [`Phase`]). The registry is
+//! `kinds::registry()`.
+
+use crate::error::{DumpError, RestoreError, TaskError};
+use crate::freeze::FrozenThread;
+use crate::inject::{Remote, RemoteMem};
+use crate::proc::{Stat, Status};
+use crate::records::{ProcessImage, Records};
+use crate::stub::{Stub, StubGuard};
+use crstream_proto::ProcessEntry;
+
+/// When restore applies a kind. The processes exist before the first phase
+/// (forked from their parents' stubs, in their sessions and groups); after
+/// the last, registers are set and the tree resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    /// Memory areas mapped; their pages are filled right after.
+    Memory,
+    /// Every fd table, before any process state (a chroot or chdir of a
+    /// process sharing its fs state must not change how paths open).
+    Files,
+    /// Process-wide state set from inside each process.
+    Process,
+    /// Threads created, per-thread state, state naming threads.
+    Threads,
+    /// Pending signals, queued once nothing else will be injected that a
+    /// signal could interrupt.
+    Signals,
+    /// Last, before registers: what would hinder restore's own injected
+    /// syscalls if set earlier.
+    Final,
+}
+
+/// One kind of process state.
+pub(crate) trait Kind {
+    /// What it is, for logs.
+    fn name(&self) -> &'static str;
+    /// When restore applies it.
+    fn phase(&self) -> Phase;
+    /// Reads this kind's state of one frozen process into its records.
+    fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError>;
+    /// Once every process is read: what needs the whole tree (shared
+    /// objects, peers that must be inside it).
+    fn dump_tree(&mut self, _t: &mut DumpTree<'_>) -> Result<(), DumpError> {
+        Ok(())
+    }
+    /// Before restore creates anything: refuses what cannot come back on
+    /// this machine.
+    fn check(&self, _p: &ProcessImage<'_>) -> Result<(), RestoreError> {
+        Ok(())
+    }
+    /// Sets this kind's state in one restored process (called for every
+    /// live process, parents first).
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError>;
+    /// After `restore` ran for every process.
+    fn restore_done(&mut self) {}
+}
+
+/// Objects several processes of a tree may share, saved once for it:
+/// files with no name (memfds, deleted files) and System V segments.
+#[derive(Default)]
+pub(crate) struct DumpObjects {
+    pub unlinked: crate::unlinked::Collector,
+    pub sysv: crate::sysv::Collector,
+}
+
+/// Injected syscalls into a frozen process: through its leader, with a
+/// scratch page mapped in it for the calls' buffers.
+pub(crate) struct Injector {
+    pub leader: Remote,
+    pub mem: RemoteMem,
+    /// Address of a writable page in the process.
+    pub scratch: u64,
+    /// Address of a `syscall` instruction in the process.
+    pub syscall_ip: u64,
+}
+
+impl Injector {
+    /// Runs a syscall in the leader.
+    pub(crate) fn call(&self, name: &'static str, nr: i64, args: &[u64]) -> Result<i64, TaskError> {
+        self.leader.call(name, nr, args)
+    }
+
+    /// Runs a syscall in the leader that fills a buffer of `N` bytes at
+    /// `self.scratch` (one of `args`); returns the buffer.
+    pub(crate) fn call_reading<const N: usize>(
+        &self,
+        name: &'static str,
+        nr: i64,
+        args: &[u64],
+    ) -> Result<[u8; N], TaskError> {
+        self.leader.call(name, nr, args)?;
+        let mut b = [0u8; N];
+        self.mem.read(self.scratch, &mut b)?;
+        Ok(b)
+    }
+}
+
+/// One frozen process, as kinds read it.
+pub(crate) struct DumpProcess<'a> {
+    pub pid: i32,
+    pub status: &'a Status,
+    pub stat: &'a Stat,
+    /// Dumping a job of an interactive shell (`--shell-job`).
+    pub shell_job: bool,
+    pub objects: &'a mut DumpObjects,
+    /// Injected syscalls, once memory has been read (see `dump`).
+    pub inject: Option<&'a Injector>,
+    /// Its threads, leader first.
+    pub threads: &'a mut [FrozenThread],
+    /// The records of the process's stream, and of each thread's.
+    pub records: &'a mut Records,
+    pub thread_records: &'a mut [Records],
+}
+
+impl<'a> DumpProcess<'a> {
+    /// Injected syscalls into the process. Memory, which is read first,
+    /// must not use them: the scratch page they need is not mapped yet.
+    pub(crate) fn injector(&self) -> &'a Injector {
+        self.inject
+            .expect("kinds after memory inject syscalls; memory does not")
+    }
+
+    /// An injector of syscalls into thread `i` (leader: 0), from its own
+    /// registers; its registers are put back when the dump ends.
+    pub(crate) fn thread_remote(&mut self, i: usize) -> Remote {
+        let syscall_ip = self.injector().syscall_ip;
+        let t = &mut self.threads[i];
+        t.touched = true;
+        Remote {
+            tid: t.tid,
+            syscall_ip,
+            base: t.regs,
+        }
+    }
+}
+
+/// What one process of the tree holds once dump read every kind.
+pub(crate) struct ProcessDump {
+    pub pid: i32,
+    pub records: Records,
+    /// Leader first.
+    pub threads: Vec<Records>,
+}
+
+/// The whole tree once dump read every kind of every process.
+pub(crate) struct DumpTree<'a> {
+    /// Every process, zombies included, parents first.
+    pub entries: &'a [ProcessEntry],
+    /// The live processes, in the same order.
+    pub processes: &'a mut [ProcessDump],
+}
+
+/// What restore rebuilt or recreated that several processes share.
+pub(crate) struct RestoreObjects<'a> {
+    pub unlinked: &'a crate::unlinked::Recreator,
+    pub sysv: &'a crate::sysv::Recreator,
+    /// The restorer's terminal, for a shell job's terminal fds.
+    pub terminal: Option<&'a str>,
+}
+
+/// One process being restored, as kinds rebuild it.
+pub(crate) struct RestoreProcess<'a> {
+    pub image: &'a ProcessImage<'a>,
+    pub stub: &'a Stub,
+    /// Kills the half-restored process on failure; threads a kind creates
+    /// are added to it.
+    pub guard: &'a mut StubGuard,
+    pub objects: &'a RestoreObjects<'a>,
+}
+
+impl RestoreProcess<'_> {
+    pub(crate) fn pid(&self) -> i32 {
+        self.stub.pid
+    }
+
+    pub(crate) fn entry(&self) -> &ProcessEntry {
+        self.image.entry
+    }
+}

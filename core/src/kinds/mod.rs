@@ -1,0 +1,35 @@
+//! The kinds of process state, one file each, and the registry dump and
+//! restore walk (see `crate::kind` for the contract). Open files are a kind
+//! too, with a file per kind of open file under `crate::fd`.
+
+pub(crate) mod creds;
+pub(crate) mod fs_context;
+pub(crate) mod itimers;
+pub(crate) mod memory;
+pub(crate) mod mm;
+pub(crate) mod posix_timers;
+pub(crate) mod prctl;
+pub(crate) mod rlimits;
+pub(crate) mod signals;
+pub(crate) mod threads;
+
+use crate::kind::Kind;
+
+/// Every kind but memory (which the orchestrators also drive page by
+/// page), in the order dump reads them; restore applies them phase by
+/// phase, in this order within a phase.
+pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
+    vec![
+        Box::new(crate::fd::Files::new()),
+        Box::new(fs_context::FsContext),
+        Box::new(prctl::Prctl),
+        Box::new(rlimits::Rlimits),
+        Box::new(signals::SignalActions),
+        Box::new(itimers::Itimers),
+        Box::new(mm::Mm),
+        Box::new(creds::Creds),
+        Box::new(threads::Threads),
+        Box::new(posix_timers::PosixTimers),
+        Box::new(signals::PendingSignals),
+    ]
+}

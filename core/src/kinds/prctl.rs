@@ -1,0 +1,73 @@
+//! Process attributes set with prctl(2) and personality(2): personality,
+//! parent-death signal, child subreaper (the `PrctlValues` record).
+
+use crate::error::{DumpError, RestoreError};
+use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
+use crate::records::ProcessImage;
+use crstream_proto::PrctlValues as Record;
+
+pub(crate) struct Prctl;
+
+impl Kind for Prctl {
+    fn name(&self) -> &'static str {
+        "prctl values"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Process
+    }
+
+    fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        let scratch = p.injector().scratch;
+        let int = |name, opt: i32| -> Result<u32, DumpError> {
+            let b =
+                p.injector()
+                    .call_reading::<4>(name, libc::SYS_prctl, &[opt as u64, scratch])?;
+            Ok(u32::from_le_bytes(b))
+        };
+        let pdeath_signal = int("prctl(PR_GET_PDEATHSIG)", libc::PR_GET_PDEATHSIG)?;
+        let subreaper = int(
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            libc::PR_GET_CHILD_SUBREAPER,
+        )?;
+        let personality = crate::proc::read_string(format!("/proc/{}/personality", p.pid))
+            .ok()
+            .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or(0);
+        p.records.push(Record {
+            personality,
+            pdeath_signal,
+            child_subreaper: subreaper != 0,
+        });
+        Ok(())
+    }
+
+    fn check(&self, p: &ProcessImage<'_>) -> Result<(), RestoreError> {
+        p.need::<Record>().map(drop)
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        let stub = p.stub;
+        let r: &Record = p.image.need()?;
+        stub.call(
+            "personality",
+            libc::SYS_personality,
+            &[r.personality as u64],
+        )?;
+        if r.pdeath_signal != 0 {
+            stub.call(
+                "prctl(PR_SET_PDEATHSIG)",
+                libc::SYS_prctl,
+                &[libc::PR_SET_PDEATHSIG as u64, r.pdeath_signal as u64],
+            )?;
+        }
+        if r.child_subreaper {
+            stub.call(
+                "prctl(PR_SET_CHILD_SUBREAPER)",
+                libc::SYS_prctl,
+                &[libc::PR_SET_CHILD_SUBREAPER as u64, 1],
+            )?;
+        }
+        Ok(())
+    }
+}

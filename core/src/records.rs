@@ -1,0 +1,197 @@
+//! Records by kind and owner. Dump collects the records of each process
+//! (and thread) as its kinds produce them; restore looks each up by type
+//! and owner, and a record that is not there is a typed error naming both.
+
+use crate::error::RestoreError;
+use crstream_proto::record::Body;
+use crstream_proto::{
+    Credentials, FileTable, FsContext, Itimers, MemoryMap, MmFields, PosixTimers, PrctlValues,
+    ProcessCore, ProcessEntry, Rlimits, SignalState, ThreadCore,
+};
+
+/// A record type: one variant of `Record.body`.
+pub(crate) trait Record: Sized {
+    const NAME: &'static str;
+    fn into_body(self) -> Body;
+    fn from_body(body: Body) -> Option<Self>;
+    fn of(body: &Body) -> Option<&Self>;
+    fn of_mut(body: &mut Body) -> Option<&mut Self>;
+}
+
+macro_rules! records {
+    ($($ty:ident),* $(,)?) => {$(
+        impl Record for $ty {
+            const NAME: &'static str = stringify!($ty);
+            fn into_body(self) -> Body {
+                Body::$ty(self)
+            }
+            fn from_body(body: Body) -> Option<Self> {
+                match body {
+                    Body::$ty(r) => Some(r),
+                    _ => None,
+                }
+            }
+            fn of(body: &Body) -> Option<&Self> {
+                match body {
+                    Body::$ty(r) => Some(r),
+                    _ => None,
+                }
+            }
+            fn of_mut(body: &mut Body) -> Option<&mut Self> {
+                match body {
+                    Body::$ty(r) => Some(r),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+records!(
+    MemoryMap,
+    FileTable,
+    SignalState,
+    ThreadCore,
+    Credentials,
+    Rlimits,
+    FsContext,
+    PrctlValues,
+    MmFields,
+    Itimers,
+    PosixTimers,
+    ProcessCore,
+);
+
+/// Whom a set of records belongs to, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Owner {
+    Process(u32),
+    Thread(u32),
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Process(pid) => write!(f, "pid {pid}"),
+            Owner::Thread(tid) => write!(f, "tid {tid}"),
+        }
+    }
+}
+
+/// The records of one process or thread: at most one of each type.
+#[derive(Debug, Clone)]
+pub(crate) struct Records {
+    owner: Owner,
+    bodies: Vec<Body>,
+}
+
+impl Records {
+    pub(crate) fn new(owner: Owner) -> Self {
+        Self {
+            owner,
+            bodies: Vec::new(),
+        }
+    }
+
+    pub(crate) fn owner(&self) -> Owner {
+        self.owner
+    }
+
+    /// Adds a record; a second one of the same type replaces nothing and
+    /// is a bug of the kind that made it (dump) or a bad image (restore).
+    pub(crate) fn push<R: Record>(&mut self, r: R) {
+        let body = r.into_body();
+        debug_assert!(
+            self.bodies
+                .iter()
+                .all(|b| std::mem::discriminant(b) != std::mem::discriminant(&body)),
+            "two {} records for {}",
+            R::NAME,
+            self.owner
+        );
+        self.bodies.push(body);
+    }
+
+    /// Adds a record read from an image: refuses a second one of a type.
+    pub(crate) fn insert(&mut self, body: Body) -> Result<(), RestoreError> {
+        if self
+            .bodies
+            .iter()
+            .any(|b| std::mem::discriminant(b) == std::mem::discriminant(&body))
+        {
+            return Err(RestoreError::DuplicateRecord {
+                what: body_name(&body),
+                owner: self.owner.to_string(),
+            });
+        }
+        self.bodies.push(body);
+        Ok(())
+    }
+
+    pub(crate) fn get<R: Record>(&self) -> Option<&R> {
+        self.bodies.iter().find_map(R::of)
+    }
+
+    pub(crate) fn get_mut<R: Record>(&mut self) -> Option<&mut R> {
+        self.bodies.iter_mut().find_map(R::of_mut)
+    }
+
+    /// The record of type R, or the typed error of a bad image.
+    pub(crate) fn need<R: Record>(&self) -> Result<&R, RestoreError> {
+        self.get().ok_or_else(|| RestoreError::MissingRecord {
+            what: R::NAME,
+            owner: self.owner.to_string(),
+        })
+    }
+
+    /// Removes and returns the record of type R.
+    pub(crate) fn take<R: Record>(&mut self) -> Option<R> {
+        let i = self.bodies.iter().position(|b| R::of(b).is_some())?;
+        R::from_body(self.bodies.remove(i))
+    }
+
+    /// Every record, in the order they were added.
+    pub(crate) fn bodies(&self) -> &[Body] {
+        &self.bodies
+    }
+}
+
+/// The name of a record body, for messages.
+pub(crate) fn body_name(body: &Body) -> &'static str {
+    match body {
+        Body::StreamDecl(_) => "StreamDecl",
+        Body::Inventory(_) => "Inventory",
+        Body::ProcessTree(_) => "ProcessTree",
+        Body::ProcessCore(_) => "ProcessCore",
+        Body::ThreadCore(_) => "ThreadCore",
+        Body::MemoryMap(_) => "MemoryMap",
+        Body::FileTable(_) => "FileTable",
+        Body::SignalState(_) => "SignalState",
+        Body::BlobInfo(_) => "BlobInfo",
+        Body::UnlinkedFile(_) => "UnlinkedFile",
+        Body::SysvShm(_) => "SysvShm",
+        Body::Credentials(_) => "Credentials",
+        Body::Rlimits(_) => "Rlimits",
+        Body::FsContext(_) => "FsContext",
+        Body::PrctlValues(_) => "PrctlValues",
+        Body::MmFields(_) => "MmFields",
+        Body::Itimers(_) => "Itimers",
+        Body::PosixTimers(_) => "PosixTimers",
+    }
+}
+
+/// One live process of an image: its tree entry, its records and the
+/// records of its threads (leader first), as kinds check and restore it.
+pub(crate) struct ProcessImage<'a> {
+    pub pid: i32,
+    pub entry: &'a ProcessEntry,
+    pub records: &'a Records,
+    pub threads: Vec<&'a ThreadCore>,
+}
+
+impl ProcessImage<'_> {
+    /// The record of type R of this process (see [`Records::need`]).
+    pub(crate) fn need<R: Record>(&self) -> Result<&R, RestoreError> {
+        self.records.need()
+    }
+}

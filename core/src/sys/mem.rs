@@ -1,0 +1,197 @@
+//! Memory of other processes: process_vm_readv, and which pages are
+//! populated (PAGEMAP_SCAN, /proc/PID/pagemap).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+/// The page size, as the whole engine uses it.
+const PAGE: u64 = crstream_streamer::PAGE_SIZE as u64;
+
+/// Reads `runs` (address, length) of process `pid` into `buf`, one
+/// process_vm_readv per at most 1024 runs. Returns the bytes read (fewer
+/// than asked on a short read).
+pub(crate) fn vm_readv(pid: i32, runs: &[(u64, usize)], buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0usize;
+    let mut off = 0usize;
+    for chunk in runs.chunks(1024) {
+        let total: usize = chunk.iter().map(|r| r.1).sum();
+        let dst = &mut buf[off..off + total];
+        let local = libc::iovec {
+            iov_base: dst.as_mut_ptr().cast(),
+            iov_len: dst.len(),
+        };
+        let remote: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|&(a, l)| libc::iovec {
+                iov_base: a as *mut _,
+                iov_len: l,
+            })
+            .collect();
+        // SAFETY: the local iovec covers `dst`, which we borrow mutably;
+        // the remote iovecs are addresses in the other process, checked by
+        // the kernel.
+        let n = unsafe {
+            libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        done += n as usize;
+        if n as usize != total {
+            return Ok(done);
+        }
+        off += total;
+    }
+    Ok(done)
+}
+
+// PAGEMAP_SCAN (include/uapi/linux/fs.h).
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610; // _IOWR('f', 16, struct pm_scan_arg)
+/// Page categories PAGEMAP_SCAN reports.
+pub(crate) const PAGE_IS_FILE: u64 = 1 << 2;
+pub(crate) const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub(crate) const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub(crate) const PAGE_IS_PFNZERO: u64 = 1 << 5;
+
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// Runs (start, bytes) of the pages of [start, end) in the process of
+/// `pagemap` (its /proc/PID/pagemap) that are present or swapped and in
+/// none of the categories `excluded`, with the PAGEMAP_SCAN ioctl. Err
+/// with ENOTTY or EINVAL: the kernel lacks it.
+pub(crate) fn pagemap_scan(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    excluded: u64,
+) -> io::Result<Vec<(u64, u64)>> {
+    let mut regions = vec![PageRegion::default(); 1024];
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: at,
+            end,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            category_inverted: excluded,
+            category_mask: excluded,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            ..Default::default()
+        };
+        // SAFETY: arg and the region vector outlive the call; the kernel
+        // writes at most vec_len regions and arg.walk_end.
+        let n = unsafe {
+            libc::ioctl(
+                pagemap.as_raw_fd(),
+                PAGEMAP_SCAN,
+                &mut arg as *mut PmScanArg,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for r in &regions[..n as usize] {
+            match runs.last_mut() {
+                Some(last) if last.0 + last.1 == r.start => last.1 += r.end - r.start,
+                _ => runs.push((r.start, r.end - r.start)),
+            }
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    Ok(runs)
+}
+
+/// A /proc/PID/pagemap entry: present, swapped, file-backed or shared, PFN.
+pub(crate) const PM_PRESENT: u64 = 1 << 63;
+pub(crate) const PM_SWAPPED: u64 = 1 << 62;
+pub(crate) const PM_FILE: u64 = 1 << 61;
+pub(crate) const PM_PFN: u64 = (1 << 55) - 1;
+
+/// PFN ranges of the shared zero page and, when transparent huge pages map
+/// it, of the huge zero page: what a read fault on untouched anonymous
+/// memory maps. Found by read-faulting fresh mappings of our own and
+/// reading our own pagemap; empty when PFNs are hidden (without
+/// CAP_SYS_ADMIN they read as 0).
+pub(crate) fn zero_page_pfns() -> Vec<(u64, u64)> {
+    const HPAGE: usize = 2 << 20;
+    let Ok(pagemap) = File::open("/proc/self/pagemap") else {
+        return Vec::new();
+    };
+    let pfn_of = |addr: usize| -> Option<u64> {
+        let mut b = [0u8; 8];
+        pagemap.read_exact_at(&mut b, addr as u64 / PAGE * 8).ok()?;
+        let e = u64::from_le_bytes(b);
+        (e & PM_PRESENT != 0 && e & PM_PFN != 0).then_some(e & PM_PFN)
+    };
+    let mut out = Vec::new();
+    for huge in [false, true] {
+        let len = 2 * HPAGE;
+        // SAFETY: a fresh private anonymous mapping, only read, unmapped
+        // below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            continue;
+        }
+        let at = (p as usize).next_multiple_of(HPAGE);
+        let advice = if huge {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
+        // SAFETY: [at, at + HPAGE) lies inside the mapping; reading it
+        // maps a zero page.
+        let pfn = unsafe {
+            libc::madvise(at as *mut libc::c_void, HPAGE, advice);
+            std::ptr::read_volatile(at as *const u8);
+            pfn_of(at)
+        };
+        // SAFETY: our own mapping, no longer used.
+        unsafe { libc::munmap(p, len) };
+        let Some(pfn) = pfn else { continue };
+        let n = if huge { HPAGE as u64 / PAGE } else { 1 };
+        if !out.iter().any(|&(s, e)| (s..e).contains(&pfn)) {
+            out.push((pfn, pfn + n));
+        }
+    }
+    out
+}

@@ -1,0 +1,210 @@
+//! Sockets with their addresses and options as raw bytes, the way the
+//! image keeps them (any family, any option).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+// Socket options the libc crate does not export for x86_64 gnu.
+pub(crate) const SO_PEEK_OFF: i32 = 42;
+pub(crate) const SO_DOMAIN: i32 = 39;
+pub(crate) const SO_PROTOCOL: i32 = 38;
+pub(crate) const SO_ACCEPTCONN: i32 = 30;
+
+fn raw(fd: impl AsFd) -> RawFd {
+    fd.as_fd().as_raw_fd()
+}
+
+/// getsockopt into `buf`; returns the length the kernel wrote.
+pub(crate) fn getsockopt(
+    fd: impl AsFd,
+    level: i32,
+    name: i32,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf is valid for len bytes.
+    super::cvt(unsafe {
+        libc::getsockopt(raw(fd), level, name, buf.as_mut_ptr().cast(), &mut len)
+    })?;
+    Ok(len as usize)
+}
+
+pub(crate) fn getsockopt_int(fd: impl AsFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut b = [0u8; 4];
+    getsockopt(fd, level, name, &mut b)?;
+    Ok(i32::from_ne_bytes(b))
+}
+
+pub(crate) fn setsockopt(fd: impl AsFd, level: i32, name: i32, val: &[u8]) -> io::Result<()> {
+    // SAFETY: val is valid for its length.
+    super::cvt(unsafe {
+        libc::setsockopt(
+            raw(fd),
+            level,
+            name,
+            val.as_ptr().cast(),
+            val.len() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+pub(crate) fn setsockopt_int(fd: impl AsFd, level: i32, name: i32, v: i32) -> io::Result<()> {
+    setsockopt(fd, level, name, &v.to_ne_bytes())
+}
+
+/// The raw sockaddr of the socket's own name (`peer` false) or of its
+/// peer; empty when it has none (ENOTCONN).
+pub(crate) fn name(fd: impl AsFd, peer: bool) -> io::Result<Vec<u8>> {
+    let mut ss: libc::sockaddr_storage = super::zeroed();
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = (&raw mut ss).cast::<libc::sockaddr>();
+    // SAFETY: ss is valid for len bytes.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(raw(fd), p, &mut len)
+        } else {
+            libc::getsockname(raw(fd), p, &mut len)
+        }
+    };
+    match super::cvt(r) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    Ok(super::bytes_of_mut(&mut ss)[..len].to_vec())
+}
+
+/// The TCP state (TCP_ESTABLISHED, TCP_LISTEN, ...) of a TCP socket.
+pub(crate) fn tcp_state(fd: impl AsFd) -> io::Result<u8> {
+    let mut ti: libc::tcp_info = super::zeroed();
+    getsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_INFO,
+        super::bytes_of_mut(&mut ti),
+    )?;
+    Ok(ti.tcpi_state)
+}
+
+/// A new socket (close-on-exec).
+pub(crate) fn socket(family: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: socket with integer arguments.
+    super::cvt_fd(unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) })
+}
+
+/// A connected pair of unix sockets of type `ty` (close-on-exec).
+pub(crate) fn socketpair(ty: i32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut sv = [0; 2];
+    // SAFETY: sv holds two ints.
+    super::cvt(unsafe {
+        libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr())
+    })?;
+    use std::os::fd::FromRawFd;
+    // SAFETY: two fresh fds from socketpair, owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+}
+
+/// bind to a raw sockaddr.
+pub(crate) fn bind(fd: impl AsFd, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: addr is a sockaddr of its length (the kernel checks it).
+    super::cvt(unsafe { libc::bind(raw(fd), addr.as_ptr().cast(), addr.len() as libc::socklen_t) })
+        .map(drop)
+}
+
+pub(crate) fn listen(fd: impl AsFd, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen with integer arguments.
+    super::cvt(unsafe { libc::listen(raw(fd), backlog) }).map(drop)
+}
+
+/// shutdown(SHUT_RD / SHUT_WR / SHUT_RDWR).
+pub(crate) fn shutdown(fd: impl AsFd, how: i32) -> io::Result<()> {
+    // SAFETY: shutdown with integer arguments.
+    super::cvt(unsafe { libc::shutdown(raw(fd), how) }).map(drop)
+}
+
+/// Sends one message without blocking, to `to` (a raw sockaddr) or to the
+/// peer; returns the bytes accepted.
+pub(crate) fn send_to(fd: impl AsFd, msg: &[u8], to: Option<&[u8]>) -> io::Result<usize> {
+    let (addr, alen) = match to {
+        Some(a) => (
+            a.as_ptr().cast::<libc::sockaddr>(),
+            a.len() as libc::socklen_t,
+        ),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: msg and addr are valid for their lengths.
+    let n = unsafe {
+        libc::sendto(
+            raw(fd),
+            msg.as_ptr().cast(),
+            msg.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            addr,
+            alen,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// One message peeked from the head of the queue, at the socket's
+/// SO_PEEK_OFF, into `buf`: its length (more than `buf` when a datagram was
+/// truncated, with `truncate`), and whether it carried file descriptors
+/// (SCM_RIGHTS; the copies the kernel installed in our table are closed).
+/// Ok(None): nothing queued.
+pub(crate) fn peek(
+    fd: impl AsFd,
+    buf: &mut [u8],
+    truncate: bool,
+) -> io::Result<Option<(usize, bool)>> {
+    let mut cbuf = [0u64; 32];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data, filled below.
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.as_mut_ptr().cast();
+    mh.msg_controllen = std::mem::size_of_val(&cbuf);
+    let flags = libc::MSG_PEEK
+        | libc::MSG_DONTWAIT
+        | libc::MSG_CMSG_CLOEXEC
+        | if truncate { libc::MSG_TRUNC } else { 0 };
+    let n = loop {
+        // SAFETY: mh points at `iov` (covering `buf`) and `cbuf`, both alive.
+        let n = unsafe { libc::recvmsg(raw(&fd), &mut mh, flags) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(None),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    };
+    let mut passed_fds = false;
+    // SAFETY: walking the control buffer the kernel filled; each SCM_RIGHTS
+    // entry holds fds it installed in our table, which nothing else owns.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&mh);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                passed_fds = true;
+                let data = libc::CMSG_DATA(c).cast::<i32>();
+                let cnt = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..cnt {
+                    libc::close(data.add(i).read_unaligned());
+                }
+            }
+            c = libc::CMSG_NXTHDR(&mh, c);
+        }
+    }
+    Ok(Some((n, passed_fds)))
+}
