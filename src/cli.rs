@@ -103,6 +103,11 @@ pub struct DumpArgs {
     /// Print the summary as JSON on stdout (only when the image does not go to stdout)
     #[arg(long)]
     pub json: bool,
+    /// Give up when the destination accepts no data for SECS seconds while the
+    /// process is frozen (or commits nothing in that time): the dump is
+    /// abandoned, nothing partial is left at DEST and the process runs on
+    #[arg(long, default_value_t = 20.0, value_name = "SECS")]
+    pub timeout: f64,
     #[command(flatten)]
     pub sink: SinkArgs,
 }

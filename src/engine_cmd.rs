@@ -19,14 +19,29 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     if to_stdout && std::io::stdout().is_terminal() {
         bail!("refusing to write a binary image to a terminal: use -o FILE or redirect stdout");
     }
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let timeout = std::time::Duration::from_secs_f64(args.timeout);
+    // Before any thread exists: from here on this is the worker, which a
+    // signal to the crstream command interrupts instead of killing.
+    let interrupt = crate::worker::split()?;
+    let pid = args.pid;
     let rt = crate::runtime();
     let sink = rt
-        .block_on(open_sink(&args.output, &args.sink.options()))
+        .block_on(bounded(
+            open_sink(&args.output, &args.sink.options()),
+            timeout,
+            &interrupt,
+        ))
+        .with_context(|| format!("opening {}", args.output))?
         .with_context(|| format!("opening {}", args.output))?;
     let wopts = WriterOptions {
         codec: args.compress.codec(),
         level: args.level,
         writer_name: format!("crstream {}", env!("CARGO_PKG_VERSION")),
+        stall_timeout: Some(timeout),
+        interrupt: Some(interrupt.flag()),
         ..Default::default()
     };
     let mut writer = {
@@ -34,41 +49,51 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         StreamWriter::new(sink, wopts)
     };
     let opts = crstream_core::DumpOptions {
-        pid: args.pid,
+        pid,
         leave_running: args.leave_running,
         shell_job: args.shell_job,
+        interrupt: Some(interrupt.flag()),
     };
     // Outside the runtime: blocking() uses blocking sends.
     let dumped = match crstream_core::dump(&opts, &mut writer.blocking()) {
         Ok(d) => d,
         Err(e) => {
-            if let Ok((sink, _)) = rt.block_on(writer.finish()) {
-                let _ = rt.block_on(sink.abort());
-            }
-            return Err(anyhow::Error::new(e).context(format!("dumping pid {}", args.pid)));
+            discard(&rt, writer, timeout);
+            let e = anyhow::Error::new(e);
+            return Err(if interrupt.raised() {
+                anyhow::anyhow!(
+                    "dump of pid {pid} interrupted ({}); it runs on",
+                    interrupt.why()
+                )
+            } else {
+                e.context(format!("dumping pid {pid}"))
+            });
         }
     };
     // The process stays frozen until the image is complete and committed;
     // if that fails, dropping `dumped` lets it run on unharmed.
     let stored = rt.block_on(async {
-        let (sink, summary) = writer.finish().await.context("finishing the image")?;
-        let written = sink
-            .commit()
-            .await
+        let (sink, summary) = match bounded(writer.finish(), timeout, &interrupt).await {
+            Ok(r) => r.context("finishing the image")?,
+            Err(e) => return Err(e),
+        };
+        let committed = bounded(sink.commit(), timeout, &interrupt)
+            .await?
             .with_context(|| format!("committing {}", args.output))?;
-        anyhow::Ok(written.max(summary.bytes))
+        anyhow::Ok(committed.max(summary.bytes))
     });
     let written = match stored {
         Ok(n) => n,
         Err(e) => {
             drop(dumped);
-            return Err(e.context(format!("pid {} was left running", args.pid)));
+            return Err(e.context(format!("pid {pid} was left running")));
         }
     };
     let stats = dumped.finish(!args.leave_running);
+    drop(rt);
     eprintln!(
         "crstream: dumped pid {} ({} processes, {} threads): {} pages ({}), {} written, frozen {:.1} ms, total {:.1} ms",
-        args.pid,
+        pid,
         stats.processes,
         stats.threads,
         stats.pages,
@@ -79,7 +104,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     );
     if args.json && !to_stdout {
         let j = serde_json::json!({
-            "pid": args.pid,
+            "pid": pid,
             "processes": stats.processes,
             "pids": stats.pids,
             "threads": stats.threads,
@@ -93,6 +118,42 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         println!("{j}");
     }
     Ok(0)
+}
+
+/// `fut`, given up after `timeout` or once `interrupt` is raised.
+async fn bounded<T>(
+    fut: impl std::future::Future<Output = T>,
+    timeout: std::time::Duration,
+    interrupt: &crate::worker::Interrupt,
+) -> Result<T> {
+    let watch = async {
+        while !interrupt.raised() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout(timeout, fut) => {
+            r.map_err(|_| anyhow::anyhow!("the destination did not answer for {} s", timeout.as_secs_f64()))
+        }
+        () = watch => Err(anyhow::anyhow!("interrupted ({})", interrupt.why())),
+    }
+}
+
+/// A dump that will not be finished: its stream is abandoned (no index, no
+/// trailer) and its destination discarded (a temporary file removed, a
+/// multipart upload aborted), each step bounded by `timeout`.
+fn discard(
+    rt: &tokio::runtime::Runtime,
+    writer: StreamWriter<crstream_backends::Sink>,
+    timeout: std::time::Duration,
+) {
+    rt.block_on(async {
+        if let Ok(Some(sink)) = tokio::time::timeout(timeout, writer.abandon()).await
+            && let Ok(Err(e)) = tokio::time::timeout(timeout, sink.abort()).await
+        {
+            tracing::warn!("discarding the unfinished image: {e}");
+        }
+    });
 }
 
 /// Ranged reads of a file or object, for the random-access reader.

@@ -6,6 +6,7 @@ mod cli;
 mod engine_cmd;
 mod pipe_cmd;
 mod progress;
+mod worker;
 
 use clap::Parser;
 use cli::{Cli, Command};

@@ -12,6 +12,8 @@ use crate::records::{Owner, Records};
 use crstream_proto::record::Body;
 use crstream_proto::{Inventory, ProcessTree, StreamKind, ThreadCore};
 use crstream_streamer::{ImageSink, PAGE_SIZE};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -22,6 +24,19 @@ pub struct DumpOptions {
     /// The tree is a job of an interactive shell: save its terminal fds
     /// (restore hands it the restorer's terminal) instead of refusing them.
     pub shell_job: bool,
+    /// Raised from another thread to stop the dump at the next safe point
+    /// (with [`DumpError::Interrupted`]); the tree runs on unharmed.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl DumpOptions {
+    /// Err if the dump was asked to stop.
+    pub(crate) fn check_interrupt(&self) -> Result<(), DumpError> {
+        match &self.interrupt {
+            Some(f) if f.load(Ordering::Relaxed) => Err(DumpError::Interrupted),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,12 +98,13 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
             reason: format!("it is a thread of process {}", status.tgid),
         });
     }
+    opts.check_interrupt()?;
     let mut tree = FrozenTree::freeze(pid)?;
     let frozen_at = Instant::now();
     let (pages, threads) = match dump_frozen(&mut tree, opts, sink) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(pid, "dump failed, letting the processes run on: {e}");
+            tracing::debug!(pid, "dump failed, letting the processes run on: {e}");
             tree.release();
             return Err(e);
         }
@@ -122,6 +138,7 @@ fn dump_frozen(
     let mut kinds = crate::kinds::registry();
     let mut processes = Vec::new();
     for frozen in tree.procs.iter_mut() {
+        opts.check_interrupt()?;
         let p = read_process(frozen, opts, &mut objects, &mut memory, &mut kinds)?;
         processes.push(p);
     }
@@ -137,7 +154,7 @@ fn dump_frozen(
     let mut pages = 0;
     let mut threads = 0;
     for (p, stream) in processes.iter().zip(page_streams) {
-        let n = memory.write_pages(p.pid, sink, stream)?;
+        let n = memory.write_pages(p.pid, sink, stream, opts)?;
         pages += n;
         threads += p.threads.len();
         tracing::info!(pid = p.pid, pages = n, threads = p.threads.len(), "dumped");
@@ -145,9 +162,12 @@ fn dump_frozen(
     Ok((pages, threads))
 }
 
-/// Reads every kind of one frozen process: memory first (before anything
-/// is mapped in it for injected syscalls), then, with a scratch page for
-/// the syscalls' buffers (unmapped before this returns), the registry.
+/// Bytes of scratch memory injected syscalls may fill.
+const SCRATCH_LEN: u64 = 256;
+
+/// Reads every kind of one frozen process: memory first, then the
+/// registry, whose kinds may inject syscalls; the threads get their own
+/// registers back after each call and their signal mask at the end.
 fn read_process(
     frozen: &mut Frozen,
     opts: &DumpOptions,
@@ -187,42 +207,27 @@ fn read_process(
     };
     memory.dump(&mut p)?;
 
-    p.threads[0].touched = true;
-    let leader = Remote {
-        tid: pid,
-        syscall_ip,
-        base: p.threads[0].regs,
-    };
-    let scratch = leader.call(
-        "mmap(scratch)",
-        libc::SYS_mmap,
-        &[
-            0,
-            PAGE_SIZE as u64,
-            (libc::PROT_READ | libc::PROT_WRITE) as u64,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-            u64::MAX,
-            0,
-        ],
-    )? as u64;
+    // Scratch memory for the calls' buffers: below the leader's stack
+    // pointer and its red zone, where the kernel would put a signal frame
+    // (nothing the process relies on lives there), so nothing is mapped in
+    // it that a failed dump could leave behind.
+    let scratch = (p.threads[0].regs.rsp - 128 - SCRATCH_LEN) & !15;
+    p.threads[0].prepare_injection()?;
     let injector = Injector {
-        leader,
+        leader: Remote::for_dump(pid, syscall_ip, p.threads[0].regs),
         mem,
         scratch,
         syscall_ip,
     };
     p.inject = Some(&injector);
     let read = kinds.iter_mut().try_for_each(|k| {
+        opts.check_interrupt()?;
         tracing::trace!(pid, kind = k.name(), "dumping");
         k.dump(&mut p)
     });
-    let unmapped = injector.call(
-        "munmap(scratch)",
-        libc::SYS_munmap,
-        &[scratch, PAGE_SIZE as u64],
-    );
+    let unmasked = p.threads.iter_mut().try_for_each(|t| t.end_injection());
     read?;
-    unmapped?;
+    unmasked?;
     Ok(ProcessDump {
         pid,
         records,

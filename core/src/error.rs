@@ -108,6 +108,8 @@ pub enum DumpError {
     },
     #[error("injected test failure at {0} (CRSTREAM_TEST_FAIL_AT)")]
     TestFailure(String),
+    #[error("interrupted")]
+    Interrupted,
 }
 
 #[derive(Debug, thiserror::Error)]

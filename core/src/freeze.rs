@@ -17,9 +17,33 @@ pub(crate) struct FrozenThread {
     pub regs: Regs,
     pub mask: u64,
     /// Registers were changed by injected syscalls.
-    pub touched: bool,
-    /// The signal mask was replaced by "all blocked".
+    touched: bool,
+    /// The signal mask is "all blocked", for injected syscalls.
     masked: bool,
+}
+
+impl FrozenThread {
+    /// Before syscalls are injected into this thread: no signal may
+    /// interrupt them (a pending one would stop the thread on its way to
+    /// the next call), so every signal is blocked until
+    /// [`end_injection`](Self::end_injection).
+    pub(crate) fn prepare_injection(&mut self) -> Result<(), TaskError> {
+        self.touched = true;
+        if !self.masked {
+            ptrace::set_sigmask(self.tid, !0)?;
+            self.masked = true;
+        }
+        Ok(())
+    }
+
+    /// The thread's own signal mask again.
+    pub(crate) fn end_injection(&mut self) -> Result<(), TaskError> {
+        if self.masked {
+            ptrace::set_sigmask(self.tid, self.mask)?;
+            self.masked = false;
+        }
+        Ok(())
+    }
 }
 
 /// Every thread of one process, stopped under ptrace. Dropping it puts
@@ -95,9 +119,6 @@ impl Frozen {
                 let t = f.threads.last_mut().expect("just pushed");
                 t.regs = ptrace::get_regs(tid)?;
                 t.mask = ptrace::get_sigmask(tid)?;
-                // No signal may interrupt our injected syscalls.
-                ptrace::set_sigmask(tid, !0)?;
-                t.masked = true;
             }
         }
         if f.threads.first().map(|t| t.tid) != Some(pid) {

@@ -26,16 +26,37 @@ pub struct Remote {
     pub syscall_ip: u64,
     /// Registers the injected calls start from (all but rip/rax/args kept).
     pub base: Regs,
+    /// Registers put back at the end of every call, if any: a task being
+    /// dumped gets its own again at once, so that it never waits between
+    /// calls with registers of ours (if crstream died then, it would run
+    /// on with them).
+    resume: Option<Regs>,
 }
 
 impl Remote {
+    /// A stub being rebuilt: its registers are restore's to set.
     pub fn new(tid: i32, syscall_ip: u64) -> Result<Self, TaskError> {
         let base = ptrace::get_regs(tid)?;
         Ok(Self {
             tid,
             syscall_ip,
             base,
+            resume: None,
         })
+    }
+
+    /// A task being dumped, stopped with registers `regs`: after each call
+    /// it gets them back, ready to resume on its own (an interrupted
+    /// syscall set to restart, see [`adjust_restart`]).
+    pub fn for_dump(tid: i32, syscall_ip: u64, regs: Regs) -> Self {
+        let mut resume = regs;
+        adjust_restart(&mut resume, Resume::SameTask);
+        Self {
+            tid,
+            syscall_ip,
+            base: regs,
+            resume: Some(resume),
+        }
     }
 
     /// Runs syscall `nr` with `args`; returns the raw result (negative errno
@@ -65,6 +86,8 @@ impl Remote {
                 });
             }
         }
+        // The task holds registers of ours now: the worst moment to die.
+        crate::failpoint::pause("syscall");
         let mut events = SyscallEvents::default();
         loop {
             ptrace::syscall(tid, 0)?;
@@ -84,6 +107,9 @@ impl Remote {
             }
         }
         let out = ptrace::get_regs(tid)?;
+        if let Some(own) = &self.resume {
+            ptrace::set_regs(tid, own)?;
+        }
         Ok((out.rax as i64, events))
     }
 

@@ -130,16 +130,13 @@ impl<'a> DumpProcess<'a> {
     }
 
     /// An injector of syscalls into thread `i` (leader: 0), from its own
-    /// registers; its registers are put back when the dump ends.
-    pub(crate) fn thread_remote(&mut self, i: usize) -> Remote {
+    /// registers, which it gets back after every call; its signals are
+    /// blocked until the process is read.
+    pub(crate) fn thread_remote(&mut self, i: usize) -> Result<Remote, TaskError> {
         let syscall_ip = self.injector().syscall_ip;
-        let t = &mut self.threads[i];
-        t.touched = true;
-        Remote {
-            tid: t.tid,
-            syscall_ip,
-            base: t.regs,
-        }
+        self.threads[i].prepare_injection()?;
+        let t = &self.threads[i];
+        Ok(Remote::for_dump(t.tid, syscall_ip, t.regs))
     }
 }
 

@@ -9,6 +9,10 @@ pub enum StreamError {
     Empty,
     #[error("bad magic: expected \"CRSTREAM\", found {}", show_magic(.found))]
     BadMagic { found: [u8; 8] },
+    #[error("the destination accepted no data for {} s", waited.as_secs_f64())]
+    Stalled { waited: std::time::Duration },
+    #[error("interrupted")]
+    Interrupted,
     #[error("unsupported stream format version {found} (this crstream reads version {supported})")]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("bad stream header: {reason}")]

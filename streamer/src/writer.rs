@@ -38,6 +38,14 @@ pub struct WriterOptions {
     pub page_frame_bytes: usize,
     /// Name and version of the writer, recorded in the header.
     pub writer_name: String,
+    /// Blocking writes (the engine's): how long one may wait for the
+    /// pipeline, that is for the destination, before it fails with
+    /// [`StreamError::Stalled`]. None: as long as it takes.
+    pub stall_timeout: Option<std::time::Duration>,
+    /// Blocking writes: raised from elsewhere, makes every write waiting
+    /// for the pipeline, and every later one, fail with
+    /// [`StreamError::Interrupted`].
+    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for WriterOptions {
@@ -49,6 +57,8 @@ impl Default for WriterOptions {
             record_frame_bytes: 256 << 10,
             page_frame_bytes: 1 << 20,
             writer_name: format!("crstream-streamer {}", env!("CARGO_PKG_VERSION")),
+            stall_timeout: None,
+            interrupt: None,
         }
     }
 }
@@ -133,7 +143,9 @@ struct PendingPages {
 /// Writes one crstream stream to an `AsyncWrite`.
 pub struct StreamWriter<W> {
     tx: mpsc::Sender<Msg>,
-    task: Option<JoinHandle<Result<(W, WriteSummary)>>>,
+    /// The frame-writing task: the output, what was written, and whether
+    /// the stream was finished (index and trailer written).
+    task: Option<JoinHandle<Result<(W, WriteSummary, bool)>>>,
     /// The runtime the pipeline runs on, for the blocking face.
     runtime: tokio::runtime::Handle,
     opts: WriterOptions,
@@ -236,7 +248,29 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
     pub async fn finish(mut self) -> Result<(W, WriteSummary)> {
         self.queue_finish()?;
         self.flush_outbox().await?;
-        self.join().await
+        match self.join().await? {
+            (out, summary, true) => Ok((out, summary)),
+            (_, _, false) => Err(StreamError::WriterGone(
+                "the frame writer ended early".into(),
+            )),
+        }
+    }
+
+    /// Stops writing without finishing the stream: what is queued may still
+    /// be written, but never an index or a trailer, so no reader takes it
+    /// for a whole stream. Returns the output, for the caller to discard
+    /// (None if the pipeline failed; the output was dropped with it).
+    pub async fn abandon(mut self) -> Option<W> {
+        self.outbox.clear();
+        self.pages = None;
+        self.records.clear();
+        // Closing the channel ends the pipeline before any Finish.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        match self.join().await {
+            Ok((out, _, _)) => Some(out),
+            Err(_) => None,
+        }
     }
 
     async fn flush_outbox(&mut self) -> Result<()> {
@@ -256,12 +290,48 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
 
     fn blocking_flush_outbox(&mut self) -> Result<()> {
         while let Some(msg) = self.outbox.pop_front() {
-            if self.tx.blocking_send(msg).is_err() {
-                let runtime = self.runtime.clone();
-                return Err(runtime.block_on(self.writer_failure()));
+            let runtime = self.runtime.clone();
+            match runtime.block_on(self.send_bounded(msg)) {
+                Ok(()) => {}
+                Err(None) => return Err(runtime.block_on(self.writer_failure())),
+                Err(Some(e)) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// Sends one message to the pipeline, waiting for room no longer than
+    /// `stall_timeout` and until `interrupt` is raised. Err(None): the
+    /// pipeline is gone.
+    async fn send_bounded(&self, msg: Msg) -> std::result::Result<(), Option<StreamError>> {
+        /// How often a wait for room looks at the interrupt flag.
+        const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+        let interrupted = || {
+            self.opts
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        let started = std::time::Instant::now();
+        loop {
+            if interrupted() {
+                return Err(Some(StreamError::Interrupted));
+            }
+            match tokio::time::timeout(TICK, self.tx.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(msg);
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(None),
+                Err(_) => {
+                    if let Some(limit) = self.opts.stall_timeout
+                        && started.elapsed() >= limit
+                    {
+                        return Err(Some(StreamError::Stalled { waited: limit }));
+                    }
+                }
+            }
+        }
     }
 
     /// The error that stopped the frame-writing task.
@@ -272,7 +342,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
         }
     }
 
-    async fn join(&mut self) -> Result<(W, WriteSummary)> {
+    async fn join(&mut self) -> Result<(W, WriteSummary, bool)> {
         let task = self
             .task
             .take()
@@ -549,7 +619,7 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     opts: WriterOptions,
     workers: usize,
     pool: BufferPool,
-) -> Result<(W, WriteSummary)> {
+) -> Result<(W, WriteSummary, bool)> {
     let io_err = |offset: u64| move |source| StreamError::Io { offset, source };
     let header = encode_header(&options);
     out.write_all(&header).await.map_err(io_err(0))?;
@@ -582,11 +652,13 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
             .buffered(workers * 2)
     );
 
+    let mut finished = false;
     while let Some(item) = encoded.next().await {
         let frame = match item? {
             Ok(frame) => frame,
             Err(decls) => {
                 index.streams = decls;
+                finished = true;
                 break;
             }
         };
@@ -624,6 +696,12 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
             index.metadata_end = offset;
         }
     }
+    if !finished {
+        // Abandoned (or the writer dropped): no index, no trailer.
+        out.flush().await.map_err(io_err(offset))?;
+        summary.bytes = offset;
+        return Ok((out, summary, false));
+    }
     index.total_raw_bytes = summary.raw_bytes;
 
     let raw = Bytes::from(index.encode_to_vec());
@@ -651,5 +729,5 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     out.flush().await.map_err(io_err(offset))?;
     summary.bytes = offset;
     summary.frames += 1;
-    Ok((out, summary))
+    Ok((out, summary, true))
 }

@@ -96,8 +96,9 @@ impl Memory {
         pid: i32,
         sink: &mut dyn ImageSink,
         stream: u32,
+        opts: &crate::DumpOptions,
     ) -> Result<u64, DumpError> {
-        write_pages(pid, &self.areas[&pid], sink, stream)
+        write_pages(pid, &self.areas[&pid], sink, stream, opts)
     }
 }
 
@@ -406,6 +407,7 @@ fn write_pages(
     areas: &[DumpArea],
     sink: &mut dyn ImageSink,
     stream: u32,
+    opts: &crate::DumpOptions,
 ) -> Result<u64, DumpError> {
     let fail_at_memory = crate::failpoint::armed("memory");
     const BUF: usize = 8 << 20;
@@ -451,6 +453,7 @@ fn write_pages(
             if fail_at_memory {
                 return Err(DumpError::TestFailure("memory".into()));
             }
+            opts.check_interrupt()?;
             let mut off = 0;
             for &(addr, len) in batch {
                 sink.pages(stream, pid as u32, idx as u32, addr, &buf[off..off + len])?;

@@ -25,7 +25,7 @@ impl Kind for Threads {
 
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
         for i in 0..p.threads.len() {
-            let remote = p.thread_remote(i);
+            let remote = p.thread_remote(i)?;
             let (regs, mask) = (p.threads[i].regs, p.threads[i].mask);
             let core = dump_thread(p, &remote, &regs, mask)?;
             p.thread_records[i].push(core);

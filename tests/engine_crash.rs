@@ -1,0 +1,240 @@
+//! A dump that dies harms nothing: `crstream dump` of a large process is
+//! killed with SIGKILL, SIGTERM and SIGINT at many points, including while
+//! a syscall of its runs inside the target; each time the target runs on
+//! untraced, with its own signal mask, the same memory (its checksum) and
+//! its counter going on, and nothing is left at the destination.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+const MIB: &str = "512";
+
+/// A wl_memory target and what it must keep.
+struct Target {
+    w: Workload,
+    checksum: u64,
+    sigblk: String,
+}
+
+impl Target {
+    fn start(dir: &TestDir) -> Self {
+        let w = Workload::spawn("wl_memory", dir.path("report"), &[MIB]);
+        let r = w.wait_report(T, |r| field(r, 0, 0) >= 2);
+        let sigblk = status_field(w.pid, "SigBlk").expect("SigBlk");
+        Target {
+            checksum: field(&r, 0, 1),
+            w,
+            sigblk,
+        }
+    }
+
+    fn counter(&self) -> u64 {
+        field(&self.w.read_report().unwrap_or_default(), 0, 0)
+    }
+
+    /// Running, untraced, with its own mask, counting on with the same
+    /// memory.
+    fn assert_unharmed(&self, what: &str) {
+        let pid = self.w.pid;
+        assert!(proc_exists(pid), "{what}: pid {pid} is gone");
+        assert_running_untraced(pid);
+        assert_eq!(
+            status_field(pid, "SigBlk").as_deref(),
+            Some(self.sigblk.as_str()),
+            "{what}: signal mask"
+        );
+        let before = self.counter();
+        let r = self.w.wait_report(T, |r| field(r, 0, 0) >= before + 2);
+        assert_eq!(field(&r, 0, 1), self.checksum, "{what}: memory checksum");
+    }
+}
+
+/// Files of `dir` other than the target's own.
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            (!name.starts_with("report")).then_some(name)
+        })
+        .collect()
+}
+
+fn spawn_dump(pid: i32, dest: &str, env: &[(&str, &str)]) -> Child {
+    let mut c = crstream();
+    c.args([
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-o",
+        dest,
+        "--leave-running",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Waits for a dump; true if it completed, false if it was interrupted:
+/// killed outright (a signal before crstream set up its handling, or
+/// SIGKILL), or stopped with a one-line error saying so.
+fn outcome(child: Child, sig: i32) -> bool {
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    if out.status.success() {
+        return true;
+    }
+    let killed = std::os::unix::process::ExitStatusExt::signal(&out.status).is_some();
+    if !killed {
+        assert!(
+            err.contains("interrupted") && err.contains("runs on"),
+            "after signal {sig}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    false
+}
+
+#[test]
+fn killed_at_any_point_of_a_dump_the_target_runs_on_unharmed() {
+    let dir = TestDir::new("crash-sweep");
+    let mut t = Target::start(&dir);
+    let img = dir.path("img");
+    let dest = img.to_str().unwrap();
+    // How long a whole dump takes here (the faster of two), to spread the
+    // kill points over it.
+    let mut whole = Duration::MAX;
+    for _ in 0..2 {
+        let started = Instant::now();
+        assert!(outcome(spawn_dump(t.w.pid, dest, &[]), 0), "a plain dump");
+        whole = whole.min(started.elapsed());
+        std::fs::remove_file(&img).unwrap();
+        t.assert_unharmed("after a whole dump");
+    }
+
+    let mut interrupted = 0;
+    for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT] {
+        for tenth in [0, 1, 2, 3, 4, 5, 6, 8] {
+            let child = spawn_dump(t.w.pid, dest, &[]);
+            std::thread::sleep(whole * tenth / 10);
+            signal(child.id() as i32, sig);
+            let what = format!("signal {sig} at {tenth}/10 of a dump");
+            if outcome(child, sig) {
+                std::fs::remove_file(&img).unwrap();
+            } else {
+                interrupted += 1;
+            }
+            assert_eq!(leftovers(&dir.0), Vec::<String>::new(), "{what}");
+            t.assert_unharmed(&what);
+        }
+    }
+    assert!(
+        interrupted >= 12,
+        "only {interrupted} of 24 dumps were interrupted"
+    );
+
+    // The worker itself (the supervisor's child) asked to stop.
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let child = spawn_dump(t.w.pid, dest, &[]);
+        let worker = loop {
+            if let Some(&w) = children_of(child.id() as i32).first() {
+                break w;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        std::thread::sleep(whole / 3);
+        signal(worker, sig);
+        let completed = outcome(child, sig);
+        if completed {
+            std::fs::remove_file(&img).unwrap();
+        }
+        assert_eq!(leftovers(&dir.0), Vec::<String>::new());
+        t.assert_unharmed(&format!("signal {sig} to the worker"));
+    }
+    t.w.kill();
+}
+
+/// The worst moments: a syscall of crstream's is under way inside the
+/// target, which holds registers of crstream's and blocks every signal.
+#[test]
+fn killed_while_a_syscall_runs_in_the_target_it_stays_unharmed() {
+    let dir = TestDir::new("crash-syscall");
+    let mut t = Target::start(&dir);
+    let paused = dir.path("paused");
+    let img = dir.path("img");
+    for (sig, nth) in [
+        (libc::SIGKILL, 1),
+        (libc::SIGKILL, 30),
+        (libc::SIGTERM, 5),
+        (libc::SIGINT, 60),
+        (libc::SIGKILL, 72),
+    ] {
+        let at = format!("syscall:{nth}");
+        let child = spawn_dump(
+            t.w.pid,
+            img.to_str().unwrap(),
+            &[
+                ("CRSTREAM_TEST_PAUSE_AT", &at),
+                ("CRSTREAM_TEST_PAUSE_FILE", paused.to_str().unwrap()),
+            ],
+        );
+        let started = Instant::now();
+        while !paused.exists() {
+            assert!(
+                started.elapsed() < T,
+                "the dump never reached syscall {nth}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::fs::remove_file(&paused).unwrap();
+        let what = format!("signal {sig} during injected syscall {nth}");
+        // The dangerous moment indeed: every signal of the target blocked.
+        assert_eq!(
+            status_field(t.w.pid, "SigBlk").as_deref(),
+            Some("fffffffffffbfeff"),
+            "{what}"
+        );
+        signal(child.id() as i32, sig);
+        assert!(!outcome(child, sig), "{what}: the dump completed");
+        assert_eq!(leftovers(&dir.0), Vec::<String>::new(), "{what}");
+        t.assert_unharmed(&what);
+    }
+    t.w.kill();
+}
+
+/// SIGTERM to a dump to S3: the multipart upload is aborted, no object
+/// appears, the target runs on.
+#[test]
+fn sigterm_to_a_dump_to_s3_leaves_no_upload_behind() {
+    let dir = TestDir::new("crash-s3");
+    let mut t = Target::start(&dir);
+    let bucket = s3_bucket("crash");
+    let dest = format!("s3://{bucket}/app.img");
+    let env = s3_env();
+    let child = spawn_dump(t.w.pid, &dest, &env_refs(&env));
+    std::thread::sleep(Duration::from_millis(400));
+    signal(child.id() as i32, libc::SIGTERM);
+    assert!(!outcome(child, libc::SIGTERM), "the dump completed first");
+    assert!(!s3_object_exists(&bucket, "app.img"));
+    let (status, body) = s3_http("GET", &format!("/{bucket}?uploads"));
+    assert_eq!(status, 200);
+    let body = String::from_utf8_lossy(&body);
+    assert!(!body.contains("<Upload>"), "an upload is left: {body}");
+    t.assert_unharmed("SIGTERM to a dump to S3");
+    t.w.kill();
+}
