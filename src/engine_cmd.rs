@@ -185,17 +185,31 @@ struct Fetcher {
 }
 
 impl crstream_core::PageFetcher for Fetcher {
-    fn fetch(&self, offset: u64, len: u64) -> std::result::Result<PageBatch, String> {
+    fn fetch(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> std::result::Result<PageBatch, crstream_core::FetchError> {
         self.handle
             .block_on(self.reader.page_batch(offset, len))
             .map_err(|e| match e {
-                // The storage error itself names what failed.
+                // The storage failed (the network, the server, a timeout;
+                // even an object missing while a server is replaced): worth
+                // retrying. The storage error itself names what failed.
                 crstream_streamer::StreamError::Io { source, .. } => {
                     let s = source.to_string();
-                    s.strip_prefix(&format!("{}: ", self.url))
-                        .map_or(s.clone(), str::to_owned)
+                    crstream_core::FetchError {
+                        message: s
+                            .strip_prefix(&format!("{}: ", self.url))
+                            .map_or(s.clone(), str::to_owned),
+                        retryable: true,
+                    }
                 }
-                e => e.to_string(),
+                // A damaged or wrong frame does not heal.
+                e => crstream_core::FetchError {
+                    message: e.to_string(),
+                    retryable: false,
+                },
             })
     }
     fn describe(&self) -> String {

@@ -388,6 +388,38 @@ fn sigterm_during_the_lazy_phase_kills_the_process() {
     assert!(wait_gone(pid, T), "pid {pid} still exists");
 }
 
+/// SIGKILL to crstream while pages are missing, at several moments: the
+/// process dies with it (it never reads memory that was not served), and
+/// never reports a wrong checksum.
+#[test]
+fn sigkill_during_the_lazy_phase_never_leaves_the_process_on_missing_memory() {
+    let dir = TestDir::new("lazy-kill");
+    let img = dir.path("img");
+    let (mut w, checksum, _) = dump_memory(&dir, "64", img.to_str().unwrap(), &[]);
+    for delay_ms in [0, 150, 400] {
+        let lr = LazyRestore::start(
+            img.to_str().unwrap(),
+            &[("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "100")],
+            &["--detach"],
+        );
+        let pid = lr.pid;
+        w.restored(pid);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling the crstream process this test started.
+        unsafe { libc::kill(lr.crstream_pid(), libc::SIGKILL) };
+        let (st, _) = lr.finish(T);
+        assert!(!st.success());
+        assert!(wait_gone(pid, T), "pid {pid} runs on without its server");
+        if let Some(r) = w.read_report() {
+            assert_eq!(
+                field(&r, 0, 1),
+                checksum,
+                "after SIGKILL at {delay_ms} ms: {r}"
+            );
+        }
+    }
+}
+
 /// wl_churn: dumps it idle, leaves `op` in its op file, restores it lazily
 /// with a slow prefetch (32 frames, 150 ms apart), so the op runs while
 /// most of its memory is still missing. Returns the workload, the lazy

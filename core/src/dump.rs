@@ -2,9 +2,9 @@
 //! process (the registry, in order), let the kinds check the tree as a
 //! whole, write the records, then the pages; undo everything on failure.
 
-use crate::error::{DumpError, TaskError};
+use crate::error::DumpError;
 use crate::freeze::{Frozen, FrozenTree};
-use crate::inject::{Remote, RemoteMem, find_syscall_insn};
+use crate::inject::{Remote, RemoteMem};
 use crate::kind::{DumpObjects, DumpProcess, DumpTree, Injector, Kind, ProcessDump};
 use crate::kinds::memory::Memory;
 use crate::proc;
@@ -193,7 +193,7 @@ fn read_process(
         .map(|t| Records::new(Owner::Thread(t.tid as u32)))
         .collect();
     let mem = RemoteMem::open(pid, false)?;
-    let syscall_ip = syscall_insn(pid, &mem)?;
+    let syscall_ip = crate::inject::vdso_syscall(pid, &mem)?;
     let mut p = DumpProcess {
         pid,
         status: &status,
@@ -233,19 +233,6 @@ fn read_process(
         records,
         threads: thread_records,
     })
-}
-
-/// Address of a `syscall` instruction in the vDSO of `pid`, through which
-/// syscalls are injected.
-fn syscall_insn(pid: i32, mem: &RemoteMem) -> Result<u64, DumpError> {
-    let maps = proc::maps(pid).map_err(|err| DumpError::Proc { pid, err })?;
-    let vdso = maps
-        .iter()
-        .find(|m| m.path == "[vdso]")
-        .ok_or(TaskError::NoSyscallInsn { pid })?;
-    let mut bytes = vec![0u8; vdso.len() as usize];
-    mem.read(vdso.start, &mut bytes)?;
-    Ok(find_syscall_insn(&bytes, vdso.start).ok_or(TaskError::NoSyscallInsn { pid })?)
 }
 
 /// The inventory, the tree, the objects the tree shares, then every

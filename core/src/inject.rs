@@ -128,6 +128,18 @@ impl Remote {
     }
 }
 
+/// Address of a `syscall` instruction in the vDSO of `pid` (through which
+/// syscalls are injected into a process that is not a restore stub).
+pub(crate) fn vdso_syscall(pid: i32, mem: &RemoteMem) -> Result<u64, TaskError> {
+    let vdso = crate::proc::maps(pid)
+        .ok()
+        .and_then(|m| m.into_iter().find(|m| m.path == "[vdso]"))
+        .ok_or(TaskError::NoSyscallInsn { pid })?;
+    let mut bytes = vec![0u8; vdso.len() as usize];
+    mem.read(vdso.start, &mut bytes)?;
+    find_syscall_insn(&bytes, vdso.start).ok_or(TaskError::NoSyscallInsn { pid })
+}
+
 /// Finds a `syscall` instruction in a vDSO image mapped at `base`.
 pub fn find_syscall_insn(vdso: &[u8], base: u64) -> Option<u64> {
     vdso.windows(2)

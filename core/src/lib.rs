@@ -33,7 +33,7 @@ mod unlinked;
 pub use check::FeatureCheck;
 pub use dump::{DumpOptions, DumpStats, Dumped};
 pub use error::{DumpError, ProcError, RestoreError, TaskError};
-pub use lazy::{LazyError, LazyOptions, LazySession, LazyStats, PageFetcher};
+pub use lazy::{FetchError, LazyError, LazyOptions, LazySession, LazyStats, PageFetcher};
 pub use restore::{RestoreOptions, Restored};
 
 use crstream_streamer::{ImageSink, ImageSource};

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// Fetches a frame, retrying with backoff for `retry_for`.
+/// Fetches a frame, retrying failures that may heal with backoff for
+/// `retry_for`.
 pub(crate) fn fetch_with_retry(
     fetcher: &dyn PageFetcher,
     offset: u64,
@@ -26,10 +27,11 @@ pub(crate) fn fetch_with_retry(
         }
         match fetcher.fetch(offset, len) {
             Ok(b) => return Ok(b),
+            Err(e) if !e.retryable => return Err(e.message),
             Err(e) => {
                 let left = retry_for.saturating_sub(t0.elapsed());
                 if left.is_zero() || stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                    return Err(e);
+                    return Err(e.message);
                 }
                 tracing::warn!(offset, "fetching frame failed ({e}); retrying in {wait:?}");
                 std::thread::sleep(wait.min(left));

@@ -48,9 +48,24 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// threads). The engine knows nothing about where the image lives.
 pub trait PageFetcher: Send + Sync + 'static {
     /// The page batch of the frame at `offset` (`len` bytes with header).
-    fn fetch(&self, offset: u64, len: u64) -> Result<PageBatch, String>;
+    fn fetch(&self, offset: u64, len: u64) -> Result<PageBatch, FetchError>;
     /// Where the image lives, for error messages (e.g. its URL).
     fn describe(&self) -> String;
+}
+
+/// Why a frame could not be fetched.
+#[derive(Debug, Clone)]
+pub struct FetchError {
+    pub message: String,
+    /// A failure that may heal (the network, a busy server, a timeout) and
+    /// is worth retrying; not a damaged or wrong frame.
+    pub retryable: bool,
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// Tuning of the lazy phase.
@@ -336,6 +351,9 @@ pub struct LazySession {
     fetcher: Arc<dyn PageFetcher>,
     resumed: Instant,
     armed: bool,
+    /// The process's own parent-death signal, set again once its memory is
+    /// complete (until then it is SIGKILL: it dies with crstream).
+    death_signal: u32,
 }
 
 impl std::fmt::Debug for LazySession {
@@ -362,6 +380,7 @@ impl LazySession {
         areas: &[VmArea],
         pages: &[PageRange],
         fetcher: Arc<dyn PageFetcher>,
+        death_signal: u32,
     ) -> Self {
         let mut frames: Vec<(u64, u64)> = Vec::new();
         let mut frame_idx: HashMap<u64, usize> = HashMap::new();
@@ -394,6 +413,7 @@ impl LazySession {
             fetcher,
             resumed: Instant::now(),
             armed: true,
+            death_signal,
         }
     }
 
@@ -404,6 +424,27 @@ impl LazySession {
     /// Frames still to fetch.
     pub fn frames(&self) -> usize {
         self.frames.len()
+    }
+
+    /// Once every page is in: the process's own parent-death signal again,
+    /// set from inside it while it is briefly frozen.
+    fn restore_death_signal(&self) -> Result<(), String> {
+        let pid = self.pid;
+        let err = |e: &dyn std::fmt::Display| format!("setting its parent-death signal again: {e}");
+        let mut frozen = crate::freeze::Frozen::freeze(pid).map_err(|e| err(&e))?;
+        let mem = crate::inject::RemoteMem::open(pid, false).map_err(|e| err(&e))?;
+        let ip = crate::inject::vdso_syscall(pid, &mem).map_err(|e| err(&e))?;
+        let leader = &mut frozen.threads[0];
+        leader.prepare_injection().map_err(|e| err(&e))?;
+        crate::inject::Remote::for_dump(pid, ip, leader.regs)
+            .call(
+                "prctl(PR_SET_PDEATHSIG)",
+                libc::SYS_prctl,
+                &[libc::PR_SET_PDEATHSIG as u64, self.death_signal as u64],
+            )
+            .map_err(|e| err(&e))?;
+        leader.end_injection().map_err(|e| err(&e))?;
+        Ok(())
     }
 
     fn frame_of(&self, addr: u64) -> Option<usize> {

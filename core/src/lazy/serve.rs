@@ -18,7 +18,16 @@ impl LazySession {
     /// killed (and reaped) before this returns.
     pub fn serve(mut self, opts: &LazyOptions) -> Result<LazyStats, LazyError> {
         self.resumed = Instant::now();
-        let r = self.serve_inner(opts);
+        let (r, workers) = self.serve_inner(opts);
+        let r = r.and_then(|stats| {
+            if !stats.exited_early {
+                self.restore_death_signal().map_err(|reason| LazyError {
+                    pid: self.pid,
+                    reason,
+                })?;
+            }
+            Ok(stats)
+        });
         if let Err(e) = &r {
             tracing::debug!("{e}");
             crate::sys::ptrace::kill_and_reap(self.pid);
@@ -27,10 +36,23 @@ impl LazySession {
         // kill above, so that no faulting thread runs on with a zero page.
         self.uffd = None;
         self.armed = false;
+        // Stopped and cut off from the copies: each ends after the fetch
+        // it may be in.
+        for w in workers {
+            let _ = w.join();
+        }
         r
     }
 
-    fn serve_inner(&mut self, opts: &LazyOptions) -> Result<LazyStats, LazyError> {
+    /// The fetch workers it started come back stopped, to be joined.
+    #[allow(clippy::type_complexity)]
+    fn serve_inner(
+        &mut self,
+        opts: &LazyOptions,
+    ) -> (
+        Result<LazyStats, LazyError>,
+        Vec<std::thread::JoinHandle<()>>,
+    ) {
         let pid = self.pid;
         let fail = |reason: String| LazyError { pid, reason };
         let n = self.frames.len();
@@ -38,14 +60,17 @@ impl LazySession {
             frames: n,
             ..Default::default()
         };
-        let efd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| fail(format!("eventfd: {e}")))?;
-        let efd = Arc::new(efd);
-        let sfd = crate::sys::signal::signalfd(
+        let efd = match rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => return (Err(fail(format!("eventfd: {e}"))), Vec::new()),
+        };
+        let sfd = match crate::sys::signal::signalfd(
             super::term_signals(),
             libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
-        )
-        .map_err(|e| fail(format!("signalfd: {e}")))?;
+        ) {
+            Ok(fd) => fd,
+            Err(e) => return (Err(fail(format!("signalfd: {e}"))), Vec::new()),
+        };
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 urgent: VecDeque::new(),
@@ -228,13 +253,9 @@ impl LazySession {
             pending = again;
         };
         stop_workers(&shared);
+        drop(rx);
         stats.elapsed = self.resumed.elapsed();
-        if result.is_ok() {
-            for w in workers {
-                let _ = w.join();
-            }
-        }
-        result.map(|()| stats)
+        (result.map(|()| stats), workers)
     }
 
     /// Copies the runs of a batch that lie in lazy areas and outside
@@ -256,11 +277,11 @@ impl LazySession {
                 .iter()
                 .any(|&(s, e)| run.start >= s && run.end() <= e);
             if !inside {
-                tracing::warn!(
-                    start = run.start,
-                    "page run outside the lazy areas; skipped"
-                );
-                continue;
+                return Copy::Failed(format!(
+                    "bad image: the frame holds pages at {:#x} ({} pages), outside the \
+                     memory areas restored lazily",
+                    run.start, run.pages
+                ));
             }
             for (s, e) in subtract(run.start, run.end(), removed) {
                 let off = (s - run.start) as usize;

@@ -310,6 +310,22 @@ fn restore_inner(
         Some(input) => Some(lazy::setup(&stubs[0], areas[0], input, &filled)?),
         None => None,
     };
+    // Lazy: until every page is in, the process dies with crstream rather
+    // than run on without its memory; its own parent-death signal is set
+    // again once the memory is complete.
+    let death_signal = match lazy_input {
+        Some(_) => {
+            let p = processes[0].as_ref().expect("root is alive");
+            let saved = p.need::<crstream_proto::PrctlValues>()?.pdeath_signal;
+            stubs[0].call(
+                "prctl(PR_SET_PDEATHSIG)",
+                libc::SYS_prctl,
+                &[libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64],
+            )?;
+            saved
+        }
+        None => 0,
+    };
     // Registers last. The leader's last injected call drops the
     // trampoline: at its exit stop it gets its own registers and never
     // executes trampoline code again.
@@ -337,6 +353,7 @@ fn restore_inner(
             areas[0],
             input.pages,
             input.fetcher.clone(),
+            death_signal,
         )),
         _ => None,
     };
