@@ -5,10 +5,11 @@
 use crate::error::{Result, StreamError};
 use crate::format::{FrameHeader, FrameKind};
 use crate::pages::PageBatch;
+use crate::pages::PageRun;
 use bytes::{Buf, Bytes};
 use crstream_proto::{Record, StreamDecl, StreamIndex, StreamKind, record};
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A decoded (decompressed, verified) frame.
 #[derive(Debug, Clone)]
@@ -73,6 +74,74 @@ pub struct ItemDecoder {
     seen_first_record: bool,
     metadata_ended: bool,
     pub(crate) frames_seen: u64,
+    /// What each page frame holds, by its offset: checked against the
+    /// index once it comes.
+    page_frames: Vec<(u64, PageFrame)>,
+    /// Pages seen so far, by pid: start -> end.
+    pages_seen: HashMap<u32, BTreeMap<u64, u64>>,
+}
+
+/// What one page frame holds: the pages of one area of one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageFrame {
+    pub pid: u32,
+    pub area: u32,
+    pub runs: Vec<PageRun>,
+}
+
+impl std::fmt::Display for PageFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} area {} pages", self.pid, self.area)?;
+        for (i, r) in self.runs.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            write!(f, "{sep}{:#x}+{}", r.start, r.pages)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the index says each page frame holds, by frame offset. A frame
+/// whose ranges name more than one area cannot match any frame (one frame
+/// holds one area).
+pub fn indexed_frames(index: &StreamIndex) -> HashMap<u64, PageFrame> {
+    let mut frames: HashMap<u64, PageFrame> = HashMap::new();
+    for p in &index.pages {
+        let run = PageRun {
+            start: p.start,
+            pages: p.pages,
+        };
+        let f = frames.entry(p.frame_offset).or_insert_with(|| PageFrame {
+            pid: p.pid,
+            area: p.area,
+            runs: Vec::new(),
+        });
+        if (f.pid, f.area) != (p.pid, p.area) {
+            f.area = u32::MAX;
+        }
+        f.runs.push(run);
+    }
+    for f in frames.values_mut() {
+        f.runs.sort_by_key(|r| r.start);
+    }
+    frames
+}
+
+/// Checks that the page frame at `offset` holds what the index says
+/// (`indexed`, from [`indexed_frames`]).
+pub fn check_frame(indexed: &HashMap<u64, PageFrame>, offset: u64, held: &PageFrame) -> Result<()> {
+    let mut held = held.clone();
+    held.runs.sort_by_key(|r| r.start);
+    match indexed.get(&offset) {
+        Some(listed) if *listed == held => Ok(()),
+        Some(listed) => Err(StreamError::BadIndex {
+            reason: format!(
+                "the page frame at offset {offset} holds {held}; the index says {listed}"
+            ),
+        }),
+        None => Err(StreamError::BadIndex {
+            reason: format!("the page frame at offset {offset} ({held}) is not in the index"),
+        }),
+    }
 }
 
 impl ItemDecoder {
@@ -164,6 +233,7 @@ impl ItemDecoder {
                         ),
                     });
                 }
+                self.note_pages(offset, &batch)?;
                 Ok(vec![Item::Pages {
                     stream_id: sid,
                     batch,
@@ -182,11 +252,67 @@ impl ItemDecoder {
                         ),
                     });
                 }
-                Ok(vec![Item::End {
-                    index: Box::new(index),
-                }])
+                Ok(vec![self.end_with_index(index)?])
             }
         }
+    }
+
+    /// Records what the page frame at `offset` holds; refuses pages an
+    /// earlier frame held already (a frame written twice, or damaged).
+    fn note_pages(&mut self, offset: u64, batch: &PageBatch) -> Result<()> {
+        let seen = self.pages_seen.entry(batch.pid).or_default();
+        for run in &batch.runs {
+            let (s, e) = (run.start, run.end());
+            if let Some((&ps, &pe)) = seen.range(..e).next_back()
+                && pe > s
+            {
+                return Err(StreamError::BadPages {
+                    offset,
+                    reason: format!(
+                        "pages {s:#x}-{e:#x} of pid {} overlap pages {ps:#x}-{pe:#x} of an \
+                         earlier frame (a frame written twice?)",
+                        batch.pid
+                    ),
+                });
+            }
+            seen.insert(s, e);
+        }
+        self.page_frames.push((
+            offset,
+            PageFrame {
+                pid: batch.pid,
+                area: batch.area,
+                runs: batch.runs.clone(),
+            },
+        ));
+        Ok(())
+    }
+
+    /// The end of the stream, once the index is known: every page frame
+    /// seen holds what the index says, and the index names no other.
+    pub fn end_with_index(&mut self, index: StreamIndex) -> Result<Item> {
+        let indexed = indexed_frames(&index);
+        for (offset, held) in &self.page_frames {
+            check_frame(&indexed, *offset, held)?;
+        }
+        if indexed.len() != self.page_frames.len() {
+            let missing = indexed
+                .keys()
+                .filter(|o| !self.page_frames.iter().any(|f| f.0 == **o))
+                .min()
+                .copied()
+                .unwrap_or(0);
+            return Err(StreamError::BadIndex {
+                reason: format!(
+                    "the index names {} page frames, the stream holds {} (none at offset {missing})",
+                    indexed.len(),
+                    self.page_frames.len()
+                ),
+            });
+        }
+        Ok(Item::End {
+            index: Box::new(index),
+        })
     }
 
     fn decode_records(&mut self, sid: u32, mut raw: Bytes, offset: u64) -> Result<Vec<Item>> {

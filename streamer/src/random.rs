@@ -9,11 +9,12 @@ use crate::format::{
 };
 use crate::image::{Frame, Item};
 use crate::pages::PageBatch;
-use crate::reader::{StoredFrame, items_from_frames};
+use crate::reader::{StoredFrame, items_ending_with, items_from_frames};
 use bytes::Bytes;
 use crstream_proto::{FrameEntry, StreamIndex, StreamOptions};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
+use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct RandomReader {
     index: Arc<StreamIndex>,
     /// Page ranges sorted by (pid, start), for fault lookups.
     by_address: Arc<Vec<usize>>,
+    /// What the index says each page frame holds, by offset.
+    by_frame: Arc<HashMap<u64, crate::image::PageFrame>>,
 }
 
 impl RandomReader {
@@ -135,11 +138,13 @@ impl RandomReader {
         validate_index(&index, header_len, trailer.index_offset)?;
         let mut by_address: Vec<usize> = (0..index.pages.len()).collect();
         by_address.sort_by_key(|&i| (index.pages[i].pid, index.pages[i].start));
+        let by_frame = crate::image::indexed_frames(&index);
         Ok(Self {
             src,
             options,
             index: Arc::new(index),
             by_address: Arc::new(by_address),
+            by_frame: Arc::new(by_frame),
         })
     }
 
@@ -214,8 +219,7 @@ impl RandomReader {
         in_flight: usize,
     ) -> impl Stream<Item = Result<Item>> + Send + Unpin + 'static {
         let index = Box::new(self.index.as_ref().clone());
-        let end = futures::stream::once(async move { Ok(Item::End { index }) });
-        Box::pin(items_from_frames(self.frames(in_flight)).chain(end))
+        items_ending_with(self.frames(in_flight), Some(index))
     }
 
     /// Page frames in index order, `in_flight` fetched at once.
@@ -269,9 +273,18 @@ impl RandomReader {
             });
         }
         let raw = frame.raw;
-        tokio::task::spawn_blocking(move || PageBatch::decode(raw, offset))
+        let batch = tokio::task::spawn_blocking(move || PageBatch::decode(raw, offset))
             .await
-            .map_err(|e| StreamError::WriterGone(format!("decode worker: {e}")))?
+            .map_err(|e| StreamError::WriterGone(format!("decode worker: {e}")))??;
+        // The frame must hold what the index says it does: a frame moved
+        // or written twice would put pages where they do not belong.
+        let held = crate::image::PageFrame {
+            pid: batch.pid,
+            area: batch.area,
+            runs: batch.runs.clone(),
+        };
+        crate::image::check_frame(&self.by_frame, offset, &held)?;
+        Ok(batch)
     }
 
     /// Reads every frame and checks every checksum (for `inspect`).

@@ -230,24 +230,45 @@ impl<R: AsyncRead + Unpin + Send + 'static> SequentialReader<R> {
 pub fn items_from_frames(
     frames: impl Stream<Item = Result<Frame>> + Send + Unpin,
 ) -> impl Stream<Item = Result<Item>> + Send + Unpin {
-    let state = (frames, ItemDecoder::new(), VecDeque::<Item>::new(), false);
+    items_ending_with(frames, None)
+}
+
+/// Like [`items_from_frames`]; when the frames end, `index` (read apart,
+/// by a random-access reader) ends the items, checked like an index frame.
+pub(crate) fn items_ending_with(
+    frames: impl Stream<Item = Result<Frame>> + Send + Unpin,
+    index: Option<Box<crstream_proto::StreamIndex>>,
+) -> impl Stream<Item = Result<Item>> + Send + Unpin {
+    let state = (
+        frames,
+        ItemDecoder::new(),
+        VecDeque::<Item>::new(),
+        false,
+        index,
+    );
     Box::pin(futures::stream::unfold(
         state,
-        |(mut frames, mut decoder, mut queue, failed)| async move {
+        |(mut frames, mut decoder, mut queue, failed, mut index)| async move {
             if failed {
                 return None;
             }
             loop {
                 if let Some(item) = queue.pop_front() {
-                    return Some((Ok(item), (frames, decoder, queue, false)));
+                    return Some((Ok(item), (frames, decoder, queue, false, index)));
                 }
-                let frame = match frames.next().await? {
-                    Ok(f) => f,
-                    Err(e) => return Some((Err(e), (frames, decoder, queue, true))),
+                let frame = match frames.next().await {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => return Some((Err(e), (frames, decoder, queue, true, index))),
+                    None => {
+                        let index = index.take()?;
+                        let end = decoder.end_with_index(*index);
+                        let failed = end.is_err();
+                        return Some((end, (frames, decoder, queue, failed, None)));
+                    }
                 };
                 match decoder.decode(frame) {
                     Ok(items) => queue.extend(items),
-                    Err(e) => return Some((Err(e), (frames, decoder, queue, true))),
+                    Err(e) => return Some((Err(e), (frames, decoder, queue, true, index))),
                 }
             }
         },

@@ -302,3 +302,76 @@ async fn items_end_with_the_index() {
     let items: Vec<_> = reader.items(2).collect().await;
     assert!(matches!(items.last(), Some(Ok(Item::End { .. }))));
 }
+
+/// Two page frames of the same length, from the index: (offset, length).
+async fn two_page_frames(img: &[u8]) -> ((u64, u64), (u64, u64)) {
+    let reader = RandomReader::open(Arc::new(Bytes::copy_from_slice(img)))
+        .await
+        .unwrap();
+    let frames: Vec<(u64, u64)> = reader
+        .index()
+        .frames
+        .iter()
+        .filter(|f| f.kind == crstream_streamer::format::FrameKind::Pages as u32)
+        .map(|f| (f.offset, FRAME_HEADER_LEN as u64 + f.stored_len as u64))
+        .collect();
+    for (i, a) in frames.iter().enumerate() {
+        if let Some(b) = frames[i + 1..].iter().find(|b| b.1 == a.1) {
+            return (*a, *b);
+        }
+    }
+    panic!("no two page frames of one length in {frames:?}");
+}
+
+/// Every reader of a damaged stream fails: sequential, random, and the
+/// fetch of the page frame at `frame` (offset, length) alone.
+async fn every_reader_refuses(img: Vec<u8>, frame: (u64, u64)) -> Vec<String> {
+    let mut errors = vec![
+        read_seq(img.clone()).await.unwrap_err().to_string(),
+        read_random(img.clone()).await.unwrap_err().to_string(),
+    ];
+    let reader = RandomReader::open(Arc::new(Bytes::from(img)))
+        .await
+        .unwrap();
+    errors.push(
+        reader
+            .page_batch(frame.0, frame.1)
+            .await
+            .unwrap_err()
+            .to_string(),
+    );
+    errors
+}
+
+/// A page frame written twice (checksums valid): never read as the pages
+/// the index puts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_page_frame() {
+    let mut img = image(Codec::None).await;
+    let (a, b) = two_page_frames(&img).await;
+    let copy = img[a.0 as usize..(a.0 + a.1) as usize].to_vec();
+    img[b.0 as usize..(b.0 + b.1) as usize].copy_from_slice(&copy);
+    let errors = every_reader_refuses(img, b).await;
+    assert!(errors[0].contains("earlier frame"), "{}", errors[0]);
+    for e in &errors[1..] {
+        assert!(
+            e.contains("earlier frame") || e.contains(&format!("frame at offset {}", b.0)),
+            "{e}"
+        );
+    }
+}
+
+/// Two page frames swapped (checksums valid): each is where the index
+/// says the other is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_page_frames() {
+    let mut img = image(Codec::None).await;
+    let (a, b) = two_page_frames(&img).await;
+    let fa = img[a.0 as usize..(a.0 + a.1) as usize].to_vec();
+    let fb = img[b.0 as usize..(b.0 + b.1) as usize].to_vec();
+    img[a.0 as usize..(a.0 + a.1) as usize].copy_from_slice(&fb);
+    img[b.0 as usize..(b.0 + b.1) as usize].copy_from_slice(&fa);
+    for e in every_reader_refuses(img, b).await {
+        assert!(e.contains("the index says"), "{e}");
+    }
+}

@@ -41,6 +41,44 @@ fn valid() -> &'static Vec<u8> {
     })
 }
 
+/// A stream whose page frames all have one length (codec none, whole
+/// frames), and their (offset, length).
+fn uniform() -> &'static (Vec<u8>, Vec<(usize, usize)>) {
+    static IMG: OnceLock<(Vec<u8>, Vec<(usize, usize)>)> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let spec = SynthSpec {
+            processes: 2,
+            threads_per_process: 1,
+            areas: 2,
+            pages_per_area: 8,
+            blob_bytes: 0,
+            seed: 2,
+        };
+        let opts = WriterOptions {
+            codec: Codec::None,
+            page_frame_bytes: 8192,
+            ..Default::default()
+        };
+        let bytes = rt().block_on(image_bytes(opts, &spec)).unwrap();
+        let reader = rt()
+            .block_on(crstream_streamer::RandomReader::open(std::sync::Arc::new(
+                bytes::Bytes::from(bytes.clone()),
+            )))
+            .unwrap();
+        let frames = reader
+            .index()
+            .frames
+            .iter()
+            .filter(|f| f.kind == crstream_streamer::format::FrameKind::Pages as u32)
+            .map(|f| {
+                let len = crstream_streamer::format::FRAME_HEADER_LEN + f.stored_len as usize;
+                (f.offset as usize, len)
+            })
+            .collect::<Vec<_>>();
+        (bytes, frames)
+    })
+}
+
 fn read_all(bytes: Vec<u8>) -> (Result<usize, StreamError>, Result<usize, StreamError>) {
     rt().block_on(async {
         (
@@ -90,5 +128,30 @@ proptest! {
             prop_assert!(seq.is_err(), "a damaged stream read as valid (sequential)");
             prop_assert!(rnd.is_err(), "a damaged stream read as valid (random access)");
         }
+    }
+
+    /// A page frame written over another, or two swapped (every checksum
+    /// still valid): both readers refuse the stream.
+    #[test]
+    fn moved_page_frames_are_rejected(
+        a in any::<prop::sample::Index>(),
+        b in any::<prop::sample::Index>(),
+        swap in any::<bool>(),
+    ) {
+        let (valid, frames) = uniform();
+        let (a, b) = (a.index(frames.len()), b.index(frames.len()));
+        prop_assume!(a != b && frames[a].1 == frames[b].1);
+        let ((oa, len), (ob, _)) = (frames[a], frames[b]);
+        let mut bytes = valid.clone();
+        let fa = valid[oa..oa + len].to_vec();
+        let fb = valid[ob..ob + len].to_vec();
+        prop_assume!(fa[24..] != fb[24..]);
+        bytes[ob..ob + len].copy_from_slice(&fa);
+        if swap {
+            bytes[oa..oa + len].copy_from_slice(&fb);
+        }
+        let (seq, rnd) = read_all(bytes);
+        prop_assert!(seq.is_err(), "moved frames read as valid (sequential)");
+        prop_assert!(rnd.is_err(), "moved frames read as valid (random access)");
     }
 }
