@@ -41,10 +41,13 @@ fn valid() -> &'static Vec<u8> {
     })
 }
 
+/// A stream and its page frames: (offset, length).
+type WithFrames = (Vec<u8>, Vec<(usize, usize)>);
+
 /// A stream whose page frames all have one length (codec none, whole
 /// frames), and their (offset, length).
-fn uniform() -> &'static (Vec<u8>, Vec<(usize, usize)>) {
-    static IMG: OnceLock<(Vec<u8>, Vec<(usize, usize)>)> = OnceLock::new();
+fn uniform() -> &'static WithFrames {
+    static IMG: OnceLock<WithFrames> = OnceLock::new();
     IMG.get_or_init(|| {
         let spec = SynthSpec {
             processes: 2,
