@@ -66,7 +66,8 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
                     interrupt.why()
                 )
             } else {
-                e.context(format!("dumping pid {pid}"))
+                // The engine's errors name the process at fault.
+                e.context("dump failed; the process was left running")
             });
         }
     };
@@ -86,7 +87,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         Ok(n) => n,
         Err(e) => {
             drop(dumped);
-            return Err(e.context(format!("pid {pid} was left running")));
+            return Err(e.context("dump failed; the process was left running"));
         }
     };
     let stats = dumped.finish(!args.leave_running);
@@ -196,8 +197,8 @@ impl crstream_core::PageFetcher for Fetcher {
                 // The storage failed (the network, the server, a timeout;
                 // even an object missing while a server is replaced): worth
                 // retrying. The storage error itself names what failed.
-                crstream_streamer::StreamError::Io { source, .. } => {
-                    let s = source.to_string();
+                crstream_streamer::StreamError::Io { err, .. } => {
+                    let s = err.to_string();
                     crstream_core::FetchError {
                         message: s
                             .strip_prefix(&format!("{}: ", self.url))

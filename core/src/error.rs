@@ -98,8 +98,9 @@ pub enum DumpError {
         end: u64,
         err: io::Error,
     },
+    // Shown, not chained as a source (a chain printer would show it twice).
     #[error("writing the image: {0}")]
-    Stream(#[from] crstream_streamer::StreamError),
+    Stream(crstream_streamer::StreamError),
     #[error("saving the contents of {what} (opened by pid {pid}): {err}")]
     UnlinkedContents {
         pid: i32,
@@ -114,8 +115,9 @@ pub enum DumpError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    // Shown, not chained as a source (a chain printer would show it twice).
     #[error("reading the image: {0}")]
-    Stream(#[from] crstream_streamer::StreamError),
+    Stream(crstream_streamer::StreamError),
     #[error("bad image: {0}")]
     Image(String),
     #[error("bad image: no {what} record for {owner}")]
@@ -165,4 +167,16 @@ pub enum RestoreError {
     Recreate { what: String, reason: String },
     #[error("injected test failure at {0} (CRSTREAM_TEST_FAIL_AT)")]
     TestFailure(String),
+}
+
+impl From<crstream_streamer::StreamError> for DumpError {
+    fn from(e: crstream_streamer::StreamError) -> Self {
+        DumpError::Stream(e)
+    }
+}
+
+impl From<crstream_streamer::StreamError> for RestoreError {
+    fn from(e: crstream_streamer::StreamError) -> Self {
+        RestoreError::Stream(e)
+    }
 }

@@ -62,12 +62,10 @@ pub enum StreamError {
     TrailingData { offset: u64 },
     #[error("no page at {addr:#x} of process {pid} in the image")]
     NoSuchPage { pid: u32, addr: u64 },
-    #[error("I/O error at offset {offset}: {source}")]
-    Io {
-        offset: u64,
-        #[source]
-        source: io::Error,
-    },
+    // The I/O error is shown, not chained as a source: a chain printer
+    // (anyhow's {:#}) would show it twice.
+    #[error("I/O error at offset {offset}: {err}")]
+    Io { offset: u64, err: io::Error },
     #[error("invalid use of the stream writer: {0}")]
     Usage(String),
     #[error("stream writer stopped: {0}")]
@@ -91,7 +89,7 @@ pub type Result<T, E = StreamError> = std::result::Result<T, E>;
 impl From<StreamError> for io::Error {
     fn from(e: StreamError) -> Self {
         match e {
-            StreamError::Io { source, .. } => source,
+            StreamError::Io { err, .. } => err,
             other => io::Error::new(io::ErrorKind::InvalidData, other),
         }
     }

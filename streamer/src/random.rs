@@ -301,7 +301,7 @@ async fn read(src: &dyn RangeRead, range: Range<u64>, what: &'static str) -> Res
     let bytes = src
         .read_range(range)
         .await
-        .map_err(|source| StreamError::Io { offset, source })?;
+        .map_err(|err| StreamError::Io { offset, err })?;
     if (bytes.len() as u64) != expected {
         return Err(StreamError::Truncated {
             what,

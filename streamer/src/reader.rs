@@ -27,9 +27,9 @@ async fn read_exact_or_truncated<R: AsyncRead + Unpin>(
         let n = r
             .read(&mut buf[got..])
             .await
-            .map_err(|source| StreamError::Io {
+            .map_err(|err| StreamError::Io {
                 offset: offset + got as u64,
-                source,
+                err,
             })?;
         if n == 0 {
             if offset == 0 && got == 0 {
@@ -158,9 +158,9 @@ impl<R: AsyncRead + Unpin> FrameSource<R> {
             Ok(_) => Err(StreamError::TrailingData {
                 offset: self.offset,
             }),
-            Err(source) => Err(StreamError::Io {
+            Err(err) => Err(StreamError::Io {
                 offset: self.offset,
-                source,
+                err,
             }),
         }
     }

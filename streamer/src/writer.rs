@@ -620,7 +620,7 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     workers: usize,
     pool: BufferPool,
 ) -> Result<(W, WriteSummary, bool)> {
-    let io_err = |offset: u64| move |source| StreamError::Io { offset, source };
+    let io_err = |offset: u64| move |err| StreamError::Io { offset, err };
     let header = encode_header(&options);
     out.write_all(&header).await.map_err(io_err(0))?;
     let mut offset = header.len() as u64;
