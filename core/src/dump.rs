@@ -91,6 +91,7 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
         return Err(DumpError::SelfDump { pid });
     }
     let status = proc::status(pid).map_err(|_| DumpError::NoSuchProcess { pid })?;
+    refuse_unrestorable_here(pid)?;
     if status.tgid != pid {
         return Err(DumpError::Unsupported {
             pid,
@@ -123,6 +124,29 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
         stats,
         frozen_at,
         started,
+    })
+}
+
+/// An image that restore would refuse on this machine is never written
+/// (the process would be killed for nothing): dump needs what restore
+/// needs here.
+fn refuse_unrestorable_here(pid: i32) -> Result<(), DumpError> {
+    let missing: Vec<String> = crate::check::check()
+        .into_iter()
+        .filter(|c| c.required && !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DumpError::Unsupported {
+        pid,
+        what: "this machine",
+        reason: format!(
+            "restore could not bring the process back here, for lack of {} (see `crstream \
+             check`)",
+            missing.join(", ")
+        ),
     })
 }
 

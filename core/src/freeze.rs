@@ -200,6 +200,8 @@ impl FrozenTree {
                 tree.entries.push(zombie_entry(pid, &stat, pgid, sid));
                 continue;
             }
+            let status = proc::status(pid).map_err(|err| DumpError::Proc { pid, err })?;
+            refuse_unfreezable(pid, &stat, &status)?;
             let frozen = match Frozen::freeze(pid) {
                 Ok(f) => f,
                 // It exited between the listing and the attach.
@@ -210,7 +212,6 @@ impl FrozenTree {
                 }
                 Err(e) => return Err(e),
             };
-            let status = proc::status(pid).map_err(|err| DumpError::Proc { pid, err })?;
             tree.entries.push(ProcessEntry {
                 pid: pid as u32,
                 ppid: status.ppid as u32,
@@ -301,6 +302,65 @@ impl Drop for FrozenTree {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// Refuses, before anything is changed, a process dump cannot freeze or
+/// restore cannot bring back, saying which and why.
+fn refuse_unfreezable(pid: i32, stat: &proc::Stat, status: &proc::Status) -> Result<(), DumpError> {
+    /// Task flag of a kernel thread (include/linux/sched.h).
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let refuse = |what: &'static str, reason: String| DumpError::Unsupported { pid, what, reason };
+    if stat.field(9) & PF_KTHREAD != 0 {
+        return Err(refuse(
+            "kernel thread",
+            format!(
+                "{} runs in the kernel and has no user state to dump",
+                stat.comm
+            ),
+        ));
+    }
+    if status.tracer_pid != 0 {
+        let tracer = status.tracer_pid;
+        let comm = proc::read_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
+        return Err(refuse(
+            "traced process",
+            format!(
+                "pid {tracer} ({}) traces it, and a process has one tracer at a time",
+                comm.trim()
+            ),
+        ));
+    }
+    if stat.state() == 'T' {
+        return Err(refuse(
+            "process is stopped (SIGSTOP or a job-control signal)",
+            format!(
+                "bringing a stopped process back stopped is not supported yet; continue it \
+                 first (kill -CONT {pid})"
+            ),
+        ));
+    }
+    let own = proc::status(std::process::id() as i32)
+        .map(|s| s.nspid.len())
+        .unwrap_or(1);
+    if status.nspid.len() > own {
+        return Err(refuse(
+            "PID namespace",
+            format!(
+                "it is in a PID namespace of its own (PID {} there); restoring it would need \
+                 that namespace, which is not supported yet",
+                status.nspid.last().copied().unwrap_or(0)
+            ),
+        ));
+    }
+    if status.nspid.last() == Some(&1) {
+        return Err(refuse(
+            "PID namespace",
+            "it is the first process (PID 1) of its PID namespace, which no signal from \
+             inside ends"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn zombie_entry(pid: i32, stat: &proc::Stat, pgid: u32, sid: u32) -> ProcessEntry {

@@ -1,0 +1,135 @@
+//! What dump cannot freeze, or restore could not bring back here, is
+//! refused before anything is changed, with one line naming the process
+//! and why; the process runs on.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+/// Dumps `pid` expecting a refusal; returns the error line.
+fn refused(pid: i32, prefix: &[&str]) -> String {
+    let dir = TestDir::new(&format!("refuse-{pid}"));
+    let img = dir.path("img");
+    let mut cmd = if prefix.is_empty() {
+        crstream()
+    } else {
+        let mut c = Command::new(prefix[0]);
+        c.args(&prefix[1..]).arg(crstream_bin());
+        c
+    };
+    let o = cmd
+        .args(["dump", "-t", &pid.to_string(), "-o", img.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!img.exists(), "an image was written");
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    err
+}
+
+fn sleeper() -> ChildGuard {
+    ChildGuard(Some(
+        Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+fn pid_of(g: &ChildGuard) -> i32 {
+    g.0.as_ref().unwrap().id() as i32
+}
+
+#[test]
+fn a_kernel_thread_is_refused_by_name() {
+    let err = refused(2, &[]);
+    assert!(
+        err.contains("kernel thread") && err.contains("kthreadd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_stopped_process_is_refused_and_stays_stopped() {
+    let g = sleeper();
+    let pid = pid_of(&g);
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    while status_field(pid, "State").is_none_or(|s| !s.starts_with('T')) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let err = refused(pid, &[]);
+    assert!(err.contains("process is stopped (SIGSTOP"), "{err}");
+    assert!(status_field(pid, "State").unwrap().starts_with('T'));
+    assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
+}
+
+#[test]
+fn a_traced_process_is_refused_naming_its_tracer() {
+    let g = sleeper();
+    let pid = pid_of(&g);
+    // SAFETY: the test process becomes the tracer of its own child.
+    let r = unsafe {
+        libc::ptrace(0x4206 /* PTRACE_SEIZE */, pid, 0, 0)
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let tracer = status_field(pid, "TracerPid").unwrap();
+    assert_ne!(tracer, "0");
+    let err = refused(pid, &[]);
+    assert!(
+        err.contains(&format!("pid {tracer} (")) && err.contains("traces it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_process_in_its_own_pid_namespace_is_refused() {
+    let g = ChildGuard(Some(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let outer = pid_of(&g);
+    let inner = loop {
+        if let Some(&c) = children_of(outer).first() {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let err = refused(inner, &[]);
+    assert!(
+        err.contains("PID namespace") && err.contains("PID 1 there"),
+        "{err}"
+    );
+    assert_running_untraced(inner);
+}
+
+/// Without the capabilities restore needs here, dump writes no image and
+/// kills nothing.
+#[test]
+fn dump_without_what_restore_needs_is_refused() {
+    let g = sleeper();
+    let pid = pid_of(&g);
+    let err = refused(
+        pid,
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-sys_admin,-checkpoint_restore",
+            "--",
+        ],
+    );
+    assert!(
+        err.contains("CAP_CHECKPOINT_RESTORE") && err.contains("crstream check"),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+}
