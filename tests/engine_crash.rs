@@ -238,3 +238,92 @@ fn sigterm_to_a_dump_to_s3_leaves_no_upload_behind() {
     t.assert_unharmed("SIGTERM to a dump to S3");
     t.w.kill();
 }
+
+/// A TCP proxy to `to` that passes the first `budget` bytes the client
+/// sends, then stops reading (a storage server that hangs mid-upload).
+/// Answers from the server pass freely.
+fn hanging_proxy(to: String, budget: u64) -> String {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let left = std::sync::Arc::new(AtomicU64::new(budget));
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            let server = std::net::TcpStream::connect(to.trim_start_matches("http://")).unwrap();
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_in, mut c_out) = (server, client);
+            let left = left.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = match c_in.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let allowed = left.fetch_sub(n as u64, Ordering::SeqCst);
+                    if allowed < n as u64 {
+                        // Hold the connection, read no more.
+                        std::thread::sleep(Duration::from_secs(600));
+                        return;
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A destination that stops taking data while the target is frozen: the
+/// dump gives up after --timeout and the target runs on, instead of
+/// staying frozen as long as the storage client keeps waiting.
+#[test]
+fn a_hung_destination_is_given_up_after_the_timeout() {
+    let dir = TestDir::new("crash-hung");
+    let mut t = Target::start(&dir);
+    let bucket = s3_bucket("hung");
+    let env = s3_env_for(hanging_proxy(s3_endpoint(), 256 << 10));
+    let mut env = env_refs(&env);
+    env.push(("CRSTREAM_MAX_RETRIES", "0"));
+    let started = Instant::now();
+    let mut c = crstream();
+    c.args([
+        "dump",
+        "-t",
+        &t.w.pid.to_string(),
+        "-o",
+        &format!("s3://{bucket}/app.img"),
+        "--timeout",
+        "2",
+        "--part-size",
+        "5",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in &env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        took < Duration::from_secs(20),
+        "gave up only after {took:?}: {err}"
+    );
+    assert!(
+        err.contains("accepted no data for 2 s") || err.contains("did not answer for 2 s"),
+        "{err}"
+    );
+    assert!(err.contains("left running"), "{err}");
+    t.assert_unharmed("a hung destination");
+    assert!(!s3_object_exists(&bucket, "app.img"));
+    t.w.kill();
+}
