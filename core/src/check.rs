@@ -67,7 +67,7 @@ pub fn check() -> Vec<FeatureCheck> {
     ));
     let vdso = crate::proc::maps(me)
         .ok()
-        .and_then(|m| m.into_iter().find(|m| m.path == "[vdso]"));
+        .and_then(|m| m.into_iter().find(|m| m.path == b"[vdso]"));
     out.push(feature(
         "syscall instruction in the vDSO",
         true,

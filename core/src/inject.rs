@@ -133,7 +133,7 @@ impl Remote {
 pub(crate) fn vdso_syscall(pid: i32, mem: &RemoteMem) -> Result<u64, TaskError> {
     let vdso = crate::proc::maps(pid)
         .ok()
-        .and_then(|m| m.into_iter().find(|m| m.path == "[vdso]"))
+        .and_then(|m| m.into_iter().find(|m| m.path == b"[vdso]"))
         .ok_or(TaskError::NoSyscallInsn { pid })?;
     let mut bytes = vec![0u8; vdso.len() as usize];
     mem.read(vdso.start, &mut bytes)?;

@@ -161,7 +161,7 @@ pub(crate) struct RestoreObjects<'a> {
     pub unlinked: &'a crate::unlinked::Recreator,
     pub sysv: &'a crate::sysv::Recreator,
     /// The restorer's terminal, for a shell job's terminal fds.
-    pub terminal: Option<&'a str>,
+    pub terminal: Option<&'a [u8]>,
 }
 
 /// One process being restored, as kinds rebuild it.

@@ -21,6 +21,7 @@ mod inject;
 mod kind;
 mod kinds;
 pub mod lazy;
+mod paths;
 mod proc;
 mod records;
 mod restore;

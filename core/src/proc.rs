@@ -20,10 +20,11 @@ pub fn read_bytes(path: impl AsRef<Path>) -> Result<Vec<u8>, ProcError> {
     })
 }
 
-pub fn read_link(path: impl AsRef<Path>) -> Result<String, ProcError> {
+/// The target of a /proc link, as bytes (a path need not be UTF-8).
+pub fn read_link(path: impl AsRef<Path>) -> Result<Vec<u8>, ProcError> {
     let path = path.as_ref();
     std::fs::read_link(path)
-        .map(|p| p.to_string_lossy().into_owned())
+        .map(|p| std::os::unix::ffi::OsStringExt::into_vec(p.into_os_string()))
         .map_err(|err| ProcError::Io {
             path: path.display().to_string(),
             err,
@@ -50,7 +51,9 @@ pub struct MapEntry {
     pub dev_major: u32,
     pub dev_minor: u32,
     pub inode: u64,
-    pub path: String,
+    /// The mapped file, or a kernel name such as "[heap]"; bytes, since a
+    /// file name need not be UTF-8.
+    pub path: Vec<u8>,
     pub vmflags: Vec<String>,
 }
 
@@ -69,14 +72,16 @@ impl MapEntry {
 }
 
 /// Parses one maps line: `start-end perms offset major:minor inode   path`.
-pub fn parse_maps_line(line: &str) -> Option<MapEntry> {
-    let mut it = line.splitn(6, ' ');
-    let range = it.next()?;
-    let perms = it.next()?.as_bytes();
-    let off = it.next()?;
-    let dev = it.next()?;
-    let inode = it.next()?;
-    let path = it.next().unwrap_or("").trim_start().to_string();
+pub fn parse_maps_line(line: &[u8]) -> Option<MapEntry> {
+    let mut it = line.splitn(6, |&b| b == b' ');
+    let mut field = || std::str::from_utf8(it.next()?).ok();
+    let range = field()?;
+    let perms = field()?.as_bytes();
+    let off = field()?;
+    let dev = field()?;
+    let inode = field()?;
+    let path = it.next().unwrap_or(b"");
+    let path = path[path.iter().position(|&b| b != b' ').unwrap_or(path.len())..].to_vec();
     let (s, e) = range.split_once('-')?;
     let (maj, min) = dev.split_once(':')?;
     if perms.len() < 4 {
@@ -100,37 +105,45 @@ pub fn parse_maps_line(line: &str) -> Option<MapEntry> {
 
 /// Parses /proc/PID/smaps text: map lines, each followed by `Key: value`
 /// lines, of which we keep VmFlags.
-pub fn parse_smaps(text: &str, path: &str) -> Result<Vec<MapEntry>, ProcError> {
+pub fn parse_smaps(text: &[u8], path: &str) -> Result<Vec<MapEntry>, ProcError> {
     let mut out: Vec<MapEntry> = Vec::new();
-    for line in text.lines() {
-        if let Some(flags) = line.strip_prefix("VmFlags:") {
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        if let Some(flags) = line.strip_prefix(b"VmFlags:") {
             if let Some(last) = out.last_mut() {
-                last.vmflags = flags.split_whitespace().map(str::to_string).collect();
+                last.vmflags = String::from_utf8_lossy(flags)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
             }
             continue;
         }
         // Key lines look like "Rss:  4 kB"; map lines start with a hex range.
-        let first = line.split(' ').next().unwrap_or("");
-        if first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-            out.push(
-                parse_maps_line(line)
-                    .ok_or_else(|| parse_err(path, format!("bad map line {line:?}")))?,
-            );
+        let first = line.split(|&b| b == b' ').next().unwrap_or(b"");
+        if first.contains(&b'-') && first.iter().all(|b| b.is_ascii_hexdigit() || *b == b'-') {
+            out.push(parse_maps_line(line).ok_or_else(|| bad_line(path, line))?);
         }
     }
     Ok(out)
 }
 
+fn bad_line(path: &str, line: &[u8]) -> ProcError {
+    parse_err(
+        path,
+        format!("bad map line {:?}", String::from_utf8_lossy(line)),
+    )
+}
+
 pub fn smaps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
     let path = format!("/proc/{pid}/smaps");
-    parse_smaps(&read_string(&path)?, &path)
+    parse_smaps(&read_bytes(&path)?, &path)
 }
 
 pub fn maps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
     let path = format!("/proc/{pid}/maps");
-    read_string(&path)?
-        .lines()
-        .map(|l| parse_maps_line(l).ok_or_else(|| parse_err(&path, format!("bad map line {l:?}"))))
+    read_bytes(&path)?
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| parse_maps_line(l).ok_or_else(|| bad_line(&path, l)))
         .collect()
 }
 
@@ -352,7 +365,7 @@ mod tests {
     #[test]
     fn maps_line() {
         let e = parse_maps_line(
-            "7f795bece000-7f795bed0000 r-xp 00001000 fe:00 325843                     /usr/lib/x y.so",
+            b"7f795bece000-7f795bed0000 r-xp 00001000 fe:00 325843                     /usr/lib/x y.so",
         )
         .unwrap();
         assert_eq!(
@@ -361,16 +374,16 @@ mod tests {
         );
         assert!(e.read && !e.write && e.exec && !e.shared);
         assert_eq!((e.dev_major, e.dev_minor), (0xfe, 0));
-        assert_eq!(e.path, "/usr/lib/x y.so");
-        let anon = parse_maps_line("7f0000000000-7f0000001000 rw-s 00000000 00:00 0 ").unwrap();
+        assert_eq!(e.path, b"/usr/lib/x y.so");
+        let anon = parse_maps_line(b"7f0000000000-7f0000001000 rw-s 00000000 00:00 0 ").unwrap();
         assert!(anon.shared && anon.path.is_empty());
     }
 
     #[test]
     fn smaps_self() {
         let all = smaps(std::process::id() as i32).unwrap();
-        assert!(all.iter().any(|m| m.path == "[stack]" && m.has_flag("gd")));
-        assert!(all.iter().any(|m| m.path == "[vdso]"));
+        assert!(all.iter().any(|m| m.path == b"[stack]" && m.has_flag("gd")));
+        assert!(all.iter().any(|m| m.path == b"[vdso]"));
         assert!(all.iter().all(|m| !m.vmflags.is_empty()));
     }
 
@@ -378,13 +391,12 @@ mod tests {
     fn status_self() {
         let s = status(std::process::id() as i32).unwrap();
         assert_eq!(s.tgid, std::process::id() as i32);
-        // SAFETY: getuid has no preconditions.
-        assert_eq!(s.uids[0], unsafe { libc::getuid() });
+        assert_eq!(s.uids[0], rustix::process::getuid().as_raw());
         assert_eq!(s.nspid.last().copied(), Some(std::process::id() as i32));
-        // SAFETY: umask is process-wide; set it back right away.
-        let m = unsafe { libc::umask(0o022) };
-        unsafe { libc::umask(m) };
-        assert_eq!(s.umask, m);
+        // umask is process-wide: set it back right away.
+        let m = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+        rustix::process::umask(m);
+        assert_eq!(s.umask, m.as_raw_mode());
     }
 
     #[test]

@@ -76,8 +76,8 @@ impl Stub {
     }
 
     /// Writes a NUL-terminated path into the path buffer.
-    pub fn put_path(&self, path: &str) -> Result<u64, TaskError> {
-        let mut b = path.as_bytes().to_vec();
+    pub fn put_path(&self, path: &[u8]) -> Result<u64, TaskError> {
+        let mut b = path.to_vec();
         b.push(0);
         if b.len() > SCRATCH_PATH_LEN {
             return Err(TaskError::Syscall {
@@ -90,7 +90,7 @@ impl Stub {
     }
 
     /// openat(AT_FDCWD, path, flags, mode) in the stub.
-    pub fn open(&self, path: &str, flags: i32, mode: u32) -> Result<i64, TaskError> {
+    pub fn open(&self, path: &[u8], flags: i32, mode: u32) -> Result<i64, TaskError> {
         let p = self.put_path(path)?;
         self.call(
             "openat",
@@ -155,7 +155,7 @@ fn own_vdso() -> Result<(u64, Vec<u8>), RestoreError> {
         .map_err(|e| RestoreError::Incompatible(e.to_string()))?;
     let v = maps
         .iter()
-        .find(|m| m.path == "[vdso]")
+        .find(|m| m.path == b"[vdso]")
         .ok_or_else(|| RestoreError::Incompatible("crstream has no [vdso]".into()))?;
     let mut bytes = vec![0u8; v.len() as usize];
     let me = std::process::id() as i32;
@@ -171,7 +171,7 @@ fn own_vdso() -> Result<(u64, Vec<u8>), RestoreError> {
 
 fn special(maps: &[MapEntry], name: &str) -> Option<(u64, u64)> {
     maps.iter()
-        .find(|m| m.path == name)
+        .find(|m| m.path == name.as_bytes())
         .map(|m| (m.start, m.end))
 }
 

@@ -22,11 +22,11 @@ const SHM_NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
 /// The segment a /proc/PID/maps entry attaches, if it is one: the kernel
 /// names the file "SYSV" + the key in hex and numbers its inode with the id.
 pub(crate) fn segment_of(m: &MapEntry) -> Option<u32> {
-    if m.dev_major != 0 || !m.path.ends_with(" (deleted)") {
+    if m.dev_major != 0 || !crate::paths::is_deleted(&m.path) {
         return None;
     }
-    let key = m.path.strip_prefix("/SYSV")?.get(..8)?;
-    u32::from_str_radix(key, 16).ok()?;
+    let key = m.path.strip_prefix(b"/SYSV")?.get(..8)?;
+    u32::from_str_radix(std::str::from_utf8(key).ok()?, 16).ok()?;
     u32::try_from(m.inode).ok()
 }
 

@@ -20,14 +20,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-pub(crate) const DELETED: &str = " (deleted)";
-const MEMFD_PREFIX: &str = "/memfd:";
+const MEMFD_PREFIX: &[u8] = b"/memfd:";
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
-
-/// Whether a /proc link names a file that cannot be reopened by its path.
-pub(crate) fn is_unlinked_link(link: &str) -> bool {
-    link.ends_with(DELETED)
-}
 
 // ---------------------------------------------------------------- dump
 
@@ -49,7 +43,7 @@ impl Collector {
     /// Notes the unlinked file that `source` (a `/proc/PID/fd/N` or
     /// `/proc/PID/map_files/A-B` path) opens, whose link reads `link`, and
     /// returns its id. Err: why it cannot be saved.
-    pub(crate) fn note(&mut self, pid: i32, source: &str, link: &str) -> Result<u64, String> {
+    pub(crate) fn note(&mut self, pid: i32, source: &str, link: &[u8]) -> Result<u64, String> {
         let file = File::open(source).map_err(|e| format!("opening {source}: {e}"))?;
         let md = file
             .metadata()
@@ -60,7 +54,7 @@ impl Collector {
         if !md.is_file() {
             return Err("not a regular file".into());
         }
-        let name = link.strip_suffix(DELETED).unwrap_or(link);
+        let name = crate::paths::undeleted(link);
         let (kind, path) = match name.strip_prefix(MEMFD_PREFIX) {
             Some(n) => (UnlinkedKind::Memfd, n),
             None => (UnlinkedKind::Deleted, name),
@@ -80,7 +74,7 @@ impl Collector {
             meta: UnlinkedFile {
                 id,
                 kind: kind as i32,
-                path: path.to_string(),
+                path: path.to_vec(),
                 size: md.size(),
                 mode: md.mode() & 0o7777,
                 seals,
@@ -205,8 +199,8 @@ fn file_position(u: &UnlinkedFile, n: u64) -> (u64, u64) {
 
 fn describe(u: &UnlinkedFile) -> String {
     match u.kind() {
-        UnlinkedKind::Memfd => format!("memfd:{}", u.path),
-        _ => format!("deleted file {}", u.path),
+        UnlinkedKind::Memfd => format!("memfd:{}", crate::paths::show(&u.path)),
+        _ => format!("deleted file {}", crate::paths::show(&u.path)),
     }
 }
 
@@ -394,7 +388,7 @@ impl Recreator {
 const SEALING_OFF: u32 = libc::F_SEAL_SEAL as u32;
 
 fn create_memfd(u: &UnlinkedFile) -> std::io::Result<File> {
-    let name = CString::new(u.path.as_str()).map_err(std::io::Error::other)?;
+    let name = CString::new(u.path.as_slice()).map_err(std::io::Error::other)?;
     let mut flags = rustix::fs::MemfdFlags::CLOEXEC;
     if u.seals != SEALING_OFF {
         flags |= rustix::fs::MemfdFlags::ALLOW_SEALING;
@@ -409,7 +403,7 @@ fn create_memfd(u: &UnlinkedFile) -> std::io::Result<File> {
 /// same "PATH (deleted)" as before; where that path is taken or its
 /// directory gone, an O_TMPFILE in the same directory (or /tmp) instead.
 fn create_deleted(u: &UnlinkedFile) -> std::io::Result<File> {
-    let path = Path::new(&u.path);
+    let path = crate::paths::path(&u.path);
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -549,7 +543,7 @@ mod tests {
         r.add(UnlinkedFile {
             id: 1,
             kind: UnlinkedKind::Deleted as i32,
-            path: old.to_string_lossy().into(),
+            path: old.to_str().unwrap().into(),
             size: 2,
             mode: 0o600,
             contents_stream: 9,

@@ -5,6 +5,7 @@
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
+use crate::paths::show;
 use crate::stub::Stub;
 use crstream_proto::{EpollFile, EpollTarget, FileKind, OpenFile};
 
@@ -12,7 +13,7 @@ pub(super) struct Epoll;
 
 impl FdKind for Epoll {
     fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
-        if d.link != "anon_inode:[eventpoll]" {
+        if d.link != b"anon_inode:[eventpoll]" {
             return Ok(false);
         }
         let info = d.fdinfo()?;
@@ -29,7 +30,7 @@ impl FdKind for Epoll {
             }
         }
         f.kind = FileKind::Epoll as i32;
-        f.path = d.link.to_string();
+        f.path = d.link.to_vec();
         f.epoll = Some(EpollFile { targets });
         Ok(true)
     }
@@ -48,7 +49,7 @@ impl FdKind for Epoll {
         let ferr = |what: &str, e: std::io::Error| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason: format!("{what}: {e}"),
         };
         let fd = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)
@@ -71,7 +72,7 @@ impl FdKind for Epoll {
             .map_err(|e| RestoreError::File {
                 pid: stub.pid,
                 fd: f.fd,
-                path: f.path.clone(),
+                path: show(&f.path).into_owned(),
                 reason: format!("re-adding fd {} to the epoll set: {e}", t.fd),
             })?;
         }

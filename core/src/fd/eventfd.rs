@@ -3,6 +3,7 @@
 use super::{DumpFd, FdKind, Reopen, fdinfo_field};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
+use crate::paths::show;
 use crstream_proto::{EventFdFile, FileKind, OpenFile};
 use rustix::event::EventfdFlags;
 
@@ -10,7 +11,7 @@ pub(super) struct EventFd;
 
 impl FdKind for EventFd {
     fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
-        if d.link != "anon_inode:[eventfd]" {
+        if d.link != b"anon_inode:[eventfd]" {
             return Ok(false);
         }
         let info = d.fdinfo()?;
@@ -31,7 +32,7 @@ impl FdKind for EventFd {
             }
         };
         f.kind = FileKind::Eventfd as i32;
-        f.path = d.link.to_string();
+        f.path = d.link.to_vec();
         f.eventfd = Some(EventFdFile { count, semaphore });
         Ok(true)
     }
@@ -49,13 +50,13 @@ impl FdKind for EventFd {
         let ferr = |what: &str, e: std::io::Error| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason: format!("{what}: {e}"),
         };
         let e = f.eventfd.as_ref().ok_or_else(|| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason: "bad image: eventfd record missing".into(),
         })?;
         let mut flags = EventfdFlags::CLOEXEC;

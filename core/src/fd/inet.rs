@@ -10,6 +10,7 @@ use super::unix::backlog;
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
+use crate::paths::show;
 use crate::sys::socket;
 use crstream_proto::{FileKind, OpenFile, SocketFile};
 use std::io;
@@ -104,7 +105,7 @@ impl FdKind for InetSockets {
         let ferr = |what: &str, e: io::Error| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason: format!("{what}: {e}"),
         };
         let s = f.socket.as_ref().expect("restores() checked it");

@@ -5,6 +5,7 @@
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
+use crate::paths::{path, show};
 use crstream_proto::{FileKind, InotifyFile, InotifyWatch, OpenFile};
 use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 use rustix::fs::{Mode, OFlags};
@@ -22,7 +23,7 @@ pub(super) struct Inotify;
 
 impl FdKind for Inotify {
     fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
-        if d.link != "anon_inode:inotify" {
+        if d.link != b"anon_inode:inotify" {
             return Ok(false);
         }
         let info = d.fdinfo()?;
@@ -42,7 +43,7 @@ impl FdKind for Inotify {
         }
         watches.sort_by_key(|w| w.wd);
         f.kind = FileKind::Inotify as i32;
-        f.path = d.link.to_string();
+        f.path = d.link.to_vec();
         f.inotify = Some(InotifyFile { watches });
         Ok(true)
     }
@@ -54,18 +55,18 @@ impl FdKind for Inotify {
     /// Every path an inotify fd of the image watches must exist.
     fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
         for w in f.inotify.iter().flat_map(|i| i.watches.iter()) {
-            match std::fs::symlink_metadata(&w.path) {
+            match std::fs::symlink_metadata(path(&w.path)) {
                 Err(e) => {
                     return Err(RestoreError::File {
                         pid,
                         fd: f.fd,
-                        path: f.path.clone(),
-                        reason: format!("inotify watch wd {} on {}: {e}", w.wd, w.path),
+                        path: show(&f.path).into_owned(),
+                        reason: format!("inotify watch wd {} on {}: {e}", w.wd, show(&w.path)),
                     });
                 }
                 // Same machine, other file: watched by path all the same.
                 Ok(md) if w.inode != 0 && (md.ino(), md.dev()) != (w.inode, w.dev) => {
-                    tracing::warn!(pid, fd = f.fd, path = %w.path, "inotify watch: the path names another file than at the dump");
+                    tracing::warn!(pid, fd = f.fd, path = %show(&w.path), "inotify watch: the path names another file than at the dump");
                 }
                 Ok(_) => {}
             }
@@ -82,7 +83,7 @@ impl FdKind for Inotify {
         let ferr = |reason: String| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason,
         };
         let i = f
@@ -156,7 +157,7 @@ fn unescape_mount_field(s: &str) -> String {
 /// The path of the inode an inotify watch names, found with
 /// open_by_handle_at (CAP_DAC_READ_SEARCH) through a mount of its device in
 /// the target's mount table, and checked by stat. Err: why not.
-fn watch_path(pid: i32, w: &Line) -> Result<(String, u64), String> {
+fn watch_path(pid: i32, w: &Line) -> Result<(Vec<u8>, u64), String> {
     let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
     let dev = libc::makedev(major, minor);
     if w.handle.is_empty() {
@@ -210,16 +211,16 @@ fn watch_path(pid: i32, w: &Line) -> Result<(String, u64), String> {
                 continue;
             }
         };
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        let link = crate::proc::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map_err(|e| format!("resolving inode {}: {e}", w.ino))?;
-        let path = link.to_string_lossy().into_owned();
-        if path.ends_with(" (deleted)") {
-            return Err(format!("the watched inode {} was deleted ({path})", w.ino));
+        let shown = show(&link);
+        if crate::paths::is_deleted(&link) {
+            return Err(format!("the watched inode {} was deleted ({shown})", w.ino));
         }
-        match std::fs::symlink_metadata(&path) {
-            Ok(md) if md.ino() == w.ino && md.dev() == dev => return Ok((path, dev)),
-            Ok(_) => last_err = format!("inode {} resolves to {path}, another inode here", w.ino),
-            Err(e) => last_err = format!("inode {} resolves to {path}: {e}", w.ino),
+        match std::fs::symlink_metadata(path(&link)) {
+            Ok(md) if md.ino() == w.ino && md.dev() == dev => return Ok((link, dev)),
+            Ok(_) => last_err = format!("inode {} resolves to {shown}, another inode here", w.ino),
+            Err(e) => last_err = format!("inode {} resolves to {shown}: {e}", w.ino),
         }
     }
     Err(last_err)
@@ -241,15 +242,15 @@ fn create(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, RestoreErr
     let ferr = |reason: String| RestoreError::File {
         pid,
         fd: f.fd,
-        path: f.path.clone(),
+        path: show(&f.path).into_owned(),
         reason,
     };
     let ino = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
         .map_err(|e| ferr(format!("inotify_init1: {e}")))?;
-    let add = |path: &str, mask: u32| -> io::Result<i32> {
+    let add = |at: &[u8], mask: u32| -> io::Result<i32> {
         Ok(inotify::add_watch(
             &ino,
-            path,
+            path(at),
             WatchFlags::from_bits_retain(mask),
         )?)
     };
@@ -284,7 +285,7 @@ fn create(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, RestoreErr
                 filler = Some((m, p));
             }
             let p = &filler.as_ref().expect("filler").1;
-            let got = add(p, libc::IN_ATTRIB | libc::IN_MASK_CREATE)
+            let got = add(p.as_bytes(), libc::IN_ATTRIB | libc::IN_MASK_CREATE)
                 .map_err(|e| ferr(format!("filler watch to reach wd {}: {e}", w.wd)))?;
             inotify::remove_watch(&ino, got)
                 .map_err(|e| ferr(format!("removing filler watch {got}: {e}")))?;
@@ -306,11 +307,18 @@ fn create(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, RestoreErr
             &w.path,
             w.mask | libc::IN_DONT_FOLLOW | libc::IN_MASK_CREATE,
         )
-        .map_err(|e| ferr(format!("inotify watch wd {} on {}: {e}", w.wd, w.path)))?;
+        .map_err(|e| {
+            ferr(format!(
+                "inotify watch wd {} on {}: {e}",
+                w.wd,
+                show(&w.path)
+            ))
+        })?;
         if got != w.wd {
             return Err(ferr(format!(
                 "inotify watch on {} got wd {got} instead of {}",
-                w.path, w.wd
+                show(&w.path),
+                w.wd
             )));
         }
         next = got.saturating_add(1);
@@ -388,11 +396,11 @@ mod tests {
         assert_eq!(
             watches
                 .iter()
-                .map(|w| (w.wd, w.path.as_str()))
+                .map(|w| (w.wd, show(&w.path).into_owned()))
                 .collect::<Vec<_>>(),
             [
-                (6, dir.join("file").to_str().unwrap()),
-                (7, dir.join("sub").to_str().unwrap())
+                (6, dir.join("file").to_str().unwrap().to_string()),
+                (7, dir.join("sub").to_str().unwrap().to_string())
             ]
         );
         let n = created(&mut Inotify, &f);

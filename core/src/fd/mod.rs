@@ -31,6 +31,7 @@ use crate::error::{DumpError, RestoreError, TaskError};
 use crate::kind::{
     DumpObjects, DumpProcess, DumpTree, Kind, Phase, ProcessDump, RestoreObjects, RestoreProcess,
 };
+use crate::paths::show;
 use crate::records::ProcessImage;
 use crate::stub::Stub;
 use crate::sys::kcmp;
@@ -92,8 +93,9 @@ trait FdKind {
 struct DumpFd<'a> {
     pid: i32,
     fd: i32,
-    /// Its /proc/PID/fd link ("/path", "pipe:[123]", "anon_inode:...").
-    link: &'a str,
+    /// Its /proc/PID/fd link ("/path", "pipe:[123]", "anon_inode:..."),
+    /// as bytes (a path need not be UTF-8).
+    link: &'a [u8],
     /// stat of the file (through /proc/PID/fd/N), if it has one.
     md: Option<&'a Metadata>,
     shell_job: bool,
@@ -119,7 +121,7 @@ impl DumpFd<'_> {
         DumpError::File {
             pid: self.pid,
             fd: self.fd,
-            path: self.link.to_string(),
+            path: show(self.link).into_owned(),
             err: io::Error::new(e.kind(), format!("{what}: {e}")),
         }
     }
@@ -129,7 +131,7 @@ impl DumpFd<'_> {
         DumpError::UnsupportedFile {
             pid: self.pid,
             fd: self.fd,
-            what: format!("{} ({why})", self.link),
+            what: format!("{} ({why})", show(self.link)),
         }
     }
 
@@ -151,7 +153,7 @@ enum Reopen {
     /// Opened again from inside the process by path, with these flags,
     /// then moved to `offset` (if not 0).
     Path {
-        path: String,
+        path: Vec<u8>,
         flags: i32,
         offset: u64,
     },
@@ -224,7 +226,7 @@ impl Files {
             .ok_or_else(|| RestoreError::File {
                 pid,
                 fd: f.fd,
-                path: f.path.clone(),
+                path: show(&f.path).into_owned(),
                 reason: format!("bad image: no kind of open file restores {:?}", f.kind()),
             })
     }
@@ -273,17 +275,18 @@ impl Kind for Files {
                 }
             }
             if !taken {
+                let name = show(&link).into_owned();
                 return Err(match md {
-                    Err(err) if link.starts_with('/') => DumpError::File {
+                    Err(err) if link.starts_with(b"/") => DumpError::File {
                         pid,
                         fd,
-                        path: link,
+                        path: name,
                         err,
                     },
                     _ => DumpError::UnsupportedFile {
                         pid,
                         fd,
-                        what: link,
+                        what: name,
                     },
                 });
             }
@@ -357,7 +360,7 @@ impl Files {
             let ferr = |reason: String| RestoreError::File {
                 pid,
                 fd: f.fd,
-                path: f.path.clone(),
+                path: show(&f.path).into_owned(),
                 reason,
             };
             let owner = (f.shared_id >> 32) as i32;
@@ -407,7 +410,7 @@ impl Files {
                 .map_err(|e| RestoreError::File {
                     pid,
                     fd: f.fd,
-                    path: f.path.clone(),
+                    path: show(&f.path).into_owned(),
                     reason: format!("dup3 of fd {of}: {e}"),
                 })?;
             }

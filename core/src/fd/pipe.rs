@@ -8,6 +8,7 @@
 use super::{DumpFd, FdKind, Reopen, dup, reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
+use crate::paths::show;
 use crstream_proto::{FileKind, OpenFile, PipeFile};
 use rustix::fs::{Mode, OFlags};
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -35,8 +36,9 @@ struct PipeObj {
 }
 
 /// `INODE` of "prefix:[INODE]".
-pub(super) fn bracket_inode(link: &str, prefix: &str) -> Option<u64> {
-    link.strip_prefix(prefix)?
+pub(super) fn bracket_inode(link: &[u8], prefix: &str) -> Option<u64> {
+    std::str::from_utf8(link.strip_prefix(prefix.as_bytes())?)
+        .ok()?
         .strip_prefix('[')?
         .strip_suffix(']')?
         .parse()
@@ -48,9 +50,9 @@ impl FdKind for Pipes {
         let (kind, inode) = if let Some(ino) = bracket_inode(d.link, "pipe:") {
             (FileKind::Pipe, ino)
         } else if let Some(md) =
-            d.md.filter(|m| m.file_type().is_fifo() && d.link.starts_with('/'))
+            d.md.filter(|m| m.file_type().is_fifo() && d.link.starts_with(b"/"))
         {
-            if d.link.ends_with(" (deleted)") {
+            if crate::paths::is_deleted(d.link) {
                 return Err(d.refuse("fifo whose path was removed: cannot reopen it"));
             }
             f.dev = md.dev();
@@ -71,7 +73,7 @@ impl FdKind for Pipes {
             q
         };
         f.kind = kind as i32;
-        f.path = d.link.to_string();
+        f.path = d.link.to_vec();
         f.inode = inode;
         f.pipe = Some(PipeFile {
             inode,
@@ -95,13 +97,13 @@ impl FdKind for Pipes {
         let ferr = |what: &str, e: io::Error| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason: format!("{what}: {e}"),
         };
         let p = f.pipe.as_ref().ok_or_else(|| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason: "bad image: pipe record missing".into(),
         })?;
         let fd = self
@@ -119,13 +121,13 @@ impl Pipes {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let ends = if fifo {
-                    let md = std::fs::metadata(&f.path)?;
+                    let md = std::fs::metadata(crate::paths::path(&f.path))?;
                     if !md.file_type().is_fifo() {
                         return Err(io::Error::other("the path is no longer a FIFO"));
                     }
                     // O_RDWR|O_NONBLOCK never blocks waiting for the other side.
                     let keep = rustix::fs::open(
-                        f.path.as_str(),
+                        crate::paths::path(&f.path),
                         OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
                         Mode::empty(),
                     )?;
@@ -256,7 +258,7 @@ mod tests {
         assert_eq!(pw.inode, pr.inode);
         assert_eq!(pw.queued, data);
         assert!(pr.queued.is_empty());
-        assert_eq!(fw.path, format!("pipe:[{}]", pw.inode));
+        assert_eq!(fw.path, format!("pipe:[{}]", pw.inode).into_bytes());
         // Nothing consumed.
         assert_eq!(rustix::io::ioctl_fionread(&r).unwrap(), 3072);
 
@@ -297,7 +299,7 @@ mod tests {
         write_all(&orig, b"fifo data").unwrap();
         let f = dump_own(orig.as_raw_fd()).unwrap();
         assert_eq!(f.kind(), FileKind::Fifo);
-        assert_eq!(f.path, path.to_str().unwrap());
+        assert_eq!(f.path, path.to_str().unwrap().as_bytes());
         assert_eq!(f.pipe.as_ref().unwrap().queued, b"fifo data");
         assert_eq!(read_avail(&orig), b"fifo data");
         drop(orig);

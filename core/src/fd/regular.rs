@@ -6,7 +6,7 @@
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
-use crate::unlinked::DELETED;
+use crate::paths::{path, show, undeleted};
 use crstream_proto::{FileKind, OpenFile};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -19,14 +19,14 @@ pub(super) struct Regular;
 impl FdKind for Regular {
     fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
         let (pid, fd) = (d.pid, d.fd);
-        if !d.link.starts_with('/') {
+        if !d.link.starts_with(b"/") {
             return Ok(false);
         }
         let Some(md) = d.md else {
             return Ok(false); // the caller reports why stat failed
         };
         let ft = md.file_type();
-        f.path = d.link.to_string();
+        f.path = d.link.to_vec();
         f.mode = md.mode();
         if ft.is_file() {
             f.kind = FileKind::Regular as i32;
@@ -34,7 +34,7 @@ impl FdKind for Regular {
             f.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
             if md.nlink() == 0 {
                 f.deleted = true;
-                f.path = d.link.strip_suffix(DELETED).unwrap_or(d.link).to_string();
+                f.path = undeleted(d.link).to_vec();
                 let source = format!("/proc/{pid}/fd/{fd}");
                 f.unlinked_file =
                     d.objects
@@ -43,7 +43,7 @@ impl FdKind for Regular {
                         .map_err(|reason| DumpError::UnsupportedFile {
                             pid,
                             fd,
-                            what: format!("{}: {reason}", d.link),
+                            what: format!("{}: {reason}", show(d.link)),
                         })?;
             }
         } else if ft.is_dir() {
@@ -54,17 +54,17 @@ impl FdKind for Regular {
             f.kind = FileKind::CharDevice as i32;
             f.rdev = md.rdev();
         } else {
+            let link = show(d.link);
             let what = if ft.is_char_device() {
                 format!(
-                    "{} (character device {}:{})",
-                    d.link,
+                    "{link} (character device {}:{})",
                     libc::major(md.rdev()),
                     libc::minor(md.rdev())
                 )
             } else if ft.is_socket() {
-                format!("{} (socket)", d.link)
+                format!("{link} (socket)")
             } else {
-                format!("{} (mode {:o})", d.link, md.mode())
+                format!("{link} (mode {:o})", md.mode())
             };
             return Err(DumpError::UnsupportedFile { pid, fd, what });
         }
@@ -91,11 +91,11 @@ impl FdKind for Regular {
         f: &OpenFile,
         objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let mut path = f.path.clone();
+        let mut reopen = f.path.clone();
         let mut offset = 0;
         if f.kind() == FileKind::Regular {
             if f.deleted {
-                path = objects.unlinked.proc_path(f.unlinked_file)?;
+                reopen = objects.unlinked.proc_path(f.unlinked_file)?.into_bytes();
             } else {
                 check_regular(pid, f, false)?;
             }
@@ -106,7 +106,7 @@ impl FdKind for Regular {
         let flags = f.open_flags as i32
             & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
         Ok(Reopen::Path {
-            path,
+            path: reopen,
             flags,
             offset,
         })
@@ -121,10 +121,10 @@ fn check_regular(pid: i32, f: &OpenFile, warn: bool) -> Result<(), RestoreError>
     let ferr = |reason: String| RestoreError::File {
         pid,
         fd: f.fd,
-        path: f.path.clone(),
+        path: show(&f.path).into_owned(),
         reason,
     };
-    let md = std::fs::metadata(&f.path).map_err(|e| ferr(format!("cannot stat: {e}")))?;
+    let md = std::fs::metadata(path(&f.path)).map_err(|e| ferr(format!("cannot stat: {e}")))?;
     if !md.is_file() {
         return Err(ferr(format!(
             "it was a regular file and is now a {}",
@@ -143,12 +143,12 @@ fn check_regular(pid: i32, f: &OpenFile, warn: bool) -> Result<(), RestoreError>
         return Ok(());
     }
     if md.ino() != f.inode || md.dev() != f.dev {
-        tracing::warn!(pid, fd = f.fd, path = %f.path, "the path names another file than at the dump (other inode)");
+        tracing::warn!(pid, fd = f.fd, path = %show(&f.path), "the path names another file than at the dump (other inode)");
     }
     if md.size() != f.size {
-        tracing::warn!(pid, fd = f.fd, path = %f.path, "file size changed since the dump ({} -> {})", f.size, md.size());
+        tracing::warn!(pid, fd = f.fd, path = %show(&f.path), "file size changed since the dump ({} -> {})", f.size, md.size());
     } else if f.mtime_ns != 0 && md.mtime() * 1_000_000_000 + md.mtime_nsec() != f.mtime_ns {
-        tracing::warn!(pid, fd = f.fd, path = %f.path, "file modified since the dump (same size)");
+        tracing::warn!(pid, fd = f.fd, path = %show(&f.path), "file modified since the dump (same size)");
     }
     Ok(())
 }
@@ -197,7 +197,7 @@ mod tests {
                 flags,
                 offset,
             } => {
-                assert_eq!(p, path.to_str().unwrap());
+                assert_eq!(p, path.to_str().unwrap().as_bytes());
                 assert_eq!(
                     flags & (libc::O_ACCMODE | libc::O_APPEND),
                     libc::O_WRONLY | libc::O_APPEND

@@ -3,13 +3,14 @@
 use super::{DumpFd, FdKind, Reopen, fdinfo_field};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
+use crate::paths::show;
 use crstream_proto::{FileKind, OpenFile, SignalFdFile};
 
 pub(super) struct SignalFd;
 
 impl FdKind for SignalFd {
     fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
-        if d.link != "anon_inode:[signalfd]" {
+        if d.link != b"anon_inode:[signalfd]" {
             return Ok(false);
         }
         let info = d.fdinfo()?;
@@ -17,7 +18,7 @@ impl FdKind for SignalFd {
             .and_then(|v| u64::from_str_radix(v, 16).ok())
             .ok_or_else(|| d.bad_fdinfo("no sigmask field".into()))?;
         f.kind = FileKind::Signalfd as i32;
-        f.path = d.link.to_string();
+        f.path = d.link.to_vec();
         f.signalfd = Some(SignalFdFile { mask });
         Ok(true)
     }
@@ -35,7 +36,7 @@ impl FdKind for SignalFd {
         let ferr = |reason: String| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason,
         };
         let s = f

@@ -8,6 +8,7 @@ use super::pipe::bracket_inode;
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
+use crate::paths::show;
 use crate::sys::socket::{
     SO_ACCEPTCONN, SO_DOMAIN, SO_PEEK_OFF, SO_PROTOCOL, getsockopt, getsockopt_int, name, peek,
     send_to, setsockopt, setsockopt_int, shutdown,
@@ -64,7 +65,7 @@ pub(super) fn finish(d: &DumpFd<'_>, dup: &OwnedFd, mut sf: SocketFile, f: &mut 
         }
     }
     f.kind = FileKind::Socket as i32;
-    f.path = d.link.to_string();
+    f.path = d.link.to_vec();
     f.inode = sf.inode;
     f.socket = Some(sf);
 }
@@ -93,7 +94,7 @@ impl FdKind for OtherSockets {
         Err(RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason: "bad image: a socket of an unknown family".into(),
         })
     }

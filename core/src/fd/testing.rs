@@ -5,6 +5,7 @@
 use super::{DumpFd, FdKind, Reopen, fd_kinds};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpObjects, RestoreObjects};
+use crate::paths::show;
 use crstream_proto::OpenFile;
 use std::os::fd::{OwnedFd, RawFd};
 
@@ -50,7 +51,7 @@ fn dump_job_fd_with(
     if try_kinds(&mut d, &mut f)? {
         return Ok(f);
     }
-    panic!("{link}: no fd kind takes it");
+    panic!("{}: no fd kind takes it", show(&link));
 }
 
 /// Dumps fd `fd` of this process, trying every fd kind.
@@ -100,7 +101,7 @@ fn open_with(kind: &mut dyn FdKind, f: &OpenFile) -> Result<Reopen, RestoreError
 pub(super) fn open_on_terminal(
     kind: &mut dyn FdKind,
     f: &OpenFile,
-    terminal: Option<&str>,
+    terminal: Option<&[u8]>,
 ) -> Result<Reopen, RestoreError> {
     let unlinked = crate::unlinked::Recreator::default();
     let sysv = crate::sysv::Recreator::default();
@@ -117,7 +118,9 @@ pub(super) fn open_on_terminal(
 pub(super) fn created(kind: &mut dyn FdKind, f: &OpenFile) -> OwnedFd {
     match open_with(kind, f).unwrap() {
         Reopen::Created(fd) => fd,
-        Reopen::Path { path, .. } => panic!("{path} is reopened by path, not created"),
+        Reopen::Path { path, .. } => {
+            panic!("{} is reopened by path, not created", show(&path))
+        }
     }
 }
 

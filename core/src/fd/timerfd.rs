@@ -3,6 +3,7 @@
 use super::{DumpFd, FdKind, Reopen, fdinfo_field};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
+use crate::paths::show;
 use crstream_proto::{FileKind, OpenFile, TimerFdFile};
 use rustix::time::{
     Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
@@ -15,7 +16,7 @@ pub(super) struct TimerFd;
 
 impl FdKind for TimerFd {
     fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
-        if d.link != "anon_inode:[timerfd]" {
+        if d.link != b"anon_inode:[timerfd]" {
             return Ok(false);
         }
         let info = d.fdinfo()?;
@@ -47,7 +48,7 @@ impl FdKind for TimerFd {
             );
         }
         f.kind = FileKind::Timerfd as i32;
-        f.path = d.link.to_string();
+        f.path = d.link.to_vec();
         f.timerfd = Some(TimerFdFile {
             clockid,
             interval_ns,
@@ -70,7 +71,7 @@ impl FdKind for TimerFd {
         let ferr = |reason: String| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason,
         };
         let t = f

@@ -7,6 +7,7 @@
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpTree, RestoreObjects};
+use crate::paths::show;
 use crstream_proto::{FileKind, FileTable, OpenFile};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -26,7 +27,7 @@ impl FdKind for Terminals {
         let Some(md) = d.md.filter(|md| md.file_type().is_char_device()) else {
             return Ok(false);
         };
-        if !d.link.starts_with('/') || !is_terminal(md.rdev()) {
+        if !d.link.starts_with(b"/") || !is_terminal(md.rdev()) {
             return Ok(false);
         }
         let job_terminal = md.rdev() == d.job_tty || md.rdev() == libc::makedev(5, 0);
@@ -43,7 +44,7 @@ impl FdKind for Terminals {
             ));
         }
         f.kind = FileKind::Tty as i32;
-        f.path = d.link.to_string();
+        f.path = d.link.to_vec();
         f.mode = md.mode();
         f.rdev = md.rdev();
         Ok(true)
@@ -68,7 +69,8 @@ impl FdKind for Terminals {
                         "{} (a terminal, and the dumped tree leads its own session {}: \
                          --shell-job hands a job the restorer's terminal, it cannot give a \
                          session back its own)",
-                        f.path, root.sid
+                        show(&f.path),
+                        root.sid
                     ),
                 });
             }
@@ -89,7 +91,7 @@ impl FdKind for Terminals {
         let path = objects.terminal.ok_or_else(|| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason: "a shell job's terminal: restore it with --shell-job from a terminal".into(),
         })?;
         // The job's controlling terminal comes with the restorer's session;
@@ -97,7 +99,7 @@ impl FdKind for Terminals {
         let flags = (f.open_flags as i32 | libc::O_NOCTTY)
             & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
         Ok(Reopen::Path {
-            path: path.to_string(),
+            path: path.to_vec(),
             flags,
             offset: 0,
         })
@@ -138,8 +140,8 @@ mod tests {
         let rdev = rustix::fs::fstat(&slave).unwrap().st_rdev;
         let f = dump_job_fd(&mut Terminals, slave.as_raw_fd(), rdev).unwrap();
         assert_eq!(
-            (f.kind(), f.rdev, f.path.as_str()),
-            (FileKind::Tty, rdev, path.as_str())
+            (f.kind(), f.rdev, &f.path[..]),
+            (FileKind::Tty, rdev, path.as_bytes())
         );
         // Another terminal than the job's is refused even with --shell-job.
         let e = dump_job_fd(&mut Terminals, slave.as_raw_fd(), rdev + 1)
@@ -151,9 +153,9 @@ mod tests {
         );
 
         // Restore opens the restorer's terminal, never as a controlling one.
-        match open_on_terminal(&mut Terminals, &f, Some("/dev/pts/77")).unwrap() {
+        match open_on_terminal(&mut Terminals, &f, Some(b"/dev/pts/77")).unwrap() {
             Reopen::Path { path, flags, .. } => {
-                assert_eq!(path, "/dev/pts/77");
+                assert_eq!(path, b"/dev/pts/77");
                 assert_ne!(flags & libc::O_NOCTTY, 0);
                 assert_eq!(flags & libc::O_ACCMODE, libc::O_RDWR);
             }

@@ -11,6 +11,7 @@ use super::socket::{
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpTree, RestoreObjects};
+use crate::paths::show;
 use crate::sys::socket;
 use crstream_proto::{FileKind, OpenFile, SocketFile};
 use std::collections::HashMap;
@@ -111,7 +112,7 @@ impl FdKind for UnixSockets {
         let ferr = |what: &str, e: io::Error| RestoreError::File {
             pid,
             fd: f.fd,
-            path: f.path.clone(),
+            path: show(&f.path).into_owned(),
             reason: format!("{what}: {e}"),
         };
         let s = f.socket.as_ref().expect("restores() checked it");

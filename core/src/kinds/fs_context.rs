@@ -4,6 +4,7 @@
 
 use crate::error::{DumpError, RestoreError, TaskError};
 use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
+use crate::paths::show;
 use crate::records::ProcessImage;
 use crstream_proto::FsContext as Record;
 
@@ -51,11 +52,11 @@ impl Kind for FsContext {
         };
         let path = stub.put_path(&r.cwd)?;
         stub.call("chdir", libc::SYS_chdir, &[path])
-            .map_err(io(format!("chdir to {}", r.cwd)))?;
-        if r.root != "/" {
+            .map_err(io(format!("chdir to {}", show(&r.cwd))))?;
+        if r.root != b"/" {
             let path = stub.put_path(&r.root)?;
             stub.call("chroot", libc::SYS_chroot, &[path])
-                .map_err(io(format!("chroot to {}", r.root)))?;
+                .map_err(io(format!("chroot to {}", show(&r.root))))?;
         }
         stub.call("umask", libc::SYS_umask, &[r.umask as u64])?;
         Ok(())

@@ -136,7 +136,7 @@ const ADVICE: &[(&str, u64, i32)] = &[
     ("mg", 1 << 5, libc::MADV_MERGEABLE),
 ];
 
-use crate::unlinked::DELETED;
+use crate::paths::{is_deleted, path, show, undeleted};
 
 /// How the pages of an area are saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,8 +159,8 @@ struct DumpArea {
     pub runs: Vec<(u64, u64)>,
 }
 
-fn is_shared_anon_path(path: &str) -> bool {
-    path.starts_with("/dev/zero") || path.starts_with("/SYSV") || path == "[anon_shmem]"
+fn is_shared_anon_path(path: &[u8]) -> bool {
+    path.starts_with(b"/dev/zero") || path.starts_with(b"/SYSV") || path == b"[anon_shmem]"
 }
 
 /// Decides, for every area of the target, how restore rebuilds it; refuses
@@ -177,7 +177,7 @@ fn plan(
             pid,
             start: m.start,
             end: m.end,
-            path: m.path.clone(),
+            path: show(&m.path).into_owned(),
             reason,
         };
         let mut a = VmArea {
@@ -216,19 +216,19 @@ fn plan(
             sysv.note(pid, id, m).map_err(refuse)?;
             a.sysv_shmid = Some(id);
         }
-        let (kind, save) = match m.path.as_str() {
-            "[vdso]" => (AreaKind::Vdso, Save::None),
-            "[vvar]" => (AreaKind::Vvar, Save::None),
-            "[vvar_vclock]" => (AreaKind::VvarVclock, Save::None),
-            "[vsyscall]" => (AreaKind::Vsyscall, Save::None),
+        let (kind, save) = match m.path.as_slice() {
+            b"[vdso]" => (AreaKind::Vdso, Save::None),
+            b"[vvar]" => (AreaKind::Vvar, Save::None),
+            b"[vvar_vclock]" => (AreaKind::VvarVclock, Save::None),
+            b"[vsyscall]" => (AreaKind::Vsyscall, Save::None),
             _ if m.has_flag("io") || m.has_flag("pf") => {
                 return Err(refuse(
                     "device (VM_IO/VM_PFNMAP) mappings cannot be restored".into(),
                 ));
             }
-            "[heap]" => (AreaKind::Heap, Save::Private),
-            "[stack]" => (AreaKind::Stack, Save::Private),
-            p if p.is_empty() || p.starts_with("[anon:") => {
+            b"[heap]" => (AreaKind::Heap, Save::Private),
+            b"[stack]" => (AreaKind::Stack, Save::Private),
+            p if p.is_empty() || p.starts_with(b"[anon:") => {
                 if m.shared {
                     (AreaKind::Anon, Save::Shared)
                 } else {
@@ -236,29 +236,32 @@ fn plan(
                 }
             }
             p if is_shared_anon_path(p) && m.shared => (AreaKind::Anon, Save::Shared),
-            p if p.starts_with('[') => {
-                return Err(refuse(format!("special mapping {p} is not supported")));
+            p if p.starts_with(b"[") => {
+                return Err(refuse(format!(
+                    "special mapping {} is not supported",
+                    show(p)
+                )));
             }
-            p if crate::unlinked::is_unlinked_link(p) => {
+            p if is_deleted(p) => {
                 // A memfd or deleted file: its contents are saved once for
                 // the tree; private pages written since are saved here.
                 let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
                 a.unlinked_file = unlinked.note(pid, &source, p).map_err(refuse)?;
-                a.path = p.strip_suffix(DELETED).unwrap_or(p).to_string();
+                a.path = undeleted(p).to_vec();
                 (
                     AreaKind::File,
                     if m.shared { Save::None } else { Save::Private },
                 )
             }
             p => {
-                let md = std::fs::metadata(p)
+                let md = std::fs::metadata(path(p))
                     .map_err(|e| refuse(format!("cannot stat the mapped file: {e}")))?;
                 if md.ino() != m.inode || md.dev() != a.dev {
                     return Err(refuse(
                         "the path now names another file than the one mapped".into(),
                     ));
                 }
-                a.path = p.to_string();
+                a.path = p.to_vec();
                 a.file_size = md.size();
                 (
                     AreaKind::File,
@@ -475,7 +478,7 @@ fn map_err(pid: i32, a: &VmArea, reason: String) -> RestoreError {
         pid,
         start: a.start,
         end: a.end,
-        path: a.path.clone(),
+        path: show(&a.path).into_owned(),
         reason,
     }
 }
@@ -493,8 +496,8 @@ pub(crate) fn is_mapped_area(a: &VmArea) -> bool {
 /// file the mapping covered at the dump (a shorter file would give SIGBUS
 /// or zeros where data was). A replaced file is logged when `warn`.
 fn check_mapped_file(pid: i32, a: &VmArea, warn: bool) -> Result<(), RestoreError> {
-    let md =
-        std::fs::metadata(&a.path).map_err(|e| map_err(pid, a, format!("cannot stat: {e}")))?;
+    let md = std::fs::metadata(path(&a.path))
+        .map_err(|e| map_err(pid, a, format!("cannot stat: {e}")))?;
     let needed = (a.pgoff + (a.end - a.start)).min(a.file_size);
     if md.size() < needed {
         return Err(map_err(
@@ -508,7 +511,7 @@ fn check_mapped_file(pid: i32, a: &VmArea, warn: bool) -> Result<(), RestoreErro
         ));
     }
     if warn && (md.ino() != a.inode || md.dev() != a.dev) {
-        tracing::warn!(pid, path = %a.path, "mapped file was replaced since the dump (other inode)");
+        tracing::warn!(pid, path = %show(&a.path), "mapped file was replaced since the dump (other inode)");
     }
     Ok(())
 }
@@ -521,7 +524,7 @@ fn check_files(pid: i32, areas: &[VmArea]) -> Result<(), RestoreError> {
         .iter()
         .filter(|a| a.kind() == AreaKind::File && a.unlinked_file == 0)
     {
-        let first = seen.insert(a.path.as_str());
+        let first = seen.insert(a.path.as_slice());
         check_mapped_file(pid, a, first)?;
     }
     Ok(())
@@ -605,7 +608,7 @@ fn map_area(
         pgoff = a.pgoff - o.pgoff;
         let path = format!("/proc/{}/map_files/{:x}-{:x}", o.pid, o.start, o.end);
         fd = stub
-            .open(&path, libc::O_RDWR | libc::O_CLOEXEC, 0)
+            .open(path.as_bytes(), libc::O_RDWR | libc::O_CLOEXEC, 0)
             .map_err(|e| map_err(pid, a, format!("open {path}: {e}")))?;
     } else if a.shmem_id != 0 {
         shm.entry(a.shmem_id).or_insert(ShmemOrigin {
@@ -618,7 +621,7 @@ fn map_area(
     if a.kind() == AreaKind::File {
         flags &= !libc::MAP_ANONYMOUS;
         let path = if a.unlinked_file != 0 {
-            unlinked.proc_path(a.unlinked_file)?
+            unlinked.proc_path(a.unlinked_file)?.into_bytes()
         } else {
             check_mapped_file(pid, a, false)?;
             a.path.clone()

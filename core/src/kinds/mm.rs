@@ -46,11 +46,11 @@ fn dump(p: &DumpProcess<'_>) -> Result<MmFields, DumpError> {
     let proc_err = |err| DumpError::Proc { pid, err };
     let auxv = crate::proc::read_bytes(format!("/proc/{pid}/auxv")).map_err(proc_err)?;
     let exe_path = crate::proc::read_link(format!("/proc/{pid}/exe")).map_err(proc_err)?;
-    if exe_path.ends_with(" (deleted)") {
+    if crate::paths::is_deleted(&exe_path) {
         return Err(DumpError::Unsupported {
             pid,
             what: "executable",
-            reason: format!("{exe_path} was deleted"),
+            reason: format!("{} was deleted", crate::paths::show(&exe_path)),
         });
     }
     // The current brk is not in /proc; brk(0) returns it.
@@ -115,7 +115,7 @@ fn restore(stub: &Stub, m: &MmFields) -> Result<(), RestoreError> {
         .map_err(|e| RestoreError::File {
             pid,
             fd: u32::MAX,
-            path: m.exe_path.clone(),
+            path: crate::paths::show(&m.exe_path).into_owned(),
             reason: format!("opening the executable: {e}"),
         })?;
     let auxv = stub.put(SCRATCH_DATA + 2048, &m.auxv)?;

@@ -328,7 +328,7 @@ pub(crate) fn setup(
                 pid,
                 start: a.start,
                 end: a.end,
-                path: a.path.clone(),
+                path: crate::paths::show(&a.path).into_owned(),
                 reason: format!("UFFDIO_REGISTER: {err}"),
             })?;
     }

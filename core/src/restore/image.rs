@@ -220,7 +220,10 @@ impl Reading {
                     let data = self.legacy_blobs.get(&f.contents_stream).ok_or_else(|| {
                         RestoreError::Image(format!(
                             "pid {} fd {}: contents of deleted {} (blob stream {}) missing",
-                            table.pid, f.fd, f.path, f.contents_stream
+                            table.pid,
+                            f.fd,
+                            crate::paths::show(&f.path),
+                            f.contents_stream
                         ))
                     })?;
                     if data.len() as u64 != f.size {

@@ -68,7 +68,7 @@ pub(crate) fn restore_lazy(
 /// For a shell job, the path of the terminal its terminal fds will open:
 /// crstream's controlling terminal, on its stdin (or stdout, stderr). None
 /// for other images.
-fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<String>, RestoreError> {
+fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u8>>, RestoreError> {
     let has_tty = img
         .tree
         .processes
