@@ -80,9 +80,9 @@ fn read_signal(fd: &SignalFd) -> i32 {
         .map_or(0, |info| info.ssi_signo as i32)
 }
 
-/// Forks the worker; returns in it. The supervisor never returns: it exits
-/// once the worker has.
-pub fn split() -> Result<Interrupt> {
+/// Forks the worker of a dump of `target`; returns in it. The supervisor
+/// never returns: it exits once the worker has.
+pub fn split(target: i32) -> Result<Interrupt> {
     let (from_supervisor, to_worker) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe")?;
     // SAFETY: called before any other thread exists (no runtime, no
@@ -90,7 +90,7 @@ pub fn split() -> Result<Interrupt> {
     match unsafe { nix::unistd::fork() }.context("fork")? {
         nix::unistd::ForkResult::Parent { child } => {
             drop(from_supervisor);
-            std::process::exit(supervise(child, to_worker));
+            std::process::exit(supervise(child, to_worker, target));
         }
         nix::unistd::ForkResult::Child => drop(to_worker),
     }
@@ -142,15 +142,15 @@ fn watch_interrupts(interrupt: &Interrupt, pipe: &OwnedFd, signals: &SignalFd) {
 }
 
 /// The supervisor: passes SIGNALS to the worker and waits for it.
-fn supervise(worker: Pid, to_worker: OwnedFd) -> i32 {
+fn supervise(worker: Pid, to_worker: OwnedFd, target: i32) -> i32 {
     let Ok(signals) = signalfd() else {
-        return wait_for(worker, None);
+        return wait_for(worker, None, target);
     };
     let Ok(pidfd) = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(worker.as_raw()).expect("a child's pid"),
         rustix::process::PidfdFlags::empty(),
     ) else {
-        return wait_for(worker, None);
+        return wait_for(worker, None, target);
     };
     let mut received = None;
     loop {
@@ -169,13 +169,15 @@ fn supervise(worker: Pid, to_worker: OwnedFd) -> i32 {
             let _ = rustix::io::write(to_worker.as_fd(), &sig.to_ne_bytes());
         }
         if !fds[0].revents().is_empty() {
-            return wait_for(worker, received);
+            return wait_for(worker, received, target);
         }
     }
 }
 
 /// The worker's exit status, or 128+signal if the command was interrupted.
-fn wait_for(worker: Pid, received: Option<i32>) -> i32 {
+/// A worker killed outright (SIGKILL, the OOM killer) could not say so
+/// itself: the supervisor does.
+fn wait_for(worker: Pid, received: Option<i32>, target: i32) -> i32 {
     let status = loop {
         match waitpid(worker, None) {
             Err(nix::errno::Errno::EINTR) => continue,
@@ -186,7 +188,19 @@ fn wait_for(worker: Pid, received: Option<i32>) -> i32 {
     match (received, status) {
         (Some(sig), _) => 128 + sig,
         (None, WaitStatus::Exited(_, code)) => code,
-        (None, WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+        (None, WaitStatus::Signaled(_, sig, _)) => {
+            let now = if std::path::Path::new(&format!("/proc/{target}")).exists() {
+                "it runs on"
+            } else {
+                "it is gone"
+            };
+            eprintln!(
+                "crstream: error: dump of pid {target} interrupted (its worker, pid {worker}, \
+                 was killed by {}); {now}",
+                sig.as_str()
+            );
+            128 + sig as i32
+        }
         _ => 1,
     }
 }

@@ -23,7 +23,11 @@ struct Target {
 
 impl Target {
     fn start(dir: &TestDir) -> Self {
-        let w = Workload::spawn("wl_memory", dir.path("report"), &[MIB]);
+        Self::start_with(dir, MIB)
+    }
+
+    fn start_with(dir: &TestDir, mib: &str) -> Self {
+        let w = Workload::spawn("wl_memory", dir.path("report"), &[mib]);
         let r = w.wait_report(T, |r| field(r, 0, 0) >= 2);
         let sigblk = status_field(w.pid, "SigBlk").expect("SigBlk");
         Target {
@@ -215,6 +219,97 @@ fn killed_while_a_syscall_runs_in_the_target_it_stays_unharmed() {
         t.assert_unharmed(&what);
     }
     t.w.kill();
+}
+
+/// Waits until `pid` no longer traces `target` (the kernel detaches a
+/// dead tracer's tracees as the tracer exits).
+fn wait_untraced(target: i32) {
+    let started = Instant::now();
+    while status_field(target, "TracerPid").as_deref() != Some("0") {
+        assert!(started.elapsed() < T, "pid {target} stays traced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts a dump that pauses at `point` (e.g. "syscall:5"); returns it and
+/// its worker once the pause is reached.
+fn dump_paused_at(pid: i32, img: &Path, paused: &Path, point: &str) -> (Child, i32) {
+    let child = spawn_dump(
+        pid,
+        img.to_str().unwrap(),
+        &[
+            ("CRSTREAM_TEST_PAUSE_AT", point),
+            ("CRSTREAM_TEST_PAUSE_FILE", paused.to_str().unwrap()),
+        ],
+    );
+    let started = Instant::now();
+    while !paused.exists() {
+        assert!(started.elapsed() < T, "the dump never reached {point}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_file(paused).unwrap();
+    let worker = children_of(child.id() as i32)[0];
+    (child, worker)
+}
+
+/// SIGKILL of the worker itself (as the OOM killer would) at the worst
+/// moments, a syscall of crstream's under way in the target, at its entry
+/// and at its exit: the target comes back to its own registers, vector
+/// and floating-point state, and signal mask, whether it was stopped in
+/// user code (wl_fpu: state that lives only in registers, checked at every
+/// iteration) or inside a syscall of its own (wl_memory, sleeping).
+#[test]
+fn sigkill_of_the_worker_during_an_injected_syscall_harms_nothing() {
+    let dir = TestDir::new("crash-worker");
+    let paused = dir.path("paused");
+    let img = dir.path("img");
+    let points = [
+        "syscall:1",
+        "syscall-exit:2",
+        "syscall:8",
+        "syscall-exit:20",
+        "syscall:40",
+    ];
+
+    let mut spin = Workload::spawn("wl_fpu", dir.path("report-fpu"), &[]);
+    let r = spin.wait_report(T, |r| field(r, 0, 1) > 0);
+    assert!(r.contains(" OK"), "{r}");
+    let sigblk = status_field(spin.pid, "SigBlk").unwrap();
+    assert_ne!(sigblk, "0000000000000000");
+    for point in points {
+        let (child, worker) = dump_paused_at(spin.pid, &img, &paused, point);
+        signal(worker, libc::SIGKILL);
+        assert!(
+            !outcome(child, libc::SIGKILL),
+            "{point}: the dump completed"
+        );
+        wait_untraced(spin.pid);
+        assert_running_untraced(spin.pid);
+        assert_eq!(
+            status_field(spin.pid, "SigBlk").unwrap(),
+            sigblk,
+            "{point}: signal mask"
+        );
+        let before = field(&spin.read_report().unwrap(), 0, 1);
+        let r = spin.wait_report(T, |r| field(r, 0, 1) > before + 1000 || !r.contains(" OK"));
+        assert!(r.contains(" OK"), "{point}: {r}");
+        assert_eq!(leftovers(&dir.0), Vec::<String>::new(), "{point}");
+    }
+    spin.kill();
+
+    let mut sleeper = Target::start_with(&dir, "64");
+    for point in points {
+        let (child, worker) = dump_paused_at(sleeper.w.pid, &img, &paused, point);
+        signal(worker, libc::SIGKILL);
+        assert!(
+            !outcome(child, libc::SIGKILL),
+            "{point}: the dump completed"
+        );
+        wait_untraced(sleeper.w.pid);
+        assert_eq!(leftovers(&dir.0), Vec::<String>::new(), "{point}");
+        sleeper.assert_unharmed(&format!("SIGKILL of the worker at {point}"));
+    }
+    sleeper.w.kill();
 }
 
 /// SIGTERM to a dump to S3: the multipart upload is aborted, no object

@@ -172,6 +172,27 @@ fn threads_keep_tids_counters_and_fpu_state() {
     assert_running_untraced(pid);
 }
 
+/// Frozen in the middle of user code with state only in registers: the
+/// upper half of %ymm8, MXCSR's rounding mode, %r12 and the thread's
+/// signal mask come back (wl_fpu checks the registers at every iteration).
+#[test]
+fn a_thread_stopped_in_user_code_keeps_its_vector_registers_and_mxcsr() {
+    let dir = TestDir::new("fpu");
+    let mut w = Workload::spawn("wl_fpu", dir.path("report"), &[]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > 0);
+    assert!(r.contains(" OK"), "{r}");
+    let sigblk = status_field(w.pid, "SigBlk");
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = field(&w.read_report().unwrap(), 0, 1);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > at_dump + 1000 || !r.contains(" OK"));
+    assert!(r.contains(" OK"), "{r}");
+    assert_eq!(status_field(pid, "SigBlk"), sigblk);
+}
+
 #[test]
 fn sleeping_and_waiting_threads_resume_without_early_wakeups() {
     let dir = TestDir::new("sleep");

@@ -3,8 +3,9 @@
 //! whole, write the records, then the pages; undo everything on failure.
 
 use crate::error::DumpError;
+use crate::escape::Gadgets;
 use crate::freeze::{Frozen, FrozenTree};
-use crate::inject::{Remote, RemoteMem};
+use crate::inject::RemoteMem;
 use crate::kind::{DumpObjects, DumpProcess, DumpTree, Injector, Kind, ProcessDump};
 use crate::kinds::memory::Memory;
 use crate::proc;
@@ -216,7 +217,8 @@ fn read_process(
         .iter()
         .map(|t| Records::new(Owner::Thread(t.tid as u32)))
         .collect();
-    let mem = RemoteMem::open(pid, false)?;
+    // Writable: escape frames are written below the threads' stacks.
+    let mem = RemoteMem::open(pid, true)?;
     let syscall_ip = crate::inject::vdso_syscall(pid, &mem)?;
     let mut p = DumpProcess {
         pid,
@@ -236,22 +238,21 @@ fn read_process(
     // (nothing the process relies on lives there), so nothing is mapped in
     // it that a failed dump could leave behind.
     let scratch = (p.threads[0].regs.rsp - 128 - SCRATCH_LEN) & !15;
-    p.threads[0].prepare_injection()?;
+    let gadgets = Gadgets::find(pid, &mem);
+    let leader = p.threads[0].remote(syscall_ip, gadgets.as_ref(), &mem, scratch);
     let injector = Injector {
-        leader: Remote::for_dump(pid, syscall_ip, p.threads[0].regs),
+        leader,
         mem,
         scratch,
         syscall_ip,
+        gadgets,
     };
     p.inject = Some(&injector);
-    let read = kinds.iter_mut().try_for_each(|k| {
+    kinds.iter_mut().try_for_each(|k| {
         opts.check_interrupt()?;
         tracing::trace!(pid, kind = k.name(), "dumping");
         k.dump(&mut p)
-    });
-    let unmasked = p.threads.iter_mut().try_for_each(|t| t.end_injection());
-    read?;
-    unmasked?;
+    })?;
     Ok(ProcessDump {
         pid,
         records,

@@ -4,7 +4,8 @@
 //! tree puts back what dump changed and lets every process run on.
 
 use crate::error::{DumpError, TaskError};
-use crate::inject::{Resume, adjust_restart};
+use crate::escape::Gadgets;
+use crate::inject::{Remote, RemoteMem, Resume, adjust_restart};
 use crate::proc;
 use crate::sys::kcmp::{self, Shared};
 use crate::sys::ptrace::{self, Regs, Stop};
@@ -16,33 +17,25 @@ pub(crate) struct FrozenThread {
     /// Its registers and signal mask when it was stopped.
     pub regs: Regs,
     pub mask: u64,
-    /// Registers were changed by injected syscalls.
+    /// Syscalls were injected into it: its registers and mask may have
+    /// been changed (and are put back on release).
     touched: bool,
-    /// The signal mask is "all blocked", for injected syscalls.
-    masked: bool,
 }
 
 impl FrozenThread {
-    /// Before syscalls are injected into this thread: no signal may
-    /// interrupt them (a pending one would stop the thread on its way to
-    /// the next call), so every signal is blocked until
-    /// [`end_injection`](Self::end_injection).
-    pub(crate) fn prepare_injection(&mut self) -> Result<(), TaskError> {
+    /// A way to inject syscalls into this thread (see
+    /// [`Remote::for_dump`]), with an escape frame below `below` when the
+    /// process's `gadgets` were found.
+    pub(crate) fn remote(
+        &mut self,
+        syscall_ip: u64,
+        gadgets: Option<&Gadgets>,
+        mem: &RemoteMem,
+        below: u64,
+    ) -> Remote {
         self.touched = true;
-        if !self.masked {
-            ptrace::set_sigmask(self.tid, !0)?;
-            self.masked = true;
-        }
-        Ok(())
-    }
-
-    /// The thread's own signal mask again.
-    pub(crate) fn end_injection(&mut self) -> Result<(), TaskError> {
-        if self.masked {
-            ptrace::set_sigmask(self.tid, self.mask)?;
-            self.masked = false;
-        }
-        Ok(())
+        Remote::for_dump(self.tid, syscall_ip, self.regs, self.mask)
+            .with_escape(gadgets, mem, below)
     }
 }
 
@@ -106,7 +99,6 @@ impl Frozen {
                     regs: ptrace::zero_regs(),
                     mask: 0,
                     touched: false,
-                    masked: false,
                 });
                 ptrace::interrupt(tid)?;
                 if !wait_interrupt_stop(tid)? {
@@ -141,11 +133,9 @@ impl Frozen {
                 if let Err(e) = ptrace::set_regs(t.tid, &regs) {
                     tracing::error!(tid = t.tid, "restoring registers: {e}");
                 }
-            }
-            if t.masked
-                && let Err(e) = ptrace::set_sigmask(t.tid, t.mask)
-            {
-                tracing::error!(tid = t.tid, "restoring the signal mask: {e}");
+                if let Err(e) = ptrace::set_sigmask(t.tid, t.mask) {
+                    tracing::error!(tid = t.tid, "restoring the signal mask: {e}");
+                }
             }
             if let Err(e) = ptrace::detach(t.tid, 0) {
                 tracing::error!(tid = t.tid, "detaching: {e}");

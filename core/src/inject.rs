@@ -7,6 +7,7 @@
 //! areas without read or write permission).
 
 use crate::error::TaskError;
+use crate::escape::{Escape, Gadgets};
 use crate::sys::ptrace::{self, Regs, Stop};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -26,11 +27,18 @@ pub struct Remote {
     pub syscall_ip: u64,
     /// Registers the injected calls start from (all but rip/rax/args kept).
     pub base: Regs,
-    /// Registers put back at the end of every call, if any: a task being
-    /// dumped gets its own again at once, so that it never waits between
-    /// calls with registers of ours (if crstream died then, it would run
-    /// on with them).
-    resume: Option<Regs>,
+    /// A task being dumped: what it gets back at the end of every call.
+    own: Option<Own>,
+    /// Where its calls start from, if it has a way back should crstream
+    /// die during one (see [`crate::escape`]).
+    escape: Option<Escape>,
+}
+
+/// A task's own registers (ready to resume on its own) and signal mask.
+#[derive(Clone, Copy)]
+struct Own {
+    regs: Regs,
+    mask: u64,
 }
 
 impl Remote {
@@ -41,30 +49,53 @@ impl Remote {
             tid,
             syscall_ip,
             base,
-            resume: None,
+            own: None,
+            escape: None,
         })
     }
 
-    /// A task being dumped, stopped with registers `regs`: after each call
-    /// it gets them back, ready to resume on its own (an interrupted
-    /// syscall set to restart, see [`adjust_restart`]).
-    pub fn for_dump(tid: i32, syscall_ip: u64, regs: Regs) -> Self {
-        let mut resume = regs;
-        adjust_restart(&mut resume, Resume::SameTask);
+    /// A task being dumped, stopped with registers `regs` and signal mask
+    /// `mask`: it blocks every signal only while a call runs (a pending
+    /// one would stop it on the way), and after each call it gets its
+    /// registers and mask back, ready to resume on its own (an interrupted
+    /// syscall set to restart, see [`adjust_restart`]), so that it never
+    /// waits between calls with any state of ours.
+    pub(crate) fn for_dump(tid: i32, syscall_ip: u64, regs: Regs, mask: u64) -> Self {
+        let mut own = regs;
+        adjust_restart(&mut own, Resume::SameTask);
         Self {
             tid,
             syscall_ip,
             base: regs,
-            resume: Some(resume),
+            own: Some(Own { regs: own, mask }),
+            escape: None,
         }
     }
 
+    /// Gives a task being dumped its way back (a signal frame below
+    /// `below`), if `gadgets` were found in its process.
+    pub(crate) fn with_escape(
+        mut self,
+        gadgets: Option<&Gadgets>,
+        mem: &RemoteMem,
+        below: u64,
+    ) -> Self {
+        if let (Some(g), Some(own)) = (gadgets, self.own) {
+            self.escape = crate::escape::prepare(self.tid, g, mem, &own.regs, own.mask, below);
+        }
+        self
+    }
+
     /// Runs syscall `nr` with `args`; returns the raw result (negative errno
-    /// on failure). The task is left in its syscall-exit stop.
+    /// on failure). A stub is left in its syscall-exit stop; a task being
+    /// dumped has its own registers and mask again.
     pub fn raw(&self, nr: i64, args: &[u64]) -> Result<(i64, SyscallEvents), TaskError> {
         let tid = self.tid;
         let mut r = self.base;
-        r.rip = self.syscall_ip;
+        match self.escape {
+            Some(e) => (r.rip, r.rsp) = (e.rip, e.rsp),
+            None => r.rip = self.syscall_ip,
+        }
         r.rax = nr as u64;
         // -1: no syscall is being restarted, so the kernel's restart logic
         // leaves our registers alone on the way back to user mode.
@@ -72,7 +103,13 @@ impl Remote {
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
         (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+        // Registers first, then the mask, and the other way round after
+        // the call: with an escape frame, the task is never left with our
+        // mask and its own registers.
         ptrace::set_regs(tid, &r)?;
+        if self.own.is_some() {
+            ptrace::set_sigmask(tid, !0)?;
+        }
         ptrace::syscall(tid, 0)?;
         let (status, stop) = ptrace::wait(tid)?;
         match stop {
@@ -106,9 +143,12 @@ impl Remote {
                 }
             }
         }
+        // The call is done; the task still holds our registers.
+        crate::failpoint::pause("syscall-exit");
         let out = ptrace::get_regs(tid)?;
-        if let Some(own) = &self.resume {
-            ptrace::set_regs(tid, own)?;
+        if let Some(own) = &self.own {
+            ptrace::set_sigmask(tid, own.mask)?;
+            ptrace::set_regs(tid, &own.regs)?;
         }
         Ok((out.rax as i64, events))
     }

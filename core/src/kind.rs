@@ -81,6 +81,8 @@ pub(crate) struct Injector {
     pub scratch: u64,
     /// Address of a `syscall` instruction in the process.
     pub syscall_ip: u64,
+    /// The code escape frames need, if the process has it.
+    pub gadgets: Option<crate::escape::Gadgets>,
 }
 
 impl Injector {
@@ -130,13 +132,17 @@ impl<'a> DumpProcess<'a> {
     }
 
     /// An injector of syscalls into thread `i` (leader: 0), from its own
-    /// registers, which it gets back after every call; its signals are
-    /// blocked until the process is read.
+    /// registers and mask, which it gets back after every call.
     pub(crate) fn thread_remote(&mut self, i: usize) -> Result<Remote, TaskError> {
-        let syscall_ip = self.injector().syscall_ip;
-        self.threads[i].prepare_injection()?;
-        let t = &self.threads[i];
-        Ok(Remote::for_dump(t.tid, syscall_ip, t.regs))
+        let inj = self.injector();
+        // The leader's escape frame goes below the scratch buffer, which
+        // lies on its stack; another thread's below its own stack pointer
+        // and red zone.
+        let below = match i {
+            0 => inj.scratch,
+            _ => self.threads[i].regs.rsp - 128,
+        };
+        Ok(self.threads[i].remote(inj.syscall_ip, inj.gadgets.as_ref(), &inj.mem, below))
     }
 }
 

@@ -14,6 +14,7 @@
 mod check;
 mod dump;
 pub mod error;
+mod escape;
 mod failpoint;
 mod fd;
 mod freeze;

@@ -432,18 +432,19 @@ impl LazySession {
         let pid = self.pid;
         let err = |e: &dyn std::fmt::Display| format!("setting its parent-death signal again: {e}");
         let mut frozen = crate::freeze::Frozen::freeze(pid).map_err(|e| err(&e))?;
-        let mem = crate::inject::RemoteMem::open(pid, false).map_err(|e| err(&e))?;
+        let mem = crate::inject::RemoteMem::open(pid, true).map_err(|e| err(&e))?;
         let ip = crate::inject::vdso_syscall(pid, &mem).map_err(|e| err(&e))?;
+        let gadgets = crate::escape::Gadgets::find(pid, &mem);
         let leader = &mut frozen.threads[0];
-        leader.prepare_injection().map_err(|e| err(&e))?;
-        crate::inject::Remote::for_dump(pid, ip, leader.regs)
+        let below = leader.regs.rsp - 128;
+        leader
+            .remote(ip, gadgets.as_ref(), &mem, below)
             .call(
                 "prctl(PR_SET_PDEATHSIG)",
                 libc::SYS_prctl,
                 &[libc::PR_SET_PDEATHSIG as u64, self.death_signal as u64],
             )
             .map_err(|e| err(&e))?;
-        leader.end_injection().map_err(|e| err(&e))?;
         Ok(())
     }
 

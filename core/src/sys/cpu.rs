@@ -10,3 +10,13 @@ pub(crate) fn xcr0() -> u64 {
     unsafe { std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi) };
     ((hi as u64) << 32) | lo as u64
 }
+
+/// (offset, size) of XSAVE state component `i` in the standard (user)
+/// layout, from CPUID leaf 0xD; None if the CPU lacks it.
+pub(crate) fn xstate_component(i: u32) -> Option<(u32, u32)> {
+    if !std::arch::is_x86_feature_detected!("xsave") {
+        return None;
+    }
+    let r = std::arch::x86_64::__cpuid_count(0xd, i);
+    (r.eax != 0).then_some((r.ebx, r.eax))
+}
