@@ -411,8 +411,11 @@ impl Drop for ObjectSink {
     }
 }
 
-/// A local file: written to a temporary file in the destination's directory
-/// and renamed into place on commit, so the file appears only when complete.
+/// A local file: written to a file with no name in the destination's
+/// directory (O_TMPFILE), given a name and renamed into place on commit, so
+/// the file appears only when complete and a writer killed by SIGKILL
+/// leaves nothing behind. Where the filesystem lacks O_TMPFILE, a hidden
+/// temporary file is used instead (removed on abort, not after SIGKILL).
 /// Writing straight to the file avoids the part buffers of a multipart
 /// upload (memory and a copy) that a local disk does not need.
 struct FileSink {
@@ -420,10 +423,21 @@ struct FileSink {
     file: tokio::fs::File,
     /// `None` when writing in place (a device or FIFO).
     tmp: Option<std::path::PathBuf>,
+    /// The file has no name until commit (`tmp` is the name it gets then).
+    unnamed: bool,
     dest: std::path::PathBuf,
     written: u64,
     /// Committed or aborted: nothing left to clean up.
     done: bool,
+}
+
+/// Opens a file with no name in `dir` for writing; None where the
+/// filesystem does not support it.
+fn open_unnamed(dir: &std::path::Path) -> Option<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(dir, flags, Mode::from_raw_mode(0o666)).ok()?;
+    Some(std::fs::File::from(fd))
 }
 
 impl FileSink {
@@ -443,6 +457,7 @@ impl FileSink {
                 diag,
                 file,
                 tmp: None,
+                unnamed: false,
                 dest,
                 written: 0,
                 done: true,
@@ -466,6 +481,17 @@ impl FileSink {
             std::process::id(),
             unique()
         ));
+        if let Some(file) = open_unnamed(&dir) {
+            return Ok(Self {
+                diag,
+                file: tokio::fs::File::from_std(file),
+                tmp: Some(tmp),
+                unnamed: true,
+                dest,
+                written: 0,
+                done: false,
+            });
+        }
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -476,6 +502,7 @@ impl FileSink {
             diag,
             file,
             tmp: Some(tmp),
+            unnamed: false,
             dest,
             written: 0,
             done: false,
@@ -494,6 +521,25 @@ impl FileSink {
                 .flush()
                 .await
                 .map_err(|e| self.diag.classify_io("writing", &e))?;
+            if self.unnamed
+                && let Some(tmp) = &self.tmp
+            {
+                // A name, for the rename below (which replaces an existing
+                // file atomically, which linking cannot).
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    format!("/proc/self/fd/{fd}"),
+                    rustix::fs::CWD,
+                    tmp,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )
+                .map_err(|e| {
+                    self.diag
+                        .classify_io("naming the finished file", &std::io::Error::from(e))
+                })?;
+                self.unnamed = false;
+            }
             match &self.tmp {
                 Some(tmp) => tokio::fs::rename(tmp, &self.dest).await.map_err(|e| {
                     self.diag
@@ -525,6 +571,7 @@ impl FileSink {
         if !self.done {
             self.done = true;
             if let Some(tmp) = &self.tmp
+                && !self.unnamed
                 && let Err(e) = std::fs::remove_file(tmp)
             {
                 tracing::warn!("removing {}: {e}", tmp.display());
