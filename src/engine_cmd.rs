@@ -25,17 +25,20 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     let timeout = std::time::Duration::from_secs_f64(args.timeout);
     // Before any thread exists: from here on this is the worker, which a
     // signal to the crstream command interrupts instead of killing.
-    let interrupt = crate::worker::split()?;
+    let interrupt = crate::worker::split(args.pid)?;
     let pid = args.pid;
     let rt = crate::runtime();
-    let sink = rt
-        .block_on(bounded(
-            open_sink(&args.output, &args.sink.options()),
-            timeout,
-            &interrupt,
-        ))
-        .with_context(|| format!("opening {}", args.output))?
-        .with_context(|| format!("opening {}", args.output))?;
+    let sink = match rt.block_on(bounded(
+        open_sink(&args.output, &args.sink.options()),
+        timeout,
+        &interrupt,
+    )) {
+        Ok(Ok(sink)) => sink,
+        // Nothing was touched yet: the same words as any interrupted dump.
+        _ if interrupt.raised() => return Err(interrupted(pid, &interrupt)),
+        Ok(Err(e)) => return Err(e).with_context(|| format!("opening {}", args.output)),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", args.output)),
+    };
     let wopts = WriterOptions {
         codec: args.compress.codec(),
         level: args.level,
@@ -61,10 +64,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             discard(&rt, writer, timeout);
             let e = anyhow::Error::new(e);
             return Err(if interrupt.raised() {
-                anyhow::anyhow!(
-                    "dump of pid {pid} interrupted ({}); it runs on",
-                    interrupt.why()
-                )
+                interrupted(pid, &interrupt)
             } else {
                 // The engine's errors name the process at fault.
                 e.context("dump failed; the process was left running")
@@ -122,6 +122,13 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
 }
 
 /// `fut`, given up after `timeout` or once `interrupt` is raised.
+fn interrupted(pid: i32, interrupt: &crate::worker::Interrupt) -> anyhow::Error {
+    anyhow::anyhow!(
+        "dump of pid {pid} interrupted ({}); it runs on",
+        interrupt.why()
+    )
+}
+
 async fn bounded<T>(
     fut: impl std::future::Future<Output = T>,
     timeout: std::time::Duration,

@@ -112,6 +112,29 @@ fn a_process_in_its_own_pid_namespace_is_refused() {
     assert_running_untraced(inner);
 }
 
+/// crstream inside a PID namespace, asked to dump the namespace's first
+/// process (whose SIGKILL from inside the kernel ignores): refused at
+/// once, never a hang.
+#[test]
+fn the_first_process_of_a_pid_namespace_is_refused_from_inside_it() {
+    let err = refused(
+        1,
+        &[
+            "timeout",
+            "60",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            "\"$@\"; exit $?",
+            "sh",
+        ],
+    );
+    assert!(err.contains("first process (PID 1)"), "{err}");
+}
+
 /// Without the capabilities restore needs here, dump writes no image and
 /// kills nothing.
 #[test]
