@@ -161,6 +161,12 @@ pub enum RestoreError {
     },
     #[error("pid {pid} tid {tid}: {reason}")]
     Thread { pid: i32, tid: i32, reason: String },
+    #[error("pid {pid}: {what} cannot be restored here: {reason}")]
+    Unsupported {
+        pid: i32,
+        what: &'static str,
+        reason: String,
+    },
     #[error("pid {pid}: session or process group: {reason}")]
     Session { pid: i32, reason: String },
     #[error("recreating {what}: {reason}")]

@@ -5,8 +5,9 @@
 use crate::error::RestoreError;
 use crstream_proto::record::Body;
 use crstream_proto::{
-    Credentials, FileTable, FsContext, Itimers, MemoryMap, MmFields, PosixTimers, PrctlValues,
-    ProcessCore, ProcessEntry, Rlimits, SignalState, ThreadCore,
+    Credentials, FileTable, FsContext, Itimers, LoginUid, MemoryMap, MmFields, OomScoreAdj,
+    PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits, Scheduling, SignalState,
+    ThreadCore,
 };
 
 /// A record type: one variant of `Record.body`.
@@ -59,6 +60,9 @@ records!(
     MmFields,
     Itimers,
     PosixTimers,
+    Scheduling,
+    OomScoreAdj,
+    LoginUid,
     ProcessCore,
 );
 
@@ -177,6 +181,9 @@ pub(crate) fn body_name(body: &Body) -> &'static str {
         Body::MmFields(_) => "MmFields",
         Body::Itimers(_) => "Itimers",
         Body::PosixTimers(_) => "PosixTimers",
+        Body::Scheduling(_) => "Scheduling",
+        Body::OomScoreAdj(_) => "OomScoreAdj",
+        Body::LoginUid(_) => "LoginUid",
     }
 }
 
@@ -187,11 +194,42 @@ pub(crate) struct ProcessImage<'a> {
     pub entry: &'a ProcessEntry,
     pub records: &'a Records,
     pub threads: Vec<&'a ThreadCore>,
+    /// The records of each thread, leader first.
+    pub thread_records: Vec<&'a Records>,
+    /// The image's records version (`Inventory.format_version`).
+    pub version: u32,
 }
 
 impl ProcessImage<'_> {
     /// The record of type R of this process (see [`Records::need`]).
     pub(crate) fn need<R: Record>(&self) -> Result<&R, RestoreError> {
         self.records.need()
+    }
+
+    /// The record of type R of this process, which images of records
+    /// version `since` and later always carry (None in older images).
+    pub(crate) fn need_since<R: Record>(&self, since: u32) -> Result<Option<&R>, RestoreError> {
+        need_since(self.records, self.version, since)
+    }
+
+    /// The same, for thread `i` (leader: 0).
+    pub(crate) fn thread_need_since<R: Record>(
+        &self,
+        i: usize,
+        since: u32,
+    ) -> Result<Option<&R>, RestoreError> {
+        need_since(self.thread_records[i], self.version, since)
+    }
+}
+
+fn need_since<R: Record>(
+    records: &Records,
+    version: u32,
+    since: u32,
+) -> Result<Option<&R>, RestoreError> {
+    if version < since {
+        Ok(records.get())
+    } else {
+        records.need().map(Some)
     }
 }

@@ -5,11 +5,14 @@
 pub(crate) mod creds;
 pub(crate) mod fs_context;
 pub(crate) mod itimers;
+pub(crate) mod loginuid;
 pub(crate) mod memory;
 pub(crate) mod mm;
+pub(crate) mod oom;
 pub(crate) mod posix_timers;
 pub(crate) mod prctl;
 pub(crate) mod rlimits;
+pub(crate) mod sched;
 pub(crate) mod signals;
 pub(crate) mod threads;
 
@@ -24,6 +27,8 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(fs_context::FsContext),
         Box::new(prctl::Prctl),
         Box::new(rlimits::Rlimits),
+        Box::new(oom::Oom),
+        Box::new(loginuid::LoginUidKind),
         Box::new(signals::SignalActions),
         Box::new(itimers::Itimers),
         Box::new(mm::Mm),
@@ -31,5 +36,6 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(threads::Threads),
         Box::new(posix_timers::PosixTimers),
         Box::new(signals::PendingSignals),
+        Box::new(sched::Sched),
     ]
 }

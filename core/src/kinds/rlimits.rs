@@ -22,12 +22,32 @@ impl Kind for Rlimits {
     }
 
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
-        let limits = RESOURCES
+        let limits: Vec<Rlimit> = RESOURCES
             .filter_map(|resource| {
                 let (cur, max) = get_rlimit(p.pid, resource).ok()?;
                 Some(Rlimit { resource, cur, max })
             })
             .collect();
+        // The restored process starts with crstream's limits: a hard limit
+        // can be raised above them only with CAP_SYS_RESOURCE.
+        if !crate::proc::own_capability(crate::proc::CAP_SYS_RESOURCE) {
+            let me = std::process::id() as i32;
+            for l in &limits {
+                if let Ok((_, mine)) = get_rlimit(me, l.resource)
+                    && l.max > mine
+                {
+                    return Err(DumpError::Unsupported {
+                        pid: p.pid,
+                        what: "resource limit",
+                        reason: format!(
+                            "its hard limit {} of resource {} is above crstream's ({mine}), \
+                             which restore cannot raise without CAP_SYS_RESOURCE",
+                            l.max, l.resource
+                        ),
+                    });
+                }
+            }
+        }
         p.records.push(Record { limits });
         Ok(())
     }
@@ -40,9 +60,14 @@ impl Kind for Rlimits {
         let pid = p.pid();
         let r: &Record = p.image.need()?;
         for l in &r.limits {
-            if let Err(e) = set_rlimit(pid, l.resource, l.cur, l.max) {
-                tracing::warn!(pid, resource = l.resource, "setting rlimit: {e}");
-            }
+            set_rlimit(pid, l.resource, l.cur, l.max).map_err(|err| RestoreError::Io {
+                pid,
+                what: format!(
+                    "setting resource limit {} to {}/{}",
+                    l.resource, l.cur, l.max
+                ),
+                err,
+            })?;
         }
         Ok(())
     }

@@ -124,15 +124,14 @@ fn plan_process<'a>(
     let pid = entry.pid as i32;
     let records = img.process(entry.pid).unwrap_or(empty);
     let mut threads = Vec::new();
+    let mut thread_records = Vec::new();
     for &tid in &entry.threads {
-        let t = img
-            .thread(tid)
-            .ok_or(RestoreError::MissingRecord {
-                what: "ThreadCore",
-                owner: format!("tid {tid}"),
-            })?
-            .need::<crstream_proto::ThreadCore>()?;
-        threads.push(t);
+        let records = img.thread(tid).ok_or(RestoreError::MissingRecord {
+            what: "ThreadCore",
+            owner: format!("tid {tid}"),
+        })?;
+        threads.push(records.need::<crstream_proto::ThreadCore>()?);
+        thread_records.push(records);
     }
     if threads.first().map(|t| t.tid) != Some(entry.pid) {
         return Err(RestoreError::Image(format!(
@@ -155,6 +154,8 @@ fn plan_process<'a>(
         entry,
         records,
         threads,
+        thread_records,
+        version: img.inventory.format_version,
     };
     for k in kinds {
         k.check(&p)?;

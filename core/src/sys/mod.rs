@@ -13,6 +13,7 @@ pub(crate) mod mem;
 pub(crate) mod pidfd;
 pub(crate) mod process;
 pub(crate) mod ptrace;
+pub(crate) mod sched;
 pub(crate) mod shm;
 pub(crate) mod signal;
 pub(crate) mod socket;

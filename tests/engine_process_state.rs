@@ -1,0 +1,53 @@
+//! Process state beyond memory, files and registers comes back exactly:
+//! each workload sets one kind of state, checks it all the time, and says
+//! so in its report. Each is restored twice from one image, then dumped
+//! again after restore and restored from that.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Dump `w`; restore the image twice, then dump the restored process and
+/// restore that; after each restore, the workload's counter moves on and
+/// its status stays OK. `extra` checks the restored process from outside.
+fn round_trips(w: &mut Workload, dir: &TestDir, extra: &dyn Fn(i32)) {
+    let counter = |r: &str| field(r, 0, 1);
+    let r = w.wait_report(T, |r| counter(r) >= 3);
+    assert!(r.contains(" OK"), "before the dump: {r}\n{}", w.log());
+    extra(w.pid);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let again = |w: &mut Workload, img: &Path, what: &str| {
+        let at = counter(&w.read_report().unwrap());
+        let (pid, _) = restore(img);
+        w.restored(pid);
+        let r = w.wait_report(T, |r| counter(r) > at + 3 || !r.contains(" OK"));
+        assert!(r.contains(" OK"), "{what}: {r}\n{}", w.log());
+        assert_running_untraced(pid);
+        extra(pid);
+    };
+    again(w, &img, "first restore");
+    w.kill();
+    again(w, &img, "second restore");
+    let img2 = dir.path("img2");
+    dump(w.pid, &img2, &[]);
+    assert!(wait_gone(w.pid, T));
+    again(w, &img2, "restore of a restored process");
+}
+
+#[test]
+fn scheduling_io_priority_affinity_timer_slack_and_oom_score_survive() {
+    let dir = TestDir::new("sched");
+    let mut w = Workload::spawn("wl_sched", dir.path("report"), &[]);
+    let oom = |pid: i32| {
+        let v = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+        assert_eq!(v.trim(), "345");
+        assert_eq!(tasks(pid).len(), 5);
+    };
+    round_trips(&mut w, &dir, &oom);
+}
