@@ -51,3 +51,26 @@ fn scheduling_io_priority_affinity_timer_slack_and_oom_score_survive() {
     };
     round_trips(&mut w, &dir, &oom);
 }
+
+/// Threads with users, groups, capability sets and securebits of their
+/// own (a daemon's main thread as nobody keeping CAP_NET_BIND_SERVICE, a
+/// thread as uid 1000, a root thread with a smaller bounding set and an
+/// ambient capability) come back with exactly those.
+#[test]
+fn threads_with_their_own_users_groups_capabilities_and_securebits_come_back() {
+    let dir = TestDir::new("creds");
+    let mut w = Workload::spawn("wl_creds", dir.path("report"), &[]);
+    let uids = |pid: i32| {
+        let mut uids: Vec<String> = tasks(pid)
+            .into_iter()
+            .map(|t| {
+                let uid = status_field(t, "Uid").unwrap_or_default();
+                uid.split_whitespace().next().unwrap_or("").to_string()
+            })
+            .collect();
+        uids.sort();
+        assert_eq!(uids, ["0", "1000", "65534"], "uids of the threads of {pid}");
+        assert_eq!(status_field(pid, "NoNewPrivs").as_deref(), Some("1"));
+    };
+    round_trips(&mut w, &dir, &uids);
+}

@@ -67,6 +67,14 @@ impl Stub {
         self.leader.call(name, nr, args)
     }
 
+    /// Injection into thread `tid` of the stub (created by restore,
+    /// stopped), through the trampoline, on the leader's stack.
+    pub fn thread(&self, tid: i32) -> Result<Remote, TaskError> {
+        let mut r = Remote::new(tid, self.tramp)?;
+        r.base.rsp = self.leader.base.rsp;
+        Ok(r)
+    }
+
     /// Writes `data` at scratch offset `off`; returns its address in the stub.
     pub fn put(&self, off: usize, data: &[u8]) -> Result<u64, TaskError> {
         assert!(off + data.len() <= SCRATCH_LEN, "scratch overflow");

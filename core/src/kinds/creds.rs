@@ -1,13 +1,38 @@
-//! Credentials (the `Credentials` record): saved from /proc/PID/status and
-//! an injected prctl(PR_GET_SECUREBITS); restore checks that they match
-//! the restorer's own (setting them is not supported yet) and sets
-//! no_new_privs.
+//! Credentials of each thread (the `Credentials` record, in each thread's
+//! stream): real/effective/saved/fs user and group IDs, supplementary
+//! groups, the five capability sets, securebits and no_new_privs. Saved
+//! from /proc/TID/status and an injected prctl(PR_GET_SECUREBITS).
+//!
+//! Restore sets them from inside each thread, last (in the final phase,
+//! after everything that needs privilege), in the one order the kernel
+//! allows from root: the inheritable set while the bounding set is whole,
+//! the bounding set, groups and gids, then the uids with SECBIT_KEEP_CAPS
+//! so that the permitted set survives the change, then the capabilities
+//! (with CAP_SETPCAP kept effective while the ambient set and securebits
+//! are set), then the final capability sets. Changing credentials resets
+//! the process's dumpable flag, which is set again once every thread has
+//! its own.
+//!
+//! Images of records version 2 carry one record per process (the
+//! leader's), which every thread gets.
 
-use crate::error::{DumpError, RestoreError};
+use crate::error::{DumpError, RestoreError, TaskError};
+use crate::inject::Remote;
 use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
 use crate::proc::Status;
 use crate::records::ProcessImage;
-use crstream_proto::Credentials;
+use crate::stub::{SCRATCH_DATA, Stub};
+use crstream_proto::{Credentials, MmFields};
+
+/// Records version since which every thread has its own record.
+const PER_THREAD: u32 = 3;
+
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+const CAP_SETPCAP: u32 = 8;
+/// securebits (linux/securebits.h).
+const SECBIT_KEEP_CAPS: u32 = 1 << 4;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 pub(crate) struct Creds;
 
@@ -17,33 +42,76 @@ impl Kind for Creds {
     }
 
     fn phase(&self) -> Phase {
-        Phase::Process
+        Phase::Final
     }
 
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
-        let securebits = p.injector().call(
-            "prctl(PR_GET_SECUREBITS)",
-            libc::SYS_prctl,
-            &[libc::PR_GET_SECUREBITS as u64],
-        )? as u32;
-        p.records.push(from_status(p.status, securebits));
+        for i in 0..p.threads.len() {
+            let tid = p.threads[i].tid;
+            let status =
+                crate::proc::status(tid).map_err(|err| DumpError::Proc { pid: p.pid, err })?;
+            let remote = p.thread_remote(i)?;
+            let securebits = remote.call(
+                "prctl(PR_GET_SECUREBITS)",
+                libc::SYS_prctl,
+                &[libc::PR_GET_SECUREBITS as u64],
+            )? as u32;
+            p.thread_records[i].push(from_status(&status, securebits));
+        }
         Ok(())
     }
 
     fn check(&self, p: &ProcessImage<'_>) -> Result<(), RestoreError> {
-        check(p.pid, p.need()?)
+        let mine = crate::proc::status(std::process::id() as i32).map_err(|e| {
+            RestoreError::Credentials {
+                pid: p.pid,
+                reason: e.to_string(),
+            }
+        })?;
+        for i in 0..p.threads.len() {
+            check(p.pid, saved(p, i)?, &mine)?;
+        }
+        Ok(())
     }
 
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
-        let c: &Credentials = p.image.need()?;
-        if c.no_new_privs {
-            p.stub.call(
-                "prctl(PR_SET_NO_NEW_PRIVS)",
+        let pid = p.pid();
+        let stub = p.stub;
+        // The leader last: the dumpable flag is set from it afterwards.
+        for i in (0..p.image.threads.len()).rev() {
+            let c = saved(p.image, i)?;
+            let tid = p.image.threads[i].tid as i32;
+            let thread = if i == 0 {
+                None
+            } else {
+                Some(stub.thread(tid)?)
+            };
+            let remote = thread.as_ref().unwrap_or(&stub.leader);
+            set(stub, remote, c).map_err(|e| RestoreError::Thread {
+                pid,
+                tid,
+                reason: format!("setting credentials: {e}"),
+            })?;
+        }
+        if let Some(mm) = p.image.records.get::<MmFields>()
+            && mm.dumpable <= 1
+        {
+            stub.call(
+                "prctl(PR_SET_DUMPABLE)",
                 libc::SYS_prctl,
-                &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+                &[libc::PR_SET_DUMPABLE as u64, mm.dumpable as u64],
             )?;
         }
         Ok(())
+    }
+}
+
+/// The credentials of thread `i`: its own, or the process's in images
+/// older than per-thread records.
+fn saved<'a>(p: &'a ProcessImage<'_>, i: usize) -> Result<&'a Credentials, RestoreError> {
+    match p.thread_need_since::<Credentials>(i, PER_THREAD)? {
+        Some(c) => Ok(c),
+        None => p.need(),
     }
 }
 
@@ -68,73 +136,140 @@ fn from_status(s: &Status, securebits: u32) -> Credentials {
     }
 }
 
-/// Fails unless the saved credentials equal the restorer's (the stub
-/// inherits the restorer's). no_new_privs is set separately.
-fn check(pid: i32, saved: &Credentials) -> Result<(), RestoreError> {
-    let me =
-        crate::proc::status(std::process::id() as i32).map_err(|e| RestoreError::Credentials {
-            pid,
-            reason: e.to_string(),
-        })?;
-    let mine = from_status(&me, saved.securebits);
-    let mut diffs = Vec::new();
-    if (saved.uid, saved.euid, saved.suid, saved.fsuid)
-        != (mine.uid, mine.euid, mine.suid, mine.fsuid)
-    {
-        diffs.push(format!(
-            "uids {:?} vs {:?}",
-            [saved.uid, saved.euid, saved.suid, saved.fsuid],
-            me.uids
-        ));
+/// Refuses, before anything is created, credentials the restorer cannot
+/// give: it starts from its own and can only drop capabilities it has.
+fn check(pid: i32, c: &Credentials, me: &Status) -> Result<(), RestoreError> {
+    let refuse = |reason: String| RestoreError::Credentials { pid, reason };
+    let has = |cap: u32| me.cap_eff & (1 << cap) != 0;
+    let ids_differ = [c.uid, c.euid, c.suid, c.fsuid] != me.uids;
+    let gids_differ = [c.gid, c.egid, c.sgid, c.fsgid] != me.gids;
+    let mut groups = c.groups.clone();
+    let mut my_groups = me.groups.clone();
+    groups.sort_unstable();
+    my_groups.sort_unstable();
+    if ids_differ && !has(CAP_SETUID) {
+        return Err(refuse(format!(
+            "uids {:?}, and crstream lacks CAP_SETUID",
+            [c.uid, c.euid, c.suid, c.fsuid]
+        )));
     }
-    if (saved.gid, saved.egid, saved.sgid, saved.fsgid)
-        != (mine.gid, mine.egid, mine.sgid, mine.fsgid)
-    {
-        diffs.push(format!(
-            "gids {:?} vs {:?}",
-            [saved.gid, saved.egid, saved.sgid, saved.fsgid],
-            me.gids
-        ));
+    if (gids_differ || groups != my_groups) && !has(CAP_SETGID) {
+        return Err(refuse(format!(
+            "gids {:?} and groups {:?}, and crstream lacks CAP_SETGID",
+            [c.gid, c.egid, c.sgid, c.fsgid],
+            c.groups
+        )));
     }
-    let (mut a, mut b) = (saved.groups.clone(), mine.groups.clone());
-    a.sort_unstable();
-    b.sort_unstable();
-    if a != b {
-        diffs.push(format!("groups {a:?} vs {b:?}"));
+    let extra = (c.cap_permitted | c.cap_bounding | c.cap_inheritable) & !me.cap_prm & !me.cap_bnd;
+    if extra != 0 {
+        return Err(refuse(format!(
+            "capabilities {extra:#x} that crstream does not have"
+        )));
     }
-    if (
-        saved.cap_permitted,
-        saved.cap_effective,
-        saved.cap_inheritable,
-        saved.cap_bounding,
-        saved.cap_ambient,
-    ) != (
-        mine.cap_permitted,
-        mine.cap_effective,
-        mine.cap_inheritable,
-        mine.cap_bounding,
-        mine.cap_ambient,
-    ) {
-        diffs.push(format!(
-            "capabilities prm/eff/inh/bnd/amb {:x}/{:x}/{:x}/{:x}/{:x} vs {:x}/{:x}/{:x}/{:x}/{:x}",
-            saved.cap_permitted,
-            saved.cap_effective,
-            saved.cap_inheritable,
-            saved.cap_bounding,
-            saved.cap_ambient,
-            mine.cap_permitted,
-            mine.cap_effective,
-            mine.cap_inheritable,
-            mine.cap_bounding,
-            mine.cap_ambient
-        ));
+    if c.securebits != 0 && !has(CAP_SETPCAP) {
+        return Err(refuse(format!(
+            "securebits {:#x}, and crstream lacks CAP_SETPCAP",
+            c.securebits
+        )));
     }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(RestoreError::Credentials {
-            pid,
-            reason: diffs.join("; "),
-        })
+    Ok(())
+}
+
+/// Gives the thread `remote` injects into the credentials `c`, from the
+/// restorer's (root's) own.
+fn set(stub: &Stub, remote: &Remote, c: &Credentials) -> Result<(), TaskError> {
+    let prctl = |name, args: &[u64]| remote.call(name, libc::SYS_prctl, args);
+    let now = crate::proc::status(remote.tid).unwrap_or_default();
+    // The inheritable set while the bounding set is whole (it may hold
+    // capabilities the saved bounding set no longer has).
+    capset(stub, remote, now.cap_eff, now.cap_prm, c.cap_inheritable)?;
+    for cap in 0..64 {
+        if now.cap_bnd & (1 << cap) != 0 && c.cap_bounding & (1 << cap) == 0 {
+            prctl(
+                "prctl(PR_CAPBSET_DROP)",
+                &[libc::PR_CAPBSET_DROP as u64, cap],
+            )?;
+        }
     }
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    let list = stub.put(SCRATCH_DATA, &groups)?;
+    remote.call(
+        "setgroups",
+        libc::SYS_setgroups,
+        &[c.groups.len() as u64, list],
+    )?;
+    remote.call(
+        "setresgid",
+        libc::SYS_setresgid,
+        &[c.gid as u64, c.egid as u64, c.sgid as u64],
+    )?;
+    remote.call("setfsgid", libc::SYS_setfsgid, &[c.fsgid as u64])?;
+    // Keep the permitted set through the change of uids.
+    prctl(
+        "prctl(PR_SET_SECUREBITS)",
+        &[libc::PR_SET_SECUREBITS as u64, SECBIT_KEEP_CAPS as u64],
+    )?;
+    remote.call(
+        "setresuid",
+        libc::SYS_setresuid,
+        &[c.uid as u64, c.euid as u64, c.suid as u64],
+    )?;
+    remote.call("setfsuid", libc::SYS_setfsuid, &[c.fsuid as u64])?;
+    // CAP_SETPCAP effective for the securebits; ambient capabilities need
+    // theirs permitted and inheritable.
+    let wide = c.cap_permitted | (1u64 << CAP_SETPCAP);
+    capset(stub, remote, wide, wide, c.cap_inheritable)?;
+    for cap in 0..64 {
+        if c.cap_ambient & (1 << cap) != 0 {
+            prctl(
+                "prctl(PR_CAP_AMBIENT_RAISE)",
+                &[
+                    libc::PR_CAP_AMBIENT as u64,
+                    libc::PR_CAP_AMBIENT_RAISE as u64,
+                    cap,
+                    0,
+                    0,
+                ],
+            )?;
+        }
+    }
+    prctl(
+        "prctl(PR_SET_SECUREBITS)",
+        &[libc::PR_SET_SECUREBITS as u64, c.securebits as u64],
+    )?;
+    capset(
+        stub,
+        remote,
+        c.cap_effective,
+        c.cap_permitted,
+        c.cap_inheritable,
+    )?;
+    if c.no_new_privs {
+        prctl(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// capset(2) of the calling thread: version 3, two 32-bit words per set.
+fn capset(
+    stub: &Stub,
+    remote: &Remote,
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+) -> Result<(), TaskError> {
+    let mut b = Vec::with_capacity(8 + 24);
+    b.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_le_bytes());
+    b.extend_from_slice(&0i32.to_le_bytes());
+    for half in [0, 32] {
+        for set in [effective, permitted, inheritable] {
+            b.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+        }
+    }
+    let header = stub.put(SCRATCH_DATA, &b)?;
+    remote.call("capset", libc::SYS_capset, &[header, header + 8])?;
+    Ok(())
 }

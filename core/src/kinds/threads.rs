@@ -146,9 +146,7 @@ fn create(stub: &Stub, tid: i32) -> Result<Remote, RestoreError> {
             .into());
         }
     }
-    let mut r = Remote::new(tid, stub.tramp)?;
-    r.base.rsp = stub.leader.base.rsp;
-    Ok(r)
+    Ok(stub.thread(tid)?)
 }
 
 /// Per-thread kernel state set from inside the thread.
