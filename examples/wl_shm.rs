@@ -14,8 +14,14 @@
 //! that all regions show the same counter give or take one (a region that
 //! stopped being shared falls behind), that the memfd fd reads what its
 //! mapping shows, that its seals and name are intact, and that a private
-//! mapping of the memfd still holds its own copy-on-write page. Report:
-//!   line 0: "ROOTPID COUNTER STATUS" (STATUS: OK or BAD-what)
+//! mapping of the memfd still holds its own copy-on-write page.
+//!
+//! `unseen`: 64 pages of shared anonymous memory written by a child that
+//! exits at once, and touched by no process after that, until REPORT.verify
+//! exists: then the root checks them, removes the file and counts a pass.
+//!
+//! Report:
+//!   line 0: "ROOTPID COUNTER STATUS PASSES" (STATUS: OK or BAD-what)
 //!   line 1: the pids of the two children
 //!   lines 2..: "REGION c0 c1 c2", the counters each region shows
 //!
@@ -32,6 +38,42 @@ const PROCS: usize = 3;
 const PAGE: usize = 4096;
 const MEMFD_SEALS: i32 = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK;
 const PRIVATE_MARK: u64 = 0x5052_4956_4154_4521;
+const UNSEEN_PAGES: usize = 64;
+
+/// The word at `i` of the `unseen` region.
+fn unseen_word(i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+}
+
+/// Maps `unseen`, has a short-lived child fill it, and waits for it.
+fn unseen() -> &'static [u64] {
+    let len = UNSEEN_PAGES * PAGE;
+    // SAFETY: a fresh shared mapping that lives as long as the process;
+    // the child writes it and exits.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap unseen");
+        let words = std::slice::from_raw_parts_mut(p as *mut u64, len / 8);
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            for (i, w) in words.iter_mut().enumerate() {
+                *w = unseen_word(i);
+            }
+            libc::_exit(0);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        words
+    }
+}
 
 type Slots = [AtomicU64; PROCS];
 
@@ -138,7 +180,11 @@ fn main() {
     // SAFETY: no fd above 2 is in use yet.
     unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
     let path = std::env::args().nth(1).expect("usage: wl_shm REPORT");
+    let verify = format!("{path}.verify");
     let r = regions();
+    let unseen = unseen();
+    let mut passes = 0u64;
+    let mut unseen_bad = None;
     let mut kids = Vec::new();
     for me in 1..PROCS {
         // SAFETY: the child only runs `child`.
@@ -157,8 +203,18 @@ fn main() {
             tick(&r, 0, n);
             std::thread::sleep(Duration::from_millis(20));
         }
-        let status = check(&r);
-        let mut text = format!("{me} {n} {status}\n{} {}\n", kids[0], kids[1]);
+        if std::fs::remove_file(&verify).is_ok() {
+            match unseen
+                .iter()
+                .enumerate()
+                .find(|(i, w)| **w != unseen_word(*i))
+            {
+                None => passes += 1,
+                Some((i, w)) => unseen_bad = Some(format!("BAD-unseen-word-{i}-is-{w:#x}")),
+            }
+        }
+        let status = unseen_bad.clone().unwrap_or_else(|| check(&r));
+        let mut text = format!("{me} {n} {status} {passes}\n{} {}\n", kids[0], kids[1]);
         for (name, s) in &r.all {
             let v: Vec<String> = s
                 .iter()

@@ -44,7 +44,8 @@ fn maps(pid: i32) -> String {
 /// shared and privately, its fd open at an offset), a deleted /dev/shm
 /// file and a System V segment, checking each other's writes through each:
 /// after restore from S3, twice, every region is shared again and every
-/// counter continues from where it stopped.
+/// counter continues from where it stopped; shared anonymous pages no
+/// process had mapped at the dump have their contents.
 #[test]
 fn memfd_deleted_file_sysv_and_anonymous_shared_memory_stay_shared() {
     let dir = TestDir::new("shm-s3");
@@ -87,6 +88,11 @@ fn memfd_deleted_file_sysv_and_anonymous_shared_memory_stay_shared() {
             !std::path::Path::new(deleted_name.trim_end_matches(" (deleted)")).exists(),
             "the restore left the deleted file linked"
         );
+        // Shared pages that no process had mapped at the dump (written by
+        // a child that exited) are there too.
+        std::fs::write(dir.path("report.verify"), b"").unwrap();
+        let r = w.wait_report(T, |r| field(r, 0, 3) >= 1 || status(r).starts_with("BAD"));
+        assert_eq!(status(&r), "OK", "{r}");
     });
 }
 

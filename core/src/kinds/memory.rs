@@ -348,6 +348,36 @@ fn scan_pagemap(
     Ok(runs)
 }
 
+/// The pages of the kernel shmem object a shared anonymous area (or a
+/// System V segment) maps: every page the object holds, found with
+/// SEEK_DATA/SEEK_HOLE on the object itself (through map_files), whether
+/// or not this process has it mapped: a page written by a process that
+/// has exited since is in no page table.
+fn scan_shmem(pid: i32, a: &VmArea) -> std::io::Result<Vec<(u64, u64)>> {
+    use rustix::fs::SeekFrom;
+    let page = PAGE_SIZE as u64;
+    let f = File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", a.start, a.end))?;
+    let (lo, hi) = (a.pgoff, a.pgoff + (a.end - a.start));
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut at = lo;
+    while at < hi {
+        let data = match rustix::fs::seek(&f, SeekFrom::Data(at)) {
+            Ok(o) => o,
+            // No data after `at`.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= hi {
+            break;
+        }
+        let hole = rustix::fs::seek(&f, SeekFrom::Hole(data))?.min(hi);
+        let (s, e) = (data / page * page, hole.div_ceil(page) * page);
+        runs.push((a.start + (s - lo), e.min(hi) - s));
+        at = hole;
+    }
+    Ok(runs)
+}
+
 /// Finds the pages to save in every area.
 fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
     let path = format!("/proc/{pid}/pagemap");
@@ -362,6 +392,16 @@ fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
     let mut zero: Option<Vec<(u64, u64)>> = None;
     for a in areas.iter_mut().filter(|a| a.save != Save::None) {
         let (start, end) = (a.area.start, a.area.end);
+        if a.save == Save::Shared {
+            a.runs = scan_shmem(pid, &a.area).map_err(|err| DumpError::PageScan {
+                pid,
+                start,
+                end,
+                err,
+            })?;
+            a.area.has_pages = !a.runs.is_empty();
+            continue;
+        }
         let mut runs = None;
         if use_ioctl {
             match scan_ioctl(&pagemap, start, end, a.save) {
