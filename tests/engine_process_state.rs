@@ -74,3 +74,25 @@ fn threads_with_their_own_users_groups_capabilities_and_securebits_come_back() {
     };
     round_trips(&mut w, &dir, &uids);
 }
+
+/// Seccomp: threads sharing filters installed with TSYNC (and installing
+/// more with TSYNC, which only works while they still share them), then a
+/// thread in strict mode beside threads with filters of their own. The
+/// filters filter after restore, never restore's own syscalls.
+#[test]
+fn seccomp_filters_shared_by_threads_per_thread_and_strict_mode_come_back() {
+    for variant in ["tsync", "strict"] {
+        let dir = TestDir::new(&format!("seccomp-{variant}"));
+        let mut w = Workload::spawn("wl_seccomp", dir.path("report"), &[variant]);
+        let filtering = |pid: i32| {
+            assert_eq!(status_field(pid, "Seccomp").as_deref(), Some("2"));
+            let modes: Vec<String> = tasks(pid)
+                .into_iter()
+                .map(|t| status_field(t, "Seccomp").unwrap_or_default())
+                .collect();
+            let strict = modes.iter().filter(|m| *m == "1").count();
+            assert_eq!(strict, usize::from(variant == "strict"), "{modes:?}");
+        };
+        round_trips(&mut w, &dir, &filtering);
+    }
+}

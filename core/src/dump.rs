@@ -203,13 +203,6 @@ fn read_process(
     let pid = frozen.pid;
     let proc_err = |err| DumpError::Proc { pid, err };
     let status = proc::status(pid).map_err(proc_err)?;
-    if status.seccomp != 0 {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: "seccomp",
-            reason: "the process has seccomp filters".into(),
-        });
-    }
     let stat = proc::stat(pid).map_err(proc_err)?;
     let mut records = Records::new(Owner::Process(pid as u32));
     let mut thread_records: Vec<Records> = frozen

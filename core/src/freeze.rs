@@ -77,6 +77,15 @@ impl Frozen {
             threads: Vec::new(),
             released: false,
         };
+        // A process with seccomp filters has them suspended while traced,
+        // so that they do not filter the syscalls dump injects.
+        let seccomp = proc::status(pid).is_ok_and(|s| s.seccomp != 0);
+        let options = ptrace::PTRACE_O_TRACESYSGOOD
+            | if seccomp {
+                ptrace::PTRACE_O_SUSPEND_SECCOMP
+            } else {
+                0
+            };
         // Threads may be created while we attach: repeat until a listing
         // shows no new thread (stopped threads cannot create more).
         loop {
@@ -89,7 +98,7 @@ impl Frozen {
                 break;
             }
             for tid in new {
-                match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
+                match ptrace::seize(tid, options) {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) && tid != pid => continue,
                     Err(err) => return Err(DumpError::Attach { pid, tid, err }),

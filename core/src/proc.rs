@@ -440,6 +440,7 @@ mod tests {
 }
 
 /// Capability numbers (linux/capability.h).
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
 pub(crate) const CAP_SYS_RESOURCE: u32 = 24;
 pub(crate) const CAP_AUDIT_CONTROL: u32 = 30;
 

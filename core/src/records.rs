@@ -6,7 +6,7 @@ use crate::error::RestoreError;
 use crstream_proto::record::Body;
 use crstream_proto::{
     Credentials, FileTable, FsContext, Itimers, LoginUid, MemoryMap, MmFields, OomScoreAdj,
-    PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits, Scheduling, SignalState,
+    PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits, Scheduling, Seccomp, SignalState,
     ThreadCore,
 };
 
@@ -63,6 +63,7 @@ records!(
     Scheduling,
     OomScoreAdj,
     LoginUid,
+    Seccomp,
     ProcessCore,
 );
 
@@ -184,6 +185,7 @@ pub(crate) fn body_name(body: &Body) -> &'static str {
         Body::Scheduling(_) => "Scheduling",
         Body::OomScoreAdj(_) => "OomScoreAdj",
         Body::LoginUid(_) => "LoginUid",
+        Body::Seccomp(_) => "Seccomp",
     }
 }
 

@@ -25,6 +25,13 @@ pub const SCRATCH_PATH_LEN: usize = 8192;
 pub const SCRATCH_DATA: usize = 8192;
 pub const SCRATCH_LEN: usize = (TRAMP_LEN as usize) - PAGE_SIZE;
 
+/// ptrace options of every stub and thread restore creates (threads and
+/// forked children inherit them).
+pub const STUB_OPTIONS: u64 = ptrace::PTRACE_O_TRACESYSGOOD
+    | ptrace::PTRACE_O_TRACECLONE
+    | ptrace::PTRACE_O_TRACEFORK
+    | ptrace::PTRACE_O_EXITKILL;
+
 /// Highest user address + 1 on x86_64 with 4-level paging.
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 
@@ -131,13 +138,7 @@ pub fn spawn(pid: i32) -> Result<StubGuard, RestoreError> {
         }
         .into());
     }
-    ptrace::set_options(
-        pid,
-        ptrace::PTRACE_O_TRACESYSGOOD
-            | ptrace::PTRACE_O_TRACECLONE
-            | ptrace::PTRACE_O_TRACEFORK
-            | ptrace::PTRACE_O_EXITKILL,
-    )?;
+    ptrace::set_options(pid, STUB_OPTIONS)?;
     Ok(guard)
 }
 

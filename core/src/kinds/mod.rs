@@ -13,6 +13,7 @@ pub(crate) mod posix_timers;
 pub(crate) mod prctl;
 pub(crate) mod rlimits;
 pub(crate) mod sched;
+pub(crate) mod seccomp;
 pub(crate) mod signals;
 pub(crate) mod threads;
 
@@ -32,6 +33,7 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(signals::SignalActions),
         Box::new(itimers::Itimers),
         Box::new(mm::Mm),
+        Box::new(seccomp::SeccompKind),
         Box::new(creds::Creds),
         Box::new(threads::Threads),
         Box::new(posix_timers::PosixTimers),

@@ -11,6 +11,8 @@ pub const PTRACE_INTERRUPT: u32 = 0x4207;
 pub const PTRACE_PEEKSIGINFO: u32 = 0x4209;
 pub const PTRACE_GETSIGMASK: u32 = 0x420a;
 pub const PTRACE_SETSIGMASK: u32 = 0x420b;
+pub const PTRACE_SECCOMP_GET_FILTER: u32 = 0x420c;
+pub const PTRACE_SECCOMP_GET_METADATA: u32 = 0x420d;
 pub const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
 pub const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 
@@ -18,6 +20,9 @@ pub const PTRACE_O_TRACESYSGOOD: u64 = 1;
 pub const PTRACE_O_TRACEFORK: u64 = 1 << 1;
 pub const PTRACE_O_TRACECLONE: u64 = 1 << 3;
 pub const PTRACE_O_EXITKILL: u64 = 1 << 20;
+/// Seccomp filters do not apply to the tracee while it is traced with
+/// this option (needs CAP_SYS_ADMIN): injected syscalls are not filtered.
+pub const PTRACE_O_SUSPEND_SECCOMP: u64 = 1 << 21;
 
 pub const PTRACE_EVENT_FORK: i32 = 1;
 pub const PTRACE_EVENT_CLONE: i32 = 3;
@@ -210,6 +215,35 @@ pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>, TaskError> {
             out.push(buf[i * SIGINFO_SIZE..(i + 1) * SIGINFO_SIZE].to_vec());
         }
     }
+}
+
+/// Seccomp filter `index` of `tid` (0: the last installed) as BPF
+/// instructions (8 bytes each), and its flags (SECCOMP_FILTER_FLAG_*);
+/// None past the oldest.
+pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<(Vec<u8>, u64)>, TaskError> {
+    let n = match raw(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, 0) {
+        Ok(n) => n as usize,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(TaskError::ptrace(tid, "SECCOMP_GET_FILTER")(e)),
+    };
+    let mut prog = vec![0u8; n * 8];
+    req(
+        tid,
+        "SECCOMP_GET_FILTER",
+        PTRACE_SECCOMP_GET_FILTER,
+        index as usize,
+        prog.as_mut_ptr() as usize,
+    )?;
+    // struct seccomp_metadata { filter_off, flags }
+    let mut meta = [index, 0u64];
+    req(
+        tid,
+        "SECCOMP_GET_METADATA",
+        PTRACE_SECCOMP_GET_METADATA,
+        std::mem::size_of_val(&meta),
+        meta.as_mut_ptr() as usize,
+    )?;
+    Ok(Some((prog, meta[1])))
 }
 
 #[repr(C)]
