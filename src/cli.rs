@@ -94,6 +94,10 @@ pub struct DumpArgs {
     /// (restore --shell-job gives it the restorer's terminal) instead of refusing them
     #[arg(long)]
     pub shell_job: bool,
+    /// Accepted for CRIU's command lines: file locks (flock, POSIX, OFD, leases)
+    /// are always saved, and taken again on restore
+    #[arg(long)]
+    pub file_locks: bool,
     /// Compression of the image frames
     #[arg(long, value_enum, default_value_t = CodecArg::Zstd)]
     pub compress: CodecArg,

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 use support::*;
@@ -20,8 +21,12 @@ fn round_trips(w: &mut Workload, dir: &TestDir, extra: &dyn Fn(i32)) {
     assert!(r.contains(" OK"), "before the dump: {r}\n{}", w.log());
     extra(w.pid);
     let img = dir.path("img");
+    let kids = children_of(w.pid);
     dump(w.pid, &img, &[]);
     w.reap_dumped();
+    for pid in kids {
+        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
+    }
     let again = |w: &mut Workload, img: &Path, what: &str| {
         let at = counter(&w.read_report().unwrap());
         let (pid, _) = restore(img);
@@ -35,9 +40,13 @@ fn round_trips(w: &mut Workload, dir: &TestDir, extra: &dyn Fn(i32)) {
     w.kill();
     again(w, &img, "second restore");
     let img2 = dir.path("img2");
+    let kids = children_of(w.pid);
     dump(w.pid, &img2, &[]);
-    assert!(wait_gone(w.pid, T));
+    for pid in kids.into_iter().chain([w.pid]) {
+        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
+    }
     again(w, &img2, "restore of a restored process");
+    w.kill();
 }
 
 #[test]
@@ -95,4 +104,92 @@ fn seccomp_filters_shared_by_threads_per_thread_and_strict_mode_come_back() {
         };
         round_trips(&mut w, &dir, &filtering);
     }
+}
+
+/// The lines of /proc/locks on the files of `dir`, without their ids.
+fn locks_on(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let inodes: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().ino())
+        .collect();
+    let mut out: Vec<String> = std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().skip(1).collect();
+            let ino: u64 = f.get(4)?.rsplit(':').next()?.parse().ok()?;
+            inodes.contains(&ino).then(|| f.join(" "))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The lock F_GETLK (or F_OFD_GETLK) finds in the way of a write lock on
+/// `start..start+len` of `path`: (type, pid).
+fn lock_in_the_way(path: &Path, cmd: i32, start: i64, len: i64) -> (i32, i32) {
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: fcntl on our own fd with a local struct flock.
+    unsafe {
+        let mut fl: libc::flock = std::mem::zeroed();
+        fl.l_type = libc::F_WRLCK as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = start;
+        fl.l_len = len;
+        assert_eq!(libc::fcntl(f.as_raw_fd(), cmd, &mut fl), 0);
+        (fl.l_type as i32, fl.l_pid)
+    }
+}
+
+/// Whether flock `op` on `path` would have to wait.
+fn flock_blocked(path: &Path, op: i32) -> bool {
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: flock on our own fd.
+    let r = unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) };
+    r != 0
+}
+
+/// A process and its child holding flock locks (one shared between them),
+/// POSIX record locks of each, an OFD lock and a lease: after restore the
+/// same locks are held, as /proc/locks shows and as another process (this
+/// test) finds them in its way.
+#[test]
+fn file_locks_of_every_kind_are_held_again() {
+    let dir = TestDir::new("locks");
+    let files = dir.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let mut w = Workload::spawn("wl_locks", dir.path("report"), &[files.to_str().unwrap()]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let child = field(&r, 1, 0) as i32;
+    let before = locks_on(&files);
+    assert_eq!(before.len(), 8, "{before:#?}");
+    let held = |pid: i32| {
+        assert_eq!(locks_on(&files), before, "/proc/locks");
+        assert!(flock_blocked(&files.join("flock"), libc::LOCK_SH));
+        assert!(flock_blocked(&files.join("shared"), libc::LOCK_EX));
+        assert!(!flock_blocked(&files.join("shared"), libc::LOCK_SH));
+        let posix = files.join("posix");
+        assert_eq!(
+            lock_in_the_way(&posix, libc::F_GETLK, 10, 10),
+            (libc::F_WRLCK, pid)
+        );
+        assert_eq!(
+            lock_in_the_way(&posix, libc::F_GETLK, 30, 10),
+            (libc::F_WRLCK, child)
+        );
+        assert_eq!(
+            lock_in_the_way(&posix, libc::F_GETLK, 200, 1),
+            (libc::F_RDLCK, pid)
+        );
+        assert_eq!(
+            lock_in_the_way(&files.join("ofd"), libc::F_OFD_GETLK, 0, 1).0,
+            libc::F_WRLCK
+        );
+    };
+    round_trips(&mut w, &dir, &held);
 }

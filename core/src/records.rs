@@ -5,9 +5,9 @@
 use crate::error::RestoreError;
 use crstream_proto::record::Body;
 use crstream_proto::{
-    Credentials, FileTable, FsContext, Itimers, LoginUid, MemoryMap, MmFields, OomScoreAdj,
-    PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits, Scheduling, Seccomp, SignalState,
-    ThreadCore,
+    Credentials, FileLocks, FileTable, FsContext, Itimers, LoginUid, MemoryMap, MmFields,
+    OomScoreAdj, PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits, Scheduling, Seccomp,
+    SignalState, ThreadCore,
 };
 
 /// A record type: one variant of `Record.body`.
@@ -64,6 +64,7 @@ records!(
     OomScoreAdj,
     LoginUid,
     Seccomp,
+    FileLocks,
     ProcessCore,
 );
 
@@ -186,6 +187,7 @@ pub(crate) fn body_name(body: &Body) -> &'static str {
         Body::OomScoreAdj(_) => "OomScoreAdj",
         Body::LoginUid(_) => "LoginUid",
         Body::Seccomp(_) => "Seccomp",
+        Body::FileLocks(_) => "FileLocks",
     }
 }
 

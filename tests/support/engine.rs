@@ -184,13 +184,23 @@ impl Workload {
     }
 
     /// Kills it (SIGKILL by PID) and waits until the PID is free.
+    /// Kills the workload and its children (a tree workload's, which
+    /// would outlive it).
     pub fn kill(&mut self) {
-        // SAFETY: signalling the process this guard owns.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let children = children_of(self.pid);
+        // SAFETY: signalling the process this guard owns and its children.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            for &c in &children {
+                libc::kill(c, libc::SIGKILL);
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
-        wait_gone(self.pid, Duration::from_secs(10));
+        for pid in children.into_iter().chain([self.pid]) {
+            wait_gone(pid, Duration::from_secs(10));
+        }
     }
 
     /// Now the same PID names a restored process (not our child).

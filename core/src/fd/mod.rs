@@ -18,6 +18,7 @@ mod epoll;
 mod eventfd;
 mod inet;
 mod inotify;
+pub(crate) mod locks;
 mod pipe;
 mod regular;
 mod signalfd;

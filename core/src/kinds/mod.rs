@@ -25,6 +25,7 @@ use crate::kind::Kind;
 pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
     vec![
         Box::new(crate::fd::Files::new()),
+        Box::new(crate::fd::locks::Locks),
         Box::new(fs_context::FsContext),
         Box::new(prctl::Prctl),
         Box::new(rlimits::Rlimits),

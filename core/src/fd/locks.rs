@@ -1,0 +1,266 @@
+//! File locks (the `FileLocks` record of a process): flock locks, POSIX
+//! record locks, OFD locks and leases, read from the `lock:` lines of
+//! /proc/PID/fdinfo/FD and taken again from inside the restored process,
+//! once its fd table is in place, without waiting: a lock another process
+//! took meanwhile is an error naming it, never a lock silently lost.
+//!
+//! Who owns what decides who takes it again: a flock lock, an OFD lock or
+//! a lease belongs to the open file description (taken once, through the
+//! process that restores the description); a POSIX lock belongs to the fd
+//! table (taken by the process its lock line names, or the first of the
+//! processes sharing the table). Locks waited for (`->` lines) are not
+//! held: the waiting fcntl or flock starts again after restore.
+
+use crate::error::{DumpError, RestoreError, TaskError};
+use crate::kind::{DumpProcess, DumpTree, Kind, Phase, RestoreProcess};
+use crate::records::ProcessImage;
+use crate::stub::{SCRATCH_DATA, Stub};
+use crstream_proto::{FileLock, FileLockKind, FileLocks, FileTable, OpenFile};
+
+/// Records version since which every process has the record.
+const SINCE: u32 = 3;
+
+pub(crate) struct Locks;
+
+/// One `lock:` line of an fdinfo text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LockLine {
+    class: String,
+    mode: String,
+    write: bool,
+    pid: i32,
+    inode: u64,
+    start: u64,
+    /// None: to the end of the file.
+    end: Option<u64>,
+}
+
+fn parse_lock_line(line: &str) -> Option<LockLine> {
+    let rest = line.strip_prefix("lock:")?.trim();
+    let (_, rest) = rest.split_once(':')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    if f.first() == Some(&"->") {
+        return None;
+    }
+    let [class, mode, kind, pid, dev_ino, start, end] = f[..] else {
+        return None;
+    };
+    Some(LockLine {
+        class: class.to_string(),
+        mode: mode.to_string(),
+        write: kind == "WRITE",
+        pid: pid.parse().ok()?,
+        inode: dev_ino.rsplit(':').next()?.parse().ok()?,
+        start: start.parse().ok()?,
+        end: match end {
+            "EOF" => None,
+            n => Some(n.parse().ok()?),
+        },
+    })
+}
+
+impl Kind for Locks {
+    fn name(&self) -> &'static str {
+        "file locks"
+    }
+
+    fn phase(&self) -> Phase {
+        // After the whole fd table (placing an fd closes a temporary one,
+        // which would drop the POSIX locks of the file).
+        Phase::Files
+    }
+
+    fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        let pid = p.pid;
+        let table = p.records.get::<FileTable>().cloned().unwrap_or_default();
+        let mut locks: Vec<FileLock> = Vec::new();
+        let mut posix_seen: Vec<LockLine> = Vec::new();
+        for f in table.files.iter().filter(|f| f.dup_of_fd.is_none()) {
+            let text = crate::proc::read_string(format!("/proc/{pid}/fdinfo/{}", f.fd))
+                .map_err(|err| DumpError::Proc { pid, err })?;
+            for l in text.lines().filter_map(parse_lock_line) {
+                let refuse = |why: &str| DumpError::UnsupportedFile {
+                    pid,
+                    fd: f.fd as i32,
+                    what: format!("{} ({why})", crate::paths::show(&f.path)),
+                };
+                let kind = match l.class.as_str() {
+                    "FLOCK" => FileLockKind::FileLockFlock,
+                    "OFDLCK" => FileLockKind::FileLockOfd,
+                    "POSIX" => FileLockKind::FileLockPosix,
+                    "LEASE" if l.mode == "ACTIVE" => FileLockKind::FileLockLease,
+                    "LEASE" => return Err(refuse("a lease being broken")),
+                    other => return Err(refuse(&format!("a {other} lock"))),
+                };
+                if kind == FileLockKind::FileLockPosix {
+                    // Seen through every fd of the file.
+                    if posix_seen.contains(&l) {
+                        continue;
+                    }
+                    posix_seen.push(l.clone());
+                }
+                locks.push(FileLock {
+                    fd: f.fd,
+                    kind: kind as i32,
+                    write: l.write,
+                    start: l.start,
+                    len: l.end.map_or(0, |e| e - l.start + 1),
+                    owner_pid: l.pid,
+                });
+            }
+        }
+        p.records.push(FileLocks { locks });
+        Ok(())
+    }
+
+    /// A POSIX lock of an fd table several processes share shows in each
+    /// of them: the process that took it keeps it.
+    fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
+        let pids: Vec<i32> = t.processes.iter().map(|p| p.pid).collect();
+        for p in t.processes.iter_mut() {
+            let pid = p.pid;
+            if let Some(locks) = p.records.get_mut::<FileLocks>() {
+                locks.locks.retain(|l| {
+                    l.kind() != FileLockKind::FileLockPosix
+                        || l.owner_pid == pid
+                        || !pids.contains(&l.owner_pid)
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, p: &ProcessImage<'_>) -> Result<(), RestoreError> {
+        p.need_since::<FileLocks>(SINCE).map(drop)
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        let pid = p.pid();
+        let Some(locks) = p.image.need_since::<FileLocks>(SINCE)? else {
+            return Ok(());
+        };
+        let table = p.image.records.get::<FileTable>();
+        for l in &locks.locks {
+            let file = table.and_then(|t| t.files.iter().find(|f| f.fd == l.fd));
+            let kind = l.kind();
+            // A description restored by another process of the tree has
+            // its description-owned locks taken there.
+            if kind != FileLockKind::FileLockPosix && file.is_some_and(|f| not_ours(pid, f)) {
+                continue;
+            }
+            take(p.stub, l).map_err(|e| RestoreError::File {
+                pid,
+                fd: l.fd,
+                path: file
+                    .map(|f| crate::paths::show(&f.path).into_owned())
+                    .unwrap_or_default(),
+                reason: format!("taking its {} again: {e}", describe(l)),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A description shared with an earlier process of the tree, which
+/// restored it (see `Files::restore_table`).
+fn not_ours(pid: i32, f: &OpenFile) -> bool {
+    f.shared_id != 0 && (f.shared_id >> 32) as i32 != pid
+}
+
+fn describe(l: &FileLock) -> String {
+    let rw = if l.write { "write" } else { "read" };
+    let range = match l.len {
+        0 => format!("{}..EOF", l.start),
+        n => format!("{}..{}", l.start, l.start + n),
+    };
+    match l.kind() {
+        FileLockKind::FileLockFlock => {
+            format!("flock {}", if l.write { "LOCK_EX" } else { "LOCK_SH" })
+        }
+        FileLockKind::FileLockPosix => format!("POSIX {rw} lock on {range}"),
+        FileLockKind::FileLockOfd => format!("OFD {rw} lock on {range}"),
+        FileLockKind::FileLockLease => format!("{rw} lease"),
+    }
+}
+
+/// Takes lock `l` from inside the stub, without waiting.
+fn take(stub: &Stub, l: &FileLock) -> Result<(), TaskError> {
+    let fd = l.fd as u64;
+    match l.kind() {
+        FileLockKind::FileLockFlock => {
+            let op = if l.write {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            };
+            stub.call("flock", libc::SYS_flock, &[fd, (op | libc::LOCK_NB) as u64])?;
+        }
+        FileLockKind::FileLockPosix | FileLockKind::FileLockOfd => {
+            // struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid.
+            let mut b = [0u8; 32];
+            let kind = if l.write {
+                libc::F_WRLCK
+            } else {
+                libc::F_RDLCK
+            } as i16;
+            b[0..2].copy_from_slice(&kind.to_le_bytes());
+            b[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_le_bytes());
+            b[8..16].copy_from_slice(&l.start.to_le_bytes());
+            b[16..24].copy_from_slice(&l.len.to_le_bytes());
+            let at = stub.put(SCRATCH_DATA, &b)?;
+            let cmd = if l.kind() == FileLockKind::FileLockOfd {
+                libc::F_OFD_SETLK
+            } else {
+                libc::F_SETLK
+            };
+            stub.call("fcntl(F_SETLK)", libc::SYS_fcntl, &[fd, cmd as u64, at])?;
+        }
+        FileLockKind::FileLockLease => {
+            let kind = if l.write {
+                libc::F_WRLCK
+            } else {
+                libc::F_RDLCK
+            };
+            stub.call(
+                "fcntl(F_SETLEASE)",
+                libc::SYS_fcntl,
+                &[fd, libc::F_SETLEASE as u64, kind as u64],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_lines() {
+        let l = parse_lock_line("lock:\t1: POSIX  ADVISORY  WRITE 1234 08:01:5678 10 19").unwrap();
+        assert_eq!(
+            l,
+            LockLine {
+                class: "POSIX".into(),
+                mode: "ADVISORY".into(),
+                write: true,
+                pid: 1234,
+                inode: 5678,
+                start: 10,
+                end: Some(19),
+            }
+        );
+        let l = parse_lock_line("lock:\t2: OFDLCK ADVISORY  READ  -1 00:1b:9 100 EOF").unwrap();
+        assert_eq!(
+            (l.class.as_str(), l.write, l.pid, l.end),
+            ("OFDLCK", false, -1, None)
+        );
+        let l = parse_lock_line("lock:\t3: LEASE  BREAKING  UNLCK 77 00:1b:9 0 EOF").unwrap();
+        assert_eq!((l.class.as_str(), l.mode.as_str()), ("LEASE", "BREAKING"));
+        assert_eq!(
+            parse_lock_line("lock:\t4: -> FLOCK  ADVISORY  WRITE 5 00:1b:9 0 EOF"),
+            None
+        );
+        assert_eq!(parse_lock_line("pos:\t0"), None);
+    }
+}
