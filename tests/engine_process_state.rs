@@ -193,3 +193,30 @@ fn file_locks_of_every_kind_are_held_again() {
     };
     round_trips(&mut w, &dir, &held);
 }
+
+/// Signal-driven I/O: a pipe whose owner is the process with a real-time
+/// signal naming the fd (F_SETSIG), one whose owner is a thread (SIGIO):
+/// after restore the signals keep coming, to the same process and thread,
+/// with the same fd.
+#[test]
+fn signal_driven_io_keeps_its_owners_signals_and_fds() {
+    let dir = TestDir::new("fasync");
+    let mut w = Workload::spawn("wl_fasync", dir.path("report"), &[]);
+    let report = dir.path("report");
+    let signals_arrive = |_pid: i32| {
+        let read = || std::fs::read_to_string(&report).unwrap_or_default();
+        let first = read();
+        let (a, b) = (field(&first, 0, 3), field(&first, 0, 4));
+        let started = std::time::Instant::now();
+        loop {
+            let r = read();
+            assert!(!r.is_empty() && r.contains(" OK "), "{r}");
+            if field(&r, 0, 3) > a + 5 && field(&r, 0, 4) > b + 5 {
+                break;
+            }
+            assert!(started.elapsed() < T, "signals stopped: {first} then {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    round_trips(&mut w, &dir, &signals_arrive);
+}

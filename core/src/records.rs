@@ -5,9 +5,9 @@
 use crate::error::RestoreError;
 use crstream_proto::record::Body;
 use crstream_proto::{
-    Credentials, FileLocks, FileTable, FsContext, Itimers, LoginUid, MemoryMap, MmFields,
-    OomScoreAdj, PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits, Scheduling, Seccomp,
-    SignalState, ThreadCore,
+    Credentials, FileLocks, FileOwners, FileTable, FsContext, Itimers, LoginUid, MemoryMap,
+    MmFields, OomScoreAdj, PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits,
+    Scheduling, Seccomp, SignalState, ThreadCore,
 };
 
 /// A record type: one variant of `Record.body`.
@@ -65,6 +65,7 @@ records!(
     LoginUid,
     Seccomp,
     FileLocks,
+    FileOwners,
     ProcessCore,
 );
 
@@ -188,6 +189,7 @@ pub(crate) fn body_name(body: &Body) -> &'static str {
         Body::LoginUid(_) => "LoginUid",
         Body::Seccomp(_) => "Seccomp",
         Body::FileLocks(_) => "FileLocks",
+        Body::FileOwners(_) => "FileOwners",
     }
 }
 

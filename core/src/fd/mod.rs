@@ -19,6 +19,7 @@ mod eventfd;
 mod inet;
 mod inotify;
 pub(crate) mod locks;
+pub(crate) mod owner;
 mod pipe;
 mod regular;
 mod signalfd;

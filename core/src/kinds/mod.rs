@@ -36,6 +36,7 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(mm::Mm),
         Box::new(seccomp::SeccompKind),
         Box::new(creds::Creds),
+        Box::new(crate::fd::owner::Owners),
         Box::new(threads::Threads),
         Box::new(posix_timers::PosixTimers),
         Box::new(signals::PendingSignals),

@@ -39,3 +39,22 @@ pub(crate) fn open_by_handle(
     };
     super::cvt_fd(super::cvt_long(r)? as libc::c_int)
 }
+
+// fcntl commands libc lacks (include/uapi/asm-generic/fcntl.h).
+pub(crate) const F_SETSIG: i32 = 10;
+pub(crate) const F_GETSIG: i32 = 11;
+pub(crate) const F_SETOWN_EX: i32 = 15;
+pub(crate) const F_GETOWN_EX: i32 = 16;
+
+/// The owner signals for the file of `fd` go to (F_GETOWN_EX):
+/// (F_OWNER_TID/PID/PGRP, id), and the signal sent (F_GETSIG, 0: SIGIO).
+pub(crate) fn owner(fd: impl AsFd) -> io::Result<(i32, i32, i32)> {
+    let fd = fd.as_fd().as_raw_fd();
+    // struct f_owner_ex { int type; pid_t pid; }
+    let mut ex = [0i32; 2];
+    // SAFETY: F_GETOWN_EX writes one struct f_owner_ex into a local.
+    super::cvt(unsafe { libc::fcntl(fd, F_GETOWN_EX, ex.as_mut_ptr()) })?;
+    // SAFETY: F_GETSIG takes no argument.
+    let sig = super::cvt(unsafe { libc::fcntl(fd, F_GETSIG) })?;
+    Ok((ex[0], ex[1], sig))
+}
