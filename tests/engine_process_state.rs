@@ -220,3 +220,88 @@ fn signal_driven_io_keeps_its_owners_signals_and_fds() {
     };
     round_trips(&mut w, &dir, &signals_arrive);
 }
+
+fn state(pid: i32) -> char {
+    status_field(pid, "State")
+        .and_then(|s| s.chars().next())
+        .unwrap_or('?')
+}
+
+fn wait_state(pid: i32, want: char) {
+    let started = std::time::Instant::now();
+    while state(pid) != want {
+        assert!(
+            started.elapsed() < T,
+            "pid {pid} is {} not {want}",
+            state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_running_untraced_or_stopped(pid: i32) {
+    assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
+    assert_ne!(state(pid), 'Z');
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: signalling a process this test started or restored.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// A process stopped by SIGSTOP comes back stopped: it counts no further
+/// until SIGCONT, then counts on with its memory intact. A child stopped by
+/// SIGTSTP in a tree that runs comes back stopped while its parent runs,
+/// and continues on SIGCONT.
+#[test]
+fn stopped_processes_come_back_stopped_and_continue_on_sigcont() {
+    let dir = TestDir::new("stopped");
+    let mut w = Workload::spawn("wl_memory", dir.path("report"), &["16"]);
+    let r = w.wait_report(T, |r| field(r, 0, 0) >= 2);
+    let checksum = field(&r, 0, 1);
+    signal(w.pid, libc::SIGSTOP);
+    wait_state(w.pid, 'T');
+    let at_stop = field(&w.read_report().unwrap(), 0, 0);
+    // Dumped and left running, it stays stopped (dump continues it under
+    // ptrace to read it, and stops it again).
+    dump(w.pid, &dir.path("img0"), &["--leave-running"]);
+    assert_running_untraced_or_stopped(w.pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(state(w.pid), 'T');
+    assert_eq!(field(&w.read_report().unwrap(), 0, 0), at_stop, "it ran");
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    wait_state(pid, 'T');
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(state(pid), 'T');
+    assert_eq!(field(&w.read_report().unwrap(), 0, 0), at_stop, "it ran");
+    signal(pid, libc::SIGCONT);
+    let r = w.wait_report(T, |r| field(r, 0, 0) > at_stop + 2);
+    assert_eq!(field(&r, 0, 1), checksum);
+    w.kill();
+
+    // A tree: the root runs, its child is stopped by SIGTSTP.
+    let dir = TestDir::new("stopped-child");
+    let mut w = Workload::spawn("wl_memory", dir.path("report"), &["8", "2"]);
+    w.wait_report(T, |r| field(r, 0, 0) >= 2);
+    let child = children_of(w.pid)[0];
+    signal(child, libc::SIGTSTP);
+    wait_state(child, 'T');
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    assert!(wait_gone(child, T));
+    let at_dump = field(&w.read_report().unwrap(), 0, 0);
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    w.wait_report(T, |r| field(r, 0, 0) > at_dump + 2);
+    assert_eq!(children_of(pid), [child]);
+    assert_eq!(state(child), 'T');
+    assert_ne!(state(pid), 'T');
+    signal(child, libc::SIGCONT);
+    wait_state(child, 'S');
+    w.kill();
+}

@@ -56,21 +56,6 @@ fn a_kernel_thread_is_refused_by_name() {
 }
 
 #[test]
-fn a_stopped_process_is_refused_and_stays_stopped() {
-    let g = sleeper();
-    let pid = pid_of(&g);
-    // SAFETY: signalling the child this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    while status_field(pid, "State").is_none_or(|s| !s.starts_with('T')) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let err = refused(pid, &[]);
-    assert!(err.contains("process is stopped (SIGSTOP"), "{err}");
-    assert!(status_field(pid, "State").unwrap().starts_with('T'));
-    assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
-}
-
-#[test]
 fn a_traced_process_is_refused_naming_its_tracer() {
     let g = sleeper();
     let pid = pid_of(&g);

@@ -20,6 +20,9 @@ pub(crate) struct FrozenThread {
     /// Syscalls were injected into it: its registers and mask may have
     /// been changed (and are put back on release).
     touched: bool,
+    /// The signal that stopped it, if it was in a group stop (SIGSTOP,
+    /// SIGTSTP, ...; it stays stopped when released): 0 if it ran.
+    pub group_stop: i32,
 }
 
 impl FrozenThread {
@@ -40,25 +43,31 @@ impl FrozenThread {
 }
 
 /// Every thread of one process, stopped under ptrace. Dropping it puts
-/// every register and mask back and detaches: the process runs on.
+/// every register and mask back and detaches: the process runs on (or
+/// stays stopped, if it was).
 pub(crate) struct Frozen {
     pub pid: i32,
     /// Leader first.
     pub threads: Vec<FrozenThread>,
+    /// The signal of the group stop it was in (0: it ran); dump continued
+    /// it under ptrace (see `group_stop.rs`).
+    pub stop_signal: i32,
     released: bool,
 }
 
 /// Waits until a seized+interrupted thread reaches its interrupt stop,
-/// passing on signals it was about to receive. Ok(false): it exited.
-fn wait_interrupt_stop(tid: i32) -> Result<bool, TaskError> {
+/// passing on signals it was about to receive. Returns the stop's signal:
+/// SIGTRAP for the interrupt of a running thread, the stopping signal
+/// (SIGSTOP, SIGTSTP, ...) for a thread in a group stop; None: it exited.
+fn wait_interrupt_stop(tid: i32) -> Result<Option<i32>, TaskError> {
     loop {
         let (status, stop) = ptrace::wait(tid)?;
         match stop {
-            Stop::Event(ptrace::PTRACE_EVENT_STOP) => return Ok(true),
+            Stop::Event(ptrace::PTRACE_EVENT_STOP) => return Ok(Some(libc::WSTOPSIG(status))),
             // A signal-delivery-stop: deliver it; the pending interrupt
             // stops the thread again before it runs user code.
             Stop::Signal(sig) => ptrace::cont(tid, sig)?,
-            Stop::Gone => return Ok(false),
+            Stop::Gone => return Ok(None),
             _ => {
                 return Err(TaskError::UnexpectedStop {
                     tid,
@@ -75,6 +84,7 @@ impl Frozen {
         let mut f = Frozen {
             pid,
             threads: Vec::new(),
+            stop_signal: 0,
             released: false,
         };
         // A process with seccomp filters has them suspended while traced,
@@ -108,22 +118,37 @@ impl Frozen {
                     regs: ptrace::zero_regs(),
                     mask: 0,
                     touched: false,
+                    group_stop: 0,
                 });
                 ptrace::interrupt(tid)?;
-                if !wait_interrupt_stop(tid)? {
+                let Some(sig) = wait_interrupt_stop(tid)? else {
                     f.threads.pop();
                     if tid == pid {
                         return Err(DumpError::NoSuchProcess { pid });
                     }
                     continue;
-                }
+                };
                 let t = f.threads.last_mut().expect("just pushed");
+                if sig != libc::SIGTRAP {
+                    t.group_stop = sig;
+                }
                 t.regs = ptrace::get_regs(tid)?;
                 t.mask = ptrace::get_sigmask(tid)?;
             }
         }
         if f.threads.first().map(|t| t.tid) != Some(pid) {
             return Err(DumpError::NoSuchProcess { pid });
+        }
+        f.stop_signal = f.threads.iter().map(|t| t.group_stop).max().unwrap_or(0);
+        if f.stop_signal != 0 {
+            // Continued under ptrace, so that syscalls can be injected;
+            // stopped again when released.
+            let tids: Vec<i32> = f.threads.iter().map(|t| t.tid).collect();
+            crate::group_stop::leave(pid, &tids)?;
+            for t in f.threads.iter_mut() {
+                t.regs = ptrace::get_regs(t.tid)?;
+                t.mask = ptrace::get_sigmask(t.tid)?;
+            }
         }
         tracing::debug!(pid, threads = f.threads.len(), "frozen");
         Ok(f)
@@ -146,6 +171,23 @@ impl Frozen {
                     tracing::error!(tid = t.tid, "restoring the signal mask: {e}");
                 }
             }
+        }
+        if self.stop_signal != 0 {
+            let tids: Vec<i32> = self.threads.iter().map(|t| t.tid).collect();
+            let handled = proc::status(self.pid)
+                .is_ok_and(|s| s.sig_cgt & (1 << (self.stop_signal - 1)) != 0);
+            if let Err(e) = crate::group_stop::enter(
+                self.pid,
+                &tids,
+                self.stop_signal,
+                handled,
+                crate::group_stop::OtherSignals::Deliver,
+                true,
+            ) {
+                tracing::error!(pid = self.pid, "stopping it again: {e}");
+            }
+        }
+        for t in self.threads.iter().rev() {
             if let Err(e) = ptrace::detach(t.tid, 0) {
                 tracing::error!(tid = t.tid, "detaching: {e}");
             }
@@ -219,6 +261,7 @@ impl FrozenTree {
                 threads: frozen.threads.iter().map(|t| t.tid as u32).collect(),
                 state: ProcessState::Alive as i32,
                 exit_signal: stat.field(38) as u32,
+                stop_signal: frozen.stop_signal as u32,
                 comm: stat.comm.clone(),
                 cmdline: proc::read_bytes(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
                 ..Default::default()
@@ -326,15 +369,6 @@ fn refuse_unfreezable(pid: i32, stat: &proc::Stat, status: &proc::Status) -> Res
             format!(
                 "pid {tracer} ({}) traces it, and a process has one tracer at a time",
                 comm.trim()
-            ),
-        ));
-    }
-    if stat.state() == 'T' {
-        return Err(refuse(
-            "process is stopped (SIGSTOP or a job-control signal)",
-            format!(
-                "bringing a stopped process back stopped is not supported yet; continue it \
-                 first (kill -CONT {pid})"
             ),
         ));
     }

@@ -18,6 +18,7 @@ mod escape;
 mod failpoint;
 mod fd;
 mod freeze;
+mod group_stop;
 mod inject;
 mod kind;
 mod kinds;

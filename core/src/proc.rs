@@ -168,6 +168,11 @@ pub struct Status {
     pub seccomp: u32,
     pub nspid: Vec<i32>,
     pub sig_blk: u64,
+    /// Pending signals of the thread, and of the process.
+    pub sig_pnd: u64,
+    pub shd_pnd: u64,
+    /// Signals with a handler.
+    pub sig_cgt: u64,
 }
 
 pub fn parse_status(text: &str, path: &str) -> Result<Status, ProcError> {
@@ -220,6 +225,9 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status, ProcError> {
                     .collect()
             }
             "SigBlk" => s.sig_blk = hex(v)?,
+            "SigPnd" => s.sig_pnd = hex(v)?,
+            "ShdPnd" => s.shd_pnd = hex(v)?,
+            "SigCgt" => s.sig_cgt = hex(v)?,
             _ => {}
         }
     }

@@ -15,6 +15,7 @@ pub(crate) mod rlimits;
 pub(crate) mod sched;
 pub(crate) mod seccomp;
 pub(crate) mod signals;
+pub(crate) mod stopped;
 pub(crate) mod threads;
 
 use crate::kind::Kind;
@@ -39,6 +40,7 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(crate::fd::owner::Owners),
         Box::new(threads::Threads),
         Box::new(posix_timers::PosixTimers),
+        Box::new(stopped::Stopped),
         Box::new(signals::PendingSignals),
         Box::new(sched::Sched),
     ]

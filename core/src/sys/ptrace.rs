@@ -11,6 +11,7 @@ pub const PTRACE_INTERRUPT: u32 = 0x4207;
 pub const PTRACE_PEEKSIGINFO: u32 = 0x4209;
 pub const PTRACE_GETSIGMASK: u32 = 0x420a;
 pub const PTRACE_SETSIGMASK: u32 = 0x420b;
+pub const PTRACE_GETSIGINFO: u32 = 0x4202;
 pub const PTRACE_SECCOMP_GET_FILTER: u32 = 0x420c;
 pub const PTRACE_SECCOMP_GET_METADATA: u32 = 0x420d;
 pub const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
@@ -215,6 +216,17 @@ pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>, TaskError> {
             out.push(buf[i * SIGINFO_SIZE..(i + 1) * SIGINFO_SIZE].to_vec());
         }
     }
+}
+
+/// Whether a stop of a tracee attached without PTRACE_SEIZE that looks
+/// like a signal-delivery stop is a group stop (PTRACE_GETSIGINFO then
+/// fails with EINVAL).
+pub fn in_group_stop(tid: i32) -> bool {
+    let mut info = [0u8; SIGINFO_SIZE];
+    matches!(
+        raw(PTRACE_GETSIGINFO, tid, 0, info.as_mut_ptr() as usize),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL)
+    )
 }
 
 /// Seccomp filter `index` of `tid` (0: the last installed) as BPF
