@@ -305,3 +305,16 @@ fn stopped_processes_come_back_stopped_and_continue_on_sigcont() {
     wait_state(child, 'S');
     w.kill();
 }
+
+/// A memfd and a file, each seen through shared, private (with copies of
+/// their own) and partial views and a patchwork of small overlapping
+/// mappings: every page of every view reads the same after restore, and
+/// the file's views take the protections its open mode allows.
+#[test]
+fn every_view_of_a_memfd_and_a_file_reads_the_same() {
+    let dir = TestDir::new("views");
+    let files = dir.path("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let mut w = Workload::spawn("wl_views", dir.path("report"), &[files.to_str().unwrap()]);
+    round_trips(&mut w, &dir, &|_| {});
+}
