@@ -153,9 +153,7 @@ fn views(kind: &str, fd: i32) -> Vec<View> {
             fd,
             off * PAGE,
         );
-        for k in 0..len {
-            patch[start + k] = object[off + k].clone();
-        }
+        patch[start..start + len].clone_from_slice(&object[off..off + len]);
         if !shared_map {
             // A private copy of its first page.
             let data = fill(0x40 + i as u8, start);
