@@ -318,3 +318,57 @@ fn every_view_of_a_memfd_and_a_file_reads_the_same() {
     let mut w = Workload::spawn("wl_views", dir.path("report"), &[files.to_str().unwrap()]);
     round_trips(&mut w, &dir, &|_| {});
 }
+
+/// The VmFlags line of the area of `pid` that starts at `start` (hex).
+fn vm_flags(pid: i32, start: &str) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_area = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && range.contains('-')
+            && !line.starts_with("VmFlags")
+            && range.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
+            in_area = range.split('-').next() == Some(start);
+        } else if in_area && let Some(flags) = line.strip_prefix("VmFlags:") {
+            let mut f: Vec<&str> = flags.split_whitespace().collect();
+            f.sort();
+            return f.join(" ");
+        }
+    }
+    panic!("no area at {start} in pid {pid}");
+}
+
+/// Advice and locks that show in VmFlags (DONTFORK, DONTDUMP, WIPEONFORK,
+/// HUGEPAGE, NOHUGEPAGE, MERGEABLE, SEQUENTIAL, RANDOM, mlock, mlock2
+/// ONFAULT) come back on the same areas.
+#[test]
+fn madvise_flags_and_locked_areas_come_back() {
+    let dir = TestDir::new("advice");
+    let report = dir.path("report");
+    let mut w = Workload::spawn("wl_advice", report.clone(), &[]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 1);
+    let starts: Vec<String> = r
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let before: Vec<String> = starts.iter().map(|s| vm_flags(w.pid, s)).collect();
+    for (i, want) in ["dc", "dd", "wf", "hg", "nh", "mg", "sr", "rr", "lo"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            before[i].split(' ').any(|f| f == *want),
+            "area {i}: {}",
+            before[i]
+        );
+    }
+    let same = |pid: i32| {
+        let now: Vec<String> = starts.iter().map(|s| vm_flags(pid, s)).collect();
+        assert_eq!(now, before);
+    };
+    round_trips(&mut w, &dir, &same);
+}

@@ -134,7 +134,14 @@ const ADVICE: &[(&str, u64, i32)] = &[
     ("hg", 1 << 3, libc::MADV_HUGEPAGE),
     ("nh", 1 << 4, libc::MADV_NOHUGEPAGE),
     ("mg", 1 << 5, libc::MADV_MERGEABLE),
+    ("sr", 1 << 6, libc::MADV_SEQUENTIAL),
+    ("rr", 1 << 7, libc::MADV_RANDOM),
 ];
+
+/// Locked areas (smaps "lo"; "lf": only as pages fault in), in
+/// `VmArea.madvise` too: locked once their pages are in.
+const LOCKED: u64 = 1 << 8;
+const LOCKED_ON_FAULT: u64 = 1 << 9;
 
 use crate::paths::{is_deleted, path, show, undeleted};
 
@@ -206,6 +213,13 @@ fn plan(
             if m.has_flag(name) {
                 a.madvise |= bit;
             }
+        }
+        if m.has_flag("lo") {
+            a.madvise |= if m.has_flag("lf") {
+                LOCKED_ON_FAULT
+            } else {
+                LOCKED
+            };
         }
         let segment = if m.shared {
             crate::sysv::segment_of(m)
@@ -604,12 +618,10 @@ fn map_areas(
         }
         // Advice before the pages arrive: filling a MADV_NOHUGEPAGE area
         // must not allocate huge pages around sparse pages.
-        for &(_, bit, advice) in ADVICE {
-            if a.madvise & bit != 0
-                && let Err(e) =
-                    stub.call("madvise", libc::SYS_madvise, &[a.start, len, advice as u64])
-            {
-                tracing::warn!(pid, start = a.start, advice, "madvise: {e}");
+        for &(name, bit, advice) in ADVICE {
+            if a.madvise & bit != 0 {
+                stub.call("madvise", libc::SYS_madvise, &[a.start, len, advice as u64])
+                    .map_err(|e| map_err(pid, a, format!("madvise ({name}): {e}")))?;
             }
         }
     }
@@ -736,6 +748,17 @@ pub(crate) fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> 
                 &[a.start, len, a.prot as u64],
             )
             .map_err(|e| map_err(stub.pid, a, e.to_string()))?;
+        }
+        if a.madvise & (LOCKED | LOCKED_ON_FAULT) != 0 {
+            /// mlock2's flag: lock pages as they fault in.
+            const MLOCK_ONFAULT: u64 = 1;
+            let flags = if a.madvise & LOCKED_ON_FAULT != 0 {
+                MLOCK_ONFAULT
+            } else {
+                0
+            };
+            stub.call("mlock2", libc::SYS_mlock2, &[a.start, len, flags])
+                .map_err(|e| map_err(stub.pid, a, format!("mlock2: {e}")))?;
         }
     }
     Ok(())
