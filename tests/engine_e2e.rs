@@ -254,6 +254,34 @@ fn files_offsets_append_log_and_deleted_file_survive() {
     std::fs::write(dir.path("data"), &data).unwrap();
     let mut w = Workload::spawn("wl_files", dir.path("report"), &[dir.0.to_str().unwrap()]);
     w.wait_report(T, |r| field(r, 0, 1) >= 5);
+    // The deleted file gets an owner and times of its own; they must come
+    // back, and the file it read but never wrote must keep its times (but
+    // for atime, which the workload's own reads move).
+    use std::os::unix::fs::MetadataExt;
+    let deleted = format!("/proc/{}/fd/5", w.pid);
+    std::os::unix::fs::chown(&deleted, Some(1234), Some(5678)).unwrap();
+    let c = std::ffi::CString::new(deleted.clone()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 123,
+        },
+        libc::timespec {
+            tv_sec: 1_100_000_000,
+            tv_nsec: 456,
+        },
+    ];
+    // SAFETY: utimensat reads two timespecs; the path is a C string.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    let meta = |p: &str| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode(), m.mtime(), m.mtime_nsec())
+    };
+    let deleted_before = meta(&deleted);
+    let data_before = meta(dir.path("data").to_str().unwrap());
     let img = dir.path("img");
     dump(w.pid, &img, &[]);
     let at_dump = field(&w.read_report().unwrap(), 0, 1);
@@ -273,6 +301,16 @@ fn files_offsets_append_log_and_deleted_file_survive() {
         link.to_string_lossy().ends_with("(deleted)"),
         "{}",
         link.display()
+    );
+    assert_eq!(
+        meta(&format!("/proc/{pid}/fd/5")),
+        deleted_before,
+        "the deleted file"
+    );
+    assert_eq!(
+        meta(dir.path("data").to_str().unwrap()),
+        data_before,
+        "an unmodified file"
     );
     assert_running_untraced(pid);
 }

@@ -83,6 +83,10 @@ impl Collector {
                 inode: md.ino(),
                 sparse: true,
                 data,
+                uid: md.uid(),
+                gid: md.gid(),
+                atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
+                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
             },
             file,
             pid,
@@ -365,10 +369,17 @@ impl Recreator {
         ))
     }
 
-    /// Adds the saved seals, once every process has opened and mapped the
-    /// files (a write seal refuses writable shared mappings made after it,
-    /// which the processes made before it).
+    /// Gives each file its saved owner and times, then its seals, once
+    /// every process has opened and mapped the files (a write seal refuses
+    /// writable shared mappings made after it, which the processes made
+    /// before it).
     pub(crate) fn seal(&self) -> Result<(), RestoreError> {
+        for r in self.by_id.values() {
+            set_owner_and_times(&r.file, &r.meta).map_err(|e| RestoreError::Recreate {
+                what: describe(&r.meta),
+                reason: format!("setting its owner and times: {e}"),
+            })?;
+        }
         for r in self.by_id.values() {
             let seals = r.meta.seals;
             if r.meta.kind() != UnlinkedKind::Memfd || seals == 0 || seals == SEALING_OFF {
@@ -382,6 +393,32 @@ impl Recreator {
         }
         Ok(())
     }
+}
+
+/// The saved owner and access/modification times (images before records
+/// version 3 have none: the file keeps root's and now).
+fn set_owner_and_times(file: &File, u: &UnlinkedFile) -> std::io::Result<()> {
+    use rustix::fs::{Timespec, Timestamps};
+    if u.atime_ns == 0 && u.mtime_ns == 0 {
+        return Ok(());
+    }
+    let uid = rustix::fs::Uid::from_raw(u.uid);
+    let gid = rustix::fs::Gid::from_raw(u.gid);
+    rustix::fs::fchown(file, Some(uid), Some(gid))?;
+    // A change of owner clears set-user-ID and set-group-ID bits.
+    file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
+    let ts = |ns: i64| Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    };
+    rustix::fs::futimens(
+        file,
+        &Timestamps {
+            last_access: ts(u.atime_ns),
+            last_modification: ts(u.mtime_ns),
+        },
+    )?;
+    Ok(())
 }
 
 /// The seals of a memfd created without MFD_ALLOW_SEALING.
