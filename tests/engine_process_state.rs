@@ -372,3 +372,23 @@ fn madvise_flags_and_locked_areas_come_back() {
     };
     round_trips(&mut w, &dir, &same);
 }
+
+/// pidfds of a child (and a second fd on it from pidfd_getfd), of the
+/// process itself, of a process outside the tree and of a process that has
+/// exited: after restore each names the same process, signals reach the
+/// living ones and the dead one polls as exited.
+#[test]
+fn pidfds_name_the_same_processes() {
+    let dir = TestDir::new("pidfd");
+    let outside = ChildGuard(Some(
+        std::process::Command::new("sleep")
+            .arg("600")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let outside_pid = outside.0.as_ref().unwrap().id().to_string();
+    let mut w = Workload::spawn("wl_pidfd", dir.path("report"), &[&outside_pid]);
+    round_trips(&mut w, &dir, &|_| {});
+    drop(outside);
+}

@@ -20,6 +20,7 @@ mod inet;
 mod inotify;
 pub(crate) mod locks;
 pub(crate) mod owner;
+mod pidfd;
 mod pipe;
 mod regular;
 mod signalfd;
@@ -56,6 +57,7 @@ fn fd_kinds() -> Vec<Box<dyn FdKind>> {
         Box::new(signalfd::SignalFd),
         Box::new(epoll::Epoll),
         Box::new(inotify::Inotify),
+        Box::new(pidfd::PidFds),
         Box::new(tty::Terminals),
         Box::new(regular::Regular),
     ]
@@ -68,7 +70,7 @@ trait FdKind {
     /// kind, but it cannot be saved (naming the fd and why).
     fn dump(&mut self, fd: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError>;
     /// Once every fd of the tree was read: refusals that need all of them.
-    fn dump_tree(&mut self, _t: &DumpTree<'_>) -> Result<(), DumpError> {
+    fn dump_tree(&mut self, _t: &mut DumpTree<'_>) -> Result<(), DumpError> {
         Ok(())
     }
     /// Whether this kind restores the saved fd `f`.

@@ -54,7 +54,7 @@ impl FdKind for Terminals {
     /// for a job of a shell (the session and its leader stay behind). A
     /// tree that leads its own session with a terminal would need that
     /// terminal itself.
-    fn dump_tree(&mut self, t: &DumpTree<'_>) -> Result<(), DumpError> {
+    fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
         let root = &t.entries[0];
         if root.sid != root.pid {
             return Ok(());

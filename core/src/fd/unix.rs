@@ -95,7 +95,7 @@ impl FdKind for UnixSockets {
 
     /// Unix sockets are rebuilt as pairs: both ends must be in the tree,
     /// connected to each other.
-    fn dump_tree(&mut self, _t: &DumpTree<'_>) -> Result<(), DumpError> {
+    fn dump_tree(&mut self, _t: &mut DumpTree<'_>) -> Result<(), DumpError> {
         self.check_peers()
     }
 

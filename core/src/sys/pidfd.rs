@@ -27,3 +27,22 @@ pub(crate) fn getfd(pidfd: impl AsFd, fd: RawFd) -> io::Result<OwnedFd> {
 pub(crate) fn take_fd(p: i32, fd: RawFd) -> io::Result<OwnedFd> {
     getfd(open(p)?, fd)
 }
+
+/// A pidfd of a process that has exited and been reaped (what a pidfd of
+/// a dead process is, its fdinfo showing "Pid: -1"): of a child forked
+/// for the purpose, which exits at once.
+pub(crate) fn of_dead_process(flags: PidfdFlags) -> io::Result<OwnedFd> {
+    // SAFETY: the child only calls _exit, which is async-signal-safe.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: leaving the forked child at once.
+        unsafe { libc::_exit(0) };
+    }
+    let fd = rustix::process::pidfd_open(pid(child)?, flags);
+    // Reaped whatever happened, so that no zombie is left.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+    Ok(fd?)
+}
