@@ -392,3 +392,12 @@ fn pidfds_name_the_same_processes() {
     round_trips(&mut w, &dir, &|_| {});
     drop(outside);
 }
+
+/// membarrier registrations: private expedited barriers keep working
+/// after restore (EPERM without the registration).
+#[test]
+fn membarrier_registrations_come_back() {
+    let dir = TestDir::new("membarrier");
+    let mut w = Workload::spawn("wl_membarrier", dir.path("report"), &[]);
+    round_trips(&mut w, &dir, &|_| {});
+}

@@ -5,8 +5,8 @@
 use crate::error::RestoreError;
 use crstream_proto::record::Body;
 use crstream_proto::{
-    Credentials, FileLocks, FileOwners, FileTable, FsContext, Itimers, LoginUid, MemoryMap,
-    MmFields, OomScoreAdj, PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits,
+    Credentials, FileLocks, FileOwners, FileTable, FsContext, Itimers, LoginUid, Membarrier,
+    MemoryMap, MmFields, OomScoreAdj, PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits,
     Scheduling, Seccomp, SignalState, ThreadCore,
 };
 
@@ -66,6 +66,7 @@ records!(
     Seccomp,
     FileLocks,
     FileOwners,
+    Membarrier,
     ProcessCore,
 );
 
@@ -190,6 +191,7 @@ pub(crate) fn body_name(body: &Body) -> &'static str {
         Body::Seccomp(_) => "Seccomp",
         Body::FileLocks(_) => "FileLocks",
         Body::FileOwners(_) => "FileOwners",
+        Body::Membarrier(_) => "Membarrier",
     }
 }
 

@@ -6,6 +6,7 @@ pub(crate) mod creds;
 pub(crate) mod fs_context;
 pub(crate) mod itimers;
 pub(crate) mod loginuid;
+pub(crate) mod membarrier;
 pub(crate) mod memory;
 pub(crate) mod mm;
 pub(crate) mod oom;
@@ -35,6 +36,7 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(signals::SignalActions),
         Box::new(itimers::Itimers),
         Box::new(mm::Mm),
+        Box::new(membarrier::MembarrierKind),
         Box::new(seccomp::SeccompKind),
         Box::new(creds::Creds),
         Box::new(crate::fd::owner::Owners),
