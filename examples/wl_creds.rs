@@ -14,12 +14,11 @@
 //!
 //! Usage: wl_creds REPORT
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod wl_common;
-use wl_common::report;
+use wl_common::{Status, report};
 
 const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_RAW: u32 = 13;
@@ -27,14 +26,7 @@ const CAP_SYS_BOOT: u32 = 22;
 const SECBIT_NO_SETUID_FIXUP: u64 = 1 << 2;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
-static STATUS: Mutex<String> = Mutex::new(String::new());
-
-fn fail(what: String) {
-    let mut s = STATUS.lock().unwrap();
-    if s.is_empty() {
-        *s = what;
-    }
-}
+static STATUS: Status = Status::new();
 
 fn sys(name: &str, r: libc::c_long) {
     assert!(r >= 0, "{name}: {}", std::io::Error::last_os_error());
@@ -121,7 +113,7 @@ fn watch(name: &'static str, each: impl Fn()) -> ! {
         std::thread::sleep(Duration::from_millis(20));
         let now = creds();
         if now != want {
-            fail(format!("{name}-changed:[{now}]-was:[{want}]").replace(' ', "_"));
+            STATUS.fail(format!("{name}-changed:[{now}]-was:[{want}]").replace(' ', "_"));
         }
         each();
     }
@@ -178,12 +170,7 @@ fn main() {
         watch("root", || {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
             if n % 5 == 0 {
-                let status = STATUS.lock().unwrap().clone();
-                let status = if status.is_empty() {
-                    "OK".into()
-                } else {
-                    status
-                };
+                let status = STATUS.shown();
                 report(&path, &format!("{pid} {n} {status}\n"));
             }
         })

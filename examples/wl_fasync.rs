@@ -12,19 +12,18 @@
 //!
 //! Usage: wl_fasync REPORT
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 mod wl_common;
-use wl_common::report;
+use wl_common::{Status, report};
 
 static SIGNALS_A: AtomicU64 = AtomicU64::new(0);
 static SIGNALS_B: AtomicU64 = AtomicU64::new(0);
 static FD_A: AtomicI32 = AtomicI32::new(-1);
 static OWNER_B: AtomicI32 = AtomicI32::new(0);
 static BAD: AtomicI32 = AtomicI32::new(0);
-static STATUS: Mutex<String> = Mutex::new(String::new());
+static STATUS: Status = Status::new();
 
 const F_SETSIG: i32 = 10;
 const F_SETOWN_EX: i32 = 15;
@@ -144,21 +143,14 @@ fn main() {
             SIGNALS_A.load(Ordering::Relaxed),
             SIGNALS_B.load(Ordering::Relaxed),
         );
-        let mut status = STATUS.lock().unwrap();
-        if status.is_empty() {
-            match BAD.load(Ordering::Relaxed) {
-                1 => *status = "si_fd-wrong".into(),
-                2 => *status = "sigio-to-another-thread".into(),
-                // Signals may merge, but each burst of bytes brings one.
-                _ if bytes_a > 20 && sa == 0 => *status = "no-signal-for-pipe-a".into(),
-                _ => {}
-            }
+        match BAD.load(Ordering::Relaxed) {
+            1 => STATUS.fail("si_fd-wrong".into()),
+            2 => STATUS.fail("sigio-to-another-thread".into()),
+            // Signals may merge, but each burst of bytes brings one.
+            _ if bytes_a > 20 && sa == 0 => STATUS.fail("no-signal-for-pipe-a".into()),
+            _ => {}
         }
-        let shown = if status.is_empty() {
-            "OK"
-        } else {
-            status.as_str()
-        };
+        let shown = STATUS.shown();
         report(&path, &format!("{pid} {counter} {shown} {sa} {sb}\n"));
     }
 }

@@ -7,12 +7,11 @@
 //!
 //! Usage: wl_sched REPORT
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod wl_common;
-use wl_common::report;
+use wl_common::{Status, report};
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
@@ -47,14 +46,7 @@ struct Want {
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
-static STATUS: Mutex<String> = Mutex::new(String::new());
-
-fn fail(what: String) {
-    let mut s = STATUS.lock().unwrap();
-    if s.is_empty() {
-        *s = what;
-    }
-}
+static STATUS: Status = Status::new();
 
 fn getattr() -> SchedAttr {
     let mut a = SchedAttr::default();
@@ -113,7 +105,7 @@ fn verify(i: usize, w: &Want) {
     if (a.policy as i32, a.nice, a.priority, a.flags & RESET_ON_FORK)
         != (w.policy, nice, w.priority, w.flags)
     {
-        fail(format!(
+        STATUS.fail(format!(
             "thread-{i}-sched-policy-{}-nice-{}-prio-{}-flags-{}",
             a.policy, a.nice, a.priority, a.flags
         ));
@@ -123,14 +115,14 @@ fn verify(i: usize, w: &Want) {
         if w.ioprio != 0 {
             let p = libc::syscall(libc::SYS_ioprio_get, 1, 0) as u32;
             if p != w.ioprio {
-                fail(format!("thread-{i}-ioprio-{p:#x}"));
+                STATUS.fail(format!("thread-{i}-ioprio-{p:#x}"));
             }
         }
         if let Some(cpu) = w.cpu {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
             if libc::CPU_COUNT(&set) != 1 || !libc::CPU_ISSET(cpu, &set) {
-                fail(format!("thread-{i}-affinity-{}", libc::CPU_COUNT(&set)));
+                STATUS.fail(format!("thread-{i}-affinity-{}", libc::CPU_COUNT(&set)));
             }
         }
         // Real-time threads have none (the kernel keeps it at 0).
@@ -138,7 +130,7 @@ fn verify(i: usize, w: &Want) {
         let want = if rt { 0 } else { w.slack_ns };
         let slack = libc::prctl(libc::PR_GET_TIMERSLACK) as u64;
         if slack != want {
-            fail(format!("thread-{i}-timerslack-{slack}"));
+            STATUS.fail(format!("thread-{i}-timerslack-{slack}"));
         }
     }
 }
@@ -214,16 +206,11 @@ fn main() {
         verify(0, &wants[0]);
         let oom = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
         if oom.trim() != OOM_SCORE_ADJ {
-            fail(format!("oom_score_adj-{}", oom.trim()));
+            STATUS.fail(format!("oom_score_adj-{}", oom.trim()));
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
         if n % 5 == 0 {
-            let status = STATUS.lock().unwrap().clone();
-            let status = if status.is_empty() {
-                "OK".into()
-            } else {
-                status
-            };
+            let status = STATUS.shown();
             report(&path, &format!("{pid} {n} {status}\n"));
         }
     }

@@ -16,23 +16,15 @@
 //!
 //! Usage: wl_seccomp REPORT [strict]
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 mod wl_common;
-use wl_common::report;
+use wl_common::{Status, report};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
-static STATUS: Mutex<String> = Mutex::new(String::new());
+static STATUS: Status = Status::new();
 static SECOND_FILTER: AtomicBool = AtomicBool::new(false);
-
-fn fail(what: String) {
-    let mut s = STATUS.lock().unwrap();
-    if s.is_empty() {
-        *s = what;
-    }
-}
 
 #[repr(C)]
 struct SockFilter {
@@ -110,7 +102,7 @@ fn tsync_again(prog: &[SockFilter]) {
     // SAFETY: seccomp reads the program `fprog` points to.
     let r = unsafe { libc::syscall(libc::SYS_seccomp, 1, 1, &fprog as *const SockFprog) };
     if r != 0 {
-        fail(format!("tsync-returned-{r}"));
+        STATUS.fail(format!("tsync-returned-{r}"));
     }
 }
 
@@ -120,12 +112,12 @@ fn check_filters(who: &str, getcwd_errno: i32) {
         let mut u: libc::utsname = std::mem::zeroed();
         let e = errno_of(libc::syscall(libc::SYS_uname, &mut u));
         if e != libc::EPERM {
-            fail(format!("{who}-uname-errno-{e}"));
+            STATUS.fail(format!("{who}-uname-errno-{e}"));
         }
         let mut buf = [0u8; 4096];
         let e = errno_of(libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()));
         if e != getcwd_errno {
-            fail(format!("{who}-getcwd-errno-{e}"));
+            STATUS.fail(format!("{who}-getcwd-errno-{e}"));
         }
     }
 }
@@ -198,7 +190,7 @@ fn main() {
                 let mut back = 0u8;
                 libc::read(from_strict[0], &mut back as *mut u8 as *mut libc::c_void, 1);
                 if back != byte.wrapping_add(1) {
-                    fail(format!("strict-echo-{back}-for-{byte}"));
+                    STATUS.fail(format!("strict-echo-{back}-for-{byte}"));
                 }
             }
             byte = byte.wrapping_add(1);
@@ -208,12 +200,7 @@ fn main() {
             if !strict {
                 tsync_again(&shared);
             }
-            let status = STATUS.lock().unwrap().clone();
-            let status = if status.is_empty() {
-                "OK".into()
-            } else {
-                status
-            };
+            let status = STATUS.shown();
             report(&path, &format!("{pid} {n} {status}\n"));
         }
     }

@@ -116,7 +116,12 @@ impl Helpers {
 /// another session it does not lead, whose leader is neither in the tree
 /// nor alive (its PID is free).
 pub fn needs_session_helper(e: &ProcessEntry, parent_sid: u32, in_tree: bool) -> bool {
-    e.sid != e.pid && e.sid != parent_sid && !in_tree && !crate::proc::pid_exists(e.sid as i32)
+    // Session 0 is led from outside our PID namespace: no helper can stand in.
+    e.sid != 0
+        && e.sid != e.pid
+        && e.sid != parent_sid
+        && !in_tree
+        && !crate::proc::pid_exists(e.sid as i32)
 }
 
 /// What restore does about the session and group of the process.
@@ -154,15 +159,20 @@ fn ours() -> (i32, i32) {
 }
 
 /// Process group of `pid` (0: crstream), or -1 if it is gone.
+/// 0 when the group lives outside our PID namespace (as for a process
+/// started by the namespace's creator), which rustix's `Pid` cannot hold.
 fn getpgid(pid: i32) -> i32 {
-    rustix::process::getpgid(rustix::process::Pid::from_raw(pid))
-        .map_or(-1, |p| p.as_raw_nonzero().get())
+    // SAFETY: getpgid takes a plain integer and touches no memory.
+    let r = unsafe { libc::getpgid(pid) };
+    if r < 0 { -1 } else { r }
 }
 
 /// Session of `pid` (0: crstream), or -1 if it is gone.
+/// 0 when the session lives outside our PID namespace.
 pub(crate) fn getsid(pid: i32) -> i32 {
-    rustix::process::getsid(rustix::process::Pid::from_raw(pid))
-        .map_or(-1, |p| p.as_raw_nonzero().get())
+    // SAFETY: getsid takes a plain integer and touches no memory.
+    let r = unsafe { libc::getsid(pid) };
+    if r < 0 { -1 } else { r }
 }
 
 /// Puts the stub in its saved session/group. Call it early, before anything
@@ -254,7 +264,9 @@ pub fn restore_groups(
         return Ok(());
     };
     let in_tree = |g: u32| entries.iter().any(|x| x.pid == g);
-    let gone = |g: u32| !in_tree(g) && !crate::proc::pid_exists(g as i32);
+    // Group 0: one whose leader lives outside our PID namespace (so does
+    // the restorer's, then): never gone, never joined by number.
+    let gone = |g: u32| g != 0 && !in_tree(g) && !crate::proc::pid_exists(g as i32);
     let (root_group, root_sid) = (getpgid(root_stub.pid), getsid(root_stub.pid));
     if root.pgid != root.pid
         && root_group != root.pgid as i32
@@ -301,6 +313,19 @@ pub fn restore_groups(
                     ),
                 });
             };
+            if target == 0 && !leaders {
+                // The group of the restorer, led from outside our PID
+                // namespace: setpgid cannot name it, the fork kept it.
+                if getpgid(pid) == 0 {
+                    continue;
+                }
+                return Err(RestoreError::Session {
+                    pid,
+                    reason: "its process group is led from outside crstream's PID namespace: \
+                             it cannot join it again"
+                        .into(),
+                });
+            }
             if target != 0 && getpgid(pid) == target {
                 continue;
             }

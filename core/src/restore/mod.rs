@@ -92,7 +92,8 @@ fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u
         // The job joins crstream's session and group: only the controlling
         // terminal of that session lets it read and write in the foreground.
         let ours = rustix::termios::isatty(fd)
-            && rustix::termios::tcgetsid(fd).is_ok_and(|s| s.as_raw_nonzero().get() == our_sid);
+            // SAFETY: tcgetsid takes a plain descriptor and touches no memory.
+            && unsafe { libc::tcgetsid(std::os::fd::AsRawFd::as_raw_fd(&fd)) } == our_sid;
         if ours
             && let Ok(path) = crate::proc::read_link(format!(
                 "/proc/self/fd/{}",
