@@ -353,5 +353,27 @@ mod tests {
         assert_eq!(plan(7, 9, 50, ours), Plan::Join(9));
         assert_eq!(plan(7, 9, 3, ours), Plan::Foreign);
         assert_eq!(plan(7, 100, 3, ours), Plan::Foreign);
+        // Group and session led from outside our PID namespace read as 0.
+        assert_eq!(plan(7, 0, 0, (0, 0)), Plan::Stay);
+        assert_eq!(plan(7, 0, 0, ours), Plan::Foreign);
+    }
+
+    #[test]
+    fn no_helper_stands_in_for_a_session_outside_our_pid_namespace() {
+        let e = |sid| ProcessEntry {
+            pid: 7,
+            pgid: 7,
+            sid,
+            ..Default::default()
+        };
+        assert!(!needs_session_helper(&e(0), 50, false));
+        assert!(needs_session_helper(&e(32767), 50, false) == !crate::proc::pid_exists(32767));
+    }
+
+    #[test]
+    fn our_own_session_and_group_are_read_without_panic() {
+        let (pgid, sid) = ours();
+        assert!(pgid >= 0 && sid >= 0);
+        assert_eq!(getsid(-5), -1);
     }
 }
