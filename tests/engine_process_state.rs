@@ -401,3 +401,52 @@ fn membarrier_registrations_come_back() {
     let mut w = Workload::spawn("wl_membarrier", dir.path("report"), &[]);
     round_trips(&mut w, &dir, &|_| {});
 }
+
+/// Files with no usable path, or a path only a careful restore gets
+/// right: a removed working directory (the same inode as an fd that holds
+/// it), a removed directory held open, symlinks opened with O_PATH (one
+/// removed), a removed FIFO with bytes queued, /proc/PID/stat partly read,
+/// files of a removed and of a renamed directory. /proc shows the same
+/// "(deleted)" names after restore.
+#[test]
+fn removed_directories_symlinks_fifos_and_proc_files_come_back() {
+    let dir = TestDir::new("paths");
+    let mut w = Workload::spawn("wl_paths", dir.path("report"), &[]);
+    let base = dir.path("paths");
+    let names = move |pid: i32| {
+        let link = |what: &str| {
+            std::fs::read_link(format!("/proc/{pid}/{what}"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        assert_eq!(
+            link("cwd"),
+            format!("{} (deleted)", base.join("gone-cwd").display())
+        );
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| link(&format!("fd/{}", e.unwrap().file_name().to_string_lossy())))
+            .collect();
+        for want in ["gone-dir", "gone-link", "fifo"] {
+            let want = format!("{} (deleted)", base.join(want).display());
+            assert!(fds.contains(&want), "{want} not in {fds:?}");
+        }
+        assert!(fds.contains(&format!("/proc/{pid}/stat")), "{fds:?}");
+    };
+    round_trips(&mut w, &dir, &names);
+}
+
+/// A chrooted process: after restore its root is the same directory (it
+/// reads a file there by path and through an fd) and its cwd is its root.
+#[test]
+fn a_chrooted_process_keeps_its_root() {
+    let dir = TestDir::new("chroot");
+    let mut w = Workload::spawn("wl_paths", dir.path("report"), &["chroot"]);
+    let root = dir.0.clone();
+    let same_root = move |pid: i32| {
+        let r = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+        assert_eq!(r, root.canonicalize().unwrap());
+    };
+    round_trips(&mut w, &dir, &same_root);
+}

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 const MEMFD_PREFIX: &[u8] = b"/memfd:";
@@ -44,20 +44,44 @@ impl Collector {
     /// `/proc/PID/map_files/A-B` path) opens, whose link reads `link`, and
     /// returns its id. Err: why it cannot be saved.
     pub(crate) fn note(&mut self, pid: i32, source: &str, link: &[u8]) -> Result<u64, String> {
-        let file = File::open(source).map_err(|e| format!("opening {source}: {e}"))?;
-        let md = file
-            .metadata()
-            .map_err(|e| format!("stat of {source}: {e}"))?;
+        // The magic link leads to the object itself (a symlink too, not
+        // what it points to); O_PATH opens any of them without side effects
+        // (a FIFO would wait for a writer).
+        let md = std::fs::metadata(source).map_err(|e| format!("stat of {source}: {e}"))?;
         if let Some(&i) = self.by_inode.get(&(md.dev(), md.ino())) {
             return Ok(self.saved[i].meta.id);
         }
-        if !md.is_file() {
-            return Err("not a regular file".into());
-        }
+        let ft = md.file_type();
         let name = crate::paths::undeleted(link);
-        let (kind, path) = match name.strip_prefix(MEMFD_PREFIX) {
-            Some(n) => (UnlinkedKind::Memfd, n),
-            None => (UnlinkedKind::Deleted, name),
+        let (kind, path) = if ft.is_file() {
+            match name.strip_prefix(MEMFD_PREFIX) {
+                Some(n) => (UnlinkedKind::Memfd, n),
+                None => (UnlinkedKind::Deleted, name),
+            }
+        } else if ft.is_dir() {
+            (UnlinkedKind::Directory, name)
+        } else if ft.is_symlink() {
+            (UnlinkedKind::Symlink, name)
+        } else if ft.is_fifo() {
+            (UnlinkedKind::Fifo, name)
+        } else {
+            return Err("a removed socket or device file: cannot be made again".into());
+        };
+        let file = if ft.is_file() {
+            File::open(source)
+        } else {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH)
+                .open(source)
+        }
+        .map_err(|e| format!("opening {source}: {e}"))?;
+        let target = if kind == UnlinkedKind::Symlink {
+            rustix::fs::readlinkat(&file, "", Vec::new())
+                .map_err(|e| format!("reading the symlink: {e}"))?
+                .into_bytes()
+        } else {
+            Vec::new()
         };
         if rustix::fs::fstatfs(&file).is_ok_and(|s| s.f_type == HUGETLBFS_MAGIC) {
             return Err("hugetlbfs files (MFD_HUGETLB) are not supported".into());
@@ -67,7 +91,11 @@ impl Collector {
         } else {
             0
         };
-        let data = data_extents(&file, md.size()).map_err(|e| format!("finding its data: {e}"))?;
+        let data = if ft.is_file() {
+            data_extents(&file, md.size()).map_err(|e| format!("finding its data: {e}"))?
+        } else {
+            Vec::new()
+        };
         let id = self.saved.len() as u64 + 1;
         self.by_inode.insert((md.dev(), md.ino()), self.saved.len());
         self.saved.push(Saved {
@@ -75,7 +103,7 @@ impl Collector {
                 id,
                 kind: kind as i32,
                 path: path.to_vec(),
-                size: md.size(),
+                size: if ft.is_file() { md.size() } else { 0 },
                 mode: md.mode() & 0o7777,
                 seals,
                 contents_stream: 0,
@@ -87,6 +115,7 @@ impl Collector {
                 gid: md.gid(),
                 atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
                 mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                target,
             },
             file,
             pid,
@@ -99,6 +128,10 @@ impl Collector {
     pub(crate) fn write_records(&mut self, sink: &mut dyn ImageSink) -> Result<(), DumpError> {
         for s in &mut self.saved {
             let what = describe(&s.meta);
+            if !has_contents(&s.meta) {
+                sink.record(0, Body::UnlinkedFile(s.meta.clone()))?;
+                continue;
+            }
             s.meta.contents_stream = sink.declare(StreamKind::Blob, 0, 0, &what)?;
             sink.record(0, Body::UnlinkedFile(s.meta.clone()))?;
             sink.record(
@@ -201,10 +234,20 @@ fn file_position(u: &UnlinkedFile, n: u64) -> (u64, u64) {
     (u.size, 0)
 }
 
+/// Memfds and deleted regular files carry bytes; removed directories,
+/// symlinks and FIFOs (whose bytes go with the pipe) none.
+fn has_contents(u: &UnlinkedFile) -> bool {
+    matches!(u.kind(), UnlinkedKind::Memfd | UnlinkedKind::Deleted)
+}
+
 fn describe(u: &UnlinkedFile) -> String {
+    let path = crate::paths::show(&u.path);
     match u.kind() {
-        UnlinkedKind::Memfd => format!("memfd:{}", crate::paths::show(&u.path)),
-        _ => format!("deleted file {}", crate::paths::show(&u.path)),
+        UnlinkedKind::Memfd => format!("memfd:{path}"),
+        UnlinkedKind::Directory => format!("removed directory {path}"),
+        UnlinkedKind::Symlink => format!("removed symlink {path}"),
+        UnlinkedKind::Fifo => format!("removed FIFO {path}"),
+        _ => format!("deleted file {path}"),
     }
 }
 
@@ -250,9 +293,18 @@ impl Recreator {
             }
             end = e.offset + e.len;
         }
+        if !has_contents(&u) && (u.size != 0 || !u.data.is_empty() || u.contents_stream != 0) {
+            return Err(RestoreError::Image(format!(
+                "{}: contents announced for an object without any",
+                describe(&u)
+            )));
+        }
         let file = match u.kind() {
             UnlinkedKind::Memfd => create_memfd(&u),
             UnlinkedKind::Deleted => create_deleted(&u),
+            UnlinkedKind::Directory | UnlinkedKind::Symlink | UnlinkedKind::Fifo => {
+                create_removed_node(&u)
+            }
             UnlinkedKind::Unknown => Err(std::io::Error::other("unknown kind")),
         }
         .map_err(|e| err(e.to_string()))?;
@@ -402,21 +454,39 @@ fn set_owner_and_times(file: &File, u: &UnlinkedFile) -> std::io::Result<()> {
     if u.atime_ns == 0 && u.mtime_ns == 0 {
         return Ok(());
     }
+    use rustix::fs::AtFlags;
     let uid = rustix::fs::Uid::from_raw(u.uid);
     let gid = rustix::fs::Gid::from_raw(u.gid);
-    rustix::fs::fchown(file, Some(uid), Some(gid))?;
-    // A change of owner clears set-user-ID and set-group-ID bits.
-    file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
+    // By fd with an empty path: works on the O_PATH fds of symlinks and
+    // FIFOs too.
+    rustix::fs::chownat(
+        file,
+        "",
+        Some(uid),
+        Some(gid),
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    // A change of owner clears set-user-ID and set-group-ID bits. A
+    // symlink's mode is always 0777; the others through the magic link,
+    // which (unlike fchmod) takes O_PATH fds.
+    if u.kind() != UnlinkedKind::Symlink {
+        std::fs::set_permissions(
+            format!("/proc/self/fd/{}", file.as_raw_fd()),
+            std::fs::Permissions::from_mode(u.mode),
+        )?;
+    }
     let ts = |ns: i64| Timespec {
         tv_sec: ns.div_euclid(1_000_000_000),
         tv_nsec: ns.rem_euclid(1_000_000_000) as _,
     };
-    rustix::fs::futimens(
+    rustix::fs::utimensat(
         file,
+        "",
         &Timestamps {
             last_access: ts(u.atime_ns),
             last_modification: ts(u.mtime_ns),
         },
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
     )?;
     Ok(())
 }
@@ -469,6 +539,63 @@ fn create_deleted(u: &UnlinkedFile) -> std::io::Result<File> {
     file.set_len(u.size)?;
     file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
     Ok(file)
+}
+
+/// A removed directory, symlink or FIFO: made at its old path (or, where
+/// that is taken or its directory gone, under a fresh name in that
+/// directory or /tmp), opened, and removed again at once, so that /proc
+/// shows "PATH (deleted)" as before. Directories are held open for
+/// reading, the others with O_PATH.
+fn create_removed_node(u: &UnlinkedFile) -> std::io::Result<File> {
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+    let old = crate::paths::path(&u.path);
+    let make = |at: &Path| -> std::io::Result<File> {
+        let (flags, remove) = match u.kind() {
+            UnlinkedKind::Directory => {
+                rustix::fs::mkdirat(CWD, at, Mode::from_raw_mode(0o700))?;
+                (OFlags::RDONLY | OFlags::DIRECTORY, AtFlags::REMOVEDIR)
+            }
+            UnlinkedKind::Symlink => {
+                rustix::fs::symlinkat(crate::paths::path(&u.target), CWD, at)?;
+                (OFlags::PATH | OFlags::NOFOLLOW, AtFlags::empty())
+            }
+            _ => {
+                rustix::fs::mknodat(
+                    CWD,
+                    at,
+                    rustix::fs::FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )?;
+                (OFlags::PATH, AtFlags::empty())
+            }
+        };
+        let opened = rustix::fs::openat(CWD, at, flags | OFlags::CLOEXEC, Mode::empty());
+        let removed = rustix::fs::unlinkat(CWD, at, remove);
+        let fd = opened?;
+        removed?;
+        Ok(File::from(fd))
+    };
+    if let Ok(f) = make(old) {
+        return Ok(f);
+    }
+    let dir = old
+        .parent()
+        .filter(|d| d.is_dir())
+        .unwrap_or(Path::new("/tmp"));
+    let base = old
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut last = None;
+    for n in 0..100 {
+        let at = dir.join(format!(".{base}.crstream-{}-{n}", std::process::id()));
+        match make(&at) {
+            Ok(f) => return Ok(f),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried"))
 }
 
 /// Reads a whole file, for tests.
@@ -569,6 +696,92 @@ mod tests {
             ..Default::default()
         };
         assert!(r.add(bad).is_err());
+    }
+
+    #[test]
+    fn removed_directory_symlink_and_fifo_round_trip_with_mode_owner_and_target() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o751)).unwrap();
+        let l = dir.path().join("l");
+        std::os::unix::fs::symlink("somewhere", &l).unwrap();
+        let f = dir.path().join("f");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &f,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o640),
+            0,
+        )
+        .unwrap();
+        let open = |p: &Path, flags| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags)
+                .open(p)
+                .unwrap()
+        };
+        let held = [
+            open(&d, libc::O_DIRECTORY),
+            open(&l, libc::O_PATH | libc::O_NOFOLLOW),
+            open(&f, libc::O_PATH),
+        ];
+        std::fs::remove_dir(&d).unwrap();
+        std::fs::remove_file(&l).unwrap();
+        std::fs::remove_file(&f).unwrap();
+        let mut c = Collector::default();
+        let pid = std::process::id() as i32;
+        let ids: Vec<u64> = held
+            .iter()
+            .map(|h| {
+                let source = format!("/proc/self/fd/{}", h.as_raw_fd());
+                let link = std::fs::read_link(&source).unwrap();
+                c.note(pid, &source, link.as_os_str().as_encoded_bytes())
+                    .unwrap()
+            })
+            .collect();
+        let metas: Vec<UnlinkedFile> = c.saved.iter().map(|s| s.meta.clone()).collect();
+        assert_eq!(
+            metas.iter().map(|m| m.kind()).collect::<Vec<_>>(),
+            [
+                UnlinkedKind::Directory,
+                UnlinkedKind::Symlink,
+                UnlinkedKind::Fifo
+            ]
+        );
+        assert_eq!(metas[1].target, b"somewhere");
+        assert!(metas.iter().all(|m| !has_contents(m) && blob_len(m) == 0));
+        let mut r = Recreator::default();
+        for m in metas {
+            r.add(m).unwrap();
+        }
+        r.check_complete().unwrap();
+        r.seal().unwrap();
+        assert!(
+            !d.exists() && !l.exists() && !f.exists(),
+            "removed again at once"
+        );
+        let made: Vec<std::fs::Metadata> = ids
+            .iter()
+            .map(|&id| std::fs::metadata(r.proc_path(id).unwrap()).unwrap())
+            .collect();
+        assert!(made[0].is_dir() && made[0].nlink() == 0);
+        assert_eq!(made[0].mode() & 0o7777, 0o751);
+        assert!(made[1].file_type().is_symlink());
+        assert_eq!(
+            rustix::fs::readlinkat(&r.by_id[&ids[1]].file, "", Vec::new())
+                .unwrap()
+                .as_bytes(),
+            b"somewhere"
+        );
+        assert!(made[2].file_type().is_fifo());
+        assert_eq!(made[2].mode() & 0o7777, 0o640);
+        assert_eq!(
+            std::fs::read_link(r.proc_path(ids[0]).unwrap()).unwrap(),
+            Path::new(&format!("{} (deleted)", d.display()))
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ impl Kind for Owners {
             what: "file owners",
             reason: format!("pidfd_open: {e}"),
         })?;
-        for f in table.files.iter().filter(|f| f.dup_of_fd.is_none()) {
+        // O_PATH fds have no owner (fcntl refuses them).
+        let owned =
+            |f: &&OpenFile| f.dup_of_fd.is_none() && f.open_flags as i32 & libc::O_PATH == 0;
+        for f in table.files.iter().filter(owned) {
             let err = |e: std::io::Error| DumpError::File {
                 pid,
                 fd: f.fd as i32,

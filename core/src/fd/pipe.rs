@@ -53,7 +53,15 @@ impl FdKind for Pipes {
             d.md.filter(|m| m.file_type().is_fifo() && d.link.starts_with(b"/"))
         {
             if crate::paths::is_deleted(d.link) {
-                return Err(d.refuse("fifo whose path was removed: cannot reopen it"));
+                // A "ghost" FIFO: made again (and removed) at restore; its
+                // bytes are saved below like those of any pipe.
+                let source = format!("/proc/{}/fd/{}", d.pid, d.fd);
+                f.unlinked_file = d
+                    .objects
+                    .unlinked
+                    .note(d.pid, &source, d.link)
+                    .map_err(|reason| d.refuse(reason))?;
+                f.deleted = true;
             }
             f.dev = md.dev();
             f.mode = md.mode();
@@ -73,7 +81,7 @@ impl FdKind for Pipes {
             q
         };
         f.kind = kind as i32;
-        f.path = d.link.to_vec();
+        f.path = crate::paths::undeleted(d.link).to_vec();
         f.inode = inode;
         f.pipe = Some(PipeFile {
             inode,
@@ -92,7 +100,7 @@ impl FdKind for Pipes {
         &mut self,
         pid: i32,
         f: &OpenFile,
-        _objects: &RestoreObjects<'_>,
+        objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
         let ferr = |what: &str, e: io::Error| RestoreError::File {
             pid,
@@ -106,8 +114,14 @@ impl FdKind for Pipes {
             path: show(&f.path).into_owned(),
             reason: "bad image: pipe record missing".into(),
         })?;
+        // A removed FIFO: through the one made again in crstream.
+        let fifo_path = if f.deleted {
+            objects.unlinked.proc_path(f.unlinked_file)?.into_bytes()
+        } else {
+            f.path.clone()
+        };
         let fd = self
-            .open_pipe(f, p)
+            .open_pipe(f, p, &fifo_path)
             .map_err(|e| ferr("recreating the pipe", e))?;
         super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
         Ok(Reopen::Created(fd))
@@ -115,19 +129,19 @@ impl FdKind for Pipes {
 }
 
 impl Pipes {
-    fn open_pipe(&mut self, f: &OpenFile, p: &PipeFile) -> io::Result<OwnedFd> {
+    fn open_pipe(&mut self, f: &OpenFile, p: &PipeFile, fifo_path: &[u8]) -> io::Result<OwnedFd> {
         let fifo = f.kind() == FileKind::Fifo;
         let obj = match self.created.entry(p.inode) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let ends = if fifo {
-                    let md = std::fs::metadata(crate::paths::path(&f.path))?;
+                    let md = std::fs::metadata(crate::paths::path(fifo_path))?;
                     if !md.file_type().is_fifo() {
                         return Err(io::Error::other("the path is no longer a FIFO"));
                     }
                     // O_RDWR|O_NONBLOCK never blocks waiting for the other side.
                     let keep = rustix::fs::open(
-                        crate::paths::path(&f.path),
+                        crate::paths::path(fifo_path),
                         OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
                         Mode::empty(),
                     )?;

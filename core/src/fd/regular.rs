@@ -46,8 +46,28 @@ impl FdKind for Regular {
                             what: format!("{}: {reason}", show(d.link)),
                         })?;
             }
-        } else if ft.is_dir() {
-            f.kind = FileKind::Directory as i32;
+        } else if ft.is_dir() || ft.is_symlink() {
+            // A symlink itself is only open with O_PATH|O_NOFOLLOW.
+            f.kind = if ft.is_dir() {
+                FileKind::Directory
+            } else {
+                FileKind::Symlink
+            } as i32;
+            // A removed directory has no links left, not even "." in it.
+            if md.nlink() == 0 {
+                f.deleted = true;
+                f.path = undeleted(d.link).to_vec();
+                let source = format!("/proc/{pid}/fd/{fd}");
+                f.unlinked_file =
+                    d.objects
+                        .unlinked
+                        .note(pid, &source, d.link)
+                        .map_err(|reason| DumpError::UnsupportedFile {
+                            pid,
+                            fd,
+                            what: format!("{}: {reason}", show(d.link)),
+                        })?;
+            }
         } else if ft.is_char_device()
             && SAFE_CHAR_DEVICES.contains(&(libc::major(md.rdev()), libc::minor(md.rdev())))
         {
@@ -74,13 +94,29 @@ impl FdKind for Regular {
     fn restores(&self, f: &OpenFile) -> bool {
         matches!(
             f.kind(),
-            FileKind::Regular | FileKind::Directory | FileKind::CharDevice
+            FileKind::Regular | FileKind::Directory | FileKind::CharDevice | FileKind::Symlink
         )
     }
 
     fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
-        if f.kind() == FileKind::Regular && !f.deleted {
+        // Files under /proc of a process of the tree exist only once it
+        // does: checked when reopened.
+        if f.kind() == FileKind::Regular && !f.deleted && !f.path.starts_with(b"/proc/") {
             check_regular(pid, f, true)?;
+        }
+        if f.kind() == FileKind::Symlink && !f.deleted {
+            let md = std::fs::symlink_metadata(path(&f.path));
+            if !md.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(RestoreError::File {
+                    pid,
+                    fd: f.fd,
+                    path: show(&f.path).into_owned(),
+                    reason: match md {
+                        Ok(m) => format!("it was a symlink and is now a {}", kind_name(&m)),
+                        Err(e) => format!("cannot stat: {e}"),
+                    },
+                });
+            }
         }
         Ok(())
     }
@@ -93,18 +129,25 @@ impl FdKind for Regular {
     ) -> Result<Reopen, RestoreError> {
         let mut reopen = f.path.clone();
         let mut offset = 0;
+        if f.deleted {
+            reopen = objects.unlinked.proc_path(f.unlinked_file)?.into_bytes();
+        } else if f.kind() == FileKind::Regular {
+            check_regular(pid, f, false)?;
+        }
         if f.kind() == FileKind::Regular {
-            if f.deleted {
-                reopen = objects.unlinked.proc_path(f.unlinked_file)?.into_bytes();
-            } else {
-                check_regular(pid, f, false)?;
-            }
             offset = f.offset;
         }
-        // O_NOFOLLOW only mattered for the path it was opened by; the
-        // /proc link an unlinked file is reopened through is a symlink.
-        let flags = f.open_flags as i32
+        let mut flags = f.open_flags as i32
             & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        // O_NOFOLLOW matters for a symlink opened by its path. Through a
+        // /proc magic link (removed files) it would open the magic link
+        // itself; without it, the jump ends on the object, a symlink too.
+        if f.kind() == FileKind::Symlink {
+            flags |= libc::O_PATH;
+            if !f.deleted {
+                flags |= libc::O_NOFOLLOW;
+            }
+        }
         Ok(Reopen::Path {
             path: reopen,
             flags,

@@ -7,6 +7,7 @@ use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
 use crate::paths::show;
 use crate::records::ProcessImage;
 use crstream_proto::FsContext as Record;
+use std::os::unix::fs::MetadataExt;
 
 pub(crate) struct FsContext;
 
@@ -15,8 +16,11 @@ impl Kind for FsContext {
         "cwd, root and umask"
     }
 
+    /// Late: once chrooted, the process no longer sees the paths restore
+    /// opens in it (its executable, /proc/self). Before credentials, which
+    /// may drop CAP_SYS_CHROOT.
     fn phase(&self) -> Phase {
-        Phase::Process
+        Phase::Final
     }
 
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
@@ -25,10 +29,41 @@ impl Kind for FsContext {
             crate::proc::read_link(format!("/proc/{pid}/{what}"))
                 .map_err(|err| DumpError::Proc { pid, err })
         };
+        let cwd = link("cwd")?;
+        let root = link("root")?;
+        let refuse = |reason: String| DumpError::Unsupported {
+            pid,
+            what: "working and root directory",
+            reason,
+        };
+        // A removed directory has no links left, not even "." in it.
+        let removed = |what: &str| {
+            std::fs::metadata(format!("/proc/{pid}/{what}")).is_ok_and(|m| m.nlink() == 0)
+        };
+        if removed("root") {
+            return Err(refuse(format!(
+                "the root directory {} was removed: no way to make it again",
+                show(&root)
+            )));
+        }
+        let cwd_unlinked = if removed("cwd") {
+            p.objects
+                .unlinked
+                .note(pid, &format!("/proc/{pid}/cwd"), &cwd)
+                .map_err(|reason| {
+                    refuse(format!(
+                        "the removed working directory {}: {reason}",
+                        show(&cwd)
+                    ))
+                })?
+        } else {
+            0
+        };
         p.records.push(Record {
-            cwd: link("cwd")?,
-            root: link("root")?,
+            cwd,
+            root,
             umask: p.status.umask,
+            cwd_unlinked,
         });
         Ok(())
     }
@@ -50,7 +85,13 @@ impl Kind for FsContext {
                 err: std::io::Error::other(e.to_string()),
             }
         };
-        let path = stub.put_path(&r.cwd)?;
+        // A removed working directory: the one made again in crstream.
+        let cwd = if r.cwd_unlinked != 0 {
+            p.objects.unlinked.proc_path(r.cwd_unlinked)?.into_bytes()
+        } else {
+            r.cwd.clone()
+        };
+        let path = stub.put_path(&cwd)?;
         stub.call("chdir", libc::SYS_chdir, &[path])
             .map_err(io(format!("chdir to {}", show(&r.cwd))))?;
         if r.root != b"/" {

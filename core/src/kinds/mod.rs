@@ -28,7 +28,6 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
     vec![
         Box::new(crate::fd::Files::new()),
         Box::new(crate::fd::locks::Locks),
-        Box::new(fs_context::FsContext),
         Box::new(prctl::Prctl),
         Box::new(rlimits::Rlimits),
         Box::new(oom::Oom),
@@ -37,6 +36,9 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(itimers::Itimers),
         Box::new(mm::Mm),
         Box::new(membarrier::MembarrierKind),
+        // After every kind that opens a path in the process (the
+        // executable, /proc/self files): a chroot would hide them.
+        Box::new(fs_context::FsContext),
         Box::new(seccomp::SeccompKind),
         Box::new(creds::Creds),
         Box::new(crate::fd::owner::Owners),

@@ -264,6 +264,7 @@ fn upgrade_v1(
                 cwd: core.cwd,
                 root: core.root,
                 umask: core.umask,
+                cwd_unlinked: 0,
             }),
             Body::PrctlValues(PrctlValues {
                 personality: core.personality,
