@@ -450,3 +450,17 @@ fn a_chrooted_process_keeps_its_root() {
     };
     round_trips(&mut w, &dir, &same_root);
 }
+
+/// A program running from a memfd (execveat), holding the memfd open for
+/// writing: after restore /proc/PID/exe is the memfd again, the kernel
+/// still refuses to open it for writing, and the kept fd still writes.
+#[test]
+fn a_program_run_from_a_memfd_comes_back() {
+    let dir = TestDir::new("memfd-exec");
+    let mut w = Workload::spawn("wl_memfd_exec", dir.path("report"), &[]);
+    let exe = |pid: i32| {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert_eq!(exe, Path::new("/memfd:wl-memfd-exec (deleted)"));
+    };
+    round_trips(&mut w, &dir, &exe);
+}

@@ -265,6 +265,8 @@ struct Recreated {
 pub(crate) struct Recreator {
     by_id: HashMap<u64, Recreated>,
     by_stream: HashMap<u32, u64>,
+    /// Memfds whose own open file description was handed to a process.
+    handed: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Recreator {
@@ -406,6 +408,25 @@ impl Recreator {
             }
         }
         Ok(())
+    }
+
+    /// The first time for memfd `id`: a new fd for the open file
+    /// description memfd_create made. Like the original memfd_create fd,
+    /// it does not count as a writer of the file, which matters for a memfd
+    /// the process runs (the kernel takes it as its executable only while
+    /// no writer exists, and then refuses new ones). Later fds of it reopen
+    /// `proc_path`.
+    pub(crate) fn take_memfd_description(
+        &self,
+        id: u64,
+    ) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+        let Some(r) = self.by_id.get(&id) else {
+            return Ok(None);
+        };
+        if r.meta.kind() != UnlinkedKind::Memfd || !self.handed.lock().unwrap().insert(id) {
+            return Ok(None);
+        }
+        Ok(Some(rustix::io::fcntl_dupfd_cloexec(&r.file, 0)?))
     }
 
     /// A path the restored process opens to get file `id`.

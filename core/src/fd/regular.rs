@@ -127,6 +127,30 @@ impl FdKind for Regular {
         f: &OpenFile,
         objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
+        let access = f.open_flags as i32 & (libc::O_ACCMODE | libc::O_PATH);
+        if f.deleted && f.kind() == FileKind::Regular && access == libc::O_RDWR {
+            let taken = objects.unlinked.take_memfd_description(f.unlinked_file);
+            if let Some(fd) = taken.map_err(|e| RestoreError::File {
+                pid,
+                fd: f.fd,
+                path: show(&f.path).into_owned(),
+                reason: format!("taking the memfd: {e}"),
+            })? {
+                super::set_status_flags(&fd, f.open_flags)
+                    .and_then(|()| {
+                        rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(f.offset))
+                            .map(drop)
+                            .map_err(Into::into)
+                    })
+                    .map_err(|e| RestoreError::File {
+                        pid,
+                        fd: f.fd,
+                        path: show(&f.path).into_owned(),
+                        reason: format!("setting its flags and offset: {e}"),
+                    })?;
+                return Ok(Reopen::Created(fd));
+            }
+        }
         let mut reopen = f.path.clone();
         let mut offset = 0;
         if f.deleted {

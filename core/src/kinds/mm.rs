@@ -37,22 +37,29 @@ impl Kind for Mm {
     }
 
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
-        restore(p.stub, p.image.need()?)
+        restore(p.stub, p.image.need()?, p.objects.unlinked)
     }
 }
 
-fn dump(p: &DumpProcess<'_>) -> Result<MmFields, DumpError> {
+fn dump(p: &mut DumpProcess<'_>) -> Result<MmFields, DumpError> {
     let (pid, stat, leader) = (p.pid, p.stat, &p.injector().leader);
     let proc_err = |err| DumpError::Proc { pid, err };
     let auxv = crate::proc::read_bytes(format!("/proc/{pid}/auxv")).map_err(proc_err)?;
     let exe_path = crate::proc::read_link(format!("/proc/{pid}/exe")).map_err(proc_err)?;
-    if crate::paths::is_deleted(&exe_path) {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: "executable",
-            reason: format!("{} was deleted", crate::paths::show(&exe_path)),
-        });
-    }
+    // A deleted executable, or a memfd run with execveat: the same file
+    // as its mappings, saved once with them.
+    let exe_unlinked = if crate::paths::is_deleted(&exe_path) {
+        p.objects
+            .unlinked
+            .note(pid, &format!("/proc/{pid}/exe"), &exe_path)
+            .map_err(|reason| DumpError::Unsupported {
+                pid,
+                what: "executable",
+                reason: format!("{}: {reason}", crate::paths::show(&exe_path)),
+            })?
+    } else {
+        0
+    };
     // The current brk is not in /proc; brk(0) returns it.
     let brk = leader.call("brk", libc::SYS_brk, &[0])? as u64;
     let dumpable = leader.call(
@@ -81,6 +88,7 @@ fn dump(p: &DumpProcess<'_>) -> Result<MmFields, DumpError> {
         exe_path,
         dumpable,
         thp_disabled: thp,
+        exe_unlinked,
     })
 }
 
@@ -108,10 +116,19 @@ fn prctl_mm_map(m: &MmFields, auxv_addr: u64, exe_fd: u32) -> Vec<u8> {
     b
 }
 
-fn restore(stub: &Stub, m: &MmFields) -> Result<(), RestoreError> {
+fn restore(
+    stub: &Stub,
+    m: &MmFields,
+    unlinked: &crate::unlinked::Recreator,
+) -> Result<(), RestoreError> {
     let pid = stub.pid;
+    let exe_path = if m.exe_unlinked != 0 {
+        unlinked.proc_path(m.exe_unlinked)?.into_bytes()
+    } else {
+        m.exe_path.clone()
+    };
     let exe = stub
-        .open(&m.exe_path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .open(&exe_path, libc::O_RDONLY | libc::O_CLOEXEC, 0)
         .map_err(|e| RestoreError::File {
             pid,
             fd: u32::MAX,
