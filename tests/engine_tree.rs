@@ -516,3 +516,71 @@ fn dump_refuses_processes_sharing_memory_without_being_threads() {
     assert_running_untraced(child);
     let _g = TreeGuard(vec![child]);
 }
+
+/// python3 with a zombie child whose parent then set SIGCHLD to SIG_IGN
+/// (the zombie stays until waited for) or to a handler that counts: after
+/// restore the zombie is still there with its exit status, and the handler
+/// was not called by the making of the zombie.
+#[test]
+fn zombies_stay_whatever_their_parent_set_for_sigchld() {
+    const SCRIPT: &str = r#"
+import os, signal, sys, time
+calls = [0]
+def count(s, f): calls[0] += 1
+kid = os.fork()
+if kid == 0:
+    os._exit(7)
+while open("/proc/%d/stat" % kid).read().split()[2] != "Z":
+    time.sleep(0.01)
+if sys.argv[2] == "ignore":
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGCHLD, count)
+    signal.siginterrupt(signal.SIGCHLD, False)
+n = 0
+while True:
+    n += 1
+    state = open("/proc/%d/stat" % kid).read().split()[2]
+    info = os.waitid(os.P_PID, kid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+    ok = state == "Z" and info is not None and info.si_status == 7 and calls[0] == 0
+    status = "OK" if ok else "BAD-%s-%s-%d" % (state, info and info.si_status, calls[0])
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write("%d %d %s\n" % (os.getpid(), n, status))
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(0.1)
+"#;
+    if !have("python3") {
+        panic!("python3 is needed for this test");
+    }
+    for action in ["ignore", "handler"] {
+        let dir = TestDir::new(&format!("zombie-{action}"));
+        let report = dir.path("report");
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", SCRIPT, report.to_str().unwrap(), action]);
+        let mut w = spawn_isolated(cmd, report);
+        let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+        assert!(r.contains(" OK"), "{action}, before the dump: {r}");
+        let img = dir.path("img");
+        dump_tree(&mut w, img.to_str().unwrap(), &[]);
+        for round in 0..2 {
+            let at = field(&w.read_report().unwrap(), 0, 1);
+            let o = run(
+                &["restore", "-i", img.to_str().unwrap(), "--detach", "--json"],
+                &[],
+            );
+            assert!(o.status.success(), "restore failed: {}", text(&o));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+            let procs: Vec<i32> = v["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_i64().unwrap() as i32)
+                .collect();
+            let mut g = TreeGuard(procs);
+            w.restored(v["pid"].as_i64().unwrap() as i32);
+            let r = w.wait_report(T, |r| field(r, 0, 1) > at + 3 || !r.contains(" OK"));
+            assert!(r.contains(" OK"), "{action}, restore {round}: {r}");
+            g.kill();
+        }
+    }
+}
