@@ -464,3 +464,13 @@ fn a_program_run_from_a_memfd_comes_back() {
     };
     round_trips(&mut w, &dir, &exe);
 }
+
+/// epoll registrations that outlived their fd number (the file moved to
+/// another fd, the number reused by another registered file) come back:
+/// each file wakes the epoll with its own data.
+#[test]
+fn epoll_registrations_of_moved_fds_come_back() {
+    let dir = TestDir::new("epoll-moved");
+    let mut w = Workload::spawn("wl_epoll_moved", dir.path("report"), &[]);
+    round_trips(&mut w, &dir, &|_| {});
+}

@@ -17,16 +17,32 @@ impl FdKind for Epoll {
             return Ok(false);
         }
         let info = d.fdinfo()?;
-        let targets = parse_targets(&info).ok_or_else(|| d.bad_fdinfo("bad tfd line".into()))?;
-        for t in &targets {
-            // Registrations are keyed by (file, fd number): if the process
-            // closed or replaced fd t.fd since, the number now names another
-            // file (or none) and re-adding it would watch the wrong thing.
-            if !crate::sys::kcmp::epoll_target_is(d.pid, d.fd as u32, t.fd).unwrap_or(false) {
-                return Err(d.refuse(format!(
-                    "watches a file registered as fd {} that is no longer open at that number",
-                    t.fd
-                )));
+        let mut targets =
+            parse_targets(&info).ok_or_else(|| d.bad_fdinfo("bad tfd line".into()))?;
+        // Registrations are keyed by (file, fd number): if the process
+        // closed or replaced fd t.fd since, the number names another file
+        // (or none) now, and re-adding it would watch the wrong thing. Find
+        // the registered file among the process's fds.
+        let open_fds =
+            crate::proc::fds(d.pid).map_err(|err| DumpError::Proc { pid: d.pid, err })?;
+        let mut seen: Vec<u32> = Vec::new();
+        for t in targets.iter_mut() {
+            let toff = seen.iter().filter(|&&n| n == t.fd).count() as u32;
+            seen.push(t.fd);
+            let is_at = |fd: u32| {
+                crate::sys::kcmp::epoll_target_at(d.pid, d.fd as u32, t.fd, toff, fd)
+                    .unwrap_or(false)
+            };
+            if is_at(t.fd) {
+                continue;
+            }
+            match open_fds
+                .iter()
+                .map(|&fd| fd as u32)
+                .find(|&fd| fd != t.fd && is_at(fd))
+            {
+                Some(fd) => t.file_fd = Some(fd),
+                None => t.file_elsewhere = true,
             }
         }
         f.kind = FileKind::Epoll as i32;
@@ -58,26 +74,85 @@ impl FdKind for Epoll {
         Ok(Reopen::Created(fd))
     }
 
+    /// Runs in the one process that restores the instance: before file
+    /// locks are set again (closing an fd drops the process's POSIX locks
+    /// on its file).
     fn after_table(&mut self, stub: &Stub, f: &OpenFile) -> Result<(), RestoreError> {
         for t in f.epoll.iter().flat_map(|e| e.targets.iter()) {
-            let mut ev = Vec::with_capacity(12);
-            ev.extend_from_slice(&t.events.to_le_bytes());
-            ev.extend_from_slice(&t.data.to_le_bytes());
-            let at = stub.put(crate::stub::SCRATCH_DATA, &ev)?;
-            stub.call(
-                "epoll_ctl",
-                libc::SYS_epoll_ctl,
-                &[f.fd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at],
-            )
-            .map_err(|e| RestoreError::File {
+            let err = |e: crate::error::TaskError| RestoreError::File {
                 pid: stub.pid,
                 fd: f.fd,
                 path: show(&f.path).into_owned(),
                 reason: format!("re-adding fd {} to the epoll set: {e}", t.fd),
-            })?;
+            };
+            if t.file_elsewhere {
+                return Err(RestoreError::Image(format!(
+                    "pid {} fd {}: an epoll registration whose file this process does not hold",
+                    stub.pid, f.fd
+                )));
+            }
+            let mut ev = Vec::with_capacity(12);
+            ev.extend_from_slice(&t.events.to_le_bytes());
+            ev.extend_from_slice(&t.data.to_le_bytes());
+            let at = stub.put(crate::stub::SCRATCH_DATA, &ev)?;
+            let add = || {
+                stub.call(
+                    "epoll_ctl",
+                    libc::SYS_epoll_ctl,
+                    &[f.fd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at],
+                )
+            };
+            match t.file_fd {
+                None => add().map_err(err)?,
+                Some(file_fd) => with_file_at(stub, file_fd, t.fd, add).map_err(err)?,
+            };
         }
         Ok(())
     }
+}
+
+/// Runs `add` with the file of fd `file_fd` at fd number `tfd`, then gives
+/// `tfd` back what it held (with its close-on-exec flag), or closes it.
+fn with_file_at(
+    stub: &Stub,
+    file_fd: u32,
+    tfd: u32,
+    add: impl FnOnce() -> Result<i64, crate::error::TaskError>,
+) -> Result<i64, crate::error::TaskError> {
+    let fcntl = |fd: u32, cmd: i32, arg: u64| {
+        stub.call("fcntl", libc::SYS_fcntl, &[fd as u64, cmd as u64, arg])
+    };
+    // What tfd holds now, kept at a free number meanwhile.
+    let held = match fcntl(tfd, libc::F_GETFD, 0) {
+        Ok(fd_flags) => Some((fcntl(tfd, libc::F_DUPFD_CLOEXEC, 0)? as u64, fd_flags)),
+        Err(_) => None,
+    };
+    stub.call("dup2", libc::SYS_dup2, &[file_fd as u64, tfd as u64])?;
+    let added = add();
+    match held {
+        Some((keep, fd_flags)) => {
+            let cloexec = if fd_flags & libc::FD_CLOEXEC as i64 != 0 {
+                libc::O_CLOEXEC
+            } else {
+                0
+            };
+            stub.call("dup3", libc::SYS_dup3, &[keep, tfd as u64, cloexec as u64])?;
+            stub.call("close", libc::SYS_close, &[keep])?;
+        }
+        None => {
+            stub.call("close", libc::SYS_close, &[tfd as u64])?;
+        }
+    }
+    added
+}
+
+/// Whether a registration of the epoll file `f` cannot be restored from
+/// its own process's fds (see `EpollTarget.file_elsewhere`).
+pub(super) fn needs_another_holder(f: &OpenFile) -> bool {
+    f.epoll
+        .iter()
+        .flat_map(|e| e.targets.iter())
+        .any(|t| t.file_elsewhere)
 }
 
 /// Parses the "tfd: N events: HEX data: HEX ..." lines of an epoll fdinfo.
@@ -107,7 +182,7 @@ mod tests {
     use std::os::fd::{AsFd, AsRawFd};
 
     #[test]
-    fn epoll_targets_are_saved_and_a_closed_fd_is_refused() {
+    fn epoll_targets_are_saved_and_a_closed_fd_is_found_where_its_file_is() {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
         let e = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
         let (r, _w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
@@ -137,11 +212,13 @@ mod tests {
                 fd: e.as_raw_fd() as u32,
                 events: (libc::EPOLLIN | libc::EPOLLET) as u32,
                 data: 0x1234,
+                ..Default::default()
             },
             EpollTarget {
                 fd: r.as_raw_fd() as u32,
                 events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
                 data: 0xdead_beef_0000_0001,
+                ..Default::default()
             },
         ];
         want.sort_by_key(|t| t.fd);
@@ -149,12 +226,53 @@ mod tests {
         let n = created(&mut Epoll, &f);
         let link = std::fs::read_link(format!("/proc/self/fd/{}", n.as_raw_fd())).unwrap();
         assert_eq!(link.to_str().unwrap(), "anon_inode:[eventpoll]");
-        // A registration whose fd number was closed is refused.
+        // A registration whose fd number was closed: found at the fd that
+        // still holds its file.
         let e2 = e.as_fd().try_clone_to_owned().unwrap();
-        let num = e.as_raw_fd();
+        let num = e.as_raw_fd() as u32;
         drop(e);
-        let err = dump_own(ep.as_raw_fd()).unwrap_err().to_string();
-        assert!(err.contains(&format!("fd {num}")), "{err}");
+        let f = dump_own(ep.as_raw_fd()).unwrap();
+        let t = f.epoll.clone().unwrap().targets;
+        let moved = t.iter().find(|t| t.fd == num).unwrap();
+        assert_eq!(moved.file_fd, Some(e2.as_raw_fd() as u32));
+        assert!(!moved.file_elsewhere);
+        assert!(
+            t.iter()
+                .filter(|t| t.fd != num)
+                .all(|t| t.file_fd.is_none())
+        );
+        assert!(!needs_another_holder(&f));
+        // Its file in no fd of the process (here kept alive by a message
+        // in flight): marked, for the tree to refuse.
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let (a, _b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::DGRAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut cmsg = SendAncillaryBuffer::new(&mut space);
+        let fds = [e2.as_fd()];
+        assert!(cmsg.push(SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &a,
+            &[std::io::IoSlice::new(b"x")],
+            &mut cmsg,
+            SendFlags::empty(),
+        )
+        .unwrap();
         drop(e2);
+        let f = dump_own(ep.as_raw_fd()).unwrap();
+        assert!(
+            f.epoll
+                .as_ref()
+                .unwrap()
+                .targets
+                .iter()
+                .any(|t| t.fd == num && t.file_elsewhere)
+        );
+        assert!(needs_another_holder(&f));
     }
 }

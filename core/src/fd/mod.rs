@@ -314,7 +314,7 @@ impl Kind for Files {
             k.dump_tree(t)?;
         }
         mark_shared_files(t.processes);
-        Ok(())
+        refuse_unrestorable_epoll_registrations(t.processes)
     }
 
     /// Refuses files that changed in a way that would corrupt the restored
@@ -443,6 +443,36 @@ fn mark_dup(pid: i32, files: &[OpenFile], f: &mut OpenFile) {
             return;
         }
     }
+}
+
+/// An epoll instance is restored (its registrations added) by one process
+/// of those that hold it: that process must hold every registered file.
+fn refuse_unrestorable_epoll_registrations(procs: &[ProcessDump]) -> Result<(), DumpError> {
+    for p in procs {
+        let Some(t) = p.records.get::<FileTable>() else {
+            continue;
+        };
+        let restorer = |f: &&OpenFile| {
+            f.dup_of_fd.is_none() && (f.shared_id == 0 || (f.shared_id >> 32) as i32 == p.pid)
+        };
+        if let Some(f) = t
+            .files
+            .iter()
+            .filter(restorer)
+            .find(|f| epoll::needs_another_holder(f))
+        {
+            return Err(DumpError::UnsupportedFile {
+                pid: p.pid,
+                fd: f.fd as i32,
+                what: format!(
+                    "{} (watches a file whose registered fd was closed, and which no \
+                     other fd of the process holds)",
+                    show(&f.path)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Gives every open file description held by more than one process of the

@@ -37,10 +37,17 @@ pub(crate) fn same_file(pid1: i32, fd1: u32, pid2: i32, fd2: u32) -> io::Result<
 }
 
 /// Whether the file an epoll instance (fd `epfd` of `pid`) watches as fd
-/// number `tfd` is the file fd `tfd` of `pid` names now (an epoll
-/// registration outlives the fd it was made with).
-pub(crate) fn epoll_target_is(pid: i32, epfd: u32, tfd: u32) -> io::Result<bool> {
+/// number `tfd` (the `toff`-th registration with that number) is the file
+/// of fd `fd` of `pid` (an epoll registration outlives the fd it was made
+/// with: fd `tfd` may be closed or name another file now).
+pub(crate) fn epoll_target_at(
+    pid: i32,
+    epfd: u32,
+    tfd: u32,
+    toff: u32,
+    fd: u32,
+) -> io::Result<bool> {
     // struct kcmp_epoll_slot: efd, tfd, toff.
-    let slot: [u32; 3] = [epfd, tfd, 0];
-    kcmp(pid, pid, KCMP_EPOLL_TFD, tfd as u64, slot.as_ptr() as u64)
+    let slot: [u32; 3] = [epfd, tfd, toff];
+    kcmp(pid, pid, KCMP_EPOLL_TFD, fd as u64, slot.as_ptr() as u64)
 }
