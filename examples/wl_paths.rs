@@ -8,7 +8,10 @@
 //! - a FIFO whose path was removed ("ghost"), open twice, with bytes queued;
 //! - /proc/PID/stat, open and partly read (offset 5);
 //! - a file of a directory that was removed after the file was unlinked,
-//!   and a file of a directory that was renamed.
+//!   and a file of a directory that was renamed;
+//! - inotify watches on a deleted file and a removed directory, both held
+//!   open: writing the file and chmod'ing the directory through their fds
+//!   report events on those watches (the watches are on the same inodes).
 //!
 //! With `chroot`, it instead chroots into the directory of its report
 //! (writing it as "/NAME" from then on) and checks a file there, by path
@@ -94,6 +97,10 @@ struct Fds {
     proc_stat: RawFd,
     in_removed_dir: RawFd,
     in_renamed_dir: RawFd,
+    inotify: RawFd,
+    watched_file: RawFd,
+    watched_file_wd: i32,
+    dir_wd: i32,
 }
 
 fn set_up(base: &str) -> Fds {
@@ -153,6 +160,23 @@ fn set_up(base: &str) -> Fds {
     std::fs::write(format!("{w}/ren-a/file"), RENAMED_DIR_DATA).unwrap();
     let in_renamed_dir = open(&format!("{w}/ren-a/file"), libc::O_RDONLY, 0);
     std::fs::rename(format!("{w}/ren-a"), format!("{w}/ren-b")).unwrap();
+    // inotify watches on a deleted file and on the removed directory.
+    std::fs::write(format!("{w}/watched"), b"w").unwrap();
+    let watched_file = open(&format!("{w}/watched"), libc::O_RDWR, 0);
+    // SAFETY: inotify calls with NUL-terminated paths.
+    let (inotify, watched_file_wd, dir_wd) = unsafe {
+        let i = libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK);
+        let wf = libc::inotify_add_watch(i, c(&format!("{w}/watched")).as_ptr(), libc::IN_MODIFY);
+        let wd = libc::inotify_add_watch(
+            i,
+            c(&format!("/proc/self/fd/{dir}")).as_ptr(),
+            libc::IN_ATTRIB,
+        );
+        assert!(i >= 0 && wf > 0 && wd > 0, "inotify");
+        (i, wf, wd)
+    };
+    std::fs::remove_file(format!("{w}/watched")).unwrap();
+    inotify_events(inotify);
     Fds {
         cwd_fd,
         dir,
@@ -163,6 +187,31 @@ fn set_up(base: &str) -> Fds {
         proc_stat,
         in_removed_dir,
         in_renamed_dir,
+        inotify,
+        watched_file,
+        watched_file_wd,
+        dir_wd,
+    }
+}
+
+/// (wd, mask) of every event queued on inotify fd `i` now.
+fn inotify_events(i: RawFd) -> Vec<(i32, u32)> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: read into a local buffer.
+        let n = unsafe { libc::read(i, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return out;
+        }
+        let mut at = 0usize;
+        while at + 16 <= n as usize {
+            let wd = i32::from_ne_bytes(buf[at..at + 4].try_into().unwrap());
+            let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap());
+            let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+            out.push((wd, mask));
+            at += 16 + len;
+        }
     }
 }
 
@@ -256,6 +305,20 @@ fn verify(f: &Fds, w: &str) -> Result<(), String> {
             .is_ok_and(|p| p == std::path::Path::new(&format!("{w}/ren-b/file"))),
         "renamed-dir-file-path",
     )?;
+    // The watches on the deleted file and the removed directory.
+    let stray = inotify_events(f.inotify);
+    check(stray.is_empty(), &format!("stray-inotify-events-{stray:?}"))?;
+    // SAFETY: pwrite of a local byte and fchmod on our own fds.
+    unsafe {
+        libc::pwrite(f.watched_file, b"w".as_ptr().cast(), 1, 0);
+        libc::fchmod(f.dir, 0o751);
+    }
+    let got = inotify_events(f.inotify);
+    let want = vec![
+        (f.watched_file_wd, libc::IN_MODIFY),
+        (f.dir_wd, libc::IN_ATTRIB | libc::IN_ISDIR),
+    ];
+    check(got == want, &format!("inotify-events-{got:?}"))?;
     Ok(())
 }
 

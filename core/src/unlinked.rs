@@ -395,7 +395,9 @@ impl Recreator {
         Ok(())
     }
 
-    /// After the metadata: every file got all its bytes.
+    /// After the metadata: every file got all its bytes. Then each gets its
+    /// saved owner, mode and times, before any process opens or watches
+    /// it (an inotify watch would see the change).
     pub(crate) fn check_complete(&self) -> Result<(), RestoreError> {
         for r in self.by_id.values() {
             if r.written != blob_len(&r.meta) {
@@ -406,6 +408,19 @@ impl Recreator {
                     describe(&r.meta)
                 )));
             }
+        }
+        self.set_owners_and_times(false)
+    }
+
+    fn set_owners_and_times(&self, only_changed: bool) -> Result<(), RestoreError> {
+        for r in self.by_id.values() {
+            if only_changed && !owner_or_times_differ(&r.file, &r.meta) {
+                continue;
+            }
+            set_owner_and_times(&r.file, &r.meta).map_err(|e| RestoreError::Recreate {
+                what: describe(&r.meta),
+                reason: format!("setting its owner and times: {e}"),
+            })?;
         }
         Ok(())
     }
@@ -442,17 +457,13 @@ impl Recreator {
         ))
     }
 
-    /// Gives each file its saved owner and times, then its seals, once
-    /// every process has opened and mapped the files (a write seal refuses
-    /// writable shared mappings made after it, which the processes made
-    /// before it).
+    /// Gives each file its seals (and its times again where a mapping moved
+    /// them), once every process has opened and mapped the files (a write
+    /// seal refuses writable shared mappings made after it, which the
+    /// processes made before it).
     pub(crate) fn seal(&self) -> Result<(), RestoreError> {
-        for r in self.by_id.values() {
-            set_owner_and_times(&r.file, &r.meta).map_err(|e| RestoreError::Recreate {
-                what: describe(&r.meta),
-                reason: format!("setting its owner and times: {e}"),
-            })?;
-        }
+        // Mapping a file may have moved its access time.
+        self.set_owners_and_times(true)?;
         for r in self.by_id.values() {
             let seals = r.meta.seals;
             if r.meta.kind() != UnlinkedKind::Memfd || seals == 0 || seals == SEALING_OFF {
@@ -510,6 +521,22 @@ fn set_owner_and_times(file: &File, u: &UnlinkedFile) -> std::io::Result<()> {
         AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
     )?;
     Ok(())
+}
+
+/// Whether `file` no longer has the owner, mode or times of `u`.
+fn owner_or_times_differ(file: &File, u: &UnlinkedFile) -> bool {
+    if u.atime_ns == 0 && u.mtime_ns == 0 {
+        return false;
+    }
+    let Ok(st) = rustix::fs::fstat(file) else {
+        return true;
+    };
+    let ns = |s: i64, n: u64| s * 1_000_000_000 + n as i64;
+    st.st_uid != u.uid
+        || st.st_gid != u.gid
+        || (u.kind() != UnlinkedKind::Symlink && st.st_mode & 0o7777 != u.mode)
+        || ns(st.st_atime, st.st_atime_nsec) != u.atime_ns
+        || ns(st.st_mtime, st.st_mtime_nsec) != u.mtime_ns
 }
 
 /// The seals of a memfd created without MFD_ALLOW_SEALING.

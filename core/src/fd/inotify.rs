@@ -31,14 +31,31 @@ impl FdKind for Inotify {
         for line in info.lines().filter(|l| l.starts_with("inotify ")) {
             let w =
                 parse_line(line).ok_or_else(|| d.bad_fdinfo(format!("inotify line {line:?}")))?;
-            let (path, dev) = watch_path(d.pid, &w)
-                .map_err(|reason| d.refuse(format!("watch wd {}: {reason}", w.wd)))?;
+            let refuse = |reason: String| d.refuse(format!("watch wd {}: {reason}", w.wd));
+            let (path, dev, unlinked) = match watch_path(d.pid, &w).map_err(refuse)? {
+                Watched::Path(path, dev) => (path, dev, 0),
+                // A watch keeps its inode alive after the last unlink: the
+                // inode is saved with the tree's unlinked files (the same
+                // one as an fd or mapping of it) and watched again there.
+                Watched::Deleted(fd, link, dev) => {
+                    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                    let id = d
+                        .objects
+                        .unlinked
+                        .note(d.pid, &source, &link)
+                        .map_err(|reason| {
+                            d.refuse(format!("watch wd {} on a deleted inode: {reason}", w.wd))
+                        })?;
+                    (crate::paths::undeleted(&link).to_vec(), dev, id)
+                }
+            };
             watches.push(InotifyWatch {
                 wd: w.wd,
                 mask: w.mask & IN_WATCH_MASK,
                 path,
                 inode: w.ino,
                 dev,
+                unlinked,
             });
         }
         watches.sort_by_key(|w| w.wd);
@@ -54,7 +71,12 @@ impl FdKind for Inotify {
 
     /// Every path an inotify fd of the image watches must exist.
     fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
-        for w in f.inotify.iter().flat_map(|i| i.watches.iter()) {
+        let by_path = f
+            .inotify
+            .iter()
+            .flat_map(|i| i.watches.iter())
+            .filter(|w| w.unlinked == 0);
+        for w in by_path {
             match std::fs::symlink_metadata(path(&w.path)) {
                 Err(e) => {
                     return Err(RestoreError::File {
@@ -78,7 +100,7 @@ impl FdKind for Inotify {
         &mut self,
         pid: i32,
         f: &OpenFile,
-        _objects: &RestoreObjects<'_>,
+        objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
         let ferr = |reason: String| RestoreError::File {
             pid,
@@ -90,7 +112,7 @@ impl FdKind for Inotify {
             .inotify
             .as_ref()
             .ok_or_else(|| ferr("bad image: inotify record missing".into()))?;
-        let fd = create(pid, f, i)?;
+        let fd = create(pid, f, i, objects.unlinked)?;
         super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr(format!("F_SETFL: {e}")))?;
         Ok(Reopen::Created(fd))
     }
@@ -154,10 +176,19 @@ fn unescape_mount_field(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The path of the inode an inotify watch names, found with
-/// open_by_handle_at (CAP_DAC_READ_SEARCH) through a mount of its device in
-/// the target's mount table, and checked by stat. Err: why not.
-fn watch_path(pid: i32, w: &Line) -> Result<(Vec<u8>, u64), String> {
+/// What an inotify watch names.
+enum Watched {
+    /// An inode reachable by this path (and its st_dev).
+    Path(Vec<u8>, u64),
+    /// A deleted inode: an O_PATH fd of it, its "PATH (deleted)" link, and
+    /// its st_dev.
+    Deleted(OwnedFd, Vec<u8>, u64),
+}
+
+/// The inode an inotify watch names, found with open_by_handle_at
+/// (CAP_DAC_READ_SEARCH) through a mount of its device in the target's
+/// mount table, and checked by stat. Err: why not.
+fn watch_path(pid: i32, w: &Line) -> Result<Watched, String> {
     let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
     let dev = libc::makedev(major, minor);
     if w.handle.is_empty() {
@@ -215,10 +246,10 @@ fn watch_path(pid: i32, w: &Line) -> Result<(Vec<u8>, u64), String> {
             .map_err(|e| format!("resolving inode {}: {e}", w.ino))?;
         let shown = show(&link);
         if crate::paths::is_deleted(&link) {
-            return Err(format!("the watched inode {} was deleted ({shown})", w.ino));
+            return Ok(Watched::Deleted(fd, link, dev));
         }
         match std::fs::symlink_metadata(path(&link)) {
-            Ok(md) if md.ino() == w.ino && md.dev() == dev => return Ok((link, dev)),
+            Ok(md) if md.ino() == w.ino && md.dev() == dev => return Ok(Watched::Path(link, dev)),
             Ok(_) => last_err = format!("inode {} resolves to {shown}, another inode here", w.ino),
             Err(e) => last_err = format!("inode {} resolves to {shown}: {e}", w.ino),
         }
@@ -238,7 +269,12 @@ fn watch_path(pid: i32, w: &Line) -> Result<(Vec<u8>, u64), String> {
 /// of the saved watches that happen during the restore go with them, like
 /// the events queued but not read at dump time, which the image does not
 /// hold.
-fn create(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, RestoreError> {
+fn create(
+    pid: i32,
+    f: &OpenFile,
+    i: &InotifyFile,
+    unlinked: &crate::unlinked::Recreator,
+) -> Result<OwnedFd, RestoreError> {
     let ferr = |reason: String| RestoreError::File {
         pid,
         fd: f.fd,
@@ -301,13 +337,15 @@ fn create(pid: i32, f: &OpenFile, i: &InotifyFile) -> Result<OwnedFd, RestoreErr
                 drain(&ino);
             }
         }
-        // IN_DONT_FOLLOW: the saved path names the watched inode itself;
+        // IN_DONT_FOLLOW: the saved path names the watched inode itself
+        // (through /proc, a deleted one is at the end of the magic link);
         // IN_MASK_CREATE: two saved watches must not merge into one.
-        let got = add(
-            &w.path,
-            w.mask | libc::IN_DONT_FOLLOW | libc::IN_MASK_CREATE,
-        )
-        .map_err(|e| {
+        let (at, follow) = if w.unlinked != 0 {
+            (unlinked.proc_path(w.unlinked)?.into_bytes(), 0)
+        } else {
+            (w.path.clone(), libc::IN_DONT_FOLLOW)
+        };
+        let got = add(&at, w.mask | follow | libc::IN_MASK_CREATE).map_err(|e| {
             ferr(format!(
                 "inotify watch wd {} on {}: {e}",
                 w.wd,
