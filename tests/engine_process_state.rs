@@ -474,3 +474,19 @@ fn epoll_registrations_of_moved_fds_come_back() {
     let mut w = Workload::spawn("wl_epoll_moved", dir.path("report"), &[]);
     round_trips(&mut w, &dir, &|_| {});
 }
+
+/// A process that unmapped its vDSO: syscalls are injected through a
+/// `syscall` of its own code, and the restored process has no vDSO either.
+#[test]
+fn a_process_without_a_vdso_comes_back_without_one() {
+    let dir = TestDir::new("novdso");
+    let mut w = Workload::spawn("wl_novdso", dir.path("report"), &[]);
+    let no_vdso = |pid: i32| {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            !maps.contains("[vdso]") && !maps.contains("[vvar"),
+            "{maps}"
+        );
+    };
+    round_trips(&mut w, &dir, &no_vdso);
+}

@@ -212,7 +212,7 @@ fn read_process(
         .collect();
     // Writable: escape frames are written below the threads' stacks.
     let mem = RemoteMem::open(pid, true)?;
-    let syscall_ip = crate::inject::vdso_syscall(pid, &mem)?;
+    let syscall_ip = crate::inject::syscall_site(pid, &mem)?;
     let mut p = DumpProcess {
         pid,
         status: &status,

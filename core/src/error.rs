@@ -37,7 +37,7 @@ pub enum TaskError {
         len: usize,
         err: io::Error,
     },
-    #[error("pid {pid}: no syscall instruction found in [vdso] or the vdso is missing")]
+    #[error("pid {pid}: no syscall instruction found in its vDSO or its code")]
     NoSyscallInsn { pid: i32 },
 }
 

@@ -5,8 +5,9 @@
 //! Before the first call, a signal frame is written below the task's
 //! stack (where a signal handler's frame would go): the registers the task
 //! resumes with, its signal mask, its FPU/vector state. Each call then
-//! enters the kernel at a vDSO `syscall` that is followed only by register
-//! clears and `ret`, with the stack pointer at that frame, whose first word
+//! enters the kernel at a `syscall` (the vDSO's, or one in the process's
+//! code) that is followed only by register clears and `ret`, with the
+//! stack pointer at that frame, whose first word
 //! is the address of a `mov $15, %rax; syscall` (rt_sigreturn) in the
 //! task's own code (libc's `__restore_rt`). While crstream lives, it stops
 //! the task at the syscall's exit and puts its registers back itself: the
@@ -86,20 +87,18 @@ impl Gadgets {
             let mut b = vec![0u8; m.len() as usize];
             mem.read(m.start, &mut b).ok().map(|()| b)
         };
-        let vdso = maps.iter().find(|m| m.path == b"[vdso]")?;
-        let Some(syscall_ret) = read(vdso).and_then(|b| find_syscall_ret(&b, vdso.start)) else {
-            tracing::debug!(pid, "no syscall-then-ret in the vDSO: no escape frame");
+        // The vDSO first, then libc, then the rest of its code.
+        let code = crate::inject::code_mappings(&maps);
+        let Some(syscall_ret) = code
+            .iter()
+            .find_map(|m| read(m).and_then(|b| find_syscall_ret(&b, m.start)))
+        else {
+            tracing::debug!(pid, "no syscall-then-ret in its code: no escape frame");
             return None;
         };
-        // Code of the process's own files, libc's first; at most 64 MiB
-        // of one mapping is searched.
-        let mut code: Vec<&crate::proc::MapEntry> = maps
-            .iter()
-            .filter(|m| m.exec && m.path.starts_with(b"/") && m.len() <= 64 << 20)
-            .collect();
-        code.sort_by_key(|m| !m.path.windows(4).any(|w| w == b"libc"));
         let sigreturn = code
             .iter()
+            .filter(|m| m.path.starts_with(b"/"))
             .find_map(|m| read(m).and_then(|b| find_sigreturn(&b, m.start)));
         let Some(sigreturn) = sigreturn else {
             tracing::debug!(

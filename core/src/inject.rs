@@ -168,16 +168,44 @@ impl Remote {
     }
 }
 
-/// Address of a `syscall` instruction in the vDSO of `pid` (through which
-/// syscalls are injected into a process that is not a restore stub).
-pub(crate) fn vdso_syscall(pid: i32, mem: &RemoteMem) -> Result<u64, TaskError> {
-    let vdso = crate::proc::maps(pid)
-        .ok()
-        .and_then(|m| m.into_iter().find(|m| m.path == b"[vdso]"))
-        .ok_or(TaskError::NoSyscallInsn { pid })?;
-    let mut bytes = vec![0u8; vdso.len() as usize];
-    mem.read(vdso.start, &mut bytes)?;
-    find_syscall_insn(&bytes, vdso.start).ok_or(TaskError::NoSyscallInsn { pid })
+/// Address of a `syscall` instruction in `pid` (through which syscalls are
+/// injected into a process that is not a restore stub): in its vDSO, or,
+/// where it has none (unmapped, or a kernel without one), in its own code
+/// (see [`code_mappings`]). The two bytes need not start an instruction of
+/// the program: the task runs just them, and is stopped at the exit of
+/// the syscall.
+pub(crate) fn syscall_site(pid: i32, mem: &RemoteMem) -> Result<u64, TaskError> {
+    let maps = crate::proc::maps(pid).map_err(|_| TaskError::NoSyscallInsn { pid })?;
+    code_mappings(&maps)
+        .into_iter()
+        .find_map(|m| {
+            let mut bytes = vec![0u8; m.len() as usize];
+            mem.read(m.start, &mut bytes).ok()?;
+            find_syscall_insn(&bytes, m.start)
+        })
+        .ok_or(TaskError::NoSyscallInsn { pid })
+}
+
+/// The executable mappings of a process to look for code in, in order: the
+/// vDSO, libc, its other files, anonymous code (a JIT's); at most 64 MiB
+/// each.
+pub(crate) fn code_mappings(maps: &[crate::proc::MapEntry]) -> Vec<&crate::proc::MapEntry> {
+    let mut code: Vec<&crate::proc::MapEntry> = maps
+        .iter()
+        .filter(|m| m.exec && m.read && m.len() <= 64 << 20 && m.path != b"[vsyscall]")
+        .collect();
+    code.sort_by_key(|m| {
+        if m.path == b"[vdso]" {
+            0
+        } else if m.path.windows(4).any(|w| w == b"libc") {
+            1
+        } else if m.path.starts_with(b"/") {
+            2
+        } else {
+            3
+        }
+    });
+    code
 }
 
 /// Finds a `syscall` instruction in a vDSO image mapped at `base`.

@@ -427,6 +427,10 @@ fn place_specials(stub: &Stub, image: &[VmArea], busy: &[(u64, u64)]) -> Result<
         match (ours, theirs) {
             (None, None) => {}
             (Some(o), Some(t)) if o.1 - o.0 == t.1 - t.0 => moves.push((o, t)),
+            // The process had unmapped it: so does its stub.
+            (Some(o), None) => {
+                stub.call("munmap", libc::SYS_munmap, &[o.0, o.1 - o.0])?;
+            }
             (o, t) => {
                 return Err(RestoreError::Incompatible(format!(
                     "{name}: this kernel has {:?} bytes, the image {:?} (different kernel?)",

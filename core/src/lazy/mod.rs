@@ -433,7 +433,7 @@ impl LazySession {
         let err = |e: &dyn std::fmt::Display| format!("setting its parent-death signal again: {e}");
         let mut frozen = crate::freeze::Frozen::freeze(pid).map_err(|e| err(&e))?;
         let mem = crate::inject::RemoteMem::open(pid, true).map_err(|e| err(&e))?;
-        let ip = crate::inject::vdso_syscall(pid, &mem).map_err(|e| err(&e))?;
+        let ip = crate::inject::syscall_site(pid, &mem).map_err(|e| err(&e))?;
         let gadgets = crate::escape::Gadgets::find(pid, &mem);
         let leader = &mut frozen.threads[0];
         let below = leader.regs.rsp - 128;
