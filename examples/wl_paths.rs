@@ -9,6 +9,8 @@
 //! - /proc/PID/stat, open and partly read (offset 5);
 //! - a file of a directory that was removed after the file was unlinked,
 //!   and a file of a directory that was renamed;
+//! - a private mapping of 3 pages of a file shrunk to 1 page since (its
+//!   first page written, a private copy): the mapping keeps its length;
 //! - inotify watches on a deleted file and a removed directory, both held
 //!   open: writing the file and chmod'ing the directory through their fds
 //!   report events on those watches (the watches are on the same inodes).
@@ -101,6 +103,7 @@ struct Fds {
     watched_file: RawFd,
     watched_file_wd: i32,
     dir_wd: i32,
+    shrunk_map: usize,
 }
 
 fn set_up(base: &str) -> Fds {
@@ -177,6 +180,26 @@ fn set_up(base: &str) -> Fds {
     };
     std::fs::remove_file(format!("{w}/watched")).unwrap();
     inotify_events(inotify);
+    // A private mapping longer than its file.
+    std::fs::write(format!("{w}/shrunk"), vec![b's'; 3 * 4096]).unwrap();
+    let sf = open(&format!("{w}/shrunk"), libc::O_RDWR, 0);
+    // SAFETY: a fresh private mapping of our file, written within its
+    // first page; the file is shrunk after.
+    let shrunk_map = unsafe {
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            3 * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            sf,
+            0,
+        );
+        assert_ne!(m, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(b"private".as_ptr(), m.cast(), 7);
+        assert_eq!(libc::ftruncate(sf, 4096), 0);
+        libc::close(sf);
+        m as usize
+    };
     Fds {
         cwd_fd,
         dir,
@@ -191,6 +214,7 @@ fn set_up(base: &str) -> Fds {
         watched_file,
         watched_file_wd,
         dir_wd,
+        shrunk_map,
     }
 }
 
@@ -304,6 +328,23 @@ fn verify(f: &Fds, w: &str) -> Result<(), String> {
         std::fs::read_link(format!("/proc/self/fd/{}", f.in_renamed_dir))
             .is_ok_and(|p| p == std::path::Path::new(&format!("{w}/ren-b/file"))),
         "renamed-dir-file-path",
+    )?;
+    // The mapping longer than its file: the private copy, the file's
+    // bytes after it, and its whole length (pages past the end of the
+    // file would raise SIGBUS: not touched).
+    // SAFETY: reads within the first page of our mapping.
+    let first = unsafe { std::slice::from_raw_parts(f.shrunk_map as *const u8, 8) };
+    check(first == b"privates", "shrunk-file-mapping-data")?;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    check(
+        maps.lines().any(|l| {
+            l.starts_with(&format!(
+                "{:x}-{:x} ",
+                f.shrunk_map,
+                f.shrunk_map + 3 * 4096
+            )) && l.ends_with("/shrunk")
+        }),
+        "shrunk-file-mapping-length",
     )?;
     // The watches on the deleted file and the removed directory.
     let stray = inotify_events(f.inotify);
