@@ -1,8 +1,8 @@
 //! Real daemons that drop privileges, dumped while serving and restored
 //! (twice from one image): nginx (master as root, workers as www-data) and
 //! PostgreSQL (postmaster and its children as postgres, with data written
-//! before the dump). Each listens on a free loopback port; the test talks
-//! to it as a client would.
+//! before the dump); and tor in its seccomp sandbox. Each listens on a free
+//! loopback port; the test talks to it as a client would.
 //!
 //! Skipped with a message when the program is not installed, unless
 //! CRSTREAM_TEST_REQUIRE_PROGRAMS is set (as `.ci/test` does), which makes
@@ -276,4 +276,74 @@ fn restore_tree(img: &Path, w: &mut Workload) -> TreeGuard {
             .map(|p| p.as_i64().unwrap() as i32)
             .collect(),
     )
+}
+
+/// tor's control port: the version line of an authenticated GETINFO.
+fn tor_version(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"AUTHENTICATE \"\"\r\nGETINFO version\r\nQUIT\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("250-version="))
+        .map(str::to_string)
+}
+
+/// tor with its seccomp sandbox (`Sandbox 1`: a BPF filter installed in
+/// the main thread before its worker threads start), offline: after
+/// restore every thread is still filtered, by as many filters, and tor
+/// answers on its control port (which it could not if the filter had
+/// broken the syscalls it needs, nor if it were gone).
+#[test]
+fn tor_in_its_seccomp_sandbox_answers_after_restore() {
+    if !available("tor", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("tor");
+    let (socks, control) = (free_port(), free_port());
+    let data = dir.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let conf = format!(
+        "SocksPort 127.0.0.1:{socks}\nControlPort 127.0.0.1:{control}\nDataDirectory {}\n\
+         DisableNetwork 1\nSandbox 1\nRunAsDaemon 0\nLog notice file {}\n",
+        data.display(),
+        dir.path("tor.log").display()
+    );
+    std::fs::write(dir.path("torrc"), conf).unwrap();
+    let mut cmd = Command::new("tor");
+    cmd.arg("-f").arg(dir.path("torrc"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let version = wait_for("tor answering", || tor_version(control));
+    let filtered = |pid: i32| -> Vec<(String, String)> {
+        tasks(pid)
+            .into_iter()
+            .map(|t| {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status"))
+                    .unwrap_or_default();
+                let field = |k: &str| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                        .unwrap_or_default()
+                };
+                (field("Seccomp:"), field("Seccomp_filters:"))
+            })
+            .collect()
+    };
+    let before = filtered(w.pid);
+    assert!(before.len() > 1, "tor runs threads: {before:?}");
+    assert!(
+        before.iter().all(|(mode, n)| mode == "2" && n != "0"),
+        "every thread in the sandbox: {before:?}"
+    );
+    let img = dir.path("img");
+    dump_tree(&mut w, img.to_str().unwrap(), &[]);
+    assert!(tor_version(control).is_none(), "tor still answers");
+    restore_twice(img.to_str().unwrap(), &[], &mut w, |w| {
+        let v = wait_for("restored tor answering", || tor_version(control));
+        assert_eq!(v, version);
+        assert_eq!(filtered(w.pid), before, "seccomp of each thread");
+    });
 }

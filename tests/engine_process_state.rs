@@ -406,8 +406,9 @@ fn membarrier_registrations_come_back() {
 /// right: a removed working directory (the same inode as an fd that holds
 /// it), a removed directory held open, symlinks opened with O_PATH (one
 /// removed), a removed FIFO with bytes queued, /proc/PID/stat partly read,
-/// files of a removed and of a renamed directory. /proc shows the same
-/// "(deleted)" names after restore.
+/// files of a removed and of a renamed directory, a private mapping longer
+/// than its shrunk file, inotify watches on deleted inodes held open. /proc
+/// shows the same "(deleted)" names after restore.
 #[test]
 fn removed_directories_symlinks_fifos_and_proc_files_come_back() {
     let dir = TestDir::new("paths");
@@ -489,4 +490,14 @@ fn a_process_without_a_vdso_comes_back_without_one() {
         );
     };
     round_trips(&mut w, &dir, &no_vdso);
+}
+
+/// A fanotify group with marks on a file, on a directory for its children
+/// and on a file with an ignore mask and on a deleted file held open: after restore each
+/// write reports exactly the same events.
+#[test]
+fn fanotify_groups_and_their_marks_come_back() {
+    let dir = TestDir::new("fanotify");
+    let mut w = Workload::spawn("wl_fanotify", dir.path("report"), &[]);
+    round_trips(&mut w, &dir, &|_| {});
 }

@@ -2,13 +2,13 @@
 //! Events queued and not yet read are not saved (the restored instance
 //! starts with an empty queue).
 
+use super::handles::{self, Handle, Named};
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::paths::{path, show};
 use crstream_proto::{FileKind, InotifyFile, InotifyWatch, OpenFile};
 use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
-use rustix::fs::{Mode, OFlags};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -32,12 +32,12 @@ impl FdKind for Inotify {
             let w =
                 parse_line(line).ok_or_else(|| d.bad_fdinfo(format!("inotify line {line:?}")))?;
             let refuse = |reason: String| d.refuse(format!("watch wd {}: {reason}", w.wd));
-            let (path, dev, unlinked) = match watch_path(d.pid, &w).map_err(refuse)? {
-                Watched::Path(path, dev) => (path, dev, 0),
+            let (path, dev, unlinked) = match handles::resolve(d.pid, &w.inode).map_err(refuse)? {
+                Named::Path(path, dev) => (path, dev, 0),
                 // A watch keeps its inode alive after the last unlink: the
                 // inode is saved with the tree's unlinked files (the same
                 // one as an fd or mapping of it) and watched again there.
-                Watched::Deleted(fd, link, dev) => {
+                Named::Deleted(fd, link, dev) => {
                     let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
                     let id = d
                         .objects
@@ -53,7 +53,7 @@ impl FdKind for Inotify {
                 wd: w.wd,
                 mask: w.mask & IN_WATCH_MASK,
                 path,
-                inode: w.ino,
+                inode: w.inode.ino,
                 dev,
                 unlinked,
             });
@@ -120,15 +120,12 @@ impl FdKind for Inotify {
 
 /// One "inotify wd:.. ino:.. sdev:.. mask:.. ignored_mask:..
 /// fhandle-bytes:.. fhandle-type:.. f_handle:.." line of an fdinfo
-/// (numbers in hex; sdev is the kernel's dev_t, major << 20 | minor).
+/// (numbers in hex).
 #[derive(Debug, Default, PartialEq)]
 struct Line {
     wd: i32,
-    ino: u64,
-    sdev: u32,
     mask: u32,
-    handle_type: i32,
-    handle: Vec<u8>,
+    inode: Handle,
 }
 
 fn parse_line(line: &str) -> Option<Line> {
@@ -137,124 +134,18 @@ fn parse_line(line: &str) -> Option<Line> {
     let mut wd = None;
     for tok in rest.split_whitespace() {
         let (k, v) = tok.split_once(':')?;
+        if w.inode.parse_token(k, v)? {
+            continue;
+        }
         let hex = || u64::from_str_radix(v, 16).ok();
         match k {
             "wd" => wd = Some(hex()? as i32),
-            "ino" => w.ino = hex()?,
-            "sdev" => w.sdev = hex()? as u32,
             "mask" => w.mask = hex()? as u32,
-            "fhandle-type" => w.handle_type = hex()? as i32,
-            "f_handle" => {
-                w.handle = (0..v.len() / 2)
-                    .map(|i| u8::from_str_radix(&v[i * 2..i * 2 + 2], 16).ok())
-                    .collect::<Option<Vec<u8>>>()?;
-            }
             _ => {}
         }
     }
     w.wd = wd?;
     Some(w)
-}
-
-/// Undoes the octal escapes (\040 ...) of a /proc/PID/mountinfo field.
-fn unescape_mount_field(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(c) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(c);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// What an inotify watch names.
-enum Watched {
-    /// An inode reachable by this path (and its st_dev).
-    Path(Vec<u8>, u64),
-    /// A deleted inode: an O_PATH fd of it, its "PATH (deleted)" link, and
-    /// its st_dev.
-    Deleted(OwnedFd, Vec<u8>, u64),
-}
-
-/// The inode an inotify watch names, found with open_by_handle_at
-/// (CAP_DAC_READ_SEARCH) through a mount of its device in the target's
-/// mount table, and checked by stat. Err: why not.
-fn watch_path(pid: i32, w: &Line) -> Result<Watched, String> {
-    let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
-    let dev = libc::makedev(major, minor);
-    if w.handle.is_empty() {
-        return Err(format!(
-            "device {major}:{minor} gives no file handle for inode {}",
-            w.ino
-        ));
-    }
-    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .map_err(|e| format!("reading /proc/{pid}/mountinfo: {e}"))?;
-    let want = format!("{major}:{minor}");
-    // Mounts of the device, those of its root first (a bind mount of a
-    // subdirectory may not reach the inode).
-    let mut mounts: Vec<(bool, String)> = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && f[2] == want).then(|| (f[3] != "/", unescape_mount_field(f[4])))
-        })
-        .collect();
-    mounts.sort();
-    if mounts.is_empty() {
-        return Err(format!(
-            "device {major}:{minor} of inode {} is not mounted in its mount table",
-            w.ino
-        ));
-    }
-    let mut last_err = String::new();
-    for (_, mnt) in &mounts {
-        let mnt_path = format!("/proc/{pid}/root{mnt}");
-        let mfd = match rustix::fs::open(
-            mnt_path.as_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(e) => {
-                last_err = format!("opening {mnt_path}: {e}");
-                continue;
-            }
-        };
-        let fd = match crate::sys::fds::open_by_handle(
-            &mfd,
-            w.handle_type,
-            &w.handle,
-            libc::O_PATH | libc::O_CLOEXEC,
-        ) {
-            Ok(fd) => fd,
-            Err(e) => {
-                last_err = format!("open_by_handle_at through {mnt}: {e}");
-                continue;
-            }
-        };
-        let link = crate::proc::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map_err(|e| format!("resolving inode {}: {e}", w.ino))?;
-        let shown = show(&link);
-        if crate::paths::is_deleted(&link) {
-            return Ok(Watched::Deleted(fd, link, dev));
-        }
-        match std::fs::symlink_metadata(path(&link)) {
-            Ok(md) if md.ino() == w.ino && md.dev() == dev => return Ok(Watched::Path(link, dev)),
-            Ok(_) => last_err = format!("inode {} resolves to {shown}, another inode here", w.ino),
-            Err(e) => last_err = format!("inode {} resolves to {shown}: {e}", w.ino),
-        }
-    }
-    Err(last_err)
 }
 
 /// A new inotify instance with every saved watch at its saved wd.
@@ -388,15 +279,17 @@ mod tests {
             w,
             Line {
                 wd: 31,
-                ino: 0x98c0e6,
-                sdev: 0xfe00000,
                 mask: 0x300,
-                handle_type: 1,
-                handle: vec![0xe6, 0xc0, 0x98, 0, 0x06, 0x54, 0xd3, 0x12],
+                inode: Handle {
+                    ino: 0x98c0e6,
+                    sdev: 0xfe00000,
+                    handle_type: 1,
+                    handle: vec![0xe6, 0xc0, 0x98, 0, 0x06, 0x54, 0xd3, 0x12],
+                },
             }
         );
         assert!(parse_line("inotify ino:1").is_none(), "no wd");
-        assert_eq!(unescape_mount_field(r"/a\040b"), "/a b");
+        assert_eq!(handles::unescape_mount_field(r"/a\040b"), "/a b");
     }
 
     fn lines(fd: &OwnedFd) -> Vec<String> {

@@ -16,6 +16,8 @@
 
 mod epoll;
 mod eventfd;
+mod fanotify;
+mod handles;
 mod inet;
 mod inotify;
 pub(crate) mod locks;
@@ -57,6 +59,7 @@ fn fd_kinds() -> Vec<Box<dyn FdKind>> {
         Box::new(signalfd::SignalFd),
         Box::new(epoll::Epoll),
         Box::new(inotify::Inotify),
+        Box::new(fanotify::Fanotify),
         Box::new(pidfd::PidFds),
         Box::new(tty::Terminals),
         Box::new(regular::Regular),
