@@ -9,6 +9,7 @@
 
 use crate::error::RestoreError;
 use crate::stub::{self, Stub, StubGuard};
+use crate::sys::process::{getpgid, getsid};
 use crstream_proto::ProcessEntry;
 
 /// A stand-in for a session or process-group leader that had exited by
@@ -156,23 +157,6 @@ pub fn plan(pid: i32, pgid: i32, sid: i32, ours: (i32, i32)) -> Plan {
 
 fn ours() -> (i32, i32) {
     (getpgid(0), getsid(0))
-}
-
-/// Process group of `pid` (0: crstream), or -1 if it is gone.
-/// 0 when the group lives outside our PID namespace (as for a process
-/// started by the namespace's creator), which rustix's `Pid` cannot hold.
-fn getpgid(pid: i32) -> i32 {
-    // SAFETY: getpgid takes a plain integer and touches no memory.
-    let r = unsafe { libc::getpgid(pid) };
-    if r < 0 { -1 } else { r }
-}
-
-/// Session of `pid` (0: crstream), or -1 if it is gone.
-/// 0 when the session lives outside our PID namespace.
-pub(crate) fn getsid(pid: i32) -> i32 {
-    // SAFETY: getsid takes a plain integer and touches no memory.
-    let r = unsafe { libc::getsid(pid) };
-    if r < 0 { -1 } else { r }
 }
 
 /// Puts the stub in its saved session/group. Call it early, before anything

@@ -11,7 +11,7 @@ use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::paths::{path, show};
 use crstream_proto::{FanotifyFile, FanotifyMark, FanotifyMarkKind, FileKind, OpenFile};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 const FAN_CLOEXEC: u32 = 0x1;
 const FAN_MARK_ADD: u32 = 0x1;
@@ -97,18 +97,12 @@ impl FdKind for Fanotify {
         // The saved flags exactly (they show in fdinfo); crstream's copy
         // of the fd is made close-on-exec right after.
         let flags = g.init_flags;
-        // SAFETY: fanotify_init with integer arguments; the fd it returns
-        // is ours.
-        let fd = unsafe { libc::fanotify_init(flags, g.event_flags) };
-        if fd < 0 {
-            return Err(ferr(format!(
-                "fanotify_init({flags:#x}, {:#x}): {}",
-                g.event_flags,
-                std::io::Error::last_os_error()
-            )));
-        }
-        // SAFETY: a fresh fd nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = crate::sys::fanotify::init(flags, g.event_flags).map_err(|e| {
+            ferr(format!(
+                "fanotify_init({flags:#x}, {:#x}): {e}",
+                g.event_flags
+            ))
+        })?;
         if flags & FAN_CLOEXEC == 0 {
             rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
                 .map_err(|e| ferr(format!("F_SETFD: {e}")))?;
@@ -259,23 +253,8 @@ fn add_mark(fd: &OwnedFd, m: &FanotifyMark, at: &[u8]) -> std::io::Result<()> {
     };
     let base = FAN_MARK_ADD | on | follow | (m.mflags & FAN_MARK_EVICTABLE);
     let p = std::ffi::CString::new(at).map_err(std::io::Error::other)?;
-    let mark = |flags: u32, mask: u32| {
-        // SAFETY: fanotify_mark on our group with a NUL-terminated path.
-        let r = unsafe {
-            libc::fanotify_mark(
-                fd.as_raw_fd(),
-                flags,
-                mask as u64,
-                libc::AT_FDCWD,
-                p.as_ptr(),
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
+    let mark =
+        |flags: u32, mask: u32| crate::sys::fanotify::mark(fd.as_fd(), flags, mask as u64, &p);
     if m.mask != 0 {
         mark(base, m.mask)?;
     }
@@ -319,27 +298,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        // SAFETY: fanotify_init with integer arguments.
-        let raw = unsafe {
-            libc::fanotify_init(
-                FAN_CLOEXEC | 0x2, /* FAN_NONBLOCK */
-                libc::O_RDONLY as u32,
-            )
-        };
-        assert!(
-            raw >= 0,
-            "fanotify_init: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a fresh fd.
-        let g = unsafe { OwnedFd::from_raw_fd(raw) };
+        let g = crate::sys::fanotify::init(FAN_CLOEXEC | 0x2 /* FAN_NONBLOCK */, 0).unwrap();
         let mark = |flags: u32, mask: u64, p: &std::path::Path| {
             let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: fanotify_mark with a NUL-terminated path.
-            let r = unsafe {
-                libc::fanotify_mark(raw, FAN_MARK_ADD | flags, mask, libc::AT_FDCWD, c.as_ptr())
-            };
-            assert_eq!(r, 0, "fanotify_mark: {}", std::io::Error::last_os_error());
+            crate::sys::fanotify::mark(g.as_fd(), FAN_MARK_ADD | flags, mask, &c).unwrap();
         };
         mark(0, (libc::FAN_MODIFY | libc::FAN_CLOSE_WRITE) as u64, &file);
         mark(

@@ -256,6 +256,14 @@ fn plan(
                     show(p)
                 )));
             }
+            // The ring of an io_setup context: requests in flight cannot be
+            // seen, let alone saved.
+            b"/[aio] (deleted)" => {
+                return Err(refuse(
+                    "an AIO context (io_setup) is not supported: requests in flight cannot be saved"
+                        .into(),
+                ));
+            }
             p if is_deleted(p) => {
                 // A memfd or deleted file: its contents are saved once for
                 // the tree; private pages written since are saved here.

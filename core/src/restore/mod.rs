@@ -86,14 +86,12 @@ fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u
                 .into(),
         ));
     }
-    let our_sid = crate::session::getsid(0);
+    let our_sid = crate::sys::process::getsid(0);
     use rustix::stdio::{stderr, stdin, stdout};
     for fd in [stdin(), stdout(), stderr()] {
         // The job joins crstream's session and group: only the controlling
         // terminal of that session lets it read and write in the foreground.
-        let ours = rustix::termios::isatty(fd)
-            // SAFETY: tcgetsid takes a plain descriptor and touches no memory.
-            && unsafe { libc::tcgetsid(std::os::fd::AsRawFd::as_raw_fd(&fd)) } == our_sid;
+        let ours = rustix::termios::isatty(fd) && crate::sys::process::tcgetsid(fd) == our_sid;
         if ours
             && let Ok(path) = crate::proc::read_link(format!(
                 "/proc/self/fd/{}",

@@ -93,7 +93,7 @@ pub(crate) fn build(
     let mut guards: Vec<StubGuard> = Vec::new();
     let mut stubs: Vec<Stub> = Vec::new();
     let mut helpers = Helpers::default();
-    let our_sid = session::getsid(0) as u32;
+    let our_sid = crate::sys::process::getsid(0) as u32;
     // A shell job joins the restorer's session, whatever it was in.
     if !shell_job && session::needs_session_helper(root, our_sid, plan.in_tree(root.sid)) {
         // Created inside a helper's session, as crstream's child.

@@ -7,6 +7,7 @@
 //! next to the call that uses them (values from the kernel's uapi headers).
 
 pub(crate) mod cpu;
+pub(crate) mod fanotify;
 pub(crate) mod fds;
 pub(crate) mod kcmp;
 pub(crate) mod mem;

@@ -129,3 +129,29 @@ pub(crate) fn own_tid_address() -> io::Result<u64> {
     super::cvt(unsafe { libc::prctl(libc::PR_GET_TID_ADDRESS, &mut addr as *mut u64) })?;
     Ok(addr)
 }
+
+/// Process group of `pid` (0: the caller), or -1 if it is gone. 0 when the
+/// group is led from outside the caller's PID namespace (as under a CI
+/// runner started by the namespace's init), which rustix's `Pid` cannot
+/// hold.
+pub(crate) fn getpgid(pid: i32) -> i32 {
+    // SAFETY: getpgid takes a plain integer and touches no memory.
+    let r = unsafe { libc::getpgid(pid) };
+    r.max(-1)
+}
+
+/// Session of `pid` (0: the caller), or -1 if it is gone; 0 as for
+/// [`getpgid`].
+pub(crate) fn getsid(pid: i32) -> i32 {
+    // SAFETY: getsid takes a plain integer and touches no memory.
+    let r = unsafe { libc::getsid(pid) };
+    r.max(-1)
+}
+
+/// Session whose controlling terminal `fd` is, or -1 if it is none.
+pub(crate) fn tcgetsid(fd: std::os::fd::BorrowedFd<'_>) -> i32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcgetsid takes a plain descriptor and touches no memory.
+    let r = unsafe { libc::tcgetsid(fd.as_raw_fd()) };
+    r.max(-1)
+}
