@@ -501,3 +501,54 @@ fn fanotify_groups_and_their_marks_come_back() {
     let mut w = Workload::spawn("wl_fanotify", dir.path("report"), &[]);
     round_trips(&mut w, &dir, &|_| {});
 }
+
+/// python3 run by setpriv as nobody with supplementary groups and no
+/// capabilities, as a service manager would start it: after restore it is
+/// the same user with the same groups (and it checks so itself).
+#[test]
+fn python_as_nobody_with_supplementary_groups_comes_back_as_such() {
+    const SCRIPT: &str = r#"
+import os, sys, time
+want = (65534, 65534, [27, 44, 100])
+n = 0
+while True:
+    n += 1
+    got = (os.getuid(), os.getgid(), sorted(os.getgroups()))
+    status = "OK" if got == want and os.geteuid() == 65534 else "BAD-%s" % (got,)
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write("%d %d %s\n" % (os.getpid(), n, status.replace(" ", "")))
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(0.1)
+"#;
+    // The system's python3: one under root's home (pyenv) is not
+    // nobody's to run.
+    let python = "/usr/bin/python3";
+    if !have("setpriv") || !Path::new(python).exists() {
+        panic!("setpriv and {python} are needed for this test");
+    }
+    let dir = TestDir::new("nobody");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let report = dir.path("report");
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--groups=27,44,100",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        python,
+        "-c",
+        SCRIPT,
+        report.to_str().unwrap(),
+    ]);
+    let mut w = spawn_isolated(cmd, report);
+    let ids = |pid: i32| {
+        assert_eq!(
+            status_field(pid, "Uid").unwrap(),
+            "65534\t65534\t65534\t65534"
+        );
+        assert_eq!(status_field(pid, "Groups").unwrap(), "27 44 100");
+        assert_eq!(status_field(pid, "CapBnd").unwrap(), "0000000000000000");
+    };
+    round_trips(&mut w, &dir, &ids);
+}
