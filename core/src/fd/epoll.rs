@@ -5,7 +5,6 @@
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
-use crate::paths::show;
 use crate::stub::Stub;
 use crstream_proto::{EpollFile, EpollTarget, FileKind, OpenFile};
 
@@ -62,12 +61,8 @@ impl FdKind for Epoll {
         f: &OpenFile,
         _objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |what: &str, e: std::io::Error| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: format!("{what}: {e}"),
-        };
+        let ferr =
+            |what: &str, e: std::io::Error| super::file_error(pid, f, format!("{what}: {e}"));
         let fd = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)
             .map_err(|e| ferr("epoll_create1", e.into()))?;
         super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
@@ -79,11 +74,12 @@ impl FdKind for Epoll {
     /// on its file).
     fn after_table(&mut self, stub: &Stub, f: &OpenFile) -> Result<(), RestoreError> {
         for t in f.epoll.iter().flat_map(|e| e.targets.iter()) {
-            let err = |e: crate::error::TaskError| RestoreError::File {
-                pid: stub.pid,
-                fd: f.fd,
-                path: show(&f.path).into_owned(),
-                reason: format!("re-adding fd {} to the epoll set: {e}", t.fd),
+            let err = |e: crate::error::TaskError| {
+                super::file_error(
+                    stub.pid,
+                    f,
+                    format!("re-adding fd {} to the epoll set: {e}", t.fd),
+                )
             };
             if t.file_elsewhere {
                 return Err(RestoreError::Image(format!(

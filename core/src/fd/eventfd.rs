@@ -3,7 +3,6 @@
 use super::{DumpFd, FdKind, Reopen, fdinfo_field};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
-use crate::paths::show;
 use crstream_proto::{EventFdFile, FileKind, OpenFile};
 use rustix::event::EventfdFlags;
 
@@ -47,18 +46,9 @@ impl FdKind for EventFd {
         f: &OpenFile,
         _objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |what: &str, e: std::io::Error| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: format!("{what}: {e}"),
-        };
-        let e = f.eventfd.as_ref().ok_or_else(|| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: "bad image: eventfd record missing".into(),
-        })?;
+        let ferr =
+            |what: &str, e: std::io::Error| super::file_error(pid, f, format!("{what}: {e}"));
+        let e = super::part(pid, f, f.eventfd.as_ref(), "eventfd")?;
         let mut flags = EventfdFlags::CLOEXEC;
         if e.semaphore {
             flags |= EventfdFlags::SEMAPHORE;

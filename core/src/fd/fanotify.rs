@@ -67,12 +67,11 @@ impl FdKind for Fanotify {
         let marks = f.fanotify.iter().flat_map(|g| g.marks.iter());
         for m in marks.filter(|m| m.unlinked == 0) {
             if let Err(e) = std::fs::symlink_metadata(path(&m.path)) {
-                return Err(RestoreError::File {
+                return Err(super::file_error(
                     pid,
-                    fd: f.fd,
-                    path: show(&f.path).into_owned(),
-                    reason: format!("fanotify mark on {}: {e}", show(&m.path)),
-                });
+                    f,
+                    format!("fanotify mark on {}: {e}", show(&m.path)),
+                ));
             }
         }
         Ok(())
@@ -84,16 +83,8 @@ impl FdKind for Fanotify {
         f: &OpenFile,
         objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |reason: String| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason,
-        };
-        let g = f
-            .fanotify
-            .as_ref()
-            .ok_or_else(|| ferr("bad image: fanotify record missing".into()))?;
+        let ferr = |reason: String| super::file_error(pid, f, reason);
+        let g = super::part(pid, f, f.fanotify.as_ref(), "fanotify")?;
         // The saved flags exactly (they show in fdinfo); crstream's copy
         // of the fd is made close-on-exec right after.
         let flags = g.init_flags;

@@ -10,7 +10,6 @@ use super::unix::backlog;
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
-use crate::paths::show;
 use crate::sys::socket;
 use crstream_proto::{FileKind, OpenFile, SocketFile};
 use std::io;
@@ -102,12 +101,7 @@ impl FdKind for InetSockets {
         f: &OpenFile,
         _objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |what: &str, e: io::Error| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: format!("{what}: {e}"),
-        };
+        let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
         let s = f.socket.as_ref().expect("restores() checked it");
         let fd = match self.created.again(pid, f, s.inode) {
             Some(again) => again.map_err(|e| ferr("dup", e))?,

@@ -79,12 +79,11 @@ impl FdKind for Inotify {
         for w in by_path {
             match std::fs::symlink_metadata(path(&w.path)) {
                 Err(e) => {
-                    return Err(RestoreError::File {
+                    return Err(super::file_error(
                         pid,
-                        fd: f.fd,
-                        path: show(&f.path).into_owned(),
-                        reason: format!("inotify watch wd {} on {}: {e}", w.wd, show(&w.path)),
-                    });
+                        f,
+                        format!("inotify watch wd {} on {}: {e}", w.wd, show(&w.path)),
+                    ));
                 }
                 // Same machine, other file: watched by path all the same.
                 Ok(md) if w.inode != 0 && (md.ino(), md.dev()) != (w.inode, w.dev) => {
@@ -102,16 +101,8 @@ impl FdKind for Inotify {
         f: &OpenFile,
         objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |reason: String| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason,
-        };
-        let i = f
-            .inotify
-            .as_ref()
-            .ok_or_else(|| ferr("bad image: inotify record missing".into()))?;
+        let ferr = |reason: String| super::file_error(pid, f, reason);
+        let i = super::part(pid, f, f.inotify.as_ref(), "inotify")?;
         let fd = create(pid, f, i, objects.unlinked)?;
         super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr(format!("F_SETFL: {e}")))?;
         Ok(Reopen::Created(fd))
@@ -166,12 +157,7 @@ fn create(
     i: &InotifyFile,
     unlinked: &crate::unlinked::Recreator,
 ) -> Result<OwnedFd, RestoreError> {
-    let ferr = |reason: String| RestoreError::File {
-        pid,
-        fd: f.fd,
-        path: show(&f.path).into_owned(),
-        reason,
-    };
+    let ferr = |reason: String| super::file_error(pid, f, reason);
     let ino = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
         .map_err(|e| ferr(format!("inotify_init1: {e}")))?;
     let add = |at: &[u8], mask: u32| -> io::Result<i32> {

@@ -181,6 +181,27 @@ fn fdinfo_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 const SETFL_MASK: i32 =
     libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
 
+/// The error of restoring fd `f` of process `pid`: `reason`.
+fn file_error(pid: i32, f: &OpenFile, reason: impl std::fmt::Display) -> RestoreError {
+    RestoreError::File {
+        pid,
+        fd: f.fd,
+        path: show(&f.path).into_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `part`, the sub-record of `f` its kind needs (`what`), or the error of
+/// an image without it.
+fn part<'a, T>(
+    pid: i32,
+    f: &OpenFile,
+    part: Option<&'a T>,
+    what: &str,
+) -> Result<&'a T, RestoreError> {
+    part.ok_or_else(|| file_error(pid, f, format_args!("bad image: {what} record missing")))
+}
+
 /// Gives an fd created in crstream the saved status flags.
 fn set_status_flags(fd: &OwnedFd, open_flags: u32) -> io::Result<()> {
     use rustix::fs::OFlags;
@@ -230,11 +251,12 @@ impl Files {
         self.kinds
             .iter_mut()
             .find(|k| k.restores(f))
-            .ok_or_else(|| RestoreError::File {
-                pid,
-                fd: f.fd,
-                path: show(&f.path).into_owned(),
-                reason: format!("bad image: no kind of open file restores {:?}", f.kind()),
+            .ok_or_else(|| {
+                file_error(
+                    pid,
+                    f,
+                    format!("bad image: no kind of open file restores {:?}", f.kind()),
+                )
             })
     }
 }
@@ -364,12 +386,7 @@ impl Files {
         let mut files: Vec<&OpenFile> = table.files.iter().collect();
         files.sort_by_key(|f| f.fd);
         for f in files.iter().filter(|f| f.dup_of_fd.is_none()) {
-            let ferr = |reason: String| RestoreError::File {
-                pid,
-                fd: f.fd,
-                path: show(&f.path).into_owned(),
-                reason,
-            };
+            let ferr = |reason: String| file_error(pid, f, reason);
             let owner = (f.shared_id >> 32) as i32;
             if f.shared_id != 0 && owner != pid {
                 // Restored already by an earlier process of the tree: share it.
@@ -414,12 +431,7 @@ impl Files {
                     libc::SYS_dup3,
                     &[of as u64, f.fd as u64, cloexec as u64],
                 )
-                .map_err(|e| RestoreError::File {
-                    pid,
-                    fd: f.fd,
-                    path: show(&f.path).into_owned(),
-                    reason: format!("dup3 of fd {of}: {e}"),
-                })?;
+                .map_err(|e| file_error(pid, f, format!("dup3 of fd {of}: {e}")))?;
             }
         }
         // What names fds of this process by number, once all exist; for a

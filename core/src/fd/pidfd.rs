@@ -10,7 +10,6 @@
 use super::{DumpFd, FdKind, Reopen, fdinfo_field};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpTree, RestoreObjects};
-use crate::paths::show;
 use crstream_proto::{FileKind, FileTable, OpenFile, PidFdFile};
 use rustix::process::PidfdFlags;
 
@@ -93,15 +92,14 @@ impl FdKind for PidFds {
             return Ok(());
         };
         if pf.pid > 0 && !pf.in_tree && start_time(pf.pid) != Some(pf.start_time) {
-            return Err(RestoreError::File {
+            return Err(super::file_error(
                 pid,
-                fd: f.fd,
-                path: show(&f.path).into_owned(),
-                reason: format!(
+                f,
+                format!(
                     "a pidfd of process {}, outside the tree, which is gone",
                     pf.pid
                 ),
-            });
+            ));
         }
         Ok(())
     }
@@ -112,18 +110,9 @@ impl FdKind for PidFds {
         f: &OpenFile,
         _objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |what: String, e: std::io::Error| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: format!("{what}: {e}"),
-        };
-        let pf = f.pidfd.as_ref().ok_or_else(|| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: "bad image: pidfd record missing".into(),
-        })?;
+        let ferr =
+            |what: String, e: std::io::Error| super::file_error(pid, f, format!("{what}: {e}"));
+        let pf = super::part(pid, f, f.pidfd.as_ref(), "pidfd")?;
         let mut flags = PidfdFlags::empty();
         if f.open_flags & libc::O_NONBLOCK as u32 != 0 {
             flags |= PidfdFlags::NONBLOCK;

@@ -8,7 +8,6 @@
 use super::{DumpFd, FdKind, Reopen, dup, reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
-use crate::paths::show;
 use crstream_proto::{FileKind, OpenFile, PipeFile};
 use rustix::fs::{Mode, OFlags};
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -102,18 +101,8 @@ impl FdKind for Pipes {
         f: &OpenFile,
         objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |what: &str, e: io::Error| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: format!("{what}: {e}"),
-        };
-        let p = f.pipe.as_ref().ok_or_else(|| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: "bad image: pipe record missing".into(),
-        })?;
+        let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
+        let p = super::part(pid, f, f.pipe.as_ref(), "pipe")?;
         // A removed FIFO: through the one made again in crstream.
         let fifo_path = if f.deleted {
             objects.unlinked.proc_path(f.unlinked_file)?.into_bytes()

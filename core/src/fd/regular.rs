@@ -32,42 +32,11 @@ impl FdKind for Regular {
             f.kind = FileKind::Regular as i32;
             f.size = md.size();
             f.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-            if md.nlink() == 0 {
-                f.deleted = true;
-                f.path = undeleted(d.link).to_vec();
-                let source = format!("/proc/{pid}/fd/{fd}");
-                f.unlinked_file =
-                    d.objects
-                        .unlinked
-                        .note(pid, &source, d.link)
-                        .map_err(|reason| DumpError::UnsupportedFile {
-                            pid,
-                            fd,
-                            what: format!("{}: {reason}", show(d.link)),
-                        })?;
-            }
-        } else if ft.is_dir() || ft.is_symlink() {
+        } else if ft.is_dir() {
+            f.kind = FileKind::Directory as i32;
+        } else if ft.is_symlink() {
             // A symlink itself is only open with O_PATH|O_NOFOLLOW.
-            f.kind = if ft.is_dir() {
-                FileKind::Directory
-            } else {
-                FileKind::Symlink
-            } as i32;
-            // A removed directory has no links left, not even "." in it.
-            if md.nlink() == 0 {
-                f.deleted = true;
-                f.path = undeleted(d.link).to_vec();
-                let source = format!("/proc/{pid}/fd/{fd}");
-                f.unlinked_file =
-                    d.objects
-                        .unlinked
-                        .note(pid, &source, d.link)
-                        .map_err(|reason| DumpError::UnsupportedFile {
-                            pid,
-                            fd,
-                            what: format!("{}: {reason}", show(d.link)),
-                        })?;
-            }
+            f.kind = FileKind::Symlink as i32;
         } else if ft.is_char_device()
             && SAFE_CHAR_DEVICES.contains(&(libc::major(md.rdev()), libc::minor(md.rdev())))
         {
@@ -88,6 +57,22 @@ impl FdKind for Regular {
             };
             return Err(DumpError::UnsupportedFile { pid, fd, what });
         }
+        // Deleted: no links left (a removed directory not even "." in it).
+        // Saved once for the tree, made again at restore.
+        if md.nlink() == 0 {
+            f.deleted = true;
+            f.path = undeleted(d.link).to_vec();
+            let source = format!("/proc/{pid}/fd/{fd}");
+            f.unlinked_file = d
+                .objects
+                .unlinked
+                .note(pid, &source, d.link)
+                .map_err(|reason| DumpError::UnsupportedFile {
+                    pid,
+                    fd,
+                    what: format!("{}: {reason}", show(d.link)),
+                })?;
+        }
         Ok(true)
     }
 
@@ -107,15 +92,14 @@ impl FdKind for Regular {
         if f.kind() == FileKind::Symlink && !f.deleted {
             let md = std::fs::symlink_metadata(path(&f.path));
             if !md.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(RestoreError::File {
+                return Err(super::file_error(
                     pid,
-                    fd: f.fd,
-                    path: show(&f.path).into_owned(),
-                    reason: match md {
+                    f,
+                    match md {
                         Ok(m) => format!("it was a symlink and is now a {}", kind_name(&m)),
                         Err(e) => format!("cannot stat: {e}"),
                     },
-                });
+                ));
             }
         }
         Ok(())
@@ -130,23 +114,17 @@ impl FdKind for Regular {
         let access = f.open_flags as i32 & (libc::O_ACCMODE | libc::O_PATH);
         if f.deleted && f.kind() == FileKind::Regular && access == libc::O_RDWR {
             let taken = objects.unlinked.take_memfd_description(f.unlinked_file);
-            if let Some(fd) = taken.map_err(|e| RestoreError::File {
-                pid,
-                fd: f.fd,
-                path: show(&f.path).into_owned(),
-                reason: format!("taking the memfd: {e}"),
-            })? {
+            if let Some(fd) =
+                taken.map_err(|e| super::file_error(pid, f, format!("taking the memfd: {e}")))?
+            {
                 super::set_status_flags(&fd, f.open_flags)
                     .and_then(|()| {
                         rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(f.offset))
                             .map(drop)
                             .map_err(Into::into)
                     })
-                    .map_err(|e| RestoreError::File {
-                        pid,
-                        fd: f.fd,
-                        path: show(&f.path).into_owned(),
-                        reason: format!("setting its flags and offset: {e}"),
+                    .map_err(|e| {
+                        super::file_error(pid, f, format!("setting its flags and offset: {e}"))
                     })?;
                 return Ok(Reopen::Created(fd));
             }
@@ -185,12 +163,7 @@ impl FdKind for Regular {
 /// below the saved offset. Other changes (size, replaced file, mtime) are
 /// logged when `warn`.
 fn check_regular(pid: i32, f: &OpenFile, warn: bool) -> Result<(), RestoreError> {
-    let ferr = |reason: String| RestoreError::File {
-        pid,
-        fd: f.fd,
-        path: show(&f.path).into_owned(),
-        reason,
-    };
+    let ferr = |reason: String| super::file_error(pid, f, reason);
     let md = std::fs::metadata(path(&f.path)).map_err(|e| ferr(format!("cannot stat: {e}")))?;
     if !md.is_file() {
         return Err(ferr(format!(

@@ -3,7 +3,6 @@
 use super::{DumpFd, FdKind, Reopen, fdinfo_field};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
-use crate::paths::show;
 use crstream_proto::{FileKind, OpenFile, SignalFdFile};
 
 pub(super) struct SignalFd;
@@ -33,16 +32,8 @@ impl FdKind for SignalFd {
         f: &OpenFile,
         _objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |reason: String| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason,
-        };
-        let s = f
-            .signalfd
-            .as_ref()
-            .ok_or_else(|| ferr("bad image: signalfd record missing".into()))?;
+        let ferr = |reason: String| super::file_error(pid, f, reason);
+        let s = super::part(pid, f, f.signalfd.as_ref(), "signalfd")?;
         let fd = crate::sys::signal::signalfd(s.mask, libc::SFD_CLOEXEC)
             .map_err(|e| ferr(format!("signalfd: {e}")))?;
         super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr(format!("F_SETFL: {e}")))?;

@@ -8,7 +8,6 @@ use super::pipe::bracket_inode;
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
-use crate::paths::show;
 use crate::sys::socket::{
     SO_ACCEPTCONN, SO_DOMAIN, SO_PEEK_OFF, SO_PROTOCOL, getsockopt, getsockopt_int, name, peek,
     send_to, setsockopt, setsockopt_int, shutdown,
@@ -91,12 +90,11 @@ impl FdKind for OtherSockets {
         f: &OpenFile,
         _o: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        Err(RestoreError::File {
+        Err(super::file_error(
             pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: "bad image: a socket of an unknown family".into(),
-        })
+            f,
+            "bad image: a socket of an unknown family",
+        ))
     }
 }
 

@@ -3,7 +3,6 @@
 use super::{DumpFd, FdKind, Reopen, fdinfo_field};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
-use crate::paths::show;
 use crstream_proto::{FileKind, OpenFile, TimerFdFile};
 use rustix::time::{
     Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
@@ -68,16 +67,8 @@ impl FdKind for TimerFd {
         f: &OpenFile,
         _objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |reason: String| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason,
-        };
-        let t = f
-            .timerfd
-            .as_ref()
-            .ok_or_else(|| ferr("bad image: timerfd record missing".into()))?;
+        let ferr = |reason: String| super::file_error(pid, f, reason);
+        let t = super::part(pid, f, f.timerfd.as_ref(), "timerfd")?;
         let fd = create(t).map_err(|e| ferr(format!("recreating the timerfd: {e}")))?;
         super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr(format!("F_SETFL: {e}")))?;
         Ok(Reopen::Created(fd))

@@ -88,11 +88,12 @@ impl FdKind for Terminals {
         f: &OpenFile,
         objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let path = objects.terminal.ok_or_else(|| RestoreError::File {
-            pid,
-            fd: f.fd,
-            path: show(&f.path).into_owned(),
-            reason: "a shell job's terminal: restore it with --shell-job from a terminal".into(),
+        let path = objects.terminal.ok_or_else(|| {
+            super::file_error(
+                pid,
+                f,
+                "a shell job's terminal: restore it with --shell-job from a terminal",
+            )
         })?;
         // The job's controlling terminal comes with the restorer's session;
         // opening it must not make it anyone's.
