@@ -243,20 +243,7 @@ done"#,
     dump_tree(&mut w, img.to_str().unwrap(), &[]);
     let at_dump = field(&w.read_report().unwrap(), 0, 1);
     for _ in 0..2 {
-        let o = run(
-            &["restore", "-i", img.to_str().unwrap(), "--detach", "--json"],
-            &[],
-        );
-        assert!(o.status.success(), "restore failed: {}", text(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-        let procs: Vec<i32> = v["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_i64().unwrap() as i32)
-            .collect();
-        let mut g = TreeGuard(procs);
-        w.restored(v["pid"].as_i64().unwrap() as i32);
+        let mut g = restore_tree(img.to_str().unwrap(), &[], &mut w);
         let r = w.wait_report(T, |r| field(r, 0, 1) > at_dump + 3);
         assert_eq!(field(&r, 0, 0), w.pid as u64, "{r}");
         let n = field(&r, 0, 1);
@@ -564,20 +551,7 @@ while True:
         dump_tree(&mut w, img.to_str().unwrap(), &[]);
         for round in 0..2 {
             let at = field(&w.read_report().unwrap(), 0, 1);
-            let o = run(
-                &["restore", "-i", img.to_str().unwrap(), "--detach", "--json"],
-                &[],
-            );
-            assert!(o.status.success(), "restore failed: {}", text(&o));
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-            let procs: Vec<i32> = v["processes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_i64().unwrap() as i32)
-                .collect();
-            let mut g = TreeGuard(procs);
-            w.restored(v["pid"].as_i64().unwrap() as i32);
+            let mut g = restore_tree(img.to_str().unwrap(), &[], &mut w);
             let r = w.wait_report(T, |r| field(r, 0, 1) > at + 3 || !r.contains(" OK"));
             assert!(r.contains(" OK"), "{action}, restore {round}: {r}");
             g.kill();

@@ -537,24 +537,31 @@ impl Drop for TreeGuard {
 /// `check` verifies each round and gets the restored pids.
 pub fn restore_twice(src: &str, env: &[(&str, &str)], w: &mut Workload, check: impl Fn(&Workload)) {
     for _ in 0..2 {
-        let o = run(&["restore", "-i", src, "--detach", "--json"], env);
-        assert!(o.status.success(), "restore failed: {}", text(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-        let procs: Vec<i32> = v["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_i64().unwrap() as i32)
-            .collect();
-        let mut g = TreeGuard(procs.clone());
-        w.restored(v["pid"].as_i64().unwrap() as i32);
+        let mut g = restore_tree(src, env, w);
         check(w);
-        for &pid in &procs {
+        for &pid in &g.0 {
             assert_running_untraced(pid);
         }
         g.0.extend(children_of(w.pid));
         g.kill();
     }
+}
+
+/// Restores `src` with --detach --json as `w` (its root); a guard of the
+/// restored processes.
+pub fn restore_tree(src: &str, env: &[(&str, &str)], w: &mut Workload) -> TreeGuard {
+    let o = run(&["restore", "-i", src, "--detach", "--json"], env);
+    assert!(o.status.success(), "restore failed: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let procs: Vec<i32> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap() as i32)
+        .collect();
+    let g = TreeGuard(procs);
+    w.restored(v["pid"].as_i64().unwrap() as i32);
+    g
 }
 
 /// Dumps the tree of `w` to `dest`, waits until every dumped PID is free.
