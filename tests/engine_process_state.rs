@@ -552,3 +552,39 @@ while True:
     };
     round_trips(&mut w, &dir, &ids);
 }
+
+/// A program whose executable was deleted while it runs (as after a
+/// package upgrade): after restore /proc/PID/exe names the deleted file
+/// again, and the program runs on from where it was.
+#[test]
+fn a_program_whose_executable_was_deleted_comes_back() {
+    let dir = TestDir::new("deleted-exe");
+    let exe = dir.path("wl_membarrier-copy");
+    std::fs::copy(example("wl_membarrier"), &exe).unwrap();
+    let report = dir.path("report");
+    // Until no test thread's fork holds the copy open for writing any more.
+    let started = std::time::Instant::now();
+    let child = loop {
+        match std::process::Command::new(&exe)
+            .arg(&report)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && started.elapsed() < T => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
+    let mut w = Workload::from_child(child, report);
+    w.wait_report(T, |r| field(r, 0, 1) >= 1);
+    std::fs::remove_file(&exe).unwrap();
+    let want = format!("{} (deleted)", exe.display());
+    let deleted = move |pid: i32| {
+        let link = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert_eq!(link.to_str().unwrap(), want);
+    };
+    round_trips(&mut w, &dir, &deleted);
+}

@@ -398,8 +398,13 @@ impl Recreator {
     /// After the metadata: every file got all its bytes. Then each gets its
     /// saved owner, mode and times, before any process opens or watches
     /// it (an inotify watch would see the change).
-    pub(crate) fn check_complete(&self) -> Result<(), RestoreError> {
-        for r in self.by_id.values() {
+    ///
+    /// Deleted files are then held read-only: a writer would keep the
+    /// kernel from taking one as a process's executable again
+    /// (PR_SET_MM_MAP), and the processes reopen them through /proc with
+    /// the access they had.
+    pub(crate) fn check_complete(&mut self) -> Result<(), RestoreError> {
+        for r in self.by_id.values_mut() {
             if r.written != blob_len(&r.meta) {
                 return Err(RestoreError::Image(format!(
                     "the image holds {} of the {} bytes of {}",
@@ -407,6 +412,15 @@ impl Recreator {
                     blob_len(&r.meta),
                     describe(&r.meta)
                 )));
+            }
+            if r.meta.kind() == UnlinkedKind::Deleted {
+                r.file =
+                    File::open(format!("/proc/self/fd/{}", r.file.as_raw_fd())).map_err(|e| {
+                        RestoreError::Recreate {
+                            what: describe(&r.meta),
+                            reason: format!("reopening it read-only: {e}"),
+                        }
+                    })?;
             }
         }
         self.set_owners_and_times(false)
