@@ -172,3 +172,49 @@ fn an_aio_context_is_refused_by_name() {
     assert!(err.contains("AIO context"), "{err}");
     assert_running_untraced(pid);
 }
+
+/// python3 with an epoll registration whose fd was closed while its file
+/// lives on elsewhere (here in its child): no fd of the process holds the
+/// file to register it again, so the dump is refused naming the epoll fd;
+/// both run on.
+#[test]
+fn an_epoll_registration_of_a_file_no_fd_holds_is_refused_by_name() {
+    let g = ChildGuard(Some(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import os, select, time\n\
+                 ep = select.epoll()\n\
+                 r, w = os.pipe()\n\
+                 ep.register(r, select.EPOLLIN)\n\
+                 if os.fork() == 0:\n\
+                 \x20   ep.close()\n\
+                 \x20   time.sleep(600)\n\
+                 os.close(r)\n\
+                 open('/dev/null').close()\n\
+                 print(ep.fileno(), flush=True)\n\
+                 time.sleep(600)\n",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut g = g;
+    let pid = pid_of(&g);
+    let mut line = String::new();
+    let out = g.0.as_mut().unwrap().stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    let epfd: i32 = line.trim().parse().expect("epoll fd");
+    let err = refused(pid, &[]);
+    let kids = support::children_of(pid);
+    assert!(
+        err.contains(&format!("fd {epfd}")) && err.contains("registered fd was closed"),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+    for kid in kids {
+        assert_running_untraced(kid);
+        // SAFETY: ending the child of the process this test started.
+        unsafe { libc::kill(kid, libc::SIGKILL) };
+    }
+}
