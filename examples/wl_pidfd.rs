@@ -1,7 +1,8 @@
 //! Workload: pidfds of every kind: of its child (in the tree), of a process
 //! outside the tree (OUTSIDE_PID), of a child that has exited and been
-//! reaped ("Pid: -1"), and a second fd on the child's pidfd taken with
-//! pidfd_getfd. Every 100 ms it checks, through /proc/self/fdinfo, that
+//! reaped ("Pid: -1"), a second fd on the child's pidfd taken with
+//! pidfd_getfd, and a pidfd of one of its own threads (PIDFD_THREAD) with
+//! a dup of it. Every 100 ms it checks, through /proc/self/fdinfo, that
 //! each pidfd names the same process, and that pidfd_send_signal(0)
 //! reaches the living ones and poll reports the dead one. Reports
 //! "pid counter STATUS child" every 100 ms.
@@ -47,6 +48,21 @@ fn signal_reaches(fd: i32) -> bool {
     }
 }
 
+/// Whether fdinfo shows PIDFD_THREAD (O_EXCL) in the flags of `fd`.
+fn is_thread_pidfd(fd: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|t| {
+            let v = t
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))?
+                .trim()
+                .to_string();
+            i32::from_str_radix(&v, 8).ok()
+        })
+        .is_some_and(|f| f & libc::O_EXCL != 0)
+}
+
 fn exited(fd: i32) -> bool {
     let mut p = libc::pollfd {
         fd,
@@ -85,6 +101,31 @@ fn main() {
     // SAFETY: pidfd_getfd of one of our own fds.
     let copy_fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self_fd, child_fd, 0) } as i32;
     assert!(copy_fd >= 0, "pidfd_getfd");
+    // A thread that only sleeps, and a pidfd of it alone.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: gettid has no arguments.
+        tx.send(unsafe { libc::gettid() }).unwrap();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let tid = rx.recv().unwrap();
+    // SAFETY: plain syscall.
+    let thread_fd = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_open,
+            tid,
+            libc::O_EXCL, /* PIDFD_THREAD */
+        )
+    } as i32;
+    assert!(
+        thread_fd >= 0,
+        "pidfd_open(PIDFD_THREAD): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: dup of our own fd.
+    let thread_dup = unsafe { libc::dup(thread_fd) };
     let pid = std::process::id();
     let mut counter = 0u64;
     let mut status: Option<String> = None;
@@ -97,6 +138,8 @@ fn main() {
                 ("outside", outside_fd, outside),
                 ("dead", dead_fd, -1),
                 ("self", self_fd, pid as i32),
+                ("thread", thread_fd, tid),
+                ("thread-dup", thread_dup, tid),
             ];
             for (what, fd, want) in names {
                 let got = fdinfo_pid(fd);
@@ -107,8 +150,11 @@ fn main() {
             if !signal_reaches(child_fd) || !signal_reaches(outside_fd) {
                 status = Some("signal-lost".into());
             }
-            if !exited(dead_fd) || exited(child_fd) {
+            if !exited(dead_fd) || exited(child_fd) || exited(thread_fd) {
                 status = Some("poll-wrong".into());
+            }
+            if !is_thread_pidfd(thread_fd) || !is_thread_pidfd(thread_dup) {
+                status = Some("thread-pidfd-lost-PIDFD_THREAD".into());
             }
         }
         let shown = status.clone().unwrap_or_else(|| "OK".into());

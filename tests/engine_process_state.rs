@@ -374,8 +374,9 @@ fn madvise_flags_and_locked_areas_come_back() {
 }
 
 /// pidfds of a child (and a second fd on it from pidfd_getfd), of the
-/// process itself, of a process outside the tree and of a process that has
-/// exited: after restore each names the same process, signals reach the
+/// process itself, of one of its threads (PIDFD_THREAD, and a dup), of a
+/// process outside the tree and of a process that has exited: after
+/// restore each names the same process or thread, signals reach the
 /// living ones and the dead one polls as exited.
 #[test]
 fn pidfds_name_the_same_processes() {

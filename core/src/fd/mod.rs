@@ -22,7 +22,7 @@ mod inet;
 mod inotify;
 pub(crate) mod locks;
 pub(crate) mod owner;
-mod pidfd;
+pub(crate) mod pidfd;
 mod pipe;
 mod regular;
 mod signalfd;

@@ -5,13 +5,17 @@
 //! a process of the tree (which has its PID again, zombies included), of
 //! a process outside it (which must still be the same: same start time),
 //! or of a dead process (a pidfd of a child crstream forks, which exits
-//! and is reaped at once).
+//! and is reaped at once). A pidfd of one thread of the tree other than a
+//! leader (PIDFD_THREAD) can only be opened once the threads exist: the
+//! files phase puts a stand-in at its number, and `ThreadPidfds` (threads
+//! phase) replaces it.
 
 use super::{DumpFd, FdKind, Reopen, fdinfo_field};
 use crate::error::{DumpError, RestoreError};
-use crate::kind::{DumpTree, RestoreObjects};
+use crate::kind::{DumpProcess, DumpTree, Kind, Phase, RestoreObjects, RestoreProcess};
 use crstream_proto::{FileKind, FileTable, OpenFile, PidFdFile};
 use rustix::process::PidfdFlags;
+use std::os::fd::AsRawFd;
 
 /// PIDFD_THREAD, as fdinfo's flags show it (O_EXCL).
 const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
@@ -47,9 +51,9 @@ impl FdKind for PidFds {
         Ok(true)
     }
 
-    /// Notes which pidfds name a process of the tree; a pidfd of a thread
-    /// of the tree other than a leader is refused (threads are created
-    /// after the fds are in place).
+    /// Notes which pidfds name a process or thread of the tree. A pidfd
+    /// of a thread of the tree that an epoll instance watches is refused:
+    /// the registration would be made on its stand-in.
     fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
         let leaders: Vec<i32> = t.entries.iter().map(|e| e.pid as i32).collect();
         let threads: Vec<i32> = t
@@ -62,22 +66,30 @@ impl FdKind for PidFds {
             let Some(table) = p.records.get_mut::<FileTable>() else {
                 continue;
             };
+            let watched: Vec<u32> = table
+                .files
+                .iter()
+                .filter_map(|f| f.epoll.as_ref())
+                .flat_map(|e| e.targets.iter().map(|t| t.file_fd.unwrap_or(t.fd)))
+                .collect();
             for f in &mut table.files {
                 let fd = f.fd;
                 let Some(pf) = &mut f.pidfd else {
                     continue;
                 };
-                if threads.contains(&pf.pid) {
+                let of_thread = threads.contains(&pf.pid);
+                if of_thread && watched.contains(&fd) {
                     return Err(DumpError::UnsupportedFile {
                         pid,
                         fd: fd as i32,
                         what: format!(
-                            "a pidfd of thread {} of the tree (not yet supported)",
+                            "a pidfd of thread {} of the tree, watched by an epoll instance \
+                             (not supported)",
                             pf.pid
                         ),
                     });
                 }
-                pf.in_tree = leaders.contains(&pf.pid);
+                pf.in_tree = of_thread || leaders.contains(&pf.pid);
             }
         }
         Ok(())
@@ -120,7 +132,9 @@ impl FdKind for PidFds {
         if pf.thread {
             flags |= PidfdFlags::from_bits_retain(PIDFD_THREAD);
         }
-        let fd = if pf.pid <= 0 {
+        // A thread of the tree does not exist yet: a stand-in until
+        // `ThreadPidfds` (a pidfd, so that dups and sharing copy its kind).
+        let fd = if pf.pid <= 0 || of_thread_of_tree(pf) {
             crate::sys::pidfd::of_dead_process(flags)
                 .map_err(|e| ferr("a pidfd of an exited process".into(), e))?
         } else {
@@ -134,5 +148,76 @@ impl FdKind for PidFds {
                 .map_err(|e| ferr(format!("pidfd_open({})", pf.pid), e.into()))?
         };
         Ok(Reopen::Created(fd))
+    }
+}
+
+/// Whether `pf` names a thread of the tree other than a leader.
+fn of_thread_of_tree(pf: &PidFdFile) -> bool {
+    pf.thread && pf.in_tree
+}
+
+/// Pidfds of threads of the tree (PIDFD_THREAD), in place of the stand-ins
+/// the files phase made, once the threads exist: each fd gets a pidfd of
+/// its thread; a dup, or a description shared with an earlier process of
+/// the tree, gets that one again.
+pub(crate) struct ThreadPidfds;
+
+impl Kind for ThreadPidfds {
+    fn name(&self) -> &'static str {
+        "pidfds of threads"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Threads
+    }
+
+    fn dump(&mut self, _p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        Ok(()) // saved with the fd table
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        if p.entry().shares_files_with_parent {
+            return Ok(()); // the parent's table: done there
+        }
+        let Some(table) = p.image.records.get::<FileTable>() else {
+            return Ok(());
+        };
+        let (stub, pid) = (p.stub, p.pid());
+        let mut files: Vec<&OpenFile> = table
+            .files
+            .iter()
+            .filter(|f| f.pidfd.as_ref().is_some_and(of_thread_of_tree))
+            .collect();
+        files.sort_by_key(|f| f.fd);
+        for f in files {
+            let pf = f.pidfd.as_ref().expect("filtered");
+            let ferr = |what: String| super::file_error(pid, f, what);
+            let owner = (f.shared_id >> 32) as i32;
+            let tmp = if let Some(of) = f.dup_of_fd {
+                stub.call(
+                    "fcntl",
+                    libc::SYS_fcntl,
+                    &[of as u64, libc::F_DUPFD_CLOEXEC as u64, 0],
+                )
+                .map_err(|e| ferr(format!("dup of fd {of}: {e}")))?
+            } else if f.shared_id != 0 && owner != pid {
+                let owner_fd = f.shared_id as u32 as u64;
+                super::take_fd(stub, owner, owner_fd)
+                    .map_err(|e| ferr(format!("taking fd {owner_fd} of pid {owner}: {e}")))?
+            } else {
+                let mut flags = PidfdFlags::from_bits_retain(PIDFD_THREAD);
+                if f.open_flags & libc::O_NONBLOCK as u32 != 0 {
+                    flags |= PidfdFlags::NONBLOCK;
+                }
+                let tid = rustix::process::Pid::from_raw(pf.pid)
+                    .ok_or_else(|| ferr(format!("bad image: thread {}", pf.pid)))?;
+                let own = rustix::process::pidfd_open(tid, flags)
+                    .map_err(|e| ferr(format!("pidfd_open({}, PIDFD_THREAD): {e}", pf.pid)))?;
+                super::take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64)
+                    .map_err(|e| ferr(format!("taking it from crstream: {e}")))?
+            };
+            super::place_fd(stub, tmp, f).map_err(|e| ferr(format!("placing the fd: {e}")))?;
+        }
+        Ok(())
     }
 }

@@ -43,6 +43,8 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(creds::Creds),
         Box::new(crate::fd::owner::Owners),
         Box::new(threads::Threads),
+        // Once the threads exist.
+        Box::new(crate::fd::pidfd::ThreadPidfds),
         Box::new(posix_timers::PosixTimers),
         Box::new(stopped::Stopped),
         Box::new(signals::PendingSignals),
