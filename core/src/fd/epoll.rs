@@ -91,16 +91,32 @@ impl FdKind for Epoll {
             ev.extend_from_slice(&t.events.to_le_bytes());
             ev.extend_from_slice(&t.data.to_le_bytes());
             let at = stub.put(crate::stub::SCRATCH_DATA, &ev)?;
-            let add = || {
+            let add = |ep: u64| {
                 stub.call(
                     "epoll_ctl",
                     libc::SYS_epoll_ctl,
-                    &[f.fd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at],
+                    &[ep, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at],
                 )
             };
             match t.file_fd {
-                None => add().map_err(err)?,
-                Some(file_fd) => with_file_at(stub, file_fd, t.fd, add).map_err(err)?,
+                None => add(f.fd as u64).map_err(err)?,
+                // The number may be the epoll fd's own (registered before
+                // the epoll got it): reached through a copy meanwhile.
+                Some(file_fd) if t.fd == f.fd => {
+                    let ep = stub
+                        .call(
+                            "fcntl",
+                            libc::SYS_fcntl,
+                            &[f.fd as u64, libc::F_DUPFD_CLOEXEC as u64, 0],
+                        )
+                        .map_err(err)? as u64;
+                    let added = with_file_at(stub, file_fd, t.fd, || add(ep));
+                    stub.call("close", libc::SYS_close, &[ep]).map_err(err)?;
+                    added.map_err(err)?
+                }
+                Some(file_fd) => {
+                    with_file_at(stub, file_fd, t.fd, || add(f.fd as u64)).map_err(err)?
+                }
             };
         }
         Ok(())

@@ -12,6 +12,7 @@ use crate::kind::RestoreObjects;
 use crate::paths::{path, show};
 use crstream_proto::{FanotifyFile, FanotifyMark, FanotifyMarkKind, FileKind, OpenFile};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 
 const FAN_CLOEXEC: u32 = 0x1;
 const FAN_MARK_ADD: u32 = 0x1;
@@ -62,16 +63,24 @@ impl FdKind for Fanotify {
         matches!(f.kind(), FileKind::Fanotify)
     }
 
-    /// Every path a mark names must still be there.
+    /// Every path a mark names must still be there, on the same device (a
+    /// mount or file-system mark on another would watch something else).
     fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
         let marks = f.fanotify.iter().flat_map(|g| g.marks.iter());
         for m in marks.filter(|m| m.unlinked == 0) {
-            if let Err(e) = std::fs::symlink_metadata(path(&m.path)) {
-                return Err(super::file_error(
-                    pid,
-                    f,
-                    format!("fanotify mark on {}: {e}", show(&m.path)),
-                ));
+            let err = |why: String| {
+                super::file_error(pid, f, format!("fanotify mark on {}: {why}", show(&m.path)))
+            };
+            let md = std::fs::symlink_metadata(path(&m.path)).map_err(|e| err(e.to_string()))?;
+            if m.dev != 0 && md.dev() != m.dev {
+                return Err(err(format!(
+                    "on device {:#x} now, {:#x} at the dump",
+                    md.dev(),
+                    m.dev
+                )));
+            }
+            if m.kind() == FanotifyMarkKind::Inode && m.inode != 0 && md.ino() != m.inode {
+                tracing::warn!(pid, fd = f.fd, path = %show(&m.path), "fanotify mark: the path names another file than at the dump");
             }
         }
         Ok(())
@@ -153,6 +162,9 @@ impl Fanotify {
             Where::Mount(id) => {
                 let mnt = handles::mount_point(pid, *id).map_err(refuse)?;
                 m.path = seen_from_here(pid, &mnt).map_err(refuse)?;
+                m.dev = std::fs::metadata(path(&m.path))
+                    .map_err(|e| refuse(format!("{}: {e}", show(&m.path))))?
+                    .dev();
             }
             Where::FileSystem(h) => {
                 let (major, minor, dev) = h.device();
