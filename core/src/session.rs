@@ -142,6 +142,14 @@ pub enum Plan {
 
 /// Decides from the saved ids and the restorer's own (pgid, sid).
 pub fn plan(pid: i32, pgid: i32, sid: i32, ours: (i32, i32)) -> Plan {
+    // Group 0 is led from outside our PID namespace: setpgid cannot name it.
+    if pgid == 0 && sid != pid {
+        return if ours.0 == 0 && sid == ours.1 {
+            Plan::Stay
+        } else {
+            Plan::Foreign
+        };
+    }
     if sid == pid {
         Plan::NewSession
     } else if pgid == pid {
@@ -340,6 +348,7 @@ mod tests {
         // Group and session led from outside our PID namespace read as 0.
         assert_eq!(plan(7, 0, 0, (0, 0)), Plan::Stay);
         assert_eq!(plan(7, 0, 0, ours), Plan::Foreign);
+        assert_eq!(plan(7, 0, 0, (50, 0)), Plan::Foreign);
     }
 
     #[test]

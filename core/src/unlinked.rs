@@ -458,12 +458,20 @@ impl Recreator {
         Ok(Some(rustix::io::fcntl_dupfd_cloexec(&r.file, 0)?))
     }
 
-    /// A path the restored process opens to get file `id`.
-    pub(crate) fn proc_path(&self, id: u64) -> Result<String, RestoreError> {
+    /// A path the restored process opens to get file `id`, which must be
+    /// of one of the kinds `want` (a damaged image could name a FIFO where
+    /// a file is opened, which would block).
+    pub(crate) fn proc_path(&self, id: u64, want: &[UnlinkedKind]) -> Result<String, RestoreError> {
         let r = self
             .by_id
             .get(&id)
             .ok_or_else(|| RestoreError::Image(format!("no UnlinkedFile record with id {id}")))?;
+        if !want.contains(&r.meta.kind()) {
+            return Err(RestoreError::Image(format!(
+                "UnlinkedFile {id} ({}) is named where one of {want:?} is expected",
+                describe(&r.meta)
+            )));
+        }
         Ok(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
@@ -501,6 +509,14 @@ fn set_owner_and_times(file: &File, u: &UnlinkedFile) -> std::io::Result<()> {
         return Ok(());
     }
     use rustix::fs::AtFlags;
+    // Made at a path others may write to: what is given an owner and mode
+    // must be what restore made, unlinked since (never an object swapped
+    // in at that path, still reachable by a name).
+    if rustix::fs::fstat(file)?.st_nlink != 0 {
+        return Err(std::io::Error::other(
+            "it has a name again (was the path swapped?): no owner given",
+        ));
+    }
     let uid = rustix::fs::Uid::from_raw(u.uid);
     let gid = rustix::fs::Gid::from_raw(u.gid);
     // By fd with an empty path: works on the O_PATH fds of symlinks and
@@ -552,6 +568,17 @@ fn owner_or_times_differ(file: &File, u: &UnlinkedFile) -> bool {
         || ns(st.st_atime, st.st_atime_nsec) != u.atime_ns
         || ns(st.st_mtime, st.st_mtime_nsec) != u.mtime_ns
 }
+
+/// Every kind: for a caller that takes any (a watch, a mark).
+pub(crate) const ANY_KIND: [UnlinkedKind; 5] = [
+    UnlinkedKind::Deleted,
+    UnlinkedKind::Memfd,
+    UnlinkedKind::Directory,
+    UnlinkedKind::Symlink,
+    UnlinkedKind::Fifo,
+];
+/// Files with contents: memfds and deleted regular files.
+pub(crate) const FILE_KINDS: [UnlinkedKind; 2] = [UnlinkedKind::Deleted, UnlinkedKind::Memfd];
 
 /// The seals of a memfd created without MFD_ALLOW_SEALING.
 const SEALING_OFF: u32 = libc::F_SEAL_SEAL as u32;
@@ -632,11 +659,29 @@ fn create_removed_node(u: &UnlinkedFile) -> std::io::Result<File> {
                 (OFlags::PATH, AtFlags::empty())
             }
         };
-        let opened = rustix::fs::openat(CWD, at, flags | OFlags::CLOEXEC, Mode::empty());
+        // O_NOFOLLOW: a symlink swapped in at `at` is never followed.
+        let opened = rustix::fs::openat(
+            CWD,
+            at,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
         let removed = rustix::fs::unlinkat(CWD, at, remove);
-        let fd = opened?;
+        let file = File::from(opened?);
         removed?;
-        Ok(File::from(fd))
+        let st = rustix::fs::fstat(&file)?;
+        let want = match u.kind() {
+            UnlinkedKind::Directory => libc::S_IFDIR,
+            UnlinkedKind::Symlink => libc::S_IFLNK,
+            _ => libc::S_IFIFO,
+        };
+        if st.st_mode & libc::S_IFMT != want || st.st_nlink != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} changed under restore",
+                at.display()
+            )));
+        }
+        Ok(file)
     };
     if let Ok(f) = make(old) {
         return Ok(f);
@@ -694,7 +739,7 @@ mod tests {
         assert!(r.write(3, b"!").is_err(), "more than announced");
         r.check_complete().unwrap();
         r.seal().unwrap();
-        let path = r.proc_path(7).unwrap();
+        let path = r.proc_path(7, &ANY_KIND).unwrap();
         assert_eq!(read_all(&path), b"hello");
         assert!(
             std::fs::read_link(&path)
@@ -743,7 +788,7 @@ mod tests {
         r.write(4, b"abc").unwrap();
         r.write(4, b"de").unwrap();
         r.check_complete().unwrap();
-        let got = read_all(&r.proc_path(1).unwrap());
+        let got = read_all(&r.proc_path(1, &ANY_KIND).unwrap());
         assert_eq!(got.len(), 1 << 20);
         assert_eq!(&got[..2], b"ab");
         assert_eq!(&got[8192..8195], b"cde");
@@ -827,7 +872,7 @@ mod tests {
         );
         let made: Vec<std::fs::Metadata> = ids
             .iter()
-            .map(|&id| std::fs::metadata(r.proc_path(id).unwrap()).unwrap())
+            .map(|&id| std::fs::metadata(r.proc_path(id, &ANY_KIND).unwrap()).unwrap())
             .collect();
         assert!(made[0].is_dir() && made[0].nlink() == 0);
         assert_eq!(made[0].mode() & 0o7777, 0o751);
@@ -841,9 +886,30 @@ mod tests {
         assert!(made[2].file_type().is_fifo());
         assert_eq!(made[2].mode() & 0o7777, 0o640);
         assert_eq!(
-            std::fs::read_link(r.proc_path(ids[0]).unwrap()).unwrap(),
+            std::fs::read_link(r.proc_path(ids[0], &ANY_KIND).unwrap()).unwrap(),
             Path::new(&format!("{} (deleted)", d.display()))
         );
+    }
+
+    #[test]
+    fn an_object_with_a_name_is_given_no_owner() {
+        // What restore made at a path others may write to must be unlinked
+        // before it gets the saved owner and mode (never an object swapped
+        // in there).
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("linked");
+        std::fs::write(&p, b"x").unwrap();
+        let f = File::open(&p).unwrap();
+        let meta = UnlinkedFile {
+            kind: UnlinkedKind::Deleted as i32,
+            mode: 0o4755,
+            mtime_ns: 1,
+            ..Default::default()
+        };
+        let err = set_owner_and_times(&f, &meta).unwrap_err().to_string();
+        assert!(err.contains("has a name again"), "{err}");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_ne!(mode & 0o4000, 0o4000, "mode left alone");
     }
 
     #[test]
@@ -863,7 +929,7 @@ mod tests {
         })
         .unwrap();
         r.write(9, b"ok").unwrap();
-        let path = r.proc_path(1).unwrap();
+        let path = r.proc_path(1, &ANY_KIND).unwrap();
         assert!(!old.exists(), "unlinked again at once");
         assert_eq!(
             std::fs::read_link(&path).unwrap(),

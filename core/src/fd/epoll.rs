@@ -137,7 +137,10 @@ fn with_file_at(
     // What tfd holds now, kept at a free number meanwhile.
     let held = match fcntl(tfd, libc::F_GETFD, 0) {
         Ok(fd_flags) => Some((fcntl(tfd, libc::F_DUPFD_CLOEXEC, 0)? as u64, fd_flags)),
-        Err(_) => None,
+        Err(crate::error::TaskError::Syscall {
+            errno: libc::EBADF, ..
+        }) => None,
+        Err(e) => return Err(e),
     };
     stub.call("dup2", libc::SYS_dup2, &[file_fd as u64, tfd as u64])?;
     let added = add();

@@ -15,6 +15,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 const FAN_CLOEXEC: u32 = 0x1;
+/// FAN_CLASS_CONTENT | FAN_CLASS_PRE_CONTENT.
+const FAN_CLASS_MASK: u32 = 0xc;
 const FAN_MARK_ADD: u32 = 0x1;
 const FAN_MARK_DONT_FOLLOW: u32 = 0x4;
 const FAN_MARK_MOUNT: u32 = 0x10;
@@ -43,8 +45,20 @@ impl FdKind for Fanotify {
                 let fields = fields(rest).ok_or_else(bad)?;
                 file.init_flags = field(&fields, "flags").ok_or_else(bad)? as u32;
                 file.event_flags = field(&fields, "event-flags").ok_or_else(bad)? as u32;
+                // Permission events: files restore opens (and dump reads)
+                // under such a mark wait for an answer only the frozen
+                // listener could give.
+                if file.init_flags & FAN_CLASS_MASK != 0 {
+                    return Err(d.refuse(
+                        "a fanotify group of the content or pre-content class \
+                         (permission events): not supported",
+                    ));
+                }
                 got_group = true;
                 continue;
+            }
+            if !got_group {
+                return Err(bad());
             }
             let mut mark = parse_mark(rest).ok_or_else(bad)?;
             self.locate(d, &mut mark.0, &mark.1)?;
@@ -109,7 +123,10 @@ impl FdKind for Fanotify {
         }
         for m in &g.marks {
             let at = if m.unlinked != 0 {
-                objects.unlinked.proc_path(m.unlinked)?.into_bytes()
+                objects
+                    .unlinked
+                    .proc_path(m.unlinked, &crate::unlinked::ANY_KIND)?
+                    .into_bytes()
             } else {
                 m.path.clone()
             };
@@ -337,5 +354,12 @@ mod tests {
                 .to_string()
         };
         assert_eq!(flags(&n), flags(&g));
+    }
+
+    #[test]
+    fn a_group_of_permission_events_is_refused() {
+        let g = crate::sys::fanotify::init(FAN_CLOEXEC | 0x4 /* FAN_CLASS_CONTENT */, 0).unwrap();
+        let err = dump_own(g.as_raw_fd()).unwrap_err().to_string();
+        assert!(err.contains("permission events"), "{err}");
     }
 }

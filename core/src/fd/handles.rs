@@ -153,6 +153,19 @@ pub(super) fn resolve(pid: i32, h: &Handle) -> Result<Named, String> {
         let link = crate::proc::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map_err(|e| format!("resolving inode {}: {e}", h.ino))?;
         if crate::paths::is_deleted(&link) {
+            // Removed under the name it was reached by, but linked under
+            // another: no name to give it back, no copy to stand in.
+            if rustix::fs::fstat(&fd)
+                .map_err(|e| format!("fstat: {e}"))?
+                .st_nlink
+                != 0
+            {
+                return Err(format!(
+                    "inode {} lost the name {} but has another link: not supported",
+                    h.ino,
+                    show(&link)
+                ));
+            }
             return Ok(Named::Deleted(fd, link, dev));
         }
         let shown = show(&link);

@@ -218,7 +218,12 @@ fn create(
         // (through /proc, a deleted one is at the end of the magic link);
         // IN_MASK_CREATE: two saved watches must not merge into one.
         let (at, follow) = if w.unlinked != 0 {
-            (unlinked.proc_path(w.unlinked)?.into_bytes(), 0)
+            (
+                unlinked
+                    .proc_path(w.unlinked, &crate::unlinked::ANY_KIND)?
+                    .into_bytes(),
+                0,
+            )
         } else {
             (w.path.clone(), libc::IN_DONT_FOLLOW)
         };

@@ -78,7 +78,10 @@ impl FdKind for PidFds {
                     continue;
                 };
                 let of_thread = threads.contains(&pf.pid);
-                if of_thread && watched.contains(&fd) {
+                pf.in_tree = of_thread || leaders.contains(&pf.pid);
+                // Any pidfd that gets a stand-in first (of a thread, also a
+                // leader's PIDFD_THREAD one).
+                if of_thread_of_tree(pf) && watched.contains(&fd) {
                     return Err(DumpError::UnsupportedFile {
                         pid,
                         fd: fd as i32,
@@ -89,7 +92,6 @@ impl FdKind for PidFds {
                         ),
                     });
                 }
-                pf.in_tree = of_thread || leaders.contains(&pf.pid);
             }
         }
         Ok(())

@@ -52,6 +52,11 @@ impl FdKind for Pipes {
             d.md.filter(|m| m.file_type().is_fifo() && d.link.starts_with(b"/"))
         {
             if crate::paths::is_deleted(d.link) {
+                if md.nlink() != 0 {
+                    return Err(d.refuse(
+                        "a FIFO whose name was removed but that has another: not supported",
+                    ));
+                }
                 // A "ghost" FIFO: made again (and removed) at restore; its
                 // bytes are saved below like those of any pipe.
                 let source = format!("/proc/{}/fd/{}", d.pid, d.fd);
@@ -105,7 +110,10 @@ impl FdKind for Pipes {
         let p = super::part(pid, f, f.pipe.as_ref(), "pipe")?;
         // A removed FIFO: through the one made again in crstream.
         let fifo_path = if f.deleted {
-            objects.unlinked.proc_path(f.unlinked_file)?.into_bytes()
+            objects
+                .unlinked
+                .proc_path(f.unlinked_file, &[crstream_proto::UnlinkedKind::Fifo])?
+                .into_bytes()
         } else {
             f.path.clone()
         };

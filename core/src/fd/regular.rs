@@ -7,7 +7,7 @@ use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::paths::{path, show, undeleted};
-use crstream_proto::{FileKind, OpenFile};
+use crstream_proto::{FileKind, OpenFile, UnlinkedKind};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// (major, minor) of the character devices reopened by path: /dev/null,
@@ -59,7 +59,7 @@ impl FdKind for Regular {
         }
         // Deleted: no links left (a removed directory not even "." in it).
         // Saved once for the tree, made again at restore.
-        if md.nlink() == 0 {
+        if md.nlink() == 0 && crate::paths::is_deleted(d.link) {
             f.deleted = true;
             f.path = undeleted(d.link).to_vec();
             let source = format!("/proc/{pid}/fd/{fd}");
@@ -132,7 +132,15 @@ impl FdKind for Regular {
         let mut reopen = f.path.clone();
         let mut offset = 0;
         if f.deleted {
-            reopen = objects.unlinked.proc_path(f.unlinked_file)?.into_bytes();
+            let want: &[UnlinkedKind] = match f.kind() {
+                FileKind::Directory => &[UnlinkedKind::Directory],
+                FileKind::Symlink => &[UnlinkedKind::Symlink],
+                _ => &crate::unlinked::FILE_KINDS,
+            };
+            reopen = objects
+                .unlinked
+                .proc_path(f.unlinked_file, want)?
+                .into_bytes();
         } else if f.kind() == FileKind::Regular {
             check_regular(pid, f, false)?;
         }

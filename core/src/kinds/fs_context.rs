@@ -7,6 +7,7 @@ use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
 use crate::paths::show;
 use crate::records::ProcessImage;
 use crstream_proto::FsContext as Record;
+use crstream_proto::UnlinkedKind;
 use std::os::unix::fs::MetadataExt;
 
 pub(crate) struct FsContext;
@@ -36,17 +37,20 @@ impl Kind for FsContext {
             what: "working and root directory",
             reason,
         };
-        // A removed directory has no links left, not even "." in it.
-        let removed = |what: &str| {
-            std::fs::metadata(format!("/proc/{pid}/{what}")).is_ok_and(|m| m.nlink() == 0)
+        // A removed directory has no links left, not even "." in it, and
+        // /proc marks it so (some file systems count no links for any
+        // directory).
+        let removed = |what: &str, link: &[u8]| {
+            crate::paths::is_deleted(link)
+                && std::fs::metadata(format!("/proc/{pid}/{what}")).is_ok_and(|m| m.nlink() == 0)
         };
-        if removed("root") {
+        if removed("root", &root) {
             return Err(refuse(format!(
                 "the root directory {} was removed: no way to make it again",
                 show(&root)
             )));
         }
-        let cwd_unlinked = if removed("cwd") {
+        let cwd_unlinked = if removed("cwd", &cwd) {
             p.objects
                 .unlinked
                 .note(pid, &format!("/proc/{pid}/cwd"), &cwd)
@@ -87,7 +91,10 @@ impl Kind for FsContext {
         };
         // A removed working directory: the one made again in crstream.
         let cwd = if r.cwd_unlinked != 0 {
-            p.objects.unlinked.proc_path(r.cwd_unlinked)?.into_bytes()
+            p.objects
+                .unlinked
+                .proc_path(r.cwd_unlinked, &[UnlinkedKind::Directory])?
+                .into_bytes()
         } else {
             r.cwd.clone()
         };

@@ -681,7 +681,9 @@ fn map_area(
     if a.kind() == AreaKind::File {
         flags &= !libc::MAP_ANONYMOUS;
         let path = if a.unlinked_file != 0 {
-            unlinked.proc_path(a.unlinked_file)?.into_bytes()
+            unlinked
+                .proc_path(a.unlinked_file, &crate::unlinked::FILE_KINDS)?
+                .into_bytes()
         } else {
             check_mapped_file(pid, a, false)?;
             a.path.clone()

@@ -123,7 +123,9 @@ fn restore(
 ) -> Result<(), RestoreError> {
     let pid = stub.pid;
     let exe_path = if m.exe_unlinked != 0 {
-        unlinked.proc_path(m.exe_unlinked)?.into_bytes()
+        unlinked
+            .proc_path(m.exe_unlinked, &crate::unlinked::FILE_KINDS)?
+            .into_bytes()
     } else {
         m.exe_path.clone()
     };
