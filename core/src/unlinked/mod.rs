@@ -8,17 +8,21 @@
 //! mapping that named it then opens `/proc/<crstream>/fd/N`, so they share
 //! one file again and writes through one are seen through the others.
 
+mod make;
+
 use crate::error::{DumpError, RestoreError};
 use crstream_proto::{
     BlobInfo, Extent, OpenFile, StreamKind, UnlinkedFile, UnlinkedKind, record::Body,
 };
 use crstream_streamer::ImageSink;
+use make::{
+    SEALING_OFF, create_deleted, create_memfd, create_removed_node, owner_or_times_differ,
+    set_owner_and_times,
+};
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 
 const MEMFD_PREFIX: &[u8] = b"/memfd:";
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
@@ -501,74 +505,6 @@ impl Recreator {
     }
 }
 
-/// The saved owner and access/modification times (images before records
-/// version 3 have none: the file keeps root's and now).
-fn set_owner_and_times(file: &File, u: &UnlinkedFile) -> std::io::Result<()> {
-    use rustix::fs::{Timespec, Timestamps};
-    if u.atime_ns == 0 && u.mtime_ns == 0 {
-        return Ok(());
-    }
-    use rustix::fs::AtFlags;
-    // Made at a path others may write to: what is given an owner and mode
-    // must be what restore made, unlinked since (never an object swapped
-    // in at that path, still reachable by a name).
-    if rustix::fs::fstat(file)?.st_nlink != 0 {
-        return Err(std::io::Error::other(
-            "it has a name again (was the path swapped?): no owner given",
-        ));
-    }
-    let uid = rustix::fs::Uid::from_raw(u.uid);
-    let gid = rustix::fs::Gid::from_raw(u.gid);
-    // By fd with an empty path: works on the O_PATH fds of symlinks and
-    // FIFOs too.
-    rustix::fs::chownat(
-        file,
-        "",
-        Some(uid),
-        Some(gid),
-        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    // A change of owner clears set-user-ID and set-group-ID bits. A
-    // symlink's mode is always 0777; the others through the magic link,
-    // which (unlike fchmod) takes O_PATH fds.
-    if u.kind() != UnlinkedKind::Symlink {
-        std::fs::set_permissions(
-            format!("/proc/self/fd/{}", file.as_raw_fd()),
-            std::fs::Permissions::from_mode(u.mode),
-        )?;
-    }
-    let ts = |ns: i64| Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-    };
-    rustix::fs::utimensat(
-        file,
-        "",
-        &Timestamps {
-            last_access: ts(u.atime_ns),
-            last_modification: ts(u.mtime_ns),
-        },
-        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
-}
-
-/// Whether `file` no longer has the owner, mode or times of `u`.
-fn owner_or_times_differ(file: &File, u: &UnlinkedFile) -> bool {
-    if u.atime_ns == 0 && u.mtime_ns == 0 {
-        return false;
-    }
-    let Ok(st) = rustix::fs::fstat(file) else {
-        return true;
-    };
-    let ns = |s: i64, n: u64| s * 1_000_000_000 + n as i64;
-    st.st_uid != u.uid
-        || st.st_gid != u.gid
-        || (u.kind() != UnlinkedKind::Symlink && st.st_mode & 0o7777 != u.mode)
-        || ns(st.st_atime, st.st_atime_nsec) != u.atime_ns
-        || ns(st.st_mtime, st.st_mtime_nsec) != u.mtime_ns
-}
-
 /// Every kind: for a caller that takes any (a watch, a mark).
 pub(crate) const ANY_KIND: [UnlinkedKind; 5] = [
     UnlinkedKind::Deleted,
@@ -579,131 +515,6 @@ pub(crate) const ANY_KIND: [UnlinkedKind; 5] = [
 ];
 /// Files with contents: memfds and deleted regular files.
 pub(crate) const FILE_KINDS: [UnlinkedKind; 2] = [UnlinkedKind::Deleted, UnlinkedKind::Memfd];
-
-/// The seals of a memfd created without MFD_ALLOW_SEALING.
-const SEALING_OFF: u32 = libc::F_SEAL_SEAL as u32;
-
-fn create_memfd(u: &UnlinkedFile) -> std::io::Result<File> {
-    let name = CString::new(u.path.as_slice()).map_err(std::io::Error::other)?;
-    let mut flags = rustix::fs::MemfdFlags::CLOEXEC;
-    if u.seals != SEALING_OFF {
-        flags |= rustix::fs::MemfdFlags::ALLOW_SEALING;
-    }
-    let file = File::from(rustix::fs::memfd_create(name.as_c_str(), flags)?);
-    file.set_len(u.size)?;
-    file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
-    Ok(file)
-}
-
-/// Created at its old path and unlinked at once, so that /proc shows the
-/// same "PATH (deleted)" as before; where that path is taken or its
-/// directory gone, an O_TMPFILE in the same directory (or /tmp) instead.
-fn create_deleted(u: &UnlinkedFile) -> std::io::Result<File> {
-    let path = crate::paths::path(&u.path);
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => {
-            std::fs::remove_file(path)?;
-            f
-        }
-        Err(_) => {
-            let tmp = |dir: &Path| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_TMPFILE)
-                    .mode(0o600)
-                    .open(dir)
-            };
-            let dir = path.parent().filter(|d| d.is_dir());
-            dir.map_or_else(|| tmp(Path::new("/tmp")), tmp)
-                .or_else(|_| tmp(Path::new("/tmp")))?
-        }
-    };
-    file.set_len(u.size)?;
-    file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
-    Ok(file)
-}
-
-/// A removed directory, symlink or FIFO: made at its old path (or, where
-/// that is taken or its directory gone, under a fresh name in that
-/// directory or /tmp), opened, and removed again at once, so that /proc
-/// shows "PATH (deleted)" as before. Directories are held open for
-/// reading, the others with O_PATH.
-fn create_removed_node(u: &UnlinkedFile) -> std::io::Result<File> {
-    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
-    let old = crate::paths::path(&u.path);
-    let make = |at: &Path| -> std::io::Result<File> {
-        let (flags, remove) = match u.kind() {
-            UnlinkedKind::Directory => {
-                rustix::fs::mkdirat(CWD, at, Mode::from_raw_mode(0o700))?;
-                (OFlags::RDONLY | OFlags::DIRECTORY, AtFlags::REMOVEDIR)
-            }
-            UnlinkedKind::Symlink => {
-                rustix::fs::symlinkat(crate::paths::path(&u.target), CWD, at)?;
-                (OFlags::PATH | OFlags::NOFOLLOW, AtFlags::empty())
-            }
-            _ => {
-                rustix::fs::mknodat(
-                    CWD,
-                    at,
-                    rustix::fs::FileType::Fifo,
-                    Mode::from_raw_mode(0o600),
-                    0,
-                )?;
-                (OFlags::PATH, AtFlags::empty())
-            }
-        };
-        // O_NOFOLLOW: a symlink swapped in at `at` is never followed.
-        let opened = rustix::fs::openat(
-            CWD,
-            at,
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        );
-        let removed = rustix::fs::unlinkat(CWD, at, remove);
-        let file = File::from(opened?);
-        removed?;
-        let st = rustix::fs::fstat(&file)?;
-        let want = match u.kind() {
-            UnlinkedKind::Directory => libc::S_IFDIR,
-            UnlinkedKind::Symlink => libc::S_IFLNK,
-            _ => libc::S_IFIFO,
-        };
-        if st.st_mode & libc::S_IFMT != want || st.st_nlink != 0 {
-            return Err(std::io::Error::other(format!(
-                "{} changed under restore",
-                at.display()
-            )));
-        }
-        Ok(file)
-    };
-    if let Ok(f) = make(old) {
-        return Ok(f);
-    }
-    let dir = old
-        .parent()
-        .filter(|d| d.is_dir())
-        .unwrap_or(Path::new("/tmp"));
-    let base = old
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut last = None;
-    for n in 0..100 {
-        let at = dir.join(format!(".{base}.crstream-{}-{n}", std::process::id()));
-        match make(&at) {
-            Ok(f) => return Ok(f),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.expect("tried"))
-}
 
 /// Reads a whole file, for tests.
 #[cfg(test)]
@@ -717,6 +528,8 @@ fn read_all(path: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     #[test]
     fn memfd_round_trip_keeps_contents_mode_and_seals() {
