@@ -87,7 +87,13 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         Ok(n) => n,
         Err(e) => {
             drop(dumped);
-            return Err(e.context("dump failed; the process was left running"));
+            // Interrupted while the image was finished or committed: said
+            // as at any other moment.
+            return Err(if interrupt.raised() {
+                interrupted(pid, &interrupt)
+            } else {
+                e.context("dump failed; the process was left running")
+            });
         }
     };
     let stats = dumped.finish(!args.leave_running);

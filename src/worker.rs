@@ -186,6 +186,8 @@ fn wait_for(worker: Pid, received: Option<i32>, target: i32) -> i32 {
         }
     };
     match (received, status) {
+        // The signal came once the image was committed: the dump is done.
+        (Some(_), WaitStatus::Exited(_, 0)) => 0,
         (Some(sig), _) => 128 + sig,
         (None, WaitStatus::Exited(_, code)) => code,
         (None, WaitStatus::Signaled(_, sig, _)) => {
