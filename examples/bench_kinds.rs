@@ -12,9 +12,13 @@
 #[path = "bench_common/mod.rs"]
 mod common;
 
+use common::{gone, wait_for};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Longest it waits for a workload to start, dump or go away.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// Workload, its extra arguments ({dir}: a scratch directory, {me}: this
 /// benchmark's PID).
@@ -99,7 +103,7 @@ fn main() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            wait_for(|| status(&report).is_some_and(|(n, ok)| n >= 3 && ok));
+            wait_for(WAIT, || status(&report).is_some_and(|(n, ok)| n >= 3 && ok));
             let img = dir.path().join("img");
             let t = Instant::now();
             let out = run(Command::new(&crstream)
@@ -108,16 +112,11 @@ fn main() {
             dumps.push(t.elapsed().as_secs_f64() * 1e3);
             let v: serde_json::Value = serde_json::from_slice(&out).expect("dump --json");
             frozen.push(v["frozen_ms"].as_f64().unwrap_or(0.0));
-            let pids: Vec<i32> = v["pids"]
-                .as_array()
-                .expect("pids")
-                .iter()
-                .map(|p| p.as_i64().unwrap() as i32)
-                .collect();
+            let pids = common::dumped_pids(&v);
             procs = pids.len();
             let _ = child.wait();
             let at = status(&report).map_or(0, |(n, _)| n);
-            wait_for(|| pids.iter().all(|&p| gone(p)));
+            wait_for(WAIT, || pids.iter().all(|&p| gone(p)));
             image_kib = std::fs::metadata(&img).map_or(0, |m| m.len()) as f64 / 1024.0;
             let t = Instant::now();
             run(Command::new(&crstream)
@@ -129,11 +128,7 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(20));
             }
             verified &= status(&report).is_some_and(|(n, ok)| n >= at + 3 && ok);
-            for &p in &pids {
-                // SAFETY: ending the processes this benchmark started.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-            wait_for(|| pids.iter().all(|&p| gone(p)));
+            common::kill_all(&pids, WAIT);
         }
         println!(
             "{label:<20}  {procs:>9}  {image_kib:>9.0}  {:>7.1}  {:>9.1}  {:>10.1}  {}",
@@ -157,22 +152,6 @@ fn status(report: &Path) -> Option<(u64, bool)> {
     let _pid = it.next()?;
     let n = it.next()?.parse().ok()?;
     Some((n, it.next() == Some("OK")))
-}
-
-fn gone(pid: i32) -> bool {
-    // Reap any of ours that exited (we are a subreaper).
-    let mut st = 0;
-    // SAFETY: non-blocking reap of any child.
-    while unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } > 0 {}
-    !Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(60), "timed out");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Runs crstream; its stdout. Panics naming its stderr if it fails.

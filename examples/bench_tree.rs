@@ -9,8 +9,12 @@
 #[path = "bench_common/mod.rs"]
 mod common;
 
+use common::{gone, wait_for};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Longest a benchmark waits for a tree to start, dump or go away.
+const WAIT: Duration = Duration::from_secs(120);
 
 fn main() {
     let mut sizes = vec![1usize, 10, 100];
@@ -54,7 +58,7 @@ fn main() {
             .spawn()
             .unwrap();
         let root = child.id() as i32;
-        wait_for(|| {
+        wait_for(WAIT, || {
             counter(&report) >= 2
                 && std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
                     .map_or(0, |c| c.split_whitespace().count())
@@ -71,16 +75,11 @@ fn main() {
         let dump_ms = t.elapsed().as_secs_f64() * 1e3;
         let v: serde_json::Value = serde_json::from_slice(&out).expect("dump --json");
         let frozen_ms = v["frozen_ms"].as_f64().unwrap_or(0.0);
-        let pids: Vec<i32> = v["pids"]
-            .as_array()
-            .expect("pids")
-            .iter()
-            .map(|p| p.as_i64().unwrap() as i32)
-            .collect();
+        let pids = common::dumped_pids(&v);
         assert_eq!(pids.len(), n, "processes dumped");
         let _ = child.wait();
         let at_dump = counter(&report);
-        wait_for(|| pids.iter().all(|&p| gone(p)));
+        wait_for(WAIT, || pids.iter().all(|&p| gone(p)));
         let t = Instant::now();
         let (_, restore_rss) = run_measured(
             Command::new(&crstream)
@@ -88,18 +87,9 @@ fn main() {
                 .arg(&img),
         );
         let restore_ms = t.elapsed().as_secs_f64() * 1e3;
-        wait_for(|| counter(&report) > at_dump + 1);
+        wait_for(WAIT, || counter(&report) > at_dump + 1);
         let verified = pids.iter().all(|&p| !gone(p));
-        for &p in &pids {
-            // SAFETY: ending the processes this benchmark started.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        for &p in &pids {
-            let mut st = 0;
-            // SAFETY: reaping our re-parented restored processes.
-            unsafe { libc::waitpid(p, &mut st, libc::__WALL | libc::WNOHANG) };
-        }
-        wait_for(|| pids.iter().all(|&p| gone(p)));
+        common::kill_all(&pids, WAIT);
         let image_mib = std::fs::metadata(&img).map_or(0, |m| m.len()) as f64 / 1048576.0;
         println!(
             "{n:>9}  {mib:>8}  {image_mib:>9.1}  {dump_ms:>7.0}  {frozen_ms:>9.0}  {:>12.1}  {restore_ms:>10.0}  {:>15.1}  {}",
@@ -116,22 +106,6 @@ fn counter(report: &std::path::Path) -> u64 {
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-fn gone(pid: i32) -> bool {
-    // Reap any of ours that exited (we are a subreaper).
-    let mut st = 0;
-    // SAFETY: non-blocking reap of any child.
-    while unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } > 0 {}
-    !std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn wait_for(mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(120), "timed out");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs a command; returns its stdout and peak RSS in KiB (wait4).

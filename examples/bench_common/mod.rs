@@ -117,3 +117,42 @@ pub fn wait_idle(bench: &str, max: Duration) {
         }
     }
 }
+
+/// Whether `pid` is gone, reaping first any child of ours that exited (the
+/// benchmarks that restore trees are subreapers of them; __WALL: also
+/// those whose exit signal is not SIGCHLD).
+pub fn gone(pid: i32) -> bool {
+    let mut st = 0;
+    // SAFETY: non-blocking reap of any child.
+    while unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG | libc::__WALL) } > 0 {}
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Polls `f` until it holds; panics after `max`.
+pub fn wait_for(max: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < max, "timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The PIDs a `crstream dump --json` summary names.
+pub fn dumped_pids(summary: &serde_json::Value) -> Vec<i32> {
+    summary["pids"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .map(|p| p.as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// SIGKILLs the processes a benchmark started or restored, by PID, and
+/// waits (at most `max`) until they are gone.
+pub fn kill_all(pids: &[i32], max: Duration) {
+    for &p in pids {
+        // SAFETY: ending processes this benchmark started.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    wait_for(max, || pids.iter().all(|&p| gone(p)));
+}
