@@ -204,6 +204,12 @@ fn read_process(
     let proc_err = |err| DumpError::Proc { pid, err };
     let status = proc::status(pid).map_err(proc_err)?;
     let stat = proc::stat(pid).map_err(proc_err)?;
+    let thread_status = frozen
+        .threads
+        .iter()
+        .map(|t| proc::status(t.tid))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(proc_err)?;
     let mut records = Records::new(Owner::Process(pid as u32));
     let mut thread_records: Vec<Records> = frozen
         .threads
@@ -221,6 +227,7 @@ fn read_process(
         objects,
         inject: None,
         threads: &mut frozen.threads,
+        thread_status: &thread_status,
         records: &mut records,
         thread_records: &mut thread_records,
     };

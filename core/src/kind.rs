@@ -118,6 +118,8 @@ pub(crate) struct DumpProcess<'a> {
     pub inject: Option<&'a Injector>,
     /// Its threads, leader first.
     pub threads: &'a mut [FrozenThread],
+    /// /proc/TID/status of each thread, read once while frozen.
+    pub thread_status: &'a [Status],
     /// The records of the process's stream, and of each thread's.
     pub records: &'a mut Records,
     pub thread_records: &'a mut [Records],

@@ -47,16 +47,14 @@ impl Kind for Creds {
 
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
         for i in 0..p.threads.len() {
-            let tid = p.threads[i].tid;
-            let status =
-                crate::proc::status(tid).map_err(|err| DumpError::Proc { pid: p.pid, err })?;
+            let status = &p.thread_status[i];
             let remote = p.thread_remote(i)?;
             let securebits = remote.call(
                 "prctl(PR_GET_SECUREBITS)",
                 libc::SYS_prctl,
                 &[libc::PR_GET_SECUREBITS as u64],
             )? as u32;
-            p.thread_records[i].push(from_status(&status, securebits));
+            p.thread_records[i].push(from_status(status, securebits));
         }
         Ok(())
     }

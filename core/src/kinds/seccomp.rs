@@ -46,8 +46,7 @@ impl Kind for SeccompKind {
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
         for i in 0..p.threads.len() {
             let tid = p.threads[i].tid;
-            let status =
-                crate::proc::status(tid).map_err(|err| DumpError::Proc { pid: p.pid, err })?;
+            let status = &p.thread_status[i];
             let mut filters = Vec::new();
             if status.seccomp == SECCOMP_MODE_FILTER {
                 for index in 0.. {
