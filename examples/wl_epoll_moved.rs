@@ -1,10 +1,12 @@
 //! Workload: epoll registrations that outlived their fd number. An eventfd
 //! registered as fd N (data 0xA1) was moved to fd 50 and N closed; a pipe
 //! then got number N and was registered too (data 0xB2): the kernel holds
-//! two registrations numbered N, for two files. Every 100 ms it checks that
-//! waking each file reports its own data, that nothing else is reported,
-//! and that fd N kept its flags (not close-on-exec). Reports "pid counter
-//! STATUS".
+//! two registrations numbered N, for two files. A second epoll instance
+//! holds a registration (data 0xC3) numbered as the epoll fd itself is now:
+//! its eventfd moved to fd 60 and the epoll took the freed number. Every
+//! 100 ms it checks that waking each file reports its own data, that
+//! nothing else is reported, and that fd N kept its flags (not
+//! close-on-exec). Reports "pid counter STATUS".
 //!
 //! Usage: wl_epoll_moved REPORT
 
@@ -14,6 +16,7 @@ mod wl_common;
 use wl_common::report;
 
 const MOVED: i32 = 50;
+const MOVED_2: i32 = 60;
 
 /// The data of the events epoll reports now (not waiting).
 fn ready(ep: i32) -> Vec<u64> {
@@ -25,8 +28,8 @@ fn ready(ep: i32) -> Vec<u64> {
     v
 }
 
-fn verify(ep: i32, n: i32, pipe_w: i32) -> Result<(), String> {
-    let quiet = ready(ep);
+fn verify(ep: i32, n: i32, pipe_w: i32, ep2: i32) -> Result<(), String> {
+    let quiet = [ready(ep), ready(ep2)].concat();
     if !quiet.is_empty() {
         return Err(format!("spurious-{quiet:x?}"));
     }
@@ -52,6 +55,12 @@ fn verify(ep: i32, n: i32, pipe_w: i32) -> Result<(), String> {
         if libc::fcntl(MOVED, libc::F_GETFD) != libc::FD_CLOEXEC {
             return Err("moved-fd-flags".into());
         }
+        libc::write(MOVED_2, one.as_ptr().cast(), 8);
+        let got = ready(ep2);
+        if got != [0xC3] {
+            return Err(format!("second-eventfd-woke-{got:x?}"));
+        }
+        libc::read(MOVED_2, buf.as_mut_ptr().cast(), 8);
     }
     Ok(())
 }
@@ -83,11 +92,29 @@ fn main() {
         assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, p[0], &mut ev), 0);
         (ep, p[0], p[1])
     };
+    // SAFETY: as above.
+    let ep2 = unsafe {
+        let efd = libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK);
+        let ep2 = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0xC3,
+        };
+        assert_eq!(libc::epoll_ctl(ep2, libc::EPOLL_CTL_ADD, efd, &mut ev), 0);
+        assert_eq!(libc::fcntl(efd, libc::F_DUPFD_CLOEXEC, MOVED_2), MOVED_2);
+        libc::close(efd);
+        // The epoll takes the registered number.
+        assert_eq!(libc::dup3(ep2, efd, libc::O_CLOEXEC), efd);
+        libc::close(ep2);
+        efd
+    };
     let pid = std::process::id();
     let mut counter = 0u64;
     loop {
         counter += 1;
-        let status = verify(ep, n, pipe_w).err().unwrap_or_else(|| "OK".into());
+        let status = verify(ep, n, pipe_w, ep2)
+            .err()
+            .unwrap_or_else(|| "OK".into());
         report(&path, &format!("{pid} {counter} {status}\n"));
         std::thread::sleep(Duration::from_millis(100));
     }

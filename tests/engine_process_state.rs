@@ -468,8 +468,8 @@ fn a_program_run_from_a_memfd_comes_back() {
 }
 
 /// epoll registrations that outlived their fd number (the file moved to
-/// another fd, the number reused by another registered file) come back:
-/// each file wakes the epoll with its own data.
+/// another fd, the number reused by another registered file, or by the
+/// epoll fd itself) come back: each file wakes the epoll with its own data.
 #[test]
 fn epoll_registrations_of_moved_fds_come_back() {
     let dir = TestDir::new("epoll-moved");

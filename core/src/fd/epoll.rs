@@ -100,23 +100,7 @@ impl FdKind for Epoll {
             };
             match t.file_fd {
                 None => add(f.fd as u64).map_err(err)?,
-                // The number may be the epoll fd's own (registered before
-                // the epoll got it): reached through a copy meanwhile.
-                Some(file_fd) if t.fd == f.fd => {
-                    let ep = stub
-                        .call(
-                            "fcntl",
-                            libc::SYS_fcntl,
-                            &[f.fd as u64, libc::F_DUPFD_CLOEXEC as u64, 0],
-                        )
-                        .map_err(err)? as u64;
-                    let added = with_file_at(stub, file_fd, t.fd, || add(ep));
-                    stub.call("close", libc::SYS_close, &[ep]).map_err(err)?;
-                    added.map_err(err)?
-                }
-                Some(file_fd) => {
-                    with_file_at(stub, file_fd, t.fd, || add(f.fd as u64)).map_err(err)?
-                }
+                Some(file_fd) => with_file_at(stub, file_fd, t.fd, f.fd, add).map_err(err)?,
             };
         }
         Ok(())
@@ -125,11 +109,15 @@ impl FdKind for Epoll {
 
 /// Runs `add` with the file of fd `file_fd` at fd number `tfd`, then gives
 /// `tfd` back what it held (with its close-on-exec flag), or closes it.
+/// `add` gets the number the epoll fd `epfd` has meanwhile: another one if
+/// the registration's number is the epoll fd's own (registered before the
+/// epoll got it).
 fn with_file_at(
     stub: &Stub,
     file_fd: u32,
     tfd: u32,
-    add: impl FnOnce() -> Result<i64, crate::error::TaskError>,
+    epfd: u32,
+    add: impl FnOnce(u64) -> Result<i64, crate::error::TaskError>,
 ) -> Result<i64, crate::error::TaskError> {
     let fcntl = |fd: u32, cmd: i32, arg: u64| {
         stub.call("fcntl", libc::SYS_fcntl, &[fd as u64, cmd as u64, arg])
@@ -143,7 +131,10 @@ fn with_file_at(
         Err(e) => return Err(e),
     };
     stub.call("dup2", libc::SYS_dup2, &[file_fd as u64, tfd as u64])?;
-    let added = add();
+    let added = add(match held {
+        Some((keep, _)) if tfd == epfd => keep,
+        _ => epfd as u64,
+    });
     match held {
         Some((keep, fd_flags)) => {
             let cloexec = if fd_flags & libc::FD_CLOEXEC as i64 != 0 {
