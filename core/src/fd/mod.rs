@@ -387,22 +387,13 @@ impl Files {
         files.sort_by_key(|f| f.fd);
         for f in files.iter().filter(|f| f.dup_of_fd.is_none()) {
             let ferr = |reason: String| file_error(pid, f, reason);
-            let owner = (f.shared_id >> 32) as i32;
-            if f.shared_id != 0 && owner != pid {
+            if let Some(shared) = shared_from_earlier(pid, f) {
                 // Restored already by an earlier process of the tree: share it.
-                let owner_fd = f.shared_id as u32 as u64;
-                let tmp_fd = take_fd(stub, owner, owner_fd)
-                    .map_err(|e| ferr(format!("taking fd {owner_fd} of pid {owner}: {e}")))?;
-                place_fd(stub, tmp_fd, f).map_err(|e| ferr(e.to_string()))?;
+                install(stub, f, shared)?;
                 continue;
             }
             match self.restorer(pid, f)?.open(pid, f, objects)? {
-                Reopen::Created(own) => {
-                    let tmp_fd = take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64)
-                        .map_err(|e| ferr(format!("taking it from crstream: {e}")))?;
-                    drop(own);
-                    place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))?;
-                }
+                Reopen::Created(own) => install(stub, f, Source::Created(own))?,
                 Reopen::Path {
                     path,
                     flags,
@@ -425,13 +416,7 @@ impl Files {
         }
         for f in files.iter() {
             if let Some(of) = f.dup_of_fd {
-                let cloexec = if f.cloexec { libc::O_CLOEXEC } else { 0 };
-                stub.call(
-                    "dup3",
-                    libc::SYS_dup3,
-                    &[of as u64, f.fd as u64, cloexec as u64],
-                )
-                .map_err(|e| file_error(pid, f, format!("dup3 of fd {of}: {e}")))?;
+                install(stub, f, Source::Dup(of))?;
             }
         }
         // What names fds of this process by number, once all exist; for a
@@ -538,6 +523,49 @@ fn mark_shared_files(procs: &mut [ProcessDump]) {
             }
         }
     }
+}
+
+/// Where the open file description of a restored fd comes from.
+enum Source {
+    /// Another fd of the same process (a dup).
+    Dup(u32),
+    /// Fd `fd` of `owner`, an earlier process of the tree that shares it.
+    Shared { owner: i32, fd: u64 },
+    /// Made in crstream.
+    Created(OwnedFd),
+}
+
+/// Where fd `f` of process `pid` gets its description if an earlier
+/// process of the tree restored it already.
+fn shared_from_earlier(pid: i32, f: &OpenFile) -> Option<Source> {
+    let owner = (f.shared_id >> 32) as i32;
+    (f.shared_id != 0 && owner != pid).then(|| Source::Shared {
+        owner,
+        fd: f.shared_id as u32 as u64,
+    })
+}
+
+/// Puts the description `from` at number `f.fd` of the stub, with `f`'s
+/// close-on-exec flag.
+fn install(stub: &Stub, f: &OpenFile, from: Source) -> Result<(), RestoreError> {
+    let ferr = |reason: String| file_error(stub.pid, f, reason);
+    let tmp_fd = match from {
+        Source::Dup(of) => {
+            let cloexec = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+            stub.call(
+                "dup3",
+                libc::SYS_dup3,
+                &[of as u64, f.fd as u64, cloexec as u64],
+            )
+            .map_err(|e| ferr(format!("dup3 of fd {of}: {e}")))?;
+            return Ok(());
+        }
+        Source::Shared { owner, fd } => take_fd(stub, owner, fd)
+            .map_err(|e| ferr(format!("taking fd {fd} of pid {owner}: {e}")))?,
+        Source::Created(own) => take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64)
+            .map_err(|e| ferr(format!("taking it from crstream: {e}")))?,
+    };
+    place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))
 }
 
 /// Duplicates fd `fd` of process `owner` into the stub (pidfd_getfd, run

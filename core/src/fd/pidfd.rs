@@ -15,7 +15,6 @@ use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpProcess, DumpTree, Kind, Phase, RestoreObjects, RestoreProcess};
 use crstream_proto::{FileKind, FileTable, OpenFile, PidFdFile};
 use rustix::process::PidfdFlags;
-use std::os::fd::AsRawFd;
 
 /// PIDFD_THREAD, as fdinfo's flags show it (O_EXCL).
 const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
@@ -194,18 +193,10 @@ impl Kind for ThreadPidfds {
         for f in files {
             let pf = f.pidfd.as_ref().expect("filtered");
             let ferr = |what: String| super::file_error(pid, f, what);
-            let owner = (f.shared_id >> 32) as i32;
-            let tmp = if let Some(of) = f.dup_of_fd {
-                stub.call(
-                    "fcntl",
-                    libc::SYS_fcntl,
-                    &[of as u64, libc::F_DUPFD_CLOEXEC as u64, 0],
-                )
-                .map_err(|e| ferr(format!("dup of fd {of}: {e}")))?
-            } else if f.shared_id != 0 && owner != pid {
-                let owner_fd = f.shared_id as u32 as u64;
-                super::take_fd(stub, owner, owner_fd)
-                    .map_err(|e| ferr(format!("taking fd {owner_fd} of pid {owner}: {e}")))?
+            let from = if let Some(of) = f.dup_of_fd {
+                super::Source::Dup(of)
+            } else if let Some(shared) = super::shared_from_earlier(pid, f) {
+                shared
             } else {
                 let mut flags = PidfdFlags::from_bits_retain(PIDFD_THREAD);
                 if f.open_flags & libc::O_NONBLOCK as u32 != 0 {
@@ -215,10 +206,9 @@ impl Kind for ThreadPidfds {
                     .ok_or_else(|| ferr(format!("bad image: thread {}", pf.pid)))?;
                 let own = rustix::process::pidfd_open(tid, flags)
                     .map_err(|e| ferr(format!("pidfd_open({}, PIDFD_THREAD): {e}", pf.pid)))?;
-                super::take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64)
-                    .map_err(|e| ferr(format!("taking it from crstream: {e}")))?
+                super::Source::Created(own)
             };
-            super::place_fd(stub, tmp, f).map_err(|e| ferr(format!("placing the fd: {e}")))?;
+            super::install(stub, f, from)?;
         }
         Ok(())
     }
