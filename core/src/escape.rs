@@ -309,10 +309,10 @@ mod tests {
         r.ss = 0x2b;
         let x = xstate(0x206);
         let below = 0x7ffd_0000_0e00u64;
-        let (at, b) = frame(below, &r, 0x4000, &x, 2696, 0x7f00_0000_3c050);
+        let (at, b) = frame(below, &r, 0x4000, &x, 2696, 0x0007_f000_0003_c050);
         let word = |off: usize| u64::from_le_bytes(b[off..off + 8].try_into().unwrap());
         assert!(at + b.len() as u64 <= below && at % 16 == 0);
-        assert_eq!(word(0), 0x7f00_0000_3c050);
+        assert_eq!(word(0), 0x0007_f000_0003_c050);
         assert_eq!(word(UC), 7);
         assert_eq!(word(MCONTEXT), 8);
         assert_eq!(word(MCONTEXT + 13 * 8), 7);

@@ -366,6 +366,16 @@ pub fn pid_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Capability numbers (linux/capability.h).
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_SYS_RESOURCE: u32 = 24;
+pub(crate) const CAP_AUDIT_CONTROL: u32 = 30;
+
+/// Whether crstream has capability `bit` in its effective set.
+pub(crate) fn own_capability(bit: u32) -> bool {
+    status(std::process::id() as i32).is_ok_and(|s| s.cap_eff & (1u64 << bit) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,14 +455,4 @@ mod tests {
         assert!(v.len() >= 2);
         t.join().unwrap();
     }
-}
-
-/// Capability numbers (linux/capability.h).
-pub(crate) const CAP_SYS_ADMIN: u32 = 21;
-pub(crate) const CAP_SYS_RESOURCE: u32 = 24;
-pub(crate) const CAP_AUDIT_CONTROL: u32 = 30;
-
-/// Whether crstream has capability `bit` in its effective set.
-pub(crate) fn own_capability(bit: u32) -> bool {
-    status(std::process::id() as i32).is_ok_and(|s| s.cap_eff & (1u64 << bit) != 0)
 }

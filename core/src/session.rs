@@ -360,7 +360,10 @@ mod tests {
             ..Default::default()
         };
         assert!(!needs_session_helper(&e(0), 50, false));
-        assert!(needs_session_helper(&e(32767), 50, false) == !crate::proc::pid_exists(32767));
+        assert_eq!(
+            needs_session_helper(&e(32767), 50, false),
+            !crate::proc::pid_exists(32767)
+        );
     }
 
     #[test]

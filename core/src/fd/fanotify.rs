@@ -5,13 +5,13 @@
 //! group starts with an empty queue), like inotify's; a permission event
 //! pending at dump time was allowed when the dumped group went away.
 
-use super::handles::{self, Handle, Named};
+use super::handles::{self, Handle};
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::paths::{path, show};
 use crstream_proto::{FanotifyFile, FanotifyMark, FanotifyMarkKind, FileKind, OpenFile};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 const FAN_CLOEXEC: u32 = 0x1;
@@ -156,26 +156,11 @@ impl Fanotify {
         let pid = d.pid;
         let refuse = |reason: String| d.refuse(format!("fanotify mark: {reason}"));
         match at {
-            Where::Inode(h) => match handles::resolve(pid, h).map_err(refuse)? {
-                Named::Path(p, dev) => {
-                    m.path = p;
-                    m.dev = dev;
-                }
-                // An inode mark pins its inode past the last unlink (unless
-                // evictable): saved with the tree's unlinked files.
-                Named::Deleted(fd, link, dev) => {
-                    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
-                    m.unlinked =
-                        d.objects
-                            .unlinked
-                            .note(pid, &source, &link)
-                            .map_err(|reason| {
-                                d.refuse(format!("fanotify mark on a deleted inode: {reason}"))
-                            })?;
-                    m.path = crate::paths::undeleted(&link).to_vec();
-                    m.dev = dev;
-                }
-            },
+            Where::Inode(h) => {
+                let (path, dev, unlinked) = handles::locate(pid, h, &mut d.objects.unlinked)
+                    .map_err(|reason| d.refuse(format!("fanotify mark: {reason}")))?;
+                (m.path, m.dev, m.unlinked) = (path, dev, unlinked);
+            }
             Where::Mount(id) => {
                 let mnt = handles::mount_point(pid, *id).map_err(refuse)?;
                 m.path = seen_from_here(pid, &mnt).map_err(refuse)?;
@@ -296,6 +281,7 @@ fn add_mark(fd: &OwnedFd, m: &FanotifyMark, at: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::super::testing::{created, dump_own};
     use super::*;
+    use std::os::fd::AsRawFd;
 
     fn fdinfo_marks(fd: &OwnedFd) -> Vec<String> {
         let info =
@@ -323,20 +309,20 @@ mod tests {
             let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
             crate::sys::fanotify::mark(g.as_fd(), FAN_MARK_ADD | flags, mask, &c).unwrap();
         };
-        mark(0, (libc::FAN_MODIFY | libc::FAN_CLOSE_WRITE) as u64, &file);
+        mark(0, libc::FAN_MODIFY | libc::FAN_CLOSE_WRITE, &file);
         mark(
             FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY,
-            libc::FAN_OPEN as u64,
+            libc::FAN_OPEN,
             &file,
         );
         mark(
             0,
-            (libc::FAN_OPEN | libc::FAN_EVENT_ON_CHILD | libc::FAN_ONDIR) as u64,
+            libc::FAN_OPEN | libc::FAN_EVENT_ON_CHILD | libc::FAN_ONDIR,
             dir.path(),
         );
         mark(
             FAN_MARK_MOUNT,
-            libc::FAN_CLOSE_WRITE as u64,
+            libc::FAN_CLOSE_WRITE,
             std::path::Path::new("/"),
         );
         let f = dump_own(g.as_raw_fd()).unwrap();

@@ -46,7 +46,7 @@ impl Handle {
 }
 
 /// What a handle names.
-pub(super) enum Named {
+enum Named {
     /// An inode reachable by this path (and its st_dev).
     Path(Vec<u8>, u64),
     /// A deleted inode: an O_PATH fd of it, its "PATH (deleted)" link, and
@@ -107,9 +107,30 @@ pub(super) fn mount_point(pid: i32, mnt_id: u64) -> Result<String, String> {
         .ok_or_else(|| format!("mount {mnt_id} is not in its mount table"))
 }
 
+/// Where the inode `h` names is: (path, st_dev, `UnlinkedFile` id or 0).
+/// A deleted inode, which a watch or mark keeps alive after its last
+/// unlink, is saved with the tree's unlinked files (the same one as an fd
+/// or mapping of it) and given with its old path. Err: why not.
+pub(super) fn locate(
+    pid: i32,
+    h: &Handle,
+    unlinked: &mut crate::unlinked::Collector,
+) -> Result<(Vec<u8>, u64, u64), String> {
+    match resolve(pid, h)? {
+        Named::Path(path, dev) => Ok((path, dev, 0)),
+        Named::Deleted(fd, link, dev) => {
+            let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            let id = unlinked
+                .note(pid, &source, &link)
+                .map_err(|reason| format!("on a deleted inode: {reason}"))?;
+            Ok((crate::paths::undeleted(&link).to_vec(), dev, id))
+        }
+    }
+}
+
 /// The inode `h` names, found through a mount of its device in the mount
 /// table of `pid` and checked by stat. Err: why not.
-pub(super) fn resolve(pid: i32, h: &Handle) -> Result<Named, String> {
+fn resolve(pid: i32, h: &Handle) -> Result<Named, String> {
     let (major, minor, dev) = h.device();
     if h.handle.is_empty() {
         return Err(format!(

@@ -2,7 +2,7 @@
 //! Events queued and not yet read are not saved (the restored instance
 //! starts with an empty queue).
 
-use super::handles::{self, Handle, Named};
+use super::handles::{self, Handle};
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
@@ -31,24 +31,9 @@ impl FdKind for Inotify {
         for line in info.lines().filter(|l| l.starts_with("inotify ")) {
             let w =
                 parse_line(line).ok_or_else(|| d.bad_fdinfo(format!("inotify line {line:?}")))?;
-            let refuse = |reason: String| d.refuse(format!("watch wd {}: {reason}", w.wd));
-            let (path, dev, unlinked) = match handles::resolve(d.pid, &w.inode).map_err(refuse)? {
-                Named::Path(path, dev) => (path, dev, 0),
-                // A watch keeps its inode alive after the last unlink: the
-                // inode is saved with the tree's unlinked files (the same
-                // one as an fd or mapping of it) and watched again there.
-                Named::Deleted(fd, link, dev) => {
-                    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
-                    let id = d
-                        .objects
-                        .unlinked
-                        .note(d.pid, &source, &link)
-                        .map_err(|reason| {
-                            d.refuse(format!("watch wd {} on a deleted inode: {reason}", w.wd))
-                        })?;
-                    (crate::paths::undeleted(&link).to_vec(), dev, id)
-                }
-            };
+            let (path, dev, unlinked) =
+                handles::locate(d.pid, &w.inode, &mut d.objects.unlinked)
+                    .map_err(|reason| d.refuse(format!("watch wd {}: {reason}", w.wd)))?;
             watches.push(InotifyWatch {
                 wd: w.wd,
                 mask: w.mask & IN_WATCH_MASK,
