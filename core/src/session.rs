@@ -51,7 +51,7 @@ impl Helpers {
         others: &[(u64, u64)],
     ) -> Result<&Helper, RestoreError> {
         let (guard, stub) = match parent {
-            Some((_, p)) => stub::fork(p, sid, libc::SIGCHLD as u32, &[], 0)?,
+            Some((_, p)) => stub::fork(p, sid, libc::SIGCHLD as u32, &[], 0, &[])?,
             None => {
                 let g = stub::spawn(sid)?;
                 let s = stub::prepare(&g, &[], others)?;
@@ -76,7 +76,7 @@ impl Helpers {
     /// A helper leading process group `pgid` again, forked from `member`
     /// (index and stub), a process of the tree in that group's session.
     pub fn new_group(&mut self, member: (usize, &Stub), pgid: i32) -> Result<(), RestoreError> {
-        let (guard, stub) = stub::fork(member.1, pgid, libc::SIGCHLD as u32, &[], 0)?;
+        let (guard, stub) = stub::fork(member.1, pgid, libc::SIGCHLD as u32, &[], 0, &[])?;
         stub.call("setpgid", libc::SYS_setpgid, &[0, 0])
             .map_err(|e| RestoreError::Session {
                 pid: pgid,

@@ -186,9 +186,10 @@ fn special(maps: &[MapEntry], name: &str) -> Option<(u64, u64)> {
 
 /// Creates the stub of a child process from its parent's stub with an
 /// injected clone3 (a fork with set_tid): the child starts as a copy of the
-/// emptied parent (trampoline and vDSO, no fds), traced like it
-/// (PTRACE_O_TRACEFORK). Its special mappings are then moved to the
-/// child's own saved addresses.
+/// parent (no fds; its trampoline, vDSO and whatever memory the parent has
+/// been given so far), traced like it (PTRACE_O_TRACEFORK). It keeps the
+/// areas in `keep` (pages it shares copy-on-write with the parent) and
+/// loses the rest; its special mappings move to its own saved addresses.
 ///
 /// `flags`: CLONE_FILES / CLONE_FS to share the parent's fd table or fs
 /// state; CLONE_PARENT to make the child a sibling of `parent`, created
@@ -200,6 +201,7 @@ pub fn fork(
     exit_signal: u32,
     image: &[VmArea],
     flags: u64,
+    keep: &[(u64, u64)],
 ) -> Result<(StubGuard, Stub), RestoreError> {
     let clone_parent = flags & libc::CLONE_PARENT as u64 != 0;
     let set_tid = parent.put(SCRATCH_DATA + 256, &pid.to_le_bytes())?;
@@ -247,8 +249,15 @@ pub fn fork(
         mem: RemoteMem::open(pid, true)?,
         tramp: parent.tramp,
     };
-    // A zombie-to-be has no image: it only exits.
+    // A zombie-to-be has no image: it only exits. Other stubs start from
+    // what the parent's memory holds now: all but `keep` goes.
     if !image.is_empty() {
+        let maps = proc::maps(pid).map_err(|e| RestoreError::Io {
+            pid,
+            what: "reading the stub's maps".into(),
+            err: std::io::Error::other(e.to_string()),
+        })?;
+        unmap_all_but(&stub, &maps, keep)?;
         place_specials(&stub, image, &[])?;
     }
     Ok((guard, stub))
@@ -381,24 +390,30 @@ pub fn prepare(
         &[0, u32::MAX as u64, 0],
     )?;
 
-    // Unmap all but the trampoline and the kernel's special mappings.
-    let names = ["[vvar]", "[vvar_vclock]", "[vdso]"];
-    let mut keep: Vec<(u64, u64)> = vec![(tramp, tramp + TRAMP_LEN)];
-    keep.extend(names.iter().filter_map(|n| special(&stub_maps, n)));
-    keep.sort_unstable();
-    let mut at = 0u64;
-    for &(s, e) in keep.iter().chain(std::iter::once(&(TASK_SIZE, TASK_SIZE))) {
-        if s > at {
-            stub.call("munmap", libc::SYS_munmap, &[at, s - at])?;
-        }
-        at = e;
-    }
+    unmap_all_but(&stub, &stub_maps, &[])?;
 
     // A helper (no image) keeps crstream's: its children move their own.
     if !image.is_empty() {
         place_specials(&stub, image, &busy)?;
     }
     Ok(stub)
+}
+
+/// Unmaps all but the trampoline, the kernel's special mappings and `keep`.
+fn unmap_all_but(stub: &Stub, maps: &[MapEntry], keep: &[(u64, u64)]) -> Result<(), RestoreError> {
+    let names = ["[vvar]", "[vvar_vclock]", "[vdso]"];
+    let mut keep: Vec<(u64, u64)> = keep.to_vec();
+    keep.push((stub.tramp, stub.tramp + TRAMP_LEN));
+    keep.extend(names.iter().filter_map(|n| special(maps, n)));
+    keep.sort_unstable();
+    let mut at = 0u64;
+    for &(s, e) in keep.iter().chain(std::iter::once(&(TASK_SIZE, TASK_SIZE))) {
+        if s > at {
+            stub.call("munmap", libc::SYS_munmap, &[at, s - at])?;
+        }
+        at = at.max(e);
+    }
+    Ok(())
 }
 
 /// Moves vvar/vvar_vclock/vdso of the stub to the image's addresses, through

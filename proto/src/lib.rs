@@ -13,6 +13,7 @@ pub const FORMAT_VERSION: u16 = 1;
 /// Version of the record layout, written in `Inventory.format_version`:
 /// 1 = one `ProcessCore` per process (crstream 0.1.0); 2 = one record per
 /// kind of process state; 3 = credentials, seccomp and scheduling per
-/// thread, oom_score_adj and login uid. Readers read every version up to
+/// thread, oom_score_adj and login uid; 4 = pages shared copy-on-write
+/// with the parent (`VmArea.inherited`). Readers read every version up to
 /// theirs.
-pub const RECORDS_VERSION: u32 = 3;
+pub const RECORDS_VERSION: u32 = 4;

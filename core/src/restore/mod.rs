@@ -5,6 +5,7 @@
 //! let the tree run. On failure nothing is left behind.
 
 mod image;
+mod pages;
 mod tree;
 
 use crate::error::RestoreError;
@@ -14,7 +15,7 @@ use crate::lazy::{self, LazyInput};
 use crate::records::ProcessImage;
 use crate::stub::{StubGuard, TRAMP_LEN};
 use crstream_proto::{FileKind, FileTable, MemoryMap, ProcessState, VmArea};
-use crstream_streamer::{ImageSource, Item, PAGE_SIZE};
+use crstream_streamer::{ImageSource, PAGE_SIZE};
 use image::Image;
 use std::time::Instant;
 
@@ -222,8 +223,6 @@ fn restore_inner(
         });
     }
 
-    let (mut guards, stubs) = tree::build(&plan, &areas, opts.shell_job)?;
-
     let mut sysv = crate::sysv::Recreator::default();
     for seg in &img.sysv {
         sysv.add(*seg)?;
@@ -236,6 +235,42 @@ fn restore_inner(
     let live: Vec<usize> = (0..entries.len())
         .filter(|&i| processes[i].is_some())
         .collect();
+
+    // Memory first, as each process is created: its areas, then (but
+    // lazily) its pages, before its children are forked from it.
+    let announced = processes
+        .iter()
+        .map(|p| {
+            p.as_ref()
+                .map_or(Ok(0), |p| Ok(p.need::<MemoryMap>()?.pages_total))
+        })
+        .collect::<Result<Vec<u64>, RestoreError>>()?;
+    let mut filler = pages::PageFiller::new(source, announced);
+    let (mut guards, stubs) = tree::build(
+        &plan,
+        &areas,
+        opts.shell_job,
+        &mut |i, stubs, guard, kept| {
+            let Some(image) = processes[i].as_ref() else {
+                return Ok(()); // a zombie has no memory
+            };
+            let parent = (i > 0).then(|| &stubs[plan.parent_of[i]]);
+            memory.restore_forked(
+                &mut RestoreProcess {
+                    image,
+                    stub: &stubs[i],
+                    guard,
+                    objects: &objects,
+                },
+                kept,
+                parent,
+            )?;
+            if lazy_input.is_none() {
+                filler.fill_process(&plan, &areas, stubs, i)?;
+            }
+            Ok(())
+        },
+    )?;
     let run_phase = |kind: &mut dyn Kind, guards: &mut [StubGuard]| {
         tracing::debug!(kind = kind.name(), "restoring");
         for &i in &live {
@@ -250,11 +285,9 @@ fn restore_inner(
         Ok::<_, RestoreError>(())
     };
 
-    // Memory: areas mapped, then the pages that follow the metadata (lazy:
-    // only what cannot wait), then the final protections.
-    run_phase(&mut memory, &mut guards)?;
+    // Lazy: only the pages that cannot wait are in now. Then the final
+    // protections.
     let mut filled = Vec::new();
-    let mut pages = vec![0u64; entries.len()];
     match lazy_input {
         Some(input) => {
             let rseq: Vec<u64> = processes[0]
@@ -266,11 +299,12 @@ fn restore_inner(
                 .flat_map(|r| [r.addr, r.addr + (r.len as u64).max(1) - 1])
                 .collect();
             let (n, f) = lazy::prepare(&stubs[0], areas[0], input, &rseq)?;
-            pages[0] = n;
+            filler.filled[0] = n;
             filled = f;
         }
-        None => fill_pages(source, &plan, &areas, &stubs, &mut pages)?,
+        None => filler.finish(&plan, &areas, &stubs)?,
     }
+    let pages = filler.filled;
     for (i, p) in processes.iter().enumerate() {
         if let Some(p) = p {
             let announced = p.need::<MemoryMap>()?.pages_total;
@@ -393,41 +427,4 @@ fn restore_inner(
         },
         session,
     ))
-}
-
-/// Streams the page data that follows the metadata into the processes.
-fn fill_pages(
-    source: &mut dyn ImageSource,
-    plan: &tree::Plan<'_>,
-    areas: &[&[VmArea]],
-    stubs: &[crate::stub::Stub],
-    pages: &mut [u64],
-) -> Result<(), RestoreError> {
-    loop {
-        match source.next_item()? {
-            Some(Item::Pages { batch, .. }) => {
-                let i = match plan.index_of(batch.pid) {
-                    Some(i) if plan.entries[i].state() == ProcessState::Alive => i,
-                    _ => {
-                        return Err(RestoreError::Image(format!(
-                            "pages of pid {}, which is not a live process of the image",
-                            batch.pid
-                        )));
-                    }
-                };
-                pages[i] += memory::fill(batch.pid as i32, &stubs[i].mem, areas[i], &batch)?;
-            }
-            Some(Item::End { .. }) => return Ok(()),
-            None => {
-                return Err(RestoreError::Image(
-                    "the image ends without its index".into(),
-                ));
-            }
-            Some(_) => {
-                return Err(RestoreError::Image(
-                    "unexpected item among page data".into(),
-                ));
-            }
-        }
-    }
 }

@@ -1,7 +1,8 @@
-//! The processes of the tree, created before any state is restored: the
-//! root as crstream's child, every other process forked from its parent's
-//! stub (so inheritance is recreated by the kernel as it first happened),
-//! each with its saved PID, in its session and process group. Helpers
+//! The processes of the tree, created before any state but memory is
+//! restored: the root as crstream's child, every other process forked from
+//! its parent's stub once the parent has its memory (so inheritance, pages
+//! shared copy-on-write included, is recreated by the kernel as it first
+//! happened), each with its saved PID, in its session and process group. Helpers
 //! stand in for session and group leaders that are gone, and end before
 //! the tree runs. Zombies exit right away with their saved status.
 
@@ -76,13 +77,21 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Creates every process of the tree as a stub, stopped under ptrace.
-/// `areas[i]`: the memory areas of process `i` (empty for a zombie).
-/// `shell_job`: the root joins crstream's session and process group.
+/// What restore does with a process as soon as it exists, before its
+/// children are forked from it (they inherit its memory): `(index, stubs so
+/// far, its guard, the areas it kept from its fork)`.
+pub(crate) type Created<'a> =
+    dyn FnMut(usize, &[Stub], &mut StubGuard, &[(u64, u64)]) -> Result<(), RestoreError> + 'a;
+
+/// Creates every process of the tree as a stub, stopped under ptrace, and
+/// hands each to `created` once it exists. `areas[i]`: the memory areas of
+/// process `i` (empty for a zombie). `shell_job`: the root joins crstream's
+/// session and process group.
 pub(crate) fn build(
     plan: &Plan<'_>,
     areas: &[&[VmArea]],
     shell_job: bool,
+    created: &mut Created<'_>,
 ) -> Result<(Vec<StubGuard>, Vec<Stub>), RestoreError> {
     let entries = plan.entries;
     let root = &entries[0];
@@ -104,6 +113,7 @@ pub(crate) fn build(
             0,
             areas[0],
             libc::CLONE_PARENT as u64,
+            &[],
         )?;
         guards.push(g);
         if root.pgid == root.pid {
@@ -121,6 +131,7 @@ pub(crate) fn build(
         // First: everything after may depend on the session (e.g. a tty).
         session::restore(&stubs[0], root, shell_job)?;
     }
+    created(0, &stubs, &mut guards[0], &[])?;
     for (i, e) in entries.iter().enumerate().skip(1) {
         let pid = e.pid as i32;
         let exit_signal = if e.state() == ProcessState::Alive {
@@ -137,6 +148,7 @@ pub(crate) fn build(
         if e.shares_fs_with_parent {
             share |= libc::CLONE_FS as u64;
         }
+        let mut kept = Vec::new();
         let (g, s) = if session::needs_session_helper(e, parent_sid, plan.in_tree(e.sid)) {
             let h = match helpers.get(e.sid) {
                 Some(h) if h.parent() == Some(parent) => h,
@@ -163,9 +175,10 @@ pub(crate) fn build(
                         .into(),
                 });
             }
-            stub::fork(&h.stub, pid, 0, areas[i], libc::CLONE_PARENT as u64)?
+            stub::fork(&h.stub, pid, 0, areas[i], libc::CLONE_PARENT as u64, &[])?
         } else {
-            stub::fork(&stubs[parent], pid, exit_signal, areas[i], share)?
+            kept = crate::kinds::memory::kept_on_fork(areas[i], areas[parent]);
+            stub::fork(&stubs[parent], pid, exit_signal, areas[i], share, &kept)?
         };
         guards.push(g);
         if e.sid == e.pid {
@@ -186,6 +199,7 @@ pub(crate) fn build(
             });
         }
         stubs.push(s);
+        created(i, &stubs, &mut guards[i], &kept)?;
     }
     session::restore_groups(&stubs, entries, &mut helpers)?;
     helpers.end(&stubs)?;

@@ -12,6 +12,12 @@
 //! The `MemoryMap` record of each process lists its areas; the pages
 //! themselves travel in page frames after the metadata, which the
 //! orchestrators write ([`Memory::write_pages`]) and read ([`fill`]).
+//! Pages a child shares copy-on-write with its parent are saved once
+//! (`inherit`).
+
+mod inherit;
+
+pub(crate) use inherit::{kept_on_fork, settle};
 
 use crate::error::{DumpError, RestoreError};
 use crate::inject::RemoteMem;
@@ -61,6 +67,21 @@ impl Kind for Memory {
     fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
         let order: Vec<i32> = t.processes.iter().map(|p| p.pid).collect();
         share_memory(&order, &mut self.areas);
+        for e in t.entries.iter().skip(1) {
+            let (pid, ppid) = (e.pid as i32, e.ppid as i32);
+            if !self.areas.contains_key(&ppid) {
+                continue;
+            }
+            let Some(mut child) = self.areas.remove(&pid) else {
+                continue;
+            };
+            let shared = inherit::find_shared(pid, ppid, &mut child, &self.areas[&ppid]);
+            self.areas.insert(pid, child);
+            let shared = shared?;
+            if shared > 0 {
+                tracing::debug!(pid, ppid, pages = shared, "pages shared with the parent");
+            }
+        }
         for p in t.processes.iter_mut() {
             let areas = &self.areas[&p.pid];
             p.records.push(MemoryMap {
@@ -83,8 +104,7 @@ impl Kind for Memory {
     }
 
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
-        let mm: &MemoryMap = p.image.need()?;
-        map_areas(p.stub, &mm.areas, &mut self.shm_origin, p.objects)
+        self.restore_forked(p, &[], None)
     }
 }
 
@@ -99,6 +119,28 @@ impl Memory {
         opts: &crate::DumpOptions,
     ) -> Result<u64, DumpError> {
         write_pages(pid, &self.areas[&pid], sink, stream, opts)
+    }
+
+    /// Maps the areas of a process, but those in `kept` (which it keeps
+    /// from its fork, see [`kept_on_fork`]), then settles the pages it
+    /// shares with its `parent` (see [`settle`]). Its own pages follow.
+    pub(crate) fn restore_forked(
+        &mut self,
+        p: &mut RestoreProcess<'_>,
+        kept: &[(u64, u64)],
+        parent: Option<&Stub>,
+    ) -> Result<(), RestoreError> {
+        let mm: &MemoryMap = p.image.need()?;
+        map_areas(p.stub, &mm.areas, kept, &mut self.shm_origin, p.objects)?;
+        let copied = settle(p.stub, &mm.areas, kept, parent)?;
+        if copied > 0 {
+            tracing::debug!(
+                pid = p.stub.pid,
+                pages = copied,
+                "copied the pages shared with the parent"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -128,15 +170,18 @@ fn share_memory(order: &[i32], areas: &mut HashMap<i32, Vec<DumpArea>>) {
 /// madvise-able VmFlags that restore reapplies: (smaps name, bit in
 /// `VmArea.madvise`, MADV_* advice).
 const ADVICE: &[(&str, u64, i32)] = &[
-    ("dc", 1 << 0, libc::MADV_DONTFORK),
+    ("dc", ADVICE_DONTFORK, libc::MADV_DONTFORK),
     ("dd", 1 << 1, libc::MADV_DONTDUMP),
-    ("wf", 1 << 2, libc::MADV_WIPEONFORK),
+    ("wf", ADVICE_WIPEONFORK, libc::MADV_WIPEONFORK),
     ("hg", 1 << 3, libc::MADV_HUGEPAGE),
     ("nh", 1 << 4, libc::MADV_NOHUGEPAGE),
     ("mg", 1 << 5, libc::MADV_MERGEABLE),
     ("sr", 1 << 6, libc::MADV_SEQUENTIAL),
     ("rr", 1 << 7, libc::MADV_RANDOM),
 ];
+
+const ADVICE_DONTFORK: u64 = 1 << 0;
+const ADVICE_WIPEONFORK: u64 = 1 << 2;
 
 /// Locked areas (smaps "lo"; "lf": only as pages fault in), in
 /// `VmArea.madvise` too: locked once their pages are in.
@@ -602,11 +647,13 @@ struct ShmemOrigin {
     pgoff: u64,
 }
 
-/// Maps every area at its address. Areas that will receive pages but lack
-/// read/write permission are mapped writable first; `finish` fixes them.
+/// Maps every area at its address (an area `kept` from the fork is there
+/// already). Areas that will receive pages but lack read/write permission
+/// are mapped writable first; `finish` fixes them.
 fn map_areas(
     stub: &Stub,
     areas: &[VmArea],
+    kept: &[(u64, u64)],
     shm: &mut HashMap<u64, ShmemOrigin>,
     objects: &RestoreObjects<'_>,
 ) -> Result<(), RestoreError> {
@@ -617,12 +664,17 @@ fn map_areas(
         if a.has_pages {
             prot |= libc::PROT_READ | libc::PROT_WRITE;
         }
-        match a.sysv_shmid {
-            Some(id) => objects
-                .sysv
-                .attach(stub, id, a.start, prot)
-                .map_err(|e| map_err(pid, a, e.to_string()))?,
-            None => map_area(stub, a, prot, shm, objects.unlinked)?,
+        if kept.contains(&(a.start, a.end)) {
+            stub.call("mprotect", libc::SYS_mprotect, &[a.start, len, prot as u64])
+                .map_err(|e| map_err(pid, a, format!("mprotect: {e}")))?;
+        } else {
+            match a.sysv_shmid {
+                Some(id) => objects
+                    .sysv
+                    .attach(stub, id, a.start, prot)
+                    .map_err(|e| map_err(pid, a, e.to_string()))?,
+                None => map_area(stub, a, prot, shm, objects.unlinked)?,
+            }
         }
         // Advice before the pages arrive: filling a MADV_NOHUGEPAGE area
         // must not allocate huge pages around sparse pages.
