@@ -630,3 +630,22 @@ fn pages_shared_copy_on_write_with_a_child_stay_shared() {
     };
     round_trips(&mut w, &dir, &shared);
 }
+
+/// An io_setup context with completions not reaped yet comes back at the
+/// same address (the context's id) with those completions in its ring, in
+/// order, and takes new requests: the workload reaps each completion three
+/// behind its submission, reading the ring's memory and io_getevents.
+#[test]
+fn an_aio_context_keeps_its_unreaped_completions() {
+    let dir = TestDir::new("aio");
+    let mut w = Workload::spawn("wl_aio", dir.path("report"), &[]);
+    let ring = |pid: i32| -> String {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let rings: Vec<&str> = maps.lines().filter(|l| l.contains("[aio]")).collect();
+        assert_eq!(rings.len(), 1, "{maps}");
+        rings[0].split_whitespace().next().unwrap().to_string()
+    };
+    w.wait_report(T, |r| field(r, 0, 1) >= 1);
+    let first = ring(w.pid);
+    round_trips(&mut w, &dir, &move |pid| assert_eq!(ring(pid), first));
+}

@@ -142,37 +142,6 @@ fn dump_without_what_restore_needs_is_refused() {
     assert_running_untraced(pid);
 }
 
-/// python3 with an AIO context (io_setup): refused by name, as its
-/// requests in flight could not be saved; it runs on.
-#[test]
-fn an_aio_context_is_refused_by_name() {
-    let g = ChildGuard(Some(
-        Command::new("python3")
-            .args([
-                "-c",
-                "import ctypes, time\n\
-                 libc = ctypes.CDLL(None, use_errno=True)\n\
-                 ctx = ctypes.c_ulong(0)\n\
-                 assert libc.syscall(206, 8, ctypes.byref(ctx)) == 0\n\
-                 print('ready', flush=True)\n\
-                 time.sleep(600)\n",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
-    let pid = pid_of(&g);
-    let started = std::time::Instant::now();
-    while !std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("/[aio]"))
-    {
-        assert!(started.elapsed().as_secs() < 20, "no AIO ring appeared");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let err = refused(pid, &[]);
-    assert!(err.contains("AIO context"), "{err}");
-    assert_running_untraced(pid);
-}
-
 /// python3 with an epoll registration whose fd was closed while its file
 /// lives on elsewhere (here in its child): no fd of the process holds the
 /// file to register it again, so the dump is refused naming the epoll fd;

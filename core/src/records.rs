@@ -5,9 +5,9 @@
 use crate::error::RestoreError;
 use crstream_proto::record::Body;
 use crstream_proto::{
-    Credentials, FileLocks, FileOwners, FileTable, FsContext, Itimers, LoginUid, Membarrier,
-    MemoryMap, MmFields, OomScoreAdj, PosixTimers, PrctlValues, ProcessCore, ProcessEntry, Rlimits,
-    Scheduling, Seccomp, SignalState, ThreadCore,
+    AioContexts, Credentials, FileLocks, FileOwners, FileTable, FsContext, Itimers, LoginUid,
+    Membarrier, MemoryMap, MmFields, OomScoreAdj, PosixTimers, PrctlValues, ProcessCore,
+    ProcessEntry, Rlimits, Scheduling, Seccomp, SignalState, ThreadCore,
 };
 
 /// A record type: one variant of `Record.body`.
@@ -67,6 +67,7 @@ records!(
     FileLocks,
     FileOwners,
     Membarrier,
+    AioContexts,
     ProcessCore,
 );
 
@@ -192,6 +193,7 @@ pub(crate) fn body_name(body: &Body) -> &'static str {
         Body::FileLocks(_) => "FileLocks",
         Body::FileOwners(_) => "FileOwners",
         Body::Membarrier(_) => "Membarrier",
+        Body::AioContexts(_) => "AioContexts",
     }
 }
 
@@ -212,6 +214,12 @@ impl ProcessImage<'_> {
     /// The record of type R of this process (see [`Records::need`]).
     pub(crate) fn need<R: Record>(&self) -> Result<&R, RestoreError> {
         self.records.need()
+    }
+
+    /// The record of type R of this process, for a record only a process
+    /// with that kind of state has.
+    pub(crate) fn get<R: Record>(&self) -> Option<&R> {
+        self.records.get()
     }
 
     /// The record of type R of this process, which images of records

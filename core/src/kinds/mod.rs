@@ -2,6 +2,7 @@
 //! restore walk (see `crate::kind` for the contract). Open files are a kind
 //! too, with a file per kind of open file under `crate::fd`.
 
+pub(crate) mod aio;
 pub(crate) mod creds;
 pub(crate) mod fs_context;
 pub(crate) mod itimers;
@@ -36,6 +37,7 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(itimers::Itimers),
         Box::new(mm::Mm),
         Box::new(membarrier::MembarrierKind),
+        Box::new(aio::Aio),
         // After every kind that opens a path in the process (the
         // executable, /proc/self files): a chroot would hide them.
         Box::new(fs_context::FsContext),

@@ -301,14 +301,8 @@ fn plan(
                     show(p)
                 )));
             }
-            // The ring of an io_setup context: requests in flight cannot be
-            // seen, let alone saved.
-            b"/[aio] (deleted)" => {
-                return Err(refuse(
-                    "an AIO context (io_setup) is not supported: requests in flight cannot be saved"
-                        .into(),
-                ));
-            }
+            // The ring of an io_setup context: the aio kind rebuilds it.
+            b"/[aio] (deleted)" => (AreaKind::Aio, Save::None),
             p if is_deleted(p) => {
                 // A memfd or deleted file: its contents are saved once for
                 // the tree; private pages written since are saved here.
