@@ -649,3 +649,38 @@ fn an_aio_context_keeps_its_unreaped_completions() {
     let first = ring(w.pid);
     round_trips(&mut w, &dir, &move |pid| assert_eq!(ring(pid), first));
 }
+
+/// Leases being broken (a write lease breaking to read, a read lease
+/// breaking to none) come back being broken the same way: /proc shows
+/// them BREAKING, and the holder sees the types it breaks to.
+#[test]
+fn leases_being_broken_come_back_being_broken() {
+    let dir = TestDir::new("lease");
+    let mut w = Workload::spawn("wl_lease", dir.path("report"), &[]);
+    let breaking = |pid: i32| {
+        let mut lines: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .unwrap()
+            .flat_map(|e| {
+                std::fs::read_to_string(e.unwrap().path())
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("LEASE"))
+                    .map(|l| {
+                        l.split_whitespace()
+                            .skip(2)
+                            .take(3)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        lines.sort();
+        assert_eq!(
+            lines,
+            ["LEASE BREAKING READ", "LEASE BREAKING UNLCK"],
+            "pid {pid}"
+        );
+    };
+    round_trips(&mut w, &dir, &breaking);
+}

@@ -10,12 +10,18 @@
 //! table (taken by the process its lock line names, or the first of the
 //! processes sharing the table). Locks waited for (`->` lines) are not
 //! held: the waiting fcntl or flock starts again after restore.
+//!
+//! A lease being broken is taken again, then broken again to the same type
+//! by an open from crstream (O_NONBLOCK: it starts the break and returns)
+//! once the fd owners are set ([`LeaseBreaks`]): its holder is told again
+//! (SIGIO or its F_SETSIG signal) and has the whole lease-break-time again.
 
 use crate::error::{DumpError, RestoreError, TaskError};
 use crate::kind::{DumpProcess, DumpTree, Kind, Phase, RestoreProcess};
 use crate::records::ProcessImage;
 use crate::stub::{SCRATCH_DATA, Stub};
 use crstream_proto::{FileLock, FileLockKind, FileLocks, FileTable, OpenFile};
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Records version since which every process has the record.
 const SINCE: u32 = 3;
@@ -28,6 +34,8 @@ struct LockLine {
     class: String,
     mode: String,
     write: bool,
+    /// The type shown is F_UNLCK (where a lease being broken goes).
+    unlock: bool,
     pid: i32,
     inode: u64,
     start: u64,
@@ -49,6 +57,7 @@ fn parse_lock_line(line: &str) -> Option<LockLine> {
         class: class.to_string(),
         mode: mode.to_string(),
         write: kind == "WRITE",
+        unlock: kind == "UNLCK",
         pid: pid.parse().ok()?,
         inode: dev_ino.rsplit(':').next()?.parse().ok()?,
         start: start.parse().ok()?,
@@ -88,8 +97,9 @@ impl Kind for Locks {
                     "FLOCK" => FileLockKind::FileLockFlock,
                     "OFDLCK" => FileLockKind::FileLockOfd,
                     "POSIX" => FileLockKind::FileLockPosix,
-                    "LEASE" if l.mode == "ACTIVE" => FileLockKind::FileLockLease,
-                    "LEASE" => return Err(refuse("a lease being broken")),
+                    "LEASE" if matches!(l.mode.as_str(), "ACTIVE" | "BREAKING") => {
+                        FileLockKind::FileLockLease
+                    }
                     other => return Err(refuse(&format!("a {other} lock"))),
                 };
                 if kind == FileLockKind::FileLockPosix {
@@ -99,13 +109,20 @@ impl Kind for Locks {
                     }
                     posix_seen.push(l.clone());
                 }
+                // Breaking to read: only a write lease does.
+                let breaking_to = (l.mode == "BREAKING").then_some(if l.unlock {
+                    libc::F_UNLCK
+                } else {
+                    libc::F_RDLCK
+                });
                 locks.push(FileLock {
                     fd: f.fd,
                     kind: kind as i32,
-                    write: l.write,
+                    write: l.write || breaking_to == Some(libc::F_RDLCK),
                     start: l.start,
                     len: l.end.map_or(0, |e| e - l.start + 1),
                     owner_pid: l.pid,
+                    breaking_to,
                 });
             }
         }
@@ -216,19 +233,83 @@ fn take(stub: &Stub, l: &FileLock) -> Result<(), TaskError> {
             stub.call("fcntl(F_SETLK)", libc::SYS_fcntl, &[fd, cmd as u64, at])?;
         }
         FileLockKind::FileLockLease => {
-            let kind = if l.write {
-                libc::F_WRLCK
-            } else {
-                libc::F_RDLCK
+            let set = |kind: i32| {
+                stub.call(
+                    "fcntl(F_SETLEASE)",
+                    libc::SYS_fcntl,
+                    &[fd, libc::F_SETLEASE as u64, kind as u64],
+                )
             };
-            stub.call(
-                "fcntl(F_SETLEASE)",
-                libc::SYS_fcntl,
-                &[fd, libc::F_SETLEASE as u64, kind as u64],
-            )?;
+            match (l.write, l.breaking_to) {
+                (true, _) => set(libc::F_WRLCK)?,
+                // Read or write: either breaks to F_UNLCK alike; a write
+                // lease needs the file open nowhere else, a read lease
+                // open nowhere for writing.
+                (false, Some(_)) => set(libc::F_WRLCK).or_else(|_| set(libc::F_RDLCK))?,
+                (false, None) => set(libc::F_RDLCK)?,
+            };
         }
     }
     Ok(())
+}
+
+/// Leases that were being broken are broken again, from outside, once
+/// every fd owner is set: the break signals the holder as the first did.
+pub(crate) struct LeaseBreaks;
+
+impl Kind for LeaseBreaks {
+    fn name(&self) -> &'static str {
+        "lease breaks"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Final
+    }
+
+    fn dump(&mut self, _p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        Ok(()) // `Locks` saves them
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        let pid = p.pid();
+        let Some(locks) = p.image.need_since::<FileLocks>(SINCE)? else {
+            return Ok(());
+        };
+        let table = p.image.records.get::<FileTable>();
+        for l in &locks.locks {
+            let Some(to) = l.breaking_to else { continue };
+            let file = table.and_then(|t| t.files.iter().find(|f| f.fd == l.fd));
+            if file.is_some_and(|f| not_ours(pid, f)) {
+                continue;
+            }
+            // Opening for writing breaks any lease to F_UNLCK; for reading,
+            // a write lease to F_RDLCK.
+            let mode = if to == libc::F_UNLCK {
+                libc::O_WRONLY
+            } else {
+                libc::O_RDONLY
+            };
+            let opened = std::fs::OpenOptions::new()
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .read(mode == libc::O_RDONLY)
+                .write(mode == libc::O_WRONLY)
+                .open(format!("/proc/{pid}/fd/{}", l.fd));
+            let reason = match opened {
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => continue,
+                Err(e) => format!("breaking its lease again: {e}"),
+                Ok(_) => "breaking its lease again: the open found no lease".into(),
+            };
+            return Err(RestoreError::File {
+                pid,
+                fd: l.fd,
+                path: file
+                    .map(|f| crate::paths::show(&f.path).into_owned())
+                    .unwrap_or_default(),
+                reason,
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(seccomp::SeccompKind),
         Box::new(creds::Creds),
         Box::new(crate::fd::owner::Owners),
+        // Once the owners are set: the break signals the holder.
+        Box::new(crate::fd::locks::LeaseBreaks),
         Box::new(threads::Threads),
         // Once the threads exist.
         Box::new(crate::fd::pidfd::ThreadPidfds),
