@@ -325,6 +325,7 @@ mod tests {
                 class: "POSIX".into(),
                 mode: "ADVISORY".into(),
                 write: true,
+                unlock: false,
                 pid: 1234,
                 inode: 5678,
                 start: 10,
@@ -337,7 +338,10 @@ mod tests {
             ("OFDLCK", false, -1, None)
         );
         let l = parse_lock_line("lock:\t3: LEASE  BREAKING  UNLCK 77 00:1b:9 0 EOF").unwrap();
-        assert_eq!((l.class.as_str(), l.mode.as_str()), ("LEASE", "BREAKING"));
+        assert_eq!(
+            (l.class.as_str(), l.mode.as_str(), l.unlock),
+            ("LEASE", "BREAKING", true)
+        );
         assert_eq!(
             parse_lock_line("lock:\t4: -> FLOCK  ADVISORY  WRITE 5 00:1b:9 0 EOF"),
             None
