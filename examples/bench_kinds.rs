@@ -37,6 +37,9 @@ const WORKLOADS: &[(&str, &[&str])] = &[
     ("wl_epoll_moved", &[]),
     ("wl_novdso", &[]),
     ("wl_fanotify", &[]),
+    ("wl_cow", &[]),
+    ("wl_aio", &[]),
+    ("wl_lease", &[]),
 ];
 
 fn main() {

@@ -98,6 +98,16 @@ pub struct DumpArgs {
     /// are always saved, and taken again on restore
     #[arg(long)]
     pub file_locks: bool,
+    /// Save established TCP connections (TCP_REPAIR) and restore them connected: the
+    /// network is locked for them (an nftables table; needs the nft program) from the
+    /// dump until the restore, so the peers see no reset and lose no byte. The local
+    /// addresses must exist where the tree is restored
+    #[arg(long, conflicts_with = "tcp_close")]
+    pub tcp_established: bool,
+    /// Keep only the addresses of established TCP connections and restore them closed
+    /// (the process's next call on one fails with ECONNABORTED)
+    #[arg(long)]
+    pub tcp_close: bool,
     /// Compression of the image frames
     #[arg(long, value_enum, default_value_t = CodecArg::Zstd)]
     pub compress: CodecArg,
@@ -142,6 +152,15 @@ pub struct RestoreArgs {
     /// it keeps the foreground; with --detach it loses it when crstream exits
     #[arg(long)]
     pub shell_job: bool,
+    /// Restore the established TCP connections of the image closed, whatever the
+    /// dump saved (the process's next call on one fails with ECONNABORTED): for a
+    /// second copy, or when the peers are gone. Without it they come back connected
+    #[arg(long)]
+    pub tcp_close: bool,
+    /// Accepted for CRIU's command lines: connections saved with --tcp-established
+    /// come back connected unless --tcp-close is given
+    #[arg(long, conflicts_with = "tcp_close")]
+    pub tcp_established: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }

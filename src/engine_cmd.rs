@@ -55,6 +55,13 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         pid,
         leave_running: args.leave_running,
         shell_job: args.shell_job,
+        tcp: if args.tcp_established {
+            crstream_core::TcpMode::Established
+        } else if args.tcp_close {
+            crstream_core::TcpMode::Close
+        } else {
+            crstream_core::TcpMode::Refuse
+        },
         interrupt: Some(interrupt.flag()),
     };
     // Outside the runtime: blocking() uses blocking sends.
@@ -109,6 +116,11 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         stats.frozen.as_secs_f64() * 1e3,
         stats.total.as_secs_f64() * 1e3,
     );
+    if let Some(lock) = &stats.net_lock {
+        eprintln!(
+            "crstream: its TCP connections stay locked away (nftables table inet {lock}) until it is restored"
+        );
+    }
     if args.json && !to_stdout {
         let j = serde_json::json!({
             "pid": pid,
@@ -121,6 +133,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             "frozen_ms": stats.frozen.as_secs_f64() * 1e3,
             "total_ms": stats.total.as_secs_f64() * 1e3,
             "leave_running": args.leave_running,
+            "net_lock": stats.net_lock,
         });
         println!("{j}");
     }
@@ -388,7 +401,9 @@ pub fn restore(args: RestoreArgs) -> Result<u8> {
 }
 
 fn restore_options(args: &RestoreArgs) -> crstream_core::RestoreOptions {
-    crstream_core::RestoreOptions::new().with_shell_job(args.shell_job)
+    crstream_core::RestoreOptions::new()
+        .with_shell_job(args.shell_job)
+        .with_tcp_close(args.tcp_close)
 }
 
 pub fn check(args: CheckArgs) -> Result<u8> {

@@ -25,6 +25,8 @@ pub struct DumpOptions {
     /// The tree is a job of an interactive shell: save its terminal fds
     /// (restore hands it the restorer's terminal) instead of refusing them.
     pub shell_job: bool,
+    /// Established TCP connections: refused, saved, or saved closed.
+    pub tcp: crate::fd::tcp::TcpMode,
     /// Raised from another thread to stop the dump at the next safe point
     /// (with [`DumpError::Interrupted`]); the tree runs on unharmed.
     pub interrupt: Option<Arc<AtomicBool>>,
@@ -52,12 +54,18 @@ pub struct DumpStats {
     pub processes: usize,
     /// Their PIDs, root first.
     pub pids: Vec<i32>,
+    /// The network lock (nftables table) that keeps the tree's TCP
+    /// connections away until restore lifts it, once the tree is killed.
+    pub net_lock: Option<String>,
 }
 
 /// A dumped tree, still frozen: the caller makes the image durable, then
 /// ends it with [`Dumped::finish`]. Dropping it lets every process run on
 /// unharmed, which is what a failure to store the image must do.
 pub struct Dumped {
+    /// Before the tree: dropped first, its connections leave repair mode
+    /// before the processes run on.
+    tcp: crate::fd::tcp::TcpHold,
     tree: FrozenTree,
     stats: DumpStats,
     frozen_at: Instant,
@@ -73,12 +81,15 @@ impl Dumped {
     /// figures: frozen time runs until now, since the processes stayed
     /// stopped while the image was being stored.
     pub fn finish(mut self, kill: bool) -> DumpStats {
+        let tcp = std::mem::take(&mut self.tcp);
+        let mut stats = self.stats.clone();
         if kill {
             self.tree.kill();
+            stats.net_lock = tcp.after_kill();
         } else {
+            drop(tcp);
             self.tree.release();
         }
-        let mut stats = self.stats.clone();
         stats.frozen = self.frozen_at.elapsed();
         stats.total = self.started.elapsed();
         stats
@@ -103,7 +114,7 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
     opts.check_interrupt()?;
     let mut tree = FrozenTree::freeze(pid)?;
     let frozen_at = Instant::now();
-    let (pages, threads) = match dump_frozen(&mut tree, opts, sink) {
+    let (pages, threads, tcp) = match dump_frozen(&mut tree, opts, sink) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(pid, "dump failed, letting the processes run on: {e}");
@@ -119,8 +130,10 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
         threads,
         processes: tree.entries.len(),
         pids: tree.entries.iter().map(|e| e.pid as i32).collect(),
+        net_lock: None,
     };
     Ok(Dumped {
+        tcp,
         tree,
         stats,
         frozen_at,
@@ -156,7 +169,7 @@ fn dump_frozen(
     tree: &mut FrozenTree,
     opts: &DumpOptions,
     sink: &mut dyn ImageSink,
-) -> Result<(u64, usize), DumpError> {
+) -> Result<(u64, usize, crate::fd::tcp::TcpHold), DumpError> {
     tree.mark_shared_tables()?;
     let mut objects = DumpObjects::default();
     let mut memory = Memory::default();
@@ -171,6 +184,7 @@ fn dump_frozen(
         entries: &tree.entries,
         processes: &mut processes,
     };
+    objects.tcp.lock_and_read(t.processes)?;
     memory.dump_tree(&mut t)?;
     for k in kinds.iter_mut() {
         k.dump_tree(&mut t)?;
@@ -184,7 +198,7 @@ fn dump_frozen(
         threads += p.threads.len();
         tracing::info!(pid = p.pid, pages = n, threads = p.threads.len(), "dumped");
     }
-    Ok((pages, threads))
+    Ok((pages, threads, std::mem::take(&mut objects.tcp)))
 }
 
 /// Bytes of scratch memory injected syscalls may fill.
@@ -224,6 +238,7 @@ fn read_process(
         status: &status,
         stat: &stat,
         shell_job: opts.shell_job,
+        tcp: opts.tcp,
         objects,
         inject: None,
         threads: &mut frozen.threads,
@@ -295,6 +310,7 @@ fn write_metadata(
             root_pid: root.pid as u32,
             leave_running: opts.leave_running,
             shell_job: opts.shell_job,
+            net_lock: objects.tcp.lock_name().unwrap_or_default().to_string(),
         }),
     )?;
     sink.record(

@@ -70,6 +70,8 @@ pub(crate) trait Kind {
 pub(crate) struct DumpObjects {
     pub unlinked: crate::unlinked::Collector,
     pub sysv: crate::sysv::Collector,
+    /// The tree's TCP connections, read in repair mode behind a network lock.
+    pub tcp: crate::fd::tcp::TcpHold,
 }
 
 /// Injected syscalls into a frozen process: through its leader, with a
@@ -113,6 +115,8 @@ pub(crate) struct DumpProcess<'a> {
     pub stat: &'a Stat,
     /// Dumping a job of an interactive shell (`--shell-job`).
     pub shell_job: bool,
+    /// What to do with established TCP connections.
+    pub tcp: crate::fd::tcp::TcpMode,
     pub objects: &'a mut DumpObjects,
     /// Injected syscalls, once memory has been read (see `dump`).
     pub inject: Option<&'a Injector>,
@@ -170,6 +174,8 @@ pub(crate) struct RestoreObjects<'a> {
     pub sysv: &'a crate::sysv::Recreator,
     /// The restorer's terminal, for a shell job's terminal fds.
     pub terminal: Option<&'a [u8]>,
+    /// Restore established TCP connections closed (--tcp-close).
+    pub tcp_close: bool,
 }
 
 /// One process being restored, as kinds rebuild it.

@@ -23,6 +23,7 @@ mod inject;
 mod kind;
 mod kinds;
 pub mod lazy;
+mod netlock;
 mod paths;
 mod proc;
 mod records;
@@ -36,6 +37,7 @@ mod unlinked;
 pub use check::FeatureCheck;
 pub use dump::{DumpOptions, DumpStats, Dumped};
 pub use error::{DumpError, ProcError, RestoreError, TaskError};
+pub use fd::tcp::TcpMode;
 pub use lazy::{FetchError, LazyError, LazyOptions, LazySession, LazyStats, PageFetcher};
 pub use restore::{RestoreOptions, Restored};
 

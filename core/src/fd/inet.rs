@@ -1,17 +1,19 @@
 //! IPv4 and IPv6 sockets: TCP listeners (with their backlog, found with
-//! sock_diag) and TCP or UDP sockets that are bound but not connected,
-//! with their options. Established connections and connected UDP sockets
-//! are refused by name for now.
+//! sock_diag), established TCP connections (with --tcp-established or
+//! --tcp-close, see `tcp.rs`) and TCP or UDP sockets that are bound but not
+//! connected, with their options. Connected UDP sockets are refused by name
+//! for now.
 
 use super::socket::{
     Created, apply_options, finish, fmt_sockaddr, listener_backlog, read, type_name,
 };
+use super::tcp::TcpMode;
 use super::unix::backlog;
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::sys::socket;
-use crstream_proto::{FileKind, OpenFile, SocketFile};
+use crstream_proto::{FileKind, OpenFile, SocketFile, TcpConnection};
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -53,12 +55,34 @@ impl FdKind for InetSockets {
         if tcp {
             let state = socket::tcp_state(&dup).map_err(|e| d.error("TCP_INFO", e))?;
             if state == sock_diag::TCP_ESTABLISHED {
-                return Err(d.refuse(format!(
-                    "established TCP connection to {}: not supported yet",
-                    fmt_sockaddr(&sf.peer_addr)
-                )));
-            }
-            if state != sock_diag::TCP_LISTEN && state != sock_diag::TCP_CLOSE {
+                let to = fmt_sockaddr(&sf.peer_addr);
+                match d.tcp {
+                    TcpMode::Refuse => {
+                        return Err(d.refuse(format!(
+                            "established TCP connection to {to}: dump with --tcp-established to \
+                             restore it connected (the local address must exist where it is \
+                             restored) or --tcp-close to restore it closed"
+                        )));
+                    }
+                    TcpMode::Established => {
+                        let sock = dup.try_clone().map_err(|e| d.error("dup", e))?;
+                        let (pid, fd) = (d.pid, d.fd as u32);
+                        d.objects
+                            .tcp
+                            .note(pid, fd, &sf, sock)
+                            .map_err(|e| d.refuse(format!("TCP connection to {to}: {e}")))?;
+                        // Read once the network is locked (tcp.rs).
+                        sf.tcp = Some(TcpConnection::default());
+                    }
+                    TcpMode::Close => {
+                        sf.tcp = Some(TcpConnection {
+                            state: super::tcp::TCP_ESTABLISHED,
+                            closed: true,
+                            ..Default::default()
+                        });
+                    }
+                }
+            } else if state != sock_diag::TCP_LISTEN && state != sock_diag::TCP_CLOSE {
                 return Err(d.refuse(format!(
                     "TCP connection in state {state} with {}: not supported yet",
                     fmt_sockaddr(&sf.peer_addr)
@@ -99,14 +123,26 @@ impl FdKind for InetSockets {
         &mut self,
         pid: i32,
         f: &OpenFile,
-        _objects: &RestoreObjects<'_>,
+        objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
         let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
         let s = f.socket.as_ref().expect("restores() checked it");
         let fd = match self.created.again(pid, f, s.inode) {
             Some(again) => again.map_err(|e| ferr("dup", e))?,
             None => {
-                let sock = create(s, &ferr)?;
+                let sock = match &s.tcp {
+                    Some(t) => super::tcp::build(s, t, objects.tcp_close).map_err(|e| {
+                        ferr(
+                            &format!(
+                                "TCP connection {} -> {}",
+                                fmt_sockaddr(&s.local_addr),
+                                fmt_sockaddr(&s.peer_addr)
+                            ),
+                            e,
+                        )
+                    })?,
+                    None => create(s, &ferr)?,
+                };
                 self.created.keep(s.inode, sock);
                 self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))?
             }
@@ -232,7 +268,7 @@ mod tests {
         assert!(matches!(e, DumpError::UnsupportedFile { .. }), "{msg}");
         assert!(
             msg.contains(&format!(
-                "established TCP connection to 127.0.0.1:{p}: not supported yet"
+                "established TCP connection to 127.0.0.1:{p}: dump with --tcp-established"
             )),
             "{msg}"
         );

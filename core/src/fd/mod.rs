@@ -28,6 +28,7 @@ mod regular;
 mod signalfd;
 mod sock_diag;
 mod socket;
+pub(crate) mod tcp;
 mod timerfd;
 mod tty;
 mod unix;
@@ -106,6 +107,8 @@ struct DumpFd<'a> {
     /// stat of the file (through /proc/PID/fd/N), if it has one.
     md: Option<&'a Metadata>,
     shell_job: bool,
+    /// What to do with established TCP connections.
+    tcp: tcp::TcpMode,
     /// Device number of the tree's controlling terminal (root's tty_nr).
     job_tty: u64,
     objects: &'a mut DumpObjects,
@@ -293,6 +296,7 @@ impl Kind for Files {
                 link: &link,
                 md: md.as_ref().ok(),
                 shell_job: p.shell_job,
+                tcp: p.tcp,
                 job_tty,
                 objects: p.objects,
             };

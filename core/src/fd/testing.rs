@@ -45,6 +45,7 @@ fn dump_job_fd_with(
         link: &link,
         md: md.as_ref().ok(),
         shell_job: job_tty.is_some(),
+        tcp: super::tcp::TcpMode::Refuse,
         job_tty: job_tty.unwrap_or(0),
         objects: &mut objects,
     };
@@ -109,6 +110,7 @@ pub(super) fn open_on_terminal(
         unlinked: &unlinked,
         sysv: &sysv,
         terminal,
+        tcp_close: false,
     };
     kind.open(me(), f, &objects)
 }

@@ -25,6 +25,8 @@ pub struct RestoreOptions {
     /// Restore a shell job (dumped with `shell_job`): its terminal fds
     /// open the terminal on the restorer's stdin.
     pub shell_job: bool,
+    /// Restore established TCP connections closed (`--tcp-close`).
+    pub tcp_close: bool,
 }
 
 impl RestoreOptions {
@@ -34,6 +36,11 @@ impl RestoreOptions {
 
     pub fn with_shell_job(mut self, on: bool) -> Self {
         self.shell_job = on;
+        self
+    }
+
+    pub fn with_tcp_close(mut self, on: bool) -> Self {
+        self.tcp_close = on;
         self
     }
 }
@@ -110,6 +117,37 @@ fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u
         ));
     }
     Ok(None)
+}
+
+/// A network lock for the TCP connections the image restores connected.
+fn lock_connections(
+    img: &Image,
+    opts: &RestoreOptions,
+) -> Result<Option<crate::netlock::NetLock>, RestoreError> {
+    if opts.tcp_close {
+        return Ok(None);
+    }
+    let conns: Vec<_> = img
+        .tree
+        .processes
+        .iter()
+        .filter_map(|e| img.process(e.pid)?.get::<FileTable>())
+        .flat_map(|t| &t.files)
+        .filter_map(|f| f.socket.as_ref())
+        .filter(|s| s.tcp.as_ref().is_some_and(|t| !t.closed))
+        .filter_map(|s| {
+            Some((
+                crate::netlock::socket_addr(&s.local_addr)?,
+                crate::netlock::socket_addr(&s.peer_addr)?,
+            ))
+        })
+        .collect();
+    if conns.is_empty() {
+        return Ok(None);
+    }
+    crate::netlock::NetLock::lock(&conns)
+        .map(Some)
+        .map_err(|e| RestoreError::Incompatible(format!("locking the TCP connections: {e}")))
 }
 
 /// One live process of the image, checked against this machine before
@@ -223,6 +261,9 @@ fn restore_inner(
         });
     }
 
+    // The connections come back one socket at a time: until every end
+    // exists, none may hear from the other (or from an outside peer).
+    let _tcp_lock = lock_connections(&img, opts)?;
     let mut sysv = crate::sysv::Recreator::default();
     for seg in &img.sysv {
         sysv.add(*seg)?;
@@ -231,6 +272,7 @@ fn restore_inner(
         unlinked: &img.unlinked,
         sysv: &sysv,
         terminal: terminal.as_deref(),
+        tcp_close: opts.tcp_close,
     };
     let live: Vec<usize> = (0..entries.len())
         .filter(|&i| processes[i].is_some())
@@ -403,6 +445,16 @@ fn restore_inner(
     // the tree runs and keeps them, and those removed at dump time are
     // removed again (they go with the last detach).
     sysv.commit();
+    // The tree runs: the connections the dump locked away may talk again
+    // (a failed restore keeps the lock, for another try of the image).
+    if !inv.net_lock.is_empty()
+        && let Err(e) = crate::netlock::unlock(&inv.net_lock)
+    {
+        tracing::error!(
+            table = inv.net_lock,
+            "the restored TCP connections stay locked: {e}"
+        );
+    }
     let tids: Vec<i32> = processes[0]
         .as_ref()
         .expect("root is alive")

@@ -118,6 +118,52 @@ pub(crate) fn listen(fd: impl AsFd, backlog: i32) -> io::Result<()> {
     super::cvt(unsafe { libc::listen(raw(fd), backlog) }).map(drop)
 }
 
+/// connect to a raw sockaddr (an empty one: AF_UNSPEC, which disconnects).
+pub(crate) fn connect(fd: impl AsFd, addr: &[u8]) -> io::Result<()> {
+    let unspec = (libc::AF_UNSPEC as u16).to_ne_bytes();
+    let addr = if addr.is_empty() { &unspec[..] } else { addr };
+    // SAFETY: addr is a sockaddr of its length (the kernel checks it).
+    super::cvt(unsafe {
+        libc::connect(raw(fd), addr.as_ptr().cast(), addr.len() as libc::socklen_t)
+    })
+    .map(drop)
+}
+
+/// An ioctl that reads an int (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD).
+pub(crate) fn ioctl_int(fd: impl AsFd, request: u64) -> io::Result<i32> {
+    let mut v: i32 = 0;
+    // SAFETY: the request writes one int.
+    super::cvt(unsafe { libc::ioctl(raw(fd), request as _, &mut v) })?;
+    Ok(v)
+}
+
+/// recv with MSG_PEEK | MSG_DONTWAIT into `buf`: the bytes copied.
+pub(crate) fn recv_peek(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for its length.
+    let n = unsafe {
+        libc::recv(
+            raw(fd),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// send, blocking, without SIGPIPE: the bytes accepted.
+pub(crate) fn send(fd: impl AsFd, msg: &[u8]) -> io::Result<usize> {
+    // SAFETY: msg is valid for its length.
+    let n = unsafe { libc::send(raw(fd), msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// shutdown(SHUT_RD / SHUT_WR / SHUT_RDWR).
 pub(crate) fn shutdown(fd: impl AsFd, how: i32) -> io::Result<()> {
     // SAFETY: shutdown with integer arguments.

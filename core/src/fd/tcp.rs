@@ -1,0 +1,349 @@
+//! Established TCP connections, in CRIU's terms: refused by default;
+//! `--tcp-established` saves them with TCP_REPAIR and builds them again
+//! connected (the local address must exist where they are restored);
+//! `--tcp-close` (at dump or at restore) brings them back closed, as a
+//! socket whose next call fails with ECONNABORTED (the peer may be gone).
+//!
+//! Dump notes every connection of the tree while reading its fds, then
+//! locks the network for all of them at once (`crate::netlock`), puts each
+//! socket in repair mode and reads it: sequence numbers, both queues (the
+//! send queue with what was sent but not acknowledged), window, MSS,
+//! options agreed at the handshake, timestamp. The sockets stay in repair
+//! mode until the dump ends: a killed tree closes them without a word to
+//! the peer; a tree that runs on gets them back out of repair mode.
+//!
+//! Restore makes a socket in repair mode, sets the sequence numbers, binds
+//! and connects it (no packet: repair mode), sets the options, refills the
+//! queues (what was sent goes back as sent: TCP sends it again if the peer
+//! did not get it), sets the window and leaves repair mode; the bytes never
+//! sent are then sent as usual. The network lock goes once the tree runs.
+
+use super::socket::{apply_options, fmt_sockaddr};
+use crate::error::DumpError;
+use crate::kind::ProcessDump;
+use crate::netlock::{self, NetLock};
+use crate::sys::socket::{
+    SO_PEEK_OFF, bind, connect, getsockopt, getsockopt_int, ioctl_int, recv_peek, send, setsockopt,
+    setsockopt_int,
+};
+use crstream_proto::{FileTable, SocketFile, TcpConnection};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+/// What dump does with an established TCP connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TcpMode {
+    /// Refuse the tree, naming the connection and the two flags.
+    #[default]
+    Refuse,
+    /// `--tcp-established`: save it, restore it connected.
+    Established,
+    /// `--tcp-close`: save its addresses only, restore it closed.
+    Close,
+}
+
+const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR_QUEUE: i32 = 20;
+const TCP_QUEUE_SEQ: i32 = 21;
+const TCP_REPAIR_OPTIONS: i32 = 22;
+const TCP_TIMESTAMP: i32 = 24;
+const TCP_REPAIR_WINDOW: i32 = 29;
+const TCP_NO_QUEUE: i32 = 0;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
+/// Leaving repair mode: with a window probe to the peer, or without.
+const TCP_REPAIR_OFF: i32 = 0;
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+const SIOCINQ: u64 = libc::FIONREAD;
+const SIOCOUTQ: u64 = libc::TIOCOUTQ;
+const SIOCOUTQNSD: u64 = 0x894b;
+/// TCP_INFO: tcpi_options bits, and where they are.
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+/// TCP_REPAIR_OPTIONS codes (TCPOPT_*).
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+pub(super) const TCP_ESTABLISHED: u32 = 1;
+/// Queued bytes go back in pieces of this size.
+const CHUNK: usize = 64 << 10;
+
+struct Noted {
+    pid: i32,
+    fd: u32,
+    inode: u64,
+    sock: OwnedFd,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+/// The connections of a dump: noted while fds are read, then locked and
+/// read in repair mode, held so until the dump ends (see the module doc).
+#[derive(Default)]
+pub(crate) struct TcpHold {
+    noted: Vec<Noted>,
+    repaired: Vec<OwnedFd>,
+    lock: Option<NetLock>,
+}
+
+impl TcpHold {
+    /// Notes connection `inode` (fd `fd` of `pid`, a duplicate in `sock`);
+    /// Err: addresses that are not IPv4 or IPv6.
+    pub(super) fn note(
+        &mut self,
+        pid: i32,
+        fd: u32,
+        sf: &SocketFile,
+        sock: OwnedFd,
+    ) -> Result<(), String> {
+        let addr = |raw: &[u8]| {
+            netlock::socket_addr(raw).ok_or_else(|| format!("address {}", fmt_sockaddr(raw)))
+        };
+        let (local, peer) = (addr(&sf.local_addr)?, addr(&sf.peer_addr)?);
+        if !self.noted.iter().any(|n| n.inode == sf.inode) {
+            self.noted.push(Noted {
+                pid,
+                fd,
+                inode: sf.inode,
+                sock,
+                local,
+                peer,
+            });
+        }
+        Ok(())
+    }
+
+    /// Locks the network for every noted connection, then reads each in
+    /// repair mode into the socket records of `processes` that name it.
+    pub(crate) fn lock_and_read(&mut self, processes: &mut [ProcessDump]) -> Result<(), DumpError> {
+        if self.noted.is_empty() {
+            return Ok(());
+        }
+        let conns: Vec<(SocketAddr, SocketAddr)> =
+            self.noted.iter().map(|n| (n.local, n.peer)).collect();
+        let first = &self.noted[0];
+        self.lock = Some(NetLock::lock(&conns).map_err(|e| DumpError::Unsupported {
+            pid: first.pid,
+            what: "network lock",
+            reason: format!("locking {} TCP connections: {e}", conns.len()),
+        })?);
+        for n in std::mem::take(&mut self.noted) {
+            let fail = |e: io::Error| DumpError::UnsupportedFile {
+                pid: n.pid,
+                fd: n.fd as i32,
+                what: format!("TCP connection {} -> {}: {e}", n.local, n.peer),
+            };
+            setsockopt_int(&n.sock, libc::IPPROTO_TCP, TCP_REPAIR, 1)
+                .map_err(|e| fail(io::Error::new(e.kind(), format!("TCP_REPAIR: {e}"))))?;
+            self.repaired.push(n.sock.try_clone().map_err(fail)?);
+            let conn = read_connection(&n.sock).map_err(fail)?;
+            for p in processes.iter_mut() {
+                let Some(table) = p.records.get_mut::<FileTable>() else {
+                    continue;
+                };
+                for f in table.files.iter_mut() {
+                    if let Some(s) = f.socket.as_mut().filter(|s| s.inode == n.inode) {
+                        s.tcp = Some(conn.clone());
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            connections = conns.len(),
+            "TCP connections read in repair mode"
+        );
+        Ok(())
+    }
+
+    /// The lock the image names, if any.
+    pub(crate) fn lock_name(&self) -> Option<&str> {
+        self.lock.as_ref().map(|l| l.name())
+    }
+
+    /// The tree is dead: its sockets close in repair mode, which tells the
+    /// peer nothing, and the lock stays for restore to lift.
+    pub(crate) fn after_kill(mut self) -> Option<String> {
+        self.repaired.clear();
+        self.lock.take().map(|l| {
+            let name = l.keep();
+            tracing::info!(table = name, "network lock kept until restore");
+            name
+        })
+    }
+}
+
+impl Drop for TcpHold {
+    /// The tree runs on: its connections leave repair mode (without a
+    /// window probe: nothing happened, as far as the peer knows), then the
+    /// lock goes.
+    fn drop(&mut self) {
+        for s in self.repaired.drain(..) {
+            if let Err(e) = setsockopt_int(&s, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+            {
+                tracing::error!("a TCP connection stays in repair mode: {e}");
+            }
+        }
+        self.lock.take();
+    }
+}
+
+fn int(s: &OwnedFd, name: i32) -> io::Result<i32> {
+    getsockopt_int(s, libc::IPPROTO_TCP, name)
+        .map_err(|e| io::Error::new(e.kind(), format!("getsockopt {name}: {e}")))
+}
+
+fn set(s: &OwnedFd, name: i32, v: i32) -> io::Result<()> {
+    setsockopt_int(s, libc::IPPROTO_TCP, name, v)
+        .map_err(|e| io::Error::new(e.kind(), format!("setsockopt {name} = {v}: {e}")))
+}
+
+/// The queue `which` (send or receive): its sequence number and bytes.
+fn read_queue(s: &OwnedFd, which: i32, len: usize) -> io::Result<(u32, Vec<u8>)> {
+    set(s, TCP_REPAIR_QUEUE, which)?;
+    let seq = int(s, TCP_QUEUE_SEQ)? as u32;
+    let mut data = vec![0u8; len];
+    if len > 0 {
+        let n = recv_peek(s, &mut data)?;
+        if n != len {
+            return Err(io::Error::other(format!(
+                "peeked {n} of the {len} queued bytes"
+            )));
+        }
+    }
+    Ok((seq, data))
+}
+
+/// Reads a connection already in repair mode.
+fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
+    let mut info = [0u8; 8];
+    getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
+    let (state, options, wscale) = (info[0], info[5], info[6]);
+    if state as u32 != TCP_ESTABLISHED {
+        return Err(io::Error::other(format!(
+            "in TCP state {state} (only established connections are supported yet)"
+        )));
+    }
+    if getsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF)? != -1 {
+        return Err(io::Error::other(
+            "SO_PEEK_OFF is set: the queue cannot be read whole",
+        ));
+    }
+    let outq = ioctl_int(s, SIOCOUTQ)? as usize;
+    let unsent = ioctl_int(s, SIOCOUTQNSD)? as u32;
+    let inq = ioctl_int(s, SIOCINQ)? as usize;
+    let (send_seq, send_queue) = read_queue(s, TCP_SEND_QUEUE, outq)?;
+    let (recv_seq, recv_queue) = read_queue(s, TCP_RECV_QUEUE, inq)?;
+    set(s, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
+    let mut window = [0u8; 20];
+    getsockopt(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &mut window)?;
+    let w = |i: usize| u32::from_ne_bytes(window[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    let timestamps = options & TCPI_OPT_TIMESTAMPS != 0;
+    Ok(TcpConnection {
+        state: TCP_ESTABLISHED,
+        send_seq,
+        recv_seq,
+        send_queue,
+        unsent,
+        recv_queue,
+        mss: int(s, libc::TCP_MAXSEG)? as u32,
+        timestamps,
+        sack: options & TCPI_OPT_SACK != 0,
+        window_scaling: options & TCPI_OPT_WSCALE != 0,
+        snd_wscale: (wscale & 0xf) as u32,
+        rcv_wscale: (wscale >> 4) as u32,
+        timestamp: if timestamps {
+            int(s, TCP_TIMESTAMP)? as u32
+        } else {
+            0
+        },
+        snd_wl1: w(0),
+        snd_wnd: w(1),
+        max_window: w(2),
+        rcv_wnd: w(3),
+        rcv_wup: w(4),
+        closed: false,
+    })
+}
+
+fn send_all(s: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = send(s, &data[..data.len().min(CHUNK)])?;
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// The socket of a saved connection, built again: connected, or closed
+/// (`close`, or a connection dumped with --tcp-close).
+pub(super) fn build(sf: &SocketFile, t: &TcpConnection, close: bool) -> io::Result<OwnedFd> {
+    let s = crate::sys::socket::socket(sf.family, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+    let step =
+        |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    apply_options(&s, &sf.options).map_err(step("socket options"))?;
+    // After the options: repair mode forces address reuse (the listener
+    // has the port), which setting SO_REUSEADDR would undo.
+    set(&s, TCP_REPAIR, 1)?;
+    if close || t.closed {
+        // Bound where it was; disconnecting in repair mode sends nothing
+        // and leaves ECONNABORTED for the process's next call.
+        bind(&s, &sf.local_addr).map_err(step("bind"))?;
+        connect(&s, &[]).map_err(step("disconnect"))?;
+        set(&s, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)?;
+        apply_options(&s, &sf.options).map_err(step("socket options"))?;
+        return Ok(s);
+    }
+    let start = |seq: u32, queued: &[u8]| seq.wrapping_sub(queued.len() as u32) as i32;
+    set(&s, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    set(&s, TCP_QUEUE_SEQ, start(t.send_seq, &t.send_queue))?;
+    set(&s, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    set(&s, TCP_QUEUE_SEQ, start(t.recv_seq, &t.recv_queue))?;
+    bind(&s, &sf.local_addr).map_err(step("bind"))?;
+    connect(&s, &sf.peer_addr).map_err(|e| {
+        let why = if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            " (the connection exists here already: restored before? --tcp-close restores it closed)"
+        } else {
+            ""
+        };
+        io::Error::new(e.kind(), format!("connect in repair mode: {e}{why}"))
+    })?;
+    let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MSS, t.mss)];
+    if t.window_scaling {
+        opts.push((TCPOPT_WINDOW, t.snd_wscale | t.rcv_wscale << 16));
+    }
+    if t.sack {
+        opts.push((TCPOPT_SACK_PERM, 0));
+    }
+    if t.timestamps {
+        opts.push((TCPOPT_TIMESTAMP, 0));
+    }
+    let raw: Vec<u8> = opts
+        .iter()
+        .flat_map(|(c, v)| c.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
+        .collect();
+    setsockopt(&s, libc::IPPROTO_TCP, TCP_REPAIR_OPTIONS, &raw)
+        .map_err(step("TCP_REPAIR_OPTIONS"))?;
+    if t.timestamps {
+        set(&s, TCP_TIMESTAMP, t.timestamp as i32)?;
+    }
+    let unsent = (t.unsent as usize).min(t.send_queue.len());
+    let (sent, not_sent) = t.send_queue.split_at(t.send_queue.len() - unsent);
+    set(&s, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    send_all(&s, &t.recv_queue).map_err(step("refilling the receive queue"))?;
+    set(&s, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    send_all(&s, sent).map_err(step("refilling the send queue"))?;
+    let window: Vec<u8> = [t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    setsockopt(&s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &window)
+        .map_err(step("TCP_REPAIR_WINDOW"))?;
+    set(&s, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
+    set(&s, TCP_REPAIR, TCP_REPAIR_OFF)?;
+    // Leaving repair mode drops address reuse: SO_REUSEADDR again.
+    apply_options(&s, &sf.options).map_err(step("socket options"))?;
+    send_all(&s, not_sent).map_err(step("sending what was never sent"))?;
+    Ok(s)
+}

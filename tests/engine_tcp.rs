@@ -1,0 +1,196 @@
+//! Established TCP connections: a server with a client of its own inside
+//! the tree (bytes in flight both ways, every byte checked) and a client
+//! outside it (this test) that keeps its connection across the dump and
+//! the restore, sending during the gap too: no reset, no byte lost or
+//! doubled. Then restored again (the pair), and with --tcp-close. A dump
+//! that fails, or leaves the tree running, leaves the connections working.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn restore_with(img: &Path, extra: &[&str]) -> i32 {
+    let mut args = vec!["restore", "-i", img.to_str().unwrap(), "--detach", "--json"];
+    args.extend_from_slice(extra);
+    let o = run(&args, &[]);
+    assert!(o.status.success(), "restore failed: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    v["pid"].as_i64().unwrap() as i32
+}
+
+/// An outside client of wl_tcp: sends "ping N", expects "pong N" back on
+/// the same connection.
+struct Client {
+    out: TcpStream,
+    lines: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(port: u64) -> Self {
+        let out = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+        out.set_read_timeout(Some(T)).unwrap();
+        let lines = BufReader::new(out.try_clone().unwrap());
+        Client { out, lines }
+    }
+
+    fn send(&mut self, n: u32) {
+        self.out
+            .write_all(format!("ping {n}\n").as_bytes())
+            .unwrap();
+    }
+
+    fn expect(&mut self, n: u32) {
+        let mut line = String::new();
+        self.lines.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("pong {n}\n"));
+    }
+
+    fn ping(&mut self, n: u32) {
+        self.send(n);
+        self.expect(n);
+    }
+}
+
+/// Bytes each end of the inner pair got, from a report.
+fn got(r: &str) -> (u64, u64) {
+    (field(r, 0, 4), field(r, 0, 5))
+}
+
+/// Waits until the pair moved on by a good stretch from `since`, with
+/// `status`.
+fn moves_on(w: &Workload, since: (u64, u64), want: &str) -> String {
+    let r = w.wait_report(T, |r| {
+        let (a, b) = got(r);
+        status(r) != "OK" || (a > since.0 + (1 << 20) && b > since.1 + (1 << 20))
+    });
+    assert_eq!(status(&r), want, "{r}");
+    r
+}
+
+/// Deletes a network lock a failed test would leave behind.
+struct LockGuard(String);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = nft()
+            .args(["delete", "table", "inet", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn nft() -> std::process::Command {
+    let sbin = Path::new("/usr/sbin/nft");
+    std::process::Command::new(if sbin.exists() {
+        sbin
+    } else {
+        Path::new("nft")
+    })
+}
+
+fn tables() -> String {
+    let o = nft().args(["list", "tables"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_server_keeps_its_tcp_connections_inside_and_outside_the_tree() {
+    let dir = TestDir::new("tcp");
+    let mut w = Workload::spawn("wl_tcp", dir.path("report"), &[]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3 && got(r).1 > 0);
+    let mut client = Client::connect(field(&r, 0, 3));
+    client.ping(1);
+    let img = dir.path("img");
+
+    let err = dump_refused(w.pid, &img, &[], &[]);
+    assert!(
+        err.contains("established TCP connection to 127.0.0.1:")
+            && err.contains("--tcp-established")
+            && err.contains("--tcp-close"),
+        "{err}"
+    );
+    client.ping(2);
+
+    let kids = children_of(w.pid);
+    let o = dump(w.pid, &img, &["--tcp-established", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let lock = v["net_lock"].as_str().expect("a network lock").to_string();
+    let _lock = LockGuard(lock.clone());
+    w.reap_dumped();
+    for pid in kids {
+        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
+    }
+    let at_dump = got(&w.read_report().unwrap());
+    assert!(tables().contains(&lock), "the lock is held until restore");
+    // Sent while no socket exists: dropped by the lock, sent again by TCP
+    // once the restored server has it.
+    client.send(3);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let pid = restore_with(&img, &[]);
+    w.restored(pid);
+    client.expect(3);
+    client.ping(4);
+    moves_on(&w, at_dump, "OK");
+    assert_running_untraced(pid);
+    assert!(
+        !tables().contains(&lock),
+        "the lock is gone once the tree runs"
+    );
+
+    // The pair again, from the same image (its outside client was reset
+    // when the first copy was killed).
+    w.kill();
+    let pid = restore_with(&img, &["--tcp-established"]);
+    w.restored(pid);
+    moves_on(&w, at_dump, "OK");
+
+    // Closed: the pair's next calls fail with ECONNABORTED.
+    w.kill();
+    let pid = restore_with(&img, &["--tcp-close"]);
+    w.restored(pid);
+    let at = field(&w.read_report().unwrap(), 0, 1);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > at + 2);
+    assert_eq!(status(&r), "inner-closed", "{r}");
+    w.kill();
+}
+
+#[test]
+fn a_failed_or_live_dump_leaves_tcp_connections_working() {
+    let dir = TestDir::new("tcp-live");
+    let mut w = Workload::spawn("wl_tcp", dir.path("report"), &[]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3 && got(r).1 > 0);
+    let mut client = Client::connect(field(&r, 0, 3));
+    client.ping(1);
+    let img = dir.path("img");
+
+    // Fails after the connections were locked and put in repair mode.
+    let err = dump_refused(
+        w.pid,
+        &img,
+        &["--tcp-established"],
+        &[("CRSTREAM_TEST_FAIL_AT", "memory")],
+    );
+    assert!(err.contains("memory"), "{err}");
+    client.ping(2);
+    let r = moves_on(&w, got(&w.read_report().unwrap()), "OK");
+    assert_running_untraced(w.pid);
+
+    let o = dump(
+        w.pid,
+        &img,
+        &["--tcp-established", "--leave-running", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["net_lock"].is_null(), "{v}");
+    client.ping(3);
+    moves_on(&w, got(&r), "OK");
+    assert_running_untraced(w.pid);
+    w.kill();
+}
