@@ -191,11 +191,15 @@ fn wait_for(worker: Pid, received: Option<i32>, target: i32) -> i32 {
         (Some(sig), _) => 128 + sig,
         (None, WaitStatus::Exited(_, code)) => code,
         (None, WaitStatus::Signaled(_, sig, _)) => {
-            let now = if std::path::Path::new(&format!("/proc/{target}")).exists() {
-                "it runs on"
-            } else {
-                "it is gone"
-            };
+            let alive = std::path::Path::new(&format!("/proc/{target}")).exists();
+            let now = if alive { "it runs on" } else { "it is gone" };
+            // Its TCP connections may be in repair mode behind a network
+            // lock: only the worker could have put them back.
+            if alive {
+                for problem in crstream_core::recover_from_dead_dump(worker.as_raw(), target) {
+                    eprintln!("crstream: error: {problem}");
+                }
+            }
             eprintln!(
                 "crstream: error: dump of pid {target} interrupted (its worker, pid {worker}, \
                  was killed by {}); {now}",

@@ -194,3 +194,60 @@ fn a_failed_or_live_dump_leaves_tcp_connections_working() {
     assert_running_untraced(w.pid);
     w.kill();
 }
+
+/// SIGKILL of the dump's worker while the connections are locked and in
+/// repair mode: the supervisor takes them out of repair mode and lifts the
+/// lock, and the server and its clients go on.
+#[test]
+fn a_dump_worker_killed_while_connections_are_locked_harms_nothing() {
+    let dir = TestDir::new("tcp-kill");
+    let mut w = Workload::spawn("wl_tcp", dir.path("report"), &[]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3 && got(r).1 > 0);
+    let mut client = Client::connect(field(&r, 0, 3));
+    client.ping(1);
+    let paused = dir.path("paused");
+    let pid = w.pid.to_string();
+    let img = dir.path("img");
+    let dump = crstream()
+        .args([
+            "dump",
+            "-t",
+            &pid,
+            "--tcp-established",
+            "-o",
+            img.to_str().unwrap(),
+        ])
+        .env("CRSTREAM_TEST_PAUSE_AT", "tcp-locked:1")
+        .env("CRSTREAM_TEST_PAUSE_FILE", &paused)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !paused.exists() {
+        assert!(
+            started.elapsed() < T,
+            "the dump never locked the connections"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let worker = children_of(dump.id() as i32)[0];
+    assert!(tables().contains(&format!("crstream_lock_{worker}_")));
+    // SAFETY: killing the worker of the dump this test started.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    let out = dump.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("killed by SIGKILL"),
+        "{err}"
+    );
+    assert!(
+        !tables().contains(&format!("crstream_lock_{worker}_")),
+        "{err}"
+    );
+    client.ping(2);
+    moves_on(&w, got(&w.read_report().unwrap()), "OK");
+    assert_running_untraced(w.pid);
+    w.kill();
+}

@@ -185,6 +185,7 @@ fn dump_frozen(
         processes: &mut processes,
     };
     objects.tcp.lock_and_read(t.processes)?;
+    crate::failpoint::pause("tcp-locked");
     memory.dump_tree(&mut t)?;
     for k in kinds.iter_mut() {
         k.dump_tree(&mut t)?;

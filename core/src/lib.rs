@@ -37,7 +37,7 @@ mod unlinked;
 pub use check::FeatureCheck;
 pub use dump::{DumpOptions, DumpStats, Dumped};
 pub use error::{DumpError, ProcError, RestoreError, TaskError};
-pub use fd::tcp::TcpMode;
+pub use fd::tcp::{TcpMode, recover_from_dead_dump};
 pub use lazy::{FetchError, LazyError, LazyOptions, LazySession, LazyStats, PageFetcher};
 pub use restore::{RestoreOptions, Restored};
 

@@ -174,6 +174,23 @@ pub(crate) fn unlock(name: &str) -> io::Result<()> {
     }
 }
 
+/// Deletes every lock process `maker` made (a dump worker that died
+/// before it could).
+pub(crate) fn unlock_all_of(maker: i32) -> io::Result<()> {
+    let mut c = nft();
+    c.args(["list", "tables"]).stdout(Stdio::piped());
+    let out = c.output()?;
+    let prefix = format!("crstream_lock_{maker}_");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(name) = line.strip_prefix("table inet ")
+            && name.starts_with(&prefix)
+        {
+            unlock(name.trim())?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,12 @@
 //! locks the network for all of them at once (`crate::netlock`), puts each
 //! socket in repair mode and reads it: sequence numbers, both queues (the
 //! send queue with what was sent but not acknowledged), window, MSS,
-//! options agreed at the handshake, timestamp. The sockets stay in repair
-//! mode until the dump ends: a killed tree closes them without a word to
-//! the peer; a tree that runs on gets them back out of repair mode.
+//! options agreed at the handshake, timestamp, and takes it out of repair
+//! mode at once (a process that ran on with a socket in repair mode would
+//! fail on it: a dump worker killed outright leaves nothing so for longer
+//! than one socket's reading, which its supervisor then undoes). crstream
+//! keeps a duplicate of each: once the tree is killed, it puts them back
+//! in repair mode and closes them, which tells the peer nothing.
 //!
 //! Restore makes a socket in repair mode, sets the sequence numbers, binds
 //! and connects it (no packet: repair mode), sets the options, refills the
@@ -80,12 +83,12 @@ struct Noted {
     peer: SocketAddr,
 }
 
-/// The connections of a dump: noted while fds are read, then locked and
-/// read in repair mode, held so until the dump ends (see the module doc).
+/// The connections of a dump: noted while fds are read, then locked, read
+/// in repair mode, and held until the dump ends (see the module doc).
 #[derive(Default)]
 pub(crate) struct TcpHold {
     noted: Vec<Noted>,
-    repaired: Vec<OwnedFd>,
+    held: Vec<OwnedFd>,
     lock: Option<NetLock>,
 }
 
@@ -136,10 +139,13 @@ impl TcpHold {
                 fd: n.fd as i32,
                 what: format!("TCP connection {} -> {}: {e}", n.local, n.peer),
             };
-            setsockopt_int(&n.sock, libc::IPPROTO_TCP, TCP_REPAIR, 1)
-                .map_err(|e| fail(io::Error::new(e.kind(), format!("TCP_REPAIR: {e}"))))?;
-            self.repaired.push(n.sock.try_clone().map_err(fail)?);
-            let conn = read_connection(&n.sock).map_err(fail)?;
+            set(&n.sock, TCP_REPAIR, 1).map_err(fail)?;
+            let read = read_connection(&n.sock);
+            // Nothing was sent meanwhile: no window probe.
+            let off = set(&n.sock, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+            let conn = read.map_err(fail)?;
+            off.map_err(fail)?;
+            self.held.push(n.sock);
             for p in processes.iter_mut() {
                 let Some(table) = p.records.get_mut::<FileTable>() else {
                     continue;
@@ -163,10 +169,15 @@ impl TcpHold {
         self.lock.as_ref().map(|l| l.name())
     }
 
-    /// The tree is dead: its sockets close in repair mode, which tells the
-    /// peer nothing, and the lock stays for restore to lift.
+    /// The tree is dead, its sockets live on in our duplicates: closed in
+    /// repair mode, they tell the peer nothing. The lock stays for restore
+    /// to lift.
     pub(crate) fn after_kill(mut self) -> Option<String> {
-        self.repaired.clear();
+        for s in self.held.drain(..) {
+            if let Err(e) = set(&s, TCP_REPAIR, 1) {
+                tracing::error!("closing a dumped TCP connection tells its peer: {e}");
+            }
+        }
         self.lock.take().map(|l| {
             let name = l.keep();
             tracing::info!(table = name, "network lock kept until restore");
@@ -176,18 +187,60 @@ impl TcpHold {
 }
 
 impl Drop for TcpHold {
-    /// The tree runs on: its connections leave repair mode (without a
-    /// window probe: nothing happened, as far as the peer knows), then the
-    /// lock goes.
+    /// The tree runs on (or was never touched): the lock goes.
     fn drop(&mut self) {
-        for s in self.repaired.drain(..) {
-            if let Err(e) = setsockopt_int(&s, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
-            {
-                tracing::error!("a TCP connection stays in repair mode: {e}");
-            }
-        }
+        self.held.clear();
         self.lock.take();
     }
+}
+
+/// After a dump worker (`worker`) died outright while the tree of `root`
+/// runs on: every TCP socket of the tree left in repair mode leaves it, and
+/// the worker's network locks go. Returns what could not be done.
+pub fn recover_from_dead_dump(worker: i32, root: i32) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        let pid = pids[i];
+        i += 1;
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten();
+        for fd in fds.flatten() {
+            let is_socket = std::fs::read_link(fd.path())
+                .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+            let Some(n) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if !is_socket {
+                continue;
+            }
+            let Ok(s) = crate::sys::pidfd::take_fd(pid, n) else {
+                continue;
+            };
+            if getsockopt_int(&s, libc::IPPROTO_TCP, TCP_REPAIR).is_ok_and(|r| r == 1)
+                && let Err(e) = set(&s, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+            {
+                problems.push(format!("pid {pid} fd {n} stays in TCP repair mode: {e}"));
+            }
+        }
+    }
+    if let Err(e) = netlock::unlock_all_of(worker) {
+        problems.push(format!("the network lock of the dump stays: {e}"));
+    }
+    problems
 }
 
 fn int(s: &OwnedFd, name: i32) -> io::Result<i32> {
