@@ -108,7 +108,7 @@ impl FdKind for InetSockets {
                 );
             }
         }
-        finish(d, &dup, sf, f);
+        finish(d, &dup, sf, f)?;
         Ok(true)
     }
 
@@ -296,6 +296,80 @@ mod tests {
         let mut buf = [0u8; 16];
         let (len, _) = n.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"dgram");
+    }
+
+    /// Every option a server sets on its sockets comes back, and a
+    /// classic BPF filter with its lock.
+    #[test]
+    fn socket_options_and_filters_come_back() {
+        let s = socket::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+        let int = |level, name, v: i32| socket::setsockopt_int(&s, level, name, v).unwrap();
+        int(libc::SOL_SOCKET, libc::SO_MARK, 77);
+        int(libc::SOL_SOCKET, libc::SO_RCVBUF, 200_000);
+        int(libc::SOL_SOCKET, 72 /* SO_BUF_LOCK */, 1);
+        int(libc::IPPROTO_IP, libc::IP_TOS, 0x10);
+        int(libc::SOL_SOCKET, libc::SO_PRIORITY, 5);
+        int(libc::IPPROTO_IP, libc::IP_TTL, 33);
+        int(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 12_345);
+        int(libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, 9_999);
+        int(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
+        int(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+        socket::setsockopt(&s, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"reno").unwrap();
+        socket::setsockopt(&s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, b"lo").unwrap();
+        let timeout = [3u64.to_ne_bytes(), 500_000u64.to_ne_bytes()].concat();
+        socket::setsockopt(&s, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout).unwrap();
+        // ret #0x40000 (accept 256 KiB of each packet): one instruction.
+        let filter = [
+            0x06u16.to_ne_bytes().to_vec(),
+            vec![0, 0],
+            0x40000u32.to_ne_bytes().to_vec(),
+        ]
+        .concat();
+        socket::attach_filter(&s, &filter).unwrap();
+        int(libc::SOL_SOCKET, 44 /* SO_LOCK_FILTER */, 1);
+        socket::bind(&s, &sockaddr_in([127, 0, 0, 1], 0)).unwrap();
+        let f = dump_own(s.as_raw_fd()).unwrap();
+        drop(s);
+        let n = created(&mut InetSockets::default(), &f);
+        let get = |level, name| {
+            let mut b = [0u8; 16];
+            let len = socket::getsockopt(&n, level, name, &mut b).unwrap();
+            b[..len].to_vec()
+        };
+        let int = |level, name| i32::from_ne_bytes(get(level, name)[..4].try_into().unwrap());
+        assert_eq!(int(libc::SOL_SOCKET, libc::SO_MARK), 77);
+        assert_eq!(int(libc::SOL_SOCKET, libc::SO_PRIORITY), 5);
+        assert_eq!(int(libc::SOL_SOCKET, 72), 1);
+        assert_eq!(int(libc::IPPROTO_IP, libc::IP_TOS), 0x10);
+        assert_eq!(int(libc::IPPROTO_IP, libc::IP_TTL), 33);
+        assert_eq!(int(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 12_345);
+        assert_eq!(int(libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT), 9_999);
+        assert_eq!(int(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 77);
+        assert_eq!(int(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert!(get(libc::IPPROTO_TCP, libc::TCP_CONGESTION).starts_with(b"reno"));
+        assert!(get(libc::SOL_SOCKET, libc::SO_BINDTODEVICE).starts_with(b"lo"));
+        assert_eq!(get(libc::SOL_SOCKET, libc::SO_RCVTIMEO), timeout);
+        assert_eq!(int(libc::SOL_SOCKET, 44), 1);
+        let mut insns = [0u8; 8];
+        assert_eq!(
+            socket::getsockopt(&n, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &mut insns).unwrap(),
+            1
+        );
+        assert_eq!(insns.to_vec(), filter);
+    }
+
+    /// A socket bound with IP_FREEBIND to an address this machine does
+    /// not have (TEST-NET-1; nothing is sent) binds there again.
+    #[test]
+    fn a_freebind_socket_on_an_address_not_configured_here_comes_back() {
+        let s = socket::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).unwrap();
+        socket::setsockopt_int(&s, libc::IPPROTO_IP, libc::IP_FREEBIND, 1).unwrap();
+        socket::bind(&s, &sockaddr_in([192, 0, 2, 55], 0)).unwrap();
+        let addr = socket::name(&s, false).unwrap();
+        let f = dump_own(s.as_raw_fd()).unwrap();
+        drop(s);
+        let n = created(&mut InetSockets::default(), &f);
+        assert_eq!(socket::name(&n, false).unwrap(), addr);
     }
 
     #[test]

@@ -50,8 +50,14 @@ pub(super) fn read(
     Ok(Some((dup, sf)))
 }
 
-/// Saves the options of the socket and fills `f` with its record.
-pub(super) fn finish(d: &DumpFd<'_>, dup: &OwnedFd, mut sf: SocketFile, f: &mut OpenFile) {
+/// Saves the options of the socket and fills `f` with its record. Err: a
+/// socket filter that cannot be read back.
+pub(super) fn finish(
+    d: &DumpFd<'_>,
+    dup: &OwnedFd,
+    mut sf: SocketFile,
+    f: &mut OpenFile,
+) -> Result<(), DumpError> {
     for (level, opt) in option_list(sf.family, sf.r#type) {
         let mut buf = [0u8; 16];
         match getsockopt(dup, level, opt, &mut buf) {
@@ -63,10 +69,32 @@ pub(super) fn finish(d: &DumpFd<'_>, dup: &OwnedFd, mut sf: SocketFile, f: &mut 
             Err(e) => tracing::debug!(pid = d.pid, fd = d.fd, level, opt, "getsockopt failed: {e}"),
         }
     }
+    match socket_filter(dup) {
+        Ok(None) => {}
+        Ok(Some(insns)) => {
+            let locked = getsockopt_int(dup, libc::SOL_SOCKET, SO_LOCK_FILTER).unwrap_or(0);
+            sf.options.push(SockOpt {
+                level: libc::SOL_SOCKET,
+                name: libc::SO_ATTACH_FILTER,
+                value: insns,
+            });
+            sf.options.push(SockOpt {
+                level: libc::SOL_SOCKET,
+                name: SO_LOCK_FILTER,
+                value: locked.to_ne_bytes().to_vec(),
+            });
+        }
+        Err(e) => {
+            return Err(d.refuse(format!(
+                "a socket filter that cannot be read back (an eBPF program?): {e}"
+            )));
+        }
+    }
     f.kind = FileKind::Socket as i32;
     f.path = d.link.to_vec();
     f.inode = sf.inode;
     f.socket = Some(sf);
+    Ok(())
 }
 
 /// Sockets of the families no other kind takes: refused by name.
@@ -122,46 +150,142 @@ pub(super) fn type_name(ty: i32) -> &'static str {
     }
 }
 
-/// (level, name) of the options saved for a socket of this kind; restore
-/// sets those whose value differs from a fresh socket's.
+/// Options the libc crate does not name for x86_64 gnu.
+const SO_BUF_LOCK: i32 = 72;
+const SO_LOCK_FILTER: i32 = 44;
+const SO_GET_FILTER: i32 = libc::SO_ATTACH_FILTER;
+const IP_BIND_ADDRESS_NO_PORT: i32 = 24;
+const IPV6_FREEBIND: i32 = 78;
+
+/// (level, name) of the options saved for a socket of this kind, in the
+/// order restore sets those whose value differs from a fresh socket's
+/// (buffer sizes before SO_BUF_LOCK, which setting them changes). A
+/// classic BPF filter (SO_ATTACH_FILTER) is saved apart, before
+/// SO_LOCK_FILTER.
 fn option_list(family: i32, ty: i32) -> Vec<(i32, i32)> {
+    let s = libc::SOL_SOCKET;
     let mut v = vec![
-        (libc::SOL_SOCKET, libc::SO_RCVBUF),
-        (libc::SOL_SOCKET, libc::SO_SNDBUF),
+        (s, libc::SO_RCVBUF),
+        (s, libc::SO_SNDBUF),
+        (s, SO_BUF_LOCK),
+        (s, libc::SO_RCVLOWAT),
+        (s, libc::SO_RCVTIMEO),
+        (s, libc::SO_SNDTIMEO),
+        (s, libc::SO_MARK),
+        (s, libc::SO_PEEK_OFF),
     ];
     if family == libc::AF_UNIX {
-        v.push((libc::SOL_SOCKET, libc::SO_PASSCRED));
+        v.extend([(s, libc::SO_PASSCRED), (s, libc::SO_PRIORITY)]);
         return v;
     }
     v.extend([
-        (libc::SOL_SOCKET, libc::SO_REUSEADDR),
-        (libc::SOL_SOCKET, libc::SO_REUSEPORT),
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-        (libc::SOL_SOCKET, libc::SO_PRIORITY),
+        (s, libc::SO_REUSEADDR),
+        (s, libc::SO_REUSEPORT),
+        (s, libc::SO_KEEPALIVE),
+        (s, libc::SO_BINDTODEVICE),
+        (s, libc::SO_OOBINLINE),
+        (s, libc::SO_DONTROUTE),
+        (s, libc::SO_TIMESTAMP),
+        (s, libc::SO_TIMESTAMPNS),
     ]);
     if ty == libc::SOCK_DGRAM {
-        v.push((libc::SOL_SOCKET, libc::SO_BROADCAST));
+        v.push((s, libc::SO_BROADCAST));
     }
-    if ty == libc::SOCK_STREAM {
+    if family == libc::AF_INET {
+        let ip = libc::IPPROTO_IP;
         v.extend([
-            (libc::SOL_SOCKET, libc::SO_LINGER),
-            (libc::IPPROTO_TCP, libc::TCP_NODELAY),
-            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
-            (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
-            (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
-            (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT),
+            (ip, libc::IP_TOS),
+            (ip, libc::IP_TTL),
+            (ip, libc::IP_FREEBIND),
+            (ip, libc::IP_TRANSPARENT),
+            (ip, IP_BIND_ADDRESS_NO_PORT),
+            (ip, libc::IP_MTU_DISCOVER),
+            (ip, libc::IP_RECVTOS),
+            (ip, libc::IP_RECVTTL),
+            (ip, libc::IP_PKTINFO),
+            (ip, libc::IP_RECVERR),
         ]);
+        // Multicast: datagram sockets only (TCP refuses them, and a socket
+        // accept() returned has the SYN's TTL there).
+        if ty != libc::SOCK_STREAM {
+            v.extend([(ip, libc::IP_MULTICAST_TTL), (ip, libc::IP_MULTICAST_LOOP)]);
+        }
     }
     if family == libc::AF_INET6 {
-        v.push((libc::IPPROTO_IPV6, libc::IPV6_V6ONLY));
+        let ip6 = libc::IPPROTO_IPV6;
+        v.extend([
+            (ip6, libc::IPV6_V6ONLY),
+            (ip6, libc::IPV6_TCLASS),
+            (ip6, libc::IPV6_UNICAST_HOPS),
+            (ip6, IPV6_FREEBIND),
+            (ip6, libc::IPV6_TRANSPARENT),
+            (ip6, libc::IPV6_MTU_DISCOVER),
+            (ip6, libc::IPV6_RECVPKTINFO),
+            (ip6, libc::IPV6_RECVERR),
+        ]);
+        if ty != libc::SOCK_STREAM {
+            v.extend([
+                (ip6, libc::IPV6_MULTICAST_HOPS),
+                (ip6, libc::IPV6_MULTICAST_LOOP),
+            ]);
+        }
     }
+    if ty == libc::SOCK_STREAM {
+        let tcp = libc::IPPROTO_TCP;
+        v.extend([
+            (s, libc::SO_LINGER),
+            (tcp, libc::TCP_NODELAY),
+            (tcp, libc::TCP_CORK),
+            (tcp, libc::TCP_KEEPIDLE),
+            (tcp, libc::TCP_KEEPINTVL),
+            (tcp, libc::TCP_KEEPCNT),
+            (tcp, libc::TCP_DEFER_ACCEPT),
+            (tcp, libc::TCP_USER_TIMEOUT),
+            (tcp, libc::TCP_NOTSENT_LOWAT),
+            (tcp, libc::TCP_WINDOW_CLAMP),
+            (tcp, libc::TCP_SYNCNT),
+            (tcp, libc::TCP_LINGER2),
+            (tcp, libc::TCP_CONGESTION),
+            (tcp, libc::TCP_FASTOPEN),
+        ]);
+    }
+    if ty == libc::SOCK_DGRAM {
+        v.push((libc::IPPROTO_UDP, libc::UDP_CORK));
+    }
+    // After IP_TOS / IPV6_TCLASS, which may set it too.
+    v.push((s, libc::SO_PRIORITY));
     v
+}
+
+/// A classic BPF socket filter (SO_GET_FILTER): its instructions, 8 bytes
+/// each; None without one. Err for a filter that cannot be read back (an
+/// eBPF program attached with SO_ATTACH_BPF).
+fn socket_filter(s: &OwnedFd) -> io::Result<Option<Vec<u8>>> {
+    // With room for none, the kernel answers the instruction count.
+    let mut none = [0u8; 0];
+    let count = match getsockopt(s, libc::SOL_SOCKET, SO_GET_FILTER, &mut none) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => 0,
+        Err(e) => return Err(e),
+    };
+    if count == 0 {
+        return Ok(None);
+    }
+    let mut insns = vec![0u8; count * 8];
+    let n = getsockopt(s, libc::SOL_SOCKET, SO_GET_FILTER, &mut insns)?;
+    insns.truncate(n * 8);
+    Ok(Some(insns))
 }
 
 /// Applies the saved options whose value differs from the fresh socket's,
 /// so that untouched buffers keep their auto-tuning.
 pub(super) fn apply_options(s: &OwnedFd, opts: &[SockOpt]) -> io::Result<()> {
     for o in opts {
+        if o.level == libc::SOL_SOCKET && o.name == libc::SO_ATTACH_FILTER {
+            crate::sys::socket::attach_filter(s, &o.value)
+                .map_err(|e| io::Error::new(e.kind(), format!("SO_ATTACH_FILTER: {e}")))?;
+            continue;
+        }
         let mut cur = [0u8; 16];
         let n = getsockopt(s, o.level, o.name, &mut cur)?;
         if cur[..n] == o.value[..] {

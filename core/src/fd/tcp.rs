@@ -279,16 +279,20 @@ fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
             "in TCP state {state} (only established connections are supported yet)"
         )));
     }
-    if getsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF)? != -1 {
-        return Err(io::Error::other(
-            "SO_PEEK_OFF is set: the queue cannot be read whole",
-        ));
-    }
     let outq = ioctl_int(s, SIOCOUTQ)? as usize;
     let unsent = ioctl_int(s, SIOCOUTQNSD)? as u32;
     let inq = ioctl_int(s, SIOCINQ)? as usize;
-    let (send_seq, send_queue) = read_queue(s, TCP_SEND_QUEUE, outq)?;
-    let (recv_seq, recv_queue) = read_queue(s, TCP_RECV_QUEUE, inq)?;
+    // A peek offset the process set would skip the head of the queue.
+    let peek_off = getsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF)?;
+    if peek_off != -1 {
+        setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, -1)?;
+    }
+    let queues = read_queue(s, TCP_SEND_QUEUE, outq)
+        .and_then(|send| Ok((send, read_queue(s, TCP_RECV_QUEUE, inq)?)));
+    if peek_off != -1 {
+        setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, peek_off)?;
+    }
+    let ((send_seq, send_queue), (recv_seq, recv_queue)) = queues?;
     set(s, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
     let mut window = [0u8; 20];
     getsockopt(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &mut window)?;

@@ -88,7 +88,7 @@ impl FdKind for UnixSockets {
                 );
             }
         }
-        finish(d, &dup, sf, f);
+        finish(d, &dup, sf, f)?;
         Ok(true)
     }
 

@@ -164,6 +164,42 @@ pub(crate) fn send(fd: impl AsFd, msg: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Attaches a classic BPF filter (`insns`: struct sock_filter, 8 bytes
+/// each) with SO_ATTACH_FILTER.
+pub(crate) fn attach_filter(fd: impl AsFd, insns: &[u8]) -> io::Result<()> {
+    if !insns.len().is_multiple_of(8) || insns.len() / 8 > u16::MAX as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a list of BPF instructions",
+        ));
+    }
+    // Aligned copies of the instructions.
+    let code: Vec<libc::sock_filter> = insns
+        .chunks_exact(8)
+        .map(|i| libc::sock_filter {
+            code: u16::from_ne_bytes([i[0], i[1]]),
+            jt: i[2],
+            jf: i[3],
+            k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_ptr().cast_mut(),
+    };
+    // SAFETY: prog points at `code`, alive for the call.
+    super::cvt(unsafe {
+        libc::setsockopt(
+            raw(fd),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// shutdown(SHUT_RD / SHUT_WR / SHUT_RDWR).
 pub(crate) fn shutdown(fd: impl AsFd, how: i32) -> io::Result<()> {
     // SAFETY: shutdown with integer arguments.
