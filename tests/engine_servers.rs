@@ -113,7 +113,7 @@ fn keeps_its_client_across_dump_and_restore(dir: &TestDir, port: u16, srv: Serve
     let img = dir.path("img");
     let mut tree = vec![w.pid];
     tree.extend(children_of(w.pid));
-    dump(w.pid, &img, &["--tcp-established"]);
+    let _lock = NetLockGuard::of(&dump(w.pid, &img, &["--tcp-established", "--json"]));
     w.reap_dumped();
     for &pid in &tree {
         assert!(wait_gone(pid, T), "pid {pid} survived the dump");

@@ -73,27 +73,6 @@ fn moves_on(w: &Workload, since: (u64, u64), want: &str) -> String {
     r
 }
 
-/// Deletes a network lock a failed test would leave behind.
-struct LockGuard(String);
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        let _ = nft()
-            .args(["delete", "table", "inet", &self.0])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn nft() -> std::process::Command {
-    let sbin = Path::new("/usr/sbin/nft");
-    std::process::Command::new(if sbin.exists() {
-        sbin
-    } else {
-        Path::new("nft")
-    })
-}
-
 fn tables() -> String {
     let o = nft().args(["list", "tables"]).output().unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -121,7 +100,7 @@ fn a_server_keeps_its_tcp_connections_inside_and_outside_the_tree() {
     let o = dump(w.pid, &img, &["--tcp-established", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let lock = v["net_lock"].as_str().expect("a network lock").to_string();
-    let _lock = LockGuard(lock.clone());
+    let _lock = NetLockGuard(lock.clone());
     w.reap_dumped();
     for pid in kids {
         assert!(wait_gone(pid, T), "pid {pid} survived the dump");

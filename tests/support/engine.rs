@@ -584,3 +584,34 @@ pub fn dump_tree(w: &mut Workload, dest: &str, env: &[(&str, &str)]) -> Vec<i32>
     }
     pids
 }
+
+/// The `nft` program (root's PATH may lack /usr/sbin).
+pub fn nft() -> Command {
+    let sbin = Path::new("/usr/sbin/nft");
+    Command::new(if sbin.exists() {
+        sbin
+    } else {
+        Path::new("nft")
+    })
+}
+
+/// Deletes, when dropped, the network lock a dump with --tcp-established
+/// named in its --json summary (a failed test would leave it behind).
+pub struct NetLockGuard(pub String);
+
+impl NetLockGuard {
+    /// The guard of the lock a `dump --json` output names, if any.
+    pub fn of(dump: &Output) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_slice(&dump.stdout).ok()?;
+        Some(NetLockGuard(v["net_lock"].as_str()?.to_string()))
+    }
+}
+
+impl Drop for NetLockGuard {
+    fn drop(&mut self) {
+        let _ = nft()
+            .args(["delete", "table", "inet", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}

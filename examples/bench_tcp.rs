@@ -1,0 +1,130 @@
+//! TCP benchmark: what established connections add to a dump and a
+//! restore. A server with N connections to a child of its own (wl_conns,
+//! both ends in the tree) is dumped with --tcp-established to a local file
+//! and restored; for N = 0, 100 and 1000 it prints dump time (and how long
+//! the tree stayed frozen), restore time, and how long the network stayed
+//! locked: from the start of the dump to the end of the restore here, an
+//! upper bound (the lock is taken once the tree is frozen and its fds are
+//! read, and lifted as the restored tree starts).
+//!
+//! Needs root and nft. Usage: bench_tcp [--conns 0,100,1000] [--runs 3]
+//! (after `cargo build --release --bin crstream --examples`).
+
+#[path = "bench_common/mod.rs"]
+mod common;
+
+use common::{gone, wait_for};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn report(path: &std::path::Path) -> Option<(u64, bool, u64)> {
+    let r = std::fs::read_to_string(path).ok()?;
+    let f: Vec<&str> = r.split_whitespace().collect();
+    Some((
+        f.get(1)?.parse().ok()?,
+        *f.get(2)? == "OK",
+        f.get(3)?.parse().ok()?,
+    ))
+}
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn crstream");
+    assert!(
+        out.status.success(),
+        "crstream failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut counts = vec![0usize, 100, 1000];
+    let mut runs = 3;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--conns" => {
+                counts = args
+                    .next()
+                    .expect("--conns N,N")
+                    .split(',')
+                    .map(|s| s.parse().expect("count"))
+                    .collect()
+            }
+            "--runs" => runs = args.next().expect("--runs N").parse().expect("runs"),
+            _ => {
+                println!("usage: bench_tcp [--conns 0,100,1000] [--runs 3]");
+                return;
+            }
+        }
+    }
+    let (crstream, wl) = (common::crstream_bin(), common::example_bin("wl_conns"));
+    // SAFETY: a plain prctl on this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    common::wait_idle("bench_tcp", Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("temp dir");
+    println!("connections  dump ms  frozen ms  restore ms  locked ms  verified");
+    for &n in &counts {
+        let (mut dumps, mut frozen, mut restores, mut locked) = (vec![], vec![], vec![], vec![]);
+        let mut verified = true;
+        for _ in 0..runs {
+            let rep = dir.path().join(format!("report-{n}"));
+            let img = dir.path().join(format!("img-{n}"));
+            let _ = std::fs::remove_file(&rep);
+            let mut child = Command::new(&wl)
+                .arg(&rep)
+                .arg(n.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            wait_for(WAIT, || report(&rep).is_some_and(|(c, ok, _)| c >= 3 && ok));
+            let t = Instant::now();
+            let out = run(Command::new(&crstream)
+                .args([
+                    "dump",
+                    "--tcp-established",
+                    "--json",
+                    "-t",
+                    &child.id().to_string(),
+                    "-o",
+                ])
+                .arg(&img));
+            dumps.push(t.elapsed().as_secs_f64() * 1e3);
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("dump --json");
+            frozen.push(v["frozen_ms"].as_f64().unwrap_or(0.0));
+            let pids = common::dumped_pids(&v);
+            let _ = child.wait();
+            let (at, _, bytes) = report(&rep).unwrap();
+            wait_for(WAIT, || pids.iter().all(|&p| gone(p)));
+            let r = Instant::now();
+            run(Command::new(&crstream)
+                .args(["restore", "--detach", "-i"])
+                .arg(&img));
+            restores.push(r.elapsed().as_secs_f64() * 1e3);
+            locked.push(t.elapsed().as_secs_f64() * 1e3);
+            // Runs on, and bytes keep arriving on the connections.
+            wait_for(WAIT, || {
+                report(&rep).is_some_and(|(c, _, b)| c > at + 3 && (n == 0 || b > bytes))
+            });
+            verified &= report(&rep).is_some_and(|(_, ok, _)| ok);
+            common::kill_all(&pids, WAIT);
+        }
+        println!(
+            "{n:>11}  {:>7.1}  {:>9.1}  {:>10.1}  {:>9.1}  {}",
+            median(&mut dumps),
+            median(&mut frozen),
+            median(&mut restores),
+            median(&mut locked),
+            if verified { "yes" } else { "NO" }
+        );
+    }
+}
