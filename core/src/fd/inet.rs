@@ -5,7 +5,7 @@
 //! for now.
 
 use super::socket::{
-    Created, apply_options, finish, fmt_sockaddr, listener_backlog, read, type_name,
+    Created, PeekError, apply_options, finish, fmt_sockaddr, listener_backlog, read, type_name,
 };
 use super::tcp::TcpMode;
 use super::unix::backlog;
@@ -94,18 +94,19 @@ impl FdKind for InetSockets {
                 sf.backlog = listener_backlog(d, &what, diag)?;
             }
         } else {
-            if !sf.peer_addr.is_empty() {
-                return Err(d.refuse(format!(
-                    "UDP socket connected to {}: not supported yet",
-                    fmt_sockaddr(&sf.peer_addr)
-                )));
+            // Corked data waits in the send queue, which nothing reads.
+            let corked = socket::getsockopt_int(&dup, libc::IPPROTO_UDP, libc::UDP_CORK)
+                .is_ok_and(|c| c != 0);
+            if corked && socket::ioctl_int(&dup, libc::TIOCOUTQ).is_ok_and(|n| n > 0) {
+                return Err(d.refuse("UDP socket with corked data not sent yet"));
             }
-            if rustix::io::ioctl_fionread(&dup).is_ok_and(|n| n > 0) {
-                tracing::warn!(
-                    pid = d.pid,
-                    fd = d.fd,
-                    "UDP socket has queued datagrams; they are not saved"
-                );
+            let queued = super::udp::peek_datagrams(&dup).map_err(|e| match e {
+                PeekError::Io(e) => d.error("reading the queued datagrams", e),
+                PeekError::Refuse(why) => d.refuse(format!("UDP socket: {why}")),
+            })?;
+            for (data, from) in queued {
+                sf.queued.push(data);
+                sf.queued_from.push(from);
             }
         }
         finish(d, &dup, sf, f)?;
@@ -164,6 +165,14 @@ fn create(
     }
     if s.listening {
         socket::listen(&sock, backlog(s)).map_err(|e| ferr("listen", e))?;
+    }
+    if s.r#type == libc::SOCK_DGRAM {
+        if !s.peer_addr.is_empty() {
+            socket::connect(&sock, &s.peer_addr)
+                .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(&s.peer_addr)), e))?;
+        }
+        super::udp::refill(&sock, &s.queued, &s.queued_from)
+            .map_err(|e| ferr("putting the queued datagrams back", e))?;
     }
     Ok(sock)
 }
@@ -370,6 +379,67 @@ mod tests {
         drop(s);
         let n = created(&mut InetSockets::default(), &f);
         assert_eq!(socket::name(&n, false).unwrap(), addr);
+    }
+
+    /// Datagrams waiting on a UDP socket come back in order, each from
+    /// where it came; a connected socket is connected to the same peer.
+    fn udp_queue_round_trip(local: &str, peers: [&str; 2]) {
+        let u = match UdpSocket::bind(local) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("skipping the {local} UDP test: {e}");
+                return;
+            }
+        };
+        let a = UdpSocket::bind(peers[0]).unwrap();
+        let b = UdpSocket::bind(peers[1]).unwrap();
+        let to = u.local_addr().unwrap();
+        a.send_to(b"first", to).unwrap();
+        b.send_to(b"second, from b", to).unwrap();
+        a.send_to(&[7u8; 3000], to).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let f = dump_own(u.as_raw_fd()).unwrap();
+        assert_eq!(f.socket.as_ref().unwrap().queued.len(), 3);
+        // Still queued on the original.
+        let mut buf = [0u8; 4096];
+        u.set_nonblocking(true).unwrap();
+        assert_eq!(u.peek_from(&mut buf).unwrap().0, 5);
+        drop(u);
+        let n = UdpSocket::from(created(&mut InetSockets::default(), &f));
+        n.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let (len, from) = n.recv_from(&mut buf).unwrap();
+            got.push((buf[..len].to_vec(), from));
+        }
+        assert_eq!(got[0], (b"first".to_vec(), a.local_addr().unwrap()));
+        assert_eq!(
+            got[1],
+            (b"second, from b".to_vec(), b.local_addr().unwrap())
+        );
+        assert_eq!(got[2], (vec![7u8; 3000], a.local_addr().unwrap()));
+        // Connected: the peer comes back too.
+        n.connect(a.local_addr().unwrap()).unwrap();
+        let f = dump_own(n.as_raw_fd()).unwrap();
+        drop(n);
+        let c = UdpSocket::from(created(&mut InetSockets::default(), &f));
+        assert_eq!(c.peer_addr().unwrap(), a.local_addr().unwrap());
+        c.send(b"to a").unwrap();
+        a.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let (len, from) = a.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..len], from), (&b"to a"[..], c.local_addr().unwrap()));
+    }
+
+    #[test]
+    fn udp_queue_and_peer_v4() {
+        udp_queue_round_trip("127.0.0.1:0", ["127.0.0.1:0", "127.0.0.2:0"]);
+    }
+
+    #[test]
+    fn udp_queue_and_peer_v6() {
+        udp_queue_round_trip("[::1]:0", ["[::1]:0", "[::1]:0"]);
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod socket;
 pub(crate) mod tcp;
 mod timerfd;
 mod tty;
+mod udp;
 mod unix;
 
 use crate::error::{DumpError, RestoreError, TaskError};

@@ -164,6 +164,69 @@ pub(crate) fn send(fd: impl AsFd, msg: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// One datagram peeked from the head of the queue (at the socket's
+/// SO_PEEK_OFF) into `buf`: its whole length (more than `buf` when it was
+/// truncated) and the raw sockaddr it came from. Ok(None): nothing queued.
+pub(crate) fn peek_from(fd: impl AsFd, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<u8>)>> {
+    let mut from: libc::sockaddr_storage = super::zeroed();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data, filled below.
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_name = (&raw mut from).cast();
+    mh.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    let n = loop {
+        // SAFETY: mh points at `iov` (covering `buf`) and `from`, both alive.
+        let n = unsafe {
+            libc::recvmsg(
+                raw(&fd),
+                &mut mh,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(None),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    };
+    let len = (mh.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    Ok(Some((n, super::bytes_of_mut(&mut from)[..len].to_vec())))
+}
+
+/// Sends a whole IP packet (header included) through a raw socket of
+/// `family` (IPPROTO_RAW) to `to`.
+pub(crate) fn send_raw_packet(family: i32, packet: &[u8], to: &[u8]) -> io::Result<()> {
+    let s = socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    if family == libc::AF_INET6 {
+        const IPV6_HDRINCL: i32 = 36;
+        setsockopt_int(&s, libc::IPPROTO_IPV6, IPV6_HDRINCL, 1)?;
+    }
+    // SAFETY: packet and to are valid for their lengths.
+    let n = unsafe {
+        libc::sendto(
+            raw(&s),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            to.as_ptr().cast(),
+            to.len() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Attaches a classic BPF filter (`insns`: struct sock_filter, 8 bytes
 /// each) with SO_ATTACH_FILTER.
 pub(crate) fn attach_filter(fd: impl AsFd, insns: &[u8]) -> io::Result<()> {
