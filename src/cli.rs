@@ -108,6 +108,11 @@ pub struct DumpArgs {
     /// (the process's next call on one fails with ECONNABORTED)
     #[arg(long)]
     pub tcp_close: bool,
+    /// Save unix sockets connected to a peer outside the tree instead of refusing them:
+    /// at restore a datagram socket connects to its peer's name again (say /dev/log),
+    /// and a stream needs a socket handed in with --inherit-fd
+    #[arg(long)]
+    pub ext_unix_sk: bool,
     /// Compression of the image frames
     #[arg(long, value_enum, default_value_t = CodecArg::Zstd)]
     pub compress: CodecArg,
@@ -161,6 +166,12 @@ pub struct RestoreArgs {
     /// come back connected unless --tcp-close is given
     #[arg(long, conflicts_with = "tcp_close")]
     pub tcp_established: bool,
+    /// fd[N]:KEY — crstream's open fd N stands for the file KEY of the image, which
+    /// the restored process gets in its place: "socket:[INODE]" (as /proc/PID/fd shows
+    /// it at dump time; say, a unix socket connected outside the tree) or a path.
+    /// Repeatable
+    #[arg(long, value_name = "fd[N]:KEY", value_parser = parse_inherit_fd)]
+    pub inherit_fd: Vec<(i32, String)>,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -203,4 +214,20 @@ pub struct InspectArgs {
     pub json: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// `fd[N]:KEY` of --inherit-fd.
+fn parse_inherit_fd(v: &str) -> Result<(i32, String), String> {
+    let bad = || format!("{v:?}: expected fd[N]:KEY, e.g. fd[3]:socket:[12345]");
+    let rest = v.strip_prefix("fd[").ok_or_else(bad)?;
+    let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
+    let n: i32 = n.parse().map_err(|_| bad())?;
+    if n < 0 || key.is_empty() {
+        return Err(bad());
+    }
+    // SAFETY: F_GETFD only asks whether fd n is open.
+    if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return Err(format!("{v:?}: fd {n} is not open in crstream"));
+    }
+    Ok((n, key.to_string()))
 }

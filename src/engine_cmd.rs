@@ -62,6 +62,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         } else {
             crstream_core::TcpMode::Refuse
         },
+        ext_unix: args.ext_unix_sk,
         interrupt: Some(interrupt.flag()),
     };
     // Outside the runtime: blocking() uses blocking sends.
@@ -401,9 +402,12 @@ pub fn restore(args: RestoreArgs) -> Result<u8> {
 }
 
 fn restore_options(args: &RestoreArgs) -> crstream_core::RestoreOptions {
-    crstream_core::RestoreOptions::new()
-        .with_shell_job(args.shell_job)
-        .with_tcp_close(args.tcp_close)
+    args.inherit_fd.iter().fold(
+        crstream_core::RestoreOptions::new()
+            .with_shell_job(args.shell_job)
+            .with_tcp_close(args.tcp_close),
+        |o, (fd, key)| o.with_inherit_fd(*fd, key.clone()),
+    )
 }
 
 pub fn check(args: CheckArgs) -> Result<u8> {

@@ -203,3 +203,104 @@ fn memcached_keeps_its_client_connection_across_dump_and_restore() {
         },
     );
 }
+
+/// python3 logging through a unix datagram socket connected to a server
+/// outside the tree (as /dev/log is) and streaming to a unix stream
+/// server outside it: refused by name without --ext-unix-sk; with it, the
+/// datagram socket connects to the same name again after restore, and the
+/// stream goes on through the socket the restorer hands in (--inherit-fd).
+#[test]
+fn python_with_unix_sockets_connected_outside_the_tree() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+    if !available("python3") {
+        return;
+    }
+    let dir = TestDir::new("ext-unix");
+    let (log, listen) = (dir.path("log.sock"), dir.path("stream.sock"));
+    let logs = UnixDatagram::bind(&log).unwrap();
+    logs.set_read_timeout(Some(T)).unwrap();
+    let listener = UnixListener::bind(&listen).unwrap();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([
+        "-c",
+        "import socket, sys, time\n\
+         d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.connect(sys.argv[1])\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[2])\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1\n\
+         \x20   d.send(b'log %d' % n)\n\
+         \x20   s.sendall(b'stream %d\\n' % n)\n\
+         \x20   time.sleep(0.05)\n",
+    ])
+    .arg(&log)
+    .arg(&listen);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 64];
+    let n = logs.recv(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"log "));
+    // The stream socket's inode, as the restorer names it.
+    let inode = (3..8)
+        .filter_map(|fd| std::fs::read_link(format!("/proc/{}/fd/{fd}", w.pid)).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("socket:"))
+        .nth(1)
+        .expect("python's stream socket");
+    let img = dir.path("img");
+    let err = dump_refused(w.pid, &img, &[], &[]);
+    assert!(
+        err.contains("outside the dumped process tree") && err.contains("--ext-unix-sk"),
+        "{err}"
+    );
+    dump(w.pid, &img, &["--ext-unix-sk"]);
+    w.reap_dumped();
+    drop(conn);
+    // Drain what was logged before the dump.
+    logs.set_nonblocking(true).unwrap();
+    while logs.recv(&mut buf).is_ok() {}
+    logs.set_nonblocking(false).unwrap();
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let key = format!("fd[{}]:{inode}", theirs.as_raw_fd());
+    let o = {
+        let mut c = crstream();
+        c.args([
+            "restore",
+            "-i",
+            img.to_str().unwrap(),
+            "--detach",
+            "--json",
+            "--inherit-fd",
+            &key,
+        ]);
+        c.stdin(Stdio::null());
+        // The fd stays open across exec: clear its CLOEXEC in the child.
+        let raw = theirs.as_raw_fd();
+        // SAFETY: fcntl on an fd of the child before exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+                libc::fcntl(raw, libc::F_SETFD, 0);
+                Ok(())
+            });
+        }
+        c.output().unwrap()
+    };
+    assert!(o.status.success(), "restore failed: {}", text(&o));
+    drop(theirs);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    w.restored(v["pid"].as_i64().unwrap() as i32);
+    // Logging goes on to the same name, with the counter where it was.
+    let n = logs.recv(&mut buf).unwrap();
+    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(line.starts_with("log "), "{line}");
+    // And the stream comes through the socket handed in.
+    ours.set_read_timeout(Some(T)).unwrap();
+    let mut r = std::io::BufReader::new(&ours);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut r, &mut first).unwrap();
+    assert!(first.starts_with("stream "), "{first}");
+    assert_running_untraced(w.pid);
+    w.kill();
+}

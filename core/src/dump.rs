@@ -27,6 +27,9 @@ pub struct DumpOptions {
     pub shell_job: bool,
     /// Established TCP connections: refused, saved, or saved closed.
     pub tcp: crate::fd::tcp::TcpMode,
+    /// Unix sockets connected outside the tree (--ext-unix-sk): saved with
+    /// their peer's name instead of refused.
+    pub ext_unix: bool,
     /// Raised from another thread to stop the dump at the next safe point
     /// (with [`DumpError::Interrupted`]); the tree runs on unharmed.
     pub interrupt: Option<Arc<AtomicBool>>,
@@ -240,6 +243,7 @@ fn read_process(
         stat: &stat,
         shell_job: opts.shell_job,
         tcp: opts.tcp,
+        ext_unix: opts.ext_unix,
         objects,
         inject: None,
         threads: &mut frozen.threads,

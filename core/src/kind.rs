@@ -117,6 +117,8 @@ pub(crate) struct DumpProcess<'a> {
     pub shell_job: bool,
     /// What to do with established TCP connections.
     pub tcp: crate::fd::tcp::TcpMode,
+    /// Unix sockets connected outside the tree are allowed (--ext-unix-sk).
+    pub ext_unix: bool,
     pub objects: &'a mut DumpObjects,
     /// Injected syscalls, once memory has been read (see `dump`).
     pub inject: Option<&'a Injector>,
@@ -176,6 +178,9 @@ pub(crate) struct RestoreObjects<'a> {
     pub terminal: Option<&'a [u8]>,
     /// Restore established TCP connections closed (--tcp-close).
     pub tcp_close: bool,
+    /// Files handed in by the restorer (--inherit-fd): (crstream's fd, the
+    /// file it stands for: "socket:[INODE]" or a path).
+    pub inherit: &'a [(i32, String)],
 }
 
 /// One process being restored, as kinds rebuild it.

@@ -110,6 +110,8 @@ struct DumpFd<'a> {
     shell_job: bool,
     /// What to do with established TCP connections.
     tcp: tcp::TcpMode,
+    /// Unix sockets connected outside the tree are allowed.
+    ext_unix: bool,
     /// Device number of the tree's controlling terminal (root's tty_nr).
     job_tty: u64,
     objects: &'a mut DumpObjects,
@@ -298,6 +300,7 @@ impl Kind for Files {
                 md: md.as_ref().ok(),
                 shell_job: p.shell_job,
                 tcp: p.tcp,
+                ext_unix: p.ext_unix,
                 job_tty,
                 objects: p.objects,
             };
@@ -397,6 +400,10 @@ impl Files {
                 install(stub, f, shared)?;
                 continue;
             }
+            if let Some(own) = inherited(f, objects.inherit).map_err(|e| ferr(e.to_string()))? {
+                install(stub, f, Source::Created(own))?;
+                continue;
+            }
             match self.restorer(pid, f)?.open(pid, f, objects)? {
                 Reopen::Created(own) => install(stub, f, Source::Created(own))?,
                 Reopen::Path {
@@ -433,6 +440,25 @@ impl Files {
         }
         Ok(())
     }
+}
+
+/// The fd the restorer handed in for `f` (--inherit-fd), duplicated: one
+/// named by its socket inode ("socket:[INODE]") or by its path.
+fn inherited(f: &OpenFile, inherit: &[(i32, String)]) -> io::Result<Option<OwnedFd>> {
+    let name = match f.socket.as_ref() {
+        Some(s) => format!("socket:[{}]", s.inode),
+        None => show(&f.path).into_owned(),
+    };
+    let Some(&(fd, _)) = inherit.iter().find(|(_, key)| *key == name) else {
+        return Ok(None);
+    };
+    // SAFETY: the restorer said fd is open in crstream; it is duplicated,
+    // never closed here.
+    let given = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    given
+        .try_clone_to_owned()
+        .map(Some)
+        .map_err(|e| io::Error::new(e.kind(), format!("--inherit-fd fd[{fd}]: {e}")))
 }
 
 /// Marks `f` as a dup of an earlier fd with the same open file description

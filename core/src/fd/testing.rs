@@ -46,6 +46,7 @@ fn dump_job_fd_with(
         md: md.as_ref().ok(),
         shell_job: job_tty.is_some(),
         tcp: super::tcp::TcpMode::Refuse,
+        ext_unix: false,
         job_tty: job_tty.unwrap_or(0),
         objects: &mut objects,
     };
@@ -111,6 +112,7 @@ pub(super) fn open_on_terminal(
         sysv: &sysv,
         terminal,
         tcp_close: false,
+        inherit: &[],
     };
     kind.open(me(), f, &objects)
 }

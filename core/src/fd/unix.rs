@@ -1,8 +1,10 @@
 //! Unix sockets: listening (with their backlog), bound, and connected ones
 //! with the data queued on them. A connected socket is rebuilt as one end
-//! of a socketpair whose other end is its peer, so both ends must be in
-//! the dumped tree; a socket whose peer is gone comes back with EOF after
-//! its queued data.
+//! of a socketpair whose other end is its peer; a socket whose peer is gone
+//! comes back with EOF after its queued data. A peer outside the tree is
+//! refused, unless dump has --ext-unix-sk (CRIU's name): then a datagram
+//! socket connects to its peer's name again, and a stream takes the fd the
+//! restorer hands in for it (--inherit-fd fd[N]:socket:[INODE]).
 
 use super::socket::{
     Created, PeekError, apply_options, finish, fmt_sockaddr, listener_backlog, peek_queue, read,
@@ -28,6 +30,13 @@ pub(super) struct UnixSockets {
     /// Restore: second end of a socketpair (by inode) -> (first end inode,
     /// its shutdown bits), applied once both records are known.
     pair_waiting: HashMap<u64, (u64, u32)>,
+    /// Dump: peers outside the tree are allowed (--ext-unix-sk).
+    ext_unix: bool,
+    /// Dump: what restore needs to know of a connected socket: inode ->
+    /// (type, bound, data queued, peer's name).
+    connected: HashMap<u64, (i32, bool, bool, Vec<u8>)>,
+    /// Dump: sockets whose peer is outside the tree.
+    external: Vec<u64>,
 }
 
 impl FdKind for UnixSockets {
@@ -82,6 +91,16 @@ impl FdKind for UnixSockets {
             })?;
             if sf.peer_inode != 0 {
                 self.peers.insert(sf.inode, (d.pid, d.fd, sf.peer_inode));
+                self.ext_unix = d.ext_unix;
+                self.connected.insert(
+                    sf.inode,
+                    (
+                        ty,
+                        sf.local_addr.len() > 2,
+                        !sf.queued.is_empty(),
+                        sf.peer_addr.clone(),
+                    ),
+                );
             } else if !sf.queued.is_empty() && ty == libc::SOCK_DGRAM && sf.local_addr.len() <= 2 {
                 return Err(
                     d.refuse("unbound, unconnected unix datagram socket with queued messages")
@@ -94,8 +113,19 @@ impl FdKind for UnixSockets {
 
     /// Unix sockets are rebuilt as pairs: both ends must be in the tree,
     /// connected to each other.
-    fn dump_tree(&mut self, _t: &mut DumpTree<'_>) -> Result<(), DumpError> {
-        self.check_peers()
+    fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
+        self.check_peers()?;
+        for p in t.processes.iter_mut() {
+            let Some(table) = p.records.get_mut::<crstream_proto::FileTable>() else {
+                continue;
+            };
+            for s in table.files.iter_mut().filter_map(|f| f.socket.as_mut()) {
+                if s.family == libc::AF_UNIX && self.external.contains(&s.inode) {
+                    s.external_peer = true;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn restores(&self, f: &OpenFile) -> bool {
@@ -120,7 +150,7 @@ impl FdKind for UnixSockets {
 }
 
 impl UnixSockets {
-    fn check_peers(&self) -> Result<(), DumpError> {
+    fn check_peers(&mut self) -> Result<(), DumpError> {
         let mut v: Vec<_> = self.peers.iter().collect();
         v.sort();
         for (ino, &(pid, fd, peer)) in v {
@@ -136,13 +166,31 @@ impl UnixSockets {
                     });
                 }
                 None => {
-                    return Err(DumpError::UnsupportedFile {
+                    let (ty, bound, queued, name) = self.connected[ino].clone();
+                    let refuse = |why: String| DumpError::UnsupportedFile {
                         pid,
                         fd,
                         what: format!(
-                            "socket:[{ino}] (unix socket connected to socket:[{peer}], which is outside the dumped process tree)"
+                            "socket:[{ino}] (unix socket connected to socket:[{peer}]{}, which is \
+                             outside the dumped process tree{why})",
+                            if name.len() > 2 {
+                                format!(" at {}", fmt_sockaddr(&name))
+                            } else {
+                                String::new()
+                            }
                         ),
-                    });
+                    };
+                    if !self.ext_unix {
+                        return Err(refuse(
+                            ": --ext-unix-sk saves it (a datagram socket connects to the same \
+                             name again; a stream is handed in with --inherit-fd at restore)"
+                                .into(),
+                        ));
+                    }
+                    if queued && (ty != libc::SOCK_DGRAM || !bound) {
+                        return Err(refuse(": data is queued on it, which would be lost".into()));
+                    }
+                    self.external.push(*ino);
                 }
             }
         }
@@ -154,6 +202,9 @@ impl UnixSockets {
         s: &SocketFile,
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<OwnedFd, RestoreError> {
+        if s.external_peer {
+            return self.create_external(s, ferr);
+        }
         // A connected stream whose peer was closed at dump time.
         let orphan =
             s.peer_inode == 0 && !s.listening && s.r#type != libc::SOCK_DGRAM && s.shutdown == 3;
@@ -194,6 +245,28 @@ impl UnixSockets {
         }
         self.created.keep(s.inode, a);
         self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
+    }
+
+    /// A socket connected outside the tree (not handed in: see
+    /// `fd::inherited`): a datagram socket connects to its peer's name.
+    fn create_external(
+        &mut self,
+        s: &SocketFile,
+        ferr: &dyn Fn(&str, io::Error) -> RestoreError,
+    ) -> Result<OwnedFd, RestoreError> {
+        if s.r#type != libc::SOCK_DGRAM || s.peer_addr.len() <= 2 {
+            return Err(ferr(
+                "unix socket connected outside the tree",
+                io::Error::other(format!(
+                    "hand in a socket for it: --inherit-fd fd[N]:socket:[{}]",
+                    s.inode
+                )),
+            ));
+        }
+        let sock = self.create_unpaired(s, ferr)?;
+        socket::connect(&sock, &s.peer_addr)
+            .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(&s.peer_addr)), e))?;
+        Ok(sock)
     }
 
     /// A listening, bound or unbound socket with no peer.

@@ -27,6 +27,9 @@ pub struct RestoreOptions {
     pub shell_job: bool,
     /// Restore established TCP connections closed (`--tcp-close`).
     pub tcp_close: bool,
+    /// Files handed in (`--inherit-fd fd[N]:KEY`): crstream's fd N stands
+    /// for the file KEY of the image ("socket:[INODE]" or a path).
+    pub inherit_fds: Vec<(i32, String)>,
 }
 
 impl RestoreOptions {
@@ -41,6 +44,11 @@ impl RestoreOptions {
 
     pub fn with_tcp_close(mut self, on: bool) -> Self {
         self.tcp_close = on;
+        self
+    }
+
+    pub fn with_inherit_fd(mut self, fd: i32, key: impl Into<String>) -> Self {
+        self.inherit_fds.push((fd, key.into()));
         self
     }
 }
@@ -273,6 +281,7 @@ fn restore_inner(
         sysv: &sysv,
         terminal: terminal.as_deref(),
         tcp_close: opts.tcp_close,
+        inherit: &opts.inherit_fds,
     };
     let live: Vec<usize> = (0..entries.len())
         .filter(|&i| processes[i].is_some())
