@@ -69,6 +69,7 @@ pub struct Dumped {
     /// Before the tree: dropped first, its connections leave repair mode
     /// before the processes run on.
     tcp: crate::fd::tcp::TcpHold,
+    pty: crate::fd::pty::PtyHold,
     tree: FrozenTree,
     stats: DumpStats,
     frozen_at: Instant,
@@ -85,12 +86,15 @@ impl Dumped {
     /// stopped while the image was being stored.
     pub fn finish(mut self, kill: bool) -> DumpStats {
         let tcp = std::mem::take(&mut self.tcp);
+        let pty = std::mem::take(&mut self.pty);
         let mut stats = self.stats.clone();
         if kill {
             self.tree.kill();
             stats.net_lock = tcp.after_kill();
+            pty.after_kill();
         } else {
             drop(tcp);
+            drop(pty);
             self.tree.release();
         }
         stats.frozen = self.frozen_at.elapsed();
@@ -117,7 +121,7 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
     opts.check_interrupt()?;
     let mut tree = FrozenTree::freeze(pid)?;
     let frozen_at = Instant::now();
-    let (pages, threads, tcp) = match dump_frozen(&mut tree, opts, sink) {
+    let (pages, threads, (tcp, pty)) = match dump_frozen(&mut tree, opts, sink) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(pid, "dump failed, letting the processes run on: {e}");
@@ -137,6 +141,7 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
     };
     Ok(Dumped {
         tcp,
+        pty,
         tree,
         stats,
         frozen_at,
@@ -172,7 +177,7 @@ fn dump_frozen(
     tree: &mut FrozenTree,
     opts: &DumpOptions,
     sink: &mut dyn ImageSink,
-) -> Result<(u64, usize, crate::fd::tcp::TcpHold), DumpError> {
+) -> Result<(u64, usize, Holds), DumpError> {
     tree.mark_shared_tables()?;
     let mut objects = DumpObjects::default();
     let mut memory = Memory::default();
@@ -202,8 +207,19 @@ fn dump_frozen(
         threads += p.threads.len();
         tracing::info!(pid = p.pid, pages = n, threads = p.threads.len(), "dumped");
     }
-    Ok((pages, threads, std::mem::take(&mut objects.tcp)))
+    Ok((
+        pages,
+        threads,
+        (
+            std::mem::take(&mut objects.tcp),
+            std::mem::take(&mut objects.pty),
+        ),
+    ))
 }
+
+/// What a dump holds of the tree until it ends: its TCP connections and
+/// the output read out of its pseudo-terminals.
+type Holds = (crate::fd::tcp::TcpHold, crate::fd::pty::PtyHold);
 
 /// Bytes of scratch memory injected syscalls may fill.
 const SCRATCH_LEN: u64 = 256;

@@ -72,6 +72,8 @@ pub(crate) struct DumpObjects {
     pub sysv: crate::sysv::Collector,
     /// The tree's TCP connections, read in repair mode behind a network lock.
     pub tcp: crate::fd::tcp::TcpHold,
+    /// Terminal output read out of the tree's pseudo-terminal masters.
+    pub pty: crate::fd::pty::PtyHold,
 }
 
 /// Injected syscalls into a frozen process: through its leader, with a

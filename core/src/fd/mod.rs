@@ -24,6 +24,7 @@ pub(crate) mod locks;
 pub(crate) mod owner;
 pub(crate) mod pidfd;
 mod pipe;
+pub(crate) mod pty;
 mod regular;
 mod signalfd;
 mod sock_diag;
@@ -63,6 +64,8 @@ fn fd_kinds() -> Vec<Box<dyn FdKind>> {
         Box::new(inotify::Inotify),
         Box::new(fanotify::Fanotify),
         Box::new(pidfd::PidFds),
+        // Before Terminals: a pseudo-terminal whose master the tree holds.
+        Box::new(pty::Ptys::default()),
         Box::new(tty::Terminals),
         Box::new(regular::Regular),
     ]

@@ -18,6 +18,7 @@ pub(crate) mod sched;
 pub(crate) mod shm;
 pub(crate) mod signal;
 pub(crate) mod socket;
+pub(crate) mod tty;
 pub(crate) mod uffd;
 
 use std::io;

@@ -1,0 +1,412 @@
+//! Pseudo-terminals whose master the tree holds (a terminal multiplexer,
+//! an ssh server, `script`): both ends, the pair's state, and the session
+//! each one controls.
+//!
+//! Dump: the master's record carries the pair: termios of both sides,
+//! window size, packet mode, lock and exclusive mode, and what the slave
+//! side wrote that the master has not read yet (read out, so the master's
+//! fd is drained: a dump that fails or leaves the tree running writes it
+//! back, see [`PtyHold`]). A slave's record says whether its process leads
+//! the session the terminal controls, and the foreground process group.
+//! A slave whose master the tree does not hold (or holds in a process
+//! dumped after it) is left to `tty.rs` (a shell job's terminal, or
+//! refused). Refused by name: input not read yet on the slave side, and a
+//! session leader whose controlling terminal it holds no fd of. Not
+//! seen: a line being typed in canonical mode, not yet entered.
+//!
+//! Restore: the pair is made again with its index (opening /dev/ptmx until
+//! the kernel hands out that one), its state set when the master's record
+//! comes, the pending output written back through the slave side with
+//! output processing off. Slave fds open /dev/pts/N; the session leader's
+//! first one without O_NOCTTY, which makes it the controlling terminal
+//! again, and sets the foreground process group.
+
+use super::{DumpFd, FdKind, Reopen};
+use crate::error::{DumpError, RestoreError};
+use crate::kind::{DumpTree, RestoreObjects};
+use crate::stub::{SCRATCH_DATA, Stub};
+use crate::sys::tty;
+use crstream_proto::{FileKind, FileTable, OpenFile, PtyFile};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+const TIOCGPTN: u64 = 0x8004_5430;
+const TIOCSPTLCK: u64 = 0x4004_5431;
+const TIOCGPTLCK: u64 = 0x8004_5439;
+const TIOCPKT: u64 = 0x5420;
+const TIOCGPKT: u64 = 0x8004_5438;
+const TIOCEXCL: u64 = 0x540c;
+const TIOCGEXCL: u64 = 0x8004_5440;
+const TIOCGWINSZ: u64 = 0x5413;
+const TIOCSWINSZ: u64 = 0x5414;
+const TIOCSPGRP: u64 = 0x5410;
+const TIOCINQ: u64 = 0x541b;
+const TCGETS2: u64 = 0x802c_542a;
+const TCSETS2: u64 = 0x402c_542b;
+/// struct termios2 and struct winsize.
+const TERMIOS2_LEN: usize = 44;
+const WINSIZE_LEN: usize = 8;
+/// c_oflag's place in struct termios2, and OPOST.
+const OFLAG_AT: usize = 4;
+const OPOST: u32 = 1;
+
+/// /dev/ptmx (and /dev/pts/ptmx).
+fn is_master(rdev: u64) -> bool {
+    libc::major(rdev) == 5 && libc::minor(rdev) == 2
+}
+
+/// A slave's index, from its device number (majors 136-143).
+fn slave_index(rdev: u64) -> Option<u32> {
+    let major = libc::major(rdev);
+    (136..=143)
+        .contains(&major)
+        .then(|| (major - 136) * 256 + libc::minor(rdev))
+}
+
+/// Pending output read out of the masters during a dump, written back
+/// when the tree runs on (dropped) and forgotten once it is dead.
+#[derive(Default)]
+pub(crate) struct PtyHold {
+    drained: Vec<(OwnedFd, Vec<u8>)>,
+}
+
+impl PtyHold {
+    pub(crate) fn after_kill(mut self) {
+        self.drained.clear();
+    }
+}
+
+impl Drop for PtyHold {
+    fn drop(&mut self) {
+        for (master, data) in self.drained.drain(..) {
+            if let Err(e) = write_output(&master, &data) {
+                tracing::error!("{} bytes of terminal output are lost: {e}", data.len());
+            }
+        }
+    }
+}
+
+/// Puts `data` in the master's read queue, as the slave side wrote it:
+/// written on the slave side with output processing off for the while.
+fn write_output(master: &OwnedFd, data: &[u8]) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let slave = tty::peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+    let saved = tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN)?;
+    let mut raw = saved.clone();
+    let oflag = u32::from_ne_bytes(raw[OFLAG_AT..OFLAG_AT + 4].try_into().expect("4 bytes"));
+    raw[OFLAG_AT..OFLAG_AT + 4].copy_from_slice(&(oflag & !OPOST).to_ne_bytes());
+    tty::set_bytes(&slave, TCSETS2, &raw)?;
+    let written = std::fs::File::from(slave.try_clone()?).write_all(data);
+    tty::set_bytes(&slave, TCSETS2, &saved)?;
+    written
+}
+
+#[derive(Default)]
+pub(super) struct Ptys {
+    /// Dump: the indexes of the masters seen so far.
+    masters: Vec<u32>,
+    /// Restore: the master of each pair made so far, by index.
+    made: HashMap<u32, OwnedFd>,
+}
+
+impl FdKind for Ptys {
+    fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
+        let Some(md) = d.md.filter(|md| md.file_type().is_char_device()) else {
+            return Ok(false);
+        };
+        let rdev = md.rdev();
+        let pty = if is_master(rdev) {
+            let dup = d.take()?;
+            let pty = read_master(d, &dup)?;
+            if !pty.output.is_empty() {
+                d.objects.pty.drained.push((dup, pty.output.clone()));
+            }
+            self.masters.push(pty.index);
+            pty
+        } else if let Some(index) = slave_index(rdev) {
+            // A terminal whose master the tree does not hold (seen first,
+            // parents before children) is `tty.rs`'s: a shell job's, or
+            // refused there.
+            if !self.masters.contains(&index) {
+                return Ok(false);
+            }
+            let stat =
+                crate::proc::stat(d.pid).map_err(|err| DumpError::Proc { pid: d.pid, err })?;
+            let leads = stat.field(6) as i32 == d.pid && stat.field(7) == rdev;
+            PtyFile {
+                index,
+                master: false,
+                controls_session: leads,
+                foreground: if leads { stat.field(8) as i32 } else { 0 },
+                ..Default::default()
+            }
+        } else {
+            return Ok(false);
+        };
+        f.kind = FileKind::Pty as i32;
+        f.path = d.link.to_vec();
+        f.rdev = rdev;
+        f.pty = Some(pty);
+        Ok(true)
+    }
+
+    /// Every session leader whose controlling terminal is one of these
+    /// holds an fd of it.
+    fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
+        for e in t.entries.iter().filter(|e| e.sid == e.pid) {
+            let Ok(stat) = crate::proc::stat(e.pid as i32) else {
+                continue;
+            };
+            let Some(index) = slave_index(stat.field(7)) else {
+                continue;
+            };
+            if !self.masters.contains(&index) {
+                continue;
+            }
+            let holds = t
+                .processes
+                .iter()
+                .filter(|p| p.pid == e.pid as i32)
+                .filter_map(|p| p.records.get::<FileTable>())
+                .flat_map(|t| &t.files)
+                .filter_map(|f| f.pty.as_ref())
+                .any(|p| p.controls_session);
+            if !holds {
+                return Err(DumpError::Unsupported {
+                    pid: e.pid as i32,
+                    what: "controlling terminal",
+                    reason: format!(
+                        "/dev/pts/{index} controls its session but it holds no fd of it"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn restores(&self, f: &OpenFile) -> bool {
+        f.kind() == FileKind::Pty && f.pty.is_some()
+    }
+
+    fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        _objects: &RestoreObjects<'_>,
+    ) -> Result<Reopen, RestoreError> {
+        let p = f.pty.as_ref().expect("restores() checked it");
+        let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
+        let master = match self.made.entry(p.index) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(open_index(p.index).map_err(|e| ferr("making the pseudo-terminal", e))?)
+            }
+        };
+        if p.master {
+            set_state(master, p).map_err(|e| ferr("its state", e))?;
+            let fd = master.try_clone().map_err(|e| ferr("dup", e))?;
+            super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
+            return Ok(Reopen::Created(fd));
+        }
+        let mut flags = (f.open_flags as i32)
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        // The leader's open makes it its session's controlling terminal.
+        if !p.controls_session {
+            flags |= libc::O_NOCTTY;
+        }
+        Ok(Reopen::Path {
+            path: format!("/dev/pts/{}", p.index).into_bytes(),
+            flags,
+            offset: 0,
+        })
+    }
+
+    fn after_table(&mut self, stub: &Stub, f: &OpenFile) -> Result<(), RestoreError> {
+        let Some(p) = f
+            .pty
+            .as_ref()
+            .filter(|p| p.controls_session && p.foreground > 0)
+        else {
+            return Ok(());
+        };
+        let at = stub.put(SCRATCH_DATA, &p.foreground.to_ne_bytes())?;
+        stub.call(
+            "ioctl(TIOCSPGRP)",
+            libc::SYS_ioctl,
+            &[f.fd as u64, TIOCSPGRP, at],
+        )
+        .map_err(|e| {
+            super::file_error(
+                stub.pid,
+                f,
+                format!("making process group {} the foreground: {e}", p.foreground),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// The pair's state, through a duplicate of its master; its pending
+/// output is read out (see [`PtyHold`]).
+fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
+    let err = |what: &'static str| move |e: io::Error| d.error(what, e);
+    let index = tty::get_int(dup, TIOCGPTN).map_err(err("TIOCGPTN"))? as u32;
+    let slave = tty::peer(dup, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .map_err(err("TIOCGPTPEER"))?;
+    if tty::get_int(&slave, TIOCINQ).map_err(err("TIOCINQ"))? > 0 {
+        return Err(d.refuse(format!(
+            "/dev/pts/{index} has input its reader has not read yet"
+        )));
+    }
+    let pending = tty::get_int(dup, TIOCINQ).map_err(err("TIOCINQ"))? as usize;
+    Ok(PtyFile {
+        index,
+        master: true,
+        slave_termios: tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN).map_err(err("TCGETS2"))?,
+        master_termios: tty::get_bytes(dup, TCGETS2, TERMIOS2_LEN).map_err(err("TCGETS2"))?,
+        winsize: tty::get_bytes(dup, TIOCGWINSZ, WINSIZE_LEN).map_err(err("TIOCGWINSZ"))?,
+        packet_mode: tty::get_int(dup, TIOCGPKT).map_err(err("TIOCGPKT"))? != 0,
+        locked: tty::get_int(dup, TIOCGPTLCK).map_err(err("TIOCGPTLCK"))? != 0,
+        exclusive: tty::get_int(&slave, TIOCGEXCL).map_err(err("TIOCGEXCL"))? != 0,
+        output: drain(dup, pending).map_err(err("reading the pending output"))?,
+        ..Default::default()
+    })
+}
+
+/// Reads `len` bytes the master has pending (it is frozen: nothing else
+/// reads them).
+fn drain(master: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = vec![0u8; len];
+    if len > 0 {
+        let dup = master.try_clone()?;
+        let flags = rustix::fs::fcntl_getfl(&dup)?;
+        rustix::fs::fcntl_setfl(&dup, flags | rustix::fs::OFlags::NONBLOCK)?;
+        let r = std::fs::File::from(dup.try_clone()?).read_exact(&mut out);
+        rustix::fs::fcntl_setfl(&dup, flags)?;
+        r?;
+    }
+    Ok(out)
+}
+
+/// A new pseudo-terminal pair with index `index`: /dev/ptmx hands out the
+/// lowest free index, so the ones below are held until it comes.
+fn open_index(index: u32) -> io::Result<OwnedFd> {
+    let mut held = Vec::new();
+    loop {
+        let m = rustix::fs::open(
+            "/dev/ptmx",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let got = tty::get_int(&m, TIOCGPTN)? as u32;
+        if got == index {
+            tty::set_int(&m, TIOCSPTLCK, 0)?;
+            return Ok(m);
+        }
+        if got > index || held.len() > 4096 {
+            return Err(io::Error::other(format!(
+                "/dev/pts/{index} is in use here (the kernel handed out {got})"
+            )));
+        }
+        held.push(m);
+    }
+}
+
+/// The pair's state from the master's record.
+fn set_state(master: &OwnedFd, p: &PtyFile) -> io::Result<()> {
+    let check = |b: &[u8], len: usize, what: &str| {
+        if b.len() == len {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("{what} of {} bytes", b.len())))
+        }
+    };
+    check(&p.slave_termios, TERMIOS2_LEN, "termios")?;
+    check(&p.master_termios, TERMIOS2_LEN, "termios")?;
+    check(&p.winsize, WINSIZE_LEN, "winsize")?;
+    tty::set_bytes(master, TCSETS2, &p.master_termios)?;
+    tty::set_bytes(master, TIOCSWINSZ, &p.winsize)?;
+    let slave = tty::peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+    tty::set_bytes(&slave, TCSETS2, &p.slave_termios)?;
+    write_output(master, &p.output)?;
+    if p.packet_mode {
+        tty::set_int(master, TIOCPKT, 1)?;
+    }
+    if p.exclusive {
+        tty::call(&slave, TIOCEXCL)?;
+    }
+    if p.locked {
+        tty::set_int(master, TIOCSPTLCK, 1)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{created, dump_own};
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A pair's state comes back on a pair with the same index: termios
+    /// of both sides, window size, packet mode, exclusive mode, and the
+    /// output the master had not read (which the original keeps too).
+    #[test]
+    fn a_pseudo_terminal_pair_comes_back_with_its_state_and_pending_output() {
+        let master = open_index_any();
+        let index = tty::get_int(&master, TIOCGPTN).unwrap() as u32;
+        let slave = tty::peer(&master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();
+        let mut t = tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN).unwrap();
+        // c_lflag (offset 12): ECHO off; c_cc[VMIN] (17 + 6) = 3.
+        let lflag = u32::from_ne_bytes(t[12..16].try_into().unwrap()) & !libc::ECHO;
+        t[12..16].copy_from_slice(&lflag.to_ne_bytes());
+        t[17 + libc::VMIN] = 3;
+        tty::set_bytes(&slave, TCSETS2, &t).unwrap();
+        let ws = [24u16, 80, 0, 0].map(u16::to_ne_bytes).concat();
+        tty::set_bytes(&master, TIOCSWINSZ, &ws).unwrap();
+        tty::call(&slave, TIOCEXCL).unwrap();
+        std::fs::File::from(slave.try_clone().unwrap())
+            .write_all(b"hello\n")
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let f = dump_own(master.as_raw_fd()).unwrap();
+        let p = f.pty.as_ref().unwrap();
+        assert!(p.master && p.index == index && p.exclusive);
+        assert_eq!(p.output, b"hello\r\n");
+        // Still pending on the original (once the tty layer has moved it).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(tty::get_int(&master, TIOCINQ).unwrap(), 7);
+        drop((master, slave));
+        let n = created(&mut Ptys::default(), &f);
+        assert_eq!(tty::get_int(&n, TIOCGPTN).unwrap() as u32, index);
+        let peer = tty::peer(&n, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();
+        assert_eq!(tty::get_bytes(&peer, TCGETS2, TERMIOS2_LEN).unwrap(), t);
+        assert_eq!(tty::get_bytes(&n, TIOCGWINSZ, WINSIZE_LEN).unwrap(), ws);
+        assert_eq!(tty::get_int(&peer, TIOCGEXCL).unwrap(), 1);
+        let mut got = [0u8; 7];
+        std::fs::File::from(n).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello\r\n");
+    }
+
+    fn open_index_any() -> OwnedFd {
+        let m = rustix::fs::open(
+            "/dev/ptmx",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        tty::set_int(&m, TIOCSPTLCK, 0).unwrap();
+        m
+    }
+
+    #[test]
+    fn slave_indexes() {
+        assert_eq!(slave_index(libc::makedev(136, 3)), Some(3));
+        assert_eq!(slave_index(libc::makedev(137, 1)), Some(257));
+        assert_eq!(slave_index(libc::makedev(4, 1)), None);
+        assert!(is_master(libc::makedev(5, 2)));
+    }
+}
