@@ -230,3 +230,28 @@ fn a_dump_worker_killed_while_connections_are_locked_harms_nothing() {
     assert_running_untraced(w.pid);
     w.kill();
 }
+
+/// Connections on their way to closing come back in their states: one in
+/// CLOSE_WAIT with bytes unread before the peer's FIN (its peer in
+/// FIN_WAIT2), one in FIN_WAIT1 with megabytes never sent before its FIN,
+/// one shut down for reading. The workload checks each after restore;
+/// restored twice from one image.
+#[test]
+fn closing_tcp_connections_come_back_in_their_states() {
+    let dir = TestDir::new("tcp-states");
+    let mut w = Workload::spawn("wl_tcp_states", dir.path("report"), &[]);
+    let r = w.wait_report(T, |r| status(r) == "READY" && field(r, 0, 3) == 4);
+    assert_eq!(status(&r), "READY", "{r}");
+    let img = dir.path("img");
+    let o = dump(w.pid, &img, &["--tcp-established", "--json"]);
+    let _lock = NetLockGuard::of(&o);
+    w.reap_dumped();
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    for round in ["first restore", "second restore"] {
+        let pid = restore_with(&img, &[]);
+        w.restored(pid);
+        let r = w.wait_report(T, |r| status(r) != "READY" && !r.is_empty());
+        assert_eq!(status(&r), "OK", "{round}: {r}");
+        w.kill();
+    }
+}

@@ -15,6 +15,13 @@ use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 
+/// What crstream itself sends a restored connection (`fd/packets.rs`)
+/// carries, and the lock lets through: an IPv4 ID (or IPv6 flow label)
+/// and a TTL (hop limit) no kernel-made packet of a connection has
+/// together (a packet mark would not survive loopback).
+pub(crate) const INJECT_ID: u16 = 0x4352;
+pub(crate) const INJECT_TTL: u8 = 13;
+
 /// The nftables table that holds connections away.
 #[derive(Debug)]
 pub(crate) struct NetLock {
@@ -118,8 +125,12 @@ impl NetLock {
                 "  set {name} {{ type {ty} . inet_service . {ty} . inet_service;{elements} }}\n"
             )
         };
-        let rules = "ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop; \
-                     ip6 saddr . tcp sport . ip6 daddr . tcp dport @conns6 drop;";
+        let rules = format!(
+            "ip id {INJECT_ID:#x} ip ttl {INJECT_TTL} accept; \
+             ip6 flowlabel {INJECT_ID:#x} ip6 hoplimit {INJECT_TTL} accept; \
+             ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop; \
+             ip6 saddr . tcp sport . ip6 daddr . tcp dport @conns6 drop;"
+        );
         let script = format!(
             "table inet {name} {{\n{}{}  chain in {{ type filter hook input priority -300; policy accept; {rules} }}\n  chain out {{ type filter hook output priority -300; policy accept; {rules} }}\n}}\n",
             set("conns4", "ipv4_addr", &v4),

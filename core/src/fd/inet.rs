@@ -54,7 +54,7 @@ impl FdKind for InetSockets {
         };
         if tcp {
             let state = socket::tcp_state(&dup).map_err(|e| d.error("TCP_INFO", e))?;
-            if state == sock_diag::TCP_ESTABLISHED {
+            if super::tcp::saved_state(state) {
                 let to = fmt_sockaddr(&sf.peer_addr);
                 match d.tcp {
                     TcpMode::Refuse => {
@@ -73,6 +73,9 @@ impl FdKind for InetSockets {
                             .map_err(|e| d.refuse(format!("TCP connection to {to}: {e}")))?;
                         // Read once the network is locked (tcp.rs).
                         sf.tcp = Some(TcpConnection::default());
+                        sf.shutdown = sock_diag::tcp_shutdown(sf.family, sf.inode)
+                            .map_err(|e| d.error("inet_diag (shutdown)", e))?
+                            as u32;
                     }
                     TcpMode::Close => {
                         sf.tcp = Some(TcpConnection {

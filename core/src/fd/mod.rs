@@ -22,6 +22,7 @@ mod inet;
 mod inotify;
 pub(crate) mod locks;
 pub(crate) mod owner;
+mod packets;
 pub(crate) mod pidfd;
 mod pipe;
 pub(crate) mod pty;

@@ -163,3 +163,33 @@ pub(super) fn tcp_listener(family: i32, inode: u64) -> io::Result<(u32, u32)> {
     })?;
     found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not among the TCP listeners"))
 }
+
+/// The shutdown bits (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) of a TCP socket,
+/// found by inode among the connections of our network namespace.
+pub(super) fn tcp_shutdown(family: i32, inode: u64) -> io::Result<u8> {
+    const INET_DIAG_SHUTDOWN: u16 = 8;
+    let mut req = vec![0u8; 56];
+    req[0] = family as u8;
+    req[1] = libc::IPPROTO_TCP as u8;
+    // Every state but LISTEN.
+    req[4..8].copy_from_slice(&(!(1u32 << TCP_LISTEN)).to_ne_bytes());
+    let mut found = None;
+    request(&req, true, |p| {
+        if p.len() < 72 {
+            return false;
+        }
+        let at = |o: usize| u32::from_ne_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]);
+        if at(68) as u64 != inode {
+            return false;
+        }
+        found = Some(
+            rtattrs(&p[72..])
+                .into_iter()
+                .find(|(ty, _)| *ty == INET_DIAG_SHUTDOWN)
+                .and_then(|(_, v)| v.first().copied())
+                .unwrap_or(0),
+        );
+        true
+    })?;
+    found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not among the TCP sockets"))
+}

@@ -20,7 +20,15 @@
 //! queues (what was sent goes back as sent: TCP sends it again if the peer
 //! did not get it), sets the window and leaves repair mode; the bytes never
 //! sent are then sent as usual. The network lock goes once the tree runs.
+//!
+//! A closing connection (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING) is
+//! built as an established one, then closed the way it was: our FIN by
+//! shutdown (in repair mode, which counts it as sent, unless bytes never
+//! sent come first), the peer's FIN and its acknowledgement of ours as
+//! segments from the peer that crstream builds (`packets.rs`), which the
+//! lock lets through.
 
+use super::packets;
 use super::socket::{apply_options, fmt_sockaddr};
 use crate::error::DumpError;
 use crate::kind::ProcessDump;
@@ -71,6 +79,43 @@ const TCPOPT_WINDOW: u32 = 3;
 const TCPOPT_SACK_PERM: u32 = 4;
 const TCPOPT_TIMESTAMP: u32 = 8;
 pub(super) const TCP_ESTABLISHED: u32 = 1;
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
+
+/// The states of a connection that dump saves: established, and closing
+/// from either side (TIME_WAIT has no socket any more).
+pub(super) fn saved_state(state: u8) -> bool {
+    matches!(
+        state as u32,
+        TCP_ESTABLISHED
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_CLOSE_WAIT
+            | TCP_LAST_ACK
+            | TCP_CLOSING
+    )
+}
+
+/// We sent (or queued) our FIN.
+fn our_fin(state: u32) -> bool {
+    matches!(
+        state,
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING
+    )
+}
+
+/// The peer's FIN was received.
+fn peer_fin(state: u32) -> bool {
+    matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
+}
+
+/// Our FIN is in the send queue, not acknowledged.
+fn fin_queued(state: u32) -> bool {
+    matches!(state, TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSING)
+}
 /// Queued bytes go back in pieces of this size.
 const CHUNK: usize = 64 << 10;
 
@@ -274,13 +319,17 @@ fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
     let mut info = [0u8; 8];
     getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
     let (state, options, wscale) = (info[0], info[5], info[6]);
-    if state as u32 != TCP_ESTABLISHED {
-        return Err(io::Error::other(format!(
-            "in TCP state {state} (only established connections are supported yet)"
-        )));
+    if !saved_state(state) {
+        return Err(io::Error::other(format!("in TCP state {state}")));
     }
-    let outq = ioctl_int(s, SIOCOUTQ)? as usize;
-    let unsent = ioctl_int(s, SIOCOUTQNSD)? as u32;
+    let state = state as u32;
+    // The queue counts below include our FIN while it is not acknowledged:
+    // the data is one byte less.
+    let fin = fin_queued(state) as usize;
+    let outq_all = ioctl_int(s, SIOCOUTQ)? as usize;
+    let unsent_all = ioctl_int(s, SIOCOUTQNSD)? as usize;
+    let outq = outq_all.saturating_sub(fin);
+    let unsent = if unsent_all > 0 { unsent_all - fin } else { 0 } as u32;
     let inq = ioctl_int(s, SIOCINQ)? as usize;
     // A peek offset the process set would skip the head of the queue.
     let peek_off = getsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF)?;
@@ -299,7 +348,8 @@ fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
     let w = |i: usize| u32::from_ne_bytes(window[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
     let timestamps = options & TCPI_OPT_TIMESTAMPS != 0;
     Ok(TcpConnection {
-        state: TCP_ESTABLISHED,
+        state,
+        snd_una: send_seq.wrapping_sub(outq_all as u32),
         send_seq,
         recv_seq,
         send_queue,
@@ -352,11 +402,20 @@ pub(super) fn build(sf: &SocketFile, t: &TcpConnection, close: bool) -> io::Resu
         apply_options(&s, &sf.options).map_err(step("socket options"))?;
         return Ok(s);
     }
+    if !saved_state(t.state.min(255) as u8) {
+        return Err(io::Error::other(format!(
+            "TCP state {} in the image",
+            t.state
+        )));
+    }
+    // Where the data ends, before the FINs (given again below).
+    let send_end = t.send_seq.wrapping_sub(our_fin(t.state) as u32);
+    let recv_end = t.recv_seq.wrapping_sub(peer_fin(t.state) as u32);
     let start = |seq: u32, queued: &[u8]| seq.wrapping_sub(queued.len() as u32) as i32;
     set(&s, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
-    set(&s, TCP_QUEUE_SEQ, start(t.send_seq, &t.send_queue))?;
+    set(&s, TCP_QUEUE_SEQ, start(send_end, &t.send_queue))?;
     set(&s, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
-    set(&s, TCP_QUEUE_SEQ, start(t.recv_seq, &t.recv_queue))?;
+    set(&s, TCP_QUEUE_SEQ, start(recv_end, &t.recv_queue))?;
     bind(&s, &sf.local_addr).map_err(step("bind"))?;
     connect(&s, &sf.peer_addr).map_err(|e| {
         let why = if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
@@ -391,7 +450,20 @@ pub(super) fn build(sf: &SocketFile, t: &TcpConnection, close: bool) -> io::Resu
     send_all(&s, &t.recv_queue).map_err(step("refilling the receive queue"))?;
     set(&s, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
     send_all(&s, sent).map_err(step("refilling the send queue"))?;
-    let window: Vec<u8> = [t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup]
+    // Our FIN, sent after every byte: in repair mode it counts as sent (the
+    // lock would drop it, and the kernel would hold it back as unsent).
+    // Behind bytes never sent, it waits for them, as it did.
+    let fin_now = our_fin(t.state) && not_sent.is_empty() && t.state != TCP_LAST_ACK;
+    if fin_now {
+        crate::sys::socket::shutdown(&s, libc::SHUT_WR).map_err(step("shutdown(SHUT_WR)"))?;
+    }
+    // The window was last updated at most where the data ends now.
+    let rcv_wup = if (recv_end.wrapping_sub(t.rcv_wup) as i32) < 0 {
+        recv_end
+    } else {
+        t.rcv_wup
+    };
+    let window: Vec<u8> = [t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, rcv_wup]
         .iter()
         .flat_map(|v| v.to_ne_bytes())
         .collect();
@@ -402,5 +474,84 @@ pub(super) fn build(sf: &SocketFile, t: &TcpConnection, close: bool) -> io::Resu
     // Leaving repair mode drops address reuse: SO_REUSEADDR again.
     apply_options(&s, &sf.options).map_err(step("socket options"))?;
     send_all(&s, not_sent).map_err(step("sending what was never sent"))?;
+    if our_fin(t.state) && !fin_now && t.state != TCP_LAST_ACK {
+        crate::sys::socket::shutdown(&s, libc::SHUT_WR).map_err(step("shutdown(SHUT_WR)"))?;
+    }
+    close_as_saved(&s, sf, t, recv_end, fin_now)?;
+    if sf.shutdown & 1 != 0 {
+        crate::sys::socket::shutdown(&s, libc::SHUT_RD).map_err(step("shutdown(SHUT_RD)"))?;
+    }
     Ok(s)
+}
+
+/// Brings a socket (out of repair mode, our FIN given already unless it is
+/// LAST_ACK's, which follows the peer's) to the saved state: the peer's FIN
+/// or its acknowledgement of ours come as segments from the peer
+/// (`packets.rs`).
+fn close_as_saved(
+    s: &OwnedFd,
+    sf: &SocketFile,
+    t: &TcpConnection,
+    recv_end: u32,
+    fin_sent: bool,
+) -> io::Result<()> {
+    let addr =
+        |raw: &[u8]| netlock::socket_addr(raw).ok_or_else(|| io::Error::other("not an IP address"));
+    let (local, peer) = (addr(&sf.local_addr)?, addr(&sf.peer_addr)?);
+    // The peer's window, in its own scale.
+    let window = (t.snd_wnd >> t.snd_wscale).min(u16::MAX as u32) as u16;
+    let shut = || {
+        crate::sys::socket::shutdown(s, libc::SHUT_WR)
+            .map_err(|e| io::Error::new(e.kind(), format!("shutdown(SHUT_WR): {e}")))
+    };
+    let peer_fin = || {
+        packets::send_tcp(
+            peer,
+            local,
+            recv_end,
+            t.snd_una,
+            packets::TCP_FIN | packets::TCP_ACK,
+            window,
+        )
+    };
+    match t.state {
+        // The peer acknowledged our FIN: only a sent one can be.
+        TCP_FIN_WAIT2 if fin_sent => {
+            packets::send_tcp(
+                peer,
+                local,
+                t.recv_seq,
+                t.send_seq,
+                packets::TCP_ACK,
+                window,
+            )?;
+        }
+        TCP_CLOSE_WAIT | TCP_CLOSING => peer_fin()?,
+        TCP_LAST_ACK => {
+            peer_fin()?;
+            wait_state(s, &[TCP_CLOSE_WAIT])?;
+            shut()?;
+        }
+        _ => return Ok(()),
+    }
+    wait_state(s, &[t.state])
+}
+
+/// Waits (briefly: the segments are delivered locally) for one of `want`.
+fn wait_state(s: &OwnedFd, want: &[u32]) -> io::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let mut info = [0u8; 1];
+        getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
+        if want.contains(&(info[0] as u32)) {
+            return Ok(());
+        }
+        if started.elapsed() > std::time::Duration::from_secs(2) {
+            return Err(io::Error::other(format!(
+                "the connection reached TCP state {}, not {want:?}",
+                info[0]
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
