@@ -8,7 +8,9 @@
 //! STATUS is OK, "inner-closed" once the pair's connection failed with
 //! ECONNABORTED (restored with --tcp-close), or the first problem seen.
 //!
-//! Usage: wl_tcp REPORT
+//! Usage: wl_tcp REPORT [v6|mapped] (v6: on ::1; mapped: listening on ::
+//! for IPv4 too, its own client coming over IPv4, so that the server's end
+//! is an IPv6 socket with IPv4-mapped addresses)
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -74,7 +76,12 @@ fn main() {
     // SAFETY: no fd above 2 is in use yet.
     unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
     let path = std::env::args().nth(1).expect("usage: wl_tcp REPORT");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (bind, client) = match std::env::args().nth(2).as_deref() {
+        Some("v6") => ("[::1]:0", "::1"),
+        Some("mapped") => ("[::]:0", "127.0.0.1"),
+        _ => ("127.0.0.1:0", "127.0.0.1"),
+    };
+    let listener = TcpListener::bind(bind).expect("bind");
     let port = listener.local_addr().unwrap().port();
     // The child's progress, seen by the parent: [0] bytes it got, [1] a
     // problem (1: inner-closed, 2: other).
@@ -93,7 +100,7 @@ fn main() {
     let child = unsafe { libc::fork() };
     if child == 0 {
         drop(listener);
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let s = TcpStream::connect((client, port)).expect("connect");
         s.set_nonblocking(true).unwrap();
         let mut end = End {
             s,

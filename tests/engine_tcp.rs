@@ -255,3 +255,37 @@ fn closing_tcp_connections_come_back_in_their_states() {
         w.kill();
     }
 }
+
+/// IPv6 connections, and IPv4 ones on an IPv6 socket (v4-mapped
+/// addresses): the pair inside the tree and a client outside it go on.
+#[test]
+fn ipv6_and_v4_mapped_connections_come_back() {
+    for (mode, outside) in [("v6", "::1"), ("mapped", "127.0.0.1")] {
+        let dir = TestDir::new(&format!("tcp-{mode}"));
+        let mut w = Workload::spawn("wl_tcp", dir.path("report"), &[mode]);
+        let r = w.wait_report(T, |r| field(r, 0, 1) >= 3 && got(r).1 > 0);
+        let port = field(&r, 0, 3) as u16;
+        let out = TcpStream::connect((outside, port)).unwrap();
+        out.set_read_timeout(Some(T)).unwrap();
+        let mut client = Client {
+            lines: BufReader::new(out.try_clone().unwrap()),
+            out,
+        };
+        client.ping(1);
+        let kids = children_of(w.pid);
+        let o = dump(w.pid, &dir.path("img"), &["--tcp-established", "--json"]);
+        let _lock = NetLockGuard::of(&o);
+        w.reap_dumped();
+        for pid in kids {
+            assert!(wait_gone(pid, T), "{mode}: pid {pid} survived the dump");
+        }
+        let at_dump = got(&w.read_report().unwrap());
+        client.send(2);
+        let pid = restore_with(&dir.path("img"), &[]);
+        w.restored(pid);
+        client.expect(2);
+        client.ping(3);
+        moves_on(&w, at_dump, "OK");
+        w.kill();
+    }
+}

@@ -375,6 +375,17 @@ fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
     })
 }
 
+/// Leaving repair mode drops address reuse: the saved SO_REUSEADDR again.
+fn reuse_again(s: &OwnedFd, sf: &SocketFile) -> io::Result<()> {
+    let reuse = sf
+        .options
+        .iter()
+        .filter(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR)
+        .cloned()
+        .collect::<Vec<_>>();
+    apply_options(s, &reuse)
+}
+
 fn send_all(s: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let n = send(s, &data[..data.len().min(CHUNK)])?;
@@ -399,7 +410,7 @@ pub(super) fn build(sf: &SocketFile, t: &TcpConnection, close: bool) -> io::Resu
         bind(&s, &sf.local_addr).map_err(step("bind"))?;
         connect(&s, &[]).map_err(step("disconnect"))?;
         set(&s, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)?;
-        apply_options(&s, &sf.options).map_err(step("socket options"))?;
+        reuse_again(&s, sf).map_err(step("SO_REUSEADDR"))?;
         return Ok(s);
     }
     if !saved_state(t.state.min(255) as u8) {
@@ -471,8 +482,7 @@ pub(super) fn build(sf: &SocketFile, t: &TcpConnection, close: bool) -> io::Resu
         .map_err(step("TCP_REPAIR_WINDOW"))?;
     set(&s, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
     set(&s, TCP_REPAIR, TCP_REPAIR_OFF)?;
-    // Leaving repair mode drops address reuse: SO_REUSEADDR again.
-    apply_options(&s, &sf.options).map_err(step("socket options"))?;
+    reuse_again(&s, sf).map_err(step("SO_REUSEADDR"))?;
     send_all(&s, not_sent).map_err(step("sending what was never sent"))?;
     if our_fin(t.state) && !fin_now && t.state != TCP_LAST_ACK {
         crate::sys::socket::shutdown(&s, libc::SHUT_WR).map_err(step("shutdown(SHUT_WR)"))?;
