@@ -37,17 +37,36 @@ impl FdKind for InetSockets {
         let Some((dup, mut sf)) = read(d, inet)? else {
             return Ok(false);
         };
+        let family = if sf.family == libc::AF_INET {
+            "IPv4"
+        } else {
+            "IPv6"
+        };
         let tcp = match (sf.r#type, sf.protocol) {
             (libc::SOCK_STREAM, libc::IPPROTO_TCP) => true,
             (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => false,
+            // UDP-Lite, ICMP echo ("ping") and raw sockets: made again with
+            // their options, name and peer; what waits in their queue
+            // cannot be put back and is refused.
+            (
+                libc::SOCK_DGRAM,
+                libc::IPPROTO_UDPLITE | libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6,
+            )
+            | (libc::SOCK_RAW, _) => {
+                let mut one = [0u8; 1];
+                if socket::recv_peek(&dup, &mut one).is_ok() {
+                    return Err(d.refuse(format!(
+                        "{family} {} socket of protocol {} with data queued",
+                        type_name(sf.r#type),
+                        sf.protocol
+                    )));
+                }
+                finish(d, &dup, sf, f)?;
+                return Ok(true);
+            }
             (ty, protocol) => {
                 return Err(d.refuse(format!(
-                    "{} socket of type {} protocol {protocol}: only TCP and UDP are supported",
-                    if sf.family == libc::AF_INET {
-                        "IPv4"
-                    } else {
-                        "IPv6"
-                    },
+                    "{family} socket of type {} protocol {protocol}",
                     type_name(ty)
                 )));
             }
@@ -169,7 +188,7 @@ fn create(
     if s.listening {
         socket::listen(&sock, backlog(s)).map_err(|e| ferr("listen", e))?;
     }
-    if s.r#type == libc::SOCK_DGRAM {
+    if s.r#type == libc::SOCK_DGRAM || s.r#type == libc::SOCK_RAW {
         if !s.peer_addr.is_empty() {
             socket::connect(&sock, &s.peer_addr)
                 .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(&s.peer_addr)), e))?;
@@ -443,6 +462,48 @@ mod tests {
     #[test]
     fn udp_queue_and_peer_v6() {
         udp_queue_round_trip("[::1]:0", ["[::1]:0", "[::1]:0"]);
+    }
+
+    /// Raw, ICMP echo and UDP-Lite sockets come back with their name,
+    /// peer and options (an ICMP filter, checksum coverage).
+    #[test]
+    fn raw_ping_and_udplite_sockets_come_back() {
+        let raw = socket::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).unwrap();
+        // Let only echo replies (type 0) through.
+        socket::setsockopt_int(&raw, 255, 1, !1).unwrap();
+        socket::bind(&raw, &sockaddr_in([127, 0, 0, 1], 0)).unwrap();
+        socket::connect(&raw, &sockaddr_in([127, 0, 0, 2], 0)).unwrap();
+        let lite = socket::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE).unwrap();
+        socket::setsockopt_int(&lite, libc::IPPROTO_UDPLITE, 10, 20).unwrap();
+        socket::bind(&lite, &sockaddr_in([127, 0, 0, 1], 0)).unwrap();
+        let mut sockets = vec![
+            (raw, vec![(255, 1, !1)]),
+            (lite, vec![(libc::IPPROTO_UDPLITE, 10, 20)]),
+        ];
+        // ICMP echo sockets need this machine's ping_group_range to allow us.
+        if let Ok(ping) = socket::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) {
+            socket::setsockopt_int(&ping, libc::IPPROTO_IP, libc::IP_TTL, 7).unwrap();
+            socket::bind(&ping, &sockaddr_in([127, 0, 0, 1], 0)).unwrap();
+            sockets.push((ping, vec![(libc::IPPROTO_IP, libc::IP_TTL, 7)]));
+        }
+        for (s, opts) in sockets {
+            let (name, peer) = (
+                socket::name(&s, false).unwrap(),
+                socket::name(&s, true).unwrap(),
+            );
+            let f = dump_own(s.as_raw_fd()).unwrap();
+            drop(s);
+            let n = created(&mut InetSockets::default(), &f);
+            assert_eq!(socket::name(&n, false).unwrap(), name);
+            assert_eq!(socket::name(&n, true).unwrap(), peer);
+            for (level, opt, v) in opts {
+                assert_eq!(
+                    socket::getsockopt_int(&n, level, opt).unwrap(),
+                    v,
+                    "{level}/{opt}"
+                );
+            }
+        }
     }
 
     #[test]

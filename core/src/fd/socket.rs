@@ -58,8 +58,8 @@ pub(super) fn finish(
     mut sf: SocketFile,
     f: &mut OpenFile,
 ) -> Result<(), DumpError> {
-    for (level, opt) in option_list(sf.family, sf.r#type) {
-        let mut buf = [0u8; 16];
+    for (level, opt) in option_list(sf.family, sf.r#type, sf.protocol) {
+        let mut buf = [0u8; 64];
         match getsockopt(dup, level, opt, &mut buf) {
             Ok(n) => sf.options.push(SockOpt {
                 level,
@@ -162,7 +162,7 @@ const IPV6_FREEBIND: i32 = 78;
 /// (buffer sizes before SO_BUF_LOCK, which setting them changes). A
 /// classic BPF filter (SO_ATTACH_FILTER) is saved apart, before
 /// SO_LOCK_FILTER.
-fn option_list(family: i32, ty: i32) -> Vec<(i32, i32)> {
+fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
     let s = libc::SOL_SOCKET;
     let mut v = vec![
         (s, libc::SO_RCVBUF),
@@ -249,8 +249,32 @@ fn option_list(family: i32, ty: i32) -> Vec<(i32, i32)> {
             (tcp, libc::TCP_FASTOPEN),
         ]);
     }
-    if ty == libc::SOCK_DGRAM {
+    if ty == libc::SOCK_DGRAM && protocol == libc::IPPROTO_UDP {
         v.push((libc::IPPROTO_UDP, libc::UDP_CORK));
+    }
+    if protocol == libc::IPPROTO_UDPLITE {
+        const UDPLITE_SEND_CSCOV: i32 = 10;
+        const UDPLITE_RECV_CSCOV: i32 = 11;
+        v.extend([
+            (libc::IPPROTO_UDPLITE, UDPLITE_SEND_CSCOV),
+            (libc::IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV),
+        ]);
+    }
+    if ty == libc::SOCK_RAW {
+        const SOL_RAW: i32 = 255;
+        const ICMP_FILTER: i32 = 1;
+        const ICMPV6_FILTER: i32 = 1;
+        if family == libc::AF_INET {
+            v.push((libc::IPPROTO_IP, libc::IP_HDRINCL));
+            if protocol == libc::IPPROTO_ICMP {
+                v.push((SOL_RAW, ICMP_FILTER));
+            }
+        } else {
+            v.push((libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM));
+            if protocol == libc::IPPROTO_ICMPV6 {
+                v.push((libc::IPPROTO_ICMPV6, ICMPV6_FILTER));
+            }
+        }
     }
     // After IP_TOS / IPV6_TCLASS, which may set it too.
     v.push((s, libc::SO_PRIORITY));
@@ -286,7 +310,7 @@ pub(super) fn apply_options(s: &OwnedFd, opts: &[SockOpt]) -> io::Result<()> {
                 .map_err(|e| io::Error::new(e.kind(), format!("SO_ATTACH_FILTER: {e}")))?;
             continue;
         }
-        let mut cur = [0u8; 16];
+        let mut cur = [0u8; 64];
         let n = getsockopt(s, o.level, o.name, &mut cur)?;
         if cur[..n] == o.value[..] {
             continue;
