@@ -21,6 +21,7 @@ mod handles;
 mod inet;
 mod inotify;
 pub(crate) mod locks;
+mod netlink;
 pub(crate) mod owner;
 mod packets;
 pub(crate) mod pidfd;
@@ -57,6 +58,7 @@ fn fd_kinds() -> Vec<Box<dyn FdKind>> {
         Box::new(pipe::Pipes::default()),
         Box::new(unix::UnixSockets::default()),
         Box::new(inet::InetSockets::default()),
+        Box::new(netlink::NetlinkSockets::default()),
         Box::new(socket::OtherSockets),
         Box::new(eventfd::EventFd),
         Box::new(timerfd::TimerFd),

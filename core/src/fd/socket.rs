@@ -178,6 +178,14 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
         v.extend([(s, libc::SO_PASSCRED), (s, libc::SO_PRIORITY)]);
         return v;
     }
+    if family == libc::AF_NETLINK {
+        const SOL_NETLINK: i32 = 270;
+        // PKTINFO, BROADCAST_ERROR, NO_ENOBUFS, LISTEN_ALL_NSID, CAP_ACK,
+        // EXT_ACK, GET_STRICT_CHK.
+        v.extend([3, 4, 5, 8, 10, 11, 12].map(|o| (SOL_NETLINK, o)));
+        v.extend([(s, libc::SO_PASSCRED), (s, libc::SO_PRIORITY)]);
+        return v;
+    }
     v.extend([
         (s, libc::SO_REUSEADDR),
         (s, libc::SO_REUSEPORT),
