@@ -23,6 +23,7 @@ mod inotify;
 pub(crate) mod locks;
 mod netlink;
 pub(crate) mod owner;
+mod packet;
 mod packets;
 pub(crate) mod pidfd;
 mod pipe;
@@ -59,6 +60,7 @@ fn fd_kinds() -> Vec<Box<dyn FdKind>> {
         Box::new(unix::UnixSockets::default()),
         Box::new(inet::InetSockets::default()),
         Box::new(netlink::NetlinkSockets::default()),
+        Box::new(packet::PacketSockets::default()),
         Box::new(socket::OtherSockets),
         Box::new(eventfd::EventFd),
         Box::new(timerfd::TimerFd),

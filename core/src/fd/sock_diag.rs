@@ -193,3 +193,60 @@ pub(super) fn tcp_shutdown(family: i32, inode: u64) -> io::Result<u8> {
     })?;
     found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not among the TCP sockets"))
 }
+
+/// What packet_diag tells of an AF_PACKET socket.
+#[derive(Debug, Default)]
+pub(super) struct PacketDiag {
+    /// Memberships: (ifindex, count, type, address).
+    pub mclist: Vec<(u32, u32, u16, Vec<u8>)>,
+    /// A receive or transmit ring is set up.
+    pub rings: bool,
+    /// PACKET_FANOUT's value (id | type and flags << 16), if in a group.
+    pub fanout: Option<u32>,
+}
+
+/// packet_diag of the packet socket `inode` in our network namespace.
+pub(super) fn packet(inode: u64) -> io::Result<PacketDiag> {
+    const PACKET_DIAG_MCLIST: u16 = 1;
+    const PACKET_DIAG_RX_RING: u16 = 2;
+    const PACKET_DIAG_TX_RING: u16 = 3;
+    const PACKET_DIAG_FANOUT: u16 = 4;
+    // struct packet_diag_req: family, protocol, pad, ino, show, cookie[2].
+    let mut req = vec![0u8; 20];
+    req[0] = libc::AF_PACKET as u8;
+    req[8..12].copy_from_slice(&(2u32 | 4 | 8).to_ne_bytes()); // MCLIST, RING_CFG, FANOUT
+    let mut found = None;
+    request(&req, true, |p| {
+        // struct packet_diag_msg: family, type, num, ino, cookie[2].
+        if p.len() < 16 || u32::from_ne_bytes([p[4], p[5], p[6], p[7]]) as u64 != inode {
+            return false;
+        }
+        let mut d = PacketDiag::default();
+        for (ty, v) in rtattrs(&p[16..]) {
+            match ty {
+                PACKET_DIAG_MCLIST => {
+                    // struct packet_diag_mclist: index, count, type, alen, addr[32].
+                    for m in v.chunks_exact(44) {
+                        let u32_at =
+                            |o: usize| u32::from_ne_bytes([m[o], m[o + 1], m[o + 2], m[o + 3]]);
+                        let alen = (u16::from_ne_bytes([m[10], m[11]]) as usize).min(32);
+                        d.mclist.push((
+                            u32_at(0),
+                            u32_at(4),
+                            u16::from_ne_bytes([m[8], m[9]]),
+                            m[12..12 + alen].to_vec(),
+                        ));
+                    }
+                }
+                PACKET_DIAG_RX_RING | PACKET_DIAG_TX_RING => d.rings = true,
+                PACKET_DIAG_FANOUT if v.len() >= 4 => {
+                    d.fanout = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+                }
+                _ => {}
+            }
+        }
+        found = Some(d);
+        true
+    })?;
+    found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not among the packet sockets"))
+}

@@ -178,6 +178,14 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
         v.extend([(s, libc::SO_PASSCRED), (s, libc::SO_PRIORITY)]);
         return v;
     }
+    if family == libc::AF_PACKET {
+        const SOL_PACKET: i32 = 263;
+        // COPY_THRESH, AUXDATA, ORIGDEV, VERSION, RESERVE, LOSS, VNET_HDR,
+        // TIMESTAMP, QDISC_BYPASS, IGNORE_OUTGOING.
+        v.extend([7, 8, 9, 10, 12, 14, 15, 17, 20, 23].map(|o| (SOL_PACKET, o)));
+        v.push((s, libc::SO_PRIORITY));
+        return v;
+    }
     if family == libc::AF_NETLINK {
         const SOL_NETLINK: i32 = 270;
         // PKTINFO, BROADCAST_ERROR, NO_ENOBUFS, LISTEN_ALL_NSID, CAP_ACK,

@@ -69,7 +69,10 @@ pub(crate) fn name(fd: impl AsFd, peer: bool) -> io::Result<Vec<u8>> {
     };
     match super::cvt(r) {
         Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Ok(Vec::new()),
+        // Not connected, or a family without peers (packet sockets).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::EOPNOTSUPP)) => {
+            return Ok(Vec::new());
+        }
         Err(e) => return Err(e),
     }
     let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
