@@ -106,7 +106,10 @@ fn a_tmux_server_with_a_counting_shell_keeps_its_screen() {
     let (sock, home) = (dir.path("sock"), dir.0.clone());
     let st = tmux(&sock, &home)
         .args(["new-session", "-d", "-x", "80", "-y", "24"])
-        .arg("bash -c 'i=0; while true; do i=$((i+1)); echo count $i; sleep 0.1; done'")
+        .arg(
+            "bash -c 'exec 3<>/dev/tty; i=0; \
+             while true; do i=$((i+1)); echo count $i; echo tty $i >&3; sleep 0.1; done'",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -159,6 +162,11 @@ fn a_tmux_server_with_a_counting_shell_keeps_its_screen() {
         // state ppid pgrp session tty_nr tpgid
         assert_eq!(f[3], shell.to_string(), "{round}: session");
         assert_eq!(f[5], shell.to_string(), "{round}: foreground group");
+        // Its /dev/tty is /dev/tty again, and writes reach the screen.
+        let link = std::fs::read_link(format!("/proc/{shell}/fd/3")).unwrap();
+        assert_eq!(link.to_str(), Some("/dev/tty"), "{round}");
+        let screen = ask(&sock, &home, &["capture-pane", "-p", "-S", "-"]);
+        assert!(screen.contains(&format!("tty {last}")), "{round}: {screen}");
         assert_running_untraced(server);
         guard.0 = tree_of(server);
         drop(std::mem::replace(&mut guard, Kill(Vec::new())));

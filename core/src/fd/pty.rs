@@ -19,7 +19,8 @@
 //! comes, the pending output written back through the slave side with
 //! output processing off. Slave fds open /dev/pts/N; the session leader's
 //! first one without O_NOCTTY, which makes it the controlling terminal
-//! again, and sets the foreground process group.
+//! again, and sets the foreground process group. /dev/tty opens /dev/tty
+//! again, in a session that has its terminal back.
 
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
@@ -127,6 +128,18 @@ impl FdKind for Ptys {
             }
             self.masters.push(pty.index);
             pty
+        } else if rdev == libc::makedev(5, 0) {
+            // /dev/tty: the controlling terminal, if it is one of these.
+            let stat =
+                crate::proc::stat(d.pid).map_err(|err| DumpError::Proc { pid: d.pid, err })?;
+            match slave_index(stat.field(7)) {
+                Some(index) if self.masters.contains(&index) => PtyFile {
+                    index,
+                    dev_tty: true,
+                    ..Default::default()
+                },
+                _ => return Ok(false),
+            }
         } else if let Some(index) = slave_index(rdev) {
             // A terminal whose master the tree does not hold (seen first,
             // parents before children) is `tty.rs`'s: a shell job's, or
@@ -214,6 +227,15 @@ impl FdKind for Ptys {
         }
         let mut flags = (f.open_flags as i32)
             & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        if p.dev_tty {
+            // The session has its controlling terminal again by now (its
+            // leader, restored first, opened it).
+            return Ok(Reopen::Path {
+                path: b"/dev/tty".to_vec(),
+                flags,
+                offset: 0,
+            });
+        }
         // The leader's open makes it its session's controlling terminal.
         if !p.controls_session {
             flags |= libc::O_NOCTTY;
