@@ -1,8 +1,12 @@
 //! Terminals: the controlling terminal of a job started from an
 //! interactive shell (`--shell-job`). Its fds are saved by name only;
-//! restore opens the restorer's own terminal for them. Any other terminal
-//! is refused by name, and so is a tree that leads its own terminal's
-//! session (it would need that terminal itself).
+//! restore opens the restorer's own terminal for them. A console, virtual
+//! console or serial line (not the job's) is reopened by its path where the
+//! same device exists, unless it controls a session of the tree (restore
+//! cannot give it back). Any other terminal is refused by name, and so is
+//! a tree that leads its own terminal's session (it would need that
+//! terminal itself). Pseudo-terminals whose master the tree holds are
+//! `pty.rs`'s.
 
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
@@ -31,6 +35,22 @@ impl FdKind for Terminals {
             return Ok(false);
         }
         let job_terminal = md.rdev() == d.job_tty || md.rdev() == libc::makedev(5, 0);
+        let console = libc::major(md.rdev()) == 4 || md.rdev() == libc::makedev(5, 1);
+        if console && !(d.shell_job && job_terminal) {
+            let stat =
+                crate::proc::stat(d.pid).map_err(|err| DumpError::Proc { pid: d.pid, err })?;
+            if stat.field(7) == md.rdev() {
+                return Err(d.refuse(
+                    "the controlling terminal of its session: only a shell job's (--shell-job) \
+                     or a pseudo-terminal of the tree comes back as one",
+                ));
+            }
+            f.kind = FileKind::Console as i32;
+            f.path = d.link.to_vec();
+            f.mode = md.mode();
+            f.rdev = md.rdev();
+            return Ok(true);
+        }
         if d.shell_job && !job_terminal {
             return Err(d.refuse(
                 "a terminal other than the job's controlling terminal: only that one is handed \
@@ -79,7 +99,28 @@ impl FdKind for Terminals {
     }
 
     fn restores(&self, f: &OpenFile) -> bool {
-        matches!(f.kind(), FileKind::Tty)
+        matches!(f.kind(), FileKind::Tty | FileKind::Console)
+    }
+
+    /// A console is reopened by path: the same device must be there.
+    fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
+        if f.kind() != FileKind::Console {
+            return Ok(());
+        }
+        let md = std::fs::metadata(crate::paths::path(&f.path))
+            .map_err(|e| super::file_error(pid, f, format!("not here: {e}")))?;
+        if !md.file_type().is_char_device() || md.rdev() != f.rdev {
+            return Err(super::file_error(
+                pid,
+                f,
+                format!(
+                    "it was character device {}:{}, the path now names another file",
+                    libc::major(f.rdev),
+                    libc::minor(f.rdev)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn open(
@@ -88,6 +129,16 @@ impl FdKind for Terminals {
         f: &OpenFile,
         objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
+        let flags = (f.open_flags as i32 | libc::O_NOCTTY)
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        if f.kind() == FileKind::Console {
+            self.check(pid, f)?;
+            return Ok(Reopen::Path {
+                path: f.path.clone(),
+                flags,
+                offset: 0,
+            });
+        }
         let path = objects.terminal.ok_or_else(|| {
             super::file_error(
                 pid,
@@ -96,9 +147,7 @@ impl FdKind for Terminals {
             )
         })?;
         // The job's controlling terminal comes with the restorer's session;
-        // opening it must not make it anyone's.
-        let flags = (f.open_flags as i32 | libc::O_NOCTTY)
-            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        // opening it (O_NOCTTY) must not make it anyone's.
         Ok(Reopen::Path {
             path: path.to_vec(),
             flags,
@@ -114,6 +163,30 @@ mod tests {
     use rustix::fs::{Mode, OFlags};
     use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
     use std::os::fd::{AsRawFd, OwnedFd};
+
+    /// A console opened by a process it does not control is reopened by its
+    /// path, where the same device is.
+    #[test]
+    fn a_console_is_reopened_by_path() {
+        let Ok(c) = rustix::fs::open(
+            "/dev/console",
+            OFlags::WRONLY | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            eprintln!("no /dev/console here: skipped");
+            return;
+        };
+        let f = dump_own(c.as_raw_fd()).unwrap();
+        assert_eq!(f.kind(), FileKind::Console);
+        assert_eq!(f.rdev, libc::makedev(5, 1));
+        match open_on_terminal(&mut Terminals, &f, None).unwrap() {
+            Reopen::Path { path, flags, .. } => {
+                assert_eq!(path, b"/dev/console");
+                assert_ne!(flags & libc::O_NOCTTY, 0);
+            }
+            Reopen::Created(_) => panic!("a console is reopened by path"),
+        }
+    }
 
     /// A pseudo-terminal: (master, slave, slave's path).
     fn pty() -> (OwnedFd, OwnedFd, String) {
