@@ -102,7 +102,7 @@ fn a_server_keeps_its_tcp_connections_inside_and_outside_the_tree() {
     let lock = v["net_lock"].as_str().expect("a network lock").to_string();
     let _lock = NetLockGuard(lock.clone());
     w.reap_dumped();
-    for pid in kids {
+    for &pid in &kids {
         assert!(wait_gone(pid, T), "pid {pid} survived the dump");
     }
     let at_dump = got(&w.read_report().unwrap());
@@ -111,6 +111,21 @@ fn a_server_keeps_its_tcp_connections_inside_and_outside_the_tree() {
     // once the restored server has it.
     client.send(3);
     std::thread::sleep(Duration::from_millis(300));
+
+    // A restore that fails late (its sockets built) tells the peers
+    // nothing and keeps the lock: the next try gets the connections.
+    let failed = run(
+        &["restore", "-i", img.to_str().unwrap(), "--detach"],
+        &[("CRSTREAM_TEST_FAIL_AT", "restore")],
+    );
+    assert!(!failed.status.success(), "{}", text(&failed));
+    assert!(
+        tables().contains(&lock),
+        "the lock is kept after a failed restore"
+    );
+    for &pid in kids.iter().chain([&w.pid]) {
+        assert!(wait_gone(pid, T), "the failed restore left pid {pid}");
+    }
 
     let pid = restore_with(&img, &[]);
     w.restored(pid);

@@ -183,6 +183,8 @@ pub(crate) struct RestoreObjects<'a> {
     /// Files handed in by the restorer (--inherit-fd): (crstream's fd, the
     /// file it stands for: "socket:[INODE]" or a path).
     pub inherit: &'a [(i32, String)],
+    /// The TCP connections restore has built so far.
+    pub tcp_built: &'a crate::fd::tcp::TcpBuilt,
 }
 
 /// One process being restored, as kinds rebuild it.

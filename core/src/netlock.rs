@@ -8,8 +8,10 @@
 //!
 //! The table is made with the `nft` program (Debian: nftables). Dump keeps
 //! it when the tree is killed and names it in the image; restore deletes
-//! it once the tree runs (or has failed). A dump that fails or leaves the
-//! tree running deletes it at once.
+//! it once the tree runs (a failed restore keeps it, for another try). A
+//! dump that fails or leaves the tree running deletes it at once. Restore
+//! takes a lock of its own while it builds the connections, since their
+//! ends come back one at a time.
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};

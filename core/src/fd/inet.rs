@@ -1,8 +1,9 @@
 //! IPv4 and IPv6 sockets: TCP listeners (with their backlog, found with
-//! sock_diag), established TCP connections (with --tcp-established or
-//! --tcp-close, see `tcp.rs`) and TCP or UDP sockets that are bound but not
-//! connected, with their options. Connected UDP sockets are refused by name
-//! for now.
+//! sock_diag), established and closing TCP connections (with
+//! --tcp-established or --tcp-close, see `tcp.rs`), UDP sockets with their
+//! peer and queued datagrams (`udp.rs`), raw, ICMP echo and UDP-Lite
+//! sockets, each with its options. A listener with connections waiting in
+//! its accept queue is refused by name.
 
 use super::socket::{
     Created, PeekError, apply_options, finish, fmt_sockaddr, listener_backlog, read, type_name,
@@ -154,16 +155,17 @@ impl FdKind for InetSockets {
             Some(again) => again.map_err(|e| ferr("dup", e))?,
             None => {
                 let sock = match &s.tcp {
-                    Some(t) => super::tcp::build(s, t, objects.tcp_close).map_err(|e| {
-                        ferr(
-                            &format!(
-                                "TCP connection {} -> {}",
-                                fmt_sockaddr(&s.local_addr),
-                                fmt_sockaddr(&s.peer_addr)
-                            ),
-                            e,
-                        )
-                    })?,
+                    Some(t) => super::tcp::build(s, t, objects.tcp_close, objects.tcp_built)
+                        .map_err(|e| {
+                            ferr(
+                                &format!(
+                                    "TCP connection {} -> {}",
+                                    fmt_sockaddr(&s.local_addr),
+                                    fmt_sockaddr(&s.peer_addr)
+                                ),
+                                e,
+                            )
+                        })?,
                     None => create(s, &ferr)?,
                 };
                 self.created.keep(s.inode, sock);
@@ -189,12 +191,14 @@ fn create(
         socket::listen(&sock, backlog(s)).map_err(|e| ferr("listen", e))?;
     }
     if s.r#type == libc::SOCK_DGRAM || s.r#type == libc::SOCK_RAW {
+        // Before connecting: a connected socket takes datagrams from its
+        // peer only, and some may have come from elsewhere before.
+        super::udp::refill(&sock, &s.queued, &s.queued_from)
+            .map_err(|e| ferr("putting the queued datagrams back", e))?;
         if !s.peer_addr.is_empty() {
             socket::connect(&sock, &s.peer_addr)
                 .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(&s.peer_addr)), e))?;
         }
-        super::udp::refill(&sock, &s.queued, &s.queued_from)
-            .map_err(|e| ferr("putting the queued datagrams back", e))?;
     }
     Ok(sock)
 }

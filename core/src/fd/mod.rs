@@ -463,10 +463,15 @@ fn inherited(f: &OpenFile, inherit: &[(i32, String)]) -> io::Result<Option<Owned
     // SAFETY: the restorer said fd is open in crstream; it is duplicated,
     // never closed here.
     let given = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    given
-        .try_clone_to_owned()
-        .map(Some)
-        .map_err(|e| io::Error::new(e.kind(), format!("--inherit-fd fd[{fd}]: {e}")))
+    let err = |e: io::Error| io::Error::new(e.kind(), format!("--inherit-fd fd[{fd}]: {e}"));
+    let own = given.try_clone_to_owned().map_err(err)?;
+    // It stands for the saved file: its status flags (O_NONBLOCK, ...)
+    // and, for a regular file, its offset.
+    set_status_flags(&own, f.open_flags).map_err(err)?;
+    if f.kind() == crstream_proto::FileKind::Regular {
+        rustix::fs::seek(&own, rustix::fs::SeekFrom::Start(f.offset)).map_err(|e| err(e.into()))?;
+    }
+    Ok(Some(own))
 }
 
 /// Marks `f` as a dup of an earlier fd with the same open file description

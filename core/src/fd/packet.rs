@@ -1,8 +1,8 @@
 //! Packet sockets (AF_PACKET: a DHCP client, a capture tool): made again
 //! bound to the same interface (by name: its index may differ where the
 //! tree is restored) and protocol, with their memberships (promiscuous,
-//! all-multicast, multicast addresses), fanout group and options, found
-//! with packet_diag. Refused by name: a socket with a ring (mapped
+//! all-multicast, multicast addresses, found with packet_diag), fanout
+//! group (with its flags) and options. Refused by name: a socket with a ring (mapped
 //! memory the kernel fills) and one with packets waiting.
 
 use super::socket::{Created, apply_options, finish, read};
@@ -77,7 +77,16 @@ impl FdKind for PacketSockets {
                 address,
             });
         }
-        sf.packet_fanout = diag.fanout;
+        // getsockopt has the fanout's flags, packet_diag not.
+        let fanout = socket::getsockopt_int(&dup, SOL_PACKET, PACKET_FANOUT)
+            .map_err(|e| d.error("PACKET_FANOUT", e))? as u32;
+        if fanout != 0 {
+            // PACKET_FANOUT_CBPF, PACKET_FANOUT_EBPF: a program nothing reads back.
+            if matches!((fanout >> 16) & 0xff, 6 | 7) {
+                return Err(d.refuse("packet socket in a fanout group steered by a BPF program"));
+            }
+            sf.packet_fanout = Some(fanout);
+        }
         finish(d, &dup, sf, f)?;
         Ok(true)
     }

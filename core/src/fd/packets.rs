@@ -107,7 +107,10 @@ fn send(src: IpAddr, dst: IpAddr, protocol: u8, mut l4: Vec<u8>, csum_at: usize)
 /// A UDP datagram carrying `data` from `src` to `dst`.
 pub(super) fn send_udp(src: SocketAddr, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
     let udp_len = 8 + data.len();
-    if udp_len > u16::MAX as usize - 40 {
+    // IPv4's total length counts its 20-byte header; IPv6's payload
+    // length does not count its own.
+    let header = if src.is_ipv4() { 20 } else { 0 };
+    if udp_len + header > u16::MAX as usize {
         return Err(io::Error::other("datagram too long"));
     }
     let mut udp = Vec::with_capacity(udp_len);

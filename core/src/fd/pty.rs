@@ -284,34 +284,67 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
             "/dev/pts/{index} has input its reader has not read yet"
         )));
     }
-    let pending = tty::get_int(dup, TIOCINQ).map_err(err("TIOCINQ"))? as usize;
+    let packet_mode = tty::get_int(dup, TIOCGPKT).map_err(err("TIOCGPKT"))? != 0;
     Ok(PtyFile {
         index,
         master: true,
         slave_termios: tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN).map_err(err("TCGETS2"))?,
         master_termios: tty::get_bytes(dup, TCGETS2, TERMIOS2_LEN).map_err(err("TCGETS2"))?,
         winsize: tty::get_bytes(dup, TIOCGWINSZ, WINSIZE_LEN).map_err(err("TIOCGWINSZ"))?,
-        packet_mode: tty::get_int(dup, TIOCGPKT).map_err(err("TIOCGPKT"))? != 0,
+        packet_mode,
         locked: tty::get_int(dup, TIOCGPTLCK).map_err(err("TIOCGPTLCK"))? != 0,
         exclusive: tty::get_int(&slave, TIOCGEXCL).map_err(err("TIOCGEXCL"))? != 0,
-        output: drain(dup, pending).map_err(err("reading the pending output"))?,
+        output: drain(dup, packet_mode).map_err(err("reading the pending output"))?,
         ..Default::default()
     })
 }
 
-/// Reads `len` bytes the master has pending (it is frozen: nothing else
-/// reads them).
-fn drain(master: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
-    let mut out = vec![0u8; len];
-    if len > 0 {
-        let dup = master.try_clone()?;
-        let flags = rustix::fs::fcntl_getfl(&dup)?;
-        rustix::fs::fcntl_setfl(&dup, flags | rustix::fs::OFlags::NONBLOCK)?;
-        let r = std::fs::File::from(dup.try_clone()?).read_exact(&mut out);
-        rustix::fs::fcntl_setfl(&dup, flags)?;
-        r?;
+/// Reads everything the master has pending (its process is frozen:
+/// nothing else reads it): what TIOCINQ counts and what the tty layer
+/// still moves in behind it, until nothing comes for a few milliseconds.
+/// Only when poll says so, so that the shared description's flags stay as
+/// they are; in packet mode (TIOCPKT), which puts a status byte before
+/// each read's data, with packet mode off for the while.
+fn drain(master: &OwnedFd, packet_mode: bool) -> io::Result<Vec<u8>> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    /// More than any pty buffers.
+    const MAX: usize = 1 << 20;
+    if packet_mode {
+        tty::set_int(master, TIOCPKT, 0)?;
     }
-    Ok(out)
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut file = std::fs::File::from(master.try_clone()?);
+    let r = (|| {
+        let mut quiet = 0;
+        while quiet < 3 && out.len() < MAX {
+            let mut fds = [PollFd::new(master, PollFlags::IN)];
+            let ready = poll(
+                &mut fds,
+                Some(&rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 2_000_000,
+                }),
+            )? > 0
+                && fds[0].revents().contains(PollFlags::IN);
+            if !ready {
+                quiet += 1;
+                continue;
+            }
+            quiet = 0;
+            match file.read(&mut buf) {
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                // No slave open: nothing pending.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })();
+    if packet_mode {
+        tty::set_int(master, TIOCPKT, 1)?;
+    }
+    r.map(|()| out)
 }
 
 /// A new pseudo-terminal pair with index `index`: /dev/ptmx hands out the

@@ -201,8 +201,6 @@ pub(super) struct PacketDiag {
     pub mclist: Vec<(u32, u32, u16, Vec<u8>)>,
     /// A receive or transmit ring is set up.
     pub rings: bool,
-    /// PACKET_FANOUT's value (id | type and flags << 16), if in a group.
-    pub fanout: Option<u32>,
 }
 
 /// packet_diag of the packet socket `inode` in our network namespace.
@@ -210,11 +208,10 @@ pub(super) fn packet(inode: u64) -> io::Result<PacketDiag> {
     const PACKET_DIAG_MCLIST: u16 = 1;
     const PACKET_DIAG_RX_RING: u16 = 2;
     const PACKET_DIAG_TX_RING: u16 = 3;
-    const PACKET_DIAG_FANOUT: u16 = 4;
     // struct packet_diag_req: family, protocol, pad, ino, show, cookie[2].
     let mut req = vec![0u8; 20];
     req[0] = libc::AF_PACKET as u8;
-    req[8..12].copy_from_slice(&(2u32 | 4 | 8).to_ne_bytes()); // MCLIST, RING_CFG, FANOUT
+    req[8..12].copy_from_slice(&(2u32 | 4).to_ne_bytes()); // MCLIST, RING_CFG
     let mut found = None;
     request(&req, true, |p| {
         // struct packet_diag_msg: family, type, num, ino, cookie[2].
@@ -239,9 +236,6 @@ pub(super) fn packet(inode: u64) -> io::Result<PacketDiag> {
                     }
                 }
                 PACKET_DIAG_RX_RING | PACKET_DIAG_TX_RING => d.rings = true,
-                PACKET_DIAG_FANOUT if v.len() >= 4 => {
-                    d.fanout = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
-                }
                 _ => {}
             }
         }

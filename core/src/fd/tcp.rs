@@ -184,10 +184,15 @@ impl TcpHold {
                 fd: n.fd as i32,
                 what: format!("TCP connection {} -> {}: {e}", n.local, n.peer),
             };
+            // Leaving repair mode drops address reuse: put it back after.
+            let reuse =
+                getsockopt_int(&n.sock, libc::SOL_SOCKET, libc::SO_REUSEADDR).map_err(fail)?;
             set(&n.sock, TCP_REPAIR, 1).map_err(fail)?;
             let read = read_connection(&n.sock);
             // Nothing was sent meanwhile: no window probe.
-            let off = set(&n.sock, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+            let off = set(&n.sock, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP).and_then(|()| {
+                setsockopt_int(&n.sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse)
+            });
             let conn = read.map_err(fail)?;
             off.map_err(fail)?;
             self.held.push(n.sock);
@@ -286,6 +291,43 @@ pub fn recover_from_dead_dump(worker: i32, root: i32) -> Vec<String> {
         problems.push(format!("the network lock of the dump stays: {e}"));
     }
     problems
+}
+
+/// The connections a restore built, and the lock it took for them until
+/// every end exists. Should the restore fail, they go back into repair
+/// mode before anything closes them (closing tells the peer nothing: it
+/// may yet get its connection from another try), then the lock goes.
+#[derive(Default)]
+pub(crate) struct TcpBuilt {
+    socks: std::cell::RefCell<Vec<OwnedFd>>,
+    lock: std::cell::RefCell<Option<NetLock>>,
+}
+
+impl TcpBuilt {
+    pub(crate) fn hold_lock(&self, lock: Option<NetLock>) {
+        *self.lock.borrow_mut() = lock;
+    }
+
+    pub(super) fn keep(&self, s: OwnedFd) {
+        self.socks.borrow_mut().push(s);
+    }
+
+    /// The tree runs: its connections are its own; the lock goes.
+    pub(crate) fn commit(&self) {
+        self.socks.borrow_mut().clear();
+        self.lock.borrow_mut().take();
+    }
+}
+
+impl Drop for TcpBuilt {
+    fn drop(&mut self) {
+        for s in self.socks.get_mut().drain(..) {
+            if let Err(e) = set(&s, TCP_REPAIR, 1) {
+                tracing::error!("a TCP connection of a failed restore is closed: {e}");
+            }
+        }
+        self.lock.get_mut().take();
+    }
 }
 
 fn int(s: &OwnedFd, name: i32) -> io::Result<i32> {
@@ -396,8 +438,15 @@ fn send_all(s: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
 
 /// The socket of a saved connection, built again: connected, or closed
 /// (`close`, or a connection dumped with --tcp-close).
-pub(super) fn build(sf: &SocketFile, t: &TcpConnection, close: bool) -> io::Result<OwnedFd> {
+pub(super) fn build(
+    sf: &SocketFile,
+    t: &TcpConnection,
+    close: bool,
+    built: &TcpBuilt,
+) -> io::Result<OwnedFd> {
     let s = crate::sys::socket::socket(sf.family, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+    // Kept from the start: a failure below puts it back into repair mode.
+    built.keep(s.try_clone()?);
     let step =
         |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     apply_options(&s, &sf.options).map_err(step("socket options"))?;

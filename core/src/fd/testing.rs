@@ -113,6 +113,7 @@ pub(super) fn open_on_terminal(
         terminal,
         tcp_close: false,
         inherit: &[],
+        tcp_built: &Default::default(),
     };
     kind.open(me(), f, &objects)
 }

@@ -60,11 +60,11 @@ pub(super) fn refill(s: &OwnedFd, queued: &[Vec<u8>], from: &[Vec<u8>]) -> io::R
         return Ok(());
     }
     let local = name(s, false)?;
-    let mut to = socket_addr(&local)
+    let mut dest = socket_addr(&local)
         .ok_or_else(|| io::Error::other("the restored socket has no IP address"))?;
     // Bound to any address: deliver on loopback.
-    if to.ip().is_unspecified() {
-        to.set_ip(match to.ip() {
+    if dest.ip().is_unspecified() {
+        dest.set_ip(match dest.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
         });
@@ -77,6 +77,7 @@ pub(super) fn refill(s: &OwnedFd, queued: &[Vec<u8>], from: &[Vec<u8>]) -> io::R
     for (data, src) in queued.iter().zip(from) {
         let mut src = socket_addr(src)
             .ok_or_else(|| io::Error::other("a datagram from an address that is not IP"))?;
+        let mut to = dest;
         // An IPv4 source seen on an IPv6 socket arrived as IPv4: send it so.
         if let (IpAddr::V4(_), SocketAddr::V6(_)) = (src.ip(), to)
             && let Some(v4) = to_v4(to)

@@ -168,8 +168,11 @@ const EVENTS: usize = POINTERS + BATCH * 8;
 
 fn rebuild(stub: &Stub, ring: &AioRing) -> Result<(), String> {
     let (nr, head, tail) = (ring.nr, ring.head, ring.tail);
-    let pending = ((tail + nr - head) % nr.max(1)) as usize;
-    if nr == 0 || head >= nr || tail >= nr || ring.events.len() != pending * EVENT {
+    if nr == 0 || head >= nr || tail >= nr {
+        return Err("the saved ring is inconsistent".into());
+    }
+    let pending = ((tail as u64 + nr as u64 - head as u64) % nr as u64) as usize;
+    if ring.events.len() != pending * EVENT {
         return Err("the saved ring is inconsistent".into());
     }
     let ctx_at = stub
@@ -198,26 +201,59 @@ fn rebuild(stub: &Stub, ring: &AioRing) -> Result<(), String> {
             header_u32(&fresh, 1)
         ));
     }
-    let result = fill(stub, ctx, ring, pending).and_then(|()| {
-        // The ring's final place: the id the process knows it by.
-        stub.call(
-            "mremap(aio ring)",
-            libc::SYS_mremap,
-            &[
-                ctx,
-                ring.len,
-                ring.len,
-                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                ring.addr,
-            ],
-        )
-        .map(drop)
-        .map_err(|e| format!("moving the ring to its address: {e}"))
-    });
+    let result = fill(stub, ctx, ring, pending).and_then(|()| move_ring(stub, ctx, ring));
     if result.is_err() {
         destroy();
     }
     result
+}
+
+/// Moves the ring from `ctx` to its saved address, the id the process
+/// knows it by (the kernel follows a moved ring). A ring that landed over
+/// its saved place moves through a free place first: mremap cannot move
+/// an area onto itself.
+fn move_ring(stub: &Stub, ctx: u64, ring: &AioRing) -> Result<(), String> {
+    if ctx == ring.addr {
+        return Ok(());
+    }
+    let remap = |from: u64, to: u64| {
+        stub.call(
+            "mremap(aio ring)",
+            libc::SYS_mremap,
+            &[
+                from,
+                ring.len,
+                ring.len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                to,
+            ],
+        )
+        .map(drop)
+        .map_err(|e| format!("moving the ring to its address: {e}"))
+    };
+    let overlaps =
+        ctx < ring.addr.saturating_add(ring.len) && ring.addr < ctx.saturating_add(ring.len);
+    if !overlaps {
+        return remap(ctx, ring.addr);
+    }
+    // A free place the size of the ring: a mapping the kernel chooses,
+    // which the ring replaces.
+    let spare = stub
+        .call(
+            "mmap(spare)",
+            libc::SYS_mmap,
+            &[
+                0,
+                ring.len,
+                libc::PROT_NONE as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+        .map_err(|e| format!("a place to move the ring through: {e}"))? as u64;
+    remap(ctx, spare)?;
+    remap(spare, ring.addr)
 }
 
 /// Brings the kernel's tail to the saved one with completed zero-byte

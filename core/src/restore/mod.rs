@@ -228,6 +228,9 @@ fn restore_inner(
     let entries = plan.entries;
     let root = &entries[0];
 
+    // Before the kinds, which hold copies of the sockets they made: dropped
+    // after them, on failure it silences those sockets (see TcpBuilt).
+    let tcp_built = crate::fd::tcp::TcpBuilt::default();
     let mut memory = Memory::default();
     let mut kinds = crate::kinds::registry();
     let empty = crate::records::Records::new(crate::records::Owner::Process(0));
@@ -271,7 +274,7 @@ fn restore_inner(
 
     // The connections come back one socket at a time: until every end
     // exists, none may hear from the other (or from an outside peer).
-    let _tcp_lock = lock_connections(&img, opts)?;
+    tcp_built.hold_lock(lock_connections(&img, opts)?);
     let mut sysv = crate::sysv::Recreator::default();
     for seg in &img.sysv {
         sysv.add(*seg)?;
@@ -282,6 +285,7 @@ fn restore_inner(
         terminal: terminal.as_deref(),
         tcp_close: opts.tcp_close,
         inherit: &opts.inherit_fds,
+        tcp_built: &tcp_built,
     };
     let live: Vec<usize> = (0..entries.len())
         .filter(|&i| processes[i].is_some())
@@ -454,6 +458,7 @@ fn restore_inner(
     // the tree runs and keeps them, and those removed at dump time are
     // removed again (they go with the last detach).
     sysv.commit();
+    tcp_built.commit();
     // The tree runs: the connections the dump locked away may talk again
     // (a failed restore keeps the lock, for another try of the image).
     if !inv.net_lock.is_empty()
