@@ -1,7 +1,8 @@
 //! Workload: a server holding N established TCP connections with a child
 //! of its own (both in the tree), for benchmarks. Each round the child
 //! sends one byte on one of its connections, in turn, and the server reads
-//! whatever arrived on all of them. Reports "pid counter STATUS bytes".
+//! whatever arrived on all of them; it accepts no other client. Reports
+//! "pid counter STATUS bytes port".
 //!
 //! Usage: wl_conns REPORT N
 
@@ -66,7 +67,7 @@ fn main() {
                 Err(e) => status = format!("read-{e}").replace(' ', "-"),
             }
         }
-        report(&path, &format!("{pid} {counter} {status} {bytes}\n"));
+        report(&path, &format!("{pid} {counter} {status} {bytes} {port}\n"));
         std::thread::sleep(Duration::from_millis(50));
     }
 }

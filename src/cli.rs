@@ -113,6 +113,10 @@ pub struct DumpArgs {
     /// and a stream needs a socket handed in with --inherit-fd
     #[arg(long)]
     pub ext_unix_sk: bool,
+    /// Drop the connections waiting in a listener's accept queue (not accepted yet)
+    /// instead of refusing the tree: their clients see them reset and connect again
+    #[arg(long)]
+    pub skip_in_flight: bool,
     /// Compression of the image frames
     #[arg(long, value_enum, default_value_t = CodecArg::Zstd)]
     pub compress: CodecArg,

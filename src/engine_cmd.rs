@@ -63,6 +63,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             crstream_core::TcpMode::Refuse
         },
         ext_unix: args.ext_unix_sk,
+        skip_in_flight: args.skip_in_flight,
         interrupt: Some(interrupt.flag()),
     };
     // Outside the runtime: blocking() uses blocking sends.

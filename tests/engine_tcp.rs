@@ -304,3 +304,49 @@ fn ipv6_and_v4_mapped_connections_come_back() {
         w.kill();
     }
 }
+
+/// Connections waiting in a listener's accept queue (accepted by no
+/// process of the tree yet): refused by name, or dropped with
+/// --skip-in-flight, their clients seeing them reset; the rest of the tree
+/// goes on.
+#[test]
+fn connections_waiting_to_be_accepted_are_refused_or_dropped() {
+    let dir = TestDir::new("tcp-in-flight");
+    let mut w = Workload::spawn("wl_conns", dir.path("report"), &["1"]);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    // wl_conns accepts its own client only: these wait in the queue.
+    let port = field(&r, 0, 4) as u16;
+    let waiting: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let img = dir.path("img");
+    let err = dump_refused(w.pid, &img, &["--tcp-established"], &[]);
+    assert!(
+        err.contains("accept queue") && err.contains("--skip-in-flight"),
+        "{err}"
+    );
+    let kids = children_of(w.pid);
+    let o = dump(
+        w.pid,
+        &img,
+        &["--tcp-established", "--skip-in-flight", "--json"],
+    );
+    let _lock = NetLockGuard::of(&o);
+    w.reap_dumped();
+    for &pid in &kids {
+        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
+    }
+    for mut c in waiting {
+        c.set_read_timeout(Some(T)).unwrap();
+        let mut b = [0u8; 1];
+        let r = std::io::Read::read(&mut c, &mut b);
+        assert!(matches!(r, Ok(0) | Err(_)), "a dropped connection: {r:?}");
+    }
+    let at = field(&w.read_report().unwrap(), 0, 3);
+    let pid = restore_with(&img, &[]);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 3) > at + 5 || status(r) != "OK");
+    assert_eq!(status(&r), "OK", "{r}");
+    w.kill();
+}

@@ -30,6 +30,10 @@ pub struct DumpOptions {
     /// Unix sockets connected outside the tree (--ext-unix-sk): saved with
     /// their peer's name instead of refused.
     pub ext_unix: bool,
+    /// Connections waiting in a listener's accept queue (not accepted yet:
+    /// no socket of the tree holds them) are dropped instead of refused
+    /// (--skip-in-flight): their clients see them reset.
+    pub skip_in_flight: bool,
     /// Raised from another thread to stop the dump at the next safe point
     /// (with [`DumpError::Interrupted`]); the tree runs on unharmed.
     pub interrupt: Option<Arc<AtomicBool>>,
@@ -260,6 +264,7 @@ fn read_process(
         shell_job: opts.shell_job,
         tcp: opts.tcp,
         ext_unix: opts.ext_unix,
+        skip_in_flight: opts.skip_in_flight,
         objects,
         inject: None,
         threads: &mut frozen.threads,

@@ -120,6 +120,8 @@ struct DumpFd<'a> {
     tcp: tcp::TcpMode,
     /// Unix sockets connected outside the tree are allowed.
     ext_unix: bool,
+    /// Connections waiting in a listener's accept queue are dropped.
+    skip_in_flight: bool,
     /// Device number of the tree's controlling terminal (root's tty_nr).
     job_tty: u64,
     objects: &'a mut DumpObjects,
@@ -309,6 +311,7 @@ impl Kind for Files {
                 shell_job: p.shell_job,
                 tcp: p.tcp,
                 ext_unix: p.ext_unix,
+                skip_in_flight: p.skip_in_flight,
                 job_tty,
                 objects: p.objects,
             };

@@ -401,8 +401,18 @@ pub(super) fn listener_backlog(
     diag: io::Result<(u32, u32)>,
 ) -> Result<u32, DumpError> {
     match diag {
+        Ok((pending, backlog)) if pending > 0 && d.skip_in_flight => {
+            tracing::warn!(
+                pid = d.pid,
+                fd = d.fd,
+                "{what}: {pending} connection(s) waiting in the accept queue are dropped \
+                 (--skip-in-flight)"
+            );
+            Ok(backlog)
+        }
         Ok((pending, _)) if pending > 0 => Err(d.refuse(format!(
-            "{what} has {pending} connection(s) waiting in the accept queue"
+            "{what} has {pending} connection(s) waiting in the accept queue (--skip-in-flight \
+             drops them: their clients see the connection reset)"
         ))),
         Ok((_, backlog)) => Ok(backlog),
         Err(e) => {
