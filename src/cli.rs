@@ -176,6 +176,12 @@ pub struct RestoreArgs {
     /// Repeatable
     #[arg(long, value_name = "fd[N]:KEY", value_parser = parse_inherit_fd)]
     pub inherit_fd: Vec<(i32, String)>,
+    /// Restore even where the CPU lacks register state or instruction sets the dumping
+    /// CPU had, or a privately mapped file (an executable, a library) is not the same
+    /// (other build-id, or other size or modification time): for experts who know the
+    /// process will not notice
+    #[arg(long)]
+    pub skip_validation: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }

@@ -406,7 +406,8 @@ fn restore_options(args: &RestoreArgs) -> crstream_core::RestoreOptions {
     args.inherit_fd.iter().fold(
         crstream_core::RestoreOptions::new()
             .with_shell_job(args.shell_job)
-            .with_tcp_close(args.tcp_close),
+            .with_tcp_close(args.tcp_close)
+            .with_skip_validation(args.skip_validation),
         |o, (fd, key)| o.with_inherit_fd(*fd, key.clone()),
     )
 }

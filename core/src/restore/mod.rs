@@ -7,6 +7,7 @@
 mod image;
 mod pages;
 mod tree;
+mod validate;
 
 use crate::error::RestoreError;
 use crate::kind::{Kind, Phase, RestoreObjects, RestoreProcess};
@@ -27,6 +28,9 @@ pub struct RestoreOptions {
     pub shell_job: bool,
     /// Restore established TCP connections closed (`--tcp-close`).
     pub tcp_close: bool,
+    /// Restore even on a CPU that lacks what the image's CPU had, with
+    /// mapped files that changed since the dump (`--skip-validation`).
+    pub skip_validation: bool,
     /// Files handed in (`--inherit-fd fd[N]:KEY`): crstream's fd N stands
     /// for the file KEY of the image ("socket:[INODE]" or a path).
     pub inherit_fds: Vec<(i32, String)>,
@@ -39,6 +43,11 @@ impl RestoreOptions {
 
     pub fn with_shell_job(mut self, on: bool) -> Self {
         self.shell_job = on;
+        self
+    }
+
+    pub fn with_skip_validation(mut self, on: bool) -> Self {
+        self.skip_validation = on;
         self
     }
 
@@ -223,6 +232,9 @@ fn restore_inner(
             inv.arch, inv.page_size
         )));
     }
+    if !opts.skip_validation {
+        validate::check_cpu(inv, &validate::Cpu::here())?;
+    }
     let terminal = shell_job_terminal(&img, opts)?;
     let plan = tree::Plan::new(&img.tree.processes)?;
     let entries = plan.entries;
@@ -232,6 +244,7 @@ fn restore_inner(
     // after them, on failure it silences those sockets (see TcpBuilt).
     let tcp_built = crate::fd::tcp::TcpBuilt::default();
     let mut memory = Memory::default();
+    memory.skip_validation = opts.skip_validation;
     let mut kinds = crate::kinds::registry();
     let empty = crate::records::Records::new(crate::records::Owner::Process(0));
     let mut processes: Vec<Option<ProcessImage<'_>>> = Vec::new();

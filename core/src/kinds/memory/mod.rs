@@ -15,6 +15,7 @@
 //! Pages a child shares copy-on-write with its parent are saved once
 //! (`inherit`).
 
+mod identity;
 mod inherit;
 
 pub(crate) use inherit::{kept_on_fork, settle};
@@ -42,6 +43,10 @@ pub(crate) struct Memory {
     areas: HashMap<i32, Vec<DumpArea>>,
     /// Restore: where each shared anonymous object was created.
     shm_origin: HashMap<u64, ShmemOrigin>,
+    /// Dump: build-ids of the mapped files, by device and inode.
+    build_ids: HashMap<(u64, u64), Vec<u8>>,
+    /// Restore: privately mapped files may have changed (--skip-validation).
+    pub(crate) skip_validation: bool,
 }
 
 impl Kind for Memory {
@@ -56,7 +61,13 @@ impl Kind for Memory {
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
         let pid = p.pid;
         let smaps = crate::proc::smaps(pid).map_err(|err| DumpError::Proc { pid, err })?;
-        let mut areas = plan(pid, &smaps, &mut p.objects.unlinked, &mut p.objects.sysv)?;
+        let mut areas = plan(
+            pid,
+            &smaps,
+            &mut p.objects.unlinked,
+            &mut p.objects.sysv,
+            &mut self.build_ids,
+        )?;
         scan(pid, &mut areas)?;
         self.areas.insert(pid, areas);
         Ok(())
@@ -100,7 +111,7 @@ impl Kind for Memory {
     /// Files that changed in a way that would corrupt the process are
     /// refused before anything is created.
     fn check(&self, p: &ProcessImage<'_>) -> Result<(), RestoreError> {
-        check_files(p.pid, &p.need::<MemoryMap>()?.areas)
+        check_files(p.pid, &p.need::<MemoryMap>()?.areas, !self.skip_validation)
     }
 
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
@@ -222,6 +233,7 @@ fn plan(
     maps: &[MapEntry],
     unlinked: &mut crate::unlinked::Collector,
     sysv: &mut crate::sysv::Collector,
+    build_ids: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> Result<Vec<DumpArea>, DumpError> {
     let mut out = Vec::with_capacity(maps.len());
     for m in maps {
@@ -324,6 +336,9 @@ fn plan(
                 }
                 a.path = p.to_vec();
                 a.file_size = md.size();
+                if !m.shared {
+                    identity::note(&mut a, &md, build_ids);
+                }
                 (
                     AreaKind::File,
                     if m.shared { Save::None } else { Save::Private },
@@ -596,7 +611,7 @@ pub(crate) fn is_mapped_area(a: &VmArea) -> bool {
 /// corrupting the process: it must exist and still cover every byte of the
 /// file the mapping covered at the dump (a shorter file would give SIGBUS
 /// or zeros where data was). A replaced file is logged when `warn`.
-fn check_mapped_file(pid: i32, a: &VmArea, warn: bool) -> Result<(), RestoreError> {
+fn check_mapped_file(pid: i32, a: &VmArea, warn: bool) -> Result<std::fs::Metadata, RestoreError> {
     let md = std::fs::metadata(path(&a.path))
         .map_err(|e| map_err(pid, a, format!("cannot stat: {e}")))?;
     let needed = (a.pgoff + (a.end - a.start)).min(a.file_size);
@@ -614,19 +629,24 @@ fn check_mapped_file(pid: i32, a: &VmArea, warn: bool) -> Result<(), RestoreErro
     if warn && (md.ino() != a.inode || md.dev() != a.dev) {
         tracing::warn!(pid, path = %show(&a.path), "mapped file was replaced since the dump (other inode)");
     }
-    Ok(())
+    Ok(md)
 }
 
 /// Before anything is created: refuses mapped files that changed in a way
 /// that would corrupt the restored process (see `check_mapped_file`).
-fn check_files(pid: i32, areas: &[VmArea]) -> Result<(), RestoreError> {
+/// With `identity`, a privately mapped file must also be the same file
+/// (`identity.rs`).
+fn check_files(pid: i32, areas: &[VmArea], identity: bool) -> Result<(), RestoreError> {
     let mut seen = std::collections::HashSet::new();
     for a in areas
         .iter()
         .filter(|a| a.kind() == AreaKind::File && a.unlinked_file == 0)
     {
         let first = seen.insert(a.path.as_slice());
-        check_mapped_file(pid, a, first)?;
+        let md = check_mapped_file(pid, a, first)?;
+        if identity && first && a.flags as i32 & libc::MAP_PRIVATE != 0 {
+            identity::check(pid, a, &md)?;
+        }
     }
     Ok(())
 }
@@ -850,7 +870,14 @@ mod tests {
             std::ptr::read_volatile(p.add(20 * PAGE_SIZE));
         }
         let maps = crate::proc::smaps(pid).unwrap();
-        let mut areas = plan(pid, &maps, &mut Default::default(), &mut Default::default()).unwrap();
+        let mut areas = plan(
+            pid,
+            &maps,
+            &mut Default::default(),
+            &mut Default::default(),
+            &mut Default::default(),
+        )
+        .unwrap();
         scan(pid, &mut areas).unwrap();
         let base = p as u64;
         let a = areas
