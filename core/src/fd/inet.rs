@@ -151,29 +151,19 @@ impl FdKind for InetSockets {
     ) -> Result<Reopen, RestoreError> {
         let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
         let s = f.socket.as_ref().expect("restores() checked it");
-        let fd = match self.created.again(pid, f, s.inode) {
-            Some(again) => again.map_err(|e| ferr("dup", e))?,
-            None => {
-                let sock = match &s.tcp {
-                    Some(t) => super::tcp::build(s, t, objects.tcp_close, objects.tcp_built)
-                        .map_err(|e| {
-                            ferr(
-                                &format!(
-                                    "TCP connection {} -> {}",
-                                    fmt_sockaddr(&s.local_addr),
-                                    fmt_sockaddr(&s.peer_addr)
-                                ),
-                                e,
-                            )
-                        })?,
-                    None => create(s, &ferr)?,
-                };
-                self.created.keep(s.inode, sock);
-                self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))?
-            }
-        };
-        super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
-        Ok(Reopen::Created(fd))
+        self.created.open(pid, f, s.inode, || match &s.tcp {
+            Some(t) => super::tcp::build(s, t, objects.tcp_close, objects.tcp_built).map_err(|e| {
+                ferr(
+                    &format!(
+                        "TCP connection {} -> {}",
+                        fmt_sockaddr(&s.local_addr),
+                        fmt_sockaddr(&s.peer_addr)
+                    ),
+                    e,
+                )
+            }),
+            None => create(s, &ferr),
+        })
     }
 }
 

@@ -66,18 +66,10 @@ impl FdKind for NetlinkSockets {
         f: &OpenFile,
         _objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
         let s = f.socket.as_ref().expect("restores() checked it");
-        let fd = match self.created.again(pid, f, s.inode) {
-            Some(again) => again.map_err(|e| ferr("dup", e))?,
-            None => {
-                let sock = create(s).map_err(|e| ferr("netlink socket", e))?;
-                self.created.keep(s.inode, sock);
-                self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))?
-            }
-        };
-        super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
-        Ok(Reopen::Created(fd))
+        self.created.open(pid, f, s.inode, || {
+            create(s).map_err(|e| super::file_error(pid, f, format!("netlink socket: {e}")))
+        })
     }
 }
 

@@ -568,6 +568,28 @@ impl Created {
         self.socks.insert(inode, s);
     }
 
+    /// The fd of the socket of `f` (`inode`): another fd of the one made
+    /// already, or one of the socket `create` makes; with `f`'s status
+    /// flags.
+    pub(super) fn open(
+        &mut self,
+        pid: i32,
+        f: &OpenFile,
+        inode: u64,
+        create: impl FnOnce() -> Result<OwnedFd, RestoreError>,
+    ) -> Result<Reopen, RestoreError> {
+        let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
+        let fd = match self.again(pid, f, inode) {
+            Some(again) => again.map_err(|e| ferr("dup", e))?,
+            None => {
+                self.keep(inode, create()?);
+                self.hand_out(inode).map_err(|e| ferr("dup", e))?
+            }
+        };
+        super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
+        Ok(Reopen::Created(fd))
+    }
+
     /// Hands out a new fd of the socket kept for `inode`.
     pub(super) fn hand_out(&mut self, inode: u64) -> io::Result<OwnedFd> {
         let s = self
