@@ -89,13 +89,62 @@ fn valid(name: &str) -> bool {
     name.starts_with("crstream_") && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// What a lock is for, in its name: a dump's (kept for the restore of its
+/// image) or a restore's own (for the while it builds the connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holder {
+    Dump,
+    Restore,
+}
+
+impl Holder {
+    fn prefix(self) -> &'static str {
+        match self {
+            Holder::Dump => "crstream_lock_",
+            Holder::Restore => "crstream_rlock_",
+        }
+    }
+}
+
+/// The tables named `crstream_...`: (name).
+fn tables() -> io::Result<Vec<String>> {
+    let mut c = nft();
+    c.args(["list", "tables"]).stdout(Stdio::piped());
+    let out = c.output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table inet "))
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("crstream_"))
+        .collect())
+}
+
+/// Deletes the restore locks of crstream processes that are gone (killed
+/// in the middle of a restore), which would keep those connections from
+/// ever talking again. A dump's lock waits for its image's restore.
+pub(crate) fn sweep_stale_restore_locks() {
+    let Ok(names) = tables() else { return };
+    for name in names {
+        let pid = name
+            .strip_prefix(Holder::Restore.prefix())
+            .and_then(|r| r.split('_').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && let Err(e) = unlock(&name)
+        {
+            tracing::warn!(table = name, "a stale restore lock stays: {e}");
+        }
+    }
+}
+
 impl NetLock {
     /// Drops every packet of the connections (local, peer), both ways.
-    pub(crate) fn lock(conns: &[(SocketAddr, SocketAddr)]) -> io::Result<NetLock> {
+    pub(crate) fn lock(conns: &[(SocketAddr, SocketAddr)], holder: Holder) -> io::Result<NetLock> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let name = format!("crstream_lock_{}_{nanos}", std::process::id());
+        let name = format!("{}{}_{nanos}", holder.prefix(), std::process::id());
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for &(local, peer) in conns {
             // Out: local to peer; in: peer to local.
@@ -190,16 +239,9 @@ pub(crate) fn unlock(name: &str) -> io::Result<()> {
 /// Deletes every lock process `maker` made (a dump worker that died
 /// before it could).
 pub(crate) fn unlock_all_of(maker: i32) -> io::Result<()> {
-    let mut c = nft();
-    c.args(["list", "tables"]).stdout(Stdio::piped());
-    let out = c.output()?;
-    let prefix = format!("crstream_lock_{maker}_");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(name) = line.strip_prefix("table inet ")
-            && name.starts_with(&prefix)
-        {
-            unlock(name.trim())?;
-        }
+    let prefix = format!("{}{maker}_", Holder::Dump.prefix());
+    for name in tables()?.into_iter().filter(|n| n.starts_with(&prefix)) {
+        unlock(&name)?;
     }
     Ok(())
 }
@@ -222,6 +264,32 @@ mod tests {
         mapped[20..24].copy_from_slice(&[127, 0, 0, 2]);
         assert_eq!(socket_addr(&mapped), Some("127.0.0.2:80".parse().unwrap()));
         assert_eq!(socket_addr(&[]), None);
+    }
+
+    /// A restore lock whose crstream is gone is swept away; a dump's lock
+    /// (its maker is gone too, by design) stays for its restore.
+    #[test]
+    fn stale_restore_locks_are_swept() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let (rlock, dlock) = (
+            format!("crstream_rlock_{dead}_1"),
+            format!("crstream_lock_{dead}_1"),
+        );
+        let mut c = nft();
+        c.args(["-f", "-"]);
+        let script = format!("table inet {rlock} {{ }}\ntable inet {dlock} {{ }}\n");
+        if run(c, Some(&script)).is_err() {
+            eprintln!("nft is not usable here: skipped");
+            return;
+        }
+        sweep_stale_restore_locks();
+        let names = tables().unwrap();
+        let _ = unlock(&dlock);
+        let _ = unlock(&rlock);
+        assert!(!names.contains(&rlock), "{names:?}");
+        assert!(names.contains(&dlock), "{names:?}");
     }
 
     #[test]

@@ -173,10 +173,12 @@ impl TcpHold {
         let conns: Vec<(SocketAddr, SocketAddr)> =
             self.noted.iter().map(|n| (n.local, n.peer)).collect();
         let first = &self.noted[0];
-        self.lock = Some(NetLock::lock(&conns).map_err(|e| DumpError::Unsupported {
-            pid: first.pid,
-            what: "network lock",
-            reason: format!("locking {} TCP connections: {e}", conns.len()),
+        self.lock = Some(NetLock::lock(&conns, netlock::Holder::Dump).map_err(|e| {
+            DumpError::Unsupported {
+                pid: first.pid,
+                what: "network lock",
+                reason: format!("locking {} TCP connections: {e}", conns.len()),
+            }
         })?);
         for n in std::mem::take(&mut self.noted) {
             let fail = |e: io::Error| DumpError::UnsupportedFile {

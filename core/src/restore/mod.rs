@@ -162,7 +162,8 @@ fn lock_connections(
     if conns.is_empty() {
         return Ok(None);
     }
-    crate::netlock::NetLock::lock(&conns)
+    crate::netlock::sweep_stale_restore_locks();
+    crate::netlock::NetLock::lock(&conns, crate::netlock::Holder::Restore)
         .map(Some)
         .map_err(|e| RestoreError::Incompatible(format!("locking the TCP connections: {e}")))
 }
