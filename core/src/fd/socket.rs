@@ -10,9 +10,9 @@ use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::sys::socket::{
     SO_ACCEPTCONN, SO_DOMAIN, SO_PEEK_OFF, SO_PROTOCOL, getsockopt, getsockopt_int, name, peek,
-    send_to, setsockopt, setsockopt_int, shutdown,
+    send_to, send_with_creds, setsockopt, setsockopt_int, shutdown,
 };
-use crstream_proto::{FileKind, OpenFile, SockOpt, SocketFile};
+use crstream_proto::{FileKind, OpenFile, SockOpt, SocketFile, UnixCreds};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -439,13 +439,17 @@ impl From<io::Error> for PeekError {
 }
 
 /// The data queued on a socket, left in place: one entry per message
-/// (stream: one entry with all bytes).
+/// (stream: one entry with all bytes), and the sender of each message of a
+/// message socket that gets them (SO_PASSCRED; else empty).
 ///
 /// MSG_PEEK always starts at the head of the queue, so we walk it with an
 /// explicit SO_PEEK_OFF that we set before every peek (so a truncated
 /// datagram can be retried with a larger buffer), then put back the
 /// socket's own value (normally -1: disabled).
-pub(super) fn peek_queue(s: &OwnedFd, ty: i32) -> Result<Vec<Vec<u8>>, PeekError> {
+pub(super) fn peek_queue(
+    s: &OwnedFd,
+    ty: i32,
+) -> Result<(Vec<Vec<u8>>, Vec<UnixCreds>), PeekError> {
     let saved_off = getsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF)?;
     let r = peek_messages(s, ty);
     let restored = setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, saved_off);
@@ -454,18 +458,19 @@ pub(super) fn peek_queue(s: &OwnedFd, ty: i32) -> Result<Vec<Vec<u8>>, PeekError
     Ok(out)
 }
 
-fn peek_messages(s: &OwnedFd, ty: i32) -> Result<Vec<Vec<u8>>, PeekError> {
+fn peek_messages(s: &OwnedFd, ty: i32) -> Result<(Vec<Vec<u8>>, Vec<UnixCreds>), PeekError> {
     let stream = ty == libc::SOCK_STREAM;
     let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut creds: Vec<UnixCreds> = Vec::new();
     let mut all = Vec::new();
     let mut off: i32 = 0;
     let mut buf = vec![0u8; 64 * 1024];
     for _ in 0..MAX_PEEKED_MESSAGES {
         setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, off)?;
-        let Some((n, passed_fds)) = peek(s, &mut buf, !stream)? else {
+        let Some((n, anc)) = peek(s, &mut buf, !stream)? else {
             break;
         };
-        if passed_fds {
+        if anc.passed_fds {
             return Err(PeekError::Refuse(
                 "a queued message carries file descriptors (SCM_RIGHTS): not supported".into(),
             ));
@@ -484,6 +489,11 @@ fn peek_messages(s: &OwnedFd, ty: i32) -> Result<Vec<Vec<u8>>, PeekError> {
             continue;
         }
         out.push(buf[..n].to_vec());
+        if let Some((pid, uid, gid)) = anc.creds {
+            // Every message of a socket with SO_PASSCRED has them.
+            creds.resize(out.len() - 1, UnixCreds::default());
+            creds.push(UnixCreds { pid, uid, gid });
+        }
         off += n as i32;
         // A zero-length datagram does not move the offset; the kernel
         // skips it next time because it is marked as peeked.
@@ -491,7 +501,10 @@ fn peek_messages(s: &OwnedFd, ty: i32) -> Result<Vec<Vec<u8>>, PeekError> {
     if stream && !all.is_empty() {
         out.push(all);
     }
-    Ok(out)
+    if !creds.is_empty() {
+        creds.resize(out.len(), UnixCreds::default());
+    }
+    Ok((out, creds))
 }
 
 /// Sends one message whole, without blocking.
@@ -508,7 +521,14 @@ pub(super) fn send_all(s: &OwnedFd, msg: &[u8], to: Option<&[u8]>) -> io::Result
 
 /// Sends the saved queue of a socket through `into` (its peer), making
 /// room in the sender's buffer first if the data would not fit.
-pub(super) fn refill(into: &OwnedFd, queued: &[Vec<u8>], to: Option<&[u8]>) -> io::Result<()> {
+/// With `creds` (one per message), each message goes with its sender's
+/// credentials; one whose sender is gone goes with crstream's pid.
+pub(super) fn refill(
+    into: &OwnedFd,
+    queued: &[Vec<u8>],
+    to: Option<&[u8]>,
+    creds: &[UnixCreds],
+) -> io::Result<()> {
     let total: usize = queued.iter().map(|q| q.len() + 512).sum();
     if total > 0 {
         let cur = getsockopt_int(into, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
@@ -516,8 +536,28 @@ pub(super) fn refill(into: &OwnedFd, queued: &[Vec<u8>], to: Option<&[u8]>) -> i
             setsockopt_int(into, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, total as i32)?;
         }
     }
-    for q in queued {
-        send_all(into, q, to)?;
+    for (i, q) in queued.iter().enumerate() {
+        match creds.get(i).filter(|c| c.pid > 0) {
+            None => send_all(into, q, to)?,
+            Some(c) => {
+                let sent = match send_with_creds(into, q, to, (c.pid, c.uid, c.gid)) {
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                        tracing::warn!(
+                            pid = c.pid,
+                            "a queued message's sender is gone: sent as crstream's"
+                        );
+                        send_with_creds(into, q, to, (std::process::id() as i32, c.uid, c.gid))?
+                    }
+                    r => r?,
+                };
+                if sent != q.len() {
+                    return Err(io::Error::other(format!(
+                        "only {sent} of {} bytes accepted",
+                        q.len()
+                    )));
+                }
+            }
+        }
     }
     Ok(())
 }

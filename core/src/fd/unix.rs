@@ -85,7 +85,7 @@ impl FdKind for UnixSockets {
                     )
                 }
             }
-            sf.queued = peek_queue(&dup, ty).map_err(|e| match e {
+            (sf.queued, sf.queued_creds) = peek_queue(&dup, ty).map_err(|e| match e {
                 PeekError::Io(e) => d.error("peeking the queued data", e),
                 PeekError::Refuse(why) => d.refuse(why),
             })?;
@@ -219,7 +219,7 @@ impl UnixSockets {
                 .created
                 .get(s.peer_inode)
                 .ok_or_else(|| ferr("registry", io::Error::other("peer socket missing")))?;
-            refill(peer, &s.queued, None)
+            refill(peer, &s.queued, None, &s.queued_creds)
                 .map_err(|e| ferr("writing the queued data into the peer", e))?;
             // Data of both directions is in: now the shutdowns can be set.
             if let Some((first, bits)) = self.pair_waiting.remove(&s.inode) {
@@ -231,7 +231,7 @@ impl UnixSockets {
         }
         let (a, b) = socket::socketpair(s.r#type).map_err(|e| ferr("socketpair", e))?;
         apply_options(&a, &s.options).map_err(|e| ferr("socket options", e))?;
-        refill(&b, &s.queued, None)
+        refill(&b, &s.queued, None, &s.queued_creds)
             .map_err(|e| ferr("writing the queued data into the peer", e))?;
         if orphan {
             // The peer was closed at dump time: closing ours gives EOF
@@ -312,7 +312,7 @@ impl UnixSockets {
             // Datagrams queued on a bound, unconnected socket: send them
             // again to its name (their senders' addresses are lost).
             let tmp = socket::socket(libc::AF_UNIX, s.r#type, 0).map_err(|e| ferr("socket", e))?;
-            refill(&tmp, &s.queued, Some(&s.local_addr))
+            refill(&tmp, &s.queued, Some(&s.local_addr), &s.queued_creds)
                 .map_err(|e| ferr("sending the queued datagrams again", e))?;
         }
         self.created.keep(s.inode, sock);
@@ -398,6 +398,38 @@ mod tests {
             let (n, _) =
                 rustix::net::recv(&na, &mut buf[..], rustix::net::RecvFlags::DONTWAIT).unwrap();
             assert_eq!(&buf[..n], want);
+        }
+    }
+
+    /// Messages queued on a socket that gets its senders' credentials
+    /// (SO_PASSCRED) come back with them.
+    #[test]
+    fn queued_messages_keep_their_senders_credentials() {
+        let (a, b) = socket::socketpair(libc::SOCK_DGRAM).unwrap();
+        socket::setsockopt_int(&a, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).unwrap();
+        let me = std::process::id() as i32;
+        for (m, uid, gid) in [(&b"first"[..], 1234, 5678), (b"second", 0, 0)] {
+            socket::send_with_creds(&b, m, None, (me, uid, gid)).unwrap();
+        }
+        let mut kind = UnixSockets::default();
+        let fa = dump_with(&mut kind, a.as_raw_fd()).unwrap();
+        let fb = dump_with(&mut kind, b.as_raw_fd()).unwrap();
+        let sa = fa.socket.as_ref().unwrap();
+        assert_eq!(sa.queued_creds.len(), 2);
+        assert_eq!(
+            (sa.queued_creds[0].uid, sa.queued_creds[0].gid),
+            (1234, 5678)
+        );
+        drop((a, b));
+        let mut kind = UnixSockets::default();
+        let na = created(&mut kind, &fa);
+        let _nb = created(&mut kind, &fb);
+        let mut buf = [0u8; 64];
+        for (want, uid, gid) in [(&b"first"[..], 1234, 5678), (b"second", 0, 0)] {
+            let (n, anc) = socket::peek(&na, &mut buf, true).unwrap().unwrap();
+            assert_eq!(&buf[..n], want);
+            assert_eq!(anc.creds, Some((me, uid, gid)));
+            rustix::net::recv(&na, &mut buf[..], rustix::net::RecvFlags::DONTWAIT).unwrap();
         }
     }
 

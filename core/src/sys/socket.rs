@@ -121,6 +121,54 @@ pub(crate) fn listen(fd: impl AsFd, backlog: i32) -> io::Result<()> {
     super::cvt(unsafe { libc::listen(raw(fd), backlog) }).map(drop)
 }
 
+/// Sends one message without blocking, to `to` or to the peer, with the
+/// sender credentials `creds` (SCM_CREDENTIALS: pid, uid, gid; any, for
+/// root, of a process that exists); returns the bytes accepted.
+pub(crate) fn send_with_creds(
+    fd: impl AsFd,
+    msg: &[u8],
+    to: Option<&[u8]>,
+    creds: (i32, u32, u32),
+) -> io::Result<usize> {
+    let mut cbuf = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr().cast_mut().cast(),
+        iov_len: msg.len(),
+    };
+    // SAFETY: msghdr is plain data, filled below.
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some(a) = to {
+        mh.msg_name = a.as_ptr().cast_mut().cast();
+        mh.msg_namelen = a.len() as libc::socklen_t;
+    }
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic.
+    mh.msg_controllen =
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32) } as usize;
+    // SAFETY: the control buffer holds one ucred entry (checked by the
+    // length above); iov and the name outlive the call.
+    let n = unsafe {
+        let c = libc::CMSG_FIRSTHDR(&mh);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_CREDENTIALS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) as usize;
+        libc::CMSG_DATA(c)
+            .cast::<libc::ucred>()
+            .write_unaligned(libc::ucred {
+                pid: creds.0,
+                uid: creds.1,
+                gid: creds.2,
+            });
+        libc::sendmsg(raw(&fd), &mh, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// connect to a raw sockaddr (an empty one: AF_UNSPEC, which disconnects).
 pub(crate) fn connect(fd: impl AsFd, addr: &[u8]) -> io::Result<()> {
     let unspec = (libc::AF_UNSPEC as u16).to_ne_bytes();
@@ -299,16 +347,26 @@ pub(crate) fn send_to(fd: impl AsFd, msg: &[u8], to: Option<&[u8]>) -> io::Resul
     Ok(n as usize)
 }
 
+/// What came with a peeked message besides its bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Ancillary {
+    /// It carried file descriptors (SCM_RIGHTS; the copies the kernel
+    /// installed in our table are closed).
+    pub passed_fds: bool,
+    /// The sender's credentials (SCM_CREDENTIALS: pid, uid, gid), which a
+    /// socket with SO_PASSCRED gets.
+    pub creds: Option<(i32, u32, u32)>,
+}
+
 /// One message peeked from the head of the queue, at the socket's
 /// SO_PEEK_OFF, into `buf`: its length (more than `buf` when a datagram was
-/// truncated, with `truncate`), and whether it carried file descriptors
-/// (SCM_RIGHTS; the copies the kernel installed in our table are closed).
-/// Ok(None): nothing queued.
+/// truncated, with `truncate`), and what came with it. Ok(None): nothing
+/// queued.
 pub(crate) fn peek(
     fd: impl AsFd,
     buf: &mut [u8],
     truncate: bool,
-) -> io::Result<Option<(usize, bool)>> {
+) -> io::Result<Option<(usize, Ancillary)>> {
     let mut cbuf = [0u64; 32];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -337,22 +395,27 @@ pub(crate) fn peek(
             _ => return Err(e),
         }
     };
-    let mut passed_fds = false;
+    let mut anc = Ancillary::default();
     // SAFETY: walking the control buffer the kernel filled; each SCM_RIGHTS
-    // entry holds fds it installed in our table, which nothing else owns.
+    // entry holds fds it installed in our table, which nothing else owns;
+    // an SCM_CREDENTIALS entry holds a struct ucred.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&mh);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                passed_fds = true;
+                anc.passed_fds = true;
                 let data = libc::CMSG_DATA(c).cast::<i32>();
                 let cnt = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
                 for i in 0..cnt {
                     libc::close(data.add(i).read_unaligned());
                 }
             }
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                let u = libc::CMSG_DATA(c).cast::<libc::ucred>().read_unaligned();
+                anc.creds = Some((u.pid, u.uid, u.gid));
+            }
             c = libc::CMSG_NXTHDR(&mh, c);
         }
     }
-    Ok(Some((n, passed_fds)))
+    Ok(Some((n, anc)))
 }
