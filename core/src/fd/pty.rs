@@ -3,16 +3,16 @@
 //! each one controls.
 //!
 //! Dump: the master's record carries the pair: termios of both sides,
-//! window size, packet mode, lock and exclusive mode, and what the slave
-//! side wrote that the master has not read yet (read out, so the master's
-//! fd is drained: a dump that fails or leaves the tree running writes it
-//! back, see [`PtyHold`]). A slave's record says whether its process leads
+//! window size, packet mode, lock and exclusive mode, what the slave side
+//! wrote that the master has not read yet, and what was typed on the
+//! master side that the slave has not read yet (both read out: a dump that
+//! fails or leaves the tree running writes them back, see [`PtyHold`]). A slave's record says whether its process leads
 //! the session the terminal controls, and the foreground process group.
 //! A slave whose master the tree does not hold (or holds in a process
 //! dumped after it) is left to `tty.rs` (a shell job's terminal, or
-//! refused). Refused by name: input not read yet on the slave side, and a
-//! session leader whose controlling terminal it holds no fd of. Not
-//! seen: a line being typed in canonical mode, not yet entered.
+//! refused). Refused by name: a session leader whose controlling terminal
+//! it holds no fd of. Not seen: a line being typed in canonical mode, not
+//! yet entered.
 //!
 //! Restore: the pair is made again with its index (opening /dev/ptmx until
 //! the kernel hands out that one), its state set when the master's record
@@ -70,7 +70,8 @@ fn slave_index(rdev: u64) -> Option<u32> {
 /// when the tree runs on (dropped) and forgotten once it is dead.
 #[derive(Default)]
 pub(crate) struct PtyHold {
-    drained: Vec<(OwnedFd, Vec<u8>)>,
+    /// (master, output, input) read out of each.
+    drained: Vec<(OwnedFd, Vec<u8>, Vec<u8>)>,
 }
 
 impl PtyHold {
@@ -81,9 +82,12 @@ impl PtyHold {
 
 impl Drop for PtyHold {
     fn drop(&mut self) {
-        for (master, data) in self.drained.drain(..) {
-            if let Err(e) = write_output(&master, &data) {
-                tracing::error!("{} bytes of terminal output are lost: {e}", data.len());
+        for (master, output, input) in self.drained.drain(..) {
+            if let Err(e) = write_output(&master, &output) {
+                tracing::error!("{} bytes of terminal output are lost: {e}", output.len());
+            }
+            if let Err(e) = write_input(&master, &input) {
+                tracing::error!("{} bytes of terminal input are lost: {e}", input.len());
             }
         }
     }
@@ -106,6 +110,40 @@ fn write_output(master: &OwnedFd, data: &[u8]) -> io::Result<()> {
     written
 }
 
+/// Puts `data` in the slave's read queue, as typed on the master side once
+/// already: written on the master side with echo, signals and input
+/// translation off until the line discipline has taken it.
+fn write_input(master: &OwnedFd, data: &[u8]) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let slave = tty::peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+    let saved = tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN)?;
+    let word = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let mut raw = saved.clone();
+    let iflag = word(&raw, 0)
+        & !((libc::ICRNL | libc::INLCR | libc::IGNCR | libc::ISTRIP | libc::IXON | libc::BRKINT)
+            as u32);
+    let lflag = word(&raw, 12)
+        & !((libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ISIG | libc::IEXTEN)
+            as u32);
+    raw[0..4].copy_from_slice(&iflag.to_ne_bytes());
+    raw[12..16].copy_from_slice(&lflag.to_ne_bytes());
+    let before = tty::get_int(&slave, TIOCINQ)? as usize;
+    tty::set_bytes(&slave, TCSETS2, &raw)?;
+    let written = std::fs::File::from(master.try_clone()?).write_all(data);
+    // The line discipline takes it later, with the termios it then has.
+    let started = std::time::Instant::now();
+    while written.is_ok()
+        && (tty::get_int(&slave, TIOCINQ)? as usize) < before + data.len()
+        && started.elapsed() < std::time::Duration::from_secs(1)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tty::set_bytes(&slave, TCSETS2, &saved)?;
+    written
+}
+
 #[derive(Default)]
 pub(super) struct Ptys {
     /// Dump: the indexes of the masters seen so far.
@@ -123,8 +161,11 @@ impl FdKind for Ptys {
         let pty = if is_master(rdev) {
             let dup = d.take()?;
             let pty = read_master(d, &dup)?;
-            if !pty.output.is_empty() {
-                d.objects.pty.drained.push((dup, pty.output.clone()));
+            if !pty.output.is_empty() || !pty.input.is_empty() {
+                d.objects
+                    .pty
+                    .drained
+                    .push((dup, pty.output.clone(), pty.input.clone()));
             }
             self.masters.push(pty.index);
             pty
@@ -279,11 +320,8 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
     let index = tty::get_int(dup, TIOCGPTN).map_err(err("TIOCGPTN"))? as u32;
     let slave = tty::peer(dup, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
         .map_err(err("TIOCGPTPEER"))?;
-    if tty::get_int(&slave, TIOCINQ).map_err(err("TIOCINQ"))? > 0 {
-        return Err(d.refuse(format!(
-            "/dev/pts/{index} has input its reader has not read yet"
-        )));
-    }
+    // Typed, not read yet: read out (complete lines, in canonical mode).
+    let input = drain(&slave, false).map_err(err("reading the pending input"))?;
     let packet_mode = tty::get_int(dup, TIOCGPKT).map_err(err("TIOCGPKT"))? != 0;
     Ok(PtyFile {
         index,
@@ -295,13 +333,14 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
         locked: tty::get_int(dup, TIOCGPTLCK).map_err(err("TIOCGPTLCK"))? != 0,
         exclusive: tty::get_int(&slave, TIOCGEXCL).map_err(err("TIOCGEXCL"))? != 0,
         output: drain(dup, packet_mode).map_err(err("reading the pending output"))?,
+        input,
         ..Default::default()
     })
 }
 
-/// Reads everything the master has pending (its process is frozen:
-/// nothing else reads it): what TIOCINQ counts and what the tty layer
-/// still moves in behind it, until nothing comes for a few milliseconds.
+/// Reads everything one side has pending (its reader is frozen: nothing
+/// else reads it): what TIOCINQ counts and what the tty layer still moves
+/// in behind it, until nothing comes for a few milliseconds.
 /// Only when poll says so, so that the shared description's flags stay as
 /// they are; in packet mode (TIOCPKT), which puts a status byte before
 /// each read's data, with packet mode off for the while.
@@ -388,6 +427,7 @@ fn set_state(master: &OwnedFd, p: &PtyFile) -> io::Result<()> {
     let slave = tty::peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
     tty::set_bytes(&slave, TCSETS2, &p.slave_termios)?;
     write_output(master, &p.output)?;
+    write_input(master, &p.input)?;
     if p.packet_mode {
         tty::set_int(master, TIOCPKT, 1)?;
     }
@@ -426,14 +466,20 @@ mod tests {
         std::fs::File::from(slave.try_clone().unwrap())
             .write_all(b"hello\n")
             .unwrap();
+        // Typed, not read: a whole line, and nothing echoed (ECHO is off).
+        std::fs::File::from(master.try_clone().unwrap())
+            .write_all(b"typed line\n")
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let f = dump_own(master.as_raw_fd()).unwrap();
         let p = f.pty.as_ref().unwrap();
         assert!(p.master && p.index == index && p.exclusive);
         assert_eq!(p.output, b"hello\r\n");
+        assert_eq!(p.input, b"typed line\n");
         // Still pending on the original (once the tty layer has moved it).
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(tty::get_int(&master, TIOCINQ).unwrap(), 7);
+        assert_eq!(tty::get_int(&slave, TIOCINQ).unwrap(), 11);
         drop((master, slave));
         let n = created(&mut Ptys::default(), &f);
         assert_eq!(tty::get_int(&n, TIOCGPTN).unwrap() as u32, index);
@@ -441,6 +487,11 @@ mod tests {
         assert_eq!(tty::get_bytes(&peer, TCGETS2, TERMIOS2_LEN).unwrap(), t);
         assert_eq!(tty::get_bytes(&n, TIOCGWINSZ, WINSIZE_LEN).unwrap(), ws);
         assert_eq!(tty::get_int(&peer, TIOCGEXCL).unwrap(), 1);
+        let mut line = [0u8; 11];
+        std::fs::File::from(peer.try_clone().unwrap())
+            .read_exact(&mut line)
+            .unwrap();
+        assert_eq!(&line, b"typed line\n");
         let mut got = [0u8; 7];
         std::fs::File::from(n).read_exact(&mut got).unwrap();
         assert_eq!(&got, b"hello\r\n");
