@@ -122,11 +122,9 @@ fn write_input(master: &OwnedFd, data: &[u8]) -> io::Result<()> {
     let word = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"));
     let mut raw = saved.clone();
     let iflag = word(&raw, 0)
-        & !((libc::ICRNL | libc::INLCR | libc::IGNCR | libc::ISTRIP | libc::IXON | libc::BRKINT)
-            as u32);
+        & !(libc::ICRNL | libc::INLCR | libc::IGNCR | libc::ISTRIP | libc::IXON | libc::BRKINT);
     let lflag = word(&raw, 12)
-        & !((libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ISIG | libc::IEXTEN)
-            as u32);
+        & !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ISIG | libc::IEXTEN);
     raw[0..4].copy_from_slice(&iflag.to_ne_bytes());
     raw[12..16].copy_from_slice(&lflag.to_ne_bytes());
     let before = tty::get_int(&slave, TIOCINQ)? as usize;
