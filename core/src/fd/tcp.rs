@@ -508,6 +508,22 @@ pub(super) fn build(
     }
     let unsent = (t.unsent as usize).min(t.send_queue.len());
     let (sent, not_sent) = t.send_queue.split_at(t.send_queue.len() - unsent);
+    // Room for the whole send queue (the sends below do not wait: nothing
+    // drains it behind the lock); the saved size comes back at the end.
+    let need = t
+        .send_queue
+        .len()
+        .saturating_mul(2)
+        .saturating_add(64 << 10);
+    if (getsockopt_int(&s, libc::SOL_SOCKET, libc::SO_SNDBUF)? as usize) < need {
+        setsockopt_int(
+            &s,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            need.min(i32::MAX as usize) as i32,
+        )
+        .map_err(step("SO_SNDBUFFORCE"))?;
+    }
     set(&s, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
     send_all(&s, &t.recv_queue).map_err(step("refilling the receive queue"))?;
     set(&s, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
@@ -535,6 +551,13 @@ pub(super) fn build(
     set(&s, TCP_REPAIR, TCP_REPAIR_OFF)?;
     reuse_again(&s, sf).map_err(step("SO_REUSEADDR"))?;
     send_all(&s, not_sent).map_err(step("sending what was never sent"))?;
+    let sndbuf: Vec<_> = sf
+        .options
+        .iter()
+        .filter(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_SNDBUF)
+        .cloned()
+        .collect();
+    apply_options(&s, &sndbuf).map_err(step("SO_SNDBUF"))?;
     if our_fin(t.state) && !fin_now && t.state != TCP_LAST_ACK {
         crate::sys::socket::shutdown(&s, libc::SHUT_WR).map_err(step("shutdown(SHUT_WR)"))?;
     }

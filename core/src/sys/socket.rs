@@ -205,10 +205,17 @@ pub(crate) fn recv_peek(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// send, blocking, without SIGPIPE: the bytes accepted.
+/// send, without waiting or SIGPIPE: the bytes accepted.
 pub(crate) fn send(fd: impl AsFd, msg: &[u8]) -> io::Result<usize> {
     // SAFETY: msg is valid for its length.
-    let n = unsafe { libc::send(raw(fd), msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
+    let n = unsafe {
+        libc::send(
+            raw(fd),
+            msg.as_ptr().cast(),
+            msg.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
