@@ -12,7 +12,7 @@
 #[path = "bench_common/mod.rs"]
 mod common;
 
-use common::{gone, wait_for};
+use common::{gone, median, run, wait_for};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -143,11 +143,6 @@ fn main() {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// (counter, status is OK) of a "pid counter STATUS ..." report.
 fn status(report: &Path) -> Option<(u64, bool)> {
     let r = std::fs::read_to_string(report).ok()?;
@@ -155,15 +150,4 @@ fn status(report: &Path) -> Option<(u64, bool)> {
     let _pid = it.next()?;
     let n = it.next()?.parse().ok()?;
     Some((n, it.next() == Some("OK")))
-}
-
-/// Runs crstream; its stdout. Panics naming its stderr if it fails.
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let o = cmd.stdin(Stdio::null()).output().expect("spawn crstream");
-    assert!(
-        o.status.success(),
-        "crstream failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o.stdout
 }

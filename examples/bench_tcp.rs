@@ -13,7 +13,7 @@
 #[path = "bench_common/mod.rs"]
 mod common;
 
-use common::{gone, wait_for};
+use common::{gone, median, run, wait_for};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,21 +27,6 @@ fn report(path: &std::path::Path) -> Option<(u64, bool, u64)> {
         *f.get(2)? == "OK",
         f.get(3)?.parse().ok()?,
     ))
-}
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.stdin(Stdio::null()).output().expect("spawn crstream");
-    assert!(
-        out.status.success(),
-        "crstream failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

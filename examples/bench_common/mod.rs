@@ -156,3 +156,23 @@ pub fn kill_all(pids: &[i32], max: Duration) {
     }
     wait_for(max, || pids.iter().all(|&p| gone(p)));
 }
+
+/// The median of `v` (sorted in place).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs a crstream command to success; its stdout.
+pub fn run(cmd: &mut std::process::Command) -> Vec<u8> {
+    let o = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn crstream");
+    assert!(
+        o.status.success(),
+        "crstream failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
