@@ -330,7 +330,7 @@ fn write_metadata(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             hostname: hostname(),
-            cpu_flags: cpu_flags(),
+            cpu_flags: crate::sys::cpu::flags(),
             xfeatures_mask: crate::sys::cpu::xcr0(),
             xsave_size,
             root_pid: root.pid as u32,
@@ -370,18 +370,6 @@ fn write_metadata(
     objects.unlinked.write_contents(sink)?;
     sink.end_metadata()?;
     Ok(page_streams)
-}
-
-fn cpu_flags() -> Vec<String> {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("flags"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
-        })
-        .unwrap_or_default()
 }
 
 fn hostname() -> String {

@@ -6,7 +6,8 @@
 //! its accept queue is refused by name.
 
 use super::socket::{
-    Created, PeekError, apply_options, finish, fmt_sockaddr, listener_backlog, read, type_name,
+    Created, PeekError, apply_options, finish, fmt_sockaddr, has_queued, is_socket_of,
+    listener_backlog, read, type_name,
 };
 use super::tcp::TcpMode;
 use super::unix::backlog;
@@ -14,7 +15,7 @@ use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::sys::socket;
-use crstream_proto::{FileKind, OpenFile, SocketFile, TcpConnection};
+use crstream_proto::{OpenFile, SocketFile, TcpConnection};
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -54,8 +55,7 @@ impl FdKind for InetSockets {
                 libc::IPPROTO_UDPLITE | libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6,
             )
             | (libc::SOCK_RAW, _) => {
-                let mut one = [0u8; 1];
-                if socket::recv_peek(&dup, &mut one).is_ok() {
+                if has_queued(&dup) {
                     return Err(d.refuse(format!(
                         "{family} {} socket of protocol {} with data queued",
                         type_name(sf.r#type),
@@ -137,10 +137,7 @@ impl FdKind for InetSockets {
     }
 
     fn restores(&self, f: &OpenFile) -> bool {
-        f.kind() == FileKind::Socket
-            && f.socket
-                .as_ref()
-                .is_some_and(|s| s.family == libc::AF_INET || s.family == libc::AF_INET6)
+        is_socket_of(f, &[libc::AF_INET, libc::AF_INET6])
     }
 
     fn open(

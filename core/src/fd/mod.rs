@@ -115,6 +115,8 @@ struct DumpFd<'a> {
     link: &'a [u8],
     /// stat of the file (through /proc/PID/fd/N), if it has one.
     md: Option<&'a Metadata>,
+    /// /proc/PID/stat of its process (its session, controlling terminal).
+    stat: &'a crate::proc::Stat,
     shell_job: bool,
     /// What to do with established TCP connections.
     tcp: tcp::TcpMode,
@@ -308,6 +310,7 @@ impl Kind for Files {
                 fd,
                 link: &link,
                 md: md.as_ref().ok(),
+                stat: p.stat,
                 shell_job: p.shell_job,
                 tcp: p.tcp,
                 ext_unix: p.ext_unix,

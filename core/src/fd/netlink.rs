@@ -3,12 +3,12 @@
 //! their options (NETLINK_EXT_ACK, NO_ENOBUFS, ...). Messages waiting on
 //! one cannot be put back: such a socket is refused by name.
 
-use super::socket::{Created, apply_options, finish, read};
+use super::socket::{Created, apply_options, finish, has_queued, is_socket_of, read};
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::sys::socket;
-use crstream_proto::{FileKind, OpenFile, SocketFile};
+use crstream_proto::{OpenFile, SocketFile};
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -40,8 +40,7 @@ impl FdKind for NetlinkSockets {
         let Some((dup, mut sf)) = read(d, |family| family == libc::AF_NETLINK)? else {
             return Ok(false);
         };
-        let mut one = [0u8; 1];
-        if socket::recv_peek(&dup, &mut one).is_ok() {
+        if has_queued(&dup) {
             return Err(d.refuse(format!(
                 "netlink socket of protocol {} with messages waiting",
                 sf.protocol
@@ -54,10 +53,7 @@ impl FdKind for NetlinkSockets {
     }
 
     fn restores(&self, f: &OpenFile) -> bool {
-        f.kind() == FileKind::Socket
-            && f.socket
-                .as_ref()
-                .is_some_and(|s| s.family == libc::AF_NETLINK)
+        is_socket_of(f, &[libc::AF_NETLINK])
     }
 
     fn open(

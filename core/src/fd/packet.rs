@@ -5,12 +5,12 @@
 //! group (with its flags) and options. Refused by name: a socket with a ring (mapped
 //! memory the kernel fills) and one with packets waiting.
 
-use super::socket::{Created, apply_options, finish, read};
+use super::socket::{Created, apply_options, finish, has_queued, is_socket_of, read};
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::sys::socket;
-use crstream_proto::{FileKind, OpenFile, PacketMembership, SocketFile};
+use crstream_proto::{OpenFile, PacketMembership, SocketFile};
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -57,8 +57,7 @@ impl FdKind for PacketSockets {
         let Some((dup, mut sf)) = read(d, |family| family == libc::AF_PACKET)? else {
             return Ok(false);
         };
-        let mut one = [0u8; 1];
-        if socket::recv_peek(&dup, &mut one).is_ok() {
+        if has_queued(&dup) {
             return Err(d.refuse("packet socket with packets waiting"));
         }
         let diag = sock_diag::packet(sf.inode).map_err(|e| d.error("packet_diag", e))?;
@@ -92,10 +91,7 @@ impl FdKind for PacketSockets {
     }
 
     fn restores(&self, f: &OpenFile) -> bool {
-        f.kind() == FileKind::Socket
-            && f.socket
-                .as_ref()
-                .is_some_and(|s| s.family == libc::AF_PACKET)
+        is_socket_of(f, &[libc::AF_PACKET])
     }
 
     fn open(

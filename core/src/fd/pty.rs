@@ -169,9 +169,7 @@ impl FdKind for Ptys {
             pty
         } else if rdev == libc::makedev(5, 0) {
             // /dev/tty: the controlling terminal, if it is one of these.
-            let stat =
-                crate::proc::stat(d.pid).map_err(|err| DumpError::Proc { pid: d.pid, err })?;
-            match slave_index(stat.field(7)) {
+            match slave_index(d.stat.field(7)) {
                 Some(index) if self.masters.contains(&index) => PtyFile {
                     index,
                     dev_tty: true,
@@ -186,14 +184,12 @@ impl FdKind for Ptys {
             if !self.masters.contains(&index) {
                 return Ok(false);
             }
-            let stat =
-                crate::proc::stat(d.pid).map_err(|err| DumpError::Proc { pid: d.pid, err })?;
-            let leads = stat.field(6) as i32 == d.pid && stat.field(7) == rdev;
+            let leads = d.stat.field(6) as i32 == d.pid && d.stat.field(7) == rdev;
             PtyFile {
                 index,
                 master: false,
                 controls_session: leads,
-                foreground: if leads { stat.field(8) as i32 } else { 0 },
+                foreground: if leads { d.stat.field(8) as i32 } else { 0 },
                 ..Default::default()
             }
         } else {

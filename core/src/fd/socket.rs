@@ -50,6 +50,21 @@ pub(super) fn read(
     Ok(Some((dup, sf)))
 }
 
+/// Whether `f` is a socket of one of `families` (for `FdKind::restores`).
+pub(super) fn is_socket_of(f: &OpenFile, families: &[i32]) -> bool {
+    f.kind() == FileKind::Socket
+        && f.socket
+            .as_ref()
+            .is_some_and(|s| families.contains(&s.family))
+}
+
+/// Whether anything waits to be read on socket `s` (for the kinds that
+/// cannot put it back).
+pub(super) fn has_queued(s: &OwnedFd) -> bool {
+    let mut one = [0u8; 1];
+    crate::sys::socket::recv_peek(s, &mut one).is_ok()
+}
+
 /// Saves the options of the socket and fills `f` with its record. Err: a
 /// socket filter that cannot be read back.
 pub(super) fn finish(

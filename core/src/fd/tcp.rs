@@ -419,15 +419,16 @@ fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
     })
 }
 
-/// Leaving repair mode drops address reuse: the saved SO_REUSEADDR again.
-fn reuse_again(s: &OwnedFd, sf: &SocketFile) -> io::Result<()> {
-    let reuse = sf
+/// The saved value of one SOL_SOCKET option again: SO_REUSEADDR, which
+/// leaving repair mode drops; SO_SNDBUF, raised for the refill.
+fn apply_saved(s: &OwnedFd, sf: &SocketFile, name: i32) -> io::Result<()> {
+    let saved: Vec<_> = sf
         .options
         .iter()
-        .filter(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR)
+        .filter(|o| o.level == libc::SOL_SOCKET && o.name == name)
         .cloned()
-        .collect::<Vec<_>>();
-    apply_options(s, &reuse)
+        .collect();
+    apply_options(s, &saved)
 }
 
 fn send_all(s: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
@@ -461,7 +462,7 @@ pub(super) fn build(
         bind(&s, &sf.local_addr).map_err(step("bind"))?;
         connect(&s, &[]).map_err(step("disconnect"))?;
         set(&s, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)?;
-        reuse_again(&s, sf).map_err(step("SO_REUSEADDR"))?;
+        apply_saved(&s, sf, libc::SO_REUSEADDR).map_err(step("SO_REUSEADDR"))?;
         return Ok(s);
     }
     if !saved_state(t.state.min(255) as u8) {
@@ -549,15 +550,9 @@ pub(super) fn build(
         .map_err(step("TCP_REPAIR_WINDOW"))?;
     set(&s, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
     set(&s, TCP_REPAIR, TCP_REPAIR_OFF)?;
-    reuse_again(&s, sf).map_err(step("SO_REUSEADDR"))?;
+    apply_saved(&s, sf, libc::SO_REUSEADDR).map_err(step("SO_REUSEADDR"))?;
     send_all(&s, not_sent).map_err(step("sending what was never sent"))?;
-    let sndbuf: Vec<_> = sf
-        .options
-        .iter()
-        .filter(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_SNDBUF)
-        .cloned()
-        .collect();
-    apply_options(&s, &sndbuf).map_err(step("SO_SNDBUF"))?;
+    apply_saved(&s, sf, libc::SO_SNDBUF).map_err(step("SO_SNDBUF"))?;
     if our_fin(t.state) && !fin_now && t.state != TCP_LAST_ACK {
         crate::sys::socket::shutdown(&s, libc::SHUT_WR).map_err(step("shutdown(SHUT_WR)"))?;
     }

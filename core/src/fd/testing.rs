@@ -39,11 +39,13 @@ fn dump_job_fd_with(
         ..Default::default()
     };
     let mut objects = DumpObjects::default();
+    let stat = crate::proc::stat(me()).unwrap();
     let mut d = DumpFd {
         pid: me(),
         fd,
         link: &link,
         md: md.as_ref().ok(),
+        stat: &stat,
         shell_job: job_tty.is_some(),
         tcp: super::tcp::TcpMode::Refuse,
         ext_unix: false,

@@ -37,9 +37,7 @@ impl FdKind for Terminals {
         let job_terminal = md.rdev() == d.job_tty || md.rdev() == libc::makedev(5, 0);
         let console = libc::major(md.rdev()) == 4 || md.rdev() == libc::makedev(5, 1);
         if console && !(d.shell_job && job_terminal) {
-            let stat =
-                crate::proc::stat(d.pid).map_err(|err| DumpError::Proc { pid: d.pid, err })?;
-            if stat.field(7) == md.rdev() {
+            if d.stat.field(7) == md.rdev() {
                 return Err(d.refuse(
                     "the controlling terminal of its session: only a shell job's (--shell-job) \
                      or a pseudo-terminal of the tree comes back as one",

@@ -79,10 +79,8 @@ pub(super) fn refill(s: &OwnedFd, queued: &[Vec<u8>], from: &[Vec<u8>]) -> io::R
             .ok_or_else(|| io::Error::other("a datagram from an address that is not IP"))?;
         let mut to = dest;
         // An IPv4 source seen on an IPv6 socket arrived as IPv4: send it so.
-        if let (IpAddr::V4(_), SocketAddr::V6(_)) = (src.ip(), to)
-            && let Some(v4) = to_v4(to)
-        {
-            to = v4;
+        if let (IpAddr::V4(_), SocketAddr::V6(_)) = (src.ip(), to) {
+            to = to_v4(to);
         }
         if let (IpAddr::V6(v6), SocketAddr::V4(_)) = (src.ip(), to)
             && let Some(v4) = v6.to_ipv4_mapped()
@@ -94,12 +92,13 @@ pub(super) fn refill(s: &OwnedFd, queued: &[Vec<u8>], from: &[Vec<u8>]) -> io::R
     Ok(())
 }
 
-fn to_v4(a: SocketAddr) -> Option<SocketAddr> {
+/// The IPv4 address an IPv6 socket's name maps (loopback for ::1).
+fn to_v4(a: SocketAddr) -> SocketAddr {
     match a.ip() {
-        IpAddr::V6(v6) => Some(SocketAddr::new(
+        IpAddr::V6(v6) => SocketAddr::new(
             IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::LOCALHOST)),
             a.port(),
-        )),
-        IpAddr::V4(_) => Some(a),
+        ),
+        IpAddr::V4(_) => a,
     }
 }

@@ -7,14 +7,14 @@
 //! restorer hands in for it (--inherit-fd fd[N]:socket:[INODE]).
 
 use super::socket::{
-    Created, PeekError, apply_options, finish, fmt_sockaddr, listener_backlog, peek_queue, read,
-    refill, shutdown_bits,
+    Created, PeekError, apply_options, finish, fmt_sockaddr, is_socket_of, listener_backlog,
+    peek_queue, read, refill, shutdown_bits,
 };
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpTree, RestoreObjects};
 use crate::sys::socket;
-use crstream_proto::{FileKind, OpenFile, SocketFile};
+use crstream_proto::{OpenFile, SocketFile};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -129,7 +129,7 @@ impl FdKind for UnixSockets {
     }
 
     fn restores(&self, f: &OpenFile) -> bool {
-        f.kind() == FileKind::Socket && f.socket.as_ref().is_some_and(|s| s.family == libc::AF_UNIX)
+        is_socket_of(f, &[libc::AF_UNIX])
     }
 
     fn open(

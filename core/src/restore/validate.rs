@@ -82,18 +82,9 @@ pub(crate) struct Cpu {
 
 impl Cpu {
     pub(crate) fn here() -> Self {
-        let flags = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("flags"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
-            })
-            .unwrap_or_default();
         Cpu {
             xcr0: crate::sys::cpu::xcr0(),
-            flags,
+            flags: crate::sys::cpu::flags(),
         }
     }
 }
