@@ -19,29 +19,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Whether `program` can run (`args` print its version); false means skip.
-fn available(program: &str, args: &[&str]) -> bool {
-    let ok = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CRSTREAM_TEST_REQUIRE_PROGRAMS").is_none(),
-            "{program} is not installed (CRSTREAM_TEST_REQUIRE_PROGRAMS is set)"
-        );
-        eprintln!("{program} is not installed: skipped");
-    }
-    ok
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// GET `path` from 127.0.0.1:`port`; the response body, or None.
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;

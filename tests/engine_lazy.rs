@@ -228,14 +228,6 @@ impl Drop for Moto {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Uploads a local image to `url` with a fixed part size (so that a
 /// re-upload of the same bytes gets the same ETag).
 fn upload(img: &std::path::Path, url: &str, env: &[(&str, &str)]) {

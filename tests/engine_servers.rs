@@ -18,28 +18,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn available(program: &str) -> bool {
-    let ok = Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CRSTREAM_TEST_REQUIRE_PROGRAMS").is_none(),
-            "{program} is not installed (CRSTREAM_TEST_REQUIRE_PROGRAMS is set)"
-        );
-        eprintln!("{program} is not installed: skipped");
-    }
-    ok
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn connect(port: u16) -> TcpStream {
     let started = Instant::now();
     loop {
@@ -136,7 +114,7 @@ fn keeps_its_client_across_dump_and_restore(dir: &TestDir, port: u16, srv: Serve
 
 #[test]
 fn redis_keeps_its_client_connection_across_dump_and_restore() {
-    if !available("redis-server") {
+    if !available("redis-server", &["--version"]) {
         return;
     }
     let dir = TestDir::new("redis");
@@ -167,7 +145,7 @@ fn redis_keeps_its_client_connection_across_dump_and_restore() {
 
 #[test]
 fn memcached_keeps_its_client_connection_across_dump_and_restore() {
-    if !available("memcached") {
+    if !available("memcached", &["--version"]) {
         return;
     }
     let dir = TestDir::new("memcached");
@@ -213,7 +191,7 @@ fn memcached_keeps_its_client_connection_across_dump_and_restore() {
 fn python_with_unix_sockets_connected_outside_the_tree() {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-    if !available("python3") {
+    if !available("python3", &["--version"]) {
         return;
     }
     let dir = TestDir::new("ext-unix");

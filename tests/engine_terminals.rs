@@ -89,17 +89,7 @@ impl Drop for Kill {
 
 #[test]
 fn a_tmux_server_with_a_counting_shell_keeps_its_screen() {
-    let installed = Command::new("tmux")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CRSTREAM_TEST_REQUIRE_PROGRAMS").is_none(),
-            "tmux is not installed (CRSTREAM_TEST_REQUIRE_PROGRAMS is set)"
-        );
-        eprintln!("tmux is not installed: skipped");
+    if !available("tmux", &["-V"]) {
         return;
     }
     let dir = TestDir::new("tmux");

@@ -302,6 +302,32 @@ pub fn restore_refused(src: &str, env: &[(&str, &str)]) -> String {
 
 // --- shared by the real-program and lazy-restore tests ---
 
+/// Whether `program` can run (`args` print its version); false means the
+/// test skips, which CRSTREAM_TEST_REQUIRE_PROGRAMS (set by `.ci/test`)
+/// turns into a failure.
+pub fn available(program: &str, args: &[&str]) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CRSTREAM_TEST_REQUIRE_PROGRAMS").is_none(),
+            "{program} is not installed (CRSTREAM_TEST_REQUIRE_PROGRAMS is set)"
+        );
+        eprintln!("{program} is not installed: skipped");
+    }
+    ok
+}
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 /// Whether `tool` runs (`tool --version`).
 pub fn have(tool: &str) -> bool {
     Command::new(tool)
