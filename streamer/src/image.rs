@@ -58,6 +58,19 @@ pub trait ImageSink {
     /// Whole pages of area `area` of process `pid`, starting at `start`.
     fn pages(&mut self, stream_id: u32, pid: u32, area: u32, start: u64, data: &[u8])
     -> Result<()>;
+    /// Room for up to `len` bytes (whole pages) of area `area` of process
+    /// `pid` starting at `start`, to be filled in place by the caller: the
+    /// returned slice may be shorter (the rest goes in the next call). The
+    /// pages count as written; a caller that cannot fill them must abandon
+    /// the stream. Saves a copy of every page on the dump path.
+    fn page_room(
+        &mut self,
+        stream_id: u32,
+        pid: u32,
+        area: u32,
+        start: u64,
+        len: usize,
+    ) -> Result<&mut [u8]>;
 }
 
 /// Where the engine reads an image from, item by item.

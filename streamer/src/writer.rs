@@ -75,28 +75,56 @@ pub struct WriteSummary {
     pub pages: u64,
 }
 
-/// Frame buffers handed back after their frame is written, so the next
-/// frames reuse memory that is already faulted in: fresh pages cost more
-/// than the copy itself.
+/// Page frame buffers, each handed back when the last reference to its
+/// frame is dropped (written, or compressed), so the next frames reuse
+/// memory that is already faulted in: fresh pages cost more than the copy
+/// itself. Buffers are zeroed once, when made, so the producer can read
+/// pages straight into them without clearing them again.
 #[derive(Clone, Default)]
-struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<BytesMut>>>);
+struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
 impl BufferPool {
     /// Buffers kept at most: about the frames in flight.
     const MAX: usize = 32;
 
-    fn take(&self) -> Option<BytesMut> {
-        self.0.lock().ok()?.pop()
+    /// A buffer of exactly `len` bytes.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut pool| pool.pop());
+        match reused {
+            Some(buf) if buf.len() == len => buf,
+            _ => vec![0; len],
+        }
     }
 
-    fn give(&self, bytes: Bytes) {
-        if let Ok(mut buf) = bytes.try_into_mut() {
-            buf.clear();
-            if let Ok(mut pool) = self.0.lock()
-                && pool.len() < Self::MAX
-            {
-                pool.push(buf);
-            }
+    /// `buf[range]` as shared bytes that give `buf` back once dropped.
+    fn share(&self, buf: Vec<u8>, range: std::ops::Range<usize>) -> Bytes {
+        Bytes::from_owner(Pooled {
+            buf,
+            pool: std::sync::Arc::downgrade(&self.0),
+        })
+        .slice(range)
+    }
+}
+
+/// A buffer on loan from a [`BufferPool`].
+struct Pooled {
+    buf: Vec<u8>,
+    pool: std::sync::Weak<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade()
+            && let Ok(mut pool) = pool.lock()
+            && pool.len() < BufferPool::MAX
+        {
+            pool.push(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -130,13 +158,15 @@ struct RecordBuf {
 
 /// Pages being gathered into the next page frame of one area. `buf` starts
 /// with room for the largest possible batch header, so the header is put in
-/// front of the pages at flush time without copying them again.
+/// front of the pages at flush time without copying them again; the pages
+/// so far end at `len`.
 struct PendingPages {
     stream_id: u32,
     pid: u32,
     area: u32,
     runs: Vec<PageRun>,
-    buf: BytesMut,
+    buf: Vec<u8>,
+    len: usize,
     header_room: usize,
 }
 
@@ -173,14 +203,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
                 .map_or(0, |d| d.as_millis() as u64),
         };
         let pool = BufferPool::default();
-        let task = tokio::spawn(write_frames(
-            rx,
-            out,
-            options,
-            opts.clone(),
-            workers,
-            pool.clone(),
-        ));
+        let task = tokio::spawn(write_frames(rx, out, options, opts.clone(), workers));
         Self {
             tx,
             task: Some(task),
@@ -463,58 +486,74 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
         start: u64,
         data: &[u8],
     ) -> Result<()> {
+        let mut done = 0;
+        while done < data.len() {
+            let room =
+                self.page_room(stream_id, pid, area, start + done as u64, data.len() - done)?;
+            let n = room.len();
+            room.copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Room at the end of the pending page frame for up to `len` bytes of
+    /// pages of `area` starting at `start`, flushing the pending frame first
+    /// if it cannot take them. The pages count as written once filled: a
+    /// producer that fails to fill them must abandon the stream.
+    fn page_room(
+        &mut self,
+        stream_id: u32,
+        pid: u32,
+        area: u32,
+        start: u64,
+        len: usize,
+    ) -> Result<&mut [u8]> {
         if !self.metadata_ended {
             return Err(StreamError::Usage(
                 "pages before the end of metadata".into(),
             ));
         }
         self.check_declared(stream_id)?;
-        if data.is_empty()
-            || !data.len().is_multiple_of(PAGE_SIZE)
-            || !start.is_multiple_of(PAGE_SIZE as u64)
-        {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !start.is_multiple_of(PAGE_SIZE as u64) {
             return Err(StreamError::Usage(format!(
-                "pages at {start:#x}: {} bytes is not a whole number of aligned pages",
-                data.len()
+                "pages at {start:#x}: {len} bytes is not a whole number of aligned pages"
             )));
         }
-        let mut addr = start;
-        for chunk in data.chunks(self.opts.page_frame_bytes) {
-            let same_area = matches!(&self.pages, Some(p) if p.stream_id == stream_id
-                && p.pid == pid && p.area == area
-                && p.runs.last().is_some_and(|r| r.end() <= addr));
-            let full = self.pages.as_ref().is_some_and(|p| {
-                p.buf.len() - p.header_room + chunk.len() > self.opts.page_frame_bytes
-            });
-            if !same_area || full {
-                self.flush_pages();
-            }
-            let frame_bytes = self.opts.page_frame_bytes;
-            let pool = &self.pool;
-            let pending = self.pages.get_or_insert_with(|| {
-                // Each run holds at least one page.
-                let header_room = PageBatch::header_len(frame_bytes / PAGE_SIZE);
-                let mut buf = pool.take().unwrap_or_default();
-                buf.reserve(header_room + frame_bytes);
-                buf.resize(header_room, 0);
-                PendingPages {
-                    stream_id,
-                    pid,
-                    area,
-                    runs: Vec::new(),
-                    buf,
-                    header_room,
-                }
-            });
-            let pages = (chunk.len() >> PAGE_SHIFT) as u64;
-            match pending.runs.last_mut() {
-                Some(run) if run.end() == addr => run.pages += pages,
-                _ => pending.runs.push(PageRun { start: addr, pages }),
-            }
-            pending.buf.extend_from_slice(chunk);
-            addr += chunk.len() as u64;
+        let frame_bytes = self.opts.page_frame_bytes;
+        let same_area = matches!(&self.pages, Some(p) if p.stream_id == stream_id
+            && p.pid == pid && p.area == area
+            && p.runs.last().is_some_and(|r| r.end() <= start));
+        let full = self
+            .pages
+            .as_ref()
+            .is_some_and(|p| p.len - p.header_room >= frame_bytes);
+        if !same_area || full {
+            self.flush_pages();
         }
-        Ok(())
+        let pool = &self.pool;
+        let pending = self.pages.get_or_insert_with(|| {
+            // Each run holds at least one page.
+            let header_room = PageBatch::header_len(frame_bytes / PAGE_SIZE);
+            PendingPages {
+                stream_id,
+                pid,
+                area,
+                runs: Vec::new(),
+                buf: pool.take(header_room + frame_bytes),
+                len: header_room,
+                header_room,
+            }
+        });
+        let n = len.min(frame_bytes - (pending.len - pending.header_room));
+        let pages = (n >> PAGE_SHIFT) as u64;
+        match pending.runs.last_mut() {
+            Some(run) if run.end() == start => run.pages += pages,
+            _ => pending.runs.push(PageRun { start, pages }),
+        }
+        let at = pending.len;
+        pending.len += n;
+        Ok(&mut pending.buf[at..at + n])
     }
 
     fn flush_pages(&mut self) {
@@ -526,7 +565,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
             self.outbox.push_back(Msg::Frame(Job {
                 kind: FrameKind::Pages,
                 stream_id: p.stream_id,
-                raw: p.buf.freeze().slice(start..),
+                raw: self.pool.share(p.buf, start..p.len),
                 records: 0,
                 pages: Some((p.pid, p.area, p.runs)),
             }));
@@ -582,18 +621,28 @@ impl<W: AsyncWrite + Unpin + Send + 'static> crate::image::ImageSink for Blockin
         self.w.queue_pages(stream_id, pid, area, start, data)?;
         self.w.blocking_flush_outbox()
     }
+
+    fn page_room(
+        &mut self,
+        stream_id: u32,
+        pid: u32,
+        area: u32,
+        start: u64,
+        len: usize,
+    ) -> Result<&mut [u8]> {
+        // Frames completed by earlier calls go out first, so at most one
+        // frame waits here.
+        self.w.blocking_flush_outbox()?;
+        self.w.page_room(stream_id, pid, area, start, len)
+    }
 }
 
 /// Compresses and checksums one frame (runs on the blocking pool).
-fn encode_job(job: Job, codec: Codec, level: i32, pool: &BufferPool) -> Encoded {
+fn encode_job(job: Job, codec: Codec, level: i32) -> Encoded {
     let raw_len = job.raw.len() as u32;
-    let raw = job.raw.clone();
+    // A page buffer goes back to its pool once the frame is compressed or,
+    // stored raw, written.
     let (codec, stored) = codec::compress(codec, level, job.raw);
-    if codec != Codec::None {
-        pool.give(raw);
-    } else {
-        drop(raw);
-    }
     let header = FrameHeader {
         kind: job.kind,
         codec,
@@ -618,7 +667,6 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     options: StreamOptions,
     opts: WriterOptions,
     workers: usize,
-    pool: BufferPool,
 ) -> Result<(W, WriteSummary, bool)> {
     let io_err = |offset: u64| move |err| StreamError::Io { offset, err };
     let header = encode_header(&options);
@@ -630,19 +678,19 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     let (codec, level) = (opts.codec, opts.level);
     let messages =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let encode_pool = pool.clone();
     let mut encoded = std::pin::pin!(
         messages
             .map(|msg| {
-                let pool = encode_pool.clone();
                 async move {
                     match msg {
-                        Msg::Frame(job) => tokio::task::spawn_blocking(move || {
-                            encode_job(job, codec, level, &pool)
-                        })
-                        .await
-                        .map(Ok)
-                        .map_err(|e| StreamError::WriterGone(format!("compression worker: {e}"))),
+                        Msg::Frame(job) => {
+                            tokio::task::spawn_blocking(move || encode_job(job, codec, level))
+                                .await
+                                .map(Ok)
+                                .map_err(|e| {
+                                    StreamError::WriterGone(format!("compression worker: {e}"))
+                                })
+                        }
                         Msg::Finish(decls) => Ok(Err(decls)),
                     }
                 }
@@ -665,7 +713,6 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
         let h = frame.header;
         out.write_all(&h.encode()).await.map_err(io_err(offset))?;
         out.write_all(&frame.stored).await.map_err(io_err(offset))?;
-        pool.give(frame.stored);
         index.frames.push(FrameEntry {
             offset,
             kind: h.kind as u32,

@@ -15,8 +15,11 @@
 //! Pages a child shares copy-on-write with its parent are saved once
 //! (`inherit`).
 
+mod fill;
 mod identity;
 mod inherit;
+
+pub(crate) use fill::{PageWriter, take_userfaultfd};
 
 pub(crate) use inherit::{kept_on_fork, settle};
 
@@ -31,7 +34,7 @@ use crate::sys::mem::{
     zero_page_pfns,
 };
 use crstream_proto::{AreaKind, MemoryMap, VmArea};
-use crstream_streamer::{ImageSink, PAGE_SIZE, PageBatch};
+use crstream_streamer::{ImageSink, PAGE_SIZE};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -521,6 +524,10 @@ fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
 
 /// Reads the saved pages of every area while the target is frozen and
 /// hands them to the sink. Returns the pages written.
+///
+/// Long runs are read straight into the sink's frame buffers (no copy of
+/// ours); short ones are gathered first, so that sparse memory takes one
+/// process_vm_readv per many runs instead of one per run.
 fn write_pages(
     pid: i32,
     areas: &[DumpArea],
@@ -528,61 +535,96 @@ fn write_pages(
     stream: u32,
     opts: &crate::DumpOptions,
 ) -> Result<u64, DumpError> {
+    /// Runs at least this long are read in place.
+    const DIRECT: usize = 64 << 10;
+    const GATHER: usize = 1 << 20;
     let fail_at_memory = crate::failpoint::armed("memory");
-    const BUF: usize = 8 << 20;
     let mem = RemoteMem::open(pid, false)?;
-    let mut buf = vec![0u8; BUF];
+    let mut gathered: Vec<(u64, usize)> = Vec::new();
+    let mut buf = vec![0u8; GATHER];
     let mut pages = 0u64;
     for (idx, a) in areas.iter().enumerate() {
-        // Split runs so that each batch fits the buffer.
-        let mut pieces: Vec<(u64, usize)> = Vec::new();
+        let area = idx as u32;
         for &(start, len) in &a.runs {
-            let mut s = start;
-            while s < start + len {
-                let l = ((start + len - s) as usize).min(BUF);
-                pieces.push((s, l));
-                s += l as u64;
-            }
-        }
-        let mut i = 0;
-        while i < pieces.len() {
-            let mut total = 0usize;
-            let mut j = i;
-            while j < pieces.len() && total + pieces[j].1 <= BUF {
-                total += pieces[j].1;
-                j += 1;
-            }
-            let batch = &pieces[i..j];
-            let got = if a.readable {
-                vm_readv(pid, batch, &mut buf).unwrap_or(0)
-            } else {
-                0
-            };
-            if got < total {
-                // Unreadable protections or a short read: /proc/PID/mem
-                // ignores protections (we are the tracer).
-                let mut off = 0;
-                for &(addr, len) in batch {
-                    if off + len > got {
-                        mem.read(addr, &mut buf[off..off + len])?;
-                    }
-                    off += len;
+            let len = len as usize;
+            if len < DIRECT {
+                if gathered.iter().map(|r| r.1).sum::<usize>() + len > GATHER {
+                    write_gathered(pid, a, &mem, &mut gathered, &mut buf, sink, stream, area)?;
                 }
+                gathered.push((start, len));
+                continue;
             }
-            if fail_at_memory {
-                return Err(DumpError::TestFailure("memory".into()));
+            write_gathered(pid, a, &mem, &mut gathered, &mut buf, sink, stream, area)?;
+            let mut done = 0usize;
+            while done < len {
+                let addr = start + done as u64;
+                let room = sink.page_room(stream, pid as u32, area, addr, len - done)?;
+                read_run(pid, a, &mem, addr, room)?;
+                done += room.len();
+                opts.check_interrupt()?;
             }
-            opts.check_interrupt()?;
-            let mut off = 0;
-            for &(addr, len) in batch {
-                sink.pages(stream, pid as u32, idx as u32, addr, &buf[off..off + len])?;
-                off += len;
-            }
-            pages += (total / PAGE_SIZE) as u64;
-            i = j;
         }
+        write_gathered(pid, a, &mem, &mut gathered, &mut buf, sink, stream, area)?;
+        if fail_at_memory && !a.runs.is_empty() {
+            return Err(DumpError::TestFailure("memory".into()));
+        }
+        opts.check_interrupt()?;
+        pages += a.runs.iter().map(|r| r.1 / PAGE_SIZE as u64).sum::<u64>();
     }
     Ok(pages)
+}
+
+/// Reads `buf.len()` bytes at `addr`: process_vm_readv, or /proc/PID/mem
+/// for what it cannot read (protections; we are the tracer).
+fn read_run(
+    pid: i32,
+    a: &DumpArea,
+    mem: &RemoteMem,
+    addr: u64,
+    buf: &mut [u8],
+) -> Result<(), DumpError> {
+    let got = if a.readable {
+        vm_readv(pid, &[(addr, buf.len())], buf).unwrap_or(0)
+    } else {
+        0
+    };
+    if got < buf.len() {
+        mem.read(addr + got as u64, &mut buf[got..])?;
+    }
+    Ok(())
+}
+
+/// Reads the gathered short runs of one area at once and hands them on.
+#[allow(clippy::too_many_arguments)]
+fn write_gathered(
+    pid: i32,
+    a: &DumpArea,
+    mem: &RemoteMem,
+    gathered: &mut Vec<(u64, usize)>,
+    buf: &mut [u8],
+    sink: &mut dyn ImageSink,
+    stream: u32,
+    area: u32,
+) -> Result<(), DumpError> {
+    if gathered.is_empty() {
+        return Ok(());
+    }
+    let total: usize = gathered.iter().map(|r| r.1).sum();
+    let got = if a.readable {
+        vm_readv(pid, gathered, &mut buf[..total]).unwrap_or(0)
+    } else {
+        0
+    };
+    let mut off = 0;
+    for &(addr, len) in gathered.iter() {
+        if off + len > got {
+            mem.read(addr, &mut buf[off..off + len])?;
+        }
+        sink.pages(stream, pid as u32, area, addr, &buf[off..off + len])?;
+        off += len;
+    }
+    gathered.clear();
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -778,36 +820,6 @@ fn map_area(
         return Err(map_err(pid, a, format!("mmap returned {got:#x}")));
     }
     Ok(())
-}
-
-/// Writes one page batch into the stub.
-pub(crate) fn fill(
-    pid: i32,
-    mem: &RemoteMem,
-    areas: &[VmArea],
-    batch: &PageBatch,
-) -> Result<u64, RestoreError> {
-    let area = areas
-        .get(batch.area as usize)
-        .ok_or_else(|| RestoreError::Pages {
-            pid,
-            addr: batch.runs[0].start,
-            reason: format!("page batch names area {} of {}", batch.area, areas.len()),
-        })?;
-    for (run, data) in batch.runs_with_data() {
-        if run.start < area.start || run.end() > area.end || !is_mapped_area(area) {
-            return Err(RestoreError::Pages {
-                pid,
-                addr: run.start,
-                reason: format!(
-                    "run of {} pages lies outside area {:#x}-{:#x}",
-                    run.pages, area.start, area.end
-                ),
-            });
-        }
-        mem.write(run.start, data)?;
-    }
-    Ok(batch.page_count())
 }
 
 /// Final protections.
