@@ -130,6 +130,13 @@ impl Sink {
         &self.url
     }
 
+    /// Whether the stream goes into a regular file on this machine (not a
+    /// pipe, device or object store): a destination fast enough that
+    /// compressing costs more time than it saves.
+    pub fn is_local_file(&self) -> bool {
+        matches!(&self.inner, Inner::File(f) if f.direct.is_some())
+    }
+
     /// Finishes the upload and makes the object visible (for files: renames
     /// the temporary file in the same directory into place). Returns the
     /// number of bytes written. On error the upload is aborted.
@@ -421,6 +428,12 @@ impl Drop for ObjectSink {
 struct FileSink {
     diag: Arc<Diag>,
     file: tokio::fs::File,
+    /// For a regular file, the same file written synchronously: a frame's
+    /// write into the page cache takes well under a millisecond, and the
+    /// tokio file would copy every byte once more into a buffer of its own
+    /// for another thread to write. A FIFO or device, which can block for
+    /// as long as its reader likes, goes through the tokio file.
+    direct: Option<std::fs::File>,
     /// `None` when writing in place (a device or FIFO).
     tmp: Option<std::path::PathBuf>,
     /// The file has no name until commit (`tmp` is the name it gets then).
@@ -456,6 +469,7 @@ impl FileSink {
             return Ok(Self {
                 diag,
                 file,
+                direct: None,
                 tmp: None,
                 unnamed: false,
                 dest,
@@ -484,6 +498,7 @@ impl FileSink {
         if let Some(file) = open_unnamed(&dir) {
             return Ok(Self {
                 diag,
+                direct: file.try_clone().ok(),
                 file: tokio::fs::File::from_std(file),
                 tmp: Some(tmp),
                 unnamed: true,
@@ -492,15 +507,15 @@ impl FileSink {
                 done: false,
             });
         }
-        let file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .await
             .map_err(|e| diag.classify_io(&format!("creating {}", tmp.display()), &e))?;
         Ok(Self {
             diag,
-            file,
+            direct: file.try_clone().ok(),
+            file: tokio::fs::File::from_std(file),
             tmp: Some(tmp),
             unnamed: false,
             dest,
@@ -510,7 +525,15 @@ impl FileSink {
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.file).poll_write(cx, buf))?;
+        let n = match &mut self.direct {
+            Some(file) => loop {
+                match io::Write::write(file, buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            },
+            None => ready!(Pin::new(&mut self.file).poll_write(cx, buf))?,
+        };
         self.written += n as u64;
         Poll::Ready(Ok(n))
     }

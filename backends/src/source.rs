@@ -132,19 +132,77 @@ impl Source {
     pub fn into_async_read(self, opts: ReadOptions) -> Box<dyn AsyncRead + Send + Unpin> {
         match self.kind {
             Kind::Stdin => Box::new(tokio::io::stdin()),
-            Kind::Special(file) | Kind::LocalFile(_, file) => {
-                Box::new(tokio::io::BufReader::with_capacity(
-                    LOCAL_READ_BUFFER,
-                    tokio::fs::File::from_std(file),
-                ))
-            }
+            Kind::LocalFile(_, file) => Box::new(LocalRead::new(file)),
+            Kind::Special(file) => Box::new(tokio::io::BufReader::with_capacity(
+                LOCAL_READ_BUFFER,
+                tokio::fs::File::from_std(file),
+            )),
             Kind::Object(r) => Box::new(r.read_ahead(opts)),
         }
     }
 }
 
-/// Read size for local files: large enough for few blocking-pool round trips.
+/// Read size for FIFOs and devices: large enough for few blocking-pool
+/// round trips.
 const LOCAL_READ_BUFFER: usize = 1 << 20;
+
+/// A local regular file, read synchronously. A read from the page cache is
+/// a copy that takes well under a millisecond per frame, where tokio's file
+/// and a buffer in front of it would copy every byte twice more and hand
+/// each read to another thread. Reads of at least [`LocalRead::SMALL`]
+/// bytes go straight into the caller's buffer; smaller ones (frame headers)
+/// are served from a buffer of its own.
+struct LocalRead {
+    file: std::fs::File,
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+}
+
+impl LocalRead {
+    const SMALL: usize = 64 << 10;
+
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            file,
+            buf: vec![0; Self::SMALL].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+        }
+    }
+}
+
+fn read_retrying(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match io::Read::read(file, buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+impl AsyncRead for LocalRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if me.pos == me.end {
+            if out.remaining() >= Self::SMALL {
+                let n = read_retrying(&mut me.file, out.initialize_unfilled())?;
+                out.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            me.end = read_retrying(&mut me.file, &mut me.buf)?;
+            me.pos = 0;
+        }
+        let n = out.remaining().min(me.end - me.pos);
+        out.put_slice(&me.buf[me.pos..me.pos + n]);
+        me.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// Opens a local path for reading; true if it is a regular file (false: a
 /// FIFO or device, which has no size and no ranges).
