@@ -276,20 +276,43 @@ pub(crate) fn items_ending_with(
 }
 
 /// An [`crate::image::ImageSource`] over an item stream, for the engine's
-/// thread. Must not be used from an async context.
-pub struct BlockingItems<S> {
-    items: S,
-    handle: tokio::runtime::Handle,
+/// thread. A task on the runtime reads ahead (up to [`Self::AHEAD`] items),
+/// so the next frames are read and checked while the engine writes the
+/// current one into a process. Must not be used from an async context.
+pub struct BlockingItems {
+    rx: tokio::sync::mpsc::Receiver<Result<Item>>,
+    pump: tokio::task::JoinHandle<()>,
 }
 
-impl<S: Stream<Item = Result<Item>> + Unpin> BlockingItems<S> {
-    pub fn new(items: S, handle: tokio::runtime::Handle) -> Self {
-        Self { items, handle }
+impl BlockingItems {
+    /// Items read ahead: about as many MiB of pages.
+    const AHEAD: usize = 8;
+
+    pub fn new<S>(mut items: S, handle: tokio::runtime::Handle) -> Self
+    where
+        S: Stream<Item = Result<Item>> + Send + Unpin + 'static,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(Self::AHEAD);
+        let pump = handle.spawn(async move {
+            while let Some(item) = items.next().await {
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Self { rx, pump }
     }
 }
 
-impl<S: Stream<Item = Result<Item>> + Unpin> crate::image::ImageSource for BlockingItems<S> {
+impl Drop for BlockingItems {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+impl crate::image::ImageSource for BlockingItems {
     fn next_item(&mut self) -> Result<Option<Item>> {
-        self.handle.block_on(self.items.next()).transpose()
+        self.rx.blocking_recv().transpose()
     }
 }

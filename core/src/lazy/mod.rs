@@ -225,7 +225,7 @@ fn fill_frames(
                 batch.pid
             )));
         }
-        crate::kinds::memory::fill(pid, &stub.mem, areas, &batch)?;
+        crate::kinds::memory::PageWriter::plain(areas).fill(pid, &stub.mem, areas, &batch)?;
     }
     Ok(())
 }
@@ -306,15 +306,8 @@ pub(crate) fn setup(
         what: what.to_string(),
         err,
     };
-    let tfd = stub.call(
-        "userfaultfd",
-        libc::SYS_userfaultfd,
-        &[(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64],
-    )?;
     let pidfd = crate::sys::pidfd::open(pid).map_err(|e| io("pidfd_open", e))?;
-    let got = crate::sys::pidfd::getfd(&pidfd, tfd as i32);
-    stub.call("close(userfaultfd)", libc::SYS_close, &[tfd as u64])?;
-    let uffd = Userfaultfd::new(got.map_err(|e| io("pidfd_getfd of the userfaultfd", e))?);
+    let uffd = crate::kinds::memory::take_userfaultfd(stub)?;
     let features = uffd.api(FEATURES).map_err(|e| io("UFFDIO_API", e))?;
     if features & FEATURES != FEATURES {
         return Err(RestoreError::Incompatible(format!(

@@ -4,7 +4,7 @@
 
 use super::tree::Plan;
 use crate::error::RestoreError;
-use crate::kinds::memory;
+use crate::kinds::memory::PageWriter;
 use crate::stub::Stub;
 use crstream_proto::{ProcessState, VmArea};
 use crstream_streamer::{ImageSource, Item, PageBatch};
@@ -17,6 +17,9 @@ pub(super) struct PageFiller<'a> {
     pub filled: Vec<u64>,
     /// Batches of processes not created yet (an image not in tree order).
     early: Vec<(usize, PageBatch)>,
+    /// The writer of each process whose pages are coming in (dropped, so
+    /// its areas are unregistered, once they are all in).
+    writers: Vec<Option<PageWriter>>,
     ended: bool,
 }
 
@@ -28,6 +31,7 @@ impl<'a> PageFiller<'a> {
             announced,
             filled: vec![0; n],
             early: Vec::new(),
+            writers: (0..n).map(|_| None).collect(),
             ended: false,
         }
     }
@@ -77,6 +81,7 @@ impl<'a> PageFiller<'a> {
         while let Some((k, batch)) = self.next(plan)? {
             self.write(areas, stubs, k, &batch)?;
         }
+        self.writers.iter_mut().for_each(|w| *w = None);
         Ok(())
     }
 
@@ -87,8 +92,12 @@ impl<'a> PageFiller<'a> {
         k: usize,
         batch: &PageBatch,
     ) -> Result<(), RestoreError> {
-        let n = memory::fill(batch.pid as i32, &stubs[k].mem, areas[k], batch)?;
+        let writer = self.writers[k].get_or_insert_with(|| PageWriter::new(&stubs[k], areas[k]));
+        let n = writer.fill(batch.pid as i32, &stubs[k].mem, areas[k], batch)?;
         self.filled[k] += n;
+        if self.filled[k] >= self.announced[k] {
+            self.writers[k] = None;
+        }
         // Children forked since have this process's memory as it was then.
         if self.filled[k] > self.announced[k] {
             return Err(RestoreError::Image(format!(

@@ -11,6 +11,7 @@ const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
 const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
 const UFFDIO_ZEROPAGE: libc::c_ulong = 0xC020_AA04;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
 pub(crate) const FEATURE_EVENT_FORK: u64 = 1 << 1;
 pub(crate) const FEATURE_EVENT_REMAP: u64 = 1 << 2;
 pub(crate) const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
@@ -164,6 +165,22 @@ impl Userfaultfd {
             src: data.as_ptr() as u64,
             len: data.len() as u64,
             mode: 0,
+            copy: 0,
+        };
+        match self.ioctl(&mut c) {
+            Ok(()) => (data.len() as u64, Ok(())),
+            Err(e) => (c.copy.max(0) as u64, Err(e)),
+        }
+    }
+
+    /// Like [`copy`](Self::copy), without waking anyone: for memory no
+    /// thread can be waiting on yet.
+    pub(crate) fn copy_quiet(&self, dst: u64, data: &[u8]) -> (u64, io::Result<()>) {
+        let mut c = UffdioCopy {
+            dst,
+            src: data.as_ptr() as u64,
+            len: data.len() as u64,
+            mode: UFFDIO_COPY_MODE_DONTWAKE,
             copy: 0,
         };
         match self.ioctl(&mut c) {
