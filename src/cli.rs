@@ -42,14 +42,20 @@ pub enum Command {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodecArg {
+    /// none into a local file (compressing costs more time than writing the
+    /// bytes), zstd anywhere else (a pipe, an object store)
+    Auto,
     Zstd,
     Lz4,
     None,
 }
 
 impl CodecArg {
-    pub fn codec(self) -> crstream_proto::Codec {
+    /// The codec for a destination; `local_file`: see `Sink::is_local_file`.
+    pub fn codec(self, local_file: bool) -> crstream_proto::Codec {
         match self {
+            Self::Auto if local_file => crstream_proto::Codec::None,
+            Self::Auto => crstream_proto::Codec::Zstd,
             Self::Zstd => crstream_proto::Codec::Zstd,
             Self::Lz4 => crstream_proto::Codec::Lz4,
             Self::None => crstream_proto::Codec::None,
@@ -117,8 +123,8 @@ pub struct DumpArgs {
     /// instead of refusing the tree: their clients see them reset and connect again
     #[arg(long)]
     pub skip_in_flight: bool,
-    /// Compression of the image frames
-    #[arg(long, value_enum, default_value_t = CodecArg::Zstd)]
+    /// Compression of the image frames (frames that do not shrink are stored raw)
+    #[arg(long, value_enum, default_value_t = CodecArg::Auto)]
     pub compress: CodecArg,
     /// Compression level (zstd: 1 fast .. 19 small)
     #[arg(long, default_value_t = 1)]

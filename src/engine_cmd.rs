@@ -40,7 +40,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         Err(e) => return Err(e).with_context(|| format!("opening {}", args.output)),
     };
     let wopts = WriterOptions {
-        codec: args.compress.codec(),
+        codec: args.compress.codec(sink.is_local_file()),
         level: args.level,
         writer_name: format!("crstream {}", env!("CARGO_PKG_VERSION")),
         stall_timeout: Some(timeout),

@@ -23,6 +23,8 @@ fn memory_dump_restore_restore_again_and_redump() {
     dump(w.pid, &img, &[]);
     let dumped = field(&w.read_report().unwrap(), 0, 0);
     w.reap_dumped();
+    // By default a local file holds its pages raw.
+    assert_eq!(default_codec(&img.to_string_lossy(), &[]), "none");
 
     for round in 0..2 {
         let (pid, tids) = restore(&img);
@@ -47,9 +49,11 @@ fn memory_dump_restore_restore_again_and_redump() {
         }
     }
 
-    // Dump the restored process again, and restore that image.
+    // Dump the restored process again, compressed as asked, and restore
+    // that image.
     let img2 = dir.path("img2");
-    dump(w.pid, &img2, &[]);
+    dump(w.pid, &img2, &["--compress", "zstd"]);
+    assert_eq!(default_codec(&img2.to_string_lossy(), &[]), "zstd");
     let dumped2 = field(&w.read_report().unwrap(), 0, 0);
     assert!(wait_gone(w.pid, T));
     let (pid, _) = restore(&img2);
@@ -357,6 +361,8 @@ fn dump_to_s3_and_restore_from_s3() {
     let dumped = field(&w.read_report().unwrap(), 0, 0);
     w.reap_dumped();
     assert!(s3_object_exists(&bucket, "memory.img"));
+    // By default an object store gets compressed frames.
+    assert_eq!(default_codec(&url, &env), "zstd");
     for round in 0..2 {
         let o = run(&["restore", "-i", &url, "--detach"], &env);
         assert!(o.status.success(), "{}", text(&o));
@@ -371,6 +377,18 @@ fn dump_to_s3_and_restore_from_s3() {
         assert_running_untraced(pid);
         w.kill();
     }
+}
+
+/// The codec an image's header names as its default (the one its frames
+/// were compressed with), from `crstream inspect --json`.
+fn default_codec(url: &str, env: &[(&str, &str)]) -> String {
+    let o = run(&["inspect", url, "--json"], env);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json");
+    v["default_codec"]
+        .as_str()
+        .expect("default_codec")
+        .to_string()
 }
 
 /// Spawns wl_session in MODE ("setsid" or "keep"), in process group

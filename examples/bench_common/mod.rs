@@ -176,3 +176,42 @@ pub fn run(cmd: &mut std::process::Command) -> Vec<u8> {
     );
     o.stdout
 }
+
+/// The machine's limits the figures are read against, measured now over
+/// `mib` MiB: memcpy between buffers already faulted in, and writing pages
+/// the process never touched (page faults and zeroing included), in GB/s.
+pub fn memory_bandwidth(mib: usize) -> (f64, f64) {
+    let len = mib << 20;
+    let src = vec![0x5au8; len];
+    let mut dst = vec![0u8; len];
+    let best = |f: &mut dyn FnMut()| {
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let copy = best(&mut || {
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&dst);
+    });
+    let fresh = best(&mut || {
+        // SAFETY: a new private anonymous mapping, written then unmapped.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "mmap");
+            std::ptr::copy_nonoverlapping(src.as_ptr(), p.cast::<u8>(), len);
+            libc::munmap(p, len);
+        }
+    });
+    (len as f64 / copy / 1e9, len as f64 / fresh / 1e9)
+}
