@@ -93,9 +93,14 @@ pub struct DumpArgs {
     /// Where to write the image: -, a path, file://, s3://, gs://, az://, memory://
     #[arg(short, long, default_value = "-", value_name = "DEST")]
     pub output: String,
-    /// Let the process continue after the dump (default: it is killed after a successful dump)
+    /// Let the process continue after the dump (default: it is killed after a successful
+    /// dump). It is frozen only while its state is read: its pages are written afterwards
+    /// from a copy-on-write snapshot, as they were at the freeze
     #[arg(long)]
     pub leave_running: bool,
+    /// With --leave-running: keep the process frozen until all its pages are written
+    #[arg(long, requires = "leave_running")]
+    pub no_live: bool,
     /// The tree is a job started from an interactive shell: save its terminal fds
     /// (restore --shell-job gives it the restorer's terminal) instead of refusing them
     #[arg(long)]

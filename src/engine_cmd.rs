@@ -54,6 +54,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     let opts = crstream_core::DumpOptions {
         pid,
         leave_running: args.leave_running,
+        live: args.leave_running && !args.no_live,
         shell_job: args.shell_job,
         tcp: if args.tcp_established {
             crstream_core::TcpMode::Established
@@ -108,7 +109,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     let stats = dumped.finish(!args.leave_running);
     drop(rt);
     eprintln!(
-        "crstream: dumped pid {} ({} processes, {} threads): {} pages ({}), {} written, frozen {:.1} ms, total {:.1} ms",
+        "crstream: dumped pid {} ({} processes, {} threads): {} pages ({}), {} written, frozen {:.1} ms{}, total {:.1} ms",
         pid,
         stats.processes,
         stats.threads,
@@ -116,6 +117,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         human_bytes(stats.page_bytes),
         human_bytes(written),
         stats.frozen.as_secs_f64() * 1e3,
+        if stats.live { " (live)" } else { "" },
         stats.total.as_secs_f64() * 1e3,
     );
     if let Some(lock) = &stats.net_lock {
@@ -135,6 +137,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             "frozen_ms": stats.frozen.as_secs_f64() * 1e3,
             "total_ms": stats.total.as_secs_f64() * 1e3,
             "leave_running": args.leave_running,
+            "live": stats.live,
             "net_lock": stats.net_lock,
         });
         println!("{j}");

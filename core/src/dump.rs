@@ -7,9 +7,11 @@ use crate::escape::Gadgets;
 use crate::freeze::{Frozen, FrozenTree};
 use crate::inject::RemoteMem;
 use crate::kind::{DumpObjects, DumpProcess, DumpTree, Injector, Kind, ProcessDump};
-use crate::kinds::memory::Memory;
+use crate::kinds::memory::{Memory, PagesFrom};
 use crate::proc;
 use crate::records::{Owner, Records};
+use crate::snapshot::Snapshot;
+use crate::sys::ptrace;
 use crstream_proto::record::Body;
 use crstream_proto::{Inventory, ProcessTree, StreamKind, ThreadCore};
 use crstream_streamer::{ImageSink, PAGE_SIZE};
@@ -22,6 +24,11 @@ pub struct DumpOptions {
     pub pid: i32,
     /// The process will run on after the dump (recorded in the image).
     pub leave_running: bool,
+    /// With `leave_running`: the tree runs on as soon as its metadata is
+    /// read, while its pages are written from copy-on-write snapshots
+    /// (`crate::snapshot`); processes that cannot be snapshotted stay
+    /// frozen until their pages are written.
+    pub live: bool,
     /// The tree is a job of an interactive shell: save its terminal fds
     /// (restore hands it the restorer's terminal) instead of refusing them.
     pub shell_job: bool,
@@ -61,6 +68,8 @@ pub struct DumpStats {
     pub processes: usize,
     /// Their PIDs, root first.
     pub pids: Vec<i32>,
+    /// The tree ran on while its pages were written (a live dump).
+    pub live: bool,
     /// The network lock (nftables table) that keeps the tree's TCP
     /// connections away until restore lifts it, once the tree is killed.
     pub net_lock: Option<String>,
@@ -77,6 +86,8 @@ pub struct Dumped {
     tree: FrozenTree,
     stats: DumpStats,
     frozen_at: Instant,
+    /// A live dump let the tree run on after this long.
+    released_after: Option<std::time::Duration>,
     started: Instant,
 }
 
@@ -101,7 +112,9 @@ impl Dumped {
             drop(pty);
             self.tree.release();
         }
-        stats.frozen = self.frozen_at.elapsed();
+        stats.frozen = self
+            .released_after
+            .unwrap_or_else(|| self.frozen_at.elapsed());
         stats.total = self.started.elapsed();
         stats
     }
@@ -125,18 +138,35 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
     opts.check_interrupt()?;
     let mut tree = FrozenTree::freeze(pid)?;
     let frozen_at = Instant::now();
-    let (pages, threads, (tcp, pty)) = match dump_frozen(&mut tree, opts, sink) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(pid, "dump failed, letting the processes run on: {e}");
-            tree.release();
-            return Err(e);
+    let (mut pages, threads, (mut tcp, mut pty), Live { memory, snapshots }) =
+        match dump_frozen(&mut tree, opts, sink) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(pid, "dump failed, letting the processes run on: {e}");
+                tree.release();
+                return Err(e);
+            }
+        };
+    let mut released_after = None;
+    if !snapshots.is_empty() {
+        // Live: the tree runs on (as `Dumped::finish` would let it) while
+        // the rest of its pages come from the snapshots.
+        drop(std::mem::take(&mut tcp));
+        drop(std::mem::take(&mut pty));
+        tree.release();
+        released_after = Some(frozen_at.elapsed());
+        tracing::debug!(pid, "running again; writing the pages of its snapshots");
+        for (pid, stream, snapshot) in snapshots {
+            pages +=
+                memory.write_pages(pid, PagesFrom::Snapshot(snapshot.pid), sink, stream, opts)?;
+            tracing::info!(pid, pages, "pages written from the snapshot");
         }
-    };
+    }
     let stats = DumpStats {
         pages,
         page_bytes: pages * PAGE_SIZE as u64,
-        frozen: frozen_at.elapsed(),
+        frozen: released_after.unwrap_or_else(|| frozen_at.elapsed()),
+        live: released_after.is_some(),
         total: started.elapsed(),
         threads,
         processes: tree.entries.len(),
@@ -149,6 +179,7 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
         tree,
         stats,
         frozen_at,
+        released_after,
         started,
     })
 }
@@ -176,20 +207,30 @@ fn refuse_unrestorable_here(pid: i32) -> Result<(), DumpError> {
     })
 }
 
-/// Everything while frozen. Returns (pages, threads).
+/// What a live dump still has to write once the tree runs again: the pages
+/// each snapshot holds (pid, its page stream, its snapshot).
+struct Live {
+    memory: Memory,
+    snapshots: Vec<(i32, u32, Snapshot)>,
+}
+
+/// Everything while frozen. Returns (pages, threads, holds, what is left
+/// for a live dump).
 fn dump_frozen(
     tree: &mut FrozenTree,
     opts: &DumpOptions,
     sink: &mut dyn ImageSink,
-) -> Result<(u64, usize, Holds), DumpError> {
+) -> Result<(u64, usize, Holds, Live), DumpError> {
     tree.mark_shared_tables()?;
     let mut objects = DumpObjects::default();
     let mut memory = Memory::default();
     let mut kinds = crate::kinds::registry();
     let mut processes = Vec::new();
+    let mut snapshots = Vec::new();
     for frozen in tree.procs.iter_mut() {
         opts.check_interrupt()?;
-        let p = read_process(frozen, opts, &mut objects, &mut memory, &mut kinds)?;
+        let (p, snapshot) = read_process(frozen, opts, &mut objects, &mut memory, &mut kinds)?;
+        snapshots.push(snapshot);
         processes.push(p);
     }
     let mut t = DumpTree {
@@ -205,11 +246,19 @@ fn dump_frozen(
     let page_streams = write_metadata(tree, opts, &mut objects, &processes, sink)?;
     let mut pages = 0;
     let mut threads = 0;
-    for (p, stream) in processes.iter().zip(page_streams) {
-        let n = memory.write_pages(p.pid, sink, stream, opts)?;
+    let mut live = Vec::new();
+    for ((p, stream), snapshot) in processes.iter().zip(page_streams).zip(snapshots) {
+        let which = match &snapshot {
+            Some(_) => PagesFrom::NotInSnapshot,
+            None => PagesFrom::Process,
+        };
+        let n = memory.write_pages(p.pid, which, sink, stream, opts)?;
         pages += n;
         threads += p.threads.len();
         tracing::info!(pid = p.pid, pages = n, threads = p.threads.len(), "dumped");
+        if let Some(s) = snapshot {
+            live.push((p.pid, stream, s));
+        }
     }
     Ok((
         pages,
@@ -218,6 +267,10 @@ fn dump_frozen(
             std::mem::take(&mut objects.tcp),
             std::mem::take(&mut objects.pty),
         ),
+        Live {
+            memory,
+            snapshots: live,
+        },
     ))
 }
 
@@ -237,7 +290,7 @@ fn read_process(
     objects: &mut DumpObjects,
     memory: &mut Memory,
     kinds: &mut [Box<dyn Kind>],
-) -> Result<ProcessDump, DumpError> {
+) -> Result<(ProcessDump, Option<Snapshot>), DumpError> {
     let pid = frozen.pid;
     let proc_err = |err| DumpError::Proc { pid, err };
     let status = proc::status(pid).map_err(proc_err)?;
@@ -294,11 +347,34 @@ fn read_process(
         tracing::trace!(pid, kind = k.name(), "dumping");
         k.dump(&mut p)
     })?;
-    Ok(ProcessDump {
-        pid,
-        records,
-        threads: thread_records,
-    })
+    let snapshot = if opts.live && opts.leave_running {
+        let options = ptrace::PTRACE_O_TRACESYSGOOD
+            | if status.seccomp != 0 {
+                ptrace::PTRACE_O_SUSPEND_SECCOMP
+            } else {
+                0
+            };
+        match Snapshot::take(&injector.leader, &injector.mem, injector.scratch, options) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::info!(
+                    pid,
+                    "no live dump of this process (it stays frozen until its pages are written): {e}"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok((
+        ProcessDump {
+            pid,
+            records,
+            threads: thread_records,
+        },
+        snapshot,
+    ))
 }
 
 /// The inventory, the tree, the objects the tree shares, then every

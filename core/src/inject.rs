@@ -18,6 +18,8 @@ use std::os::unix::fs::FileExt;
 pub struct SyscallEvents {
     pub clone: bool,
     pub fork: bool,
+    /// The task the clone or fork created, by its PID in our namespace.
+    pub child: Option<i32>,
 }
 
 /// A stopped task into which syscalls can be injected.
@@ -131,8 +133,14 @@ impl Remote {
             let (status, stop) = ptrace::wait(tid)?;
             match stop {
                 Stop::Syscall => break,
-                Stop::Event(ptrace::PTRACE_EVENT_CLONE) => events.clone = true,
-                Stop::Event(ptrace::PTRACE_EVENT_FORK) => events.fork = true,
+                Stop::Event(ptrace::PTRACE_EVENT_CLONE) => {
+                    events.clone = true;
+                    events.child = ptrace::event_msg(tid).ok().map(|p| p as i32);
+                }
+                Stop::Event(ptrace::PTRACE_EVENT_FORK) => {
+                    events.fork = true;
+                    events.child = ptrace::event_msg(tid).ok().map(|p| p as i32);
+                }
                 Stop::Gone => return Err(TaskError::Gone { tid, status }),
                 _ => {
                     return Err(TaskError::UnexpectedStop {

@@ -29,6 +29,7 @@ mod proc;
 mod records;
 mod restore;
 mod session;
+mod snapshot;
 mod stub;
 mod sys;
 mod sysv;

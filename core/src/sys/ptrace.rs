@@ -62,6 +62,20 @@ pub fn seize(tid: i32, options: u64) -> io::Result<()> {
     raw(PTRACE_SEIZE, tid, 0, options as usize).map(|_| ())
 }
 
+/// The message of the event `tid` is stopped at: for a clone or fork
+/// event, the new task's PID in the tracer's namespace.
+pub fn event_msg(tid: i32) -> Result<u64, TaskError> {
+    let mut msg: libc::c_ulong = 0;
+    req(
+        tid,
+        "GETEVENTMSG",
+        libc::PTRACE_GETEVENTMSG,
+        0,
+        &mut msg as *mut libc::c_ulong as usize,
+    )?;
+    Ok(msg)
+}
+
 pub fn interrupt(tid: i32) -> Result<(), TaskError> {
     req(tid, "INTERRUPT", PTRACE_INTERRUPT, 0, 0).map(|_| ())
 }

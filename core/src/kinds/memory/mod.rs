@@ -128,11 +128,21 @@ impl Memory {
     pub(crate) fn write_pages(
         &self,
         pid: i32,
+        which: PagesFrom,
         sink: &mut dyn ImageSink,
         stream: u32,
         opts: &crate::DumpOptions,
     ) -> Result<u64, DumpError> {
-        write_pages(pid, &self.areas[&pid], sink, stream, opts)
+        let areas = &self.areas[&pid];
+        match which {
+            PagesFrom::Process => write_pages(pid, pid, areas, |_| true, sink, stream, opts),
+            PagesFrom::NotInSnapshot => {
+                write_pages(pid, pid, areas, |a| !in_snapshot(a), sink, stream, opts)
+            }
+            PagesFrom::Snapshot(child) => {
+                write_pages(pid, child, areas, in_snapshot, sink, stream, opts)
+            }
+        }
     }
 
     /// Maps the areas of a process, but those in `kept` (which it keeps
@@ -522,15 +532,38 @@ fn scan(pid: i32, areas: &mut [DumpArea]) -> Result<(), DumpError> {
     Ok(())
 }
 
-/// Reads the saved pages of every area while the target is frozen and
-/// hands them to the sink. Returns the pages written.
+/// Which pages of a process to write, and where to read them.
+#[derive(Clone, Copy)]
+pub(crate) enum PagesFrom {
+    /// All of them, from the frozen process.
+    Process,
+    /// Those a copy-on-write snapshot lacks, from the frozen process.
+    NotInSnapshot,
+    /// The rest, from the snapshot (`crate::snapshot`), this child.
+    Snapshot(i32),
+}
+
+/// Whether a fork shares an area's pages copy-on-write, so that a child
+/// forked at the freeze keeps them as they were: not MAP_SHARED memory
+/// (the parent's writes reach it), not MADV_DONTFORK or MADV_WIPEONFORK
+/// areas (the child lacks them, or sees them zeroed).
+fn in_snapshot(a: &DumpArea) -> bool {
+    a.area.flags as i32 & libc::MAP_SHARED == 0
+        && a.area.madvise & (ADVICE_DONTFORK | ADVICE_WIPEONFORK) == 0
+}
+
+/// Reads the saved pages of the areas `pick` selects, from process
+/// `read_from` (the frozen process `pid`, or its snapshot), and hands them
+/// to the sink. Returns the pages written.
 ///
 /// Long runs are read straight into the sink's frame buffers (no copy of
 /// ours); short ones are gathered first, so that sparse memory takes one
 /// process_vm_readv per many runs instead of one per run.
 fn write_pages(
     pid: i32,
+    read_from: i32,
     areas: &[DumpArea],
+    pick: impl Fn(&DumpArea) -> bool,
     sink: &mut dyn ImageSink,
     stream: u32,
     opts: &crate::DumpOptions,
@@ -539,32 +572,66 @@ fn write_pages(
     const DIRECT: usize = 64 << 10;
     const GATHER: usize = 1 << 20;
     let fail_at_memory = crate::failpoint::armed("memory");
-    let mem = RemoteMem::open(pid, false)?;
+    let mem = RemoteMem::open(read_from, false)?;
+    // process_vm_readv pins the pages it reads, and pinning a page a
+    // snapshot shares copy-on-write makes the kernel copy it first (GUP
+    // unsharing): a snapshot is read through /proc/PID/mem, which does not.
+    let vm = read_from == pid;
     let mut gathered: Vec<(u64, usize)> = Vec::new();
     let mut buf = vec![0u8; GATHER];
     let mut pages = 0u64;
-    for (idx, a) in areas.iter().enumerate() {
+    for (idx, a) in areas.iter().enumerate().filter(|(_, a)| pick(a)) {
         let area = idx as u32;
         for &(start, len) in &a.runs {
             let len = len as usize;
             if len < DIRECT {
                 if gathered.iter().map(|r| r.1).sum::<usize>() + len > GATHER {
-                    write_gathered(pid, a, &mem, &mut gathered, &mut buf, sink, stream, area)?;
+                    write_gathered(
+                        pid,
+                        vm,
+                        a,
+                        &mem,
+                        &mut gathered,
+                        &mut buf,
+                        sink,
+                        stream,
+                        area,
+                    )?;
                 }
                 gathered.push((start, len));
                 continue;
             }
-            write_gathered(pid, a, &mem, &mut gathered, &mut buf, sink, stream, area)?;
+            write_gathered(
+                pid,
+                vm,
+                a,
+                &mem,
+                &mut gathered,
+                &mut buf,
+                sink,
+                stream,
+                area,
+            )?;
             let mut done = 0usize;
             while done < len {
                 let addr = start + done as u64;
                 let room = sink.page_room(stream, pid as u32, area, addr, len - done)?;
-                read_run(pid, a, &mem, addr, room)?;
+                read_run(vm, a, &mem, addr, room)?;
                 done += room.len();
                 opts.check_interrupt()?;
             }
         }
-        write_gathered(pid, a, &mem, &mut gathered, &mut buf, sink, stream, area)?;
+        write_gathered(
+            pid,
+            vm,
+            a,
+            &mem,
+            &mut gathered,
+            &mut buf,
+            sink,
+            stream,
+            area,
+        )?;
         if fail_at_memory && !a.runs.is_empty() {
             return Err(DumpError::TestFailure("memory".into()));
         }
@@ -574,17 +641,18 @@ fn write_pages(
     Ok(pages)
 }
 
-/// Reads `buf.len()` bytes at `addr`: process_vm_readv, or /proc/PID/mem
-/// for what it cannot read (protections; we are the tracer).
+/// Reads `buf.len()` bytes at `addr` of `mem`'s process: process_vm_readv
+/// (if `vm`), or /proc/PID/mem for what it cannot read (protections; we
+/// are the tracer).
 fn read_run(
-    pid: i32,
+    vm: bool,
     a: &DumpArea,
     mem: &RemoteMem,
     addr: u64,
     buf: &mut [u8],
 ) -> Result<(), DumpError> {
-    let got = if a.readable {
-        vm_readv(pid, &[(addr, buf.len())], buf).unwrap_or(0)
+    let got = if a.readable && vm {
+        vm_readv(mem.pid, &[(addr, buf.len())], buf).unwrap_or(0)
     } else {
         0
     };
@@ -594,10 +662,12 @@ fn read_run(
     Ok(())
 }
 
-/// Reads the gathered short runs of one area at once and hands them on.
+/// Reads the gathered short runs of one area of `pid` at once from `mem`
+/// (it, or its snapshot; with process_vm_readv if `vm`), and hands them on.
 #[allow(clippy::too_many_arguments)]
 fn write_gathered(
     pid: i32,
+    vm: bool,
     a: &DumpArea,
     mem: &RemoteMem,
     gathered: &mut Vec<(u64, usize)>,
@@ -610,8 +680,8 @@ fn write_gathered(
         return Ok(());
     }
     let total: usize = gathered.iter().map(|r| r.1).sum();
-    let got = if a.readable {
-        vm_readv(pid, gathered, &mut buf[..total]).unwrap_or(0)
+    let got = if a.readable && vm {
+        vm_readv(mem.pid, gathered, &mut buf[..total]).unwrap_or(0)
     } else {
         0
     };

@@ -1,0 +1,193 @@
+//! Live dump (`--leave-running`): a copy-on-write snapshot of a frozen
+//! process's memory, so that it runs on while its pages are written out.
+//!
+//! While the process is frozen, crstream injects a `clone3` without
+//! CLONE_VM into it: the child's memory is the parent's at that instant,
+//! shared copy-on-write by the kernel, so whatever the parent writes,
+//! unmaps or releases afterwards, the child's pages stay as they were at
+//! the freeze. The pages are read from the child with process_vm_readv;
+//! then the child is killed and the parent is made to reap it.
+//!
+//! The child never runs a user instruction: it is created under ptrace
+//! (PTRACE_O_TRACECLONE), stopped, and gets PTRACE_O_EXITKILL at once, so
+//! it dies with crstream. It shares the parent's fd table (CLONE_FILES:
+//! no file is kept open by it), reports no exit signal (exit_signal 0:
+//! the parent's plain `wait` never sees it), and starts with a stack
+//! pointer below `mmap_min_addr` and every signal blocked, so that in the
+//! microseconds before EXITKILL is set, a crstream that dies would leave a
+//! child that faults on its first stack access and dies of SIGSEGV.
+//!
+//! Areas the child does not share copy-on-write (MAP_SHARED memory, which
+//! the parent's writes still reach; MADV_DONTFORK and MADV_WIPEONFORK
+//! areas, which the child lacks or sees zeroed) are written while the
+//! process is still frozen.
+
+use crate::error::{DumpError, TaskError};
+use crate::inject::{Remote, RemoteMem};
+use crate::sys::process::CloneArgs;
+use crate::sys::ptrace::{self, Stop};
+
+/// A stopped copy-on-write child of a process being dumped. Dropping it
+/// kills the child and has the process reap it.
+pub(crate) struct Snapshot {
+    /// The process it is a snapshot of.
+    pub parent: i32,
+    /// The child, whose memory is the parent's at the freeze.
+    pub pid: i32,
+    ended: bool,
+}
+
+/// Stack pointer the child starts with: below `mmap_min_addr`, where
+/// nothing can ever be mapped.
+const NO_STACK: u64 = 0x1000;
+
+impl Snapshot {
+    /// Takes a snapshot of the process `leader` belongs to, with its
+    /// ptrace options `options` (put back after), through `remote`, the
+    /// leader's injector, and a `scratch` buffer of 88 bytes in it.
+    pub(crate) fn take(
+        remote: &Remote,
+        mem: &RemoteMem,
+        scratch: u64,
+        options: u64,
+    ) -> Result<Self, DumpError> {
+        let leader = remote.tid;
+        tracing::debug!(pid = leader, "taking a memory snapshot");
+        let args = CloneArgs {
+            flags: (libc::CLONE_FILES | libc::CLONE_FS) as u64,
+            stack: NO_STACK,
+            stack_size: NO_STACK,
+            ..Default::default()
+        };
+        mem.write(scratch, &args.to_bytes())?;
+        ptrace::set_options(leader, options | ptrace::PTRACE_O_TRACECLONE)?;
+        let called = remote.raw(libc::SYS_clone3, &[scratch, CloneArgs::SIZE]);
+        let put_back = ptrace::set_options(leader, options);
+        let (ret, events) = called?;
+        // The child is ours to end as soon as it exists, whatever fails next.
+        let snapshot = Snapshot {
+            parent: leader,
+            pid: events.child.unwrap_or(0),
+            ended: events.child.is_none(),
+        };
+        put_back?;
+        if ret < 0 {
+            return Err(TaskError::Syscall {
+                tid: leader,
+                name: "clone3",
+                errno: (-ret) as i32,
+            }
+            .into());
+        }
+        if events.child.is_none() {
+            return Err(DumpError::Unsupported {
+                pid: leader,
+                what: "live dump",
+                reason: "the snapshot child was not reported to its tracer".into(),
+            });
+        }
+        match ptrace::wait(snapshot.pid)? {
+            (_, Stop::Signal(libc::SIGSTOP) | Stop::Event(ptrace::PTRACE_EVENT_STOP)) => {}
+            (status, _) => {
+                return Err(TaskError::UnexpectedStop {
+                    tid: snapshot.pid,
+                    status,
+                    while_doing: "waiting for the snapshot child to stop",
+                }
+                .into());
+            }
+        }
+        ptrace::set_options(snapshot.pid, ptrace::PTRACE_O_EXITKILL)?;
+        tracing::debug!(pid = leader, child = snapshot.pid, "memory snapshot taken");
+        Ok(snapshot)
+    }
+
+    /// Kills the child, and has the parent (running again) reap it: one of
+    /// its threads is stopped for as long as one injected wait4 takes.
+    fn end(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        ptrace::kill_and_reap(self.pid);
+        tracing::debug!(
+            pid = self.parent,
+            child = self.pid,
+            "memory snapshot killed"
+        );
+        if !std::path::Path::new(&format!("/proc/{}", self.parent)).exists() {
+            return; // the child went to the parent's reaper
+        }
+        if let Err(e) = reap_in(self.parent, self.pid) {
+            tracing::warn!(
+                pid = self.parent,
+                child = self.pid,
+                "the process could not be made to reap its memory snapshot, which stays a \
+                 zombie until it does: {e}"
+            );
+        }
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Injects `wait4(child, NULL, __WALL, NULL)` into a thread of `pid`.
+fn reap_in(pid: i32, child: i32) -> Result<(), TaskError> {
+    let tids = crate::proc::tasks(pid).map_err(|_| TaskError::Gone {
+        tid: pid,
+        status: 0,
+    })?;
+    let mem = RemoteMem::open(pid, false)?;
+    let syscall_ip = crate::inject::syscall_site(pid, &mem)?;
+    // Seccomp filters are suspended, as in a dump: wait4 may be filtered.
+    let options = ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_SUSPEND_SECCOMP;
+    for tid in tids {
+        if ptrace::seize(tid, options).is_err() {
+            continue;
+        }
+        let result = reap_through(tid, syscall_ip, child);
+        if let Err(e) = ptrace::detach(tid, 0) {
+            tracing::debug!(tid, "detaching: {e}");
+        }
+        return result;
+    }
+    Err(TaskError::Gone {
+        tid: pid,
+        status: 0,
+    })
+}
+
+fn reap_through(tid: i32, syscall_ip: u64, child: i32) -> Result<(), TaskError> {
+    ptrace::interrupt(tid)?;
+    let status = loop {
+        match ptrace::wait(tid)? {
+            (status, Stop::Event(ptrace::PTRACE_EVENT_STOP)) => break status,
+            (_, Stop::Signal(sig)) => ptrace::cont(tid, sig)?,
+            (status, _) => return Err(TaskError::Gone { tid, status }),
+        }
+    };
+    if libc::WSTOPSIG(status) != libc::SIGTRAP {
+        // In a group stop (SIGSTOP, ...): left alone, it reaps nothing
+        // until continued.
+        return Err(TaskError::UnexpectedStop {
+            tid,
+            status,
+            while_doing: "reaping the memory snapshot (the process is stopped)",
+        });
+    }
+    let regs = ptrace::get_regs(tid)?;
+    let mask = ptrace::get_sigmask(tid)?;
+    // Its own registers and mask come back after the call.
+    let remote = Remote::for_dump(tid, syscall_ip, regs, mask);
+    // WNOHANG: the child is dead already (killed and waited for as its
+    // tracer), and a call that blocked would hold the thread.
+    let flags = (libc::__WALL | libc::WNOHANG) as u64;
+    let (ret, _) = remote.raw(libc::SYS_wait4, &[child as u64, 0, flags, 0])?;
+    if ret != child as i64 {
+        tracing::debug!(tid, child, ret, "wait4 of the memory snapshot");
+    }
+    Ok(())
+}

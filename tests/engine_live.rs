@@ -1,0 +1,87 @@
+//! Live dump (`dump --leave-running`): the process is frozen only while its
+//! state is read, then runs on while its pages are written from a
+//! copy-on-write snapshot; the image is still one instant of its memory.
+//!
+//! Run with: cargo build --examples && cargo test --test engine_live
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// wl_sweep writes every page over and over, checking that each holds the
+/// previous sweep's number: an image mixing pages from before and after
+/// the freeze makes the restored copy report TORN. The original runs on
+/// during the dump (frozen for a fraction of it), keeps no child, and a
+/// second live dump of it works as well.
+#[test]
+fn a_live_dump_saves_one_instant_of_memory_the_process_keeps_writing() {
+    let dir = TestDir::new("live");
+    let mut w = Workload::spawn("wl_sweep", dir.path("report"), &["256"]);
+    w.wait_report(T, |r| field(r, 0, 0) >= 3);
+    for round in 0..2 {
+        let img = dir.path(&format!("img{round}"));
+        let o = dump(w.pid, &img, &["--leave-running", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+        assert_eq!(s["live"], true, "{s}");
+        let (frozen, total) = (
+            s["frozen_ms"].as_f64().unwrap(),
+            s["total_ms"].as_f64().unwrap(),
+        );
+        assert!(
+            frozen * 2.0 < total,
+            "frozen {frozen} ms of {total} ms: {s}"
+        );
+        assert!(s["pages"].as_u64().unwrap() >= 256 * 256, "{s}");
+        // The original sweeps on, never out of step, with no child left.
+        let n = field(&w.read_report().unwrap(), 0, 0);
+        w.wait_report(T, |r| field(r, 0, 0) > n + 2);
+        assert_running_untraced(w.pid);
+        assert_eq!(
+            children_of(w.pid),
+            Vec::<i32>::new(),
+            "a snapshot stays behind"
+        );
+    }
+
+    // Each copy sweeps on from where its image was taken.
+    w.kill();
+    for round in 0..2 {
+        let _ = std::fs::remove_file(dir.path("report"));
+        let (pid, _) = restore(&dir.path(&format!("img{round}")));
+        w.restored(pid);
+        let first = field(&w.wait_report(T, |r| field(r, 0, 0) > 0), 0, 0);
+        let r = w.wait_report(T, |r| field(r, 0, 0) >= first + 3);
+        assert_eq!(field(&r, 0, 1), pid as u64, "{r}");
+        assert_running_untraced(pid);
+        w.kill();
+    }
+}
+
+/// `--no-live` keeps the process frozen until its pages are written.
+#[test]
+fn no_live_keeps_the_process_frozen_for_the_whole_dump() {
+    let dir = TestDir::new("nolive");
+    let w = Workload::spawn("wl_sweep", dir.path("report"), &["64"]);
+    w.wait_report(T, |r| field(r, 0, 0) >= 3);
+    let o = dump(
+        w.pid,
+        &dir.path("img"),
+        &["--leave-running", "--no-live", "--json"],
+    );
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+    assert_eq!(s["live"], false, "{s}");
+    let (frozen, total) = (
+        s["frozen_ms"].as_f64().unwrap(),
+        s["total_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        frozen * 1.2 > total,
+        "frozen {frozen} ms of {total} ms: {s}"
+    );
+    let n = field(&w.read_report().unwrap(), 0, 0);
+    w.wait_report(T, |r| field(r, 0, 0) > n + 2);
+    assert_running_untraced(w.pid);
+}
