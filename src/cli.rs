@@ -160,12 +160,18 @@ pub struct RestoreArgs {
     /// Resume the process before its memory is loaded: private anonymous memory is
     /// fetched on demand (userfaultfd: one ranged read per missing frame) and
     /// prefetched in the background. Needs a file or object, not a pipe. crstream
-    /// stays alive until every page is in; with --detach it prints the PID as soon
-    /// as the process runs and exits once every page is in. If a frame cannot be
-    /// fetched (retried for 30 s), or the process uses mremap or fork on memory
-    /// still arriving, the process is killed and crstream exits with an error.
+    /// stays alive until every page is in; with --detach the command prints the PID
+    /// and returns as soon as the process runs, while a crstream server of its own
+    /// (its PID is "server_pid" in --json) serves the pages and exits once every page
+    /// is in. If a frame cannot be fetched (retried for 30 s), or the process uses
+    /// mremap or fork on memory still arriving, the process is killed and crstream
+    /// fails (detached: the error goes to --log and to syslog).
     #[arg(long)]
     pub lazy: bool,
+    /// With --lazy --detach: where the server writes its log and errors once the
+    /// command has returned (appended; default: nowhere but syslog for errors)
+    #[arg(long, value_name = "FILE", requires = "lazy")]
+    pub log: Option<std::path::PathBuf>,
     /// Restore a shell job (dumped with --shell-job): its terminal fds open crstream's
     /// controlling terminal, and it joins crstream's session and process group, so the
     /// shell's job control (foreground, Ctrl-Z, Ctrl-C) covers both. Without --detach

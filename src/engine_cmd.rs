@@ -277,16 +277,23 @@ fn restored_json(restored: &crstream_core::Restored) -> serde_json::Value {
         "pid": restored.pid,
         "tids": restored.tids,
         "processes": restored.processes,
+        // The crstream process the restored one depends on until it ends
+        // (a lazy restore's server).
+        "server_pid": std::process::id(),
     })
 }
 
-fn print_restored(args: &RestoreArgs, restored: &crstream_core::Restored) {
+/// Prints the restored PID (or the JSON summary). An error means nobody
+/// reads it any more (the command that started a detached restore is gone).
+fn print_restored(args: &RestoreArgs, restored: &crstream_core::Restored) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", restored_json(restored));
+        writeln!(out, "{}", restored_json(restored))?;
     } else if args.detach {
-        println!("{}", restored.pid);
+        writeln!(out, "{}", restored.pid)?;
     }
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    out.flush().context("printing the restored PID")
 }
 
 /// Waits for the restored process (our child) and returns its status.
@@ -314,6 +321,13 @@ fn wait_restored(restored: &crstream_core::Restored) -> Result<u8> {
 /// `restore --lazy`: metadata from a random-access reader, then the process
 /// runs while its memory is served by userfaultfd.
 fn restore_lazy(args: RestoreArgs) -> Result<u8> {
+    // Before any thread exists. A shell job stays in the shell's session,
+    // in the foreground: it keeps crstream until every page is in.
+    let server = if args.detach && !args.shell_job {
+        Some(crate::detach::split()?)
+    } else {
+        None
+    };
     // Until every page is in, crstream must not die of Ctrl-C or SIGTERM
     // (the process would run on with missing memory): the lazy phase reads
     // these signals and kills the process instead. Blocked before the
@@ -354,11 +368,21 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
     )
     .with_context(|| format!("restoring from {}", args.input))?;
     let resumed = t0.elapsed();
-    print_restored(&args, &restored);
+    print_restored(&args, &restored)?;
+    if let Some(server) = &server {
+        server.running(args.log.as_deref())?;
+    }
     let served = session.serve(&lopts);
     drop(rt);
     crstream_core::lazy::unblock_termination_signals();
-    let stats = served?;
+    let stats = match (served, &server) {
+        (Ok(stats), _) => stats,
+        (Err(e), Some(server)) => {
+            server.report(&e.to_string());
+            return Err(e.into());
+        }
+        (Err(e), None) => return Err(e.into()),
+    };
     tracing::info!(
         pid = restored.pid,
         resumed_ms = resumed.as_secs_f64() * 1e3,
@@ -397,7 +421,7 @@ pub fn restore(args: RestoreArgs) -> Result<u8> {
     let mut source = BlockingItems::new(items, rt.handle().clone());
     let restored = crstream_core::restore(&mut source, &restore_options(&args))
         .with_context(|| format!("restoring from {}", args.input))?;
-    print_restored(&args, &restored);
+    let _ = print_restored(&args, &restored);
     if args.detach {
         return Ok(0);
     }

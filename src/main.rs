@@ -3,6 +3,7 @@
 //! storage backends (crstream-backends) together. No engine logic here.
 
 mod cli;
+mod detach;
 mod engine_cmd;
 mod pipe_cmd;
 mod progress;

@@ -38,6 +38,13 @@ fn lazy_memory_round(
     let mut env = env.to_vec();
     env.push(("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "5"));
     let lr = LazyRestore::start(src, &env, &["--detach"]);
+    // The command returned as soon as the process ran, long before the
+    // slowed prefetch can have brought every page: its server serves them.
+    let server = lr.crstream_pid();
+    assert!(
+        status_field(server, "State").is_some_and(|s| !s.starts_with('Z')),
+        "restore --lazy --detach returned only once its server was done"
+    );
     w.restored(lr.pid);
     let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 3);
     assert_eq!(field(&r, 0, 1), checksum, "checksum changed: {r}");

@@ -292,6 +292,7 @@ fn read_process(
     kinds: &mut [Box<dyn Kind>],
 ) -> Result<(ProcessDump, Option<Snapshot>), DumpError> {
     let pid = frozen.pid;
+    let frozen_stop = frozen.stop_signal;
     let proc_err = |err| DumpError::Proc { pid, err };
     let status = proc::status(pid).map_err(proc_err)?;
     let stat = proc::stat(pid).map_err(proc_err)?;
@@ -347,7 +348,10 @@ fn read_process(
         tracing::trace!(pid, kind = k.name(), "dumping");
         k.dump(&mut p)
     })?;
-    let snapshot = if opts.live && opts.leave_running {
+    // A process in a group stop (SIGSTOP, ...) does not run on anyway, and
+    // would not reap its snapshot until continued: read while frozen.
+    let stopped = frozen_stop != 0;
+    let snapshot = if opts.live && opts.leave_running && !stopped {
         let options = ptrace::PTRACE_O_TRACESYSGOOD
             | if status.seccomp != 0 {
                 ptrace::PTRACE_O_SUSPEND_SECCOMP

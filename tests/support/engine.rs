@@ -427,9 +427,14 @@ pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 /// A running `crstream restore --lazy --json [EXTRA]`: it prints the PID
-/// and TIDs as soon as the process runs and exits once every page is in.
+/// and TIDs as soon as the process runs. Without `--detach` that crstream
+/// serves the pages, then waits for the process; with `--detach` the
+/// command returns at once, and the server it started (`server_pid`)
+/// serves them, writing its errors to a log, and exits once all are in.
 pub struct LazyRestore {
     child: Option<Child>,
+    /// A detached restore's server: its PID, and its log.
+    server: Option<(i32, PathBuf)>,
     pub pid: i32,
     pub tids: Vec<i32>,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -437,6 +442,13 @@ pub struct LazyRestore {
 
 impl LazyRestore {
     pub fn start(src: &str, env: &[(&str, &str)], extra: &[&str]) -> Self {
+        static LOGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let detached = extra.contains(&"--detach");
+        let log = std::env::temp_dir().join(format!(
+            "crstream-lazy-{}-{}.log",
+            std::process::id(),
+            LOGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut c = crstream();
         c.args(["restore", "--lazy", "-i", src, "--json"])
             .args(extra)
@@ -444,6 +456,9 @@ impl LazyRestore {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env_remove("CRSTREAM_LOG");
+        if detached {
+            c.arg("--log").arg(&log);
+        }
         for (k, v) in env {
             c.env(k, v);
         }
@@ -474,8 +489,20 @@ impl LazyRestore {
             .iter()
             .map(|t| t.as_i64().unwrap() as i32)
             .collect();
+        let server_pid = v["server_pid"].as_i64().unwrap() as i32;
+        let (child, server) = if detached {
+            // The command returns as soon as the process runs.
+            let st = child.wait().unwrap();
+            assert!(st.success(), "crstream restore --lazy --detach: {st:?}");
+            assert_ne!(server_pid, child.id() as i32, "no server of its own");
+            (None, Some((server_pid, log)))
+        } else {
+            assert_eq!(server_pid, child.id() as i32);
+            (Some(child), None)
+        };
         LazyRestore {
-            child: Some(child),
+            child,
+            server,
             pid,
             tids,
             stderr: Some(stderr),
@@ -484,13 +511,40 @@ impl LazyRestore {
 
     /// PID of the crstream process serving the pages.
     pub fn crstream_pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
+        match &self.server {
+            Some((pid, _)) => *pid,
+            None => self.child.as_ref().expect("running").id() as i32,
+        }
     }
 
-    /// Waits for crstream to exit; returns its status and stderr.
+    /// Waits for the crstream serving the pages to exit; returns its status
+    /// and what it wrote (a detached server's status is read from its log:
+    /// failed if it logged an error).
     pub fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
+        use std::os::unix::process::ExitStatusExt;
         let t = Instant::now();
+        if let Some((server, log)) = self.server.take() {
+            // Not our child: gone, or a zombie its new parent has yet to reap.
+            while proc_exists(server)
+                && !status_field(server, "State").is_some_and(|s| s.starts_with('Z'))
+            {
+                assert!(
+                    t.elapsed() < timeout,
+                    "crstream restore --lazy server {server} did not finish in {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_file(&log);
+            let code = if text.contains("crstream: error:") {
+                1
+            } else {
+                0
+            };
+            let stderr = self.stderr.take().unwrap().join().unwrap();
+            return (ExitStatusExt::from_raw(code << 8), stderr + &text);
+        }
+        let mut child = self.child.take().unwrap();
         let st = loop {
             if let Some(st) = child.try_wait().unwrap() {
                 break st;
@@ -511,6 +565,11 @@ impl Drop for LazyRestore {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some((server, log)) = self.server.take() {
+            // SAFETY: ending the server this guard started, by PID.
+            unsafe { libc::kill(server, libc::SIGKILL) };
+            let _ = std::fs::remove_file(log);
         }
     }
 }
