@@ -1,15 +1,17 @@
 //! `restore --lazy --detach`: the command returns as soon as the restored
 //! process runs, while a server of its own keeps serving the pages.
 //!
-//! [`split`] forks before any thread exists. The child becomes the server,
-//! in a session of its own (the terminal's signals and the command's
-//! process group do not reach it), and does the whole restore; what it
+//! [`split`] forks before any thread exists. The child becomes the server
+//! and does the whole restore, in the command's session (so the process
+//! can rejoin it, as in any restore); what it
 //! prints on stdout (the PID, or the JSON summary) goes through a pipe to
 //! the parent, which prints it and exits 0 as soon as the server lets go
 //! of the pipe: once the process runs. If the restore fails before that,
 //! the server's error goes to the command's stderr as usual and the parent
-//! exits with the server's status. From [`Server::running`] on, the
-//! server's stdout and stderr go to the `--log` file (or nowhere), and its
+//! exits with the server's status. From [`Server::running`] on, the server
+//! is in a session of its own (the terminal's signals and the command's
+//! process group no longer reach it), its stdout and stderr go to the
+//! `--log` file (or nowhere), and its
 //! failure, which kills the process (it never runs on missing memory), is
 //! also sent to syslog (the journal).
 
@@ -34,7 +36,6 @@ pub fn split() -> Result<Server> {
         -1 => Err(std::io::Error::last_os_error()).context("forking the lazy restore server"),
         0 => {
             drop(read);
-            rustix::process::setsid().context("setsid")?;
             // Our stdout is the pipe until the process runs.
             dup_onto(&write, 1)?;
             drop(write);
@@ -86,9 +87,11 @@ fn dup_onto(fd: &impl AsRawFd, target: i32) -> Result<()> {
 }
 
 impl Server {
-    /// The process runs: stdout (the pipe, so the command returns) and
-    /// stderr now go to `log` (appended), or nowhere.
+    /// The process runs: the server leaves the command's session, and its
+    /// stdout (the pipe, so the command returns) and stderr now go to `log`
+    /// (appended), or nowhere.
     pub fn running(&self, log: Option<&Path>) -> Result<()> {
+        rustix::process::setsid().context("setsid")?;
         std::io::stdout().flush().context("writing the result")?;
         let sink = match log {
             Some(p) => std::fs::OpenOptions::new()

@@ -216,6 +216,29 @@ struct Fetcher {
     url: String,
 }
 
+impl Fetcher {
+    /// A storage failure (the network, the server, a timeout; even an
+    /// object missing while a server is replaced) is worth retrying, and
+    /// names what failed itself; a damaged or wrong frame does not heal.
+    fn error(&self, e: crstream_streamer::StreamError) -> crstream_core::FetchError {
+        match e {
+            crstream_streamer::StreamError::Io { err, .. } => {
+                let s = err.to_string();
+                crstream_core::FetchError {
+                    message: s
+                        .strip_prefix(&format!("{}: ", self.url))
+                        .map_or(s.clone(), str::to_owned),
+                    retryable: true,
+                }
+            }
+            e => crstream_core::FetchError {
+                message: e.to_string(),
+                retryable: false,
+            },
+        }
+    }
+}
+
 impl crstream_core::PageFetcher for Fetcher {
     fn fetch(
         &self,
@@ -224,25 +247,15 @@ impl crstream_core::PageFetcher for Fetcher {
     ) -> std::result::Result<PageBatch, crstream_core::FetchError> {
         self.handle
             .block_on(self.reader.page_batch(offset, len))
-            .map_err(|e| match e {
-                // The storage failed (the network, the server, a timeout;
-                // even an object missing while a server is replaced): worth
-                // retrying. The storage error itself names what failed.
-                crstream_streamer::StreamError::Io { err, .. } => {
-                    let s = err.to_string();
-                    crstream_core::FetchError {
-                        message: s
-                            .strip_prefix(&format!("{}: ", self.url))
-                            .map_or(s.clone(), str::to_owned),
-                        retryable: true,
-                    }
-                }
-                // A damaged or wrong frame does not heal.
-                e => crstream_core::FetchError {
-                    message: e.to_string(),
-                    retryable: false,
-                },
-            })
+            .map_err(|e| self.error(e))
+    }
+    fn fetch_run(
+        &self,
+        frames: &[(u64, u64)],
+    ) -> std::result::Result<Vec<PageBatch>, crstream_core::FetchError> {
+        self.handle
+            .block_on(self.reader.page_batches_at(frames))
+            .map_err(|e| self.error(e))
     }
     fn describe(&self) -> String {
         self.url.clone()

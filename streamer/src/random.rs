@@ -69,7 +69,14 @@ impl RandomReader {
         }
         let min = (HEADER_FIXED_LEN + 4 + FRAME_HEADER_LEN + TRAILER_LEN) as u64;
         let head_len = total.min(4096);
-        let head = read(&*src, 0..head_len, "stream header").await?;
+        // The head and the tail at once: the tail holds the trailer and,
+        // most often, the whole index (one round trip for both).
+        let tail_start = total.saturating_sub(TAIL_LEN);
+        let (head, tail) = futures::future::try_join(
+            read(&*src, 0..head_len, "stream header"),
+            read(&*src, tail_start..total, "trailer"),
+        )
+        .await?;
         if head.len() < HEADER_FIXED_LEN {
             return Err(StreamError::Truncated {
                 what: "stream header",
@@ -109,7 +116,7 @@ impl RandomReader {
                 got: total,
             });
         }
-        let tb = read(&*src, total - TRAILER_LEN as u64..total, "trailer").await?;
+        let tb = tail.slice(tail.len() - TRAILER_LEN..);
         let trailer = Trailer::decode(tb[..].try_into().unwrap())?;
         let index_end = trailer.index_offset.checked_add(trailer.index_len);
         if trailer.index_offset < header_len || index_end != Some(total - TRAILER_LEN as u64) {
@@ -122,7 +129,13 @@ impl RandomReader {
                 ),
             });
         }
-        let frame = fetch_frame(&*src, trailer.index_offset, trailer.index_len).await?;
+        let frame = if trailer.index_offset >= tail_start {
+            let at = (trailer.index_offset - tail_start) as usize;
+            let bytes = tail.slice(at..at + trailer.index_len as usize);
+            frame_from_bytes(bytes, trailer.index_offset, trailer.index_len).await?
+        } else {
+            fetch_frame(&*src, trailer.index_offset, trailer.index_len).await?
+        };
         if frame.header.kind != FrameKind::Index {
             return Err(StreamError::BadTrailer {
                 reason: format!(
@@ -193,23 +206,67 @@ impl RandomReader {
         items_from_frames(self.frames_of(entries, in_flight))
     }
 
+    /// The frames of `entries` in order. Frames that follow each other in
+    /// the stream are read together, up to [`RUN_BYTES`] per request: a
+    /// request per frame would pay a round trip for each small record
+    /// frame of the metadata.
     fn frames_of(
         &self,
         entries: Vec<FrameEntry>,
         in_flight: usize,
     ) -> impl Stream<Item = Result<Frame>> + Send + Unpin + 'static {
+        let mut runs: Vec<Vec<(u64, u64)>> = Vec::new();
+        for e in entries {
+            let frame = (e.offset, FRAME_HEADER_LEN as u64 + e.stored_len as u64);
+            match runs.last_mut() {
+                Some(run)
+                    if run.last().is_some_and(|&(o, l)| o + l == frame.0)
+                        && frame.0 + frame.1 - run[0].0 <= RUN_BYTES =>
+                {
+                    run.push(frame)
+                }
+                _ => runs.push(vec![frame]),
+            }
+        }
         let this = self.clone();
         Box::pin(
-            futures::stream::iter(entries)
-                .map(move |e| {
+            futures::stream::iter(runs)
+                .map(move |run| {
                     let this = this.clone();
-                    async move {
-                        this.read_frame(e.offset, FRAME_HEADER_LEN as u64 + e.stored_len as u64)
-                            .await
-                    }
+                    async move { this.read_frames(&run).await }
                 })
-                .buffered(in_flight.max(1)),
+                .buffered(in_flight.max(1))
+                .flat_map(|r| {
+                    futures::stream::iter(match r {
+                        Ok(frames) => frames.into_iter().map(Ok).collect::<Vec<_>>(),
+                        Err(e) => vec![Err(e)],
+                    })
+                }),
         )
+    }
+
+    /// Consecutive frames (`(offset, len)`, each starting where the
+    /// previous one ends) with one ranged read, each checked and decoded.
+    async fn read_frames(&self, run: &[(u64, u64)]) -> Result<Vec<Frame>> {
+        let (Some(&(start, _)), Some(&(last, last_len))) = (run.first(), run.last()) else {
+            return Ok(Vec::new());
+        };
+        let end = last.saturating_add(last_len);
+        if run.windows(2).any(|w| w[0].0 + w[0].1 != w[1].0)
+            || run.iter().any(|&(_, l)| l < FRAME_HEADER_LEN as u64)
+            || end > self.src.len()
+        {
+            return Err(StreamError::BadIndex {
+                reason: format!("frames from {start} to {end} are not one run of the stream"),
+            });
+        }
+        let bytes = read(&*self.src, start..end, "frames").await?;
+        let mut frames = Vec::with_capacity(run.len());
+        for &(offset, len) in run {
+            let at = (offset - start) as usize;
+            frames.push(frame_from_bytes(bytes.slice(at..at + len as usize), offset, len).await?);
+        }
+        Ok(frames)
     }
 
     /// Items in stream order (metadata, then pages), fetched in parallel and
@@ -264,6 +321,22 @@ impl RandomReader {
     /// header, as the index gives them), with one ranged read.
     pub async fn page_batch(&self, offset: u64, len: u64) -> Result<PageBatch> {
         let frame = self.read_frame(offset, len).await?;
+        self.batch_of(frame, offset).await
+    }
+
+    /// The page batches of consecutive page frames (`(offset, len)` as the
+    /// index gives them, each starting where the previous one ends), with
+    /// one ranged read: fewer, larger requests for a prefetch.
+    pub async fn page_batches_at(&self, frames: &[(u64, u64)]) -> Result<Vec<PageBatch>> {
+        let mut batches = Vec::with_capacity(frames.len());
+        for (frame, &(offset, _)) in self.read_frames(frames).await?.into_iter().zip(frames) {
+            batches.push(self.batch_of(frame, offset).await?);
+        }
+        Ok(batches)
+    }
+
+    /// The page batch a page frame holds, checked against the index.
+    async fn batch_of(&self, frame: Frame, offset: u64) -> Result<PageBatch> {
         if frame.header.kind != FrameKind::Pages {
             return Err(StreamError::BadIndex {
                 reason: format!(
@@ -295,6 +368,13 @@ impl RandomReader {
     }
 }
 
+/// Bytes a request for consecutive frames takes at most.
+const RUN_BYTES: u64 = 16 << 20;
+
+/// Bytes read from the end of a stream when it is opened: the trailer and,
+/// unless the image is very large, its index.
+const TAIL_LEN: u64 = 256 << 10;
+
 async fn read(src: &dyn RangeRead, range: Range<u64>, what: &'static str) -> Result<Bytes> {
     let expected = range.end - range.start;
     let offset = range.start;
@@ -323,6 +403,16 @@ async fn fetch_frame(src: &dyn RangeRead, offset: u64, len: u64) -> Result<Frame
         });
     }
     let bytes = read(src, offset..offset + len, "frame").await?;
+    frame_from_bytes(bytes, offset, len).await
+}
+
+/// Checks and decodes the frame at `offset` from its `len` bytes.
+async fn frame_from_bytes(bytes: Bytes, offset: u64, len: u64) -> Result<Frame> {
+    if bytes.len() < FRAME_HEADER_LEN {
+        return Err(StreamError::BadIndex {
+            reason: format!("frame at {offset} of {len} bytes is shorter than a frame header"),
+        });
+    }
     let header = FrameHeader::decode(bytes[..FRAME_HEADER_LEN].try_into().unwrap(), offset)?;
     if header.frame_len() != len {
         return Err(StreamError::BadIndex {

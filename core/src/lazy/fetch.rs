@@ -19,13 +19,67 @@ pub(crate) fn fetch_with_retry(
     retry_for: Duration,
     stop: Option<&AtomicBool>,
 ) -> Result<PageBatch, String> {
+    retrying(offset, retry_for, stop, || fetcher.fetch(offset, len))
+}
+
+/// Fetches consecutive frames in one request, retrying like
+/// [`fetch_with_retry`].
+pub(crate) fn fetch_run_with_retry(
+    fetcher: &dyn PageFetcher,
+    run: &[(u64, u64)],
+    retry_for: Duration,
+    stop: Option<&AtomicBool>,
+) -> Result<Vec<PageBatch>, String> {
+    let offset = run.first().map_or(0, |f| f.0);
+    let batches = retrying(offset, retry_for, stop, || fetcher.fetch_run(run))?;
+    if batches.len() != run.len() {
+        return Err(format!(
+            "{} page batches for a run of {} frames",
+            batches.len(),
+            run.len()
+        ));
+    }
+    Ok(batches)
+}
+
+/// Splits frames (sorted by offset) into runs of consecutive ones, each of
+/// at most `max_frames` frames and `max_bytes` bytes.
+pub(crate) fn runs_of(
+    frames: &[(u64, u64)],
+    max_frames: usize,
+    max_bytes: u64,
+) -> Vec<Vec<(u64, u64)>> {
+    let mut runs: Vec<Vec<(u64, u64)>> = Vec::new();
+    for &f in frames {
+        match runs.last_mut() {
+            Some(run)
+                if run.len() < max_frames
+                    && run.last().is_some_and(|&(o, l)| o + l == f.0)
+                    && f.0 + f.1 - run[0].0 <= max_bytes =>
+            {
+                run.push(f)
+            }
+            _ => runs.push(vec![f]),
+        }
+    }
+    runs
+}
+
+/// Calls `fetch` until it succeeds, fails for good, or failures that may
+/// heal have gone on for `retry_for` (backoff from 100 ms to 5 s).
+fn retrying<T>(
+    offset: u64,
+    retry_for: Duration,
+    stop: Option<&AtomicBool>,
+    mut fetch: impl FnMut() -> Result<T, super::FetchError>,
+) -> Result<T, String> {
     let t0 = Instant::now();
     let mut wait = Duration::from_millis(100);
     loop {
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
             return Err("the lazy phase ended".into());
         }
-        match fetcher.fetch(offset, len) {
+        match fetch() {
             Ok(b) => return Ok(b),
             Err(e) if !e.retryable => return Err(e.message),
             Err(e) => {
@@ -71,7 +125,7 @@ pub(super) fn worker(
                 }
                 if let Some(f) = q.urgent.pop_front() {
                     if !shared.claimed[f].swap(true, Ordering::Relaxed) {
-                        break f;
+                        break Job::One(f);
                     }
                     continue;
                 }
@@ -94,14 +148,89 @@ pub(super) fn worker(
                     continue;
                 }
                 q.next_prefetch_at = now + opts.prefetch_delay;
-                break f;
+                // The frames that follow it in the stream, unclaimed, come
+                // with it in one request (not while tests slow the
+                // prefetch down to one frame at a time).
+                let mut last = f;
+                let mut bytes = frames[f].1;
+                while opts.prefetch_delay.is_zero()
+                    && last + 1 < frames.len()
+                    && last + 1 - f < RUN_FRAMES
+                    && bytes + frames[last + 1].1 <= RUN_BYTES
+                    && frames[last].0 + frames[last].1 == frames[last + 1].0
+                    && !shared.claimed[last + 1].swap(true, Ordering::Relaxed)
+                {
+                    last += 1;
+                    bytes += frames[last].1;
+                }
+                q.next = q.next.max(last + 1);
+                break Job::Run(f, last);
             }
         };
-        let (offset, len) = frames[job];
-        let r = fetch_with_retry(fetcher, offset, len, opts.retry_for, Some(&shared.stop));
-        if tx.send((job, r)).is_err() {
-            return;
+        let results: Vec<(usize, Result<PageBatch, String>)> = match job {
+            Job::One(f) => {
+                let (offset, len) = frames[f];
+                vec![(
+                    f,
+                    fetch_with_retry(fetcher, offset, len, opts.retry_for, Some(&shared.stop)),
+                )]
+            }
+            Job::Run(first, last) => {
+                let run = &frames[first..=last];
+                match fetch_run_with_retry(fetcher, run, opts.retry_for, Some(&shared.stop)) {
+                    Ok(batches) => (first..=last).zip(batches.into_iter().map(Ok)).collect(),
+                    Err(e) => vec![(first, Err(e))],
+                }
+            }
+        };
+        // One wake-up per batch: the channel is shorter than a run, so
+        // the serving loop must drain it while the rest waits to be sent.
+        for r in results {
+            if tx.send(r).is_err() {
+                return;
+            }
+            let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
         }
-        let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
+    }
+}
+
+/// Frames a prefetch request takes at most, and their bytes: large ranged
+/// reads keep an object store's throughput up where one frame per request
+/// would pay a round trip per MiB.
+pub(crate) const RUN_FRAMES: usize = 16;
+pub(crate) const RUN_BYTES: u64 = 16 << 20;
+
+/// What a worker fetches next: a frame a fault waits for, or a run of
+/// frames to prefetch (first..=last).
+enum Job {
+    One(usize),
+    Run(usize, usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_of;
+
+    #[test]
+    fn runs_are_consecutive_frames_within_the_limits() {
+        let frames = [(0, 10), (10, 10), (20, 10), (40, 10), (50, 10), (60, 100)];
+        assert_eq!(
+            runs_of(&frames, 2, 1000),
+            vec![
+                vec![(0, 10), (10, 10)],
+                vec![(20, 10)],
+                vec![(40, 10), (50, 10)],
+                vec![(60, 100)]
+            ]
+        );
+        assert_eq!(
+            runs_of(&frames, 16, 30),
+            vec![
+                vec![(0, 10), (10, 10), (20, 10)],
+                vec![(40, 10), (50, 10)],
+                vec![(60, 100)]
+            ]
+        );
+        assert!(runs_of(&[], 4, 4).is_empty());
     }
 }

@@ -33,8 +33,6 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(crate) use fetch::fetch_with_retry;
-
 /// Features requested: the events this module handles. REMAP and FORK are
 /// requested so that they are reported (and refused) instead of silently
 /// leaving moved or inherited memory unregistered, which would read zeros.
@@ -49,6 +47,11 @@ const PAGE: u64 = PAGE_SIZE as u64;
 pub trait PageFetcher: Send + Sync + 'static {
     /// The page batch of the frame at `offset` (`len` bytes with header).
     fn fetch(&self, offset: u64, len: u64) -> Result<PageBatch, FetchError>;
+    /// The page batches of consecutive frames (each starting where the
+    /// previous one ends), in one request where the storage allows.
+    fn fetch_run(&self, frames: &[(u64, u64)]) -> Result<Vec<PageBatch>, FetchError> {
+        frames.iter().map(|&(o, l)| self.fetch(o, l)).collect()
+    }
     /// Where the image lives, for error messages (e.g. its URL).
     fn describe(&self) -> String;
 }
@@ -202,6 +205,9 @@ pub(crate) fn prepare(
     Ok((pages, frames.iter().map(|f| f.0).collect()))
 }
 
+/// Fetches `frames` (sorted by offset) and writes them into the stub: runs
+/// of consecutive frames in one request each, a few requests at a time,
+/// since the process waits for all of them before it runs.
 fn fill_frames(
     stub: &Stub,
     areas: &[VmArea],
@@ -209,23 +215,59 @@ fn fill_frames(
     frames: &[(u64, u64)],
 ) -> Result<(), RestoreError> {
     let pid = stub.pid;
-    for &(offset, len) in frames {
-        let batch = fetch_with_retry(&*input.fetcher, offset, len, input.opts.retry_for, None)
-            .map_err(|e| RestoreError::Pages {
-                pid,
-                addr: 0,
-                reason: format!(
-                    "fetching frame at offset {offset} of {}: {e}",
-                    input.fetcher.describe()
-                ),
-            })?;
-        if batch.pid as i32 != pid {
-            return Err(RestoreError::Image(format!(
-                "pages of pid {} in the image of {pid}",
-                batch.pid
-            )));
+    let runs = fetch::runs_of(frames, fetch::RUN_FRAMES, fetch::RUN_BYTES);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    /// What one fetch thread got: each run it took, by number.
+    type Got = Vec<(usize, Result<Vec<PageBatch>, String>)>;
+    let fetched: Vec<Got> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..input.opts.fetch_threads.clamp(1, runs.len().max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut got = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(run) = runs.get(i) else { break got };
+                        let r = fetch::fetch_run_with_retry(
+                            &*input.fetcher,
+                            run,
+                            input.opts.retry_for,
+                            None,
+                        );
+                        let failed = r.is_err();
+                        got.push((i, r));
+                        if failed {
+                            break got;
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("fetch thread"))
+            .collect()
+    });
+    let mut fetched: Vec<_> = fetched.into_iter().flatten().collect();
+    fetched.sort_by_key(|(i, _)| *i);
+    for (i, r) in fetched {
+        let batches = r.map_err(|e| RestoreError::Pages {
+            pid,
+            addr: 0,
+            reason: format!(
+                "fetching frames at offset {} of {}: {e}",
+                runs[i][0].0,
+                input.fetcher.describe()
+            ),
+        })?;
+        for batch in batches {
+            if batch.pid as i32 != pid {
+                return Err(RestoreError::Image(format!(
+                    "pages of pid {} in the image of {pid}",
+                    batch.pid
+                )));
+            }
+            crate::kinds::memory::PageWriter::plain(areas).fill(pid, &stub.mem, areas, &batch)?;
         }
-        crate::kinds::memory::PageWriter::plain(areas).fill(pid, &stub.mem, areas, &batch)?;
     }
     Ok(())
 }
