@@ -15,9 +15,11 @@
 #[path = "bench_common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use common::s3::S3;
+
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -51,7 +53,7 @@ fn main() {
     // SAFETY: a plain prctl on this process.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let dir = tempfile::tempdir().expect("temp dir");
-    let s3 = use_s3.then(|| S3::start(&server, dir.path()));
+    let s3 = use_s3.then(|| S3::start(&server, dir.path(), "bench-restore"));
 
     println!("size MiB  source  mode       runs after  complete after  peak RSS MiB  verified");
     for &size in &sizes {
@@ -227,96 +229,5 @@ fn wait_gone(pid: i32) {
             "pid {pid} never went away"
         );
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A moto S3 server on a free port, stopped (by PID) when dropped.
-struct S3 {
-    name: String,
-    child: Child,
-    port: u16,
-    bucket: String,
-}
-
-impl S3 {
-    fn start(name: &str, tmp: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = match name {
-            "moto" => {
-                let mut c = Command::new("moto_server");
-                c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-                c
-            }
-            "s3s-fs" => {
-                let root = tmp.join("s3s-root");
-                std::fs::create_dir_all(&root).unwrap();
-                let mut c = Command::new("s3s-fs");
-                c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                    .args(["--access-key", "test", "--secret-key", "test"])
-                    .arg(&root);
-                c
-            }
-            other => panic!("unknown S3 server {other}"),
-        };
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let s3 = S3 {
-            name: name.to_string(),
-            child,
-            port,
-            bucket: "bench-restore".into(),
-        };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if name == "s3s-fs" {
-            // s3s-fs keeps a bucket as a directory of its root.
-            std::fs::create_dir_all(tmp.join("s3s-root").join(&s3.bucket)).unwrap();
-            return s3;
-        }
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(c, "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", s3.bucket).unwrap();
-        let mut reply = String::new();
-        let _ = c.read_to_string(&mut reply);
-        assert!(
-            reply.starts_with("HTTP/1.1 200"),
-            "creating the bucket: {reply}"
-        );
-        s3
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        [
-            (
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", self.port),
-            ),
-            ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
-            ("AWS_REGION", "us-east-1".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

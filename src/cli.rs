@@ -172,6 +172,12 @@ pub struct RestoreArgs {
     /// command has returned (appended; default: nowhere but syslog for errors)
     #[arg(long, value_name = "FILE", requires = "lazy")]
     pub log: Option<std::path::PathBuf>,
+    /// With --lazy: neither prefetch the working set recorded next to the image
+    /// (SRC.ws: the frames an earlier lazy restore faulted on first) nor record one
+    /// (by default the first lazy restore of an image records it, and the next ones
+    /// prefetch those frames before the rest)
+    #[arg(long, requires = "lazy")]
+    pub no_working_set: bool,
     /// Restore a shell job (dumped with --shell-job): its terminal fds open crstream's
     /// controlling terminal, and it joins crstream's session and process group, so the
     /// shell's job control (foreground, Ctrl-Z, Ctrl-C) covers both. Without --detach

@@ -370,7 +370,20 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
         handle: rt.handle().clone(),
         url: args.input.clone(),
     });
-    let lopts = lazy_options();
+    let mut lopts = lazy_options();
+    let identity = reader.identity();
+    let recorded = if args.no_working_set {
+        None
+    } else {
+        rt.block_on(crate::working_set::load(&args.input, identity))
+    };
+    if let Some(frames) = &recorded {
+        tracing::info!(
+            frames = frames.len(),
+            "filling the recorded working set before the process runs"
+        );
+        lopts.working_set = frames.clone();
+    }
     let t0 = std::time::Instant::now();
     let (restored, session) = crstream_core::restore_lazy(
         &mut source,
@@ -386,6 +399,34 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
         server.running(args.log.as_deref())?;
     }
     let served = session.serve(&lopts);
+    // The working set grows by the frames this run still faulted on (those
+    // the last recording missed: a page of a frame prefetched in time
+    // leaves no trace), until a restore faults on none.
+    let grown: Vec<u64> = match &served {
+        Ok(stats) if !args.no_working_set && !stats.exited_early => {
+            let mut frames = recorded.clone().unwrap_or_default();
+            let new: Vec<u64> = stats
+                .working_set
+                .iter()
+                .filter(|f| !frames.contains(f))
+                .copied()
+                .collect();
+            if new.is_empty() {
+                Vec::new()
+            } else {
+                frames.extend(new);
+                frames
+            }
+        }
+        _ => Vec::new(),
+    };
+    if !grown.is_empty() {
+        let url = crate::working_set::url_of(&args.input);
+        match rt.block_on(crate::working_set::save(&args.input, identity, &grown)) {
+            Ok(()) => tracing::info!(frames = grown.len(), url, "recorded the working set"),
+            Err(e) => tracing::warn!("could not record the working set: {e:#}"),
+        }
+    }
     drop(rt);
     crstream_core::lazy::unblock_termination_signals();
     let stats = match (served, &server) {

@@ -8,6 +8,7 @@ mod engine_cmd;
 mod pipe_cmd;
 mod progress;
 mod worker;
+mod working_set;
 
 use clap::Parser;
 use cli::{Cli, Command};

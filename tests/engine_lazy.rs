@@ -501,3 +501,84 @@ fn lazy_restore_refuses_mremap_and_fork_during_the_lazy_phase() {
         w.kill();
     }
 }
+
+/// The `faults=N` of the "lazy restore complete" line a detached server
+/// logged (CRSTREAM_LOG=info).
+fn faults_logged(log: &str) -> u64 {
+    log.lines()
+        .find(|l| l.contains("lazy restore complete"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("faults=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lazy restore summary in: {log}"))
+}
+
+/// A lazy restore records the frames the process faulted on in IMAGE.ws;
+/// the next lazy restore of the image writes them before the process runs,
+/// so it faults on (almost) none; a working set recorded for another image
+/// is ignored with a warning and replaced.
+#[test]
+fn the_working_set_is_recorded_and_filled_first_by_the_next_lazy_restore() {
+    let dir = TestDir::new("lazy-ws");
+    let img = dir.path("img");
+    let src = img.to_str().unwrap();
+    let ws = dir.path("img.ws");
+    let (mut w, checksum, dumped) = dump_memory(&dir, "32", src, &[]);
+    // A slow prefetch: the process faults on the frames it touches.
+    let env = [
+        ("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "50"),
+        ("CRSTREAM_LOG", "info"),
+    ];
+    let mut faults = Vec::new();
+    for round in 0..3 {
+        if round == 2 {
+            // Recorded for another image: same document, other length.
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&ws).unwrap()).unwrap();
+            v["image_bytes"] = (v["image_bytes"].as_u64().unwrap() + 1).into();
+            std::fs::write(&ws, v.to_string()).unwrap();
+        }
+        let lr = LazyRestore::start(src, &env, &["--detach"]);
+        w.restored(lr.pid);
+        let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 2);
+        assert_eq!(field(&r, 0, 1), checksum, "round {round}: {r}");
+        let (st, log) = lr.finish(T);
+        assert!(st.success(), "round {round}: {log}");
+        faults.push(faults_logged(&log));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ws).unwrap())
+            .unwrap_or_else(|e| panic!("round {round}: no working set recorded ({e}): {log}"));
+        assert_eq!(v["crstream_working_set"], 1);
+        assert_eq!(
+            v["image_bytes"],
+            std::fs::metadata(&img).unwrap().len(),
+            "{v}"
+        );
+        let frames = v["frames"].as_array().unwrap().len();
+        assert!(frames > 0, "round {round}: {v}");
+        match round {
+            0 => assert!(log.contains("recorded the working set"), "{log}"),
+            1 => assert!(
+                log.contains("filling the recorded working set before the process runs"),
+                "{log}"
+            ),
+            _ => assert!(
+                log.contains("it was recorded for another image")
+                    && log.contains("recorded the working set"),
+                "{log}"
+            ),
+        }
+        w.kill();
+        std::fs::remove_file(&w.report).unwrap();
+    }
+    assert!(
+        faults[0] >= 8,
+        "the first restore faulted only {} times",
+        faults[0]
+    );
+    assert!(
+        faults[1] * 4 <= faults[0],
+        "with its working set written first, the process still faulted {} times (first restore: {})",
+        faults[1],
+        faults[0]
+    );
+    assert!(faults[2] >= 8, "a stale working set was used: {faults:?}");
+}

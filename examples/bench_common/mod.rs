@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -58,6 +58,8 @@ pub struct RandomReader {
     by_address: Arc<Vec<usize>>,
     /// What the index says each page frame holds, by offset.
     by_frame: Arc<HashMap<u64, crate::image::PageFrame>>,
+    /// The CRC32C of the index frame's payload.
+    index_crc: u32,
 }
 
 impl RandomReader {
@@ -145,6 +147,7 @@ impl RandomReader {
                 ),
             });
         }
+        let index_crc = frame.header.payload_crc;
         let index = StreamIndex::decode(frame.raw).map_err(|e| StreamError::BadIndex {
             reason: format!("index frame at offset {}: {e}", trailer.index_offset),
         })?;
@@ -158,6 +161,7 @@ impl RandomReader {
             index: Arc::new(index),
             by_address: Arc::new(by_address),
             by_frame: Arc::new(by_frame),
+            index_crc,
         })
     }
 
@@ -172,6 +176,13 @@ impl RandomReader {
     /// Length of the stream in bytes.
     pub fn stream_len(&self) -> u64 {
         self.src.len()
+    }
+
+    /// What tells this image from another: its length and the CRC32C of
+    /// its index, which lists the position and size of every frame and
+    /// every page range (for sidecar data such as a recorded working set).
+    pub fn identity(&self) -> (u64, u32) {
+        (self.src.len(), self.index_crc)
     }
 
     /// Fetches one frame with one ranged read, verifies and decodes it.

@@ -96,6 +96,7 @@ fn retrying<T>(
 }
 
 pub(super) struct Queue {
+    /// Frames faults wait for.
     pub urgent: VecDeque<usize>,
     pub next: usize,
     pub next_prefetch_at: Instant,
@@ -108,6 +109,9 @@ pub(super) struct Shared {
     pub stop: AtomicBool,
 }
 
+/// A fetch worker: frames faults wait for first, then (unless
+/// `faults_only`, which keeps one worker free for faults while the others
+/// are busy with long prefetch requests) the rest in order.
 pub(super) fn worker(
     shared: &Shared,
     frames: &[(u64, u64)],
@@ -115,6 +119,7 @@ pub(super) fn worker(
     opts: &LazyOptions,
     tx: &mpsc::SyncSender<(usize, Result<PageBatch, String>)>,
     efd: &OwnedFd,
+    faults_only: bool,
 ) {
     loop {
         let job = {
@@ -135,6 +140,15 @@ pub(super) fn worker(
                 if q.next >= frames.len() {
                     // Everything is claimed: no fault can need us any more.
                     return;
+                }
+                if faults_only {
+                    // Woken for a fault, a stop, or to look again.
+                    q = shared
+                        .cv
+                        .wait_timeout(q, Duration::from_millis(100))
+                        .unwrap()
+                        .0;
+                    continue;
                 }
                 let now = Instant::now();
                 if now < q.next_prefetch_at {

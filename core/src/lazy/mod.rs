@@ -81,6 +81,11 @@ pub struct LazyOptions {
     pub retry_for: Duration,
     /// Pause between two prefetched frames (for tests; zero normally).
     pub prefetch_delay: Duration,
+    /// Frames (by offset) written before the process runs, like those of
+    /// memory userfaultfd cannot serve: the working set an earlier lazy
+    /// restore of the image recorded, so that the process does not wait
+    /// for them one fault at a time.
+    pub working_set: Vec<u64>,
 }
 
 impl Default for LazyOptions {
@@ -89,6 +94,7 @@ impl Default for LazyOptions {
             fetch_threads: 4,
             retry_for: Duration::from_secs(30),
             prefetch_delay: Duration::ZERO,
+            working_set: Vec::new(),
         }
     }
 }
@@ -104,6 +110,9 @@ pub struct LazyStats {
     pub elapsed: Duration,
     /// The process exited before every page arrived.
     pub exited_early: bool,
+    /// The working set: frames (by offset) the process faulted on before
+    /// they arrived, in the order of the first fault on each.
+    pub working_set: Vec<u64>,
 }
 
 /// Why the lazy phase failed; the restored process has been killed.
@@ -167,6 +176,8 @@ pub(crate) fn prepare(
     touched: &[u64],
 ) -> Result<(u64, Vec<u64>), RestoreError> {
     let pid = stub.pid;
+    let working_set: std::collections::HashSet<u64> =
+        input.opts.working_set.iter().copied().collect();
     let mut pages = 0u64;
     let mut frames: Vec<(u64, u64)> = Vec::new();
     for p in input.pages.iter().filter(|p| p.pid as i32 == pid) {
@@ -193,7 +204,8 @@ pub(crate) fn prepare(
             });
         }
         pages += p.pages;
-        let hit = touched.iter().any(|&t| t >= p.start && t < end);
+        let hit = touched.iter().any(|&t| t >= p.start && t < end)
+            || working_set.contains(&p.frame_offset);
         if (hit || !is_lazy_area(a)) && frames.last() != Some(&(p.frame_offset, p.frame_len as u64))
         {
             frames.push((p.frame_offset, p.frame_len as u64));
@@ -414,9 +426,11 @@ impl LazySession {
         prepared: Prepared,
         areas: &[VmArea],
         pages: &[PageRange],
+        filled: &[u64],
         fetcher: Arc<dyn PageFetcher>,
         death_signal: u32,
     ) -> Self {
+        let filled: std::collections::HashSet<u64> = filled.iter().copied().collect();
         let mut frames: Vec<(u64, u64)> = Vec::new();
         let mut frame_idx: HashMap<u64, usize> = HashMap::new();
         let mut ranges = Vec::new();
@@ -424,7 +438,9 @@ impl LazySession {
             let Some(a) = areas.get(p.area as usize) else {
                 continue;
             };
-            if p.pid as i32 != pid || !is_lazy_area(a) {
+            // Frames written before the process ran are in already: a
+            // fault in one (a page it released since) gets a zero page.
+            if p.pid as i32 != pid || !is_lazy_area(a) || filled.contains(&p.frame_offset) {
                 continue;
             }
             let i = *frame_idx.entry(p.frame_offset).or_insert_with(|| {

@@ -86,7 +86,10 @@ impl LazySession {
         let (tx, rx) =
             mpsc::sync_channel::<(usize, Result<PageBatch, String>)>(opts.fetch_threads.max(1));
         let mut workers = Vec::new();
-        for _ in 0..opts.fetch_threads.max(1).min(n.max(1)) {
+        // One worker waits for faults only (when there are two or more), so
+        // that a fault never waits behind long prefetch requests.
+        let count = opts.fetch_threads.max(2).min(n.max(1));
+        for i in 0..count {
             let shared = shared.clone();
             let tx = tx.clone();
             let efd = efd.clone();
@@ -94,7 +97,15 @@ impl LazySession {
             let frames = self.frames.clone();
             let opts = opts.clone();
             workers.push(std::thread::spawn(move || {
-                worker(&shared, &frames, &*fetcher, &opts, &tx, &efd)
+                worker(
+                    &shared,
+                    &frames,
+                    &*fetcher,
+                    &opts,
+                    &tx,
+                    &efd,
+                    i == 0 && count > 1,
+                )
             }));
         }
         drop(tx);
@@ -104,6 +115,7 @@ impl LazySession {
         };
         let uffd = self.uffd.as_ref().expect("served once");
         let mut done = vec![false; n];
+        let mut faulted = vec![false; n];
         let mut done_count = 0usize;
         let mut waiters: HashMap<usize, Vec<u64>> = HashMap::new();
         let mut removed: Vec<(u64, u64)> = Vec::new();
@@ -162,10 +174,14 @@ impl LazySession {
                                 None => pending_zero.push(page),
                                 Some(f) if done[f] => uffd.wake(page, PAGE),
                                 Some(f) => {
+                                    if !faulted[f] {
+                                        faulted[f] = true;
+                                        stats.working_set.push(self.frames[f].0);
+                                    }
                                     waiters.entry(f).or_default().push(page);
                                     if !shared.claimed[f].load(Ordering::Relaxed) {
                                         shared.queue.lock().unwrap().urgent.push_back(f);
-                                        shared.cv.notify_one();
+                                        shared.cv.notify_all();
                                     }
                                 }
                             }

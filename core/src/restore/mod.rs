@@ -455,6 +455,7 @@ fn restore_inner(
             prepared,
             areas[0],
             input.pages,
+            &filled,
             input.fetcher.clone(),
             death_signal,
         )),

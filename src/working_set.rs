@@ -1,0 +1,89 @@
+//! The working set of a lazily restored process: the page frames it
+//! faulted on before they arrived, in order, recorded by a lazy restore in
+//! a sidecar object next to the image (`IMAGE.ws`), so that the next lazy
+//! restores of the same image prefetch those frames first.
+//!
+//! The sidecar is a small JSON document (docs/FORMAT.md) naming the image
+//! it was recorded for by its length and index checksum; a sidecar of
+//! another image is ignored (and replaced by the next recording).
+
+use anyhow::{Context, Result, bail};
+use crstream_backends::{open_sink, open_source};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Where the working set of the image at `image` is kept.
+pub fn url_of(image: &str) -> String {
+    format!("{image}.ws")
+}
+
+/// Larger sidecars are not read (a working set of a 1 TiB image, one
+/// frame per MiB, fits in a few MiB).
+const MAX_LEN: u64 = 16 << 20;
+
+/// The recorded working set of the image `identity` (see
+/// `RandomReader::identity`) at `image`: frame offsets, or None when there
+/// is none, or one of another image (said once, as a warning).
+pub async fn load(image: &str, identity: (u64, u32)) -> Option<Vec<u64>> {
+    let url = url_of(image);
+    match read(&url, identity).await {
+        Ok(frames) => frames,
+        Err(e) => {
+            tracing::warn!("ignoring the working set at {url}: {e:#}");
+            None
+        }
+    }
+}
+
+async fn read(url: &str, identity: (u64, u32)) -> Result<Option<Vec<u64>>> {
+    let source = match open_source(url).await {
+        Ok(s) => s,
+        Err(e) if e.io_kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if source.size().is_some_and(|n| n > MAX_LEN) {
+        bail!("larger than {MAX_LEN} bytes");
+    }
+    let mut text = Vec::new();
+    source
+        .into_async_read(Default::default())
+        .take(MAX_LEN)
+        .read_to_end(&mut text)
+        .await
+        .context("reading it")?;
+    let v: serde_json::Value = serde_json::from_slice(&text).context("not JSON")?;
+    if v["crstream_working_set"] != 1 {
+        bail!("not a crstream working set (version 1)");
+    }
+    if v["image_bytes"] != identity.0 || v["index_crc32c"] != identity.1 {
+        bail!("it was recorded for another image");
+    }
+    let frames = v["frames"]
+        .as_array()
+        .context("no frames")?
+        .iter()
+        .map(|f| f.as_u64().context("a frame offset that is not a number"))
+        .collect::<Result<Vec<u64>>>()?;
+    Ok(Some(frames))
+}
+
+/// Records `frames` as the working set of the image `identity` at `image`
+/// (replacing what is there, atomically).
+pub async fn save(image: &str, identity: (u64, u32), frames: &[u64]) -> Result<()> {
+    let url = url_of(image);
+    let doc = serde_json::json!({
+        "crstream_working_set": 1,
+        "image_bytes": identity.0,
+        "index_crc32c": identity.1,
+        "frames": frames,
+    });
+    let mut sink = open_sink(&url, &Default::default())
+        .await
+        .with_context(|| format!("opening {url}"))?;
+    sink.write_all(doc.to_string().as_bytes())
+        .await
+        .with_context(|| format!("writing {url}"))?;
+    sink.commit()
+        .await
+        .with_context(|| format!("writing {url}"))?;
+    Ok(())
+}
