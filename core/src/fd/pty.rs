@@ -436,7 +436,7 @@ fn set_state(master: &OwnedFd, p: &PtyFile) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{created, dump_own};
+    use super::super::testing::{PTY_INDEXES, created, dump_own};
     use super::*;
     use std::os::fd::AsRawFd;
 
@@ -445,6 +445,7 @@ mod tests {
     /// output the master had not read (which the original keeps too).
     #[test]
     fn a_pseudo_terminal_pair_comes_back_with_its_state_and_pending_output() {
+        let _indexes = PTY_INDEXES.lock().unwrap_or_else(|e| e.into_inner());
         let master = open_index_any();
         let index = tty::get_int(&master, TIOCGPTN).unwrap() as u32;
         let slave = tty::peer(&master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();

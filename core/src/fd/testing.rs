@@ -9,6 +9,10 @@ use crate::paths::show;
 use crstream_proto::OpenFile;
 use std::os::fd::{OwnedFd, RawFd};
 
+/// Held by the tests that open pseudo-terminals: one that frees an index
+/// and takes it again must not see another test take it meanwhile.
+pub(super) static PTY_INDEXES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub(super) fn me() -> i32 {
     std::process::id() as i32
 }
