@@ -74,7 +74,7 @@ impl std::fmt::Display for FetchError {
 /// Tuning of the lazy phase.
 #[derive(Debug, Clone)]
 pub struct LazyOptions {
-    /// Frames fetched at the same time.
+    /// Prefetch requests at the same time (one more fetch serves faults).
     pub fetch_threads: usize,
     /// How long a failing frame fetch is retried (100 ms doubling up to
     /// 5 s between attempts) before the restore is given up.

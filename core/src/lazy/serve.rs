@@ -86,9 +86,9 @@ impl LazySession {
         let (tx, rx) =
             mpsc::sync_channel::<(usize, Result<PageBatch, String>)>(opts.fetch_threads.max(1));
         let mut workers = Vec::new();
-        // One worker waits for faults only (when there are two or more), so
-        // that a fault never waits behind long prefetch requests.
-        let count = opts.fetch_threads.max(2).min(n.max(1));
+        // One more worker waits for faults only, so that a fault never
+        // waits behind the long requests of the prefetch.
+        let count = (opts.fetch_threads.max(1) + 1).min(n.max(1));
         for i in 0..count {
             let shared = shared.clone();
             let tx = tx.clone();
