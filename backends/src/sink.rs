@@ -563,8 +563,11 @@ impl FileSink {
                 })?;
                 self.unnamed = false;
             }
+            // Synchronous: once the name is given, the rename follows in
+            // the same poll, so a caller that gives up on the commit (an
+            // interrupted dump) never leaves the file named after all.
             match &self.tmp {
-                Some(tmp) => tokio::fs::rename(tmp, &self.dest).await.map_err(|e| {
+                Some(tmp) => std::fs::rename(tmp, &self.dest).map_err(|e| {
                     self.diag
                         .classify_io("renaming the finished file into place", &e)
                 }),

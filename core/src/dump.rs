@@ -138,17 +138,21 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
     opts.check_interrupt()?;
     let mut tree = FrozenTree::freeze(pid)?;
     let frozen_at = Instant::now();
-    let (mut pages, threads, (mut tcp, mut pty), Live { memory, snapshots }) =
-        match dump_frozen(&mut tree, opts, sink) {
+    // Each process's snapshot, if it has one: ended (which has its parent
+    // reap it) only once the tree runs again, whatever happens.
+    let mut snapshots: Vec<Option<Snapshot>> = Vec::new();
+    let (mut pages, threads, (mut tcp, mut pty), Live { memory, live }) =
+        match dump_frozen(&mut tree, opts, sink, &mut snapshots) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(pid, "dump failed, letting the processes run on: {e}");
                 tree.release();
+                drop(snapshots);
                 return Err(e);
             }
         };
     let mut released_after = None;
-    if !snapshots.is_empty() {
+    if !live.is_empty() {
         // Live: the tree runs on (as `Dumped::finish` would let it) while
         // the rest of its pages come from the snapshots.
         drop(std::mem::take(&mut tcp));
@@ -156,7 +160,10 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
         tree.release();
         released_after = Some(frozen_at.elapsed());
         tracing::debug!(pid, "running again; writing the pages of its snapshots");
-        for (pid, stream, snapshot) in snapshots {
+        for (pid, stream, i) in live {
+            let Some(snapshot) = snapshots[i].take() else {
+                continue;
+            };
             pages +=
                 memory.write_pages(pid, PagesFrom::Snapshot(snapshot.pid), sink, stream, opts)?;
             tracing::info!(pid, pages, "pages written from the snapshot");
@@ -208,25 +215,26 @@ fn refuse_unrestorable_here(pid: i32) -> Result<(), DumpError> {
 }
 
 /// What a live dump still has to write once the tree runs again: the pages
-/// each snapshot holds (pid, its page stream, its snapshot).
+/// each snapshot holds (pid, its page stream, the index of its snapshot).
 struct Live {
     memory: Memory,
-    snapshots: Vec<(i32, u32, Snapshot)>,
+    live: Vec<(i32, u32, usize)>,
 }
 
-/// Everything while frozen. Returns (pages, threads, holds, what is left
-/// for a live dump).
+/// Everything while frozen; each process's snapshot (a live dump) goes
+/// into `snapshots`. Returns (pages, threads, holds, what is left for a
+/// live dump).
 fn dump_frozen(
     tree: &mut FrozenTree,
     opts: &DumpOptions,
     sink: &mut dyn ImageSink,
+    snapshots: &mut Vec<Option<Snapshot>>,
 ) -> Result<(u64, usize, Holds, Live), DumpError> {
     tree.mark_shared_tables()?;
     let mut objects = DumpObjects::default();
     let mut memory = Memory::default();
     let mut kinds = crate::kinds::registry();
     let mut processes = Vec::new();
-    let mut snapshots = Vec::new();
     for frozen in tree.procs.iter_mut() {
         opts.check_interrupt()?;
         let (p, snapshot) = read_process(frozen, opts, &mut objects, &mut memory, &mut kinds)?;
@@ -247,17 +255,18 @@ fn dump_frozen(
     let mut pages = 0;
     let mut threads = 0;
     let mut live = Vec::new();
-    for ((p, stream), snapshot) in processes.iter().zip(page_streams).zip(snapshots) {
-        let which = match &snapshot {
-            Some(_) => PagesFrom::NotInSnapshot,
-            None => PagesFrom::Process,
+    for (i, (p, stream)) in processes.iter().zip(page_streams).enumerate() {
+        let snapshot = snapshots.get(i).is_some_and(Option::is_some);
+        let which = match snapshot {
+            true => PagesFrom::NotInSnapshot,
+            false => PagesFrom::Process,
         };
         let n = memory.write_pages(p.pid, which, sink, stream, opts)?;
         pages += n;
         threads += p.threads.len();
         tracing::info!(pid = p.pid, pages = n, threads = p.threads.len(), "dumped");
-        if let Some(s) = snapshot {
-            live.push((p.pid, stream, s));
+        if snapshot {
+            live.push((p.pid, stream, i));
         }
     }
     Ok((
@@ -267,10 +276,7 @@ fn dump_frozen(
             std::mem::take(&mut objects.tcp),
             std::mem::take(&mut objects.pty),
         ),
-        Live {
-            memory,
-            snapshots: live,
-        },
+        Live { memory, live },
     ))
 }
 

@@ -64,12 +64,34 @@ impl Snapshot {
         let called = remote.raw(libc::SYS_clone3, &[scratch, CloneArgs::SIZE]);
         let put_back = ptrace::set_options(leader, options);
         let (ret, events) = called?;
-        // The child is ours to end as soon as it exists, whatever fails next.
         let snapshot = Snapshot {
             parent: leader,
             pid: events.child.unwrap_or(0),
             ended: events.child.is_none(),
         };
+        match snapshot.stopped(ret, put_back) {
+            Ok(()) => {
+                tracing::debug!(pid = leader, child = snapshot.pid, "memory snapshot taken");
+                Ok(snapshot)
+            }
+            Err(e) => {
+                // The parent is still frozen (by us): it reaps the child
+                // through the injector we hold.
+                let mut snapshot = snapshot;
+                if !std::mem::replace(&mut snapshot.ended, true) {
+                    ptrace::kill_and_reap(snapshot.pid);
+                    let flags = (libc::__WALL | libc::WNOHANG) as u64;
+                    let _ = remote.raw(libc::SYS_wait4, &[snapshot.pid as u64, 0, flags, 0]);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The new child (clone3 returned `ret`), stopped and set to die with
+    /// crstream.
+    fn stopped(&self, ret: i64, put_back: Result<(), TaskError>) -> Result<(), DumpError> {
+        let leader = self.parent;
         put_back?;
         if ret < 0 {
             return Err(TaskError::Syscall {
@@ -79,31 +101,31 @@ impl Snapshot {
             }
             .into());
         }
-        if events.child.is_none() {
+        if self.ended {
             return Err(DumpError::Unsupported {
                 pid: leader,
                 what: "live dump",
                 reason: "the snapshot child was not reported to its tracer".into(),
             });
         }
-        match ptrace::wait(snapshot.pid)? {
+        match ptrace::wait(self.pid)? {
             (_, Stop::Signal(libc::SIGSTOP) | Stop::Event(ptrace::PTRACE_EVENT_STOP)) => {}
             (status, _) => {
                 return Err(TaskError::UnexpectedStop {
-                    tid: snapshot.pid,
+                    tid: self.pid,
                     status,
                     while_doing: "waiting for the snapshot child to stop",
                 }
                 .into());
             }
         }
-        ptrace::set_options(snapshot.pid, ptrace::PTRACE_O_EXITKILL)?;
-        tracing::debug!(pid = leader, child = snapshot.pid, "memory snapshot taken");
-        Ok(snapshot)
+        ptrace::set_options(self.pid, ptrace::PTRACE_O_EXITKILL)?;
+        Ok(())
     }
 
-    /// Kills the child, and has the parent (running again) reap it: one of
-    /// its threads is stopped for as long as one injected wait4 takes.
+    /// Kills the child, and has the parent (running again: snapshots end
+    /// only once the tree is released) reap it: one of its threads is
+    /// stopped for as long as one injected wait4 takes.
     fn end(&mut self) {
         if std::mem::replace(&mut self.ended, true) {
             return;

@@ -570,68 +570,38 @@ fn write_pages(
 ) -> Result<u64, DumpError> {
     /// Runs at least this long are read in place.
     const DIRECT: usize = 64 << 10;
-    const GATHER: usize = 1 << 20;
     let fail_at_memory = crate::failpoint::armed("memory");
-    let mem = RemoteMem::open(read_from, false)?;
-    // process_vm_readv pins the pages it reads, and pinning a page a
-    // snapshot shares copy-on-write makes the kernel copy it first (GUP
-    // unsharing): a snapshot is read through /proc/PID/mem, which does not.
-    let vm = read_from == pid;
-    let mut gathered: Vec<(u64, usize)> = Vec::new();
-    let mut buf = vec![0u8; GATHER];
+    let mut reader = PageReader {
+        pid,
+        mem: RemoteMem::open(read_from, false)?,
+        // process_vm_readv pins the pages it reads, and pinning a page a
+        // snapshot shares copy-on-write makes the kernel copy it first (GUP
+        // unsharing): a snapshot is read through /proc/PID/mem, which does
+        // not.
+        vm: read_from == pid,
+        gathered: Vec::new(),
+        buf: vec![0u8; PageReader::GATHER],
+    };
     let mut pages = 0u64;
     for (idx, a) in areas.iter().enumerate().filter(|(_, a)| pick(a)) {
         let area = idx as u32;
         for &(start, len) in &a.runs {
             let len = len as usize;
             if len < DIRECT {
-                if gathered.iter().map(|r| r.1).sum::<usize>() + len > GATHER {
-                    write_gathered(
-                        pid,
-                        vm,
-                        a,
-                        &mem,
-                        &mut gathered,
-                        &mut buf,
-                        sink,
-                        stream,
-                        area,
-                    )?;
-                }
-                gathered.push((start, len));
+                reader.gather(a, area, start, len, sink, stream)?;
                 continue;
             }
-            write_gathered(
-                pid,
-                vm,
-                a,
-                &mem,
-                &mut gathered,
-                &mut buf,
-                sink,
-                stream,
-                area,
-            )?;
+            reader.flush(a, area, sink, stream)?;
             let mut done = 0usize;
             while done < len {
                 let addr = start + done as u64;
                 let room = sink.page_room(stream, pid as u32, area, addr, len - done)?;
-                read_run(vm, a, &mem, addr, room)?;
+                reader.read(a, addr, room)?;
                 done += room.len();
                 opts.check_interrupt()?;
             }
         }
-        write_gathered(
-            pid,
-            vm,
-            a,
-            &mem,
-            &mut gathered,
-            &mut buf,
-            sink,
-            stream,
-            area,
-        )?;
+        reader.flush(a, area, sink, stream)?;
         if fail_at_memory && !a.runs.is_empty() {
             return Err(DumpError::TestFailure("memory".into()));
         }
@@ -641,60 +611,88 @@ fn write_pages(
     Ok(pages)
 }
 
-/// Reads `buf.len()` bytes at `addr` of `mem`'s process: process_vm_readv
-/// (if `vm`), or /proc/PID/mem for what it cannot read (protections; we
-/// are the tracer).
-fn read_run(
+/// Reads the pages of process `pid` from `mem` (it, or its snapshot) for
+/// the sink: short runs are gathered, so that sparse memory takes one
+/// process_vm_readv per many runs instead of one per run.
+struct PageReader {
+    pid: i32,
+    mem: RemoteMem,
+    /// process_vm_readv may be used (else /proc/PID/mem only).
     vm: bool,
-    a: &DumpArea,
-    mem: &RemoteMem,
-    addr: u64,
-    buf: &mut [u8],
-) -> Result<(), DumpError> {
-    let got = if a.readable && vm {
-        vm_readv(mem.pid, &[(addr, buf.len())], buf).unwrap_or(0)
-    } else {
-        0
-    };
-    if got < buf.len() {
-        mem.read(addr + got as u64, &mut buf[got..])?;
-    }
-    Ok(())
+    gathered: Vec<(u64, usize)>,
+    buf: Vec<u8>,
 }
 
-/// Reads the gathered short runs of one area of `pid` at once from `mem`
-/// (it, or its snapshot; with process_vm_readv if `vm`), and hands them on.
-#[allow(clippy::too_many_arguments)]
-fn write_gathered(
-    pid: i32,
-    vm: bool,
-    a: &DumpArea,
-    mem: &RemoteMem,
-    gathered: &mut Vec<(u64, usize)>,
-    buf: &mut [u8],
-    sink: &mut dyn ImageSink,
-    stream: u32,
-    area: u32,
-) -> Result<(), DumpError> {
-    if gathered.is_empty() {
-        return Ok(());
-    }
-    let total: usize = gathered.iter().map(|r| r.1).sum();
-    let got = if a.readable && vm {
-        vm_readv(mem.pid, gathered, &mut buf[..total]).unwrap_or(0)
-    } else {
-        0
-    };
-    let mut off = 0;
-    for &(addr, len) in gathered.iter() {
-        if off + len > got {
-            mem.read(addr, &mut buf[off..off + len])?;
+impl PageReader {
+    const GATHER: usize = 1 << 20;
+
+    /// Adds a short run of area `a`; the gathered runs are written when
+    /// the buffer is full, and by [`flush`](Self::flush).
+    fn gather(
+        &mut self,
+        a: &DumpArea,
+        area: u32,
+        start: u64,
+        len: usize,
+        sink: &mut dyn ImageSink,
+        stream: u32,
+    ) -> Result<(), DumpError> {
+        if self.gathered.iter().map(|r| r.1).sum::<usize>() + len > Self::GATHER {
+            self.flush(a, area, sink, stream)?;
         }
-        sink.pages(stream, pid as u32, area, addr, &buf[off..off + len])?;
-        off += len;
+        self.gathered.push((start, len));
+        Ok(())
     }
-    gathered.clear();
-    Ok(())
+
+    /// Reads the gathered runs of area `a` at once and hands them on.
+    fn flush(
+        &mut self,
+        a: &DumpArea,
+        area: u32,
+        sink: &mut dyn ImageSink,
+        stream: u32,
+    ) -> Result<(), DumpError> {
+        if self.gathered.is_empty() {
+            return Ok(());
+        }
+        let total: usize = self.gathered.iter().map(|r| r.1).sum();
+        let got = if a.readable && self.vm {
+            vm_readv(self.mem.pid, &self.gathered, &mut self.buf[..total]).unwrap_or(0)
+        } else {
+            0
+        };
+        let mut off = 0;
+        for &(addr, len) in &self.gathered {
+            if off + len > got {
+                self.mem.read(addr, &mut self.buf[off..off + len])?;
+            }
+            sink.pages(
+                stream,
+                self.pid as u32,
+                area,
+                addr,
+                &self.buf[off..off + len],
+            )?;
+            off += len;
+        }
+        self.gathered.clear();
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `addr`: process_vm_readv, or
+    /// /proc/PID/mem for what it cannot read (protections; we are the
+    /// tracer).
+    fn read(&self, a: &DumpArea, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
+        let got = if a.readable && self.vm {
+            vm_readv(self.mem.pid, &[(addr, buf.len())], buf).unwrap_or(0)
+        } else {
+            0
+        };
+        if got < buf.len() {
+            self.mem.read(addr + got as u64, &mut buf[got..])?;
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
