@@ -566,13 +566,21 @@ impl FileSink {
             // Synchronous: once the name is given, the rename follows in
             // the same poll, so a caller that gives up on the commit (an
             // interrupted dump) never leaves the file named after all.
-            match &self.tmp {
+            // The file it replaces is freed by a thread of its own: freeing
+            // a large file's pages takes long, and whoever waits for the
+            // commit (a frozen process) need not wait for that.
+            let replaced = std::fs::File::open(&self.dest).ok();
+            let renamed = match &self.tmp {
                 Some(tmp) => std::fs::rename(tmp, &self.dest).map_err(|e| {
                     self.diag
                         .classify_io("renaming the finished file into place", &e)
                 }),
                 None => Ok(()),
+            };
+            if let Some(old) = replaced {
+                std::thread::spawn(move || drop(old));
             }
+            renamed
         }
         .await;
         match result {
