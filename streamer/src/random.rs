@@ -226,19 +226,11 @@ impl RandomReader {
         entries: Vec<FrameEntry>,
         in_flight: usize,
     ) -> impl Stream<Item = Result<Frame>> + Send + Unpin + 'static {
-        let mut runs: Vec<Vec<(u64, u64)>> = Vec::new();
-        for e in entries {
-            let frame = (e.offset, FRAME_HEADER_LEN as u64 + e.stored_len as u64);
-            match runs.last_mut() {
-                Some(run)
-                    if run.last().is_some_and(|&(o, l)| o + l == frame.0)
-                        && frame.0 + frame.1 - run[0].0 <= RUN_BYTES =>
-                {
-                    run.push(frame)
-                }
-                _ => runs.push(vec![frame]),
-            }
-        }
+        let frames: Vec<(u64, u64)> = entries
+            .iter()
+            .map(|e| (e.offset, FRAME_HEADER_LEN as u64 + e.stored_len as u64))
+            .collect();
+        let runs = consecutive_runs(&frames, usize::MAX, RUN_BYTES);
         let this = self.clone();
         Box::pin(
             futures::stream::iter(runs)
@@ -382,6 +374,30 @@ impl RandomReader {
 /// Bytes a request for consecutive frames takes at most.
 const RUN_BYTES: u64 = 16 << 20;
 
+/// Splits frames (`(offset, len)`, sorted by offset) into runs of frames
+/// that follow each other in the stream, each of at most `max_frames`
+/// frames and `max_bytes` bytes: what one ranged read fetches.
+pub fn consecutive_runs(
+    frames: &[(u64, u64)],
+    max_frames: usize,
+    max_bytes: u64,
+) -> Vec<Vec<(u64, u64)>> {
+    let mut runs: Vec<Vec<(u64, u64)>> = Vec::new();
+    for &f in frames {
+        match runs.last_mut() {
+            Some(run)
+                if run.len() < max_frames
+                    && run.last().is_some_and(|&(o, l)| o + l == f.0)
+                    && f.0 + f.1 - run[0].0 <= max_bytes =>
+            {
+                run.push(f)
+            }
+            _ => runs.push(vec![f]),
+        }
+    }
+    runs
+}
+
 /// Bytes read from the end of a stream when it is opened: the trailer and,
 /// unless the image is very large, its index.
 const TAIL_LEN: u64 = 256 << 10;
@@ -483,4 +499,32 @@ fn validate_index(index: &StreamIndex, header_len: u64, index_offset: u64) -> Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consecutive_runs;
+
+    #[test]
+    fn runs_are_consecutive_frames_within_the_limits() {
+        let frames = [(0, 10), (10, 10), (20, 10), (40, 10), (50, 10), (60, 100)];
+        assert_eq!(
+            consecutive_runs(&frames, 2, 1000),
+            vec![
+                vec![(0, 10), (10, 10)],
+                vec![(20, 10)],
+                vec![(40, 10), (50, 10)],
+                vec![(60, 100)]
+            ]
+        );
+        assert_eq!(
+            consecutive_runs(&frames, 16, 30),
+            vec![
+                vec![(0, 10), (10, 10), (20, 10)],
+                vec![(40, 10), (50, 10)],
+                vec![(60, 100)]
+            ]
+        );
+        assert!(consecutive_runs(&[], 4, 4).is_empty());
+    }
 }

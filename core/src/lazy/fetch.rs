@@ -42,29 +42,6 @@ pub(crate) fn fetch_run_with_retry(
     Ok(batches)
 }
 
-/// Splits frames (sorted by offset) into runs of consecutive ones, each of
-/// at most `max_frames` frames and `max_bytes` bytes.
-pub(crate) fn runs_of(
-    frames: &[(u64, u64)],
-    max_frames: usize,
-    max_bytes: u64,
-) -> Vec<Vec<(u64, u64)>> {
-    let mut runs: Vec<Vec<(u64, u64)>> = Vec::new();
-    for &f in frames {
-        match runs.last_mut() {
-            Some(run)
-                if run.len() < max_frames
-                    && run.last().is_some_and(|&(o, l)| o + l == f.0)
-                    && f.0 + f.1 - run[0].0 <= max_bytes =>
-            {
-                run.push(f)
-            }
-            _ => runs.push(vec![f]),
-        }
-    }
-    runs
-}
-
 /// Calls `fetch` until it succeeds, fails for good, or failures that may
 /// heal have gone on for `retry_for` (backoff from 100 ms to 5 s).
 fn retrying<T>(
@@ -219,32 +196,4 @@ pub(crate) const RUN_BYTES: u64 = 16 << 20;
 enum Job {
     One(usize),
     Run(usize, usize),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::runs_of;
-
-    #[test]
-    fn runs_are_consecutive_frames_within_the_limits() {
-        let frames = [(0, 10), (10, 10), (20, 10), (40, 10), (50, 10), (60, 100)];
-        assert_eq!(
-            runs_of(&frames, 2, 1000),
-            vec![
-                vec![(0, 10), (10, 10)],
-                vec![(20, 10)],
-                vec![(40, 10), (50, 10)],
-                vec![(60, 100)]
-            ]
-        );
-        assert_eq!(
-            runs_of(&frames, 16, 30),
-            vec![
-                vec![(0, 10), (10, 10), (20, 10)],
-                vec![(40, 10), (50, 10)],
-                vec![(60, 100)]
-            ]
-        );
-        assert!(runs_of(&[], 4, 4).is_empty());
-    }
 }

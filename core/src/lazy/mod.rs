@@ -227,7 +227,8 @@ fn fill_frames(
     frames: &[(u64, u64)],
 ) -> Result<(), RestoreError> {
     let pid = stub.pid;
-    let runs = fetch::runs_of(frames, fetch::RUN_FRAMES, fetch::RUN_BYTES);
+    let runs =
+        crstream_streamer::random::consecutive_runs(frames, fetch::RUN_FRAMES, fetch::RUN_BYTES);
     let next = std::sync::atomic::AtomicUsize::new(0);
     /// What one fetch thread got: each run it took, by number.
     type Got = Vec<(usize, Result<Vec<PageBatch>, String>)>;
