@@ -160,27 +160,21 @@ impl Userfaultfd {
     /// threads waiting there. Returns the bytes copied and, if it stopped
     /// early, why.
     pub(crate) fn copy(&self, dst: u64, data: &[u8]) -> (u64, io::Result<()>) {
-        let mut c = UffdioCopy {
-            dst,
-            src: data.as_ptr() as u64,
-            len: data.len() as u64,
-            mode: 0,
-            copy: 0,
-        };
-        match self.ioctl(&mut c) {
-            Ok(()) => (data.len() as u64, Ok(())),
-            Err(e) => (c.copy.max(0) as u64, Err(e)),
-        }
+        self.copy_mode(dst, data, 0)
     }
 
     /// Like [`copy`](Self::copy), without waking anyone: for memory no
     /// thread can be waiting on yet.
     pub(crate) fn copy_quiet(&self, dst: u64, data: &[u8]) -> (u64, io::Result<()>) {
+        self.copy_mode(dst, data, UFFDIO_COPY_MODE_DONTWAKE)
+    }
+
+    fn copy_mode(&self, dst: u64, data: &[u8], mode: u64) -> (u64, io::Result<()>) {
         let mut c = UffdioCopy {
             dst,
             src: data.as_ptr() as u64,
             len: data.len() as u64,
-            mode: UFFDIO_COPY_MODE_DONTWAKE,
+            mode,
             copy: 0,
         };
         match self.ioctl(&mut c) {
