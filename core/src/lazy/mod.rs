@@ -262,6 +262,7 @@ fn fill_frames(
     });
     let mut fetched: Vec<_> = fetched.into_iter().flatten().collect();
     fetched.sort_by_key(|(i, _)| *i);
+    let writer = crate::kinds::memory::PageWriter::plain();
     for (i, r) in fetched {
         let batches = r.map_err(|e| RestoreError::Pages {
             pid,
@@ -279,7 +280,7 @@ fn fill_frames(
                     batch.pid
                 )));
             }
-            crate::kinds::memory::PageWriter::plain(areas).fill(pid, &stub.mem, areas, &batch)?;
+            writer.fill(pid, &stub.mem, areas, &batch)?;
         }
     }
     Ok(())

@@ -46,16 +46,16 @@ pub(crate) fn take_userfaultfd(stub: &Stub) -> Result<Userfaultfd, RestoreError>
 /// block whoever touches it).
 pub(crate) struct PageWriter {
     uffd: Option<Userfaultfd>,
-    /// Areas registered with `uffd`, by index.
+    /// Areas registered with `uffd`, by index (none without one).
     registered: Vec<bool>,
 }
 
 impl PageWriter {
     /// Writes every page through /proc/PID/mem.
-    pub(crate) fn plain(areas: &[VmArea]) -> Self {
+    pub(crate) fn plain() -> Self {
         Self {
             uffd: None,
-            registered: vec![false; areas.len()],
+            registered: Vec::new(),
         }
     }
 
@@ -63,24 +63,18 @@ impl PageWriter {
     /// Without a userfaultfd (none, or the handshake fails), every page goes
     /// through /proc/PID/mem.
     pub(crate) fn new(stub: &Stub, areas: &[VmArea]) -> Self {
-        let mut registered = vec![false; areas.len()];
         let uffd = match take_userfaultfd(stub) {
             Ok(uffd) => uffd,
             Err(e) => {
                 tracing::debug!(pid = stub.pid, "no userfaultfd for the page fill: {e}");
-                return Self {
-                    uffd: None,
-                    registered,
-                };
+                return Self::plain();
             }
         };
         if let Err(e) = uffd.api(0) {
             tracing::debug!(pid = stub.pid, "UFFDIO_API: {e}");
-            return Self {
-                uffd: None,
-                registered,
-            };
+            return Self::plain();
         }
+        let mut registered = vec![false; areas.len()];
         for (i, a) in areas.iter().enumerate() {
             if is_lazy_area(a) {
                 match uffd.register_missing(a.start, a.end - a.start) {
@@ -115,7 +109,7 @@ impl PageWriter {
         let uffd = self
             .uffd
             .as_ref()
-            .filter(|_| self.registered[batch.area as usize]);
+            .filter(|_| self.registered.get(batch.area as usize) == Some(&true));
         for (run, data) in batch.runs_with_data() {
             if run.start < area.start || run.end() > area.end || !is_mapped_area(area) {
                 return Err(RestoreError::Pages {
