@@ -11,7 +11,6 @@ use crate::kinds::memory::{Memory, PagesFrom};
 use crate::proc;
 use crate::records::{Owner, Records};
 use crate::snapshot::Snapshot;
-use crate::sys::ptrace;
 use crstream_proto::record::Body;
 use crstream_proto::{Inventory, ProcessTree, StreamKind, ThreadCore};
 use crstream_streamer::{ImageSink, PAGE_SIZE};
@@ -257,9 +256,10 @@ fn dump_frozen(
     let mut live = Vec::new();
     for (i, (p, stream)) in processes.iter().zip(page_streams).enumerate() {
         let snapshot = snapshots.get(i).is_some_and(Option::is_some);
-        let which = match snapshot {
-            true => PagesFrom::NotInSnapshot,
-            false => PagesFrom::Process,
+        let which = if snapshot {
+            PagesFrom::NotInSnapshot
+        } else {
+            PagesFrom::Process
         };
         let n = memory.write_pages(p.pid, which, sink, stream, opts)?;
         pages += n;
@@ -298,7 +298,7 @@ fn read_process(
     kinds: &mut [Box<dyn Kind>],
 ) -> Result<(ProcessDump, Option<Snapshot>), DumpError> {
     let pid = frozen.pid;
-    let frozen_stop = frozen.stop_signal;
+    let (frozen_stop, frozen_options) = (frozen.stop_signal, frozen.options);
     let proc_err = |err| DumpError::Proc { pid, err };
     let status = proc::status(pid).map_err(proc_err)?;
     let stat = proc::stat(pid).map_err(proc_err)?;
@@ -358,13 +358,12 @@ fn read_process(
     // would not reap its snapshot until continued: read while frozen.
     let stopped = frozen_stop != 0;
     let snapshot = if opts.live && opts.leave_running && !stopped {
-        let options = ptrace::PTRACE_O_TRACESYSGOOD
-            | if status.seccomp != 0 {
-                ptrace::PTRACE_O_SUSPEND_SECCOMP
-            } else {
-                0
-            };
-        match Snapshot::take(&injector.leader, &injector.mem, injector.scratch, options) {
+        match Snapshot::take(
+            &injector.leader,
+            &injector.mem,
+            injector.scratch,
+            frozen_options,
+        ) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::info!(

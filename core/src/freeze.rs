@@ -52,6 +52,8 @@ pub(crate) struct Frozen {
     /// The signal of the group stop it was in (0: it ran); dump continued
     /// it under ptrace (see `group_stop.rs`).
     pub stop_signal: i32,
+    /// The ptrace options its threads were seized with.
+    pub options: u64,
     released: bool,
 }
 
@@ -59,7 +61,7 @@ pub(crate) struct Frozen {
 /// passing on signals it was about to receive. Returns the stop's signal:
 /// SIGTRAP for the interrupt of a running thread, the stopping signal
 /// (SIGSTOP, SIGTSTP, ...) for a thread in a group stop; None: it exited.
-fn wait_interrupt_stop(tid: i32) -> Result<Option<i32>, TaskError> {
+pub(crate) fn wait_interrupt_stop(tid: i32) -> Result<Option<i32>, TaskError> {
     loop {
         let (status, stop) = ptrace::wait(tid)?;
         match stop {
@@ -79,23 +81,29 @@ fn wait_interrupt_stop(tid: i32) -> Result<Option<i32>, TaskError> {
     }
 }
 
+/// The ptrace options the threads of `pid` are seized with to inject
+/// syscalls: a process with seccomp filters has them suspended while
+/// traced, so that they do not filter the injected syscalls.
+pub(crate) fn seize_options(pid: i32) -> u64 {
+    let seccomp = proc::status(pid).is_ok_and(|s| s.seccomp != 0);
+    ptrace::PTRACE_O_TRACESYSGOOD
+        | if seccomp {
+            ptrace::PTRACE_O_SUSPEND_SECCOMP
+        } else {
+            0
+        }
+}
+
 impl Frozen {
     pub(crate) fn freeze(pid: i32) -> Result<Self, DumpError> {
         let mut f = Frozen {
             pid,
             threads: Vec::new(),
             stop_signal: 0,
+            options: seize_options(pid),
             released: false,
         };
-        // A process with seccomp filters has them suspended while traced,
-        // so that they do not filter the syscalls dump injects.
-        let seccomp = proc::status(pid).is_ok_and(|s| s.seccomp != 0);
-        let options = ptrace::PTRACE_O_TRACESYSGOOD
-            | if seccomp {
-                ptrace::PTRACE_O_SUSPEND_SECCOMP
-            } else {
-                0
-            };
+        let options = f.options;
         // Threads may be created while we attach: repeat until a listing
         // shows no new thread (stopped threads cannot create more).
         loop {

@@ -164,8 +164,8 @@ fn reap_in(pid: i32, child: i32) -> Result<(), TaskError> {
     })?;
     let mem = RemoteMem::open(pid, false)?;
     let syscall_ip = crate::inject::syscall_site(pid, &mem)?;
-    // Seccomp filters are suspended, as in a dump: wait4 may be filtered.
-    let options = ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_SUSPEND_SECCOMP;
+    // As in a dump: seccomp filters, which may filter wait4, suspended.
+    let options = crate::freeze::seize_options(pid);
     for tid in tids {
         if ptrace::seize(tid, options).is_err() {
             continue;
@@ -184,21 +184,18 @@ fn reap_in(pid: i32, child: i32) -> Result<(), TaskError> {
 
 fn reap_through(tid: i32, syscall_ip: u64, child: i32) -> Result<(), TaskError> {
     ptrace::interrupt(tid)?;
-    let status = loop {
-        match ptrace::wait(tid)? {
-            (status, Stop::Event(ptrace::PTRACE_EVENT_STOP)) => break status,
-            (_, Stop::Signal(sig)) => ptrace::cont(tid, sig)?,
-            (status, _) => return Err(TaskError::Gone { tid, status }),
-        }
-    };
-    if libc::WSTOPSIG(status) != libc::SIGTRAP {
+    match crate::freeze::wait_interrupt_stop(tid)? {
+        None => return Err(TaskError::Gone { tid, status: 0 }),
+        Some(libc::SIGTRAP) => {}
         // In a group stop (SIGSTOP, ...): left alone, it reaps nothing
         // until continued.
-        return Err(TaskError::UnexpectedStop {
-            tid,
-            status,
-            while_doing: "reaping the memory snapshot (the process is stopped)",
-        });
+        Some(sig) => {
+            return Err(TaskError::UnexpectedStop {
+                tid,
+                status: (sig << 8) | 0x7f,
+                while_doing: "reaping the memory snapshot (the process is stopped)",
+            });
+        }
     }
     let regs = ptrace::get_regs(tid)?;
     let mask = ptrace::get_sigmask(tid)?;
