@@ -60,22 +60,7 @@ fn parent(read: OwnedFd, server: i32) -> i32 {
         let _ = stdout.flush();
         return 0;
     }
-    let mut status = 0;
-    loop {
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(server, &mut status, 0) };
-        if r == server {
-            break;
-        }
-        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return 1;
-        }
-    }
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    }
+    crate::exit_code_of(server).map_or(1, i32::from)
 }
 
 fn dup_onto(fd: &impl AsRawFd, target: i32) -> Result<()> {

@@ -312,23 +312,7 @@ fn print_restored(args: &RestoreArgs, restored: &crstream_core::Restored) -> Res
 /// Waits for the restored process (our child) and returns its status.
 fn wait_restored(restored: &crstream_core::Restored) -> Result<u8> {
     let pid = restored.pid;
-    let mut status = 0;
-    loop {
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).context(format!("waiting for restored pid {pid}"));
-        }
-    }
-    if libc::WIFEXITED(status) {
-        Ok(libc::WEXITSTATUS(status) as u8)
-    } else {
-        Ok((128 + libc::WTERMSIG(status)) as u8)
-    }
+    crate::exit_code_of(pid).with_context(|| format!("waiting for restored pid {pid}"))
 }
 
 /// `restore --lazy`: metadata from a random-access reader, then the process
@@ -372,17 +356,14 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
     });
     let mut lopts = lazy_options();
     let identity = reader.identity();
-    let recorded = if args.no_working_set {
-        None
-    } else {
-        rt.block_on(crate::working_set::load(&args.input, identity))
-    };
-    if let Some(frames) = &recorded {
+    if !args.no_working_set
+        && let Some(frames) = rt.block_on(crate::working_set::load(&args.input, identity))
+    {
         tracing::info!(
             frames = frames.len(),
             "filling the recorded working set before the process runs"
         );
-        lopts.working_set = frames.clone();
+        lopts.working_set = frames;
     }
     let t0 = std::time::Instant::now();
     let (restored, session) = crstream_core::restore_lazy(
@@ -399,33 +380,16 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
         server.running(args.log.as_deref())?;
     }
     let served = session.serve(&lopts);
-    // The working set grows by the frames this run still faulted on (those
-    // the last recording missed: a page of a frame prefetched in time
-    // leaves no trace), until a restore faults on none.
-    let grown: Vec<u64> = match &served {
-        Ok(stats) if !args.no_working_set && !stats.exited_early => {
-            let mut frames = recorded.clone().unwrap_or_default();
-            let new: Vec<u64> = stats
-                .working_set
-                .iter()
-                .filter(|f| !frames.contains(f))
-                .copied()
-                .collect();
-            if new.is_empty() {
-                Vec::new()
-            } else {
-                frames.extend(new);
-                frames
-            }
-        }
-        _ => Vec::new(),
-    };
-    if !grown.is_empty() {
-        let url = crate::working_set::url_of(&args.input);
-        match rt.block_on(crate::working_set::save(&args.input, identity, &grown)) {
-            Ok(()) => tracing::info!(frames = grown.len(), url, "recorded the working set"),
-            Err(e) => tracing::warn!("could not record the working set: {e:#}"),
-        }
+    if let Ok(stats) = &served
+        && !args.no_working_set
+        && !stats.exited_early
+    {
+        rt.block_on(crate::working_set::record(
+            &args.input,
+            identity,
+            &lopts.working_set,
+            &stats.working_set,
+        ));
     }
     drop(rt);
     crstream_core::lazy::unblock_termination_signals();

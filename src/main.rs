@@ -43,6 +43,28 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Waits for our child `pid` to end; its exit code as a shell shows it
+/// (128 + the signal that killed it).
+pub fn exit_code_of(pid: i32) -> std::io::Result<u8> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as u8
+    } else {
+        (128 + libc::WTERMSIG(status)) as u8
+    })
+}
+
 /// Runs a command on a fresh runtime. The runtime is shut down without
 /// waiting for blocking reads of stdin, which never end while the writer on
 /// the other side of the pipe keeps it open (after Ctrl-C, for example).

@@ -66,9 +66,36 @@ async fn read(url: &str, identity: (u64, u32)) -> Result<Option<Vec<u64>>> {
     Ok(Some(frames))
 }
 
-/// Records `frames` as the working set of the image `identity` at `image`
+/// Records the working set of the image `identity` at `image`: the frames
+/// of the one it was restored with (`recorded`, maybe none) and after them
+/// those this restore still `faulted` on (the last recording missed them: a
+/// page of a frame prefetched in time leaves no trace), so that it grows
+/// until a restore faults on none. Nothing is written when nothing is new;
+/// a failure is a warning (the restore itself succeeded).
+pub async fn record(image: &str, identity: (u64, u32), recorded: &[u64], faulted: &[u64]) {
+    let known: std::collections::HashSet<u64> = recorded.iter().copied().collect();
+    let new: Vec<u64> = faulted
+        .iter()
+        .filter(|f| !known.contains(f))
+        .copied()
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    let frames = [recorded, &new].concat();
+    match save(image, identity, &frames).await {
+        Ok(()) => tracing::info!(
+            frames = frames.len(),
+            url = url_of(image),
+            "recorded the working set"
+        ),
+        Err(e) => tracing::warn!("could not record the working set: {e:#}"),
+    }
+}
+
+/// Writes `frames` as the working set of the image `identity` at `image`
 /// (replacing what is there, atomically).
-pub async fn save(image: &str, identity: (u64, u32), frames: &[u64]) -> Result<()> {
+async fn save(image: &str, identity: (u64, u32), frames: &[u64]) -> Result<()> {
     let url = url_of(image);
     let doc = serde_json::json!({
         "crstream_working_set": 1,
