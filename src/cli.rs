@@ -38,6 +38,9 @@ pub enum Command {
     Download(DownloadArgs),
     /// Show what a stream holds, verifying every checksum
     Inspect(InspectArgs),
+    /// Start a service warm from a cached checkpoint, or cold and checkpoint it once ready
+    /// (CI caching of warm processes)
+    Run(RunArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +131,15 @@ pub struct DumpArgs {
     /// instead of refusing the tree: their clients see them reset and connect again
     #[arg(long)]
     pub skip_in_flight: bool,
+    /// NAME=VALUE recorded in the image (shown by inspect; restore --require-label checks
+    /// it). Repeatable
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+    /// Write the image only if nothing exists at DEST yet: an existing image stays, nothing
+    /// is written and the process runs on (with --json, "created": false). Atomic for a
+    /// local file; for an object store checked just before the upload completes
+    #[arg(long)]
+    pub if_absent: bool,
     /// Compression of the image frames (frames that do not shrink are stored raw)
     #[arg(long, value_enum, default_value_t = CodecArg::Auto)]
     pub compress: CodecArg,
@@ -199,6 +211,18 @@ pub struct RestoreArgs {
     /// Repeatable
     #[arg(long, value_name = "fd[N]:KEY", value_parser = parse_inherit_fd)]
     pub inherit_fd: Vec<(i32, String)>,
+    /// Restore into a new PID namespace, in which every process has its saved PID
+    /// whatever PIDs are taken here (so that any number of copies of one image run
+    /// side by side); the tree also gets a mount namespace with its own /proc. PID 1
+    /// of the namespace is the root if it had PID 1 (a tree dumped from its own
+    /// namespace), otherwise a small init of crstream's that reaps orphans and ends
+    /// the namespace when the root exits. The printed PID is the root's outside
+    #[arg(long)]
+    pub pidns: bool,
+    /// NAME=VALUE the image must carry (dump --label), checked before anything is
+    /// created. Repeatable
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_label)]
+    pub require_label: Vec<(String, String)>,
     /// Restore even where the CPU lacks register state or instruction sets the dumping
     /// CPU had, or a privately mapped file (an executable, a library) is not the same
     /// (other build-id, or other size or modification time): for experts who know the
@@ -207,6 +231,62 @@ pub struct RestoreArgs {
     pub skip_validation: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// `crstream run --cache URL --ready-when COND -- CMD [ARGS...]`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Where the checkpoint is kept: a path, file://, s3://, gs://, az://, with {key}
+    /// standing for the cache key (e.g. s3://ci-cache/warm/{key}.img)
+    #[arg(long, value_name = "URL")]
+    pub cache: String,
+    /// The cache key, in place of the default (a hash of the command line, the working
+    /// directory, the environment variables PATH, HOME, USER, LANG, LC_ALL, LC_CTYPE, TZ,
+    /// LD_LIBRARY_PATH, LD_PRELOAD, PYTHONPATH, PYTHONHOME, VIRTUAL_ENV, JAVA_HOME,
+    /// JAVA_TOOL_OPTIONS, CLASSPATH, NODE_OPTIONS, NODE_PATH and the --key-env ones, and
+    /// the executable's build-id or content)
+    #[arg(long)]
+    pub key: Option<String>,
+    /// One more environment variable in the default key. Repeatable
+    #[arg(long = "key-env", value_name = "NAME")]
+    pub key_env: Vec<String>,
+    /// When the service is ready: tcp:[HOST:]PORT (accepts a connection), file:PATH
+    /// (exists), log:REGEX (a line of its stdout or stderr), exec:COMMAND (sh -c COMMAND
+    /// exits 0)
+    #[arg(long, value_name = "COND", required_unless_present = "print_key")]
+    pub ready_when: Option<crate::run::ready::Ready>,
+    /// Seconds to wait for readiness (a cold start that takes longer fails; a restored
+    /// copy that does falls back to a cold start)
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Stay in the foreground until the service exits, and exit with its status
+    #[arg(long)]
+    pub wait: bool,
+    /// Restore lazily (the service runs before all its memory is in; single-process
+    /// services only)
+    #[arg(long)]
+    pub lazy: bool,
+    /// Print what happened as JSON on stdout (hit or miss, times, sizes)
+    #[arg(long)]
+    pub json: bool,
+    /// Print the cache key and exit
+    #[arg(long)]
+    pub print_key: bool,
+    /// The service's command line
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    pub fn ready(&self) -> &crate::run::ready::Ready {
+        self.ready_when
+            .as_ref()
+            .expect("clap requires --ready-when")
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.timeout.clamp(0.0, 1e9))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -247,6 +327,14 @@ pub struct InspectArgs {
     pub json: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// `NAME=VALUE` of --label and --require-label.
+fn parse_label(v: &str) -> Result<(String, String), String> {
+    match v.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{v:?}: expected NAME=VALUE")),
+    }
 }
 
 /// `fd[N]:KEY` of --inherit-fd.

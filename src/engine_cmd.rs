@@ -66,6 +66,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         ext_unix: args.ext_unix_sk,
         skip_in_flight: args.skip_in_flight,
         interrupt: Some(interrupt.flag()),
+        labels: args.label.clone(),
     };
     // Outside the runtime: blocking() uses blocking sends.
     let dumped = match crstream_core::dump(&opts, &mut writer.blocking()) {
@@ -88,13 +89,37 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             Ok(r) => r.context("finishing the image")?,
             Err(e) => return Err(e),
         };
-        let committed = bounded(sink.commit(), timeout, &interrupt)
-            .await?
-            .with_context(|| format!("committing {}", args.output))?;
-        anyhow::Ok(committed.max(summary.bytes))
+        let committed = if args.if_absent {
+            bounded(sink.commit_if_absent(), timeout, &interrupt).await?
+        } else {
+            bounded(sink.commit(), timeout, &interrupt).await?.map(Some)
+        }
+        .with_context(|| format!("committing {}", args.output))?;
+        anyhow::Ok(committed.map(|n| n.max(summary.bytes)))
     });
     let written = match stored {
-        Ok(n) => n,
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            // --if-absent: another image is there; this one is not needed
+            // and the process runs on.
+            let stats = dumped.finish(false);
+            drop(rt);
+            eprintln!(
+                "crstream: {} exists already: nothing written; pid {pid} runs on",
+                args.output
+            );
+            if args.json {
+                let j = serde_json::json!({
+                    "pid": pid,
+                    "created": false,
+                    "bytes_written": 0,
+                    "frozen_ms": stats.frozen.as_secs_f64() * 1e3,
+                    "total_ms": stats.total.as_secs_f64() * 1e3,
+                });
+                println!("{j}");
+            }
+            return Ok(0);
+        }
         Err(e) => {
             drop(dumped);
             // Interrupted while the image was finished or committed: said
@@ -139,6 +164,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             "leave_running": args.leave_running,
             "live": stats.live,
             "net_lock": stats.net_lock,
+            "created": true,
         });
         println!("{j}");
     }
@@ -290,6 +316,9 @@ fn restored_json(restored: &crstream_core::Restored) -> serde_json::Value {
         "pid": restored.pid,
         "tids": restored.tids,
         "processes": restored.processes,
+        // As the processes see themselves (inside the new PID namespace).
+        "saved_pids": restored.saved_pids,
+        "ns_init": restored.ns_init,
         // The crstream process the restored one depends on until it ends
         // (a lazy restore's server).
         "server_pid": std::process::id(),
@@ -309,10 +338,18 @@ fn print_restored(args: &RestoreArgs, restored: &crstream_core::Restored) -> Res
     out.flush().context("printing the restored PID")
 }
 
-/// Waits for the restored process (our child) and returns its status.
+/// Waits for the restored process (our child) and returns its status;
+/// then for the init of its PID namespace (our child too), which exits
+/// with it.
 fn wait_restored(restored: &crstream_core::Restored) -> Result<u8> {
     let pid = restored.pid;
-    crate::exit_code_of(pid).with_context(|| format!("waiting for restored pid {pid}"))
+    let code =
+        crate::exit_code_of(pid).with_context(|| format!("waiting for restored pid {pid}"))?;
+    if let Some(init) = restored.ns_init {
+        crate::exit_code_of(init)
+            .with_context(|| format!("waiting for the PID namespace's init {init}"))?;
+    }
+    Ok(code)
 }
 
 /// `restore --lazy`: metadata from a random-access reader, then the process
@@ -448,13 +485,17 @@ pub fn restore(args: RestoreArgs) -> Result<u8> {
 }
 
 fn restore_options(args: &RestoreArgs) -> crstream_core::RestoreOptions {
-    args.inherit_fd.iter().fold(
+    let opts = args.inherit_fd.iter().fold(
         crstream_core::RestoreOptions::new()
             .with_shell_job(args.shell_job)
             .with_tcp_close(args.tcp_close)
-            .with_skip_validation(args.skip_validation),
+            .with_skip_validation(args.skip_validation)
+            .with_pidns(args.pidns),
         |o, (fd, key)| o.with_inherit_fd(*fd, key.clone()),
-    )
+    );
+    args.require_label
+        .iter()
+        .fold(opts, |o, (name, value)| o.with_required_label(name, value))
 }
 
 pub fn check(args: CheckArgs) -> Result<u8> {

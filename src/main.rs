@@ -7,6 +7,7 @@ mod detach;
 mod engine_cmd;
 mod pipe_cmd;
 mod progress;
+mod run;
 mod worker;
 mod working_set;
 
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Command::Upload(args) => run_async(pipe_cmd::upload(args)),
         Command::Download(args) => run_async(pipe_cmd::download(args)),
         Command::Inspect(args) => run_async(pipe_cmd::inspect(args)),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -179,6 +179,12 @@ fn print_report(r: &Report) {
             inv.root_pid,
             inv.records_version
         );
+        if inv.pid_namespace {
+            println!("  from a PID namespace of its own: PIDs as seen inside it");
+        }
+        for (name, value) in &inv.labels {
+            println!("  label {name}={value}");
+        }
     }
     println!();
     println!(

@@ -73,28 +73,39 @@ fn a_traced_process_is_refused_naming_its_tracer() {
     );
 }
 
+/// One PID namespace inside crstream's is dumped with its PIDs there
+/// (engine_pidns); a process two namespaces deep is refused, and runs on.
 #[test]
-fn a_process_in_its_own_pid_namespace_is_refused() {
+fn a_process_two_pid_namespaces_deep_is_refused() {
     let g = ChildGuard(Some(
         Command::new("unshare")
-            .args(["--pid", "--fork", "sleep", "600"])
+            .args([
+                "--pid", "--fork", "unshare", "--pid", "--fork", "sleep", "600",
+            ])
             .stdin(Stdio::null())
             .spawn()
             .unwrap(),
     ));
     let outer = pid_of(&g);
-    let inner = loop {
-        if let Some(&c) = children_of(outer).first() {
+    let child_of = |pid: i32| loop {
+        if let Some(&c) = children_of(pid).first() {
             break c;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let err = refused(inner, &[]);
+    // unshare → its child, PID 1 of the first namespace, which runs the
+    // second unshare → its child, PID 1 of the second, which runs sleep.
+    let first = child_of(outer);
+    let sleeper = child_of(first);
+    let err = refused(sleeper, &[]);
     assert!(
-        err.contains("PID namespace") && err.contains("PID 1 there"),
+        err.contains("PID namespace") && err.contains("2 PID namespaces inside"),
         "{err}"
     );
-    assert_running_untraced(inner);
+    assert_running_untraced(sleeper);
+    // SAFETY: the first namespace's PID 1, which this test started; the
+    // rest of that namespace goes with it.
+    unsafe { libc::kill(first, libc::SIGKILL) };
 }
 
 /// crstream inside a PID namespace, asked to dump the namespace's first

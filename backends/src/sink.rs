@@ -108,13 +108,15 @@ impl Env {
                     opts.parts_in_flight,
                     "multipart upload started"
                 );
-                Inner::Object(ObjectSink::new(
-                    t.diag,
+                let mut sink = ObjectSink::new(
+                    t.diag.clone(),
                     upload,
                     handle,
                     part_size,
                     opts.parts_in_flight,
-                ))
+                );
+                sink.target = Some(t);
+                Inner::Object(sink)
             }
         };
         Ok(Sink {
@@ -157,6 +159,36 @@ impl Sink {
                 tracing::debug!(url = self.url, bytes = n, "committed");
                 Ok(n)
             }
+        }
+    }
+
+    /// Like [`commit`](Self::commit), but an object already at the
+    /// destination stays: then nothing is written and None is returned.
+    /// For a local file the check and the commit are one step (a link,
+    /// which never replaces). For an object store it is made just before
+    /// the upload completes (object_store 0.14 has no conditional
+    /// multipart upload): two writers racing through that moment both
+    /// complete, each with a whole object, and the last one stays. For
+    /// stdout, the same as `commit`.
+    pub async fn commit_if_absent(self) -> Result<Option<u64>, BackendError> {
+        match self.inner {
+            Inner::File(f) => f.commit_if_absent().await,
+            Inner::Object(mut s) => {
+                if s.destination_exists().await? {
+                    s.abort().await?;
+                    return Ok(None);
+                }
+                let n = s.commit().await?;
+                tracing::debug!(url = self.url, bytes = n, "committed");
+                Ok(Some(n))
+            }
+            inner @ Inner::Stdio { .. } => Sink {
+                url: self.url,
+                inner,
+            }
+            .commit()
+            .await
+            .map(Some),
         }
     }
 
@@ -245,6 +277,8 @@ struct ObjectSink {
     written: u64,
     /// The first error; every later call reports it again.
     failed: Option<BackendError>,
+    /// The destination, to look at before committing if absent.
+    target: Option<crate::location::Target>,
 }
 
 impl ObjectSink {
@@ -264,6 +298,7 @@ impl ObjectSink {
             tasks: JoinSet::new(),
             handle,
             written: 0,
+            target: None,
             failed: None,
         }
     }
@@ -352,6 +387,18 @@ impl ObjectSink {
             self.check(r)?;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Whether an object is at the destination now.
+    async fn destination_exists(&self) -> Result<bool, BackendError> {
+        let Some(t) = &self.target else {
+            return Ok(false);
+        };
+        match crate::source::head(t).await {
+            Ok(_) => Ok(true),
+            Err(BackendError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn commit(&mut self) -> Result<u64, BackendError> {
@@ -599,6 +646,54 @@ impl FileSink {
     async fn abort(mut self) -> Result<(), BackendError> {
         self.remove_tmp();
         Ok(())
+    }
+
+    /// See `Sink::commit_if_absent`: the finished file gets its name by a
+    /// link (an unnamed file) or a rename that refuses to replace.
+    async fn commit_if_absent(mut self) -> Result<Option<u64>, BackendError> {
+        let Some(tmp) = self.tmp.clone() else {
+            return self.commit().await.map(Some); // a device, written in place
+        };
+        self.file
+            .flush()
+            .await
+            .map_err(|e| self.diag.classify_io("writing", &e))?;
+        let placed = if self.unnamed {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                format!("/proc/self/fd/{fd}"),
+                rustix::fs::CWD,
+                &self.dest,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            )
+        } else {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::CWD,
+                &self.dest,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+        };
+        match placed {
+            Ok(()) => {
+                self.done = true;
+                tracing::debug!(url = self.diag.url, bytes = self.written, "committed");
+                Ok(Some(self.written))
+            }
+            Err(rustix::io::Errno::EXIST) => {
+                self.remove_tmp();
+                Ok(None)
+            }
+            Err(e) => {
+                self.remove_tmp();
+                Err(self.diag.classify_io(
+                    "putting the finished file into place",
+                    &std::io::Error::from(e),
+                ))
+            }
+        }
     }
 
     fn remove_tmp(&mut self) {

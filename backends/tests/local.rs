@@ -460,3 +460,26 @@ fn nix_mkfifo(path: &std::path::Path) {
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
 }
+
+/// commit_if_absent on a local file: whichever of two sinks commits first
+/// wins, atomically; the other writes nothing and leaves no file behind.
+#[tokio::test]
+async fn commit_if_absent_never_replaces_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("entry.img");
+    let url = path.to_str().unwrap().to_owned();
+    let env = env();
+    let (a, b) = (random_bytes(300_000, 41), random_bytes(200_000, 42));
+    let mut first = env.open_sink(&url, &SMALL_PARTS).await.unwrap();
+    let mut second = env.open_sink(&url, &SMALL_PARTS).await.unwrap();
+    write_uneven(&mut first, &a).await;
+    write_uneven(&mut second, &b).await;
+    assert_eq!(
+        second.commit_if_absent().await.unwrap(),
+        Some(b.len() as u64)
+    );
+    assert_eq!(first.commit_if_absent().await.unwrap(), None);
+    assert_same(&std::fs::read(&path).unwrap(), &b);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+}

@@ -235,3 +235,24 @@ async fn virtual_host_style_is_not_needed_for_a_custom_endpoint() {
     put(&env, &url, b"hello", &PARTS).await;
     assert_eq!(get(&env, &url, ReadOptions::default()).await, b"hello");
 }
+
+/// commit_if_absent: an object that appeared while the upload ran stays,
+/// the upload is dropped; with none there, the upload lands.
+#[tokio::test]
+async fn commit_if_absent_keeps_an_existing_object() {
+    let env = env();
+    let b = bucket().await;
+    let url = format!("s3://{b}/entry");
+    let first = random_bytes(7 * MIB, 31);
+    let mut sink = env.open_sink(&url, &PARTS).await.unwrap();
+    write_uneven(&mut sink, &first).await;
+    assert_eq!(
+        sink.commit_if_absent().await.unwrap(),
+        Some(first.len() as u64)
+    );
+    let mut sink = env.open_sink(&url, &PARTS).await.unwrap();
+    write_uneven(&mut sink, &random_bytes(6 * MIB, 32)).await;
+    assert_eq!(sink.commit_if_absent().await.unwrap(), None);
+    assert_same(&get(&env, &url, ReadOptions::default()).await, &first);
+    assert_eq!(open_uploads(&b).await, 0);
+}

@@ -7,7 +7,7 @@ use crate::escape::Gadgets;
 use crate::freeze::{Frozen, FrozenTree};
 use crate::inject::RemoteMem;
 use crate::kind::{DumpObjects, DumpProcess, DumpTree, Injector, Kind, ProcessDump};
-use crate::kinds::memory::{Memory, PagesFrom};
+use crate::kinds::memory::{Memory, PageStream, PagesFrom};
 use crate::proc;
 use crate::records::{Owner, Records};
 use crate::snapshot::Snapshot;
@@ -43,6 +43,8 @@ pub struct DumpOptions {
     /// Raised from another thread to stop the dump at the next safe point
     /// (with [`DumpError::Interrupted`]); the tree runs on unharmed.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Names and values recorded in the image (`Inventory.labels`).
+    pub labels: Vec<(String, String)>,
 }
 
 impl DumpOptions {
@@ -217,7 +219,7 @@ fn refuse_unrestorable_here(pid: i32) -> Result<(), DumpError> {
 /// each snapshot holds (pid, its page stream, the index of its snapshot).
 struct Live {
     memory: Memory,
-    live: Vec<(i32, u32, usize)>,
+    live: Vec<(i32, PageStream, usize)>,
 }
 
 /// Everything while frozen; each process's snapshot (a live dump) goes
@@ -395,15 +397,22 @@ fn write_metadata(
     objects: &mut DumpObjects,
     processes: &[ProcessDump],
     sink: &mut dyn ImageSink,
-) -> Result<Vec<u32>, DumpError> {
+) -> Result<Vec<PageStream>, DumpError> {
     let root = &processes[0];
     let xsave_size = root.threads[0]
         .get::<ThreadCore>()
         .map_or(0, |t| t.xstate.len() as u32);
+    // A tree in a PID namespace of its own is written with its PIDs there.
+    let ns = crate::pidns::TreeNamespace::of(&tree.entries)?;
+    let inner = |pid: i32| ns.as_ref().and_then(|ns| ns.pid(pid)).unwrap_or(pid) as u32;
     sink.record(
         0,
         Body::Inventory(Inventory {
-            format_version: crstream_proto::RECORDS_VERSION,
+            // Older readers must not read inner PIDs as crstream's.
+            format_version: match ns {
+                Some(_) => crstream_proto::RECORDS_VERSION,
+                None => crstream_proto::RECORDS_VERSION_WITHOUT_PID_NAMESPACE,
+            },
             crstream_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel_release: rustix::system::uname()
                 .release()
@@ -418,7 +427,9 @@ fn write_metadata(
             cpu_flags: crate::sys::cpu::flags(),
             xfeatures_mask: crate::sys::cpu::xcr0(),
             xsave_size,
-            root_pid: root.pid as u32,
+            root_pid: inner(root.pid),
+            pid_namespace: ns.is_some(),
+            labels: opts.labels.iter().cloned().collect(),
             leave_running: opts.leave_running,
             shell_job: opts.shell_job,
             net_lock: objects.tcp.lock_name().unwrap_or_default().to_string(),
@@ -427,28 +438,42 @@ fn write_metadata(
     sink.record(
         0,
         Body::ProcessTree(ProcessTree {
-            processes: tree.entries.clone(),
+            processes: match &ns {
+                Some(ns) => tree.entries.iter().map(|e| ns.entry(e)).collect(),
+                None => tree.entries.clone(),
+            },
         }),
     )?;
     objects.unlinked.write_records(sink)?;
     for seg in std::mem::take(&mut objects.sysv).into_records() {
         sink.record(0, Body::SysvShm(seg))?;
     }
-    let mut page_streams = Vec::new();
+    let mut page_streams: Vec<PageStream> = Vec::new();
+    let record = |sink: &mut dyn ImageSink, stream: u32, owner: i32, body: &Body| {
+        let mut body = body.clone();
+        if let Some(ns) = &ns {
+            ns.record(owner, &mut body)?;
+        }
+        sink.record(stream, body).map_err(DumpError::from)
+    };
     for p in processes {
-        let pid = p.pid as u32;
+        let pid = inner(p.pid);
         let stream = sink.declare(StreamKind::Process, pid, 0, &format!("process {pid}"))?;
-        page_streams.push(sink.declare(StreamKind::Pages, pid, 0, &format!("pages of {pid}"))?);
+        page_streams.push(PageStream {
+            id: sink.declare(StreamKind::Pages, pid, 0, &format!("pages of {pid}"))?,
+            pid,
+        });
         for body in p.records.bodies() {
-            sink.record(stream, body.clone())?;
+            record(sink, stream, p.pid, body)?;
         }
         for t in &p.threads {
             let Owner::Thread(tid) = t.owner() else {
                 unreachable!("thread records belong to threads")
             };
+            let tid = inner(tid as i32);
             let stream = sink.declare(StreamKind::Thread, pid, tid, &format!("thread {tid}"))?;
             for body in t.bodies() {
-                sink.record(stream, body.clone())?;
+                record(sink, stream, p.pid, body)?;
             }
         }
     }

@@ -288,13 +288,15 @@ impl FrozenTree {
     }
 
     /// SIGKILLs every process first (so none runs on without the others),
-    /// then collects the exits of the traced threads.
+    /// then collects the exits of the traced threads, children first: the
+    /// first process of a PID namespace finishes its exit only once every
+    /// other process there is reaped.
     pub(crate) fn kill(&mut self) {
         for f in &mut self.procs {
             f.released = true;
             let _ = crate::sys::process::kill(f.pid, libc::SIGKILL);
         }
-        for f in &self.procs {
+        for f in self.procs.iter().rev() {
             for t in f.threads.iter().rev() {
                 ptrace::reap(t.tid);
             }
@@ -383,17 +385,20 @@ fn refuse_unfreezable(pid: i32, stat: &proc::Stat, status: &proc::Status) -> Res
     let own = proc::status(std::process::id() as i32)
         .map(|s| s.nspid.len())
         .unwrap_or(1);
-    if status.nspid.len() > own {
+    // One namespace inside ours is dumped with its PIDs there (see
+    // pidns::TreeNamespace); deeper nesting is not.
+    if status.nspid.len() > own + 1 {
         return Err(refuse(
             "PID namespace",
             format!(
-                "it is in a PID namespace of its own (PID {} there); restoring it would need \
-                 that namespace, which is not supported yet",
+                "it is {} PID namespaces inside crstream's (PID {} in the innermost); one \
+                 level is supported",
+                status.nspid.len() - own,
                 status.nspid.last().copied().unwrap_or(0)
             ),
         ));
     }
-    if status.nspid.last() == Some(&1) {
+    if status.nspid.len() == own && status.nspid.last() == Some(&1) {
         return Err(refuse(
             "PID namespace",
             "it is the first process (PID 1) of its PID namespace, which no signal from \

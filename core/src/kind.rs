@@ -176,6 +176,8 @@ pub(crate) struct DumpTree<'a> {
 
 /// What restore rebuilt or recreated that several processes share.
 pub(crate) struct RestoreObjects<'a> {
+    /// How crstream names the processes and threads of the tree.
+    pub pids: &'a crate::pidns::PidMap,
     pub unlinked: &'a crate::unlinked::Recreator,
     pub sysv: &'a crate::sysv::Recreator,
     /// The restorer's terminal, for a shell job's terminal fds.
@@ -200,8 +202,19 @@ pub(crate) struct RestoreProcess<'a> {
 }
 
 impl RestoreProcess<'_> {
+    /// Its PID as crstream sees it (for /proc, ptrace, crstream's calls).
     pub(crate) fn pid(&self) -> i32 {
         self.stub.pid
+    }
+
+    /// Its PID as it sees itself: the saved one.
+    pub(crate) fn vpid(&self) -> i32 {
+        self.stub.vpid
+    }
+
+    /// Thread `i`'s TID (leader: 0) as crstream sees it, once created.
+    pub(crate) fn host_tid(&self, i: usize) -> i32 {
+        self.guard.tids[i]
     }
 
     pub(crate) fn entry(&self) -> &ProcessEntry {

@@ -25,6 +25,7 @@ mod kinds;
 pub mod lazy;
 mod netlock;
 mod paths;
+mod pidns;
 mod proc;
 mod records;
 mod restore;
@@ -40,6 +41,7 @@ pub use dump::{DumpOptions, DumpStats, Dumped};
 pub use error::{DumpError, ProcError, RestoreError, TaskError};
 pub use fd::tcp::{TcpMode, recover_from_dead_dump};
 pub use lazy::{FetchError, LazyError, LazyOptions, LazySession, LazyStats, PageFetcher};
+pub use pidns::start_in_new_pid_namespace;
 pub use restore::{RestoreOptions, Restored};
 
 use crstream_streamer::{ImageSink, ImageSource};
@@ -84,6 +86,12 @@ pub fn restore_lazy(
             opts: lazy_opts,
         },
     )
+}
+
+/// The ELF build-id of the file at `path`; None for a file that is not
+/// ELF or has none.
+pub fn elf_build_id(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
+    kinds::memory::identity::build_id(path)
 }
 
 /// What this machine supports.

@@ -166,7 +166,11 @@ pub struct Status {
     pub cap_amb: u64,
     pub no_new_privs: bool,
     pub seccomp: u32,
+    /// PID, process group and session in each PID namespace the process
+    /// is in, from crstream's (as the reader's /proc sees it) inward.
     pub nspid: Vec<i32>,
+    pub nspgid: Vec<i32>,
+    pub nssid: Vec<i32>,
     pub sig_blk: u64,
     /// Pending signals of the thread, and of the process.
     pub sig_pnd: u64,
@@ -218,11 +222,16 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status, ProcError> {
             "CapAmb" => s.cap_amb = hex(v)?,
             "NoNewPrivs" => s.no_new_privs = v == "1",
             "Seccomp" => s.seccomp = v.parse().unwrap_or(0),
-            "NSpid" => {
-                s.nspid = v
+            "NSpid" | "NSpgid" | "NSsid" => {
+                let ids = v
                     .split_whitespace()
                     .filter_map(|x| x.parse().ok())
-                    .collect()
+                    .collect();
+                match k {
+                    "NSpid" => s.nspid = ids,
+                    "NSpgid" => s.nspgid = ids,
+                    _ => s.nssid = ids,
+                }
             }
             "SigBlk" => s.sig_blk = hex(v)?,
             "SigPnd" => s.sig_pnd = hex(v)?,

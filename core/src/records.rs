@@ -208,6 +208,9 @@ pub(crate) struct ProcessImage<'a> {
     pub thread_records: Vec<&'a Records>,
     /// The image's records version (`Inventory.format_version`).
     pub version: u32,
+    /// Files the restorer hands in (`--inherit-fd`): (its fd, the key of
+    /// the file of the image it stands for).
+    pub inherit: &'a [(i32, String)],
 }
 
 impl ProcessImage<'_> {

@@ -8,8 +8,7 @@
 //! session. Otherwise it stays in the restorer's group, with a warning.
 
 use crate::error::RestoreError;
-use crate::stub::{self, Stub, StubGuard};
-use crate::sys::process::{getpgid, getsid};
+use crate::stub::{self, Spawner, Stub, StubGuard};
 use crstream_proto::ProcessEntry;
 
 /// A stand-in for a session or process-group leader that had exited by
@@ -43,20 +42,21 @@ impl Helpers {
     }
 
     /// A helper leading a new session `sid`, forked from `parent` (index
-    /// and stub), or created by crstream when `parent` is None.
+    /// and stub), or created by crstream (`spawner`) when `parent` is None.
     pub fn new_session(
         &mut self,
         parent: Option<(usize, &Stub)>,
         sid: i32,
         others: &[(u64, u64)],
+        spawner: &mut Spawner<'_>,
     ) -> Result<&Helper, RestoreError> {
         let (guard, stub) = match parent {
-            Some((_, p)) => stub::fork(p, sid, libc::SIGCHLD as u32, &[], 0, &[])?,
-            None => {
-                let g = stub::spawn(sid)?;
-                let s = stub::prepare(&g, &[], others)?;
+            Some((_, p)) => {
+                let (g, s) = stub::fork(p, sid, libc::SIGCHLD as u32, &[], 0, &[])?;
+                spawner.forked(&s);
                 (g, s)
             }
+            None => spawner.spawn(sid, &[], others)?,
         };
         stub.call("setsid", libc::SYS_setsid, &[])
             .map_err(|e| RestoreError::Session {
@@ -75,8 +75,14 @@ impl Helpers {
 
     /// A helper leading process group `pgid` again, forked from `member`
     /// (index and stub), a process of the tree in that group's session.
-    pub fn new_group(&mut self, member: (usize, &Stub), pgid: i32) -> Result<(), RestoreError> {
+    pub fn new_group(
+        &mut self,
+        member: (usize, &Stub),
+        pgid: i32,
+        spawner: &mut Spawner<'_>,
+    ) -> Result<(), RestoreError> {
         let (guard, stub) = stub::fork(member.1, pgid, libc::SIGCHLD as u32, &[], 0, &[])?;
+        spawner.forked(&stub);
         stub.call("setpgid", libc::SYS_setpgid, &[0, 0])
             .map_err(|e| RestoreError::Session {
                 pid: pgid,
@@ -115,14 +121,29 @@ impl Helpers {
 /// Whether restore needs a helper for the session of `e`, whose parent
 /// (or, for the root, the restorer) is in session `parent_sid`: it is in
 /// another session it does not lead, whose leader is neither in the tree
-/// nor alive (its PID is free).
-pub fn needs_session_helper(e: &ProcessEntry, parent_sid: u32, in_tree: bool) -> bool {
+/// nor alive (`taken` says whether a PID is, where the tree is created).
+pub fn needs_session_helper(
+    e: &ProcessEntry,
+    parent_sid: u32,
+    in_tree: bool,
+    taken: impl Fn(i32) -> bool,
+) -> bool {
     // Session 0 is led from outside our PID namespace: no helper can stand in.
-    e.sid != 0
-        && e.sid != e.pid
-        && e.sid != parent_sid
-        && !in_tree
-        && !crate::proc::pid_exists(e.sid as i32)
+    e.sid != 0 && e.sid != e.pid && e.sid != parent_sid && !in_tree && !taken(e.sid as i32)
+}
+
+/// Process group and session of the stub, as it sees them (in a new PID
+/// namespace, the restorer's read as 0).
+fn group_and_session(stub: &Stub) -> Result<(i32, i32), RestoreError> {
+    let pgid = stub.call("getpgid", libc::SYS_getpgid, &[0])?;
+    let sid = stub.call("getsid", libc::SYS_getsid, &[0])?;
+    Ok((pgid as i32, sid as i32))
+}
+
+/// Whether PID `pid` is taken where the stub lives (its PID namespace).
+fn exists_for(stub: &Stub, pid: i32) -> Result<bool, RestoreError> {
+    let (r, _) = stub.leader.raw(libc::SYS_kill, &[pid as u64, 0])?;
+    Ok(r != -(libc::ESRCH as i64))
 }
 
 /// What restore does about the session and group of the process.
@@ -163,17 +184,14 @@ pub fn plan(pid: i32, pgid: i32, sid: i32, ours: (i32, i32)) -> Plan {
     }
 }
 
-fn ours() -> (i32, i32) {
-    (getpgid(0), getsid(0))
-}
-
 /// Puts the stub in its saved session/group. Call it early, before anything
 /// that depends on the session (a controlling terminal, job control).
 /// `shell_job`: the job joins the restorer's session and process group.
 pub fn restore(stub: &Stub, entry: &ProcessEntry, shell_job: bool) -> Result<(), RestoreError> {
-    let pid = stub.pid;
+    let pid = stub.vpid;
     let (pgid, sid) = (entry.pgid as i32, entry.sid as i32);
-    let ours = ours();
+    // The stub is still in the restorer's group and session.
+    let ours = group_and_session(stub)?;
     let err = |reason: String| RestoreError::Session { pid, reason };
     if shell_job && sid != pid {
         // A shell job joins the restorer's process group: the shell's job
@@ -212,7 +230,7 @@ pub fn restore(stub: &Stub, entry: &ProcessEntry, shell_job: bool) -> Result<(),
         Plan::Stay => {}
         Plan::Join(g) => {
             if let Err(e) = stub.call("setpgid", libc::SYS_setpgid, &[0, g as u64]) {
-                if !crate::proc::pid_exists(g) {
+                if !exists_for(stub, g)? {
                     // `restore_groups` has a helper lead it again.
                     tracing::debug!(pid, "process group {g} is gone ({e})");
                     return Ok(());
@@ -251,6 +269,7 @@ pub fn restore_groups(
     stubs: &[Stub],
     entries: &[ProcessEntry],
     helpers: &mut Helpers,
+    spawner: &mut Spawner<'_>,
 ) -> Result<(), RestoreError> {
     let (Some(root), Some(root_stub)) = (entries.first(), stubs.first()) else {
         return Ok(());
@@ -258,14 +277,16 @@ pub fn restore_groups(
     let in_tree = |g: u32| entries.iter().any(|x| x.pid == g);
     // Group 0: one whose leader lives outside our PID namespace (so does
     // the restorer's, then): never gone, never joined by number.
-    let gone = |g: u32| g != 0 && !in_tree(g) && !crate::proc::pid_exists(g as i32);
-    let (root_group, root_sid) = (getpgid(root_stub.pid), getsid(root_stub.pid));
+    let gone = |g: u32| -> Result<bool, RestoreError> {
+        Ok(g != 0 && !in_tree(g) && !exists_for(root_stub, g as i32)?)
+    };
+    let (root_group, root_sid) = group_and_session(root_stub)?;
     if root.pgid != root.pid
         && root_group != root.pgid as i32
         && root_sid == root.sid as i32
-        && gone(root.pgid)
+        && gone(root.pgid)?
     {
-        helpers.new_group((0, root_stub), root.pgid as i32)?;
+        helpers.new_group((0, root_stub), root.pgid as i32, spawner)?;
         root_stub
             .call("setpgid", libc::SYS_setpgid, &[0, root.pgid as u64])
             .map_err(|err| RestoreError::Session {
@@ -273,7 +294,7 @@ pub fn restore_groups(
                 reason: format!("joining process group {}: {err}", root.pgid),
             })?;
     }
-    let root_group = getpgid(root_stub.pid);
+    let root_group = group_and_session(root_stub)?.0;
     for leaders in [true, false] {
         for (e, stub) in entries.iter().zip(stubs).skip(1) {
             let pid = e.pid as i32;
@@ -288,12 +309,12 @@ pub fn restore_groups(
                 root_group
             } else if in_tree(e.pgid) || helpers.get(e.pgid).is_some() {
                 e.pgid as i32
-            } else if gone(e.pgid) {
+            } else if gone(e.pgid)? {
                 let i = entries
                     .iter()
                     .position(|x| x.pid == e.pid)
                     .expect("in entries");
-                helpers.new_group((i, stub), e.pgid as i32)?;
+                helpers.new_group((i, stub), e.pgid as i32, spawner)?;
                 e.pgid as i32
             } else {
                 return Err(RestoreError::Session {
@@ -308,7 +329,7 @@ pub fn restore_groups(
             if target == 0 && !leaders {
                 // The group of the restorer, led from outside our PID
                 // namespace: setpgid cannot name it, the fork kept it.
-                if getpgid(pid) == 0 {
+                if group_and_session(stub)?.0 == 0 {
                     continue;
                 }
                 return Err(RestoreError::Session {
@@ -318,7 +339,7 @@ pub fn restore_groups(
                         .into(),
                 });
             }
-            if target != 0 && getpgid(pid) == target {
+            if target != 0 && group_and_session(stub)?.0 == target {
                 continue;
             }
             stub.call("setpgid", libc::SYS_setpgid, &[0, target as u64])
@@ -359,17 +380,9 @@ mod tests {
             sid,
             ..Default::default()
         };
-        assert!(!needs_session_helper(&e(0), 50, false));
-        assert_eq!(
-            needs_session_helper(&e(32767), 50, false),
-            !crate::proc::pid_exists(32767)
-        );
-    }
-
-    #[test]
-    fn our_own_session_and_group_are_read_without_panic() {
-        let (pgid, sid) = ours();
-        assert!(pgid >= 0 && sid >= 0);
-        assert_eq!(getsid(-5), -1);
+        assert!(!needs_session_helper(&e(0), 50, false, |_| false));
+        assert!(needs_session_helper(&e(32767), 50, false, |_| false));
+        assert!(!needs_session_helper(&e(32767), 50, false, |_| true));
+        assert!(!needs_session_helper(&e(32767), 50, true, |_| false));
     }
 }

@@ -59,7 +59,15 @@ impl Drop for StubGuard {
 
 /// The stub being rebuilt: its leader, its memory, its trampoline.
 pub struct Stub {
+    /// Its PID as crstream sees it: for ptrace, /proc and crstream's calls.
     pub pid: i32,
+    /// Its PID as it sees itself, the saved one: for the calls injected
+    /// into the tree (they differ in a new PID namespace, `--pidns`).
+    pub vpid: i32,
+    /// Where it holds a pidfd of crstream, to take the files crstream made
+    /// for it (`--pidns`: crstream has no PID inside); None: it uses
+    /// crstream's PID.
+    pub handoff: Option<i32>,
     pub leader: Remote,
     pub mem: RemoteMem,
     pub tramp: u64,
@@ -115,22 +123,25 @@ impl Stub {
     }
 }
 
-/// Creates the stub with PID `pid`, stopped under ptrace by this thread.
-pub fn spawn(pid: i32) -> Result<StubGuard, RestoreError> {
-    match crate::sys::process::fork_traced_stub(pid) {
-        Ok(_) => {}
+/// Creates the stub with PID `vpid` (as the new process sees it), stopped
+/// under ptrace by this thread. `flags`: more clone flags (a new PID or
+/// mount namespace). Its guard holds its PID as crstream sees it.
+pub fn spawn(vpid: i32, flags: u64) -> Result<StubGuard, RestoreError> {
+    let pid = match crate::sys::process::fork_traced_stub(vpid, flags) {
+        Ok(pid) => pid,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            return Err(RestoreError::PidInUse { pid });
+            return Err(RestoreError::PidInUse { pid: vpid });
         }
-        Err(err) => return Err(RestoreError::Clone { pid, err }),
-    }
+        Err(err) => return Err(RestoreError::Clone { pid: vpid, err }),
+    };
     let guard = StubGuard {
         pid,
         tids: vec![pid],
         armed: true,
     };
     let (status, stop) = ptrace::wait(pid)?;
-    if stop != Stop::Signal(libc::SIGSTOP) {
+    // PID 1 of a new namespace stops on a breakpoint (see fork_traced_stub).
+    if stop != Stop::Signal(libc::SIGSTOP) && stop != Stop::Signal(libc::SIGTRAP) {
         return Err(TaskError::UnexpectedStop {
             tid: pid,
             status,
@@ -140,6 +151,53 @@ pub fn spawn(pid: i32) -> Result<StubGuard, RestoreError> {
     }
     ptrace::set_options(pid, STUB_OPTIONS)?;
     Ok(guard)
+}
+
+/// How crstream creates a process itself (the root, or a helper standing
+/// in for the leader of the root's session), and what it knows of the
+/// PIDs taken where the tree is created: crstream's PID namespace, or a new
+/// one (`--pidns`).
+pub(crate) struct Spawner<'a> {
+    pub ns: Option<&'a mut crate::pidns::PidNamespace>,
+    /// Where the stubs keep crstream's pidfd, in a new namespace.
+    pub handoff_at: i32,
+    pub pids: &'a crate::pidns::PidMap,
+}
+
+impl Spawner<'_> {
+    /// A new stub with PID `vpid`, emptied (see [`prepare`]).
+    pub fn spawn(
+        &mut self,
+        vpid: i32,
+        image: &[VmArea],
+        others: &[(u64, u64)],
+    ) -> Result<(StubGuard, Stub), RestoreError> {
+        let flags = self.ns.as_ref().map_or(0, |ns| ns.spawn_flags());
+        let guard = spawn(vpid, flags)?;
+        let handoff = self.ns.as_ref().map(|ns| (ns.handoff(), self.handoff_at));
+        let stub = prepare(&guard, vpid, image, others, handoff)?;
+        if let Some(ns) = self.ns.as_mut() {
+            ns.spawned(&stub)?;
+        }
+        self.pids.note(vpid, guard.pid);
+        Ok((guard, stub))
+    }
+
+    /// A stub another stub forked.
+    pub fn forked(&self, stub: &Stub) {
+        if let Some(ns) = self.ns.as_ref() {
+            ns.forked(stub.vpid);
+        }
+        self.pids.note(stub.vpid, stub.pid);
+    }
+
+    /// Whether PID `vpid` is taken where the tree is created.
+    pub fn taken(&self, vpid: i32) -> bool {
+        match self.ns.as_ref() {
+            Some(ns) => ns.taken(vpid),
+            None => crate::proc::pid_exists(vpid),
+        }
+    }
 }
 
 /// Lowest page-aligned address with `len` free bytes in both range sets.
@@ -214,7 +272,7 @@ pub fn fork(
         ..Default::default()
     };
     let a = parent.put(SCRATCH_DATA, &args.to_bytes())?;
-    let (ret, _) = parent.leader.raw(libc::SYS_clone3, &[a, CloneArgs::SIZE])?;
+    let (ret, events) = parent.leader.raw(libc::SYS_clone3, &[a, CloneArgs::SIZE])?;
     if ret == -(libc::EEXIST as i64) {
         return Err(RestoreError::PidInUse { pid });
     }
@@ -224,6 +282,9 @@ pub fn fork(
             err: std::io::Error::from_raw_os_error((-ret).clamp(1, 4095) as i32),
         });
     }
+    // The parent sees `pid`; crstream, maybe outside its PID namespace,
+    // learns its own name for the child from the fork event.
+    let (vpid, pid) = (pid, host_pid_of_child(parent, events.child)?);
     let guard = StubGuard {
         pid,
         tids: vec![pid],
@@ -245,6 +306,8 @@ pub fn fork(
     leader.base.rsp = parent.leader.base.rsp;
     let stub = Stub {
         pid,
+        vpid,
+        handoff: parent.handoff,
         leader,
         mem: RemoteMem::open(pid, true)?,
         tramp: parent.tramp,
@@ -261,6 +324,16 @@ pub fn fork(
         place_specials(&stub, image, &[])?;
     }
     Ok((guard, stub))
+}
+
+/// The PID crstream knows a child by, from the fork or clone event of the
+/// stub that created it (the stubs are traced with PTRACE_O_TRACEFORK and
+/// PTRACE_O_TRACECLONE, so that event always comes).
+pub(crate) fn host_pid_of_child(parent: &Stub, child: Option<i32>) -> Result<i32, RestoreError> {
+    child.ok_or_else(|| RestoreError::Clone {
+        pid: parent.vpid,
+        err: std::io::Error::other("no fork event named the child it created"),
+    })
 }
 
 /// Ends a forked stub the way the saved zombie ended, so that it stays a
@@ -317,11 +390,14 @@ pub fn exit_as_zombie(stub: &Stub, status: i32, comm: &str) -> Result<(), Restor
 /// fds, maps the trampoline, unmaps everything else and moves its
 /// vDSO/vvar to the image's addresses. The trampoline also avoids
 /// `others` (the areas of the other processes of the tree, which are
-/// forked from this stub and keep its trampoline).
+/// forked from this stub and keep its trampoline). `handoff`: (crstream's
+/// fd of a pidfd of itself, the fd number at which the stub keeps it).
 pub fn prepare(
     guard: &StubGuard,
+    vpid: i32,
     image: &[VmArea],
     others: &[(u64, u64)],
+    handoff: Option<(i32, i32)>,
 ) -> Result<Stub, RestoreError> {
     let pid = guard.pid;
     let (vdso_base, vdso) = own_vdso()?;
@@ -380,15 +456,38 @@ pub fn prepare(
     leader.base.rsp = tramp + TRAMP_LEN - 64;
     let stub = Stub {
         pid,
+        vpid,
+        handoff: handoff.map(|(_, at)| at),
         leader,
         mem,
         tramp,
     };
-    stub.call(
-        "close_range",
-        libc::SYS_close_range,
-        &[0, u32::MAX as u64, 0],
-    )?;
+    let close_range = |from: i32, to: u32| {
+        stub.call(
+            "close_range",
+            libc::SYS_close_range,
+            &[from as u64, to as u64, 0],
+        )
+    };
+    match handoff {
+        None => close_range(0, u32::MAX)?,
+        Some((from, at)) => {
+            if from != at {
+                stub.call(
+                    "dup3(crstream's pidfd)",
+                    libc::SYS_dup3,
+                    &[from as u64, at as u64, libc::O_CLOEXEC as u64],
+                )
+                .map_err(|e| {
+                    RestoreError::Incompatible(format!(
+                        "keeping a pidfd of crstream at fd {at} of the new process: {e}"
+                    ))
+                })?;
+            }
+            close_range(0, at as u32 - 1)?;
+            close_range(at + 1, u32::MAX)?
+        }
+    };
 
     unmap_all_but(&stub, &stub_maps, &[])?;
 

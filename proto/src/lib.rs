@@ -14,6 +14,11 @@ pub const FORMAT_VERSION: u16 = 1;
 /// 1 = one `ProcessCore` per process (crstream 0.1.0); 2 = one record per
 /// kind of process state; 3 = credentials, seccomp and scheduling per
 /// thread, oom_score_adj and login uid; 4 = pages shared copy-on-write
-/// with the parent (`VmArea.inherited`). Readers read every version up to
+/// with the parent (`VmArea.inherited`); 5 = PIDs inside the tree's own PID
+/// namespace (`Inventory.pid_namespace`). Readers read every version up to
 /// theirs.
-pub const RECORDS_VERSION: u32 = 4;
+pub const RECORDS_VERSION: u32 = 5;
+
+/// The version written for a tree in crstream's PID namespace: nothing of
+/// version 5 is in it, and readers of version 4 can read it.
+pub const RECORDS_VERSION_WITHOUT_PID_NAMESPACE: u32 = 4;

@@ -39,6 +39,10 @@ pub struct InventorySummary {
     pub page_size: u32,
     pub root_pid: u32,
     pub created_unix_ms: u64,
+    /// Dumped from a PID namespace of its own: PIDs are those inside it.
+    pub pid_namespace: bool,
+    /// `dump --label` names and values, sorted by name.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -179,6 +183,8 @@ impl Inspector {
                                 page_size: inv.page_size,
                                 root_pid: inv.root_pid,
                                 created_unix_ms: inv.created_unix_ms,
+                                pid_namespace: inv.pid_namespace,
+                                labels: inv.labels.into_iter().collect(),
                             })
                         }
                         _ => {}

@@ -162,7 +162,7 @@ impl Kind for Locks {
             let kind = l.kind();
             // A description restored by another process of the tree has
             // its description-owned locks taken there.
-            if kind != FileLockKind::FileLockPosix && file.is_some_and(|f| not_ours(pid, f)) {
+            if kind != FileLockKind::FileLockPosix && file.is_some_and(|f| not_ours(p.vpid(), f)) {
                 continue;
             }
             take(p.stub, l).map_err(|e| RestoreError::File {
@@ -279,7 +279,7 @@ impl Kind for LeaseBreaks {
         for l in &locks.locks {
             let Some(to) = l.breaking_to else { continue };
             let file = table.and_then(|t| t.files.iter().find(|f| f.fd == l.fd));
-            if file.is_some_and(|f| not_ours(pid, f)) {
+            if file.is_some_and(|f| not_ours(p.vpid(), f)) {
                 continue;
             }
             // Opening for writing breaks any lease to F_UNLCK; for reading,

@@ -370,7 +370,16 @@ impl Kind for Files {
         let Some(table) = p.records.get::<FileTable>() else {
             return Ok(());
         };
-        for f in table.files.iter().filter(|f| f.dup_of_fd.is_none()) {
+        // A file handed in stands for the saved one, whatever became of it.
+        let handed_in = |f: &OpenFile| {
+            let key = inherit_key(f);
+            p.inherit.iter().any(|(_, k)| *k == key)
+        };
+        for f in table
+            .files
+            .iter()
+            .filter(|f| f.dup_of_fd.is_none() && !handed_in(f))
+        {
             if let Some(k) = self.kinds.iter().find(|k| k.restores(f)) {
                 k.check(p.pid, f)?;
             }
@@ -404,7 +413,8 @@ impl Files {
         table: &FileTable,
         objects: &RestoreObjects<'_>,
     ) -> Result<(), RestoreError> {
-        let pid = stub.pid;
+        // As the process sees itself: the image names processes so.
+        let pid = stub.vpid;
         let mut files: Vec<&OpenFile> = table.files.iter().collect();
         files.sort_by_key(|f| f.fd);
         for f in files.iter().filter(|f| f.dup_of_fd.is_none()) {
@@ -456,13 +466,19 @@ impl Files {
     }
 }
 
+/// How --inherit-fd names the file of `f`: "socket:[INODE]" or its path
+/// ("pipe:[INODE]" for a pipe).
+fn inherit_key(f: &OpenFile) -> String {
+    match f.socket.as_ref() {
+        Some(s) => format!("socket:[{}]", s.inode),
+        None => show(&f.path).into_owned(),
+    }
+}
+
 /// The fd the restorer handed in for `f` (--inherit-fd), duplicated: one
 /// named by its socket inode ("socket:[INODE]") or by its path.
 fn inherited(f: &OpenFile, inherit: &[(i32, String)]) -> io::Result<Option<OwnedFd>> {
-    let name = match f.socket.as_ref() {
-        Some(s) => format!("socket:[{}]", s.inode),
-        None => show(&f.path).into_owned(),
-    };
+    let name = inherit_key(f);
     let Some(&(fd, _)) = inherit.iter().find(|(_, key)| *key == name) else {
         return Ok(None);
     };
@@ -612,8 +628,15 @@ fn install(stub: &Stub, f: &OpenFile, from: Source) -> Result<(), RestoreError> 
         }
         Source::Shared { owner, fd } => take_fd(stub, owner, fd)
             .map_err(|e| ferr(format!("taking fd {fd} of pid {owner}: {e}")))?,
-        Source::Created(own) => take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64)
-            .map_err(|e| ferr(format!("taking it from crstream: {e}")))?,
+        Source::Created(own) => match stub.handoff {
+            Some(crstream) => stub.call(
+                "pidfd_getfd",
+                libc::SYS_pidfd_getfd,
+                &[crstream as u64, own.as_raw_fd() as u64, 0],
+            ),
+            None => take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64),
+        }
+        .map_err(|e| ferr(format!("taking it from crstream: {e}")))?,
     };
     place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))
 }

@@ -116,7 +116,7 @@ impl Kind for Owners {
             return Ok(());
         };
         let owners = p.image.need_since::<FileOwners>(SINCE)?;
-        for f in table.files.iter().filter(|f| restored_here(pid, f)) {
+        for f in table.files.iter().filter(|f| restored_here(p.vpid(), f)) {
             let ferr = |what: &str, e: &dyn std::fmt::Display| RestoreError::File {
                 pid,
                 fd: f.fd,

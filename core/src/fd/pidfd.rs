@@ -121,7 +121,7 @@ impl FdKind for PidFds {
         &mut self,
         pid: i32,
         f: &OpenFile,
-        _objects: &RestoreObjects<'_>,
+        objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
         let ferr =
             |what: String, e: std::io::Error| super::file_error(pid, f, format!("{what}: {e}"));
@@ -139,12 +139,13 @@ impl FdKind for PidFds {
             crate::sys::pidfd::of_dead_process(flags)
                 .map_err(|e| ferr("a pidfd of an exited process".into(), e))?
         } else {
-            let target = rustix::process::Pid::from_raw(pf.pid).ok_or_else(|| {
-                ferr(
-                    format!("pid {}", pf.pid),
-                    std::io::Error::from_raw_os_error(libc::EINVAL),
-                )
-            })?;
+            let target =
+                rustix::process::Pid::from_raw(objects.pids.host(pf.pid)).ok_or_else(|| {
+                    ferr(
+                        format!("pid {}", pf.pid),
+                        std::io::Error::from_raw_os_error(libc::EINVAL),
+                    )
+                })?;
             rustix::process::pidfd_open(target, flags)
                 .map_err(|e| ferr(format!("pidfd_open({})", pf.pid), e.into()))?
         };
@@ -183,7 +184,7 @@ impl Kind for ThreadPidfds {
         let Some(table) = p.image.records.get::<FileTable>() else {
             return Ok(());
         };
-        let (stub, pid) = (p.stub, p.pid());
+        let (stub, pid) = (p.stub, p.vpid());
         let mut files: Vec<&OpenFile> = table
             .files
             .iter()
@@ -202,7 +203,7 @@ impl Kind for ThreadPidfds {
                 if f.open_flags & libc::O_NONBLOCK as u32 != 0 {
                     flags |= PidfdFlags::NONBLOCK;
                 }
-                let tid = rustix::process::Pid::from_raw(pf.pid)
+                let tid = rustix::process::Pid::from_raw(p.objects.pids.host(pf.pid))
                     .ok_or_else(|| ferr(format!("bad image: thread {}", pf.pid)))?;
                 let own = rustix::process::pidfd_open(tid, flags)
                     .map_err(|e| ferr(format!("pidfd_open({}, PIDFD_THREAD): {e}", pf.pid)))?;

@@ -115,6 +115,7 @@ pub(super) fn open_on_terminal(
     let unlinked = crate::unlinked::Recreator::default();
     let sysv = crate::sysv::Recreator::default();
     let objects = RestoreObjects {
+        pids: &Default::default(),
         unlinked: &unlinked,
         sysv: &sysv,
         terminal,

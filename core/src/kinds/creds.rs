@@ -82,7 +82,7 @@ impl Kind for Creds {
             let thread = if i == 0 {
                 None
             } else {
-                Some(stub.thread(tid)?)
+                Some(stub.thread(p.host_tid(i))?)
             };
             let remote = thread.as_ref().unwrap_or(&stub.leader);
             set(stub, remote, c).map_err(|e| RestoreError::Thread {

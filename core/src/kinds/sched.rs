@@ -106,13 +106,12 @@ impl Kind for Sched {
             let Some(s) = p.image.thread_need_since::<Scheduling>(i, SINCE)? else {
                 continue;
             };
-            let tid = t.tid as i32;
             let err = |what: String, e: std::io::Error| RestoreError::Thread {
                 pid,
-                tid,
+                tid: t.tid as i32,
                 reason: format!("{what}: {e}"),
             };
-            set(tid, s).map_err(|(what, e)| err(what, e))?;
+            set(p.host_tid(i), s).map_err(|(what, e)| err(what, e))?;
         }
         Ok(())
     }

@@ -94,13 +94,14 @@ impl Kind for SeccompKind {
     }
 
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
-        let pid = p.pid();
+        let pid = p.stub.vpid;
+        // (thread index, its saved TID, its filters)
         let mut saved = Vec::new();
         for (i, t) in p.image.threads.iter().enumerate() {
             if let Some(s) = p.image.thread_need_since::<Seccomp>(i, SINCE)?
                 && s.mode != 0
             {
-                saved.push((t.tid as i32, s));
+                saved.push((i, t.tid as i32, s));
             }
         }
         if saved.is_empty() {
@@ -108,27 +109,27 @@ impl Kind for SeccompKind {
         }
         let stub = p.stub;
         let every_thread = saved.len() == p.image.threads.len();
-        for t in &p.image.threads {
+        for i in 0..p.image.threads.len() {
             ptrace::set_options(
-                t.tid as i32,
+                p.host_tid(i),
                 STUB_OPTIONS | ptrace::PTRACE_O_SUSPEND_SECCOMP,
             )?;
         }
         // Filters every thread has, oldest first, installed once for all.
         let common = if every_thread {
-            common_prefix(saved.iter().map(|(_, s)| *s))
+            common_prefix(saved.iter().map(|(_, _, s)| *s))
         } else {
             0
         };
         if common > 0 {
-            let (_, s) = saved[0];
+            let (_, _, s) = saved[0];
             for f in &s.filters[..common] {
                 install(stub, &stub.leader, f, SECCOMP_FILTER_FLAG_TSYNC)
                     .map_err(|e| err(pid, pid, e))?;
             }
         }
-        for (tid, s) in &saved {
-            let thread = (*tid != pid).then(|| stub.thread(*tid)).transpose()?;
+        for &(i, tid, s) in &saved {
+            let thread = (i != 0).then(|| stub.thread(p.host_tid(i))).transpose()?;
             let remote = thread.as_ref().unwrap_or(&stub.leader);
             if s.mode == SECCOMP_MODE_STRICT {
                 remote
@@ -137,11 +138,11 @@ impl Kind for SeccompKind {
                         libc::SYS_prctl,
                         &[libc::PR_SET_SECCOMP as u64, SECCOMP_MODE_STRICT as u64],
                     )
-                    .map_err(|e| err(pid, *tid, e))?;
+                    .map_err(|e| err(pid, tid, e))?;
                 continue;
             }
             for f in &s.filters[common..] {
-                install(stub, remote, f, 0).map_err(|e| err(pid, *tid, e))?;
+                install(stub, remote, f, 0).map_err(|e| err(pid, tid, e))?;
             }
         }
         Ok(())

@@ -178,17 +178,17 @@ fn queue(stub: &Stub, tid: Option<i32>, siginfo: &[u8]) -> Result<(), RestoreErr
         Some(t) => stub.call(
             "rt_tgsigqueueinfo",
             libc::SYS_rt_tgsigqueueinfo,
-            &[stub.pid as u64, t as u64, sig as u64, info],
+            &[stub.vpid as u64, t as u64, sig as u64, info],
         ),
         None => stub.call(
             "rt_sigqueueinfo",
             libc::SYS_rt_sigqueueinfo,
-            &[stub.pid as u64, sig as u64, info],
+            &[stub.vpid as u64, sig as u64, info],
         ),
     };
     r.map_err(|e: TaskError| RestoreError::Thread {
-        pid: stub.pid,
-        tid: tid.unwrap_or(stub.pid),
+        pid: stub.vpid,
+        tid: tid.unwrap_or(stub.vpid),
         reason: format!("queueing pending signal {sig}: {e}"),
     })?;
     Ok(())

@@ -45,7 +45,7 @@ impl Kind for Stopped {
             .records
             .get::<SignalState>()
             .is_some_and(|s| s.actions.iter().any(|a| a.signal as i32 == sig));
-        let tids: Vec<i32> = p.image.threads.iter().map(|t| t.tid as i32).collect();
+        let tids: Vec<i32> = (0..p.image.threads.len()).map(|i| p.host_tid(i)).collect();
         crate::group_stop::enter(pid, &tids, sig, handled, OtherSignals::Drop, false).map_err(|e| {
             RestoreError::Thread {
                 pid,

@@ -36,9 +36,9 @@ impl Kind for Threads {
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
         let stub = p.stub;
         for t in &p.image.threads[1..] {
-            let tid = t.tid as i32;
-            let r = create(stub, tid)?;
-            p.guard.tids.push(tid);
+            let r = create(stub, t.tid as i32)?;
+            p.guard.tids.push(r.tid);
+            p.objects.pids.note(t.tid as i32, r.tid);
             restore_state(stub, &r, t)?;
         }
         restore_state(stub, &stub.leader, p.image.threads[0])
@@ -110,9 +110,10 @@ fn thread_err(pid: i32, tid: i32, reason: String) -> RestoreError {
     RestoreError::Thread { pid, tid, reason }
 }
 
-/// Creates thread `tid` in the stub with an injected clone3 (set_tid). The
-/// new thread is auto-attached (PTRACE_O_TRACECLONE) and stops before
-/// running any user code.
+/// Creates thread `tid` (as the process sees it) in the stub with an
+/// injected clone3 (set_tid). The new thread is auto-attached
+/// (PTRACE_O_TRACECLONE) and stops before running any user code; the
+/// injector returned names it as crstream sees it.
 fn create(stub: &Stub, tid: i32) -> Result<Remote, RestoreError> {
     let set_tid = stub.put(SCRATCH_DATA + 256, &tid.to_le_bytes())?;
     let args = CloneArgs {
@@ -127,13 +128,17 @@ fn create(stub: &Stub, tid: i32) -> Result<Remote, RestoreError> {
         ..Default::default()
     };
     let a = stub.put(SCRATCH_DATA, &args.to_bytes())?;
-    let (ret, _) = stub.leader.raw(libc::SYS_clone3, &[a, CloneArgs::SIZE])?;
+    let (ret, events) = stub.leader.raw(libc::SYS_clone3, &[a, CloneArgs::SIZE])?;
     if ret == -(libc::EEXIST as i64) {
-        return Err(RestoreError::TidInUse { pid: stub.pid, tid });
+        return Err(RestoreError::TidInUse {
+            pid: stub.vpid,
+            tid,
+        });
     }
     if ret != tid as i64 {
-        return Err(thread_err(stub.pid, tid, format!("clone3 returned {ret}")));
+        return Err(thread_err(stub.vpid, tid, format!("clone3 returned {ret}")));
     }
+    let tid = crate::stub::host_pid_of_child(stub, events.child)?;
     let (status, stop) = ptrace::wait(tid)?;
     match stop {
         Stop::Signal(libc::SIGSTOP) | Stop::Event(ptrace::PTRACE_EVENT_STOP) => {}
@@ -151,7 +156,7 @@ fn create(stub: &Stub, tid: i32) -> Result<Remote, RestoreError> {
 
 /// Per-thread kernel state set from inside the thread.
 fn restore_state(stub: &Stub, remote: &Remote, t: &ThreadCore) -> Result<(), RestoreError> {
-    let (pid, tid) = (stub.pid, remote.tid);
+    let (pid, tid) = (stub.vpid, t.tid as i32);
     if let Some(rs) = &t.rseq {
         remote
             .call(
@@ -217,10 +222,10 @@ fn final_regs(pid: i32, t: &ThreadCore) -> Result<Regs, RestoreError> {
     Ok(regs)
 }
 
-/// Sets FPU/xstate, general registers and the signal mask of a stopped
-/// thread: the last thing restore does to it before it runs.
-pub(crate) fn set_registers(pid: i32, t: &ThreadCore) -> Result<(), RestoreError> {
-    let tid = t.tid as i32;
+/// Sets FPU/xstate, general registers and the signal mask of stopped
+/// thread `tid` (as crstream sees it): the last thing restore does to it
+/// before it runs.
+pub(crate) fn set_registers(pid: i32, tid: i32, t: &ThreadCore) -> Result<(), RestoreError> {
     let regs = final_regs(pid, t)?;
     if !t.xstate.is_empty() {
         ptrace::set_xstate(tid, &t.xstate)?;

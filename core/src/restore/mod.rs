@@ -34,6 +34,12 @@ pub struct RestoreOptions {
     /// Files handed in (`--inherit-fd fd[N]:KEY`): crstream's fd N stands
     /// for the file KEY of the image ("socket:[INODE]" or a path).
     pub inherit_fds: Vec<(i32, String)>,
+    /// Restore into a new PID namespace (`--pidns`): each process with its
+    /// saved PID inside, whatever PIDs are taken outside.
+    pub pidns: bool,
+    /// Labels the image must carry with these values (`--require-label`):
+    /// checked before anything is created.
+    pub required_labels: Vec<(String, String)>,
 }
 
 impl RestoreOptions {
@@ -56,6 +62,20 @@ impl RestoreOptions {
         self
     }
 
+    pub fn with_required_label(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.required_labels.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_pidns(mut self, on: bool) -> Self {
+        self.pidns = on;
+        self
+    }
+
     pub fn with_inherit_fd(mut self, fd: i32, key: impl Into<String>) -> Self {
         self.inherit_fds.push((fd, key.into()));
         self
@@ -63,7 +83,7 @@ impl RestoreOptions {
 }
 
 /// A restored tree: running, detached; its root is a child of the calling
-/// thread.
+/// thread. PIDs are as crstream sees them, unless said otherwise.
 #[derive(Debug, Clone)]
 pub struct Restored {
     /// The root process.
@@ -72,6 +92,13 @@ pub struct Restored {
     pub tids: Vec<i32>,
     /// Every process of the tree (zombies included), root first.
     pub processes: Vec<i32>,
+    /// The same processes' saved PIDs, as they see themselves (different
+    /// in a new PID namespace).
+    pub saved_pids: Vec<i32>,
+    /// `--pidns`, when the root is not PID 1 of the namespace: crstream's
+    /// init of it, a child of the calling thread too, which exits when the
+    /// root does.
+    pub ns_init: Option<i32>,
 }
 
 pub(crate) fn restore(
@@ -176,6 +203,8 @@ fn plan_process<'a>(
     entry: &'a crstream_proto::ProcessEntry,
     kinds: &[&dyn Kind],
     empty: &'a crate::records::Records,
+    pids_here: bool,
+    inherit: &'a [(i32, String)],
 ) -> Result<ProcessImage<'a>, RestoreError> {
     let pid = entry.pid as i32;
     let records = img.process(entry.pid).unwrap_or(empty);
@@ -194,10 +223,10 @@ fn plan_process<'a>(
             "the thread list of pid {pid} does not start with its leader"
         )));
     }
-    if crate::proc::pid_exists(pid) {
+    if pids_here && crate::proc::pid_exists(pid) {
         return Err(RestoreError::PidInUse { pid });
     }
-    for t in &threads[1..] {
+    for t in threads[1..].iter().filter(|_| pids_here) {
         if crate::proc::pid_exists(t.tid as i32) {
             return Err(RestoreError::TidInUse {
                 pid,
@@ -212,6 +241,7 @@ fn plan_process<'a>(
         threads,
         thread_records,
         version: img.inventory.format_version,
+        inherit,
     };
     for k in kinds {
         k.check(&p)?;
@@ -233,10 +263,21 @@ fn restore_inner(
             inv.arch, inv.page_size
         )));
     }
+    for (name, want) in &opts.required_labels {
+        let have = inv.labels.get(name);
+        if have != Some(want) {
+            return Err(RestoreError::Incompatible(format!(
+                "the image's label {name} is {}, not {want:?}",
+                have.map_or("missing".to_string(), |v| format!("{v:?}"))
+            )));
+        }
+    }
     if !opts.skip_validation {
         validate::check_cpu(inv, &validate::Cpu::here())?;
     }
     let terminal = shell_job_terminal(&img, opts)?;
+    // A tree dumped from its own PID namespace gets one again.
+    let in_pidns = opts.pidns || inv.pid_namespace;
     let plan = tree::Plan::new(&img.tree.processes)?;
     let entries = plan.entries;
     let root = &entries[0];
@@ -255,9 +296,16 @@ fn restore_inner(
             .collect();
         for e in entries {
             processes.push(match e.state() {
-                ProcessState::Alive => Some(plan_process(&img, e, &all, &empty)?),
+                ProcessState::Alive => Some(plan_process(
+                    &img,
+                    e,
+                    &all,
+                    &empty,
+                    !in_pidns,
+                    &opts.inherit_fds,
+                )?),
                 _ => {
-                    if crate::proc::pid_exists(e.pid as i32) {
+                    if !in_pidns && crate::proc::pid_exists(e.pid as i32) {
                         return Err(RestoreError::PidInUse { pid: e.pid as i32 });
                     }
                     None
@@ -293,7 +341,20 @@ fn restore_inner(
     for seg in &img.sysv {
         sysv.add(*seg)?;
     }
+    // In a new PID namespace: the root's saved PID, checked first.
+    let mut pidns = match in_pidns {
+        true => Some(crate::pidns::PidNamespace::new(root.pid as i32)?),
+        false => None,
+    };
+    let pids = crate::pidns::PidMap::default();
+    let handoff_at = crate::pidns::handoff_fd(
+        processes
+            .iter()
+            .flatten()
+            .filter_map(|p| p.records.get::<FileTable>()),
+    );
     let objects = RestoreObjects {
+        pids: &pids,
         unlinked: &img.unlinked,
         sysv: &sysv,
         terminal: terminal.as_deref(),
@@ -315,10 +376,16 @@ fn restore_inner(
         })
         .collect::<Result<Vec<u64>, RestoreError>>()?;
     let mut filler = pages::PageFiller::new(source, announced);
+    let mut spawner = crate::stub::Spawner {
+        ns: pidns.as_mut(),
+        handoff_at,
+        pids: &pids,
+    };
     let (mut guards, stubs) = tree::build(
         &plan,
         &areas,
         opts.shell_job,
+        &mut spawner,
         &mut |i, stubs, guard, kept| {
             let Some(image) = processes[i].as_ref() else {
                 return Ok(()); // a zombie has no memory
@@ -340,6 +407,9 @@ fn restore_inner(
             Ok(())
         },
     )?;
+    if let Some(ns) = pidns.as_mut() {
+        ns.leave();
+    }
     let run_phase = |kind: &mut dyn Kind, guards: &mut [StubGuard]| {
         tracing::debug!(kind = kind.name(), "restoring");
         for &i in &live {
@@ -429,13 +499,20 @@ fn restore_inner(
         }
         None => 0,
     };
+    // The pidfd of crstream the stubs kept goes before anything runs
+    // (a shared fd table is closed once: EBADF after).
+    for &i in &live {
+        if let Some(fd) = stubs[i].handoff {
+            stubs[i].leader.raw(libc::SYS_close, &[fd as u64])?;
+        }
+    }
     // Registers last. The leader's last injected call drops the
     // trampoline: at its exit stop it gets its own registers and never
     // executes trampoline code again.
     for &i in &live {
         let (p, stub) = (processes[i].as_ref().expect("live"), &stubs[i]);
-        for t in &p.threads[1..] {
-            crate::kinds::threads::set_registers(stub.pid, t)?;
+        for (k, t) in p.threads.iter().enumerate().skip(1) {
+            crate::kinds::threads::set_registers(stub.vpid, guards[i].tids[k], t)?;
         }
         let (r, _) = stub
             .leader
@@ -447,11 +524,11 @@ fn restore_inner(
                 err: std::io::Error::from_raw_os_error(-r as i32),
             });
         }
-        crate::kinds::threads::set_registers(stub.pid, p.threads[0])?;
+        crate::kinds::threads::set_registers(stub.vpid, stub.pid, p.threads[0])?;
     }
     let session = match (lazy_input, prepared) {
         (Some(input), Some(prepared)) => Some(lazy::LazySession::new(
-            root.pid as i32,
+            stubs[0].pid,
             prepared,
             areas[0],
             input.pages,
@@ -464,11 +541,12 @@ fn restore_inner(
     // Children first, so that no parent runs before its children exist
     // as it left them.
     for &i in live.iter().rev() {
-        for t in processes[i].as_ref().expect("live").threads.iter().rev() {
-            crate::sys::ptrace::detach(t.tid as i32, 0)?;
+        for &tid in guards[i].tids.iter().rev() {
+            crate::sys::ptrace::detach(tid, 0)?;
         }
         guards[i].armed = false;
     }
+    let ns_init = pidns.and_then(|ns| ns.started(root.pid as i32));
     // Until here a failure removed the segments this restore created; now
     // the tree runs and keeps them, and those removed at dump time are
     // removed again (they go with the last detach).
@@ -484,17 +562,12 @@ fn restore_inner(
             "the restored TCP connections stay locked: {e}"
         );
     }
-    let tids: Vec<i32> = processes[0]
-        .as_ref()
-        .expect("root is alive")
-        .threads
-        .iter()
-        .map(|t| t.tid as i32)
-        .collect();
-    let pids: Vec<i32> = entries.iter().map(|e| e.pid as i32).collect();
+    let tids = guards[0].tids.clone();
+    let saved_pids: Vec<i32> = entries.iter().map(|e| e.pid as i32).collect();
     tracing::info!(
-        pid = root.pid,
-        processes = pids.len(),
+        pid = stubs[0].pid,
+        saved_pid = root.pid,
+        processes = saved_pids.len(),
         pages = pages.iter().sum::<u64>(),
         elapsed_ms = t0.elapsed().as_millis() as u64,
         lazy = lazy_input.is_some(),
@@ -502,9 +575,11 @@ fn restore_inner(
     );
     Ok((
         Restored {
-            pid: root.pid as i32,
+            pid: stubs[0].pid,
             tids,
-            processes: pids,
+            processes: stubs.iter().map(|s| s.pid).collect(),
+            saved_pids,
+            ns_init,
         },
         session,
     ))

@@ -8,7 +8,7 @@
 
 use crate::error::RestoreError;
 use crate::session::{self, Helpers};
-use crate::stub::{self, Stub, StubGuard};
+use crate::stub::{self, Spawner, Stub, StubGuard};
 use crstream_proto::{ProcessEntry, ProcessState, VmArea};
 use std::collections::HashMap;
 
@@ -86,11 +86,12 @@ pub(crate) type Created<'a> =
 /// Creates every process of the tree as a stub, stopped under ptrace, and
 /// hands each to `created` once it exists. `areas[i]`: the memory areas of
 /// process `i` (empty for a zombie). `shell_job`: the root joins crstream's
-/// session and process group.
+/// session and process group. `spawner`: where (which PID namespace).
 pub(crate) fn build(
     plan: &Plan<'_>,
     areas: &[&[VmArea]],
     shell_job: bool,
+    spawner: &mut Spawner<'_>,
     created: &mut Created<'_>,
 ) -> Result<(Vec<StubGuard>, Vec<Stub>), RestoreError> {
     let entries = plan.entries;
@@ -102,11 +103,19 @@ pub(crate) fn build(
     let mut guards: Vec<StubGuard> = Vec::new();
     let mut stubs: Vec<Stub> = Vec::new();
     let mut helpers = Helpers::default();
-    let our_sid = crate::sys::process::getsid(0) as u32;
+    // Seen from a new PID namespace, crstream's session is led from outside.
+    let our_sid = match spawner.ns {
+        Some(_) => 0,
+        None => crate::sys::process::getsid(0) as u32,
+    };
     // A shell job joins the restorer's session, whatever it was in.
-    if !shell_job && session::needs_session_helper(root, our_sid, plan.in_tree(root.sid)) {
+    if !shell_job
+        && session::needs_session_helper(root, our_sid, plan.in_tree(root.sid), |p| {
+            spawner.taken(p)
+        })
+    {
         // Created inside a helper's session, as crstream's child.
-        let h = helpers.new_session(None, root.sid as i32, &all_areas)?;
+        let h = helpers.new_session(None, root.sid as i32, &all_areas, spawner)?;
         let (g, s) = stub::fork(
             &h.stub,
             root.pid as i32,
@@ -115,6 +124,7 @@ pub(crate) fn build(
             libc::CLONE_PARENT as u64,
             &[],
         )?;
+        spawner.forked(&s);
         guards.push(g);
         if root.pgid == root.pid {
             s.call("setpgid", libc::SYS_setpgid, &[0, 0])
@@ -125,8 +135,8 @@ pub(crate) fn build(
         }
         stubs.push(s);
     } else {
-        let guard = stub::spawn(root.pid as i32)?;
-        stubs.push(stub::prepare(&guard, areas[0], &all_areas)?);
+        let (guard, s) = spawner.spawn(root.pid as i32, areas[0], &all_areas)?;
+        stubs.push(s);
         guards.push(guard);
         // First: everything after may depend on the session (e.g. a tty).
         session::restore(&stubs[0], root, shell_job)?;
@@ -149,7 +159,9 @@ pub(crate) fn build(
             share |= libc::CLONE_FS as u64;
         }
         let mut kept = Vec::new();
-        let (g, s) = if session::needs_session_helper(e, parent_sid, plan.in_tree(e.sid)) {
+        let helper_needed =
+            session::needs_session_helper(e, parent_sid, plan.in_tree(e.sid), |p| spawner.taken(p));
+        let (g, s) = if helper_needed {
             let h = match helpers.get(e.sid) {
                 Some(h) if h.parent() == Some(parent) => h,
                 Some(_) => {
@@ -162,7 +174,12 @@ pub(crate) fn build(
                         ),
                     });
                 }
-                None => helpers.new_session(Some((parent, &stubs[parent])), e.sid as i32, &[])?,
+                None => helpers.new_session(
+                    Some((parent, &stubs[parent])),
+                    e.sid as i32,
+                    &[],
+                    spawner,
+                )?,
             };
             if exit_signal != libc::SIGCHLD as u32 {
                 tracing::warn!(pid, exit_signal, "restored with SIGCHLD as its exit signal");
@@ -180,6 +197,7 @@ pub(crate) fn build(
             kept = crate::kinds::memory::kept_on_fork(areas[i], areas[parent]);
             stub::fork(&stubs[parent], pid, exit_signal, areas[i], share, &kept)?
         };
+        spawner.forked(&s);
         guards.push(g);
         if e.sid == e.pid {
             s.call("setsid", libc::SYS_setsid, &[])
@@ -201,7 +219,7 @@ pub(crate) fn build(
         stubs.push(s);
         created(i, &stubs, &mut guards[i], &kept)?;
     }
-    session::restore_groups(&stubs, entries, &mut helpers)?;
+    session::restore_groups(&stubs, entries, &mut helpers, spawner)?;
     helpers.end(&stubs)?;
     // Zombies exit now, with their saved status; their parents keep no
     // trace of it but the zombie.

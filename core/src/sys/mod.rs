@@ -33,7 +33,7 @@ pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// A `libc::syscall` return value: negative means "see errno".
-fn cvt_long(r: libc::c_long) -> io::Result<libc::c_long> {
+pub(crate) fn cvt_long(r: libc::c_long) -> io::Result<libc::c_long> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

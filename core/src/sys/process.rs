@@ -44,12 +44,16 @@ impl CloneArgs {
     pub(crate) const SIZE: u64 = std::mem::size_of::<CloneArgs>() as u64;
 }
 
-/// Forks a child with PID `pid` (clone3 with set_tid) that asks to be
-/// traced by the calling thread and stops itself with SIGSTOP; it then
-/// waits forever, to be rebuilt by the tracer. Returns its PID.
-pub(crate) fn fork_traced_stub(pid: i32) -> io::Result<i32> {
+/// Forks a child with PID `pid` (clone3 with set_tid: at the innermost
+/// level, in the PID namespace the calling thread creates children in, or
+/// in a new one with CLONE_NEWPID in `flags`) that asks to be traced by the
+/// calling thread and stops itself; it then waits forever, to be rebuilt
+/// by the tracer. `flags`: more clone flags (CLONE_NEWPID, CLONE_NEWNS).
+/// Returns its PID as the caller sees it.
+pub(crate) fn fork_traced_stub(pid: i32, flags: u64) -> io::Result<i32> {
     let set_tid = [pid];
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: set_tid.as_ptr() as u64,
         set_tid_size: 1,
@@ -73,13 +77,19 @@ pub(crate) fn fork_traced_stub(pid: i32) -> io::Result<i32> {
 /// The body of the stub right after clone3: raw syscalls only, no
 /// allocation (it is a copy of a multi-threaded process).
 fn stub_child() -> ! {
-    // SAFETY: raw syscalls with integer arguments.
+    // SAFETY: raw syscalls with integer arguments; int3 only traps.
     unsafe {
         if libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
             libc::syscall(libc::SYS_exit_group, 127);
         }
         let me = libc::syscall(libc::SYS_getpid);
-        libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+        if me == 1 {
+            // PID 1 of a namespace ignores the signals it sends itself;
+            // a breakpoint's SIGTRAP is forced on it.
+            std::arch::asm!("int3");
+        } else {
+            libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+        }
         loop {
             libc::syscall(libc::SYS_pause);
         }
@@ -130,18 +140,10 @@ pub(crate) fn own_tid_address() -> io::Result<u64> {
     Ok(addr)
 }
 
-/// Process group of `pid` (0: the caller), or -1 if it is gone. 0 when the
-/// group is led from outside the caller's PID namespace (as under a CI
+/// Session of `pid` (0: the caller), or -1 if it is gone. 0 when the
+/// session is led from outside the caller's PID namespace (as under a CI
 /// runner started by the namespace's init), which rustix's `Pid` cannot
 /// hold.
-pub(crate) fn getpgid(pid: i32) -> i32 {
-    // SAFETY: getpgid takes a plain integer and touches no memory.
-    let r = unsafe { libc::getpgid(pid) };
-    r.max(-1)
-}
-
-/// Session of `pid` (0: the caller), or -1 if it is gone; 0 as for
-/// [`getpgid`].
 pub(crate) fn getsid(pid: i32) -> i32 {
     // SAFETY: getsid takes a plain integer and touches no memory.
     let r = unsafe { libc::getsid(pid) };

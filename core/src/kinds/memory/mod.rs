@@ -16,7 +16,7 @@
 //! (`inherit`).
 
 mod fill;
-mod identity;
+pub(crate) mod identity;
 mod inherit;
 
 pub(crate) use fill::{PageWriter, take_userfaultfd};
@@ -124,13 +124,14 @@ impl Kind for Memory {
 
 impl Memory {
     /// Reads the saved pages of every area of `pid` while it is frozen and
-    /// hands them to the sink. Returns the pages written.
+    /// hands them to the sink, for `stream` (the page stream of `pid`, as
+    /// the image names it). Returns the pages written.
     pub(crate) fn write_pages(
         &self,
         pid: i32,
         which: PagesFrom,
         sink: &mut dyn ImageSink,
-        stream: u32,
+        stream: PageStream,
         opts: &crate::DumpOptions,
     ) -> Result<u64, DumpError> {
         let areas = &self.areas[&pid];
@@ -552,6 +553,14 @@ fn in_snapshot(a: &DumpArea) -> bool {
         && a.area.madvise & (ADVICE_DONTFORK | ADVICE_WIPEONFORK) == 0
 }
 
+/// The page stream of a process: its id, and the PID it is declared with
+/// (the process as the image names it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageStream {
+    pub id: u32,
+    pub pid: u32,
+}
+
 /// Reads the saved pages of the areas `pick` selects, from process
 /// `read_from` (the frozen process `pid`, or its snapshot), and hands them
 /// to the sink. Returns the pages written.
@@ -565,14 +574,15 @@ fn write_pages(
     areas: &[DumpArea],
     pick: impl Fn(&DumpArea) -> bool,
     sink: &mut dyn ImageSink,
-    stream: u32,
+    page_stream: PageStream,
     opts: &crate::DumpOptions,
 ) -> Result<u64, DumpError> {
+    let stream = page_stream.id;
     /// Runs at least this long are read in place.
     const DIRECT: usize = 64 << 10;
     let fail_at_memory = crate::failpoint::armed("memory");
     let mut reader = PageReader {
-        pid,
+        pid: page_stream.pid,
         mem: RemoteMem::open(read_from, false)?,
         // process_vm_readv pins the pages it reads, and pinning a page a
         // snapshot shares copy-on-write makes the kernel copy it first (GUP
@@ -595,7 +605,7 @@ fn write_pages(
             let mut done = 0usize;
             while done < len {
                 let addr = start + done as u64;
-                let room = sink.page_room(stream, pid as u32, area, addr, len - done)?;
+                let room = sink.page_room(stream, page_stream.pid, area, addr, len - done)?;
                 reader.read(a, addr, room)?;
                 done += room.len();
                 opts.check_interrupt()?;
@@ -611,11 +621,12 @@ fn write_pages(
     Ok(pages)
 }
 
-/// Reads the pages of process `pid` from `mem` (it, or its snapshot) for
-/// the sink: short runs are gathered, so that sparse memory takes one
+/// Reads the pages of a process from `mem` (it, or its snapshot) for the
+/// sink: short runs are gathered, so that sparse memory takes one
 /// process_vm_readv per many runs instead of one per run.
 struct PageReader {
-    pid: i32,
+    /// The process, as the image names it.
+    pid: u32,
     mem: RemoteMem,
     /// process_vm_readv may be used (else /proc/PID/mem only).
     vm: bool,
@@ -666,13 +677,7 @@ impl PageReader {
             if off + len > got {
                 self.mem.read(addr, &mut self.buf[off..off + len])?;
             }
-            sink.pages(
-                stream,
-                self.pid as u32,
-                area,
-                addr,
-                &self.buf[off..off + len],
-            )?;
+            sink.pages(stream, self.pid, area, addr, &self.buf[off..off + len])?;
             off += len;
         }
         self.gathered.clear();

@@ -1,0 +1,492 @@
+//! `crstream run --cache`: a service started cold is checkpointed once
+//! ready; the next run restores it warm (the same process state: here a
+//! random nonce the service drew at start-up) and falls back to a cold
+//! start with a warning whenever the cache entry cannot be used.
+//!
+//! Run with: cargo build && cargo test --test engine_run
+
+mod support;
+
+use std::process::Output;
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// An HTTP service that imports many modules, draws a nonce at start-up
+/// and answers "NONCE PID" (its PID as it sees it).
+const PY_SERVICE: &str = r#"
+import sys, os, random, http.server, socketserver
+import email, xml.dom.minidom, decimal, fractions, statistics, asyncio, sqlite3, csv
+import argparse, logging, unittest, difflib, json, tarfile, zipfile, urllib.request
+port = int(sys.argv[1])
+nonce = random.getrandbits(62)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("%d %d" % (nonce, os.getpid())).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+socketserver.TCPServer.allow_reuse_address = True
+with socketserver.TCPServer(("127.0.0.1", port), H) as s:
+    print("ready on", port, flush=True)
+    s.serve_forever()
+"#;
+
+/// The same in Java (com.sun.net.httpserver).
+const JAVA_SERVICE: &str = r#"
+import com.sun.net.httpserver.HttpServer;
+import java.net.InetSocketAddress;
+public class Svc {
+    public static void main(String[] args) throws Exception {
+        int port = Integer.parseInt(args[0]);
+        long nonce = new java.util.Random().nextLong() & Long.MAX_VALUE;
+        long pid = ProcessHandle.current().pid();
+        HttpServer s = HttpServer.create(new InetSocketAddress("127.0.0.1", port), 16);
+        s.createContext("/", ex -> {
+            byte[] body = (nonce + " " + pid).getBytes();
+            ex.sendResponseHeaders(200, body.length);
+            ex.getResponseBody().write(body);
+            ex.close();
+        });
+        s.start();
+        System.out.println("ready on " + port);
+    }
+}
+"#;
+
+/// `crstream run ARGS`; its JSON summary when it succeeded.
+fn run_cache(args: &[&str]) -> (Output, Option<serde_json::Value>) {
+    let mut all = vec!["run", "--json"];
+    all.extend_from_slice(args);
+    let o = run(&all, &[]);
+    let v = o
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).expect("json summary"));
+    (o, v)
+}
+
+fn pid_of(v: &serde_json::Value) -> i32 {
+    v["pid"].as_i64().unwrap() as i32
+}
+
+/// The service's answer: (nonce, its PID as it sees it).
+fn ask(port: u16) -> (u64, i32) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let body = r.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let mut f = body.split_whitespace();
+    (
+        f.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+        f.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+    )
+}
+
+/// Ends a service by PID (its namespace's init ends with it).
+fn stop(pid: i32) {
+    // SAFETY: signalling a service this test had crstream start.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_gone(pid, T), "pid {pid} still exists");
+}
+
+struct Stop(Vec<i32>);
+impl Drop for Stop {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            // SAFETY: as in `stop`.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+}
+
+fn py_available() -> bool {
+    available("python3", &["--version"])
+}
+
+/// A miss then a hit of one service: the miss starts it cold and stores a
+/// checkpoint, the hit brings back that very process (same nonce, PID 2 of
+/// its namespace) with its output in this run's files.
+fn miss_then_hit(dir: &TestDir, cmd: &[&str], port: u16) {
+    let cache = format!("{}/{{key}}.img", dir.0.display());
+    let ready = format!("tcp:127.0.0.1:{port}");
+    let mut args = vec!["--cache", &cache, "--ready-when", &ready, "--"];
+    args.extend_from_slice(cmd);
+    let (o, v) = run_cache(&args);
+    let miss = v.unwrap_or_else(|| panic!("cold run failed: {}", text(&o)));
+    let mut guard = Stop(vec![pid_of(&miss)]);
+    assert_eq!(miss["cache"], "miss", "{miss}");
+    assert_eq!(miss["warning"], serde_json::Value::Null, "{miss}");
+    assert!(miss["uploaded_bytes"].as_u64().unwrap() > 0, "{miss}");
+    let img = dir.0.join(format!("{}.img", miss["key"].as_str().unwrap()));
+    assert!(img.exists(), "no cache entry at {}", img.display());
+    let (nonce, inner) = ask(port);
+    assert_eq!(inner, 2, "PID 2 of its namespace (after crstream's init)");
+    assert_running_untraced(pid_of(&miss));
+    stop(pid_of(&miss));
+
+    let (o, v) = run_cache(&args);
+    let hit = v.unwrap_or_else(|| panic!("warm run failed: {}", text(&o)));
+    guard.0.push(pid_of(&hit));
+    assert_eq!(hit["cache"], "hit", "{hit} {}", text(&o));
+    assert_eq!(hit["key"], miss["key"]);
+    assert_eq!(
+        ask(port),
+        (nonce, 2),
+        "the restored service is the one checkpointed"
+    );
+    let out = hit["stdout"].as_str().unwrap();
+    assert_ne!(out, miss["stdout"].as_str().unwrap());
+    // It writes on into this run's file: the answer above logged nothing,
+    // so the proof is that the file exists and the old one is not written.
+    assert!(std::path::Path::new(out).exists());
+    stop(pid_of(&hit));
+}
+
+#[test]
+fn a_python_service_is_started_cold_then_restored_warm() {
+    if !py_available() {
+        return;
+    }
+    let dir = TestDir::new("run-py");
+    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    let port = free_port();
+    let script = dir.path("svc.py");
+    miss_then_hit(
+        &dir,
+        &["python3", script.to_str().unwrap(), &port.to_string()],
+        port,
+    );
+}
+
+#[test]
+fn a_java_service_is_started_cold_then_restored_warm() {
+    if !available("java", &["-version"]) || !available("javac", &["-version"]) {
+        return;
+    }
+    let dir = TestDir::new("run-java");
+    std::fs::write(dir.path("Svc.java"), JAVA_SERVICE).unwrap();
+    let st = std::process::Command::new("javac")
+        .arg(dir.path("Svc.java"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "javac failed");
+    let port = free_port();
+    let cp = dir.0.display().to_string();
+    miss_then_hit(
+        &dir,
+        &[
+            "java",
+            "-XX:-UsePerfData",
+            "-cp",
+            &cp,
+            "Svc",
+            &port.to_string(),
+        ],
+        port,
+    );
+}
+
+/// Two runs racing on one key (each its own port): both succeed, exactly
+/// one checkpoint is stored, and it is whole (the next run hits it).
+#[test]
+fn racing_misses_on_one_key_store_one_whole_entry() {
+    if !py_available() {
+        return;
+    }
+    let dir = TestDir::new("run-race");
+    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    let cache = format!("{}/entry.img", dir.0.display());
+    let script = dir.path("svc.py").display().to_string();
+    let ports = [free_port(), free_port()];
+    let racers: Vec<_> = ports
+        .iter()
+        .map(|&port| {
+            let (cache, script) = (cache.clone(), script.clone());
+            std::thread::spawn(move || {
+                let ready = format!("tcp:127.0.0.1:{port}");
+                let port = port.to_string();
+                run_cache(&[
+                    "--cache",
+                    &cache,
+                    "--key",
+                    "raced",
+                    "--ready-when",
+                    &ready,
+                    "--",
+                    "python3",
+                    &script,
+                    &port,
+                ])
+            })
+        })
+        .collect();
+    let results: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut guard = Stop(Vec::new());
+    let mut uploaded = 0;
+    for (o, v) in &results {
+        let v = v
+            .as_ref()
+            .unwrap_or_else(|| panic!("a racer failed: {}", text(o)));
+        guard.0.push(pid_of(v));
+        assert_eq!(v["cache"], "miss", "{v}");
+        if v["uploaded_bytes"].as_u64().unwrap() > 0 {
+            uploaded += 1;
+        }
+    }
+    assert_eq!(uploaded, 1, "exactly one racer stores its checkpoint");
+    let nonces: Vec<u64> = ports.iter().map(|&p| ask(p).0).collect();
+    for (_, v) in &results {
+        stop(pid_of(v.as_ref().unwrap()));
+    }
+    // The stored one is whole: a third run restores it (whichever it was).
+    let o = run(&["inspect", &cache], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let port = ports[0];
+    let (o, v) = run_cache(&[
+        "--cache",
+        &cache,
+        "--key",
+        "raced",
+        "--ready-when",
+        "exec:true",
+        "--",
+        "python3",
+        &script,
+        &port.to_string(),
+    ]);
+    let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
+    guard.0.push(pid_of(&v));
+    assert_eq!(v["cache"], "hit", "{v}");
+    std::thread::sleep(Duration::from_millis(200));
+    // (The probe is closed before asking: the service answers one
+    // connection at a time.)
+    let answers: Vec<u64> = ports
+        .iter()
+        .filter(|&&p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok())
+        .map(|&p| ask(p).0)
+        .collect();
+    assert_eq!(
+        answers.len(),
+        1,
+        "the restored copy listens on one racer's port"
+    );
+    assert!(nonces.contains(&answers[0]));
+    stop(pid_of(&v));
+}
+
+/// A damaged entry: a warning, a cold start, and the entry is replaced
+/// (the next run hits). An entry stored under another key (a URL without
+/// {key}): never used, a cold start.
+#[test]
+fn a_damaged_or_stale_entry_means_a_cold_start_with_a_warning() {
+    if !py_available() {
+        return;
+    }
+    let dir = TestDir::new("run-bad");
+    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    let cache = dir.path("entry.img").display().to_string();
+    let script = dir.path("svc.py").display().to_string();
+    let port = free_port();
+    let ready = format!("tcp:127.0.0.1:{port}");
+    let port_s = port.to_string();
+    let with_key = |key: &str| {
+        run_cache(&[
+            "--cache",
+            &cache,
+            "--key",
+            key,
+            "--ready-when",
+            &ready,
+            "--",
+            "python3",
+            &script,
+            &port_s,
+        ])
+    };
+    let (o, v) = with_key("one");
+    let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
+    stop(pid_of(&v));
+
+    // Damaged: the middle of the image overwritten.
+    let mut bytes = std::fs::read(&cache).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 4096].fill(0x5a);
+    std::fs::write(&cache, &bytes).unwrap();
+    let (o, v) = with_key("one");
+    let v = v.unwrap_or_else(|| panic!("a damaged entry failed the run: {}", text(&o)));
+    assert_eq!(v["cache"], "miss", "{v}");
+    assert!(v["warning"].is_string(), "{v}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("warning: cache entry"),
+        "{}",
+        text(&o)
+    );
+    assert!(v["uploaded_bytes"].as_u64().unwrap() > 0, "replaced: {v}");
+    stop(pid_of(&v));
+    let (o, v) = with_key("one");
+    let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
+    assert_eq!(v["cache"], "hit", "the replaced entry is whole: {v}");
+    stop(pid_of(&v));
+
+    // Stale: the entry holds key "one"; this run's key is "two".
+    let (o, v) = with_key("two");
+    let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
+    assert_eq!(v["cache"], "miss", "{v}");
+    assert!(
+        v["warning"].as_str().unwrap().contains("crstream.run.key"),
+        "{v}"
+    );
+    stop(pid_of(&v));
+}
+
+/// The default key covers the executable: a service whose script changed
+/// has another key (`--print-key`) and starts cold, even from a URL without
+/// {key} that holds the old one's checkpoint.
+#[test]
+fn a_changed_executable_changes_the_key_and_starts_cold() {
+    if !py_available() {
+        return;
+    }
+    let dir = TestDir::new("run-exe");
+    let exe = dir.path("svc");
+    let write_exe = |extra: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            &exe,
+            format!("#!/usr/bin/env python3\n{PY_SERVICE}\n{extra}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write_exe("");
+    let cache = dir.path("entry.img").display().to_string();
+    let port = free_port();
+    let (exe_s, port_s) = (exe.display().to_string(), port.to_string());
+    let ready = format!("tcp:127.0.0.1:{port}");
+    let args = [
+        "--cache",
+        &cache,
+        "--ready-when",
+        &ready,
+        "--",
+        &exe_s,
+        &port_s,
+    ];
+    let key = |args: &[&str]| {
+        let mut a = vec!["run", "--print-key"];
+        a.extend_from_slice(args);
+        let o = run(&a, &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let k1 = key(&args);
+    assert_eq!(k1, key(&args), "the key is stable");
+    let (o, v) = run_cache(&args);
+    let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
+    assert_eq!(
+        (v["cache"].as_str(), v["key"].as_str()),
+        (Some("miss"), Some(k1.as_str()))
+    );
+    stop(pid_of(&v));
+
+    write_exe("# changed");
+    let k2 = key(&args);
+    assert_ne!(k1, k2);
+    let (o, v) = run_cache(&args);
+    let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
+    assert_eq!(v["cache"], "miss", "{v}");
+    assert!(v["warning"].as_str().unwrap().contains(&k1), "{v}");
+    stop(pid_of(&v));
+}
+
+/// A cold start that is not ready in time fails the run, leaves no
+/// process and stores nothing; `log:` readiness and `--wait` pass the
+/// service's exit status on, cold and restored.
+#[test]
+fn readiness_timeout_log_condition_and_wait() {
+    if !py_available() {
+        return;
+    }
+    let dir = TestDir::new("run-ready");
+    let cache = format!("{}/{{key}}.img", dir.0.display());
+    let port = free_port().to_string();
+    let mark = dir.path("mark");
+    let o = {
+        let mut c = support::crstream();
+        c.args([
+            "run",
+            "--cache",
+            &cache,
+            "--ready-when",
+            &format!("tcp:{port}"),
+            "--timeout",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > \"$MARK\"; exec sleep 60",
+        ])
+        .env("MARK", &mark)
+        .stdin(std::process::Stdio::null());
+        c.output().unwrap()
+    };
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not ready after 1.0 s"),
+        "{}",
+        text(&o)
+    );
+    let inner: i32 = std::fs::read_to_string(&mark)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(inner, 2, "started as PID 2 of its namespace");
+    let stored = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "img"));
+    assert!(
+        !stored,
+        "nothing is stored for a service that never got ready"
+    );
+
+    // log: readiness, --wait with the service's status, cold then warm.
+    let script =
+        "import time; print('ready now', flush=True); time.sleep(1.5); raise SystemExit(7)";
+    for want in ["miss", "hit"] {
+        let o = run(
+            &[
+                "run",
+                "--cache",
+                &cache,
+                "--ready-when",
+                "log:^ready",
+                "--wait",
+                "--",
+                "python3",
+                "-c",
+                script,
+            ],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&format!("cache {want}")), "{}", text(&o));
+        if want == "miss" {
+            assert!(
+                String::from_utf8_lossy(&o.stdout).contains("ready now"),
+                "the output is passed through: {}",
+                text(&o)
+            );
+        }
+    }
+}
