@@ -262,8 +262,11 @@ pub struct RunArgs {
     /// Stay in the foreground until the service exits, and exit with its status
     #[arg(long)]
     pub wait: bool,
-    /// Restore lazily (the service runs before all its memory is in; single-process
-    /// services only)
+    /// Restore a hit lazily where it can (a single process; a tree is restored eagerly):
+    /// the service runs at once and its memory follows, served by a background crstream
+    /// until complete. Faster to ready; but a damaged image is found only when its bad
+    /// part arrives, which then kills the service, where an eager restore checks every
+    /// byte first and falls back to a cold start
     #[arg(long)]
     pub lazy: bool,
     /// Print what happened as JSON on stdout (hit or miss, times, sizes)

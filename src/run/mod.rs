@@ -112,10 +112,24 @@ fn hit(args: &RunArgs, key: &str, url: &str, report: &mut Report) -> Result<Opti
             saved.display()
         ));
     }
-    if args.lazy {
-        cmd.arg("--lazy");
+    let mut out = child_command(
+        {
+            let mut lazy = clone_command(&cmd);
+            if args.lazy {
+                lazy.arg("--lazy");
+            }
+            lazy
+        },
+        &files,
+    )?;
+    // Lazy where possible: a tree (refused before anything is created) is
+    // restored eagerly.
+    if args.lazy
+        && !out.status.success()
+        && String::from_utf8_lossy(&out.stderr).contains("--lazy restores a single process")
+    {
+        out = child_command(cmd, &files)?;
     }
-    let out = child_command(cmd, &files)?;
     drop(files);
     if !out.status.success() {
         bail!("{}", last_line(&out.stderr, "restore failed"));
@@ -250,6 +264,13 @@ fn child_command(mut cmd: Command, keep: &[std::fs::File]) -> Result<std::proces
     cmd.stdin(Stdio::null())
         .output()
         .context("running crstream")
+}
+
+/// A copy of `cmd` (program and arguments) to run again.
+fn clone_command(cmd: &Command) -> Command {
+    let mut c = Command::new(cmd.get_program());
+    c.args(cmd.get_args());
+    c
 }
 
 /// The last line of a command's stderr, without our "crstream: error: ".

@@ -180,7 +180,8 @@ pub(crate) fn prepare(
         input.opts.working_set.iter().copied().collect();
     let mut pages = 0u64;
     let mut frames: Vec<(u64, u64)> = Vec::new();
-    for p in input.pages.iter().filter(|p| p.pid as i32 == pid) {
+    // The image names the process by its saved PID.
+    for p in input.pages.iter().filter(|p| p.pid as i32 == stub.vpid) {
         let a = areas
             .get(p.area as usize)
             .ok_or_else(|| RestoreError::Pages {
@@ -274,10 +275,10 @@ fn fill_frames(
             ),
         })?;
         for batch in batches {
-            if batch.pid as i32 != pid {
+            if batch.pid as i32 != stub.vpid {
                 return Err(RestoreError::Image(format!(
-                    "pages of pid {} in the image of {pid}",
-                    batch.pid
+                    "pages of pid {} in the image of {}",
+                    batch.pid, stub.vpid
                 )));
             }
             writer.fill(pid, &stub.mem, areas, &batch)?;
@@ -318,7 +319,7 @@ fn fill_touched(
         return Ok(());
     }
     let mut frames = Vec::new();
-    for p in input.pages.iter().filter(|p| p.pid as i32 == pid) {
+    for p in input.pages.iter().filter(|p| p.pid as i32 == stub.vpid) {
         if filled.contains(&p.frame_offset) {
             continue;
         }
@@ -423,8 +424,12 @@ impl Drop for LazySession {
 }
 
 impl LazySession {
+    /// `pid`: the process as crstream sees it; `image_pid`: as the image
+    /// names it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         pid: i32,
+        image_pid: i32,
         prepared: Prepared,
         areas: &[VmArea],
         pages: &[PageRange],
@@ -442,7 +447,7 @@ impl LazySession {
             };
             // Frames written before the process ran are in already: a
             // fault in one (a page it released since) gets a zero page.
-            if p.pid as i32 != pid || !is_lazy_area(a) || filled.contains(&p.frame_offset) {
+            if p.pid as i32 != image_pid || !is_lazy_area(a) || filled.contains(&p.frame_offset) {
                 continue;
             }
             let i = *frame_idx.entry(p.frame_offset).or_insert_with(|| {

@@ -529,6 +529,7 @@ fn restore_inner(
     let session = match (lazy_input, prepared) {
         (Some(input), Some(prepared)) => Some(lazy::LazySession::new(
             stubs[0].pid,
+            stubs[0].vpid,
             prepared,
             areas[0],
             input.pages,
