@@ -68,9 +68,13 @@ public class Svc {
 
 /// `crstream run ARGS`; its JSON summary when it succeeded.
 fn run_cache(args: &[&str]) -> (Output, Option<serde_json::Value>) {
+    run_cache_env(args, &[])
+}
+
+fn run_cache_env(args: &[&str], env: &[(&str, &str)]) -> (Output, Option<serde_json::Value>) {
     let mut all = vec!["run", "--json"];
     all.extend_from_slice(args);
-    let o = run(&all, &[]);
+    let o = run(&all, env);
     let v = o
         .status
         .success()
@@ -232,6 +236,50 @@ fn a_java_service_is_started_cold_then_restored_warm() {
         ],
         port,
     );
+}
+
+/// The cache in an object store (the local S3 server): a miss uploads the
+/// checkpoint, the next run hits it.
+#[test]
+fn a_service_cached_in_s3_comes_back_from_there() {
+    if !py_available() {
+        return;
+    }
+    let _one = one_at_a_time();
+    let dir = TestDir::new("run-s3");
+    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    let bucket = s3_bucket("run");
+    let env = s3_env();
+    let env = env_refs(&env);
+    let cache = format!("s3://{bucket}/warm/{{key}}.img");
+    let port = free_port();
+    let ready = format!("tcp:127.0.0.1:{port}");
+    let (script, port_s) = (dir.path("svc.py").display().to_string(), port.to_string());
+    let args = [
+        "--cache",
+        &cache,
+        "--ready-when",
+        &ready,
+        "--",
+        "python3",
+        &script,
+        &port_s,
+    ];
+    let (o, v) = run_cache_env(&args, &env);
+    let miss = v.unwrap_or_else(|| panic!("{}", text(&o)));
+    let mut guard = Stop(vec![pid_of(&miss)]);
+    assert_eq!(miss["cache"], "miss", "{miss}");
+    assert!(miss["uploaded_bytes"].as_u64().unwrap() > 0, "{miss}");
+    let key = format!("warm/{}.img", miss["key"].as_str().unwrap());
+    assert!(s3_object_exists(&bucket, &key));
+    let (nonce, inner) = ask(port);
+    stop(pid_of(&miss));
+    let (o, v) = run_cache_env(&args, &env);
+    let hit = v.unwrap_or_else(|| panic!("{}", text(&o)));
+    guard.0.push(pid_of(&hit));
+    assert_eq!(hit["cache"], "hit", "{hit}");
+    assert_eq!(ask(port), (nonce, inner));
+    stop(pid_of(&hit));
 }
 
 /// A service with a child (a tree: lazy restore takes single processes)
