@@ -15,7 +15,7 @@
 mod common;
 
 use common::s3::S3;
-use common::{gone, median, run, wait_for, wait_idle};
+use common::{free_port, gone, median, run, wait_for, wait_idle, which};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,14 +61,6 @@ public class Server {
     }
 }
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Whether the service on `port` answers a request with 200.
 fn answers(port: u16) -> bool {
@@ -259,9 +251,4 @@ fn image_bytes(s3: Option<&S3>, name: &str, dir: &Path) -> u64 {
         None => dir.join(format!("{name}.img")),
     };
     std::fs::metadata(&path).map_or(0, |m| m.len())
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }

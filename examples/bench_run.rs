@@ -19,7 +19,7 @@
 mod common;
 
 use common::s3::S3;
-use common::{gone, median, wait_for};
+use common::{free_port, gone, median, wait_for, which};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,22 +72,6 @@ for (let i = 0; i < 6000000; i++) data.push({ i, s: "v" + i });
 http.createServer((req, res) => res.end(JSON.stringify({ n: data.length })))
     .listen(Number(process.argv[2]), "127.0.0.1");
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn which(p: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {p}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// `crstream run --json ...`: (its summary, its wall time).
 fn run_once(args: &[String], env: &[(String, String)]) -> (serde_json::Value, Duration) {

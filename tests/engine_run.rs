@@ -119,29 +119,53 @@ impl Drop for Stop {
     }
 }
 
-fn py_available() -> bool {
-    available("python3", &["--version"])
+/// A test of the Python service: None (the test skips) without python3;
+/// else its turn (one service at a time) and a directory holding svc.py.
+fn python_test(name: &str) -> Option<(std::sync::MutexGuard<'static, ()>, TestDir)> {
+    if !available("python3", &["--version"]) {
+        return None;
+    }
+    let turn = one_at_a_time();
+    let dir = TestDir::new(name);
+    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    Some((turn, dir))
+}
+
+/// A miss then a hit of one service, cached in a directory of `dir`.
+fn miss_then_hit(dir: &TestDir, cmd: &[&str], port: u16) {
+    let cache = format!("{}/{{key}}.img", dir.0.display());
+    miss_then_hit_in(&cache, &[], cmd, port, |key| {
+        dir.0.join(format!("{key}.img")).exists()
+    });
 }
 
 /// A miss then a hit of one service: the miss starts it cold and stores a
-/// checkpoint, the hit brings back that very process (same nonce, PID 2 of
-/// its namespace) with its output in this run's files.
-fn miss_then_hit(dir: &TestDir, cmd: &[&str], port: u16) {
-    let cache = format!("{}/{{key}}.img", dir.0.display());
+/// checkpoint (`stored(key)` says it is there), the hit brings back that
+/// very process (same nonce, same PID in its namespace) with its output in
+/// this run's files.
+fn miss_then_hit_in(
+    cache: &str,
+    env: &[(&str, &str)],
+    cmd: &[&str],
+    port: u16,
+    stored: impl Fn(&str) -> bool,
+) {
     let ready = format!("tcp:127.0.0.1:{port}");
-    let mut args = vec!["--cache", &cache, "--ready-when", &ready];
+    let mut args = vec!["--cache", cache, "--ready-when", &ready];
     if !cmd.contains(&"--") {
         args.push("--");
     }
     args.extend_from_slice(cmd);
-    let (o, v) = run_cache(&args);
+    let (o, v) = run_cache_env(&args, env);
     let miss = v.unwrap_or_else(|| panic!("cold run failed: {}", text(&o)));
     let mut guard = Stop(vec![pid_of(&miss)]);
     assert_eq!(miss["cache"], "miss", "{miss}");
     assert_eq!(miss["warning"], serde_json::Value::Null, "{miss}");
     assert!(miss["uploaded_bytes"].as_u64().unwrap() > 0, "{miss}");
-    let img = dir.0.join(format!("{}.img", miss["key"].as_str().unwrap()));
-    assert!(img.exists(), "no cache entry at {}", img.display());
+    assert!(
+        stored(miss["key"].as_str().unwrap()),
+        "no cache entry: {miss}"
+    );
     let (nonce, inner) = ask(port);
     assert!(
         inner >= 2,
@@ -150,7 +174,7 @@ fn miss_then_hit(dir: &TestDir, cmd: &[&str], port: u16) {
     assert_running_untraced(pid_of(&miss));
     stop(pid_of(&miss));
 
-    let (o, v) = run_cache(&args);
+    let (o, v) = run_cache_env(&args, env);
     let hit = v.unwrap_or_else(|| panic!("warm run failed: {}", text(&o)));
     guard.0.push(pid_of(&hit));
     assert_eq!(hit["cache"], "hit", "{hit} {}", text(&o));
@@ -170,12 +194,9 @@ fn miss_then_hit(dir: &TestDir, cmd: &[&str], port: u16) {
 
 #[test]
 fn a_python_service_is_started_cold_then_restored_warm() {
-    if !py_available() {
+    let Some((_turn, dir)) = python_test("run-py") else {
         return;
-    }
-    let _one = one_at_a_time();
-    let dir = TestDir::new("run-py");
-    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    };
     let port = free_port();
     let script = dir.path("svc.py");
     miss_then_hit(
@@ -188,12 +209,9 @@ fn a_python_service_is_started_cold_then_restored_warm() {
 /// The same, restored lazily (`--lazy`).
 #[test]
 fn a_python_service_is_restored_lazily() {
-    if !py_available() {
+    let Some((_turn, dir)) = python_test("run-lazy") else {
         return;
-    }
-    let _one = one_at_a_time();
-    let dir = TestDir::new("run-lazy");
-    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    };
     let port = free_port();
     let script = dir.path("svc.py");
     miss_then_hit(
@@ -242,56 +260,30 @@ fn a_java_service_is_started_cold_then_restored_warm() {
 /// checkpoint, the next run hits it.
 #[test]
 fn a_service_cached_in_s3_comes_back_from_there() {
-    if !py_available() {
+    let Some((_turn, dir)) = python_test("run-s3") else {
         return;
-    }
-    let _one = one_at_a_time();
-    let dir = TestDir::new("run-s3");
-    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    };
     let bucket = s3_bucket("run");
     let env = s3_env();
-    let env = env_refs(&env);
     let cache = format!("s3://{bucket}/warm/{{key}}.img");
     let port = free_port();
-    let ready = format!("tcp:127.0.0.1:{port}");
-    let (script, port_s) = (dir.path("svc.py").display().to_string(), port.to_string());
-    let args = [
-        "--cache",
+    let script = dir.path("svc.py").display().to_string();
+    miss_then_hit_in(
         &cache,
-        "--ready-when",
-        &ready,
-        "--",
-        "python3",
-        &script,
-        &port_s,
-    ];
-    let (o, v) = run_cache_env(&args, &env);
-    let miss = v.unwrap_or_else(|| panic!("{}", text(&o)));
-    let mut guard = Stop(vec![pid_of(&miss)]);
-    assert_eq!(miss["cache"], "miss", "{miss}");
-    assert!(miss["uploaded_bytes"].as_u64().unwrap() > 0, "{miss}");
-    let key = format!("warm/{}.img", miss["key"].as_str().unwrap());
-    assert!(s3_object_exists(&bucket, &key));
-    let (nonce, inner) = ask(port);
-    stop(pid_of(&miss));
-    let (o, v) = run_cache_env(&args, &env);
-    let hit = v.unwrap_or_else(|| panic!("{}", text(&o)));
-    guard.0.push(pid_of(&hit));
-    assert_eq!(hit["cache"], "hit", "{hit}");
-    assert_eq!(ask(port), (nonce, inner));
-    stop(pid_of(&hit));
+        &env_refs(&env),
+        &["python3", &script, &port.to_string()],
+        port,
+        |key| s3_object_exists(&bucket, &format!("warm/{key}.img")),
+    );
 }
 
 /// A service with a child (a tree: lazy restore takes single processes)
 /// is restored eagerly, child and all.
 #[test]
 fn a_service_with_a_child_comes_back_eagerly() {
-    if !py_available() {
+    let Some((_turn, dir)) = python_test("run-tree") else {
         return;
-    }
-    let _one = one_at_a_time();
-    let dir = TestDir::new("run-tree");
-    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    };
     let port = free_port();
     let line = format!("python3 {} {port} & wait", dir.path("svc.py").display());
     miss_then_hit(&dir, &["sh", "-c", &line], port);
@@ -301,12 +293,9 @@ fn a_service_with_a_child_comes_back_eagerly() {
 /// one checkpoint is stored, and it is whole (the next run hits it).
 #[test]
 fn racing_misses_on_one_key_store_one_whole_entry() {
-    if !py_available() {
+    let Some((_turn, dir)) = python_test("run-race") else {
         return;
-    }
-    let _one = one_at_a_time();
-    let dir = TestDir::new("run-race");
-    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    };
     let cache = format!("{}/entry.img", dir.0.display());
     let script = dir.path("svc.py").display().to_string();
     let ports = [free_port(), free_port()];
@@ -391,12 +380,9 @@ fn racing_misses_on_one_key_store_one_whole_entry() {
 /// {key}): never used, a cold start.
 #[test]
 fn a_damaged_or_stale_entry_means_a_cold_start_with_a_warning() {
-    if !py_available() {
+    let Some((_turn, dir)) = python_test("run-bad") else {
         return;
-    }
-    let _one = one_at_a_time();
-    let dir = TestDir::new("run-bad");
-    std::fs::write(dir.path("svc.py"), PY_SERVICE).unwrap();
+    };
     let cache = dir.path("entry.img").display().to_string();
     let script = dir.path("svc.py").display().to_string();
     let port = free_port();
@@ -457,11 +443,9 @@ fn a_damaged_or_stale_entry_means_a_cold_start_with_a_warning() {
 /// {key} that holds the old one's checkpoint.
 #[test]
 fn a_changed_executable_changes_the_key_and_starts_cold() {
-    if !py_available() {
+    let Some((_turn, dir)) = python_test("run-exe") else {
         return;
-    }
-    let _one = one_at_a_time();
-    let dir = TestDir::new("run-exe");
+    };
     let exe = dir.path("svc");
     let write_exe = |extra: &str| {
         use std::os::unix::fs::PermissionsExt;
@@ -518,11 +502,9 @@ fn a_changed_executable_changes_the_key_and_starts_cold() {
 /// service's exit status on, cold and restored.
 #[test]
 fn readiness_timeout_log_condition_and_wait() {
-    if !py_available() {
+    let Some((_turn, dir)) = python_test("run-ready") else {
         return;
-    }
-    let _one = one_at_a_time();
-    let dir = TestDir::new("run-ready");
+    };
     let cache = format!("{}/{{key}}.img", dir.0.display());
     let port = free_port().to_string();
     let mark = dir.path("mark");

@@ -217,3 +217,18 @@ pub fn memory_bandwidth(mib: usize) -> (f64, f64) {
     });
     (len as f64 / copy / 1e9, len as f64 / fresh / 1e9)
 }
+
+/// A TCP port free on the loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `program` is on PATH.
+pub fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
