@@ -1,8 +1,8 @@
 //! Benchmark of `crstream run --cache`: the time until a service is ready,
 //! started cold (a miss) and restored from the cache (a hit), for a Python
 //! HTTP service that imports many modules and builds a large dict, a Java
-//! HTTP service with a large map and a Node.js HTTP service with a large
-//! heap. The cache is a local directory (or, with --source s3s-fs, a
+//! HTTP service with a large map (the source launcher, as bench_ready) and a
+//! Node.js HTTP service with a heap of ~480 MB. The cache is a local directory (or, with --source s3s-fs, a
 //! local S3 server). Medians of --runs runs each.
 //!
 //! Cold: the `ready_ms` of a miss (start to ready; the checkpoint taken
@@ -19,59 +19,13 @@
 mod common;
 
 use common::s3::S3;
+use common::services::{JAVA, NODE, PYTHON};
 use common::{free_port, gone, median, wait_for, which};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-const PYTHON: &str = r#"
-import sys, http.server, json, asyncio, email.mime.text, xml.etree.ElementTree, sqlite3
-import decimal, fractions, argparse, logging, urllib.request, csv, zipfile, tarfile, difflib
-import statistics, unittest, pydoc, inspect, ast, dataclasses, typing, concurrent.futures
-import ssl, http.client, hashlib, random, pickle, shelve, gettext, locale, calendar, smtplib
-DATA = {i: str(i) * 8 for i in range(1500000)}
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"n": len(DATA)}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"#;
-
-const JAVA: &str = r#"
-import com.sun.net.httpserver.*;
-import java.net.*;
-import java.util.*;
-public class Server {
-    static Map<Integer, String> data = new HashMap<>();
-    public static void main(String[] a) throws Exception {
-        for (int i = 0; i < 1500000; i++) data.put(i, Integer.toString(i).repeat(4));
-        HttpServer s = HttpServer.create(new InetSocketAddress("127.0.0.1", Integer.parseInt(a[0])), 0);
-        s.createContext("/", ex -> {
-            byte[] b = ("{\"n\":" + data.size() + "}").getBytes();
-            ex.sendResponseHeaders(200, b.length);
-            ex.getResponseBody().write(b);
-            ex.close();
-        });
-        s.start();
-    }
-}
-"#;
-
-/// A heap of about 480 MB of small objects, then a server.
-const NODE: &str = r#"
-const http = require("http");
-const data = [];
-for (let i = 0; i < 6000000; i++) data.push({ i, s: "v" + i });
-http.createServer((req, res) => res.end(JSON.stringify({ n: data.length })))
-    .listen(Number(process.argv[2]), "127.0.0.1");
-"#;
 
 /// `crstream run --json ...`: (its summary, its wall time).
 fn run_once(args: &[String], env: &[(String, String)]) -> (serde_json::Value, Duration) {
@@ -142,46 +96,26 @@ fn main() {
     std::fs::write(dir.join("service.js"), NODE).unwrap();
     let s3 = (source == "s3s-fs").then(|| S3::start("s3s-fs", &dir, "bench-run"));
     let env = s3.as_ref().map(S3::env).unwrap_or_default();
-    let mut services: Vec<(&str, Vec<String>)> = Vec::new();
+    // (name, command line before the port, entries of its map after it)
+    let mut services: Vec<(&str, Vec<String>, &str)> = Vec::new();
     if which("python3") {
-        services.push((
-            "python",
-            vec![
-                "python3".into(),
-                dir.join("service.py").display().to_string(),
-            ],
-        ));
+        let script = dir.join("service.py").display().to_string();
+        services.push(("python", vec!["python3".into(), script], "1000000"));
     }
-    if which("javac") && which("java") {
-        let ok = Command::new("javac")
-            .arg(dir.join("Server.java"))
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            services.push((
-                "java",
-                vec![
-                    "java".into(),
-                    "-XX:-UsePerfData".into(),
-                    "-cp".into(),
-                    dir.display().to_string(),
-                    "Server".into(),
-                ],
-            ));
-        }
+    if which("java") {
+        // The source launcher, as bench_ready: compiled at each cold start.
+        let source = dir.join("Server.java").display().to_string();
+        let cmd = vec!["java".into(), "-Xmx1g".into(), source];
+        services.push(("java", cmd, "1000000"));
     }
     if which("node") {
-        services.push((
-            "node",
-            vec![
-                "node".into(),
-                "--max-old-space-size=2048".into(),
-                dir.join("service.js").display().to_string(),
-            ],
-        ));
+        // ~480 MB of heap.
+        let script = dir.join("service.js").display().to_string();
+        let cmd = vec!["node".into(), "--max-old-space-size=2048".into(), script];
+        services.push(("node", cmd, "6000000"));
     }
     let mut results = Vec::new();
-    for (name, cmd) in &services {
+    for (name, cmd, entries) in &services {
         common::wait_idle("bench_run", Duration::from_secs(20));
         let port = free_port();
         let key = format!("bench-{name}-{}", std::process::id());
@@ -205,6 +139,7 @@ fn main() {
         args.push("--".into());
         args.extend(cmd.iter().cloned());
         args.push(port.to_string());
+        args.push(entries.to_string());
         let (mut cold, mut hit, mut hit_ready) = (Vec::new(), Vec::new(), Vec::new());
         let mut image = 0u64;
         let mut checkpoint = Vec::new();

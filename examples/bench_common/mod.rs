@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod s3;
+pub mod services;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
