@@ -24,8 +24,6 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-
-
 /// Whether the service on `port` answers a request with 200.
 fn answers(port: u16) -> bool {
     let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {

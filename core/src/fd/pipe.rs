@@ -7,7 +7,7 @@
 
 use super::{DumpFd, FdKind, Reopen, dup, reopen};
 use crate::error::{DumpError, RestoreError};
-use crate::kind::RestoreObjects;
+use crate::kind::{DumpTree, RestoreObjects};
 use crstream_proto::{FileKind, OpenFile, PipeFile};
 use rustix::fs::{Mode, OFlags};
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -96,6 +96,69 @@ impl FdKind for Pipes {
         Ok(true)
     }
 
+    /// A pipe the tree holds one end of, whose other end a process outside
+    /// the tree holds (the reader of `app | tee log`), would come back
+    /// with nobody at that end: the next write fails with EPIPE (SIGPIPE)
+    /// and the next read sees the end of the stream. Refused, naming who
+    /// holds it, when the tree's end is a stdin, stdout or stderr (which
+    /// nearly every program uses); any other such fd (one inherited and
+    /// most likely never used: shells and CI runners leak them) is saved
+    /// with a warning. A pipe whose other end nobody holds any more comes
+    /// back as broken as it is.
+    fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
+        // Pipe inode -> [read end, write end] held by the tree, and the fd
+        // to name (a stdio one if any).
+        let mut held: HashMap<u64, ([bool; 2], (i32, u32))> = HashMap::new();
+        for p in t.processes.iter() {
+            let Some(table) = p.records.get::<crstream_proto::FileTable>() else {
+                continue;
+            };
+            for f in table.files.iter().filter(|f| f.kind() == FileKind::Pipe) {
+                let Some(pipe) = &f.pipe else { continue };
+                let e = held
+                    .entry(pipe.inode)
+                    .or_insert(([false; 2], (p.pid, f.fd)));
+                e.0[pipe.write_end as usize] = true;
+                if f.fd <= 2 && e.1.1 > 2 {
+                    e.1 = (p.pid, f.fd);
+                }
+            }
+        }
+        held.retain(|_, (ends, _)| !(ends[0] && ends[1]));
+        if held.is_empty() {
+            return Ok(());
+        }
+        let ours: HashSet<i32> = t
+            .entries
+            .iter()
+            .map(|e| e.pid as i32)
+            .chain([std::process::id() as i32])
+            .collect();
+        for (pid, fd, inode, write_end) in pipe_ends_outside(&ours, &held) {
+            let (ends, (in_pid, in_fd)) = held[&inode];
+            if ends[write_end as usize] {
+                continue; // the same end as the tree's: no one is missing
+            }
+            let comm = crate::proc::read_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let what = format!(
+                "pipe:[{inode}], whose {} end pid {pid} ({}) holds at its fd {fd}, outside the \
+                 tree: restored, it would have nobody at that end",
+                if write_end { "write" } else { "read" },
+                comm.trim()
+            );
+            if in_fd > 2 {
+                tracing::warn!(pid = in_pid, fd = in_fd, "{what}");
+                continue;
+            }
+            return Err(DumpError::UnsupportedFile {
+                pid: in_pid,
+                fd: in_fd as i32,
+                what: format!("{what} (dump that process with it, or give this one a file)"),
+            });
+        }
+        Ok(())
+    }
+
     fn restores(&self, f: &OpenFile) -> bool {
         matches!(f.kind(), FileKind::Pipe | FileKind::Fifo)
     }
@@ -123,6 +186,50 @@ impl FdKind for Pipes {
         super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
         Ok(Reopen::Created(fd))
     }
+}
+
+/// Every fd of a process not in `skip` that is an end of one of the pipes
+/// `inodes` names: (pid, fd, inode, is the write end).
+fn pipe_ends_outside<T>(
+    skip: &HashSet<i32>,
+    inodes: &HashMap<u64, T>,
+) -> Vec<(i32, i32, u64, bool)> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for pid in procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| !skip.contains(p))
+    {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in fds.flatten() {
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let Some(inode) = bracket_inode(link.as_os_str().as_encoded_bytes(), "pipe:")
+                .filter(|i| inodes.contains_key(i))
+            else {
+                continue;
+            };
+            let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            // The end: from the access mode of the description.
+            let write_end = crate::proc::read_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                .ok()
+                .and_then(|info| {
+                    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+                    u32::from_str_radix(flags.trim(), 8).ok()
+                })
+                .is_some_and(|flags| flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32);
+            found.push((pid, fd, inode, write_end));
+        }
+    }
+    found
 }
 
 impl Pipes {
