@@ -127,6 +127,12 @@ pub struct DumpArgs {
     /// and a stream needs a socket handed in with --inherit-fd
     #[arg(long)]
     pub ext_unix_sk: bool,
+    /// A resource outside the tree the image may name, as in CRIU: pipe:[INODE] (as
+    /// /proc/PID/fd shows it) is a pipe whose other end a process outside the tree holds
+    /// (the reader of `app | tee`); restore then needs a pipe handed in for it
+    /// (--inherit-fd fd[N]:pipe:[INODE]). Repeatable
+    #[arg(long, value_name = "pipe:[INODE]", value_parser = parse_external)]
+    pub external: Vec<u64>,
     /// Drop the connections waiting in a listener's accept queue (not accepted yet)
     /// instead of refusing the tree: their clients see them reset and connect again
     #[arg(long)]
@@ -330,6 +336,14 @@ pub struct InspectArgs {
     pub json: bool,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// `pipe:[INODE]` of --external.
+fn parse_external(v: &str) -> Result<u64, String> {
+    v.strip_prefix("pipe:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("{v:?}: expected pipe:[INODE] (the only kind supported)"))
 }
 
 /// `NAME=VALUE` of --label and --require-label.

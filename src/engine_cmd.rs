@@ -64,6 +64,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             crstream_core::TcpMode::Refuse
         },
         ext_unix: args.ext_unix_sk,
+        external_pipes: args.external.clone(),
         skip_in_flight: args.skip_in_flight,
         interrupt: Some(interrupt.flag()),
         labels: args.label.clone(),

@@ -214,10 +214,12 @@ fn an_epoll_registration_of_a_file_no_fd_holds_is_refused_by_name() {
     }
 }
 
-/// python3 writing into a pipe that `cat`, outside the tree, reads: it
-/// would come back with nobody reading, and die of SIGPIPE at its next
-/// line. Refused, naming cat; both run on. The whole pipeline (both ends
-/// inside) is dumped.
+/// python3 writing a counter into a pipe that `cat`, outside the tree,
+/// reads: it would come back with nobody reading and die of SIGPIPE at its
+/// next line. Refused, naming cat; both run on. The whole pipeline (both
+/// ends inside) is dumped. With `--external pipe:[INODE]` it is dumped,
+/// refused at restore without a pipe handed in, and with one
+/// (`--inherit-fd`) writes on into it from where it stopped.
 #[test]
 fn a_pipe_whose_other_end_is_outside_the_tree_is_refused_by_name() {
     if !available("python3", &["--version"]) {
@@ -225,7 +227,7 @@ fn a_pipe_whose_other_end_is_outside_the_tree_is_refused_by_name() {
     }
     let dir = TestDir::new("refuse-pipe");
     let line = format!(
-        "python3 -c 'import time\nwhile True: print(1, flush=True); time.sleep(0.05)' | cat > {}",
+        "python3 -c 'import time\ni = 0\nwhile True: print(i, flush=True); i += 1; time.sleep(0.05)' | cat > {}",
         dir.path("out").display()
     );
     let mut cmd = Command::new("sh");
@@ -251,7 +253,50 @@ fn a_pipe_whose_other_end_is_outside_the_tree_is_refused_by_name() {
     );
     assert_running_untraced(python);
     assert_running_untraced(cat);
-    dump(w.pid, &dir.path("img"), &["--leave-running"]);
+    dump(w.pid, &dir.path("whole"), &["--leave-running"]);
     assert_running_untraced(python);
+
+    // --external: dumped (and killed); restored only with a pipe handed in.
+    let pipe = std::fs::read_link(format!("/proc/{python}/fd/1"))
+        .unwrap()
+        .display()
+        .to_string();
+    let img = dir.path("img");
+    dump(python, &img, &["--external", &pipe]);
+    let last: u64 = std::fs::read_to_string(dir.path("out"))
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|l| l.parse().ok())
+        .expect("cat's copy");
     w.kill();
+    assert!(wait_gone(python, Duration::from_secs(10)));
+    let err = restore_refused(img.to_str().unwrap(), &[]);
+    assert!(err.contains(&pipe) && err.contains("--inherit-fd"), "{err}");
+    let (r, wfd) = rustix::pipe::pipe().unwrap(); // not close-on-exec: crstream gets it
+    let o = run(
+        &[
+            "restore",
+            "-i",
+            img.to_str().unwrap(),
+            "--detach",
+            "--json",
+            "--inherit-fd",
+            &format!("fd[{}]:{pipe}", std::os::fd::AsRawFd::as_raw_fd(&wfd)),
+        ],
+        &[],
+    );
+    drop(wfd);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let restored = v["pid"].as_i64().unwrap() as i32;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::from(r)));
+    let first: u64 = lines.next().unwrap().unwrap().parse().unwrap();
+    let second: u64 = lines.next().unwrap().unwrap().parse().unwrap();
+    // SAFETY: ending the process this test restored.
+    unsafe { libc::kill(restored, libc::SIGKILL) };
+    assert!(
+        first > last && second == first + 1,
+        "{last} then {first}, {second}"
+    );
 }

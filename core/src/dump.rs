@@ -36,6 +36,10 @@ pub struct DumpOptions {
     /// Unix sockets connected outside the tree (--ext-unix-sk): saved with
     /// their peer's name instead of refused.
     pub ext_unix: bool,
+    /// Resources outside the tree the image may name (`--external`): pipe
+    /// inodes whose other end is held outside; restore needs each handed
+    /// in (`--inherit-fd`).
+    pub external_pipes: Vec<u64>,
     /// Connections waiting in a listener's accept queue (not accepted yet:
     /// no socket of the tree holds them) are dropped instead of refused
     /// (--skip-in-flight): their clients see them reset.
@@ -326,6 +330,7 @@ fn read_process(
         shell_job: opts.shell_job,
         tcp: opts.tcp,
         ext_unix: opts.ext_unix,
+        external_pipes: &opts.external_pipes,
         skip_in_flight: opts.skip_in_flight,
         objects,
         inject: None,
@@ -408,10 +413,13 @@ fn write_metadata(
     sink.record(
         0,
         Body::Inventory(Inventory {
-            // Older readers must not read inner PIDs as crstream's.
-            format_version: match ns {
-                Some(_) => crstream_proto::RECORDS_VERSION,
-                None => crstream_proto::RECORDS_VERSION_WITHOUT_PID_NAMESPACE,
+            // Older readers must not read inner PIDs as crstream's, nor
+            // restore an external pipe (which they ignore) as a pipe of
+            // their own.
+            format_version: if ns.is_some() || !opts.external_pipes.is_empty() {
+                crstream_proto::RECORDS_VERSION
+            } else {
+                crstream_proto::RECORDS_VERSION_WITHOUT_PID_NAMESPACE
             },
             crstream_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel_release: rustix::system::uname()

@@ -121,6 +121,8 @@ pub(crate) struct DumpProcess<'a> {
     pub tcp: crate::fd::tcp::TcpMode,
     /// Unix sockets connected outside the tree are allowed (--ext-unix-sk).
     pub ext_unix: bool,
+    /// Pipes whose other end may be outside the tree (--external).
+    pub external_pipes: &'a [u64],
     /// Connections waiting in accept queues are dropped (--skip-in-flight).
     pub skip_in_flight: bool,
     pub objects: &'a mut DumpObjects,

@@ -15,10 +15,11 @@ pub const FORMAT_VERSION: u16 = 1;
 /// kind of process state; 3 = credentials, seccomp and scheduling per
 /// thread, oom_score_adj and login uid; 4 = pages shared copy-on-write
 /// with the parent (`VmArea.inherited`); 5 = PIDs inside the tree's own PID
-/// namespace (`Inventory.pid_namespace`). Readers read every version up to
-/// theirs.
+/// namespace (`Inventory.pid_namespace`), pipes whose other end is outside
+/// (`PipeFile.external`). Readers read every version up to theirs.
 pub const RECORDS_VERSION: u32 = 5;
 
-/// The version written for a tree in crstream's PID namespace: nothing of
-/// version 5 is in it, and readers of version 4 can read it.
+/// The version written for an image with nothing of version 5 in it (a
+/// tree in crstream's PID namespace, no external pipe), which readers of
+/// version 4 can read.
 pub const RECORDS_VERSION_WITHOUT_PID_NAMESPACE: u32 = 4;

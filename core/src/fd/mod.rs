@@ -122,6 +122,8 @@ struct DumpFd<'a> {
     tcp: tcp::TcpMode,
     /// Unix sockets connected outside the tree are allowed.
     ext_unix: bool,
+    /// Pipes whose other end may be outside the tree (--external).
+    external_pipes: &'a [u64],
     /// Connections waiting in a listener's accept queue are dropped.
     skip_in_flight: bool,
     /// Device number of the tree's controlling terminal (root's tty_nr).
@@ -314,6 +316,7 @@ impl Kind for Files {
                 shell_job: p.shell_job,
                 tcp: p.tcp,
                 ext_unix: p.ext_unix,
+                external_pipes: p.external_pipes,
                 skip_in_flight: p.skip_in_flight,
                 job_tty,
                 objects: p.objects,

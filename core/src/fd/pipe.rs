@@ -21,6 +21,8 @@ pub(super) struct Pipes {
     /// Dump: pipe inodes whose queued bytes are saved already (on an
     /// earlier fd).
     saved: HashSet<u64>,
+    /// Dump: pipe inodes said to be outside (--external).
+    external: HashSet<u64>,
     /// Restore: pipe/FIFO inode (at dump) -> our copy of it.
     created: HashMap<u64, PipeObj>,
 }
@@ -92,6 +94,7 @@ impl FdKind for Pipes {
             write_end: f.open_flags as i32 & libc::O_ACCMODE == libc::O_WRONLY,
             capacity: capacity as u32,
             queued,
+            external: kind == FileKind::Pipe && d.external_pipes.contains(&inode),
         });
         Ok(true)
     }
@@ -115,6 +118,9 @@ impl FdKind for Pipes {
             };
             for f in table.files.iter().filter(|f| f.kind() == FileKind::Pipe) {
                 let Some(pipe) = &f.pipe else { continue };
+                if pipe.external {
+                    self.external.insert(pipe.inode);
+                }
                 let e = held
                     .entry(pipe.inode)
                     .or_insert(([false; 2], (p.pid, f.fd)));
@@ -125,6 +131,8 @@ impl FdKind for Pipes {
             }
         }
         held.retain(|_, (ends, _)| !(ends[0] && ends[1]));
+        // Said to be outside (--external): restore takes them handed in.
+        held.retain(|inode, _| !self.external.contains(inode));
         if held.is_empty() {
             return Ok(());
         }
@@ -153,7 +161,11 @@ impl FdKind for Pipes {
             return Err(DumpError::UnsupportedFile {
                 pid: in_pid,
                 fd: in_fd as i32,
-                what: format!("{what} (dump that process with it, or give this one a file)"),
+                what: format!(
+                    "{what} (dump that process with it, give this one a file, or dump with \
+                     --external pipe:[{inode}] and restore with --inherit-fd \
+                     fd[N]:pipe:[{inode}])"
+                ),
             });
         }
         Ok(())
@@ -161,6 +173,24 @@ impl FdKind for Pipes {
 
     fn restores(&self, f: &OpenFile) -> bool {
         matches!(f.kind(), FileKind::Pipe | FileKind::Fifo)
+    }
+
+    /// An end of a pipe whose other end was outside the tree comes back
+    /// only as the pipe handed in for it (files handed in are not
+    /// checked): with a pipe of our own nobody would be at the other end.
+    fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
+        match &f.pipe {
+            Some(p) if p.external => Err(super::file_error(
+                pid,
+                f,
+                format!(
+                    "an end of pipe:[{}], whose other end was outside the tree (dump \
+                     --external): hand a pipe in for it with --inherit-fd fd[N]:pipe:[{}]",
+                    p.inode, p.inode
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn open(

@@ -53,6 +53,7 @@ fn dump_job_fd_with(
         shell_job: job_tty.is_some(),
         tcp: super::tcp::TcpMode::Refuse,
         ext_unix: false,
+        external_pipes: &[],
         skip_in_flight: false,
         job_tty: job_tty.unwrap_or(0),
         objects: &mut objects,
