@@ -621,7 +621,15 @@ impl Drop for TreeGuard {
 /// Restores `img` with --detach --json twice over (killing in between);
 /// `check` verifies each round and gets the restored pids.
 pub fn restore_twice(src: &str, env: &[(&str, &str)], w: &mut Workload, check: impl Fn(&Workload)) {
+    // A workload frozen while it wrote its next report held REPORT.tmp
+    // open: the first copy renames it away, and the second needs it back
+    // as it was at the dump.
+    let tmp = PathBuf::from(format!("{}.tmp", w.report.display()));
+    let at_dump = std::fs::read(&tmp).ok();
     for _ in 0..2 {
+        if let Some(bytes) = &at_dump {
+            std::fs::write(&tmp, bytes).unwrap();
+        }
         let mut g = restore_tree(src, env, w);
         check(w);
         for &pid in &g.0 {
