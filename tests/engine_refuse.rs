@@ -245,6 +245,17 @@ fn a_pipe_whose_other_end_is_outside_the_tree_is_refused_by_name() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // A few lines through cat first: the test reads where python was.
+    let counted = || -> Vec<u64> {
+        std::fs::read_to_string(dir.path("out"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    while counted().len() < 3 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let err = refused(python, &[]);
     assert!(
         err.contains(&format!("read end pid {cat} (cat)"))
@@ -263,12 +274,7 @@ fn a_pipe_whose_other_end_is_outside_the_tree_is_refused_by_name() {
         .to_string();
     let img = dir.path("img");
     dump(python, &img, &["--external", &pipe]);
-    let last: u64 = std::fs::read_to_string(dir.path("out"))
-        .unwrap()
-        .lines()
-        .last()
-        .and_then(|l| l.parse().ok())
-        .expect("cat's copy");
+    let last = *counted().last().expect("cat's copy");
     w.kill();
     assert!(wait_gone(python, Duration::from_secs(10)));
     let err = restore_refused(img.to_str().unwrap(), &[]);
