@@ -17,8 +17,22 @@ const T: Duration = Duration::from_secs(60);
 /// tests picking at once could share.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// The output files of the services the runs of this test started.
+static OUTPUTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// A test's turn; at its end, the output files its services wrote go.
+struct Turn(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        for f in OUTPUTS.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+fn one_at_a_time() -> Turn {
+    Turn(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// An HTTP service that imports many modules, draws a nonce at start-up
@@ -75,10 +89,17 @@ fn run_cache_env(args: &[&str], env: &[(&str, &str)]) -> (Output, Option<serde_j
     let mut all = vec!["run", "--json"];
     all.extend_from_slice(args);
     let o = run(&all, env);
-    let v = o
+    let v: Option<serde_json::Value> = o
         .status
         .success()
         .then(|| serde_json::from_slice(&o.stdout).expect("json summary"));
+    if let Some(v) = &v {
+        let files = ["stdout", "stderr"].map(|k| v[k].as_str().unwrap_or_default().to_string());
+        OUTPUTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(files);
+    }
     (o, v)
 }
 
@@ -121,7 +142,7 @@ impl Drop for Stop {
 
 /// A test of the Python service: None (the test skips) without python3;
 /// else its turn (one service at a time) and a directory holding svc.py.
-fn python_test(name: &str) -> Option<(std::sync::MutexGuard<'static, ()>, TestDir)> {
+fn python_test(name: &str) -> Option<(Turn, TestDir)> {
     if !available("python3", &["--version"]) {
         return None;
     }
@@ -505,6 +526,10 @@ fn readiness_timeout_log_condition_and_wait() {
     let Some((_turn, dir)) = python_test("run-ready") else {
         return;
     };
+    let (timeout_key, wait_key) = (
+        format!("timeout-{}", std::process::id()),
+        format!("wait-{}", std::process::id()),
+    );
     let cache = format!("{}/{{key}}.img", dir.0.display());
     let port = free_port().to_string();
     let mark = dir.path("mark");
@@ -512,6 +537,8 @@ fn readiness_timeout_log_condition_and_wait() {
         let mut c = support::crstream();
         c.args([
             "run",
+            "--key",
+            &timeout_key,
             "--cache",
             &cache,
             "--ready-when",
@@ -555,6 +582,8 @@ fn readiness_timeout_log_condition_and_wait() {
         let o = run(
             &[
                 "run",
+                "--key",
+                &wait_key,
                 "--cache",
                 &cache,
                 "--ready-when",
@@ -576,6 +605,16 @@ fn readiness_timeout_log_condition_and_wait() {
                 "the output is passed through: {}",
                 text(&o)
             );
+        }
+    }
+    // The output files of these runs (which print no JSON).
+    for e in std::fs::read_dir("/tmp").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if [&timeout_key, &wait_key]
+            .iter()
+            .any(|k| name.starts_with(&format!("crstream-run-{k}.")))
+        {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

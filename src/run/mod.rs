@@ -99,7 +99,10 @@ fn hit(args: &RunArgs, key: &str, url: &str, report: &mut Report) -> Result<Opti
     let files = outputs
         .iter()
         .map(|p| output::create(p).with_context(|| format!("creating {}", p.display())))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>();
+    // No copy runs to write them unless the restore succeeds.
+    let unused = RemoveOnDrop(outputs.to_vec());
+    let files = files?;
     let mut cmd = Command::new(std::env::current_exe().context("crstream's executable")?);
     cmd.args(["restore", "-i", url, "--detach", "--json"])
         .arg("--require-label")
@@ -155,6 +158,7 @@ fn hit(args: &RunArgs, key: &str, url: &str, report: &mut Report) -> Result<Opti
     }
     report.hit = true;
     report.ready = t0.elapsed();
+    std::mem::forget(unused);
     Ok(Some(Service {
         pid,
         child: None,
@@ -264,6 +268,17 @@ fn child_command(mut cmd: Command, keep: &[std::fs::File]) -> Result<std::proces
     cmd.stdin(Stdio::null())
         .output()
         .context("running crstream")
+}
+
+/// Files removed when dropped (unless forgotten).
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// A copy of `cmd` (program and arguments) to run again.
