@@ -25,23 +25,26 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-/// The PID (or TID) crstream knows each process and thread of the tree by,
-/// from the one it sees itself by (its saved PID). Without a new PID
-/// namespace both are the same and nothing is noted.
+/// The PID (or TID) crstream knows each process and thread restore created
+/// by, from the one it sees itself by (its saved PID). Without a new PID
+/// namespace both are the same.
 #[derive(Default)]
 pub(crate) struct PidMap(RefCell<HashMap<i32, i32>>);
 
 impl PidMap {
     pub(crate) fn note(&self, vpid: i32, pid: i32) {
-        if vpid != pid {
-            self.0.borrow_mut().insert(vpid, pid);
-        }
+        self.0.borrow_mut().insert(vpid, pid);
     }
 
-    /// How crstream names `vpid`: itself when not noted (no namespace, or
-    /// a process outside the tree, which keeps its PID).
+    /// How crstream names `vpid`: itself when not noted (a process outside
+    /// the tree, which keeps its PID).
     pub(crate) fn host(&self, vpid: i32) -> i32 {
         self.0.borrow().get(&vpid).copied().unwrap_or(vpid)
+    }
+
+    /// Whether restore created a process or thread with saved PID `vpid`.
+    pub(crate) fn created(&self, vpid: i32) -> bool {
+        self.0.borrow().contains_key(&vpid)
     }
 }
 
@@ -63,8 +66,6 @@ pub(crate) struct PidNamespace {
     first_done: bool,
     /// The root has PID 1 and creates the namespace.
     root_is_init: bool,
-    /// Saved PIDs of the processes created in it so far.
-    created: RefCell<Vec<i32>>,
 }
 
 /// crstream's init of the namespace, and the pipe that tells it the
@@ -92,7 +93,6 @@ impl PidNamespace {
             entered: false,
             first_done: false,
             root_is_init: root == 1,
-            created: RefCell::new(Vec::new()),
         };
         if !ns.root_is_init {
             let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -142,7 +142,6 @@ impl PidNamespace {
     /// and emptied it: the first mounts the namespace's /proc, and (as
     /// PID 1) has this thread create its next children in its namespace.
     pub(crate) fn spawned(&mut self, stub: &Stub) -> Result<(), RestoreError> {
-        self.created.borrow_mut().push(stub.vpid);
         if self.first_done {
             return Ok(());
         }
@@ -154,15 +153,10 @@ impl PidNamespace {
         Ok(())
     }
 
-    /// A process of the tree created in the namespace by another.
-    pub(crate) fn forked(&self, vpid: i32) {
-        self.created.borrow_mut().push(vpid);
-    }
-
     /// Whether PID `vpid` is taken in the namespace: it is new, so only by
-    /// what restore created (and its init).
-    pub(crate) fn taken(&self, vpid: i32) -> bool {
-        (vpid == 1 && self.init.is_some()) || self.created.borrow().contains(&vpid)
+    /// what restore created (`pids`) and its init.
+    pub(crate) fn taken(&self, vpid: i32, pids: &PidMap) -> bool {
+        (vpid == 1 && self.init.is_some()) || pids.created(vpid)
     }
 
     /// crstream's fd of a pidfd of itself, for the first stub to keep.

@@ -135,9 +135,13 @@ pub fn needs_session_helper(
 /// Process group and session of the stub, as it sees them (in a new PID
 /// namespace, the restorer's read as 0).
 fn group_and_session(stub: &Stub) -> Result<(i32, i32), RestoreError> {
-    let pgid = stub.call("getpgid", libc::SYS_getpgid, &[0])?;
     let sid = stub.call("getsid", libc::SYS_getsid, &[0])?;
-    Ok((pgid as i32, sid as i32))
+    Ok((group_of(stub)?, sid as i32))
+}
+
+/// Process group of the stub, as it sees it.
+fn group_of(stub: &Stub) -> Result<i32, RestoreError> {
+    Ok(stub.call("getpgid", libc::SYS_getpgid, &[0])? as i32)
 }
 
 /// Whether PID `pid` is taken where the stub lives (its PID namespace).
@@ -294,7 +298,7 @@ pub fn restore_groups(
                 reason: format!("joining process group {}: {err}", root.pgid),
             })?;
     }
-    let root_group = group_and_session(root_stub)?.0;
+    let root_group = group_of(root_stub)?;
     for leaders in [true, false] {
         for (e, stub) in entries.iter().zip(stubs).skip(1) {
             let pid = e.pid as i32;
@@ -329,7 +333,7 @@ pub fn restore_groups(
             if target == 0 && !leaders {
                 // The group of the restorer, led from outside our PID
                 // namespace: setpgid cannot name it, the fork kept it.
-                if group_and_session(stub)?.0 == 0 {
+                if group_of(stub)? == 0 {
                     continue;
                 }
                 return Err(RestoreError::Session {
@@ -339,7 +343,7 @@ pub fn restore_groups(
                         .into(),
                 });
             }
-            if target != 0 && group_and_session(stub)?.0 == target {
+            if target != 0 && group_of(stub)? == target {
                 continue;
             }
             stub.call("setpgid", libc::SYS_setpgid, &[0, target as u64])

@@ -185,16 +185,13 @@ impl Spawner<'_> {
 
     /// A stub another stub forked.
     pub fn forked(&self, stub: &Stub) {
-        if let Some(ns) = self.ns.as_ref() {
-            ns.forked(stub.vpid);
-        }
         self.pids.note(stub.vpid, stub.pid);
     }
 
     /// Whether PID `vpid` is taken where the tree is created.
     pub fn taken(&self, vpid: i32) -> bool {
         match self.ns.as_ref() {
-            Some(ns) => ns.taken(vpid),
+            Some(ns) => ns.taken(vpid, self.pids),
             None => crate::proc::pid_exists(vpid),
         }
     }

@@ -96,10 +96,7 @@ fn hit(args: &RunArgs, key: &str, url: &str, report: &mut Report) -> Result<Opti
     let t0 = Instant::now();
     let saved = output::saved_paths(key);
     let outputs = output::restored_paths(key);
-    let files = outputs
-        .iter()
-        .map(|p| output::create(p).with_context(|| format!("creating {}", p.display())))
-        .collect::<Result<Vec<_>>>();
+    let files = output::create_all(&outputs);
     // No copy runs to write them unless the restore succeeds.
     let unused = RemoveOnDrop(outputs.to_vec());
     let files = files?;
@@ -177,11 +174,7 @@ fn cold(
     report: &mut Report,
 ) -> Result<Service> {
     let outputs = output::saved_paths(key);
-    let files = outputs
-        .iter()
-        .map(|p| output::create(p).with_context(|| format!("creating {}", p.display())))
-        .collect::<Result<Vec<_>>>()?;
-    let [out, err]: [std::fs::File; 2] = files.try_into().expect("two files");
+    let [out, err] = output::create_all(&outputs)?;
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .stdin(Stdio::null())

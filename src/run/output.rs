@@ -5,7 +5,7 @@
 //! by path, so a restore hands in fresh ones in their place.
 
 use regex::Regex;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +24,18 @@ pub fn restored_paths(key: &str) -> [PathBuf; 2] {
     ["out", "err"].map(|s| PathBuf::from(format!("/tmp/crstream-run-{key}.{me}.{s}")))
 }
 
+/// Creates (empties) the service's two output files, to append to.
+pub fn create_all(paths: &[PathBuf; 2]) -> anyhow::Result<[std::fs::File; 2]> {
+    use anyhow::Context;
+    let [out, err] = paths;
+    Ok([
+        create(out).with_context(|| format!("creating {}", out.display()))?,
+        create(err).with_context(|| format!("creating {}", err.display()))?,
+    ])
+}
+
 /// Creates (empties) an output file for the service to append to.
-pub fn create(path: &Path) -> std::io::Result<std::fs::File> {
+fn create(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -86,10 +96,7 @@ fn follow(
         let last = stop.load(Ordering::Relaxed);
         for i in 0..2 {
             if files[i].is_none() {
-                files[i] = std::fs::File::open(&paths[i]).ok().map(|mut f| {
-                    let _ = f.seek(SeekFrom::Start(0));
-                    f
-                });
+                files[i] = std::fs::File::open(&paths[i]).ok();
             }
             let Some(f) = files[i].as_mut() else { continue };
             while let Ok(n) = f.read(&mut buf) {

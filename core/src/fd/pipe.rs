@@ -21,8 +21,6 @@ pub(super) struct Pipes {
     /// Dump: pipe inodes whose queued bytes are saved already (on an
     /// earlier fd).
     saved: HashSet<u64>,
-    /// Dump: pipe inodes said to be outside (--external).
-    external: HashSet<u64>,
     /// Restore: pipe/FIFO inode (at dump) -> our copy of it.
     created: HashMap<u64, PipeObj>,
 }
@@ -112,6 +110,8 @@ impl FdKind for Pipes {
         // Pipe inode -> [read end, write end] held by the tree, and the fd
         // to name (a stdio one if any).
         let mut held: HashMap<u64, ([bool; 2], (i32, u32))> = HashMap::new();
+        // Said to be outside (--external): restore takes them handed in.
+        let mut external = HashSet::new();
         for p in t.processes.iter() {
             let Some(table) = p.records.get::<crstream_proto::FileTable>() else {
                 continue;
@@ -119,7 +119,7 @@ impl FdKind for Pipes {
             for f in table.files.iter().filter(|f| f.kind() == FileKind::Pipe) {
                 let Some(pipe) = &f.pipe else { continue };
                 if pipe.external {
-                    self.external.insert(pipe.inode);
+                    external.insert(pipe.inode);
                 }
                 let e = held
                     .entry(pipe.inode)
@@ -130,9 +130,8 @@ impl FdKind for Pipes {
                 }
             }
         }
-        held.retain(|_, (ends, _)| !(ends[0] && ends[1]));
-        // Said to be outside (--external): restore takes them handed in.
-        held.retain(|inode, _| !self.external.contains(inode));
+        // Both ends inside, or one said to be outside: nothing to look for.
+        held.retain(|inode, (ends, _)| !(ends[0] && ends[1] || external.contains(inode)));
         if held.is_empty() {
             return Ok(());
         }
