@@ -11,9 +11,9 @@
 //! restore, readiness check).
 //!
 //! Usage (after `cargo build --release --examples --bin crstream`):
-//!   target/release/examples/bench_run [--runs N] [--source file|s3s-fs] [--lazy] [--json]
+//!   target/release/examples/bench_run [--runs N] [--source file|s3s-fs] [--eager] [--json]
 //!
-//! --lazy: hits are restored lazily (`crstream run --lazy`).
+//! --eager: hits are restored eagerly (`crstream run --eager`; by default lazily).
 
 #[path = "bench_common/mod.rs"]
 mod common;
@@ -73,16 +73,16 @@ fn main() {
     let mut runs = 3usize;
     let mut source = "file".to_string();
     let mut json = false;
-    let mut lazy = false;
+    let mut eager = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().and_then(|s| s.parse().ok()).expect("--runs N"),
             "--source" => source = args.next().expect("--source file|s3s-fs"),
             "--json" => json = true,
-            "--lazy" => lazy = true,
+            "--eager" => eager = true,
             _ => {
-                eprintln!("usage: bench_run [--runs N] [--source file|s3s-fs] [--lazy] [--json]");
+                eprintln!("usage: bench_run [--runs N] [--source file|s3s-fs] [--eager] [--json]");
                 std::process::exit(2);
             }
         }
@@ -133,8 +133,8 @@ fn main() {
             "--timeout".into(),
             "120".into(),
         ];
-        if lazy {
-            args.push("--lazy".into());
+        if eager {
+            args.push("--eager".into());
         }
         args.push("--".into());
         args.extend(cmd.iter().cloned());
@@ -147,6 +147,9 @@ fn main() {
             remove_entry(&url, &env);
             let (v, wall) = run_once(&args, &env);
             assert_eq!(v["cache"], "miss", "{v}");
+            if v["uploaded_bytes"].as_u64() == Some(0) {
+                eprintln!("bench_run: {name}: the checkpoint was not stored ({v})");
+            }
             let ready = v["ready_ms"].as_f64().unwrap();
             cold.push(ready);
             checkpoint.push(wall.as_secs_f64() * 1e3 - ready);

@@ -46,6 +46,9 @@ struct Want {
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// CPUs the process may run on at start: what a thread that sets no
+/// affinity of its own keeps (a restore must not leave it pinned).
+static CPUS: AtomicU64 = AtomicU64::new(0);
 static STATUS: Status = Status::new();
 
 fn getattr() -> SchedAttr {
@@ -118,12 +121,15 @@ fn verify(i: usize, w: &Want) {
                 STATUS.fail(format!("thread-{i}-ioprio-{p:#x}"));
             }
         }
-        if let Some(cpu) = w.cpu {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-            if libc::CPU_COUNT(&set) != 1 || !libc::CPU_ISSET(cpu, &set) {
-                STATUS.fail(format!("thread-{i}-affinity-{}", libc::CPU_COUNT(&set)));
-            }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        let count = libc::CPU_COUNT(&set) as u64;
+        let right = match w.cpu {
+            Some(cpu) => count == 1 && libc::CPU_ISSET(cpu, &set),
+            None => count == CPUS.load(Ordering::Relaxed),
+        };
+        if !right {
+            STATUS.fail(format!("thread-{i}-affinity-{count}"));
         }
         // Real-time threads have none (the kernel keeps it at 0).
         let rt = w.policy == libc::SCHED_FIFO || w.policy == libc::SCHED_RR;
@@ -141,6 +147,7 @@ fn main() {
     let path = std::env::args().nth(1).expect("usage: wl_sched REPORT");
     std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ).expect("oom_score_adj");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    CPUS.store(cpus as u64, Ordering::Relaxed);
     let class = |c: u32, level: u32| (c << 13) | level;
     let wants = [
         Want {

@@ -196,6 +196,10 @@ pub struct RestoreArgs {
     /// prefetch those frames before the rest)
     #[arg(long, requires = "lazy")]
     pub no_working_set: bool,
+    /// With --lazy (for `run --cache`): if the restore fails because the image is
+    /// damaged, remove the image, unless it was replaced meanwhile
+    #[arg(long, requires = "lazy", hide = true)]
+    pub remove_if_damaged: bool,
     /// Restore a shell job (dumped with --shell-job): its terminal fds open crstream's
     /// controlling terminal, and it joins crstream's session and process group, so the
     /// shell's job control (foreground, Ctrl-Z, Ctrl-C) covers both. Without --detach
@@ -268,13 +272,15 @@ pub struct RunArgs {
     /// Stay in the foreground until the service exits, and exit with its status
     #[arg(long)]
     pub wait: bool,
-    /// Restore a hit lazily where it can (a single process; a tree is restored eagerly):
-    /// the service runs at once and its memory follows, served by a background crstream
-    /// until complete. Faster to ready; but a damaged image is found only when its bad
-    /// part arrives, which then kills the service, where an eager restore checks every
-    /// byte first and falls back to a cold start
+    /// Restore a hit eagerly: the service runs once all its memory is in and checked.
+    /// By default a hit is restored lazily where it can be (a single process; a tree is
+    /// restored eagerly): the service runs at once and its memory follows, served by a
+    /// background crstream until complete. A cache in a local file is checked whole
+    /// alongside the restore, before the service runs, either way; an object's frames
+    /// lazily are checked as they arrive, so a frame damaged in the store would be found
+    /// only then, and would kill the service
     #[arg(long)]
-    pub lazy: bool,
+    pub eager: bool,
     /// Print what happened as JSON on stdout (hit or miss, times, sizes)
     #[arg(long)]
     pub json: bool,

@@ -369,16 +369,17 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
     // runtime's threads exist, so that all of them inherit the mask.
     crstream_core::lazy::block_termination_signals();
     let rt = crate::runtime();
-    let reader = rt.block_on(async {
+    let (reader, object) = rt.block_on(async {
         let source = open_source(&args.input)
             .await
             .with_context(|| format!("opening {}", args.input))?;
         let Some(ranged) = source.ranged() else {
             bail!("--lazy needs a file or object, not a pipe");
         };
-        RandomReader::open(std::sync::Arc::new(ObjectRange(ranged)))
+        let reader = RandomReader::open(std::sync::Arc::new(ObjectRange(ranged.clone())))
             .await
-            .with_context(|| format!("reading {}", args.input))
+            .with_context(|| format!("reading {}", args.input))?;
+        Ok((reader, ranged))
     })?;
     // Only the metadata: pages come later, by frame.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -417,7 +418,13 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
     if let Some(server) = &server {
         server.running(args.log.as_deref())?;
     }
-    let served = session.serve(&lopts);
+    let mut served = session.serve(&lopts);
+    if let Err(e) = &mut served
+        && args.remove_if_damaged
+        && let Some(removed) = rt.block_on(remove_if_damaged(&reader, &object))
+    {
+        e.reason.push_str(&format!("; {removed}"));
+    }
     if let Ok(stats) = &served
         && !args.no_working_set
         && !stats.exited_early
@@ -453,6 +460,24 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
         return Ok(0);
     }
     wait_restored(&restored)
+}
+
+/// After a failed lazy restore: if the image itself is damaged (every frame
+/// read again and checked), removes it unless it was replaced meanwhile, so
+/// that the next `run --cache` stores a whole one. Says what it did.
+async fn remove_if_damaged(
+    reader: &RandomReader,
+    object: &crstream_backends::ObjectReader,
+) -> Option<String> {
+    let damage = match reader.verify_all(4).await {
+        Ok(_) | Err(crstream_streamer::StreamError::Io { .. }) => return None,
+        Err(e) => e,
+    };
+    Some(match object.remove_if_unchanged().await {
+        Ok(true) => format!("the image is damaged ({damage}) and was removed"),
+        Ok(false) => format!("the image is damaged ({damage}); it was replaced meanwhile"),
+        Err(e) => format!("the image is damaged ({damage}); removing it failed: {e}"),
+    })
 }
 
 pub fn restore(args: RestoreArgs) -> Result<u8> {

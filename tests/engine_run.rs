@@ -227,10 +227,10 @@ fn a_python_service_is_started_cold_then_restored_warm() {
     );
 }
 
-/// The same, restored lazily (`--lazy`).
+/// The same, restored eagerly (`--eager`: every byte in before it runs).
 #[test]
-fn a_python_service_is_restored_lazily() {
-    let Some((_turn, dir)) = python_test("run-lazy") else {
+fn a_python_service_is_restored_eagerly() {
+    let Some((_turn, dir)) = python_test("run-eager") else {
         return;
     };
     let port = free_port();
@@ -238,7 +238,7 @@ fn a_python_service_is_restored_lazily() {
     miss_then_hit(
         &dir,
         &[
-            "--lazy",
+            "--eager",
             "--",
             "python3",
             script.to_str().unwrap(),
@@ -397,8 +397,12 @@ fn racing_misses_on_one_key_store_one_whole_entry() {
 }
 
 /// A damaged entry: a warning, a cold start, and the entry is replaced
-/// (the next run hits). An entry stored under another key (a URL without
-/// {key}): never used, a cold start.
+/// (the next run hits). Cut short (an interrupted copy): found when the
+/// image is opened. Damaged in the middle: `--eager` checks every byte
+/// before the service runs; a lazy hit finds the bad frame when it arrives,
+/// then kills the service (never wrong memory) and removes the entry, so
+/// that the next run starts cold. An entry stored under another key (a URL
+/// without {key}): never used, a cold start.
 #[test]
 fn a_damaged_or_stale_entry_means_a_cold_start_with_a_warning() {
     let Some((_turn, dir)) = python_test("run-bad") else {
@@ -409,47 +413,88 @@ fn a_damaged_or_stale_entry_means_a_cold_start_with_a_warning() {
     let port = free_port();
     let ready = format!("tcp:127.0.0.1:{port}");
     let port_s = port.to_string();
-    let with_key = |key: &str| {
-        run_cache(&[
-            "--cache",
-            &cache,
-            "--key",
-            key,
-            "--ready-when",
-            &ready,
-            "--",
-            "python3",
-            &script,
-            &port_s,
-        ])
+    let with_key = |key: &str, eager: bool| {
+        let mut args = vec!["--cache", &cache, "--key", key, "--ready-when", &ready];
+        if eager {
+            args.push("--eager");
+        }
+        args.extend(["--", "python3", &script, &port_s]);
+        run_cache(&args)
     };
-    let (o, v) = with_key("one");
+    let cold_with_warning = |o: &Output, v: &serde_json::Value| {
+        assert_eq!(v["cache"], "miss", "{v}");
+        assert!(v["warning"].is_string(), "{v}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("warning: cache entry"),
+            "{}",
+            text(o)
+        );
+        assert!(v["uploaded_bytes"].as_u64().unwrap() > 0, "replaced: {v}");
+    };
+    let hits = |key: &str| {
+        let (o, v) = with_key(key, false);
+        let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
+        assert_eq!(v["cache"], "hit", "the replaced entry is whole: {v}");
+        stop(pid_of(&v));
+    };
+    let (o, v) = with_key("one", false);
     let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
     stop(pid_of(&v));
+    let whole = std::fs::read(&cache).unwrap();
 
-    // Damaged: the middle of the image overwritten.
-    let mut bytes = std::fs::read(&cache).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid..mid + 4096].fill(0x5a);
-    std::fs::write(&cache, &bytes).unwrap();
-    let (o, v) = with_key("one");
+    // Cut short.
+    std::fs::write(&cache, &whole[..whole.len() * 2 / 3]).unwrap();
+    let (o, v) = with_key("one", false);
     let v = v.unwrap_or_else(|| panic!("a damaged entry failed the run: {}", text(&o)));
-    assert_eq!(v["cache"], "miss", "{v}");
-    assert!(v["warning"].is_string(), "{v}");
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("warning: cache entry"),
-        "{}",
-        text(&o)
-    );
-    assert!(v["uploaded_bytes"].as_u64().unwrap() > 0, "replaced: {v}");
+    cold_with_warning(&o, &v);
     stop(pid_of(&v));
-    let (o, v) = with_key("one");
-    let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
-    assert_eq!(v["cache"], "hit", "the replaced entry is whole: {v}");
+    hits("one");
+
+    // The middle overwritten, restored eagerly.
+    let damaged = |bytes: &[u8]| {
+        let mut bytes = bytes.to_vec();
+        let mid = bytes.len() / 2;
+        bytes[mid..mid + 4096].fill(0x5a);
+        std::fs::write(&cache, &bytes).unwrap();
+    };
+    let whole = std::fs::read(&cache).unwrap();
+    damaged(&whole);
+    let (o, v) = with_key("one", true);
+    let v = v.unwrap_or_else(|| panic!("a damaged entry failed the run: {}", text(&o)));
+    cold_with_warning(&o, &v);
     stop(pid_of(&v));
+    hits("one");
+
+    // The middle overwritten, restored lazily: if the bad frame arrives
+    // after the service is ready, the service is killed and the entry
+    // removed; before (a frame it could not run without), a cold start.
+    let whole = std::fs::read(&cache).unwrap();
+    damaged(&whole);
+    let (o, v) = with_key("one", false);
+    let v = v.unwrap_or_else(|| panic!("a damaged entry failed the run: {}", text(&o)));
+    if v["cache"] == "hit" {
+        let pid = pid_of(&v);
+        assert!(
+            wait_gone(pid, T),
+            "the service restored from a damaged image runs on: {v}"
+        );
+        assert!(
+            wait_until(T, || !std::path::Path::new(&cache).exists()),
+            "the damaged entry was not removed"
+        );
+        let (o, v) = with_key("one", false);
+        let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
+        assert_eq!(v["cache"], "miss", "{v}");
+        assert!(v["uploaded_bytes"].as_u64().unwrap() > 0, "stored: {v}");
+        stop(pid_of(&v));
+    } else {
+        cold_with_warning(&o, &v);
+        stop(pid_of(&v));
+    }
+    hits("one");
 
     // Stale: the entry holds key "one"; this run's key is "two".
-    let (o, v) = with_key("two");
+    let (o, v) = with_key("two", false);
     let v = v.unwrap_or_else(|| panic!("{}", text(&o)));
     assert_eq!(v["cache"], "miss", "{v}");
     assert!(

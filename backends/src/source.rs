@@ -78,12 +78,31 @@ impl Env {
                     });
                 }
                 let meta = head(&t).await?;
+                // A local file is read where it was opened: the size and
+                // every range are those of the file this source holds, even
+                // if its path is replaced meanwhile.
+                let file = match (&local, &t.local_path) {
+                    (Some((file, _)), Some(path)) => Some((
+                        file.try_clone()
+                            .map_err(|e| t.diag.classify_io("duplicating", &e))?,
+                        path.clone(),
+                    )),
+                    _ => None,
+                };
+                let size = match &file {
+                    Some((f, _)) => f
+                        .metadata()
+                        .map_err(|e| t.diag.classify_io("reading the metadata", &e))?
+                        .len(),
+                    None => meta.size,
+                };
                 let reader = ObjectReader {
                     inner: Arc::new(ReaderInner {
                         store: t.store,
                         path: t.path,
-                        size: meta.size,
+                        size,
                         e_tag: meta.e_tag,
+                        file,
                         diag: t.diag,
                     }),
                 };
@@ -216,9 +235,11 @@ fn open_local(diag: &Diag, path: &std::path::Path) -> Result<(std::fs::File, boo
 
 /// A cheap, clone-able handle for ranged reads of one object.
 ///
-/// Reads are pinned to the version seen when the source was opened (by ETag
-/// where the store has one): if the object is replaced meanwhile, reads fail
-/// with [`BackendError::Changed`] instead of mixing two versions.
+/// Reads are pinned to the version seen when the source was opened: a
+/// local file is read where it was opened (replacing its path changes
+/// nothing); an object by ETag where the store has one: if it is replaced
+/// meanwhile, reads fail with [`BackendError::Changed`] instead of mixing
+/// two versions.
 #[derive(Clone)]
 pub struct ObjectReader {
     inner: Arc<ReaderInner>,
@@ -229,6 +250,9 @@ struct ReaderInner {
     path: Path,
     size: u64,
     e_tag: Option<String>,
+    /// A local file's open descriptor, read with pread (no store call, an
+    /// open, a stat and a thread hop each, per range), and its path.
+    file: Option<(std::fs::File, std::path::PathBuf)>,
     diag: Arc<Diag>,
 }
 
@@ -268,13 +292,30 @@ impl ObjectReader {
             // Services reject empty ranges; there is nothing to ask for.
             return Ok(Bytes::new());
         }
+        let expected = range.end - range.start;
+        if let Some((file, _)) = &me.file {
+            use std::os::unix::fs::FileExt;
+            // Page-cache reads: done here, as the file's sequential reads are.
+            let mut buf = vec![0u8; expected as usize];
+            return match file.read_exact_at(&mut buf, range.start) {
+                Ok(()) => Ok(Bytes::from(buf)),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Err(BackendError::ShortRead {
+                        url: me.diag.url.clone(),
+                        offset: range.start,
+                        expected,
+                        got: 0,
+                    })
+                }
+                Err(e) => Err(me.diag.classify_io("reading", &e)),
+            };
+        }
         let opts = GetOptions::new()
             .with_range(Some(GetRange::Bounded(range.clone())))
             .with_if_match(me.e_tag.clone());
         let bytes = async { me.store.get_opts(&me.path, opts).await?.bytes().await }
             .await
             .map_err(|e| me.diag.classify(&e))?;
-        let expected = range.end - range.start;
         if bytes.len() as u64 != expected {
             return Err(BackendError::ShortRead {
                 url: me.diag.url.clone(),
@@ -284,6 +325,50 @@ impl ObjectReader {
             });
         }
         Ok(bytes)
+    }
+
+    /// Deletes the object if it is still the version this reader reads (a
+    /// local file: the same inode at its path; an object: by ETag):
+    /// Ok(false) if it was replaced meanwhile (the new one stays) or is gone.
+    /// For an image found damaged, so that the next writer replaces it.
+    pub async fn remove_if_unchanged(&self) -> Result<bool, BackendError> {
+        let me = &self.inner;
+        if let Some((file, path)) = &me.file {
+            // The file read is the one at the path: same device and inode.
+            use std::os::unix::fs::MetadataExt;
+            let ours = file
+                .metadata()
+                .map_err(|e| me.diag.classify_io("reading the metadata", &e))?;
+            return match std::fs::metadata(path) {
+                Ok(m) if (m.dev(), m.ino()) == (ours.dev(), ours.ino()) => {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => Ok(true),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                        Err(e) => Err(me.diag.classify_io("removing", &e)),
+                    }
+                }
+                Ok(_) => Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(me.diag.classify_io("reading the metadata", &e)),
+            };
+        }
+        let meta = match me.store.head(&me.path).await {
+            Ok(meta) => meta,
+            Err(e) => match me.diag.classify(&e) {
+                BackendError::NotFound { .. } => return Ok(false),
+                other => return Err(other),
+            },
+        };
+        if meta.e_tag.is_none() || meta.e_tag != me.e_tag || meta.size != me.size {
+            return Ok(false);
+        }
+        match me.store.delete(&me.path).await {
+            Ok(()) => Ok(true),
+            Err(e) => match me.diag.classify(&e) {
+                BackendError::NotFound { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
     }
 
     /// The whole object as an ordered stream of chunks fetched ahead.

@@ -196,8 +196,16 @@ impl Frozen {
             }
         }
         for t in self.threads.iter().rev() {
-            if let Err(e) = ptrace::detach(t.tid, 0) {
-                tracing::error!(tid = t.tid, "detaching: {e}");
+            match ptrace::detach(t.tid, 0) {
+                Ok(()) => {}
+                // Killed while we held it (only SIGKILL ends a ptrace
+                // stop): a zombie until its tracer, us, collects it.
+                Err(crate::error::TaskError::Ptrace { err, .. })
+                    if err.raw_os_error() == Some(libc::ESRCH) =>
+                {
+                    ptrace::reap(t.tid)
+                }
+                Err(e) => tracing::error!(tid = t.tid, "detaching: {e}"),
             }
         }
         tracing::debug!(pid = self.pid, "released");

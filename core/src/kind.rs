@@ -191,6 +191,10 @@ pub(crate) struct RestoreObjects<'a> {
     pub inherit: &'a [(i32, String)],
     /// The TCP connections restore has built so far.
     pub tcp_built: &'a crate::fd::tcp::TcpBuilt,
+    /// The CPUs a restored thread may run on unless it saved its own
+    /// affinity, where the restorer pinned itself (and so every task it
+    /// created) to one CPU for the rebuild.
+    pub unpinned_cpus: Option<&'a nix::sched::CpuSet>,
 }
 
 /// One process being restored, as kinds rebuild it.

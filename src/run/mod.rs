@@ -115,8 +115,13 @@ fn hit(args: &RunArgs, key: &str, url: &str, report: &mut Report) -> Result<Opti
     let mut out = child_command(
         {
             let mut lazy = clone_command(&cmd);
-            if args.lazy {
-                lazy.arg("--lazy");
+            if !args.eager {
+                // A frame found damaged once the service runs kills it (it
+                // never runs on wrong memory); the entry then goes, so that
+                // the next run starts cold and stores a whole one.
+                lazy.args(["--lazy", "--remove-if-damaged"]);
+                // Its server's errors, if any, go where the service's own do.
+                lazy.arg("--log").arg(&outputs[1]);
             }
             lazy
         },
@@ -124,7 +129,7 @@ fn hit(args: &RunArgs, key: &str, url: &str, report: &mut Report) -> Result<Opti
     )?;
     // Lazy where possible: a tree (refused before anything is created) is
     // restored eagerly.
-    if args.lazy
+    if !args.eager
         && !out.status.success()
         && String::from_utf8_lossy(&out.stderr).contains("--lazy restores a single process")
     {

@@ -44,6 +44,18 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     true
 }
 
+/// Waits until `cond` holds; false if it still does not after `timeout`.
+pub fn wait_until(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let t = Instant::now();
+    while !cond() {
+        if t.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 pub fn status_field(pid: i32, key: &str) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines().find_map(|l| {

@@ -123,6 +123,7 @@ pub(super) fn open_on_terminal(
         tcp_close: false,
         inherit: &[],
         tcp_built: &Default::default(),
+        unpinned_cpus: None,
     };
     kind.open(me(), f, &objects)
 }

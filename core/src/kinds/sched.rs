@@ -103,15 +103,25 @@ impl Kind for Sched {
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
         let pid = p.pid();
         for (i, t) in p.image.threads.iter().enumerate() {
-            let Some(s) = p.image.thread_need_since::<Scheduling>(i, SINCE)? else {
-                continue;
-            };
             let err = |what: String, e: std::io::Error| RestoreError::Thread {
                 pid,
                 tid: t.tid as i32,
                 reason: format!("{what}: {e}"),
             };
-            set(p.host_tid(i), s).map_err(|(what, e)| err(what, e))?;
+            let tid = p.host_tid(i);
+            let saved = p.image.thread_need_since::<Scheduling>(i, SINCE)?;
+            if let Some(s) = saved {
+                set(tid, s).map_err(|(what, e)| err(what, e))?;
+            }
+            // A thread that may run anywhere gets what a task the restorer
+            // started would have had, not the restorer's pin.
+            if saved.is_none_or(|s| s.affinity_all)
+                && let Some(cpus) = p.objects.unpinned_cpus
+            {
+                nix::sched::sched_setaffinity(Pid::from_raw(tid), cpus).map_err(|e| {
+                    err("sched_setaffinity to the restorer's CPUs".into(), e.into())
+                })?;
+            }
         }
         Ok(())
     }

@@ -214,7 +214,15 @@ pub(crate) fn prepare(
     }
     frames.sort_unstable();
     frames.dedup();
+    let t0 = std::time::Instant::now();
     fill_frames(stub, areas, input, &frames)?;
+    tracing::debug!(
+        pid,
+        frames = frames.len(),
+        bytes = frames.iter().map(|f| f.1).sum::<u64>(),
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "filled the frames that cannot wait before the process runs"
+    );
     Ok((pages, frames.iter().map(|f| f.0).collect()))
 }
 

@@ -353,6 +353,8 @@ fn restore_inner(
             .flatten()
             .filter_map(|p| p.records.get::<FileTable>()),
     );
+    // Every stub is created from here on, and inherits the pin.
+    let pinned = crate::sys::sched::PinnedThread::here();
     let objects = RestoreObjects {
         pids: &pids,
         unlinked: &img.unlinked,
@@ -361,6 +363,7 @@ fn restore_inner(
         tcp_close: opts.tcp_close,
         inherit: &opts.inherit_fds,
         tcp_built: &tcp_built,
+        unpinned_cpus: pinned.as_ref().map(|p| p.before()),
     };
     let live: Vec<usize> = (0..entries.len())
         .filter(|&i| processes[i].is_some())
