@@ -505,11 +505,17 @@ async fn remove_if_unchanged_spares_a_replacement() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         put(&env, url, &random_bytes(5_000, 2), &SMALL_PARTS).await;
         assert!(!r.remove_if_unchanged().await.unwrap(), "{url}");
-        assert!(env.exists(url).await.unwrap(), "{url}: the replacement stays");
+        assert!(
+            env.exists(url).await.unwrap(),
+            "{url}: the replacement stays"
+        );
 
         let r = env.open_source(url).await.unwrap().ranged().unwrap();
         assert!(r.remove_if_unchanged().await.unwrap(), "{url}");
         assert!(!env.exists(url).await.unwrap(), "{url}: removed");
-        assert!(!r.remove_if_unchanged().await.unwrap(), "{url}: gone already");
+        assert!(
+            !r.remove_if_unchanged().await.unwrap(),
+            "{url}: gone already"
+        );
     }
 }

@@ -498,6 +498,9 @@ impl LazySession {
         let pid = self.pid;
         let err = |e: &dyn std::fmt::Display| format!("setting its parent-death signal again: {e}");
         let mut frozen = crate::freeze::Frozen::freeze(pid).map_err(|e| err(&e))?;
+        // The process is held under ptrace: a kill now leaves its threads
+        // zombies that only we can collect.
+        crate::failpoint::pause("lazy-frozen-at-end");
         let mem = crate::inject::RemoteMem::open(pid, true).map_err(|e| err(&e))?;
         let ip = crate::inject::syscall_site(pid, &mem).map_err(|e| err(&e))?;
         let gadgets = crate::escape::Gadgets::find(pid, &mem);
