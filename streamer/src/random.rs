@@ -60,6 +60,9 @@ pub struct RandomReader {
     by_frame: Arc<HashMap<u64, crate::image::PageFrame>>,
     /// The CRC32C of the index frame's payload.
     index_crc: u32,
+    /// The first [`HEAD_LEN`] bytes, read at open: the header and, most
+    /// often, the whole metadata, then served from here.
+    head: Bytes,
 }
 
 impl RandomReader {
@@ -70,7 +73,7 @@ impl RandomReader {
             return Err(StreamError::Empty);
         }
         let min = (HEADER_FIXED_LEN + 4 + FRAME_HEADER_LEN + TRAILER_LEN) as u64;
-        let head_len = total.min(4096);
+        let head_len = total.min(HEAD_LEN);
         // The head and the tail at once: the tail holds the trailer and,
         // most often, the whole index (one round trip for both).
         let tail_start = total.saturating_sub(TAIL_LEN);
@@ -162,6 +165,7 @@ impl RandomReader {
             by_address: Arc::new(by_address),
             by_frame: Arc::new(by_frame),
             index_crc,
+            head,
         })
     }
 
@@ -263,7 +267,12 @@ impl RandomReader {
                 reason: format!("frames from {start} to {end} are not one run of the stream"),
             });
         }
-        let bytes = read(&*self.src, start..end, "frames").await?;
+        // Frames within the head read at open cost no round trip.
+        let bytes = if end <= self.head.len() as u64 {
+            self.head.slice(start as usize..end as usize)
+        } else {
+            read(&*self.src, start..end, "frames").await?
+        };
         let mut frames = Vec::with_capacity(run.len());
         for &(offset, len) in run {
             let at = (offset - start) as usize;
@@ -401,6 +410,11 @@ pub fn consecutive_runs(
 /// Bytes read from the end of a stream when it is opened: the trailer and,
 /// unless the image is very large, its index.
 const TAIL_LEN: u64 = 256 << 10;
+
+/// Bytes read from the start of a stream when it is opened, with the tail:
+/// the header and, for most processes, the whole metadata (a lazy restore
+/// then waits one round trip less before the process runs).
+const HEAD_LEN: u64 = 256 << 10;
 
 async fn read(src: &dyn RangeRead, range: Range<u64>, what: &'static str) -> Result<Bytes> {
     let expected = range.end - range.start;

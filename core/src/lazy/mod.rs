@@ -226,6 +226,11 @@ pub(crate) fn prepare(
     Ok((pages, frames.iter().map(|f| f.0).collect()))
 }
 
+/// Requests at once for the frames written before the process runs: it
+/// waits for all of them, so they are all asked for at once (on an object
+/// store, one round trip instead of one per few runs).
+const PREFILL_IN_FLIGHT: usize = 32;
+
 /// Fetches `frames` (sorted by offset) and writes them into the stub: runs
 /// of consecutive frames in one request each, a few requests at a time,
 /// since the process waits for all of them before it runs.
@@ -242,7 +247,7 @@ fn fill_frames(
     /// What one fetch thread got: each run it took, by number.
     type Got = Vec<(usize, Result<Vec<PageBatch>, String>)>;
     let fetched: Vec<Got> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..input.opts.fetch_threads.clamp(1, runs.len().max(1)))
+        let workers: Vec<_> = (0..PREFILL_IN_FLIGHT.min(runs.len()).max(1))
             .map(|_| {
                 s.spawn(|| {
                     let mut got = Vec::new();
