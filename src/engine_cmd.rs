@@ -421,6 +421,7 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
     let mut served = session.serve(&lopts);
     if let Err(e) = &mut served
         && args.remove_if_damaged
+        && e.frame_failed
         && let Some(removed) = rt.block_on(remove_if_damaged(&reader, &object))
     {
         e.reason.push_str(&format!("; {removed}"));

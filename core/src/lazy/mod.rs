@@ -121,6 +121,9 @@ pub struct LazyStats {
 pub struct LazyError {
     pub pid: i32,
     pub reason: String,
+    /// A frame could not be fetched, or was not what the index says (then
+    /// the image itself may be damaged).
+    pub frame_failed: bool,
 }
 
 /// Signals that would end crstream while it serves pages (and so let the

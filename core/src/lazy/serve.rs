@@ -24,6 +24,7 @@ impl LazySession {
                 self.restore_death_signal().map_err(|reason| LazyError {
                     pid: self.pid,
                     reason,
+                    frame_failed: false,
                 })?;
             }
             Ok(stats)
@@ -54,7 +55,11 @@ impl LazySession {
         Vec<std::thread::JoinHandle<()>>,
     ) {
         let pid = self.pid;
-        let fail = |reason: String| LazyError { pid, reason };
+        let fail = |reason: String| LazyError {
+            pid,
+            reason,
+            frame_failed: false,
+        };
         let n = self.frames.len();
         let mut stats = LazyStats {
             frames: n,
@@ -231,11 +236,14 @@ impl LazySession {
                 match rx.try_recv() {
                     Ok((f, Ok(batch))) => pending.push_back((f, batch)),
                     Ok((f, Err(e))) => {
-                        break 'outer Err(fail(format!(
-                            "fetching frame at offset {} of {}: {e}",
-                            self.frames[f].0,
-                            self.fetcher.describe()
-                        )));
+                        break 'outer Err(LazyError {
+                            frame_failed: true,
+                            ..fail(format!(
+                                "fetching frame at offset {} of {}: {e}",
+                                self.frames[f].0,
+                                self.fetcher.describe()
+                            ))
+                        });
                     }
                     Err(_) => break,
                 }
