@@ -117,7 +117,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
                     "frozen_ms": stats.frozen.as_secs_f64() * 1e3,
                     "total_ms": stats.total.as_secs_f64() * 1e3,
                 });
-                println!("{j}");
+                crate::print_out(&format!("{j}\n"))?;
             }
             return Ok(0);
         }
@@ -167,7 +167,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             "net_lock": stats.net_lock,
             "created": true,
         });
-        println!("{j}");
+        crate::print_out(&format!("{j}\n"))?;
     }
     Ok(0)
 }
@@ -528,13 +528,14 @@ fn restore_options(args: &RestoreArgs) -> crstream_core::RestoreOptions {
 pub fn check(args: CheckArgs) -> Result<u8> {
     let checks = crstream_core::check();
     let missing = checks.iter().any(|c| c.required && !c.ok);
+    let mut text = String::new();
     if args.json {
         let list: Vec<_> = checks
             .iter()
             .map(|c| serde_json::json!({ "name": c.name, "required": c.required, "ok": c.ok, "detail": c.detail }))
             .collect();
-        println!(
-            "{}",
+        text = format!(
+            "{}\n",
             serde_json::json!({ "ok": !missing, "features": list })
         );
     } else {
@@ -544,11 +545,12 @@ pub fn check(args: CheckArgs) -> Result<u8> {
                 (false, true) => "MISSING",
                 (false, false) => "missing (optional)",
             };
-            println!("{:<60} {:<20} {}", c.name, state, c.detail);
+            text += &format!("{:<60} {:<20} {}\n", c.name, state, c.detail);
         }
         if missing {
-            println!("some required features are missing: dump/restore will not work here");
+            text += "some required features are missing: dump/restore will not work here\n";
         }
     }
+    crate::print_out(&text)?;
     Ok(if missing { 1 } else { 0 })
 }

@@ -78,10 +78,10 @@ pub async fn upload(args: UploadArgs) -> Result<u8> {
                 args.dest
             );
             if args.json {
-                println!(
-                    "{}",
+                crate::print_out(&format!(
+                    "{}\n",
                     serde_json::json!({ "url": args.dest, "bytes": bytes, "seconds": secs })
-                );
+                ))?;
             }
             Ok(0)
         }
@@ -132,11 +132,11 @@ pub async fn inspect(args: InspectArgs) -> Result<u8> {
     let report = inspect_stream(reader)
         .await
         .with_context(|| format!("inspecting {}", args.src))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
+    let text = match args.json {
+        true => serde_json::to_string_pretty(&report)? + "\n",
+        false => report_text(&report),
+    };
+    crate::print_out(&text)?;
     Ok(0)
 }
 
@@ -152,14 +152,19 @@ async fn inspect_stream(reader: impl AsyncRead + Unpin + Send + 'static) -> Resu
     Ok(inspector.finish()?)
 }
 
-fn print_report(r: &Report) {
-    println!(
+/// The report as `inspect` prints it.
+fn report_text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "crstream image, format {}, written by {} on {}",
         r.format_version,
         r.writer,
         progress::utc_time(r.created_unix_ms)
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  {} stored, {} raw (ratio {:.2}), {} frames; codec {} level {}, page frames up to {}",
         human_bytes(r.total_bytes),
         human_bytes(r.raw_bytes),
@@ -170,7 +175,8 @@ fn print_report(r: &Report) {
         human_bytes(r.max_page_frame_bytes as u64)
     );
     if let Some(inv) = &r.inventory {
-        println!(
+        let _ = writeln!(
+            out,
             "  dumped by crstream {} on {} ({} {}), root pid {}, records version {}",
             inv.crstream_version,
             inv.hostname,
@@ -180,19 +186,24 @@ fn print_report(r: &Report) {
             inv.records_version
         );
         if inv.pid_namespace {
-            println!("  from a PID namespace of its own: PIDs as seen inside it");
+            let _ = writeln!(
+                out,
+                "  from a PID namespace of its own: PIDs as seen inside it"
+            );
         }
         for (name, value) in &inv.labels {
-            println!("  label {name}={value}");
+            let _ = writeln!(out, "  label {name}={value}");
         }
     }
-    println!();
-    println!(
+    out.push('\n');
+    let _ = writeln!(
+        out,
         "{:>5}  {:<8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10} {:>6}  NAME",
         "ID", "KIND", "PID", "TID", "FRAMES", "RECORDS", "RAW", "STORED", "RATIO"
     );
     for s in &r.streams {
-        println!(
+        let _ = writeln!(
+            out,
             "{:>5}  {:<8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10} {:>6.2}  {}",
             s.id,
             s.kind,
@@ -207,8 +218,9 @@ fn print_report(r: &Report) {
         );
     }
     let p = &r.pages;
-    println!();
-    println!(
+    out.push('\n');
+    let _ = writeln!(
+        out,
         "pages: {} pages ({}) in {} ranges, {} frames, {} process(es)",
         p.pages,
         human_bytes(p.bytes),
@@ -217,7 +229,8 @@ fn print_report(r: &Report) {
         p.processes.len()
     );
     for proc_pages in &p.processes {
-        println!(
+        let _ = writeln!(
+            out,
             "  pid {:>7}: {:>9} pages in {:>6} ranges, {:#x}..{:#x}",
             proc_pages.pid,
             proc_pages.pages,
@@ -226,4 +239,5 @@ fn print_report(r: &Report) {
             proc_pages.highest_address
         );
     }
+    out
 }

@@ -260,6 +260,44 @@ fn inspect_reports_streams_and_pages() {
     );
 }
 
+/// `crstream inspect IMG | head -1`: a reader that stops early is no
+/// failure (it panicked on the broken pipe before).
+#[test]
+fn inspect_into_a_closed_pipe_succeeds_quietly() {
+    let dir = tempdir();
+    let path = dir.path().join("img");
+    let spec = SynthSpec {
+        processes: 2,
+        threads_per_process: 2,
+        areas: 2,
+        pages_per_area: 10,
+        blob_bytes: 100,
+        seed: 5,
+    };
+    synthetic_image(&path, &spec);
+    for json in [false, true] {
+        let (read, write) = std::io::pipe().unwrap();
+        drop(read);
+        let mut c = crstream();
+        c.args(["inspect", &path_str(&path)]);
+        if json {
+            c.arg("--json");
+        }
+        let out = c
+            .stdout(write)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "json {json}: {:?} {stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "json {json}: {stderr}");
+    }
+}
+
 #[test]
 fn inspect_damaged_streams_fails_with_the_specific_error() {
     let dir = tempdir();

@@ -52,7 +52,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         None => key::compute(&args.command, &args.key_env).context("computing the cache key")?,
     };
     if args.print_key {
-        println!("{key}");
+        crate::print_out(&format!("{key}\n"))?;
         return Ok(0);
     }
     let url = args.cache.replace("{key}", &key);
@@ -337,8 +337,8 @@ fn finish(args: &RunArgs, service: Service, mut report: Report) -> Result<u8> {
         }
     };
     if args.json {
-        println!(
-            "{}",
+        crate::print_out(&format!(
+            "{}\n",
             serde_json::json!({
                 "cache": how,
                 "key": report.key,
@@ -351,9 +351,9 @@ fn finish(args: &RunArgs, service: Service, mut report: Report) -> Result<u8> {
                 "stdout": report.outputs[0],
                 "stderr": report.outputs[1],
             })
-        );
+        ))?;
     } else if !args.wait {
-        println!("{}", report.pid);
+        crate::print_out(&format!("{}\n", report.pid))?;
     }
     if !args.wait {
         return Ok(0);
