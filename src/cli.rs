@@ -275,10 +275,9 @@ pub struct RunArgs {
     /// Restore a hit eagerly: the service runs once all its memory is in and checked.
     /// By default a hit is restored lazily where it can be (a single process; a tree is
     /// restored eagerly): the service runs at once and its memory follows, served by a
-    /// background crstream until complete. A cache in a local file is checked whole
-    /// alongside the restore, before the service runs, either way; an object's frames
-    /// lazily are checked as they arrive, so a frame damaged in the store would be found
-    /// only then, and would kill the service
+    /// background crstream until complete. Its frames are checked as they arrive: one
+    /// found damaged after the service runs kills the service (never wrong memory) and
+    /// removes the entry, so that the next run starts cold
     #[arg(long)]
     pub eager: bool,
     /// Print what happened as JSON on stdout (hit or miss, times, sizes)

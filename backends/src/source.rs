@@ -77,10 +77,9 @@ impl Env {
                         kind: Kind::Special(file),
                     });
                 }
-                let meta = head(&t).await?;
                 // A local file is read where it was opened: the size and
                 // every range are those of the file this source holds, even
-                // if its path is replaced meanwhile.
+                // if its path is replaced meanwhile (no ETag needed).
                 let file = match (&local, &t.local_path) {
                     (Some((file, _)), Some(path)) => Some((
                         file.try_clone()
@@ -89,19 +88,24 @@ impl Env {
                     )),
                     _ => None,
                 };
-                let size = match &file {
-                    Some((f, _)) => f
-                        .metadata()
-                        .map_err(|e| t.diag.classify_io("reading the metadata", &e))?
-                        .len(),
-                    None => meta.size,
+                let (size, e_tag) = match &file {
+                    Some((f, _)) => (
+                        f.metadata()
+                            .map_err(|e| t.diag.classify_io("reading the metadata", &e))?
+                            .len(),
+                        None,
+                    ),
+                    None => {
+                        let meta = head(&t).await?;
+                        (meta.size, meta.e_tag)
+                    }
                 };
                 let reader = ObjectReader {
                     inner: Arc::new(ReaderInner {
                         store: t.store,
                         path: t.path,
                         size,
-                        e_tag: meta.e_tag,
+                        e_tag,
                         file,
                         diag: t.diag,
                     }),

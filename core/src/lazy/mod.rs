@@ -235,8 +235,8 @@ pub(crate) fn prepare(
 const PREFILL_IN_FLIGHT: usize = 32;
 
 /// Fetches `frames` (sorted by offset) and writes them into the stub: runs
-/// of consecutive frames in one request each, a few requests at a time,
-/// since the process waits for all of them before it runs.
+/// of consecutive frames in one request each, up to [`PREFILL_IN_FLIGHT`]
+/// at a time, since the process waits for all of them before it runs.
 fn fill_frames(
     stub: &Stub,
     areas: &[VmArea],

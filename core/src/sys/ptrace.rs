@@ -344,14 +344,9 @@ pub fn kill_and_reap(pid: i32) {
     let _ = super::process::kill(pid, libc::SIGKILL);
     // Threads we trace stay zombies until we collect them, and the leader
     // cannot be collected before them.
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for tid in tasks
-            .flatten()
-            .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
-        {
-            if tid != pid {
-                reap(tid);
-            }
+    for tid in crate::proc::tasks(pid).unwrap_or_default() {
+        if tid != pid {
+            reap(tid);
         }
     }
     reap(pid);
