@@ -203,7 +203,21 @@ fn cold(
         return Err(e);
     }
     report.ready = t0.elapsed();
-    match checkpoint(pid, key, url, replace) {
+    // Our own readiness probe, accepted by the service, can still be open
+    // on its side for a moment: an established connection, which the dump
+    // refuses (leaving the service running). It goes once the service sees
+    // the probe closed, so such a refusal is tried again, briefly.
+    let mut stored = checkpoint(pid, key, url, replace);
+    for wait_ms in [50, 150, 400] {
+        match &stored {
+            Err(e) if format!("{e:#}").contains("established TCP connection") => {
+                std::thread::sleep(Duration::from_millis(wait_ms));
+                stored = checkpoint(pid, key, url, replace);
+            }
+            _ => break,
+        }
+    }
+    match stored {
         Ok((created, bytes)) => {
             report.image_bytes = Some(bytes);
             report.uploaded_bytes = if created { bytes } else { 0 };
