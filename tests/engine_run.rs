@@ -298,6 +298,99 @@ fn a_service_cached_in_s3_comes_back_from_there() {
     );
 }
 
+/// A service that holds a connection to another service (a database, say)
+/// when it is ready: the checkpoint stores that connection closed, so a
+/// hit's service finds it gone (ECONNABORTED) and answers all the same.
+const PY_CONNECTED: &str = r#"
+import sys, os, errno, socket, random, http.server, socketserver
+port, db = int(sys.argv[1]), int(sys.argv[2])
+nonce = random.getrandbits(62)
+conn = socket.create_connection(("127.0.0.1", db))
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        try:
+            conn.recv(1, socket.MSG_DONTWAIT)
+            state = "eof"
+        except BlockingIOError:
+            state = "open"
+        except OSError as e:
+            state = errno.errorcode.get(e.errno, str(e.errno))
+        body = ("%d %d %s" % (nonce, os.getpid(), state)).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+socketserver.TCPServer.allow_reuse_address = True
+with socketserver.TCPServer(("127.0.0.1", port), H) as s:
+    print("ready on", port, flush=True)
+    s.serve_forever()
+"#;
+
+#[test]
+fn a_service_holding_a_connection_is_stored_with_it_closed() {
+    let Some((_turn, dir)) = python_test("run-conn") else {
+        return;
+    };
+    std::fs::write(dir.path("conn.py"), PY_CONNECTED).unwrap();
+    let db = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let db_port = db.local_addr().unwrap().port().to_string();
+    let port = free_port();
+    let (cache, ready) = (
+        format!("{}/{{key}}.img", dir.0.display()),
+        format!("tcp:127.0.0.1:{port}"),
+    );
+    let script = dir.path("conn.py");
+    let args = [
+        "--cache",
+        &cache,
+        "--ready-when",
+        &ready,
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        &port.to_string(),
+        &db_port,
+    ];
+    let answer = |port: u16| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(T)).unwrap();
+        write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+    };
+
+    let (o, v) = run_cache(&args);
+    let miss = v.unwrap_or_else(|| panic!("cold run failed: {}", text(&o)));
+    let mut guard = Stop(vec![pid_of(&miss)]);
+    // The service's connection, held open on this side all along.
+    let (_held, _) = db.accept().unwrap();
+    assert_eq!(miss["cache"], "miss", "{miss}");
+    assert_eq!(
+        miss["warning"],
+        serde_json::Value::Null,
+        "stored despite the connection: {miss}"
+    );
+    let cold = answer(port);
+    assert!(cold.ends_with(" open"), "{cold}");
+    stop(pid_of(&miss));
+
+    let (o, v) = run_cache(&args);
+    let hit = v.unwrap_or_else(|| panic!("warm run failed: {}", text(&o)));
+    guard.0.push(pid_of(&hit));
+    assert_eq!(hit["cache"], "hit", "{hit} {}", text(&o));
+    let warm = answer(port);
+    assert_eq!(
+        warm,
+        format!("{} ECONNABORTED", cold.trim_end_matches(" open")),
+        "the same process, its connection closed"
+    );
+    stop(pid_of(&hit));
+}
+
 /// A service with a child (a tree: lazy restore takes single processes)
 /// is restored eagerly, child and all.
 #[test]

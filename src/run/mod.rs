@@ -203,20 +203,7 @@ fn cold(
         return Err(e);
     }
     report.ready = t0.elapsed();
-    // Our own readiness probe, accepted by the service, can still be open
-    // on its side for a moment: an established connection, which the dump
-    // refuses (leaving the service running). It goes once the service sees
-    // the probe closed, so such a refusal is tried again, briefly.
-    let mut stored = checkpoint(pid, key, url, replace);
-    for wait_ms in [50, 150, 400] {
-        match &stored {
-            Err(e) if format!("{e:#}").contains("established TCP connection") => {
-                std::thread::sleep(Duration::from_millis(wait_ms));
-                stored = checkpoint(pid, key, url, replace);
-            }
-            _ => break,
-        }
-    }
+    let stored = checkpoint(pid, key, url, replace);
     match stored {
         Ok((created, bytes)) => {
             report.image_bytes = Some(bytes);
@@ -241,9 +228,13 @@ fn cold(
 fn checkpoint(pid: i32, key: &str, url: &str, replace: bool) -> Result<(bool, u64)> {
     let mut cmd = Command::new(std::env::current_exe().context("crstream's executable")?);
     // --skip-in-flight: a connection still in the accept queue at this
-    // moment is most likely our own readiness probe's.
+    // moment is most likely our own readiness probe's. --tcp-close: the
+    // service's connections (that probe, still open on its side, or one to
+    // a database) are stored closed, since their peers will not be there
+    // when a later run restores it: the service's next call on one fails
+    // with ECONNABORTED and it connects again, as after any dropped link.
     cmd.args(["dump", "-t", &pid.to_string(), "--leave-running", "--json"])
-        .arg("--skip-in-flight")
+        .args(["--skip-in-flight", "--tcp-close"])
         .args(["-o", url])
         .arg("--label")
         .arg(format!("{KEY_LABEL}={key}"));
