@@ -368,6 +368,12 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
     // these signals and kills the process instead. Blocked before the
     // runtime's threads exist, so that all of them inherit the mask.
     crstream_core::lazy::block_termination_signals();
+    // One malloc arena for every thread: the fetch threads' large reads,
+    // freed by other threads, would otherwise stay in arenas of their own
+    // (a 1 GiB lazy restore from a file peaked at 175-203 MiB, with one
+    // arena 113 MiB: what is in flight and no more). Before any thread.
+    // SAFETY: mallopt only tunes this process's allocator.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let rt = crate::runtime();
     let (reader, object) = rt.block_on(async {
         let source = open_source(&args.input)
@@ -394,6 +400,12 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
         url: args.input.clone(),
     });
     let mut lopts = lazy_options();
+    if object.is_local_file() {
+        // Reads have no round trip to hide: half the window fills as fast
+        // (measured: a 1 GiB lazy restore completes in the same time) and
+        // keeps crstream's peak at ~70 MiB instead of ~120 MiB.
+        lopts.window = 32 << 20;
+    }
     let identity = reader.identity();
     if !args.no_working_set
         && let Some(frames) = rt.block_on(crate::working_set::load(&args.input, identity))

@@ -280,6 +280,11 @@ impl ObjectReader {
         self.inner.size
     }
 
+    /// Whether this is a local file (read with pread: no round trips).
+    pub fn is_local_file(&self) -> bool {
+        self.inner.file.is_some()
+    }
+
     /// Exactly the bytes of `range`, or an error (a range outside the object
     /// is [`BackendError::InvalidRange`], never a shorter answer).
     pub async fn read_range(&self, range: Range<u64>) -> Result<Bytes, BackendError> {

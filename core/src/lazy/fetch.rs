@@ -10,20 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// Fetches a frame, retrying failures that may heal with backoff for
-/// `retry_for`.
-pub(crate) fn fetch_with_retry(
-    fetcher: &dyn PageFetcher,
-    offset: u64,
-    len: u64,
-    retry_for: Duration,
-    stop: Option<&AtomicBool>,
-) -> Result<PageBatch, String> {
-    retrying(offset, retry_for, stop, || fetcher.fetch(offset, len))
-}
-
-/// Fetches consecutive frames in one request, retrying like
-/// [`fetch_with_retry`].
+/// Fetches consecutive frames in one request, retrying failures that may
+/// heal with backoff for `retry_for`.
 pub(crate) fn fetch_run_with_retry(
     fetcher: &dyn PageFetcher,
     run: &[(u64, u64)],
@@ -81,6 +69,8 @@ pub(super) struct Queue {
 
 pub(super) struct Shared {
     pub queue: Mutex<Queue>,
+    /// What fetched frames not yet copied may hold.
+    pub window: std::sync::Arc<super::window::Window>,
     pub cv: Condvar,
     pub claimed: Vec<AtomicBool>,
     pub stop: AtomicBool,
@@ -158,22 +148,25 @@ pub(super) fn worker(
                 break Job::Run(f, last);
             }
         };
-        let results: Vec<(usize, Result<PageBatch, String>)> = match job {
-            Job::One(f) => {
-                let (offset, len) = frames[f];
-                vec![(
-                    f,
-                    fetch_with_retry(fetcher, offset, len, opts.retry_for, Some(&shared.stop)),
-                )]
-            }
+        let (first, last, mut room) = match job {
+            Job::One(f) => (f, f, shared.window.take_now(frames[f].1)),
             Job::Run(first, last) => {
-                let run = &frames[first..=last];
-                match fetch_run_with_retry(fetcher, run, opts.retry_for, Some(&shared.stop)) {
-                    Ok(batches) => (first..=last).zip(batches.into_iter().map(Ok)).collect(),
-                    Err(e) => vec![(first, Err(e))],
-                }
+                let bytes = frames[first..=last].iter().map(|f| f.1).sum();
+                (first, last, shared.window.take(bytes))
             }
         };
+        let run = &frames[first..=last];
+        let results: Vec<(usize, Result<PageBatch, String>)> =
+            match fetch_run_with_retry(fetcher, run, opts.retry_for, Some(&shared.stop)) {
+                Ok(batches) => (first..=last)
+                    .zip(batches)
+                    .map(|(f, mut batch)| {
+                        room.attach(&mut batch, frames[f].1);
+                        (f, Ok(batch))
+                    })
+                    .collect(),
+                Err(e) => vec![(first, Err(e))],
+            };
         // One wake-up per batch: the channel is shorter than a run, so
         // the serving loop must drain it while the rest waits to be sent.
         for r in results {

@@ -22,6 +22,7 @@
 
 mod fetch;
 mod serve;
+mod window;
 
 use crate::error::RestoreError;
 use crate::stub::Stub;
@@ -76,6 +77,10 @@ impl std::fmt::Display for FetchError {
 pub struct LazyOptions {
     /// Prefetch requests at the same time (one more fetch serves faults).
     pub fetch_threads: usize,
+    /// Bytes fetched and not yet copied into the process at most: what
+    /// crstream's memory holds beyond its own (~25 MiB). Faults never wait
+    /// for room.
+    pub window: u64,
     /// How long a failing frame fetch is retried (100 ms doubling up to
     /// 5 s between attempts) before the restore is given up.
     pub retry_for: Duration,
@@ -92,6 +97,7 @@ impl Default for LazyOptions {
     fn default() -> Self {
         Self {
             fetch_threads: 4,
+            window: window::DEFAULT_WINDOW,
             retry_for: Duration::from_secs(30),
             prefetch_delay: Duration::ZERO,
             working_set: Vec::new(),
@@ -230,66 +236,40 @@ pub(crate) fn prepare(
 }
 
 /// Requests at once for the frames written before the process runs: it
-/// waits for all of them, so they are all asked for at once (on an object
-/// store, one round trip instead of one per few runs).
+/// waits for all of them, so many are asked for at once (on an object
+/// store, one round trip instead of one per few runs), within the window.
 const PREFILL_IN_FLIGHT: usize = 32;
 
 /// Fetches `frames` (sorted by offset) and writes them into the stub: runs
 /// of consecutive frames in one request each, up to [`PREFILL_IN_FLIGHT`]
-/// at a time, since the process waits for all of them before it runs.
+/// at a time within the window, each written as soon as it arrives.
 fn fill_frames(
     stub: &Stub,
     areas: &[VmArea],
     input: &LazyInput<'_>,
     frames: &[(u64, u64)],
 ) -> Result<(), RestoreError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let pid = stub.pid;
     let runs =
         crstream_streamer::random::consecutive_runs(frames, fetch::RUN_FRAMES, fetch::RUN_BYTES);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    /// What one fetch thread got: each run it took, by number.
-    type Got = Vec<(usize, Result<Vec<PageBatch>, String>)>;
-    let fetched: Vec<Got> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..PREFILL_IN_FLIGHT.min(runs.len()).max(1))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut got = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(run) = runs.get(i) else { break got };
-                        let r = fetch::fetch_run_with_retry(
-                            &*input.fetcher,
-                            run,
-                            input.opts.retry_for,
-                            None,
-                        );
-                        let failed = r.is_err();
-                        got.push((i, r));
-                        if failed {
-                            break got;
-                        }
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("fetch thread"))
-            .collect()
-    });
-    let mut fetched: Vec<_> = fetched.into_iter().flatten().collect();
-    fetched.sort_by_key(|(i, _)| *i);
-    let writer = crate::kinds::memory::PageWriter::plain();
-    for (i, r) in fetched {
-        let batches = r.map_err(|e| RestoreError::Pages {
-            pid,
-            addr: 0,
-            reason: format!(
-                "fetching frames at offset {} of {}: {e}",
-                runs[i][0].0,
-                input.fetcher.describe()
-            ),
-        })?;
+    let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let window = window::Window::new(input.opts.window);
+    let first_error: std::sync::Mutex<Option<RestoreError>> = std::sync::Mutex::new(None);
+    let fill_run = |run: &[(u64, u64)]| -> Result<(), RestoreError> {
+        let _taken = window.take(run.iter().map(|f| f.1).sum());
+        let batches =
+            fetch::fetch_run_with_retry(&*input.fetcher, run, input.opts.retry_for, Some(&stop))
+                .map_err(|e| RestoreError::Pages {
+                    pid,
+                    addr: 0,
+                    reason: format!(
+                        "fetching frames at offset {} of {}: {e}",
+                        run[0].0,
+                        input.fetcher.describe()
+                    ),
+                })?;
+        let writer = crate::kinds::memory::PageWriter::plain();
         for batch in batches {
             if batch.pid as i32 != stub.vpid {
                 return Err(RestoreError::Image(format!(
@@ -299,8 +279,29 @@ fn fill_frames(
             }
             writer.fill(pid, &stub.mem, areas, &batch)?;
         }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        for _ in 0..PREFILL_IN_FLIGHT.min(runs.len()) {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(run) = runs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        break;
+                    };
+                    if let Err(e) = fill_run(run) {
+                        // The first failure is the one reported (kept
+                        // before the others see `stop` and fail too).
+                        first_error.lock().unwrap().get_or_insert(e);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Safety net before the lazy areas are registered: pages of the image

@@ -83,6 +83,7 @@ impl LazySession {
                 next_prefetch_at: Instant::now(),
             }),
             cv: Condvar::new(),
+            window: super::window::Window::new(opts.window),
             claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
         });
