@@ -309,6 +309,11 @@ fn lazy_options() -> crstream_core::LazyOptions {
     {
         o.prefetch_delay = d;
     }
+    if cfg!(debug_assertions)
+        && let Some(d) = env_ms("CRSTREAM_TEST_WORKING_SET_FOR_MS")
+    {
+        o.record_for = d;
+    }
     o
 }
 

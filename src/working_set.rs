@@ -1,5 +1,5 @@
 //! The working set of a lazily restored process: the page frames it
-//! faulted on before they arrived, in order, recorded by a lazy restore in
+//! faulted on before they arrived in its first moments, in order, recorded by a lazy restore in
 //! a sidecar object next to the image (`IMAGE.ws`), so that the next lazy
 //! restores of the same image prefetch those frames first.
 //!

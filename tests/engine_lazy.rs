@@ -566,6 +566,19 @@ fn the_working_set_is_recorded_and_filled_first_by_the_next_lazy_restore() {
         ("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "50"),
         ("CRSTREAM_LOG", "info"),
     ];
+    // Only faults in the process's first moments are its working set: with
+    // a span of none, a restore that faults records nothing.
+    let none = [env[0], env[1], ("CRSTREAM_TEST_WORKING_SET_FOR_MS", "0")];
+    let lr = LazyRestore::start(src, &none, &["--detach"]);
+    w.restored(lr.pid);
+    let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 2);
+    assert_eq!(field(&r, 0, 1), checksum, "{r}");
+    let (st, log) = lr.finish(T);
+    assert!(st.success(), "{log}");
+    assert!(faults_logged(&log) >= 8, "{log}");
+    assert!(!ws.exists(), "recorded faults after the span: {log}");
+    w.kill();
+    std::fs::remove_file(&w.report).unwrap();
     let mut faults = Vec::new();
     for round in 0..3 {
         if round == 2 {

@@ -91,6 +91,11 @@ pub struct LazyOptions {
     /// restore of the image recorded, so that the process does not wait
     /// for them one fault at a time.
     pub working_set: Vec<u64>,
+    /// Faults are recorded as the working set only this long after the
+    /// process resumes: its first moments, which a later restore should
+    /// not wait for; what it touches later (a request served minutes into
+    /// a long prefetch) would only make every later restore slower to run.
+    pub record_for: Duration,
 }
 
 impl Default for LazyOptions {
@@ -101,6 +106,7 @@ impl Default for LazyOptions {
             retry_for: Duration::from_secs(30),
             prefetch_delay: Duration::ZERO,
             working_set: Vec::new(),
+            record_for: Duration::from_secs(2),
         }
     }
 }
@@ -119,6 +125,11 @@ pub struct LazyStats {
     /// The working set: frames (by offset) the process faulted on before
     /// they arrived, in the order of the first fault on each.
     pub working_set: Vec<u64>,
+    /// Faults are recorded as the working set only this long after the
+    /// process resumes: its first moments, which a later restore should
+    /// not wait for; what it touches later (a request served minutes into
+    /// a long prefetch) would only make every later restore slower to run.
+    pub record_for: Duration,
 }
 
 /// Why the lazy phase failed; the restored process has been killed.

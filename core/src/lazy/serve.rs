@@ -180,7 +180,7 @@ impl LazySession {
                                 None => pending_zero.push(page),
                                 Some(f) if done[f] => uffd.wake(page, PAGE),
                                 Some(f) => {
-                                    if !faulted[f] {
+                                    if !faulted[f] && self.resumed.elapsed() < opts.record_for {
                                         faulted[f] = true;
                                         stats.working_set.push(self.frames[f].0);
                                     }
