@@ -11,8 +11,8 @@
 //! A slave whose master the tree does not hold (or holds in a process
 //! dumped after it) is left to `tty.rs` (a shell job's terminal, or
 //! refused). Refused by name: a session leader whose controlling terminal
-//! it holds no fd of. Not seen: a line being typed in canonical mode, not
-//! yet entered.
+//! it holds no fd of. A line being typed in canonical mode, not yet
+//! entered, is part of the input.
 //!
 //! Restore: the pair is made again with its index (opening /dev/ptmx until
 //! the kernel hands out that one), its state set when the master's record
@@ -48,6 +48,8 @@ const TCGETS2: u64 = 0x802c_542a;
 const TCSETS2: u64 = 0x402c_542b;
 /// struct termios2 and struct winsize.
 const TERMIOS2_LEN: usize = 44;
+/// Where c_cc starts in a termios2 (after four flag words and c_line).
+const CC_AT: usize = 17;
 const WINSIZE_LEN: usize = 8;
 /// c_oflag's place in struct termios2, and OPOST.
 const OFLAG_AT: usize = 4;
@@ -314,8 +316,10 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
     let index = tty::get_int(dup, TIOCGPTN).map_err(err("TIOCGPTN"))? as u32;
     let slave = tty::peer(dup, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
         .map_err(err("TIOCGPTPEER"))?;
-    // Typed, not read yet: read out (complete lines, in canonical mode).
-    let input = drain(&slave, false).map_err(err("reading the pending input"))?;
+    // Typed, not read yet: read out (complete lines, in canonical mode),
+    // then the line being typed.
+    let mut input = drain(&slave, false).map_err(err("reading the pending input"))?;
+    input.extend(typed_line(&slave).map_err(err("reading the line being typed"))?);
     let packet_mode = tty::get_int(dup, TIOCGPKT).map_err(err("TIOCGPKT"))? != 0;
     Ok(PtyFile {
         index,
@@ -330,6 +334,27 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
         input,
         ..Default::default()
     })
+}
+
+/// The line being typed in canonical mode, not yet entered, which no read
+/// returns: readable once canonical mode is off for a moment (the line
+/// discipline then hands out everything it holds), with VMIN and VTIME 0
+/// so that a read never waits for more. Written back like the rest of the
+/// input, it is a line being typed again.
+fn typed_line(slave: &OwnedFd) -> io::Result<Vec<u8>> {
+    let saved = tty::get_bytes(slave, TCGETS2, TERMIOS2_LEN)?;
+    let lflag = u32::from_ne_bytes(saved[12..16].try_into().expect("4 bytes"));
+    if lflag & libc::ICANON == 0 {
+        return Ok(Vec::new());
+    }
+    let mut raw = saved.clone();
+    raw[12..16].copy_from_slice(&(lflag & !libc::ICANON).to_ne_bytes());
+    raw[CC_AT + libc::VMIN] = 0;
+    raw[CC_AT + libc::VTIME] = 0;
+    tty::set_bytes(slave, TCSETS2, &raw)?;
+    let line = drain(slave, false);
+    tty::set_bytes(slave, TCSETS2, &saved)?;
+    line
 }
 
 /// Reads everything one side has pending (its reader is frozen: nothing
@@ -463,18 +488,28 @@ mod tests {
             .unwrap();
         // Typed, not read: a whole line, and nothing echoed (ECHO is off).
         std::fs::File::from(master.try_clone().unwrap())
-            .write_all(b"typed line\n")
+            .write_all(b"typed line\nhalf a li")
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let f = dump_own(master.as_raw_fd()).unwrap();
         let p = f.pty.as_ref().unwrap();
         assert!(p.master && p.index == index && p.exclusive);
         assert_eq!(p.output, b"hello\r\n");
-        assert_eq!(p.input, b"typed line\n");
-        // Still pending on the original (once the tty layer has moved it).
+        assert_eq!(p.input, b"typed line\nhalf a li");
+        // Still pending on the original (once the tty layer has moved it),
+        // the line being typed too (TIOCINQ counts whole lines only).
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(tty::get_int(&master, TIOCINQ).unwrap(), 7);
         assert_eq!(tty::get_int(&slave, TIOCINQ).unwrap(), 11);
+        assert_eq!(tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN).unwrap(), t);
+        std::fs::File::from(master.try_clone().unwrap())
+            .write_all(b"ne\n")
+            .unwrap();
+        let mut lines = [0u8; 23];
+        std::fs::File::from(slave.try_clone().unwrap())
+            .read_exact(&mut lines)
+            .unwrap();
+        assert_eq!(&lines, b"typed line\nhalf a line\n");
         drop((master, slave));
         let n = created(&mut Ptys::default(), &f);
         assert_eq!(tty::get_int(&n, TIOCGPTN).unwrap() as u32, index);
@@ -487,6 +522,17 @@ mod tests {
             .read_exact(&mut line)
             .unwrap();
         assert_eq!(&line, b"typed line\n");
+        // The line being typed is one still: it ends when entered.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(tty::get_int(&peer, TIOCINQ).unwrap(), 0);
+        std::fs::File::from(n.try_clone().unwrap())
+            .write_all(b"ne\n")
+            .unwrap();
+        let mut rest = [0u8; 12];
+        std::fs::File::from(peer.try_clone().unwrap())
+            .read_exact(&mut rest)
+            .unwrap();
+        assert_eq!(&rest, b"half a line\n");
         let mut got = [0u8; 7];
         std::fs::File::from(n).read_exact(&mut got).unwrap();
         assert_eq!(&got, b"hello\r\n");
