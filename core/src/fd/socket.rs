@@ -455,7 +455,10 @@ impl From<io::Error> for PeekError {
 
 /// The data queued on a socket, left in place: one entry per message
 /// (stream: one entry with all bytes), and the sender of each message of a
-/// message socket that gets them (SO_PASSCRED; else empty).
+/// message socket that gets them (SO_PASSCRED; else empty). With
+/// `unnamed_senders`, a message from a sender with a name is refused (a
+/// socket whose queue goes back from an unnamed socket: the receiver would
+/// answer nobody).
 ///
 /// MSG_PEEK always starts at the head of the queue, so we walk it with an
 /// explicit SO_PEEK_OFF that we set before every peek (so a truncated
@@ -464,16 +467,21 @@ impl From<io::Error> for PeekError {
 pub(super) fn peek_queue(
     s: &OwnedFd,
     ty: i32,
+    unnamed_senders: bool,
 ) -> Result<(Vec<Vec<u8>>, Vec<UnixCreds>), PeekError> {
     let saved_off = getsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF)?;
-    let r = peek_messages(s, ty);
+    let r = peek_messages(s, ty, unnamed_senders);
     let restored = setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, saved_off);
     let out = r?;
     restored?;
     Ok(out)
 }
 
-fn peek_messages(s: &OwnedFd, ty: i32) -> Result<(Vec<Vec<u8>>, Vec<UnixCreds>), PeekError> {
+fn peek_messages(
+    s: &OwnedFd,
+    ty: i32,
+    unnamed_senders: bool,
+) -> Result<(Vec<Vec<u8>>, Vec<UnixCreds>), PeekError> {
     let stream = ty == libc::SOCK_STREAM;
     let mut out: Vec<Vec<u8>> = Vec::new();
     let mut creds: Vec<UnixCreds> = Vec::new();
@@ -489,6 +497,13 @@ fn peek_messages(s: &OwnedFd, ty: i32) -> Result<(Vec<Vec<u8>>, Vec<UnixCreds>),
             return Err(PeekError::Refuse(
                 "a queued message carries file descriptors (SCM_RIGHTS): not supported".into(),
             ));
+        }
+        if unnamed_senders && anc.sender.len() > 2 {
+            return Err(PeekError::Refuse(format!(
+                "a queued message from {}: it would come back from no name, and an answer \
+                 would go nowhere",
+                fmt_sockaddr(&anc.sender)
+            )));
         }
         if stream {
             if n == 0 {

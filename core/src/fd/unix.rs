@@ -85,10 +85,13 @@ impl FdKind for UnixSockets {
                     )
                 }
             }
-            (sf.queued, sf.queued_creds) = peek_queue(&dup, ty).map_err(|e| match e {
-                PeekError::Io(e) => d.error("peeking the queued data", e),
-                PeekError::Refuse(why) => d.refuse(why),
-            })?;
+            // Datagrams go back from sockets without a name (see `create`).
+            let unnamed_senders = ty == libc::SOCK_DGRAM;
+            (sf.queued, sf.queued_creds) =
+                peek_queue(&dup, ty, unnamed_senders).map_err(|e| match e {
+                    PeekError::Io(e) => d.error("peeking the queued data", e),
+                    PeekError::Refuse(why) => d.refuse(why),
+                })?;
             if sf.peer_inode != 0 {
                 self.peers.insert(sf.inode, (d.pid, d.fd, sf.peer_inode));
                 self.ext_unix = d.ext_unix;
@@ -101,7 +104,12 @@ impl FdKind for UnixSockets {
                         sf.peer_addr.clone(),
                     ),
                 );
-            } else if !sf.queued.is_empty() && ty == libc::SOCK_DGRAM && sf.local_addr.len() <= 2 {
+            } else if !sf.queued.is_empty()
+                && ty == libc::SOCK_DGRAM
+                && sf.local_addr.len() <= 2
+                && sf.peer_addr.is_empty()
+            {
+                // (One whose peer is gone still names it: see `create`.)
                 return Err(
                     d.refuse("unbound, unconnected unix datagram socket with queued messages")
                 );
@@ -205,9 +213,17 @@ impl UnixSockets {
         if s.external_peer {
             return self.create_external(s, ferr);
         }
-        // A connected stream whose peer was closed at dump time.
-        let orphan =
-            s.peer_inode == 0 && !s.listening && s.r#type != libc::SOCK_DGRAM && s.shutdown == 3;
+        // Connected to a peer closed at dump time: a stream (shut down both
+        // ways), or an unbound datagram socket (getpeername still answers:
+        // the end of a socketpair, with the messages its peer sent before
+        // it went; its next send fails with ECONNREFUSED).
+        let orphan = s.peer_inode == 0
+            && !s.listening
+            && if s.r#type == libc::SOCK_DGRAM {
+                !s.peer_addr.is_empty() && s.local_addr.len() <= 2
+            } else {
+                s.shutdown == 3
+            };
         if s.peer_inode == 0 && !orphan {
             return self.create_unpaired(s, ferr);
         }
@@ -431,6 +447,56 @@ mod tests {
             assert_eq!(anc.creds, Some((me, uid, gid)));
             rustix::net::recv(&na, &mut buf[..], rustix::net::RecvFlags::DONTWAIT).unwrap();
         }
+    }
+
+    /// The end of a datagram socketpair whose peer was closed: the
+    /// messages the peer sent come back, then the send fails as before.
+    #[test]
+    fn a_datagram_socket_whose_peer_is_gone_keeps_its_messages() {
+        let (a, b) = socket::socketpair(libc::SOCK_DGRAM).unwrap();
+        for m in [&b"one"[..], b"two"] {
+            send_all(&b, m, None).unwrap();
+        }
+        drop(b);
+        let mut kind = UnixSockets::default();
+        let fa = dump_with(&mut kind, a.as_raw_fd()).unwrap();
+        kind.check_peers().unwrap();
+        let sa = fa.socket.as_ref().unwrap();
+        assert_eq!(sa.queued, vec![b"one".to_vec(), b"two".to_vec()]);
+        let n = created(&mut UnixSockets::default(), &fa);
+        let mut buf = [0u8; 16];
+        for sock in [&a, &n] {
+            for want in [&b"one"[..], b"two"] {
+                let (len, _) =
+                    rustix::net::recv(sock, &mut buf[..], rustix::net::RecvFlags::DONTWAIT)
+                        .unwrap();
+                assert_eq!(&buf[..len], want);
+            }
+            assert_eq!(
+                rustix::net::send(sock, b"x", rustix::net::SendFlags::DONTWAIT),
+                Err(rustix::io::Errno::CONNREFUSED)
+            );
+        }
+    }
+
+    /// A datagram queued from a sender with a name would come back from
+    /// none (the receiver's answer would go nowhere): refused by name.
+    #[test]
+    fn a_queued_datagram_from_a_named_sender_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rx, tx) = (dir.path().join("rx"), dir.path().join("tx"));
+        let r = std::os::unix::net::UnixDatagram::bind(&rx).unwrap();
+        let t = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        t.send_to(b"anonymous", &rx).unwrap();
+        let f = dump_own(r.as_raw_fd()).unwrap();
+        assert_eq!(f.socket.unwrap().queued, vec![b"anonymous".to_vec()]);
+        let named = std::os::unix::net::UnixDatagram::bind(&tx).unwrap();
+        named.send_to(b"answer me", &rx).unwrap();
+        let e = dump_own(r.as_raw_fd()).unwrap_err().to_string();
+        assert!(
+            e.contains("a queued message from") && e.contains("/tx"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -355,7 +355,7 @@ pub(crate) fn send_to(fd: impl AsFd, msg: &[u8], to: Option<&[u8]>) -> io::Resul
 }
 
 /// What came with a peeked message besides its bytes.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Ancillary {
     /// It carried file descriptors (SCM_RIGHTS; the copies the kernel
     /// installed in our table are closed).
@@ -363,6 +363,9 @@ pub(crate) struct Ancillary {
     /// The sender's credentials (SCM_CREDENTIALS: pid, uid, gid), which a
     /// socket with SO_PASSCRED gets.
     pub creds: Option<(i32, u32, u32)>,
+    /// The sender's name (a raw sockaddr; empty or the family alone for
+    /// an unnamed sender).
+    pub sender: Vec<u8>,
 }
 
 /// One message peeked from the head of the queue, at the socket's
@@ -375,12 +378,15 @@ pub(crate) fn peek(
     truncate: bool,
 ) -> io::Result<Option<(usize, Ancillary)>> {
     let mut cbuf = [0u64; 32];
+    let mut from: libc::sockaddr_storage = super::zeroed();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
     // SAFETY: msghdr is plain data, filled below.
     let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_name = (&raw mut from).cast();
+    mh.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     mh.msg_iov = &mut iov;
     mh.msg_iovlen = 1;
     mh.msg_control = cbuf.as_mut_ptr().cast();
@@ -390,7 +396,8 @@ pub(crate) fn peek(
         | libc::MSG_CMSG_CLOEXEC
         | if truncate { libc::MSG_TRUNC } else { 0 };
     let n = loop {
-        // SAFETY: mh points at `iov` (covering `buf`) and `cbuf`, both alive.
+        // SAFETY: mh points at `iov` (covering `buf`), `from` and `cbuf`,
+        // all alive.
         let n = unsafe { libc::recvmsg(raw(&fd), &mut mh, flags) };
         if n >= 0 {
             break n as usize;
@@ -402,7 +409,11 @@ pub(crate) fn peek(
             _ => return Err(e),
         }
     };
-    let mut anc = Ancillary::default();
+    let name_len = (mh.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    let mut anc = Ancillary {
+        sender: super::bytes_of_mut(&mut from)[..name_len].to_vec(),
+        ..Default::default()
+    };
     // SAFETY: walking the control buffer the kernel filled; each SCM_RIGHTS
     // entry holds fds it installed in our table, which nothing else owns;
     // an SCM_CREDENTIALS entry holds a struct ucred.
