@@ -282,3 +282,128 @@ fn python_with_unix_sockets_connected_outside_the_tree() {
     assert_running_untraced(w.pid);
     w.kill();
 }
+
+/// Files in flight: python3 sends files over a unix stream and a datagram
+/// socketpair (SCM_RIGHTS) and receives them only after restore. A pipe
+/// and a memfd only the messages hold, a file at an offset, an eventfd,
+/// and a file the process keeps too (received, it must share the offset
+/// with the kept fd): each comes back with its contents and state, in the
+/// message that carried it, at its place in the stream.
+const PASS_FDS: &str = r#"
+import os, sys, socket, time
+report, d = sys.argv[1], sys.argv[2]
+st_a, st_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+dg_a, dg_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+os.write(w, b"through the pipe")
+os.close(w)
+f = os.open(os.path.join(d, "data"), os.O_RDWR | os.O_CREAT)
+os.write(f, b"0123456789")
+os.lseek(f, 3, 0)
+m = os.memfd_create("passed")
+os.write(m, b"memfd bytes")
+os.lseek(m, 0, 0)
+k = os.open(os.path.join(d, "kept"), os.O_RDWR | os.O_CREAT)
+os.write(k, b"abcdef")
+os.lseek(k, 2, 0)
+e = os.eventfd(7)
+st_b.sendall(b"before ")
+socket.send_fds(st_b, [b"first"], [r, f])
+st_b.sendall(b" between ")
+socket.send_fds(st_b, [b"second"], [m, k])
+st_b.sendall(b" after")
+socket.send_fds(dg_b, [b"dgram one"], [e])
+dg_b.send(b"dgram two")
+for x in (r, f, m, e):
+    os.close(x)
+def put(line):
+    with open(report + ".tmp", "w") as out:
+        out.write(line + "\n")
+    os.rename(report + ".tmp", report)
+n = 0
+while not os.path.exists(os.path.join(d, "go")):
+    n += 1
+    put("%d %d waiting" % (os.getpid(), n))
+    time.sleep(0.05)
+got = []
+st_a.setblocking(False)
+for _ in range(3):
+    data, fds, _, _ = socket.recv_fds(st_a, 100, 10)
+    got.append((data, fds))
+checks = []
+def check(name, ok):
+    checks.append(name + ("=ok" if ok else "=BAD"))
+check("stream", [g[0] for g in got] == [b"before first", b" between second", b" after"])
+check("counts", [len(g[1]) for g in got] == [2, 2, 0])
+if [len(g[1]) for g in got][:2] == [2, 2]:
+    (r2, f2), (m2, k2) = got[0][1], got[1][1]
+    check("pipe", os.read(r2, 100) == b"through the pipe" and os.read(r2, 100) == b"")
+    check("file", os.read(f2, 100) == b"3456789")
+    check("memfd", os.read(m2, 100) == b"memfd bytes")
+    check("kept", os.read(k2, 2) == b"cd" and os.lseek(k, 0, 1) == 4)
+data, fds, _, _ = socket.recv_fds(dg_a, 100, 10)
+check("dgram", data == b"dgram one" and len(fds) == 1 and os.eventfd_read(fds[0]) == 7)
+check("dgram2", dg_a.recv(100) == b"dgram two")
+put("%d %d %s" % (os.getpid(), n, " ".join(checks)))
+time.sleep(600)
+"#;
+
+#[test]
+fn files_in_flight_in_unix_messages_come_back_with_them() {
+    let dir = TestDir::new("passfds");
+    std::fs::write(dir.path("wl.py"), PASS_FDS).unwrap();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(dir.path("wl.py"))
+        .arg(dir.path("report"))
+        .arg(dir.path(""));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| r.contains("waiting") && field(r, 0, 1) >= 2);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    // Readers that would drop the files refuse the image.
+    let o = run(&["inspect", img.to_str().unwrap()], &[]);
+    assert!(text(&o).contains("records version 6"), "{}", text(&o));
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    std::fs::write(dir.path("go"), b"").unwrap();
+    let r = w.wait_report(T, |r| !r.contains("waiting"));
+    assert!(!r.contains("BAD"), "{r}\n{}", w.log());
+    assert!(r.contains("kept=ok") && r.contains("dgram2=ok"), "{r}");
+    w.kill();
+}
+
+/// A file in flight that no process of the tree holds and whose kind needs
+/// a process around it (a TCP socket) is refused by name, and the process
+/// runs on with its message intact.
+#[test]
+fn a_tcp_socket_in_flight_alone_is_refused_by_name() {
+    let dir = TestDir::new("passfds-refused");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([
+        "-c",
+        "import os, sys, socket, time\n\
+         a, b = socket.socketpair()\n\
+         t = socket.socket(); t.bind(('127.0.0.1', 0)); t.listen()\n\
+         socket.send_fds(b, [b'x'], [t.fileno()]); t.close()\n\
+         n = 0\n\
+         while not os.path.exists(sys.argv[1] + '.go'):\n\
+         \x20   n += 1; open(sys.argv[1], 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         data, fds, _, _ = socket.recv_fds(a, 10, 4)\n\
+         kind = socket.socket(fileno=fds[0]).type\n\
+         open(sys.argv[1], 'w').write('%d %d %s %s\\n' % (os.getpid(), n, data.decode(), kind == socket.SOCK_STREAM))\n\
+         time.sleep(600)\n",
+    ])
+    .arg(dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let err = dump_refused(w.pid, &dir.path("img"), &[], &[]);
+    assert!(
+        err.contains("SCM_RIGHTS") && err.contains("which no process of the tree holds"),
+        "{err}"
+    );
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| !r.contains("waiting"));
+    assert!(r.trim_end().ends_with("x True"), "{r}");
+    w.kill();
+}

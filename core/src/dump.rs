@@ -416,8 +416,11 @@ fn write_metadata(
             // Older readers must not read inner PIDs as crstream's, nor
             // restore an external pipe (which they ignore) as a pipe of
             // their own.
-            format_version: if ns.is_some() || !opts.external_pipes.is_empty() {
+            // Nor restore a queued message without the files it carries.
+            format_version: if crate::fd::passes_files(processes) {
                 crstream_proto::RECORDS_VERSION
+            } else if ns.is_some() || !opts.external_pipes.is_empty() {
+                crstream_proto::RECORDS_VERSION_WITHOUT_PASSED_FILES
             } else {
                 crstream_proto::RECORDS_VERSION_WITHOUT_PID_NAMESPACE
             },

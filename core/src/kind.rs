@@ -61,7 +61,9 @@ pub(crate) trait Kind {
     /// live process, parents first).
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError>;
     /// After `restore` ran for every process.
-    fn restore_done(&mut self) {}
+    fn restore_done(&mut self, _objects: &RestoreObjects<'_>) -> Result<(), RestoreError> {
+        Ok(())
+    }
 }
 
 /// Objects several processes of a tree may share, saved once for it:

@@ -449,6 +449,15 @@ impl TreeNamespace {
                         for c in &mut s.queued_creds {
                             c.pid = inner(c.pid);
                         }
+                        for pf in s.passed.iter_mut().flat_map(|m| m.files.iter_mut()) {
+                            if pf.held_by_pid != 0 {
+                                pf.held_by_pid = inner(pf.held_by_pid);
+                            }
+                            let sock = pf.file.as_mut().and_then(|f| f.socket.as_mut());
+                            for c in sock.into_iter().flat_map(|s| s.queued_creds.iter_mut()) {
+                                c.pid = inner(c.pid);
+                            }
+                        }
                     }
                 }
             }

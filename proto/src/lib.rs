@@ -16,8 +16,12 @@ pub const FORMAT_VERSION: u16 = 1;
 /// thread, oom_score_adj and login uid; 4 = pages shared copy-on-write
 /// with the parent (`VmArea.inherited`); 5 = PIDs inside the tree's own PID
 /// namespace (`Inventory.pid_namespace`), pipes whose other end is outside
-/// (`PipeFile.external`). Readers read every version up to theirs.
-pub const RECORDS_VERSION: u32 = 5;
+/// (`PipeFile.external`); 6 = files passed in queued unix messages
+/// (`SocketFile.passed`). Readers read every version up to theirs.
+pub const RECORDS_VERSION: u32 = 6;
+
+/// The version written for an image with nothing of version 6 in it.
+pub const RECORDS_VERSION_WITHOUT_PASSED_FILES: u32 = 5;
 
 /// The version written for an image with nothing of version 5 in it (a
 /// tree in crstream's PID namespace, no external pipe), which readers of

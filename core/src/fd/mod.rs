@@ -25,6 +25,7 @@ mod netlink;
 pub(crate) mod owner;
 mod packet;
 mod packets;
+mod passed;
 pub(crate) mod pidfd;
 mod pipe;
 pub(crate) mod pty;
@@ -47,6 +48,7 @@ use crate::records::ProcessImage;
 use crate::stub::Stub;
 use crate::sys::kcmp;
 use crstream_proto::{FileTable, OpenFile};
+use passed::Passing;
 use std::fs::Metadata;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -103,6 +105,16 @@ trait FdKind {
     /// other fds by number).
     fn after_table(&mut self, _stub: &Stub, _f: &OpenFile) -> Result<(), RestoreError> {
         Ok(())
+    }
+    /// Dump, after each process: the files messages queued on its sockets
+    /// carry (`passed.rs`).
+    fn take_passed(&mut self) -> Vec<Passing> {
+        Vec::new()
+    }
+    /// Restore, once every fd table is in place: the queues still to fill
+    /// (`passed.rs`).
+    fn take_fills(&mut self) -> Option<unix::Pending> {
+        None
     }
 }
 
@@ -256,13 +268,17 @@ pub(crate) struct Files {
     kinds: Vec<Box<dyn FdKind>>,
     /// Dump: device number of the tree's controlling terminal.
     job_tty: Option<u64>,
+    /// Dump: files in flight in queued messages, until the tree is read.
+    in_flight: Vec<passed::InFlight>,
+    /// Dump: crstream's copies of them, open until the dump ends.
+    held_open: Vec<OwnedFd>,
 }
 
 impl Files {
     pub(crate) fn new() -> Self {
         Self {
             kinds: fd_kinds(),
-            job_tty: None,
+            ..Default::default()
         }
     }
 
@@ -356,10 +372,12 @@ impl Kind for Files {
             pid: pid as u32,
             files,
         });
+        self.read_in_flight(p, job_tty);
         Ok(())
     }
 
     fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
+        self.attach_in_flight(t.processes)?;
         for k in self.kinds.iter_mut() {
             k.dump_tree(t)?;
         }
@@ -401,10 +419,12 @@ impl Kind for Files {
         self.restore_table(p.stub, table, p.objects)
     }
 
-    /// The objects created in crstream are closed: every process holds its
-    /// own copies now.
-    fn restore_done(&mut self) {
+    /// The queues of unix sockets (`passed.rs`); then the objects created
+    /// in crstream are closed: every process holds its own copies now.
+    fn restore_done(&mut self, objects: &RestoreObjects<'_>) -> Result<(), RestoreError> {
+        let filled = self.fill_queues(objects);
         self.kinds = fd_kinds();
+        filled
     }
 }
 
@@ -673,6 +693,18 @@ fn place_fd(stub: &Stub, tmp_fd: i64, f: &OpenFile) -> Result<(), TaskError> {
         )?;
     }
     Ok(())
+}
+
+/// Whether any socket of the tree has files in flight in its queue (an
+/// image of records version 6).
+pub(crate) fn passes_files(procs: &[ProcessDump]) -> bool {
+    procs.iter().any(|p| {
+        p.records.get::<FileTable>().is_some_and(|t| {
+            t.files
+                .iter()
+                .any(|f| f.socket.as_ref().is_some_and(|s| !s.passed.is_empty()))
+        })
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::error::{DumpError, RestoreError};
 use crate::kind::RestoreObjects;
 use crate::sys::socket::{
     SO_ACCEPTCONN, SO_DOMAIN, SO_PEEK_OFF, SO_PROTOCOL, getsockopt, getsockopt_int, name, peek,
-    send_to, send_with_creds, setsockopt, setsockopt_int, shutdown,
+    send_with, setsockopt, setsockopt_int, shutdown,
 };
 use crstream_proto::{FileKind, OpenFile, SockOpt, SocketFile, UnixCreds};
 use std::collections::HashMap;
@@ -453,9 +453,21 @@ impl From<io::Error> for PeekError {
     }
 }
 
-/// The data queued on a socket, left in place: one entry per message
-/// (stream: one entry with all bytes), and the sender of each message of a
-/// message socket that gets them (SO_PASSCRED; else empty). With
+/// What waits on a socket, read without consuming it.
+#[derive(Default)]
+pub(super) struct PeekedQueue {
+    /// One entry per message (a stream: one entry with all its bytes, cut
+    /// where a message carries files, which is an entry of its own).
+    pub messages: Vec<Vec<u8>>,
+    /// The sender of each message, for a message socket that gets them
+    /// (SO_PASSCRED; else empty).
+    pub creds: Vec<UnixCreds>,
+    /// The files messages carry (SCM_RIGHTS), by index in `messages`:
+    /// copies the kernel installed in crstream.
+    pub passed: Vec<(u32, Vec<OwnedFd>)>,
+}
+
+/// The data queued on a socket, left in place (see [`PeekedQueue`]). With
 /// `unnamed_senders`, a message from a sender with a name is refused (a
 /// socket whose queue goes back from an unnamed socket: the receiver would
 /// answer nobody).
@@ -468,7 +480,7 @@ pub(super) fn peek_queue(
     s: &OwnedFd,
     ty: i32,
     unnamed_senders: bool,
-) -> Result<(Vec<Vec<u8>>, Vec<UnixCreds>), PeekError> {
+) -> Result<PeekedQueue, PeekError> {
     let saved_off = getsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF)?;
     let r = peek_messages(s, ty, unnamed_senders);
     let restored = setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, saved_off);
@@ -477,14 +489,9 @@ pub(super) fn peek_queue(
     Ok(out)
 }
 
-fn peek_messages(
-    s: &OwnedFd,
-    ty: i32,
-    unnamed_senders: bool,
-) -> Result<(Vec<Vec<u8>>, Vec<UnixCreds>), PeekError> {
+fn peek_messages(s: &OwnedFd, ty: i32, unnamed_senders: bool) -> Result<PeekedQueue, PeekError> {
     let stream = ty == libc::SOCK_STREAM;
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut creds: Vec<UnixCreds> = Vec::new();
+    let mut q = PeekedQueue::default();
     let mut all = Vec::new();
     let mut off: i32 = 0;
     let mut buf = vec![0u8; 64 * 1024];
@@ -493,11 +500,6 @@ fn peek_messages(
         let Some((n, anc)) = peek(s, &mut buf, !stream)? else {
             break;
         };
-        if anc.passed_fds {
-            return Err(PeekError::Refuse(
-                "a queued message carries file descriptors (SCM_RIGHTS): not supported".into(),
-            ));
-        }
         if unnamed_senders && anc.sender.len() > 2 {
             return Err(PeekError::Refuse(format!(
                 "a queued message from {}: it would come back from no name, and an answer \
@@ -509,7 +511,37 @@ fn peek_messages(
             if n == 0 {
                 break; // end of stream: the peer shut down its side
             }
-            all.extend_from_slice(&buf[..n]);
+            if anc.fds.is_empty() {
+                all.extend_from_slice(&buf[..n]);
+                off += n as i32;
+                continue;
+            }
+            if n == buf.len() {
+                // The message with the files may go on: read it whole.
+                buf.resize(buf.len() * 2, 0);
+                continue;
+            }
+            // A read ends with the message that carries files; where that
+            // message starts, a peek of one byte tells (it reports the
+            // files only inside it).
+            let (mut lo, mut hi) = (0, n - 1);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, off + mid as i32)?;
+                let carries =
+                    peek(s, &mut [0u8; 1], false)?.is_some_and(|(_, a)| !a.fds.is_empty());
+                if carries {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            all.extend_from_slice(&buf[..lo]);
+            if !all.is_empty() {
+                q.messages.push(std::mem::take(&mut all));
+            }
+            q.passed.push((q.messages.len() as u32, anc.fds));
+            q.messages.push(buf[lo..n].to_vec());
             off += n as i32;
             continue;
         }
@@ -518,28 +550,32 @@ fn peek_messages(
             buf.resize(n, 0);
             continue;
         }
-        out.push(buf[..n].to_vec());
+        q.messages.push(buf[..n].to_vec());
         if let Some((pid, uid, gid)) = anc.creds {
             // Every message of a socket with SO_PASSCRED has them.
-            creds.resize(out.len() - 1, UnixCreds::default());
-            creds.push(UnixCreds { pid, uid, gid });
+            q.creds.resize(q.messages.len() - 1, UnixCreds::default());
+            q.creds.push(UnixCreds { pid, uid, gid });
+        }
+        if !anc.fds.is_empty() {
+            q.passed.push((q.messages.len() as u32 - 1, anc.fds));
         }
         off += n as i32;
         // A zero-length datagram does not move the offset; the kernel
         // skips it next time because it is marked as peeked.
     }
     if stream && !all.is_empty() {
-        out.push(all);
+        q.messages.push(all);
     }
-    if !creds.is_empty() {
-        creds.resize(out.len(), UnixCreds::default());
+    if !q.creds.is_empty() {
+        q.creds.resize(q.messages.len(), UnixCreds::default());
     }
-    Ok((out, creds))
+    Ok(q)
 }
 
 /// Sends one message whole, without blocking.
+#[cfg(test)]
 pub(super) fn send_all(s: &OwnedFd, msg: &[u8], to: Option<&[u8]>) -> io::Result<()> {
-    let n = send_to(s, msg, to)?;
+    let n = crate::sys::socket::send_to(s, msg, to)?;
     if n != msg.len() {
         return Err(io::Error::other(format!(
             "only {n} of {} bytes accepted",
@@ -558,7 +594,9 @@ pub(super) fn refill(
     queued: &[Vec<u8>],
     to: Option<&[u8]>,
     creds: &[UnixCreds],
+    files: &[(u32, Vec<OwnedFd>)],
 ) -> io::Result<()> {
+    use std::os::fd::AsFd;
     let total: usize = queued.iter().map(|q| q.len() + 512).sum();
     if total > 0 {
         let cur = getsockopt_int(into, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
@@ -567,26 +605,31 @@ pub(super) fn refill(
         }
     }
     for (i, q) in queued.iter().enumerate() {
-        match creds.get(i).filter(|c| c.pid > 0) {
-            None => send_all(into, q, to)?,
-            Some(c) => {
-                let sent = match send_with_creds(into, q, to, (c.pid, c.uid, c.gid)) {
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                        tracing::warn!(
-                            pid = c.pid,
-                            "a queued message's sender is gone: sent as crstream's"
-                        );
-                        send_with_creds(into, q, to, (std::process::id() as i32, c.uid, c.gid))?
-                    }
-                    r => r?,
-                };
-                if sent != q.len() {
-                    return Err(io::Error::other(format!(
-                        "only {sent} of {} bytes accepted",
-                        q.len()
-                    )));
-                }
+        let fds: Vec<_> = files
+            .iter()
+            .filter(|(m, _)| *m as usize == i)
+            .flat_map(|(_, f)| f.iter().map(AsFd::as_fd))
+            .collect();
+        let c = creds
+            .get(i)
+            .filter(|c| c.pid > 0)
+            .map(|c| (c.pid, c.uid, c.gid));
+        let sent = match send_with(into, q, to, c, &fds) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) && c.is_some() => {
+                tracing::warn!(
+                    pid = c.map_or(0, |c| c.0),
+                    "a queued message's sender is gone: sent as crstream's"
+                );
+                let me = std::process::id() as i32;
+                send_with(into, q, to, c.map(|(_, u, g)| (me, u, g)), &fds)?
             }
+            r => r?,
+        };
+        if sent != q.len() {
+            return Err(io::Error::other(format!(
+                "only {sent} of {} bytes accepted",
+                q.len()
+            )));
         }
     }
     Ok(())

@@ -130,13 +130,24 @@ pub(super) fn open_on_terminal(
 
 /// The object `kind` creates in crstream for `f` (state carries from one
 /// fd to the next, as within one restore).
+/// What restore does once every fd table is in place (queues, shutdowns)
+/// is done right after.
 pub(super) fn created(kind: &mut dyn FdKind, f: &OpenFile) -> OwnedFd {
-    match open_with(kind, f).unwrap() {
+    let fd = match open_with(kind, f).unwrap() {
         Reopen::Created(fd) => fd,
         Reopen::Path { path, .. } => {
             panic!("{} is reopened by path, not created", show(&path))
         }
+    };
+    if let Some(p) = kind.take_fills() {
+        for fill in &p.fills {
+            fill.send(&[]).unwrap();
+        }
+        for (s, bits, _) in p.shutdowns {
+            super::socket::shutdown_bits(&s, bits).unwrap();
+        }
     }
+    fd
 }
 
 /// Everything readable now on a non-blocking fd (a socket or not).

@@ -8,7 +8,7 @@
 
 use super::socket::{
     Created, PeekError, apply_options, finish, fmt_sockaddr, is_socket_of, listener_backlog,
-    peek_queue, read, refill, shutdown_bits,
+    peek_queue, read, refill,
 };
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
@@ -37,6 +37,54 @@ pub(super) struct UnixSockets {
     connected: HashMap<u64, (i32, bool, bool, Vec<u8>)>,
     /// Dump: sockets whose peer is outside the tree.
     external: Vec<u64>,
+    /// Dump: the files queued messages carry, for `fd/passed.rs`.
+    passing: Vec<super::Passing>,
+    /// Restore: what goes into the sockets once every fd table is in
+    /// place (a file a message carries may be any fd of the tree), in
+    /// order: the queues, then the shutdowns, then the ends that go.
+    fills: Vec<Fill>,
+    shutdowns: Vec<(OwnedFd, u32, String)>,
+    closing: Vec<OwnedFd>,
+    /// Restore: the fd being opened (for the errors of its fill).
+    opening_fd: u32,
+}
+
+/// A saved queue to send again through `sender` (to `to`, unconnected).
+pub(super) struct Fill {
+    sender: OwnedFd,
+    to: Option<Vec<u8>>,
+    pub socket: SocketFile,
+    /// Process and fd the queue belongs to (for errors).
+    pub pid: i32,
+    fd: u32,
+}
+
+impl Fill {
+    /// Sends the queue, each message with its files (`files`: by message).
+    pub(super) fn send(&self, files: &[(u32, Vec<OwnedFd>)]) -> Result<(), RestoreError> {
+        let s = &self.socket;
+        refill(
+            &self.sender,
+            &s.queued,
+            self.to.as_deref(),
+            &s.queued_creds,
+            files,
+        )
+        .map_err(|e| RestoreError::File {
+            pid: self.pid,
+            fd: self.fd,
+            path: format!("socket:[{}]", s.inode),
+            reason: format!("writing the queued data again: {e}"),
+        })
+    }
+}
+
+/// What the unix sockets made so far still need once every fd table is in
+/// place: their queues, then their shutdowns, then the ends that go.
+pub(super) struct Pending {
+    pub fills: Vec<Fill>,
+    pub shutdowns: Vec<(OwnedFd, u32, String)>,
+    pub closing: Vec<OwnedFd>,
 }
 
 impl FdKind for UnixSockets {
@@ -87,11 +135,18 @@ impl FdKind for UnixSockets {
             }
             // Datagrams go back from sockets without a name (see `create`).
             let unnamed_senders = ty == libc::SOCK_DGRAM;
-            (sf.queued, sf.queued_creds) =
-                peek_queue(&dup, ty, unnamed_senders).map_err(|e| match e {
-                    PeekError::Io(e) => d.error("peeking the queued data", e),
-                    PeekError::Refuse(why) => d.refuse(why),
-                })?;
+            let q = peek_queue(&dup, ty, unnamed_senders).map_err(|e| match e {
+                PeekError::Io(e) => d.error("peeking the queued data", e),
+                PeekError::Refuse(why) => d.refuse(why),
+            })?;
+            (sf.queued, sf.queued_creds) = (q.messages, q.creds);
+            for (message, fds) in q.passed {
+                self.passing.push(super::Passing {
+                    socket_fd: d.fd,
+                    message,
+                    fds,
+                });
+            }
             if sf.peer_inode != 0 {
                 self.peers.insert(sf.inode, (d.pid, d.fd, sf.peer_inode));
                 self.ext_unix = d.ext_unix;
@@ -140,6 +195,18 @@ impl FdKind for UnixSockets {
         is_socket_of(f, &[libc::AF_UNIX])
     }
 
+    fn take_passed(&mut self) -> Vec<super::Passing> {
+        std::mem::take(&mut self.passing)
+    }
+
+    fn take_fills(&mut self) -> Option<Pending> {
+        Some(Pending {
+            fills: std::mem::take(&mut self.fills),
+            shutdowns: std::mem::take(&mut self.shutdowns),
+            closing: std::mem::take(&mut self.closing),
+        })
+    }
+
     fn open(
         &mut self,
         pid: i32,
@@ -148,9 +215,10 @@ impl FdKind for UnixSockets {
     ) -> Result<Reopen, RestoreError> {
         let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
         let s = f.socket.as_ref().expect("restores() checked it");
+        self.opening_fd = f.fd;
         let fd = match self.created.again(pid, f, s.inode) {
             Some(again) => again.map_err(|e| ferr("dup", e))?,
-            None => self.create(s, &ferr)?,
+            None => self.create(pid, s, &ferr)?,
         };
         super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
         Ok(Reopen::Created(fd))
@@ -207,11 +275,12 @@ impl UnixSockets {
 
     fn create(
         &mut self,
+        pid: i32,
         s: &SocketFile,
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<OwnedFd, RestoreError> {
         if s.external_peer {
-            return self.create_external(s, ferr);
+            return self.create_external(pid, s, ferr);
         }
         // Connected to a peer closed at dump time: a stream (shut down both
         // ways), or an unbound datagram socket (getpeername still answers:
@@ -225,7 +294,7 @@ impl UnixSockets {
                 s.shutdown == 3
             };
         if s.peer_inode == 0 && !orphan {
-            return self.create_unpaired(s, ferr);
+            return self.create_unpaired(pid, s, ferr);
         }
         if self.created.get(s.inode).is_some() {
             // Second end of a pair created for its peer.
@@ -235,25 +304,29 @@ impl UnixSockets {
                 .created
                 .get(s.peer_inode)
                 .ok_or_else(|| ferr("registry", io::Error::other("peer socket missing")))?;
-            refill(peer, &s.queued, None, &s.queued_creds)
-                .map_err(|e| ferr("writing the queued data into the peer", e))?;
-            // Data of both directions is in: now the shutdowns can be set.
+            let (sender, peer) = (super::dup(peer), super::dup(peer));
+            self.fill(pid, s, sender.map_err(|e| ferr("dup", e))?, None);
+            // Once data of both directions is in: the shutdowns.
             if let Some((first, bits)) = self.pair_waiting.remove(&s.inode) {
-                shutdown_bits(peer, bits)
-                    .map_err(|e| ferr(&format!("shutdown of socket:[{first}]"), e))?;
+                let peer = peer.map_err(|e| ferr("dup", e))?;
+                self.shutdowns
+                    .push((peer, bits, format!("shutdown of socket:[{first}]")));
             }
-            shutdown_bits(&mine, s.shutdown).map_err(|e| ferr("shutdown", e))?;
+            let own = super::dup(&mine).map_err(|e| ferr("dup", e))?;
+            self.shutdowns.push((own, s.shutdown, "shutdown".into()));
             return Ok(mine);
         }
         let (a, b) = socket::socketpair(s.r#type).map_err(|e| ferr("socketpair", e))?;
         apply_options(&a, &s.options).map_err(|e| ferr("socket options", e))?;
-        refill(&b, &s.queued, None, &s.queued_creds)
-            .map_err(|e| ferr("writing the queued data into the peer", e))?;
+        self.fill(pid, s, super::dup(&b).map_err(|e| ferr("dup", e))?, None);
         if orphan {
-            // The peer was closed at dump time: closing ours gives EOF
-            // after the queued data, as the process saw it.
-            drop(b);
-            shutdown_bits(&a, s.shutdown & 1).map_err(|e| ferr("shutdown", e))?;
+            // The peer was closed at dump time: closing ours (once the
+            // queue is in) gives EOF after the queued data, as the process
+            // saw it.
+            self.closing.push(b);
+            let own = super::dup(&a).map_err(|e| ferr("dup", e))?;
+            self.shutdowns
+                .push((own, s.shutdown & 1, "shutdown".into()));
         } else {
             self.created.keep(s.peer_inode, b);
             self.pair_waiting
@@ -263,10 +336,26 @@ impl UnixSockets {
         self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
     }
 
+    /// Sends `s`'s saved queue through `sender` (to `to`) once every fd
+    /// table is in place ([`UnixSockets::take_fills`]).
+    fn fill(&mut self, pid: i32, s: &SocketFile, sender: OwnedFd, to: Option<Vec<u8>>) {
+        if s.queued.is_empty() {
+            return;
+        }
+        self.fills.push(Fill {
+            sender,
+            to,
+            socket: s.clone(),
+            pid,
+            fd: self.opening_fd,
+        });
+    }
+
     /// A socket connected outside the tree (not handed in: see
     /// `fd::inherited`): a datagram socket connects to its peer's name.
     fn create_external(
         &mut self,
+        pid: i32,
         s: &SocketFile,
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<OwnedFd, RestoreError> {
@@ -279,7 +368,7 @@ impl UnixSockets {
                 )),
             ));
         }
-        let sock = self.create_unpaired(s, ferr)?;
+        let sock = self.create_unpaired(pid, s, ferr)?;
         socket::connect(&sock, &s.peer_addr)
             .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(&s.peer_addr)), e))?;
         Ok(sock)
@@ -288,6 +377,7 @@ impl UnixSockets {
     /// A listening, bound or unbound socket with no peer.
     fn create_unpaired(
         &mut self,
+        pid: i32,
         s: &SocketFile,
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<OwnedFd, RestoreError> {
@@ -328,8 +418,7 @@ impl UnixSockets {
             // Datagrams queued on a bound, unconnected socket: send them
             // again to its name (their senders' addresses are lost).
             let tmp = socket::socket(libc::AF_UNIX, s.r#type, 0).map_err(|e| ferr("socket", e))?;
-            refill(&tmp, &s.queued, Some(&s.local_addr), &s.queued_creds)
-                .map_err(|e| ferr("sending the queued datagrams again", e))?;
+            self.fill(pid, s, tmp, Some(s.local_addr.clone()));
         }
         self.created.keep(s.inode, sock);
         self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))

@@ -423,8 +423,7 @@ fn restore_inner(
                 objects: &objects,
             })?;
         }
-        kind.restore_done();
-        Ok::<_, RestoreError>(())
+        kind.restore_done(&objects)
     };
 
     // Lazy: only the pages that cannot wait are in now. Then the final

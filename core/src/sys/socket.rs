@@ -2,7 +2,7 @@
 //! image keeps them (any family, any option).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 // Socket options the libc crate does not export for x86_64 gnu.
 pub(crate) const SO_PEEK_OFF: i32 = 42;
@@ -124,13 +124,41 @@ pub(crate) fn listen(fd: impl AsFd, backlog: i32) -> io::Result<()> {
 /// Sends one message without blocking, to `to` or to the peer, with the
 /// sender credentials `creds` (SCM_CREDENTIALS: pid, uid, gid; any, for
 /// root, of a process that exists); returns the bytes accepted.
+#[cfg(test)]
 pub(crate) fn send_with_creds(
     fd: impl AsFd,
     msg: &[u8],
     to: Option<&[u8]>,
     creds: (i32, u32, u32),
 ) -> io::Result<usize> {
-    let mut cbuf = [0u64; 8];
+    send_with(fd, msg, to, Some(creds), &[])
+}
+
+/// Sends one message without blocking, with the sender's credentials
+/// (SCM_CREDENTIALS) and file descriptors to pass (SCM_RIGHTS), each if
+/// given.
+pub(crate) fn send_with(
+    fd: impl AsFd,
+    msg: &[u8],
+    to: Option<&[u8]>,
+    creds: Option<(i32, u32, u32)>,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<usize> {
+    let creds_len = std::mem::size_of::<libc::ucred>() as u32;
+    let fds_len = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe {
+        (if creds.is_some() {
+            libc::CMSG_SPACE(creds_len)
+        } else {
+            0
+        }) + if fds.is_empty() {
+            0
+        } else {
+            libc::CMSG_SPACE(fds_len)
+        }
+    } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: msg.as_ptr().cast_mut().cast(),
         iov_len: msg.len(),
@@ -143,24 +171,32 @@ pub(crate) fn send_with_creds(
     }
     mh.msg_iov = &mut iov;
     mh.msg_iovlen = 1;
-    mh.msg_control = cbuf.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is arithmetic.
-    mh.msg_controllen =
-        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32) } as usize;
-    // SAFETY: the control buffer holds one ucred entry (checked by the
-    // length above); iov and the name outlive the call.
+    if space > 0 {
+        mh.msg_control = cbuf.as_mut_ptr().cast();
+        mh.msg_controllen = space;
+    }
+    // SAFETY: the control buffer has room for each entry written (its
+    // length is their CMSG_SPACE sum); iov and the name outlive the call.
     let n = unsafe {
-        let c = libc::CMSG_FIRSTHDR(&mh);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_CREDENTIALS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) as usize;
-        libc::CMSG_DATA(c)
-            .cast::<libc::ucred>()
-            .write_unaligned(libc::ucred {
-                pid: creds.0,
-                uid: creds.1,
-                gid: creds.2,
-            });
+        let mut c = libc::CMSG_FIRSTHDR(&mh);
+        if let Some((pid, uid, gid)) = creds {
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_CREDENTIALS;
+            (*c).cmsg_len = libc::CMSG_LEN(creds_len) as usize;
+            libc::CMSG_DATA(c)
+                .cast::<libc::ucred>()
+                .write_unaligned(libc::ucred { pid, uid, gid });
+            c = libc::CMSG_NXTHDR(&mh, c);
+        }
+        if !fds.is_empty() {
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(fds_len) as usize;
+            let data = libc::CMSG_DATA(c).cast::<i32>();
+            for (i, f) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(f.as_raw_fd());
+            }
+        }
         libc::sendmsg(raw(&fd), &mh, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     };
     if n < 0 {
@@ -329,6 +365,7 @@ pub(crate) fn shutdown(fd: impl AsFd, how: i32) -> io::Result<()> {
 
 /// Sends one message without blocking, to `to` (a raw sockaddr) or to the
 /// peer; returns the bytes accepted.
+#[cfg(test)]
 pub(crate) fn send_to(fd: impl AsFd, msg: &[u8], to: Option<&[u8]>) -> io::Result<usize> {
     let (addr, alen) = match to {
         Some(a) => (
@@ -355,11 +392,11 @@ pub(crate) fn send_to(fd: impl AsFd, msg: &[u8], to: Option<&[u8]>) -> io::Resul
 }
 
 /// What came with a peeked message besides its bytes.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub(crate) struct Ancillary {
-    /// It carried file descriptors (SCM_RIGHTS; the copies the kernel
-    /// installed in our table are closed).
-    pub passed_fds: bool,
+    /// The file descriptors it carries (SCM_RIGHTS): the copies the kernel
+    /// installed in crstream's table.
+    pub fds: Vec<OwnedFd>,
     /// The sender's credentials (SCM_CREDENTIALS: pid, uid, gid), which a
     /// socket with SO_PASSCRED gets.
     pub creds: Option<(i32, u32, u32)>,
@@ -377,7 +414,9 @@ pub(crate) fn peek(
     buf: &mut [u8],
     truncate: bool,
 ) -> io::Result<Option<(usize, Ancillary)>> {
-    let mut cbuf = [0u64; 32];
+    // Room for the most fds one message carries (SCM_MAX_FD, 253) and
+    // credentials: fds that do not fit would be closed by the kernel.
+    let mut cbuf = [0u64; 160];
     let mut from: libc::sockaddr_storage = super::zeroed();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -421,11 +460,11 @@ pub(crate) fn peek(
         let mut c = libc::CMSG_FIRSTHDR(&mh);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                anc.passed_fds = true;
                 let data = libc::CMSG_DATA(c).cast::<i32>();
                 let cnt = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
                 for i in 0..cnt {
-                    libc::close(data.add(i).read_unaligned());
+                    anc.fds
+                        .push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
                 }
             }
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
@@ -434,6 +473,12 @@ pub(crate) fn peek(
             }
             c = libc::CMSG_NXTHDR(&mh, c);
         }
+    }
+    if mh.msg_flags & libc::MSG_CTRUNC != 0 {
+        // (The fds that fit are closed with `anc`.)
+        return Err(io::Error::other(
+            "the control data of a message did not fit",
+        ));
     }
     Ok(Some((n, anc)))
 }
