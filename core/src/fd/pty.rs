@@ -314,13 +314,32 @@ impl FdKind for Ptys {
 fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
     let err = |what: &'static str| move |e: io::Error| d.error(what, e);
     let index = tty::get_int(dup, TIOCGPTN).map_err(err("TIOCGPTN"))? as u32;
+    let packet_mode = tty::get_int(dup, TIOCGPKT).map_err(err("TIOCGPKT"))? != 0;
+    if !slave_ever_opened(dup, index) {
+        // Opening the slave side now would leave the master "other side
+        // closed" once we close it (its reads fail with EIO): read through
+        // the master alone (its termios requests reach the slave's), and
+        // restore opens no slave either. Nothing was typed for a slave
+        // nobody opened to read, nor written by one.
+        let termios = tty::get_bytes(dup, TCGETS2, TERMIOS2_LEN).map_err(err("TCGETS2"))?;
+        return Ok(PtyFile {
+            index,
+            master: true,
+            slave_termios: termios.clone(),
+            master_termios: termios,
+            winsize: tty::get_bytes(dup, TIOCGWINSZ, WINSIZE_LEN).map_err(err("TIOCGWINSZ"))?,
+            packet_mode,
+            locked: tty::get_int(dup, TIOCGPTLCK).map_err(err("TIOCGPTLCK"))? != 0,
+            slave_never_opened: true,
+            ..Default::default()
+        });
+    }
     let slave = tty::peer(dup, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
         .map_err(err("TIOCGPTPEER"))?;
     // Typed, not read yet: read out (complete lines, in canonical mode),
     // then the line being typed.
     let mut input = drain(&slave, false).map_err(err("reading the pending input"))?;
     input.extend(typed_line(&slave).map_err(err("reading the line being typed"))?);
-    let packet_mode = tty::get_int(dup, TIOCGPKT).map_err(err("TIOCGPKT"))? != 0;
     Ok(PtyFile {
         index,
         master: true,
@@ -334,6 +353,36 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
         input,
         ..Default::default()
     })
+}
+
+/// Whether the slave side of the pair is open, or was once: then the
+/// master reports POLLHUP while none is open. Otherwise some process holds
+/// /dev/pts/INDEX now, or none ever opened it.
+fn slave_ever_opened(master: &OwnedFd, index: u32) -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [PollFd::new(master, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if poll(&mut fds, Some(&zero)).is_ok() && fds[0].revents().contains(PollFlags::HUP) {
+        return true;
+    }
+    let slave = format!("/dev/pts/{index}");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true; // cannot tell: as before
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            p.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|p| std::fs::read_dir(p.path().join("fd")).ok())
+        .flat_map(|fds| fds.flatten())
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == slave.as_str()))
 }
 
 /// The line being typed in canonical mode, not yet entered, which no read
@@ -443,6 +492,17 @@ fn set_state(master: &OwnedFd, p: &PtyFile) -> io::Result<()> {
     check(&p.winsize, WINSIZE_LEN, "winsize")?;
     tty::set_bytes(master, TCSETS2, &p.master_termios)?;
     tty::set_bytes(master, TIOCSWINSZ, &p.winsize)?;
+    if p.slave_never_opened {
+        // Opening the slave would change the pair (see `read_master`);
+        // the master's TCSETS2 set the slave's termios already.
+        if p.packet_mode {
+            tty::set_int(master, TIOCPKT, 1)?;
+        }
+        if p.locked {
+            tty::set_int(master, TIOCSPTLCK, 1)?;
+        }
+        return Ok(());
+    }
     let slave = tty::peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
     tty::set_bytes(&slave, TCSETS2, &p.slave_termios)?;
     write_output(master, &p.output)?;
@@ -536,6 +596,38 @@ mod tests {
         let mut got = [0u8; 7];
         std::fs::File::from(n).read_exact(&mut got).unwrap();
         assert_eq!(&got, b"hello\r\n");
+    }
+
+    /// A pair whose slave nobody ever opened: dump and restore open none
+    /// (the master's reads would fail with EIO after), and its termios
+    /// still comes back.
+    #[test]
+    fn a_pair_whose_slave_was_never_opened_stays_so() {
+        let _indexes = PTY_INDEXES.lock().unwrap_or_else(|e| e.into_inner());
+        let master = open_index_any();
+        let mut t = tty::get_bytes(&master, TCGETS2, TERMIOS2_LEN).unwrap();
+        let lflag = u32::from_ne_bytes(t[12..16].try_into().unwrap()) & !libc::ECHO;
+        t[12..16].copy_from_slice(&lflag.to_ne_bytes());
+        tty::set_bytes(&master, TCSETS2, &t).unwrap();
+        let hup = |m: &OwnedFd| {
+            let mut fds = [rustix::event::PollFd::new(m, rustix::event::PollFlags::IN)];
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            rustix::event::poll(&mut fds, Some(&zero)).unwrap();
+            fds[0].revents().contains(rustix::event::PollFlags::HUP)
+        };
+        let f = dump_own(master.as_raw_fd()).unwrap();
+        assert!(f.pty.as_ref().unwrap().slave_never_opened);
+        assert!(!hup(&master), "the dump opened the slave");
+        let index = tty::get_int(&master, TIOCGPTN).unwrap();
+        drop(master);
+        let n = created(&mut Ptys::default(), &f);
+        assert_eq!(tty::get_int(&n, TIOCGPTN).unwrap(), index);
+        assert!(!hup(&n), "the restore opened the slave");
+        let peer = tty::peer(&n, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();
+        assert_eq!(tty::get_bytes(&peer, TCGETS2, TERMIOS2_LEN).unwrap(), t);
     }
 
     fn open_index_any() -> OwnedFd {
