@@ -380,18 +380,29 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
     // SAFETY: mallopt only tunes this process's allocator.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let rt = crate::runtime();
-    let (reader, object) = rt.block_on(async {
-        let source = open_source(&args.input)
-            .await
-            .with_context(|| format!("opening {}", args.input))?;
-        let Some(ranged) = source.ranged() else {
-            bail!("--lazy needs a file or object, not a pipe");
+    let (opened, sidecar) = rt.block_on(async {
+        let image = async {
+            let source = open_source(&args.input)
+                .await
+                .with_context(|| format!("opening {}", args.input))?;
+            let Some(ranged) = source.ranged() else {
+                bail!("--lazy needs a file or object, not a pipe");
+            };
+            let reader = RandomReader::open(std::sync::Arc::new(ObjectRange(ranged.clone())))
+                .await
+                .with_context(|| format!("reading {}", args.input))?;
+            Ok((reader, ranged))
         };
-        let reader = RandomReader::open(std::sync::Arc::new(ObjectRange(ranged.clone())))
-            .await
-            .with_context(|| format!("reading {}", args.input))?;
-        Ok((reader, ranged))
-    })?;
+        // The working set at the same time: no round trip of its own.
+        let sidecar = async {
+            match args.no_working_set {
+                true => None,
+                false => crate::working_set::fetch(&args.input).await,
+            }
+        };
+        tokio::join!(image, sidecar)
+    });
+    let (reader, object) = opened?;
     // Only the metadata: pages come later, by frame.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let items = {
@@ -412,8 +423,9 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
         lopts.window = 32 << 20;
     }
     let identity = reader.identity();
-    if !args.no_working_set
-        && let Some(frames) = rt.block_on(crate::working_set::load(&args.input, identity))
+    if let Some(frames) = sidecar
+        .as_deref()
+        .and_then(|text| crate::working_set::parse(&args.input, text, identity))
     {
         tracing::info!(
             frames = frames.len(),

@@ -20,13 +20,13 @@ pub fn url_of(image: &str) -> String {
 /// frame per MiB, fits in a few MiB).
 const MAX_LEN: u64 = 16 << 20;
 
-/// The recorded working set of the image `identity` (see
-/// `RandomReader::identity`) at `image`: frame offsets, or None when there
-/// is none, or one of another image (said once, as a warning).
-pub async fn load(image: &str, identity: (u64, u32)) -> Option<Vec<u64>> {
+/// The sidecar of the image at `image` as stored, if there is one (read
+/// while the image itself is opened: it costs no round trip of its own).
+/// Errors are said once, as a warning, and mean none.
+pub async fn fetch(image: &str) -> Option<Vec<u8>> {
     let url = url_of(image);
-    match read(&url, identity).await {
-        Ok(frames) => frames,
+    match fetch_bytes(&url).await {
+        Ok(bytes) => bytes,
         Err(e) => {
             tracing::warn!("ignoring the working set at {url}: {e:#}");
             None
@@ -34,7 +34,7 @@ pub async fn load(image: &str, identity: (u64, u32)) -> Option<Vec<u64>> {
     }
 }
 
-async fn read(url: &str, identity: (u64, u32)) -> Result<Option<Vec<u64>>> {
+async fn fetch_bytes(url: &str) -> Result<Option<Vec<u8>>> {
     let source = match open_source(url).await {
         Ok(s) => s,
         Err(e) if e.io_kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -50,20 +50,36 @@ async fn read(url: &str, identity: (u64, u32)) -> Result<Option<Vec<u64>>> {
         .read_to_end(&mut text)
         .await
         .context("reading it")?;
-    let v: serde_json::Value = serde_json::from_slice(&text).context("not JSON")?;
+    Ok(Some(text))
+}
+
+/// The working set a fetched sidecar (`text`) records for the image
+/// `identity` (see `RandomReader::identity`): frame offsets, or None when
+/// it is of another image or unreadable (said once, as a warning).
+pub fn parse(image: &str, text: &[u8], identity: (u64, u32)) -> Option<Vec<u64>> {
+    match frames_of(text, identity) {
+        Ok(frames) => Some(frames),
+        Err(e) => {
+            tracing::warn!("ignoring the working set at {}: {e:#}", url_of(image));
+            None
+        }
+    }
+}
+
+fn frames_of(text: &[u8], identity: (u64, u32)) -> Result<Vec<u64>> {
+    let v: serde_json::Value = serde_json::from_slice(text).context("not JSON")?;
     if v["crstream_working_set"] != 1 {
         bail!("not a crstream working set (version 1)");
     }
     if v["image_bytes"] != identity.0 || v["index_crc32c"] != identity.1 {
         bail!("it was recorded for another image");
     }
-    let frames = v["frames"]
+    v["frames"]
         .as_array()
         .context("no frames")?
         .iter()
         .map(|f| f.as_u64().context("a frame offset that is not a number"))
-        .collect::<Result<Vec<u64>>>()?;
-    Ok(Some(frames))
+        .collect()
 }
 
 /// Records the working set of the image `identity` at `image`: the frames
