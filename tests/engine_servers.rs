@@ -286,8 +286,8 @@ fn python_with_unix_sockets_connected_outside_the_tree() {
 /// Files in flight: python3 sends files over a unix stream and a datagram
 /// socketpair (SCM_RIGHTS) and receives them only after restore. A pipe
 /// and a memfd only the messages hold, a file at an offset, an eventfd,
-/// and a file the process keeps too (received, it must share the offset
-/// with the kept fd): each comes back with its contents and state, in the
+/// a file the process keeps too (received, it must share the offset with
+/// the kept fd) and a pipe it keeps, with bytes in it: each comes back with its contents and state, in the
 /// message that carried it, at its place in the stream.
 const PASS_FDS: &str = r#"
 import os, sys, socket, time
@@ -307,12 +307,14 @@ k = os.open(os.path.join(d, "kept"), os.O_RDWR | os.O_CREAT)
 os.write(k, b"abcdef")
 os.lseek(k, 2, 0)
 e = os.eventfd(7)
+kr, kw = os.pipe()
+os.write(kw, b"kept pipe")
 st_b.sendall(b"before ")
 socket.send_fds(st_b, [b"first"], [r, f])
 st_b.sendall(b" between ")
 socket.send_fds(st_b, [b"second"], [m, k])
 st_b.sendall(b" after")
-socket.send_fds(dg_b, [b"dgram one"], [e])
+socket.send_fds(dg_b, [b"dgram one"], [e, kr])
 dg_b.send(b"dgram two")
 for x in (r, f, m, e):
     os.close(x)
@@ -342,7 +344,8 @@ if [len(g[1]) for g in got][:2] == [2, 2]:
     check("memfd", os.read(m2, 100) == b"memfd bytes")
     check("kept", os.read(k2, 2) == b"cd" and os.lseek(k, 0, 1) == 4)
 data, fds, _, _ = socket.recv_fds(dg_a, 100, 10)
-check("dgram", data == b"dgram one" and len(fds) == 1 and os.eventfd_read(fds[0]) == 7)
+check("dgram", data == b"dgram one" and len(fds) == 2 and os.eventfd_read(fds[0]) == 7)
+check("keptpipe", len(fds) == 2 and os.read(fds[1], 100) == b"kept pipe")
 check("dgram2", dg_a.recv(100) == b"dgram two")
 put("%d %d %s" % (os.getpid(), n, " ".join(checks)))
 time.sleep(600)

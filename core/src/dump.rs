@@ -249,8 +249,9 @@ fn dump_frozen(
     let mut t = DumpTree {
         entries: &tree.entries,
         processes: &mut processes,
+        objects: &mut objects,
     };
-    objects.tcp.lock_and_read(t.processes)?;
+    t.objects.tcp.lock_and_read(t.processes)?;
     crate::failpoint::pause("tcp-locked");
     memory.dump_tree(&mut t)?;
     for k in kinds.iter_mut() {

@@ -176,6 +176,7 @@ pub(crate) struct DumpTree<'a> {
     pub entries: &'a [ProcessEntry],
     /// The live processes, in the same order.
     pub processes: &'a mut [ProcessDump],
+    pub objects: &'a mut DumpObjects,
 }
 
 /// What restore rebuilt or recreated that several processes share.

@@ -272,6 +272,8 @@ pub(crate) struct Files {
     in_flight: Vec<passed::InFlight>,
     /// Dump: crstream's copies of them, open until the dump ends.
     held_open: Vec<OwnedFd>,
+    /// Dump: what the dump was asked, for the files in flight.
+    flags: Option<passed::DumpFlags>,
 }
 
 impl Files {
@@ -372,12 +374,20 @@ impl Kind for Files {
             pid: pid as u32,
             files,
         });
-        self.read_in_flight(p, job_tty);
+        let flags = passed::DumpFlags {
+            shell_job: p.shell_job,
+            tcp: p.tcp,
+            ext_unix: p.ext_unix,
+            external_pipes: p.external_pipes.to_vec(),
+            skip_in_flight: p.skip_in_flight,
+            job_tty,
+        };
+        self.read_in_flight(p, flags);
         Ok(())
     }
 
     fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
-        self.attach_in_flight(t.processes)?;
+        self.attach_in_flight(t)?;
         for k in self.kinds.iter_mut() {
             k.dump_tree(t)?;
         }

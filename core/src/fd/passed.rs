@@ -16,7 +16,7 @@
 
 use super::{DumpFd, Files, Reopen};
 use crate::error::{DumpError, RestoreError};
-use crate::kind::{DumpProcess, ProcessDump, RestoreObjects};
+use crate::kind::{DumpProcess, DumpTree, ProcessDump, RestoreObjects};
 use crate::paths::show;
 use crate::sys::kcmp;
 use crstream_proto::{FileTable, OpenFile, PassedFds, PassedFile};
@@ -40,9 +40,18 @@ pub(super) struct InFlight {
     socket_fd: i32,
     message: u32,
     fd: OwnedFd,
-    /// It saved by its kind, for when no fd of the tree holds it (else the
-    /// error: of a kind that cannot be saved in flight, or a refusal).
-    saved: Result<OpenFile, DumpError>,
+}
+
+/// What a dump was asked, as the fd kinds read it (kept for the files in
+/// flight, saved once the whole tree is read).
+#[derive(Clone, Default)]
+pub(super) struct DumpFlags {
+    pub shell_job: bool,
+    pub tcp: super::tcp::TcpMode,
+    pub ext_unix: bool,
+    pub external_pipes: Vec<u64>,
+    pub skip_in_flight: bool,
+    pub job_tty: u64,
 }
 
 /// Whether a file no fd of the tree holds may be saved by its kind from
@@ -67,132 +76,63 @@ fn savable_alone(link: &[u8], fd: &OwnedFd) -> bool {
 }
 
 impl Files {
-    /// After the fds of process `p`: the files the messages queued on its
-    /// sockets carry, each saved alone for now (see [`InFlight`]).
-    pub(super) fn read_in_flight(&mut self, p: &mut DumpProcess<'_>, job_tty: u64) {
+    /// After the fds of process `p`: crstream's copies of the files the
+    /// messages queued on its sockets carry, kept until the whole tree is
+    /// read (see [`Files::attach_in_flight`]).
+    pub(super) fn read_in_flight(&mut self, p: &DumpProcess<'_>, flags: DumpFlags) {
+        self.flags.get_or_insert(flags);
         let passing: Vec<Passing> = self
             .kinds
             .iter_mut()
             .flat_map(|k| k.take_passed())
             .collect();
-        let me = std::process::id() as i32;
         for pass in passing {
             for fd in pass.fds {
-                let mut saved = self.save_alone(p, me, &fd, job_tty);
-                // A unix socket in flight with files in flight in its own
-                // queue: not followed further.
-                let nested: Vec<Passing> = self
-                    .kinds
-                    .iter_mut()
-                    .flat_map(|k| k.take_passed())
-                    .collect();
-                if !nested.is_empty() && saved.is_ok() {
-                    saved = Err(DumpError::UnsupportedFile {
-                        pid: p.pid,
-                        fd: -1,
-                        what: "a unix socket whose own queue carries files".into(),
-                    });
-                }
-                let saved = saved.map_err(|e| DumpError::UnsupportedFile {
-                    pid: p.pid,
-                    fd: pass.socket_fd,
-                    what: format!("a file a queued message carries (SCM_RIGHTS): {e}"),
-                });
                 self.in_flight.push(InFlight {
                     pid: p.pid,
                     socket_fd: pass.socket_fd,
                     message: pass.message,
                     fd,
-                    saved,
                 });
             }
         }
     }
 
-    /// A file in flight saved by its kind from crstream's copy `fd`.
-    fn save_alone(
-        &mut self,
-        p: &mut DumpProcess<'_>,
-        me: i32,
-        fd: &OwnedFd,
-        job_tty: u64,
-    ) -> Result<OpenFile, DumpError> {
-        let raw = fd.as_raw_fd();
-        let proc_err = |err| DumpError::Proc { pid: me, err };
-        let link = crate::proc::read_link(format!("/proc/self/fd/{raw}")).map_err(proc_err)?;
-        if !savable_alone(&link, fd) {
-            return Err(DumpError::UnsupportedFile {
-                pid: p.pid,
-                fd: -1,
-                what: format!(
-                    "{}, which no process of the tree holds: not supported",
-                    show(&link)
-                ),
-            });
-        }
-        let info = crate::proc::fdinfo(me, raw).map_err(proc_err)?;
-        let md = std::fs::metadata(format!("/proc/self/fd/{raw}")).ok();
-        let mut f = OpenFile {
-            fd: raw as u32,
-            open_flags: info.flags & !(libc::O_CLOEXEC as u32),
-            offset: info.pos,
-            ..Default::default()
-        };
-        let mut d = DumpFd {
-            pid: me,
-            fd: raw,
-            link: &link,
-            md: md.as_ref(),
-            stat: p.stat,
-            shell_job: p.shell_job,
-            tcp: p.tcp,
-            ext_unix: p.ext_unix,
-            external_pipes: p.external_pipes,
-            skip_in_flight: p.skip_in_flight,
-            job_tty,
-            objects: p.objects,
-        };
-        let mut taken = false;
-        for k in self.kinds.iter_mut() {
-            if k.dump(&mut d, &mut f)? {
-                taken = true;
-                break;
-            }
-        }
-        if !taken {
-            return Err(DumpError::UnsupportedFile {
-                pid: p.pid,
-                fd: -1,
-                what: show(&link).into_owned(),
-            });
-        }
-        if let Some(md) = &md {
-            f.dev = md.dev();
-            f.inode = md.ino();
-        }
-        Ok(f)
-    }
-
-    /// Once the whole tree is read: each file in flight goes into its
-    /// socket's record, as the fd of the tree that holds it or saved alone.
-    /// crstream's copies stay open until the dump ends (the contents of a
-    /// deleted file are read through them).
-    pub(super) fn attach_in_flight(&mut self, procs: &mut [ProcessDump]) -> Result<(), DumpError> {
+    /// Once the whole tree is read (before the kinds' tree-wide checks):
+    /// each file in flight goes into its socket's record, as the fd of the
+    /// tree that holds it, or else saved alone by its kind. crstream's
+    /// copies stay open until the dump ends (the contents of a deleted file
+    /// are read through them).
+    pub(super) fn attach_in_flight(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
         let me = std::process::id() as i32;
+        let mut alone: Vec<(u64, u64)> = Vec::new(); // unix sockets saved alone: (inode, peer)
         for f in std::mem::take(&mut self.in_flight) {
-            let held = held_by(procs, me, &f.fd);
-            let passed = match held {
+            let refuse = |what: String| DumpError::UnsupportedFile {
+                pid: f.pid,
+                fd: f.socket_fd,
+                what: format!("a file a queued message carries (SCM_RIGHTS): {what}"),
+            };
+            let passed = match held_by(t.processes, me, &f.fd) {
                 Some((pid, fd)) => PassedFile {
                     held_by_pid: pid,
                     held_by_fd: fd,
                     file: None,
                 },
-                None => PassedFile {
-                    file: Some(f.saved?),
-                    ..Default::default()
-                },
+                None => {
+                    let file = self
+                        .save_alone(t, f.pid, me, &f.fd)
+                        .map_err(|e| refuse(e.to_string()))?;
+                    if let Some(s) = file.socket.as_ref().filter(|s| s.family == libc::AF_UNIX) {
+                        alone.push((s.inode, s.peer_inode));
+                    }
+                    PassedFile {
+                        file: Some(file),
+                        ..Default::default()
+                    }
+                }
             };
-            let socket = procs
+            let socket = t
+                .processes
                 .iter_mut()
                 .find(|p| p.pid == f.pid)
                 .and_then(|p| p.records.get_mut::<FileTable>())
@@ -208,7 +148,126 @@ impl Files {
             }
             self.held_open.push(f.fd);
         }
+        // A unix socket in flight must have its peer in the tree (or in
+        // flight too): one connected outside would come back connected to
+        // nobody.
+        let in_tree = |inode: u64| {
+            alone.iter().any(|&(i, _)| i == inode)
+                || t.processes.iter().any(|p| {
+                    p.records.get::<FileTable>().is_some_and(|ft| {
+                        ft.files
+                            .iter()
+                            .any(|f| f.socket.as_ref().is_some_and(|s| s.inode == inode))
+                    })
+                })
+        };
+        if let Some(&(inode, peer)) = alone.iter().find(|&&(_, peer)| peer != 0 && !in_tree(peer)) {
+            let holder = t
+                .processes
+                .iter()
+                .find_map(|p| {
+                    let ft = p.records.get::<FileTable>()?;
+                    ft.files.iter().find_map(|f| {
+                        let s = f.socket.as_ref()?;
+                        s.passed
+                            .iter()
+                            .flat_map(|m| &m.files)
+                            .any(|pf| {
+                                pf.file
+                                    .as_ref()
+                                    .and_then(|x| x.socket.as_ref())
+                                    .is_some_and(|x| x.inode == inode)
+                            })
+                            .then_some((p.pid, f.fd as i32))
+                    })
+                })
+                .unwrap_or((0, -1));
+            return Err(DumpError::UnsupportedFile {
+                pid: holder.0,
+                fd: holder.1,
+                what: format!(
+                    "a file a queued message carries (SCM_RIGHTS): socket:[{inode}], a unix \
+                     socket connected to socket:[{peer}], which is outside the tree"
+                ),
+            });
+        }
         Ok(())
+    }
+
+    /// A file in flight saved by its kind from crstream's copy `fd`, as
+    /// process `pid` would have it.
+    fn save_alone(
+        &mut self,
+        t: &mut DumpTree<'_>,
+        pid: i32,
+        me: i32,
+        fd: &OwnedFd,
+    ) -> Result<OpenFile, DumpError> {
+        let raw = fd.as_raw_fd();
+        let proc_err = |err| DumpError::Proc { pid: me, err };
+        let link = crate::proc::read_link(format!("/proc/self/fd/{raw}")).map_err(proc_err)?;
+        if !savable_alone(&link, fd) {
+            return Err(DumpError::UnsupportedFile {
+                pid,
+                fd: -1,
+                what: format!(
+                    "{}, which no process of the tree holds: not supported",
+                    show(&link)
+                ),
+            });
+        }
+        let stat = crate::proc::stat(pid).map_err(|err| DumpError::Proc { pid, err })?;
+        let info = crate::proc::fdinfo(me, raw).map_err(proc_err)?;
+        let md = std::fs::metadata(format!("/proc/self/fd/{raw}")).ok();
+        let mut f = OpenFile {
+            fd: raw as u32,
+            open_flags: info.flags & !(libc::O_CLOEXEC as u32),
+            offset: info.pos,
+            ..Default::default()
+        };
+        let flags = self.flags.clone().unwrap_or_default();
+        let mut d = DumpFd {
+            pid: me,
+            fd: raw,
+            link: &link,
+            md: md.as_ref(),
+            stat: &stat,
+            shell_job: flags.shell_job,
+            tcp: flags.tcp,
+            ext_unix: flags.ext_unix,
+            external_pipes: &flags.external_pipes,
+            skip_in_flight: flags.skip_in_flight,
+            job_tty: flags.job_tty,
+            objects: t.objects,
+        };
+        let mut taken = false;
+        for k in self.kinds.iter_mut() {
+            if k.dump(&mut d, &mut f)? {
+                taken = true;
+                break;
+            }
+        }
+        if !taken {
+            return Err(DumpError::UnsupportedFile {
+                pid,
+                fd: -1,
+                what: show(&link).into_owned(),
+            });
+        }
+        // A unix socket in flight whose own queue carries files: not
+        // followed further.
+        if self.kinds.iter_mut().any(|k| !k.take_passed().is_empty()) {
+            return Err(DumpError::UnsupportedFile {
+                pid,
+                fd: -1,
+                what: format!("{}, whose own queue carries files", show(&link)),
+            });
+        }
+        if let Some(md) = &md {
+            f.dev = md.dev();
+            f.inode = md.ino();
+        }
+        Ok(f)
     }
 
     /// Restore, once every fd table is in place: the unix sockets' queues,
@@ -217,8 +276,10 @@ impl Files {
     pub(super) fn fill_queues(&mut self, objects: &RestoreObjects<'_>) -> Result<(), RestoreError> {
         let mut shutdowns = Vec::new();
         let mut closing = Vec::new();
+        let mut connects = Vec::new();
         // Making a file in flight (a unix socket) may add queues to fill.
-        for _ in 0..64 {
+        let mut rounds = 0;
+        loop {
             let pending: Vec<_> = self
                 .kinds
                 .iter_mut()
@@ -228,8 +289,15 @@ impl Files {
                 for p in pending {
                     shutdowns.extend(p.shutdowns);
                     closing.extend(p.closing);
+                    connects.extend(p.connects);
                 }
                 break;
+            }
+            rounds += 1;
+            if rounds > 64 {
+                return Err(RestoreError::Image(
+                    "unix sockets in flight nested more than 64 deep".into(),
+                ));
             }
             for p in pending {
                 for fill in &p.fills {
@@ -245,7 +313,17 @@ impl Files {
                 }
                 shutdowns.extend(p.shutdowns);
                 closing.extend(p.closing);
+                connects.extend(p.connects);
             }
+        }
+        // A socket connected outside the tree, once the datagrams queued
+        // before its connect are in (a connected socket takes none else).
+        for (sock, to, what) in connects {
+            crate::sys::socket::connect(&sock, &to).map_err(|e| RestoreError::Io {
+                pid: 0,
+                what,
+                err: e,
+            })?;
         }
         for (sock, bits, what) in shutdowns {
             super::socket::shutdown_bits(&sock, bits).map_err(|e| RestoreError::Io {
@@ -271,6 +349,15 @@ impl Files {
             err: e,
         };
         let Some(f) = pf.file.as_ref() else {
+            // Only a process of the tree: any other PID in a damaged image
+            // would hand another process's file to this one.
+            if !objects.pids.created(pf.held_by_pid) {
+                return Err(RestoreError::Image(format!(
+                    "a queued message of pid {pid} carries fd {} of pid {}, which is not \
+                     in the tree",
+                    pf.held_by_fd, pf.held_by_pid
+                )));
+            }
             let host = objects.pids.host(pf.held_by_pid);
             return crate::sys::pidfd::take_fd(host, pf.held_by_fd as i32).map_err(|e| {
                 err(

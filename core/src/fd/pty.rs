@@ -315,74 +315,144 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
     let err = |what: &'static str| move |e: io::Error| d.error(what, e);
     let index = tty::get_int(dup, TIOCGPTN).map_err(err("TIOCGPTN"))? as u32;
     let packet_mode = tty::get_int(dup, TIOCGPKT).map_err(err("TIOCGPKT"))? != 0;
-    if !slave_ever_opened(dup, index) {
+    let winsize = tty::get_bytes(dup, TIOCGWINSZ, WINSIZE_LEN).map_err(err("TIOCGWINSZ"))?;
+    let locked = tty::get_int(dup, TIOCGPTLCK).map_err(err("TIOCGPTLCK"))? != 0;
+    // The master's termios requests reach the slave's termios.
+    let termios = tty::get_bytes(dup, TCGETS2, TERMIOS2_LEN).map_err(err("TCGETS2"))?;
+    let (never_opened, echoed) = slave_never_opened(dup, index);
+    if never_opened {
         // Opening the slave side now would leave the master "other side
-        // closed" once we close it (its reads fail with EIO): read through
-        // the master alone (its termios requests reach the slave's), and
-        // restore opens no slave either. Nothing was typed for a slave
-        // nobody opened to read, nor written by one.
-        let termios = tty::get_bytes(dup, TCGETS2, TERMIOS2_LEN).map_err(err("TCGETS2"))?;
+        // closed" once we close it (its reads fail with EIO): the pair is
+        // read through the master alone, and restore opens no slave
+        // either. Input typed for it could only be read on the slave: its
+        // echo says there is some.
+        if echoed {
+            return Err(d.refuse(format!(
+                "pseudo-terminal /dev/pts/{index}, which no process ever opened, with input \
+                 typed into it"
+            )));
+        }
         return Ok(PtyFile {
             index,
             master: true,
             slave_termios: termios.clone(),
             master_termios: termios,
-            winsize: tty::get_bytes(dup, TIOCGWINSZ, WINSIZE_LEN).map_err(err("TIOCGWINSZ"))?,
+            winsize,
             packet_mode,
-            locked: tty::get_int(dup, TIOCGPTLCK).map_err(err("TIOCGPTLCK"))? != 0,
+            locked,
             slave_never_opened: true,
             ..Default::default()
         });
     }
     let slave = tty::peer(dup, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
         .map_err(err("TIOCGPTPEER"))?;
+    let exclusive = tty::get_int(&slave, TIOCGEXCL).map_err(err("TIOCGEXCL"))? != 0;
     // Typed, not read yet: read out (complete lines, in canonical mode),
-    // then the line being typed.
+    // then the line being typed; written back if a later step fails (on
+    // success, `PtyHold` does that when the tree runs on).
     let mut input = drain(&slave, false).map_err(err("reading the pending input"))?;
-    input.extend(typed_line(&slave).map_err(err("reading the line being typed"))?);
+    let give_back = |input: &[u8]| {
+        if let Err(e) = write_input(dup, input) {
+            tracing::error!("{} bytes of terminal input are lost: {e}", input.len());
+        }
+    };
+    match typed_line(&slave) {
+        Ok(line) => input.extend(line),
+        Err(e) => {
+            give_back(&input);
+            return Err(err("reading the line being typed")(e));
+        }
+    }
+    let output = match drain(dup, packet_mode) {
+        Ok(o) => o,
+        Err(e) => {
+            give_back(&input);
+            return Err(err("reading the pending output")(e));
+        }
+    };
     Ok(PtyFile {
         index,
         master: true,
-        slave_termios: tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN).map_err(err("TCGETS2"))?,
-        master_termios: tty::get_bytes(dup, TCGETS2, TERMIOS2_LEN).map_err(err("TCGETS2"))?,
-        winsize: tty::get_bytes(dup, TIOCGWINSZ, WINSIZE_LEN).map_err(err("TIOCGWINSZ"))?,
+        slave_termios: termios.clone(),
+        master_termios: termios,
+        winsize,
         packet_mode,
-        locked: tty::get_int(dup, TIOCGPTLCK).map_err(err("TIOCGPTLCK"))? != 0,
-        exclusive: tty::get_int(&slave, TIOCGEXCL).map_err(err("TIOCGEXCL"))? != 0,
-        output: drain(dup, packet_mode).map_err(err("reading the pending output"))?,
+        locked,
+        exclusive,
+        output,
         input,
         ..Default::default()
     })
 }
 
-/// Whether the slave side of the pair is open, or was once: then the
-/// master reports POLLHUP while none is open. Otherwise some process holds
-/// /dev/pts/INDEX now, or none ever opened it.
-fn slave_ever_opened(master: &OwnedFd, index: u32) -> bool {
+/// Whether no process ever opened the slave side of the pair (and whether
+/// its master has something to read: the echo of input typed for it).
+/// Once one was opened, the master reports POLLHUP while none is open;
+/// otherwise a process holds the slave now (found by device number, or as
+/// its controlling terminal, which /dev/tty opens), or none ever did.
+/// Anything else unreadable counts as held: opening the slave is then
+/// harmless or unavoidable, as before.
+fn slave_never_opened(master: &OwnedFd, index: u32) -> (bool, bool) {
     use rustix::event::{PollFd, PollFlags, poll};
     let mut fds = [PollFd::new(master, PollFlags::IN)];
     let zero = rustix::event::Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    if poll(&mut fds, Some(&zero)).is_ok() && fds[0].revents().contains(PollFlags::HUP) {
-        return true;
+    if poll(&mut fds, Some(&zero)).is_err() || fds[0].revents().contains(PollFlags::HUP) {
+        return (false, false);
     }
-    let slave = format!("/dev/pts/{index}");
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return true; // cannot tell: as before
-    };
-    procs
-        .flatten()
-        .filter(|p| {
-            p.file_name()
+    let echoed = fds[0].revents().contains(PollFlags::IN);
+    let rdev = libc::makedev(136 + index / 256, index % 256);
+    let held = || -> io::Result<bool> {
+        for p in std::fs::read_dir("/proc")? {
+            let p = p?;
+            if !p
+                .file_name()
                 .to_string_lossy()
                 .bytes()
                 .all(|b| b.is_ascii_digit())
-        })
-        .filter_map(|p| std::fs::read_dir(p.path().join("fd")).ok())
-        .flat_map(|fds| fds.flatten())
-        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == slave.as_str()))
+            {
+                continue;
+            }
+            let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+            match crate::proc::read_string(p.path().join("stat")) {
+                Ok(text) => {
+                    let stat = crate::proc::parse_stat(&text, "stat");
+                    if stat.is_ok_and(|s| s.field(7) == rdev) {
+                        return Ok(true);
+                    }
+                }
+                Err(_) if !p.path().exists() => continue,
+                Err(_) => return Ok(true),
+            }
+            let fd_dir = match std::fs::read_dir(p.path().join("fd")) {
+                Ok(dir) => dir,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            for fd in fd_dir {
+                let fd = fd?;
+                match std::fs::metadata(fd.path()) {
+                    Ok(md) if md.file_type().is_char_device() && md.rdev() == rdev => {
+                        return Ok(true);
+                    }
+                    Ok(_) => {}
+                    Err(e) if gone(&e) => {}
+                    // A process crstream may not look into (the sandbox's
+                    // init, in another user namespace): not one of the
+                    // tree, and passed over.
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(false)
+    };
+    match held() {
+        Ok(held) => (!held, echoed),
+        Err(_) => (false, false),
+    }
 }
 
 /// The line being typed in canonical mode, not yet entered, which no read
@@ -628,6 +698,17 @@ mod tests {
         assert!(!hup(&n), "the restore opened the slave");
         let peer = tty::peer(&n, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();
         assert_eq!(tty::get_bytes(&peer, TCGETS2, TERMIOS2_LEN).unwrap(), t);
+        drop((n, peer));
+        // Input typed for it (its echo is there) could not be read without
+        // opening it: refused by name.
+        let master = open_index_any();
+        std::fs::File::from(master.try_clone().unwrap())
+            .write_all(b"typed")
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let e = dump_own(master.as_raw_fd()).unwrap_err().to_string();
+        assert!(e.contains("which no process ever opened"), "{e}");
+        assert!(!hup(&master));
     }
 
     fn open_index_any() -> OwnedFd {

@@ -457,7 +457,7 @@ impl From<io::Error> for PeekError {
 #[derive(Default)]
 pub(super) struct PeekedQueue {
     /// One entry per message (a stream: one entry with all its bytes, cut
-    /// where a message carries files, which is an entry of its own).
+    /// after each message that carries files).
     pub messages: Vec<Vec<u8>>,
     /// The sender of each message, for a message socket that gets them
     /// (SO_PASSCRED; else empty).
@@ -521,27 +521,13 @@ fn peek_messages(s: &OwnedFd, ty: i32, unnamed_senders: bool) -> Result<PeekedQu
                 buf.resize(buf.len() * 2, 0);
                 continue;
             }
-            // A read ends with the message that carries files; where that
-            // message starts, a peek of one byte tells (it reports the
-            // files only inside it).
-            let (mut lo, mut hi) = (0, n - 1);
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, off + mid as i32)?;
-                let carries =
-                    peek(s, &mut [0u8; 1], false)?.is_some_and(|(_, a)| !a.fds.is_empty());
-                if carries {
-                    hi = mid;
-                } else {
-                    lo = mid + 1;
-                }
-            }
-            all.extend_from_slice(&buf[..lo]);
-            if !all.is_empty() {
-                q.messages.push(std::mem::take(&mut all));
-            }
+            // A peek ends with the message that carries files, but where
+            // that message begins no peek tells (one goes on past its size
+            // to the next message with files): the bytes since the last
+            // cut go back as one message with them (see README, "Not kept").
+            all.extend_from_slice(&buf[..n]);
             q.passed.push((q.messages.len() as u32, anc.fds));
-            q.messages.push(buf[lo..n].to_vec());
+            q.messages.push(std::mem::take(&mut all));
             off += n as i32;
             continue;
         }

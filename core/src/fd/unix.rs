@@ -45,6 +45,7 @@ pub(super) struct UnixSockets {
     fills: Vec<Fill>,
     shutdowns: Vec<(OwnedFd, u32, String)>,
     closing: Vec<OwnedFd>,
+    connects: Vec<(OwnedFd, Vec<u8>, String)>,
     /// Restore: the fd being opened (for the errors of its fill).
     opening_fd: u32,
 }
@@ -85,6 +86,8 @@ pub(super) struct Pending {
     pub fills: Vec<Fill>,
     pub shutdowns: Vec<(OwnedFd, u32, String)>,
     pub closing: Vec<OwnedFd>,
+    /// Sockets to connect (to this name) once their queues are in.
+    pub connects: Vec<(OwnedFd, Vec<u8>, String)>,
 }
 
 impl FdKind for UnixSockets {
@@ -195,6 +198,26 @@ impl FdKind for UnixSockets {
         is_socket_of(f, &[libc::AF_UNIX])
     }
 
+    /// A damaged image must not pass files with a message it lacks (they
+    /// would be dropped) or more than one message can carry.
+    fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
+        let Some(s) = f.socket.as_ref() else {
+            return Ok(());
+        };
+        for m in &s.passed {
+            if m.message as usize >= s.queued.len() || m.files.is_empty() || m.files.len() > 253 {
+                return Err(RestoreError::Image(format!(
+                    "pid {pid} fd {}: {} files passed with message {} of {}",
+                    f.fd,
+                    m.files.len(),
+                    m.message,
+                    s.queued.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn take_passed(&mut self) -> Vec<super::Passing> {
         std::mem::take(&mut self.passing)
     }
@@ -204,6 +227,7 @@ impl FdKind for UnixSockets {
             fills: std::mem::take(&mut self.fills),
             shutdowns: std::mem::take(&mut self.shutdowns),
             closing: std::mem::take(&mut self.closing),
+            connects: std::mem::take(&mut self.connects),
         })
     }
 
@@ -369,8 +393,11 @@ impl UnixSockets {
             ));
         }
         let sock = self.create_unpaired(pid, s, ferr)?;
-        socket::connect(&sock, &s.peer_addr)
-            .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(&s.peer_addr)), e))?;
+        // After its queue is in (datagrams queued before the connect,
+        // which a connected socket would refuse).
+        let own = super::dup(&sock).map_err(|e| ferr("dup", e))?;
+        let what = format!("connect to {}", fmt_sockaddr(&s.peer_addr));
+        self.connects.push((own, s.peer_addr.clone(), what));
         Ok(sock)
     }
 
@@ -536,6 +563,27 @@ mod tests {
             assert_eq!(anc.creds, Some((me, uid, gid)));
             rustix::net::recv(&na, &mut buf[..], rustix::net::RecvFlags::DONTWAIT).unwrap();
         }
+    }
+
+    /// A stream's queue is cut after each message that carries files;
+    /// where such a message begins no peek tells, so the bytes queued
+    /// before it since the last cut go with it.
+    #[test]
+    fn a_stream_queue_is_cut_after_each_message_with_files() {
+        use std::os::fd::AsFd;
+        let (a, b) = socket::socketpair(libc::SOCK_STREAM).unwrap();
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        send_all(&b, b"abc", None).unwrap();
+        socket::send_with(&b, b"def", None, None, &[r.as_fd()]).unwrap();
+        send_all(&b, b"ghi", None).unwrap();
+        let mut kind = UnixSockets::default();
+        let fa = dump_with(&mut kind, a.as_raw_fd()).unwrap();
+        let sa = fa.socket.as_ref().unwrap();
+        assert_eq!(sa.queued, vec![b"abcdef".to_vec(), b"ghi".to_vec()]);
+        let passed = kind.take_passed();
+        assert_eq!(passed.len(), 1);
+        assert_eq!((passed[0].message, passed[0].fds.len()), (0, 1));
+        assert_eq!(read_avail(&a), b"abcdefghi", "nothing consumed");
     }
 
     /// The end of a datagram socketpair whose peer was closed: the

@@ -89,6 +89,9 @@ pub(super) fn worker(
     faults_only: bool,
 ) {
     loop {
+        // Room for a whole run, taken before any frame is claimed: a fault
+        // on a claimed frame must never wait for the window.
+        let mut room = (!faults_only).then(|| shared.window.take(RUN_BYTES));
         let job = {
             let mut q = shared.queue.lock().unwrap();
             loop {
@@ -148,23 +151,34 @@ pub(super) fn worker(
                 break Job::Run(f, last);
             }
         };
-        let (first, last, mut room) = match job {
-            Job::One(f) => (f, f, shared.window.take_now(frames[f].1)),
-            Job::Run(first, last) => {
-                let bytes = frames[first..=last].iter().map(|f| f.1).sum();
-                (first, last, shared.window.take(bytes))
-            }
+        let (first, last) = match job {
+            Job::One(f) => (f, f),
+            Job::Run(first, last) => (first, last),
         };
         let run = &frames[first..=last];
+        let stored: u64 = run.iter().map(|f| f.1).sum();
+        let mut room = match room.take() {
+            Some(mut r) => {
+                r.shrink_to(stored);
+                r
+            }
+            None => shared.window.take_now(stored),
+        };
         let results: Vec<(usize, Result<PageBatch, String>)> =
             match fetch_run_with_retry(fetcher, run, opts.retry_for, Some(&shared.stop)) {
-                Ok(batches) => (first..=last)
-                    .zip(batches)
-                    .map(|(f, mut batch)| {
-                        room.attach(&mut batch, frames[f].1);
-                        (f, Ok(batch))
-                    })
-                    .collect(),
+                Ok(batches) => {
+                    // What the batches hold once decompressed is what counts.
+                    let held: u64 = batches.iter().map(|b| b.data.len() as u64).sum();
+                    room.grow_to(held);
+                    (first..=last)
+                        .zip(batches)
+                        .map(|(f, mut batch)| {
+                            let len = batch.data.len() as u64;
+                            room.attach(&mut batch, len);
+                            (f, Ok(batch))
+                        })
+                        .collect()
+                }
                 Err(e) => vec![(first, Err(e))],
             };
         // One wake-up per batch: the channel is shorter than a run, so

@@ -125,11 +125,6 @@ pub struct LazyStats {
     /// The working set: frames (by offset) the process faulted on before
     /// they arrived, in the order of the first fault on each.
     pub working_set: Vec<u64>,
-    /// Faults are recorded as the working set only this long after the
-    /// process resumes: its first moments, which a later restore should
-    /// not wait for; what it touches later (a request served minutes into
-    /// a long prefetch) would only make every later restore slower to run.
-    pub record_for: Duration,
 }
 
 /// Why the lazy phase failed; the restored process has been killed.

@@ -63,6 +63,25 @@ pub(crate) struct Room {
 }
 
 impl Room {
+    /// Gives back what this room holds beyond `bytes`.
+    pub(crate) fn shrink_to(&mut self, bytes: u64) {
+        if self.bytes > bytes {
+            let extra = self.bytes - bytes;
+            self.bytes = bytes;
+            *self.window.used.lock().unwrap() -= extra;
+            self.window.freed.notify_all();
+        }
+    }
+
+    /// Takes more room, without waiting, so that this one holds `bytes`
+    /// (pages that decompressed to more than they were stored as).
+    pub(crate) fn grow_to(&mut self, bytes: u64) {
+        if bytes > self.bytes {
+            *self.window.used.lock().unwrap() += bytes - self.bytes;
+            self.bytes = bytes;
+        }
+    }
+
     /// Moves `bytes` of this room to `batch`: they come back when the
     /// batch's pages (every slice of them) are dropped.
     pub(crate) fn attach(&mut self, batch: &mut PageBatch, bytes: u64) {
@@ -145,5 +164,21 @@ mod tests {
         assert_eq!(waiting.join().unwrap(), 40);
         // Larger than the whole window: goes alone, at once when empty.
         assert_eq!(w.take(500).bytes, 500);
+    }
+
+    #[test]
+    fn a_room_shrinks_to_what_was_fetched_and_grows_to_what_it_holds() {
+        let w = Window::new(100);
+        let mut room = w.take(64);
+        room.shrink_to(10);
+        assert_eq!(w.used(), 10);
+        room.grow_to(30);
+        assert_eq!(w.used(), 30);
+        let mut b = batch(30);
+        room.attach(&mut b, 30);
+        drop(room);
+        assert_eq!(w.used(), 30);
+        drop(b);
+        assert_eq!(w.used(), 0);
     }
 }
