@@ -459,7 +459,7 @@ pub(super) struct PeekedQueue {
     /// One entry per message (a stream: one entry with all its bytes, cut
     /// after each message that carries files).
     pub messages: Vec<Vec<u8>>,
-    /// The sender of each message, for a message socket that gets them
+    /// The sender of each message, for a socket that gets them
     /// (SO_PASSCRED; else empty).
     pub creds: Vec<UnixCreds>,
     /// The files messages carry (SCM_RIGHTS), by index in `messages`:
@@ -511,24 +511,30 @@ fn peek_messages(s: &OwnedFd, ty: i32, unnamed_senders: bool) -> Result<PeekedQu
             if n == 0 {
                 break; // end of stream: the peer shut down its side
             }
-            if anc.fds.is_empty() {
-                all.extend_from_slice(&buf[..n]);
-                off += n as i32;
-                continue;
-            }
-            if n == buf.len() {
+            if !anc.fds.is_empty() && n == buf.len() {
                 // The message with the files may go on: read it whole.
                 buf.resize(buf.len() * 2, 0);
                 continue;
             }
-            // A peek ends with the message that carries files, but where
-            // that message begins no peek tells (one goes on past its size
-            // to the next message with files): the bytes since the last
-            // cut go back as one message with them (see README, "Not kept").
             all.extend_from_slice(&buf[..n]);
-            q.passed.push((q.messages.len() as u32, anc.fds));
-            q.messages.push(std::mem::take(&mut all));
             off += n as i32;
+            // A peek stops where the senders' credentials change (on a
+            // socket with SO_PASSCRED) and after a message that carries
+            // files: each such run goes back as a message of its own, with
+            // them. Where a message with files begins no peek tells (one
+            // goes on past its size to the next message with files): the
+            // bytes since the last cut go with it (see README, "Not kept").
+            if anc.creds.is_some() || !anc.fds.is_empty() {
+                let at = q.messages.len();
+                if let Some((pid, uid, gid)) = anc.creds {
+                    q.creds.resize(at, UnixCreds::default());
+                    q.creds.push(UnixCreds { pid, uid, gid });
+                }
+                if !anc.fds.is_empty() {
+                    q.passed.push((at as u32, anc.fds));
+                }
+                q.messages.push(std::mem::take(&mut all));
+            }
             continue;
         }
         if n > buf.len() {

@@ -565,6 +565,40 @@ mod tests {
         }
     }
 
+    /// Bytes queued on a stream socket that gets its senders' credentials
+    /// (SO_PASSCRED) come back with them, in runs by sender.
+    #[test]
+    fn stream_bytes_keep_their_senders_credentials() {
+        let (a, b) = socket::socketpair(libc::SOCK_STREAM).unwrap();
+        socket::setsockopt_int(&a, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).unwrap();
+        let me = std::process::id() as i32;
+        for (m, uid, gid) in [
+            (&b"one "[..], 1234, 5678),
+            (b"two ", 1234, 5678),
+            (b"three", 0, 0),
+        ] {
+            socket::send_with(&b, m, None, Some((me, uid, gid)), &[]).unwrap();
+        }
+        let mut kind = UnixSockets::default();
+        let fa = dump_with(&mut kind, a.as_raw_fd()).unwrap();
+        let fb = dump_with(&mut kind, b.as_raw_fd()).unwrap();
+        let sa = fa.socket.as_ref().unwrap();
+        assert_eq!(sa.queued, vec![b"one two ".to_vec(), b"three".to_vec()]);
+        let ids: Vec<_> = sa.queued_creds.iter().map(|c| (c.uid, c.gid)).collect();
+        assert_eq!(ids, vec![(1234, 5678), (0, 0)]);
+        drop((a, b));
+        let mut kind = UnixSockets::default();
+        let na = created(&mut kind, &fa);
+        let _nb = created(&mut kind, &fb);
+        let mut buf = [0u8; 64];
+        for (want, uid, gid) in [(&b"one two "[..], 1234, 5678), (b"three", 0, 0)] {
+            let (n, anc) = socket::peek(&na, &mut buf, false).unwrap().unwrap();
+            assert_eq!(&buf[..n], want);
+            assert_eq!(anc.creds, Some((me, uid, gid)));
+            rustix::net::recv(&na, &mut buf[..n], rustix::net::RecvFlags::DONTWAIT).unwrap();
+        }
+    }
+
     /// A stream's queue is cut after each message that carries files;
     /// where such a message begins no peek tells, so the bytes queued
     /// before it since the last cut go with it.
