@@ -7,7 +7,7 @@
 //! Usage (after `cargo build --release --examples --bin crstream`):
 //!   target/release/examples/bench_engine [--sizes 64,256,1024]
 //!       [--codecs auto,zstd,none] [--dests file,null] [--dir DIR] [--wait-idle SECS]
-//!       [--dump-args 'ARGS'] [--restore-args 'ARGS'] [--json]
+//!       [--runs N (3: medians printed)] [--dump-args 'ARGS'] [--restore-args 'ARGS'] [--json]
 //!
 //! MB/s is 10^6 bytes per second of the workload's buffer (SIZE MiB).
 
@@ -26,6 +26,8 @@ struct Opts {
     dir: Option<PathBuf>,
     json: bool,
     wait_idle: u64,
+    /// Runs of each configuration; the medians are printed.
+    runs: usize,
     /// Extra arguments for every `crstream dump` / `crstream restore` (tuning).
     dump_args: Vec<String>,
     restore_args: Vec<String>,
@@ -47,6 +49,7 @@ fn parse_args() -> Opts {
         dir: None,
         json: false,
         wait_idle: 60,
+        runs: 3,
         dump_args: Vec::new(),
         restore_args: Vec::new(),
     };
@@ -93,6 +96,13 @@ fn parse_args() -> Opts {
             "--dir" => o.dir = Some(PathBuf::from(value())),
             "--wait-idle" => {
                 o.wait_idle = value().parse().unwrap_or_else(|_| die("bad --wait-idle"))
+            }
+            "--runs" => {
+                o.runs = value()
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 0)
+                    .unwrap_or_else(|| die("bad --runs"))
             }
             "--dump-args" => o.dump_args = value().split_whitespace().map(String::from).collect(),
             "--restore-args" => {
@@ -232,6 +242,108 @@ struct Run {
     maxrss_kib: i64,
     stdout: String,
     stderr: String,
+}
+
+/// One run of a configuration: a fresh workload dumped, then (to a file)
+/// restored and checked.
+struct Sample {
+    dump: Run,
+    info: DumpInfo,
+    restore: Option<Run>,
+    verified: bool,
+    others: f64,
+}
+
+fn measure(
+    o: &Opts,
+    crstream: &Path,
+    wl: &Path,
+    dir: &Path,
+    size: usize,
+    codec: &str,
+    dest: &str,
+) -> Sample {
+    if o.wait_idle > 0 {
+        wait_idle("bench_engine", Duration::from_secs(o.wait_idle));
+    }
+    let report = dir.join("report");
+    let mut w = Workload::spawn(wl, report, size);
+    let slow = Duration::from_secs(60 + size as u64 / 8);
+    // Two rounds: the buffer is filled and checksummed at least twice.
+    let (_, checksum, _) = w.wait_report(slow, |c| c >= 2);
+
+    let img = dir.join("image.crs");
+    // What the machine, we and the workload used during the dump.
+    let (busy0, own0, wl0) = (machine_busy(), cpu_time(), proc_cpu(w.pid));
+    let mut cmd = Command::new(crstream);
+    cmd.args(["dump", "-t", &w.pid.to_string(), "--compress", codec])
+        .args(&o.dump_args);
+    let dump = if dest == "file" {
+        cmd.args(["--json", "-o"]).arg(&img);
+        run_measured(cmd, None, dir)
+    } else {
+        // Not `-o /dev/null`: the file backend writes a temporary
+        // file next to the target and renames it into place.
+        cmd.args(["-o", "-"]);
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null");
+        run_measured(cmd, Some(null.into()), dir)
+    };
+    assert!(dump.ok, "dump failed: {}", dump.stderr);
+    // Read before reaping: the killed workload is a zombie still.
+    let ours = dump.cpu + (cpu_time() - own0) + (proc_cpu(w.pid) - wl0);
+    let mut others = others_pct(machine_busy() - busy0, ours, dump.wall);
+    let info = if dest == "file" {
+        parse_json(&dump.stdout)
+    } else {
+        parse_stderr(&dump.stderr)
+    }
+    .unwrap_or_else(|| {
+        eprintln!(
+            "bench_engine: could not parse the dump summary: {}{}",
+            dump.stdout, dump.stderr
+        );
+        DumpInfo::default()
+    });
+    let (dumped, _, _) = w.report().expect("report after the dump");
+    w.reap_dumped();
+
+    let mut restore = None;
+    let mut verified = "-";
+    if dest == "file" {
+        let mut cmd = Command::new(crstream);
+        cmd.args(["restore", "--detach", "--json", "-i"])
+            .arg(&img)
+            .args(&o.restore_args);
+        let (busy0, own0) = (machine_busy(), cpu_time());
+        let r = run_measured(cmd, None, dir);
+        assert!(r.ok, "restore failed: {}", r.stderr);
+        let ours = r.cpu + (cpu_time() - own0) + proc_cpu(w.pid);
+        others = others.max(others_pct(machine_busy() - busy0, ours, r.wall));
+        let v: serde_json::Value =
+            serde_json::from_str(r.stdout.trim()).expect("restore --json output");
+        assert_eq!(v["pid"].as_i64(), Some(w.pid as i64), "restored PID");
+        // Verify outside the timing: it continues from where it
+        // was, with the same memory.
+        let (_, sum, pid) = w.wait_report(slow, |c| c > dumped + 1);
+        assert_eq!(sum, checksum, "checksum after restore");
+        assert_eq!(pid, w.pid, "PID in the report");
+        verified = "yes";
+        restore = Some(r);
+    }
+    w.kill();
+    drop(w);
+    let _ = std::fs::remove_file(&img);
+
+    Sample {
+        dump,
+        info,
+        restore,
+        verified: verified == "yes",
+        others,
+    }
 }
 
 /// Runs a command, waiting for it with wait4 to get its own peak RSS and
@@ -413,81 +525,27 @@ during dump or restore (the higher of the two; high = figures not trustworthy)"
     for &size in &o.sizes {
         for codec in &o.codecs {
             for dest in &o.dests {
-                if o.wait_idle > 0 {
-                    wait_idle("bench_engine", Duration::from_secs(o.wait_idle));
-                }
                 eprintln!("bench_engine: {size} MiB, {codec}, {dest}");
-                let report = dir.join("report");
-                let mut w = Workload::spawn(&wl, report, size);
-                let slow = Duration::from_secs(60 + size as u64 / 8);
-                // Two rounds: the buffer is filled and checksummed at least twice.
-                let (_, checksum, _) = w.wait_report(slow, |c| c >= 2);
-
-                let img = dir.join("image.crs");
-                // What the machine, we and the workload used during the dump.
-                let (busy0, own0, wl0) = (machine_busy(), cpu_time(), proc_cpu(w.pid));
-                let mut cmd = Command::new(&crstream);
-                cmd.args(["dump", "-t", &w.pid.to_string(), "--compress", codec])
-                    .args(&o.dump_args);
-                let dump = if dest == "file" {
-                    cmd.args(["--json", "-o"]).arg(&img);
-                    run_measured(cmd, None, &dir)
-                } else {
-                    // Not `-o /dev/null`: the file backend writes a temporary
-                    // file next to the target and renames it into place.
-                    cmd.args(["-o", "-"]);
-                    let null = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open("/dev/null")
-                        .expect("/dev/null");
-                    run_measured(cmd, Some(null.into()), &dir)
+                let samples: Vec<Sample> = (0..o.runs)
+                    .map(|_| measure(&o, &crstream, &wl, &dir, size, codec, dest))
+                    .collect();
+                // Medians: of the dump by its wall time, of the restore by
+                // its own.
+                let median = |key: &dyn Fn(&Sample) -> Duration| {
+                    let mut order: Vec<usize> = (0..samples.len()).collect();
+                    order.sort_by_key(|&i| key(&samples[i]));
+                    &samples[order[order.len() / 2]]
                 };
-                assert!(dump.ok, "dump failed: {}", dump.stderr);
-                // Read before reaping: the killed workload is a zombie still.
-                let ours = dump.cpu + (cpu_time() - own0) + (proc_cpu(w.pid) - wl0);
-                let mut others = others_pct(machine_busy() - busy0, ours, dump.wall);
-                let info = if dest == "file" {
-                    parse_json(&dump.stdout)
+                let d = median(&|s| s.dump.wall);
+                let r = median(&|s| s.restore.as_ref().map_or(Duration::ZERO, |r| r.wall));
+                let (dump, info) = (&d.dump, &d.info);
+                let restore = r.restore.as_ref();
+                let verified = if samples.iter().all(|s| s.verified) {
+                    "yes"
                 } else {
-                    parse_stderr(&dump.stderr)
-                }
-                .unwrap_or_else(|| {
-                    eprintln!(
-                        "bench_engine: could not parse the dump summary: {}{}",
-                        dump.stdout, dump.stderr
-                    );
-                    DumpInfo::default()
-                });
-                let (dumped, _, _) = w.report().expect("report after the dump");
-                w.reap_dumped();
-
-                let mut restore = None;
-                let mut verified = "-";
-                if dest == "file" {
-                    let mut cmd = Command::new(&crstream);
-                    cmd.args(["restore", "--detach", "--json", "-i"])
-                        .arg(&img)
-                        .args(&o.restore_args);
-                    let (busy0, own0) = (machine_busy(), cpu_time());
-                    let r = run_measured(cmd, None, &dir);
-                    assert!(r.ok, "restore failed: {}", r.stderr);
-                    let ours = r.cpu + (cpu_time() - own0) + proc_cpu(w.pid);
-                    others = others.max(others_pct(machine_busy() - busy0, ours, r.wall));
-                    let v: serde_json::Value =
-                        serde_json::from_str(r.stdout.trim()).expect("restore --json output");
-                    assert_eq!(v["pid"].as_i64(), Some(w.pid as i64), "restored PID");
-                    // Verify outside the timing: it continues from where it
-                    // was, with the same memory.
-                    let (_, sum, pid) = w.wait_report(slow, |c| c > dumped + 1);
-                    assert_eq!(sum, checksum, "checksum after restore");
-                    assert_eq!(pid, w.pid, "PID in the report");
-                    verified = "yes";
-                    restore = Some(r);
-                }
-                w.kill();
-                drop(w);
-                let _ = std::fs::remove_file(&img);
-
+                    "-"
+                };
+                let others = samples.iter().map(|s| s.others).fold(0.0, f64::max);
                 let image_mib = info.bytes as f64 / (1u64 << 20) as f64;
                 let ratio = (size << 20) as f64 / info.bytes.max(1) as f64;
                 let approx = if info.bytes_approx { "~" } else { "" };
