@@ -288,15 +288,9 @@ impl LazySession {
     /// to retry after reading pending events.
     fn copy_batch(&self, uffd: &Userfaultfd, batch: &PageBatch, removed: &[(u64, u64)]) -> Copy {
         let mut copied = 0u64;
-        let mut left_runs = Vec::new();
-        let mut left_data = Vec::new();
-        let mut again = false;
-        for (run, data) in batch.runs_with_data() {
-            if again {
-                left_runs.push(run);
-                left_data.extend_from_slice(data);
-                continue;
-            }
+        // Where each run's pages begin in `batch.data`.
+        let mut at_byte = 0usize;
+        for (i, (run, data)) in batch.runs_with_data().enumerate() {
             let inside = self
                 .areas
                 .iter()
@@ -314,15 +308,22 @@ impl LazySession {
                     Ok(n) => copied += n,
                     Err(CopyErr::Again(at, n)) => {
                         copied += n;
-                        // Keep the rest of this run (from `at`) and later runs.
+                        // The rest of this run (from `at`) and the later
+                        // runs: the tail of the batch's pages, shared (so
+                        // it keeps its share of the fetch window).
                         let o = (at - run.start) as usize;
-                        left_runs.push(crstream_streamer::PageRun {
+                        let mut runs = vec![crstream_streamer::PageRun {
                             start: at,
                             pages: (run.end() - at) / PAGE,
-                        });
-                        left_data.extend_from_slice(&data[o..]);
-                        again = true;
-                        break;
+                        }];
+                        runs.extend_from_slice(&batch.runs[i + 1..]);
+                        let rest = PageBatch {
+                            pid: batch.pid,
+                            area: batch.area,
+                            runs,
+                            data: batch.data.slice(at_byte + o..),
+                        };
+                        return Copy::Again(rest, copied);
                     }
                     Err(CopyErr::Gone) => return Copy::Gone,
                     Err(CopyErr::Other(e)) => {
@@ -330,20 +331,9 @@ impl LazySession {
                     }
                 }
             }
+            at_byte += data.len();
         }
-        if again {
-            Copy::Again(
-                PageBatch {
-                    pid: batch.pid,
-                    area: batch.area,
-                    runs: left_runs,
-                    data: left_data.into(),
-                },
-                copied,
-            )
-        } else {
-            Copy::Done(copied)
-        }
+        Copy::Done(copied)
     }
 }
 
