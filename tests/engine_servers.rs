@@ -406,7 +406,52 @@ fn a_tcp_socket_in_flight_alone_is_refused_by_name() {
         "{err}"
     );
     std::fs::write(dir.path("report.go"), b"").unwrap();
-    let r = w.wait_report(T, |r| !r.contains("waiting"));
+    let r = w.wait_report(T, |r| r.contains(" x "));
     assert!(r.trim_end().ends_with("x True"), "{r}");
+    w.kill();
+}
+
+/// A unix stream connection accepted from a listener of the tree comes back
+/// with its names: the accepted end has the listener's (getsockname), and
+/// its client sees it as its peer's (getpeername); the listener accepts new
+/// clients, and bytes in flight both ways are still there.
+#[test]
+fn a_unix_connection_keeps_the_name_of_its_listener() {
+    let dir = TestDir::new("unix-names");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([
+        "-c",
+        "import os, sys, socket, time\n\
+         report, path = sys.argv[1], sys.argv[2]\n\
+         l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind(path); l.listen(4)\n\
+         c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect(path)\n\
+         s, _ = l.accept()\n\
+         c.sendall(b'to server'); s.sendall(b'to client')\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         names = [s.getsockname() == path, c.getpeername() == path, s.getpeername() == '']\n\
+         data = [s.recv(64) == b'to server', c.recv(64) == b'to client']\n\
+         c2 = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c2.connect(path)\n\
+         s2, _ = l.accept(); c2.sendall(b'new'); fresh = s2.recv(8) == b'new'\n\
+         open(report, 'w').write('%d %d %s %s %s\\n' % (os.getpid(), n, names, data, fresh))\n\
+         time.sleep(600)\n",
+    ])
+    .arg(dir.path("report"))
+    .arg(dir.path("listener.sock"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| r.contains('['));
+    assert!(
+        r.contains("[True, True, True] [True, True] True"),
+        "{r}\n{}",
+        w.log()
+    );
     w.kill();
 }

@@ -1,6 +1,8 @@
 //! Unix sockets: listening (with their backlog), bound, and connected ones
-//! with the data queued on them. A connected socket is rebuilt as one end
-//! of a socketpair whose other end is its peer; a socket whose peer is gone
+//! with the data queued on them. A connection accepted from a listener of
+//! the tree is made again through that listener (connect, then accept), so
+//! both ends keep their names; any other connected socket is rebuilt as one
+//! end of a socketpair whose other end is its peer; a socket whose peer is gone
 //! comes back with EOF after its queued data. A peer outside the tree is
 //! refused, unless dump has --ext-unix-sk (CRIU's name): then a datagram
 //! socket connects to its peer's name again, and a stream takes the fd the
@@ -48,6 +50,9 @@ pub(super) struct UnixSockets {
     connects: Vec<(OwnedFd, Vec<u8>, String)>,
     /// Restore: the fd being opened (for the errors of its fill).
     opening_fd: u32,
+    /// Restore: the listeners of the image by name (seen by `check`), so
+    /// that a connection accepted from one comes back through it.
+    listeners: std::cell::RefCell<HashMap<Vec<u8>, SocketFile>>,
 }
 
 /// A saved queue to send again through `sender` (to `to`, unconnected).
@@ -204,6 +209,11 @@ impl FdKind for UnixSockets {
         let Some(s) = f.socket.as_ref() else {
             return Ok(());
         };
+        if s.listening && s.local_addr.len() > 2 {
+            self.listeners
+                .borrow_mut()
+                .insert(s.local_addr.clone(), s.clone());
+        }
         for m in &s.passed {
             if m.message as usize >= s.queued.len() || m.files.is_empty() || m.files.len() > 253 {
                 return Err(RestoreError::Image(format!(
@@ -340,7 +350,10 @@ impl UnixSockets {
             self.shutdowns.push((own, s.shutdown, "shutdown".into()));
             return Ok(mine);
         }
-        let (a, b) = socket::socketpair(s.r#type).map_err(|e| ferr("socketpair", e))?;
+        let (a, b) = match self.through_listener(pid, s, orphan, ferr)? {
+            Some(pair) => pair,
+            None => socket::socketpair(s.r#type).map_err(|e| ferr("socketpair", e))?,
+        };
         apply_options(&a, &s.options).map_err(|e| ferr("socket options", e))?;
         self.fill(pid, s, super::dup(&b).map_err(|e| ferr("dup", e))?, None);
         if orphan {
@@ -358,6 +371,67 @@ impl UnixSockets {
         }
         self.created.keep(s.inode, a);
         self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
+    }
+
+    /// A connection accepted from a listener of the image, made again
+    /// through that listener (made now if it is not yet): (`s`'s end, its
+    /// peer's), both with their names as they were: the accepted end has
+    /// the listener's, its client sees it as its peer's. None (a socketpair
+    /// then, nameless) for other pairs.
+    fn through_listener(
+        &mut self,
+        pid: i32,
+        s: &SocketFile,
+        orphan: bool,
+        ferr: &dyn Fn(&str, io::Error) -> RestoreError,
+    ) -> Result<Option<(OwnedFd, OwnedFd)>, RestoreError> {
+        let named = |a: &[u8]| a.len() > 2;
+        if s.r#type == libc::SOCK_DGRAM || orphan || named(&s.local_addr) == named(&s.peer_addr) {
+            return Ok(None);
+        }
+        let accepted_end = named(&s.local_addr);
+        let name = if accepted_end {
+            &s.local_addr
+        } else {
+            &s.peer_addr
+        };
+        let Some(listener) = self.listeners.borrow().get(name).cloned() else {
+            return Ok(None);
+        };
+        if listener.r#type != s.r#type {
+            return Ok(None);
+        }
+        if self.created.get(listener.inode).is_none() {
+            // Its own fd shares this one later (`Created::again`).
+            drop(self.create_unpaired(pid, &listener, ferr)?);
+        }
+        let l = self
+            .created
+            .get(listener.inode)
+            .ok_or_else(|| ferr("registry", io::Error::other("listener missing")))?;
+        let client = socket::socket(libc::AF_UNIX, s.r#type, 0).map_err(|e| ferr("socket", e))?;
+        socket::connect(&client, name)
+            .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(name)), e))?;
+        let client_inode = rustix::fs::fstat(&client)
+            .map_err(|e| ferr("fstat", e.into()))?
+            .st_ino;
+        // Ours, not a connection from outside that came meanwhile (it
+        // would be ours to drop).
+        let accepted = loop {
+            let a = rustix::net::accept_with(l, rustix::net::SocketFlags::CLOEXEC)
+                .map_err(|e| ferr("accept", e.into()))?;
+            let inode = rustix::fs::fstat(&a)
+                .map_err(|e| ferr("fstat", e.into()))?
+                .st_ino;
+            if sock_diag::unix(inode).is_ok_and(|d| d.peer == client_inode) {
+                break a;
+            }
+        };
+        Ok(Some(if accepted_end {
+            (accepted, client)
+        } else {
+            (client, accepted)
+        }))
     }
 
     /// Sends `s`'s saved queue through `sender` (to `to`) once every fd
