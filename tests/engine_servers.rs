@@ -413,8 +413,9 @@ fn a_tcp_socket_in_flight_alone_is_refused_by_name() {
 
 /// A unix stream connection accepted from a listener of the tree comes back
 /// with its names: the accepted end has the listener's (getsockname), and
-/// its client sees it as its peer's (getpeername); the listener accepts new
-/// clients, and bytes in flight both ways are still there.
+/// its client sees it as its peer's (getpeername); a client that bound a
+/// name keeps it; the listener accepts new clients, and bytes in flight
+/// both ways are still there.
 #[test]
 fn a_unix_connection_keeps_the_name_of_its_listener() {
     let dir = TestDir::new("unix-names");
@@ -426,11 +427,14 @@ fn a_unix_connection_keeps_the_name_of_its_listener() {
          l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind(path); l.listen(4)\n\
          c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect(path)\n\
          s, _ = l.accept()\n\
+         cpath = path + '.client'\n\
+         b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); b.bind(cpath); b.connect(path)\n\
+         sb, _ = l.accept()\n\
          c.sendall(b'to server'); s.sendall(b'to client')\n\
          n = 0\n\
          while not os.path.exists(report + '.go'):\n\
          \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
-         names = [s.getsockname() == path, c.getpeername() == path, s.getpeername() == '']\n\
+         names = [s.getsockname() == path, c.getpeername() == path, s.getpeername() == '', sb.getpeername() == cpath, b.getsockname() == cpath, b.getpeername() == path]\n\
          data = [s.recv(64) == b'to server', c.recv(64) == b'to client']\n\
          c2 = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c2.connect(path)\n\
          s2, _ = l.accept(); c2.sendall(b'new'); fresh = s2.recv(8) == b'new'\n\
@@ -449,7 +453,7 @@ fn a_unix_connection_keeps_the_name_of_its_listener() {
     std::fs::write(dir.path("report.go"), b"").unwrap();
     let r = w.wait_report(T, |r| r.contains('['));
     assert!(
-        r.contains("[True, True, True] [True, True] True"),
+        r.contains("[True, True, True, True, True, True] [True, True] True"),
         "{r}\n{}",
         w.log()
     );

@@ -376,8 +376,9 @@ impl UnixSockets {
     /// A connection accepted from a listener of the image, made again
     /// through that listener (made now if it is not yet): (`s`'s end, its
     /// peer's), both with their names as they were: the accepted end has
-    /// the listener's, its client sees it as its peer's. None (a socketpair
-    /// then, nameless) for other pairs.
+    /// the listener's, which its client sees as its peer's, and the client
+    /// its own if it bound one. None (a socketpair then, nameless) for
+    /// other pairs.
     fn through_listener(
         &mut self,
         pid: i32,
@@ -385,18 +386,23 @@ impl UnixSockets {
         orphan: bool,
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<Option<(OwnedFd, OwnedFd)>, RestoreError> {
-        let named = |a: &[u8]| a.len() > 2;
-        if s.r#type == libc::SOCK_DGRAM || orphan || named(&s.local_addr) == named(&s.peer_addr) {
+        if s.r#type == libc::SOCK_DGRAM || orphan {
             return Ok(None);
         }
-        let accepted_end = named(&s.local_addr);
-        let name = if accepted_end {
-            &s.local_addr
+        // The accepted end has the listener's name; its client, a name of
+        // its own if it bound one.
+        let listeners = self.listeners.borrow();
+        let (accepted_end, listener) =
+            match (listeners.get(&s.local_addr), listeners.get(&s.peer_addr)) {
+                (Some(l), None) => (true, l.clone()),
+                (None, Some(l)) => (false, l.clone()),
+                _ => return Ok(None),
+            };
+        drop(listeners);
+        let (name, client_name) = if accepted_end {
+            (&s.local_addr, &s.peer_addr)
         } else {
-            &s.peer_addr
-        };
-        let Some(listener) = self.listeners.borrow().get(name).cloned() else {
-            return Ok(None);
+            (&s.peer_addr, &s.local_addr)
         };
         if listener.r#type != s.r#type {
             return Ok(None);
@@ -410,6 +416,9 @@ impl UnixSockets {
             .get(listener.inode)
             .ok_or_else(|| ferr("registry", io::Error::other("listener missing")))?;
         let client = socket::socket(libc::AF_UNIX, s.r#type, 0).map_err(|e| ferr("socket", e))?;
+        if client_name.len() > 2 {
+            bind_again(&client, client_name, ferr)?;
+        }
         socket::connect(&client, name)
             .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(name)), e))?;
         let client_inode = rustix::fs::fstat(&client)
@@ -487,31 +496,7 @@ impl UnixSockets {
         apply_options(&sock, &s.options).map_err(|e| ferr("socket options", e))?;
         let bound = s.local_addr.len() > 2;
         if bound {
-            if s.local_addr[2] != 0 {
-                // A path: a stale socket file left by the dumped process
-                // would make bind fail with EADDRINUSE.
-                let p = &s.local_addr[2..];
-                let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
-                let path = std::path::Path::new(
-                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&p[..end]),
-                );
-                if let Ok(md) = std::fs::symlink_metadata(path) {
-                    if md.file_type().is_socket() {
-                        std::fs::remove_file(path)
-                            .map_err(|e| ferr("removing the old socket file", e))?;
-                    } else {
-                        return Err(ferr(
-                            "bind",
-                            io::Error::other(format!(
-                                "{} exists and is not a socket",
-                                path.display()
-                            )),
-                        ));
-                    }
-                }
-            }
-            socket::bind(&sock, &s.local_addr)
-                .map_err(|e| ferr(&format!("bind to {}", fmt_sockaddr(&s.local_addr)), e))?;
+            bind_again(&sock, &s.local_addr, ferr)?;
         }
         if s.listening {
             socket::listen(&sock, backlog(s)).map_err(|e| ferr("listen", e))?;
@@ -524,6 +509,33 @@ impl UnixSockets {
         self.created.keep(s.inode, sock);
         self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
     }
+}
+
+/// Binds `sock` to `addr` again: a stale socket file at that path, left by
+/// the dumped process, would make bind fail with EADDRINUSE.
+fn bind_again(
+    sock: &OwnedFd,
+    addr: &[u8],
+    ferr: &dyn Fn(&str, io::Error) -> RestoreError,
+) -> Result<(), RestoreError> {
+    if addr.len() > 2 && addr[2] != 0 {
+        let p = &addr[2..];
+        let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
+        let path = std::path::Path::new(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&p[..end]),
+        );
+        if let Ok(md) = std::fs::symlink_metadata(path) {
+            if md.file_type().is_socket() {
+                std::fs::remove_file(path).map_err(|e| ferr("removing the old socket file", e))?;
+            } else {
+                return Err(ferr(
+                    "bind",
+                    io::Error::other(format!("{} exists and is not a socket", path.display())),
+                ));
+            }
+        }
+    }
+    socket::bind(sock, addr).map_err(|e| ferr(&format!("bind to {}", fmt_sockaddr(addr)), e))
 }
 
 /// The listen() backlog to set again.
