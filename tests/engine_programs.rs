@@ -90,3 +90,61 @@ fn java_with_threads_continues() {
     assert!(r.contains(" OK "), "{r}\n{}", w.log());
     assert_running_untraced(pid);
 }
+
+/// A signal pending on a thread other than the leader, sent with
+/// pthread_kill (SI_TKILL, which the kernel lets only that thread queue to
+/// itself), is pending on that thread again after restore.
+#[test]
+fn a_signal_pending_on_a_thread_comes_back_on_it() {
+    if !have("python3") {
+        eprintln!("python3 not installed: skipped");
+        return;
+    }
+    let dir = TestDir::new("thread-signal");
+    std::fs::write(
+        dir.path("wl.py"),
+        r#"
+import os, sys, signal, threading, time
+report = sys.argv[1]
+def put(line):
+    with open(report + ".tmp", "w") as f:
+        f.write(line + "\n")
+    os.rename(report + ".tmp", report)
+got = []
+ready = threading.Event()
+def worker():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    ready.set()
+    while not os.path.exists(report + ".go"):
+        time.sleep(0.05)
+    got.append(signal.sigwait({signal.SIGUSR1}))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+t = threading.Thread(target=worker)
+t.start()
+ready.wait()
+signal.pthread_kill(t.ident, signal.SIGUSR1)
+n = 0
+while not os.path.exists(report + ".go"):
+    n += 1
+    put("%d %d waiting" % (os.getpid(), n))
+    time.sleep(0.05)
+t.join()
+put("%d %d got %s" % (os.getpid(), n, [int(s) for s in got]))
+time.sleep(600)
+"#,
+    )
+    .unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(dir.path("wl.py")).arg(dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| r.contains(" got "));
+    assert!(r.trim_end().ends_with("got [10]"), "{r}\n{}", w.log());
+    w.kill();
+}

@@ -73,14 +73,33 @@ impl Kind for PendingSignals {
         let no_timers = PosixTimers::default();
         let timers = &p.image.records.get().unwrap_or(&no_timers).timers;
         let raised_again = |si: &[u8]| crate::kinds::posix_timers::raised_again(timers, si);
-        for t in &p.image.threads {
-            for si in t.pending_signals.iter().filter(|si| !raised_again(si)) {
-                queue(p.stub, Some(t.tid as i32), si)?;
+        for (i, t) in p.image.threads.iter().enumerate() {
+            let mut pending = t.pending_signals.iter().filter(|si| !raised_again(si));
+            let Some(first) = pending.next() else {
+                continue;
+            };
+            // From that thread itself: the kernel lets a thread queue
+            // siginfo of the kernel's or of kill()'s kind to itself only.
+            let thread = match i {
+                0 => None,
+                _ => Some(
+                    p.stub
+                        .thread(p.host_tid(i))
+                        .map_err(|e| RestoreError::Thread {
+                            pid: p.stub.vpid,
+                            tid: t.tid as i32,
+                            reason: format!("reaching the thread: {e}"),
+                        })?,
+                ),
+            };
+            let by = thread.as_ref().unwrap_or(&p.stub.leader);
+            for si in std::iter::once(first).chain(pending) {
+                queue(p.stub, by, Some(t.tid as i32), si)?;
             }
         }
         if let Some(s) = p.image.records.get::<SignalState>() {
             for si in s.shared_pending.iter().filter(|si| !raised_again(si)) {
-                queue(p.stub, None, si)?;
+                queue(p.stub, &p.stub.leader, None, si)?;
             }
         }
         Ok(())
@@ -158,10 +177,16 @@ pub(crate) fn discard_child_signal(parent: &Stub) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Queues a saved pending signal again, from the thread-group leader (the
-/// kernel lets a process queue SI_USER/SI_TKILL siginfo only to itself).
-/// `tid` None: process-wide.
-fn queue(stub: &Stub, tid: Option<i32>, siginfo: &[u8]) -> Result<(), RestoreError> {
+/// Queues a saved pending signal again, through `by`: the thread it is
+/// pending on, or the thread-group leader for one pending process-wide
+/// (`tid` None): the kernel lets a task queue siginfo that claims to come
+/// from the kernel, kill() or tkill() only to itself.
+fn queue(
+    stub: &Stub,
+    by: &crate::inject::Remote,
+    tid: Option<i32>,
+    siginfo: &[u8],
+) -> Result<(), RestoreError> {
     if siginfo.len() != SIGINFO_SIZE {
         return Err(RestoreError::Image(format!(
             "pending siginfo of {} bytes",
@@ -175,12 +200,12 @@ fn queue(stub: &Stub, tid: Option<i32>, siginfo: &[u8]) -> Result<(), RestoreErr
     }
     let info = stub.put(SCRATCH_DATA + 1024, siginfo)?;
     let r = match tid {
-        Some(t) => stub.call(
+        Some(t) => by.call(
             "rt_tgsigqueueinfo",
             libc::SYS_rt_tgsigqueueinfo,
             &[stub.vpid as u64, t as u64, sig as u64, info],
         ),
-        None => stub.call(
+        None => by.call(
             "rt_sigqueueinfo",
             libc::SYS_rt_sigqueueinfo,
             &[stub.vpid as u64, sig as u64, info],
