@@ -200,6 +200,31 @@ enum Reopen {
     Created(OwnedFd),
 }
 
+/// The record of fd `fd` as its fdinfo shows it; its kind fills the rest.
+fn open_file(fd: i32, info: &crate::proc::FdInfo) -> OpenFile {
+    OpenFile {
+        fd: fd as u32,
+        open_flags: info.flags & !(libc::O_CLOEXEC as u32),
+        cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
+        offset: info.pos,
+        ..Default::default()
+    }
+}
+
+/// Asks the fd kinds in turn which one `d` is; Ok(false): none takes it.
+fn dump_by_kind(
+    kinds: &mut [Box<dyn FdKind>],
+    d: &mut DumpFd<'_>,
+    f: &mut OpenFile,
+) -> Result<bool, DumpError> {
+    for k in kinds.iter_mut() {
+        if k.dump(d, f)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Value of `key:` in an fdinfo text.
 fn fdinfo_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().find_map(|l| {
@@ -318,13 +343,7 @@ impl Kind for Files {
             let link = crate::proc::read_link(format!("/proc/{pid}/fd/{fd}")).map_err(proc_err)?;
             let info = crate::proc::fdinfo(pid, fd).map_err(proc_err)?;
             let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"));
-            let mut f = OpenFile {
-                fd: fd as u32,
-                open_flags: info.flags & !(libc::O_CLOEXEC as u32),
-                cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
-                offset: info.pos,
-                ..Default::default()
-            };
+            let mut f = open_file(fd, &info);
             let mut dfd = DumpFd {
                 pid,
                 fd,
@@ -339,14 +358,7 @@ impl Kind for Files {
                 job_tty,
                 objects: p.objects,
             };
-            let mut taken = false;
-            for k in self.kinds.iter_mut() {
-                if k.dump(&mut dfd, &mut f)? {
-                    taken = true;
-                    break;
-                }
-            }
-            if !taken {
+            if !dump_by_kind(&mut self.kinds, &mut dfd, &mut f)? {
                 let name = show(&link).into_owned();
                 return Err(match md {
                     Err(err) if link.starts_with(b"/") => DumpError::File {
@@ -374,15 +386,16 @@ impl Kind for Files {
             pid: pid as u32,
             files,
         });
-        let flags = passed::DumpFlags {
+        // The same for every process of one dump: kept from the first.
+        self.flags.get_or_insert_with(|| passed::DumpFlags {
             shell_job: p.shell_job,
             tcp: p.tcp,
             ext_unix: p.ext_unix,
             external_pipes: p.external_pipes.to_vec(),
             skip_in_flight: p.skip_in_flight,
             job_tty,
-        };
-        self.read_in_flight(p, flags);
+        });
+        self.read_in_flight(p);
         Ok(())
     }
 

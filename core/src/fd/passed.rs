@@ -79,8 +79,7 @@ impl Files {
     /// After the fds of process `p`: crstream's copies of the files the
     /// messages queued on its sockets carry, kept until the whole tree is
     /// read (see [`Files::attach_in_flight`]).
-    pub(super) fn read_in_flight(&mut self, p: &DumpProcess<'_>, flags: DumpFlags) {
-        self.flags.get_or_insert(flags);
+    pub(super) fn read_in_flight(&mut self, p: &DumpProcess<'_>) {
         let passing: Vec<Passing> = self
             .kinds
             .iter_mut()
@@ -219,12 +218,7 @@ impl Files {
         let stat = crate::proc::stat(pid).map_err(|err| DumpError::Proc { pid, err })?;
         let info = crate::proc::fdinfo(me, raw).map_err(proc_err)?;
         let md = std::fs::metadata(format!("/proc/self/fd/{raw}")).ok();
-        let mut f = OpenFile {
-            fd: raw as u32,
-            open_flags: info.flags & !(libc::O_CLOEXEC as u32),
-            offset: info.pos,
-            ..Default::default()
-        };
+        let mut f = super::open_file(raw, &info);
         let flags = self.flags.clone().unwrap_or_default();
         let mut d = DumpFd {
             pid: me,
@@ -240,14 +234,7 @@ impl Files {
             job_tty: flags.job_tty,
             objects: t.objects,
         };
-        let mut taken = false;
-        for k in self.kinds.iter_mut() {
-            if k.dump(&mut d, &mut f)? {
-                taken = true;
-                break;
-            }
-        }
-        if !taken {
+        if !super::dump_by_kind(&mut self.kinds, &mut d, &mut f)? {
             return Err(DumpError::UnsupportedFile {
                 pid,
                 fd: -1,

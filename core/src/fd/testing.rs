@@ -35,13 +35,7 @@ fn dump_job_fd_with(
     let link = crate::proc::read_link(format!("/proc/self/fd/{fd}")).unwrap();
     let info = crate::proc::fdinfo(me(), fd).unwrap();
     let md = std::fs::metadata(format!("/proc/self/fd/{fd}"));
-    let mut f = OpenFile {
-        fd: fd as u32,
-        open_flags: info.flags & !(libc::O_CLOEXEC as u32),
-        cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
-        offset: info.pos,
-        ..Default::default()
-    };
+    let mut f = super::open_file(fd, &info);
     let mut objects = DumpObjects::default();
     let stat = crate::proc::stat(me()).unwrap();
     let mut d = DumpFd {
@@ -67,14 +61,7 @@ fn dump_job_fd_with(
 /// Dumps fd `fd` of this process, trying every fd kind.
 pub(super) fn dump_own(fd: RawFd) -> Result<OpenFile, DumpError> {
     let mut kinds = fd_kinds();
-    dump_fd_with(fd, |d, f| {
-        for k in kinds.iter_mut() {
-            if k.dump(d, f)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    })
+    dump_fd_with(fd, |d, f| super::dump_by_kind(&mut kinds, d, f))
 }
 
 /// Dumps fd `fd` of this process with one fd kind (whose state carries
