@@ -15,6 +15,7 @@
 //! delivered in order.
 
 mod error;
+mod http;
 mod location;
 mod sink;
 mod source;

@@ -226,7 +226,7 @@ impl Env {
     }
 
     fn s3(&self, url: &str, bucket: &str, path: Path) -> Result<Target, BackendError> {
-        let mut b = AmazonS3Builder::new();
+        let mut b = AmazonS3Builder::new().with_http_connector(crate::http::Connector);
         for (k, v) in self.with_prefix("AWS_") {
             if let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
                 b = b.with_config(key, v);
@@ -291,7 +291,7 @@ impl Env {
     }
 
     fn gcs(&self, url: &str, bucket: &str, path: Path) -> Result<Target, BackendError> {
-        let mut b = GoogleCloudStorageBuilder::new();
+        let mut b = GoogleCloudStorageBuilder::new().with_http_connector(crate::http::Connector);
         // Same sources as GoogleCloudStorageBuilder::from_env, read from `self`.
         if let Some(p) = self.get("SERVICE_ACCOUNT") {
             b = b.with_service_account_path(p);
@@ -341,7 +341,7 @@ impl Env {
     }
 
     fn azure(&self, url: &str, container: &str, path: Path) -> Result<Target, BackendError> {
-        let mut b = MicrosoftAzureBuilder::new();
+        let mut b = MicrosoftAzureBuilder::new().with_http_connector(crate::http::Connector);
         for (k, v) in self.with_prefix("AZURE_") {
             if let Ok(key) = k.to_ascii_lowercase().parse::<AzureConfigKey>() {
                 b = b.with_config(key, v);

@@ -205,3 +205,26 @@ async fn s3_missing_credentials_are_reported_as_such() {
     );
     assert_eq!(io::Error::from(e).kind(), io::ErrorKind::PermissionDenied);
 }
+
+#[tokio::test]
+async fn s3_https_endpoint_speaks_tls() {
+    // Plain http:// goes through crstream's own client; https:// must still
+    // go through TLS: the server sees a TLS ClientHello (record type 0x16).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let first_byte = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut conn, &mut byte).unwrap();
+        byte[0]
+    });
+    let env = Env::from_pairs([
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("CRSTREAM_MAX_RETRIES", "0"),
+    ]);
+    let e = env.open_source("s3://b/k").await.err().unwrap();
+    assert!(e.to_string().starts_with("s3://b/k: "), "{e}");
+    assert_eq!(first_byte.join().unwrap(), 0x16);
+}
