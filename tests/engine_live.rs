@@ -89,3 +89,30 @@ fn no_live_keeps_the_process_frozen_for_the_whole_dump() {
     w.wait_report(T, |r| field(r, 0, 0) > n + 2);
     assert_running_untraced(w.pid);
 }
+
+/// A parent and a child sharing pages copy-on-write (wl_cow), dumped live:
+/// the pages they share are found between their snapshots, once both run
+/// again, and come back shared, each process with its own pages intact.
+#[test]
+fn a_live_dump_keeps_the_pages_a_child_shares_with_its_parent() {
+    let dir = TestDir::new("livecow");
+    let mut w = Workload::spawn("wl_cow", dir.path("report"), &[]);
+    let counter = |r: &str| field(r, 0, 1);
+    let r = w.wait_report(T, |r| counter(r) >= 3);
+    assert!(r.contains(" OK"), "before the dump: {r}\n{}", w.log());
+    assert_eq!(cow_pages_shared_with_child(w.pid), COW_PAGES_SHARED);
+    let img = dir.path("img");
+    let o = dump(w.pid, &img, &["--leave-running", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+    assert_eq!(s["live"], true, "{s}");
+    let at = counter(&w.read_report().unwrap());
+    w.wait_report(T, |r| counter(r) > at + 1);
+    w.kill();
+    let at = counter(&w.read_report().unwrap());
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| counter(r) > at + 3 || !r.contains(" OK"));
+    assert!(r.contains(" OK"), "restored: {r}\n{}", w.log());
+    assert_running_untraced(pid);
+    assert_eq!(cow_pages_shared_with_child(pid), COW_PAGES_SHARED);
+}

@@ -596,37 +596,14 @@ fn a_program_whose_executable_was_deleted_comes_back() {
 /// with their own contents (the workload checks every page, both sides).
 #[test]
 fn pages_shared_copy_on_write_with_a_child_stay_shared() {
-    const AREA: u64 = 0x5a00_0000_0000;
-    const PAGES: usize = 8192;
     let dir = TestDir::new("cow");
     let mut w = Workload::spawn("wl_cow", dir.path("report"), &[]);
-    let frames = |pid: i32| -> Vec<u64> {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
-        let mut buf = vec![0u8; PAGES * 8];
-        f.read_exact_at(&mut buf, AREA / 4096 * 8).unwrap();
-        buf.chunks_exact(8)
-            .map(|e| u64::from_le_bytes(e.try_into().unwrap()))
-            .map(|e| if e >> 63 == 1 { e & ((1 << 55) - 1) } else { 0 })
-            .collect()
-    };
-    let shared = move |pid: i32| {
-        let kids = children_of(pid);
-        assert_eq!(kids.len(), 1, "{kids:?}");
-        let (ours, theirs) = (frames(pid), frames(kids[0]));
-        let same = ours
-            .iter()
-            .zip(&theirs)
-            .filter(|(a, b)| **a != 0 && a == b)
-            .count();
-        // All but the quarter either side rewrote and the 16 pages the
-        // child dropped.
+    let shared = |pid: i32| {
         assert_eq!(
-            same,
-            PAGES - PAGES / 4 - 16,
-            "pages shared by {pid} and {}",
-            kids[0]
-        );
+            cow_pages_shared_with_child(pid),
+            COW_PAGES_SHARED,
+            "pages {pid} shares with its child"
+        )
     };
     round_trips(&mut w, &dir, &shared);
 }

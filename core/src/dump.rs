@@ -146,31 +146,54 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
     // Each process's snapshot, if it has one: ended (which has its parent
     // reap it) only once the tree runs again, whatever happens.
     let mut snapshots: Vec<Option<Snapshot>> = Vec::new();
-    let (mut pages, threads, (mut tcp, mut pty), Live { memory, live }) =
-        match dump_frozen(&mut tree, opts, sink, &mut snapshots) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(pid, "dump failed, letting the processes run on: {e}");
-                tree.release();
-                drop(snapshots);
-                return Err(e);
-            }
-        };
+    let (mut read, written) = match dump_frozen(&mut tree, opts, sink, &mut snapshots) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(pid, "dump failed, letting the processes run on: {e}");
+            tree.release();
+            drop(snapshots);
+            return Err(e);
+        }
+    };
+    let (mut tcp, mut pty) = (
+        std::mem::take(&mut read.objects.tcp),
+        std::mem::take(&mut read.objects.pty),
+    );
     let mut released_after = None;
+    let (mut pages, threads, live) = match written {
+        Some(w) => w,
+        None => {
+            // Live, and all the rest comes from the snapshots: the tree
+            // runs on (as `Dumped::finish` would let it) from here.
+            drop(std::mem::take(&mut tcp));
+            drop(std::mem::take(&mut pty));
+            tree.release();
+            released_after = Some(frozen_at.elapsed());
+            tracing::debug!(pid, "running again; writing its image from its snapshots");
+            write_image(&tree, opts, &mut read, &snapshots, sink, false)?
+        }
+    };
     if !live.is_empty() {
-        // Live: the tree runs on (as `Dumped::finish` would let it) while
-        // the rest of its pages come from the snapshots.
-        drop(std::mem::take(&mut tcp));
-        drop(std::mem::take(&mut pty));
-        tree.release();
-        released_after = Some(frozen_at.elapsed());
-        tracing::debug!(pid, "running again; writing the pages of its snapshots");
+        if released_after.is_none() {
+            // Live: the tree runs on (as `Dumped::finish` would let it)
+            // while the rest of its pages come from the snapshots.
+            drop(std::mem::take(&mut tcp));
+            drop(std::mem::take(&mut pty));
+            tree.release();
+            released_after = Some(frozen_at.elapsed());
+            tracing::debug!(pid, "running again; writing the pages of its snapshots");
+        }
         for (pid, stream, i) in live {
             let Some(snapshot) = snapshots[i].take() else {
                 continue;
             };
-            pages +=
-                memory.write_pages(pid, PagesFrom::Snapshot(snapshot.pid), sink, stream, opts)?;
+            pages += read.memory.write_pages(
+                pid,
+                PagesFrom::Snapshot(snapshot.pid),
+                sink,
+                stream,
+                opts,
+            )?;
             tracing::info!(pid, pages, "pages written from the snapshot");
         }
     }
@@ -219,22 +242,30 @@ fn refuse_unrestorable_here(pid: i32) -> Result<(), DumpError> {
     })
 }
 
-/// What a live dump still has to write once the tree runs again: the pages
-/// each snapshot holds (pid, its page stream, the index of its snapshot).
-struct Live {
+/// A tree as read while frozen: what its image is written from.
+struct Read {
+    objects: DumpObjects,
     memory: Memory,
-    live: Vec<(i32, PageStream, usize)>,
+    processes: Vec<ProcessDump>,
 }
 
-/// Everything while frozen; each process's snapshot (a live dump) goes
-/// into `snapshots`. Returns (pages, threads, holds, what is left for a
-/// live dump).
+/// What writing the image while frozen left: the pages written, the
+/// threads, and what a live dump writes once the tree runs again: the
+/// pages each snapshot holds (pid, its page stream, the index of its
+/// snapshot).
+type Written = (u64, usize, Vec<(i32, PageStream, usize)>);
+
+/// Everything that needs the tree frozen; each process's snapshot (a live
+/// dump) goes into `snapshots`. The image is written too, unless every
+/// process has a snapshot and no page outside it: the tree then need not
+/// wait for it (None), and the areas the snapshots keep are scanned in
+/// them once it runs again.
 fn dump_frozen(
     tree: &mut FrozenTree,
     opts: &DumpOptions,
     sink: &mut dyn ImageSink,
     snapshots: &mut Vec<Option<Snapshot>>,
-) -> Result<(u64, usize, Holds, Live), DumpError> {
+) -> Result<(Read, Option<Written>), DumpError> {
     tree.mark_shared_tables()?;
     let mut objects = DumpObjects::default();
     let mut memory = Memory::default();
@@ -253,22 +284,67 @@ fn dump_frozen(
     };
     t.objects.tcp.lock_and_read(t.processes)?;
     crate::failpoint::pause("tcp-locked");
-    memory.dump_tree(&mut t)?;
     for k in kinds.iter_mut() {
         k.dump_tree(&mut t)?;
     }
-    let page_streams = write_metadata(tree, opts, &mut objects, &processes, sink)?;
+    let mut read = Read {
+        objects,
+        memory,
+        processes,
+    };
+    let later = snapshots.iter().all(Option::is_some)
+        && read
+            .processes
+            .iter()
+            .all(|p| !read.memory.has_pages_outside_snapshot(p.pid));
+    if later {
+        return Ok((read, None));
+    }
+    let written = write_image(tree, opts, &mut read, snapshots, sink, true)?;
+    Ok((read, Some(written)))
+}
+
+/// Scans what a live dump left for later (in each snapshot, or in the
+/// process while still `frozen` if it has none), then writes the metadata
+/// and the pages of every process that a snapshot does not hold (none when
+/// the tree runs again).
+fn write_image(
+    tree: &FrozenTree,
+    opts: &DumpOptions,
+    read: &mut Read,
+    snapshots: &[Option<Snapshot>],
+    sink: &mut dyn ImageSink,
+    frozen: bool,
+) -> Result<Written, DumpError> {
+    for (i, p) in read.processes.iter().enumerate() {
+        let tables = snapshots
+            .get(i)
+            .and_then(Option::as_ref)
+            .map_or(p.pid, |s| s.pid);
+        read.memory.scan_kept(p.pid, tables)?;
+    }
+    let mut t = DumpTree {
+        entries: &tree.entries,
+        processes: &mut read.processes,
+        objects: &mut read.objects,
+    };
+    read.memory.dump_tree(&mut t)?;
+    let page_streams = write_metadata(tree, opts, &mut read.objects, &read.processes, sink)?;
     let mut pages = 0;
     let mut threads = 0;
     let mut live = Vec::new();
-    for (i, (p, stream)) in processes.iter().zip(page_streams).enumerate() {
+    for (i, (p, stream)) in read.processes.iter().zip(page_streams).enumerate() {
         let snapshot = snapshots.get(i).is_some_and(Option::is_some);
-        let which = if snapshot {
-            PagesFrom::NotInSnapshot
-        } else {
-            PagesFrom::Process
+        let n = match (snapshot, frozen) {
+            (false, _) => read
+                .memory
+                .write_pages(p.pid, PagesFrom::Process, sink, stream, opts)?,
+            (true, true) => {
+                read.memory
+                    .write_pages(p.pid, PagesFrom::NotInSnapshot, sink, stream, opts)?
+            }
+            (true, false) => 0, // it has none (see `dump_frozen`)
         };
-        let n = memory.write_pages(p.pid, which, sink, stream, opts)?;
         pages += n;
         threads += p.threads.len();
         tracing::info!(pid = p.pid, pages = n, threads = p.threads.len(), "dumped");
@@ -276,20 +352,8 @@ fn dump_frozen(
             live.push((p.pid, stream, i));
         }
     }
-    Ok((
-        pages,
-        threads,
-        (
-            std::mem::take(&mut objects.tcp),
-            std::mem::take(&mut objects.pty),
-        ),
-        Live { memory, live },
-    ))
+    Ok((pages, threads, live))
 }
-
-/// What a dump holds of the tree until it ends: its TCP connections and
-/// the output read out of its pseudo-terminals.
-type Holds = (crate::fd::tcp::TcpHold, crate::fd::pty::PtyHold);
 
 /// Bytes of scratch memory injected syscalls may fill.
 const SCRATCH_LEN: u64 = 256;
@@ -333,6 +397,7 @@ fn read_process(
         ext_unix: opts.ext_unix,
         external_pipes: &opts.external_pipes,
         skip_in_flight: opts.skip_in_flight,
+        snapshot_planned: opts.live && opts.leave_running && frozen_stop == 0,
         objects,
         inject: None,
         threads: &mut frozen.threads,

@@ -127,6 +127,9 @@ pub(crate) struct DumpProcess<'a> {
     pub external_pipes: &'a [u64],
     /// Connections waiting in accept queues are dropped (--skip-in-flight).
     pub skip_in_flight: bool,
+    /// A live dump will take a copy-on-write snapshot of the process:
+    /// what the snapshot keeps can be read from it once the tree runs.
+    pub snapshot_planned: bool,
     pub objects: &'a mut DumpObjects,
     /// Injected syscalls, once memory has been read (see `dump`).
     pub inject: Option<&'a Injector>,

@@ -720,3 +720,32 @@ impl Drop for NetLockGuard {
             .status();
     }
 }
+
+/// What wl_cow keeps shared between its parent and its child: all of its
+/// 8192 pages but the quarter either side rewrote and the 16 the child
+/// dropped.
+pub const COW_PAGES_SHARED: usize = 8192 - 8192 / 4 - 16;
+
+/// How many pages of wl_cow's area `pid` (its parent) shares with its only
+/// child: the same physical frame at the same address (pagemap PFNs).
+pub fn cow_pages_shared_with_child(pid: i32) -> usize {
+    const AREA: u64 = 0x5a00_0000_0000;
+    const PAGES: usize = 8192;
+    let frames = |pid: i32| -> Vec<u64> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+        let mut buf = vec![0u8; PAGES * 8];
+        f.read_exact_at(&mut buf, AREA / 4096 * 8).unwrap();
+        buf.chunks_exact(8)
+            .map(|e| u64::from_le_bytes(e.try_into().unwrap()))
+            .map(|e| if e >> 63 == 1 { e & ((1 << 55) - 1) } else { 0 })
+            .collect()
+    };
+    let kids = children_of(pid);
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    let (ours, theirs) = (frames(pid), frames(kids[0]));
+    ours.iter()
+        .zip(&theirs)
+        .filter(|(a, b)| **a != 0 && a == b)
+        .count()
+}

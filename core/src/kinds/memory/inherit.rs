@@ -63,10 +63,11 @@ fn open_pagemap(pid: i32) -> Result<File, DumpError> {
 }
 
 /// Moves the child's saved pages that are its parent's very frames from
-/// `runs` to `VmArea.inherited`. Returns how many pages moved.
+/// `runs` to `VmArea.inherited`. Returns how many pages moved. Each process
+/// comes with where its page tables are read: itself, or its snapshot.
 pub(super) fn find_shared(
-    child: i32,
-    parent: i32,
+    (child, child_tables): (i32, i32),
+    (parent, parent_tables): (i32, i32),
     child_areas: &mut [DumpArea],
     parent_areas: &[DumpArea],
 ) -> Result<u64, DumpError> {
@@ -84,7 +85,7 @@ pub(super) fn find_shared(
     if candidates.is_empty() {
         return Ok(0);
     }
-    let (cmap, pmap) = (open_pagemap(child)?, open_pagemap(parent)?);
+    let (cmap, pmap) = (open_pagemap(child_tables)?, open_pagemap(parent_tables)?);
     let scan_err = |pid: i32, a: &VmArea| {
         let (start, end) = (a.start, a.end);
         move |err| DumpError::PageScan {

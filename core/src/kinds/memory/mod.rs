@@ -35,7 +35,7 @@ use crate::sys::mem::{
 };
 use crstream_proto::{AreaKind, MemoryMap, VmArea};
 use crstream_streamer::{ImageSink, PAGE_SIZE};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
@@ -48,6 +48,12 @@ pub(crate) struct Memory {
     shm_origin: HashMap<u64, ShmemOrigin>,
     /// Dump: build-ids of the mapped files, by device and inode.
     build_ids: HashMap<(u64, u64), Vec<u8>>,
+    /// Dump: processes whose areas a snapshot keeps are not scanned yet
+    /// (see [`Memory::scan_kept`]).
+    unscanned: HashSet<i32>,
+    /// Dump: where the page tables of a process are read once it runs
+    /// again: its snapshot.
+    page_tables_of: HashMap<i32, i32>,
     /// Restore: privately mapped files may have changed (--skip-validation).
     pub(crate) skip_validation: bool,
 }
@@ -63,6 +69,23 @@ impl Kind for Memory {
 
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
         let pid = p.pid;
+        if p.snapshot_planned {
+            // The areas a snapshot keeps are scanned in it once the tree
+            // runs again: PAGEMAP_SCAN walks the page tables (~10 ms per
+            // GiB), and the process would be frozen meanwhile.
+            let smaps = crate::proc::smaps(pid).map_err(|err| DumpError::Proc { pid, err })?;
+            let mut areas = plan(
+                pid,
+                &smaps,
+                &mut p.objects.unlinked,
+                &mut p.objects.sysv,
+                &mut self.build_ids,
+            )?;
+            scan(pid, pid, &mut areas, None, |a| !in_snapshot(a))?;
+            self.areas.insert(pid, areas);
+            self.unscanned.insert(pid);
+            return Ok(());
+        }
         // smaps and PAGEMAP_SCAN each walk the page tables (~10 ms per GiB
         // here) while the process is frozen: on two threads at once (both
         // only read them), the scan over the whole address space.
@@ -79,7 +102,7 @@ impl Kind for Memory {
             &mut p.objects.sysv,
             &mut self.build_ids,
         )?;
-        scan(pid, &mut areas, scanned.as_ref())?;
+        scan(pid, pid, &mut areas, scanned.as_ref(), |_| true)?;
         self.areas.insert(pid, areas);
         Ok(())
     }
@@ -97,7 +120,15 @@ impl Kind for Memory {
             let Some(mut child) = self.areas.remove(&pid) else {
                 continue;
             };
-            let shared = inherit::find_shared(pid, ppid, &mut child, &self.areas[&ppid]);
+            // A snapshot shares every page its process does: the sharing
+            // between two processes shows between their snapshots too.
+            let tables = |pid: i32| self.page_tables_of.get(&pid).copied().unwrap_or(pid);
+            let shared = inherit::find_shared(
+                (pid, tables(pid)),
+                (ppid, tables(ppid)),
+                &mut child,
+                &self.areas[&ppid],
+            );
             self.areas.insert(pid, child);
             let shared = shared?;
             if shared > 0 {
@@ -131,6 +162,30 @@ impl Kind for Memory {
 }
 
 impl Memory {
+    /// Scans the areas of `pid` that its snapshot keeps, if a live dump
+    /// left them for later, in `read_from`: the snapshot (the same page
+    /// tables as the process at the freeze, for those areas: a fork copies
+    /// them), or the frozen process itself when it got none.
+    pub(crate) fn scan_kept(&mut self, pid: i32, read_from: i32) -> Result<(), DumpError> {
+        if !self.unscanned.remove(&pid) {
+            return Ok(());
+        }
+        if read_from != pid {
+            self.page_tables_of.insert(pid, read_from);
+        }
+        let whole = scan_whole(read_from);
+        let areas = self.areas.get_mut(&pid).expect("areas of a dumped process");
+        scan(pid, read_from, areas, whole.as_ref(), in_snapshot)
+    }
+
+    /// Whether the process has pages to save that its snapshot lacks: they
+    /// are read while it is frozen, so its metadata is written then too.
+    pub(crate) fn has_pages_outside_snapshot(&self, pid: i32) -> bool {
+        self.areas[&pid]
+            .iter()
+            .any(|a| !in_snapshot(a) && !a.runs.is_empty())
+    }
+
     /// Reads the saved pages of every area of `pid` while it is frozen and
     /// hands them to the sink, for `stream` (the page stream of `pid`, as
     /// the image names it). Returns the pages written.
@@ -476,7 +531,6 @@ fn scan_shmem(pid: i32, a: &VmArea) -> std::io::Result<Vec<(u64, u64)>> {
     Ok(runs)
 }
 
-/// Finds the pages to save in every area.
 /// End of the address space [`scan_whole`] covers (47-bit user space);
 /// an area above it is scanned on its own.
 const SCAN_WHOLE_END: u64 = 0x7fff_ffff_f000;
@@ -502,12 +556,17 @@ fn runs_within(whole: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Finds the pages to save in the areas of `pid` that `pick` selects, in
+/// the page tables of `read_from` (itself, or its snapshot); `whole` is
+/// [`scan_whole`] of `read_from`.
 fn scan(
     pid: i32,
+    read_from: i32,
     areas: &mut [DumpArea],
     whole: Option<&Vec<(u64, u64)>>,
+    pick: impl Fn(&DumpArea) -> bool,
 ) -> Result<(), DumpError> {
-    let path = format!("/proc/{pid}/pagemap");
+    let path = format!("/proc/{read_from}/pagemap");
     let pagemap = File::open(&path).map_err(|err| DumpError::Proc {
         pid,
         err: crate::error::ProcError::Io {
@@ -517,7 +576,7 @@ fn scan(
     })?;
     let mut use_ioctl = true;
     let mut zero: Option<Vec<(u64, u64)>> = None;
-    for a in areas.iter_mut().filter(|a| a.save != Save::None) {
+    for a in areas.iter_mut().filter(|a| a.save != Save::None && pick(a)) {
         let (start, end) = (a.area.start, a.area.end);
         if a.save == Save::Shared {
             a.runs = scan_shmem(pid, &a.area).map_err(|err| DumpError::PageScan {
@@ -1015,8 +1074,8 @@ mod tests {
         )
         .unwrap();
         let mut each = areas.clone();
-        scan(pid, &mut each, None).unwrap();
-        scan(pid, &mut areas, scan_whole(pid).as_ref()).unwrap();
+        scan(pid, pid, &mut each, None, |_| true).unwrap();
+        scan(pid, pid, &mut areas, scan_whole(pid).as_ref(), |_| true).unwrap();
         // The whole address space scanned at once finds what each area
         // scanned on its own does (this test's own memory aside, which the
         // two scans themselves allocate in between).
