@@ -222,12 +222,30 @@ fn sleeping_and_waiting_threads_resume_without_early_wakeups() {
 
 #[test]
 fn signal_handlers_altstack_mask_and_pending_signal_survive() {
-    let dir = TestDir::new("signals");
+    signals_survive(false);
+}
+
+/// A live dump reads the signal actions in its snapshot, once the process
+/// runs again: they must be the process's all the same.
+#[test]
+fn signal_handlers_survive_a_live_dump() {
+    signals_survive(true);
+}
+
+fn signals_survive(live: bool) {
+    let dir = TestDir::new(if live { "signals-live" } else { "signals" });
     let mut w = Workload::spawn("wl_signals", dir.path("report"), &[]);
     w.wait_report(T, |r| field(r, 0, 1) >= 3);
     let img = dir.path("img");
-    dump(w.pid, &img, &[]);
-    w.reap_dumped();
+    if live {
+        let o = dump(w.pid, &img, &["--leave-running", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+        assert_eq!(s["live"], true, "{s}");
+        w.kill();
+    } else {
+        dump(w.pid, &img, &[]);
+        w.reap_dumped();
+    }
     let (pid, _) = restore(&img);
     w.restored(pid);
     assert_eq!(

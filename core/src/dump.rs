@@ -316,12 +316,13 @@ fn write_image(
     sink: &mut dyn ImageSink,
     frozen: bool,
 ) -> Result<Written, DumpError> {
-    for (i, p) in read.processes.iter().enumerate() {
-        let tables = snapshots
-            .get(i)
-            .and_then(Option::as_ref)
-            .map_or(p.pid, |s| s.pid);
-        read.memory.scan_kept(p.pid, tables)?;
+    for (i, p) in read.processes.iter_mut().enumerate() {
+        let snapshot = snapshots.get(i).and_then(Option::as_ref);
+        read.memory
+            .scan_kept(p.pid, snapshot.map_or(p.pid, |s| s.pid))?;
+        if let Some(s) = snapshot {
+            crate::kinds::signals::fill_actions(&mut p.records, &s.injector()?)?;
+        }
     }
     let mut t = DumpTree {
         entries: &tree.entries,
@@ -443,6 +444,8 @@ fn read_process(
                     pid,
                     "no live dump of this process (it stays frozen until its pages are written): {e}"
                 );
+                // What was left for the snapshot is read here.
+                crate::kinds::signals::fill_actions(&mut records, &injector)?;
                 None
             }
         }

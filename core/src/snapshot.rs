@@ -24,6 +24,7 @@
 
 use crate::error::{DumpError, TaskError};
 use crate::inject::{Remote, RemoteMem};
+use crate::kind::Injector;
 use crate::sys::process::CloneArgs;
 use crate::sys::ptrace::{self, Stop};
 
@@ -34,6 +35,11 @@ pub(crate) struct Snapshot {
     pub parent: i32,
     /// The child, whose memory is the parent's at the freeze.
     pub pid: i32,
+    /// Where syscalls are injected into the child: a `syscall`
+    /// instruction, and scratch memory of 256 bytes (the parent's, which
+    /// its own copy of the memory has too).
+    pub syscall_ip: u64,
+    pub scratch: u64,
     ended: bool,
 }
 
@@ -67,6 +73,8 @@ impl Snapshot {
         let snapshot = Snapshot {
             parent: leader,
             pid: events.child.unwrap_or(0),
+            syscall_ip: remote.syscall_ip,
+            scratch,
             ended: events.child.is_none(),
         };
         match snapshot.stopped(ret, put_back) {
@@ -119,8 +127,24 @@ impl Snapshot {
                 .into());
             }
         }
-        ptrace::set_options(self.pid, ptrace::PTRACE_O_EXITKILL)?;
+        // TRACESYSGOOD: syscalls are injected into it too.
+        ptrace::set_options(
+            self.pid,
+            ptrace::PTRACE_O_EXITKILL | ptrace::PTRACE_O_TRACESYSGOOD,
+        )?;
         Ok(())
+    }
+
+    /// Injected syscalls into the child, which dies with crstream (no
+    /// escape frame needed) and has every signal blocked from its start.
+    pub(crate) fn injector(&self) -> Result<Injector, TaskError> {
+        Ok(Injector {
+            leader: Remote::new(self.pid, self.syscall_ip)?,
+            mem: RemoteMem::open(self.pid, true)?,
+            scratch: self.scratch,
+            syscall_ip: self.syscall_ip,
+            gadgets: None,
+        })
     }
 
     /// Kills the child, and has the parent (running again: snapshots end
