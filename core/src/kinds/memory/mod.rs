@@ -69,30 +69,16 @@ impl Kind for Memory {
 
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
         let pid = p.pid;
-        if p.snapshot_planned {
-            // The areas a snapshot keeps are scanned in it once the tree
-            // runs again: PAGEMAP_SCAN walks the page tables (~10 ms per
-            // GiB), and the process would be frozen meanwhile.
-            let smaps = crate::proc::smaps(pid).map_err(|err| DumpError::Proc { pid, err })?;
-            let mut areas = plan(
-                pid,
-                &smaps,
-                &mut p.objects.unlinked,
-                &mut p.objects.sysv,
-                &mut self.build_ids,
-            )?;
-            scan(pid, pid, &mut areas, None, |a| !in_snapshot(a))?;
-            self.areas.insert(pid, areas);
-            self.unscanned.insert(pid);
-            return Ok(());
-        }
         // smaps and PAGEMAP_SCAN each walk the page tables (~10 ms per GiB
         // here) while the process is frozen: on two threads at once (both
-        // only read them), the scan over the whole address space.
+        // only read them), the scan over the whole address space. A live
+        // dump scans the areas its snapshot keeps in the snapshot, once the
+        // tree runs again (`scan_kept`).
+        let later = p.snapshot_planned;
         let (smaps, scanned) = std::thread::scope(|s| {
-            let scan = s.spawn(|| scan_whole(pid));
+            let scan = (!later).then(|| s.spawn(|| scan_whole(pid)));
             let smaps = crate::proc::smaps(pid);
-            (smaps, scan.join().ok().flatten())
+            (smaps, scan.and_then(|h| h.join().ok().flatten()))
         });
         let smaps = smaps.map_err(|err| DumpError::Proc { pid, err })?;
         let mut areas = plan(
@@ -102,7 +88,12 @@ impl Kind for Memory {
             &mut p.objects.sysv,
             &mut self.build_ids,
         )?;
-        scan(pid, pid, &mut areas, scanned.as_ref(), |_| true)?;
+        if later {
+            scan(pid, pid, &mut areas, None, |a| !in_snapshot(a))?;
+            self.unscanned.insert(pid);
+        } else {
+            scan(pid, pid, &mut areas, scanned.as_ref(), |_| true)?;
+        }
         self.areas.insert(pid, areas);
         Ok(())
     }
