@@ -50,10 +50,7 @@ fn a_live_dump_saves_one_instant_of_memory_the_process_keeps_writing() {
     w.kill();
     for round in 0..2 {
         let _ = std::fs::remove_file(dir.path("report"));
-        // A dump that froze the workload between writing its report.tmp
-        // and renaming it saved that fd by the name it had then: restore
-        // opens it by that name again (and refuses a missing file).
-        std::fs::write(dir.path("report.tmp"), vec![b' '; 4096]).unwrap();
+        put_back_report_tmp(&w.report);
         let (pid, _) = restore(&dir.path(&format!("img{round}")));
         w.restored(pid);
         let first = field(&w.wait_report(T, |r| field(r, 0, 0) > 0), 0, 0);

@@ -29,6 +29,7 @@ fn round_trips(w: &mut Workload, dir: &TestDir, extra: &dyn Fn(i32)) {
     }
     let again = |w: &mut Workload, img: &Path, what: &str| {
         let at = counter(&w.read_report().unwrap());
+        put_back_report_tmp(&w.report);
         let (pid, _) = restore(img);
         w.restored(pid);
         let r = w.wait_report(T, |r| counter(r) > at + 3 || !r.contains(" OK"));

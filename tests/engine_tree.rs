@@ -139,6 +139,7 @@ fn tree_with_groups_sessions_zombie_and_shared_memory_restores_twice_from_s3() {
     );
     let at_dump = slots(&w.read_report().unwrap());
     for round in 0..2 {
+        put_back_report_tmp(&w.report);
         let mut g = restore_and_check(&mut w, &url, &env, &pids, &parents, &at_dump);
         g.kill();
         assert!(round < 2);
@@ -551,6 +552,7 @@ while True:
         dump_tree(&mut w, img.to_str().unwrap(), &[]);
         for round in 0..2 {
             let at = field(&w.read_report().unwrap(), 0, 1);
+            put_back_report_tmp(&w.report);
             let mut g = restore_tree(img.to_str().unwrap(), &[], &mut w);
             let r = w.wait_report(T, |r| field(r, 0, 1) > at + 3 || !r.contains(" OK"));
             assert!(r.contains(" OK"), "{action}, restore {round}: {r}");

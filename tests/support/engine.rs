@@ -749,3 +749,15 @@ pub fn cow_pages_shared_with_child(pid: i32) -> usize {
         .filter(|(a, b)| **a != 0 && a == b)
         .count()
 }
+
+/// Before a restore of an image that may have been dumped while its
+/// workload was writing `REPORT.tmp` (between the write and the rename that
+/// publish a report): the image then holds that fd by that name, and a
+/// restore after the first one, whose process went on and renamed it,
+/// would find it missing (restore refuses a missing file). Puts a file of
+/// that name back, longer than any report.
+pub fn put_back_report_tmp(report: &std::path::Path) {
+    let mut tmp = report.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(tmp, vec![b' '; 4096]).unwrap();
+}
