@@ -755,9 +755,14 @@ pub fn cow_pages_shared_with_child(pid: i32) -> usize {
 /// publish a report): the image then holds that fd by that name, and a
 /// restore after the first one, whose process went on and renamed it,
 /// would find it missing (restore refuses a missing file). Puts a file of
-/// that name back, longer than any report.
+/// that name back, longer than any report, owned as the report is (a
+/// workload that runs as another user must still be able to write it).
 pub fn put_back_report_tmp(report: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
     let mut tmp = report.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(tmp, vec![b' '; 4096]).unwrap();
+    std::fs::write(&tmp, vec![b' '; 4096]).unwrap();
+    if let Ok(m) = std::fs::metadata(report) {
+        std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid())).unwrap();
+    }
 }
