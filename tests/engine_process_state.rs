@@ -271,10 +271,7 @@ fn stopped_processes_come_back_stopped_and_continue_on_sigcont() {
     assert_eq!(state(w.pid), 'T');
     assert_eq!(field(&w.read_report().unwrap(), 0, 0), at_stop, "it ran");
     let img = dir.path("img");
-    dump(w.pid, &img, &[]);
-    w.reap_dumped();
-    let (pid, _) = restore(&img);
-    w.restored(pid);
+    let pid = dump_and_restore(&mut w, &img);
     wait_state(pid, 'T');
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(state(pid), 'T');

@@ -139,10 +139,7 @@ time.sleep(600)
     let mut w = spawn_isolated(cmd, dir.path("report"));
     w.wait_report(T, |r| field(r, 0, 1) >= 2);
     let img = dir.path("img");
-    dump(w.pid, &img, &[]);
-    w.reap_dumped();
-    let (pid, _) = restore(&img);
-    w.restored(pid);
+    dump_and_restore(&mut w, &img);
     std::fs::write(dir.path("report.go"), b"").unwrap();
     let r = w.wait_report(T, |r| r.contains(" got "));
     assert!(r.trim_end().ends_with("got [10]"), "{r}\n{}", w.log());

@@ -446,10 +446,7 @@ fn a_unix_connection_keeps_the_name_of_its_listener() {
     let mut w = spawn_isolated(cmd, dir.path("report"));
     w.wait_report(T, |r| field(r, 0, 1) >= 2);
     let img = dir.path("img");
-    dump(w.pid, &img, &[]);
-    w.reap_dumped();
-    let (pid, _) = restore(&img);
-    w.restored(pid);
+    dump_and_restore(&mut w, &img);
     std::fs::write(dir.path("report.go"), b"").unwrap();
     let r = w.wait_report(T, |r| r.contains('['));
     assert!(

@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ impl HttpConnector for Connector {
         Ok(HttpClient::new(Service {
             plain,
             options: options.clone(),
-            tls: Arc::new(OnceLock::new()),
+            tls: OnceLock::new(),
         }))
     }
 }
@@ -72,7 +72,7 @@ struct Service {
     plain: Client<QuickAckConnector, HttpRequestBody>,
     options: ClientOptions,
     /// reqwest's client for `https://`, or why it could not be built.
-    tls: Arc<OnceLock<Result<HttpClient, String>>>,
+    tls: OnceLock<Result<HttpClient, String>>,
 }
 
 #[async_trait::async_trait]

@@ -160,42 +160,27 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
         std::mem::take(&mut read.objects.pty),
     );
     let mut released_after = None;
+    // Live (a snapshot holds the rest): the tree runs on from here, as
+    // `Dumped::finish` would let it.
+    if written.as_ref().is_none_or(|(_, _, live)| !live.is_empty()) {
+        drop(std::mem::take(&mut tcp));
+        drop(std::mem::take(&mut pty));
+        tree.release();
+        released_after = Some(frozen_at.elapsed());
+        tracing::debug!(pid, "running again; writing the rest from its snapshots");
+    }
     let (mut pages, threads, live) = match written {
         Some(w) => w,
-        None => {
-            // Live, and all the rest comes from the snapshots: the tree
-            // runs on (as `Dumped::finish` would let it) from here.
-            drop(std::mem::take(&mut tcp));
-            drop(std::mem::take(&mut pty));
-            tree.release();
-            released_after = Some(frozen_at.elapsed());
-            tracing::debug!(pid, "running again; writing its image from its snapshots");
-            write_image(&tree, opts, &mut read, &snapshots, sink, false)?
-        }
+        None => write_image(&tree, opts, &mut read, &snapshots, sink, false)?,
     };
-    if !live.is_empty() {
-        if released_after.is_none() {
-            // Live: the tree runs on (as `Dumped::finish` would let it)
-            // while the rest of its pages come from the snapshots.
-            drop(std::mem::take(&mut tcp));
-            drop(std::mem::take(&mut pty));
-            tree.release();
-            released_after = Some(frozen_at.elapsed());
-            tracing::debug!(pid, "running again; writing the pages of its snapshots");
-        }
-        for (pid, stream, i) in live {
-            let Some(snapshot) = snapshots[i].take() else {
-                continue;
-            };
-            pages += read.memory.write_pages(
-                pid,
-                PagesFrom::Snapshot(snapshot.pid),
-                sink,
-                stream,
-                opts,
-            )?;
-            tracing::info!(pid, pages, "pages written from the snapshot");
-        }
+    for (pid, stream, i) in live {
+        let Some(snapshot) = snapshots[i].take() else {
+            continue;
+        };
+        pages +=
+            read.memory
+                .write_pages(pid, PagesFrom::Snapshot(snapshot.pid), sink, stream, opts)?;
+        tracing::info!(pid, pages, "pages written from the snapshot");
     }
     let stats = DumpStats {
         pages,
@@ -371,6 +356,9 @@ fn read_process(
 ) -> Result<(ProcessDump, Option<Snapshot>), DumpError> {
     let pid = frozen.pid;
     let (frozen_stop, frozen_options) = (frozen.stop_signal, frozen.options);
+    // A process in a group stop (SIGSTOP, ...) does not run on anyway, and
+    // would not reap its snapshot until continued: read while frozen.
+    let snapshot_planned = opts.live && opts.leave_running && frozen_stop == 0;
     let proc_err = |err| DumpError::Proc { pid, err };
     let status = proc::status(pid).map_err(proc_err)?;
     let stat = proc::stat(pid).map_err(proc_err)?;
@@ -398,7 +386,7 @@ fn read_process(
         ext_unix: opts.ext_unix,
         external_pipes: &opts.external_pipes,
         skip_in_flight: opts.skip_in_flight,
-        snapshot_planned: opts.live && opts.leave_running && frozen_stop == 0,
+        snapshot_planned,
         objects,
         inject: None,
         threads: &mut frozen.threads,
@@ -428,10 +416,7 @@ fn read_process(
         tracing::trace!(pid, kind = k.name(), "dumping");
         k.dump(&mut p)
     })?;
-    // A process in a group stop (SIGSTOP, ...) does not run on anyway, and
-    // would not reap its snapshot until continued: read while frozen.
-    let stopped = frozen_stop != 0;
-    let snapshot = if opts.live && opts.leave_running && !stopped {
+    let snapshot = if snapshot_planned {
         match Snapshot::take(
             &injector.leader,
             &injector.mem,

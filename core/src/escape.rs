@@ -21,7 +21,7 @@
 //! `ret` would fault), calls go through a plain `syscall` as before, and
 //! that short window stays.
 
-use crate::inject::RemoteMem;
+use crate::inject::{RemoteMem, search_code};
 use crate::sys::ptrace::{self, Regs};
 
 /// `syscall`, then only register clears, then `ret`: what a vDSO fallback
@@ -85,14 +85,17 @@ impl Gadgets {
         let maps = crate::proc::maps(pid).ok()?;
         // The vDSO first, then libc, then the rest of its code.
         let code = crate::inject::code_mappings(&maps);
-        let Some(syscall_ret) = code.iter().find_map(|m| search(mem, m, find_syscall_ret)) else {
+        let Some(syscall_ret) = code
+            .iter()
+            .find_map(|m| search_code(mem, m, find_syscall_ret))
+        else {
             tracing::debug!(pid, "no syscall-then-ret in its code: no escape frame");
             return None;
         };
         let sigreturn = code
             .iter()
             .filter(|m| m.path.starts_with(b"/"))
-            .find_map(|m| search(mem, m, find_sigreturn));
+            .find_map(|m| search_code(mem, m, find_sigreturn));
         let Some(sigreturn) = sigreturn else {
             tracing::debug!(
                 pid,
@@ -105,33 +108,6 @@ impl Gadgets {
             sigreturn,
         })
     }
-}
-
-/// Looks for a piece of code with `find` in mapping `m`, read piece by
-/// piece: libc's `__restore_rt` lies in the first tenth of its 1.6 MB of
-/// code, and reading all of it cost ~2 ms of the freeze. Pieces overlap by
-/// more than any pattern is long.
-fn search(
-    mem: &RemoteMem,
-    m: &crate::proc::MapEntry,
-    find: fn(&[u8], u64) -> Option<u64>,
-) -> Option<u64> {
-    const PIECE: u64 = 64 << 10;
-    const OVERLAP: u64 = 64;
-    let mut buf = vec![0u8; PIECE as usize];
-    let mut at = m.start;
-    while at < m.end {
-        let len = PIECE.min(m.end - at) as usize;
-        mem.read(at, &mut buf[..len]).ok()?;
-        if let Some(found) = find(&buf[..len], at) {
-            return Some(found);
-        }
-        if at + len as u64 >= m.end {
-            break;
-        }
-        at += len as u64 - OVERLAP;
-    }
-    None
 }
 
 /// Where an escaping call starts: `rip` at the vDSO `syscall`, `rsp` at

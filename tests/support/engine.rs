@@ -258,6 +258,16 @@ pub fn dump(pid: i32, img: &Path, extra: &[&str]) -> Output {
 }
 
 /// `crstream restore -i IMG --detach --json`; returns (pid, tids).
+/// Dumps the workload to `img` (which kills it), reaps it, and restores
+/// it: returns the PID it runs as again (its own).
+pub fn dump_and_restore(w: &mut Workload, img: &Path) -> i32 {
+    dump(w.pid, img, &[]);
+    w.reap_dumped();
+    let (pid, _) = restore(img);
+    w.restored(pid);
+    pid
+}
+
 pub fn restore(img: &Path) -> (i32, Vec<i32>) {
     let o = run(
         &["restore", "-i", img.to_str().unwrap(), "--detach", "--json"],

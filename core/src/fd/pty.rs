@@ -595,6 +595,21 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
+    fn write_to(fd: &OwnedFd, bytes: &[u8]) {
+        std::fs::File::from(fd.try_clone().unwrap())
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    /// Exactly `n` bytes read from `fd`.
+    fn read_from(fd: &OwnedFd, n: usize) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        std::fs::File::from(fd.try_clone().unwrap())
+            .read_exact(&mut b)
+            .unwrap();
+        b
+    }
+
     /// A pair's state comes back on a pair with the same index: termios
     /// of both sides, window size, packet mode, exclusive mode, and the
     /// output the master had not read (which the original keeps too).
@@ -613,13 +628,9 @@ mod tests {
         let ws = [24u16, 80, 0, 0].map(u16::to_ne_bytes).concat();
         tty::set_bytes(&master, TIOCSWINSZ, &ws).unwrap();
         tty::call(&slave, TIOCEXCL).unwrap();
-        std::fs::File::from(slave.try_clone().unwrap())
-            .write_all(b"hello\n")
-            .unwrap();
+        write_to(&slave, b"hello\n");
         // Typed, not read: a whole line, and nothing echoed (ECHO is off).
-        std::fs::File::from(master.try_clone().unwrap())
-            .write_all(b"typed line\nhalf a li")
-            .unwrap();
+        write_to(&master, b"typed line\nhalf a li");
         std::thread::sleep(std::time::Duration::from_millis(50));
         let f = dump_own(master.as_raw_fd()).unwrap();
         let p = f.pty.as_ref().unwrap();
@@ -632,13 +643,8 @@ mod tests {
         assert_eq!(tty::get_int(&master, TIOCINQ).unwrap(), 7);
         assert_eq!(tty::get_int(&slave, TIOCINQ).unwrap(), 11);
         assert_eq!(tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN).unwrap(), t);
-        std::fs::File::from(master.try_clone().unwrap())
-            .write_all(b"ne\n")
-            .unwrap();
-        let mut lines = [0u8; 23];
-        std::fs::File::from(slave.try_clone().unwrap())
-            .read_exact(&mut lines)
-            .unwrap();
+        write_to(&master, b"ne\n");
+        let lines = read_from(&slave, 23);
         assert_eq!(&lines, b"typed line\nhalf a line\n");
         drop((master, slave));
         let n = created(&mut Ptys::default(), &f);
@@ -647,24 +653,15 @@ mod tests {
         assert_eq!(tty::get_bytes(&peer, TCGETS2, TERMIOS2_LEN).unwrap(), t);
         assert_eq!(tty::get_bytes(&n, TIOCGWINSZ, WINSIZE_LEN).unwrap(), ws);
         assert_eq!(tty::get_int(&peer, TIOCGEXCL).unwrap(), 1);
-        let mut line = [0u8; 11];
-        std::fs::File::from(peer.try_clone().unwrap())
-            .read_exact(&mut line)
-            .unwrap();
+        let line = read_from(&peer, 11);
         assert_eq!(&line, b"typed line\n");
         // The line being typed is one still: it ends when entered.
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(tty::get_int(&peer, TIOCINQ).unwrap(), 0);
-        std::fs::File::from(n.try_clone().unwrap())
-            .write_all(b"ne\n")
-            .unwrap();
-        let mut rest = [0u8; 12];
-        std::fs::File::from(peer.try_clone().unwrap())
-            .read_exact(&mut rest)
-            .unwrap();
+        write_to(&n, b"ne\n");
+        let rest = read_from(&peer, 12);
         assert_eq!(&rest, b"half a line\n");
-        let mut got = [0u8; 7];
-        std::fs::File::from(n).read_exact(&mut got).unwrap();
+        let got = read_from(&n, 7);
         assert_eq!(&got, b"hello\r\n");
     }
 
@@ -702,9 +699,7 @@ mod tests {
         // Input typed for it (its echo is there) could not be read without
         // opening it: refused by name.
         let master = open_index_any();
-        std::fs::File::from(master.try_clone().unwrap())
-            .write_all(b"typed")
-            .unwrap();
+        write_to(&master, b"typed");
         std::thread::sleep(std::time::Duration::from_millis(50));
         let e = dump_own(master.as_raw_fd()).unwrap_err().to_string();
         assert!(e.contains("which no process ever opened"), "{e}");
