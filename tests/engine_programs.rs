@@ -145,3 +145,66 @@ time.sleep(600)
     assert!(r.trim_end().ends_with("got [10]"), "{r}\n{}", w.log());
     w.kill();
 }
+
+/// A file under /proc/PID/task/TID of a thread other than the leader (its
+/// status) and that thread's task directory, held open: they come back once
+/// the thread does, naming it, the file at its offset.
+#[test]
+fn proc_files_of_another_thread_come_back() {
+    if !have("python3") {
+        eprintln!("python3 not installed: skipped");
+        return;
+    }
+    let dir = TestDir::new("thread-proc-files");
+    std::fs::write(
+        dir.path("wl.py"),
+        r#"
+import os, sys, threading, time
+report = sys.argv[1]
+def put(line):
+    with open(report + ".tmp", "w") as f:
+        f.write(line + "\n")
+    os.rename(report + ".tmp", report)
+ready = threading.Event()
+tids = []
+def worker():
+    tids.append(threading.get_native_id())
+    ready.set()
+    while True:
+        time.sleep(1)
+threading.Thread(target=worker, daemon=True).start()
+ready.wait()
+tid = tids[0]
+status = os.open("/proc/self/task/%d/status" % tid, os.O_RDONLY)
+os.read(status, 5)
+task = os.open("/proc/self/task/%d" % tid, os.O_RDONLY | os.O_DIRECTORY)
+n = 0
+while not os.path.exists(report + ".go"):
+    n += 1
+    put("%d %d waiting" % (os.getpid(), n))
+    time.sleep(0.05)
+at = os.lseek(status, 0, os.SEEK_CUR)
+os.lseek(status, 0, os.SEEK_SET)
+names_it = ("\nPid:\t%d\n" % tid) in os.read(status, 4096).decode()
+link = os.readlink("/proc/self/fd/%d" % status) == "/proc/%d/task/%d/status" % (os.getpid(), tid)
+in_task = "status" in os.listdir(task) and os.readlink("/proc/self/fd/%d" % task) == "/proc/%d/task/%d" % (os.getpid(), tid)
+put("%d %d done %d %s %s %s" % (os.getpid(), n, at, names_it, link, in_task))
+time.sleep(600)
+"#,
+    )
+    .unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(dir.path("wl.py")).arg(dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let img = dir.path("img");
+    dump_and_restore(&mut w, &img);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| r.contains(" done "));
+    assert!(
+        r.trim_end().ends_with("done 5 True True True"),
+        "{r}\n{}",
+        w.log()
+    );
+    w.kill();
+}

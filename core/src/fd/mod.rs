@@ -29,7 +29,7 @@ mod passed;
 pub(crate) mod pidfd;
 mod pipe;
 pub(crate) mod pty;
-mod regular;
+pub(crate) mod regular;
 mod signalfd;
 mod sock_diag;
 mod socket;
@@ -480,20 +480,7 @@ impl Files {
                     path,
                     flags,
                     offset,
-                } => {
-                    let tmp_fd = stub
-                        .open(&path, flags | libc::O_CLOEXEC, 0)
-                        .map_err(|e| ferr(format!("open: {e}")))?;
-                    place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))?;
-                    if offset != 0 {
-                        stub.call(
-                            "lseek",
-                            libc::SYS_lseek,
-                            &[f.fd as u64, offset, libc::SEEK_SET as u64],
-                        )
-                        .map_err(|e| ferr(format!("lseek to {offset}: {e}")))?;
-                    }
-                }
+                } => open_in(stub, f, &path, flags, offset)?,
             }
         }
         for f in files.iter() {
@@ -685,6 +672,31 @@ fn install(stub: &Stub, f: &OpenFile, from: Source) -> Result<(), RestoreError> 
         .map_err(|e| ferr(format!("taking it from crstream: {e}")))?,
     };
     place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))
+}
+
+/// Opens `path` from inside the stub (as the process sees paths) with
+/// `flags`, as fd `f`, moved to `offset`.
+fn open_in(
+    stub: &Stub,
+    f: &OpenFile,
+    path: &[u8],
+    flags: i32,
+    offset: u64,
+) -> Result<(), RestoreError> {
+    let ferr = |reason: String| file_error(stub.vpid, f, reason);
+    let tmp_fd = stub
+        .open(path, flags | libc::O_CLOEXEC, 0)
+        .map_err(|e| ferr(format!("open: {e}")))?;
+    place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))?;
+    if offset != 0 {
+        stub.call(
+            "lseek",
+            libc::SYS_lseek,
+            &[f.fd as u64, offset, libc::SEEK_SET as u64],
+        )
+        .map_err(|e| ferr(format!("lseek to {offset}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Duplicates fd `fd` of process `owner` into the stub (pidfd_getfd, run

@@ -5,9 +5,9 @@
 
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
-use crate::kind::RestoreObjects;
+use crate::kind::{DumpProcess, Kind, Phase, RestoreObjects, RestoreProcess};
 use crate::paths::{path, show, undeleted};
-use crstream_proto::{FileKind, OpenFile, UnlinkedKind};
+use crstream_proto::{FileKind, FileTable, OpenFile, UnlinkedKind};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// (major, minor) of the character devices reopened by path: /dev/null,
@@ -129,6 +129,19 @@ impl FdKind for Regular {
                 return Ok(Reopen::Created(fd));
             }
         }
+        if of_other_thread(f) {
+            // Not there before the thread is: a stand-in of the same kind
+            // until `ThreadProcFiles`.
+            let (stand_in, kind) = match f.kind() {
+                FileKind::Directory => (&b"/"[..], libc::O_DIRECTORY),
+                _ => (&b"/dev/null"[..], 0),
+            };
+            return Ok(Reopen::Path {
+                path: stand_in.to_vec(),
+                flags: libc::O_RDONLY | kind,
+                offset: 0,
+            });
+        }
         let mut reopen = f.path.clone();
         let mut offset = 0;
         if f.deleted {
@@ -147,8 +160,7 @@ impl FdKind for Regular {
         if f.kind() == FileKind::Regular {
             offset = f.offset;
         }
-        let mut flags = f.open_flags as i32
-            & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        let mut flags = reopen_flags(f);
         // O_NOFOLLOW matters for a symlink opened by its path. Through a
         // /proc magic link (removed files) it would open the magic link
         // itself; without it, the jump ends on the object, a symlink too.
@@ -163,6 +175,86 @@ impl FdKind for Regular {
             flags,
             offset,
         })
+    }
+}
+
+/// The saved open flags a file is opened by path again with.
+fn reopen_flags(f: &OpenFile) -> i32 {
+    f.open_flags as i32
+        & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+}
+
+/// Whether `f` is a file or directory under /proc/PID/task/TID/ of a
+/// thread that is not its process's leader (TID ≠ PID): a thread of the
+/// tree is created after the fd tables, so it is opened then.
+fn of_other_thread(f: &OpenFile) -> bool {
+    if f.deleted || !matches!(f.kind(), FileKind::Regular | FileKind::Directory) {
+        return false;
+    }
+    let Some(rest) = f.path.strip_prefix(b"/proc/") else {
+        return false;
+    };
+    let number = |s: &[u8]| -> Option<(u64, usize)> {
+        let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
+        let v = std::str::from_utf8(&s[..n]).ok()?.parse().ok()?;
+        Some((v, n))
+    };
+    let Some((pid, n)) = number(rest) else {
+        return false;
+    };
+    let Some(rest) = rest[n..].strip_prefix(b"/task/") else {
+        return false;
+    };
+    let Some((tid, n)) = number(rest) else {
+        return false;
+    };
+    tid != pid && matches!(rest.get(n), None | Some(b'/'))
+}
+
+/// Files under /proc/PID/task/TID/ of threads other than the leader (see
+/// [`of_other_thread`]), in place of the stand-ins the files phase made,
+/// once the threads exist: opened by path from inside the process, or a
+/// dup, or a description shared with an earlier process of the tree.
+pub(crate) struct ThreadProcFiles;
+
+impl Kind for ThreadProcFiles {
+    fn name(&self) -> &'static str {
+        "/proc files of threads"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Threads
+    }
+
+    fn dump(&mut self, _p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        Ok(()) // saved with the fd table
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        if p.entry().shares_files_with_parent {
+            return Ok(()); // the parent's table: done there
+        }
+        let Some(table) = p.image.records.get::<FileTable>() else {
+            return Ok(());
+        };
+        let (stub, pid) = (p.stub, p.vpid());
+        let mut files: Vec<&OpenFile> = table.files.iter().filter(|f| of_other_thread(f)).collect();
+        files.sort_by_key(|f| f.fd);
+        for f in files {
+            if let Some(of) = f.dup_of_fd {
+                super::install(stub, f, super::Source::Dup(of))?;
+            } else if let Some(shared) = super::shared_from_earlier(pid, f) {
+                super::install(stub, f, shared)?;
+            } else {
+                let offset = if f.kind() == FileKind::Regular {
+                    f.offset
+                } else {
+                    0
+                };
+                super::open_in(stub, f, &f.path, reopen_flags(f), offset)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -270,5 +362,24 @@ mod tests {
             dump_own(null.as_raw_fd()).unwrap().kind(),
             FileKind::CharDevice
         );
+    }
+
+    #[test]
+    fn files_of_threads_other_than_the_leader() {
+        let of = |path: &str, kind: FileKind| {
+            let mut f = OpenFile {
+                path: path.as_bytes().to_vec(),
+                ..Default::default()
+            };
+            f.set_kind(kind);
+            of_other_thread(&f)
+        };
+        assert!(of("/proc/10/task/12/status", FileKind::Regular));
+        assert!(of("/proc/10/task/12", FileKind::Directory));
+        assert!(!of("/proc/10/task/10/status", FileKind::Regular));
+        assert!(!of("/proc/10/status", FileKind::Regular));
+        assert!(!of("/proc/10/task/123x", FileKind::Directory));
+        assert!(!of("/proc/10/task/12/status", FileKind::CharDevice));
+        assert!(!of("/tmp/proc/10/task/12/status", FileKind::Regular));
     }
 }

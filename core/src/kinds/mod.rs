@@ -49,6 +49,7 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(threads::Threads),
         // Once the threads exist.
         Box::new(crate::fd::pidfd::ThreadPidfds),
+        Box::new(crate::fd::regular::ThreadProcFiles),
         Box::new(posix_timers::PosixTimers),
         Box::new(stopped::Stopped),
         Box::new(signals::PendingSignals),
