@@ -456,3 +456,68 @@ fn a_unix_connection_keeps_the_name_of_its_listener() {
     );
     w.kill();
 }
+
+/// A connection whose listener is gone by the dump (closed after it
+/// accepted) keeps its names too: a path (whose stale socket file is left
+/// as it is), an abstract name, a seqpacket listener, and an accepted end
+/// whose client has closed (data, then EOF). Rebuilt as a nameless
+/// socketpair, getsockname and getpeername would answer ''.
+#[test]
+fn a_unix_connection_keeps_its_names_when_its_listener_is_gone() {
+    let dir = TestDir::new("unix-names-gone");
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([
+        "-c",
+        "import os, sys, socket, time\n\
+         report, path = sys.argv[1], sys.argv[2]\n\
+         U = socket.AF_UNIX\n\
+         def pair(name, ty=socket.SOCK_STREAM, client_name=None):\n\
+         \x20   l = socket.socket(U, ty); l.bind(name); l.listen(4)\n\
+         \x20   c = socket.socket(U, ty)\n\
+         \x20   if client_name: c.bind(client_name)\n\
+         \x20   c.connect(name); s, _ = l.accept(); l.close(); return s, c\n\
+         s, c = pair(path)\n\
+         sb, b = pair(path + '.2', client_name=path + '.client')\n\
+         abstract = b'\\0crstream-gone-%d' % os.getpid()\n\
+         sa, ca = pair(abstract)\n\
+         sq, cq = pair(path + '.seq', socket.SOCK_SEQPACKET)\n\
+         so, co = pair(path + '.orphan'); os.unlink(path + '.orphan')\n\
+         c.sendall(b'to server'); s.sendall(b'to client')\n\
+         cq.send(b'one'); cq.send(b'two')\n\
+         co.sendall(b'last words'); co.close()\n\
+         stale = os.stat(path).st_ino\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         names = [s.getsockname() == path, c.getpeername() == path, c.getsockname() == '',\n\
+         \x20   sb.getsockname() == path + '.2', sb.getpeername() == path + '.client',\n\
+         \x20   b.getsockname() == path + '.client', b.getpeername() == path + '.2',\n\
+         \x20   sa.getsockname() == abstract, ca.getpeername() == abstract,\n\
+         \x20   sq.getsockname() == path + '.seq', cq.getpeername() == path + '.seq',\n\
+         \x20   so.getsockname() == path + '.orphan']\n\
+         data = [s.recv(64) == b'to server', c.recv(64) == b'to client',\n\
+         \x20   sq.recv(64) == b'one', sq.recv(64) == b'two',\n\
+         \x20   so.recv(64) == b'last words', so.recv(64) == b'']\n\
+         free = socket.socket(U, socket.SOCK_STREAM); free.bind(abstract)\n\
+         untouched = os.stat(path).st_ino == stale and not os.path.exists(path + '.orphan')\n\
+         open(report, 'w').write('%d %d %s %s %s\\n' % (os.getpid(), n, names, data, untouched))\n\
+         time.sleep(600)\n",
+    ])
+    .arg(dir.path("report"))
+    .arg(dir.path("gone.sock"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let img = dir.path("img");
+    dump_and_restore(&mut w, &img);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| r.contains('['));
+    assert!(
+        r.contains(
+            "[True, True, True, True, True, True, True, True, True, True, True, True] \
+             [True, True, True, True, True, True] True"
+        ),
+        "{r}\n{}",
+        w.log()
+    );
+    w.kill();
+}

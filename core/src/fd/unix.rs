@@ -1,9 +1,11 @@
 //! Unix sockets: listening (with their backlog), bound, and connected ones
 //! with the data queued on them. A connection accepted from a listener of
 //! the tree is made again through that listener (connect, then accept), so
-//! both ends keep their names; any other connected socket is rebuilt as one
-//! end of a socketpair whose other end is its peer; a socket whose peer is gone
-//! comes back with EOF after its queued data. A peer outside the tree is
+//! both ends keep their names; one with a name whose listener is gone (or
+//! whose peer is) goes through a listener made at that name for the moment;
+//! any other connected socket is rebuilt as one end of a socketpair whose
+//! other end is its peer; a socket whose peer is gone comes back with EOF
+//! after its queued data. A peer outside the tree is
 //! refused, unless dump has --ext-unix-sk (CRIU's name): then a datagram
 //! socket connects to its peer's name again, and a stream takes the fd the
 //! restorer hands in for it (--inherit-fd fd[N]:socket:[INODE]).
@@ -20,7 +22,7 @@ use crstream_proto::{OpenFile, SocketFile};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 
 #[derive(Default)]
 pub(super) struct UnixSockets {
@@ -386,27 +388,27 @@ impl UnixSockets {
         orphan: bool,
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<Option<(OwnedFd, OwnedFd)>, RestoreError> {
-        if s.r#type == libc::SOCK_DGRAM || orphan {
+        if s.r#type == libc::SOCK_DGRAM {
             return Ok(None);
         }
         // The accepted end has the listener's name; its client, a name of
         // its own if it bound one.
         let listeners = self.listeners.borrow();
-        let (accepted_end, listener) =
-            match (listeners.get(&s.local_addr), listeners.get(&s.peer_addr)) {
-                (Some(l), None) => (true, l.clone()),
-                (None, Some(l)) => (false, l.clone()),
-                _ => return Ok(None),
-            };
+        let found = match (listeners.get(&s.local_addr), listeners.get(&s.peer_addr)) {
+            (Some(l), None) => Some((true, l.clone())),
+            (None, Some(l)) => Some((false, l.clone())),
+            _ => None,
+        };
         drop(listeners);
+        let Some((accepted_end, listener)) = found.filter(|(_, l)| l.r#type == s.r#type && !orphan)
+        else {
+            return self.through_temporary_listener(s, ferr);
+        };
         let (name, client_name) = if accepted_end {
             (&s.local_addr, &s.peer_addr)
         } else {
             (&s.peer_addr, &s.local_addr)
         };
-        if listener.r#type != s.r#type {
-            return Ok(None);
-        }
         if self.created.get(listener.inode).is_none() {
             // Its own fd shares this one later (`Created::again`).
             drop(self.create_unpaired(pid, &listener, ferr)?);
@@ -436,6 +438,42 @@ impl UnixSockets {
                 break a;
             }
         };
+        Ok(Some(if accepted_end {
+            (accepted, client)
+        } else {
+            (client, accepted)
+        }))
+    }
+
+    /// A connection with a name whose listener is not in the image (closed
+    /// since, or the peer was closed): made through a listener that exists
+    /// only for the moment, so that both ends still have their names (a
+    /// socketpair has none). `s` is taken as the accepted end when it has a
+    /// name (the names come out the same either way). None when neither
+    /// end has a name.
+    fn through_temporary_listener(
+        &mut self,
+        s: &SocketFile,
+        ferr: &dyn Fn(&str, io::Error) -> RestoreError,
+    ) -> Result<Option<(OwnedFd, OwnedFd)>, RestoreError> {
+        let named = |a: &[u8]| a.len() > 2;
+        let accepted_end = named(&s.local_addr);
+        let (name, client_name) = match (named(&s.local_addr), named(&s.peer_addr)) {
+            (false, false) => return Ok(None),
+            (true, _) => (&s.local_addr, &s.peer_addr),
+            (false, true) => (&s.peer_addr, &s.local_addr),
+        };
+        let client = socket::socket(libc::AF_UNIX, s.r#type, 0).map_err(|e| ferr("socket", e))?;
+        if named(client_name) {
+            bind_again(&client, client_name, ferr)?;
+        }
+        let accepted =
+            connect_through_temporary_listener(&client, s.r#type, name).map_err(|e| {
+                ferr(
+                    &format!("a listener at {} for the moment", fmt_sockaddr(name)),
+                    e,
+                )
+            })?;
         Ok(Some(if accepted_end {
             (accepted, client)
         } else {
@@ -537,6 +575,64 @@ fn bind_again(
     }
     socket::bind(sock, addr).map_err(|e| ferr(&format!("bind to {}", fmt_sockaddr(addr)), e))
 }
+
+/// Connects `client` to a listener of type `ty` made at `name` for the
+/// moment and returns the accepted end, whose name is `name`. A path is
+/// bound by a thread with a root of its own (chroot into a scratch
+/// directory), so the real path is neither needed nor touched, whatever is
+/// there now; an abstract name is bound where it is, and must be free.
+fn connect_through_temporary_listener(
+    client: &OwnedFd,
+    ty: i32,
+    name: &[u8],
+) -> io::Result<OwnedFd> {
+    let connect = |client: &OwnedFd| -> io::Result<OwnedFd> {
+        let l = socket::socket(libc::AF_UNIX, ty, 0)?;
+        socket::bind(&l, name)?;
+        socket::listen(&l, 1)?;
+        socket::connect(client, name)?;
+        Ok(rustix::net::accept_with(
+            &l,
+            rustix::net::SocketFlags::CLOEXEC,
+        )?)
+    };
+    if name[2] == 0 {
+        return connect(client);
+    }
+    let path = &name[2..];
+    let path = &path[..path.iter().position(|&b| b == 0).unwrap_or(path.len())];
+    let path = std::path::PathBuf::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path),
+    );
+    let scratch = std::env::temp_dir().join(format!(
+        ".crstream-unix-{}-{}",
+        std::process::id(),
+        NEXT_SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&scratch)?;
+    let made = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> io::Result<OwnedFd> {
+                // SAFETY: a plain syscall. With a root and working directory
+                // of its own, this thread alone is chrooted.
+                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                std::os::unix::fs::chroot(&scratch)?;
+                std::env::set_current_dir("/")?;
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)?;
+                }
+                connect(client)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the thread binding it panicked")))
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    made
+}
+
+static NEXT_SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The listen() backlog to set again.
 pub(super) fn backlog(s: &SocketFile) -> i32 {
