@@ -659,6 +659,30 @@ fn encode_job(job: Job, codec: Codec, level: i32) -> Encoded {
     }
 }
 
+/// Writes a frame header and its payload, in one write where the output
+/// takes several buffers at once (see `Sink::poll_write_vectored`).
+async fn write_frame<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    header: &[u8],
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let (mut header, mut payload) = (header, payload);
+    while !header.is_empty() {
+        let bufs = [
+            std::io::IoSlice::new(header),
+            std::io::IoSlice::new(payload),
+        ];
+        let n = out.write_vectored(&bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let in_header = n.min(header.len());
+        header = &header[in_header..];
+        payload = &payload[n - in_header..];
+    }
+    out.write_all(payload).await
+}
+
 /// The back end: compresses up to `2 * workers` frames at a time, writes them in
 /// order, then the index and trailer.
 async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
@@ -711,8 +735,9 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
             }
         };
         let h = frame.header;
-        out.write_all(&h.encode()).await.map_err(io_err(offset))?;
-        out.write_all(&frame.stored).await.map_err(io_err(offset))?;
+        write_frame(&mut out, &h.encode(), &frame.stored)
+            .await
+            .map_err(io_err(offset))?;
         index.frames.push(FrameEntry {
             offset,
             kind: h.kind as u32,
@@ -777,4 +802,57 @@ async fn write_frames<W: AsyncWrite + Unpin + Send + 'static>(
     summary.bytes = offset;
     summary.frames += 1;
     Ok((out, summary, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_frame;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Takes at most 7 bytes per call, across buffers.
+    struct Trickle(Vec<u8>);
+
+    impl tokio::io::AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(7);
+            self.0.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut room = 7;
+            for b in bufs {
+                let n = b.len().min(room);
+                self.0.extend_from_slice(&b[..n]);
+                room -= n;
+            }
+            Poll::Ready(Ok(7 - room))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_written_in_short_vectored_writes_is_whole() {
+        let header: Vec<u8> = (0..24).collect();
+        let payload: Vec<u8> = (100..200).collect();
+        let mut out = Trickle(Vec::new());
+        write_frame(&mut out, &header, &payload).await.unwrap();
+        assert_eq!(out.0, [header, payload].concat());
+    }
 }
