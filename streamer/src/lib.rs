@@ -10,6 +10,7 @@ pub mod format;
 pub mod image;
 pub mod inspect;
 pub mod pages;
+mod pool;
 pub mod random;
 pub mod reader;
 #[cfg(feature = "testing")]

@@ -9,6 +9,7 @@ use crate::format::{
     parse_header_fixed, parse_header_rest,
 };
 use crate::image::{Frame, Item, ItemDecoder};
+use crate::pool::BufferPool;
 use bytes::Bytes;
 use crstream_proto::StreamOptions;
 use futures::{Stream, StreamExt};
@@ -108,9 +109,13 @@ struct FrameSource<R> {
     r: R,
     offset: u64,
     done: bool,
+    pool: BufferPool,
 }
 
 impl<R: AsyncRead + Unpin> FrameSource<R> {
+    /// Payloads at least this long are read into pooled buffers.
+    const POOLED_FROM: usize = 64 << 10;
+
     async fn next(&mut self) -> Result<Option<StoredFrame>> {
         if self.done {
             return Ok(None);
@@ -119,7 +124,13 @@ impl<R: AsyncRead + Unpin> FrameSource<R> {
         let mut hb = [0u8; FRAME_HEADER_LEN];
         read_exact_or_truncated(&mut self.r, &mut hb, offset, "frame header").await?;
         let header = FrameHeader::decode(&hb, offset)?;
-        let mut stored = vec![0u8; header.stored_len as usize];
+        let len = header.stored_len as usize;
+        // Large payloads (page frames) are read into reused buffers.
+        let pooled = len >= Self::POOLED_FROM;
+        let mut stored = match pooled {
+            true => self.pool.take(len),
+            false => vec![0u8; len],
+        };
         read_exact_or_truncated(
             &mut self.r,
             &mut stored,
@@ -135,7 +146,10 @@ impl<R: AsyncRead + Unpin> FrameSource<R> {
         Ok(Some(StoredFrame {
             offset,
             header,
-            stored: Bytes::from(stored),
+            stored: match pooled {
+                true => self.pool.share(stored, 0..len),
+                false => Bytes::from(stored),
+            },
         }))
     }
 
@@ -184,6 +198,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> SequentialReader<R> {
                 r,
                 offset: header_len,
                 done: false,
+                pool: BufferPool::default(),
             },
         })
     }

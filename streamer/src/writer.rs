@@ -12,6 +12,7 @@ use crate::codec;
 use crate::error::{Result, StreamError};
 use crate::format::{FRAME_HEADER_LEN, FrameHeader, FrameKind, Trailer, encode_header};
 use crate::pages::{PAGE_SHIFT, PAGE_SIZE, PageBatch, PageRun};
+use crate::pool::BufferPool;
 use bytes::{Bytes, BytesMut};
 use crstream_proto::{
     Codec, FrameEntry, PageRange, Record, StreamDecl, StreamIndex, StreamKind, StreamOptions,
@@ -73,60 +74,6 @@ pub struct WriteSummary {
     pub frames: u64,
     pub records: u64,
     pub pages: u64,
-}
-
-/// Page frame buffers, each handed back when the last reference to its
-/// frame is dropped (written, or compressed), so the next frames reuse
-/// memory that is already faulted in: fresh pages cost more than the copy
-/// itself. Buffers are zeroed once, when made, so the producer can read
-/// pages straight into them without clearing them again.
-#[derive(Clone, Default)]
-struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
-
-impl BufferPool {
-    /// Buffers kept at most: about the frames in flight.
-    const MAX: usize = 32;
-
-    /// A buffer of exactly `len` bytes.
-    fn take(&self, len: usize) -> Vec<u8> {
-        let reused = self.0.lock().ok().and_then(|mut pool| pool.pop());
-        match reused {
-            Some(buf) if buf.len() == len => buf,
-            _ => vec![0; len],
-        }
-    }
-
-    /// `buf[range]` as shared bytes that give `buf` back once dropped.
-    fn share(&self, buf: Vec<u8>, range: std::ops::Range<usize>) -> Bytes {
-        Bytes::from_owner(Pooled {
-            buf,
-            pool: std::sync::Arc::downgrade(&self.0),
-        })
-        .slice(range)
-    }
-}
-
-/// A buffer on loan from a [`BufferPool`].
-struct Pooled {
-    buf: Vec<u8>,
-    pool: std::sync::Weak<std::sync::Mutex<Vec<Vec<u8>>>>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.upgrade()
-            && let Ok(mut pool) = pool.lock()
-            && pool.len() < BufferPool::MAX
-        {
-            pool.push(std::mem::take(&mut self.buf));
-        }
-    }
 }
 
 /// A raw frame on its way to compression.

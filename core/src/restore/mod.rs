@@ -378,7 +378,11 @@ fn restore_inner(
                 .map_or(Ok(0), |p| Ok(p.need::<MemoryMap>()?.pages_total))
         })
         .collect::<Result<Vec<u64>, RestoreError>>()?;
-    let mut filler = pages::PageFiller::new(source, announced);
+    let copier = match lazy_input {
+        None => crate::kinds::memory::Copier::start(pinned.as_ref().map(|p| *p.before())),
+        Some(_) => None,
+    };
+    let mut filler = pages::PageFiller::new(source, announced, copier);
     let mut spawner = crate::stub::Spawner {
         ns: pidns.as_mut(),
         handoff_at,

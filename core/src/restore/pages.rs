@@ -4,7 +4,7 @@
 
 use super::tree::Plan;
 use crate::error::RestoreError;
-use crate::kinds::memory::PageWriter;
+use crate::kinds::memory::{Copier, PageWriter};
 use crate::stub::Stub;
 use crstream_proto::{ProcessState, VmArea};
 use crstream_streamer::{ImageSource, Item, PageBatch};
@@ -20,11 +20,17 @@ pub(super) struct PageFiller<'a> {
     /// The writer of each process whose pages are coming in (dropped, so
     /// its areas are unregistered, once they are all in).
     writers: Vec<Option<PageWriter>>,
+    /// A second thread installing pages, if there is a second CPU.
+    copier: Option<Copier>,
     ended: bool,
 }
 
 impl<'a> PageFiller<'a> {
-    pub(super) fn new(source: &'a mut dyn ImageSource, announced: Vec<u64>) -> Self {
+    pub(super) fn new(
+        source: &'a mut dyn ImageSource,
+        announced: Vec<u64>,
+        copier: Option<Copier>,
+    ) -> Self {
         let n = announced.len();
         Self {
             source,
@@ -32,8 +38,14 @@ impl<'a> PageFiller<'a> {
             filled: vec![0; n],
             early: Vec::new(),
             writers: (0..n).map(|_| None).collect(),
+            copier,
             ended: false,
         }
+    }
+
+    /// Every page handed to the copier is in.
+    fn wait_copies(&mut self) -> Result<(), RestoreError> {
+        self.copier.as_mut().map_or(Ok(()), Copier::wait)
     }
 
     /// Writes every page of process `i`, the last one created: `stubs[..=i]`
@@ -47,7 +59,7 @@ impl<'a> PageFiller<'a> {
     ) -> Result<(), RestoreError> {
         for (k, batch) in std::mem::take(&mut self.early) {
             if k == i {
-                self.write(areas, stubs, k, &batch)?;
+                self.write(areas, stubs, k, batch)?;
             } else {
                 self.early.push((k, batch));
             }
@@ -60,12 +72,13 @@ impl<'a> PageFiller<'a> {
                 )));
             };
             if k < stubs.len() {
-                self.write(areas, stubs, k, &batch)?;
+                self.write(areas, stubs, k, batch)?;
             } else {
                 self.early.push((k, batch));
             }
         }
-        Ok(())
+        // Its children are forked from it next.
+        self.wait_copies()
     }
 
     /// Reads to the end of the page data, once every process exists.
@@ -76,11 +89,12 @@ impl<'a> PageFiller<'a> {
         stubs: &[Stub],
     ) -> Result<(), RestoreError> {
         for (k, batch) in std::mem::take(&mut self.early) {
-            self.write(areas, stubs, k, &batch)?;
+            self.write(areas, stubs, k, batch)?;
         }
         while let Some((k, batch)) = self.next(plan)? {
-            self.write(areas, stubs, k, &batch)?;
+            self.write(areas, stubs, k, batch)?;
         }
+        self.wait_copies()?;
         self.writers.iter_mut().for_each(|w| *w = None);
         Ok(())
     }
@@ -90,19 +104,27 @@ impl<'a> PageFiller<'a> {
         areas: &[&[VmArea]],
         stubs: &[Stub],
         k: usize,
-        batch: &PageBatch,
+        batch: PageBatch,
     ) -> Result<(), RestoreError> {
         let writer = self.writers[k].get_or_insert_with(|| PageWriter::new(&stubs[k], areas[k]));
-        let n = writer.fill(batch.pid as i32, &stubs[k].mem, areas[k], batch)?;
+        let pid = batch.pid;
+        let n = writer.fill_with(
+            self.copier.as_mut(),
+            pid as i32,
+            &stubs[k].mem,
+            areas[k],
+            batch,
+        )?;
         self.filled[k] += n;
         if self.filled[k] >= self.announced[k] {
+            // Its areas are unregistered once the copier is done with them.
             self.writers[k] = None;
         }
         // Children forked since have this process's memory as it was then.
         if self.filled[k] > self.announced[k] {
             return Err(RestoreError::Image(format!(
-                "the image holds more pages of pid {} than its memory map announces ({})",
-                batch.pid, self.announced[k]
+                "the image holds more pages of pid {pid} than its memory map announces ({})",
+                self.announced[k]
             )));
         }
         Ok(())

@@ -19,7 +19,7 @@ mod fill;
 pub(crate) mod identity;
 mod inherit;
 
-pub(crate) use fill::{PageWriter, take_userfaultfd};
+pub(crate) use fill::{Copier, PageWriter, take_userfaultfd};
 
 pub(crate) use inherit::{kept_on_fork, settle};
 
