@@ -130,9 +130,12 @@ pub struct DumpArgs {
     /// A resource outside the tree the image may name, as in CRIU: pipe:[INODE] (as
     /// /proc/PID/fd shows it) is a pipe whose other end a process outside the tree holds
     /// (the reader of `app | tee`); restore then needs a pipe handed in for it
-    /// (--inherit-fd fd[N]:pipe:[INODE]). Repeatable
-    #[arg(long, value_name = "pipe:[INODE]", value_parser = parse_external)]
-    pub external: Vec<u64>,
+    /// (--inherit-fd fd[N]:pipe:[INODE]). tty[RDEV:DEV] (hex, as dump's refusal names
+    /// it) is a terminal another program holds (a terminal emulator, tmux, sshd): restore
+    /// needs a terminal handed in for it (--inherit-fd fd[N]:tty[RDEV:DEV]), which becomes
+    /// the controlling terminal of a session it controlled. Repeatable
+    #[arg(long, value_name = "pipe:[INODE]|tty[RDEV:DEV]", value_parser = parse_external)]
+    pub external: Vec<External>,
     /// Drop the connections waiting in a listener's accept queue (not accepted yet)
     /// instead of refusing the tree: their clients see them reset and connect again
     #[arg(long)]
@@ -344,11 +347,27 @@ pub struct InspectArgs {
 }
 
 /// `pipe:[INODE]` of --external.
-fn parse_external(v: &str) -> Result<u64, String> {
-    v.strip_prefix("pipe:[")
+/// A resource outside the tree (`--external`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum External {
+    /// pipe:[INODE]
+    Pipe(u64),
+    /// tty[RDEV:DEV]: device number and devpts device, hex
+    Tty(u64, u64),
+}
+
+fn parse_external(v: &str) -> Result<External, String> {
+    let bad = || format!("{v:?}: expected pipe:[INODE] or tty[RDEV:DEV]");
+    if let Some(n) = v.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')) {
+        return n.parse().map(External::Pipe).map_err(|_| bad());
+    }
+    let (rdev, dev) = v
+        .strip_prefix("tty[")
         .and_then(|r| r.strip_suffix(']'))
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("{v:?}: expected pipe:[INODE] (the only kind supported)"))
+        .and_then(|r| r.split_once(':'))
+        .ok_or_else(bad)?;
+    let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad());
+    Ok(External::Tty(hex(rdev)?, hex(dev)?))
 }
 
 /// `NAME=VALUE` of --label and --require-label.
@@ -373,4 +392,27 @@ fn parse_inherit_fd(v: &str) -> Result<(i32, String), String> {
         return Err(format!("{v:?}: fd {n} is not open in crstream"));
     }
     Ok((n, key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_names_a_pipe_or_a_terminal() {
+        assert_eq!(parse_external("pipe:[123]"), Ok(External::Pipe(123)));
+        assert_eq!(
+            parse_external("tty[8803:1a]"),
+            Ok(External::Tty(0x8803, 0x1a))
+        );
+        for bad in [
+            "pipe:[x]",
+            "tty[8803]",
+            "tty[zz:1]",
+            "socket:[1]",
+            "tty[1:2",
+        ] {
+            assert!(parse_external(bad).is_err(), "{bad}");
+        }
+    }
 }

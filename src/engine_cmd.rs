@@ -64,7 +64,22 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             crstream_core::TcpMode::Refuse
         },
         ext_unix: args.ext_unix_sk,
-        external_pipes: args.external.clone(),
+        external_pipes: args
+            .external
+            .iter()
+            .filter_map(|e| match *e {
+                crate::cli::External::Pipe(inode) => Some(inode),
+                _ => None,
+            })
+            .collect(),
+        external_ttys: args
+            .external
+            .iter()
+            .filter_map(|e| match *e {
+                crate::cli::External::Tty(rdev, dev) => Some((rdev, dev)),
+                _ => None,
+            })
+            .collect(),
         skip_in_flight: args.skip_in_flight,
         interrupt: Some(interrupt.flag()),
         labels: args.label.clone(),

@@ -166,3 +166,187 @@ fn a_tmux_server_with_a_counting_shell_keeps_its_screen() {
         }
     }
 }
+
+/// A new pseudo-terminal pair: (master, slave, slave's path). The slave is
+/// not close-on-exec, so that a crstream started now may be handed it.
+fn new_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd, String) {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let path = ptsname(&master, Vec::new())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let slave =
+        rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::NOCTTY, Mode::empty()).unwrap();
+    (master, slave, path)
+}
+
+/// Reads the master side until `want` shows (or `T` passes); all it read.
+fn read_until(master: &std::os::fd::OwnedFd, want: &str) -> String {
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains(want) && start.elapsed() < T {
+        let mut fds = [rustix::event::PollFd::new(
+            master,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) > 0 {
+            let mut buf = [0u8; 4096];
+            match rustix::io::read(master, &mut buf) {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A session whose controlling terminal another program holds (a terminal
+/// emulator's pty; the test holds the master here): refused by name, with
+/// the key to give `--external`; dumped with `--external tty[RDEV:DEV]`;
+/// refused at restore without a terminal handed in; restored with a new
+/// pty's slave handed in (`--inherit-fd`): that terminal controls its
+/// session again, with the process in the foreground, /dev/tty is it, and
+/// a line typed on it is read and answered there.
+#[test]
+fn a_session_on_a_terminal_another_program_holds_comes_back_on_the_one_handed_in() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("external-tty");
+    let (master, slave, _) = new_pty();
+    let md = rustix::fs::fstat(&slave).unwrap();
+    let key = format!("tty[{:x}:{:x}]", md.st_rdev, md.st_dev);
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([
+        "-c",
+        "import os, sys, select, time\n\
+         report = sys.argv[1]\n\
+         tty = open('/dev/tty', 'w')\n\
+         n, last = 0, '-'\n\
+         while True:\n\
+         \x20   n += 1\n\
+         \x20   if select.select([0], [], [], 0.05)[0]:\n\
+         \x20       last = sys.stdin.readline().strip() or '-'\n\
+         \x20       print('got', last, flush=True); tty.write('via dev tty\\n'); tty.flush()\n\
+         \x20   open(report + '.tmp', 'w').write('%d %d %d %d %s %s\\n' % (os.getpid(), n, os.getsid(0), os.tcgetpgrp(0), os.ttyname(0), last))\n\
+         \x20   os.rename(report + '.tmp', report)\n",
+    ])
+    .arg(dir.path("report"))
+    .stdin(Stdio::from(slave.try_clone().unwrap()))
+    .stdout(Stdio::from(slave.try_clone().unwrap()))
+    .stderr(Stdio::from(slave));
+    // SAFETY: setsid and ioctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut w = Workload::from_child(cmd.spawn().unwrap(), dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+
+    let img = dir.path("img");
+    let err = dump_refused(w.pid, &img, &[], &[]);
+    assert!(
+        err.contains(&format!("--external {key}")) && err.contains("--inherit-fd"),
+        "{err}"
+    );
+    assert_running_untraced(w.pid);
+    let o = dump(w.pid, &img, &["--external", &key]);
+    assert!(o.status.success(), "{}", text(&o));
+    w.reap_dumped();
+    drop(master);
+
+    let err = restore_refused(img.to_str().unwrap(), &[]);
+    assert!(err.contains(&key) && err.contains("--inherit-fd"), "{err}");
+    let (master2, slave2, path2) = new_pty();
+    let o = run(
+        &[
+            "restore",
+            "-i",
+            img.to_str().unwrap(),
+            "--detach",
+            "--json",
+            "--inherit-fd",
+            &format!("fd[{}]:{key}", std::os::fd::AsRawFd::as_raw_fd(&slave2)),
+        ],
+        &[],
+    );
+    drop(slave2);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    w.restored(v["pid"].as_i64().unwrap() as i32);
+    let pid = w.pid as u64;
+    // Its session, led by it, in the foreground of the terminal handed in.
+    let r = w.wait_report(T, |r| r.contains(&path2));
+    assert_eq!(
+        (field(&r, 0, 2), field(&r, 0, 3)),
+        (pid, pid),
+        "session and foreground group: {r}"
+    );
+    rustix::io::write(&master2, b"hello\n").unwrap();
+    let seen = read_until(&master2, "via dev tty");
+    assert!(
+        seen.contains("got hello") && seen.contains("via dev tty"),
+        "{seen:?}"
+    );
+    w.kill();
+}
+
+/// A session leader whose controlling terminal it holds no fd of (it
+/// moved its stdio to /dev/null) would come back with no terminal: refused
+/// by name, and it runs on.
+#[test]
+fn a_session_leader_whose_terminal_would_not_come_back_is_refused() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("lost-ctty");
+    let (_master, slave, _) = new_pty();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([
+        "-c",
+        "import os, sys, time\n\
+         os.closerange(3, 256)\n\
+         null = os.open('/dev/null', os.O_RDWR)\n\
+         for fd in (0, 1, 2): os.dup2(null, fd)\n\
+         os.close(null)\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1; open(sys.argv[1] + '.tmp', 'w').write('%d %d\\n' % (os.getpid(), n))\n\
+         \x20   os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(0.05)\n",
+    ])
+    .arg(dir.path("report"))
+    .stdin(Stdio::from(slave.try_clone().unwrap()))
+    .stdout(Stdio::from(slave.try_clone().unwrap()))
+    .stderr(Stdio::from(slave));
+    // SAFETY: setsid and ioctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let w = Workload::from_child(cmd.spawn().unwrap(), dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let err = dump_refused(w.pid, &dir.path("img"), &[], &[]);
+    assert!(
+        err.contains(&format!("pid {}", w.pid))
+            && err.contains("controls its session")
+            && err.contains("--external tty["),
+        "{err}"
+    );
+    assert_running_untraced(w.pid);
+}

@@ -40,6 +40,9 @@ pub struct DumpOptions {
     /// inodes whose other end is held outside; restore needs each handed
     /// in (`--inherit-fd`).
     pub external_pipes: Vec<u64>,
+    /// Terminals outside the tree (`--external tty[RDEV:DEV]`): (rdev,
+    /// dev) of each; restore needs each handed in (`--inherit-fd`).
+    pub external_ttys: Vec<(u64, u64)>,
     /// Connections waiting in a listener's accept queue (not accepted yet:
     /// no socket of the tree holds them) are dropped instead of refused
     /// (--skip-in-flight): their clients see them reset.
@@ -385,6 +388,7 @@ fn read_process(
         tcp: opts.tcp,
         ext_unix: opts.ext_unix,
         external_pipes: &opts.external_pipes,
+        external_ttys: &opts.external_ttys,
         skip_in_flight: opts.skip_in_flight,
         snapshot_planned,
         objects,
@@ -470,9 +474,12 @@ fn write_metadata(
             // Older readers must not read inner PIDs as crstream's, nor
             // restore an external pipe (which they ignore) as a pipe of
             // their own.
-            // Nor restore a queued message without the files it carries.
-            format_version: if crate::fd::passes_files(processes) {
+            // Nor restore a queued message without the files it carries,
+            // nor an external terminal as the restorer's.
+            format_version: if crate::fd::has_external_terminal(processes) {
                 crstream_proto::RECORDS_VERSION
+            } else if crate::fd::passes_files(processes) {
+                crstream_proto::RECORDS_VERSION_WITHOUT_EXTERNAL_TERMINALS
             } else if ns.is_some() || !opts.external_pipes.is_empty() {
                 crstream_proto::RECORDS_VERSION_WITHOUT_PASSED_FILES
             } else {

@@ -125,6 +125,8 @@ pub(crate) struct DumpProcess<'a> {
     pub ext_unix: bool,
     /// Pipes whose other end may be outside the tree (--external).
     pub external_pipes: &'a [u64],
+    /// Terminals outside the tree, (rdev, dev) (--external tty[RDEV:DEV]).
+    pub external_ttys: &'a [(u64, u64)],
     /// Connections waiting in accept queues are dropped (--skip-in-flight).
     pub skip_in_flight: bool,
     /// A live dump will take a copy-on-write snapshot of the process:

@@ -17,8 +17,12 @@ pub const FORMAT_VERSION: u16 = 1;
 /// with the parent (`VmArea.inherited`); 5 = PIDs inside the tree's own PID
 /// namespace (`Inventory.pid_namespace`), pipes whose other end is outside
 /// (`PipeFile.external`); 6 = files passed in queued unix messages
-/// (`SocketFile.passed`). Readers read every version up to theirs.
-pub const RECORDS_VERSION: u32 = 6;
+/// (`SocketFile.passed`); 7 = terminals outside the tree
+/// (`OpenFile.external_tty`). Readers read every version up to theirs.
+pub const RECORDS_VERSION: u32 = 7;
+
+/// The version written for an image with nothing of version 7 in it.
+pub const RECORDS_VERSION_WITHOUT_EXTERNAL_TERMINALS: u32 = 6;
 
 /// The version written for an image with nothing of version 6 in it.
 pub const RECORDS_VERSION_WITHOUT_PASSED_FILES: u32 = 5;

@@ -106,6 +106,11 @@ trait FdKind {
     fn after_table(&mut self, _stub: &Stub, _f: &OpenFile) -> Result<(), RestoreError> {
         Ok(())
     }
+    /// Once the file handed in for `f` (--inherit-fd) is at its fd, before
+    /// the next fds of the process are opened.
+    fn handed_in(&mut self, _stub: &Stub, _f: &OpenFile) -> Result<(), RestoreError> {
+        Ok(())
+    }
     /// Dump, after each process: the files messages queued on its sockets
     /// carry (`passed.rs`).
     fn take_passed(&mut self) -> Vec<Passing> {
@@ -136,6 +141,8 @@ struct DumpFd<'a> {
     ext_unix: bool,
     /// Pipes whose other end may be outside the tree (--external).
     external_pipes: &'a [u64],
+    /// Terminals outside the tree, (rdev, dev) (--external).
+    external_ttys: &'a [(u64, u64)],
     /// Connections waiting in a listener's accept queue are dropped.
     skip_in_flight: bool,
     /// Device number of the tree's controlling terminal (root's tty_nr).
@@ -354,6 +361,7 @@ impl Kind for Files {
                 tcp: p.tcp,
                 ext_unix: p.ext_unix,
                 external_pipes: p.external_pipes,
+                external_ttys: p.external_ttys,
                 skip_in_flight: p.skip_in_flight,
                 job_tty,
                 objects: p.objects,
@@ -392,6 +400,7 @@ impl Kind for Files {
             tcp: p.tcp,
             ext_unix: p.ext_unix,
             external_pipes: p.external_pipes.to_vec(),
+            external_ttys: p.external_ttys.to_vec(),
             skip_in_flight: p.skip_in_flight,
             job_tty,
         });
@@ -472,6 +481,7 @@ impl Files {
             }
             if let Some(own) = inherited(f, objects.inherit).map_err(|e| ferr(e.to_string()))? {
                 install(stub, f, Source::Created(own))?;
+                self.restorer(pid, f)?.handed_in(stub, f)?;
                 continue;
             }
             match self.restorer(pid, f)?.open(pid, f, objects)? {
@@ -499,13 +509,24 @@ impl Files {
     }
 }
 
-/// How --inherit-fd names the file of `f`: "socket:[INODE]" or its path
-/// ("pipe:[INODE]" for a pipe).
+/// How --inherit-fd names the file of `f`: "socket:[INODE]",
+/// "tty[RDEV:DEV]" for a terminal outside the tree (hex, as in CRIU), or
+/// its path ("pipe:[INODE]" for a pipe).
 fn inherit_key(f: &OpenFile) -> String {
-    match f.socket.as_ref() {
-        Some(s) => format!("socket:[{}]", s.inode),
-        None => show(&f.path).into_owned(),
+    match (f.socket.as_ref(), f.external_tty.is_some()) {
+        (Some(s), _) => format!("socket:[{}]", s.inode),
+        (None, true) => tty::external_key(f.rdev, f.dev),
+        (None, false) => show(&f.path).into_owned(),
     }
+}
+
+/// Whether the image has a terminal outside the tree (records version 7).
+pub(crate) fn has_external_terminal(procs: &[ProcessDump]) -> bool {
+    procs
+        .iter()
+        .filter_map(|p| p.records.get::<FileTable>())
+        .flat_map(|t| &t.files)
+        .any(|f| f.external_tty.is_some())
 }
 
 /// The fd the restorer handed in for `f` (--inherit-fd), duplicated: one

@@ -50,6 +50,7 @@ pub(super) struct DumpFlags {
     pub tcp: super::tcp::TcpMode,
     pub ext_unix: bool,
     pub external_pipes: Vec<u64>,
+    pub external_ttys: Vec<(u64, u64)>,
     pub skip_in_flight: bool,
     pub job_tty: u64,
 }
@@ -230,6 +231,7 @@ impl Files {
             tcp: flags.tcp,
             ext_unix: flags.ext_unix,
             external_pipes: &flags.external_pipes,
+            external_ttys: &flags.external_ttys,
             skip_in_flight: flags.skip_in_flight,
             job_tty: flags.job_tty,
             objects: t.objects,

@@ -48,6 +48,7 @@ fn dump_job_fd_with(
         tcp: super::tcp::TcpMode::Refuse,
         ext_unix: false,
         external_pipes: &[],
+        external_ttys: &[],
         skip_in_flight: false,
         job_tty: job_tty.unwrap_or(0),
         objects: &mut objects,

@@ -1,18 +1,25 @@
 //! Terminals: the controlling terminal of a job started from an
 //! interactive shell (`--shell-job`). Its fds are saved by name only;
-//! restore opens the restorer's own terminal for them. A console, virtual
-//! console or serial line (not the job's) is reopened by its path where the
-//! same device exists, unless it controls a session of the tree (restore
-//! cannot give it back). Any other terminal is refused by name, and so is
-//! a tree that leads its own terminal's session (it would need that
-//! terminal itself). Pseudo-terminals whose master the tree holds are
-//! `pty.rs`'s.
+//! restore opens the restorer's own terminal for them. A terminal another
+//! program holds (`--external tty[RDEV:DEV]`, as in CRIU: the pty of a
+//! terminal emulator, tmux or sshd) comes back as the terminal the restorer
+//! hands in (`--inherit-fd fd[N]:tty[RDEV:DEV]`), which becomes again the
+//! controlling terminal of a session of the tree it controlled, with its
+//! foreground process group; /dev/tty opens /dev/tty again. A console,
+//! virtual console or serial line (not the job's) is reopened by its path
+//! where the same device exists, unless it controls a session of the tree
+//! (restore cannot give it back). Any other terminal is refused by name, and
+//! so is a tree that leads its own terminal's session (it would need that
+//! terminal itself), and a session leader of the tree whose controlling
+//! terminal would not come back. Pseudo-terminals whose master the tree
+//! holds are `pty.rs`'s.
 
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpTree, RestoreObjects};
 use crate::paths::show;
-use crstream_proto::{FileKind, FileTable, OpenFile};
+use crate::stub::{SCRATCH_DATA, Stub};
+use crstream_proto::{ExternalTerminal, FileKind, FileTable, OpenFile};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// A terminal a job of an interactive shell may hold: a pseudo-terminal
@@ -24,6 +31,24 @@ fn is_terminal(rdev: u64) -> bool {
     (136..=143).contains(&major) || major == 4 || (major == 5 && minor <= 1)
 }
 
+const TIOCSCTTY: u64 = 0x540E;
+const TIOCSPGRP: u64 = 0x5410;
+
+/// How `--external` and `--inherit-fd` name a terminal outside the tree:
+/// its device number and its file system's device, in hex (CRIU's form).
+pub(super) fn external_key(rdev: u64, dev: u64) -> String {
+    format!("tty[{rdev:x}:{dev:x}]")
+}
+
+/// The hint of a refusal: how a terminal another program holds is dumped.
+fn external_hint(rdev: u64, dev: u64) -> String {
+    let key = external_key(rdev, dev);
+    format!(
+        "if another program holds it (a terminal emulator, tmux, sshd), dump with --external \
+         {key} and restore with --inherit-fd fd[N]:{key}, N a terminal of yours"
+    )
+}
+
 pub(super) struct Terminals;
 
 impl FdKind for Terminals {
@@ -33,6 +58,39 @@ impl FdKind for Terminals {
         };
         if !d.link.starts_with(b"/") || !is_terminal(md.rdev()) {
             return Ok(false);
+        }
+        // The terminal controlling the process's session, and whether it
+        // leads that session.
+        let ctty = d.stat.field(7);
+        let leader = d.stat.field(6) as i32 == d.pid;
+        let dev_tty = md.rdev() == libc::makedev(5, 0);
+        let external = if dev_tty {
+            d.external_ttys
+                .iter()
+                .any(|&(rdev, _)| rdev == ctty)
+                .then_some(ctty)
+        } else {
+            d.external_ttys
+                .iter()
+                .any(|&(rdev, dev)| (rdev, dev) == (md.rdev(), md.dev()))
+                .then_some(md.rdev())
+        };
+        if let Some(rdev) = external {
+            let controls_session = !dev_tty && leader && ctty == rdev;
+            f.kind = FileKind::Tty as i32;
+            f.path = d.link.to_vec();
+            f.mode = md.mode();
+            f.rdev = rdev;
+            f.external_tty = Some(ExternalTerminal {
+                controls_session,
+                foreground: if controls_session {
+                    d.stat.field(8) as i32
+                } else {
+                    0
+                },
+                dev_tty,
+            });
+            return Ok(true);
         }
         let job_terminal = md.rdev() == d.job_tty || md.rdev() == libc::makedev(5, 0);
         let console = libc::major(md.rdev()) == 4 || md.rdev() == libc::makedev(5, 1);
@@ -56,10 +114,11 @@ impl FdKind for Terminals {
             ));
         }
         if !d.shell_job {
-            return Err(d.refuse(
+            return Err(d.refuse(format!(
                 "a terminal: if the tree is a job started from a shell, dump and restore it \
-                 with --shell-job",
-            ));
+                 with --shell-job; {}",
+                external_hint(md.rdev(), md.dev())
+            )));
         }
         f.kind = FileKind::Tty as i32;
         f.path = d.link.to_vec();
@@ -75,11 +134,14 @@ impl FdKind for Terminals {
     fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
         let root = &t.entries[0];
         if root.sid != root.pid {
-            return Ok(());
+            return refuse_lost_controlling_terminals(t);
         }
         for p in t.processes.iter() {
             let files = p.records.get::<FileTable>().map_or(&[][..], |t| &t.files);
-            if let Some(f) = files.iter().find(|f| f.kind() == FileKind::Tty) {
+            if let Some(f) = files
+                .iter()
+                .find(|f| f.kind() == FileKind::Tty && f.external_tty.is_none())
+            {
                 return Err(DumpError::UnsupportedFile {
                     pid: p.pid,
                     fd: f.fd as i32,
@@ -93,15 +155,33 @@ impl FdKind for Terminals {
                 });
             }
         }
-        Ok(())
+        refuse_lost_controlling_terminals(t)
     }
 
     fn restores(&self, f: &OpenFile) -> bool {
         matches!(f.kind(), FileKind::Tty | FileKind::Console)
     }
 
-    /// A console is reopened by path: the same device must be there.
+    /// A console is reopened by path: the same device must be there. A
+    /// terminal outside the tree needs one handed in (files handed in are
+    /// not checked).
     fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
+        if let Some(t) = f.external_tty.as_ref().filter(|t| !t.dev_tty) {
+            let key = external_key(f.rdev, f.dev);
+            return Err(super::file_error(
+                pid,
+                f,
+                format!(
+                    "a terminal outside the tree (dump --external {key}{}): hand one in with \
+                     --inherit-fd fd[N]:{key}",
+                    if t.controls_session {
+                        ", its session's controlling terminal"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         if f.kind() != FileKind::Console {
             return Ok(());
         }
@@ -129,6 +209,17 @@ impl FdKind for Terminals {
     ) -> Result<Reopen, RestoreError> {
         let flags = (f.open_flags as i32 | libc::O_NOCTTY)
             & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+        if let Some(t) = &f.external_tty {
+            self.check(pid, f)?;
+            // /dev/tty: its session's leader has its terminal back by now
+            // (restored first, or at a lower fd: see `handed_in`).
+            debug_assert!(t.dev_tty);
+            return Ok(Reopen::Path {
+                path: b"/dev/tty".to_vec(),
+                flags,
+                offset: 0,
+            });
+        }
         if f.kind() == FileKind::Console {
             self.check(pid, f)?;
             return Ok(Reopen::Path {
@@ -152,6 +243,96 @@ impl FdKind for Terminals {
             offset: 0,
         })
     }
+
+    /// A terminal handed in for one outside the tree becomes its session's
+    /// controlling terminal again at once: /dev/tty, opened at a later fd,
+    /// is it.
+    fn handed_in(&mut self, stub: &Stub, f: &OpenFile) -> Result<(), RestoreError> {
+        give_back_session_terminal(stub, f)
+    }
+}
+
+/// A session leader of the tree whose controlling terminal nothing would
+/// give back (no fd of it that restores it as such: a pseudo-terminal of
+/// the tree, or a terminal handed in) would come back without one.
+fn refuse_lost_controlling_terminals(t: &DumpTree<'_>) -> Result<(), DumpError> {
+    for e in t.entries.iter().filter(|e| e.sid == e.pid) {
+        let Ok(stat) = crate::proc::stat(e.pid as i32) else {
+            continue;
+        };
+        let ctty = stat.field(7);
+        if ctty == 0 {
+            continue;
+        }
+        let gives_back = t
+            .processes
+            .iter()
+            .filter(|p| p.pid == e.pid as i32)
+            .filter_map(|p| p.records.get::<FileTable>())
+            .flat_map(|t| &t.files)
+            .any(|f| {
+                f.pty.as_ref().is_some_and(|p| p.controls_session)
+                    || f.external_tty.as_ref().is_some_and(|t| t.controls_session)
+            });
+        if gives_back {
+            continue;
+        }
+        let (major, minor) = (libc::major(ctty), libc::minor(ctty));
+        // A pseudo-terminal's file system device, for the hint.
+        let pts = (136..=143)
+            .contains(&major)
+            .then(|| std::fs::metadata(format!("/dev/pts/{}", (major - 136) * 256 + minor)))
+            .and_then(Result::ok);
+        return Err(DumpError::Unsupported {
+            pid: e.pid as i32,
+            what: "controlling terminal",
+            reason: format!(
+                "device {major}:{minor} controls its session, and no fd of it it holds would \
+                 make it so again{}",
+                pts.map_or(String::new(), |md| format!(
+                    "; {}",
+                    external_hint(ctty, md.dev())
+                ))
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Makes the terminal at `f`, handed in for one outside the tree, its
+/// session's controlling terminal again (the session leader's stub), with
+/// its foreground process group.
+fn give_back_session_terminal(stub: &Stub, f: &OpenFile) -> Result<(), RestoreError> {
+    let Some(t) = f.external_tty.as_ref().filter(|t| t.controls_session) else {
+        return Ok(());
+    };
+    let err = |what: String| super::file_error(stub.pid, f, what);
+    stub.call(
+        "ioctl(TIOCSCTTY)",
+        libc::SYS_ioctl,
+        &[f.fd as u64, TIOCSCTTY, 0],
+    )
+    .map_err(|e| {
+        err(format!(
+            "making the terminal handed in its session's controlling terminal: {e} (it must \
+             be a terminal no session controls, not the restorer's own)"
+        ))
+    })?;
+    if t.foreground > 0 {
+        let at = stub.put(SCRATCH_DATA, &t.foreground.to_ne_bytes())?;
+        stub.call(
+            "ioctl(TIOCSPGRP)",
+            libc::SYS_ioctl,
+            &[f.fd as u64, TIOCSPGRP, at],
+        )
+        .map_err(|e| {
+            err(format!(
+                "making process group {} the foreground: {e}",
+                t.foreground
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u
         .iter()
         .filter_map(|e| img.process(e.pid)?.get::<FileTable>())
         .flat_map(|t| &t.files)
-        .any(|f| f.kind() == FileKind::Tty);
+        .any(|f| f.kind() == FileKind::Tty && f.external_tty.is_none());
     if !has_tty && !img.inventory.shell_job {
         return Ok(None);
     }
