@@ -475,8 +475,9 @@ fn write_metadata(
             // restore an external pipe (which they ignore) as a pipe of
             // their own.
             // Nor restore a queued message without the files it carries,
-            // nor an external terminal as the restorer's.
-            format_version: if crate::fd::has_external_terminal(processes) {
+            // nor an external terminal as the restorer's, nor lines ended
+            // by VEOF as one.
+            format_version: if crate::fd::needs_records_7(processes) {
                 crstream_proto::RECORDS_VERSION
             } else if crate::fd::passes_files(processes) {
                 crstream_proto::RECORDS_VERSION_WITHOUT_EXTERNAL_TERMINALS

@@ -18,7 +18,8 @@ pub const FORMAT_VERSION: u16 = 1;
 /// namespace (`Inventory.pid_namespace`), pipes whose other end is outside
 /// (`PipeFile.external`); 6 = files passed in queued unix messages
 /// (`SocketFile.passed`); 7 = terminals outside the tree
-/// (`OpenFile.external_tty`). Readers read every version up to theirs.
+/// (`OpenFile.external_tty`) and typed lines ended by VEOF
+/// (`PtyFile.input_eof`). Readers read every version up to theirs.
 pub const RECORDS_VERSION: u32 = 7;
 
 /// The version written for an image with nothing of version 7 in it.

@@ -520,13 +520,16 @@ fn inherit_key(f: &OpenFile) -> String {
     }
 }
 
-/// Whether the image has a terminal outside the tree (records version 7).
-pub(crate) fn has_external_terminal(procs: &[ProcessDump]) -> bool {
+/// Whether the image has what records version 7 added: a terminal outside
+/// the tree, or pseudo-terminal input with lines ended by VEOF.
+pub(crate) fn needs_records_7(procs: &[ProcessDump]) -> bool {
     procs
         .iter()
         .filter_map(|p| p.records.get::<FileTable>())
         .flat_map(|t| &t.files)
-        .any(|f| f.external_tty.is_some())
+        .any(|f| {
+            f.external_tty.is_some() || f.pty.as_ref().is_some_and(|p| !p.input_eof.is_empty())
+        })
 }
 
 /// The fd the restorer handed in for `f` (--inherit-fd), duplicated: one

@@ -12,7 +12,10 @@
 //! dumped after it) is left to `tty.rs` (a shell job's terminal, or
 //! refused). Refused by name: a session leader whose controlling terminal
 //! it holds no fd of. A line being typed in canonical mode, not yet
-//! entered, is part of the input.
+//! entered, is part of the input, and so are lines ended by VEOF (^D)
+//! instead of a newline (`input_eof`); the input is typed again with the
+//! characters the line discipline would act on quoted with ^V, as they
+//! were when typed (see `write_input`).
 //!
 //! Restore: the pair is made again with its index (opening /dev/ptmx until
 //! the kernel hands out that one), its state set when the master's record
@@ -72,8 +75,16 @@ fn slave_index(rdev: u64) -> Option<u32> {
 /// when the tree runs on (dropped) and forgotten once it is dead.
 #[derive(Default)]
 pub(crate) struct PtyHold {
-    /// (master, output, input) read out of each.
-    drained: Vec<(OwnedFd, Vec<u8>, Vec<u8>)>,
+    /// What was read out of each.
+    drained: Vec<Drained>,
+}
+
+/// What dump read out of a pair: given back if the tree runs on.
+struct Drained {
+    master: OwnedFd,
+    output: Vec<u8>,
+    input: Vec<u8>,
+    input_eof: Vec<u32>,
 }
 
 impl PtyHold {
@@ -84,11 +95,17 @@ impl PtyHold {
 
 impl Drop for PtyHold {
     fn drop(&mut self) {
-        for (master, output, input) in self.drained.drain(..) {
+        for Drained {
+            master,
+            output,
+            input,
+            input_eof,
+        } in self.drained.drain(..)
+        {
             if let Err(e) = write_output(&master, &output) {
                 tracing::error!("{} bytes of terminal output are lost: {e}", output.len());
             }
-            if let Err(e) = write_input(&master, &input) {
+            if let Err(e) = write_input(&master, &input, &input_eof) {
                 tracing::error!("{} bytes of terminal input are lost: {e}", input.len());
             }
         }
@@ -112,36 +129,106 @@ fn write_output(master: &OwnedFd, data: &[u8]) -> io::Result<()> {
     written
 }
 
-/// Puts `data` in the slave's read queue, as typed on the master side once
-/// already: written on the master side with echo, signals and input
-/// translation off until the line discipline has taken it.
-fn write_input(master: &OwnedFd, data: &[u8]) -> io::Result<()> {
-    if data.is_empty() {
+/// Puts `data` in the slave's read queue, as typed once already, with a
+/// line ended by VEOF (no newline) at each offset of `eof`: typed again
+/// with echo, signals and input translation off, and each character the
+/// line discipline would act on (erase, kill, end of file or line, and so
+/// on) quoted with VLNEXT (^V), as it must have been to be there. Typed
+/// through TIOCSTI, which hands each character to the line discipline at
+/// once; where that is not allowed, written on the master side, which the
+/// line discipline takes later (waited for, as far as TIOCINQ tells).
+fn write_input(master: &OwnedFd, data: &[u8], eof: &[u32]) -> io::Result<()> {
+    if data.is_empty() && eof.is_empty() {
         return Ok(());
     }
     let slave = tty::peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
     let saved = tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN)?;
     let word = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let cc = |i: usize| saved[CC_AT + i];
     let mut raw = saved.clone();
     let iflag = word(&raw, 0)
         & !(libc::ICRNL | libc::INLCR | libc::IGNCR | libc::ISTRIP | libc::IXON | libc::BRKINT);
-    let lflag = word(&raw, 12)
-        & !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ISIG | libc::IEXTEN);
+    let mut lflag =
+        word(&raw, 12) & !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ISIG);
+    // VLNEXT quotes only with IEXTEN; without a VLNEXT character nothing
+    // can be quoted (nor could it have been), and IEXTEN only adds
+    // characters to act on.
+    let quote = cc(libc::VLNEXT);
+    if quote != 0 {
+        lflag |= libc::IEXTEN;
+    } else {
+        lflag &= !libc::IEXTEN;
+    }
     raw[0..4].copy_from_slice(&iflag.to_ne_bytes());
     raw[12..16].copy_from_slice(&lflag.to_ne_bytes());
+    let canonical = lflag & libc::ICANON != 0;
+    let keys = keystrokes(data, eof, canonical, &raw[CC_AT..CC_AT + 19]);
     let before = tty::get_int(&slave, TIOCINQ)? as usize;
     tty::set_bytes(&slave, TCSETS2, &raw)?;
-    let written = std::fs::File::from(master.try_clone()?).write_all(data);
-    // The line discipline takes it later, with the termios it then has.
-    let started = std::time::Instant::now();
-    while written.is_ok()
-        && (tty::get_int(&slave, TIOCINQ)? as usize) < before + data.len()
-        && started.elapsed() < std::time::Duration::from_secs(1)
-    {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    let typed = keys.iter().try_for_each(|&c| tty::insert_input(&slave, c));
+    let written = match typed {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::debug!("TIOCSTI: {e}; writing the input on the master side");
+            let written = std::fs::File::from(master.try_clone()?).write_all(&keys);
+            // The line discipline takes it later, with the termios it then
+            // has; TIOCINQ counts whole lines only, in canonical mode.
+            let complete = if canonical {
+                data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+            } else {
+                data.len()
+            };
+            let started = std::time::Instant::now();
+            while written.is_ok()
+                && (tty::get_int(&slave, TIOCINQ)? as usize) < before + complete
+                && started.elapsed() < std::time::Duration::from_secs(1)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            written
+        }
+    };
     tty::set_bytes(&slave, TCSETS2, &saved)?;
     written
+}
+
+/// The characters that type `data` again under control characters `cc`
+/// (c_cc of termios, IEXTEN on when VLNEXT is set): in canonical mode,
+/// those the line discipline would act on are preceded by VLNEXT, and VEOF
+/// ends a line at each offset of `eof`.
+fn keystrokes(data: &[u8], eof: &[u32], canonical: bool, cc: &[u8]) -> Vec<u8> {
+    if !canonical {
+        return data.to_vec();
+    }
+    let quote = cc[libc::VLNEXT];
+    let special: Vec<u8> = [
+        libc::VERASE,
+        libc::VKILL,
+        libc::VEOF,
+        libc::VEOL,
+        libc::VEOL2,
+        libc::VWERASE,
+        libc::VREPRINT,
+        libc::VLNEXT,
+    ]
+    .iter()
+    .map(|&i| cc[i])
+    .filter(|&c| c != 0 && quote != 0)
+    .collect();
+    let end_of_file = cc[libc::VEOF];
+    let mut keys = Vec::with_capacity(data.len() + eof.len());
+    let mut eofs = eof.iter().peekable();
+    for (i, &b) in data.iter().enumerate() {
+        while eofs.next_if(|&&at| at as usize == i).is_some() {
+            keys.push(end_of_file);
+        }
+        if b != b'\n' && special.contains(&b) {
+            keys.push(quote);
+        }
+        keys.push(b);
+    }
+    keys.extend(eofs.map(|_| end_of_file));
+    keys
 }
 
 #[derive(Default)]
@@ -161,11 +248,13 @@ impl FdKind for Ptys {
         let pty = if is_master(rdev) {
             let dup = d.take()?;
             let pty = read_master(d, &dup)?;
-            if !pty.output.is_empty() || !pty.input.is_empty() {
-                d.objects
-                    .pty
-                    .drained
-                    .push((dup, pty.output.clone(), pty.input.clone()));
+            if !pty.output.is_empty() || !pty.input.is_empty() || !pty.input_eof.is_empty() {
+                d.objects.pty.drained.push(Drained {
+                    master: dup,
+                    output: pty.output.clone(),
+                    input: pty.input.clone(),
+                    input_eof: pty.input_eof.clone(),
+                });
             }
             self.masters.push(pty.index);
             pty
@@ -350,9 +439,10 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
     // Typed, not read yet: read out (complete lines, in canonical mode),
     // then the line being typed; written back if a later step fails (on
     // success, `PtyHold` does that when the tree runs on).
-    let mut input = drain(&slave, false).map_err(err("reading the pending input"))?;
+    let (mut input, input_eof) =
+        drain_lines(&slave, &termios).map_err(err("reading the pending input"))?;
     let give_back = |input: &[u8]| {
-        if let Err(e) = write_input(dup, input) {
+        if let Err(e) = write_input(dup, input, &input_eof) {
             tracing::error!("{} bytes of terminal input are lost: {e}", input.len());
         }
     };
@@ -381,6 +471,7 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
         exclusive,
         output,
         input,
+        input_eof,
         ..Default::default()
     })
 }
@@ -483,6 +574,37 @@ fn typed_line(slave: &OwnedFd) -> io::Result<Vec<u8>> {
 /// they are; in packet mode (TIOCPKT), which puts a status byte before
 /// each read's data, with packet mode off for the while.
 fn drain(master: &OwnedFd, packet_mode: bool) -> io::Result<Vec<u8>> {
+    drain_reads(master, packet_mode, &mut |_, _| {})
+}
+
+/// The complete lines typed and not read yet (the slave side in canonical
+/// mode: one line per read), and the offsets at which a line ended with
+/// VEOF, which a read returns without newline (an empty one too). Outside
+/// canonical mode, everything pending and no offsets.
+fn drain_lines(slave: &OwnedFd, termios: &[u8]) -> io::Result<(Vec<u8>, Vec<u32>)> {
+    let lflag = u32::from_ne_bytes(termios[12..16].try_into().expect("4 bytes"));
+    let canonical = lflag & libc::ICANON != 0;
+    let ends = [
+        b'\n',
+        termios[CC_AT + libc::VEOL],
+        termios[CC_AT + libc::VEOL2],
+    ];
+    let mut eof = Vec::new();
+    let data = drain_reads(slave, false, &mut |read: &[u8], end: usize| {
+        let ended = read.last().is_some_and(|c| *c != 0 && ends.contains(c));
+        if canonical && !ended {
+            eof.push(end as u32);
+        }
+    })?;
+    Ok((data, eof))
+}
+
+/// [`drain`], calling `each` with every read's bytes and where they end.
+fn drain_reads(
+    master: &OwnedFd,
+    packet_mode: bool,
+    each: &mut dyn FnMut(&[u8], usize),
+) -> io::Result<Vec<u8>> {
     use rustix::event::{PollFd, PollFlags, poll};
     /// More than any pty buffers.
     const MAX: usize = 1 << 20;
@@ -510,7 +632,10 @@ fn drain(master: &OwnedFd, packet_mode: bool) -> io::Result<Vec<u8>> {
             }
             quiet = 0;
             match file.read(&mut buf) {
-                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    each(&buf[..n], out.len());
+                }
                 // No slave open: nothing pending.
                 Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
                 Err(e) => return Err(e),
@@ -576,7 +701,7 @@ fn set_state(master: &OwnedFd, p: &PtyFile) -> io::Result<()> {
     let slave = tty::peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
     tty::set_bytes(&slave, TCSETS2, &p.slave_termios)?;
     write_output(master, &p.output)?;
-    write_input(master, &p.input)?;
+    write_input(master, &p.input, &p.input_eof)?;
     if p.packet_mode {
         tty::set_int(master, TIOCPKT, 1)?;
     }
@@ -663,6 +788,58 @@ mod tests {
         assert_eq!(&rest, b"half a line\n");
         let got = read_from(&n, 7);
         assert_eq!(&got, b"hello\r\n");
+    }
+
+    /// Typed lines holding characters quoted with ^V (erase, kill, end of
+    /// file), lines ended by ^D (one empty), and a line being typed with a
+    /// quoted ^D come back as they were: read line by line, the same.
+    #[test]
+    fn quoted_characters_and_lines_ended_by_eof_come_back_as_typed() {
+        let _indexes = PTY_INDEXES.lock().unwrap_or_else(|e| e.into_inner());
+        let master = open_index_any();
+        let slave = tty::peer(&master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();
+        let mut t = tty::get_bytes(&slave, TCGETS2, TERMIOS2_LEN).unwrap();
+        let lflag = u32::from_ne_bytes(t[12..16].try_into().unwrap()) & !libc::ECHO;
+        t[12..16].copy_from_slice(&lflag.to_ne_bytes());
+        tty::set_bytes(&slave, TCSETS2, &t).unwrap();
+        let (erase, kill, eof, lnext) = (
+            t[CC_AT + libc::VERASE],
+            t[CC_AT + libc::VKILL],
+            t[CC_AT + libc::VEOF],
+            t[CC_AT + libc::VLNEXT],
+        );
+        write_to(
+            &master,
+            &[b'a', lnext, erase, b'b', lnext, kill, b'c', b'\n'],
+        );
+        write_to(&master, &[b'a', b'b', b'c', eof, eof]);
+        write_to(&master, &[b'x', lnext, eof, b'y']);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let f = dump_own(master.as_raw_fd()).unwrap();
+        let p = f.pty.as_ref().unwrap();
+        assert_eq!(
+            p.input,
+            [
+                b'a', erase, b'b', kill, b'c', b'\n', b'a', b'b', b'c', b'x', eof, b'y'
+            ]
+        );
+        assert_eq!(p.input_eof, [9, 9]);
+        drop((master, slave));
+        let n = created(&mut Ptys::default(), &f);
+        let peer = tty::peer(&n, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();
+        let line = || {
+            let mut b = vec![0u8; 64];
+            let got = std::fs::File::from(peer.try_clone().unwrap())
+                .read(&mut b)
+                .unwrap();
+            b.truncate(got);
+            b
+        };
+        assert_eq!(line(), [b'a', erase, b'b', kill, b'c', b'\n']);
+        assert_eq!(line(), b"abc");
+        assert_eq!(line(), b"");
+        write_to(&n, b"\n");
+        assert_eq!(line(), [b'x', eof, b'y', b'\n']);
     }
 
     /// A pair whose slave nobody ever opened: dump and restore open none

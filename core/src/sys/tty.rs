@@ -12,6 +12,14 @@ pub(crate) fn get_int(fd: impl AsFd, request: u64) -> io::Result<i32> {
     Ok(v)
 }
 
+/// Puts `c` in the terminal's input as if typed (TIOCSTI): the line
+/// discipline takes it before the call returns. Needs CAP_SYS_ADMIN
+/// (unless `dev.tty.legacy_tiocsti` allows it for one's own terminal).
+pub(crate) fn insert_input(fd: impl AsFd, c: u8) -> io::Result<()> {
+    // SAFETY: the request reads one byte.
+    super::cvt(unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSTI as _, &c) }).map(drop)
+}
+
 /// ioctl(fd, request, &int) that takes an int by pointer.
 pub(crate) fn set_int(fd: impl AsFd, request: u64, v: i32) -> io::Result<()> {
     // SAFETY: the request reads one int.
