@@ -167,8 +167,9 @@ fn a_tmux_server_with_a_counting_shell_keeps_its_screen() {
     }
 }
 
-/// A new pseudo-terminal pair: (master, slave, slave's path). The slave is
-/// not close-on-exec, so that a crstream started now may be handed it.
+/// A new pseudo-terminal pair: (master, slave, slave's path), both
+/// close-on-exec (the tests of this binary run side by side: an fd one of
+/// them let a child inherit would be in another's workload too).
 fn new_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd, String) {
     use rustix::fs::{Mode, OFlags};
     use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
@@ -179,8 +180,12 @@ fn new_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd, String) {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let slave =
-        rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::NOCTTY, Mode::empty()).unwrap();
+    let slave = rustix::fs::open(
+        path.as_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
     (master, slave, path)
 }
 
@@ -270,18 +275,24 @@ fn a_session_on_a_terminal_another_program_holds_comes_back_on_the_one_handed_in
     let err = restore_refused(img.to_str().unwrap(), &[]);
     assert!(err.contains(&key) && err.contains("--inherit-fd"), "{err}");
     let (master2, slave2, path2) = new_pty();
-    let o = run(
-        &[
-            "restore",
-            "-i",
-            img.to_str().unwrap(),
-            "--detach",
-            "--json",
-            "--inherit-fd",
-            &format!("fd[{}]:{key}", std::os::fd::AsRawFd::as_raw_fd(&slave2)),
-        ],
-        &[],
-    );
+    // Handed to crstream as its fd 10, in the child only.
+    const HANDED: i32 = 10;
+    let given = std::os::fd::AsRawFd::as_raw_fd(&slave2);
+    let mut restore = Command::new(crstream_bin());
+    restore
+        .args(["restore", "-i", img.to_str().unwrap(), "--detach", "--json"])
+        .arg("--inherit-fd")
+        .arg(format!("fd[{HANDED}]:{key}"));
+    // SAFETY: dup2 only, between fork and exec.
+    unsafe {
+        restore.pre_exec(move || {
+            if libc::dup2(given, HANDED) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = restore.output().unwrap();
     drop(slave2);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -317,7 +328,6 @@ fn a_session_leader_whose_terminal_would_not_come_back_is_refused() {
     cmd.args([
         "-c",
         "import os, sys, time\n\
-         os.closerange(3, 256)\n\
          null = os.open('/dev/null', os.O_RDWR)\n\
          for fd in (0, 1, 2): os.dup2(null, fd)\n\
          os.close(null)\n\
