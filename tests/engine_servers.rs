@@ -419,10 +419,7 @@ fn a_tcp_socket_in_flight_alone_is_refused_by_name() {
 #[test]
 fn a_unix_connection_keeps_the_name_of_its_listener() {
     let dir = TestDir::new("unix-names");
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.args([
-        "-c",
-        "import os, sys, socket, time\n\
+    let script = "import os, sys, socket, time\n\
          report, path = sys.argv[1], sys.argv[2]\n\
          l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind(path); l.listen(4)\n\
          c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect(path)\n\
@@ -439,22 +436,13 @@ fn a_unix_connection_keeps_the_name_of_its_listener() {
          c2 = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c2.connect(path)\n\
          s2, _ = l.accept(); c2.sendall(b'new'); fresh = s2.recv(8) == b'new'\n\
          open(report, 'w').write('%d %d %s %s %s\\n' % (os.getpid(), n, names, data, fresh))\n\
-         time.sleep(600)\n",
-    ])
-    .arg(dir.path("report"))
-    .arg(dir.path("listener.sock"));
-    let mut w = spawn_isolated(cmd, dir.path("report"));
-    w.wait_report(T, |r| field(r, 0, 1) >= 2);
-    let img = dir.path("img");
-    dump_and_restore(&mut w, &img);
-    std::fs::write(dir.path("report.go"), b"").unwrap();
-    let r = w.wait_report(T, |r| r.contains('['));
-    assert!(
-        r.contains("[True, True, True, True, True, True] [True, True] True"),
-        "{r}\n{}",
-        w.log()
+         time.sleep(600)\n";
+    check_after_restore(
+        &dir,
+        script,
+        "listener.sock",
+        "[True, True, True, True, True, True] [True, True] True",
     );
-    w.kill();
 }
 
 /// A connection whose listener is gone by the dump (closed after it
@@ -465,10 +453,7 @@ fn a_unix_connection_keeps_the_name_of_its_listener() {
 #[test]
 fn a_unix_connection_keeps_its_names_when_its_listener_is_gone() {
     let dir = TestDir::new("unix-names-gone");
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.args([
-        "-c",
-        "import os, sys, socket, time\n\
+    let script = "import os, sys, socket, time\n\
          report, path = sys.argv[1], sys.argv[2]\n\
          U = socket.AF_UNIX\n\
          def pair(name, ty=socket.SOCK_STREAM, client_name=None):\n\
@@ -501,23 +486,30 @@ fn a_unix_connection_keeps_its_names_when_its_listener_is_gone() {
          free = socket.socket(U, socket.SOCK_STREAM); free.bind(abstract)\n\
          untouched = os.stat(path).st_ino == stale and not os.path.exists(path + '.orphan')\n\
          open(report, 'w').write('%d %d %s %s %s\\n' % (os.getpid(), n, names, data, untouched))\n\
-         time.sleep(600)\n",
-    ])
-    .arg(dir.path("report"))
-    .arg(dir.path("gone.sock"));
+         time.sleep(600)\n";
+    check_after_restore(
+        &dir,
+        script,
+        "gone.sock",
+        "[True, True, True, True, True, True, True, True, True, True, True, True] \
+         [True, True, True, True, True, True] True",
+    );
+}
+
+/// Runs python3 `script` (arguments: the report, and `dir`'s `name`), which
+/// reports "PID N waiting" until REPORT.go exists and then "PID N ..." with
+/// what it checked; dumps and restores it once it waits, and asserts that
+/// the final report holds `expected`.
+fn check_after_restore(dir: &TestDir, script: &str, name: &str, expected: &str) {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script])
+        .arg(dir.path("report"))
+        .arg(dir.path(name));
     let mut w = spawn_isolated(cmd, dir.path("report"));
     w.wait_report(T, |r| field(r, 0, 1) >= 2);
-    let img = dir.path("img");
-    dump_and_restore(&mut w, &img);
+    dump_and_restore(&mut w, &dir.path("img"));
     std::fs::write(dir.path("report.go"), b"").unwrap();
     let r = w.wait_report(T, |r| r.contains('['));
-    assert!(
-        r.contains(
-            "[True, True, True, True, True, True, True, True, True, True, True, True] \
-             [True, True, True, True, True, True] True"
-        ),
-        "{r}\n{}",
-        w.log()
-    );
+    assert!(r.contains(expected), "{r}\n{}", w.log());
     w.kill();
 }

@@ -189,6 +189,31 @@ fn new_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd, String) {
     (master, slave, path)
 }
 
+/// python3 running `script` (its argument: `report`) as the leader of a
+/// session of its own whose controlling terminal is `slave`, its stdio.
+fn python_leading_a_session_on(
+    slave: &std::os::fd::OwnedFd,
+    script: &str,
+    report: std::path::PathBuf,
+) -> Workload {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script])
+        .arg(&report)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Workload::from_child(cmd.spawn().unwrap(), report)
+}
+
 /// Reads the master side until `want` shows (or `T` passes); all it read.
 fn read_until(master: &std::os::fd::OwnedFd, want: &str) -> String {
     let mut seen = Vec::new();
@@ -229,10 +254,7 @@ fn a_session_on_a_terminal_another_program_holds_comes_back_on_the_one_handed_in
     let (master, slave, _) = new_pty();
     let md = rustix::fs::fstat(&slave).unwrap();
     let key = format!("tty[{:x}:{:x}]", md.st_rdev, md.st_dev);
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.args([
-        "-c",
-        "import os, sys, select, time\n\
+    let script = "import os, sys, select, time\n\
          report = sys.argv[1]\n\
          tty = open('/dev/tty', 'w')\n\
          n, last = 0, '-'\n\
@@ -242,22 +264,8 @@ fn a_session_on_a_terminal_another_program_holds_comes_back_on_the_one_handed_in
          \x20       last = sys.stdin.readline().strip() or '-'\n\
          \x20       print('got', last, flush=True); tty.write('via dev tty\\n'); tty.flush()\n\
          \x20   open(report + '.tmp', 'w').write('%d %d %d %d %s %s\\n' % (os.getpid(), n, os.getsid(0), os.tcgetpgrp(0), os.ttyname(0), last))\n\
-         \x20   os.rename(report + '.tmp', report)\n",
-    ])
-    .arg(dir.path("report"))
-    .stdin(Stdio::from(slave.try_clone().unwrap()))
-    .stdout(Stdio::from(slave.try_clone().unwrap()))
-    .stderr(Stdio::from(slave));
-    // SAFETY: setsid and ioctl only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut w = Workload::from_child(cmd.spawn().unwrap(), dir.path("report"));
+         \x20   os.rename(report + '.tmp', report)\n";
+    let mut w = python_leading_a_session_on(&slave, script, dir.path("report"));
     w.wait_report(T, |r| field(r, 0, 1) >= 2);
 
     let img = dir.path("img");
@@ -324,32 +332,15 @@ fn a_session_leader_whose_terminal_would_not_come_back_is_refused() {
     }
     let dir = TestDir::new("lost-ctty");
     let (_master, slave, _) = new_pty();
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.args([
-        "-c",
-        "import os, sys, time\n\
+    let script = "import os, sys, time\n\
          null = os.open('/dev/null', os.O_RDWR)\n\
          for fd in (0, 1, 2): os.dup2(null, fd)\n\
          os.close(null)\n\
          n = 0\n\
          while True:\n\
          \x20   n += 1; open(sys.argv[1] + '.tmp', 'w').write('%d %d\\n' % (os.getpid(), n))\n\
-         \x20   os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(0.05)\n",
-    ])
-    .arg(dir.path("report"))
-    .stdin(Stdio::from(slave.try_clone().unwrap()))
-    .stdout(Stdio::from(slave.try_clone().unwrap()))
-    .stderr(Stdio::from(slave));
-    // SAFETY: setsid and ioctl only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let w = Workload::from_child(cmd.spawn().unwrap(), dir.path("report"));
+         \x20   os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(0.05)\n";
+    let w = python_leading_a_session_on(&slave, script, dir.path("report"));
     w.wait_report(T, |r| field(r, 0, 1) >= 2);
     let err = dump_refused(w.pid, &dir.path("img"), &[], &[]);
     assert!(
