@@ -138,8 +138,14 @@ pub struct StreamWriter<W> {
 impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
     /// Starts a stream on `out`. Must be called within a tokio runtime.
     pub fn new(out: W, opts: WriterOptions) -> Self {
-        let workers = opts.workers.max(1);
-        let (tx, rx) = mpsc::channel(workers);
+        // Frames stored raw need no compression workers, only a frame
+        // ready behind the one being written: every frame in flight is a
+        // buffer whose fresh pages cost more to fault in than to fill.
+        let workers = match opts.codec {
+            Codec::None => 1,
+            _ => opts.workers.max(1),
+        };
+        let (tx, rx) = mpsc::channel(2);
         let options = StreamOptions {
             writer: opts.writer_name.clone(),
             default_codec: opts.codec as i32,
