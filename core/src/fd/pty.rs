@@ -11,7 +11,7 @@
 //! A slave whose master the tree does not hold (or holds in a process
 //! dumped after it) is left to `tty.rs` (a shell job's terminal, or
 //! refused). Refused by name: a session leader whose controlling terminal
-//! it holds no fd of. A line being typed in canonical mode, not yet
+//! it holds no fd of (`tty.rs` checks every session leader). A line being typed in canonical mode, not yet
 //! entered, is part of the input, and so are lines ended by VEOF (^D)
 //! instead of a newline (`input_eof`); the input is typed again with the
 //! characters the line discipline would act on quoted with ^V, as they
@@ -27,10 +27,10 @@
 
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
-use crate::kind::{DumpTree, RestoreObjects};
-use crate::stub::{SCRATCH_DATA, Stub};
+use crate::kind::RestoreObjects;
+use crate::stub::Stub;
 use crate::sys::tty;
-use crstream_proto::{FileKind, FileTable, OpenFile, PtyFile};
+use crstream_proto::{FileKind, OpenFile, PtyFile};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -45,7 +45,6 @@ const TIOCEXCL: u64 = 0x540c;
 const TIOCGEXCL: u64 = 0x8004_5440;
 const TIOCGWINSZ: u64 = 0x5413;
 const TIOCSWINSZ: u64 = 0x5414;
-const TIOCSPGRP: u64 = 0x5410;
 const TIOCINQ: u64 = 0x541b;
 const TCGETS2: u64 = 0x802c_542a;
 const TCSETS2: u64 = 0x402c_542b;
@@ -64,7 +63,7 @@ fn is_master(rdev: u64) -> bool {
 }
 
 /// A slave's index, from its device number (majors 136-143).
-fn slave_index(rdev: u64) -> Option<u32> {
+pub(super) fn slave_index(rdev: u64) -> Option<u32> {
     let major = libc::major(rdev);
     (136..=143)
         .contains(&major)
@@ -293,40 +292,6 @@ impl FdKind for Ptys {
         Ok(true)
     }
 
-    /// Every session leader whose controlling terminal is one of these
-    /// holds an fd of it.
-    fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
-        for e in t.entries.iter().filter(|e| e.sid == e.pid) {
-            let Ok(stat) = crate::proc::stat(e.pid as i32) else {
-                continue;
-            };
-            let Some(index) = slave_index(stat.field(7)) else {
-                continue;
-            };
-            if !self.masters.contains(&index) {
-                continue;
-            }
-            let holds = t
-                .processes
-                .iter()
-                .filter(|p| p.pid == e.pid as i32)
-                .filter_map(|p| p.records.get::<FileTable>())
-                .flat_map(|t| &t.files)
-                .filter_map(|f| f.pty.as_ref())
-                .any(|p| p.controls_session);
-            if !holds {
-                return Err(DumpError::Unsupported {
-                    pid: e.pid as i32,
-                    what: "controlling terminal",
-                    reason: format!(
-                        "/dev/pts/{index} controls its session but it holds no fd of it"
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
     fn restores(&self, f: &OpenFile) -> bool {
         f.kind() == FileKind::Pty && f.pty.is_some()
     }
@@ -381,20 +346,7 @@ impl FdKind for Ptys {
         else {
             return Ok(());
         };
-        let at = stub.put(SCRATCH_DATA, &p.foreground.to_ne_bytes())?;
-        stub.call(
-            "ioctl(TIOCSPGRP)",
-            libc::SYS_ioctl,
-            &[f.fd as u64, TIOCSPGRP, at],
-        )
-        .map_err(|e| {
-            super::file_error(
-                stub.pid,
-                f,
-                format!("making process group {} the foreground: {e}", p.foreground),
-            )
-        })?;
-        Ok(())
+        super::tty::set_foreground(stub, f, p.foreground)
     }
 }
 

@@ -254,7 +254,8 @@ impl FdKind for Terminals {
 
 /// A session leader of the tree whose controlling terminal nothing would
 /// give back (no fd of it that restores it as such: a pseudo-terminal of
-/// the tree, or a terminal handed in) would come back without one.
+/// the tree, or a terminal handed in) would come back without one. The one
+/// check for every kind of terminal.
 fn refuse_lost_controlling_terminals(t: &DumpTree<'_>) -> Result<(), DumpError> {
     for e in t.entries.iter().filter(|e| e.sid == e.pid) {
         let Ok(stat) = crate::proc::stat(e.pid as i32) else {
@@ -277,23 +278,39 @@ fn refuse_lost_controlling_terminals(t: &DumpTree<'_>) -> Result<(), DumpError> 
         if gives_back {
             continue;
         }
-        let (major, minor) = (libc::major(ctty), libc::minor(ctty));
-        // A pseudo-terminal's file system device, for the hint.
-        let pts = (136..=143)
-            .contains(&major)
-            .then(|| std::fs::metadata(format!("/dev/pts/{}", (major - 136) * 256 + minor)))
-            .and_then(Result::ok);
+        let index = super::pty::slave_index(ctty);
+        let files = t
+            .processes
+            .iter()
+            .filter_map(|p| p.records.get::<FileTable>())
+            .flat_map(|t| &t.files);
+        let reason = match index {
+            // A pseudo-terminal of the tree: `pty.rs` brings it back, but
+            // only through the leader's own fd of it.
+            Some(i)
+                if files
+                    .filter_map(|f| f.pty.as_ref())
+                    .any(|p| p.master && p.index == i) =>
+            {
+                format!("/dev/pts/{i} controls its session but it holds no fd of it")
+            }
+            _ => format!(
+                "device {}:{} controls its session, and no fd of it it holds would make it so \
+                 again{}",
+                libc::major(ctty),
+                libc::minor(ctty),
+                index
+                    .and_then(|i| std::fs::metadata(format!("/dev/pts/{i}")).ok())
+                    .map_or(String::new(), |md| format!(
+                        "; {}",
+                        external_hint(ctty, md.dev())
+                    ))
+            ),
+        };
         return Err(DumpError::Unsupported {
             pid: e.pid as i32,
             what: "controlling terminal",
-            reason: format!(
-                "device {major}:{minor} controls its session, and no fd of it it holds would \
-                 make it so again{}",
-                pts.map_or(String::new(), |md| format!(
-                    "; {}",
-                    external_hint(ctty, md.dev())
-                ))
-            ),
+            reason,
         });
     }
     Ok(())
@@ -319,19 +336,27 @@ fn give_back_session_terminal(stub: &Stub, f: &OpenFile) -> Result<(), RestoreEr
         ))
     })?;
     if t.foreground > 0 {
-        let at = stub.put(SCRATCH_DATA, &t.foreground.to_ne_bytes())?;
-        stub.call(
-            "ioctl(TIOCSPGRP)",
-            libc::SYS_ioctl,
-            &[f.fd as u64, TIOCSPGRP, at],
-        )
-        .map_err(|e| {
-            err(format!(
-                "making process group {} the foreground: {e}",
-                t.foreground
-            ))
-        })?;
+        set_foreground(stub, f, t.foreground)?;
     }
+    Ok(())
+}
+
+/// Makes process group `pgid` the foreground of the terminal at `f`, from
+/// the stub of its session's leader.
+pub(super) fn set_foreground(stub: &Stub, f: &OpenFile, pgid: i32) -> Result<(), RestoreError> {
+    let at = stub.put(SCRATCH_DATA, &pgid.to_ne_bytes())?;
+    stub.call(
+        "ioctl(TIOCSPGRP)",
+        libc::SYS_ioctl,
+        &[f.fd as u64, TIOCSPGRP, at],
+    )
+    .map_err(|e| {
+        super::file_error(
+            stub.pid,
+            f,
+            format!("making process group {pgid} the foreground: {e}"),
+        )
+    })?;
     Ok(())
 }
 
