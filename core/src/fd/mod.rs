@@ -668,6 +668,36 @@ fn shared_from_earlier(pid: i32, f: &OpenFile) -> Option<Source> {
     })
 }
 
+/// Once the threads exist: puts each fd of `p` that `late` selects in
+/// place of the stand-in the files phase made for it, in fd order: a dup,
+/// a description shared with an earlier process of the tree, or else what
+/// `open` installs (pidfds and /proc files of threads other than leaders).
+fn install_late(
+    p: &mut RestoreProcess<'_>,
+    late: impl Fn(&OpenFile) -> bool,
+    mut open: impl FnMut(&Stub, &OpenFile) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    if p.entry().shares_files_with_parent {
+        return Ok(()); // the parent's table: done there
+    }
+    let Some(table) = p.image.records.get::<FileTable>() else {
+        return Ok(());
+    };
+    let (stub, pid) = (p.stub, p.vpid());
+    let mut files: Vec<&OpenFile> = table.files.iter().filter(|f| late(f)).collect();
+    files.sort_by_key(|f| f.fd);
+    for f in files {
+        if let Some(of) = f.dup_of_fd {
+            install(stub, f, Source::Dup(of))?;
+        } else if let Some(shared) = shared_from_earlier(pid, f) {
+            install(stub, f, shared)?;
+        } else {
+            open(stub, f)?;
+        }
+    }
+    Ok(())
+}
+
 /// Puts the description `from` at number `f.fd` of the stub, with `f`'s
 /// close-on-exec flag.
 fn install(stub: &Stub, f: &OpenFile, from: Source) -> Result<(), RestoreError> {

@@ -178,39 +178,23 @@ impl Kind for ThreadPidfds {
     }
 
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
-        if p.entry().shares_files_with_parent {
-            return Ok(()); // the parent's table: done there
-        }
-        let Some(table) = p.image.records.get::<FileTable>() else {
-            return Ok(());
-        };
-        let (stub, pid) = (p.stub, p.vpid());
-        let mut files: Vec<&OpenFile> = table
-            .files
-            .iter()
-            .filter(|f| f.pidfd.as_ref().is_some_and(of_thread_of_tree))
-            .collect();
-        files.sort_by_key(|f| f.fd);
-        for f in files {
-            let pf = f.pidfd.as_ref().expect("filtered");
-            let ferr = |what: String| super::file_error(pid, f, what);
-            let from = if let Some(of) = f.dup_of_fd {
-                super::Source::Dup(of)
-            } else if let Some(shared) = super::shared_from_earlier(pid, f) {
-                shared
-            } else {
+        let (pid, pids) = (p.vpid(), p.objects.pids);
+        super::install_late(
+            p,
+            |f| f.pidfd.as_ref().is_some_and(of_thread_of_tree),
+            |stub, f| {
+                let pf = f.pidfd.as_ref().expect("selected");
+                let ferr = |what: String| super::file_error(pid, f, what);
                 let mut flags = PidfdFlags::from_bits_retain(PIDFD_THREAD);
                 if f.open_flags & libc::O_NONBLOCK as u32 != 0 {
                     flags |= PidfdFlags::NONBLOCK;
                 }
-                let tid = rustix::process::Pid::from_raw(p.objects.pids.host(pf.pid))
+                let tid = rustix::process::Pid::from_raw(pids.host(pf.pid))
                     .ok_or_else(|| ferr(format!("bad image: thread {}", pf.pid)))?;
                 let own = rustix::process::pidfd_open(tid, flags)
                     .map_err(|e| ferr(format!("pidfd_open({}, PIDFD_THREAD): {e}", pf.pid)))?;
-                super::Source::Created(own)
-            };
-            super::install(stub, f, from)?;
-        }
-        Ok(())
+                super::install(stub, f, super::Source::Created(own))
+            },
+        )
     }
 }

@@ -7,7 +7,7 @@ use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpProcess, Kind, Phase, RestoreObjects, RestoreProcess};
 use crate::paths::{path, show, undeleted};
-use crstream_proto::{FileKind, FileTable, OpenFile, UnlinkedKind};
+use crstream_proto::{FileKind, OpenFile, UnlinkedKind};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// (major, minor) of the character devices reopened by path: /dev/null,
@@ -231,30 +231,14 @@ impl Kind for ThreadProcFiles {
     }
 
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
-        if p.entry().shares_files_with_parent {
-            return Ok(()); // the parent's table: done there
-        }
-        let Some(table) = p.image.records.get::<FileTable>() else {
-            return Ok(());
-        };
-        let (stub, pid) = (p.stub, p.vpid());
-        let mut files: Vec<&OpenFile> = table.files.iter().filter(|f| of_other_thread(f)).collect();
-        files.sort_by_key(|f| f.fd);
-        for f in files {
-            if let Some(of) = f.dup_of_fd {
-                super::install(stub, f, super::Source::Dup(of))?;
-            } else if let Some(shared) = super::shared_from_earlier(pid, f) {
-                super::install(stub, f, shared)?;
+        super::install_late(p, of_other_thread, |stub, f| {
+            let offset = if f.kind() == FileKind::Regular {
+                f.offset
             } else {
-                let offset = if f.kind() == FileKind::Regular {
-                    f.offset
-                } else {
-                    0
-                };
-                super::open_in(stub, f, &f.path, reopen_flags(f), offset)?;
-            }
-        }
-        Ok(())
+                0
+            };
+            super::open_in(stub, f, &f.path, reopen_flags(f), offset)
+        })
     }
 }
 
