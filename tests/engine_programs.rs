@@ -101,9 +101,7 @@ fn a_signal_pending_on_a_thread_comes_back_on_it() {
         return;
     }
     let dir = TestDir::new("thread-signal");
-    std::fs::write(
-        dir.path("wl.py"),
-        r#"
+    let script = r#"
 import os, sys, signal, threading, time
 report = sys.argv[1]
 def put(line):
@@ -131,17 +129,8 @@ while not os.path.exists(report + ".go"):
 t.join()
 put("%d %d got %s" % (os.getpid(), n, [int(s) for s in got]))
 time.sleep(600)
-"#,
-    )
-    .unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.arg(dir.path("wl.py")).arg(dir.path("report"));
-    let mut w = spawn_isolated(cmd, dir.path("report"));
-    w.wait_report(T, |r| field(r, 0, 1) >= 2);
-    let img = dir.path("img");
-    dump_and_restore(&mut w, &img);
-    std::fs::write(dir.path("report.go"), b"").unwrap();
-    let r = w.wait_report(T, |r| r.contains(" got "));
+"#;
+    let (mut w, r) = python_across_restore(&dir, script, &[], " got ");
     assert!(r.trim_end().ends_with("got [10]"), "{r}\n{}", w.log());
     w.kill();
 }
@@ -156,9 +145,7 @@ fn proc_files_of_another_thread_come_back() {
         return;
     }
     let dir = TestDir::new("thread-proc-files");
-    std::fs::write(
-        dir.path("wl.py"),
-        r#"
+    let script = r#"
 import os, sys, threading, time
 report = sys.argv[1]
 def put(line):
@@ -190,17 +177,8 @@ link = os.readlink("/proc/self/fd/%d" % status) == "/proc/%d/task/%d/status" % (
 in_task = "status" in os.listdir(task) and os.readlink("/proc/self/fd/%d" % task) == "/proc/%d/task/%d" % (os.getpid(), tid)
 put("%d %d done %d %s %s %s" % (os.getpid(), n, at, names_it, link, in_task))
 time.sleep(600)
-"#,
-    )
-    .unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.arg(dir.path("wl.py")).arg(dir.path("report"));
-    let mut w = spawn_isolated(cmd, dir.path("report"));
-    w.wait_report(T, |r| field(r, 0, 1) >= 2);
-    let img = dir.path("img");
-    dump_and_restore(&mut w, &img);
-    std::fs::write(dir.path("report.go"), b"").unwrap();
-    let r = w.wait_report(T, |r| r.contains(" done "));
+"#;
+    let (mut w, r) = python_across_restore(&dir, script, &[], " done ");
     assert!(
         r.trim_end().ends_with("done 5 True True True"),
         "{r}\n{}",

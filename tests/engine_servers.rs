@@ -496,20 +496,11 @@ fn a_unix_connection_keeps_its_names_when_its_listener_is_gone() {
     );
 }
 
-/// Runs python3 `script` (arguments: the report, and `dir`'s `name`), which
-/// reports "PID N waiting" until REPORT.go exists and then "PID N ..." with
-/// what it checked; dumps and restores it once it waits, and asserts that
-/// the final report holds `expected`.
+/// Runs python3 `script` (arguments: the report, and `dir`'s `name`)
+/// across a dump and restore (`python_across_restore`) and asserts that
+/// its final report holds `expected`.
 fn check_after_restore(dir: &TestDir, script: &str, name: &str, expected: &str) {
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.args(["-c", script])
-        .arg(dir.path("report"))
-        .arg(dir.path(name));
-    let mut w = spawn_isolated(cmd, dir.path("report"));
-    w.wait_report(T, |r| field(r, 0, 1) >= 2);
-    dump_and_restore(&mut w, &dir.path("img"));
-    std::fs::write(dir.path("report.go"), b"").unwrap();
-    let r = w.wait_report(T, |r| r.contains('['));
+    let (mut w, r) = python_across_restore(dir, script, &[dir.path(name)], "[");
     assert!(r.contains(expected), "{r}\n{}", w.log());
     w.kill();
 }

@@ -257,7 +257,6 @@ pub fn dump(pid: i32, img: &Path, extra: &[&str]) -> Output {
     o
 }
 
-/// `crstream restore -i IMG --detach --json`; returns (pid, tids).
 /// Dumps the workload to `img` (which kills it), reaps it, and restores
 /// it: returns the PID it runs as again (its own).
 pub fn dump_and_restore(w: &mut Workload, img: &Path) -> i32 {
@@ -268,6 +267,29 @@ pub fn dump_and_restore(w: &mut Workload, img: &Path) -> i32 {
     pid
 }
 
+/// python3 running `script` (its arguments: DIR/report, then `args`),
+/// which reports "PID N ..." until DIR/report.go exists, then what it
+/// checked: once it has reported twice, it is dumped and restored
+/// (DIR/img), report.go is made, and the first report holding `done` is
+/// returned with the workload.
+pub fn python_across_restore(
+    dir: &TestDir,
+    script: &str,
+    args: &[PathBuf],
+    done: &str,
+) -> (Workload, String) {
+    let timeout = Duration::from_secs(30);
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(dir.path("report")).args(args);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(timeout, |r| field(r, 0, 1) >= 2);
+    dump_and_restore(&mut w, &dir.path("img"));
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(timeout, |r| r.contains(done));
+    (w, r)
+}
+
+/// `crstream restore -i IMG --detach --json`; returns (pid, tids).
 pub fn restore(img: &Path) -> (i32, Vec<i32>) {
     let o = run(
         &["restore", "-i", img.to_str().unwrap(), "--detach", "--json"],
