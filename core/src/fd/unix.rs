@@ -417,10 +417,7 @@ impl UnixSockets {
             .created
             .get(listener.inode)
             .ok_or_else(|| ferr("registry", io::Error::other("listener missing")))?;
-        let client = socket::socket(libc::AF_UNIX, s.r#type, 0).map_err(|e| ferr("socket", e))?;
-        if client_name.len() > 2 {
-            bind_again(&client, client_name, ferr)?;
-        }
+        let client = client_socket(s.r#type, client_name, ferr)?;
         socket::connect(&client, name)
             .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(name)), e))?;
         let client_inode = rustix::fs::fstat(&client)
@@ -463,10 +460,7 @@ impl UnixSockets {
             (true, _) => (&s.local_addr, &s.peer_addr),
             (false, true) => (&s.peer_addr, &s.local_addr),
         };
-        let client = socket::socket(libc::AF_UNIX, s.r#type, 0).map_err(|e| ferr("socket", e))?;
-        if named(client_name) {
-            bind_again(&client, client_name, ferr)?;
-        }
+        let client = client_socket(s.r#type, client_name, ferr)?;
         let accepted =
             connect_through_temporary_listener(&client, s.r#type, name).map_err(|e| {
                 ferr(
@@ -574,6 +568,20 @@ fn bind_again(
         }
     }
     socket::bind(sock, addr).map_err(|e| ferr(&format!("bind to {}", fmt_sockaddr(addr)), e))
+}
+
+/// The client end of a connection remade through a listener: a socket of
+/// type `ty`, bound to `name` again if it had one.
+fn client_socket(
+    ty: i32,
+    name: &[u8],
+    ferr: &dyn Fn(&str, io::Error) -> RestoreError,
+) -> Result<OwnedFd, RestoreError> {
+    let client = socket::socket(libc::AF_UNIX, ty, 0).map_err(|e| ferr("socket", e))?;
+    if name.len() > 2 {
+        bind_again(&client, name, ferr)?;
+    }
+    Ok(client)
 }
 
 /// Connects `client` to a listener of type `ty` made at `name` for the
