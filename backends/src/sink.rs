@@ -519,6 +519,9 @@ struct FileSink {
     unnamed: bool,
     dest: std::path::PathBuf,
     written: u64,
+    /// The file's size as allocated ahead of the writes (see `reserve`);
+    /// None once the filesystem refused.
+    allocated: Option<u64>,
     /// Committed or aborted: nothing left to clean up.
     done: bool,
 }
@@ -530,6 +533,16 @@ fn open_unnamed(dir: &std::path::Path) -> Option<std::fs::File> {
     let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
     let fd = rustix::fs::open(dir, flags, Mode::from_raw_mode(0o666)).ok()?;
     Some(std::fs::File::from(fd))
+}
+
+/// Whether a file is allocated ahead of its writes (`FileSink::reserve`):
+/// on ext4 and XFS, which otherwise reserve each block as it is written
+/// (delayed allocation). Not on tmpfs, where allocating means zeroing pages
+/// the write then copies over, nor on copy-on-write filesystems.
+fn allocates_ahead(file: &std::fs::File) -> bool {
+    const EXT4: std::ffi::c_long = 0xEF53;
+    const XFS: std::ffi::c_long = 0x5846_5342;
+    rustix::fs::fstatfs(file).is_ok_and(|s| matches!(s.f_type, EXT4 | XFS))
 }
 
 impl FileSink {
@@ -553,6 +566,7 @@ impl FileSink {
                 unnamed: false,
                 dest,
                 written: 0,
+                allocated: None,
                 done: true,
             });
         }
@@ -578,6 +592,7 @@ impl FileSink {
             return Ok(Self {
                 diag,
                 direct: file.try_clone().ok(),
+                allocated: allocates_ahead(&file).then_some(0),
                 file: tokio::fs::File::from_std(file),
                 tmp: Some(tmp),
                 unnamed: true,
@@ -594,6 +609,7 @@ impl FileSink {
         Ok(Self {
             diag,
             direct: file.try_clone().ok(),
+            allocated: allocates_ahead(&file).then_some(0),
             file: tokio::fs::File::from_std(file),
             tmp: Some(tmp),
             unnamed: false,
@@ -603,7 +619,44 @@ impl FileSink {
         })
     }
 
+    /// Allocates the file ahead of a write of `len` bytes, in steps that
+    /// double up to 128 MiB. Writing into allocated blocks skips the
+    /// filesystem's per-block reservation of delayed allocation: on ext4
+    /// a 1 GiB image is written in about 0.3 s instead of 0.4-0.8 s. The
+    /// file is cut to what was written at commit.
+    fn reserve(&mut self, len: usize) {
+        let (Some(allocated), Some(file)) = (self.allocated, &self.direct) else {
+            return;
+        };
+        let end = self.written + len as u64;
+        if end <= allocated {
+            return;
+        }
+        let step = allocated.clamp(1 << 20, 128 << 20).max(end - allocated);
+        let flags = rustix::fs::FallocateFlags::empty();
+        self.allocated = match rustix::fs::fallocate(file, flags, allocated, step) {
+            Ok(()) => Some(allocated + step),
+            // Not supported here, or no room: the write itself will say.
+            Err(_) => None,
+        };
+    }
+
+    /// Cuts the file to what was written (see `reserve`).
+    fn trim(&mut self) -> Result<(), BackendError> {
+        if let (Some(allocated), Some(file)) = (self.allocated, &self.direct)
+            && allocated > self.written
+        {
+            rustix::fs::ftruncate(file, self.written).map_err(|e| {
+                self.diag
+                    .classify_io("cutting the file to its length", &io::Error::from(e))
+            })?;
+        }
+        self.allocated = Some(self.written);
+        Ok(())
+    }
+
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.reserve(buf.len());
         let n = match &mut self.direct {
             Some(file) => loop {
                 match io::Write::write(file, buf) {
@@ -622,12 +675,16 @@ impl FileSink {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let Some(file) = &mut self.direct else {
+        if self.direct.is_none() {
             let buf = bufs
                 .iter()
                 .find(|b| !b.is_empty())
                 .map_or(&[][..], |b| &**b);
             return self.poll_write(cx, buf);
+        }
+        self.reserve(bufs.iter().map(|b| b.len()).sum());
+        let Some(file) = &mut self.direct else {
+            unreachable!("checked above");
         };
         let n = loop {
             match io::Write::write_vectored(file, bufs) {
@@ -645,6 +702,7 @@ impl FileSink {
                 .flush()
                 .await
                 .map_err(|e| self.diag.classify_io("writing", &e))?;
+            self.trim()?;
             if self.unnamed
                 && let Some(tmp) = &self.tmp
             {
@@ -712,6 +770,10 @@ impl FileSink {
             .flush()
             .await
             .map_err(|e| self.diag.classify_io("writing", &e))?;
+        if let Err(e) = self.trim() {
+            self.remove_tmp();
+            return Err(e);
+        }
         let placed = if self.unnamed {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
             rustix::fs::linkat(

@@ -101,6 +101,15 @@ async fn file_round_trip_path_and_file_url() {
     let url = path.to_str().unwrap();
     put(&env, url, &data, &SMALL_PARTS).await;
     assert_same(&std::fs::read(&path).unwrap(), &data);
+    // The file is allocated ahead of the writes, then cut to its length:
+    // nothing allocated is left past its end.
+    let allocated =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap()) * 512;
+    assert!(
+        allocated < data.len() as u64 + (64 << 10),
+        "{allocated} bytes allocated for {}",
+        data.len()
+    );
     check_reads(&env, url, &data).await;
 
     // file:// URL (percent-encoded) to the same file reads the same bytes.
