@@ -10,7 +10,11 @@
 //! "complete after" is when crstream exits. RSS is crstream's peak (wait4).
 //! Needs root. Usage: bench_restore [--sizes 64,256,1024] [--no-s3]
 //! [--s3-server moto|s3s-fs] (s3s-fs: `cargo install s3s-fs --features binary`,
-//! much faster than moto, so closer to what a real object store gives).
+//! much faster than moto, so closer to what a real object store gives)
+//! [--idle]: the workload checks its memory every 2 s instead of every
+//! 100 ms, so a lazy restore fills it without the process faulting every
+//! page in order and taking a CPU meanwhile. For an object store, a
+//! `download` row gives `crstream download`'s own time to a local file.
 
 #[path = "bench_common/mod.rs"]
 mod common;
@@ -26,6 +30,7 @@ fn main() {
     let mut sizes = vec![64u64, 256, 1024];
     let mut use_s3 = true;
     let mut server = "moto".to_string();
+    let mut idle = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -38,10 +43,11 @@ fn main() {
                     .collect()
             }
             "--no-s3" => use_s3 = false,
+            "--idle" => idle = true,
             "--s3-server" => server = args.next().expect("--s3-server moto|s3s-fs"),
             "--help" | "-h" => {
                 println!(
-                    "usage: bench_restore [--sizes 64,256,1024] [--no-s3] [--s3-server moto|s3s-fs]"
+                    "usage: bench_restore [--sizes 64,256,1024] [--no-s3] [--s3-server moto|s3s-fs] [--idle]"
                 );
                 return;
             }
@@ -59,7 +65,7 @@ fn main() {
     for &size in &sizes {
         let img = dir.path().join(format!("img-{size}"));
         let report = dir.path().join(format!("report-{size}"));
-        let (pid, checksum, dumped) = dumped_workload(&crstream, &wl, &img, &report, size);
+        let (pid, checksum, dumped) = dumped_workload(&crstream, &wl, &img, &report, size, idle);
         let mut sources = vec![("file", img.to_str().unwrap().to_string())];
         if let Some(s3) = &s3 {
             let url = format!("s3://{}/img-{size}", s3.bucket);
@@ -73,6 +79,27 @@ fn main() {
             sources.push((if s3.name == "moto" { "moto" } else { "s3s-fs" }, url));
         }
         for (source, url) in &sources {
+            if *source != "file" {
+                let env = s3.as_ref().map(S3::env).unwrap_or_default();
+                let t0 = Instant::now();
+                let ok = Command::new(&crstream)
+                    .args(["download", url])
+                    .envs(env)
+                    .stdout(std::fs::File::create(dir.path().join("downloaded")).unwrap())
+                    .status()
+                    .unwrap();
+                assert!(ok.success(), "download");
+                let took = t0.elapsed();
+                let mb = std::fs::metadata(dir.path().join("downloaded"))
+                    .unwrap()
+                    .len() as f64
+                    / 1e6;
+                println!(
+                    "{size:>8}  {source:<6}  download   {:>8.1} ms  ({mb:.0} MB at {:.0} MB/s)",
+                    took.as_secs_f64() * 1e3,
+                    mb / took.as_secs_f64()
+                );
+            }
             for mode in ["staged", "streaming", "lazy"] {
                 if mode == "staged" && *source == "file" {
                     continue; // a local file is already staged
@@ -143,10 +170,12 @@ fn dumped_workload(
     img: &Path,
     report: &Path,
     size: u64,
+    idle: bool,
 ) -> (i32, u64, u64) {
     let mut child = Command::new(wl)
         .arg(report)
         .arg(size.to_string())
+        .env("WL_PERIOD_MS", if idle { "2000" } else { "100" })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

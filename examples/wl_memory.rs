@@ -8,6 +8,10 @@
 //! only the root reports.
 //!
 //! Usage: wl_memory REPORT [MIB [PROCESSES]]
+//!
+//! WL_PERIOD_MS (100) sets the period: a long one leaves the process idle
+//! between checks (how a restore runs beside a process that is not
+//! touching all of its memory all the time).
 
 use std::time::Duration;
 
@@ -51,6 +55,10 @@ fn main() {
         .collect();
     let expected = checksum(&buf);
     let pid = std::process::id();
+    let period = std::env::var("WL_PERIOD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_millis(100), Duration::from_millis);
     let mut counter: u64 = 0;
     loop {
         let sum = checksum(&buf);
@@ -69,6 +77,6 @@ fn main() {
         if !path.is_empty() {
             report(&path, &format!("{counter} {sum} {pid}\n"));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(period);
     }
 }

@@ -351,3 +351,47 @@ fn a_session_leader_whose_terminal_would_not_come_back_is_refused() {
     );
     assert_running_untraced(w.pid);
 }
+
+/// The same on a pseudo-terminal the tree made itself: the parent holds the
+/// master, the child leads a session on the slave but closed every fd of
+/// it. Nothing would make it the child's terminal again: refused by name,
+/// and both run on.
+#[test]
+fn a_session_leader_holding_no_fd_of_its_own_pty_is_refused() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("lost-own-pty");
+    let script = "import fcntl, os, sys, termios, time\n\
+         m, s = os.openpty()\n\
+         child = os.fork()\n\
+         if child == 0:\n\
+         \x20   os.close(m); os.setsid(); fcntl.ioctl(s, termios.TIOCSCTTY, 0); os.close(s)\n\
+         \x20   while True: time.sleep(0.05)\n\
+         os.close(s)\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1; open(sys.argv[1] + '.tmp', 'w').write('%d %d %s\\n' % (child, n, os.ttyname(m)))\n\
+         \x20   os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(0.05)\n";
+    let child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(dir.path("report"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let w = Workload::from_child(child, dir.path("report"));
+    let report = w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let leader = field(&report, 0, 0) as i32;
+    let _leader = TreeGuard(vec![leader]);
+    let err = dump_refused(w.pid, &dir.path("img"), &[], &[]);
+    assert!(
+        err.contains(&format!("pid {leader}"))
+            && err.contains("/dev/pts/")
+            && err.contains("controls its session but it holds no fd of it"),
+        "{err}"
+    );
+    assert_running_untraced(w.pid);
+    assert_running_untraced(leader);
+}
