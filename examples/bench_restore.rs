@@ -15,6 +15,8 @@
 //! 100 ms, so a lazy restore fills it without the process faulting every
 //! page in order and taking a CPU meanwhile. For an object store, a
 //! `download` row gives `crstream download`'s own time to a local file.
+//! [--compress CODEC]: how the image is dumped (default auto: raw frames
+//! in a local file; `crstream dump | crstream upload` stores zstd).
 
 #[path = "bench_common/mod.rs"]
 mod common;
@@ -31,6 +33,7 @@ fn main() {
     let mut use_s3 = true;
     let mut server = "moto".to_string();
     let mut idle = false;
+    let mut codec = "auto".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -44,10 +47,11 @@ fn main() {
             }
             "--no-s3" => use_s3 = false,
             "--idle" => idle = true,
+            "--compress" => codec = args.next().expect("--compress CODEC"),
             "--s3-server" => server = args.next().expect("--s3-server moto|s3s-fs"),
             "--help" | "-h" => {
                 println!(
-                    "usage: bench_restore [--sizes 64,256,1024] [--no-s3] [--s3-server moto|s3s-fs] [--idle]"
+                    "usage: bench_restore [--sizes 64,256,1024] [--no-s3] [--s3-server moto|s3s-fs] [--idle] [--compress CODEC]"
                 );
                 return;
             }
@@ -65,7 +69,8 @@ fn main() {
     for &size in &sizes {
         let img = dir.path().join(format!("img-{size}"));
         let report = dir.path().join(format!("report-{size}"));
-        let (pid, checksum, dumped) = dumped_workload(&crstream, &wl, &img, &report, size, idle);
+        let (pid, checksum, dumped) =
+            dumped_workload(&crstream, &wl, &img, &report, size, idle, &codec);
         let mut sources = vec![("file", img.to_str().unwrap().to_string())];
         if let Some(s3) = &s3 {
             let url = format!("s3://{}/img-{size}", s3.bucket);
@@ -171,6 +176,7 @@ fn dumped_workload(
     report: &Path,
     size: u64,
     idle: bool,
+    codec: &str,
 ) -> (i32, u64, u64) {
     let mut child = Command::new(wl)
         .arg(report)
@@ -194,7 +200,7 @@ fn dumped_workload(
         std::thread::sleep(Duration::from_millis(50));
     };
     let ok = Command::new(crstream)
-        .args(["dump", "-t", &pid.to_string(), "-o"])
+        .args(["dump", "-t", &pid.to_string(), "--compress", codec, "-o"])
         .arg(img)
         .stderr(Stdio::null())
         .status()
