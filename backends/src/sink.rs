@@ -520,8 +520,11 @@ struct FileSink {
     dest: std::path::PathBuf,
     written: u64,
     /// The file's size as allocated ahead of the writes (see `reserve`);
-    /// None once the filesystem refused.
+    /// None where that does not pay, or once the filesystem refused.
     allocated: Option<u64>,
+    /// An allocation was tried: until `trim`, the file may be longer than
+    /// what was written (a failed one may have extended it part of the way).
+    allocated_ahead: bool,
     /// Committed or aborted: nothing left to clean up.
     done: bool,
 }
@@ -567,6 +570,7 @@ impl FileSink {
                 dest,
                 written: 0,
                 allocated: None,
+                allocated_ahead: false,
                 done: true,
             });
         }
@@ -593,6 +597,7 @@ impl FileSink {
                 diag,
                 direct: file.try_clone().ok(),
                 allocated: allocates_ahead(&file).then_some(0),
+                allocated_ahead: false,
                 file: tokio::fs::File::from_std(file),
                 tmp: Some(tmp),
                 unnamed: true,
@@ -610,6 +615,7 @@ impl FileSink {
             diag,
             direct: file.try_clone().ok(),
             allocated: allocates_ahead(&file).then_some(0),
+            allocated_ahead: false,
             file: tokio::fs::File::from_std(file),
             tmp: Some(tmp),
             unnamed: false,
@@ -634,6 +640,7 @@ impl FileSink {
         }
         let step = allocated.clamp(1 << 20, 128 << 20).max(end - allocated);
         let flags = rustix::fs::FallocateFlags::empty();
+        self.allocated_ahead = true;
         self.allocated = match rustix::fs::fallocate(file, flags, allocated, step) {
             Ok(()) => Some(allocated + step),
             // Not supported here, or no room: the write itself will say.
@@ -643,15 +650,13 @@ impl FileSink {
 
     /// Cuts the file to what was written (see `reserve`).
     fn trim(&mut self) -> Result<(), BackendError> {
-        if let (Some(allocated), Some(file)) = (self.allocated, &self.direct)
-            && allocated > self.written
-        {
+        if let (true, Some(file)) = (self.allocated_ahead, &self.direct) {
             rustix::fs::ftruncate(file, self.written).map_err(|e| {
                 self.diag
                     .classify_io("cutting the file to its length", &io::Error::from(e))
             })?;
+            self.allocated = self.allocated.map(|_| self.written);
         }
-        self.allocated = Some(self.written);
         Ok(())
     }
 
