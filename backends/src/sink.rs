@@ -522,9 +522,6 @@ struct FileSink {
     /// The file's size as allocated ahead of the writes (see `reserve`);
     /// None where that does not pay, or once the filesystem refused.
     allocated: Option<u64>,
-    /// An allocation was tried: until `trim`, the file may be longer than
-    /// what was written (a failed one may have extended it part of the way).
-    allocated_ahead: bool,
     /// Committed or aborted: nothing left to clean up.
     done: bool,
 }
@@ -570,7 +567,6 @@ impl FileSink {
                 dest,
                 written: 0,
                 allocated: None,
-                allocated_ahead: false,
                 done: true,
             });
         }
@@ -597,7 +593,6 @@ impl FileSink {
                 diag,
                 direct: file.try_clone().ok(),
                 allocated: allocates_ahead(&file).then_some(0),
-                allocated_ahead: false,
                 file: tokio::fs::File::from_std(file),
                 tmp: Some(tmp),
                 unnamed: true,
@@ -615,7 +610,6 @@ impl FileSink {
             diag,
             direct: file.try_clone().ok(),
             allocated: allocates_ahead(&file).then_some(0),
-            allocated_ahead: false,
             file: tokio::fs::File::from_std(file),
             tmp: Some(tmp),
             unnamed: false,
@@ -640,7 +634,6 @@ impl FileSink {
         }
         let step = allocated.clamp(1 << 20, 128 << 20).max(end - allocated);
         let flags = rustix::fs::FallocateFlags::empty();
-        self.allocated_ahead = true;
         self.allocated = match rustix::fs::fallocate(file, flags, allocated, step) {
             Ok(()) => Some(allocated + step),
             // Not supported here, or no room: the write itself will say.
@@ -648,16 +641,17 @@ impl FileSink {
         };
     }
 
-    /// Cuts the file to what was written (see `reserve`).
-    fn trim(&mut self) -> Result<(), BackendError> {
-        if let (true, Some(file)) = (self.allocated_ahead, &self.direct) {
-            rustix::fs::ftruncate(file, self.written).map_err(|e| {
-                self.diag
-                    .classify_io("cutting the file to its length", &io::Error::from(e))
-            })?;
-            self.allocated = self.allocated.map(|_| self.written);
-        }
-        Ok(())
+    /// Cuts the file to what was written (see `reserve`). Whether or not
+    /// anything was allocated ahead: a failed allocation may have made the
+    /// file longer part of the way, and one call costs nothing.
+    fn trim(&self) -> Result<(), BackendError> {
+        let Some(file) = &self.direct else {
+            return Ok(());
+        };
+        rustix::fs::ftruncate(file, self.written).map_err(|e| {
+            self.diag
+                .classify_io("cutting the file to its length", &io::Error::from(e))
+        })
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -680,16 +674,13 @@ impl FileSink {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.direct.is_none() {
+        self.reserve(bufs.iter().map(|b| b.len()).sum());
+        let Some(file) = &mut self.direct else {
             let buf = bufs
                 .iter()
                 .find(|b| !b.is_empty())
                 .map_or(&[][..], |b| &**b);
             return self.poll_write(cx, buf);
-        }
-        self.reserve(bufs.iter().map(|b| b.len()).sum());
-        let Some(file) = &mut self.direct else {
-            unreachable!("checked above");
         };
         let n = loop {
             match io::Write::write_vectored(file, bufs) {
