@@ -99,6 +99,13 @@ impl PageWriter {
         }
     }
 
+    /// The userfaultfd, if the batch's area is registered with it.
+    fn registered_uffd(&self, batch: &PageBatch) -> Option<&Arc<Userfaultfd>> {
+        self.uffd
+            .as_ref()
+            .filter(|_| self.registered.get(batch.area as usize) == Some(&true))
+    }
+
     /// Writes one page batch, or hands it to `copier` when that has room;
     /// returns its pages.
     pub(crate) fn fill_with(
@@ -109,10 +116,7 @@ impl PageWriter {
         areas: &[VmArea],
         batch: PageBatch,
     ) -> Result<u64, RestoreError> {
-        let uffd = self
-            .uffd
-            .as_ref()
-            .filter(|_| self.registered.get(batch.area as usize) == Some(&true));
+        let uffd = self.registered_uffd(&batch);
         let (Some(copier), Some(uffd), Some(own_mem)) = (copier, uffd, &self.mem) else {
             return self.fill(pid, mem, areas, &batch);
         };
@@ -139,10 +143,7 @@ impl PageWriter {
         batch: &PageBatch,
     ) -> Result<u64, RestoreError> {
         let area = check_batch(pid, areas, batch)?;
-        let uffd = self
-            .uffd
-            .as_ref()
-            .filter(|_| self.registered.get(batch.area as usize) == Some(&true));
+        let uffd = self.registered_uffd(batch);
         for (run, data) in batch.runs_with_data() {
             match uffd {
                 Some(uffd) => copy(uffd, mem, area, run.start, data)?,
