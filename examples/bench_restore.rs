@@ -87,13 +87,7 @@ fn main() {
             if *source != "file" {
                 let env = s3.as_ref().map(S3::env).unwrap_or_default();
                 let t0 = Instant::now();
-                let ok = Command::new(&crstream)
-                    .args(["download", url])
-                    .envs(env)
-                    .stdout(std::fs::File::create(dir.path().join("downloaded")).unwrap())
-                    .status()
-                    .unwrap();
-                assert!(ok.success(), "download");
+                download(&crstream, url, env, &dir.path().join("downloaded"));
                 let took = t0.elapsed();
                 let mb = std::fs::metadata(dir.path().join("downloaded"))
                     .unwrap()
@@ -113,13 +107,7 @@ fn main() {
                 let t0 = Instant::now();
                 let input = if mode == "staged" {
                     let staged = dir.path().join("staged");
-                    let ok = Command::new(&crstream)
-                        .args(["download", url])
-                        .envs(env.clone())
-                        .stdout(std::fs::File::create(&staged).unwrap())
-                        .status()
-                        .unwrap();
-                    assert!(ok.success(), "download");
+                    download(&crstream, url, env.clone(), &staged);
                     staged.to_str().unwrap().to_string()
                 } else {
                     url.clone()
@@ -165,6 +153,17 @@ fn main() {
             }
         }
     }
+}
+
+/// `crstream download URL > to`.
+fn download(crstream: &Path, url: &str, env: Vec<(String, String)>, to: &Path) {
+    let ok = Command::new(crstream)
+        .args(["download", url])
+        .envs(env)
+        .stdout(std::fs::File::create(to).unwrap())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "download of {url}");
 }
 
 /// Starts wl_memory with `size` MiB, dumps it to `img` (which kills it),
