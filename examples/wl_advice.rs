@@ -5,7 +5,10 @@
 //! Reports "pid counter STATUS" then, on the next line, the start address
 //! of every area (hex), in that order.
 //!
-//! Usage: wl_advice REPORT
+//! Usage: wl_advice REPORT [AREAS]
+//! AREAS: which areas, comma-separated, in this order (default: all):
+//! dontfork, dontdump, wipeonfork, hugepage, nohugepage, mergeable,
+//! sequential, random, mlock, onfault.
 
 use std::time::Duration;
 
@@ -18,20 +21,38 @@ const PAGES: usize = 16;
 fn main() {
     // SAFETY: no fd above 2 is in use yet.
     unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
-    let path = std::env::args().nth(1).expect("usage: wl_advice REPORT");
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: wl_advice REPORT [AREAS]");
+    // Advice by name; "mlock" and "onfault" lock instead.
     let advice = [
-        libc::MADV_DONTFORK,
-        libc::MADV_DONTDUMP,
-        libc::MADV_WIPEONFORK,
-        libc::MADV_HUGEPAGE,
-        libc::MADV_NOHUGEPAGE,
-        libc::MADV_MERGEABLE,
-        libc::MADV_SEQUENTIAL,
-        libc::MADV_RANDOM,
+        ("dontfork", libc::MADV_DONTFORK),
+        ("dontdump", libc::MADV_DONTDUMP),
+        ("wipeonfork", libc::MADV_WIPEONFORK),
+        ("hugepage", libc::MADV_HUGEPAGE),
+        ("nohugepage", libc::MADV_NOHUGEPAGE),
+        ("mergeable", libc::MADV_MERGEABLE),
+        ("sequential", libc::MADV_SEQUENTIAL),
+        ("random", libc::MADV_RANDOM),
+        ("mlock", -1),
+        ("onfault", -2),
     ];
+    let wanted: Vec<i32> = match std::env::args().nth(2) {
+        None => advice.iter().map(|a| a.1).collect(),
+        Some(list) => list
+            .split(',')
+            .map(|n| {
+                advice
+                    .iter()
+                    .find(|a| a.0 == n)
+                    .unwrap_or_else(|| panic!("unknown area {n}"))
+                    .1
+            })
+            .collect(),
+    };
     let len = PAGES * PAGE;
     let mut areas: Vec<*mut u8> = Vec::new();
-    for i in 0..advice.len() + 2 {
+    for (i, &advice) in wanted.iter().enumerate() {
         // SAFETY: a fresh private anonymous mapping, never unmapped.
         let p = unsafe {
             libc::mmap(
@@ -46,10 +67,10 @@ fn main() {
         assert_ne!(p.cast(), libc::MAP_FAILED);
         // SAFETY: advice and locks on our own mapping; writes inside it.
         unsafe {
-            match advice.get(i) {
-                Some(&a) => assert_eq!(libc::madvise(p.cast(), len, a), 0, "madvise {a}"),
-                None if i == advice.len() => assert_eq!(libc::mlock(p.cast(), len), 0, "mlock"),
-                None => assert_eq!(
+            match advice {
+                -1 => assert_eq!(libc::mlock(p.cast(), len), 0, "mlock"),
+                a if a >= 0 => assert_eq!(libc::madvise(p.cast(), len, a), 0, "madvise {a}"),
+                _ => assert_eq!(
                     libc::syscall(libc::SYS_mlock2, p, len, 1 /* MLOCK_ONFAULT */),
                     0,
                     "mlock2"

@@ -113,3 +113,57 @@ fn a_live_dump_keeps_the_pages_a_child_shares_with_its_parent() {
     assert_running_untraced(pid);
     assert_eq!(cow_pages_shared_with_child(pid), COW_PAGES_SHARED);
 }
+
+/// Areas with advice (wl_advice), dumped live: every area's VmFlags come
+/// back and its pages hold what they held at the freeze, among them a
+/// MADV_WIPEONFORK area (a snapshot sees it zeroed: its pages must come
+/// from the process). Without MADV_DONTFORK and mlock, the flags are read
+/// from the snapshot once the process runs again; with either, from the
+/// process while frozen.
+#[test]
+fn a_live_dump_keeps_advice_and_the_pages_of_wipe_on_fork_areas() {
+    let layouts = [
+        "dontdump,wipeonfork,hugepage,nohugepage,mergeable,sequential,random",
+        "dontfork,wipeonfork,random",
+        "wipeonfork,mlock,onfault",
+    ];
+    for (i, layout) in layouts.into_iter().enumerate() {
+        let dir = TestDir::new(&format!("liveadvice{i}"));
+        let mut w = Workload::spawn("wl_advice", dir.path("report"), &[layout]);
+        let counter = |r: &str| field(r, 0, 1);
+        let r = w.wait_report(T, |r| counter(r) >= 1);
+        assert!(r.contains(" OK"), "{layout}, before the dump: {r}");
+        let starts: Vec<String> = r
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let flags = |pid: i32| -> Vec<String> { starts.iter().map(|s| vm_flags(pid, s)).collect() };
+        let before = flags(w.pid);
+        assert!(
+            before[layout.split(',').position(|a| a == "wipeonfork").unwrap()]
+                .split(' ')
+                .any(|f| f == "wf")
+        );
+        let img = dir.path("img");
+        let o = dump(w.pid, &img, &["--leave-running", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+        assert_eq!(s["live"], true, "{layout}: {s}");
+        let at = counter(&w.read_report().unwrap());
+        let r = w.wait_report(T, |r| counter(r) > at + 1 || !r.contains(" OK"));
+        assert!(r.contains(" OK"), "{layout}, after the dump: {r}");
+        assert_eq!(flags(w.pid), before, "{layout}: the original's flags");
+        assert_eq!(children_of(w.pid), Vec::<i32>::new(), "{layout}");
+        w.kill();
+        let at = counter(&w.read_report().unwrap());
+        let (pid, _) = restore(&img);
+        w.restored(pid);
+        let r = w.wait_report(T, |r| counter(r) > at + 3 || !r.contains(" OK"));
+        assert!(r.contains(" OK"), "{layout}, restored: {r}\n{}", w.log());
+        assert_running_untraced(pid);
+        assert_eq!(flags(pid), before, "{layout}: the restored flags");
+        w.kill();
+    }
+}

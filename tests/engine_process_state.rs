@@ -317,26 +317,6 @@ fn every_view_of_a_memfd_and_a_file_reads_the_same() {
     round_trips(&mut w, &dir, &|_| {});
 }
 
-/// The VmFlags line of the area of `pid` that starts at `start` (hex).
-fn vm_flags(pid: i32, start: &str) -> String {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let mut in_area = false;
-    for line in smaps.lines() {
-        if let Some((range, _)) = line.split_once(' ')
-            && range.contains('-')
-            && !line.starts_with("VmFlags")
-            && range.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-        {
-            in_area = range.split('-').next() == Some(start);
-        } else if in_area && let Some(flags) = line.strip_prefix("VmFlags:") {
-            let mut f: Vec<&str> = flags.split_whitespace().collect();
-            f.sort();
-            return f.join(" ");
-        }
-    }
-    panic!("no area at {start} in pid {pid}");
-}
-
 /// Advice and locks that show in VmFlags (DONTFORK, DONTDUMP, WIPEONFORK,
 /// HUGEPAGE, NOHUGEPAGE, MERGEABLE, SEQUENTIAL, RANDOM, mlock, mlock2
 /// ONFAULT) come back on the same areas.

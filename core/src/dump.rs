@@ -262,7 +262,11 @@ fn dump_frozen(
     for frozen in tree.procs.iter_mut() {
         opts.check_interrupt()?;
         let (p, snapshot) = read_process(frozen, opts, &mut objects, &mut memory, &mut kinds)?;
+        let child = snapshot.as_ref().map(|s| s.pid);
         snapshots.push(snapshot);
+        // After the push: on an error, the snapshot ends once the tree is
+        // released (its parent reaps it).
+        memory.after_snapshot(p.pid, child)?;
         processes.push(p);
     }
     let mut t = DumpTree {

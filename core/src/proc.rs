@@ -177,6 +177,9 @@ pub struct Status {
     pub shd_pnd: u64,
     /// Signals with a handler.
     pub sig_cgt: u64,
+    /// Memory in mlocked areas, kB (VmLck): non-zero if any area is
+    /// locked; None if the line is missing or unreadable.
+    pub vm_lck_kb: Option<u64>,
 }
 
 pub fn parse_status(text: &str, path: &str) -> Result<Status, ProcError> {
@@ -237,6 +240,7 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status, ProcError> {
             "SigPnd" => s.sig_pnd = hex(v)?,
             "ShdPnd" => s.shd_pnd = hex(v)?,
             "SigCgt" => s.sig_cgt = hex(v)?,
+            "VmLck" => s.vm_lck_kb = v.trim_end_matches("kB").trim().parse().ok(),
             _ => {}
         }
     }

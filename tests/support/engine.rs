@@ -798,3 +798,23 @@ pub fn put_back_report_tmp(report: &std::path::Path) {
         std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid())).unwrap();
     }
 }
+
+/// The VmFlags line of the area of `pid` that starts at `start` (hex).
+pub fn vm_flags(pid: i32, start: &str) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_area = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && range.contains('-')
+            && !line.starts_with("VmFlags")
+            && range.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
+            in_area = range.split('-').next() == Some(start);
+        } else if in_area && let Some(flags) = line.strip_prefix("VmFlags:") {
+            let mut f: Vec<&str> = flags.split_whitespace().collect();
+            f.sort();
+            return f.join(" ");
+        }
+    }
+    panic!("no area at {start} in pid {pid}");
+}

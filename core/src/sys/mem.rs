@@ -140,6 +140,44 @@ pub(crate) fn pagemap_scan(
     Ok(runs)
 }
 
+/// Whether [start, end) of the process of `pagemap` has a page that is
+/// present or swapped and in none of the categories `excluded`: a
+/// PAGEMAP_SCAN that stops at the first one.
+pub(crate) fn pagemap_has_page(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    excluded: u64,
+) -> io::Result<bool> {
+    let mut region = PageRegion::default();
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        start,
+        end,
+        vec: &mut region as *mut PageRegion as u64,
+        vec_len: 1,
+        max_pages: 1,
+        category_inverted: excluded,
+        category_mask: excluded,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ..Default::default()
+    };
+    // SAFETY: arg and the one region outlive the call; the kernel writes at
+    // most one region and arg.walk_end.
+    let n = unsafe {
+        libc::ioctl(
+            pagemap.as_raw_fd(),
+            PAGEMAP_SCAN,
+            &mut arg as *mut PmScanArg,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n > 0)
+}
+
 /// A /proc/PID/pagemap entry: present, swapped, file-backed or shared, PFN.
 pub(crate) const PM_PRESENT: u64 = 1 << 63;
 pub(crate) const PM_SWAPPED: u64 = 1 << 62;

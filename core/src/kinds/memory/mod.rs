@@ -18,10 +18,15 @@
 mod fill;
 pub(crate) mod identity;
 mod inherit;
+mod vmflags;
 
 pub(crate) use fill::{Copier, PageWriter, take_userfaultfd};
 
 pub(crate) use inherit::{kept_on_fork, settle};
+use vmflags::{
+    ADVICE, ADVICE_DONTFORK, ADVICE_WIPEONFORK, DEVICE_MAPPING, LOCKED, LOCKED_ON_FAULT,
+    apply_vm_flags, has_every_area, is_device_mapping, mark_wiped_on_fork, vm_flag_bits,
+};
 
 use crate::error::{DumpError, RestoreError};
 use crate::inject::RemoteMem;
@@ -54,6 +59,10 @@ pub(crate) struct Memory {
     /// Dump: where the page tables of a process are read once it runs
     /// again: its snapshot.
     page_tables_of: HashMap<i32, i32>,
+    /// Dump: processes whose areas were read from /proc/PID/maps while
+    /// frozen, their VmFlags left to be read from their snapshot (see
+    /// [`Memory::after_snapshot`]).
+    flags_pending: HashSet<i32>,
     /// Restore: privately mapped files may have changed (--skip-validation).
     pub(crate) skip_validation: bool,
 }
@@ -69,6 +78,9 @@ impl Kind for Memory {
 
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
         let pid = p.pid;
+        if p.snapshot_planned && p.status.vm_lck_kb == Some(0) {
+            return self.dump_before_snapshot(p);
+        }
         // smaps and PAGEMAP_SCAN each walk the page tables (~10 ms per GiB
         // here) while the process is frozen: on two threads at once (both
         // only read them), the scan over the whole address space. A live
@@ -89,8 +101,7 @@ impl Kind for Memory {
             &mut self.build_ids,
         )?;
         if later {
-            scan(pid, pid, &mut areas, None, |a| !in_snapshot(a))?;
-            self.unscanned.insert(pid);
+            self.unscanned.insert(pid); // see `after_snapshot`
         } else {
             scan(pid, pid, &mut areas, scanned.as_ref(), |_| true)?;
         }
@@ -153,19 +164,80 @@ impl Kind for Memory {
 }
 
 impl Memory {
+    /// A live dump, frozen: the areas from /proc/PID/maps, which walks no
+    /// page table (smaps takes 25 ms per GiB here, the freeze's largest
+    /// part after the fork). Their VmFlags come from the snapshot, which
+    /// has the same ones but mlock (a fork does not inherit it: the status
+    /// said no area is locked) and lacks the MADV_DONTFORK areas.
+    fn dump_before_snapshot(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        let pid = p.pid;
+        let maps = crate::proc::maps(pid).map_err(|err| DumpError::Proc { pid, err })?;
+        let areas = plan(
+            pid,
+            &maps,
+            &mut p.objects.unlinked,
+            &mut p.objects.sysv,
+            &mut self.build_ids,
+        )?;
+        self.areas.insert(pid, areas);
+        self.flags_pending.insert(pid);
+        self.unscanned.insert(pid);
+        Ok(())
+    }
+
+    /// A live dump, still frozen, once the snapshot of `pid` is taken
+    /// (`snapshot`: its PID, None if it could not be): finds the areas
+    /// the snapshot does not keep as they are now, and scans them in the
+    /// process. If the areas were read from maps, either the snapshot has
+    /// every one of them, and those with pages it lacks are MADV_WIPEONFORK
+    /// ones (the rest of their VmFlags come later, in [`Memory::scan_kept`]),
+    /// or smaps is read now.
+    pub(crate) fn after_snapshot(
+        &mut self,
+        pid: i32,
+        snapshot: Option<i32>,
+    ) -> Result<(), DumpError> {
+        if !self.unscanned.contains(&pid) {
+            return Ok(()); // no live dump planned: scanned whole
+        }
+        let areas = self.areas.get_mut(&pid).expect("areas of a dumped process");
+        if self.flags_pending.contains(&pid) {
+            let proc_err = |err| DumpError::Proc { pid, err };
+            let forked = match snapshot {
+                Some(child) => Some(crate::proc::maps(child).map_err(proc_err)?),
+                None => None,
+            };
+            match forked.filter(|f| has_every_area(f, areas)) {
+                Some(_) => mark_wiped_on_fork(pid, snapshot.expect("a snapshot"), areas)?,
+                None => {
+                    let smaps = crate::proc::smaps(pid).map_err(proc_err)?;
+                    apply_vm_flags(pid, areas, &smaps, false)?;
+                    self.flags_pending.remove(&pid);
+                }
+            }
+        }
+        scan(pid, pid, areas, None, |a| !in_snapshot(a))
+    }
+
     /// Scans the areas of `pid` that its snapshot keeps, if a live dump
     /// left them for later, in `read_from`: the snapshot (the same page
     /// tables as the process at the freeze, for those areas: a fork copies
-    /// them), or the frozen process itself when it got none.
+    /// them), or the frozen process itself when it got none. VmFlags left
+    /// for later are read from the snapshot first.
     pub(crate) fn scan_kept(&mut self, pid: i32, read_from: i32) -> Result<(), DumpError> {
         if !self.unscanned.remove(&pid) {
             return Ok(());
+        }
+        let areas = self.areas.get_mut(&pid).expect("areas of a dumped process");
+        if self.flags_pending.remove(&pid) {
+            let smaps =
+                crate::proc::smaps(read_from).map_err(|err| DumpError::Proc { pid, err })?;
+            apply_vm_flags(pid, areas, &smaps, true)?;
         }
         if read_from != pid {
             self.page_tables_of.insert(pid, read_from);
         }
         let whole = scan_whole(read_from);
-        let areas = self.areas.get_mut(&pid).expect("areas of a dumped process");
         scan(pid, read_from, areas, whole.as_ref(), in_snapshot)
     }
 
@@ -246,27 +318,6 @@ fn share_memory(order: &[i32], areas: &mut HashMap<i32, Vec<DumpArea>>) {
     }
 }
 
-/// madvise-able VmFlags that restore reapplies: (smaps name, bit in
-/// `VmArea.madvise`, MADV_* advice).
-const ADVICE: &[(&str, u64, i32)] = &[
-    ("dc", ADVICE_DONTFORK, libc::MADV_DONTFORK),
-    ("dd", 1 << 1, libc::MADV_DONTDUMP),
-    ("wf", ADVICE_WIPEONFORK, libc::MADV_WIPEONFORK),
-    ("hg", 1 << 3, libc::MADV_HUGEPAGE),
-    ("nh", 1 << 4, libc::MADV_NOHUGEPAGE),
-    ("mg", 1 << 5, libc::MADV_MERGEABLE),
-    ("sr", 1 << 6, libc::MADV_SEQUENTIAL),
-    ("rr", 1 << 7, libc::MADV_RANDOM),
-];
-
-const ADVICE_DONTFORK: u64 = 1 << 0;
-const ADVICE_WIPEONFORK: u64 = 1 << 2;
-
-/// Locked areas (smaps "lo"; "lf": only as pages fault in), in
-/// `VmArea.madvise` too: locked once their pages are in.
-const LOCKED: u64 = 1 << 8;
-const LOCKED_ON_FAULT: u64 = 1 << 9;
-
 use crate::paths::{is_deleted, path, show, undeleted};
 
 /// How the pages of an area are saved.
@@ -326,26 +377,9 @@ fn plan(
             inode: m.inode,
             ..Default::default()
         };
-        if m.has_flag("gd") {
-            a.flags |= libc::MAP_GROWSDOWN as u32;
-        }
-        // VM_NORESERVE: mapped without swap-space reservation (a large
-        // sparse area must not be refused under strict overcommit).
-        if m.has_flag("nr") {
-            a.flags |= libc::MAP_NORESERVE as u32;
-        }
-        for &(name, bit, _) in ADVICE {
-            if m.has_flag(name) {
-                a.madvise |= bit;
-            }
-        }
-        if m.has_flag("lo") {
-            a.madvise |= if m.has_flag("lf") {
-                LOCKED_ON_FAULT
-            } else {
-                LOCKED
-            };
-        }
+        let (flags, advice) = vm_flag_bits(m);
+        a.flags |= flags;
+        a.madvise |= advice;
         let segment = if m.shared {
             crate::sysv::segment_of(m)
         } else {
@@ -360,11 +394,7 @@ fn plan(
             b"[vvar]" => (AreaKind::Vvar, Save::None),
             b"[vvar_vclock]" => (AreaKind::VvarVclock, Save::None),
             b"[vsyscall]" => (AreaKind::Vsyscall, Save::None),
-            _ if m.has_flag("io") || m.has_flag("pf") => {
-                return Err(refuse(
-                    "device (VM_IO/VM_PFNMAP) mappings cannot be restored".into(),
-                ));
-            }
+            _ if is_device_mapping(m) => return Err(refuse(DEVICE_MAPPING.into())),
             b"[heap]" => (AreaKind::Heap, Save::Private),
             b"[stack]" => (AreaKind::Stack, Save::Private),
             p if p.is_empty() || p.starts_with(b"[anon:") => {
@@ -404,7 +434,9 @@ fn plan(
                 }
                 a.path = p.to_vec();
                 a.file_size = md.size();
-                if !m.shared {
+                // Only a regular file's contents are read for its build-id
+                // (a device's reads could have effects).
+                if !m.shared && md.is_file() {
                     identity::note(&mut a, &md, build_ids);
                 }
                 (
