@@ -137,7 +137,8 @@ pub struct DumpArgs {
     #[arg(long, value_name = "pipe:[INODE]|tty[RDEV:DEV]", value_parser = parse_external)]
     pub external: Vec<External>,
     /// Drop the connections waiting in a listener's accept queue (not accepted yet)
-    /// instead of refusing the tree: their clients see them reset and connect again
+    /// instead of refusing the tree (or saving them, with --tcp-established): their clients
+    /// see them reset and connect again
     #[arg(long)]
     pub skip_in_flight: bool,
     /// NAME=VALUE recorded in the image (shown by inspect; restore --require-label checks

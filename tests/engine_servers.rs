@@ -143,6 +143,70 @@ fn redis_keeps_its_client_connection_across_dump_and_restore() {
     );
 }
 
+/// redis stopped (SIGSTOP) while clients outside the tree connect and send
+/// their first command: the kernel completes their handshakes, and they
+/// wait in the accept queue, unaccepted. Dumped with --tcp-established
+/// and restored, redis is still stopped; continued, it accepts them and
+/// answers each on its own connection, and a client it had accepted
+/// before goes on too.
+#[test]
+fn redis_stopped_with_clients_in_its_accept_queue() {
+    if !available("redis-server", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("redis-queue");
+    let port = free_port();
+    let conf = dir.path("redis.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {}\nlogfile {}\n",
+            dir.0.display(),
+            dir.path("redis.log").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("redis-server");
+    cmd.arg(&conf);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let mut accepted = connect(port);
+    ask(&mut accepted, "SET before 1\r\n", "+OK\r\n");
+    let state = |pid: i32| status_field(pid, "State").unwrap_or_default();
+    // SAFETY: stopping the server this test started.
+    unsafe { libc::kill(w.pid, libc::SIGSTOP) };
+    assert!(wait_until(T, || state(w.pid).starts_with('T')));
+    let mut waiting: Vec<TcpStream> = (0..2).map(|_| connect(port)).collect();
+    waiting[0].write_all(b"SET queued yes\r\n").unwrap();
+    waiting[1].write_all(b"PING\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let img = dir.path("img");
+    let mut tree = vec![w.pid];
+    tree.extend(children_of(w.pid));
+    let _lock = NetLockGuard::of(&dump(w.pid, &img, &["--tcp-established", "--json"]));
+    w.reap_dumped();
+    for &pid in &tree {
+        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
+    }
+    restore_with(&img, &[], &mut w);
+    assert!(
+        wait_until(T, || state(w.pid).starts_with('T')),
+        "restored running"
+    );
+    // SAFETY: continuing the restored server.
+    unsafe { libc::kill(w.pid, libc::SIGCONT) };
+    let mut answer = [0u8; 5];
+    waiting[0].read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"+OK\r\n");
+    let mut answer = [0u8; 7];
+    waiting[1].read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"+PONG\r\n");
+    ask(&mut waiting[1], "GET queued\r\n", "yes\r\n");
+    ask(&mut accepted, "GET before\r\n", "1\r\n");
+    assert_running_untraced(w.pid);
+    w.kill();
+}
+
 #[test]
 fn memcached_keeps_its_client_connection_across_dump_and_restore() {
     if !available("memcached", &["--version"]) {

@@ -306,9 +306,9 @@ fn ipv6_and_v4_mapped_connections_come_back() {
 }
 
 /// Connections waiting in a listener's accept queue (accepted by no
-/// process of the tree yet): refused by name, or dropped with
-/// --skip-in-flight, their clients seeing them reset; the rest of the tree
-/// goes on.
+/// process of the tree yet): refused by name without --tcp-established, or
+/// dropped with --skip-in-flight, their clients seeing them reset; the rest
+/// of the tree goes on.
 #[test]
 fn connections_waiting_to_be_accepted_are_refused_or_dropped() {
     let dir = TestDir::new("tcp-in-flight");
@@ -321,9 +321,11 @@ fn connections_waiting_to_be_accepted_are_refused_or_dropped() {
         .collect();
     std::thread::sleep(Duration::from_millis(100));
     let img = dir.path("img");
-    let err = dump_refused(w.pid, &img, &["--tcp-established"], &[]);
+    let err = dump_refused(w.pid, &img, &[], &[]);
     assert!(
-        err.contains("accept queue") && err.contains("--skip-in-flight"),
+        err.contains("accept queue")
+            && err.contains("--skip-in-flight")
+            && err.contains("--tcp-established"),
         "{err}"
     );
     let kids = children_of(w.pid);
@@ -348,5 +350,155 @@ fn connections_waiting_to_be_accepted_are_refused_or_dropped() {
     w.restored(pid);
     let r = w.wait_report(T, |r| field(r, 0, 3) > at + 5 || status(r) != "OK");
     assert_eq!(status(&r), "OK", "{r}");
+    w.kill();
+}
+
+/// A Python server that accepts nobody until told: it listens on `::`
+/// (IPv4 clients too), reports "pid port READY", waits for the file
+/// REPORT.go, then accepts `n` clients in turn and answers each line of
+/// each with "echo:LINE", and its end of file with "eof".
+const LAZY_SERVER: &str = r#"
+import os, socket, sys, time
+report, n = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 0))
+s.listen(8)
+with open(report + ".tmp", "w") as f:
+    f.write("%d %d READY\n" % (os.getpid(), s.getsockname()[1]))
+os.rename(report + ".tmp", report)
+while not os.path.exists(report + ".go"):
+    time.sleep(0.02)
+for _ in range(n):
+    c, _ = s.accept()
+    f = c.makefile("rb")
+    for line in f:
+        c.sendall(b"echo:" + line)
+    c.sendall(b"eof\n")
+    c.close()
+time.sleep(600)
+"#;
+
+/// Clients of LAZY_SERVER from outside the tree, connected before the
+/// dump, one per (address, what it sends first, whether it then shuts down
+/// writing).
+fn lazy_clients(port: u16, plan: &[(&str, &str, bool)]) -> Vec<Client> {
+    plan.iter()
+        .map(|&(addr, first, shut)| {
+            let out = TcpStream::connect((addr, port)).unwrap();
+            out.set_read_timeout(Some(T)).unwrap();
+            let mut c = Client {
+                lines: BufReader::new(out.try_clone().unwrap()),
+                out,
+            };
+            c.out.write_all(first.as_bytes()).unwrap();
+            if shut {
+                c.out.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            c
+        })
+        .collect()
+}
+
+impl Client {
+    fn expect_line(&mut self, want: &str) {
+        let mut line = String::new();
+        self.lines.read_line(&mut line).unwrap();
+        assert_eq!(line, want);
+    }
+}
+
+fn start_lazy_server(dir: &TestDir, n: usize) -> (Workload, u16) {
+    let script = dir.path("server.py");
+    std::fs::write(&script, LAZY_SERVER).unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(&script).arg(dir.path("report")).arg(n.to_string());
+    let w = spawn_isolated(cmd, dir.path("report"));
+    let r = w.wait_report(T, |r| status(r) == "READY" || r.contains("READY"));
+    let port: u16 = r.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (w, port)
+}
+
+/// Connections waiting in a listener's accept queue (a Python server that
+/// has not called accept yet; its clients outside the tree: one over IPv4
+/// with a line sent, one over IPv4 that also shut down writing, one over
+/// IPv6 that sends its line only while the server is gone). With
+/// --tcp-established they are saved and come back in the queue: once the
+/// restored server accepts, each gets its answers on the same connection,
+/// and the one that shut down gets its end of file. A dump that fails and
+/// a live dump put them back in the original's queue, which then serves
+/// them.
+#[test]
+fn connections_waiting_to_be_accepted_come_back_in_the_accept_queue() {
+    // A failed dump and a live dump: the original keeps its queue.
+    let dir = TestDir::new("tcp-queue-live");
+    let (mut w, port) = start_lazy_server(&dir, 2);
+    let mut clients = lazy_clients(
+        port,
+        &[("127.0.0.1", "one\n", false), ("::1", "two\n", true)],
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let img = dir.path("img");
+    let err = dump_refused(
+        w.pid,
+        &img,
+        &["--tcp-established"],
+        &[("CRSTREAM_TEST_FAIL_AT", "memory")],
+    );
+    assert!(err.contains("memory"), "{err}");
+    let o = dump(
+        w.pid,
+        &img,
+        &["--tcp-established", "--leave-running", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["net_lock"].is_null(), "{v}");
+    assert_running_untraced(w.pid);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    clients[0].expect_line("echo:one\n");
+    clients[0].out.write_all(b"again\n").unwrap();
+    clients[0].expect_line("echo:again\n");
+    clients[0].out.shutdown(std::net::Shutdown::Write).unwrap();
+    clients[0].expect_line("eof\n");
+    clients[1].expect_line("echo:two\n");
+    clients[1].expect_line("eof\n");
+    w.kill();
+
+    // Dumped and restored.
+    let dir = TestDir::new("tcp-queue");
+    let (mut w, port) = start_lazy_server(&dir, 3);
+    let mut clients = lazy_clients(
+        port,
+        &[
+            ("127.0.0.1", "one\n", false),
+            ("127.0.0.1", "two\n", true),
+            ("::1", "", false),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let err = dump_refused(w.pid, &img, &[], &[]);
+    assert!(
+        err.contains("accept queue") && err.contains("--tcp-established"),
+        "{err}"
+    );
+    let img = dir.path("img");
+    let o = dump(w.pid, &img, &["--tcp-established", "--json"]);
+    let _lock = NetLockGuard::of(&o);
+    w.reap_dumped();
+    // Sent while no socket exists: held back by the lock, sent again by
+    // TCP once the connection is back.
+    clients[2].out.write_all(b"three\n").unwrap();
+    let pid = restore_with(&img, &[]);
+    w.restored(pid);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    clients[0].expect_line("echo:one\n");
+    clients[0].out.write_all(b"again\n").unwrap();
+    clients[0].expect_line("echo:again\n");
+    clients[0].out.shutdown(std::net::Shutdown::Write).unwrap();
+    clients[0].expect_line("eof\n");
+    clients[1].expect_line("echo:two\n");
+    clients[1].expect_line("eof\n");
+    clients[2].expect_line("echo:three\n");
+    assert_running_untraced(pid);
     w.kill();
 }

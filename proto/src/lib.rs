@@ -19,8 +19,12 @@ pub const FORMAT_VERSION: u16 = 1;
 /// (`PipeFile.external`); 6 = files passed in queued unix messages
 /// (`SocketFile.passed`); 7 = terminals outside the tree
 /// (`OpenFile.external_tty`) and typed lines ended by VEOF
-/// (`PtyFile.input_eof`). Readers read every version up to theirs.
-pub const RECORDS_VERSION: u32 = 7;
+/// (`PtyFile.input_eof`); 8 = connections in a listener's accept queue
+/// (`SocketFile.accept_queue`). Readers read every version up to theirs.
+pub const RECORDS_VERSION: u32 = 8;
+
+/// The version written for an image with nothing of version 8 in it.
+pub const RECORDS_VERSION_WITHOUT_ACCEPT_QUEUES: u32 = 7;
 
 /// The version written for an image with nothing of version 7 in it.
 pub const RECORDS_VERSION_WITHOUT_EXTERNAL_TERMINALS: u32 = 6;

@@ -114,7 +114,28 @@ impl FdKind for InetSockets {
             if sf.listening {
                 let what = format!("TCP listener on {}", fmt_sockaddr(&sf.local_addr));
                 let diag = sock_diag::tcp_listener(sf.family, sf.inode);
-                sf.backlog = listener_backlog(d, &what, diag)?;
+                match (diag, d.tcp) {
+                    (Ok((pending, backlog)), mode) if pending > 0 && !d.skip_in_flight => {
+                        sf.backlog = backlog;
+                        match mode {
+                            TcpMode::Established => take_accept_queue(d, &dup, &sf, pending)?,
+                            TcpMode::Close => tracing::warn!(
+                                pid = d.pid,
+                                fd = d.fd,
+                                "{what}: {pending} connection(s) waiting in the accept queue are \
+                                 not saved (--tcp-close)"
+                            ),
+                            TcpMode::Refuse => {
+                                return Err(d.refuse(format!(
+                                    "{what} has {pending} connection(s) waiting in the accept \
+                                     queue: dump with --tcp-established to save them (restored \
+                                     in the queue), --tcp-close or --skip-in-flight to drop them"
+                                )));
+                            }
+                        }
+                    }
+                    (diag, _) => sf.backlog = listener_backlog(d, &what, diag)?,
+                }
             }
         } else {
             // Corked data waits in the send queue, which nothing reads.
@@ -159,9 +180,76 @@ impl FdKind for InetSockets {
                     e,
                 )
             }),
-            None => create(s, &ferr),
+            None => {
+                let sock = create(s, &ferr)?;
+                if objects.tcp_close && !s.accept_queue.is_empty() {
+                    tracing::info!(
+                        pid,
+                        fd = f.fd,
+                        "{} connection(s) of the accept queue not restored (--tcp-close)",
+                        s.accept_queue.len()
+                    );
+                } else {
+                    for q in &s.accept_queue {
+                        objects.tcp_built.put_queued(q).map_err(|e| {
+                            ferr(
+                                &format!(
+                                    "putting the connection {} -> {} back in the accept queue",
+                                    fmt_sockaddr(&q.peer_addr),
+                                    fmt_sockaddr(&q.local_addr)
+                                ),
+                                e,
+                            )
+                        })?;
+                    }
+                }
+                Ok(sock)
+            }
         })
     }
+}
+
+/// Takes the `pending` connections waiting in the accept queue of a
+/// listener (`dup`: crstream's duplicate) to save them
+/// (`accept_queue.rs`), once putting them back is known to work here.
+fn take_accept_queue(
+    d: &mut DumpFd<'_>,
+    dup: &OwnedFd,
+    sf: &SocketFile,
+    pending: u32,
+) -> Result<(), DumpError> {
+    let Some(inject) = d.inject else {
+        return Err(d.refuse("connections in its accept queue, and no way to take them"));
+    };
+    // An IPv6 listener takes IPv4 connections too (unless IPV6_V6ONLY).
+    let versions: &[bool] = if sf.family == libc::AF_INET {
+        &[true]
+    } else {
+        &[true, false]
+    };
+    for &ipv4 in versions {
+        d.objects.tcp.queues.prepare(ipv4).map_err(|e| {
+            d.refuse(format!(
+                "{pending} connection(s) wait in its accept queue, which crstream cannot put back \
+                 here: {e} (--skip-in-flight drops them)"
+            ))
+        })?;
+    }
+    let taken = super::accept_queue::take(d.pid, d.fd, dup, pending, inject)?;
+    tracing::debug!(
+        pid = d.pid,
+        fd = d.fd,
+        connections = taken.len(),
+        "taken from the accept queue"
+    );
+    for t in taken {
+        let (pid, fd) = (d.pid, d.fd as u32);
+        d.objects
+            .tcp
+            .note_queued(pid, fd, sf.inode, t)
+            .map_err(|e| d.refuse(format!("a connection in its accept queue: {e}")))?;
+    }
+    Ok(())
 }
 
 fn create(

@@ -14,6 +14,7 @@
 //! An open file description several fds or processes share is created once
 //! and shared again.
 
+pub(crate) mod accept_queue;
 mod epoll;
 mod eventfd;
 mod fanotify;
@@ -148,6 +149,9 @@ struct DumpFd<'a> {
     /// Device number of the tree's controlling terminal (root's tty_nr).
     job_tty: u64,
     objects: &'a mut DumpObjects,
+    /// Syscalls injected into the (frozen) process: only to take the
+    /// connections out of a listener's accept queue.
+    inject: Option<&'a crate::kind::Injector>,
 }
 
 impl DumpFd<'_> {
@@ -365,6 +369,7 @@ impl Kind for Files {
                 skip_in_flight: p.skip_in_flight,
                 job_tty,
                 objects: p.objects,
+                inject: p.inject,
             };
             if !dump_by_kind(&mut self.kinds, &mut dfd, &mut f)? {
                 let name = show(&link).into_owned();
@@ -522,6 +527,20 @@ fn inherit_key(f: &OpenFile) -> String {
 
 /// Whether the image has what records version 7 added: a terminal outside
 /// the tree, or pseudo-terminal input with lines ended by VEOF.
+/// Whether a listener of the tree had connections in its accept queue
+/// (records version 8).
+pub(crate) fn has_accept_queues(procs: &[ProcessDump]) -> bool {
+    procs
+        .iter()
+        .filter_map(|p| p.records.get::<FileTable>())
+        .flat_map(|t| &t.files)
+        .any(|f| {
+            f.socket
+                .as_ref()
+                .is_some_and(|s| !s.accept_queue.is_empty())
+        })
+}
+
 pub(crate) fn needs_records_7(procs: &[ProcessDump]) -> bool {
     procs
         .iter()

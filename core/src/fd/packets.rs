@@ -125,6 +125,8 @@ pub(super) fn send_udp(src: SocketAddr, dst: SocketAddr, data: &[u8]) -> io::Res
 pub(super) const TCP_FIN: u8 = 0x01;
 pub(super) const TCP_ACK: u8 = 0x10;
 
+pub(super) const TCP_PSH: u8 = 0x08;
+
 /// A TCP segment without data or options from `src` to `dst`.
 pub(super) fn send_tcp(
     src: SocketAddr,
@@ -134,14 +136,35 @@ pub(super) fn send_tcp(
     flags: u8,
     window: u16,
 ) -> io::Result<()> {
-    let mut tcp = Vec::with_capacity(20);
+    send_tcp_segment(src, dst, [seq, ack], flags, window, &[], &[])
+}
+
+/// A TCP segment from `src` to `dst` (sequence and acknowledgement
+/// numbers `seq_ack`) with `options` (a multiple of 4 bytes, at most 40)
+/// and `data`.
+pub(super) fn send_tcp_segment(
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq_ack: [u32; 2],
+    flags: u8,
+    window: u16,
+    options: &[u8],
+    data: &[u8],
+) -> io::Result<()> {
+    if !options.len().is_multiple_of(4) || options.len() > 40 {
+        return Err(io::Error::other("TCP options of a bad length"));
+    }
+    let header = 20 + options.len();
+    let mut tcp = Vec::with_capacity(header + data.len());
     tcp.extend_from_slice(&src.port().to_be_bytes());
     tcp.extend_from_slice(&dst.port().to_be_bytes());
-    tcp.extend_from_slice(&seq.to_be_bytes());
-    tcp.extend_from_slice(&ack.to_be_bytes());
-    tcp.extend_from_slice(&[5 << 4, flags]);
+    tcp.extend_from_slice(&seq_ack[0].to_be_bytes());
+    tcp.extend_from_slice(&seq_ack[1].to_be_bytes());
+    tcp.extend_from_slice(&[((header / 4) as u8) << 4, flags]);
     tcp.extend_from_slice(&window.to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 0]);
+    tcp.extend_from_slice(options);
+    tcp.extend_from_slice(data);
     send(src.ip(), dst.ip(), libc::IPPROTO_TCP as u8, tcp, 16)
 }
 

@@ -235,6 +235,7 @@ impl Files {
             skip_in_flight: flags.skip_in_flight,
             job_tty: flags.job_tty,
             objects: t.objects,
+            inject: None,
         };
         if !super::dump_by_kind(&mut self.kinds, &mut d, &mut f)? {
             return Err(DumpError::UnsupportedFile {

@@ -164,6 +164,51 @@ pub(super) fn tcp_listener(family: i32, inode: u64) -> io::Result<(u32, u32)> {
     found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not among the TCP listeners"))
 }
 
+/// (state, bytes in its receive queue) of the TCP connection `local` ->
+/// `peer` of our network namespace, whichever family its socket is of
+/// (an IPv4 connection to a dual-stack listener is an IPv6 socket); None
+/// if there is none.
+pub(super) fn tcp_connection(
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+) -> io::Result<Option<(u8, u32)>> {
+    let mut found = None;
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let mut req = vec![0u8; 56];
+        req[0] = family as u8;
+        req[1] = libc::IPPROTO_TCP as u8;
+        req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
+        request(&req, true, |p| {
+            // struct inet_diag_msg: family, state, timer, retrans, sockid
+            // (sport, dport, src[16], dst[16], if, cookie), expires, rqueue
+            if p.len() < 72 {
+                return false;
+            }
+            let addr = |port: &[u8], ip: &[u8]| {
+                let mut raw = vec![0u8; 28];
+                raw[..2].copy_from_slice(&(p[0] as u16).to_ne_bytes());
+                raw[2..4].copy_from_slice(port);
+                match p[0] as i32 {
+                    libc::AF_INET => raw[4..8].copy_from_slice(&ip[..4]),
+                    _ => raw[8..24].copy_from_slice(ip),
+                }
+                crate::netlock::socket_addr(&raw)
+            };
+            let (l, r) = (addr(&p[4..6], &p[8..24]), addr(&p[6..8], &p[24..40]));
+            if l == Some(local) && r == Some(peer) {
+                let rqueue = u32::from_ne_bytes([p[56], p[57], p[58], p[59]]);
+                found = Some((p[1], rqueue));
+                return true;
+            }
+            false
+        })?;
+        if found.is_some() {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 /// The shutdown bits (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) of a TCP socket,
 /// found by inode among the connections of our network namespace.
 pub(super) fn tcp_shutdown(family: i32, inode: u64) -> io::Result<u8> {

@@ -28,6 +28,7 @@
 //! segments from the peer that crstream builds (`packets.rs`), which the
 //! lock lets through.
 
+use super::accept_queue::{AcceptQueues, Taken};
 use super::packets;
 use super::socket::{apply_options, fmt_sockaddr};
 use crate::error::DumpError;
@@ -40,7 +41,7 @@ use crate::sys::socket::{
 use crstream_proto::{FileTable, SocketFile, TcpConnection};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 /// What dump does with an established TCP connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -126,6 +127,9 @@ struct Noted {
     sock: OwnedFd,
     local: SocketAddr,
     peer: SocketAddr,
+    /// Taken from this listener's accept queue (`accept_queue.rs`): its
+    /// inode, and the connection's raw names.
+    queued_on: Option<(u64, Taken)>,
 }
 
 /// The connections of a dump: noted while fds are read, then locked, read
@@ -135,6 +139,10 @@ pub(crate) struct TcpHold {
     noted: Vec<Noted>,
     held: Vec<OwnedFd>,
     lock: Option<NetLock>,
+    /// Connections taken from accept queues, read (or not yet): put back
+    /// in their queues should the tree run on.
+    taken: Vec<(Taken, Option<TcpConnection>)>,
+    pub(super) queues: AcceptQueues,
 }
 
 impl TcpHold {
@@ -159,8 +167,46 @@ impl TcpHold {
                 sock,
                 local,
                 peer,
+                queued_on: None,
             });
         }
+        Ok(())
+    }
+
+    /// Notes connection `t`, taken from the accept queue of listener
+    /// `listener` (fd `fd` of `pid`).
+    pub(super) fn note_queued(
+        &mut self,
+        pid: i32,
+        fd: u32,
+        listener: u64,
+        t: Taken,
+    ) -> Result<(), String> {
+        let addrs = (
+            netlock::socket_addr(&t.local),
+            netlock::socket_addr(&t.peer),
+        );
+        let (local, peer, sock) = match (addrs, t.sock.try_clone()) {
+            ((Some(local), Some(peer)), Ok(sock)) => (local, peer, sock),
+            (_, dup) => {
+                let why = match dup {
+                    Ok(_) => format!("address {}", fmt_sockaddr(&t.peer)),
+                    Err(e) => format!("dup: {e}"),
+                };
+                // It goes back in its queue with the rest (Drop).
+                self.taken.push((t, None));
+                return Err(why);
+            }
+        };
+        self.noted.push(Noted {
+            pid,
+            fd,
+            inode: 0,
+            sock,
+            local,
+            peer,
+            queued_on: Some((listener, t)),
+        });
         Ok(())
     }
 
@@ -180,23 +226,41 @@ impl TcpHold {
                 reason: format!("locking {} TCP connections: {e}", conns.len()),
             }
         })?);
-        for n in std::mem::take(&mut self.noted) {
-            let fail = |e: io::Error| DumpError::UnsupportedFile {
-                pid: n.pid,
-                fd: n.fd as i32,
-                what: format!("TCP connection {} -> {}: {e}", n.local, n.peer),
+        let mut noted = std::mem::take(&mut self.noted).into_iter();
+        while let Some(mut n) = noted.next() {
+            let read = read_held(&n.sock);
+            let conn = match read {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // What was taken from accept queues goes back (Drop).
+                    self.taken
+                        .extend(n.queued_on.take().map(|(_, t)| (t, None)));
+                    self.noted.extend(noted);
+                    return Err(DumpError::UnsupportedFile {
+                        pid: n.pid,
+                        fd: n.fd as i32,
+                        what: format!("TCP connection {} -> {}: {e}", n.local, n.peer),
+                    });
+                }
             };
-            // Leaving repair mode drops address reuse: put it back after.
-            let reuse =
-                getsockopt_int(&n.sock, libc::SOL_SOCKET, libc::SO_REUSEADDR).map_err(fail)?;
-            set(&n.sock, TCP_REPAIR, 1).map_err(fail)?;
-            let read = read_connection(&n.sock);
-            // Nothing was sent meanwhile: no window probe.
-            let off = set(&n.sock, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP).and_then(|()| {
-                setsockopt_int(&n.sock, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse)
-            });
-            let conn = read.map_err(fail)?;
-            off.map_err(fail)?;
+            if let Some((listener, taken)) = n.queued_on {
+                let queued = crstream_proto::QueuedConnection {
+                    local_addr: taken.local.clone(),
+                    peer_addr: taken.peer.clone(),
+                    tcp: Some(conn.clone()),
+                };
+                self.taken.push((taken, Some(conn)));
+                for s in processes
+                    .iter_mut()
+                    .filter_map(|p| p.records.get_mut::<FileTable>())
+                    .flat_map(|t| t.files.iter_mut())
+                    .filter_map(|f| f.socket.as_mut())
+                    .filter(|s| s.inode == listener)
+                {
+                    s.accept_queue.push(queued.clone());
+                }
+                continue;
+            }
             self.held.push(n.sock);
             for p in processes.iter_mut() {
                 let Some(table) = p.records.get_mut::<FileTable>() else {
@@ -225,7 +289,8 @@ impl TcpHold {
     /// repair mode, they tell the peer nothing. The lock stays for restore
     /// to lift.
     pub(crate) fn after_kill(mut self) -> Option<String> {
-        for s in self.held.drain(..) {
+        let taken = self.taken.drain(..).map(|(t, _)| t.sock);
+        for s in self.held.drain(..).chain(taken) {
             if let Err(e) = set(&s, TCP_REPAIR, 1) {
                 tracing::error!("closing a dumped TCP connection tells its peer: {e}");
             }
@@ -238,9 +303,62 @@ impl TcpHold {
     }
 }
 
+impl TcpHold {
+    /// The tree runs on: the connections taken from accept queues go back
+    /// (while the network is locked: between the silent close of crstream's
+    /// socket and the new one, the peer's packets would get a reset).
+    fn put_back_taken(&mut self) {
+        for n in std::mem::take(&mut self.noted) {
+            if let Some((_, t)) = n.queued_on {
+                self.taken.push((t, None));
+            }
+        }
+        if self.taken.is_empty() {
+            return;
+        }
+        let _lock = match self.lock {
+            Some(_) => None,
+            None => {
+                let conns: Vec<_> = self
+                    .taken
+                    .iter()
+                    .filter_map(|(t, _)| {
+                        Some((
+                            netlock::socket_addr(&t.local)?,
+                            netlock::socket_addr(&t.peer)?,
+                        ))
+                    })
+                    .collect();
+                NetLock::lock(&conns, netlock::Holder::Dump)
+                    .inspect_err(|e| tracing::warn!("locking the connections put back: {e}"))
+                    .ok()
+            }
+        };
+        for (t, read) in std::mem::take(&mut self.taken) {
+            let (local, peer) = (fmt_sockaddr(&t.local), fmt_sockaddr(&t.peer));
+            let back = match read {
+                // Read under the lock: nothing changed since.
+                Some(conn) => close_silently(t.sock.as_fd()).and_then(|()| {
+                    drop(t.sock);
+                    self.queues.put_raw(&t.local, &t.peer, &conn)
+                }),
+                None => self.queues.put_taken(t),
+            };
+            match back {
+                Ok(()) => tracing::debug!(%local, %peer, "connection put back in its accept queue"),
+                Err(e) => tracing::error!(
+                    "the connection {peer} -> {local} taken from an accept queue is lost: {e}"
+                ),
+            }
+        }
+    }
+}
+
 impl Drop for TcpHold {
-    /// The tree runs on (or was never touched): the lock goes.
+    /// The tree runs on (or was never touched): connections taken from
+    /// accept queues go back, then the lock goes.
     fn drop(&mut self) {
+        self.put_back_taken();
         self.held.clear();
         self.lock.take();
     }
@@ -303,9 +421,23 @@ pub fn recover_from_dead_dump(worker: i32, root: i32) -> Vec<String> {
 pub(crate) struct TcpBuilt {
     socks: std::cell::RefCell<Vec<OwnedFd>>,
     lock: std::cell::RefCell<Option<NetLock>>,
+    /// What puts connections back in accept queues (its programs stay
+    /// attached until the restore ends).
+    queues: std::cell::RefCell<AcceptQueues>,
 }
 
 impl TcpBuilt {
+    /// Puts connection `q` back in the accept queue of its listener.
+    pub(super) fn put_queued(&self, q: &crstream_proto::QueuedConnection) -> io::Result<()> {
+        let conn = q
+            .tcp
+            .as_ref()
+            .ok_or_else(|| io::Error::other("a queued connection without its state"))?;
+        self.queues
+            .borrow_mut()
+            .put_raw(&q.local_addr, &q.peer_addr, conn)
+    }
+
     pub(crate) fn hold_lock(&self, lock: Option<NetLock>) {
         *self.lock.borrow_mut() = lock;
     }
@@ -318,6 +450,7 @@ impl TcpBuilt {
     pub(crate) fn commit(&self) {
         self.socks.borrow_mut().clear();
         self.lock.borrow_mut().take();
+        *self.queues.borrow_mut() = AcceptQueues::default();
     }
 }
 
@@ -330,6 +463,31 @@ impl Drop for TcpBuilt {
         }
         self.lock.get_mut().take();
     }
+}
+
+/// Reads a connection in repair mode, taken out of it after (no window
+/// probe: nothing was sent meanwhile).
+pub(super) fn read_in_repair(s: &OwnedFd) -> io::Result<TcpConnection> {
+    set(s, TCP_REPAIR, 1)?;
+    let read = read_connection(s);
+    set(s, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)?;
+    read
+}
+
+/// [`read_in_repair`] for a socket of the tree, whose address reuse
+/// (which leaving repair mode drops) is put back.
+fn read_held(s: &OwnedFd) -> io::Result<TcpConnection> {
+    let reuse = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    let conn = read_in_repair(s);
+    let put = setsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse);
+    let conn = conn?;
+    put.map(|()| conn)
+}
+
+/// Puts a connection in repair mode, so that closing it tells the peer
+/// nothing (no FIN, no reset).
+pub(super) fn close_silently(s: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(s, libc::IPPROTO_TCP, TCP_REPAIR, 1)
 }
 
 fn int(s: &OwnedFd, name: i32) -> io::Result<i32> {

@@ -52,6 +52,7 @@ fn dump_job_fd_with(
         skip_in_flight: false,
         job_tty: job_tty.unwrap_or(0),
         objects: &mut objects,
+        inject: None,
     };
     if try_kinds(&mut d, &mut f)? {
         return Ok(f);

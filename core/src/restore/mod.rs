@@ -178,11 +178,18 @@ fn lock_connections(
         .filter_map(|e| img.process(e.pid)?.get::<FileTable>())
         .flat_map(|t| &t.files)
         .filter_map(|f| f.socket.as_ref())
-        .filter(|s| s.tcp.as_ref().is_some_and(|t| !t.closed))
-        .filter_map(|s| {
+        .flat_map(|s| {
+            let connected = s.tcp.as_ref().is_some_and(|t| !t.closed);
+            let queued = s.accept_queue.iter().map(|q| (&q.local_addr, &q.peer_addr));
+            connected
+                .then_some((&s.local_addr, &s.peer_addr))
+                .into_iter()
+                .chain(queued)
+        })
+        .filter_map(|(local, peer)| {
             Some((
-                crate::netlock::socket_addr(&s.local_addr)?,
-                crate::netlock::socket_addr(&s.peer_addr)?,
+                crate::netlock::socket_addr(local)?,
+                crate::netlock::socket_addr(peer)?,
             ))
         })
         .collect();

@@ -6,6 +6,7 @@
 //! Constants the libc crate lacks for x86_64 gnu are defined here, once,
 //! next to the call that uses them (values from the kernel's uapi headers).
 
+pub(crate) mod bpf;
 pub(crate) mod cpu;
 pub(crate) mod fanotify;
 pub(crate) mod fds;
