@@ -25,7 +25,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
     let timeout = std::time::Duration::from_secs_f64(args.timeout);
     // Before any thread exists: from here on this is the worker, which a
     // signal to the crstream command interrupts instead of killing.
-    let interrupt = crate::worker::split(args.pid)?;
+    let (interrupt, handoff) = crate::worker::split(args.pid)?;
     let pid = args.pid;
     let rt = crate::runtime();
     let sink = match rt.block_on(bounded(
@@ -83,6 +83,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
         skip_in_flight: args.skip_in_flight,
         interrupt: Some(interrupt.flag()),
         labels: args.label.clone(),
+        handoff: Some(handoff),
     };
     // Outside the runtime: blocking() uses blocking sends.
     let dumped = match crstream_core::dump(&opts, &mut writer.blocking()) {

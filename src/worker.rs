@@ -80,19 +80,28 @@ fn read_signal(fd: &SignalFd) -> i32 {
         .map_or(0, |info| info.ssi_signo as i32)
 }
 
-/// Forks the worker of a dump of `target`; returns in it. The supervisor
-/// never returns: it exits once the worker has.
-pub fn split(target: i32) -> Result<Interrupt> {
+/// Forks the worker of a dump of `target`; returns in it, with its end of
+/// the socket on which it hands the supervisor the connections it takes
+/// from accept queues (`DumpOptions::handoff`). The supervisor never
+/// returns: it exits once the worker has.
+pub fn split(target: i32) -> Result<(Interrupt, Arc<OwnedFd>)> {
     let (from_supervisor, to_worker) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe")?;
+    let (handoff, handed) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .context("socketpair")?;
     // SAFETY: called before any other thread exists (no runtime, no
     // thread started yet), so the child may run anything.
     match unsafe { nix::unistd::fork() }.context("fork")? {
         nix::unistd::ForkResult::Parent { child } => {
-            drop(from_supervisor);
-            std::process::exit(supervise(child, to_worker, target));
+            drop((from_supervisor, handoff));
+            std::process::exit(supervise(child, to_worker, &handed, target));
         }
-        nix::unistd::ForkResult::Child => drop(to_worker),
+        nix::unistd::ForkResult::Child => drop((to_worker, handed)),
     }
     // A session of its own: the terminal's signals and those sent to the
     // command's process group are the supervisor's to pass on.
@@ -104,7 +113,7 @@ pub fn split(target: i32) -> Result<Interrupt> {
         .name("interrupt".into())
         .spawn(move || watch_interrupts(&watch, &from_supervisor, &signals))
         .context("starting the interrupt watcher")?;
-    Ok(interrupt)
+    Ok((interrupt, Arc::new(handoff)))
 }
 
 /// The worker's watcher: a message from the supervisor (the signal it
@@ -142,15 +151,17 @@ fn watch_interrupts(interrupt: &Interrupt, pipe: &OwnedFd, signals: &SignalFd) {
 }
 
 /// The supervisor: passes SIGNALS to the worker and waits for it.
-fn supervise(worker: Pid, to_worker: OwnedFd, target: i32) -> i32 {
+/// `handed`: the connections the worker took from accept queues.
+fn supervise(worker: Pid, to_worker: OwnedFd, handed: &OwnedFd, target: i32) -> i32 {
+    let wait_for = |received| wait_for(worker, received, handed, target);
     let Ok(signals) = signalfd() else {
-        return wait_for(worker, None, target);
+        return wait_for(None);
     };
     let Ok(pidfd) = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(worker.as_raw()).expect("a child's pid"),
         rustix::process::PidfdFlags::empty(),
     ) else {
-        return wait_for(worker, None, target);
+        return wait_for(None);
     };
     let mut received = None;
     loop {
@@ -169,7 +180,7 @@ fn supervise(worker: Pid, to_worker: OwnedFd, target: i32) -> i32 {
             let _ = rustix::io::write(to_worker.as_fd(), &sig.to_ne_bytes());
         }
         if !fds[0].revents().is_empty() {
-            return wait_for(worker, received, target);
+            return wait_for(received);
         }
     }
 }
@@ -177,7 +188,7 @@ fn supervise(worker: Pid, to_worker: OwnedFd, target: i32) -> i32 {
 /// The worker's exit status, or 128+signal if the command was interrupted.
 /// A worker killed outright (SIGKILL, the OOM killer) could not say so
 /// itself: the supervisor does.
-fn wait_for(worker: Pid, received: Option<i32>, target: i32) -> i32 {
+fn wait_for(worker: Pid, received: Option<i32>, handed: &OwnedFd, target: i32) -> i32 {
     let status = loop {
         match waitpid(worker, None) {
             Err(nix::errno::Errno::EINTR) => continue,
@@ -194,9 +205,12 @@ fn wait_for(worker: Pid, received: Option<i32>, target: i32) -> i32 {
             let alive = std::path::Path::new(&format!("/proc/{target}")).exists();
             let now = if alive { "it runs on" } else { "it is gone" };
             // Its TCP connections may be in repair mode behind a network
-            // lock: only the worker could have put them back.
+            // lock, or taken from an accept queue: only the worker could
+            // have put them back.
             if alive {
-                for problem in crstream_core::recover_from_dead_dump(worker.as_raw(), target) {
+                let problems =
+                    crstream_core::recover_from_dead_dump(worker.as_raw(), target, Some(handed));
+                for problem in problems {
                     eprintln!("crstream: error: {problem}");
                 }
             }

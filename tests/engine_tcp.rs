@@ -199,9 +199,20 @@ fn a_dump_worker_killed_while_connections_are_locked_harms_nothing() {
     let r = w.wait_report(T, |r| field(r, 0, 1) >= 3 && got(r).1 > 0);
     let mut client = Client::connect(field(&r, 0, 3));
     client.ping(1);
+    kill_dump_worker_once_locked(&dir, w.pid);
+    client.ping(2);
+    moves_on(&w, got(&w.read_report().unwrap()), "OK");
+    assert_running_untraced(w.pid);
+    w.kill();
+}
+
+/// Starts a dump of `pid` with --tcp-established, kills its worker with
+/// SIGKILL once the connections are locked and read, and checks that the
+/// supervisor said so and lifted the worker's network lock.
+fn kill_dump_worker_once_locked(dir: &TestDir, pid: i32) {
     let paused = dir.path("paused");
-    let pid = w.pid.to_string();
-    let img = dir.path("img");
+    let img = dir.path("img-killed");
+    let pid = pid.to_string();
     let dump = crstream()
         .args([
             "dump",
@@ -236,14 +247,11 @@ fn a_dump_worker_killed_while_connections_are_locked_harms_nothing() {
         !out.status.success() && err.contains("killed by SIGKILL"),
         "{err}"
     );
+    assert!(!err.contains("lost"), "{err}");
     assert!(
         !tables().contains(&format!("crstream_lock_{worker}_")),
         "{err}"
     );
-    client.ping(2);
-    moves_on(&w, got(&w.read_report().unwrap()), "OK");
-    assert_running_untraced(w.pid);
-    w.kill();
 }
 
 /// Connections on their way to closing come back in their states: one in
@@ -425,12 +433,13 @@ fn start_lazy_server(dir: &TestDir, n: usize) -> (Workload, u16) {
 /// IPv6 that sends its line only while the server is gone). With
 /// --tcp-established they are saved and come back in the queue: once the
 /// restored server accepts, each gets its answers on the same connection,
-/// and the one that shut down gets its end of file. A dump that fails and
-/// a live dump put them back in the original's queue, which then serves
+/// and the one that shut down gets its end of file. A dump whose worker
+/// is killed outright (its supervisor puts them back), a dump that fails
+/// and a live dump leave them in the original's queue, which then serves
 /// them.
 #[test]
 fn connections_waiting_to_be_accepted_come_back_in_the_accept_queue() {
-    // A failed dump and a live dump: the original keeps its queue.
+    // Dumps that end with the tree running: the original keeps its queue.
     let dir = TestDir::new("tcp-queue-live");
     let (mut w, port) = start_lazy_server(&dir, 2);
     let mut clients = lazy_clients(
@@ -439,6 +448,7 @@ fn connections_waiting_to_be_accepted_come_back_in_the_accept_queue() {
     );
     std::thread::sleep(Duration::from_millis(100));
     let img = dir.path("img");
+    kill_dump_worker_once_locked(&dir, w.pid);
     let err = dump_refused(
         w.pid,
         &img,

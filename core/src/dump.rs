@@ -52,6 +52,11 @@ pub struct DumpOptions {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// Names and values recorded in the image (`Inventory.labels`).
     pub labels: Vec<(String, String)>,
+    /// A unix socket (SOCK_SEQPACKET) to which dump hands an fd on each
+    /// connection it takes from a listener's accept queue, as it takes it:
+    /// should the dumping process die outright, whoever holds the other
+    /// end puts them back (`recover_from_dead_dump`).
+    pub handoff: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 impl DumpOptions {
@@ -256,6 +261,7 @@ fn dump_frozen(
 ) -> Result<(Read, Option<Written>), DumpError> {
     tree.mark_shared_tables()?;
     let mut objects = DumpObjects::default();
+    objects.tcp.handoff = opts.handoff.clone();
     let mut memory = Memory::default();
     let mut kinds = crate::kinds::registry();
     let mut processes = Vec::new();

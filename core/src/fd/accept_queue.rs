@@ -169,6 +169,7 @@ pub(crate) fn take(
     listener: &OwnedFd,
     pending: u32,
     inject: &crate::kind::Injector,
+    handoff: Option<&OwnedFd>,
 ) -> Result<Vec<Taken>, crate::error::DumpError> {
     use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
     let flags = fcntl_getfl(listener).map_err(io::Error::from);
@@ -195,6 +196,13 @@ pub(crate) fn take(
                 Err(e) => return Err(e.into()),
             };
             let sock = crate::sys::pidfd::take_fd(pid, accepted);
+            if let (Ok(sock), Some(to)) = (&sock, handoff) {
+                // Before the process lets go of it.
+                let sent = crate::sys::socket::send_with(to, b"q", None, None, &[sock.as_fd()]);
+                if let Err(e) = sent {
+                    tracing::warn!(pid, fd, "handing a taken connection to the supervisor: {e}");
+                }
+            }
             inject.call("close", libc::SYS_close, &[accepted as u64])?;
             let sock = sock.map_err(|e| file_err("pidfd_getfd of an accepted connection", e))?;
             let name = |peer| {
@@ -227,7 +235,7 @@ impl AcceptQueues {
     /// again.
     pub(crate) fn put_taken(&mut self, t: Taken) -> io::Result<()> {
         let conn = super::tcp::read_in_repair(&t.sock)?;
-        super::tcp::close_silently(t.sock.as_fd())?;
+        super::tcp::disconnect_silently(t.sock.as_fd())?;
         drop(t.sock);
         self.put_raw(&t.local, &t.peer, &conn)
     }
@@ -407,7 +415,7 @@ mod tests {
             let taken = OwnedFd::from(taken);
             let conn = super::super::tcp::read_in_repair(&taken).unwrap();
             assert_eq!(conn.recv_queue, b"hello, server");
-            super::super::tcp::close_silently(taken.as_fd()).unwrap();
+            super::super::tcp::disconnect_silently(taken.as_fd()).unwrap();
             drop(taken);
 
             let mut queues = AcceptQueues::default();

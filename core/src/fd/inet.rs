@@ -235,7 +235,8 @@ fn take_accept_queue(
             ))
         })?;
     }
-    let taken = super::accept_queue::take(d.pid, d.fd, dup, pending, inject)?;
+    let handoff = d.objects.tcp.handoff.clone();
+    let taken = super::accept_queue::take(d.pid, d.fd, dup, pending, inject, handoff.as_deref())?;
     tracing::debug!(
         pid = d.pid,
         fd = d.fd,

@@ -143,6 +143,10 @@ pub(crate) struct TcpHold {
     /// in their queues should the tree run on.
     taken: Vec<(Taken, Option<TcpConnection>)>,
     pub(super) queues: AcceptQueues,
+    /// Where each connection taken from an accept queue is handed at once
+    /// (`DumpOptions::handoff`), for the supervisor to put back should this
+    /// worker die outright.
+    pub(crate) handoff: Option<std::sync::Arc<OwnedFd>>,
 }
 
 impl TcpHold {
@@ -338,7 +342,7 @@ impl TcpHold {
             let (local, peer) = (fmt_sockaddr(&t.local), fmt_sockaddr(&t.peer));
             let back = match read {
                 // Read under the lock: nothing changed since.
-                Some(conn) => close_silently(t.sock.as_fd()).and_then(|()| {
+                Some(conn) => disconnect_silently(t.sock.as_fd()).and_then(|()| {
                     drop(t.sock);
                     self.queues.put_raw(&t.local, &t.peer, &conn)
                 }),
@@ -365,10 +369,36 @@ impl Drop for TcpHold {
 }
 
 /// After a dump worker (`worker`) died outright while the tree of `root`
-/// runs on: every TCP socket of the tree left in repair mode leaves it, and
-/// the worker's network locks go. Returns what could not be done.
-pub fn recover_from_dead_dump(worker: i32, root: i32) -> Vec<String> {
+/// runs on: the connections it took from accept queues (handed to
+/// `handoff`, see `DumpOptions::handoff`) go back in their queues, every
+/// TCP socket of the tree left in repair mode leaves it, and the worker's
+/// network locks go. Returns what could not be done.
+pub fn recover_from_dead_dump(worker: i32, root: i32, handoff: Option<&OwnedFd>) -> Vec<String> {
     let mut problems = Vec::new();
+    let taken = handoff.map_or(Ok(Vec::new()), crate::sys::socket::receive_fds);
+    let mut queues = AcceptQueues::default();
+    for sock in taken.unwrap_or_else(|e| {
+        problems.push(format!("the connections taken from accept queues: {e}"));
+        Vec::new()
+    }) {
+        // One the worker put back already is closed here.
+        if crate::sys::socket::tcp_state(&sock).is_ok_and(|st| !saved_state(st)) {
+            continue;
+        }
+        let names = (
+            crate::sys::socket::name(&sock, false),
+            crate::sys::socket::name(&sock, true),
+        );
+        let back = match names {
+            (Ok(local), Ok(peer)) => queues.put_taken(Taken { sock, local, peer }),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        if let Err(e) = back {
+            problems.push(format!(
+                "a connection taken from an accept queue is lost: {e}"
+            ));
+        }
+    }
     let mut pids = vec![root];
     let mut i = 0;
     while i < pids.len() {
@@ -484,10 +514,12 @@ fn read_held(s: &OwnedFd) -> io::Result<TcpConnection> {
     put.map(|()| conn)
 }
 
-/// Puts a connection in repair mode, so that closing it tells the peer
-/// nothing (no FIN, no reset).
-pub(super) fn close_silently(s: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    setsockopt_int(s, libc::IPPROTO_TCP, TCP_REPAIR, 1)
+/// Ends a connection without telling the peer (no FIN, no reset): in
+/// repair mode, a disconnect (connect to AF_UNSPEC) only closes it here,
+/// whoever else holds an fd on it, and frees its addresses.
+pub(super) fn disconnect_silently(s: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(s, libc::IPPROTO_TCP, TCP_REPAIR, 1)?;
+    connect(s, &[])
 }
 
 fn int(s: &OwnedFd, name: i32) -> io::Result<i32> {

@@ -321,6 +321,60 @@ pub(crate) fn send_raw_packet(family: i32, packet: &[u8], to: &[u8]) -> io::Resu
     Ok(())
 }
 
+/// Takes every message waiting on `fd` without blocking and returns the
+/// file descriptors they carried (SCM_RIGHTS), in order.
+pub(crate) fn receive_fds(fd: impl AsFd) -> io::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::new();
+    loop {
+        let mut byte = [0u8; 16];
+        let mut cbuf = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: byte.len(),
+        };
+        // SAFETY: msghdr is plain data, filled below.
+        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+        mh.msg_iov = &mut iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf.as_mut_ptr().cast();
+        mh.msg_controllen = std::mem::size_of_val(&cbuf);
+        // SAFETY: mh points at `iov` (covering `byte`) and `cbuf`, alive.
+        let n = unsafe {
+            libc::recvmsg(
+                raw(&fd),
+                &mut mh,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(fds),
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 && mh.msg_controllen == 0 {
+            return Ok(fds); // the other end is closed
+        }
+        // SAFETY: walking the control buffer the kernel filled; each
+        // SCM_RIGHTS entry holds fds it installed in our table.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&mh);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c).cast::<i32>();
+                    let cnt = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    for i in 0..cnt {
+                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&mh, c);
+            }
+        }
+    }
+}
+
 /// Attaches a classic BPF filter (`insns`: struct sock_filter, 8 bytes
 /// each) with SO_ATTACH_FILTER.
 pub(crate) fn attach_filter(fd: impl AsFd, insns: &[u8]) -> io::Result<()> {
