@@ -104,7 +104,7 @@ impl AcceptQueues {
             0,
         ]);
         send_tcp_segment(peer, local, seq_ack(first), TCP_ACK, window, &option, &[])?;
-        wait_for(local, peer, |s| s.is_some(), "to be created")?;
+        wait_for(local, peer, |_| true, "to be created")?;
         let chunk = (c.mss as usize).clamp(536, 32 << 10);
         let mut seq = first;
         for piece in data.chunks(chunk) {
@@ -123,8 +123,13 @@ impl AcceptQueues {
             send_tcp(peer, local, seq, c.send_seq, TCP_FIN | TCP_ACK, window)?;
         }
         // sock_diag counts a FIN received as a byte not read yet.
-        let want = (state, data.len() as u32 + fin);
-        wait_for(local, peer, |s| s == Some(want), "to hold what it had")
+        let want = data.len() as u32 + fin;
+        wait_for(
+            local,
+            peer,
+            |d| d.state == state && d.rqueue == want,
+            "to hold what it had",
+        )
     }
 
     fn attach(&mut self, ipv4: bool) -> io::Result<()> {
@@ -261,30 +266,32 @@ impl AcceptQueues {
 }
 
 /// Polls sock_diag (for up to a second: the segments are delivered by
-/// softirq, not always before the send returns) until the connection's
-/// (state, bytes queued) satisfies `ok`.
+/// softirq, not always before the send returns) until the connection
+/// exists and `ok` says it is as wanted.
 fn wait_for(
     local: SocketAddr,
     peer: SocketAddr,
-    ok: impl Fn(Option<(u8, u32)>) -> bool,
+    ok: impl Fn(&sock_diag::TcpDiag) -> bool,
     what: &str,
 ) -> io::Result<()> {
     let start = Instant::now();
+    let mut pause = Duration::from_micros(50);
     loop {
         let now = sock_diag::tcp_connection(local, peer)?;
-        if ok(now) {
+        if now.as_ref().is_some_and(&ok) {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(1) {
             return Err(io::Error::other(match now {
                 None => format!("the connection {peer} -> {local} failed {what}"),
-                Some((state, queued)) => format!(
-                    "the connection {peer} -> {local} failed {what}: state {state}, {queued} bytes \
-                     queued"
+                Some(d) => format!(
+                    "the connection {peer} -> {local} failed {what}: state {}, {} bytes queued",
+                    d.state, d.rqueue
                 ),
             }));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
     }
 }
 

@@ -93,9 +93,10 @@ impl FdKind for InetSockets {
                             .map_err(|e| d.refuse(format!("TCP connection to {to}: {e}")))?;
                         // Read once the network is locked (tcp.rs).
                         sf.tcp = Some(TcpConnection::default());
-                        sf.shutdown = sock_diag::tcp_shutdown(sf.family, sf.inode)
-                            .map_err(|e| d.error("inet_diag (shutdown)", e))?
-                            as u32;
+                        sf.shutdown =
+                            sock_diag::tcp_shutdown(&sf.local_addr, &sf.peer_addr, sf.inode)
+                                .map_err(|e| d.error("inet_diag (shutdown)", e))?
+                                as u32;
                     }
                     TcpMode::Close => {
                         sf.tcp = Some(TcpConnection {

@@ -164,79 +164,88 @@ pub(super) fn tcp_listener(family: i32, inode: u64) -> io::Result<(u32, u32)> {
     found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not among the TCP listeners"))
 }
 
-/// (state, bytes in its receive queue) of the TCP connection `local` ->
-/// `peer` of our network namespace, whichever family its socket is of
-/// (an IPv4 connection to a dual-stack listener is an IPv6 socket); None
-/// if there is none.
+/// What sock_diag tells of one TCP connection.
+pub(super) struct TcpDiag {
+    pub state: u8,
+    /// Bytes received and not read (a FIN received counts as one).
+    pub rqueue: u32,
+    pub inode: u64,
+    /// RCV_SHUTDOWN 1, SEND_SHUTDOWN 2.
+    pub shutdown: u8,
+}
+
+/// The TCP connection `local` -> `peer` of our network namespace, looked
+/// up by its addresses (one answer, not a walk over every socket); None if
+/// there is none. An IPv4 connection of an IPv6 socket (v4-mapped) is found
+/// by its IPv4 addresses.
 pub(super) fn tcp_connection(
     local: std::net::SocketAddr,
     peer: std::net::SocketAddr,
-) -> io::Result<Option<(u8, u32)>> {
-    let mut found = None;
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        let mut req = vec![0u8; 56];
-        req[0] = family as u8;
-        req[1] = libc::IPPROTO_TCP as u8;
-        req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
-        request(&req, true, |p| {
-            // struct inet_diag_msg: family, state, timer, retrans, sockid
-            // (sport, dport, src[16], dst[16], if, cookie), expires, rqueue
-            if p.len() < 72 {
-                return false;
-            }
-            let addr = |port: &[u8], ip: &[u8]| {
-                let mut raw = vec![0u8; 28];
-                raw[..2].copy_from_slice(&(p[0] as u16).to_ne_bytes());
-                raw[2..4].copy_from_slice(port);
-                match p[0] as i32 {
-                    libc::AF_INET => raw[4..8].copy_from_slice(&ip[..4]),
-                    _ => raw[8..24].copy_from_slice(ip),
-                }
-                crate::netlock::socket_addr(&raw)
-            };
-            let (l, r) = (addr(&p[4..6], &p[8..24]), addr(&p[6..8], &p[24..40]));
-            if l == Some(local) && r == Some(peer) {
-                let rqueue = u32::from_ne_bytes([p[56], p[57], p[58], p[59]]);
-                found = Some((p[1], rqueue));
-                return true;
-            }
-            false
-        })?;
-        if found.is_some() {
-            break;
-        }
-    }
-    Ok(found)
-}
-
-/// The shutdown bits (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) of a TCP socket,
-/// found by inode among the connections of our network namespace.
-pub(super) fn tcp_shutdown(family: i32, inode: u64) -> io::Result<u8> {
+) -> io::Result<Option<TcpDiag>> {
     const INET_DIAG_SHUTDOWN: u16 = 8;
+    if local.is_ipv4() != peer.is_ipv4() {
+        return Ok(None);
+    }
+    // struct inet_diag_req_v2: family, protocol, ext, pad, states, then
+    // struct inet_diag_sockid: sport, dport, src[16], dst[16], if, cookie.
     let mut req = vec![0u8; 56];
-    req[0] = family as u8;
+    req[0] = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    } as u8;
     req[1] = libc::IPPROTO_TCP as u8;
-    // Every state but LISTEN.
-    req[4..8].copy_from_slice(&(!(1u32 << TCP_LISTEN)).to_ne_bytes());
+    req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
+    req[8..10].copy_from_slice(&local.port().to_be_bytes());
+    req[10..12].copy_from_slice(&peer.port().to_be_bytes());
+    let put = |req: &mut [u8], at: usize, ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => req[at..at + 4].copy_from_slice(&v4.octets()),
+        std::net::IpAddr::V6(v6) => req[at..at + 16].copy_from_slice(&v6.octets()),
+    };
+    put(&mut req, 12, local.ip());
+    put(&mut req, 28, peer.ip());
+    req[48..56].copy_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
     let mut found = None;
-    request(&req, true, |p| {
+    let asked = request(&req, false, |p| {
+        // struct inet_diag_msg: family, state, timer, retrans, sockid (48),
+        // expires, rqueue, wqueue, uid, inode; then attributes.
         if p.len() < 72 {
             return false;
         }
         let at = |o: usize| u32::from_ne_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]);
-        if at(68) as u64 != inode {
-            return false;
-        }
-        found = Some(
-            rtattrs(&p[72..])
+        found = Some(TcpDiag {
+            state: p[1],
+            rqueue: at(56),
+            inode: at(68) as u64,
+            shutdown: rtattrs(&p[72..])
                 .into_iter()
                 .find(|(ty, _)| *ty == INET_DIAG_SHUTDOWN)
                 .and_then(|(_, v)| v.first().copied())
                 .unwrap_or(0),
-        );
+        });
         true
-    })?;
-    found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not among the TCP sockets"))
+    });
+    match asked {
+        Ok(()) => Ok(found),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The shutdown bits (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) of TCP socket
+/// `inode`, connected `local` -> `peer` (raw sockaddrs).
+pub(super) fn tcp_shutdown(local: &[u8], peer: &[u8], inode: u64) -> io::Result<u8> {
+    let addr = |raw: &[u8]| {
+        crate::netlock::socket_addr(raw)
+            .ok_or_else(|| io::Error::other("an address that is not IPv4 or IPv6"))
+    };
+    match tcp_connection(addr(local)?, addr(peer)?)? {
+        Some(d) if d.inode == inode => Ok(d.shutdown),
+        _ => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "not among the TCP sockets",
+        )),
+    }
 }
 
 /// What packet_diag tells of an AF_PACKET socket.
