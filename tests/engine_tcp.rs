@@ -512,3 +512,22 @@ fn connections_waiting_to_be_accepted_come_back_in_the_accept_queue() {
     assert_running_untraced(pid);
     w.kill();
 }
+
+/// A connection waiting in the accept queue whose client sent more than a
+/// new connection's first window takes (so that it could not go back
+/// whole) is refused by name, before any connection is taken; the server
+/// then serves it.
+#[test]
+fn a_waiting_connection_holding_too_much_is_refused() {
+    let dir = TestDir::new("tcp-queue-big");
+    let (mut w, port) = start_lazy_server(&dir, 1);
+    let line = format!("{}\n", "x".repeat(100 << 10));
+    let mut clients = lazy_clients(port, &[("127.0.0.1", &line, false)]);
+    std::thread::sleep(Duration::from_millis(100));
+    let err = dump_refused(w.pid, &dir.path("img"), &["--tcp-established"], &[]);
+    assert!(err.contains("more than crstream puts back"), "{err}");
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    clients[0].expect_line(&format!("echo:{line}"));
+    assert_running_untraced(w.pid);
+    w.kill();
+}

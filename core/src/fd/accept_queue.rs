@@ -5,7 +5,9 @@
 //! duplicated into crstream and closed in the process) to read it in
 //! repair mode like any connection (`tcp.rs`). Should the tree run on
 //! (`--leave-running`, or a failed dump), each goes back into its queue as
-//! restore puts it there; this is made sure to work before any is taken.
+//! restore puts it there; this is made sure to work before any is taken,
+//! and a connection holding more than a new one's first receive window
+//! takes is refused first ([`MOST_QUEUED`]).
 //!
 //! Restore puts each back in its listener's queue, so that the next
 //! accept() returns it. A socket cannot be handed to a listener; but since
@@ -39,6 +41,12 @@ const TCP_CLOSE_WAIT: u8 = 8;
 /// The experimental option's identifier (RFC 6994 ExID) and length: kind,
 /// length, ExID, then struct bpf_tcp_req_attrs (20 bytes).
 const EXID: u16 = INJECT_ID;
+
+/// The most bytes a waiting connection may hold to be saved: a new
+/// connection's first receive window takes 64 KiB, what a connection
+/// held beyond that would not go back (its window opened as its data
+/// came, which a new one's does not do the same).
+pub(crate) const MOST_QUEUED: u32 = 64 << 10;
 const OPTION_LEN: usize = 24;
 const ATTRS_LEN: i32 = 20;
 
@@ -105,21 +113,41 @@ impl AcceptQueues {
         ]);
         send_tcp_segment(peer, local, seq_ack(first), TCP_ACK, window, &option, &[])?;
         wait_for(local, peer, |_| true, "to be created")?;
-        let chunk = (c.mss as usize).clamp(536, 32 << 10);
-        let mut seq = first;
-        for piece in data.chunks(chunk) {
-            send_tcp_segment(
-                peer,
-                local,
-                seq_ack(seq),
-                TCP_ACK | TCP_PSH,
-                window,
-                &[],
-                piece,
-            )?;
-            seq = seq.wrapping_add(piece.len() as u32);
+        // What was received goes in as its window opens (a new connection's
+        // first window is smaller than what the old one may have held):
+        // what it does not take is sent again from where it stopped.
+        // Pieces whose buffers (with headers and the kernel's skb_shared_info,
+        // about 400 bytes) fill 16 KiB: a larger one would take twice its
+        // size of the receive buffer, which would then fill at half.
+        let chunk = (c.mss as usize).clamp(536, (16 << 10) - 512);
+        let mut held = 0usize;
+        let mut stalled = 0;
+        while held < data.len() {
+            for (i, piece) in data[held..].chunks(chunk).enumerate() {
+                let seq = first.wrapping_add((held + i * chunk) as u32);
+                send_tcp_segment(
+                    peer,
+                    local,
+                    seq_ack(seq),
+                    TCP_ACK | TCP_PSH,
+                    window,
+                    &[],
+                    piece,
+                )?;
+            }
+            let now = settled_rqueue(local, peer)? as usize;
+            stalled = if now > held { 0 } else { stalled + 1 };
+            if stalled > 20 {
+                return Err(io::Error::other(format!(
+                    "the connection {peer} -> {local} takes {now} of the {} bytes it had \
+                     received",
+                    data.len()
+                )));
+            }
+            held = now;
         }
         if fin == 1 {
+            let seq = first.wrapping_add(data.len() as u32);
             send_tcp(peer, local, seq, c.send_seq, TCP_FIN | TCP_ACK, window)?;
         }
         // sock_diag counts a FIN received as a byte not read yet.
@@ -265,6 +293,21 @@ impl AcceptQueues {
     }
 }
 
+/// The bytes the connection holds once they stop growing (the segments
+/// sent are delivered by softirq, not always before the send returns).
+fn settled_rqueue(local: SocketAddr, peer: SocketAddr) -> io::Result<u32> {
+    let mut last = None;
+    for _ in 0..50 {
+        let now = sock_diag::tcp_connection(local, peer)?.map(|d| d.rqueue);
+        if now.is_some() && now == last {
+            break;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    last.ok_or_else(|| io::Error::other(format!("the connection {peer} -> {local} is gone")))
+}
+
 /// Polls sock_diag (for up to a second: the segments are delivered by
 /// softirq, not always before the send returns) until the connection
 /// exists and `ok` says it is as wanted.
@@ -394,6 +437,37 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::OwnedFd;
+
+    /// A client that sent as much as a waiting connection may hold: every
+    /// byte comes back.
+    #[test]
+    fn a_connection_holding_the_most_it_may_goes_back_whole() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let sent: Vec<u8> = (0..MOST_QUEUED).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let waiting = sock_diag::unaccepted(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(waiting, vec![MOST_QUEUED]);
+        let (taken, peer) = listener.accept().unwrap();
+        let local = taken.local_addr().unwrap();
+        let taken = OwnedFd::from(taken);
+        let conn = super::super::tcp::read_in_repair(&taken).unwrap();
+        assert_eq!(conn.recv_queue, sent);
+        super::super::tcp::disconnect_silently(taken.as_fd()).unwrap();
+        drop(taken);
+        if let Err(e) = AcceptQueues::default().put(local, peer, &conn) {
+            panic!("putting back a connection with {MOST_QUEUED} bytes queued: {e}");
+        }
+        let (mut back, _) = listener.accept().unwrap();
+        let mut got = vec![0u8; sent.len()];
+        back.read_exact(&mut got).unwrap();
+        assert!(got == sent, "the bytes differ");
+    }
 
     /// A connection taken from a listener's queue, read in repair mode and
     /// closed silently, is put back: accept() returns it with the bytes its

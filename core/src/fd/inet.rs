@@ -222,6 +222,16 @@ fn take_accept_queue(
     let Some(inject) = d.inject else {
         return Err(d.refuse("connections in its accept queue, and no way to take them"));
     };
+    let most = crate::netlock::socket_addr(&sf.local_addr)
+        .and_then(|at| sock_diag::unaccepted(at).ok())
+        .and_then(|held| held.into_iter().max());
+    if let Some(held) = most.filter(|&n| n > super::accept_queue::MOST_QUEUED) {
+        return Err(d.refuse(format!(
+            "a connection waiting in its accept queue holds {held} bytes its client sent, more \
+             than crstream puts back ({} KiB; --skip-in-flight drops them)",
+            super::accept_queue::MOST_QUEUED >> 10
+        )));
+    }
     // An IPv6 listener takes IPv4 connections too (unless IPV6_V6ONLY).
     let versions: &[bool] = if sf.family == libc::AF_INET {
         &[true]

@@ -232,6 +232,44 @@ pub(super) fn tcp_connection(
     }
 }
 
+/// The bytes waiting to be read on each connection of our network
+/// namespace that no fd holds yet (inode 0, established or closed by its
+/// peer: in an accept queue) and whose local address is one listener
+/// `listener` answers on.
+pub(super) fn unaccepted(listener: std::net::SocketAddr) -> io::Result<Vec<u32>> {
+    const TCP_CLOSE_WAIT: u8 = 8;
+    let mut found = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let mut req = vec![0u8; 56];
+        req[0] = family as u8;
+        req[1] = libc::IPPROTO_TCP as u8;
+        let states = (1u32 << TCP_ESTABLISHED) | (1u32 << TCP_CLOSE_WAIT);
+        req[4..8].copy_from_slice(&states.to_ne_bytes());
+        request(&req, true, |p| {
+            if p.len() < 72 {
+                return false;
+            }
+            let at = |o: usize| u32::from_ne_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]]);
+            let port = u16::from_be_bytes([p[4], p[5]]);
+            let ip = match p[0] as i32 {
+                libc::AF_INET => std::net::IpAddr::from(<[u8; 4]>::try_from(&p[8..12]).unwrap()),
+                _ => {
+                    let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&p[8..24]).unwrap());
+                    v6.to_ipv4_mapped()
+                        .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
+                }
+            };
+            let answers =
+                port == listener.port() && (listener.ip().is_unspecified() || listener.ip() == ip);
+            if answers && at(68) == 0 {
+                found.push(at(56));
+            }
+            false
+        })?;
+    }
+    Ok(found)
+}
+
 /// The shutdown bits (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) of TCP socket
 /// `inode`, connected `local` -> `peer` (raw sockaddrs).
 pub(super) fn tcp_shutdown(local: &[u8], peer: &[u8], inode: u64) -> io::Result<u8> {
