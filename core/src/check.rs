@@ -147,6 +147,14 @@ pub fn check() -> Vec<FeatureCheck> {
     };
     out.push(feature("pidfd_getfd (lazy restore, later)", false, got));
     out.push(feature(
+        "accept queues (tcx, bpf_sk_assign_tcp_reqsk)",
+        false,
+        crate::fd::accept_queue::AcceptQueues::default()
+            .prepare(true)
+            .map(|()| "connections waiting in a listener's accept queue can be put back".into())
+            .map_err(|e| format!("{e} (they are refused)")),
+    ));
+    out.push(feature(
         "pid_max",
         false,
         std::fs::read_to_string("/proc/sys/kernel/pid_max")
