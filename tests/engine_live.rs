@@ -133,13 +133,7 @@ fn a_live_dump_keeps_advice_and_the_pages_of_wipe_on_fork_areas() {
         let counter = |r: &str| field(r, 0, 1);
         let r = w.wait_report(T, |r| counter(r) >= 1);
         assert!(r.contains(" OK"), "{layout}, before the dump: {r}");
-        let starts: Vec<String> = r
-            .lines()
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .map(String::from)
-            .collect();
+        let starts = advice_starts(&r);
         let flags = |pid: i32| -> Vec<String> { starts.iter().map(|s| vm_flags(pid, s)).collect() };
         let before = flags(w.pid);
         assert!(

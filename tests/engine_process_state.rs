@@ -326,13 +326,7 @@ fn madvise_flags_and_locked_areas_come_back() {
     let report = dir.path("report");
     let mut w = Workload::spawn("wl_advice", report.clone(), &[]);
     let r = w.wait_report(T, |r| field(r, 0, 1) >= 1);
-    let starts: Vec<String> = r
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    let starts = advice_starts(&r);
     let before: Vec<String> = starts.iter().map(|s| vm_flags(w.pid, s)).collect();
     for (i, want) in ["dc", "dd", "wf", "hg", "nh", "mg", "sr", "rr", "lo"]
         .iter()

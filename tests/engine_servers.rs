@@ -112,13 +112,9 @@ fn keeps_its_client_across_dump_and_restore(dir: &TestDir, port: u16, srv: Serve
     w.kill();
 }
 
-#[test]
-fn redis_keeps_its_client_connection_across_dump_and_restore() {
-    if !available("redis-server", &["--version"]) {
-        return;
-    }
-    let dir = TestDir::new("redis");
-    let port = free_port();
+/// A redis configuration in `dir`: on 127.0.0.1:`port`, in the
+/// foreground, nothing saved to disk.
+fn redis_conf(dir: &TestDir, port: u16) -> std::path::PathBuf {
     let conf = dir.path("redis.conf");
     std::fs::write(
         &conf,
@@ -129,6 +125,17 @@ fn redis_keeps_its_client_connection_across_dump_and_restore() {
         ),
     )
     .unwrap();
+    conf
+}
+
+#[test]
+fn redis_keeps_its_client_connection_across_dump_and_restore() {
+    if !available("redis-server", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("redis");
+    let port = free_port();
+    let conf = redis_conf(&dir, port);
     let set = |k: &str, v: &str| (format!("SET {k} {v}\r\n"), "+OK\r\n".to_string());
     let get = |k: &str, v: &str| (format!("GET {k}\r\n"), format!("{v}\r\n"));
     keeps_its_client_across_dump_and_restore(
@@ -156,16 +163,7 @@ fn redis_stopped_with_clients_in_its_accept_queue() {
     }
     let dir = TestDir::new("redis-queue");
     let port = free_port();
-    let conf = dir.path("redis.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {}\nlogfile {}\n",
-            dir.0.display(),
-            dir.path("redis.log").display()
-        ),
-    )
-    .unwrap();
+    let conf = redis_conf(&dir, port);
     let mut cmd = Command::new("redis-server");
     cmd.arg(&conf);
     let mut w = spawn_isolated(cmd, dir.path("report"));

@@ -416,6 +416,18 @@ impl Client {
     }
 }
 
+/// The first two clients of `lazy_clients` ("one", then "two" and shut
+/// down) get their answers, and the first talks on.
+fn served_one_and_two(clients: &mut [Client]) {
+    clients[0].expect_line("echo:one\n");
+    clients[0].out.write_all(b"again\n").unwrap();
+    clients[0].expect_line("echo:again\n");
+    clients[0].out.shutdown(std::net::Shutdown::Write).unwrap();
+    clients[0].expect_line("eof\n");
+    clients[1].expect_line("echo:two\n");
+    clients[1].expect_line("eof\n");
+}
+
 fn start_lazy_server(dir: &TestDir, n: usize) -> (Workload, u16) {
     let script = dir.path("server.py");
     std::fs::write(&script, LAZY_SERVER).unwrap();
@@ -465,13 +477,7 @@ fn connections_waiting_to_be_accepted_come_back_in_the_accept_queue() {
     assert!(v["net_lock"].is_null(), "{v}");
     assert_running_untraced(w.pid);
     std::fs::write(dir.path("report.go"), b"").unwrap();
-    clients[0].expect_line("echo:one\n");
-    clients[0].out.write_all(b"again\n").unwrap();
-    clients[0].expect_line("echo:again\n");
-    clients[0].out.shutdown(std::net::Shutdown::Write).unwrap();
-    clients[0].expect_line("eof\n");
-    clients[1].expect_line("echo:two\n");
-    clients[1].expect_line("eof\n");
+    served_one_and_two(&mut clients);
     w.kill();
 
     // Dumped and restored.
@@ -501,13 +507,7 @@ fn connections_waiting_to_be_accepted_come_back_in_the_accept_queue() {
     let pid = restore_with(&img, &[]);
     w.restored(pid);
     std::fs::write(dir.path("report.go"), b"").unwrap();
-    clients[0].expect_line("echo:one\n");
-    clients[0].out.write_all(b"again\n").unwrap();
-    clients[0].expect_line("echo:again\n");
-    clients[0].out.shutdown(std::net::Shutdown::Write).unwrap();
-    clients[0].expect_line("eof\n");
-    clients[1].expect_line("echo:two\n");
-    clients[1].expect_line("eof\n");
+    served_one_and_two(&mut clients);
     clients[2].expect_line("echo:three\n");
     assert_running_untraced(pid);
     w.kill();

@@ -31,6 +31,21 @@ fn cap(status: &crate::proc::Status, bit: u32, name: &str) -> Result<String, Str
 }
 
 pub fn check() -> Vec<FeatureCheck> {
+    let mut out = required_and_cheap();
+    // Loads and attaches an eBPF program: not for every dump.
+    out.push(feature(
+        "accept queues (tcx, bpf_sk_assign_tcp_reqsk)",
+        false,
+        crate::fd::accept_queue::AcceptQueues::default()
+            .prepare(true)
+            .map(|()| "connections waiting in a listener's accept queue can be put back".into())
+            .map_err(|e| format!("{e} (they are refused)")),
+    ));
+    out
+}
+
+/// The checks every dump makes first (`dump::refuse_unrestorable_here`).
+pub(crate) fn required_and_cheap() -> Vec<FeatureCheck> {
     let me = std::process::id() as i32;
     let status = crate::proc::status(me).unwrap_or_default();
     let mut out = Vec::new();
@@ -146,14 +161,6 @@ pub fn check() -> Vec<FeatureCheck> {
         Err(e) => Err(e.to_string()),
     };
     out.push(feature("pidfd_getfd (lazy restore, later)", false, got));
-    out.push(feature(
-        "accept queues (tcx, bpf_sk_assign_tcp_reqsk)",
-        false,
-        crate::fd::accept_queue::AcceptQueues::default()
-            .prepare(true)
-            .map(|()| "connections waiting in a listener's accept queue can be put back".into())
-            .map_err(|e| format!("{e} (they are refused)")),
-    ));
     out.push(feature(
         "pid_max",
         false,

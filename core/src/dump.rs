@@ -216,7 +216,7 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
 /// (the process would be killed for nothing): dump needs what restore
 /// needs here.
 fn refuse_unrestorable_here(pid: i32) -> Result<(), DumpError> {
-    let missing: Vec<String> = crate::check::check()
+    let missing: Vec<String> = crate::check::required_and_cheap()
         .into_iter()
         .filter(|c| c.required && !c.ok)
         .map(|c| format!("{}: {}", c.name, c.detail))

@@ -799,6 +799,17 @@ pub fn put_back_report_tmp(report: &std::path::Path) {
     }
 }
 
+/// The start addresses (hex) of wl_advice's areas, from its report.
+pub fn advice_starts(report: &str) -> Vec<String> {
+    report
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 /// The VmFlags line of the area of `pid` that starts at `start` (hex).
 pub fn vm_flags(pid: i32, start: &str) -> String {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();

@@ -80,6 +80,46 @@ struct PageRegion {
     categories: u64,
 }
 
+/// One PAGEMAP_SCAN of [start, end) for pages present or swapped and in
+/// none of the categories `excluded`, into `regions`, stopping after
+/// `max_pages` pages (0: no limit): the regions filled, and where the walk
+/// ended.
+fn scan_call(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    excluded: u64,
+    regions: &mut [PageRegion],
+    max_pages: u64,
+) -> io::Result<(usize, u64)> {
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        start,
+        end,
+        vec: regions.as_mut_ptr() as u64,
+        vec_len: regions.len() as u64,
+        max_pages,
+        category_inverted: excluded,
+        category_mask: excluded,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ..Default::default()
+    };
+    // SAFETY: arg and the regions outlive the call; the kernel writes at
+    // most vec_len regions and arg.walk_end.
+    let n = unsafe {
+        libc::ioctl(
+            pagemap.as_raw_fd(),
+            PAGEMAP_SCAN,
+            &mut arg as *mut PmScanArg,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((n as usize, arg.walk_end))
+}
+
 /// Runs (start, bytes) of the pages of [start, end) in the process of
 /// `pagemap` (its /proc/PID/pagemap) that are present or swapped and in
 /// none of the categories `excluded`, with the PAGEMAP_SCAN ioctl. Err
@@ -94,35 +134,12 @@ pub(crate) fn pagemap_scan(
     let mut found: Vec<(u64, u64)> = Vec::new();
     let mut at = start;
     while at < end {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
-            start: at,
-            end,
-            vec: regions.as_mut_ptr() as u64,
-            vec_len: regions.len() as u64,
-            category_inverted: excluded,
-            category_mask: excluded,
-            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            ..Default::default()
-        };
-        // SAFETY: arg and the region vector outlive the call; the kernel
-        // writes at most vec_len regions and arg.walk_end.
-        let n = unsafe {
-            libc::ioctl(
-                pagemap.as_raw_fd(),
-                PAGEMAP_SCAN,
-                &mut arg as *mut PmScanArg,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        found.extend(regions[..n as usize].iter().map(|r| (r.start, r.end)));
-        if arg.walk_end <= at {
+        let (n, walk_end) = scan_call(pagemap, at, end, excluded, &mut regions, 0)?;
+        found.extend(regions[..n].iter().map(|r| (r.start, r.end)));
+        if walk_end <= at {
             break;
         }
-        at = arg.walk_end;
+        at = walk_end;
     }
     // Where it skips pages, kernel 6.18 may report regions beyond the
     // walk_end it returns, and the next call reports them again: the runs
@@ -149,32 +166,8 @@ pub(crate) fn pagemap_has_page(
     end: u64,
     excluded: u64,
 ) -> io::Result<bool> {
-    let mut region = PageRegion::default();
-    let mut arg = PmScanArg {
-        size: std::mem::size_of::<PmScanArg>() as u64,
-        start,
-        end,
-        vec: &mut region as *mut PageRegion as u64,
-        vec_len: 1,
-        max_pages: 1,
-        category_inverted: excluded,
-        category_mask: excluded,
-        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-        ..Default::default()
-    };
-    // SAFETY: arg and the one region outlive the call; the kernel writes at
-    // most one region and arg.walk_end.
-    let n = unsafe {
-        libc::ioctl(
-            pagemap.as_raw_fd(),
-            PAGEMAP_SCAN,
-            &mut arg as *mut PmScanArg,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut region = [PageRegion::default()];
+    let (n, _) = scan_call(pagemap, start, end, excluded, &mut region, 1)?;
     Ok(n > 0)
 }
 

@@ -321,6 +321,24 @@ pub(crate) fn send_raw_packet(family: i32, packet: &[u8], to: &[u8]) -> io::Resu
     Ok(())
 }
 
+/// The fds of control message `c` if it is SCM_RIGHTS, owned from now on.
+///
+/// # Safety
+/// `c` is a control message the kernel filled in a message just received,
+/// whose fds nothing else owns.
+unsafe fn take_rights(c: *const libc::cmsghdr, into: &mut Vec<OwnedFd>) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+            let data = libc::CMSG_DATA(c).cast::<i32>();
+            let cnt = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
+            for i in 0..cnt {
+                into.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+            }
+        }
+    }
+}
+
 /// Takes every message waiting on `fd` without blocking and returns the
 /// file descriptors they carried (SCM_RIGHTS), in order.
 pub(crate) fn receive_fds(fd: impl AsFd) -> io::Result<Vec<OwnedFd>> {
@@ -357,18 +375,11 @@ pub(crate) fn receive_fds(fd: impl AsFd) -> io::Result<Vec<OwnedFd>> {
         if n == 0 && mh.msg_controllen == 0 {
             return Ok(fds); // the other end is closed
         }
-        // SAFETY: walking the control buffer the kernel filled; each
-        // SCM_RIGHTS entry holds fds it installed in our table.
+        // SAFETY: walking the control buffer the kernel filled.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&mh);
             while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c).cast::<i32>();
-                    let cnt = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                    for i in 0..cnt {
-                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                    }
-                }
+                take_rights(c, &mut fds);
                 c = libc::CMSG_NXTHDR(&mh, c);
             }
         }
@@ -513,14 +524,7 @@ pub(crate) fn peek(
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&mh);
         while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<i32>();
-                let cnt = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                for i in 0..cnt {
-                    anc.fds
-                        .push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
+            take_rights(c, &mut anc.fds);
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
                 let u = libc::CMSG_DATA(c).cast::<libc::ucred>().read_unaligned();
                 anc.creds = Some((u.pid, u.uid, u.gid));
