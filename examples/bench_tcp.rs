@@ -84,6 +84,9 @@ fn main() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
+            // Should anything below fail: the tree (or its restored copy,
+            // with the same PIDs) does not outlive the benchmark.
+            let _tree = common::KillTreeOnDrop(child.id() as i32);
             wait_for(WAIT, || {
                 report(&rep).is_some_and(|(c, ok, _, _)| c >= 3 && ok)
             });

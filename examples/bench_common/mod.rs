@@ -160,6 +160,33 @@ pub fn kill_all(pids: &[i32], max: Duration) {
     wait_for(max, || pids.iter().all(|&p| gone(p)));
 }
 
+/// Kills a process this benchmark started, and every descendant of it, by
+/// PID when dropped: a benchmark that panics half way leaves nothing
+/// running.
+pub struct KillTreeOnDrop(pub i32);
+
+impl Drop for KillTreeOnDrop {
+    fn drop(&mut self) {
+        let mut pids = vec![self.0];
+        let mut i = 0;
+        while i < pids.len() {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", pids[i]));
+            for t in tasks.into_iter().flatten().flatten() {
+                let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                pids.extend(
+                    kids.split_whitespace()
+                        .filter_map(|k| k.parse::<i32>().ok()),
+                );
+            }
+            i += 1;
+        }
+        for &p in &pids {
+            // SAFETY: ending processes this benchmark started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+}
+
 /// The median of `v` (sorted in place).
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
