@@ -1,9 +1,9 @@
 //! IPv4 and IPv6 sockets: TCP listeners (with their backlog, found with
-//! sock_diag), established and closing TCP connections (with
-//! --tcp-established or --tcp-close, see `tcp.rs`), UDP sockets with their
-//! peer and queued datagrams (`udp.rs`), raw, ICMP echo and UDP-Lite
-//! sockets, each with its options. A listener with connections waiting in
-//! its accept queue is refused by name.
+//! sock_diag, and with --tcp-established the connections waiting in their
+//! accept queue, see `accept_queue.rs`), established and closing TCP
+//! connections (with --tcp-established or --tcp-close, see `tcp.rs`), UDP
+//! and UDP-Lite sockets with their peer and queued datagrams (`udp.rs`),
+//! raw and ICMP echo sockets, each with its options.
 
 use super::socket::{
     Created, PeekError, apply_options, finish, fmt_sockaddr, has_queued, is_socket_of,
@@ -46,15 +46,11 @@ impl FdKind for InetSockets {
         };
         let tcp = match (sf.r#type, sf.protocol) {
             (libc::SOCK_STREAM, libc::IPPROTO_TCP) => true,
-            (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => false,
-            // UDP-Lite, ICMP echo ("ping") and raw sockets: made again with
-            // their options, name and peer; what waits in their queue
-            // cannot be put back and is refused.
-            (
-                libc::SOCK_DGRAM,
-                libc::IPPROTO_UDPLITE | libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6,
-            )
-            | (libc::SOCK_RAW, _) => {
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE) => false,
+            // ICMP echo ("ping") and raw sockets: made again with their
+            // options, name and peer; what waits in their queue cannot be
+            // put back and is refused.
+            (libc::SOCK_DGRAM, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) | (libc::SOCK_RAW, _) => {
                 if has_queued(&dup) {
                     return Err(d.refuse(format!(
                         "{family} {} socket of protocol {} with data queued",
@@ -140,8 +136,9 @@ impl FdKind for InetSockets {
             }
         } else {
             // Corked data waits in the send queue, which nothing reads.
-            let corked = socket::getsockopt_int(&dup, libc::IPPROTO_UDP, libc::UDP_CORK)
-                .is_ok_and(|c| c != 0);
+            // (UDP-Lite shares UDP's options.)
+            let corked =
+                socket::getsockopt_int(&dup, sf.protocol, libc::UDP_CORK).is_ok_and(|c| c != 0);
             if corked && socket::ioctl_int(&dup, libc::TIOCOUTQ).is_ok_and(|n| n > 0) {
                 return Err(d.refuse("UDP socket with corked data not sent yet"));
             }
@@ -280,7 +277,7 @@ fn create(
     if s.r#type == libc::SOCK_DGRAM || s.r#type == libc::SOCK_RAW {
         // Before connecting: a connected socket takes datagrams from its
         // peer only, and some may have come from elsewhere before.
-        super::udp::refill(&sock, &s.queued, &s.queued_from)
+        super::udp::refill(&sock, s.protocol, &s.queued, &s.queued_from)
             .map_err(|e| ferr("putting the queued datagrams back", e))?;
         if !s.peer_addr.is_empty() {
             socket::connect(&sock, &s.peer_addr)
@@ -553,6 +550,49 @@ mod tests {
     #[test]
     fn udp_queue_and_peer_v6() {
         udp_queue_round_trip("[::1]:0", ["[::1]:0", "[::1]:0"]);
+    }
+
+    /// Datagrams waiting on a UDP-Lite socket (which takes only those
+    /// whose checksum covers at least 20 bytes) come back in order, each
+    /// from where it came.
+    #[test]
+    fn udplite_queue_round_trip() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // datagrams are put back through a raw socket
+        }
+        let lite = || -> Option<UdpSocket> {
+            let s = socket::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE).ok()?;
+            socket::bind(&s, &sockaddr_in([127, 0, 0, 1], 0)).ok()?;
+            Some(UdpSocket::from(s))
+        };
+        let (Some(u), Some(a)) = (lite(), lite()) else {
+            eprintln!("skipping the UDP-Lite test: no UDP-Lite here");
+            return;
+        };
+        const UDPLITE_RECV_CSCOV: i32 = 11;
+        socket::setsockopt_int(&u, libc::IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV, 20).unwrap();
+        let to = u.local_addr().unwrap();
+        a.send_to(b"light", to).unwrap();
+        a.send_to(&[9u8; 3000], to).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let f = dump_own(u.as_raw_fd()).unwrap();
+        assert_eq!(f.socket.as_ref().unwrap().queued.len(), 2);
+        drop(u);
+        let n = UdpSocket::from(created(&mut InetSockets::default(), &f));
+        n.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let (len, from) = n.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..len], from),
+            (&b"light"[..], a.local_addr().unwrap())
+        );
+        let (len, from) = n.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..len], from),
+            (&[9u8; 3000][..], a.local_addr().unwrap())
+        );
     }
 
     /// Raw, ICMP echo and UDP-Lite sockets come back with their name,

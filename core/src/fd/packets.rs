@@ -104,8 +104,14 @@ fn send(src: IpAddr, dst: IpAddr, protocol: u8, mut l4: Vec<u8>, csum_at: usize)
     send_raw_packet(family, &packet, &to)
 }
 
-/// A UDP datagram carrying `data` from `src` to `dst`.
-pub(super) fn send_udp(src: SocketAddr, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
+/// A UDP datagram carrying `data` from `src` to `dst`; with `lite`, a
+/// UDP-Lite one (RFC 3828) whose checksum covers all of it.
+pub(super) fn send_udp(
+    src: SocketAddr,
+    dst: SocketAddr,
+    data: &[u8],
+    lite: bool,
+) -> io::Result<()> {
     let udp_len = 8 + data.len();
     // IPv4's total length counts its 20-byte header; IPv6's payload
     // length does not count its own.
@@ -116,10 +122,17 @@ pub(super) fn send_udp(src: SocketAddr, dst: SocketAddr, data: &[u8]) -> io::Res
     let mut udp = Vec::with_capacity(udp_len);
     udp.extend_from_slice(&src.port().to_be_bytes());
     udp.extend_from_slice(&dst.port().to_be_bytes());
-    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    // UDP-Lite's length field is the checksum's coverage: 0, all.
+    let length = if lite { 0 } else { udp_len as u16 };
+    udp.extend_from_slice(&length.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(data);
-    send(src.ip(), dst.ip(), libc::IPPROTO_UDP as u8, udp, 6)
+    let protocol = if lite {
+        libc::IPPROTO_UDPLITE
+    } else {
+        libc::IPPROTO_UDP
+    };
+    send(src.ip(), dst.ip(), protocol as u8, udp, 6)
 }
 
 pub(super) const TCP_FIN: u8 = 0x01;

@@ -55,7 +55,12 @@ fn walk(s: &OwnedFd) -> Result<Vec<Datagram>, PeekError> {
 }
 
 /// Puts the saved datagrams back in the queue of `s`, the restored socket.
-pub(super) fn refill(s: &OwnedFd, queued: &[Vec<u8>], from: &[Vec<u8>]) -> io::Result<()> {
+pub(super) fn refill(
+    s: &OwnedFd,
+    protocol: i32,
+    queued: &[Vec<u8>],
+    from: &[Vec<u8>],
+) -> io::Result<()> {
     if queued.is_empty() {
         return Ok(());
     }
@@ -87,7 +92,8 @@ pub(super) fn refill(s: &OwnedFd, queued: &[Vec<u8>], from: &[Vec<u8>]) -> io::R
         {
             src.set_ip(IpAddr::V4(v4));
         }
-        super::packets::send_udp(src, to, data)?;
+        let lite = protocol == libc::IPPROTO_UDPLITE;
+        super::packets::send_udp(src, to, data, lite)?;
     }
     Ok(())
 }
