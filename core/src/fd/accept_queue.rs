@@ -16,7 +16,7 @@
 //! SYN cookies), from which the kernel creates the connection as it would
 //! from a SYN cookie: its sequence numbers are the ACK's, its options
 //! (MSS, window scaling, SACK, timestamps and the timestamp clock) are the
-//! request's. crstream attaches such a program (eight lines of eBPF,
+//! request's. crstream attaches such a program (some 60 eBPF instructions,
 //! assembled here) to the loopback device's ingress for as long as it
 //! needs it (a tcx link: it goes with crstream), then sends the listener,
 //! through a raw socket, the ACK the peer would have sent: it carries the
