@@ -204,12 +204,14 @@ impl Memory {
         if self.flags_pending.contains(&pid) {
             let proc_err = |err| DumpError::Proc { pid, err };
             let forked = match snapshot {
-                Some(child) => Some(crate::proc::maps(child).map_err(proc_err)?),
+                Some(child) => Some((child, crate::proc::maps(child).map_err(proc_err)?)),
                 None => None,
             };
-            match forked.filter(|f| has_every_area(f, areas)) {
-                Some(_) => mark_wiped_on_fork(pid, snapshot.expect("a snapshot"), areas)?,
-                None => {
+            match forked {
+                Some((child, maps)) if has_every_area(&maps, areas) => {
+                    mark_wiped_on_fork(pid, child, areas)?
+                }
+                _ => {
                     let smaps = crate::proc::smaps(pid).map_err(proc_err)?;
                     apply_vm_flags(pid, areas, &smaps, false)?;
                     self.flags_pending.remove(&pid);
@@ -579,6 +581,15 @@ fn runs_within(whole: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// /proc/`of`/pagemap, for the dump of `pid` (`of`: it, or its snapshot).
+fn open_pagemap(pid: i32, of: i32) -> Result<File, DumpError> {
+    let path = format!("/proc/{of}/pagemap");
+    File::open(&path).map_err(|err| DumpError::Proc {
+        pid,
+        err: crate::error::ProcError::Io { path, err },
+    })
+}
+
 /// Finds the pages to save in the areas of `pid` that `pick` selects, in
 /// the page tables of `read_from` (itself, or its snapshot); `whole` is
 /// [`scan_whole`] of `read_from`.
@@ -589,14 +600,7 @@ fn scan(
     whole: Option<&Vec<(u64, u64)>>,
     pick: impl Fn(&DumpArea) -> bool,
 ) -> Result<(), DumpError> {
-    let path = format!("/proc/{read_from}/pagemap");
-    let pagemap = File::open(&path).map_err(|err| DumpError::Proc {
-        pid,
-        err: crate::error::ProcError::Io {
-            path: path.clone(),
-            err,
-        },
-    })?;
+    let pagemap = open_pagemap(pid, read_from)?;
     let mut use_ioctl = true;
     let mut zero: Option<Vec<(u64, u64)>> = None;
     for a in areas.iter_mut().filter(|a| a.save != Save::None && pick(a)) {

@@ -9,7 +9,7 @@
 //! missing). MADV_WIPEONFORK, whose pages must be read while frozen, shows
 //! as pages the process has and its snapshot lacks.
 
-use super::{DumpArea, Save};
+use super::{DumpArea, Save, open_pagemap};
 use crate::error::DumpError;
 use crate::paths::show;
 use crate::proc::MapEntry;
@@ -74,13 +74,15 @@ pub(super) fn is_device_mapping(m: &MapEntry) -> bool {
 
 pub(super) const DEVICE_MAPPING: &str = "device (VM_IO/VM_PFNMAP) mappings cannot be restored";
 
+/// The entry of `maps` (sorted) that is area `a`: same start, same end.
+fn same_area<'m>(maps: &'m [MapEntry], a: &DumpArea) -> Option<&'m MapEntry> {
+    let i = maps.binary_search_by_key(&a.area.start, |m| m.start).ok()?;
+    Some(&maps[i]).filter(|m| m.end == a.area.end)
+}
+
 /// Whether `forked` (the maps of a snapshot) has each of `areas`.
 pub(super) fn has_every_area(forked: &[MapEntry], areas: &[DumpArea]) -> bool {
-    areas.iter().all(|a| {
-        forked
-            .binary_search_by_key(&a.area.start, |m| m.start)
-            .is_ok_and(|i| forked[i].end == a.area.end)
-    })
+    areas.iter().all(|a| same_area(forked, a).is_some())
 }
 
 /// Marks MADV_WIPEONFORK on the private anonymous areas of `pid` that
@@ -93,14 +95,7 @@ pub(super) fn mark_wiped_on_fork(
     child: i32,
     areas: &mut [DumpArea],
 ) -> Result<(), DumpError> {
-    let open = |of: i32| {
-        let path = format!("/proc/{of}/pagemap");
-        File::open(&path).map_err(|err| DumpError::Proc {
-            pid,
-            err: crate::error::ProcError::Io { path, err },
-        })
-    };
-    let (ours, forked) = (open(pid)?, open(child)?);
+    let (ours, forked) = (open_pagemap(pid, pid)?, open_pagemap(pid, child)?);
     for a in areas
         .iter_mut()
         .filter(|a| a.save == Save::Private && a.area.flags & libc::MAP_ANONYMOUS as u32 != 0)
@@ -134,12 +129,7 @@ pub(super) fn apply_vm_flags(
 ) -> Result<(), DumpError> {
     for a in areas.iter_mut() {
         let (start, end) = (a.area.start, a.area.end);
-        let Some(m) = smaps
-            .binary_search_by_key(&start, |m| m.start)
-            .ok()
-            .map(|i| &smaps[i])
-            .filter(|m| m.end == end)
-        else {
+        let Some(m) = same_area(smaps, a) else {
             return Err(DumpError::Unsupported {
                 pid,
                 what: "live dump",
