@@ -56,6 +56,8 @@ const ATTRS_LEN: i32 = 20;
 pub(crate) struct AcceptQueues {
     /// (program, link) for IPv4 and for IPv6.
     attached: [Option<(OwnedFd, OwnedFd)>; 2],
+    /// The kfunc's BTF id, read once (vmlinux BTF is megabytes).
+    kfunc: Option<u32>,
 }
 
 impl AcceptQueues {
@@ -161,12 +163,21 @@ impl AcceptQueues {
     }
 
     fn attach(&mut self, ipv4: bool) -> io::Result<()> {
-        let slot = &mut self.attached[!ipv4 as usize];
-        if slot.is_some() {
+        if self.attached[!ipv4 as usize].is_some() {
             return Ok(());
         }
-        let kfunc = bpf::kernel_function_id("bpf_sk_assign_tcp_reqsk")
-            .map_err(|e| io::Error::new(e.kind(), format!("{e}: kernel 6.9 or later is needed")))?;
+        let kfunc = match self.kfunc {
+            Some(id) => id,
+            None => {
+                *self
+                    .kfunc
+                    .insert(
+                        bpf::kernel_function_id("bpf_sk_assign_tcp_reqsk").map_err(|e| {
+                            io::Error::new(e.kind(), format!("{e}: kernel 6.9 or later is needed"))
+                        })?,
+                    )
+            }
+        };
         let prog = bpf::load_classifier(&program(ipv4, kfunc), c"Dual MIT/GPL")?;
         let lo = rustix::net::netdevice::name_to_index(
             &rustix::net::socket(
@@ -177,7 +188,7 @@ impl AcceptQueues {
             "lo",
         )?;
         let link = bpf::attach_ingress(&prog, lo)?;
-        *slot = Some((prog, link));
+        self.attached[!ipv4 as usize] = Some((prog, link));
         Ok(())
     }
 }
@@ -253,7 +264,7 @@ pub(crate) fn take(
             // What was taken goes back at once.
             let mut queues = AcceptQueues::default();
             for t in taken {
-                if let Err(back) = queues.put_taken(t) {
+                if let Err(back) = queues.put_taken(t, None) {
                     tracing::error!(pid, fd, "a connection of the accept queue is lost: {back}");
                 }
             }
@@ -263,11 +274,14 @@ pub(crate) fn take(
 }
 
 impl AcceptQueues {
-    /// Puts a connection dump took (not read yet, or changed since) back in
-    /// its listener's queue: read in repair mode, closed silently, made
-    /// again.
-    pub(crate) fn put_taken(&mut self, t: Taken) -> io::Result<()> {
-        let conn = super::tcp::read_in_repair(&t.sock)?;
+    /// Puts a connection dump took back in its listener's queue: read in
+    /// repair mode (unless `read` already holds it, read under the network
+    /// lock, so unchanged since), ended silently, made again.
+    pub(crate) fn put_taken(&mut self, t: Taken, read: Option<TcpConnection>) -> io::Result<()> {
+        let conn = match read {
+            Some(conn) => conn,
+            None => super::tcp::read_in_repair(&t.sock)?,
+        };
         super::tcp::disconnect_silently(t.sock.as_fd())?;
         drop(t.sock);
         self.put_raw(&t.local, &t.peer, &conn)

@@ -41,7 +41,7 @@ use crate::sys::socket::{
 use crstream_proto::{FileTable, SocketFile, TcpConnection};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// What dump does with an established TCP connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -305,9 +305,7 @@ impl TcpHold {
             name
         })
     }
-}
 
-impl TcpHold {
     /// The tree runs on: the connections taken from accept queues go back
     /// (while the network is locked: between the silent close of crstream's
     /// socket and the new one, the peer's packets would get a reset).
@@ -340,15 +338,7 @@ impl TcpHold {
         };
         for (t, read) in std::mem::take(&mut self.taken) {
             let (local, peer) = (fmt_sockaddr(&t.local), fmt_sockaddr(&t.peer));
-            let back = match read {
-                // Read under the lock: nothing changed since.
-                Some(conn) => disconnect_silently(t.sock.as_fd()).and_then(|()| {
-                    drop(t.sock);
-                    self.queues.put_raw(&t.local, &t.peer, &conn)
-                }),
-                None => self.queues.put_taken(t),
-            };
-            match back {
+            match self.queues.put_taken(t, read) {
                 Ok(()) => tracing::debug!(%local, %peer, "connection put back in its accept queue"),
                 Err(e) => tracing::error!(
                     "the connection {peer} -> {local} taken from an accept queue is lost: {e}"
@@ -390,7 +380,7 @@ pub fn recover_from_dead_dump(worker: i32, root: i32, handoff: Option<&OwnedFd>)
             crate::sys::socket::name(&sock, true),
         );
         let back = match names {
-            (Ok(local), Ok(peer)) => queues.put_taken(Taken { sock, local, peer }),
+            (Ok(local), Ok(peer)) => queues.put_taken(Taken { sock, local, peer }, None),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         if let Err(e) = back {
