@@ -89,13 +89,8 @@ fn keeps_its_client_across_dump_and_restore(dir: &TestDir, port: u16, srv: Serve
     ask_get(&mut client, "before", "written-before-the-dump");
 
     let img = dir.path("img");
-    let mut tree = vec![w.pid];
-    tree.extend(children_of(w.pid));
-    let _lock = NetLockGuard::of(&dump(w.pid, &img, &["--tcp-established", "--json"]));
-    w.reap_dumped();
-    for &pid in &tree {
-        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
-    }
+    let dumped = dump_tree_with(&mut w, img.to_str().unwrap(), &["--tcp-established"], &[]);
+    let _lock = NetLockGuard::of(&dumped);
     restore_with(&img, &[], &mut w);
     // The same connection: no reset, nothing lost.
     ask_get(&mut client, "before", "written-before-the-dump");
@@ -179,13 +174,8 @@ fn redis_stopped_with_clients_in_its_accept_queue() {
     std::thread::sleep(Duration::from_millis(100));
 
     let img = dir.path("img");
-    let mut tree = vec![w.pid];
-    tree.extend(children_of(w.pid));
-    let _lock = NetLockGuard::of(&dump(w.pid, &img, &["--tcp-established", "--json"]));
-    w.reap_dumped();
-    for &pid in &tree {
-        assert!(wait_gone(pid, T), "pid {pid} survived the dump");
-    }
+    let dumped = dump_tree_with(&mut w, img.to_str().unwrap(), &["--tcp-established"], &[]);
+    let _lock = NetLockGuard::of(&dumped);
     restore_with(&img, &[], &mut w);
     assert!(
         wait_until(T, || state(w.pid).starts_with('T')),

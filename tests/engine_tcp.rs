@@ -164,14 +164,7 @@ fn a_failed_or_live_dump_leaves_tcp_connections_working() {
     client.ping(1);
     let img = dir.path("img");
 
-    // Fails after the connections were locked and put in repair mode.
-    let err = dump_refused(
-        w.pid,
-        &img,
-        &["--tcp-established"],
-        &[("CRSTREAM_TEST_FAIL_AT", "memory")],
-    );
-    assert!(err.contains("memory"), "{err}");
+    fail_dump_once_connections_are_read(w.pid, &img);
     client.ping(2);
     let r = moves_on(&w, got(&w.read_report().unwrap()), "OK");
     assert_running_untraced(w.pid);
@@ -204,6 +197,18 @@ fn a_dump_worker_killed_while_connections_are_locked_harms_nothing() {
     moves_on(&w, got(&w.read_report().unwrap()), "OK");
     assert_running_untraced(w.pid);
     w.kill();
+}
+
+/// A dump of `pid` with --tcp-established that fails after the
+/// connections were locked and read in repair mode (writing the memory).
+fn fail_dump_once_connections_are_read(pid: i32, img: &Path) {
+    let err = dump_refused(
+        pid,
+        img,
+        &["--tcp-established"],
+        &[("CRSTREAM_TEST_FAIL_AT", "memory")],
+    );
+    assert!(err.contains("memory"), "{err}");
 }
 
 /// Starts a dump of `pid` with --tcp-established, kills its worker with
@@ -461,13 +466,7 @@ fn connections_waiting_to_be_accepted_come_back_in_the_accept_queue() {
     std::thread::sleep(Duration::from_millis(100));
     let img = dir.path("img");
     kill_dump_worker_once_locked(&dir, w.pid);
-    let err = dump_refused(
-        w.pid,
-        &img,
-        &["--tcp-established"],
-        &[("CRSTREAM_TEST_FAIL_AT", "memory")],
-    );
-    assert!(err.contains("memory"), "{err}");
+    fail_dump_once_connections_are_read(w.pid, &img);
     let o = dump(
         w.pid,
         &img,

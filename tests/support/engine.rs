@@ -703,23 +703,37 @@ pub fn restore_tree(src: &str, env: &[(&str, &str)], w: &mut Workload) -> TreeGu
 
 /// Dumps the tree of `w` to `dest`, waits until every dumped PID is free.
 pub fn dump_tree(w: &mut Workload, dest: &str, env: &[(&str, &str)]) -> Vec<i32> {
-    let o = run(
-        &["dump", "-t", &w.pid.to_string(), "-o", dest, "--json"],
-        env,
-    );
+    pids_of(&dump_tree_with(w, dest, &[], env))
+}
+
+/// [`dump_tree`] with `extra` arguments; the dump's output (`--json`).
+pub fn dump_tree_with(
+    w: &mut Workload,
+    dest: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let pid = w.pid.to_string();
+    let mut args = vec!["dump", "-t", &pid, "-o", dest, "--json"];
+    args.extend_from_slice(extra);
+    let o = run(&args, env);
     assert!(o.status.success(), "dump failed: {}", text(&o));
     w.reap_dumped();
+    for pid in pids_of(&o) {
+        assert!(wait_gone(pid, TREE_TIMEOUT), "pid {pid} survived the dump");
+    }
+    o
+}
+
+/// The PIDs a `dump --json` output says it dumped.
+fn pids_of(o: &Output) -> Vec<i32> {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    let pids: Vec<i32> = v["pids"]
+    v["pids"]
         .as_array()
         .expect("pids")
         .iter()
         .map(|p| p.as_i64().unwrap() as i32)
-        .collect();
-    for &pid in &pids {
-        assert!(wait_gone(pid, TREE_TIMEOUT), "pid {pid} survived the dump");
-    }
-    pids
+        .collect()
 }
 
 /// The `nft` program (root's PATH may lack /usr/sbin).
