@@ -169,13 +169,7 @@ fn a_failed_or_live_dump_leaves_tcp_connections_working() {
     let r = moves_on(&w, got(&w.read_report().unwrap()), "OK");
     assert_running_untraced(w.pid);
 
-    let o = dump(
-        w.pid,
-        &img,
-        &["--tcp-established", "--leave-running", "--json"],
-    );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["net_lock"].is_null(), "{v}");
+    live_dump_leaving_no_lock(w.pid, &img);
     client.ping(3);
     moves_on(&w, got(&r), "OK");
     assert_running_untraced(w.pid);
@@ -197,6 +191,18 @@ fn a_dump_worker_killed_while_connections_are_locked_harms_nothing() {
     moves_on(&w, got(&w.read_report().unwrap()), "OK");
     assert_running_untraced(w.pid);
     w.kill();
+}
+
+/// A dump of `pid` with --tcp-established and --leave-running, which
+/// names no network lock: none is left.
+fn live_dump_leaving_no_lock(pid: i32, img: &Path) {
+    let o = dump(
+        pid,
+        img,
+        &["--tcp-established", "--leave-running", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["net_lock"].is_null(), "{v}");
 }
 
 /// A dump of `pid` with --tcp-established that fails after the
@@ -467,13 +473,7 @@ fn connections_waiting_to_be_accepted_come_back_in_the_accept_queue() {
     let img = dir.path("img");
     kill_dump_worker_once_locked(&dir, w.pid);
     fail_dump_once_connections_are_read(w.pid, &img);
-    let o = dump(
-        w.pid,
-        &img,
-        &["--tcp-established", "--leave-running", "--json"],
-    );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["net_lock"].is_null(), "{v}");
+    live_dump_leaving_no_lock(w.pid, &img);
     assert_running_untraced(w.pid);
     std::fs::write(dir.path("report.go"), b"").unwrap();
     served_one_and_two(&mut clients);
