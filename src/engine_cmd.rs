@@ -9,7 +9,7 @@ use crate::progress::human_bytes;
 use anyhow::{Context, Result, bail};
 use crstream_backends::{open_sink, open_source};
 use crstream_streamer::{
-    BlockingItems, PageBatch, RandomReader, RangeRead, SequentialReader, StreamWriter,
+    BlockingItems, Mapping, PageBatch, RandomReader, RangeRead, SequentialReader, StreamWriter,
     WriterOptions,
 };
 use std::io::IsTerminal;
@@ -536,9 +536,13 @@ pub fn restore(args: RestoreArgs) -> Result<u8> {
         let source = open_source(&args.input)
             .await
             .with_context(|| format!("opening {}", args.input))?;
-        SequentialReader::open(source.into_async_read(ropts))
-            .await
-            .with_context(|| format!("reading {}", args.input))
+        // A local file is read through a mapping: each page is then copied
+        // once, from the page cache into the process.
+        match source.local_file().and_then(Mapping::of) {
+            Some(map) => SequentialReader::open_mapped(map).await,
+            None => SequentialReader::open(source.into_async_read(ropts)).await,
+        }
+        .with_context(|| format!("reading {}", args.input))
     })?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let items = {

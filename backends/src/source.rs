@@ -137,6 +137,14 @@ impl Source {
         }
     }
 
+    /// The open file, when the source is a local regular file.
+    pub fn local_file(&self) -> Option<&std::fs::File> {
+        match &self.kind {
+            Kind::LocalFile(_, file) => Some(file),
+            _ => None,
+        }
+    }
+
     /// A handle for ranged reads; `None` for stdin.
     pub fn ranged(&self) -> Option<ObjectReader> {
         match &self.kind {

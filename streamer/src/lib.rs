@@ -9,6 +9,7 @@ pub mod error;
 pub mod format;
 pub mod image;
 pub mod inspect;
+pub mod mapped;
 pub mod pages;
 mod pool;
 pub mod random;
@@ -19,6 +20,7 @@ pub mod writer;
 
 pub use error::{Result, StreamError};
 pub use image::{Frame, ImageSink, ImageSource, Item, ItemDecoder};
+pub use mapped::Mapping;
 pub use pages::{PAGE_SIZE, PageBatch, PageRun};
 pub use random::{RandomReader, RangeRead};
 pub use reader::{BlockingItems, SequentialReader};

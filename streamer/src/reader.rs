@@ -9,11 +9,13 @@ use crate::format::{
     parse_header_fixed, parse_header_rest,
 };
 use crate::image::{Frame, Item, ItemDecoder};
+use crate::mapped::Mapping;
 use crate::pool::BufferPool;
 use bytes::Bytes;
 use crstream_proto::StreamOptions;
 use futures::{Stream, StreamExt};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Reads exactly `buf.len()` bytes; a short read is a typed truncation.
@@ -104,15 +106,23 @@ impl StoredFrame {
     }
 }
 
-/// Reads stored frames one after the other, and the trailer after the index.
-struct FrameSource<R> {
-    r: R,
-    offset: u64,
-    done: bool,
-    pool: BufferPool,
+/// Where stored frames come from: any reader, or a mapped local file.
+enum Input {
+    Read {
+        r: Box<dyn AsyncRead + Send + Unpin>,
+        pool: BufferPool,
+    },
+    Mapped(Arc<Mapping>),
 }
 
-impl<R: AsyncRead + Unpin> FrameSource<R> {
+/// Reads stored frames one after the other, and the trailer after the index.
+struct FrameSource {
+    input: Input,
+    offset: u64,
+    done: bool,
+}
+
+impl FrameSource {
     /// Payloads at least this long are read into pooled buffers.
     const POOLED_FROM: usize = 64 << 10;
 
@@ -121,23 +131,41 @@ impl<R: AsyncRead + Unpin> FrameSource<R> {
             return Ok(None);
         }
         let offset = self.offset;
-        let mut hb = [0u8; FRAME_HEADER_LEN];
-        read_exact_or_truncated(&mut self.r, &mut hb, offset, "frame header").await?;
-        let header = FrameHeader::decode(&hb, offset)?;
-        let len = header.stored_len as usize;
-        // Large payloads (page frames) are read into reused buffers.
-        let pooled = len >= Self::POOLED_FROM;
-        let mut stored = match pooled {
-            true => self.pool.take(len),
-            false => vec![0u8; len],
+        let (header, stored) = match &mut self.input {
+            Input::Read { r, pool } => {
+                let mut hb = [0u8; FRAME_HEADER_LEN];
+                read_exact_or_truncated(r, &mut hb, offset, "frame header").await?;
+                let header = FrameHeader::decode(&hb, offset)?;
+                let len = header.stored_len as usize;
+                // Large payloads (page frames) are read into reused buffers.
+                let pooled = len >= Self::POOLED_FROM;
+                let mut stored = match pooled {
+                    true => pool.take(len),
+                    false => vec![0u8; len],
+                };
+                read_exact_or_truncated(
+                    r,
+                    &mut stored,
+                    offset + FRAME_HEADER_LEN as u64,
+                    "frame payload",
+                )
+                .await?;
+                let stored = match pooled {
+                    true => pool.share(stored, 0..len),
+                    false => Bytes::from(stored),
+                };
+                (header, stored)
+            }
+            Input::Mapped(map) => {
+                let at = mapped_range(map, offset, FRAME_HEADER_LEN as u64, "frame header")?;
+                let hb: &[u8; FRAME_HEADER_LEN] =
+                    map.bytes()[at].try_into().expect("header length");
+                let header = FrameHeader::decode(hb, offset)?;
+                let payload = offset + FRAME_HEADER_LEN as u64;
+                let at = mapped_range(map, payload, header.stored_len as u64, "frame payload")?;
+                (header, map.view(at))
+            }
         };
-        read_exact_or_truncated(
-            &mut self.r,
-            &mut stored,
-            offset + FRAME_HEADER_LEN as u64,
-            "frame payload",
-        )
-        .await?;
         self.offset += header.frame_len();
         if header.kind == FrameKind::Index {
             self.done = true;
@@ -146,16 +174,21 @@ impl<R: AsyncRead + Unpin> FrameSource<R> {
         Ok(Some(StoredFrame {
             offset,
             header,
-            stored: match pooled {
-                true => self.pool.share(stored, 0..len),
-                false => Bytes::from(stored),
-            },
+            stored,
         }))
     }
 
     async fn check_trailer(&mut self, index_offset: u64, index_len: u64) -> Result<()> {
         let mut tb = [0u8; TRAILER_LEN];
-        read_exact_or_truncated(&mut self.r, &mut tb, self.offset, "trailer").await?;
+        match &mut self.input {
+            Input::Read { r, .. } => {
+                read_exact_or_truncated(r, &mut tb, self.offset, "trailer").await?
+            }
+            Input::Mapped(map) => {
+                let at = mapped_range(map, self.offset, TRAILER_LEN as u64, "trailer")?;
+                tb.copy_from_slice(&map.bytes()[at]);
+            }
+        }
         let trailer = Trailer::decode(&tb)?;
         if trailer.index_offset != index_offset || trailer.index_len != index_len {
             return Err(StreamError::BadTrailer {
@@ -166,41 +199,86 @@ impl<R: AsyncRead + Unpin> FrameSource<R> {
             });
         }
         self.offset += TRAILER_LEN as u64;
-        let mut probe = [0u8; 1];
-        match self.r.read(&mut probe).await {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(StreamError::TrailingData {
+        let more = match &mut self.input {
+            Input::Read { r, .. } => {
+                let mut probe = [0u8; 1];
+                r.read(&mut probe).await.map_err(|err| StreamError::Io {
+                    offset: self.offset,
+                    err,
+                })? > 0
+            }
+            Input::Mapped(map) => (map.len() as u64) > self.offset,
+        };
+        match more {
+            true => Err(StreamError::TrailingData {
                 offset: self.offset,
             }),
-            Err(err) => Err(StreamError::Io {
-                offset: self.offset,
-                err,
-            }),
+            false => Ok(()),
         }
     }
 }
 
-/// Sequential reader over any `AsyncRead`.
-pub struct SequentialReader<R> {
-    options: StreamOptions,
-    header_len: u64,
-    source: FrameSource<R>,
+/// Where `len` bytes at `offset` are in a mapped file; past its end, the
+/// same truncation a reader meets.
+fn mapped_range(
+    map: &Mapping,
+    offset: u64,
+    len: u64,
+    what: &'static str,
+) -> Result<std::ops::Range<usize>> {
+    let size = map.len() as u64;
+    if offset.saturating_add(len) > size {
+        return Err(StreamError::Truncated {
+            what,
+            offset,
+            expected: len,
+            got: size.saturating_sub(offset),
+        });
+    }
+    Ok(offset as usize..(offset + len) as usize)
 }
 
-impl<R: AsyncRead + Unpin + Send + 'static> SequentialReader<R> {
+/// Sequential reader over any `AsyncRead`, or a mapped local file.
+pub struct SequentialReader {
+    options: StreamOptions,
+    header_len: u64,
+    source: FrameSource,
+}
+
+impl SequentialReader {
     /// Reads and checks the header.
-    pub async fn open(mut r: R) -> Result<Self> {
+    pub async fn open<R: AsyncRead + Unpin + Send + 'static>(mut r: R) -> Result<Self> {
         let (options, header_len) = read_header(&mut r).await?;
-        Ok(Self {
+        Ok(Self::at_first_frame(
+            options,
+            header_len,
+            Input::Read {
+                r: Box::new(r),
+                pool: BufferPool::default(),
+            },
+        ))
+    }
+
+    /// Reads a mapped file: page frames are views of its page cache.
+    pub async fn open_mapped(map: Arc<Mapping>) -> Result<Self> {
+        let (options, header_len) = read_header(&mut map.bytes()).await?;
+        Ok(Self::at_first_frame(
+            options,
+            header_len,
+            Input::Mapped(map),
+        ))
+    }
+
+    fn at_first_frame(options: StreamOptions, header_len: u64, input: Input) -> Self {
+        Self {
             options,
             header_len,
             source: FrameSource {
-                r,
+                input,
                 offset: header_len,
                 done: false,
-                pool: BufferPool::default(),
             },
-        })
+        }
     }
 
     pub fn options(&self) -> &StreamOptions {

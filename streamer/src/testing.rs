@@ -260,6 +260,22 @@ pub async fn read_all_sequential(bytes: Vec<u8>) -> Result<usize> {
     count_items(reader.items(2)).await
 }
 
+/// Reads a whole stream as a mapped file, as a restore reads a local
+/// image; `None` when there is nothing to map (an empty stream).
+pub async fn read_all_mapped(bytes: Vec<u8>) -> Option<Result<usize>> {
+    use std::io::Write;
+    let fd = rustix::fs::memfd_create("crstream-image", rustix::fs::MemfdFlags::CLOEXEC)
+        .expect("memfd for a mapped image");
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&bytes).expect("memfd for a mapped image");
+    let map = crate::Mapping::of(&file)?;
+    let reader = match SequentialReader::open_mapped(map).await {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(count_items(reader.items(2)).await)
+}
+
 /// Opens a stream by random access and reads every item; the number of
 /// items, or the first error.
 pub async fn read_all_random(bytes: Vec<u8>) -> Result<usize> {
