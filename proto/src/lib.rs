@@ -20,8 +20,13 @@ pub const FORMAT_VERSION: u16 = 1;
 /// (`SocketFile.passed`); 7 = terminals outside the tree
 /// (`OpenFile.external_tty`) and typed lines ended by VEOF
 /// (`PtyFile.input_eof`); 8 = connections in a listener's accept queue
-/// (`SocketFile.accept_queue`). Readers read every version up to theirs.
-pub const RECORDS_VERSION: u32 = 8;
+/// (`SocketFile.accept_queue`); 9 = the ids a unix socket holds for its
+/// peer, where they are not root's (`SocketFile.peer_ids`). Readers read
+/// every version up to theirs.
+pub const RECORDS_VERSION: u32 = 9;
+
+/// The version written for an image with nothing of version 9 in it.
+pub const RECORDS_VERSION_WITHOUT_PEER_IDS: u32 = 8;
 
 /// The version written for an image with nothing of version 8 in it.
 pub const RECORDS_VERSION_WITHOUT_ACCEPT_QUEUES: u32 = 7;

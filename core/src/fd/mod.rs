@@ -541,6 +541,17 @@ pub(crate) fn has_accept_queues(procs: &[ProcessDump]) -> bool {
         })
 }
 
+/// Whether a unix socket of the tree held other ids than root's for its
+/// peer (records version 9: older readers would make root its peer).
+pub(crate) fn has_peer_ids(procs: &[ProcessDump]) -> bool {
+    procs
+        .iter()
+        .filter_map(|p| p.records.get::<FileTable>())
+        .flat_map(|t| &t.files)
+        .filter_map(|f| f.socket.as_ref()?.peer_ids.as_ref())
+        .any(|ids| ids.uid != 0 || ids.gid != 0)
+}
+
 pub(crate) fn needs_records_7(procs: &[ProcessDump]) -> bool {
     procs
         .iter()

@@ -17,8 +17,9 @@ use super::socket::{
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpTree, RestoreObjects};
+use crate::sys::ids::{self, Ids};
 use crate::sys::socket;
-use crstream_proto::{OpenFile, SocketFile};
+use crstream_proto::{OpenFile, PeerIds, SocketFile};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -55,6 +56,10 @@ pub(super) struct UnixSockets {
     /// Restore: the listeners of the image by name (seen by `check`), so
     /// that a connection accepted from one comes back through it.
     listeners: std::cell::RefCell<HashMap<Vec<u8>, SocketFile>>,
+    /// Restore: the ids each socket of the image held for its peer, by
+    /// inode (seen by `check`), and crstream's own.
+    peer_ids: std::cell::RefCell<HashMap<u64, Ids>>,
+    own_ids: std::cell::OnceCell<Option<Ids>>,
 }
 
 /// A saved queue to send again through `sender` (to `to`, unconnected).
@@ -109,6 +114,13 @@ impl FdKind for UnixSockets {
         ) {
             return Err(d.refuse(format!("unix socket of type {ty}")));
         }
+        sf.peer_ids = socket::peer_ids(&dup)
+            .map_err(|e| d.error("reading the ids it holds for its peer", e))?
+            .map(|ids| PeerIds {
+                uid: ids.uid,
+                gid: ids.gid,
+                groups: ids.groups,
+            });
         let diag = sock_diag::unix(sf.inode);
         if sf.listening {
             let what = format!("unix listener {}", fmt_sockaddr(&sf.local_addr));
@@ -215,6 +227,16 @@ impl FdKind for UnixSockets {
             self.listeners
                 .borrow_mut()
                 .insert(s.local_addr.clone(), s.clone());
+        }
+        if let Some(ids) = &s.peer_ids {
+            self.peer_ids.borrow_mut().insert(
+                s.inode,
+                Ids {
+                    uid: ids.uid,
+                    gid: ids.gid,
+                    groups: ids.groups.clone(),
+                },
+            );
         }
         for m in &s.passed {
             if m.message as usize >= s.queued.len() || m.files.is_empty() || m.files.len() > 253 {
@@ -354,7 +376,9 @@ impl UnixSockets {
         }
         let (a, b) = match self.through_listener(pid, s, orphan, ferr)? {
             Some(pair) => pair,
-            None => socket::socketpair(s.r#type).map_err(|e| ferr("socketpair", e))?,
+            None => self
+                .as_peer_of(s.inode, || socket::socketpair(s.r#type))
+                .map_err(|e| ferr("socketpair", e))?,
         };
         apply_options(&a, &s.options).map_err(|e| ferr("socket options", e))?;
         self.fill(pid, s, super::dup(&b).map_err(|e| ferr("dup", e))?, None);
@@ -373,6 +397,26 @@ impl UnixSockets {
         }
         self.created.keep(s.inode, a);
         self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
+    }
+
+    /// The ids socket `inode` held for its peer, where they are not
+    /// crstream's own (`None`: crstream's do).
+    fn ids_of(&self, inode: u64) -> Option<Ids> {
+        let ids = self.peer_ids.borrow().get(&inode).cloned()?;
+        let own = self.own_ids.get_or_init(|| Ids::current().ok());
+        (own.as_ref() != Some(&ids)).then_some(ids)
+    }
+
+    /// Runs `call` (a socketpair, listen or connect) acting as the ids
+    /// socket `inode` held for its peer, so that the kernel records them
+    /// for it again (SO_PEERCRED, SO_PEERGROUPS). Its PID stays
+    /// crstream's.
+    fn as_peer_of<T: Send>(
+        &self,
+        inode: u64,
+        call: impl FnOnce() -> io::Result<T> + Send,
+    ) -> io::Result<T> {
+        as_ids(self.ids_of(inode).as_ref(), call)
     }
 
     /// A connection accepted from a listener of the image, made again
@@ -418,8 +462,24 @@ impl UnixSockets {
             .get(listener.inode)
             .ok_or_else(|| ferr("registry", io::Error::other("listener missing")))?;
         let client = client_socket(s.r#type, client_name, ferr)?;
-        socket::connect(&client, name)
+        let (accepted_inode, client_inode) = match accepted_end {
+            true => (s.inode, s.peer_inode),
+            false => (s.peer_inode, s.inode),
+        };
+        // The client gets the ids the listener holds at its connect: those
+        // of the listen() before, which may have been called again since
+        // with other ids.
+        let relisten = self.ids_of(client_inode) != self.ids_of(listener.inode);
+        if relisten {
+            self.as_peer_of(client_inode, || socket::listen(l, backlog(&listener)))
+                .map_err(|e| ferr("listen as the client's peer", e))?;
+        }
+        self.as_peer_of(accepted_inode, || socket::connect(&client, name))
             .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(name)), e))?;
+        if relisten {
+            self.as_peer_of(listener.inode, || socket::listen(l, backlog(&listener)))
+                .map_err(|e| ferr("listen", e))?;
+        }
         let client_inode = rustix::fs::fstat(&client)
             .map_err(|e| ferr("fstat", e.into()))?
             .st_ino;
@@ -461,13 +521,22 @@ impl UnixSockets {
             (false, true) => (&s.peer_addr, &s.local_addr),
         };
         let client = client_socket(s.r#type, client_name, ferr)?;
-        let accepted =
-            connect_through_temporary_listener(&client, s.r#type, name).map_err(|e| {
-                ferr(
-                    &format!("a listener at {} for the moment", fmt_sockaddr(name)),
-                    e,
-                )
-            })?;
+        let (accepted_inode, client_inode) = match accepted_end {
+            true => (s.inode, s.peer_inode),
+            false => (s.peer_inode, s.inode),
+        };
+        let accepted = connect_through_temporary_listener(
+            &client,
+            s.r#type,
+            name,
+            [self.ids_of(client_inode), self.ids_of(accepted_inode)],
+        )
+        .map_err(|e| {
+            ferr(
+                &format!("a listener at {} for the moment", fmt_sockaddr(name)),
+                e,
+            )
+        })?;
         Ok(Some(if accepted_end {
             (accepted, client)
         } else {
@@ -531,7 +600,8 @@ impl UnixSockets {
             bind_again(&sock, &s.local_addr, ferr)?;
         }
         if s.listening {
-            socket::listen(&sock, backlog(s)).map_err(|e| ferr("listen", e))?;
+            self.as_peer_of(s.inode, || socket::listen(&sock, backlog(s)))
+                .map_err(|e| ferr("listen", e))?;
         } else if bound && !s.queued.is_empty() {
             // Datagrams queued on a bound, unconnected socket: send them
             // again to its name (their senders' addresses are lost).
@@ -584,6 +654,17 @@ fn client_socket(
     Ok(client)
 }
 
+/// Runs `call` acting as `ids` (see [`ids::run_as`]), or as crstream.
+fn as_ids<T: Send>(
+    ids: Option<&Ids>,
+    call: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    match ids {
+        Some(ids) => ids::run_as(ids, call),
+        None => call(),
+    }
+}
+
 /// Connects `client` to a listener of type `ty` made at `name` for the
 /// moment and returns the accepted end, whose name is `name`. A path is
 /// bound by a thread with a root of its own (chroot into a scratch
@@ -593,12 +674,13 @@ fn connect_through_temporary_listener(
     client: &OwnedFd,
     ty: i32,
     name: &[u8],
+    [listener_ids, client_ids]: [Option<Ids>; 2],
 ) -> io::Result<OwnedFd> {
     let connect = |client: &OwnedFd| -> io::Result<OwnedFd> {
         let l = socket::socket(libc::AF_UNIX, ty, 0)?;
         socket::bind(&l, name)?;
-        socket::listen(&l, 1)?;
-        socket::connect(client, name)?;
+        as_ids(listener_ids.as_ref(), || socket::listen(&l, 1))?;
+        as_ids(client_ids.as_ref(), || socket::connect(client, name))?;
         Ok(rustix::net::accept_with(
             &l,
             rustix::net::SocketFlags::CLOEXEC,
@@ -867,6 +949,102 @@ mod tests {
         dump_with(&mut kind, a.as_raw_fd()).unwrap();
         let e = kind.check_peers().unwrap_err().to_string();
         assert!(e.contains("outside the dumped process tree"), "{e}");
+    }
+
+    /// A raw sockaddr_un naming `path`.
+    fn sockaddr(path: &std::path::Path) -> Vec<u8> {
+        let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        a.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        a.push(0);
+        a
+    }
+
+    /// Each restored socket holds for its peer the ids the saved one held,
+    /// however its connection comes back: a socketpair, a listener (called
+    /// listen() again with other ids since its client connected), its
+    /// connection, and a connection whose listener is gone.
+    #[test]
+    fn the_ids_sockets_hold_for_their_peers_come_back() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let as_ids = |uid: u32, groups: &[u32]| Ids {
+            uid,
+            gid: uid + 1,
+            groups: groups.to_vec(),
+        };
+        let (pair, first, again, client, gone, client2) = (
+            as_ids(1001, &[7]),
+            as_ids(1003, &[]),
+            as_ids(1005, &[8, 9]),
+            as_ids(1007, &[10]),
+            as_ids(1009, &[]),
+            as_ids(1011, &[12]),
+        );
+        let (a, b) = ids::run_as(&pair, || socket::socketpair(libc::SOCK_STREAM)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (name, name2) = (
+            sockaddr(&dir.path().join("l")),
+            sockaddr(&dir.path().join("gone")),
+        );
+        let stream = || socket::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0).unwrap();
+        let connect_as = |ids: &Ids, name: &[u8]| {
+            let c = stream();
+            ids::run_as(ids, || socket::connect(&c, name)).unwrap();
+            c
+        };
+        let accept = |l: &OwnedFd| rustix::net::accept(l).unwrap();
+        let l = stream();
+        socket::bind(&l, &name).unwrap();
+        ids::run_as(&first, || socket::listen(&l, 4)).unwrap();
+        let c = connect_as(&client, &name);
+        let ac = accept(&l);
+        ids::run_as(&again, || socket::listen(&l, 4)).unwrap();
+        let l2 = stream();
+        socket::bind(&l2, &name2).unwrap();
+        ids::run_as(&gone, || socket::listen(&l2, 4)).unwrap();
+        let c2 = connect_as(&client2, &name2);
+        let ac2 = accept(&l2);
+        drop(l2);
+        // What each holds for its peer.
+        let cases = [
+            (a, &pair),
+            (b, &pair),
+            (l, &again),
+            (c, &first),
+            (ac, &client),
+            (c2, &gone),
+            (ac2, &client2),
+        ];
+        let mut kind = UnixSockets::default();
+        let files: Vec<OpenFile> = cases
+            .iter()
+            .map(|(fd, ids)| {
+                assert_eq!(socket::peer_ids(fd).unwrap().as_ref(), Some(*ids));
+                dump_with(&mut kind, fd.as_raw_fd()).unwrap()
+            })
+            .collect();
+        kind.check_peers().unwrap();
+        let (originals, expected): (Vec<OwnedFd>, Vec<&Ids>) = cases.into_iter().unzip();
+        drop(originals);
+        let mut kind = UnixSockets::default();
+        for f in &files {
+            kind.check(0, f).unwrap();
+        }
+        let restored: Vec<OwnedFd> = files.iter().map(|f| created(&mut kind, f)).collect();
+        for (ids, (fd, f)) in expected.iter().zip(restored.iter().zip(&files)) {
+            assert_eq!(
+                socket::peer_ids(fd).unwrap().as_ref(),
+                Some(*ids),
+                "fd {}",
+                f.fd
+            );
+        }
+        // The listener's next client gets the ids of its last listen().
+        let next = stream();
+        socket::connect(&next, &name).unwrap();
+        assert_eq!(socket::peer_ids(&next).unwrap(), Some(again));
+        assert_eq!(Ids::current().unwrap().uid, 0);
     }
 
     #[test]

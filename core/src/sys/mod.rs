@@ -10,6 +10,7 @@ pub(crate) mod bpf;
 pub(crate) mod cpu;
 pub(crate) mod fanotify;
 pub(crate) mod fds;
+pub(crate) mod ids;
 pub(crate) mod kcmp;
 pub(crate) mod mem;
 pub(crate) mod pidfd;

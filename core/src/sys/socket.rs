@@ -53,6 +53,57 @@ pub(crate) fn setsockopt_int(fd: impl AsFd, level: i32, name: i32, v: i32) -> io
     setsockopt(fd, level, name, &v.to_ne_bytes())
 }
 
+/// The effective ids a unix socket holds for its peer (SO_PEERCRED,
+/// SO_PEERGROUPS); `None` if it holds none (never connected nor
+/// listening).
+pub(crate) fn peer_ids(fd: impl AsFd) -> io::Result<Option<super::ids::Ids>> {
+    let fd = fd.as_fd();
+    // struct ucred: pid, uid, gid.
+    let mut b = [0u8; 12];
+    getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut b)?;
+    let word = |i: usize| u32::from_ne_bytes(b[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    let (pid, uid, gid) = (word(0), word(1), word(2));
+    if pid == 0 && uid == u32::MAX {
+        return Ok(None);
+    }
+    Ok(Some(super::ids::Ids {
+        uid,
+        gid,
+        groups: peer_groups(fd)?,
+    }))
+}
+
+/// SO_PEERGROUPS: the supplementary groups a unix socket holds for its peer.
+pub(crate) fn peer_groups(fd: impl AsFd) -> io::Result<Vec<u32>> {
+    let mut buf = vec![0u8; 64 * 4];
+    loop {
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: buf is valid for len bytes.
+        let r = unsafe {
+            libc::getsockopt(
+                raw(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        match super::cvt(r) {
+            // Too small: len is what it needs.
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && len as usize > buf.len() => {
+                buf.resize(len as usize, 0)
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {
+                return Ok(buf[..len as usize]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_ne_bytes(c.try_into().expect("4 bytes")))
+                    .collect());
+            }
+        }
+    }
+}
+
 /// The raw sockaddr of the socket's own name (`peer` false) or of its
 /// peer; empty when it has none (ENOTCONN).
 pub(crate) fn name(fd: impl AsFd, peer: bool) -> io::Result<Vec<u8>> {
