@@ -548,6 +548,59 @@ fn a_unix_connection_keeps_its_names_when_its_listener_is_gone() {
     );
 }
 
+/// The ids a unix socket holds for its peer (SO_PEERCRED's uid and gid,
+/// SO_PEERGROUPS) come back: a child that dropped to uid 1000 connected to
+/// its parent's listener and made a socketpair. The parent sees the
+/// child's ids on the connection it accepted, the child sees its parent's
+/// (root's) on its end, and its own on the socketpair. Restored without
+/// them, every one of these would be crstream's, root's.
+#[test]
+fn unix_sockets_keep_the_ids_of_their_peers() {
+    let dir = TestDir::new("unix-peer-ids");
+    let script = "import os, sys, socket, struct, time\n\
+         report = sys.argv[1]\n\
+         U, SO_PEERGROUPS = socket.AF_UNIX, 59\n\
+         def ids(s):\n\
+         \x20   _, u, g = struct.unpack('3i', s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))\n\
+         \x20   b = s.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 256)\n\
+         \x20   return [u, g, sorted(struct.unpack('%di' % (len(b) // 4), b))]\n\
+         name = b'\\0crstream-peer-ids-%d' % os.getpid()\n\
+         l = socket.socket(U, socket.SOCK_STREAM); l.bind(name); l.listen(4)\n\
+         if os.fork() == 0:\n\
+         \x20   os.setgroups([1000, 5]); os.setgid(1000); os.setuid(1000)\n\
+         \x20   c = socket.socket(U, socket.SOCK_STREAM); c.connect(name)\n\
+         \x20   a, b = socket.socketpair()\n\
+         \x20   while c.recv(1):\n\
+         \x20       c.sendall(repr([ids(c), ids(a), ids(b)]).encode())\n\
+         \x20   os._exit(0)\n\
+         s, _ = l.accept()\n\
+         mine = [0, 0, sorted(os.getgroups())]\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         s.sendall(b'?'); child = eval(s.recv(4096))\n\
+         open(report, 'w').write('%d %d %s %s %s\\n' % (os.getpid(), n, ids(s), child[0] == mine, child[1:]))\n\
+         time.sleep(600)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let img = dir.path("img");
+    dump_tree(&mut w, img.to_str().unwrap(), &[]);
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| r.contains('['));
+    assert!(
+        r.contains(
+            "[1000, 1000, [5, 1000]] True [[1000, 1000, [5, 1000]], [1000, 1000, [5, 1000]]]"
+        ),
+        "{r}\n{}",
+        w.log()
+    );
+    w.kill();
+}
+
 /// Runs python3 `script` (arguments: the report, and `dir`'s `name`)
 /// across a dump and restore (`python_across_restore`) and asserts that
 /// its final report holds `expected`.
