@@ -548,12 +548,12 @@ fn a_unix_connection_keeps_its_names_when_its_listener_is_gone() {
     );
 }
 
-/// The ids a unix socket holds for its peer (SO_PEERCRED's uid and gid,
+/// The PID and ids a unix socket holds for its peer (SO_PEERCRED,
 /// SO_PEERGROUPS) come back: a child that dropped to uid 1000 connected to
 /// its parent's listener and made a socketpair. The parent sees the
-/// child's ids on the connection it accepted, the child sees its parent's
+/// child's on the connection it accepted, the child sees its parent's
 /// (root's) on its end, and its own on the socketpair. Restored without
-/// them, every one of these would be crstream's, root's.
+/// them, every one of these would be crstream's: its PID, root's ids.
 #[test]
 fn unix_sockets_keep_the_ids_of_their_peers() {
     let dir = TestDir::new("unix-peer-ids");
@@ -561,12 +561,13 @@ fn unix_sockets_keep_the_ids_of_their_peers() {
          report = sys.argv[1]\n\
          U, SO_PEERGROUPS = socket.AF_UNIX, 59\n\
          def ids(s):\n\
-         \x20   _, u, g = struct.unpack('3i', s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))\n\
+         \x20   p, u, g = struct.unpack('3i', s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))\n\
          \x20   b = s.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 256)\n\
-         \x20   return [u, g, sorted(struct.unpack('%di' % (len(b) // 4), b))]\n\
+         \x20   return [p, u, g, sorted(struct.unpack('%di' % (len(b) // 4), b))]\n\
          name = b'\\0crstream-peer-ids-%d' % os.getpid()\n\
          l = socket.socket(U, socket.SOCK_STREAM); l.bind(name); l.listen(4)\n\
-         if os.fork() == 0:\n\
+         kid = os.fork()\n\
+         if kid == 0:\n\
          \x20   os.setgroups([1000, 5]); os.setgid(1000); os.setuid(1000)\n\
          \x20   c = socket.socket(U, socket.SOCK_STREAM); c.connect(name)\n\
          \x20   a, b = socket.socketpair()\n\
@@ -574,12 +575,14 @@ fn unix_sockets_keep_the_ids_of_their_peers() {
          \x20       c.sendall(repr([ids(c), ids(a), ids(b)]).encode())\n\
          \x20   os._exit(0)\n\
          s, _ = l.accept()\n\
-         mine = [0, 0, sorted(os.getgroups())]\n\
+         mine = [os.getpid(), 0, 0, sorted(os.getgroups())]\n\
          n = 0\n\
          while not os.path.exists(report + '.go'):\n\
          \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
          s.sendall(b'?'); child = eval(s.recv(4096))\n\
-         open(report, 'w').write('%d %d %s %s %s\\n' % (os.getpid(), n, ids(s), child[0] == mine, child[1:]))\n\
+         pids = [ids(s)[0] == kid] + [c[0] == kid for c in child[1:]]\n\
+         views = [ids(s)[1:], child[0] == mine, [c[1:] for c in child[1:]], pids]\n\
+         open(report, 'w').write('%d %d %s %s %s %s\\n' % (os.getpid(), n, *views))\n\
          time.sleep(600)\n";
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script]).arg(dir.path("report"));
@@ -593,7 +596,8 @@ fn unix_sockets_keep_the_ids_of_their_peers() {
     let r = w.wait_report(T, |r| r.contains('['));
     assert!(
         r.contains(
-            "[1000, 1000, [5, 1000]] True [[1000, 1000, [5, 1000]], [1000, 1000, [5, 1000]]]"
+            "[1000, 1000, [5, 1000]] True [[1000, 1000, [5, 1000]], [1000, 1000, [5, 1000]]] \
+             [True, True, True]"
         ),
         "{r}\n{}",
         w.log()

@@ -203,6 +203,9 @@ pub(crate) struct RestoreObjects<'a> {
     /// affinity, where the restorer pinned itself (and so every task it
     /// created) to one CPU for the rebuild.
     pub unpinned_cpus: Option<&'a nix::sched::CpuSet>,
+    /// The stubs of the tree's live processes, once they all exist (the
+    /// phases), for calls that must be made by one of them.
+    pub stubs: &'a [&'a Stub],
 }
 
 /// One process being restored, as kinds rebuild it.

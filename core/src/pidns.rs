@@ -446,6 +446,9 @@ impl TreeNamespace {
                         })?;
                     }
                     if let Some(s) = f.socket.as_mut() {
+                        if let Some(peer) = s.peer_ids.as_mut() {
+                            peer.pid = inner(peer.pid);
+                        }
                         for c in &mut s.queued_creds {
                             c.pid = inner(c.pid);
                         }

@@ -20,8 +20,9 @@ pub const FORMAT_VERSION: u16 = 1;
 /// (`SocketFile.passed`); 7 = terminals outside the tree
 /// (`OpenFile.external_tty`) and typed lines ended by VEOF
 /// (`PtyFile.input_eof`); 8 = connections in a listener's accept queue
-/// (`SocketFile.accept_queue`); 9 = the ids a unix socket holds for its
-/// peer, where they are not root's (`SocketFile.peer_ids`). Readers read
+/// (`SocketFile.accept_queue`); 9 = the PID and ids a unix socket holds
+/// for its peer, where the peer is in the tree or its ids are not root's
+/// (`SocketFile.peer_ids`). Readers read
 /// every version up to theirs.
 pub const RECORDS_VERSION: u32 = 9;
 

@@ -27,6 +27,7 @@ pub(crate) mod owner;
 mod packet;
 mod packets;
 mod passed;
+mod peer_ids;
 pub(crate) mod pidfd;
 mod pipe;
 pub(crate) mod pty;
@@ -541,15 +542,16 @@ pub(crate) fn has_accept_queues(procs: &[ProcessDump]) -> bool {
         })
 }
 
-/// Whether a unix socket of the tree held other ids than root's for its
-/// peer (records version 9: older readers would make root its peer).
+/// Whether a unix socket of the tree holds a peer in the tree, or other
+/// ids than root's (records version 9: older readers would make crstream
+/// its peer).
 pub(crate) fn has_peer_ids(procs: &[ProcessDump]) -> bool {
     procs
         .iter()
         .filter_map(|p| p.records.get::<FileTable>())
         .flat_map(|t| &t.files)
         .filter_map(|f| f.socket.as_ref()?.peer_ids.as_ref())
-        .any(|ids| ids.uid != 0 || ids.gid != 0)
+        .any(|peer| peer.pid > 0 || peer.uid != 0 || peer.gid != 0)
 }
 
 pub(crate) fn needs_records_7(procs: &[ProcessDump]) -> bool {
@@ -745,15 +747,8 @@ fn install(stub: &Stub, f: &OpenFile, from: Source) -> Result<(), RestoreError> 
         }
         Source::Shared { owner, fd } => take_fd(stub, owner, fd)
             .map_err(|e| ferr(format!("taking fd {fd} of pid {owner}: {e}")))?,
-        Source::Created(own) => match stub.handoff {
-            Some(crstream) => stub.call(
-                "pidfd_getfd",
-                libc::SYS_pidfd_getfd,
-                &[crstream as u64, own.as_raw_fd() as u64, 0],
-            ),
-            None => take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64),
-        }
-        .map_err(|e| ferr(format!("taking it from crstream: {e}")))?,
+        Source::Created(own) => take_from_crstream(stub, &own)
+            .map_err(|e| ferr(format!("taking it from crstream: {e}")))?,
     };
     place_fd(stub, tmp_fd, f).map_err(|e| ferr(format!("placing the fd: {e}")))
 }
@@ -785,6 +780,18 @@ fn open_in(
 
 /// Duplicates fd `fd` of process `owner` into the stub (pidfd_getfd, run
 /// by the stub itself); the copy is close-on-exec.
+/// The stub's copy of crstream's fd `own` (the lowest free number).
+fn take_from_crstream(stub: &Stub, own: &OwnedFd) -> Result<i64, TaskError> {
+    match stub.handoff {
+        Some(crstream) => stub.call(
+            "pidfd_getfd",
+            libc::SYS_pidfd_getfd,
+            &[crstream as u64, own.as_raw_fd() as u64, 0],
+        ),
+        None => take_fd(stub, std::process::id() as i32, own.as_raw_fd() as u64),
+    }
+}
+
 fn take_fd(stub: &Stub, owner: i32, fd: u64) -> Result<i64, TaskError> {
     let pidfd = stub.call("pidfd_open", libc::SYS_pidfd_open, &[owner as u64, 0])?;
     let got = stub.call("pidfd_getfd", libc::SYS_pidfd_getfd, &[pidfd as u64, fd, 0]);

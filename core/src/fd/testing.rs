@@ -113,6 +113,7 @@ pub(super) fn open_on_terminal(
         inherit: &[],
         tcp_built: &Default::default(),
         unpinned_cpus: None,
+        stubs: &[],
     };
     kind.open(me(), f, &objects)
 }

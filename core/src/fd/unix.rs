@@ -10,6 +10,7 @@
 //! socket connects to its peer's name again, and a stream takes the fd the
 //! restorer hands in for it (--inherit-fd fd[N]:socket:[INODE]).
 
+use super::peer_ids::{Maker, Peer};
 use super::socket::{
     Created, PeekError, apply_options, finish, fmt_sockaddr, is_socket_of, listener_backlog,
     peek_queue, read, refill,
@@ -17,6 +18,7 @@ use super::socket::{
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpTree, RestoreObjects};
+use crate::stub::Stub;
 use crate::sys::ids::{self, Ids};
 use crate::sys::socket;
 use crstream_proto::{OpenFile, PeerIds, SocketFile};
@@ -56,9 +58,9 @@ pub(super) struct UnixSockets {
     /// Restore: the listeners of the image by name (seen by `check`), so
     /// that a connection accepted from one comes back through it.
     listeners: std::cell::RefCell<HashMap<Vec<u8>, SocketFile>>,
-    /// Restore: the ids each socket of the image held for its peer, by
-    /// inode (seen by `check`), and crstream's own.
-    peer_ids: std::cell::RefCell<HashMap<u64, Ids>>,
+    /// Restore: the peer each socket of the image held, by inode (seen by
+    /// `check`), and crstream's own ids.
+    peer_ids: std::cell::RefCell<HashMap<u64, Peer>>,
     own_ids: std::cell::OnceCell<Option<Ids>>,
 }
 
@@ -116,10 +118,11 @@ impl FdKind for UnixSockets {
         }
         sf.peer_ids = socket::peer_ids(&dup)
             .map_err(|e| d.error("reading the ids it holds for its peer", e))?
-            .map(|ids| PeerIds {
+            .map(|(pid, ids)| PeerIds {
                 uid: ids.uid,
                 gid: ids.gid,
                 groups: ids.groups,
+                pid,
             });
         let diag = sock_diag::unix(sf.inode);
         if sf.listening {
@@ -228,13 +231,16 @@ impl FdKind for UnixSockets {
                 .borrow_mut()
                 .insert(s.local_addr.clone(), s.clone());
         }
-        if let Some(ids) = &s.peer_ids {
+        if let Some(peer) = &s.peer_ids {
             self.peer_ids.borrow_mut().insert(
                 s.inode,
-                Ids {
-                    uid: ids.uid,
-                    gid: ids.gid,
-                    groups: ids.groups.clone(),
+                Peer {
+                    pid: peer.pid,
+                    ids: Ids {
+                        uid: peer.uid,
+                        gid: peer.gid,
+                        groups: peer.groups.clone(),
+                    },
                 },
             );
         }
@@ -269,14 +275,15 @@ impl FdKind for UnixSockets {
         &mut self,
         pid: i32,
         f: &OpenFile,
-        _objects: &RestoreObjects<'_>,
+        objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
         let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
         let s = f.socket.as_ref().expect("restores() checked it");
+        let stubs = objects.stubs;
         self.opening_fd = f.fd;
         let fd = match self.created.again(pid, f, s.inode) {
             Some(again) => again.map_err(|e| ferr("dup", e))?,
-            None => self.create(pid, s, &ferr)?,
+            None => self.create(pid, s, stubs, &ferr)?,
         };
         super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
         Ok(Reopen::Created(fd))
@@ -335,10 +342,11 @@ impl UnixSockets {
         &mut self,
         pid: i32,
         s: &SocketFile,
+        stubs: &[&Stub],
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<OwnedFd, RestoreError> {
         if s.external_peer {
-            return self.create_external(pid, s, ferr);
+            return self.create_external(pid, s, stubs, ferr);
         }
         // Connected to a peer closed at dump time: a stream (shut down both
         // ways), or an unbound datagram socket (getpeername still answers:
@@ -352,7 +360,7 @@ impl UnixSockets {
                 s.shutdown == 3
             };
         if s.peer_inode == 0 && !orphan {
-            return self.create_unpaired(pid, s, ferr);
+            return self.create_unpaired(pid, s, stubs, ferr);
         }
         if self.created.get(s.inode).is_some() {
             // Second end of a pair created for its peer.
@@ -374,10 +382,11 @@ impl UnixSockets {
             self.shutdowns.push((own, s.shutdown, "shutdown".into()));
             return Ok(mine);
         }
-        let (a, b) = match self.through_listener(pid, s, orphan, ferr)? {
+        let (a, b) = match self.through_listener(pid, s, orphan, stubs, ferr)? {
             Some(pair) => pair,
             None => self
-                .as_peer_of(s.inode, || socket::socketpair(s.r#type))
+                .maker(s.inode, stubs)
+                .socketpair(s.r#type)
                 .map_err(|e| ferr("socketpair", e))?,
         };
         apply_options(&a, &s.options).map_err(|e| ferr("socket options", e))?;
@@ -399,24 +408,28 @@ impl UnixSockets {
         self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
     }
 
-    /// The ids socket `inode` held for its peer, where they are not
-    /// crstream's own (`None`: crstream's do).
-    fn ids_of(&self, inode: u64) -> Option<Ids> {
-        let ids = self.peer_ids.borrow().get(&inode).cloned()?;
-        let own = self.own_ids.get_or_init(|| Ids::current().ok());
-        (own.as_ref() != Some(&ids)).then_some(ids)
+    /// The peer socket `inode` held, if any.
+    fn peer_of(&self, inode: u64) -> Option<Peer> {
+        self.peer_ids.borrow().get(&inode).cloned()
     }
 
-    /// Runs `call` (a socketpair, listen or connect) acting as the ids
-    /// socket `inode` held for its peer, so that the kernel records them
-    /// for it again (SO_PEERCRED, SO_PEERGROUPS). Its PID stays
-    /// crstream's.
-    fn as_peer_of<T: Send>(
-        &self,
-        inode: u64,
-        call: impl FnOnce() -> io::Result<T> + Send,
-    ) -> io::Result<T> {
-        as_ids(self.ids_of(inode).as_ref(), call)
+    /// Who makes the call (socketpair, listen or connect) that gives
+    /// socket `inode` its peer again (SO_PEERCRED, SO_PEERGROUPS): that
+    /// process, if it is in the tree, acting as the saved ids; otherwise a
+    /// thread of crstream acting as them (or crstream, where they are its
+    /// own).
+    fn maker<'s>(&self, inode: u64, stubs: &[&'s Stub]) -> Maker<'s> {
+        let Some(peer) = self.peer_of(inode) else {
+            return Maker::Crstream;
+        };
+        if let Some(stub) = stubs.iter().find(|s| peer.pid > 0 && s.vpid == peer.pid) {
+            return Maker::Stub(stub, peer.ids);
+        }
+        let own = self.own_ids.get_or_init(|| Ids::current().ok());
+        match own.as_ref() == Some(&peer.ids) {
+            true => Maker::Crstream,
+            false => Maker::As(peer.ids),
+        }
     }
 
     /// A connection accepted from a listener of the image, made again
@@ -430,6 +443,7 @@ impl UnixSockets {
         pid: i32,
         s: &SocketFile,
         orphan: bool,
+        stubs: &[&Stub],
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<Option<(OwnedFd, OwnedFd)>, RestoreError> {
         if s.r#type == libc::SOCK_DGRAM {
@@ -446,7 +460,7 @@ impl UnixSockets {
         drop(listeners);
         let Some((accepted_end, listener)) = found.filter(|(_, l)| l.r#type == s.r#type && !orphan)
         else {
-            return self.through_temporary_listener(s, ferr);
+            return self.through_temporary_listener(s, stubs, ferr);
         };
         let (name, client_name) = if accepted_end {
             (&s.local_addr, &s.peer_addr)
@@ -455,7 +469,7 @@ impl UnixSockets {
         };
         if self.created.get(listener.inode).is_none() {
             // Its own fd shares this one later (`Created::again`).
-            drop(self.create_unpaired(pid, &listener, ferr)?);
+            drop(self.create_unpaired(pid, &listener, stubs, ferr)?);
         }
         let l = self
             .created
@@ -469,15 +483,18 @@ impl UnixSockets {
         // The client gets the ids the listener holds at its connect: those
         // of the listen() before, which may have been called again since
         // with other ids.
-        let relisten = self.ids_of(client_inode) != self.ids_of(listener.inode);
+        let relisten = self.peer_of(client_inode) != self.peer_of(listener.inode);
         if relisten {
-            self.as_peer_of(client_inode, || socket::listen(l, backlog(&listener)))
+            self.maker(client_inode, stubs)
+                .listen(l, backlog(&listener))
                 .map_err(|e| ferr("listen as the client's peer", e))?;
         }
-        self.as_peer_of(accepted_inode, || socket::connect(&client, name))
+        self.maker(accepted_inode, stubs)
+            .connect(&client, name)
             .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(name)), e))?;
         if relisten {
-            self.as_peer_of(listener.inode, || socket::listen(l, backlog(&listener)))
+            self.maker(listener.inode, stubs)
+                .listen(l, backlog(&listener))
                 .map_err(|e| ferr("listen", e))?;
         }
         let client_inode = rustix::fs::fstat(&client)
@@ -511,6 +528,7 @@ impl UnixSockets {
     fn through_temporary_listener(
         &mut self,
         s: &SocketFile,
+        stubs: &[&Stub],
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<Option<(OwnedFd, OwnedFd)>, RestoreError> {
         let named = |a: &[u8]| a.len() > 2;
@@ -529,7 +547,10 @@ impl UnixSockets {
             &client,
             s.r#type,
             name,
-            [self.ids_of(client_inode), self.ids_of(accepted_inode)],
+            [
+                self.maker(client_inode, stubs),
+                self.maker(accepted_inode, stubs),
+            ],
         )
         .map_err(|e| {
             ferr(
@@ -565,6 +586,7 @@ impl UnixSockets {
         &mut self,
         pid: i32,
         s: &SocketFile,
+        stubs: &[&Stub],
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<OwnedFd, RestoreError> {
         if s.r#type != libc::SOCK_DGRAM || s.peer_addr.len() <= 2 {
@@ -576,7 +598,7 @@ impl UnixSockets {
                 )),
             ));
         }
-        let sock = self.create_unpaired(pid, s, ferr)?;
+        let sock = self.create_unpaired(pid, s, stubs, ferr)?;
         // After its queue is in (datagrams queued before the connect,
         // which a connected socket would refuse).
         let own = super::dup(&sock).map_err(|e| ferr("dup", e))?;
@@ -590,6 +612,7 @@ impl UnixSockets {
         &mut self,
         pid: i32,
         s: &SocketFile,
+        stubs: &[&Stub],
         ferr: &dyn Fn(&str, io::Error) -> RestoreError,
     ) -> Result<OwnedFd, RestoreError> {
         let sock =
@@ -600,7 +623,8 @@ impl UnixSockets {
             bind_again(&sock, &s.local_addr, ferr)?;
         }
         if s.listening {
-            self.as_peer_of(s.inode, || socket::listen(&sock, backlog(s)))
+            self.maker(s.inode, stubs)
+                .listen(&sock, backlog(s))
                 .map_err(|e| ferr("listen", e))?;
         } else if bound && !s.queued.is_empty() {
             // Datagrams queued on a bound, unconnected socket: send them
@@ -670,24 +694,25 @@ fn as_ids<T: Send>(
 /// bound by a thread with a root of its own (chroot into a scratch
 /// directory), so the real path is neither needed nor touched, whatever is
 /// there now; an abstract name is bound where it is, and must be free.
+/// `as_listener` listens and `as_client` connects.
 fn connect_through_temporary_listener(
     client: &OwnedFd,
     ty: i32,
     name: &[u8],
-    [listener_ids, client_ids]: [Option<Ids>; 2],
+    [as_listener, as_client]: [Maker<'_>; 2],
 ) -> io::Result<OwnedFd> {
-    let connect = |client: &OwnedFd| -> io::Result<OwnedFd> {
-        let l = socket::socket(libc::AF_UNIX, ty, 0)?;
-        socket::bind(&l, name)?;
-        as_ids(listener_ids.as_ref(), || socket::listen(&l, 1))?;
-        as_ids(client_ids.as_ref(), || socket::connect(client, name))?;
+    let accept = |l: &OwnedFd| -> io::Result<OwnedFd> {
         Ok(rustix::net::accept_with(
-            &l,
+            l,
             rustix::net::SocketFlags::CLOEXEC,
         )?)
     };
     if name[2] == 0 {
-        return connect(client);
+        let l = socket::socket(libc::AF_UNIX, ty, 0)?;
+        socket::bind(&l, name)?;
+        as_listener.listen(&l, 1)?;
+        as_client.connect(client, name)?;
+        return accept(&l);
     }
     let path = &name[2..];
     let path = &path[..path.iter().position(|&b| b == 0).unwrap_or(path.len())];
@@ -700,26 +725,67 @@ fn connect_through_temporary_listener(
         NEXT_SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::DirBuilder::new().mode(0o700).create(&scratch)?;
-    let made = std::thread::scope(|scope| {
+    let made = (|| {
+        let l = in_private_root(&scratch, || {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            let l = socket::socket(libc::AF_UNIX, ty, 0)?;
+            socket::bind(&l, name)?;
+            Ok(l)
+        })?;
+        as_listener.listen(&l, 1)?;
+        // Seen from outside, the listener's path is under the scratch
+        // directory; too long a path there is connected to from inside, by
+        // crstream acting as the client's ids.
+        let outside = scratch.join(path.strip_prefix("/").unwrap_or(&path));
+        match unix_sockaddr(&outside) {
+            Some(outside) => as_client.connect(client, &outside)?,
+            None => {
+                let ids = as_client.ids();
+                in_private_root(&scratch, || {
+                    as_ids(ids.as_ref(), || socket::connect(client, name))
+                })?
+            }
+        }
+        accept(&l)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    made
+}
+
+/// Runs `f` on a thread whose root and working directory are `root`.
+fn in_private_root<T: Send>(
+    root: &std::path::Path,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    std::thread::scope(|scope| {
         scope
-            .spawn(|| -> io::Result<OwnedFd> {
+            .spawn(|| {
                 // SAFETY: a plain syscall. With a root and working directory
                 // of its own, this thread alone is chrooted.
                 if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                std::os::unix::fs::chroot(&scratch)?;
+                std::os::unix::fs::chroot(root)?;
                 std::env::set_current_dir("/")?;
-                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)?;
-                }
-                connect(client)
+                f()
             })
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the thread binding it panicked")))
-    });
-    let _ = std::fs::remove_dir_all(&scratch);
-    made
+    })
+}
+
+/// A raw sockaddr_un naming `path`, if it fits.
+fn unix_sockaddr(path: &std::path::Path) -> Option<Vec<u8>> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if bytes.len() >= 108 {
+        return None;
+    }
+    let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    a.extend_from_slice(bytes);
+    a.push(0);
+    Some(a)
 }
 
 static NEXT_SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -951,18 +1017,14 @@ mod tests {
         assert!(e.contains("outside the dumped process tree"), "{e}");
     }
 
-    /// A raw sockaddr_un naming `path`.
-    fn sockaddr(path: &std::path::Path) -> Vec<u8> {
-        let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
-        a.extend_from_slice(path.as_os_str().as_encoded_bytes());
-        a.push(0);
-        a
-    }
-
     /// Each restored socket holds for its peer the ids the saved one held,
     /// however its connection comes back: a socketpair, a listener (called
     /// listen() again with other ids since its client connected), its
     /// connection, and a connection whose listener is gone.
+    fn peer_ids(fd: &OwnedFd) -> Option<Ids> {
+        socket::peer_ids(fd).unwrap().map(|(_, ids)| ids)
+    }
+
     #[test]
     fn the_ids_sockets_hold_for_their_peers_come_back() {
         if !rustix::process::geteuid().is_root() {
@@ -984,8 +1046,8 @@ mod tests {
         let (a, b) = ids::run_as(&pair, || socket::socketpair(libc::SOCK_STREAM)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (name, name2) = (
-            sockaddr(&dir.path().join("l")),
-            sockaddr(&dir.path().join("gone")),
+            unix_sockaddr(&dir.path().join("l")).unwrap(),
+            unix_sockaddr(&dir.path().join("gone")).unwrap(),
         );
         let stream = || socket::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0).unwrap();
         let connect_as = |ids: &Ids, name: &[u8]| {
@@ -1020,7 +1082,7 @@ mod tests {
         let files: Vec<OpenFile> = cases
             .iter()
             .map(|(fd, ids)| {
-                assert_eq!(socket::peer_ids(fd).unwrap().as_ref(), Some(*ids));
+                assert_eq!(peer_ids(fd).as_ref(), Some(*ids));
                 dump_with(&mut kind, fd.as_raw_fd()).unwrap()
             })
             .collect();
@@ -1033,17 +1095,12 @@ mod tests {
         }
         let restored: Vec<OwnedFd> = files.iter().map(|f| created(&mut kind, f)).collect();
         for (ids, (fd, f)) in expected.iter().zip(restored.iter().zip(&files)) {
-            assert_eq!(
-                socket::peer_ids(fd).unwrap().as_ref(),
-                Some(*ids),
-                "fd {}",
-                f.fd
-            );
+            assert_eq!(peer_ids(fd).as_ref(), Some(*ids), "fd {}", f.fd);
         }
         // The listener's next client gets the ids of its last listen().
         let next = stream();
         socket::connect(&next, &name).unwrap();
-        assert_eq!(socket::peer_ids(&next).unwrap(), Some(again));
+        assert_eq!(peer_ids(&next), Some(again));
         assert_eq!(Ids::current().unwrap().uid, 0);
     }
 

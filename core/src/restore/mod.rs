@@ -14,7 +14,7 @@ use crate::kind::{Kind, Phase, RestoreObjects, RestoreProcess};
 use crate::kinds::memory::{self, Memory};
 use crate::lazy::{self, LazyInput};
 use crate::records::ProcessImage;
-use crate::stub::{StubGuard, TRAMP_LEN};
+use crate::stub::{Stub, StubGuard, TRAMP_LEN};
 use crstream_proto::{FileKind, FileTable, MemoryMap, ProcessState, VmArea};
 use crstream_streamer::{ImageSource, PAGE_SIZE};
 use image::Image;
@@ -371,6 +371,7 @@ fn restore_inner(
         inherit: &opts.inherit_fds,
         tcp_built: &tcp_built,
         unpinned_cpus: pinned.as_ref().map(|p| p.before()),
+        stubs: &[],
     };
     let live: Vec<usize> = (0..entries.len())
         .filter(|&i| processes[i].is_some())
@@ -424,6 +425,11 @@ fn restore_inner(
     if let Some(ns) = pidns.as_mut() {
         ns.leave();
     }
+    let live_stubs: Vec<&Stub> = live.iter().map(|&i| &stubs[i]).collect();
+    let objects = RestoreObjects {
+        stubs: &live_stubs,
+        ..objects
+    };
     let run_phase = |kind: &mut dyn Kind, guards: &mut [StubGuard]| {
         tracing::debug!(kind = kind.name(), "restoring");
         for &i in &live {

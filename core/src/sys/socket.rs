@@ -53,10 +53,10 @@ pub(crate) fn setsockopt_int(fd: impl AsFd, level: i32, name: i32, v: i32) -> io
     setsockopt(fd, level, name, &v.to_ne_bytes())
 }
 
-/// The effective ids a unix socket holds for its peer (SO_PEERCRED,
-/// SO_PEERGROUPS); `None` if it holds none (never connected nor
-/// listening).
-pub(crate) fn peer_ids(fd: impl AsFd) -> io::Result<Option<super::ids::Ids>> {
+/// The PID and effective ids a unix socket holds for its peer
+/// (SO_PEERCRED, SO_PEERGROUPS); `None` if it holds none (never connected
+/// nor listening).
+pub(crate) fn peer_ids(fd: impl AsFd) -> io::Result<Option<(i32, super::ids::Ids)>> {
     let fd = fd.as_fd();
     // struct ucred: pid, uid, gid.
     let mut b = [0u8; 12];
@@ -66,11 +66,12 @@ pub(crate) fn peer_ids(fd: impl AsFd) -> io::Result<Option<super::ids::Ids>> {
     if pid == 0 && uid == u32::MAX {
         return Ok(None);
     }
-    Ok(Some(super::ids::Ids {
+    let ids = super::ids::Ids {
         uid,
         gid,
         groups: peer_groups(fd)?,
-    }))
+    };
+    Ok(Some((pid as i32, ids)))
 }
 
 /// SO_PEERGROUPS: the supplementary groups a unix socket holds for its peer.
