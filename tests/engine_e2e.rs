@@ -63,6 +63,46 @@ fn memory_dump_restore_restore_again_and_redump() {
     assert_running_untraced(pid);
 }
 
+/// A local image damaged in its pages (one bit flipped; cut short) is
+/// refused with one line naming what is wrong and where, and leaves no
+/// process behind: the intact image then restores with the same PID and
+/// memory. (A local image is read through a mapping of the file.)
+#[test]
+fn a_damaged_local_image_is_refused_and_leaves_no_process_behind() {
+    let dir = TestDir::new("damaged-local");
+    let mut w = Workload::spawn("wl_memory", dir.path("report"), &["16"]);
+    let before = w.wait_report(T, |r| field(r, 0, 0) >= 2);
+    let checksum = field(&before, 0, 1);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let dumped = field(&w.read_report().unwrap(), 0, 0);
+    w.reap_dumped();
+    assert!(wait_gone(w.pid, T));
+    let bytes = std::fs::read(&img).unwrap();
+    // The middle of the image is in its 16 MiB of pages.
+    let mid = bytes.len() / 2;
+    let mut flipped = bytes.clone();
+    flipped[mid] ^= 0x40;
+    for (name, damaged, expected) in [
+        ("flipped", &flipped[..], "checksum mismatch"),
+        ("cut", &bytes[..mid], "truncated stream"),
+    ] {
+        let path = dir.path(name);
+        std::fs::write(&path, damaged).unwrap();
+        let err = restore_refused(path.to_str().unwrap(), &[]);
+        assert!(
+            err.contains(expected) && err.contains("offset") && err.trim().lines().count() == 1,
+            "{name}: {err}"
+        );
+        assert!(wait_gone(w.pid, T), "{name}: pid {} left behind", w.pid);
+    }
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    assert_eq!(pid, w.pid);
+    let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 2);
+    assert_eq!(field(&r, 0, 1), checksum);
+}
+
 #[test]
 fn leave_running_keeps_the_process_and_pid_in_use_fails_cleanly() {
     let dir = TestDir::new("leave");
