@@ -5,8 +5,12 @@
 //!
 //! A view gives its pages' mappings back when dropped (the page cache keeps
 //! them), so crstream's resident memory stays about the frames in flight.
-//! The file must not be truncated while mapped (SIGBUS): images are written
-//! beside their name and renamed into place, never rewritten in place.
+//!
+//! A read error or a truncation while mapped is a SIGBUS, not an error the
+//! restore could report: crstream's images are written beside their name
+//! and renamed into place, never rewritten in place, and files on network
+//! or FUSE file systems (where pages can fail to come back) are read
+//! instead.
 
 use bytes::Bytes;
 use std::ops::Range;
@@ -29,7 +33,7 @@ impl Mapping {
     /// map) or a file that cannot be mapped: read it instead.
     pub fn of(file: &std::fs::File) -> Option<Arc<Self>> {
         let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
-        if len == 0 {
+        if len == 0 || on_remote_file_system(file) {
             return None;
         }
         use rustix::mm::{Advice, MapFlags, ProtFlags, madvise, mmap};
@@ -75,6 +79,22 @@ impl Mapping {
             range,
         })
     }
+}
+
+/// Whether `file` is on a network or FUSE file system (statfs f_type).
+fn on_remote_file_system(file: &std::fs::File) -> bool {
+    const REMOTE: [u64; 9] = [
+        0x6969,      // NFS
+        0x6573_5546, // FUSE
+        0xff53_4d42, // CIFS
+        0xfe53_4d42, // SMB2
+        0x517b,      // SMB
+        0x0102_1997, // 9p
+        0x00c3_6400, // Ceph
+        0x0bd0_0bd0, // Lustre
+        0x4750_4653, // GPFS
+    ];
+    rustix::fs::fstatfs(file).map_or(true, |st| REMOTE.contains(&(st.f_type as u64)))
 }
 
 impl Drop for Mapping {

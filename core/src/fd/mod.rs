@@ -551,7 +551,7 @@ pub(crate) fn has_peer_ids(procs: &[ProcessDump]) -> bool {
         .filter_map(|p| p.records.get::<FileTable>())
         .flat_map(|t| &t.files)
         .filter_map(|f| f.socket.as_ref()?.peer_ids.as_ref())
-        .any(|peer| peer.pid > 0 || peer.uid != 0 || peer.gid != 0)
+        .any(|peer| peer.pid > 0 || peer.uid != 0 || peer.gid != 0 || !peer.groups.is_empty())
 }
 
 pub(crate) fn needs_records_7(procs: &[ProcessDump]) -> bool {

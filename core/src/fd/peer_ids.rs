@@ -57,8 +57,9 @@ impl Maker<'_> {
                 stub.mem.read(at, &mut fds)?;
                 let fd = |i: usize| i32::from_ne_bytes(fds[i * 4..i * 4 + 4].try_into().unwrap());
                 let taken = (take(stub, fd(0)), take(stub, fd(1)));
-                for i in 0..2 {
-                    stub.call("close", libc::SYS_close, &[fd(i) as u64])?;
+                let closed = [0, 1].map(|i| stub.call("close", libc::SYS_close, &[fd(i) as u64]));
+                for c in closed {
+                    c?;
                 }
                 Ok((taken.0?, taken.1?))
             }),
@@ -147,27 +148,33 @@ fn acting_as<T>(
     let caps = stub
         .put(SCRATCH_DATA + CAPS, &caps_header())
         .map_err(to_io)?;
-    let run = || -> Result<T, TaskError> {
-        stub.call("capget", libc::SYS_capget, &[caps, caps + 8])?;
-        let mut saved = [0u8; 24];
-        stub.mem.read(caps + 8, &mut saved)?;
+    stub.call("capget", libc::SYS_capget, &[caps, caps + 8])
+        .map_err(to_io)?;
+    let mut saved = [0u8; 24];
+    stub.mem.read(caps + 8, &mut saved).map_err(to_io)?;
+    let set_caps = |sets: &[u8; 24]| -> Result<(), TaskError> {
+        stub.put(SCRATCH_DATA + CAPS + 8, sets)?;
+        stub.put(SCRATCH_DATA + CAPS, &caps_header())?;
+        stub.call("capset", libc::SYS_capset, &[caps, caps + 8])
+            .map(drop)
+    };
+    let made = (|| {
         set_ids(stub, ids)?;
-        // Effective = permitted, as they were (an effective uid other than
-        // 0 cleared them).
+        // Effective = permitted, as they were (an effective uid other
+        // than 0 cleared them).
         let mut sets = saved;
         sets.copy_within(4..8, 0);
         sets.copy_within(16..20, 12);
-        stub.put(SCRATCH_DATA + CAPS + 8, &sets)?;
-        stub.put(SCRATCH_DATA + CAPS, &caps_header())?;
-        stub.call("capset", libc::SYS_capset, &[caps, caps + 8])?;
-        let made = call();
-        set_ids(stub, &own)?;
-        stub.put(SCRATCH_DATA + CAPS + 8, &saved)?;
-        stub.put(SCRATCH_DATA + CAPS, &caps_header())?;
-        stub.call("capset", libc::SYS_capset, &[caps, caps + 8])?;
-        made
-    };
-    run().map_err(to_io)
+        set_caps(&sets)?;
+        call()
+    })();
+    // Back, whatever failed: the next calls injected into the stub need
+    // what it had.
+    let back = set_ids(stub, &own).and_then(|()| set_caps(&saved));
+    match (made, back) {
+        (Ok(t), Ok(())) => Ok(t),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(to_io(e)),
+    }
 }
 
 fn set_ids(stub: &Stub, ids: &Ids) -> Result<(), TaskError> {

@@ -203,6 +203,7 @@ impl FdKind for UnixSockets {
     /// connected to each other.
     fn dump_tree(&mut self, t: &mut DumpTree<'_>) -> Result<(), DumpError> {
         self.check_peers()?;
+        let dumped: Vec<i32> = t.entries.iter().map(|e| e.pid as i32).collect();
         for p in t.processes.iter_mut() {
             let Some(table) = p.records.get_mut::<crstream_proto::FileTable>() else {
                 continue;
@@ -210,6 +211,11 @@ impl FdKind for UnixSockets {
             for s in table.files.iter_mut().filter_map(|f| f.socket.as_mut()) {
                 if s.family == libc::AF_UNIX && self.external.contains(&s.inode) {
                     s.external_peer = true;
+                }
+                // A peer outside the tree has no PID the restored tree
+                // could give it back.
+                if let Some(peer) = s.peer_ids.as_mut().filter(|p| !dumped.contains(&p.pid)) {
+                    peer.pid = 0;
                 }
             }
         }
@@ -738,8 +744,13 @@ fn connect_through_temporary_listener(
         // Seen from outside, the listener's path is under the scratch
         // directory; too long a path there is connected to from inside, by
         // crstream acting as the client's ids.
+        // ("..": inside, it stops at the private root; outside, it would
+        // leave the scratch directory.)
         let outside = scratch.join(path.strip_prefix("/").unwrap_or(&path));
-        match unix_sockaddr(&outside) {
+        let goes_up = path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
+        match unix_sockaddr(&outside).filter(|_| !goes_up) {
             Some(outside) => as_client.connect(client, &outside)?,
             None => {
                 let ids = as_client.ids();
@@ -1020,7 +1031,8 @@ mod tests {
     /// Each restored socket holds for its peer the ids the saved one held,
     /// however its connection comes back: a socketpair, a listener (called
     /// listen() again with other ids since its client connected), its
-    /// connection, and a connection whose listener is gone.
+    /// connection, and connections whose listener is gone (one named by a
+    /// path with ".." above /). Both ends keep their names.
     fn peer_ids(fd: &OwnedFd) -> Option<Ids> {
         socket::peer_ids(fd).unwrap().map(|(_, ids)| ids)
     }
@@ -1045,9 +1057,12 @@ mod tests {
         );
         let (a, b) = ids::run_as(&pair, || socket::socketpair(libc::SOCK_STREAM)).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (name, name2) = (
+        // The third name climbs above / (where ".." stops).
+        let up = std::path::Path::new("/..").join(dir.path().strip_prefix("/").unwrap());
+        let (name, name2, name3) = (
             unix_sockaddr(&dir.path().join("l")).unwrap(),
             unix_sockaddr(&dir.path().join("gone")).unwrap(),
+            unix_sockaddr(&up.join("up")).unwrap(),
         );
         let stream = || socket::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0).unwrap();
         let connect_as = |ids: &Ids, name: &[u8]| {
@@ -1068,6 +1083,12 @@ mod tests {
         let c2 = connect_as(&client2, &name2);
         let ac2 = accept(&l2);
         drop(l2);
+        let l3 = stream();
+        socket::bind(&l3, &name3).unwrap();
+        ids::run_as(&gone, || socket::listen(&l3, 4)).unwrap();
+        let c3 = connect_as(&client2, &name3);
+        let ac3 = accept(&l3);
+        drop(l3);
         // What each holds for its peer.
         let cases = [
             (a, &pair),
@@ -1077,6 +1098,8 @@ mod tests {
             (ac, &client),
             (c2, &gone),
             (ac2, &client2),
+            (c3, &gone),
+            (ac3, &client2),
         ];
         let mut kind = UnixSockets::default();
         let files: Vec<OpenFile> = cases
@@ -1097,6 +1120,8 @@ mod tests {
         for (ids, (fd, f)) in expected.iter().zip(restored.iter().zip(&files)) {
             assert_eq!(peer_ids(fd).as_ref(), Some(*ids), "fd {}", f.fd);
         }
+        assert_eq!(socket::name(&restored[7], true).unwrap(), name3);
+        assert_eq!(socket::name(&restored[8], false).unwrap(), name3);
         // The listener's next client gets the ids of its last listen().
         let next = stream();
         socket::connect(&next, &name).unwrap();
