@@ -9,8 +9,8 @@ use crate::progress::human_bytes;
 use anyhow::{Context, Result, bail};
 use crstream_backends::{open_sink, open_source};
 use crstream_streamer::{
-    BlockingItems, Mapping, PageBatch, RandomReader, RangeRead, SequentialReader, StreamWriter,
-    WriterOptions,
+    BlockingItems, MappedRange, Mapping, PageBatch, RandomReader, RangeRead, SequentialReader,
+    StreamWriter, WriterOptions,
 };
 use std::io::IsTerminal;
 
@@ -404,7 +404,14 @@ fn restore_lazy(args: RestoreArgs) -> Result<u8> {
             let Some(ranged) = source.ranged() else {
                 bail!("--lazy needs a file or object, not a pipe");
             };
-            let reader = RandomReader::open(std::sync::Arc::new(ObjectRange(ranged.clone())))
+            // A local file: its frames are views of its mapping (see
+            // `restore`).
+            let range: std::sync::Arc<dyn RangeRead> =
+                match source.local_file().and_then(Mapping::of) {
+                    Some(map) => std::sync::Arc::new(MappedRange(map)),
+                    None => std::sync::Arc::new(ObjectRange(ranged.clone())),
+                };
+            let reader = RandomReader::open(range)
                 .await
                 .with_context(|| format!("reading {}", args.input))?;
             Ok((reader, ranged))

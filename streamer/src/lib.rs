@@ -20,7 +20,7 @@ pub mod writer;
 
 pub use error::{Result, StreamError};
 pub use image::{Frame, ImageSink, ImageSource, Item, ItemDecoder};
-pub use mapped::Mapping;
+pub use mapped::{MappedRange, Mapping};
 pub use pages::{PAGE_SIZE, PageBatch, PageRun};
 pub use random::{RandomReader, RangeRead};
 pub use reader::{BlockingItems, SequentialReader};

@@ -104,6 +104,27 @@ impl Drop for Mapping {
     }
 }
 
+/// A mapped file as ranged reads: each range a view, as the random-access
+/// reader of a lazy restore asks for its frames.
+pub struct MappedRange(pub Arc<Mapping>);
+
+#[async_trait::async_trait]
+impl crate::RangeRead for MappedRange {
+    fn len(&self) -> u64 {
+        self.0.len as u64
+    }
+
+    async fn read_range(&self, range: Range<u64>) -> std::io::Result<Bytes> {
+        if range.start > range.end || range.end > self.0.len as u64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("range {range:?} past the end of a {}-byte file", self.0.len),
+            ));
+        }
+        Ok(self.0.view(range.start as usize..range.end as usize))
+    }
+}
+
 struct View {
     map: Arc<Mapping>,
     range: Range<usize>,

@@ -260,20 +260,35 @@ pub async fn read_all_sequential(bytes: Vec<u8>) -> Result<usize> {
     count_items(reader.items(2)).await
 }
 
-/// Reads a whole stream as a mapped file, as a restore reads a local
-/// image; `None` when there is nothing to map (an empty stream).
-pub async fn read_all_mapped(bytes: Vec<u8>) -> Option<Result<usize>> {
+/// `bytes` as a mapped file; `None` when there is nothing to map (empty).
+fn mapped(bytes: &[u8]) -> Option<std::sync::Arc<crate::Mapping>> {
     use std::io::Write;
     let fd = rustix::fs::memfd_create("crstream-image", rustix::fs::MemfdFlags::CLOEXEC)
         .expect("memfd for a mapped image");
     let mut file = std::fs::File::from(fd);
-    file.write_all(&bytes).expect("memfd for a mapped image");
-    let map = crate::Mapping::of(&file)?;
-    let reader = match SequentialReader::open_mapped(map).await {
+    file.write_all(bytes).expect("memfd for a mapped image");
+    crate::Mapping::of(&file)
+}
+
+/// Reads a whole stream as a mapped file, as a restore reads a local
+/// image; `None` when there is nothing to map (an empty stream).
+pub async fn read_all_mapped(bytes: Vec<u8>) -> Option<Result<usize>> {
+    let reader = match SequentialReader::open_mapped(mapped(&bytes)?).await {
         Ok(r) => r,
         Err(e) => return Some(Err(e)),
     };
     Some(count_items(reader.items(2)).await)
+}
+
+/// Reads a whole stream by random access from a mapped file, as a lazy
+/// restore reads a local image; `None` when there is nothing to map.
+pub async fn read_all_random_mapped(bytes: Vec<u8>) -> Option<Result<usize>> {
+    let range = std::sync::Arc::new(crate::MappedRange(mapped(&bytes)?));
+    let reader = match RandomReader::open(range).await {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(count_items(reader.items(3)).await)
 }
 
 /// Opens a stream by random access and reads every item; the number of
