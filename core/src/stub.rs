@@ -123,6 +123,28 @@ impl Stub {
     }
 }
 
+/// capset(2) injected into the thread `remote` of `stub`: version 3, two
+/// 32-bit words per set (written at the start of the scratch data).
+pub fn capset(
+    stub: &Stub,
+    remote: &Remote,
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+) -> Result<(), TaskError> {
+    let mut b = Vec::with_capacity(8 + 24);
+    b.extend_from_slice(&crate::sys::ids::LINUX_CAPABILITY_VERSION_3.to_le_bytes());
+    b.extend_from_slice(&0i32.to_le_bytes());
+    for half in [0, 32] {
+        for set in [effective, permitted, inheritable] {
+            b.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+        }
+    }
+    let header = stub.put(SCRATCH_DATA, &b)?;
+    remote.call("capset", libc::SYS_capset, &[header, header + 8])?;
+    Ok(())
+}
+
 /// Creates the stub with PID `vpid` (as the new process sees it), stopped
 /// under ptrace by this thread. `flags`: more clone flags (a new PID or
 /// mount namespace). Its guard holds its PID as crstream sees it.

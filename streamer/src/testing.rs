@@ -273,22 +273,15 @@ fn mapped(bytes: &[u8]) -> Option<std::sync::Arc<crate::Mapping>> {
 /// Reads a whole stream as a mapped file, as a restore reads a local
 /// image; `None` when there is nothing to map (an empty stream).
 pub async fn read_all_mapped(bytes: Vec<u8>) -> Option<Result<usize>> {
-    let reader = match SequentialReader::open_mapped(mapped(&bytes)?).await {
-        Ok(r) => r,
-        Err(e) => return Some(Err(e)),
-    };
-    Some(count_items(reader.items(2)).await)
+    let map = mapped(&bytes)?;
+    Some(async { count_items(SequentialReader::open_mapped(map).await?.items(2)).await }.await)
 }
 
 /// Reads a whole stream by random access from a mapped file, as a lazy
 /// restore reads a local image; `None` when there is nothing to map.
 pub async fn read_all_random_mapped(bytes: Vec<u8>) -> Option<Result<usize>> {
     let range = std::sync::Arc::new(crate::MappedRange(mapped(&bytes)?));
-    let reader = match RandomReader::open(range).await {
-        Ok(r) => r,
-        Err(e) => return Some(Err(e)),
-    };
-    Some(count_items(reader.items(3)).await)
+    Some(async { count_items(RandomReader::open(range).await?.items(3)).await }.await)
 }
 
 /// Opens a stream by random access and reads every item; the number of

@@ -38,27 +38,27 @@ async fn image(codec: Codec) -> Vec<u8> {
 /// reads a local image): both must come to the same end.
 async fn read_seq(bytes: Vec<u8>) -> Result<usize, StreamError> {
     let mapped = read_all_mapped(bytes.clone()).await;
-    let read = read_all_sequential(bytes).await;
-    if let Some(mapped) = mapped {
-        assert_eq!(
-            mapped.as_ref().map_err(|e| e.to_string()),
-            read.as_ref().map_err(|e| e.to_string()),
-            "a mapped file and a reader disagree"
-        );
-    }
-    read
+    same_end(mapped, read_all_sequential(bytes).await)
 }
 
 /// Read by random access, from memory and as a mapped file (how a lazy
 /// restore reads a local image): both must come to the same end.
 async fn read_random(bytes: Vec<u8>) -> Result<usize, StreamError> {
     let mapped = read_all_random_mapped(bytes.clone()).await;
-    let read = read_all_random(bytes).await;
+    same_end(mapped, read_all_random(bytes).await)
+}
+
+/// `read`, once checked to end as the read of the mapped file did (if
+/// there was one to map): the same item count or the same error.
+fn same_end(
+    mapped: Option<Result<usize, StreamError>>,
+    read: Result<usize, StreamError>,
+) -> Result<usize, StreamError> {
     if let Some(mapped) = mapped {
         assert_eq!(
             mapped.as_ref().map_err(|e| e.to_string()),
             read.as_ref().map_err(|e| e.to_string()),
-            "a mapped file and ranges in memory disagree"
+            "a mapped file and bytes in memory read differently"
         );
     }
     read

@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 
 use crate::error::TaskError;
-use crate::stub::{SCRATCH_DATA, Stub};
+use crate::stub::{SCRATCH_DATA, Stub, capset};
 use crate::sys::ids::{self, Ids};
 
 /// The saved peer of a socket: its PID in the image (0: outside the tree)
@@ -32,11 +32,12 @@ pub(super) enum Maker<'a> {
 }
 
 impl Maker<'_> {
-    /// The ids it acts as (`None`: crstream's own).
-    pub(super) fn ids(&self) -> Option<Ids> {
+    /// The same call made by crstream (a thread of it acting as the ids,
+    /// where the stub would).
+    pub(super) fn in_crstream(&self) -> Maker<'static> {
         match self {
-            Maker::Crstream => None,
-            Maker::As(ids) | Maker::Stub(_, ids) => Some(ids.clone()),
+            Maker::Crstream => Maker::Crstream,
+            Maker::As(ids) | Maker::Stub(_, ids) => Maker::As(ids.clone()),
         }
     }
 
@@ -92,8 +93,8 @@ impl Maker<'_> {
     }
 }
 
-// Where the calls keep their data in the stub's scratch area.
-const CAPS: usize = 0; // capget/capset header (8 bytes) and sets (24)
+// Where the calls keep their data in the stub's scratch area (`capset`
+// takes its first 32 bytes).
 const GROUPS: usize = 64;
 const MOST_GROUPS: usize = 1024;
 const FDS: usize = GROUPS + MOST_GROUPS * 4;
@@ -117,17 +118,11 @@ fn with_fd_in(
 
 /// crstream's copy of fd `fd` of the stub.
 fn take(stub: &Stub, fd: i32) -> Result<OwnedFd, TaskError> {
-    let ptrace_err = |err: io::Error| TaskError::Ptrace {
+    crate::sys::pidfd::take_fd(stub.pid, fd).map_err(|err| TaskError::Ptrace {
         tid: stub.pid,
         op: "taking a socket it made",
         err,
-    };
-    let pid = rustix::process::Pid::from_raw(stub.pid)
-        .ok_or_else(|| ptrace_err(io::Error::from_raw_os_error(libc::ESRCH)))?;
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .map_err(|e| ptrace_err(e.into()))?;
-    rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
-        .map_err(|e| ptrace_err(e.into()))
+    })
 }
 
 /// Runs `call` in the stub with `ids` as its effective ids and groups,
@@ -145,32 +140,18 @@ fn acting_as<T>(
             "more than {MOST_GROUPS} supplementary groups"
         )));
     }
-    let caps = stub
-        .put(SCRATCH_DATA + CAPS, &caps_header())
-        .map_err(to_io)?;
-    stub.call("capget", libc::SYS_capget, &[caps, caps + 8])
-        .map_err(to_io)?;
-    let mut saved = [0u8; 24];
-    stub.mem.read(caps + 8, &mut saved).map_err(to_io)?;
-    let set_caps = |sets: &[u8; 24]| -> Result<(), TaskError> {
-        stub.put(SCRATCH_DATA + CAPS + 8, sets)?;
-        stub.put(SCRATCH_DATA + CAPS, &caps_header())?;
-        stub.call("capset", libc::SYS_capset, &[caps, caps + 8])
-            .map(drop)
-    };
+    let caps = crate::proc::status(stub.pid).map_err(|e| io::Error::other(e.to_string()))?;
+    let set_caps = |effective| capset(stub, &stub.leader, effective, caps.cap_prm, caps.cap_inh);
     let made = (|| {
         set_ids(stub, ids)?;
         // Effective = permitted, as they were (an effective uid other
         // than 0 cleared them).
-        let mut sets = saved;
-        sets.copy_within(4..8, 0);
-        sets.copy_within(16..20, 12);
-        set_caps(&sets)?;
+        set_caps(caps.cap_prm)?;
         call()
     })();
     // Back, whatever failed: the next calls injected into the stub need
     // what it had.
-    let back = set_ids(stub, &own).and_then(|()| set_caps(&saved));
+    let back = set_ids(stub, &own).and_then(|()| set_caps(caps.cap_eff));
     match (made, back) {
         (Ok(t), Ok(())) => Ok(t),
         (Err(e), _) | (Ok(_), Err(e)) => Err(to_io(e)),
@@ -204,13 +185,6 @@ fn set_ids(stub: &Stub, ids: &Ids) -> Result<(), TaskError> {
         )?;
     }
     Ok(())
-}
-
-/// capget/capset header: version 3, this thread.
-fn caps_header() -> [u8; 8] {
-    let mut h = [0u8; 8];
-    h[..4].copy_from_slice(&0x2008_0522u32.to_ne_bytes());
-    h
 }
 
 fn to_io(e: TaskError) -> io::Error {

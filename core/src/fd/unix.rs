@@ -19,7 +19,7 @@ use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpTree, RestoreObjects};
 use crate::stub::Stub;
-use crate::sys::ids::{self, Ids};
+use crate::sys::ids::Ids;
 use crate::sys::socket;
 use crstream_proto::{OpenFile, PeerIds, SocketFile};
 use std::collections::HashMap;
@@ -684,17 +684,6 @@ fn client_socket(
     Ok(client)
 }
 
-/// Runs `call` acting as `ids` (see [`ids::run_as`]), or as crstream.
-fn as_ids<T: Send>(
-    ids: Option<&Ids>,
-    call: impl FnOnce() -> io::Result<T> + Send,
-) -> io::Result<T> {
-    match ids {
-        Some(ids) => ids::run_as(ids, call),
-        None => call(),
-    }
-}
-
 /// Connects `client` to a listener of type `ty` made at `name` for the
 /// moment and returns the accepted end, whose name is `name`. A path is
 /// bound by a thread with a root of its own (chroot into a scratch
@@ -753,10 +742,8 @@ fn connect_through_temporary_listener(
         match unix_sockaddr(&outside).filter(|_| !goes_up) {
             Some(outside) => as_client.connect(client, &outside)?,
             None => {
-                let ids = as_client.ids();
-                in_private_root(&scratch, || {
-                    as_ids(ids.as_ref(), || socket::connect(client, name))
-                })?
+                let inside = as_client.in_crstream();
+                in_private_root(&scratch, || inside.connect(client, name))?
             }
         }
         accept(&l)
@@ -815,6 +802,7 @@ mod tests {
     use super::super::socket::send_all;
     use super::super::testing::{created, dump_own, dump_with, read_avail};
     use super::*;
+    use crate::sys::ids;
     use std::os::fd::AsRawFd;
 
     #[test]
@@ -1077,18 +1065,16 @@ mod tests {
         let c = connect_as(&client, &name);
         let ac = accept(&l);
         ids::run_as(&again, || socket::listen(&l, 4)).unwrap();
-        let l2 = stream();
-        socket::bind(&l2, &name2).unwrap();
-        ids::run_as(&gone, || socket::listen(&l2, 4)).unwrap();
-        let c2 = connect_as(&client2, &name2);
-        let ac2 = accept(&l2);
-        drop(l2);
-        let l3 = stream();
-        socket::bind(&l3, &name3).unwrap();
-        ids::run_as(&gone, || socket::listen(&l3, 4)).unwrap();
-        let c3 = connect_as(&client2, &name3);
-        let ac3 = accept(&l3);
-        drop(l3);
+        // A connection whose listener (made as `gone`) is closed since.
+        let listener_gone = |name: &[u8]| {
+            let l = stream();
+            socket::bind(&l, name).unwrap();
+            ids::run_as(&gone, || socket::listen(&l, 4)).unwrap();
+            let c = connect_as(&client2, name);
+            (c, accept(&l))
+        };
+        let (c2, ac2) = listener_gone(&name2);
+        let (c3, ac3) = listener_gone(&name3);
         // What each holds for its peer.
         let cases = [
             (a, &pair),

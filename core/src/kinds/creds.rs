@@ -21,7 +21,7 @@ use crate::inject::Remote;
 use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
 use crate::proc::Status;
 use crate::records::ProcessImage;
-use crate::stub::{SCRATCH_DATA, Stub};
+use crate::stub::{SCRATCH_DATA, Stub, capset};
 use crstream_proto::{Credentials, MmFields};
 
 /// Records version since which every thread has its own record.
@@ -32,7 +32,6 @@ const CAP_SETUID: u32 = 7;
 const CAP_SETPCAP: u32 = 8;
 /// securebits (linux/securebits.h).
 const SECBIT_KEEP_CAPS: u32 = 1 << 4;
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 pub(crate) struct Creds;
 
@@ -248,26 +247,5 @@ fn set(stub: &Stub, remote: &Remote, c: &Credentials) -> Result<(), TaskError> {
             &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
         )?;
     }
-    Ok(())
-}
-
-/// capset(2) of the calling thread: version 3, two 32-bit words per set.
-fn capset(
-    stub: &Stub,
-    remote: &Remote,
-    effective: u64,
-    permitted: u64,
-    inheritable: u64,
-) -> Result<(), TaskError> {
-    let mut b = Vec::with_capacity(8 + 24);
-    b.extend_from_slice(&LINUX_CAPABILITY_VERSION_3.to_le_bytes());
-    b.extend_from_slice(&0i32.to_le_bytes());
-    for half in [0, 32] {
-        for set in [effective, permitted, inheritable] {
-            b.extend_from_slice(&((set >> half) as u32).to_le_bytes());
-        }
-    }
-    let header = stub.put(SCRATCH_DATA, &b)?;
-    remote.call("capset", libc::SYS_capset, &[header, header + 8])?;
     Ok(())
 }

@@ -48,7 +48,7 @@ pub(crate) fn run_as<T: Send>(
 }
 
 /// Linux capability ABI version 3: two 32-bit words per set.
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+pub(crate) const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 fn assume(ids: &Ids) -> io::Result<()> {
     const KEEP: libc::c_long = -1;
