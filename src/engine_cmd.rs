@@ -288,17 +288,30 @@ impl crstream_core::PageFetcher for Fetcher {
         offset: u64,
         len: u64,
     ) -> std::result::Result<PageBatch, crstream_core::FetchError> {
-        self.handle
-            .block_on(self.reader.page_batch(offset, len))
-            .map_err(|e| self.error(e))
+        self.fetch_run(&[(offset, len)])?.pop().ok_or_else(|| {
+            self.error(crstream_streamer::StreamError::BadIndex {
+                reason: format!("no frame at {offset}"),
+            })
+        })
     }
     fn fetch_run(
         &self,
         frames: &[(u64, u64)],
     ) -> std::result::Result<Vec<PageBatch>, crstream_core::FetchError> {
-        self.handle
-            .block_on(self.reader.page_batches_at(frames))
-            .map_err(|e| self.error(e))
+        // Only the read runs on the runtime; each frame is checked and
+        // decompressed here, on the engine's fetch thread.
+        let stored = self
+            .handle
+            .block_on(self.reader.stored_page_frames_at(frames))
+            .map_err(|e| self.error(e))?;
+        stored
+            .into_iter()
+            .map(|s| {
+                self.reader
+                    .page_batch_from_stored(s)
+                    .map_err(|e| self.error(e))
+            })
+            .collect()
     }
     fn describe(&self) -> String {
         self.url.clone()

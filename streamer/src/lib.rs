@@ -23,5 +23,5 @@ pub use image::{Frame, ImageSink, ImageSource, Item, ItemDecoder};
 pub use mapped::{MappedRange, Mapping};
 pub use pages::{PAGE_SIZE, PageBatch, PageRun};
 pub use random::{RandomReader, RangeRead};
-pub use reader::{BlockingItems, SequentialReader};
+pub use reader::{BlockingItems, SequentialReader, StoredFrame};
 pub use writer::{BlockingWriter, StreamWriter, WriteSummary, WriterOptions};

@@ -255,6 +255,16 @@ impl RandomReader {
     /// Consecutive frames (`(offset, len)`, each starting where the
     /// previous one ends) with one ranged read, each checked and decoded.
     async fn read_frames(&self, run: &[(u64, u64)]) -> Result<Vec<Frame>> {
+        let mut frames = Vec::with_capacity(run.len());
+        for stored in self.read_stored_frames(run).await? {
+            frames.push(decode_stored(stored).await?);
+        }
+        Ok(frames)
+    }
+
+    /// Consecutive frames with one ranged read, their headers checked
+    /// against the index but not yet their payloads.
+    async fn read_stored_frames(&self, run: &[(u64, u64)]) -> Result<Vec<StoredFrame>> {
         let (Some(&(start, _)), Some(&(last, last_len))) = (run.first(), run.last()) else {
             return Ok(Vec::new());
         };
@@ -273,12 +283,12 @@ impl RandomReader {
         } else {
             read(&*self.src, start..end, "frames").await?
         };
-        let mut frames = Vec::with_capacity(run.len());
-        for &(offset, len) in run {
-            let at = (offset - start) as usize;
-            frames.push(frame_from_bytes(bytes.slice(at..at + len as usize), offset, len).await?);
-        }
-        Ok(frames)
+        run.iter()
+            .map(|&(offset, len)| {
+                let at = (offset - start) as usize;
+                stored_from_bytes(bytes.slice(at..at + len as usize), offset, len)
+            })
+            .collect()
     }
 
     /// Items in stream order (metadata, then pages), fetched in parallel and
@@ -333,22 +343,31 @@ impl RandomReader {
     /// header, as the index gives them), with one ranged read.
     pub async fn page_batch(&self, offset: u64, len: u64) -> Result<PageBatch> {
         let frame = self.read_frame(offset, len).await?;
-        self.batch_of(frame, offset).await
+        self.batch_of(frame, offset)
     }
 
-    /// The page batches of consecutive page frames (`(offset, len)` as the
-    /// index gives them, each starting where the previous one ends), with
-    /// one ranged read: fewer, larger requests for a prefetch.
-    pub async fn page_batches_at(&self, frames: &[(u64, u64)]) -> Result<Vec<PageBatch>> {
-        let mut batches = Vec::with_capacity(frames.len());
-        for (frame, &(offset, _)) in self.read_frames(frames).await?.into_iter().zip(frames) {
-            batches.push(self.batch_of(frame, offset).await?);
-        }
-        Ok(batches)
+    /// Consecutive page frames (`(offset, len)` as the index gives them,
+    /// each starting where the previous one ends) with one ranged read:
+    /// fewer, larger requests for a prefetch. They come back as read, to be
+    /// checked and decompressed with
+    /// [`page_batch_from_stored`](Self::page_batch_from_stored) on the
+    /// caller's own thread, which pays no hand-over to the runtime's
+    /// blocking pool per frame.
+    pub async fn stored_page_frames_at(&self, frames: &[(u64, u64)]) -> Result<Vec<StoredFrame>> {
+        self.read_stored_frames(frames).await
+    }
+
+    /// The page batch of a frame [`stored_page_frames_at`] read, its
+    /// checksum checked and its payload decompressed here (blocking).
+    ///
+    /// [`stored_page_frames_at`]: Self::stored_page_frames_at
+    pub fn page_batch_from_stored(&self, stored: StoredFrame) -> Result<PageBatch> {
+        let offset = stored.offset;
+        self.batch_of(stored.decode()?, offset)
     }
 
     /// The page batch a page frame holds, checked against the index.
-    async fn batch_of(&self, frame: Frame, offset: u64) -> Result<PageBatch> {
+    fn batch_of(&self, frame: Frame, offset: u64) -> Result<PageBatch> {
         if frame.header.kind != FrameKind::Pages {
             return Err(StreamError::BadIndex {
                 reason: format!(
@@ -357,10 +376,8 @@ impl RandomReader {
                 ),
             });
         }
-        let raw = frame.raw;
-        let batch = tokio::task::spawn_blocking(move || PageBatch::decode(raw, offset))
-            .await
-            .map_err(|e| StreamError::WriterGone(format!("decode worker: {e}")))??;
+        // Only headers are parsed: cheap enough for any thread.
+        let batch = PageBatch::decode(frame.raw, offset)?;
         // The frame must hold what the index says it does: a frame moved
         // or written twice would put pages where they do not belong.
         let held = crate::image::PageFrame {
@@ -449,6 +466,11 @@ async fn fetch_frame(src: &dyn RangeRead, offset: u64, len: u64) -> Result<Frame
 
 /// Checks and decodes the frame at `offset` from its `len` bytes.
 async fn frame_from_bytes(bytes: Bytes, offset: u64, len: u64) -> Result<Frame> {
+    decode_stored(stored_from_bytes(bytes, offset, len)?).await
+}
+
+/// The frame at `offset` from its `len` bytes, its header checked.
+fn stored_from_bytes(bytes: Bytes, offset: u64, len: u64) -> Result<StoredFrame> {
     if bytes.len() < FRAME_HEADER_LEN {
         return Err(StreamError::BadIndex {
             reason: format!("frame at {offset} of {len} bytes is shorter than a frame header"),
@@ -463,12 +485,16 @@ async fn frame_from_bytes(bytes: Bytes, offset: u64, len: u64) -> Result<Frame> 
             ),
         });
     }
-    let stored = StoredFrame {
+    Ok(StoredFrame {
         offset,
         header,
         stored: bytes.slice(FRAME_HEADER_LEN..),
-    };
-    if header.raw_len as usize > 256 << 10 {
+    })
+}
+
+/// Checks and decompresses a frame, off the runtime's threads if large.
+async fn decode_stored(stored: StoredFrame) -> Result<Frame> {
+    if stored.header.raw_len as usize > 256 << 10 {
         tokio::task::spawn_blocking(move || stored.decode())
             .await
             .map_err(|e| StreamError::WriterGone(format!("decode worker: {e}")))?
