@@ -17,6 +17,10 @@
 //! `download` row gives `crstream download`'s own time to a local file.
 //! [--compress CODEC]: how the image is dumped (default auto: raw frames
 //! in a local file; `crstream dump | crstream upload` stores zstd).
+//! [--runs N]: each row is the median of N runs (default 1), the modes and
+//! the download taking turns so that each sees the machine as the others
+//! do; for an object store, a last row per size gives the lazy restore's
+//! throughput as a fraction of the download's (medians).
 
 #[path = "bench_common/mod.rs"]
 mod common;
@@ -34,6 +38,7 @@ fn main() {
     let mut server = "moto".to_string();
     let mut idle = false;
     let mut codec = "auto".to_string();
+    let mut runs = 1usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -49,9 +54,16 @@ fn main() {
             "--idle" => idle = true,
             "--compress" => codec = args.next().expect("--compress CODEC"),
             "--s3-server" => server = args.next().expect("--s3-server moto|s3s-fs"),
+            "--runs" => {
+                runs = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--runs N")
+            }
             "--help" | "-h" => {
                 println!(
-                    "usage: bench_restore [--sizes 64,256,1024] [--no-s3] [--s3-server moto|s3s-fs] [--idle] [--compress CODEC]"
+                    "usage: bench_restore [--sizes 64,256,1024] [--no-s3] [--s3-server moto|s3s-fs] [--idle] [--compress CODEC] [--runs N]"
                 );
                 return;
             }
@@ -84,74 +96,143 @@ fn main() {
             sources.push((if s3.name == "moto" { "moto" } else { "s3s-fs" }, url));
         }
         for (source, url) in &sources {
-            if *source != "file" {
-                let env = s3.as_ref().map(S3::env).unwrap_or_default();
-                let t0 = Instant::now();
-                download(&crstream, url, env, &dir.path().join("downloaded"));
-                let took = t0.elapsed();
-                let mb = std::fs::metadata(dir.path().join("downloaded"))
-                    .unwrap()
-                    .len() as f64
-                    / 1e6;
-                println!(
-                    "{size:>8}  {source:<6}  download   {:>8.1} ms  ({mb:.0} MB at {:.0} MB/s)",
-                    took.as_secs_f64() * 1e3,
-                    mb / took.as_secs_f64()
-                );
+            let env = s3.as_ref().map(S3::env).unwrap_or_default();
+            let modes: &[&str] = if *source == "file" {
+                &["streaming", "lazy"] // a local file is already staged
+            } else {
+                &["download", "staged", "streaming", "lazy"]
+            };
+            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
+            for _ in 0..runs {
+                for (i, mode) in modes.iter().enumerate() {
+                    samples[i].push(if *mode == "download" {
+                        let to = dir.path().join("downloaded");
+                        let t0 = Instant::now();
+                        download(&crstream, url, env.clone(), &to);
+                        let took = t0.elapsed();
+                        let bytes = std::fs::metadata(&to).unwrap().len();
+                        let _ = std::fs::remove_file(&to);
+                        Sample {
+                            runs: took,
+                            complete: took,
+                            rss_kib: 0,
+                            verified: true,
+                            bytes,
+                        }
+                    } else {
+                        let r = restore_once(&crstream, url, mode, &env, dir.path(), pid, source);
+                        let verified = continues(&report, dumped, checksum);
+                        kill_and_reap(pid);
+                        Sample { verified, ..r }
+                    });
+                }
             }
-            for mode in ["staged", "streaming", "lazy"] {
-                if mode == "staged" && *source == "file" {
-                    continue; // a local file is already staged
-                }
-                let env = s3.as_ref().map(S3::env).unwrap_or_default();
-                let t0 = Instant::now();
-                let input = if mode == "staged" {
-                    let staged = dir.path().join("staged");
-                    download(&crstream, url, env.clone(), &staged);
-                    staged.to_str().unwrap().to_string()
-                } else {
-                    url.clone()
+            let mut download_ms = None;
+            for (mode, samples) in modes.iter().zip(&samples) {
+                let ms = |f: fn(&Sample) -> Duration| {
+                    let mut v: Vec<f64> =
+                        samples.iter().map(|s| f(s).as_secs_f64() * 1e3).collect();
+                    common::median(&mut v)
                 };
-                let mut cmd = Command::new(&crstream);
-                cmd.args(["restore", "--detach", "--json", "-i", &input])
-                    .envs(env);
-                if mode == "lazy" {
-                    cmd.arg("--lazy");
+                let (runs_ms, complete_ms) = (ms(|s| s.runs), ms(|s| s.complete));
+                if *mode == "download" {
+                    let mb = samples[0].bytes as f64 / 1e6;
+                    println!(
+                        "{size:>8}  {source:<6}  download   {runs_ms:>8.1} ms  ({mb:.0} MB at {:.0} MB/s)",
+                        mb / runs_ms * 1e3
+                    );
+                    download_ms = Some(runs_ms);
+                    continue;
                 }
-                let mut child = cmd
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("crstream restore");
-                let mut line = String::new();
-                BufReader::new(child.stdout.take().unwrap())
-                    .read_line(&mut line)
-                    .unwrap();
-                let runs = t0.elapsed();
-                let v: serde_json::Value =
-                    serde_json::from_str(line.trim()).expect("restore --json");
-                let (mut code, mut rss_kib) = wait_rss(child.id() as i32);
-                if mode == "lazy" {
-                    // The command returned at once; its server (ours now:
-                    // we are the subreaper) serves the pages.
-                    assert_eq!(code, 0, "restore ({source}, {mode}) failed");
-                    (code, rss_kib) =
-                        wait_rss(v["server_pid"].as_i64().expect("server_pid") as i32);
-                }
-                drop(child);
-                let complete = t0.elapsed();
-                assert_eq!(code, 0, "restore ({source}, {mode}) failed");
-                assert_eq!(v["pid"].as_i64(), Some(pid as i64));
-                let verified = continues(&report, dumped, checksum);
+                let mut rss: Vec<f64> = samples.iter().map(|s| s.rss_kib as f64).collect();
                 println!(
-                    "{size:>8}  {source:<6}  {mode:<9}  {:>8.1} ms  {:>11.1} ms  {:>12.1}  {}",
-                    runs.as_secs_f64() * 1e3,
-                    complete.as_secs_f64() * 1e3,
-                    rss_kib as f64 / 1024.0,
-                    if verified { "yes" } else { "NO" }
+                    "{size:>8}  {source:<6}  {mode:<9}  {runs_ms:>8.1} ms  {complete_ms:>11.1} ms  {:>12.1}  {}",
+                    common::median(&mut rss) / 1024.0,
+                    if samples.iter().all(|s| s.verified) {
+                        "yes"
+                    } else {
+                        "NO"
+                    }
                 );
-                kill_and_reap(pid);
+                if *mode == "lazy"
+                    && let Some(d) = download_ms
+                {
+                    println!(
+                        "{size:>8}  {source:<6}  lazy fill at {:.0}% of the download's throughput",
+                        d / complete_ms * 100.0
+                    );
+                }
             }
         }
+    }
+}
+
+/// One restore's figures (a download's: runs = complete, its bytes).
+#[derive(Clone)]
+struct Sample {
+    runs: Duration,
+    complete: Duration,
+    rss_kib: i64,
+    verified: bool,
+    bytes: u64,
+}
+
+/// One `crstream restore --detach --json` of `url` in `mode` (staged: a
+/// download to a local file first, counted in the time), which must give
+/// back `pid`; the restored process is left running.
+fn restore_once(
+    crstream: &Path,
+    url: &str,
+    mode: &str,
+    env: &[(String, String)],
+    dir: &Path,
+    pid: i32,
+    source: &str,
+) -> Sample {
+    let t0 = Instant::now();
+    let input = if mode == "staged" {
+        let staged = dir.join("staged");
+        download(crstream, url, env.to_vec(), &staged);
+        staged.to_str().unwrap().to_string()
+    } else {
+        url.to_string()
+    };
+    let mut cmd = Command::new(crstream);
+    cmd.args(["restore", "--detach", "--json", "-i", &input])
+        .envs(env.iter().cloned());
+    if mode == "lazy" {
+        cmd.arg("--lazy");
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("crstream restore");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let runs = t0.elapsed();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("restore --json");
+    let (mut code, mut rss_kib) = wait_rss(child.id() as i32);
+    if mode == "lazy" {
+        // The command returned at once; its server (ours now: we are the
+        // subreaper) serves the pages.
+        assert_eq!(code, 0, "restore ({source}, {mode}) failed");
+        (code, rss_kib) = wait_rss(v["server_pid"].as_i64().expect("server_pid") as i32);
+    }
+    drop(child);
+    let complete = t0.elapsed();
+    assert_eq!(code, 0, "restore ({source}, {mode}) failed");
+    assert_eq!(v["pid"].as_i64(), Some(pid as i64));
+    if mode == "staged" {
+        let _ = std::fs::remove_file(dir.join("staged"));
+    }
+    Sample {
+        runs,
+        complete,
+        rss_kib,
+        verified: false,
+        bytes: 0,
     }
 }
 
