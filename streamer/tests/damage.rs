@@ -356,7 +356,9 @@ async fn two_page_frames(img: &[u8]) -> ((u64, u64), (u64, u64)) {
 }
 
 /// Every reader of a damaged stream fails: sequential, random, and the
-/// fetch of the page frame at `frame` (offset, length) alone.
+/// fetch of the page frame at `frame` (offset, length) alone, both as one
+/// batch and as the lazy restore fetches it (read on the runtime, checked
+/// on its own thread).
 async fn every_reader_refuses(img: Vec<u8>, frame: (u64, u64)) -> Vec<String> {
     let mut errors = vec![
         read_seq(img.clone()).await.unwrap_err().to_string(),
@@ -372,6 +374,15 @@ async fn every_reader_refuses(img: Vec<u8>, frame: (u64, u64)) -> Vec<String> {
             .unwrap_err()
             .to_string(),
     );
+    let as_lazy = match reader.stored_page_frames_at(&[frame]).await {
+        Ok(stored) => stored
+            .into_iter()
+            .map(|s| reader.page_batch_from_stored(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    errors.push(as_lazy.unwrap_err().to_string());
     errors
 }
 
@@ -405,5 +416,31 @@ async fn swapped_page_frames() {
     img[b.0 as usize..(b.0 + b.1) as usize].copy_from_slice(&fa);
     for e in every_reader_refuses(img, b).await {
         assert!(e.contains("the index says"), "{e}");
+    }
+}
+
+/// A bit flipped in a page frame's payload: every reader names the
+/// checksum of that frame, the lazy restore's fetch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_bit_in_a_page_frame() {
+    for codec in [Codec::None, Codec::Zstd] {
+        let mut img = image(codec).await;
+        let reader = RandomReader::open(Arc::new(Bytes::copy_from_slice(&img)))
+            .await
+            .unwrap();
+        let f = reader
+            .index()
+            .frames
+            .iter()
+            .find(|f| f.kind == crstream_streamer::format::FrameKind::Pages as u32)
+            .expect("a page frame");
+        let a = (f.offset, FRAME_HEADER_LEN as u64 + f.stored_len as u64);
+        img[(a.0 + a.1 / 2) as usize] ^= 0x10;
+        for e in every_reader_refuses(img, a).await {
+            assert!(
+                e.contains("checksum") && e.contains(&a.0.to_string()),
+                "{codec:?}: {e}"
+            );
+        }
     }
 }
