@@ -335,18 +335,23 @@ async fn items_end_with_the_index() {
     assert!(matches!(items.last(), Some(Ok(Item::End { .. }))));
 }
 
-/// Two page frames of the same length, from the index: (offset, length).
-async fn two_page_frames(img: &[u8]) -> ((u64, u64), (u64, u64)) {
+/// The page frames the index lists: (offset, length).
+async fn page_frames(img: &[u8]) -> Vec<(u64, u64)> {
     let reader = RandomReader::open(Arc::new(Bytes::copy_from_slice(img)))
         .await
         .unwrap();
-    let frames: Vec<(u64, u64)> = reader
+    reader
         .index()
         .frames
         .iter()
         .filter(|f| f.kind == crstream_streamer::format::FrameKind::Pages as u32)
         .map(|f| (f.offset, FRAME_HEADER_LEN as u64 + f.stored_len as u64))
-        .collect();
+        .collect()
+}
+
+/// Two page frames of the same length, from the index: (offset, length).
+async fn two_page_frames(img: &[u8]) -> ((u64, u64), (u64, u64)) {
+    let frames = page_frames(img).await;
     for (i, a) in frames.iter().enumerate() {
         if let Some(b) = frames[i + 1..].iter().find(|b| b.1 == a.1) {
             return (*a, *b);
@@ -425,16 +430,7 @@ async fn swapped_page_frames() {
 async fn flipped_bit_in_a_page_frame() {
     for codec in [Codec::None, Codec::Zstd] {
         let mut img = image(codec).await;
-        let reader = RandomReader::open(Arc::new(Bytes::copy_from_slice(&img)))
-            .await
-            .unwrap();
-        let f = reader
-            .index()
-            .frames
-            .iter()
-            .find(|f| f.kind == crstream_streamer::format::FrameKind::Pages as u32)
-            .expect("a page frame");
-        let a = (f.offset, FRAME_HEADER_LEN as u64 + f.stored_len as u64);
+        let a = page_frames(&img).await[0];
         img[(a.0 + a.1 / 2) as usize] ^= 0x10;
         for e in every_reader_refuses(img, a).await {
             assert!(
