@@ -63,6 +63,33 @@ fn memory_dump_restore_restore_again_and_redump() {
     assert_running_untraced(pid);
 }
 
+/// Dump returns once the tree is killed, without waiting for it to free
+/// its memory; a restore started at once waits until the PID is free
+/// (here held by a zombie its parent reaps only 300 ms later), then comes
+/// back with the same PID and memory.
+#[test]
+fn a_restore_right_after_the_dump_waits_for_the_killed_process() {
+    let dir = TestDir::new("restore_at_once");
+    let mut w = Workload::spawn("wl_memory", dir.path("report"), &["256"]);
+    let before = w.wait_report(T, |r| field(r, 0, 0) >= 2);
+    let checksum = field(&before, 0, 1);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let dumped = field(&w.read_report().unwrap(), 0, 0);
+    assert!(proc_exists(w.pid), "not reaped yet: the PID is still held");
+    let late_parent = w.reap_later(Duration::from_millis(300));
+    let (pid, _) = restore(&img);
+    assert!(
+        late_parent.is_finished(),
+        "restore ran while the PID was held"
+    );
+    late_parent.join().unwrap();
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 0) > dumped + 2);
+    assert_eq!(field(&r, 0, 1), checksum);
+    assert_running_untraced(pid);
+}
+
 /// A local image damaged in its pages (one bit flipped; cut short) is
 /// refused with one line naming what is wrong and where, and leaves no
 /// process behind: the intact image then restores with the same PID and

@@ -379,6 +379,50 @@ pub fn pid_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The kernel's PF_EXITING task flag (field 9 of /proc/PID/stat): set from
+/// the start of the exit, while the process is still freeing its memory
+/// and files, before it becomes a zombie.
+const PF_EXITING: u64 = 0x4;
+
+/// How long a PID held by an exit is waited for: a killed process frees
+/// its memory first (about 0.15 s per GiB here), and a zombie whose parent
+/// is PID 1 is reaped 1-2 s late.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `pid` is free, waiting (up to `EXIT_WAIT`) while it is held by a
+/// process that is exiting or a zombie not yet reaped: the tree a dump has
+/// just killed (dump does not wait for the exits). False at once when a
+/// live process holds it.
+pub fn wait_pid_released(pid: i32) -> bool {
+    wait_exit(pid, true)
+}
+
+/// Waits (up to `EXIT_WAIT`) while `pid` is held by a process that is still
+/// exiting, which still holds its files, sockets and locks; a zombie or a
+/// live process is not waited for. For restores into a new PID namespace,
+/// whose PIDs do not clash: the tree dumped just before (with the image's
+/// PIDs) may still hold the addresses and locks the restore takes again.
+pub fn wait_exiting(pid: i32) {
+    wait_exit(pid, false);
+}
+
+fn wait_exit(pid: i32, zombies_too: bool) -> bool {
+    let deadline = std::time::Instant::now() + EXIT_WAIT;
+    loop {
+        let Ok(stat) = stat(pid) else {
+            return !pid_exists(pid);
+        };
+        // A leader that ended alone (pthread_exit) shows Z while its
+        // threads run on: that process is alive.
+        let zombie = matches!(stat.state(), 'Z' | 'X') && stat.field(20) <= 1;
+        let exiting = !zombie && stat.field(9) & PF_EXITING != 0;
+        if !(exiting || zombies_too && zombie) || std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Capability numbers (linux/capability.h).
 pub(crate) const CAP_SYS_ADMIN: u32 = 21;
 pub(crate) const CAP_SYS_RESOURCE: u32 = 24;

@@ -195,6 +195,21 @@ impl Workload {
         );
     }
 
+    /// After a dump killed it: reaps it on a thread after `delay` (a
+    /// parent that is slow to collect its child's exit).
+    pub fn reap_later(&mut self, delay: Duration) -> std::thread::JoinHandle<()> {
+        let mut child = self.child.take().expect("our child");
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let st = child.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&st),
+                Some(libc::SIGKILL),
+                "killed by the dump"
+            );
+        })
+    }
+
     /// Kills it (SIGKILL by PID) and waits until the PID is free.
     /// Kills the workload and its children (a tree workload's, which
     /// would outlive it).

@@ -230,11 +230,11 @@ fn plan_process<'a>(
             "the thread list of pid {pid} does not start with its leader"
         )));
     }
-    if pids_here && crate::proc::pid_exists(pid) {
+    if pids_here && !crate::proc::wait_pid_released(pid) {
         return Err(RestoreError::PidInUse { pid });
     }
     for t in threads[1..].iter().filter(|_| pids_here) {
-        if crate::proc::pid_exists(t.tid as i32) {
+        if !crate::proc::wait_pid_released(t.tid as i32) {
             return Err(RestoreError::TidInUse {
                 pid,
                 tid: t.tid as i32,
@@ -288,6 +288,11 @@ fn restore_inner(
     let plan = tree::Plan::new(&img.tree.processes)?;
     let entries = plan.entries;
     let root = &entries[0];
+    if in_pidns {
+        for e in entries.iter() {
+            crate::proc::wait_exiting(e.pid as i32);
+        }
+    }
 
     // Before the kinds, which hold copies of the sockets they made: dropped
     // after them, on failure it silences those sockets (see TcpBuilt).
@@ -312,7 +317,7 @@ fn restore_inner(
                     &opts.inherit_fds,
                 )?),
                 _ => {
-                    if !in_pidns && crate::proc::pid_exists(e.pid as i32) {
+                    if !in_pidns && !crate::proc::wait_pid_released(e.pid as i32) {
                         return Err(RestoreError::PidInUse { pid: e.pid as i32 });
                     }
                     None
