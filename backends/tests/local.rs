@@ -227,6 +227,48 @@ async fn commit_replaces_previous_object() {
     check_reads(&env, url, &new).await;
 }
 
+/// Processes holding `path` open after it was deleted or replaced.
+fn holders_of_deleted(path: &std::path::Path) -> Vec<String> {
+    let gone = format!("{} (deleted)", path.display());
+    let mut holders = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == gone) {
+                holders.push(fd.path().display().to_string());
+            }
+        }
+    }
+    holders
+}
+
+/// A local file replaced by a commit is freed (in the background: its
+/// last close frees its pages), and nothing keeps it open.
+#[tokio::test]
+async fn a_replaced_local_file_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.img");
+    let url = path.to_str().unwrap();
+    put(&env(), url, &random_bytes(4 << 20, 12), &SMALL_PARTS).await;
+    let new = random_bytes(100_000, 13);
+    put(&env(), url, &new, &SMALL_PARTS).await;
+    check_reads(&env(), url, &new).await;
+    let t = std::time::Instant::now();
+    loop {
+        let holders = holders_of_deleted(&path);
+        if holders.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the replaced file is still open: {holders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn not_found() {
     let dir = tempfile::tempdir().unwrap();
