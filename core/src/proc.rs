@@ -437,6 +437,66 @@ pub(crate) fn own_capability(bit: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// A PID held by an exit is waited for, a live one is not: a child
+    /// with 1 GiB of memory, killed, is exiting while it frees that
+    /// memory, then a zombie until reaped (here 300 ms later).
+    #[test]
+    fn a_pid_held_by_an_exit_is_waited_for() {
+        use std::time::{Duration, Instant};
+        const SIZE: usize = 1 << 30;
+        // SAFETY: the child makes system calls only, then waits to be
+        // killed; the parent reaps it below.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
+                let prot = libc::PROT_READ | libc::PROT_WRITE;
+                libc::mmap(std::ptr::null_mut(), SIZE, prot, flags, -1, 0);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        /// Kills and reaps the child should the test fail half way.
+        struct Reap(i32);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                if self.0 == 0 {
+                    return;
+                }
+                // SAFETY: signalling and reaping our own child, not reaped yet.
+                unsafe {
+                    libc::kill(self.0, libc::SIGKILL);
+                    libc::waitpid(self.0, std::ptr::null_mut(), libc::WNOHANG);
+                }
+            }
+        }
+        let mut guard = Reap(pid);
+        // Resident pages: field 24.
+        let rss = || stat(pid).map_or(0, |s| s.field(24));
+        let t = Instant::now();
+        while rss() < (SIZE >> 12) as u64 {
+            assert!(t.elapsed() < Duration::from_secs(20), "child never filled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!wait_pid_released(pid), "a live process is not waited for");
+
+        // SAFETY: killing our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let flags_state = || stat(pid).map(|s| (s.field(9), s.state())).unwrap();
+        while flags_state().0 & PF_EXITING == 0 {}
+        wait_exiting(pid);
+        assert_eq!(flags_state().1, 'Z', "returned before the exit was done");
+
+        let waiter = std::thread::spawn(move || wait_pid_released(pid));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "a zombie is waited for");
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        guard.0 = 0;
+        assert!(waiter.join().unwrap(), "the PID is free once reaped");
+    }
+
     #[test]
     fn maps_line() {
         let e = parse_maps_line(
