@@ -407,7 +407,8 @@ pub fn wait_exiting(pid: i32) {
 }
 
 fn wait_exit(pid: i32, zombies_too: bool) -> bool {
-    let deadline = std::time::Instant::now() + EXIT_WAIT;
+    let started = std::time::Instant::now();
+    let mut told = false;
     loop {
         let Ok(stat) = stat(pid) else {
             return !pid_exists(pid);
@@ -416,8 +417,16 @@ fn wait_exit(pid: i32, zombies_too: bool) -> bool {
         // threads run on: that process is alive.
         let zombie = matches!(stat.state(), 'Z' | 'X') && stat.field(20) <= 1;
         let exiting = !zombie && stat.field(9) & PF_EXITING != 0;
-        if !(exiting || zombies_too && zombie) || std::time::Instant::now() > deadline {
+        if !(exiting || zombies_too && zombie) || started.elapsed() > EXIT_WAIT {
             return false;
+        }
+        if !told && started.elapsed() > std::time::Duration::from_secs(2) {
+            told = true;
+            let holder = match zombie {
+                true => format!("a zombie its parent (PID {}) has not reaped", stat.field(4)),
+                false => "a process that is still exiting".to_string(),
+            };
+            tracing::warn!("PID {pid} is held by {holder}: waiting up to {EXIT_WAIT:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
