@@ -1,7 +1,8 @@
 //! Workload: threads blocked in the kernel when the dump freezes them:
 //! short sleeps (nanosleep), a long 3 s sleep, a condvar wait with timeout
-//! (futex with timeout) and a condvar wait without timeout (futex). Each
-//! checks that no wait ends early. Reports, every 100 ms:
+//! (futex with timeout) and a condvar wait without timeout (futex); and
+//! raw poll without timeout, nanosleep and futex wait with a timeout, which
+//! must never see EINTR. Each checks that no wait ends early. Reports, every 100 ms:
 //! "pid errors short_sleeps long_sleeps timed_waits".
 //!
 //! Usage: wl_sleep REPORT
@@ -77,6 +78,66 @@ fn main() {
             let _g = cv.wait_while(g, |ready| !*ready).unwrap();
             eprintln!("untimed wait returned");
             errors.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    // Raw calls that the kernel restarts through its restart_block when a
+    // tracer interrupts them (ERESTART_RESTARTBLOCK): none of them may
+    // return EINTR, since no signal handler ran.
+    {
+        let errors = errors.clone();
+        std::thread::spawn(move || {
+            // SAFETY: poll on no fds, no timeout: returns only on error.
+            let r = unsafe { libc::poll(std::ptr::null_mut(), 0, -1) };
+            eprintln!(
+                "poll without timeout returned {r}: {}",
+                std::io::Error::last_os_error()
+            );
+            errors.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    {
+        let errors = errors.clone();
+        std::thread::spawn(move || {
+            let second = libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            loop {
+                // SAFETY: nanosleep with a timespec on the stack and no
+                // remainder asked for.
+                if unsafe { libc::nanosleep(&second, std::ptr::null_mut()) } != 0 {
+                    eprintln!("nanosleep: {}", std::io::Error::last_os_error());
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    {
+        let errors = errors.clone();
+        std::thread::spawn(move || {
+            let word = std::sync::atomic::AtomicU32::new(0);
+            let second = libc::timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            loop {
+                // SAFETY: a private futex wait on a word of ours that
+                // stays 0, with a relative timeout.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_futex,
+                        word.as_ptr(),
+                        libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                        0u32,
+                        &second,
+                    )
+                };
+                let err = std::io::Error::last_os_error();
+                if r != -1 || err.raw_os_error() != Some(libc::ETIMEDOUT) {
+                    eprintln!("futex wait with a timeout returned {r}: {err}");
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+            }
         });
     }
     let pid = std::process::id();

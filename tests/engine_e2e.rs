@@ -277,7 +277,7 @@ fn sleeping_and_waiting_threads_resume_without_early_wakeups() {
     w.reap_dumped();
     let (pid, tids) = restore(&img);
     w.restored(pid);
-    assert_eq!(tids.len(), 5);
+    assert_eq!(tids.len(), 8);
     let r = w.wait_report(T, |r| {
         field(r, 0, 2) >= field(&at_dump, 0, 2) + 3
             && field(r, 0, 3) > field(&at_dump, 0, 3)

@@ -302,7 +302,7 @@ impl RemoteMem {
 const ERESTARTSYS: i64 = 512;
 const ERESTARTNOINTR: i64 = 513;
 const ERESTARTNOHAND: i64 = 514;
-const ERESTART_RESTARTBLOCK: i64 = 516;
+pub(crate) const ERESTART_RESTARTBLOCK: i64 = 516;
 
 /// Where the registers of a thread stopped inside a syscall go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,9 +311,15 @@ pub enum Resume {
     /// kernel's restart_block is intact, so RESTART_RESTARTBLOCK restarts
     /// through restart_syscall.
     SameTask,
-    /// A restored task: no restart_block, so those syscalls return EINTR
-    /// (callers such as nanosleep loops retry with the remaining time the
-    /// kernel already wrote out).
+    /// A restored task: no restart_block, so those syscalls (nanosleep,
+    /// clock_nanosleep, poll, futex waits with a timeout) start again with
+    /// their own arguments: a sleep or a timed wait may last longer than
+    /// asked, which they all allow, where EINTR would end a wait that no
+    /// signal interrupted (`sleep` in perl returns early, `tail -F`
+    /// exits). glibc's sleep() passes the same timespec for the time asked
+    /// and the time left, which the kernel updated: it sleeps what was
+    /// left. Only a task already inside restart_syscall (its original
+    /// call known to the lost restart_block alone) gets EINTR.
     Restored,
 }
 
@@ -332,7 +338,13 @@ pub fn adjust_restart(regs: &mut Regs, mode: Resume) {
                     regs.rax = libc::SYS_restart_syscall as u64;
                     regs.rip -= 2;
                 }
-                Resume::Restored => regs.rax = (-libc::EINTR) as i64 as u64,
+                Resume::Restored if regs.orig_rax == libc::SYS_restart_syscall as u64 => {
+                    regs.rax = (-libc::EINTR) as i64 as u64
+                }
+                Resume::Restored => {
+                    regs.rax = regs.orig_rax;
+                    regs.rip -= 2;
+                }
             },
             _ => {}
         }
@@ -360,6 +372,9 @@ mod tests {
             assert_eq!((r.rax, r.rip, r.orig_rax as i64), (202, 0x1000, -1));
         }
         let mut r = regs(230, -516);
+        adjust_restart(&mut r, Resume::Restored);
+        assert_eq!((r.rax, r.rip, r.orig_rax as i64), (230, 0x1000, -1));
+        let mut r = regs(libc::SYS_restart_syscall, -516);
         adjust_restart(&mut r, Resume::Restored);
         assert_eq!((r.rax as i64, r.rip), (-(libc::EINTR as i64), 0x1002));
         let mut r = regs(230, -516);

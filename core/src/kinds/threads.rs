@@ -218,6 +218,15 @@ fn final_regs(pid: i32, t: &ThreadCore) -> Result<Regs, RestoreError> {
             t.gp_regs.len()
         ))
     })?;
+    if regs.orig_rax == libc::SYS_restart_syscall as u64
+        && regs.rax as i64 == -crate::inject::ERESTART_RESTARTBLOCK
+    {
+        tracing::warn!(
+            "tid {} of pid {pid} was in a system call the kernel had already restarted \
+             once (restart_syscall): what it restarts is not saved, so it returns EINTR",
+            t.tid
+        );
+    }
     adjust_restart(&mut regs, Resume::Restored);
     Ok(regs)
 }
