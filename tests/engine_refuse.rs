@@ -114,6 +114,48 @@ fn a_process_two_pid_namespaces_deep_is_refused() {
     unsafe { libc::kill(first, libc::SIGKILL) };
 }
 
+/// Namespaces crstream does not save are refused by name, and the process
+/// runs on: its own network and UTS namespaces (restored, it would have
+/// the host's network and hostname); its own mount namespace with a tmpfs
+/// of its own (restored, it would see crstream's mounts).
+#[test]
+fn a_process_in_namespaces_crstream_does_not_save_is_refused() {
+    let dir = TestDir::new("namespaces");
+    let mnt = dir.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount_then_sleep = format!("mount -t tmpfs none {} && exec sleep 600", mnt.display());
+    let cases = [
+        (
+            vec!["--net", "--uts", "sleep", "600"],
+            "network namespace of its own",
+        ),
+        (
+            vec!["--mount", "sh", "-c", &mount_then_sleep],
+            "mount namespace of its own",
+        ),
+    ];
+    for (args, what) in cases {
+        let g = ChildGuard(Some(
+            Command::new("unshare")
+                .args(&args)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        let pid = pid_of(&g);
+        // Until unshare has execed sleep (the namespaces are then made).
+        assert!(wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        }));
+        let err = refused(pid, &[]);
+        assert!(
+            err.contains(&format!("pid {pid}: namespace")) && err.contains(what),
+            "{err}"
+        );
+        assert_running_untraced(pid);
+    }
+}
+
 /// crstream inside a PID namespace, asked to dump the namespace's first
 /// process (whose SIGKILL from inside the kernel ignores): refused at
 /// once, never a hang.

@@ -427,7 +427,7 @@ fn refuse_unfreezable(pid: i32, stat: &proc::Stat, status: &proc::Status) -> Res
                 .into(),
         ));
     }
-    Ok(())
+    crate::namespaces::refuse_unsaved(pid, status.nspid.len() > own)
 }
 
 fn zombie_entry(pid: i32, stat: &proc::Stat, pgid: u32, sid: u32) -> ProcessEntry {

@@ -23,6 +23,7 @@ mod inject;
 mod kind;
 mod kinds;
 pub mod lazy;
+mod namespaces;
 mod netlock;
 mod paths;
 mod pidns;
