@@ -11,6 +11,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -500,6 +501,60 @@ fn a_unix_connection_keeps_the_name_of_its_listener() {
         "listener.sock",
         "[True, True, True, True, True, True] [True, True] True",
     );
+}
+
+/// The file a unix socket's bind made comes back as it was: renamed into
+/// place (bound to a temporary name, as haproxy does: the socket keeps
+/// that name, its file is at the new one), with its mode and owner
+/// (postgres makes its socket 0777; screen keeps state in the bits), or
+/// removed. A live socket another process bound since at the removed
+/// file's path is left alone (restore used to replace it with its own).
+#[test]
+fn unix_socket_files_come_back_where_and_as_they_were() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("unix-files");
+    let script = "import os, sys, socket, time\n\
+         report, base = sys.argv[1], sys.argv[2]\n\
+         U = socket.AF_UNIX\n\
+         a = socket.socket(U); a.bind(base + '.tmp'); os.rename(base + '.tmp', base); a.listen(4)\n\
+         b = socket.socket(U); b.bind(base + '2'); os.chmod(base + '2', 0o640); os.chown(base + '2', 65534, 65534); b.listen(4)\n\
+         c = socket.socket(U); c.bind(base + '3'); os.unlink(base + '3'); c.listen(4)\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         k = socket.socket(U); k.connect(base); a.settimeout(5); reached = a.accept()[0] is not None\n\
+         st = os.stat(base + '2')\n\
+         checks = [a.getsockname() == base + '.tmp', not os.path.exists(base + '.tmp'), reached,\n\
+         \x20   st.st_mode & 0o7777 == 0o640, (st.st_uid, st.st_gid) == (65534, 65534),\n\
+         \x20   c.getsockname() == base + '3']\n\
+         open(report, 'w').write('%d %d %s\\n' % (os.getpid(), n, checks))\n\
+         time.sleep(600)\n";
+    let base = dir.path("sock");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(dir.path("report")).arg(&base);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    // Another process binds the removed file's path meanwhile.
+    let removed = format!("{}3", base.display());
+    let foreign = std::os::unix::net::UnixListener::bind(&removed).unwrap();
+    let foreign_ino = std::fs::metadata(&removed).unwrap().ino();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| r.contains('['));
+    assert!(
+        r.contains("[True, True, True, True, True, True]"),
+        "{r}\n{}",
+        w.log()
+    );
+    assert_eq!(std::fs::metadata(&removed).unwrap().ino(), foreign_ino);
+    drop(foreign);
+    w.kill();
 }
 
 /// A connection whose listener is gone by the dump (closed after it

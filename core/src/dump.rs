@@ -487,9 +487,12 @@ fn write_metadata(
             // Nor restore a queued message without the files it carries,
             // nor an external terminal as the restorer's, nor lines ended
             // by VEOF as one, nor a listener without its accept queue, nor a
-            // unix socket's peer as root.
-            format_version: if crate::fd::has_peer_ids(processes) {
+            // unix socket's peer as root, nor a socket file where it was
+            // bound, as root's and with crstream's umask.
+            format_version: if crate::fd::has_socket_files(processes) {
                 crstream_proto::RECORDS_VERSION
+            } else if crate::fd::has_peer_ids(processes) {
+                crstream_proto::RECORDS_VERSION_WITHOUT_SOCKET_FILES
             } else if crate::fd::has_accept_queues(processes) {
                 crstream_proto::RECORDS_VERSION_WITHOUT_PEER_IDS
             } else if crate::fd::needs_records_7(processes) {

@@ -22,9 +22,13 @@ pub const FORMAT_VERSION: u16 = 1;
 /// (`PtyFile.input_eof`); 8 = connections in a listener's accept queue
 /// (`SocketFile.accept_queue`); 9 = the PID and ids a unix socket holds
 /// for its peer, where the peer is in the tree or its ids are not root's
-/// (`SocketFile.peer_ids`). Readers read
-/// every version up to theirs.
-pub const RECORDS_VERSION: u32 = 9;
+/// (`SocketFile.peer_ids`); 10 = where the file of a unix socket bound to
+/// a path is now, its mode and owner (`SocketFile.socket_file`). Readers
+/// read every version up to theirs.
+pub const RECORDS_VERSION: u32 = 10;
+
+/// The version written for an image with nothing of version 10 in it.
+pub const RECORDS_VERSION_WITHOUT_SOCKET_FILES: u32 = 9;
 
 /// The version written for an image with nothing of version 9 in it.
 pub const RECORDS_VERSION_WITHOUT_PEER_IDS: u32 = 8;

@@ -40,6 +40,7 @@ mod timerfd;
 mod tty;
 mod udp;
 mod unix;
+mod unix_file;
 
 use crate::error::{DumpError, RestoreError, TaskError};
 use crate::kind::{
@@ -552,6 +553,16 @@ pub(crate) fn has_peer_ids(procs: &[ProcessDump]) -> bool {
         .flat_map(|t| &t.files)
         .filter_map(|f| f.socket.as_ref()?.peer_ids.as_ref())
         .any(|peer| peer.pid > 0 || peer.uid != 0 || peer.gid != 0 || !peer.groups.is_empty())
+}
+
+/// Whether a unix socket of the tree was bound to a path (records version
+/// 10: older readers would leave its file where it was bound, as root's).
+pub(crate) fn has_socket_files(procs: &[ProcessDump]) -> bool {
+    procs
+        .iter()
+        .filter_map(|p| p.records.get::<FileTable>())
+        .flat_map(|t| &t.files)
+        .any(|f| f.socket.as_ref().is_some_and(|s| s.socket_file.is_some()))
 }
 
 pub(crate) fn needs_records_7(procs: &[ProcessDump]) -> bool {

@@ -1,14 +1,17 @@
 //! sock_diag (NETLINK_SOCK_DIAG): what the kernel tells of a socket that
 //! its fd does not: the peer of a unix socket, its queue lengths and
-//! shutdown state, the accept queue of a TCP listener.
+//! shutdown state and the file it was bound to, the accept queue of a TCP
+//! listener.
 
 use crate::sys::socket;
 use rustix::net::{RecvFlags, SendFlags};
 use std::io;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const UDIAG_SHOW_VFS: u32 = 0x2;
 const UDIAG_SHOW_PEER: u32 = 0x4;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
@@ -99,6 +102,8 @@ pub(super) struct UnixDiag {
     /// Listener: the listen() backlog.
     pub wqueue: u32,
     pub shutdown: u8,
+    /// (inode, device) of the file its bind to a path made.
+    pub file: Option<(u64, u64)>,
 }
 
 pub(super) fn unix(inode: u64) -> io::Result<UnixDiag> {
@@ -107,7 +112,7 @@ pub(super) fn unix(inode: u64) -> io::Result<UnixDiag> {
     req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&(inode as u32).to_ne_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
     // INET_DIAG_NOCOOKIE: do not check the cookie.
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
@@ -131,6 +136,7 @@ pub(super) fn unix(inode: u64) -> io::Result<UnixDiag> {
                     d.wqueue = u32::from_ne_bytes([v[4], v[5], v[6], v[7]]);
                 }
                 UNIX_DIAG_SHUTDOWN if !v.is_empty() => d.shutdown = v[0],
+                UNIX_DIAG_VFS => d.file = vfs(v),
                 _ => {}
             }
         }
@@ -138,6 +144,37 @@ pub(super) fn unix(inode: u64) -> io::Result<UnixDiag> {
         true
     })?;
     found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in unix_diag"))
+}
+
+/// The (inode, device) of a socket's file from its UNIX_DIAG_VFS
+/// attribute (struct unix_diag_vfs: inode, then the kernel's dev_t, whose
+/// minor is its low 20 bits), with the device as stat(2) gives it.
+fn vfs(v: &[u8]) -> Option<(u64, u64)> {
+    let word = |i: usize| Some(u32::from_ne_bytes(v.get(i..i + 4)?.try_into().ok()?));
+    let (ino, kdev) = (word(0)?, word(4)?);
+    Some((ino as u64, libc::makedev(kdev >> 20, kdev & 0xf_ffff)))
+}
+
+/// Whether a live unix socket (of our network namespace) is bound to the
+/// file with inode `ino` on device `dev`: its file is in use, not a stale
+/// one left by a process that is gone.
+pub(super) fn unix_file_in_use(ino: u64, dev: u64) -> io::Result<bool> {
+    let mut req = Vec::with_capacity(24);
+    req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&UDIAG_SHOW_VFS.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let mut found = false;
+    request(&req, true, |p| {
+        found = p.len() >= 16
+            && rtattrs(&p[16..])
+                .into_iter()
+                .any(|(ty, v)| ty == UNIX_DIAG_VFS && vfs(v) == Some((ino, dev)));
+        found
+    })?;
+    Ok(found)
 }
 
 /// (accept queue length, backlog) of a TCP listener, found by inode among

@@ -15,7 +15,7 @@ use super::socket::{
     Created, PeekError, apply_options, finish, fmt_sockaddr, is_socket_of, listener_backlog,
     peek_queue, read, refill,
 };
-use super::{DumpFd, FdKind, Reopen, sock_diag};
+use super::{DumpFd, FdKind, Reopen, sock_diag, unix_file};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpTree, RestoreObjects};
 use crate::stub::Stub;
@@ -25,7 +25,7 @@ use crstream_proto::{OpenFile, PeerIds, SocketFile};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::DirBuilderExt;
 
 #[derive(Default)]
 pub(super) struct UnixSockets {
@@ -125,6 +125,8 @@ impl FdKind for UnixSockets {
                 pid,
             });
         let diag = sock_diag::unix(sf.inode);
+        let bound_file = diag.as_ref().ok().and_then(|q| q.file);
+        sf.socket_file = unix_file::saved(d.pid, &sf.local_addr, bound_file);
         if sf.listening {
             let what = format!("unix listener {}", fmt_sockaddr(&sf.local_addr));
             let queues = diag.map(|q| (q.rqueue, q.wqueue));
@@ -626,7 +628,7 @@ impl UnixSockets {
         apply_options(&sock, &s.options).map_err(|e| ferr("socket options", e))?;
         let bound = s.local_addr.len() > 2;
         if bound {
-            bind_again(&sock, &s.local_addr, ferr)?;
+            unix_file::bind(&sock, &s.local_addr, s.socket_file.as_ref(), ferr)?;
         }
         if s.listening {
             self.maker(s.inode, stubs)
@@ -643,33 +645,6 @@ impl UnixSockets {
     }
 }
 
-/// Binds `sock` to `addr` again: a stale socket file at that path, left by
-/// the dumped process, would make bind fail with EADDRINUSE.
-fn bind_again(
-    sock: &OwnedFd,
-    addr: &[u8],
-    ferr: &dyn Fn(&str, io::Error) -> RestoreError,
-) -> Result<(), RestoreError> {
-    if addr.len() > 2 && addr[2] != 0 {
-        let p = &addr[2..];
-        let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
-        let path = std::path::Path::new(
-            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&p[..end]),
-        );
-        if let Ok(md) = std::fs::symlink_metadata(path) {
-            if md.file_type().is_socket() {
-                std::fs::remove_file(path).map_err(|e| ferr("removing the old socket file", e))?;
-            } else {
-                return Err(ferr(
-                    "bind",
-                    io::Error::other(format!("{} exists and is not a socket", path.display())),
-                ));
-            }
-        }
-    }
-    socket::bind(sock, addr).map_err(|e| ferr(&format!("bind to {}", fmt_sockaddr(addr)), e))
-}
-
 /// The client end of a connection remade through a listener: a socket of
 /// type `ty`, bound to `name` again if it had one.
 fn client_socket(
@@ -679,7 +654,7 @@ fn client_socket(
 ) -> Result<OwnedFd, RestoreError> {
     let client = socket::socket(libc::AF_UNIX, ty, 0).map_err(|e| ferr("socket", e))?;
     if name.len() > 2 {
-        bind_again(&client, name, ferr)?;
+        unix_file::bind(&client, name, None, ferr)?;
     }
     Ok(client)
 }
@@ -714,12 +689,7 @@ fn connect_through_temporary_listener(
     let path = std::path::PathBuf::from(
         <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path),
     );
-    let scratch = std::env::temp_dir().join(format!(
-        ".crstream-unix-{}-{}",
-        std::process::id(),
-        NEXT_SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::DirBuilder::new().mode(0o700).create(&scratch)?;
+    let scratch = scratch_dir()?;
     let made = (|| {
         let l = in_private_root(&scratch, || {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -752,8 +722,19 @@ fn connect_through_temporary_listener(
     made
 }
 
+/// A new empty directory of crstream's, to chroot a binding thread into.
+pub(super) fn scratch_dir() -> io::Result<std::path::PathBuf> {
+    let scratch = std::env::temp_dir().join(format!(
+        ".crstream-unix-{}-{}",
+        std::process::id(),
+        NEXT_SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&scratch)?;
+    Ok(scratch)
+}
+
 /// Runs `f` on a thread whose root and working directory are `root`.
-fn in_private_root<T: Send>(
+pub(super) fn in_private_root<T: Send>(
     root: &std::path::Path,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {

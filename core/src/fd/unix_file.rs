@@ -1,0 +1,134 @@
+//! The file a unix socket's bind to a path makes. The socket keeps the
+//! name it was bound to whatever becomes of the file: daemons bind to a
+//! temporary name and rename the file into place (haproxy), remove it, or
+//! chmod and chown it (postgres makes its socket 0777, screen keeps its
+//! state in the mode bits). Dump finds the file by the inode unix_diag
+//! gives and saves where it is and its mode and owner; restore binds to
+//! the same name and makes the file so again.
+//!
+//! A file already at a path restore binds to is removed only when it is a
+//! stale socket file (no live socket is bound to it, as a dumped and
+//! killed process leaves it), never another process's live socket; a
+//! socket whose file was removed is bound with a root of its own, so the
+//! path is not touched at all.
+
+use super::sock_diag;
+use super::unix::{in_private_root, scratch_dir};
+use crate::error::RestoreError;
+use crate::sys::socket;
+use crstream_proto::UnixSocketFile;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The path of a sockaddr_un bound to a path (not abstract, not unnamed).
+pub(super) fn path_of(addr: &[u8]) -> Option<PathBuf> {
+    let p = addr
+        .get(2..)
+        .filter(|p| p.first().is_some_and(|&b| b != 0))?;
+    let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
+    Some(PathBuf::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&p[..end]),
+    ))
+}
+
+/// Where the file of a socket of process `pid`, bound to `addr`, is now:
+/// `file` is its (inode, device) from unix_diag. None for a name that is
+/// not an absolute path (a relative one was resolved against a working
+/// directory that may have changed since) or when unix_diag names no file.
+pub(super) fn saved(pid: i32, addr: &[u8], file: Option<(u64, u64)>) -> Option<UnixSocketFile> {
+    let name = path_of(addr).filter(|p| p.is_absolute())?;
+    let (ino, dev) = file?;
+    // Through the process's root: a chrooted process's paths are its own.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let at = root.join(name.strip_prefix("/").unwrap_or(&name));
+    let is_it = |md: &std::fs::Metadata| md.ino() == ino && md.dev() == dev;
+    let kept = |md: std::fs::Metadata, renamed_to: String| UnixSocketFile {
+        renamed_to,
+        removed: false,
+        mode: md.permissions().mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+    };
+    if let Some(md) = std::fs::symlink_metadata(&at).ok().filter(is_it) {
+        return Some(kept(md, String::new()));
+    }
+    let renamed = at.parent().and_then(|dir| {
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let md = e.metadata().ok().filter(is_it)?;
+            Some(kept(md, e.file_name().to_string_lossy().into_owned()))
+        })
+    });
+    Some(renamed.unwrap_or(UnixSocketFile {
+        removed: true,
+        ..Default::default()
+    }))
+}
+
+/// Binds `sock` to `addr` again, and makes its file as `file` says (see
+/// the module comment).
+pub(super) fn bind(
+    sock: &std::os::fd::OwnedFd,
+    addr: &[u8],
+    file: Option<&UnixSocketFile>,
+    ferr: &dyn Fn(&str, io::Error) -> RestoreError,
+) -> Result<(), RestoreError> {
+    let what = || format!("bind to {}", super::socket::fmt_sockaddr(addr));
+    let Some(path) = path_of(addr) else {
+        return socket::bind(sock, addr).map_err(|e| ferr(&what(), e));
+    };
+    if file.is_some_and(|f| f.removed) {
+        let scratch = scratch_dir().map_err(|e| ferr("making a scratch directory", e))?;
+        let bound = in_private_root(&scratch, || {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            socket::bind(sock, addr)
+        });
+        let _ = std::fs::remove_dir_all(&scratch);
+        return bound.map_err(|e| ferr(&what(), e));
+    }
+    clear_stale(&path).map_err(|e| ferr(&what(), e))?;
+    socket::bind(sock, addr).map_err(|e| ferr(&what(), e))?;
+    let Some(f) = file else {
+        return Ok(());
+    };
+    let set = |e: io::Error| ferr(&format!("giving {} its owner and mode", path.display()), e);
+    std::os::unix::fs::lchown(&path, Some(f.uid), Some(f.gid)).map_err(set)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).map_err(set)?;
+    if !f.renamed_to.is_empty() {
+        let to = path.with_file_name(&f.renamed_to);
+        let rename = |e| {
+            ferr(
+                &format!("renaming {} to {}", path.display(), to.display()),
+                e,
+            )
+        };
+        clear_stale(&to).map_err(rename)?;
+        std::fs::rename(&path, &to).map_err(rename)?;
+    }
+    Ok(())
+}
+
+/// Removes a stale socket file at `path` (one a process that is gone left:
+/// no live socket is bound to it). Another process's live socket file, or
+/// anything that is not a socket, is an error: never removed.
+fn clear_stale(path: &Path) -> io::Result<()> {
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    use std::os::unix::fs::FileTypeExt;
+    if !md.file_type().is_socket() {
+        return Err(io::Error::other(format!(
+            "{} exists and is not a socket",
+            path.display()
+        )));
+    }
+    if sock_diag::unix_file_in_use(md.ino(), md.dev())? {
+        return Err(io::Error::other(format!(
+            "{} is the file of a live socket (another process's), which restore does not take",
+            path.display()
+        )));
+    }
+    std::fs::remove_file(path)
+}
