@@ -633,3 +633,39 @@ fn leases_being_broken_come_back_being_broken() {
     };
     round_trips(&mut w, &dir, &breaking);
 }
+
+/// A process that dropped root (here to nobody) keeps its resource limits,
+/// soft and hard, even where they are below crstream's: reading another
+/// user's limits with prlimit needs CAP_SYS_RESOURCE, and without it they
+/// were left out silently (the process came back with crstream's).
+#[test]
+fn resource_limits_of_a_process_that_dropped_root_come_back() {
+    if !have("setpriv") || !have("prlimit") {
+        return;
+    }
+    let dir = TestDir::new("rlimits");
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "prlimit",
+    ])
+    .args(["--nofile=512:777", "--core=0:0", "--stack=4000000:8000000"])
+    .args(["sleep", "600"]);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let pid = w.pid;
+    assert!(wait_until(T, || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    }));
+    let limits = || std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let before = limits();
+    assert!(before.contains("Max open files            512                  777"));
+    dump_and_restore(&mut w, &dir.path("img"));
+    assert_eq!(limits(), before);
+    assert_eq!(
+        status_field(pid, "Uid").unwrap().split_whitespace().next(),
+        Some("65534")
+    );
+    assert_running_untraced(pid);
+}
