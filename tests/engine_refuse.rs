@@ -156,6 +156,33 @@ fn a_process_in_namespaces_crstream_does_not_save_is_refused() {
     }
 }
 
+/// io_uring (a ring fd with its rings mapped) is refused by name, and the
+/// process runs on.
+#[test]
+fn an_io_uring_instance_is_refused_by_name() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("io_uring");
+    let script = "import ctypes, mmap, os, sys, time\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         fd = libc.syscall(425, 4, ctypes.create_string_buffer(120))\n\
+         assert fd >= 0, ctypes.get_errno()\n\
+         ring = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)\n\
+         open(sys.argv[1], 'w').write('%d ready\\n' % os.getpid())\n\
+         time.sleep(600)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(dir.path("report"));
+    let w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(Duration::from_secs(20), |r| r.contains("ready"));
+    let err = refused(w.pid, &[]);
+    assert!(
+        err.contains("anon_inode:[io_uring]") && err.contains("not supported"),
+        "{err}"
+    );
+    assert_running_untraced(w.pid);
+}
+
 /// crstream inside a PID namespace, asked to dump the namespace's first
 /// process (whose SIGKILL from inside the kernel ignores): refused at
 /// once, never a hang.

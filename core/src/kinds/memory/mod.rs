@@ -426,6 +426,14 @@ fn plan(
                     if m.shared { Save::None } else { Save::Private },
                 )
             }
+            // Kernel objects with no file to map again (io_uring's rings,
+            // a perf buffer, a kvm vcpu, ...).
+            p if p.starts_with(b"anon_inode:") => {
+                return Err(refuse(format!(
+                    "a mapping of {} (a kernel object, such as io_uring's rings) is not supported",
+                    show(p)
+                )));
+            }
             p => {
                 let md = std::fs::metadata(path(p))
                     .map_err(|e| refuse(format!("cannot stat the mapped file: {e}")))?;
