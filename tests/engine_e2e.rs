@@ -90,6 +90,30 @@ fn a_restore_right_after_the_dump_waits_for_the_killed_process() {
     assert_running_untraced(pid);
 }
 
+/// A file made with O_TMPFILE (never named: mariadb's temporary files)
+/// comes back with its data and offset; its open flags hold O_TMPFILE and
+/// O_DIRECTORY, which opening it again must not use.
+#[test]
+fn a_file_made_with_o_tmpfile_comes_back() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("o_tmpfile");
+    let script = "import os, sys, time\n\
+         report, where = sys.argv[1], sys.argv[2]\n\
+         fd = os.open(where, os.O_TMPFILE | os.O_RDWR, 0o600); os.write(fd, b'made with O_TMPFILE')\n\
+         os.lseek(fd, 5, os.SEEK_SET)\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         checks = [os.pread(fd, 100, 0) == b'made with O_TMPFILE', os.lseek(fd, 0, os.SEEK_CUR) == 5]\n\
+         open(report, 'w').write('%d %d %s\\n' % (os.getpid(), n, checks))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[dir.path("")], "[");
+    assert!(r.contains("[True, True]"), "{r}\n{}", w.log());
+    w.kill();
+}
+
 /// A local image damaged in its pages (one bit flipped; cut short) is
 /// refused with one line naming what is wrong and where, and leaves no
 /// process behind: the intact image then restores with the same PID and

@@ -178,10 +178,16 @@ impl FdKind for Regular {
     }
 }
 
-/// The saved open flags a file is opened by path again with.
+/// The saved open flags a file is opened by path again with. A file made
+/// with O_TMPFILE keeps that flag (with O_DIRECTORY in it): opened again,
+/// it is a file, not a directory to make a file in.
 fn reopen_flags(f: &OpenFile) -> i32 {
-    f.open_flags as i32
-        & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+    let made_only = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_TMPFILE;
+    let flags = f.open_flags as i32 & !(made_only | libc::O_CLOEXEC | libc::O_NOFOLLOW);
+    match f.kind() {
+        FileKind::Directory => flags | (f.open_flags as i32 & libc::O_DIRECTORY),
+        _ => flags,
+    }
 }
 
 /// Whether `f` is a file or directory under /proc/PID/task/TID/ of a
