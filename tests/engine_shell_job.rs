@@ -7,6 +7,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -137,6 +138,12 @@ fn shell_job_moves_to_the_restoring_terminal_and_keeps_reading_and_writing() {
     assert_eq!(status(&r), "OK", "the job runs on after the refusal: {r}");
     assert_running_untraced(job);
 
+    // Settings of the job's terminal (as a full-screen program changes
+    // them), which the restoring terminal must get: no echo, ^H erases.
+    let mut t = termios_of(&pty.slave);
+    t.c_lflag &= !libc::ECHO;
+    t.c_cc[libc::VERASE] = 0x08;
+    set_termios(&pty.slave, &t);
     let o = run(
         &["dump", "-t", &job.to_string(), "-o", img_s, "--shell-job"],
         &[],
@@ -187,6 +194,12 @@ fn shell_job_moves_to_the_restoring_terminal_and_keeps_reading_and_writing() {
             std::path::Path::new(&tty.slave),
             "the job writes to the restoring terminal"
         );
+        let t = termios_of(&tty.slave);
+        assert_eq!(
+            (t.c_lflag & libc::ECHO, t.c_cc[libc::VERASE]),
+            (0, 0x08),
+            "round {round}: the job's terminal settings"
+        );
         // What is typed on the new terminal reaches the job.
         (&tty.master).write_all(b"ping 7\n").unwrap();
         tty.wait_for("pong 7");
@@ -201,4 +214,31 @@ fn shell_job_moves_to_the_restoring_terminal_and_keeps_reading_and_writing() {
         );
         assert!(wait_gone(job, T));
     }
+}
+
+fn termios_of(path: &str) -> libc::termios {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
+        .unwrap();
+    // SAFETY: tcgetattr into a zeroed local termios.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(tty.as_raw_fd(), &mut t), 0);
+        t
+    }
+}
+
+fn set_termios(path: &str, t: &libc::termios) {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
+        .unwrap();
+    // SAFETY: tcsetattr from a termios of ours.
+    assert_eq!(
+        unsafe { libc::tcsetattr(tty.as_raw_fd(), libc::TCSANOW, t) },
+        0
+    );
 }

@@ -37,7 +37,7 @@ mod sock_diag;
 mod socket;
 pub(crate) mod tcp;
 mod timerfd;
-mod tty;
+pub(crate) mod tty;
 mod udp;
 mod unix;
 mod unix_file;

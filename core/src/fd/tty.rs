@@ -20,7 +20,8 @@ use crate::kind::{DumpTree, RestoreObjects};
 use crate::paths::show;
 use crate::stub::{SCRATCH_DATA, Stub};
 use crstream_proto::{ExternalTerminal, FileKind, FileTable, OpenFile};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 /// A terminal a job of an interactive shell may hold: a pseudo-terminal
 /// slave (majors 136-143), a virtual console or serial line (major 4), or
@@ -47,6 +48,44 @@ fn external_hint(rdev: u64, dev: u64) -> String {
         "if another program holds it (a terminal emulator, tmux, sshd), dump with --external \
          {key} and restore with --inherit-fd fd[N]:{key}, N a terminal of yours"
     )
+}
+
+/// The settings (struct termios) of the terminal at `path`, as bytes.
+fn job_termios(path: &[u8]) -> io::Result<Vec<u8>> {
+    let path =
+        std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path));
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)?;
+    // SAFETY: a zeroed termios is valid; tcgetattr fills it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr on an open fd into a local.
+    if unsafe { libc::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(&tty), &mut t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(crate::sys::bytes_of(&t).to_vec())
+}
+
+/// Gives the terminal the job takes at restore (`fd`, the restorer's) the
+/// settings it had at the dump, if the image has them.
+pub(crate) fn give_job_termios(fd: std::os::fd::BorrowedFd<'_>, saved: &[u8]) -> io::Result<()> {
+    // SAFETY: a zeroed termios is valid; it is then overwritten whole.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    let out = crate::sys::bytes_of_mut(&mut t);
+    if saved.len() != out.len() {
+        return Err(io::Error::other(format!(
+            "terminal settings of {} bytes, not {}",
+            saved.len(),
+            out.len()
+        )));
+    }
+    out.copy_from_slice(saved);
+    // SAFETY: tcsetattr on an open fd from a local.
+    if unsafe { libc::tcsetattr(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TCSANOW, &t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub(super) struct Terminals;
@@ -124,6 +163,7 @@ impl FdKind for Terminals {
         f.path = d.link.to_vec();
         f.mode = md.mode();
         f.rdev = md.rdev();
+        f.job_termios = job_termios(d.link).map_err(|e| d.error("reading its settings", e))?;
         Ok(true)
     }
 

@@ -163,6 +163,32 @@ fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u
     Ok(None)
 }
 
+/// A shell job gets the terminal settings it had (raw mode for a
+/// full-screen program): given to crstream's terminal, which it takes. A
+/// failure only costs the settings: said, not fatal.
+fn give_job_termios(img: &Image) {
+    let saved = img
+        .tree
+        .processes
+        .iter()
+        .filter_map(|e| img.process(e.pid)?.get::<FileTable>())
+        .flat_map(|t| &t.files)
+        .find(|f| f.kind() == FileKind::Tty && !f.job_termios.is_empty());
+    let Some(f) = saved else {
+        return;
+    };
+    use rustix::stdio::{stderr, stdin, stdout};
+    let Some(tty) = [stdin(), stdout(), stderr()]
+        .into_iter()
+        .find(|&fd| rustix::termios::isatty(fd))
+    else {
+        return;
+    };
+    if let Err(e) = crate::fd::tty::give_job_termios(tty, &f.job_termios) {
+        tracing::warn!("the job's terminal settings are not given back: {e}");
+    }
+}
+
 /// A network lock for the TCP connections the image restores connected.
 fn lock_connections(
     img: &Image,
@@ -563,6 +589,9 @@ fn restore_inner(
         )),
         _ => None,
     };
+    if terminal.is_some() {
+        give_job_termios(&img);
+    }
     // Children first, so that no parent runs before its children exist
     // as it left them.
     for &i in live.iter().rev() {

@@ -74,6 +74,8 @@ unsafe impl PlainData for libc::tcp_info {}
 unsafe impl PlainData for libc::shmid_ds {}
 // SAFETY: integers only.
 unsafe impl PlainData for libc::sigset_t {}
+// SAFETY: integers (flags, c_cc bytes, speeds) only.
+unsafe impl PlainData for libc::termios {}
 
 /// The bytes of a plain-data structure.
 pub(crate) fn bytes_of<T: PlainData>(v: &T) -> &[u8] {
