@@ -346,7 +346,10 @@ fn lazy_options() -> crstream_core::LazyOptions {
     o
 }
 
-fn restored_json(restored: &crstream_core::Restored) -> serde_json::Value {
+fn restored_json(args: &RestoreArgs, restored: &crstream_core::Restored) -> serde_json::Value {
+    // A detached restore that is not lazy leaves nothing behind: its PID
+    // would soon name another process.
+    let server = (args.lazy || !args.detach).then(std::process::id);
     serde_json::json!({
         "pid": restored.pid,
         "tids": restored.tids,
@@ -355,8 +358,9 @@ fn restored_json(restored: &crstream_core::Restored) -> serde_json::Value {
         "saved_pids": restored.saved_pids,
         "ns_init": restored.ns_init,
         // The crstream process the restored one depends on until it ends
-        // (a lazy restore's server).
-        "server_pid": std::process::id(),
+        // (a lazy restore's server, or the restore waiting for it); null
+        // when there is none.
+        "server_pid": server,
     })
 }
 
@@ -366,7 +370,7 @@ fn print_restored(args: &RestoreArgs, restored: &crstream_core::Restored) -> Res
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{}", restored_json(restored))?;
+        writeln!(out, "{}", restored_json(args, restored))?;
     } else if args.detach {
         writeln!(out, "{}", restored.pid)?;
     }

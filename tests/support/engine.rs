@@ -312,6 +312,7 @@ pub fn restore(img: &Path) -> (i32, Vec<i32>) {
     );
     assert!(o.status.success(), "restore failed: {}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v["server_pid"].is_null(), "nothing stays behind: {v}");
     let pid = v["pid"].as_i64().unwrap() as i32;
     let tids = v["tids"]
         .as_array()
