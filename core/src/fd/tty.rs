@@ -163,7 +163,11 @@ impl FdKind for Terminals {
         f.path = d.link.to_vec();
         f.mode = md.mode();
         f.rdev = md.rdev();
-        f.job_termios = job_termios(d.link).map_err(|e| d.error("reading its settings", e))?;
+        // /dev/tty opened here would be crstream's own terminal: the job's
+        // settings come from its fds on the terminal itself.
+        if md.rdev() != libc::makedev(5, 0) {
+            f.job_termios = job_termios(d.link).map_err(|e| d.error("reading its settings", e))?;
+        }
         Ok(true)
     }
 

@@ -93,19 +93,30 @@ pub(super) fn bind(
     let Some(f) = file else {
         return Ok(());
     };
-    let set = |e: io::Error| ferr(&format!("giving {} its owner and mode", path.display()), e);
-    std::os::unix::fs::lchown(&path, Some(f.uid), Some(f.gid)).map_err(set)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).map_err(set)?;
+    let made = make_as_saved(&path, f).map_err(|(what, e)| ferr(&what, e));
+    if made.is_err() {
+        // The file this bind made goes with the failed restore.
+        let _ = std::fs::remove_file(&path);
+    }
+    made
+}
+
+/// Gives the file a bind just made at `path` the owner and mode `f` says,
+/// and moves it to its name there.
+fn make_as_saved(path: &Path, f: &UnixSocketFile) -> Result<(), (String, io::Error)> {
+    let set = |e| (format!("giving {} its owner and mode", path.display()), e);
+    std::os::unix::fs::lchown(path, Some(f.uid), Some(f.gid)).map_err(set)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode)).map_err(set)?;
     if !f.renamed_to.is_empty() {
         let to = path.with_file_name(&f.renamed_to);
         let rename = |e| {
-            ferr(
-                &format!("renaming {} to {}", path.display(), to.display()),
+            (
+                format!("renaming {} to {}", path.display(), to.display()),
                 e,
             )
         };
         clear_stale(&to).map_err(rename)?;
-        std::fs::rename(&path, &to).map_err(rename)?;
+        std::fs::rename(path, &to).map_err(rename)?;
     }
     Ok(())
 }
