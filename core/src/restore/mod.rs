@@ -117,17 +117,20 @@ pub(crate) fn restore_lazy(
     Ok((r, s.expect("lazy session")))
 }
 
-/// For a shell job, the path of the terminal its terminal fds will open:
-/// crstream's controlling terminal, on its stdin (or stdout, stderr). None
-/// for other images.
-fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u8>>, RestoreError> {
-    let has_tty = img
-        .tree
+/// Every open file of every process of the image.
+fn tree_files(img: &Image) -> impl Iterator<Item = &crstream_proto::OpenFile> {
+    img.tree
         .processes
         .iter()
         .filter_map(|e| img.process(e.pid)?.get::<FileTable>())
         .flat_map(|t| &t.files)
-        .any(|f| f.kind() == FileKind::Tty && f.external_tty.is_none());
+}
+
+/// For a shell job, the path of the terminal its terminal fds will open:
+/// crstream's controlling terminal, on its stdin (or stdout, stderr). None
+/// for other images.
+fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u8>>, RestoreError> {
+    let has_tty = tree_files(img).any(|f| f.kind() == FileKind::Tty && f.external_tty.is_none());
     if !has_tty && !img.inventory.shell_job {
         return Ok(None);
     }
@@ -167,13 +170,7 @@ fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u
 /// full-screen program): given to crstream's terminal, which it takes. A
 /// failure only costs the settings: said, not fatal.
 fn give_job_termios(img: &Image) {
-    let saved = img
-        .tree
-        .processes
-        .iter()
-        .filter_map(|e| img.process(e.pid)?.get::<FileTable>())
-        .flat_map(|t| &t.files)
-        .find(|f| f.kind() == FileKind::Tty && !f.job_termios.is_empty());
+    let saved = tree_files(img).find(|f| f.kind() == FileKind::Tty && !f.job_termios.is_empty());
     let Some(f) = saved else {
         return;
     };
