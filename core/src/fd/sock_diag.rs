@@ -106,16 +106,23 @@ pub(super) struct UnixDiag {
     pub file: Option<(u64, u64)>,
 }
 
-pub(super) fn unix(inode: u64) -> io::Result<UnixDiag> {
+/// A unix_diag request for socket `inode` (0: every socket, in a dump),
+/// asking for the attributes `show`.
+fn unix_request(inode: u64, show: u32) -> Vec<u8> {
     // struct unix_diag_req: family, protocol, pad, states, ino, show, cookie[2]
     let mut req = Vec::with_capacity(24);
     req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&(inode as u32).to_ne_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&show.to_ne_bytes());
     // INET_DIAG_NOCOOKIE: do not check the cookie.
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req
+}
+
+pub(super) fn unix(inode: u64) -> io::Result<UnixDiag> {
+    let req = unix_request(inode, UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN);
     let mut found = None;
     request(&req, false, |p| {
         // struct unix_diag_msg: family, type, state, pad, ino, cookie[2]
@@ -159,15 +166,8 @@ fn vfs(v: &[u8]) -> Option<(u64, u64)> {
 /// file with inode `ino` on device `dev`: its file is in use, not a stale
 /// one left by a process that is gone.
 pub(super) fn unix_file_in_use(ino: u64, dev: u64) -> io::Result<bool> {
-    let mut req = Vec::with_capacity(24);
-    req.extend_from_slice(&[libc::AF_UNIX as u8, 0, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&UDIAG_SHOW_VFS.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
     let mut found = false;
-    request(&req, true, |p| {
+    request(&unix_request(0, UDIAG_SHOW_VFS), true, |p| {
         found = p.len() >= 16
             && rtattrs(&p[16..])
                 .into_iter()

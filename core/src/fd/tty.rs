@@ -50,14 +50,19 @@ fn external_hint(rdev: u64, dev: u64) -> String {
     )
 }
 
-/// The settings (struct termios) of the terminal at `path`, as bytes.
-fn job_termios(path: &[u8]) -> io::Result<Vec<u8>> {
+/// The terminal at `path`, opened to read or set its settings only.
+fn open_settings(path: &[u8]) -> io::Result<std::fs::File> {
     let path =
         std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path));
-    let tty = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(path)?;
+        .open(path)
+}
+
+/// The settings (struct termios) of the terminal at `path`, as bytes.
+fn job_termios(path: &[u8]) -> io::Result<Vec<u8>> {
+    let tty = open_settings(path)?;
     // SAFETY: a zeroed termios is valid; tcgetattr fills it.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: tcgetattr on an open fd into a local.
@@ -67,9 +72,9 @@ fn job_termios(path: &[u8]) -> io::Result<Vec<u8>> {
     Ok(crate::sys::bytes_of(&t).to_vec())
 }
 
-/// Gives the terminal the job takes at restore (`fd`, the restorer's) the
-/// settings it had at the dump, if the image has them.
-pub(crate) fn give_job_termios(fd: std::os::fd::BorrowedFd<'_>, saved: &[u8]) -> io::Result<()> {
+/// Gives the terminal at `path`, the one the job takes at restore, the
+/// settings (`saved`) it had at the dump.
+pub(crate) fn give_job_termios(path: &[u8], saved: &[u8]) -> io::Result<()> {
     // SAFETY: a zeroed termios is valid; it is then overwritten whole.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     let out = crate::sys::bytes_of_mut(&mut t);
@@ -81,8 +86,9 @@ pub(crate) fn give_job_termios(fd: std::os::fd::BorrowedFd<'_>, saved: &[u8]) ->
         )));
     }
     out.copy_from_slice(saved);
+    let tty = open_settings(path)?;
     // SAFETY: tcsetattr on an open fd from a local.
-    if unsafe { libc::tcsetattr(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TCSANOW, &t) } != 0 {
+    if unsafe { libc::tcsetattr(std::os::fd::AsRawFd::as_raw_fd(&tty), libc::TCSANOW, &t) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -677,28 +677,17 @@ fn connect_through_temporary_listener(
             rustix::net::SocketFlags::CLOEXEC,
         )?)
     };
-    if name[2] == 0 {
+    let Some(path) = unix_file::path_of(name) else {
         let l = socket::socket(libc::AF_UNIX, ty, 0)?;
         socket::bind(&l, name)?;
         as_listener.listen(&l, 1)?;
         as_client.connect(client, name)?;
         return accept(&l);
-    }
-    let path = &name[2..];
-    let path = &path[..path.iter().position(|&b| b == 0).unwrap_or(path.len())];
-    let path = std::path::PathBuf::from(
-        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path),
-    );
+    };
     let scratch = scratch_dir()?;
     let made = (|| {
-        let l = in_private_root(&scratch, || {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)?;
-            }
-            let l = socket::socket(libc::AF_UNIX, ty, 0)?;
-            socket::bind(&l, name)?;
-            Ok(l)
-        })?;
+        let l = socket::socket(libc::AF_UNIX, ty, 0)?;
+        bind_under(&scratch, &l, name, &path)?;
         as_listener.listen(&l, 1)?;
         // Seen from outside, the listener's path is under the scratch
         // directory; too long a path there is connected to from inside, by
@@ -733,8 +722,25 @@ pub(super) fn scratch_dir() -> io::Result<std::path::PathBuf> {
     Ok(scratch)
 }
 
+/// Binds `sock` to `addr`, a name for `path`, on a thread whose root is
+/// `root` (made with the directories the path needs there): the real
+/// path is neither needed nor touched.
+pub(super) fn bind_under(
+    root: &std::path::Path,
+    sock: &OwnedFd,
+    addr: &[u8],
+    path: &std::path::Path,
+) -> io::Result<()> {
+    in_private_root(root, || {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        socket::bind(sock, addr)
+    })
+}
+
 /// Runs `f` on a thread whose root and working directory are `root`.
-pub(super) fn in_private_root<T: Send>(
+fn in_private_root<T: Send>(
     root: &std::path::Path,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {

@@ -13,7 +13,7 @@
 //! path is not touched at all.
 
 use super::sock_diag;
-use super::unix::{in_private_root, scratch_dir};
+use super::unix::{bind_under, scratch_dir};
 use crate::error::RestoreError;
 use crate::sys::socket;
 use crstream_proto::UnixSocketFile;
@@ -79,12 +79,7 @@ pub(super) fn bind(
     };
     if file.is_some_and(|f| f.removed) {
         let scratch = scratch_dir().map_err(|e| ferr("making a scratch directory", e))?;
-        let bound = in_private_root(&scratch, || {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            socket::bind(sock, addr)
-        });
+        let bound = bind_under(&scratch, sock, addr, &path);
         let _ = std::fs::remove_dir_all(&scratch);
         return bound.map_err(|e| ferr(&what(), e));
     }

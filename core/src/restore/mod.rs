@@ -167,21 +167,15 @@ fn shell_job_terminal(img: &Image, opts: &RestoreOptions) -> Result<Option<Vec<u
 }
 
 /// A shell job gets the terminal settings it had (raw mode for a
-/// full-screen program): given to crstream's terminal, which it takes. A
-/// failure only costs the settings: said, not fatal.
-fn give_job_termios(img: &Image) {
+/// full-screen program), given to `terminal`, the one it takes
+/// ([`shell_job_terminal`]). A failure only costs the settings: said, not
+/// fatal.
+fn give_job_termios(img: &Image, terminal: &[u8]) {
     let saved = tree_files(img).find(|f| f.kind() == FileKind::Tty && !f.job_termios.is_empty());
     let Some(f) = saved else {
         return;
     };
-    use rustix::stdio::{stderr, stdin, stdout};
-    let Some(tty) = [stdin(), stdout(), stderr()]
-        .into_iter()
-        .find(|&fd| rustix::termios::isatty(fd))
-    else {
-        return;
-    };
-    if let Err(e) = crate::fd::tty::give_job_termios(tty, &f.job_termios) {
+    if let Err(e) = crate::fd::tty::give_job_termios(terminal, &f.job_termios) {
         tracing::warn!("the job's terminal settings are not given back: {e}");
     }
 }
@@ -586,8 +580,8 @@ fn restore_inner(
         )),
         _ => None,
     };
-    if terminal.is_some() {
-        give_job_termios(&img);
+    if let Some(terminal) = &terminal {
+        give_job_termios(&img, terminal);
     }
     // Children first, so that no parent runs before its children exist
     // as it left them.
