@@ -211,10 +211,10 @@ impl Workload {
     }
 
     /// Kills it (SIGKILL by PID) and waits until the PID is free.
-    /// Kills the workload and its children (a tree workload's, which
+    /// Kills the workload and its descendants (a tree workload's, which
     /// would outlive it).
     pub fn kill(&mut self) {
-        let children = children_of(self.pid);
+        let children = descendants_of(self.pid);
         // SAFETY: signalling the process this guard owns and its children.
         unsafe {
             libc::kill(self.pid, libc::SIGKILL);
@@ -635,6 +635,18 @@ impl Drop for LazyRestore {
 }
 
 /// Child processes of `pid` (all its threads).
+/// Children, grandchildren, ... of `pid`, parents before their children.
+pub fn descendants_of(pid: i32) -> Vec<i32> {
+    let mut all = children_of(pid);
+    let mut i = 0;
+    while i < all.len() {
+        let next = children_of(all[i]);
+        all.extend(next);
+        i += 1;
+    }
+    all
+}
+
 pub fn children_of(pid: i32) -> Vec<i32> {
     tasks(pid)
         .into_iter()
