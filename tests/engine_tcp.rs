@@ -123,6 +123,11 @@ fn a_server_keeps_its_tcp_connections_inside_and_outside_the_tree() {
         tables().contains(&lock),
         "the lock is kept after a failed restore"
     );
+    assert!(
+        text(&failed).contains(&format!("nft delete table inet {lock}")),
+        "a failed restore says the lock is kept, and how to give it up: {}",
+        text(&failed)
+    );
     for &pid in kids.iter().chain([&w.pid]) {
         assert!(wait_gone(pid, T), "the failed restore left pid {pid}");
     }

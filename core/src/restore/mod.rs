@@ -280,6 +280,28 @@ fn restore_inner(
 ) -> Result<(Restored, Option<lazy::LazySession>), RestoreError> {
     let t0 = Instant::now();
     let img = image::read_metadata(source)?;
+    let restored = restore_image(&img, source, opts, lazy_input, t0);
+    let lock = &img.inventory.net_lock;
+    if restored.is_err() && !lock.is_empty() {
+        // Kept on purpose (see `netlock`), which the user must know to
+        // either try again or give the connections up.
+        tracing::warn!(
+            "the image's TCP connections stay locked away for another restore of it \
+             (`nft delete table inet {lock}` gives them up)"
+        );
+    }
+    restored
+}
+
+/// Restores the tree of `img`, whose metadata is read (its pages follow
+/// in `source`).
+fn restore_image(
+    img: &Image,
+    source: &mut dyn ImageSource,
+    opts: &RestoreOptions,
+    lazy_input: Option<&LazyInput<'_>>,
+    t0: Instant,
+) -> Result<(Restored, Option<lazy::LazySession>), RestoreError> {
     let inv = &img.inventory;
     if inv.arch != "x86_64" || inv.page_size as usize != PAGE_SIZE {
         return Err(RestoreError::Incompatible(format!(
