@@ -321,7 +321,7 @@ fn restore_image(
     if !opts.skip_validation {
         validate::check_cpu(inv, &validate::Cpu::here())?;
     }
-    let terminal = shell_job_terminal(&img, opts)?;
+    let terminal = shell_job_terminal(img, opts)?;
     // A tree dumped from its own PID namespace gets one again.
     let in_pidns = opts.pidns || inv.pid_namespace;
     let plan = tree::Plan::new(&img.tree.processes)?;
@@ -348,7 +348,7 @@ fn restore_image(
         for e in entries {
             processes.push(match e.state() {
                 ProcessState::Alive => Some(plan_process(
-                    &img,
+                    img,
                     e,
                     &all,
                     &empty,
@@ -387,7 +387,7 @@ fn restore_image(
 
     // The connections come back one socket at a time: until every end
     // exists, none may hear from the other (or from an outside peer).
-    tcp_built.hold_lock(lock_connections(&img, opts)?);
+    tcp_built.hold_lock(lock_connections(img, opts)?);
     let mut sysv = crate::sysv::Recreator::default();
     for seg in &img.sysv {
         sysv.add(*seg)?;
@@ -603,7 +603,7 @@ fn restore_image(
         _ => None,
     };
     if let Some(terminal) = &terminal {
-        give_job_termios(&img, terminal);
+        give_job_termios(img, terminal);
     }
     // Children first, so that no parent runs before its children exist
     // as it left them.
