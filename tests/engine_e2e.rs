@@ -92,25 +92,85 @@ fn a_restore_right_after_the_dump_waits_for_the_killed_process() {
 
 /// A file made with O_TMPFILE (never named: mariadb's temporary files)
 /// comes back with its data and offset; its open flags hold O_TMPFILE and
-/// O_DIRECTORY, which opening it again must not use.
+/// O_DIRECTORY, which opening it again must not use, and come back as they
+/// were. It can still be given a name with linkat(AT_EMPTY_PATH), as a
+/// program that writes a file whole before it appears expects.
 #[test]
 fn a_file_made_with_o_tmpfile_comes_back() {
     if !available("python3", &["--version"]) {
         return;
     }
     let dir = TestDir::new("o_tmpfile");
-    let script = "import os, sys, time\n\
+    let script = "import ctypes, os, sys, time\n\
          report, where = sys.argv[1], sys.argv[2]\n\
          fd = os.open(where, os.O_TMPFILE | os.O_RDWR, 0o600); os.write(fd, b'made with O_TMPFILE')\n\
          os.lseek(fd, 5, os.SEEK_SET)\n\
+         flags = lambda: [l.split()[1] for l in open('/proc/self/fdinfo/%d' % fd) if l.startswith('flags')][0]\n\
+         before = flags()\n\
          n = 0\n\
          while not os.path.exists(report + '.go'):\n\
          \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
-         checks = [os.pread(fd, 100, 0) == b'made with O_TMPFILE', os.lseek(fd, 0, os.SEEK_CUR) == 5]\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         named = os.path.join(where, 'named')\n\
+         linked = libc.linkat(fd, b'', -100, named.encode(), 0x1000) == 0\n\
+         checks = [os.pread(fd, 100, 0) == b'made with O_TMPFILE', os.lseek(fd, 0, os.SEEK_CUR) == 5,\n\
+         \x20   flags() == before, linked and open(named, 'rb').read() == b'made with O_TMPFILE']\n\
+         open(report, 'w').write('%d %d %s %s %s %s\\n' % (os.getpid(), n, checks, before, flags(), os.strerror(ctypes.get_errno())))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[dir.path("")], "[");
+    assert!(r.contains("[True, True, True, True]"), "{r}\n{}", w.log());
+    w.kill();
+}
+
+/// A file open by a name removed since, while the file keeps another link
+/// (a hard link; an O_TMPFILE file linked since): it comes back as that
+/// file, with its offset, and writes through it still reach the file
+/// under its other name. A shared mapping of such a file is refused
+/// before the process is touched.
+#[test]
+fn a_file_removed_under_its_name_but_linked_under_another_comes_back() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("linked-elsewhere");
+    let script = "import os, sys, time\n\
+         report, where = sys.argv[1], sys.argv[2]\n\
+         a, b = os.path.join(where, 'a'), os.path.join(where, 'b')\n\
+         open(a, 'w').write('0123456789'); os.link(a, b)\n\
+         fd = os.open(a, os.O_RDWR | os.O_APPEND); os.unlink(a)\n\
+         os.lseek(fd, 3, os.SEEK_SET)\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         at = os.lseek(fd, 0, os.SEEK_CUR); os.write(fd, b'+more')\n\
+         checks = [at == 3, open(b).read() == '0123456789+more', os.fstat(fd).st_ino == os.stat(b).st_ino]\n\
          open(report, 'w').write('%d %d %s\\n' % (os.getpid(), n, checks))\n\
          time.sleep(600)\n";
     let (mut w, r) = python_across_restore(&dir, script, &[dir.path("")], "[");
-    assert!(r.contains("[True, True]"), "{r}\n{}", w.log());
+    assert!(r.contains("[True, True, True]"), "{r}\n{}", w.log());
+    w.kill();
+
+    let script = "import mmap, os, sys, time\n\
+         report, where = sys.argv[1], sys.argv[2]\n\
+         a, b = os.path.join(where, 'c'), os.path.join(where, 'd')\n\
+         open(a, 'wb').write(bytes(4096)); os.link(a, b)\n\
+         fd = os.open(a, os.O_RDWR); m = mmap.mmap(fd, 4096, mmap.MAP_SHARED); os.close(fd); os.unlink(a)\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1; open(report, 'w').write('%d %d running\\n' % (os.getpid(), n)); time.sleep(0.05)\n";
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(dir.path("report2"))
+        .arg(dir.path(""));
+    let mut w = spawn_isolated(cmd, dir.path("report2"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let err = dump_refused(w.pid, &dir.path("img2"), &[], &[]);
+    assert!(
+        err.contains("shared mapping") && err.contains("linked under another"),
+        "{err}"
+    );
+    let n = field(&w.read_report().unwrap(), 0, 1);
+    w.wait_report(T, |r| field(r, 0, 1) > n + 2);
     w.kill();
 }
 

@@ -488,9 +488,13 @@ fn write_metadata(
             // nor an external terminal as the restorer's, nor lines ended
             // by VEOF as one, nor a listener without its accept queue, nor a
             // unix socket's peer as root, nor a socket file where it was
-            // bound, as root's and with crstream's umask.
-            format_version: if crate::fd::has_socket_files(processes) {
+            // bound, as root's and with crstream's umask, nor a file made
+            // with O_TMPFILE as one that can never be linked, nor a file
+            // linked elsewhere by a path that no longer exists.
+            format_version: if crate::fd::has_file_handles_or_tmpfiles(processes) {
                 crstream_proto::RECORDS_VERSION
+            } else if crate::fd::has_socket_files(processes) {
+                crstream_proto::RECORDS_VERSION_WITHOUT_FILE_HANDLES
             } else if crate::fd::has_peer_ids(processes) {
                 crstream_proto::RECORDS_VERSION_WITHOUT_SOCKET_FILES
             } else if crate::fd::has_accept_queues(processes) {

@@ -23,9 +23,14 @@ pub const FORMAT_VERSION: u16 = 1;
 /// (`SocketFile.accept_queue`); 9 = the PID and ids a unix socket holds
 /// for its peer, where the peer is in the tree or its ids are not root's
 /// (`SocketFile.peer_ids`); 10 = where the file of a unix socket bound to
-/// a path is now, its mode and owner (`SocketFile.socket_file`). Readers
-/// read every version up to theirs.
-pub const RECORDS_VERSION: u32 = 10;
+/// a path is now, its mode and owner (`SocketFile.socket_file`); 11 =
+/// files made with O_TMPFILE made so again (`UnlinkedFile.tmpfile_flags`),
+/// files removed under the name they were opened by but linked under
+/// another (`OpenFile.handle`). Readers read every version up to theirs.
+pub const RECORDS_VERSION: u32 = 11;
+
+/// The version written for an image with nothing of version 11 in it.
+pub const RECORDS_VERSION_WITHOUT_FILE_HANDLES: u32 = 10;
 
 /// The version written for an image with nothing of version 10 in it.
 pub const RECORDS_VERSION_WITHOUT_SOCKET_FILES: u32 = 9;

@@ -38,6 +38,16 @@ impl Handle {
         Some(true)
     }
 
+    /// Inode `ino` of the device whose st_dev is `dev`, with a handle.
+    pub(super) fn of_inode(dev: u64, ino: u64, handle: &crstream_proto::FileHandle) -> Self {
+        Self {
+            ino,
+            sdev: (libc::major(dev) << 20) | libc::minor(dev),
+            handle_type: handle.handle_type,
+            handle: handle.handle.clone(),
+        }
+    }
+
     /// (major, minor) and st_dev of its device.
     pub(super) fn device(&self) -> (u32, u32, u64) {
         let (major, minor) = (self.sdev >> 20, self.sdev & 0xf_ffff);
@@ -128,10 +138,10 @@ pub(super) fn locate(
     }
 }
 
-/// The inode `h` names, found through a mount of its device in the mount
-/// table of `pid` and checked by stat. Err: why not.
-fn resolve(pid: i32, h: &Handle) -> Result<Named, String> {
-    let (major, minor, dev) = h.device();
+/// The mounts of `h`'s device in the mount table of `pid`, each with a
+/// directory fd of its mount point. Err: why none.
+fn mounts_open(pid: i32, h: &Handle) -> Result<Vec<(String, OwnedFd)>, String> {
+    let (major, minor, _) = h.device();
     if h.handle.is_empty() {
         return Err(format!(
             "device {major}:{minor} gives no file handle for inode {}",
@@ -145,20 +155,59 @@ fn resolve(pid: i32, h: &Handle) -> Result<Named, String> {
             h.ino
         ));
     }
+    let mut open = Vec::new();
     let mut last_err = String::new();
-    for mnt in &mounts {
+    for mnt in mounts {
         let mnt_path = format!("/proc/{pid}/root{mnt}");
-        let mfd = match rustix::fs::open(
+        match rustix::fs::open(
             mnt_path.as_str(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
+            Ok(fd) => open.push((mnt, fd)),
+            Err(e) => last_err = format!("opening {mnt_path}: {e}"),
+        }
+    }
+    if open.is_empty() {
+        return Err(last_err);
+    }
+    Ok(open)
+}
+
+/// Opens the regular file `h` names with `flags`, through a mount of its
+/// device in crstream's mount table (the tree's: restore refuses others),
+/// checked by fstat to be inode `h.ino` still linked somewhere: a file the
+/// tree had open by a name since removed, while it kept another link.
+pub(super) fn open_linked_elsewhere(h: &Handle, flags: i32) -> Result<OwnedFd, String> {
+    let (_, _, dev) = h.device();
+    let mut last_err = String::new();
+    for (mnt, mfd) in mounts_open(std::process::id() as i32, h)? {
+        let fd = match crate::sys::fds::open_by_handle(&mfd, h.handle_type, &h.handle, flags) {
             Ok(fd) => fd,
             Err(e) => {
-                last_err = format!("opening {mnt_path}: {e}");
+                last_err = format!("open_by_handle_at through {mnt}: {e}");
                 continue;
             }
         };
+        let st = rustix::fs::fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
+        if st.st_ino != h.ino || st.st_dev != dev {
+            last_err = format!("its handle opens inode {} here, not {}", st.st_ino, h.ino);
+            continue;
+        }
+        if st.st_nlink == 0 {
+            return Err("it has no link left".into());
+        }
+        return Ok(fd);
+    }
+    Err(last_err)
+}
+
+/// The inode `h` names, found through a mount of its device in the mount
+/// table of `pid` and checked by stat. Err: why not.
+fn resolve(pid: i32, h: &Handle) -> Result<Named, String> {
+    let (_, _, dev) = h.device();
+    let mut last_err = String::new();
+    for (mnt, mfd) in mounts_open(pid, h)? {
         let fd = match crate::sys::fds::open_by_handle(
             &mfd,
             h.handle_type,

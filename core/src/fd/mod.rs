@@ -555,6 +555,17 @@ pub(crate) fn has_peer_ids(procs: &[ProcessDump]) -> bool {
         .any(|peer| peer.pid > 0 || peer.uid != 0 || peer.gid != 0 || !peer.groups.is_empty())
 }
 
+/// Whether a file of the tree was made with O_TMPFILE or is reopened by a
+/// file handle (records version 11: older readers would make the first one
+/// impossible to link, and fail on the second after the dump).
+pub(crate) fn has_file_handles_or_tmpfiles(procs: &[ProcessDump]) -> bool {
+    procs
+        .iter()
+        .filter_map(|p| p.records.get::<FileTable>())
+        .flat_map(|t| &t.files)
+        .any(|f| f.handle.is_some() || (f.deleted && regular::made_by_tmpfile(f.open_flags)))
+}
+
 /// Whether a unix socket of the tree was bound to a path (records version
 /// 10: older readers would leave its file where it was bound, as root's).
 pub(crate) fn has_socket_files(procs: &[ProcessDump]) -> bool {

@@ -3,11 +3,12 @@
 //! and a few harmless character devices. Any other file with a path is
 //! refused by name.
 
+use super::handles::Handle;
 use super::{DumpFd, FdKind, Reopen};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpProcess, Kind, Phase, RestoreObjects, RestoreProcess};
 use crate::paths::{path, show, undeleted};
-use crstream_proto::{FileKind, OpenFile, UnlinkedKind};
+use crstream_proto::{FileHandle, FileKind, OpenFile, UnlinkedKind};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// (major, minor) of the character devices reopened by path: /dev/null,
@@ -72,6 +73,38 @@ impl FdKind for Regular {
                     fd,
                     what: format!("{}: {reason}", show(d.link)),
                 })?;
+            if made_by_tmpfile(f.open_flags) {
+                d.objects
+                    .unlinked
+                    .made_by_tmpfile(f.unlinked_file, f.open_flags);
+            }
+        } else if crate::paths::is_deleted(d.link) {
+            // Removed under the name it was opened by, linked under another
+            // (a hard link, or an O_TMPFILE file linked since): no path
+            // leads to it, its handle does.
+            let unsupported = |why: String| DumpError::UnsupportedFile {
+                pid,
+                fd,
+                what: format!(
+                    "{}: removed under that name but linked under another: {why}",
+                    show(d.link)
+                ),
+            };
+            if !ft.is_file() {
+                return Err(unsupported(
+                    "only a regular file is reopened by its handle".into(),
+                ));
+            }
+            let (handle_type, handle) =
+                crate::sys::fds::name_to_handle(&format!("/proc/{pid}/fd/{fd}"))
+                    .map_err(|e| unsupported(format!("no file handle for it: {e}")))?;
+            f.path = undeleted(d.link).to_vec();
+            f.dev = md.dev();
+            f.inode = md.ino();
+            f.handle = Some(FileHandle {
+                handle_type,
+                handle,
+            });
         }
         Ok(true)
     }
@@ -86,7 +119,13 @@ impl FdKind for Regular {
     fn check(&self, pid: i32, f: &OpenFile) -> Result<(), RestoreError> {
         // Files under /proc of a process of the tree exist only once it
         // does: checked when reopened.
-        if f.kind() == FileKind::Regular && !f.deleted && !f.path.starts_with(b"/proc/") {
+        if let Some(h) = &f.handle {
+            super::handles::open_linked_elsewhere(
+                &Handle::of_inode(f.dev, f.inode, h),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+            .map_err(|e| super::file_error(pid, f, format!("by its file handle: {e}")))?;
+        } else if f.kind() == FileKind::Regular && !f.deleted && !f.path.starts_with(b"/proc/") {
             check_regular(pid, f, true)?;
         }
         if f.kind() == FileKind::Symlink && !f.deleted {
@@ -111,12 +150,22 @@ impl FdKind for Regular {
         f: &OpenFile,
         objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
-        let access = f.open_flags as i32 & (libc::O_ACCMODE | libc::O_PATH);
-        if f.deleted && f.kind() == FileKind::Regular && access == libc::O_RDWR {
-            let taken = objects.unlinked.take_memfd_description(f.unlinked_file);
-            if let Some(fd) =
-                taken.map_err(|e| super::file_error(pid, f, format!("taking the memfd: {e}")))?
-            {
+        if let Some(h) = &f.handle {
+            let flags = reopen_flags(f) | libc::O_CLOEXEC;
+            let fd =
+                super::handles::open_linked_elsewhere(&Handle::of_inode(f.dev, f.inode, h), flags)
+                    .map_err(|e| super::file_error(pid, f, format!("by its file handle: {e}")))?;
+            rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(f.offset))
+                .map_err(|e| super::file_error(pid, f, format!("setting its offset: {e}")))?;
+            return Ok(Reopen::Created(fd));
+        }
+        if f.deleted && f.kind() == FileKind::Regular {
+            let taken = objects
+                .unlinked
+                .take_own_description(f.unlinked_file, f.open_flags);
+            if let Some(fd) = taken.map_err(|e| {
+                super::file_error(pid, f, format!("taking the file's own description: {e}"))
+            })? {
                 super::set_status_flags(&fd, f.open_flags)
                     .and_then(|()| {
                         rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(f.offset))
@@ -176,6 +225,12 @@ impl FdKind for Regular {
             offset,
         })
     }
+}
+
+/// Whether an open file description with these flags made its file with
+/// O_TMPFILE (which fdinfo keeps; O_DIRECTORY is part of O_TMPFILE).
+pub(crate) fn made_by_tmpfile(open_flags: u32) -> bool {
+    open_flags as i32 & libc::O_TMPFILE & !libc::O_DIRECTORY != 0
 }
 
 /// The saved open flags a file is opened by path again with. A file made

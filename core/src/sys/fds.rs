@@ -40,6 +40,33 @@ pub(crate) fn open_by_handle(
     super::cvt_fd(super::cvt_long(r)? as libc::c_int)
 }
 
+/// name_to_handle_at of `path`, following a last symlink (a /proc magic
+/// link leads to the file it opens): (handle type, handle bytes).
+pub(crate) fn name_to_handle(path: &str) -> io::Result<(i32, Vec<u8>)> {
+    const MAX_HANDLE_SZ: usize = 128;
+    let path = std::ffi::CString::new(path).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // struct file_handle: handle_bytes (in: room), handle_type, the bytes.
+    let mut fh = vec![0u8; 8 + MAX_HANDLE_SZ];
+    fh[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `fh` has room for MAX_HANDLE_SZ handle bytes after its
+    // header, and every pointer outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            fh.as_mut_ptr(),
+            &mut mount_id,
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    super::cvt_long(r)?;
+    let len = u32::from_ne_bytes(fh[..4].try_into().unwrap()) as usize;
+    let handle_type = i32::from_ne_bytes(fh[4..8].try_into().unwrap());
+    Ok((handle_type, fh[8..8 + len.min(MAX_HANDLE_SZ)].to_vec()))
+}
+
 // fcntl commands libc lacks (include/uapi/asm-generic/fcntl.h).
 pub(crate) const F_SETSIG: i32 = 10;
 pub(crate) const F_GETSIG: i32 = 11;

@@ -129,6 +129,40 @@ pub(super) fn create_deleted(u: &UnlinkedFile) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Made with O_TMPFILE as before, in its old directory (or /tmp), with
+/// the access mode and synchronous-write flags of the description that
+/// made it (the others are set when that description is handed over):
+/// without O_EXCL, so that linkat(AT_EMPTY_PATH) can give it a name, as a
+/// program that made it so expects. (Whether the original used O_EXCL is
+/// not shown anywhere; a program that did never links it.)
+pub(super) fn create_tmpfile(u: &UnlinkedFile) -> std::io::Result<File> {
+    let kept = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC;
+    let flags = libc::O_TMPFILE | (u.tmpfile_flags as i32 & kept);
+    let access = u.tmpfile_flags as i32 & libc::O_ACCMODE;
+    if access != libc::O_WRONLY && access != libc::O_RDWR {
+        return Err(std::io::Error::other(format!(
+            "made with O_TMPFILE by an fd with flags {:o}, which O_TMPFILE refuses",
+            u.tmpfile_flags
+        )));
+    }
+    let tmp = |dir: &Path| {
+        std::fs::OpenOptions::new()
+            .read(access == libc::O_RDWR)
+            .write(true)
+            .custom_flags(flags & !libc::O_ACCMODE)
+            .mode(0o600)
+            .open(dir)
+    };
+    let path = crate::paths::path(&u.path);
+    let dir = path.parent().filter(|d| d.is_dir());
+    let file = dir
+        .map_or_else(|| tmp(Path::new("/tmp")), tmp)
+        .or_else(|_| tmp(Path::new("/tmp")))?;
+    file.set_len(u.size)?;
+    file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
+    Ok(file)
+}
+
 /// A removed directory, symlink or FIFO: made at its old path (or, where
 /// that is taken or its directory gone, under a fresh name in that
 /// directory or /tmp), opened, and removed again at once, so that /proc

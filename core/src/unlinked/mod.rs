@@ -16,8 +16,8 @@ use crstream_proto::{
 };
 use crstream_streamer::ImageSink;
 use make::{
-    SEALING_OFF, create_deleted, create_memfd, create_removed_node, owner_or_times_differ,
-    set_owner_and_times,
+    SEALING_OFF, create_deleted, create_memfd, create_removed_node, create_tmpfile,
+    owner_or_times_differ, set_owner_and_times,
 };
 use std::collections::HashMap;
 use std::fs::File;
@@ -120,11 +120,20 @@ impl Collector {
                 atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
                 mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
                 target,
+                tmpfile_flags: 0,
             },
             file,
             pid,
         });
         Ok(id)
+    }
+
+    /// Notes that file `id` was made with O_TMPFILE by an open file
+    /// description with `open_flags`.
+    pub(crate) fn made_by_tmpfile(&mut self, id: u64, open_flags: u32) {
+        if let Some(s) = self.saved.iter_mut().find(|s| s.meta.id == id) {
+            s.meta.tmpfile_flags = open_flags;
+        }
     }
 
     /// Declares a blob stream for each file and writes its record, in
@@ -260,6 +269,9 @@ fn describe(u: &UnlinkedFile) -> String {
 struct Recreated {
     meta: UnlinkedFile,
     file: File,
+    /// A file made with O_TMPFILE: the description that made it, once
+    /// `file` is held read-only.
+    made_by: Option<File>,
     written: u64,
 }
 
@@ -307,6 +319,7 @@ impl Recreator {
         }
         let file = match u.kind() {
             UnlinkedKind::Memfd => create_memfd(&u),
+            UnlinkedKind::Deleted if u.tmpfile_flags != 0 => create_tmpfile(&u),
             UnlinkedKind::Deleted => create_deleted(&u),
             UnlinkedKind::Directory | UnlinkedKind::Symlink | UnlinkedKind::Fifo => {
                 create_removed_node(&u)
@@ -322,6 +335,7 @@ impl Recreator {
             Recreated {
                 meta: u,
                 file,
+                made_by: None,
                 written: 0,
             },
         );
@@ -418,13 +432,15 @@ impl Recreator {
                 )));
             }
             if r.meta.kind() == UnlinkedKind::Deleted {
-                r.file =
-                    File::open(format!("/proc/self/fd/{}", r.file.as_raw_fd())).map_err(|e| {
-                        RestoreError::Recreate {
-                            what: describe(&r.meta),
-                            reason: format!("reopening it read-only: {e}"),
-                        }
+                let read_only = File::open(format!("/proc/self/fd/{}", r.file.as_raw_fd()))
+                    .map_err(|e| RestoreError::Recreate {
+                        what: describe(&r.meta),
+                        reason: format!("reopening it read-only: {e}"),
                     })?;
+                let made_by = std::mem::replace(&mut r.file, read_only);
+                if r.meta.tmpfile_flags != 0 {
+                    r.made_by = Some(made_by);
+                }
             }
         }
         self.set_owners_and_times(false)
@@ -443,23 +459,36 @@ impl Recreator {
         Ok(())
     }
 
-    /// The first time for memfd `id`: a new fd for the open file
-    /// description memfd_create made. Like the original memfd_create fd,
-    /// it does not count as a writer of the file, which matters for a memfd
-    /// the process runs (the kernel takes it as its executable only while
-    /// no writer exists, and then refuses new ones). Later fds of it reopen
-    /// `proc_path`.
-    pub(crate) fn take_memfd_description(
+    /// The first time for file `id`, for an open file description with
+    /// `open_flags`: a new fd for the description that made the file, if
+    /// it is the one that made it. For a memfd (any read-write fd): like
+    /// the original memfd_create fd, it does not count as a writer of the
+    /// file, which matters for a memfd the process runs (the kernel takes
+    /// it as its executable only while no writer exists, and then refuses
+    /// new ones). For a file made with O_TMPFILE (the fd with its flags):
+    /// O_TMPFILE stays in its flags. Other fds of it reopen `proc_path`.
+    pub(crate) fn take_own_description(
         &self,
         id: u64,
+        open_flags: u32,
     ) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
         let Some(r) = self.by_id.get(&id) else {
             return Ok(None);
         };
-        if r.meta.kind() != UnlinkedKind::Memfd || !self.handed.lock().unwrap().insert(id) {
+        let own = match r.meta.kind() {
+            UnlinkedKind::Memfd if open_flags as i32 & libc::O_ACCMODE == libc::O_RDWR => {
+                Some(&r.file)
+            }
+            UnlinkedKind::Deleted if r.meta.tmpfile_flags == open_flags => r.made_by.as_ref(),
+            _ => None,
+        };
+        let Some(own) = own else {
+            return Ok(None);
+        };
+        if !self.handed.lock().unwrap().insert(id) {
             return Ok(None);
         }
-        Ok(Some(rustix::io::fcntl_dupfd_cloexec(&r.file, 0)?))
+        Ok(Some(rustix::io::fcntl_dupfd_cloexec(own, 0)?))
     }
 
     /// A path the restored process opens to get file `id`, which must be

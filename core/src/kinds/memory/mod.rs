@@ -419,6 +419,14 @@ fn plan(
                 // A memfd or deleted file: its contents are saved once for
                 // the tree; private pages written since are saved here.
                 let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                // Removed under this name but linked under another: a copy
+                // would not see the writes through the others, nor they its.
+                if m.shared && std::fs::metadata(&source).is_ok_and(|md| md.nlink() > 0) {
+                    return Err(refuse(format!(
+                        "a shared mapping of {}, removed under that name but linked under another, is not supported",
+                        show(p)
+                    )));
+                }
                 a.unlinked_file = unlinked.note(pid, &source, p).map_err(refuse)?;
                 a.path = undeleted(p).to_vec();
                 (
