@@ -283,17 +283,6 @@ impl Fetcher {
 }
 
 impl crstream_core::PageFetcher for Fetcher {
-    fn fetch(
-        &self,
-        offset: u64,
-        len: u64,
-    ) -> std::result::Result<PageBatch, crstream_core::FetchError> {
-        self.fetch_run(&[(offset, len)])?.pop().ok_or_else(|| {
-            self.error(crstream_streamer::StreamError::BadIndex {
-                reason: format!("no frame at {offset}"),
-            })
-        })
-    }
     fn fetch_run(
         &self,
         frames: &[(u64, u64)],

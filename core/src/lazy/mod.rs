@@ -46,13 +46,10 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// Fetches page frames for the lazy phase (blocking; called from worker
 /// threads). The engine knows nothing about where the image lives.
 pub trait PageFetcher: Send + Sync + 'static {
-    /// The page batch of the frame at `offset` (`len` bytes with header).
-    fn fetch(&self, offset: u64, len: u64) -> Result<PageBatch, FetchError>;
-    /// The page batches of consecutive frames (each starting where the
-    /// previous one ends), in one request where the storage allows.
-    fn fetch_run(&self, frames: &[(u64, u64)]) -> Result<Vec<PageBatch>, FetchError> {
-        frames.iter().map(|&(o, l)| self.fetch(o, l)).collect()
-    }
+    /// The page batches of consecutive frames, each (offset, length with
+    /// its header) and starting where the previous one ends, in one
+    /// request where the storage allows: one batch per frame, in order.
+    fn fetch_run(&self, frames: &[(u64, u64)]) -> Result<Vec<PageBatch>, FetchError>;
     /// Where the image lives, for error messages (e.g. its URL).
     fn describe(&self) -> String;
 }
