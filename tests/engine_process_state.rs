@@ -634,6 +634,43 @@ fn leases_being_broken_come_back_being_broken() {
     round_trips(&mut w, &dir, &breaking);
 }
 
+/// A process whose open fds fill its RLIMIT_NOFILE (sshd's pre-auth child
+/// sets it to 1): restore opens files in it (its executable, /proc files)
+/// before it gives it its limits, never after (that open failed with
+/// EMFILE once the dump had killed the process).
+#[test]
+fn a_process_whose_fds_fill_its_open_file_limit_comes_back() {
+    if !have("python3") {
+        return;
+    }
+    let dir = TestDir::new("rlimit-full");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        "import resource, sys, time\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE, (3, 3))\n\
+         print('limited', flush=True)\n\
+         while True: time.sleep(0.1)\n",
+    ]);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let pid = w.pid;
+    let log = dir.path("report.log");
+    assert!(wait_until(T, || std::fs::read_to_string(&log)
+        .is_ok_and(|l| l.contains("limited"))));
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(fds(), 3, "fds 0-2 fill the limit");
+    let limits = || std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let before = limits();
+    dump_and_restore(&mut w, &dir.path("img"));
+    assert_eq!(limits(), before);
+    assert_eq!(fds(), 3);
+    assert_running_untraced(pid);
+}
+
 /// A process that dropped root (here to nobody) keeps its resource limits,
 /// soft and hard, even where they are below crstream's: reading another
 /// user's limits with prlimit needs CAP_SYS_RESOURCE, and without it they

@@ -30,7 +30,6 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(crate::fd::Files::new()),
         Box::new(crate::fd::locks::Locks),
         Box::new(prctl::Prctl),
-        Box::new(rlimits::Rlimits),
         Box::new(oom::Oom),
         Box::new(loginuid::LoginUidKind),
         Box::new(signals::SignalActions),
@@ -41,6 +40,11 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         // After every kind that opens a path in the process (the
         // executable, /proc/self files): a chroot would hide them.
         Box::new(fs_context::FsContext),
+        // Once nothing restore does in the process needs room under them
+        // (a process whose fds fill RLIMIT_NOFILE, threads under
+        // RLIMIT_NPROC, signals queued under RLIMIT_SIGPENDING); set from
+        // crstream, so before the process's own credentials.
+        Box::new(rlimits::Rlimits),
         Box::new(seccomp::SeccompKind),
         Box::new(creds::Creds),
         Box::new(crate::fd::owner::Owners),

@@ -21,7 +21,7 @@ impl Kind for Rlimits {
     }
 
     fn phase(&self) -> Phase {
-        Phase::Process
+        Phase::Final
     }
 
     fn dump(&mut self, p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
