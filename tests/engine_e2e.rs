@@ -122,6 +122,34 @@ fn a_file_made_with_o_tmpfile_comes_back() {
     w.kill();
 }
 
+/// Files opened by path come back with every open flag they had: those
+/// only an open sets (O_NOFOLLOW, O_SYNC, O_DIRECTORY), not only those
+/// fcntl can set again (sqlite and Python's shared memory open with
+/// O_NOFOLLOW).
+#[test]
+fn open_flags_of_files_opened_by_path_come_back() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("open-flags");
+    let script = "import os, sys, time\n\
+         report, where = sys.argv[1], sys.argv[2]\n\
+         f = os.path.join(where, 'f'); open(f, 'w').write('x')\n\
+         fds = [os.open(f, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_SYNC),\n\
+         \x20      os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK),\n\
+         \x20      os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)]\n\
+         flags = lambda: [[l.split()[1] for l in open('/proc/self/fdinfo/%d' % fd) if l.startswith('flags')][0] for fd in fds]\n\
+         before = flags()\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         open(report, 'w').write('%d %d %s %s %s\\n' % (os.getpid(), n, flags() == before, before, flags()))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[dir.path("")], "]");
+    assert!(r.contains(" True "), "{r}\n{}", w.log());
+    w.kill();
+}
+
 /// A file open by a name removed since, while the file keeps another link
 /// (a hard link; an O_TMPFILE file linked since): it comes back as that
 /// file, with its offset, and writes through it still reach the file

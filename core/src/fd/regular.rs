@@ -213,11 +213,15 @@ impl FdKind for Regular {
         // O_NOFOLLOW matters for a symlink opened by its path. Through a
         // /proc magic link (removed files) it would open the magic link
         // itself; without it, the jump ends on the object, a symlink too.
+        // By its own path, a file opened with O_NOFOLLOW keeps it (only an
+        // open sets it): that path was no symlink then.
         if f.kind() == FileKind::Symlink {
             flags |= libc::O_PATH;
             if !f.deleted {
                 flags |= libc::O_NOFOLLOW;
             }
+        } else if !f.deleted {
+            flags |= f.open_flags as i32 & libc::O_NOFOLLOW;
         }
         Ok(Reopen::Path {
             path: reopen,
