@@ -55,6 +55,10 @@ fn python_with_modules_continues() {
     assert_running_untraced(pid);
 }
 
+/// A JVM comes back with its threads, and with the flock on its
+/// hsperfdata file, which it holds only through the file's mapping (it
+/// closed the fd): without it, another JVM's start-up takes the file for
+/// a dead one's.
 #[test]
 fn java_with_threads_continues() {
     if !have("javac") || !have("java") {
@@ -69,13 +73,22 @@ fn java_with_threads_continues() {
         .unwrap();
     assert!(st.success(), "javac failed");
     let mut cmd = Command::new("java");
-    cmd.args(["-XX:-UsePerfData", "-cp"])
+    cmd.args(["-cp"])
         .arg(&dir.0)
         .arg("Wl")
         .arg(dir.path("report"));
     let mut w = spawn_isolated(cmd, dir.path("report"));
     w.wait_report(T, |r| (2..6).all(|i| field(r, 0, i) >= 50));
     let tids_before = tasks(w.pid);
+    let perf_data = std::path::PathBuf::from(format!("/tmp/hsperfdata_root/{}", w.pid));
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&perf_data).unwrap());
+    let flock = || {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("FLOCK") && l.contains(&format!(":{inode} ")))
+    };
+    assert!(flock(), "the JVM holds a flock on {}", perf_data.display());
     let img = dir.path("img");
     dump(w.pid, &img, &[]);
     let at_dump = w.read_report().unwrap();
@@ -88,7 +101,10 @@ fn java_with_threads_continues() {
         (2..6).all(|i| field(r, 0, i) > field(&at_dump, 0, i) + 50)
     });
     assert!(r.contains(" OK "), "{r}\n{}", w.log());
+    assert!(flock(), "the restored JVM holds its flock again");
     assert_running_untraced(pid);
+    w.kill();
+    let _ = std::fs::remove_file(&perf_data);
 }
 
 /// A signal pending on a thread other than the leader, sent with

@@ -9,7 +9,11 @@
 //! process that restores the description); a POSIX lock belongs to the fd
 //! table (taken by the process its lock line names, or the first of the
 //! processes sharing the table). Locks waited for (`->` lines) are not
-//! held: the waiting fcntl or flock starts again after restore.
+//! held: the waiting fcntl or flock starts again after restore. A flock
+//! lock whose description only a mapping holds (a JVM's hsperfdata file)
+//! shows in /proc/locks alone: it is taken on the file restore maps there.
+//! (A POSIX lock goes with the last fd; an OFD lock of a mapping alone,
+//! shown without its owner, is not told from one held outside the tree.)
 //!
 //! A lease being broken is taken again, then broken again to the same type
 //! by an open from crstream (O_NONBLOCK: it starts the break and returns)
@@ -21,12 +25,26 @@ use crate::kind::{DumpProcess, DumpTree, Kind, Phase, RestoreProcess};
 use crate::records::ProcessImage;
 use crate::stub::{SCRATCH_DATA, Stub};
 use crstream_proto::{FileLock, FileLockKind, FileLocks, FileTable, OpenFile};
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// Records version since which every process has the record.
 const SINCE: u32 = 3;
 
-pub(crate) struct Locks;
+/// Dump: besides the locks of the fds, the flock locks a process holds
+/// only through a mapping's file (it closed its fds of it): a flock
+/// belongs to the open file description, which the mapping keeps alive.
+#[derive(Default)]
+pub(crate) struct Locks {
+    /// Inodes with a flock lock seen through an fd of some process.
+    flocks_of_fds: HashSet<FileId>,
+    /// Per process, its flock locks on files it maps, none of its fds
+    /// showing them; kept once no fd of the tree shows them either.
+    of_mappings: HashMap<i32, Vec<(FileId, FileLock)>>,
+}
+
+/// A file as /proc/locks names it: device major, minor, inode.
+type FileId = (u32, u32, u64);
 
 /// One `lock:` line of an fdinfo text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +55,8 @@ struct LockLine {
     /// The type shown is F_UNLCK (where a lease being broken goes).
     unlock: bool,
     pid: i32,
+    /// The device (major, minor) of the file.
+    dev: (u32, u32),
     inode: u64,
     start: u64,
     /// None: to the end of the file.
@@ -59,6 +79,12 @@ fn parse_lock_line(line: &str) -> Option<LockLine> {
         write: kind == "WRITE",
         unlock: kind == "UNLCK",
         pid: pid.parse().ok()?,
+        dev: {
+            let mut parts = dev_ino.split(':');
+            let major = u32::from_str_radix(parts.next()?, 16).ok()?;
+            let minor = u32::from_str_radix(parts.next()?, 16).ok()?;
+            (major, minor)
+        },
         inode: dev_ino.rsplit(':').next()?.parse().ok()?,
         start: start.parse().ok()?,
         end: match end {
@@ -115,6 +141,9 @@ impl Kind for Locks {
                 } else {
                     libc::F_RDLCK
                 });
+                if kind == FileLockKind::FileLockFlock {
+                    self.flocks_of_fds.insert((l.dev.0, l.dev.1, l.inode));
+                }
                 locks.push(FileLock {
                     fd: f.fd,
                     kind: kind as i32,
@@ -123,9 +152,11 @@ impl Kind for Locks {
                     len: l.end.map_or(0, |e| e - l.start + 1),
                     owner_pid: l.pid,
                     breaking_to,
+                    mapping: None,
                 });
             }
         }
+        self.note_flocks_of_mappings(pid)?;
         p.records.push(FileLocks { locks });
         Ok(())
     }
@@ -136,7 +167,14 @@ impl Kind for Locks {
         let pids: Vec<i32> = t.processes.iter().map(|p| p.pid).collect();
         for p in t.processes.iter_mut() {
             let pid = p.pid;
+            let of_mappings = self.of_mappings.remove(&pid).unwrap_or_default();
             if let Some(locks) = p.records.get_mut::<FileLocks>() {
+                locks.locks.extend(
+                    of_mappings
+                        .into_iter()
+                        .filter(|(file, _)| !self.flocks_of_fds.contains(file))
+                        .map(|(_, l)| l),
+                );
                 locks.locks.retain(|l| {
                     l.kind() != FileLockKind::FileLockPosix
                         || l.owner_pid == pid
@@ -157,7 +195,8 @@ impl Kind for Locks {
             return Ok(());
         };
         let table = p.image.records.get::<FileTable>();
-        for l in &locks.locks {
+        // Those of mappings are taken as the memory is mapped.
+        for l in locks.locks.iter().filter(|l| l.mapping.is_none()) {
             let file = table.and_then(|t| t.files.iter().find(|f| f.fd == l.fd));
             let kind = l.kind();
             // A description restored by another process of the tree has
@@ -176,6 +215,79 @@ impl Kind for Locks {
         }
         Ok(())
     }
+}
+
+impl Locks {
+    /// The flock locks /proc/locks shows `pid` took on a file it maps,
+    /// that no fd of it shows: held through the mapping's file. Which
+    /// mapping holds it is not shown; the first of that file is taken
+    /// (one description usually backs them all).
+    fn note_flocks_of_mappings(&mut self, pid: i32) -> Result<(), DumpError> {
+        let proc_err = |err| DumpError::Proc { pid, err };
+        let all = crate::proc::read_string("/proc/locks").map_err(proc_err)?;
+        let mut maps = None;
+        for l in all
+            .lines()
+            .filter_map(|l| parse_lock_line(&format!("lock:\t{l}")))
+            .filter(|l| l.class == "FLOCK" && l.pid == pid)
+        {
+            let file = (l.dev.0, l.dev.1, l.inode);
+            if self.flocks_of_fds.contains(&file) {
+                continue;
+            }
+            if maps.is_none() {
+                maps = Some(crate::proc::maps(pid).map_err(proc_err)?);
+            }
+            let mapping = maps
+                .as_ref()
+                .into_iter()
+                .flatten()
+                .find(|m| (m.dev_major, m.dev_minor, m.inode) == file && !m.path.is_empty());
+            if let Some(m) = mapping {
+                self.of_mappings.entry(pid).or_default().push((
+                    file,
+                    FileLock {
+                        fd: 0,
+                        kind: FileLockKind::FileLockFlock as i32,
+                        write: l.write,
+                        start: 0,
+                        len: 0,
+                        owner_pid: l.pid,
+                        breaking_to: None,
+                        mapping: Some(m.start),
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes, through `fd` of the stub (the file just mapped at `start`), the
+/// flock locks of `locks` held through that mapping.
+pub(crate) fn take_mapping_flocks(
+    stub: &Stub,
+    locks: Option<&FileLocks>,
+    start: u64,
+    fd: i64,
+) -> Result<(), TaskError> {
+    for l in locks
+        .into_iter()
+        .flat_map(|l| &l.locks)
+        .filter(|l| l.mapping == Some(start) && l.kind() == FileLockKind::FileLockFlock)
+    {
+        let op = if l.write {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        stub.call(
+            "flock",
+            libc::SYS_flock,
+            &[fd as u64, (op | libc::LOCK_NB) as u64],
+        )?;
+    }
+    Ok(())
 }
 
 /// A description shared with an earlier process of the tree, which
@@ -327,6 +439,7 @@ mod tests {
                 write: true,
                 unlock: false,
                 pid: 1234,
+                dev: (8, 1),
                 inode: 5678,
                 start: 10,
                 end: Some(19),
@@ -334,8 +447,8 @@ mod tests {
         );
         let l = parse_lock_line("lock:\t2: OFDLCK ADVISORY  READ  -1 00:1b:9 100 EOF").unwrap();
         assert_eq!(
-            (l.class.as_str(), l.write, l.pid, l.end),
-            ("OFDLCK", false, -1, None)
+            (l.class.as_str(), l.write, l.pid, l.end, l.dev),
+            ("OFDLCK", false, -1, None, (0, 0x1b))
         );
         let l = parse_lock_line("lock:\t3: LEASE  BREAKING  UNLCK 77 00:1b:9 0 EOF").unwrap();
         assert_eq!(

@@ -556,14 +556,23 @@ pub(crate) fn has_peer_ids(procs: &[ProcessDump]) -> bool {
 }
 
 /// Whether a file of the tree was made with O_TMPFILE or is reopened by a
-/// file handle (records version 11: older readers would make the first one
-/// impossible to link, and fail on the second after the dump).
+/// file handle, or a flock is held through a mapping (records version 11:
+/// older readers would make the first impossible to link, fail on the
+/// second after the dump, and lose the third).
 pub(crate) fn has_file_handles_or_tmpfiles(procs: &[ProcessDump]) -> bool {
-    procs
+    let files = procs
         .iter()
         .filter_map(|p| p.records.get::<FileTable>())
         .flat_map(|t| &t.files)
-        .any(|f| f.handle.is_some() || (f.deleted && regular::made_by_tmpfile(f.open_flags)))
+        .any(|f| f.handle.is_some() || (f.deleted && regular::made_by_tmpfile(f.open_flags)));
+    // Or a flock held through a mapping, which an older reader would take
+    // on fd 0.
+    files
+        || procs
+            .iter()
+            .filter_map(|p| p.records.get::<crstream_proto::FileLocks>())
+            .flat_map(|l| &l.locks)
+            .any(|l| l.mapping.is_some())
 }
 
 /// Whether a unix socket of the tree was bound to a path (records version

@@ -28,7 +28,7 @@ use crate::kind::Kind;
 pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
     vec![
         Box::new(crate::fd::Files::new()),
-        Box::new(crate::fd::locks::Locks),
+        Box::new(crate::fd::locks::Locks::default()),
         Box::new(prctl::Prctl),
         Box::new(oom::Oom),
         Box::new(loginuid::LoginUidKind),

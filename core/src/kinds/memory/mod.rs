@@ -284,7 +284,15 @@ impl Memory {
         parent: Option<&Stub>,
     ) -> Result<(), RestoreError> {
         let mm: &MemoryMap = p.image.need()?;
-        map_areas(p.stub, &mm.areas, kept, &mut self.shm_origin, p.objects)?;
+        let locks = p.image.records.get::<crstream_proto::FileLocks>();
+        map_areas(
+            p.stub,
+            &mm.areas,
+            kept,
+            &mut self.shm_origin,
+            p.objects,
+            locks,
+        )?;
         let copied = settle(p.stub, &mm.areas, kept, parent)?;
         if copied > 0 {
             tracing::debug!(
@@ -926,6 +934,7 @@ fn map_areas(
     kept: &[(u64, u64)],
     shm: &mut HashMap<u64, ShmemOrigin>,
     objects: &RestoreObjects<'_>,
+    locks: Option<&crstream_proto::FileLocks>,
 ) -> Result<(), RestoreError> {
     let pid = stub.pid;
     for a in areas.iter().filter(|a| is_mapped_area(a)) {
@@ -943,7 +952,7 @@ fn map_areas(
                     .sysv
                     .attach(stub, id, a.start, prot)
                     .map_err(|e| map_err(pid, a, e.to_string()))?,
-                None => map_area(stub, a, prot, shm, objects.unlinked)?,
+                None => map_area(stub, a, prot, shm, objects.unlinked, locks)?,
             }
         }
         // Advice before the pages arrive: filling a MADV_NOHUGEPAGE area
@@ -965,6 +974,7 @@ fn map_area(
     prot: i32,
     shm: &mut HashMap<u64, ShmemOrigin>,
     unlinked: &crate::unlinked::Recreator,
+    locks: Option<&crstream_proto::FileLocks>,
 ) -> Result<(), RestoreError> {
     let pid = stub.pid;
     let len = a.end - a.start;
@@ -1026,10 +1036,16 @@ fn map_area(
         libc::SYS_mmap,
         &[a.start, len, prot as u64, flags as u64, fd as u64, pgoff],
     );
+    // A flock held through this mapping's file, on the file it maps now.
+    let flocked = match r.is_ok() && fd >= 0 && a.kind() == AreaKind::File {
+        true => crate::fd::locks::take_mapping_flocks(stub, locks, a.start, fd),
+        false => Ok(()),
+    };
     if fd >= 0 {
         stub.call("close", libc::SYS_close, &[fd as u64])?;
     }
     let got = r.map_err(|e| map_err(pid, a, e.to_string()))?;
+    flocked.map_err(|e| map_err(pid, a, format!("taking its flock again: {e}")))?;
     if got as u64 != a.start {
         return Err(map_err(pid, a, format!("mmap returned {got:#x}")));
     }
