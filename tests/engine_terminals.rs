@@ -167,6 +167,67 @@ fn a_tmux_server_with_a_counting_shell_keeps_its_screen() {
     }
 }
 
+/// Session, group, controlling terminal and its foreground group of a
+/// process (fields 6, 5, 7, 8 of /proc/PID/stat).
+fn session_view(pid: i32) -> (String, String, String, String) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<String> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    // state ppid pgrp session tty_nr tpgid
+    (f[3].clone(), f[2].clone(), f[4].clone(), f[5].clone())
+}
+
+/// `script` holds a pseudo-terminal whose session (a shell's, with a job
+/// in the background) is led by its child, on slave fds the child got
+/// from `script` (one description, restored by `script`). Every process
+/// of that session has the terminal as its controlling terminal again,
+/// with the same foreground group, the member forked before the fds are
+/// restored too (a controlling terminal passes only by fork).
+#[test]
+fn every_process_of_a_session_gets_its_controlling_terminal_back() {
+    if !available("script", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("ctty");
+    let mut cmd = std::process::Command::new("script");
+    cmd.args([
+        "-qfc",
+        "bash -c 'sleep 1000 & exec sleep 1001'",
+        "/dev/null",
+    ]);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let root = w.pid;
+    let mut guard = Kill(Vec::new());
+    assert!(
+        wait_until(T, || tree_of(root).len() == 3),
+        "script, its shell and the job"
+    );
+    let tree = tree_of(root);
+    guard.0 = tree.clone();
+    let before: Vec<_> = tree.iter().map(|&p| session_view(p)).collect();
+    assert!(
+        before[1..].iter().all(|v| v.2 != "0" && v.3 != "-1"),
+        "the session has its terminal: {before:?}"
+    );
+    dump(root, &dir.path("img"), &[]);
+    w.reap_dumped();
+    for &p in &tree {
+        assert!(wait_gone(p, T), "pid {p} survived the dump");
+    }
+    let (pid, _) = restore(&dir.path("img"));
+    assert_eq!(pid, root);
+    assert_eq!(tree_of(root), tree);
+    let after: Vec<_> = tree.iter().map(|&p| session_view(p)).collect();
+    assert_eq!(after, before);
+    assert_running_untraced(root);
+    drop(guard);
+}
+
 /// A new pseudo-terminal pair: (master, slave, slave's path), both
 /// close-on-exec (the tests of this binary run side by side: an fd one of
 /// them let a child inherit would be in another's workload too).

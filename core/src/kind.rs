@@ -206,6 +206,8 @@ pub(crate) struct RestoreObjects<'a> {
     /// The stubs of the tree's live processes, once they all exist (the
     /// phases), for calls that must be made by one of them.
     pub stubs: &'a [&'a Stub],
+    /// The pseudo-terminal pairs of the tree made so far.
+    pub ptys: &'a crate::fd::pty::Masters,
 }
 
 /// One process being restored, as kinds rebuild it.

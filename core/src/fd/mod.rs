@@ -506,9 +506,13 @@ impl Files {
             }
         }
         // What names fds of this process by number, once all exist; for a
-        // description shared with an earlier process, done there.
+        // description shared with an earlier process, done there. But the
+        // foreground of a session's terminal is set by its leader, whoever
+        // restored the description it holds the terminal by.
         for f in files.iter().filter(|f| {
-            f.dup_of_fd.is_none() && (f.shared_id == 0 || (f.shared_id >> 32) as i32 == pid)
+            let leads = f.pty.as_ref().is_some_and(|p| p.controls_session);
+            f.dup_of_fd.is_none()
+                && (f.shared_id == 0 || (f.shared_id >> 32) as i32 == pid || leads)
         }) {
             self.restorer(pid, f)?.after_table(stub, f)?;
         }
@@ -519,7 +523,7 @@ impl Files {
 /// How --inherit-fd names the file of `f`: "socket:[INODE]",
 /// "tty[RDEV:DEV]" for a terminal outside the tree (hex, as in CRIU), or
 /// its path ("pipe:[INODE]" for a pipe).
-fn inherit_key(f: &OpenFile) -> String {
+pub(super) fn inherit_key(f: &OpenFile) -> String {
     match (f.socket.as_ref(), f.external_tty.is_some()) {
         (Some(s), _) => format!("socket:[{}]", s.inode),
         (None, true) => tty::external_key(f.rdev, f.dev),

@@ -234,8 +234,102 @@ fn keystrokes(data: &[u8], eof: &[u32], canonical: bool, cc: &[u8]) -> Vec<u8> {
 pub(super) struct Ptys {
     /// Dump: the indexes of the masters seen so far.
     masters: Vec<u32>,
-    /// Restore: the master of each pair made so far, by index.
-    made: HashMap<u32, OwnedFd>,
+}
+
+/// Restore: the pairs made so far, for the whole restore (a session's
+/// terminal is made before its fds are, see [`acquire_session_terminal`]).
+#[derive(Default)]
+pub(crate) struct Masters {
+    /// The master of each pair, by index.
+    made: std::cell::RefCell<HashMap<u32, OwnedFd>>,
+    /// Slaves crstream holds open until the restore ends: a session keeps
+    /// its controlling terminal only while some fd of it is open.
+    held: std::cell::RefCell<Vec<OwnedFd>>,
+}
+
+impl Masters {
+    /// A new fd for the master of pair `index`, made now if need be.
+    fn master(&self, index: u32) -> io::Result<OwnedFd> {
+        let mut made = self.made.borrow_mut();
+        let master = match made.entry(index) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(open_index(index)?),
+        };
+        master.try_clone()
+    }
+}
+
+/// The terminal that `image` (a session leader) had as its session's
+/// controlling terminal, if it comes back: a pseudo-terminal of the tree,
+/// or one handed in for a terminal outside it (crstream's fd of it).
+pub(crate) fn session_terminal(
+    image: &crate::records::ProcessImage<'_>,
+    inherit: &[(i32, String)],
+) -> Option<SessionTerminal> {
+    let files = &image.records.get::<crstream_proto::FileTable>()?.files;
+    if let Some(p) = files
+        .iter()
+        .filter_map(|f| f.pty.as_ref())
+        .find(|p| p.controls_session && !p.master)
+    {
+        return Some(SessionTerminal::Pty(p.index));
+    }
+    let f = files
+        .iter()
+        .find(|f| f.external_tty.as_ref().is_some_and(|t| t.controls_session))?;
+    let key = super::inherit_key(f);
+    inherit
+        .iter()
+        .find(|(_, k)| *k == key)
+        .map(|&(fd, _)| SessionTerminal::HandedIn(fd))
+}
+
+/// A session's controlling terminal, as restore gives it back.
+pub(crate) enum SessionTerminal {
+    /// The slave of the pair with this index, made by restore.
+    Pty(u32),
+    /// The terminal crstream's fd stands for (--inherit-fd).
+    HandedIn(i32),
+}
+
+/// Makes `terminal` the controlling terminal of the session `stub` has
+/// just made (setsid), before any other process of the session is forked
+/// from it: a controlling terminal passes to a process only by fork, or to
+/// a session leader (opening it), and only while some fd of it is open
+/// (crstream holds one until the restore ends). Its fds, restored later,
+/// then open a terminal the session already has.
+pub(crate) fn acquire_session_terminal(
+    masters: &Masters,
+    stub: &Stub,
+    terminal: &SessionTerminal,
+) -> Result<(), RestoreError> {
+    let path = match *terminal {
+        SessionTerminal::Pty(index) => format!("/dev/pts/{index}"),
+        SessionTerminal::HandedIn(fd) => format!("/proc/{}/fd/{fd}", std::process::id()),
+    };
+    let err = |reason: String| RestoreError::Session {
+        pid: stub.vpid,
+        reason: format!("giving it {path} as its controlling terminal again: {reason}"),
+    };
+    if let SessionTerminal::Pty(index) = *terminal {
+        masters
+            .master(index)
+            .map_err(|e| err(format!("making the pseudo-terminal: {e}")))?;
+        let slave = rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| err(format!("opening it: {e}")))?;
+        masters.held.borrow_mut().push(slave);
+    }
+    // Without O_NOCTTY: a session leader with no terminal takes it.
+    let fd = stub
+        .open(path.as_bytes(), libc::O_RDWR | libc::O_CLOEXEC, 0)
+        .map_err(|e| err(e.to_string()))?;
+    stub.call("close", libc::SYS_close, &[fd as u64])
+        .map_err(|e| err(e.to_string()))?;
+    Ok(())
 }
 
 impl FdKind for Ptys {
@@ -300,21 +394,18 @@ impl FdKind for Ptys {
         &mut self,
         pid: i32,
         f: &OpenFile,
-        _objects: &RestoreObjects<'_>,
+        objects: &RestoreObjects<'_>,
     ) -> Result<Reopen, RestoreError> {
         let p = f.pty.as_ref().expect("restores() checked it");
         let ferr = |what: &str, e: io::Error| super::file_error(pid, f, format!("{what}: {e}"));
-        let master = match self.made.entry(p.index) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(open_index(p.index).map_err(|e| ferr("making the pseudo-terminal", e))?)
-            }
-        };
+        let master = objects
+            .ptys
+            .master(p.index)
+            .map_err(|e| ferr("making the pseudo-terminal", e))?;
         if p.master {
-            set_state(master, p).map_err(|e| ferr("its state", e))?;
-            let fd = master.try_clone().map_err(|e| ferr("dup", e))?;
-            super::set_status_flags(&fd, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
-            return Ok(Reopen::Created(fd));
+            set_state(&master, p).map_err(|e| ferr("its state", e))?;
+            super::set_status_flags(&master, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
+            return Ok(Reopen::Created(master));
         }
         let mut flags = (f.open_flags as i32)
             & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
@@ -327,7 +418,9 @@ impl FdKind for Ptys {
                 offset: 0,
             });
         }
-        // The leader's open makes it its session's controlling terminal.
+        // The session has it as its controlling terminal already (see
+        // `acquire_session_terminal`); an open by another process must not
+        // take it.
         if !p.controls_session {
             flags |= libc::O_NOCTTY;
         }

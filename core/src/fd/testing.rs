@@ -114,6 +114,7 @@ pub(super) fn open_on_terminal(
         tcp_built: &Default::default(),
         unpinned_cpus: None,
         stubs: &[],
+        ptys: &Default::default(),
     };
     kind.open(me(), f, &objects)
 }

@@ -406,6 +406,7 @@ fn restore_image(
     );
     // Every stub is created from here on, and inherits the pin.
     let pinned = crate::sys::sched::PinnedThread::here();
+    let ptys = crate::fd::pty::Masters::default();
     let objects = RestoreObjects {
         pids: &pids,
         unlinked: &img.unlinked,
@@ -416,6 +417,7 @@ fn restore_image(
         tcp_built: &tcp_built,
         unpinned_cpus: pinned.as_ref().map(|p| p.before()),
         stubs: &[],
+        ptys: &ptys,
     };
     let live: Vec<usize> = (0..entries.len())
         .filter(|&i| processes[i].is_some())
@@ -449,6 +451,14 @@ fn restore_image(
             let Some(image) = processes[i].as_ref() else {
                 return Ok(()); // a zombie has no memory
             };
+            // A session leader, before its session's processes are forked.
+            let entry = &plan.entries[i];
+            if entry.sid == entry.pid
+                && !(i == 0 && opts.shell_job)
+                && let Some(terminal) = crate::fd::pty::session_terminal(image, &opts.inherit_fds)
+            {
+                crate::fd::pty::acquire_session_terminal(&ptys, &stubs[i], &terminal)?;
+            }
             let parent = (i > 0).then(|| &stubs[plan.parent_of[i]]);
             memory.restore_forked(
                 &mut RestoreProcess {
