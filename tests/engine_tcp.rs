@@ -535,3 +535,51 @@ fn a_waiting_connection_holding_too_much_is_refused() {
     assert_running_untraced(w.pid);
     w.kill();
 }
+
+/// Sockets a process made after dropping root (to nobody) come back owned
+/// by nobody: another of nobody's processes can still join their
+/// SO_REUSEPORT groups (the kernel lets in only sockets of the same
+/// owner), as a server adding workers does.
+#[test]
+fn sockets_of_a_process_that_dropped_root_keep_their_owner() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("socket-owner");
+    // Its report is written as nobody.
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let join = "import os, socket, sys\n\
+         os.setgid(65534); os.setuid(65534)\n\
+         for ty in (socket.SOCK_STREAM, socket.SOCK_DGRAM):\n\
+         \x20   s = socket.socket(socket.AF_INET, ty); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+         \x20   try: s.bind(('127.0.0.1', int(sys.argv[1]))); print('joined')\n\
+         \x20   except OSError as e: print('refused', e)\n";
+    let joins = |port: u16| {
+        let o = std::process::Command::new("python3")
+            .args(["-c", join, &port.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).matches("joined").count()
+    };
+    let server = "import os, socket, sys, time\n\
+         os.setgid(65534); os.setuid(65534)\n\
+         t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+         t.bind(('127.0.0.1', 0)); t.listen(); port = t.getsockname()[1]\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+         u.bind(('127.0.0.1', port))\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1; open(sys.argv[1] + '.tmp', 'w').write('%d %d %d\\n' % (os.getpid(), n, port)); os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(0.05)\n";
+    let report = dir.path("report");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", server]).arg(&report);
+    let mut w = spawn_isolated(cmd, report);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let port = field(&r, 0, 2) as u16;
+    assert_eq!(joins(port), 2, "nobody joins nobody's groups");
+    dump_and_restore(&mut w, &dir.path("img"));
+    let n = field(&w.read_report().unwrap(), 0, 1);
+    w.wait_report(T, |r| field(r, 0, 1) > n + 2);
+    assert_eq!(joins(port), 2, "nobody still joins them after restore");
+    w.kill();
+}

@@ -265,7 +265,10 @@ fn create(
     s: &SocketFile,
     ferr: &dyn Fn(&str, io::Error) -> RestoreError,
 ) -> Result<OwnedFd, RestoreError> {
-    let sock = socket::socket(s.family, s.r#type, s.protocol).map_err(|e| ferr("socket", e))?;
+    let sock = super::socket::made_as(s.owner_uid, || {
+        socket::socket(s.family, s.r#type, s.protocol)
+    })
+    .map_err(|e| ferr("socket", e))?;
     apply_options(&sock, &s.options).map_err(|e| ferr("socket options", e))?;
     if port(&s.local_addr) != 0 {
         socket::bind(&sock, &s.local_addr)

@@ -560,9 +560,10 @@ pub(crate) fn has_peer_ids(procs: &[ProcessDump]) -> bool {
 }
 
 /// Whether a file of the tree was made with O_TMPFILE or is reopened by a
-/// file handle, or a flock is held through a mapping (records version 11:
-/// older readers would make the first impossible to link, fail on the
-/// second after the dump, and lose the third).
+/// file handle, a socket is not root's, or a flock is held through a
+/// mapping (records version 11: older readers would make the first
+/// impossible to link, fail on the second after the dump, and lose the
+/// others).
 pub(crate) fn has_file_handles_or_tmpfiles(procs: &[ProcessDump]) -> bool {
     let files = procs
         .iter()
@@ -571,7 +572,13 @@ pub(crate) fn has_file_handles_or_tmpfiles(procs: &[ProcessDump]) -> bool {
         .any(|f| f.handle.is_some() || (f.deleted && regular::made_by_tmpfile(f.open_flags)));
     // Or a flock held through a mapping, which an older reader would take
     // on fd 0.
+    let owned_sockets = procs
+        .iter()
+        .filter_map(|p| p.records.get::<FileTable>())
+        .flat_map(|t| &t.files)
+        .any(|f| f.socket.as_ref().is_some_and(|s| s.owner_uid.is_some()));
     files
+        || owned_sockets
         || procs
             .iter()
             .filter_map(|p| p.records.get::<crstream_proto::FileLocks>())

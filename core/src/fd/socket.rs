@@ -45,9 +45,29 @@ pub(super) fn read(
         listening: int(libc::SOL_SOCKET, SO_ACCEPTCONN, "SO_ACCEPTCONN")? != 0,
         local_addr: name(&dup, false).map_err(|e| d.error("getsockname", e))?,
         peer_addr: name(&dup, true).map_err(|e| d.error("getpeername", e))?,
+        // The socket inode's owner is the sk_uid it was made with.
+        owner_uid: d
+            .md
+            .map(std::os::unix::fs::MetadataExt::uid)
+            .filter(|&uid| uid != 0 && (family == libc::AF_INET || family == libc::AF_INET6)),
         ..Default::default()
     };
     Ok(Some((dup, sf)))
+}
+
+/// `make`'s result, made by this thread acting as `uid` for the file
+/// system (fsuid: what a new socket takes as its owner), or as itself.
+pub(super) fn made_as<T>(uid: Option<u32>, make: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let Some(uid) = uid else {
+        return make();
+    };
+    let own = crate::sys::ids::set_fsuid(uid);
+    let made = make();
+    crate::sys::ids::set_fsuid(own);
+    if crate::sys::ids::set_fsuid(own) != own {
+        return Err(io::Error::other("crstream could not act as itself again"));
+    }
+    made
 }
 
 /// Whether `f` is a socket of one of `families` (for `FdKind::restores`).

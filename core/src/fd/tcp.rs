@@ -627,7 +627,9 @@ pub(super) fn build(
     close: bool,
     built: &TcpBuilt,
 ) -> io::Result<OwnedFd> {
-    let s = crate::sys::socket::socket(sf.family, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+    let s = super::socket::made_as(sf.owner_uid, || {
+        crate::sys::socket::socket(sf.family, libc::SOCK_STREAM, libc::IPPROTO_TCP)
+    })?;
     // Kept from the start: a failure below puts it back into repair mode.
     built.keep(s.try_clone()?);
     let step =
