@@ -99,6 +99,14 @@ fn assume(ids: &Ids) -> io::Result<()> {
     Ok(())
 }
 
+/// setfsuid for the calling thread only (the raw call: glibc's wrapper
+/// would be the same, but says nothing either): returns the fsuid the
+/// thread had. A new socket's owner is its maker's fsuid.
+pub(crate) fn set_fsuid(uid: u32) -> u32 {
+    // SAFETY: setfsuid takes an integer and changes only this thread.
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) as u32 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,12 +130,4 @@ mod tests {
         assert_eq!((pid as u32, ids), (std::process::id(), other));
         assert_eq!(Ids::current().unwrap(), mine);
     }
-}
-
-/// setfsuid for the calling thread only (the raw call: glibc's wrapper
-/// would be the same, but says nothing either): returns the fsuid the
-/// thread had. A new socket's owner is its maker's fsuid.
-pub(crate) fn set_fsuid(uid: u32) -> u32 {
-    // SAFETY: setfsuid takes an integer and changes only this thread.
-    unsafe { libc::syscall(libc::SYS_setfsuid, uid) as u32 }
 }
