@@ -240,3 +240,42 @@ fn dump_refuses_a_thread_cpu_clock_timer_and_the_target_runs_on() {
     w.wait_report(T, |x| field(x, 0, COUNTER) > field(&r, 0, COUNTER) + 2);
     assert_running_untraced(w.pid);
 }
+
+/// A periodic POSIX timer whose signal is pending (blocked) at the dump:
+/// the kernel keeps one signal pending per timer and counts the expiries
+/// after it as overruns. After restore exactly one signal of the timer is
+/// pending, with its value, and the timer goes on with its period (the
+/// saved signal was queued besides the one the timer raised again: two).
+#[test]
+fn a_pending_periodic_timer_signal_comes_back_once() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("pending-timer");
+    let script = "import ctypes, os, signal, sys, time\n\
+         report = sys.argv[1]\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         class sigevent(ctypes.Structure): _fields_ = [('value', ctypes.c_long), ('signo', ctypes.c_int), ('notify', ctypes.c_int), ('pad', ctypes.c_int * 12)]\n\
+         class itimerspec(ctypes.Structure): _fields_ = [('i_s', ctypes.c_long), ('i_ns', ctypes.c_long), ('v_s', ctypes.c_long), ('v_ns', ctypes.c_long)]\n\
+         sig = int(signal.SIGRTMIN) + 3\n\
+         signal.pthread_sigmask(signal.SIG_BLOCK, {sig})\n\
+         ev = sigevent(4242, sig, 0); tid = ctypes.c_void_p()\n\
+         assert libc.timer_create(1, ctypes.byref(ev), ctypes.byref(tid)) == 0\n\
+         assert libc.timer_settime(tid, 0, ctypes.byref(itimerspec(0, 50_000_000, 0, 50_000_000)), None) == 0\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         got = []\n\
+         while True:\n\
+         \x20   si = signal.sigtimedwait({sig}, 0)\n\
+         \x20   if si is None: break\n\
+         \x20   got.append((si.si_code, si.si_pid))\n\
+         time.sleep(0.3)\n\
+         later = signal.sigtimedwait({sig}, 0)\n\
+         open(report, 'w').write('%d %d %s %s\\n' % (os.getpid(), n, got, later is not None and later.si_code == -2))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[], "]");
+    // si_pid holds the timer ID for SI_TIMER (-2): timer 0.
+    assert!(r.contains(" [(-2, 0)] True"), "{r}\n{}", w.log());
+    w.kill();
+}

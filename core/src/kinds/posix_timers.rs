@@ -8,7 +8,12 @@
 //! `*created_timer_id`), otherwise by creating and deleting filler timers
 //! until the kernel's cyclic per-process ID counter reaches it.
 //!
-//! Not kept: the overrun count of the last expiry (no interface sets it),
+//! A periodic timer whose signal was pending fires again at once, its
+//! own signal pending in place of the saved one (see `arming`).
+//!
+//! Not kept: the overrun count of the last expiry (no interface sets it)
+//! and the expiries a pending signal had counted before the dump (none
+//! reads them),
 //! TIMER_ABSTIME (the remaining time is re-armed as a relative time, so a
 //! CLOCK_REALTIME timer no longer follows clock changes), and the counter
 //! the kernel hands the next new timer ID from.
@@ -44,7 +49,16 @@ impl Kind for PosixTimers {
 
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
         let r: &Record = p.image.need()?;
-        restore(p.stub, &r.timers)
+        let shared = p.image.records.get::<crstream_proto::SignalState>();
+        let pending: Vec<i32> = p
+            .image
+            .threads
+            .iter()
+            .flat_map(|t| &t.pending_signals)
+            .chain(shared.into_iter().flat_map(|s| &s.shared_pending))
+            .filter_map(|si| timer_of(si))
+            .collect();
+        restore(p.stub, &r.timers, &pending)
     }
 }
 
@@ -241,7 +255,8 @@ fn dump(p: &DumpProcess<'_>) -> Result<Vec<PosixTimer>, DumpError> {
 }
 
 /// Recreates the POSIX timers of a restored process with their IDs.
-fn restore(stub: &Stub, timers: &[PosixTimer]) -> Result<(), RestoreError> {
+/// `pending`: the timers whose signal was pending.
+fn restore(stub: &Stub, timers: &[PosixTimer], pending: &[i32]) -> Result<(), RestoreError> {
     if timers.is_empty() {
         return Ok(());
     }
@@ -272,7 +287,7 @@ fn restore(stub: &Stub, timers: &[PosixTimer]) -> Result<(), RestoreError> {
     }
     let r = (|| {
         for t in &sorted {
-            create_timer(stub, t, by_id)?;
+            create_timer(stub, t, by_id, pending.contains(&t.id))?;
         }
         Ok(())
     })();
@@ -293,7 +308,12 @@ fn restore(stub: &Stub, timers: &[PosixTimer]) -> Result<(), RestoreError> {
     r
 }
 
-fn create_timer(stub: &Stub, t: &PosixTimer, by_id: bool) -> Result<(), RestoreError> {
+fn create_timer(
+    stub: &Stub,
+    t: &PosixTimer,
+    by_id: bool,
+    signal_pending: bool,
+) -> Result<(), RestoreError> {
     let pid = stub.pid;
     let err = |what: &str, detail: String| RestoreError::Io {
         pid,
@@ -341,16 +361,10 @@ fn create_timer(stub: &Stub, t: &PosixTimer, by_id: bool) -> Result<(), RestoreE
             ));
         }
     }
-    let mut value = t.value_ns;
-    // A periodic timer whose signal was pending at dump time waits to be
-    // re-armed by its delivery and may read as "no time left": setting that
-    // would disarm it for good. Let it fire at once instead.
-    if value == 0 && t.interval_ns != 0 {
-        value = 1;
-    }
-    if value == 0 {
-        return Ok(()); // disarmed, as created
-    }
+    let (value, flags) = match arming(t, signal_pending) {
+        Some(a) => a,
+        None => return Ok(()), // disarmed, as created
+    };
     let words = [
         t.interval_ns / 1_000_000_000,
         t.interval_ns % 1_000_000_000,
@@ -362,17 +376,62 @@ fn create_timer(stub: &Stub, t: &PosixTimer, by_id: bool) -> Result<(), RestoreE
     stub.call(
         "timer_settime",
         libc::SYS_timer_settime,
-        &[t.id as u64, 0, at, 0],
+        &[t.id as u64, flags, at, 0],
     )
     .map_err(|e| err("timer_settime", e.to_string()))?;
     Ok(())
 }
 
-/// Whether a saved pending signal is the one of a periodic POSIX timer,
-/// which `restore` arms to fire at once (its delivery re-arms it):
-/// the timer raises it again, so queueing the saved one too would deliver
-/// it twice.
-pub(crate) fn raised_again(timers: &[PosixTimer], siginfo: &[u8]) -> bool {
+/// How timer `t` is armed again: (it_value in ns, timer_settime flags);
+/// None: disarmed. A periodic timer whose signal was pending is not
+/// re-armed by the kernel until that signal is delivered, and the kernel
+/// keeps one signal pending per timer, counting further expiries as its
+/// overrun: it fires at once (its own signal pending again, in place of
+/// the saved one), its next expiry where it was (an absolute time one
+/// period before it, which the delivery moves forward by periods).
+fn arming(t: &PosixTimer, signal_pending: bool) -> Option<(u64, u64)> {
+    const TIMER_ABSTIME: u64 = 1;
+    if signal_pending && t.interval_ns != 0 {
+        // Clocks the same here as in the dumped process (no time
+        // namespace); a CPU-time clock starts again: at once.
+        let at = now_on(t.clockid).map(|now| now + t.value_ns as i128 - t.interval_ns as i128);
+        return Some(match at {
+            Some(at) if at > 0 => (at as u64, TIMER_ABSTIME),
+            _ => (1, 0),
+        });
+    }
+    match t.value_ns {
+        0 if t.interval_ns != 0 => Some((1, 0)),
+        0 => None,
+        v => Some((v, 0)),
+    }
+}
+
+/// Now on a timer's clock, in ns, for the clocks that read the same in
+/// crstream (not the CPU-time ones).
+fn now_on(clockid: i32) -> Option<i128> {
+    let same_here = [
+        libc::CLOCK_REALTIME,
+        libc::CLOCK_MONOTONIC,
+        libc::CLOCK_BOOTTIME,
+        libc::CLOCK_REALTIME_ALARM,
+        libc::CLOCK_BOOTTIME_ALARM,
+        libc::CLOCK_TAI,
+    ];
+    if !same_here.contains(&clockid) {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    (unsafe { libc::clock_gettime(clockid, &mut ts) } == 0)
+        .then(|| ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128)
+}
+
+/// The timer ID of a saved pending signal sent by a POSIX timer.
+fn timer_of(siginfo: &[u8]) -> Option<i32> {
     const SI_TIMER: i32 = -2;
     // siginfo_t on x86_64: si_code at 8; for SI_TIMER the timer ID at 16.
     let word = |at: usize| {
@@ -380,12 +439,14 @@ pub(crate) fn raised_again(timers: &[PosixTimer], siginfo: &[u8]) -> bool {
             .get(at..at + 4)
             .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
     };
-    word(8) == Some(SI_TIMER)
-        && word(16).is_some_and(|id| {
-            timers
-                .iter()
-                .any(|t| t.id == id && t.value_ns == 0 && t.interval_ns != 0)
-        })
+    (word(8)? == SI_TIMER).then(|| word(16)).flatten()
+}
+
+/// Whether a saved pending signal is the one of a periodic POSIX timer,
+/// which `restore` arms to fire at once (see `arming`): the timer raises
+/// it again, so queueing the saved one too would deliver it twice.
+pub(crate) fn raised_again(timers: &[PosixTimer], siginfo: &[u8]) -> bool {
+    timer_of(siginfo).is_some_and(|id| timers.iter().any(|t| t.id == id && t.interval_ns != 0))
 }
 
 #[cfg(test)]
@@ -451,9 +512,10 @@ mod tests {
         };
         assert!(raised_again(&timers, &siginfo(-2, 3)), "periodic, fired");
         assert!(!raised_again(&timers, &siginfo(-2, 4)), "one-shot: queued");
+        // The kernel reads a pending periodic timer as moved on a period.
         assert!(
-            !raised_again(&timers, &siginfo(-2, 5)),
-            "armed: not refired"
+            raised_again(&timers, &siginfo(-2, 5)),
+            "periodic, read ahead"
         );
         assert!(!raised_again(&timers, &siginfo(0, 3)), "not SI_TIMER");
         assert!(!raised_again(&timers, &[0u8; 10]), "short siginfo");
