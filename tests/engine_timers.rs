@@ -279,3 +279,29 @@ fn a_pending_periodic_timer_signal_comes_back_once() {
     assert!(r.contains(" [(-2, 0)] True"), "{r}\n{}", w.log());
     w.kill();
 }
+
+/// A thread waiting in sigtimedwait when the dump freezes it waits again
+/// after restore: the freeze ends the call with EINTR, which the kernel
+/// does not restart, and CPython's sigtimedwait, told EINTR after its
+/// deadline (a restore always passes it), returns a siginfo it never
+/// filled: a signal nobody sent.
+#[test]
+fn a_thread_in_sigtimedwait_waits_again_after_restore() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("sigtimedwait");
+    let script = "import os, signal, sys, time\n\
+         report = sys.argv[1]\n\
+         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n\
+         n = 0; bogus = []\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n))\n\
+         \x20   si = signal.sigtimedwait({signal.SIGUSR1}, 0.05)\n\
+         \x20   if si is not None: bogus.append((si.si_signo, si.si_code))\n\
+         open(report, 'w').write('%d %d bogus %s\\n' % (os.getpid(), n, bogus))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[], "bogus");
+    assert!(r.contains("bogus []"), "{r}\n{}", w.log());
+    w.kill();
+}

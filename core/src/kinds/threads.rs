@@ -209,8 +209,9 @@ fn restore_state(stub: &Stub, remote: &Remote, t: &ThreadCore) -> Result<(), Res
     Ok(())
 }
 
-/// Registers the restored thread starts with.
-fn final_regs(pid: i32, t: &ThreadCore) -> Result<Regs, RestoreError> {
+/// Registers the restored thread starts with. `shared_pending`: the
+/// signals pending for its whole process.
+fn final_regs(pid: i32, t: &ThreadCore, shared_pending: &[Vec<u8>]) -> Result<Regs, RestoreError> {
     let mut regs = ptrace::regs_from_bytes(&t.gp_regs).ok_or_else(|| {
         RestoreError::Image(format!(
             "tid {} of pid {pid}: gp_regs of {} bytes",
@@ -227,15 +228,43 @@ fn final_regs(pid: i32, t: &ThreadCore) -> Result<Regs, RestoreError> {
             t.tid
         );
     }
+    if waits_again(&regs, t, shared_pending) {
+        regs.rax = regs.orig_rax;
+        regs.rip -= 2;
+    }
     adjust_restart(&mut regs, Resume::Restored);
     Ok(regs)
+}
+
+/// Whether a thread the dump froze in rt_sigtimedwait (sigwaitinfo,
+/// sigtimedwait), which the freeze alone ended with EINTR (no signal it
+/// would take is pending), waits again rather than return EINTR: the
+/// kernel does not restart that call, and a restore is a long pause
+/// (CPython's sigtimedwait, told EINTR after its deadline, returns a
+/// siginfo it never filled). The wait may last longer than asked, which
+/// a timeout allows.
+fn waits_again(regs: &Regs, t: &ThreadCore, shared_pending: &[Vec<u8>]) -> bool {
+    let takes = |si: &Vec<u8>| {
+        let sig = si
+            .get(0..4)
+            .map_or(0, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
+        (1..=64).contains(&sig) && t.blocked_signals & (1u64 << (sig - 1)) == 0
+    };
+    regs.orig_rax == libc::SYS_rt_sigtimedwait as u64
+        && regs.rax as i64 == -(libc::EINTR as i64)
+        && !t.pending_signals.iter().chain(shared_pending).any(takes)
 }
 
 /// Sets FPU/xstate, general registers and the signal mask of stopped
 /// thread `tid` (as crstream sees it): the last thing restore does to it
 /// before it runs.
-pub(crate) fn set_registers(pid: i32, tid: i32, t: &ThreadCore) -> Result<(), RestoreError> {
-    let regs = final_regs(pid, t)?;
+pub(crate) fn set_registers(
+    pid: i32,
+    tid: i32,
+    t: &ThreadCore,
+    shared_pending: &[Vec<u8>],
+) -> Result<(), RestoreError> {
+    let regs = final_regs(pid, t, shared_pending)?;
     if !t.xstate.is_empty() {
         ptrace::set_xstate(tid, &t.xstate)?;
     } else if !t.fpregs.is_empty() {

@@ -584,8 +584,12 @@ fn restore_image(
     // executes trampoline code again.
     for &i in &live {
         let (p, stub) = (processes[i].as_ref().expect("live"), &stubs[i]);
+        let shared_pending: &[Vec<u8>] = p
+            .records
+            .get::<crstream_proto::SignalState>()
+            .map_or(&[], |s| &s.shared_pending);
         for (k, t) in p.threads.iter().enumerate().skip(1) {
-            crate::kinds::threads::set_registers(stub.vpid, guards[i].tids[k], t)?;
+            crate::kinds::threads::set_registers(stub.vpid, guards[i].tids[k], t, shared_pending)?;
         }
         let (r, _) = stub
             .leader
@@ -597,7 +601,7 @@ fn restore_image(
                 err: std::io::Error::from_raw_os_error(-r as i32),
             });
         }
-        crate::kinds::threads::set_registers(stub.vpid, stub.pid, p.threads[0])?;
+        crate::kinds::threads::set_registers(stub.vpid, stub.pid, p.threads[0], shared_pending)?;
     }
     let session = match (lazy_input, prepared) {
         (Some(input), Some(prepared)) => Some(lazy::LazySession::new(
