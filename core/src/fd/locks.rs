@@ -41,6 +41,9 @@ pub(crate) struct Locks {
     /// Per process, its flock locks on files it maps, none of its fds
     /// showing them; kept once no fd of the tree shows them either.
     of_mappings: HashMap<i32, Vec<(FileId, FileLock)>>,
+    /// /proc/locks, read once for the tree when needed: reading it takes
+    /// the kernel's file-lock rwsem for writing, ~15 ms here.
+    all_locks: Option<String>,
 }
 
 /// A file as /proc/locks names it: device major, minor, inode.
@@ -218,14 +221,26 @@ impl Kind for Locks {
 }
 
 impl Locks {
-    /// The flock locks /proc/locks shows `pid` took on a file it maps,
-    /// that no fd of it shows: held through the mapping's file. Which
-    /// mapping holds it is not shown; the first of that file is taken
-    /// (one description usually backs them all).
+    /// The flock locks /proc/locks shows `pid` took on a file it maps
+    /// shared, that no fd of it shows: held through the mapping's file.
+    /// Which mapping holds it is not shown; the first of that file is
+    /// taken (one description usually backs them all).
     fn note_flocks_of_mappings(&mut self, pid: i32) -> Result<(), DumpError> {
         let proc_err = |err| DumpError::Proc { pid, err };
-        let all = crate::proc::read_string("/proc/locks").map_err(proc_err)?;
-        let mut maps = None;
+        // Only a shared mapping of a file is looked for (the JVM's): a
+        // flock through a private one is not.
+        let maps = crate::proc::maps(pid).map_err(proc_err)?;
+        let shared: Vec<&crate::proc::MapEntry> = maps
+            .iter()
+            .filter(|m| m.shared && m.inode != 0 && m.path.starts_with(b"/"))
+            .collect();
+        if shared.is_empty() {
+            return Ok(());
+        }
+        if self.all_locks.is_none() {
+            self.all_locks = Some(crate::proc::read_string("/proc/locks").map_err(proc_err)?);
+        }
+        let all = self.all_locks.as_deref().unwrap_or_default();
         for l in all
             .lines()
             .filter_map(|l| parse_lock_line(&format!("lock:\t{l}")))
@@ -235,14 +250,9 @@ impl Locks {
             if self.flocks_of_fds.contains(&file) {
                 continue;
             }
-            if maps.is_none() {
-                maps = Some(crate::proc::maps(pid).map_err(proc_err)?);
-            }
-            let mapping = maps
-                .as_ref()
-                .into_iter()
-                .flatten()
-                .find(|m| (m.dev_major, m.dev_minor, m.inode) == file && !m.path.is_empty());
+            let mapping = shared
+                .iter()
+                .find(|m| (m.dev_major, m.dev_minor, m.inode) == file);
             if let Some(m) = mapping {
                 self.of_mappings.entry(pid).or_default().push((
                     file,
