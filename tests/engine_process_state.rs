@@ -439,6 +439,38 @@ fn a_program_run_from_a_memfd_comes_back() {
     round_trips(&mut w, &dir, &exe);
 }
 
+/// An EPOLLONESHOT registration that already fired (disarmed: another
+/// thread must not get its file while one handles it) comes back disarmed:
+/// added again, it would be armed for EPOLLERR and EPOLLHUP, and the
+/// peer's hang-up would wake the epoll. One still armed comes back armed.
+#[test]
+fn a_fired_oneshot_epoll_registration_comes_back_disarmed() {
+    if !have("python3") {
+        return;
+    }
+    let dir = TestDir::new("epoll-oneshot");
+    let script = "import os, select, socket, sys, time\n\
+         report = sys.argv[1]\n\
+         a, b = socket.socketpair(); c, d = socket.socketpair()\n\
+         ep = select.epoll()\n\
+         ep.register(a.fileno(), select.EPOLLIN | select.EPOLLONESHOT)\n\
+         ep.register(c.fileno(), select.EPOLLIN | select.EPOLLONESHOT)\n\
+         b.send(b'x'); fired = ep.poll(1)\n\
+         tfd = lambda: sorted(l.split()[1] + ':' + l.split()[3] for l in open('/proc/self/fdinfo/%d' % ep.fileno()) if l.startswith('tfd'))\n\
+         before = tfd()\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         after = tfd(); b.close(); d.send(b'y')\n\
+         got = ep.poll(0.3)\n\
+         ok = [len(fired) == 1, after == before, [fd for fd, _ in got] == [c.fileno()]]\n\
+         open(report, 'w').write('%d %d %s %s %s %s\\n' % (os.getpid(), n, ok, before, after, got))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[], "]");
+    assert!(r.contains("[True, True, True]"), "{r}\n{}", w.log());
+    w.kill();
+}
+
 /// epoll registrations that outlived their fd number (the file moved to
 /// another fd, the number reused by another registered file, or by the
 /// epoll fd itself) come back: each file wakes the epoll with its own data.

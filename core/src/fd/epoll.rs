@@ -73,38 +73,116 @@ impl FdKind for Epoll {
     /// locks are set again (closing an fd drops the process's POSIX locks
     /// on its file).
     fn after_table(&mut self, stub: &Stub, f: &OpenFile) -> Result<(), RestoreError> {
-        for t in f.epoll.iter().flat_map(|e| e.targets.iter()) {
-            let err = |e: crate::error::TaskError| {
+        let targets: Vec<&EpollTarget> = f.epoll.iter().flat_map(|e| e.targets.iter()).collect();
+        // Disarmed ones first, alone in the set while they fire once.
+        let (disarmed, armed): (Vec<&EpollTarget>, Vec<&EpollTarget>) =
+            targets.into_iter().partition(|t| is_disarmed(t.events));
+        add_targets(stub, f, &disarmed, FIRING)?;
+        if !disarmed.is_empty() {
+            disarm(stub, f, &disarmed)?;
+        }
+        add_targets(stub, f, &armed, 0)
+    }
+}
+
+/// An EPOLLONESHOT registration that fired: the kernel keeps only its
+/// flags, and EPOLL_CTL_ADD would arm it for EPOLLERR and EPOLLHUP at least
+/// (another thread would then get an event for a file the one that took
+/// it still handles).
+fn is_disarmed(events: u32) -> bool {
+    const FLAGS: u32 =
+        (libc::EPOLLONESHOT | libc::EPOLLET | libc::EPOLLWAKEUP | libc::EPOLLEXCLUSIVE) as u32;
+    events & libc::EPOLLONESHOT as u32 != 0 && events & !FLAGS == 0
+}
+
+/// What a disarmed registration is added with, so that it fires at once
+/// whatever its file is ready for.
+const FIRING: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLPRI | libc::EPOLLRDHUP) as u32;
+
+/// Lets the disarmed registrations just added (the only ones in the set)
+/// fire once, from inside the process, which disarms them. One whose file
+/// is ready for nothing stays armed, said in a warning.
+fn disarm(stub: &Stub, f: &OpenFile, disarmed: &[&EpollTarget]) -> Result<(), RestoreError> {
+    const EVENT_LEN: u64 = 12;
+    let max = disarmed.len().min(64) as u64;
+    let buf = stub.put(
+        crate::stub::SCRATCH_DATA,
+        &vec![0u8; (max * EVENT_LEN) as usize],
+    )?;
+    loop {
+        let n = stub
+            .call(
+                "epoll_wait",
+                libc::SYS_epoll_wait,
+                &[f.fd as u64, buf, max, 0],
+            )
+            .map_err(|e| {
                 super::file_error(
                     stub.pid,
                     f,
-                    format!("re-adding fd {} to the epoll set: {e}", t.fd),
+                    format!("disarming its one-shot registrations: {e}"),
                 )
-            };
-            if t.file_elsewhere {
-                return Err(RestoreError::Image(format!(
-                    "pid {} fd {}: an epoll registration whose file this process does not hold",
-                    stub.pid, f.fd
-                )));
-            }
-            let mut ev = Vec::with_capacity(12);
-            ev.extend_from_slice(&t.events.to_le_bytes());
-            ev.extend_from_slice(&t.data.to_le_bytes());
-            let at = stub.put(crate::stub::SCRATCH_DATA, &ev)?;
-            let add = |ep: u64| {
-                stub.call(
-                    "epoll_ctl",
-                    libc::SYS_epoll_ctl,
-                    &[ep, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at],
-                )
-            };
-            match t.file_fd {
-                None => add(f.fd as u64).map_err(err)?,
-                Some(file_fd) => with_file_at(stub, file_fd, t.fd, f.fd, add).map_err(err)?,
-            };
+            })?;
+        if n == 0 {
+            break;
         }
-        Ok(())
     }
+    let info = crate::proc::read_string(format!("/proc/{}/fdinfo/{}", stub.pid, f.fd))
+        .map_err(|e| super::file_error(stub.pid, f, e.to_string()))?;
+    let now = parse_targets(&info).unwrap_or_default();
+    for t in disarmed {
+        if now.iter().any(|n| n.fd == t.fd && !is_disarmed(n.events)) {
+            tracing::warn!(
+                pid = stub.pid,
+                epoll = f.fd,
+                fd = t.fd,
+                "a one-shot epoll registration that had fired comes back armed for errors and \
+                 hang-ups: its file is ready for nothing now"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Adds the registrations `targets` of the epoll instance `f`, with the
+/// events `extra` besides their own.
+fn add_targets(
+    stub: &Stub,
+    f: &OpenFile,
+    targets: &[&EpollTarget],
+    extra: u32,
+) -> Result<(), RestoreError> {
+    for t in targets.iter().copied() {
+        let err = |e: crate::error::TaskError| {
+            super::file_error(
+                stub.pid,
+                f,
+                format!("re-adding fd {} to the epoll set: {e}", t.fd),
+            )
+        };
+        if t.file_elsewhere {
+            return Err(RestoreError::Image(format!(
+                "pid {} fd {}: an epoll registration whose file this process does not hold",
+                stub.pid, f.fd
+            )));
+        }
+        let mut ev = Vec::with_capacity(12);
+        ev.extend_from_slice(&(t.events | extra).to_le_bytes());
+        ev.extend_from_slice(&t.data.to_le_bytes());
+        let at = stub.put(crate::stub::SCRATCH_DATA, &ev)?;
+        let add = |ep: u64| {
+            stub.call(
+                "epoll_ctl",
+                libc::SYS_epoll_ctl,
+                &[ep, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at],
+            )
+        };
+        match t.file_fd {
+            None => add(f.fd as u64).map_err(err)?,
+            Some(file_fd) => with_file_at(stub, file_fd, t.fd, f.fd, add).map_err(err)?,
+        };
+    }
+    Ok(())
 }
 
 /// Runs `add` with the file of fd `file_fd` at fd number `tfd`, then gives
