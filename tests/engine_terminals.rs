@@ -187,7 +187,9 @@ fn session_view(pid: i32) -> (String, String, String, String) {
 /// from `script` (one description, restored by `script`). Every process
 /// of that session has the terminal as its controlling terminal again,
 /// with the same foreground group, the member forked before the fds are
-/// restored too (a controlling terminal passes only by fork).
+/// restored too (a controlling terminal passes only by fork); the slave
+/// fds have the flags openpty gave them (no O_LARGEFILE, which an open by
+/// path adds).
 #[test]
 fn every_process_of_a_session_gets_its_controlling_terminal_back() {
     if !available("script", &["--version"]) {
@@ -210,6 +212,24 @@ fn every_process_of_a_session_gets_its_controlling_terminal_back() {
     let tree = tree_of(root);
     guard.0 = tree.clone();
     let before: Vec<_> = tree.iter().map(|&p| session_view(p)).collect();
+    // The slave fds script made with openpty (TIOCGPTPEER: no O_LARGEFILE).
+    let terminal_fds = |pid: i32| -> Vec<(String, String)> {
+        let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let link = std::fs::read_link(e.path()).ok()?;
+                link.to_str()?.starts_with("/dev/pts/").then_some(())?;
+                let n = e.file_name().to_string_lossy().into_owned();
+                let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")).ok()?;
+                let flags = info.lines().find(|l| l.starts_with("flags"))?.to_string();
+                Some((n, flags))
+            })
+            .collect();
+        fds.sort();
+        fds
+    };
+    let fds_before: Vec<_> = tree.iter().map(|&p| terminal_fds(p)).collect();
     assert!(
         before[1..].iter().all(|v| v.2 != "0" && v.3 != "-1"),
         "the session has its terminal: {before:?}"
@@ -224,6 +244,8 @@ fn every_process_of_a_session_gets_its_controlling_terminal_back() {
     assert_eq!(tree_of(root), tree);
     let after: Vec<_> = tree.iter().map(|&p| session_view(p)).collect();
     assert_eq!(after, before);
+    let fds_after: Vec<_> = tree.iter().map(|&p| terminal_fds(p)).collect();
+    assert_eq!(fds_after, fds_before, "the terminal fds and their flags");
     assert_running_untraced(root);
     drop(guard);
 }

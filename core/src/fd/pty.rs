@@ -33,7 +33,7 @@ use crate::sys::tty;
 use crstream_proto::{FileKind, OpenFile, PtyFile};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 const TIOCGPTN: u64 = 0x8004_5430;
@@ -424,6 +424,13 @@ impl FdKind for Ptys {
         if !p.controls_session {
             flags |= libc::O_NOCTTY;
         }
+        // Opened from the master (TIOCGPTPEER: openpty, sshd, script), as
+        // its flags show: an open by path adds O_LARGEFILE.
+        if f.open_flags as i32 & libc::O_LARGEFILE == 0 {
+            let fd =
+                open_peer(&master, flags | libc::O_NOCTTY).map_err(|e| ferr("TIOCGPTPEER", e))?;
+            return Ok(Reopen::Created(fd));
+        }
         Ok(Reopen::Path {
             path: format!("/dev/pts/{}", p.index).into_bytes(),
             flags,
@@ -716,6 +723,23 @@ fn open_index(index: u32) -> io::Result<OwnedFd> {
         }
         held.push(m);
     }
+}
+
+/// A new fd of the slave of `master`, opened through it with `flags`.
+fn open_peer(master: &OwnedFd, flags: i32) -> io::Result<OwnedFd> {
+    /// _IO('T', 0x41)
+    const TIOCGPTPEER: u64 = 0x5441;
+    // SAFETY: TIOCGPTPEER takes the open flags as its argument and returns
+    // a new fd, which is ours.
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), TIOCGPTPEER, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Not in `flags`: TIOCGPTPEER would keep O_CLOEXEC in the file's flags.
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(fd)
 }
 
 /// The pair's state from the master's record.
