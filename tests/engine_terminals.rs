@@ -189,7 +189,7 @@ fn session_view(pid: i32) -> (String, String, String, String) {
 /// with the same foreground group, the member forked before the fds are
 /// restored too (a controlling terminal passes only by fork); the slave
 /// fds have the flags openpty gave them (no O_LARGEFILE, which an open by
-/// path adds).
+/// path adds), and one opened by its path has its own.
 #[test]
 fn every_process_of_a_session_gets_its_controlling_terminal_back() {
     if !available("script", &["--version"]) {
@@ -197,9 +197,10 @@ fn every_process_of_a_session_gets_its_controlling_terminal_back() {
     }
     let dir = TestDir::new("ctty");
     let mut cmd = std::process::Command::new("script");
+    // fd 3: the terminal opened by its path.
     cmd.args([
         "-qfc",
-        "bash -c 'sleep 1000 & exec sleep 1001'",
+        "bash -c 'exec 3<>$(tty); sleep 1000 & exec sleep 1001'",
         "/dev/null",
     ]);
     let mut w = spawn_isolated(cmd, dir.path("report"));

@@ -424,18 +424,11 @@ impl FdKind for Ptys {
         if !p.controls_session {
             flags |= libc::O_NOCTTY;
         }
-        // Opened from the master (TIOCGPTPEER: openpty, sshd, script), as
-        // its flags show: an open by path adds O_LARGEFILE.
-        if f.open_flags as i32 & libc::O_LARGEFILE == 0 {
-            let fd =
-                open_peer(&master, flags | libc::O_NOCTTY).map_err(|e| ferr("TIOCGPTPEER", e))?;
-            return Ok(Reopen::Created(fd));
-        }
-        Ok(Reopen::Path {
-            path: format!("/dev/pts/{}", p.index).into_bytes(),
-            flags,
-            offset: 0,
-        })
+        // Opened through the master (TIOCGPTPEER), which gives the file
+        // exactly the saved flags: an open by path would add O_LARGEFILE
+        // to a slave openpty, sshd or script made that way, without it.
+        let fd = open_peer(&master, flags | libc::O_NOCTTY).map_err(|e| ferr("TIOCGPTPEER", e))?;
+        Ok(Reopen::Created(fd))
     }
 
     fn after_table(&mut self, stub: &Stub, f: &OpenFile) -> Result<(), RestoreError> {
