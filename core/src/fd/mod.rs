@@ -823,7 +823,7 @@ fn open_in(
 /// Duplicates fd `fd` of process `owner` into the stub (pidfd_getfd, run
 /// by the stub itself); the copy is close-on-exec.
 /// The stub's copy of crstream's fd `own` (the lowest free number).
-fn take_from_crstream(stub: &Stub, own: &OwnedFd) -> Result<i64, TaskError> {
+pub(super) fn take_from_crstream(stub: &Stub, own: &OwnedFd) -> Result<i64, TaskError> {
     match stub.handoff {
         Some(crstream) => stub.call(
             "pidfd_getfd",

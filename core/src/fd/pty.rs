@@ -295,40 +295,51 @@ pub(crate) enum SessionTerminal {
 /// Makes `terminal` the controlling terminal of the session `stub` has
 /// just made (setsid), before any other process of the session is forked
 /// from it: a controlling terminal passes to a process only by fork, or to
-/// a session leader (opening it), and only while some fd of it is open
-/// (crstream holds one until the restore ends). Its fds, restored later,
-/// then open a terminal the session already has.
+/// a session leader (TIOCSCTTY, or opening it), and only while some fd of
+/// it is open (crstream holds one until the restore ends). Its fds,
+/// restored later, then open a terminal the session already has.
 pub(crate) fn acquire_session_terminal(
     masters: &Masters,
     stub: &Stub,
     terminal: &SessionTerminal,
 ) -> Result<(), RestoreError> {
-    let path = match *terminal {
+    const TIOCSCTTY: u64 = 0x540E;
+    let what = match *terminal {
         SessionTerminal::Pty(index) => format!("/dev/pts/{index}"),
-        SessionTerminal::HandedIn(fd) => format!("/proc/{}/fd/{fd}", std::process::id()),
+        SessionTerminal::HandedIn(fd) => format!("the terminal handed in at fd {fd}"),
     };
     let err = |reason: String| RestoreError::Session {
         pid: stub.vpid,
-        reason: format!("giving it {path} as its controlling terminal again: {reason}"),
+        reason: format!("giving it {what} as its controlling terminal again: {reason}"),
     };
-    if let SessionTerminal::Pty(index) = *terminal {
-        masters
-            .master(index)
-            .map_err(|e| err(format!("making the pseudo-terminal: {e}")))?;
-        let slave = rustix::fs::open(
-            path.as_str(),
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| err(format!("opening it: {e}")))?;
-        masters.held.borrow_mut().push(slave);
-    }
-    // Without O_NOCTTY: a session leader with no terminal takes it.
-    let fd = stub
-        .open(path.as_bytes(), libc::O_RDWR | libc::O_CLOEXEC, 0)
-        .map_err(|e| err(e.to_string()))?;
+    let own = match *terminal {
+        SessionTerminal::Pty(index) => {
+            let master = masters
+                .master(index)
+                .map_err(|e| err(format!("making the pseudo-terminal: {e}")))?;
+            let slave = open_peer(&master, libc::O_RDWR | libc::O_NOCTTY)
+                .map_err(|e| err(format!("opening it: {e}")))?;
+            let own = slave.try_clone().map_err(|e| err(e.to_string()))?;
+            masters.held.borrow_mut().push(slave);
+            own
+        }
+        // SAFETY: the restorer said fd is open in crstream (--inherit-fd);
+        // it is duplicated, never closed here.
+        SessionTerminal::HandedIn(fd) => unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map_err(|e| err(e.to_string()))?,
+    };
+    // Handed to the stub (a session leader with no terminal), which takes
+    // it: not by a path, which a new PID namespace's /proc would not show.
+    let fd = super::take_from_crstream(stub, &own).map_err(|e| err(e.to_string()))?;
+    let taken = stub.call(
+        "ioctl(TIOCSCTTY)",
+        libc::SYS_ioctl,
+        &[fd as u64, TIOCSCTTY, 0],
+    );
     stub.call("close", libc::SYS_close, &[fd as u64])
         .map_err(|e| err(e.to_string()))?;
+    taken.map_err(|e| err(e.to_string()))?;
     Ok(())
 }
 
