@@ -491,7 +491,7 @@ fn write_metadata(
             // bound, as root's and with crstream's umask, nor a file made
             // with O_TMPFILE as one that can never be linked, nor a file
             // linked elsewhere by a path that no longer exists.
-            format_version: if crate::fd::has_file_handles_or_tmpfiles(processes) {
+            format_version: if crate::fd::needs_records_11(processes) {
                 crstream_proto::RECORDS_VERSION
             } else if crate::fd::has_socket_files(processes) {
                 crstream_proto::RECORDS_VERSION_WITHOUT_FILE_HANDLES

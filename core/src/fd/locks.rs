@@ -207,7 +207,7 @@ impl Kind for Locks {
             if kind != FileLockKind::FileLockPosix && file.is_some_and(|f| not_ours(p.vpid(), f)) {
                 continue;
             }
-            take(p.stub, l).map_err(|e| RestoreError::File {
+            take(p.stub, l, l.fd as u64).map_err(|e| RestoreError::File {
                 pid,
                 fd: l.fd,
                 path: file
@@ -281,23 +281,11 @@ pub(crate) fn take_mapping_flocks(
     start: u64,
     fd: i64,
 ) -> Result<(), TaskError> {
-    for l in locks
+    locks
         .into_iter()
         .flat_map(|l| &l.locks)
         .filter(|l| l.mapping == Some(start) && l.kind() == FileLockKind::FileLockFlock)
-    {
-        let op = if l.write {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
-        stub.call(
-            "flock",
-            libc::SYS_flock,
-            &[fd as u64, (op | libc::LOCK_NB) as u64],
-        )?;
-    }
-    Ok(())
+        .try_for_each(|l| take(stub, l, fd as u64))
 }
 
 /// A description shared with an earlier process of the tree, which
@@ -322,9 +310,8 @@ fn describe(l: &FileLock) -> String {
     }
 }
 
-/// Takes lock `l` from inside the stub, without waiting.
-fn take(stub: &Stub, l: &FileLock) -> Result<(), TaskError> {
-    let fd = l.fd as u64;
+/// Takes lock `l` from inside the stub, through its `fd`, without waiting.
+fn take(stub: &Stub, l: &FileLock, fd: u64) -> Result<(), TaskError> {
     match l.kind() {
         FileLockKind::FileLockFlock => {
             let op = if l.write {

@@ -559,26 +559,22 @@ pub(crate) fn has_peer_ids(procs: &[ProcessDump]) -> bool {
         .any(|peer| peer.pid > 0 || peer.uid != 0 || peer.gid != 0 || !peer.groups.is_empty())
 }
 
-/// Whether a file of the tree was made with O_TMPFILE or is reopened by a
-/// file handle, a socket is not root's, or a flock is held through a
-/// mapping (records version 11: older readers would make the first
-/// impossible to link, fail on the second after the dump, and lose the
-/// others).
-pub(crate) fn has_file_handles_or_tmpfiles(procs: &[ProcessDump]) -> bool {
+/// Whether the image has what records version 11 added: a file made with
+/// O_TMPFILE, one reopened by a file handle, a socket not root's, or a
+/// flock held through a mapping (older readers would make the first
+/// impossible to link, fail on the second after the dump, make the third
+/// root's, and take the last on fd 0).
+pub(crate) fn needs_records_11(procs: &[ProcessDump]) -> bool {
     let files = procs
         .iter()
         .filter_map(|p| p.records.get::<FileTable>())
         .flat_map(|t| &t.files)
-        .any(|f| f.handle.is_some() || (f.deleted && regular::made_by_tmpfile(f.open_flags)));
-    // Or a flock held through a mapping, which an older reader would take
-    // on fd 0.
-    let owned_sockets = procs
-        .iter()
-        .filter_map(|p| p.records.get::<FileTable>())
-        .flat_map(|t| &t.files)
-        .any(|f| f.socket.as_ref().is_some_and(|s| s.owner_uid.is_some()));
+        .any(|f| {
+            f.handle.is_some()
+                || (f.deleted && regular::made_by_tmpfile(f.open_flags))
+                || f.socket.as_ref().is_some_and(|s| s.owner_uid.is_some())
+        });
     files
-        || owned_sockets
         || procs
             .iter()
             .filter_map(|p| p.records.get::<crstream_proto::FileLocks>())

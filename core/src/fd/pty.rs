@@ -303,7 +303,6 @@ pub(crate) fn acquire_session_terminal(
     stub: &Stub,
     terminal: &SessionTerminal,
 ) -> Result<(), RestoreError> {
-    const TIOCSCTTY: u64 = 0x540E;
     let what = match *terminal {
         SessionTerminal::Pty(index) => format!("/dev/pts/{index}"),
         SessionTerminal::HandedIn(fd) => format!("the terminal handed in at fd {fd}"),
@@ -317,11 +316,8 @@ pub(crate) fn acquire_session_terminal(
             let master = masters
                 .master(index)
                 .map_err(|e| err(format!("making the pseudo-terminal: {e}")))?;
-            let slave = open_peer(&master, libc::O_RDWR | libc::O_NOCTTY)
-                .map_err(|e| err(format!("opening it: {e}")))?;
-            let own = slave.try_clone().map_err(|e| err(e.to_string()))?;
-            masters.held.borrow_mut().push(slave);
-            own
+            open_peer(&master, libc::O_RDWR | libc::O_NOCTTY)
+                .map_err(|e| err(format!("opening it: {e}")))?
         }
         // SAFETY: the restorer said fd is open in crstream (--inherit-fd);
         // it is duplicated, never closed here.
@@ -335,11 +331,14 @@ pub(crate) fn acquire_session_terminal(
     let taken = stub.call(
         "ioctl(TIOCSCTTY)",
         libc::SYS_ioctl,
-        &[fd as u64, TIOCSCTTY, 0],
+        &[fd as u64, super::tty::TIOCSCTTY, 0],
     );
     stub.call("close", libc::SYS_close, &[fd as u64])
         .map_err(|e| err(e.to_string()))?;
     taken.map_err(|e| err(e.to_string()))?;
+    if let SessionTerminal::Pty(_) = terminal {
+        masters.held.borrow_mut().push(own);
+    }
     Ok(())
 }
 
@@ -418,7 +417,7 @@ impl FdKind for Ptys {
             super::set_status_flags(&master, f.open_flags).map_err(|e| ferr("F_SETFL", e))?;
             return Ok(Reopen::Created(master));
         }
-        let mut flags = (f.open_flags as i32)
+        let flags = (f.open_flags as i32)
             & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW);
         if p.dev_tty {
             // The session has its controlling terminal again by now (its
@@ -429,15 +428,11 @@ impl FdKind for Ptys {
                 offset: 0,
             });
         }
-        // The session has it as its controlling terminal already (see
-        // `acquire_session_terminal`); an open by another process must not
-        // take it.
-        if !p.controls_session {
-            flags |= libc::O_NOCTTY;
-        }
         // Opened through the master (TIOCGPTPEER), which gives the file
         // exactly the saved flags: an open by path would add O_LARGEFILE
         // to a slave openpty, sshd or script made that way, without it.
+        // O_NOCTTY: the session has it as its controlling terminal already
+        // (see `acquire_session_terminal`); crstream must not take it.
         let fd = open_peer(&master, flags | libc::O_NOCTTY).map_err(|e| ferr("TIOCGPTPEER", e))?;
         Ok(Reopen::Created(fd))
     }

@@ -64,6 +64,7 @@ pub(super) fn made_as<T>(uid: Option<u32>, make: impl FnOnce() -> io::Result<T>)
     let own = crate::sys::ids::set_fsuid(uid);
     let made = make();
     crate::sys::ids::set_fsuid(own);
+    // setfsuid reports no failure: a second call returns what is set.
     if crate::sys::ids::set_fsuid(own) != own {
         return Err(io::Error::other("crstream could not act as itself again"));
     }

@@ -32,7 +32,7 @@ fn is_terminal(rdev: u64) -> bool {
     (136..=143).contains(&major) || major == 4 || (major == 5 && minor <= 1)
 }
 
-const TIOCSCTTY: u64 = 0x540E;
+pub(super) const TIOCSCTTY: u64 = 0x540E;
 const TIOCSPGRP: u64 = 0x5410;
 
 /// How `--external` and `--inherit-fd` name a terminal outside the tree:

@@ -200,6 +200,14 @@ pub(crate) fn discard_child_signal(parent: &Stub) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// The signal number of a saved siginfo (si_signo, its first field); 0
+/// for one too short to hold it.
+pub(crate) fn signo(siginfo: &[u8]) -> i32 {
+    siginfo
+        .get(0..4)
+        .map_or(0, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+}
+
 /// Queues a saved pending signal again, through `by`: the thread it is
 /// pending on, or the thread-group leader for one pending process-wide
 /// (`tid` None): the kernel lets a task queue siginfo that claims to come
@@ -216,7 +224,7 @@ fn queue(
             siginfo.len()
         )));
     }
-    let sig = i32::from_le_bytes(siginfo[0..4].try_into().unwrap());
+    let sig = signo(siginfo);
     if sig == libc::SIGKILL || sig == libc::SIGSTOP || !(1..=64).contains(&sig) {
         tracing::warn!(pid = stub.pid, sig, "not queueing pending signal");
         return Ok(());

@@ -245,9 +245,7 @@ fn final_regs(pid: i32, t: &ThreadCore, shared_pending: &[Vec<u8>]) -> Result<Re
 /// a timeout allows.
 fn waits_again(regs: &Regs, t: &ThreadCore, shared_pending: &[Vec<u8>]) -> bool {
     let takes = |si: &Vec<u8>| {
-        let sig = si
-            .get(0..4)
-            .map_or(0, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
+        let sig = crate::kinds::signals::signo(si);
         (1..=64).contains(&sig) && t.blocked_signals & (1u64 << (sig - 1)) == 0
     };
     regs.orig_rax == libc::SYS_rt_sigtimedwait as u64

@@ -88,10 +88,10 @@ pub(super) fn create_memfd(u: &UnlinkedFile) -> std::io::Result<File> {
     if u.seals != SEALING_OFF {
         flags |= rustix::fs::MemfdFlags::ALLOW_SEALING;
     }
-    let file = File::from(rustix::fs::memfd_create(name.as_c_str(), flags)?);
-    file.set_len(u.size)?;
-    file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
-    Ok(file)
+    sized(
+        File::from(rustix::fs::memfd_create(name.as_c_str(), flags)?),
+        u,
+    )
 }
 
 /// Created at its old path and unlinked at once, so that /proc shows the
@@ -110,20 +110,31 @@ pub(super) fn create_deleted(u: &UnlinkedFile) -> std::io::Result<File> {
             std::fs::remove_file(path)?;
             f
         }
-        Err(_) => {
-            let tmp = |dir: &Path| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_TMPFILE)
-                    .mode(0o600)
-                    .open(dir)
-            };
-            let dir = path.parent().filter(|d| d.is_dir());
-            dir.map_or_else(|| tmp(Path::new("/tmp")), tmp)
-                .or_else(|_| tmp(Path::new("/tmp")))?
-        }
+        Err(_) => tmpfile_near(path, |dir| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_TMPFILE)
+                .mode(0o600)
+                .open(dir)
+        })?,
     };
+    sized(file, u)
+}
+
+/// A file with no name made by `make` (O_TMPFILE in the directory it is
+/// given) in the directory of `path`, or in /tmp where that fails.
+fn tmpfile_near(
+    path: &Path,
+    make: impl Fn(&Path) -> std::io::Result<File>,
+) -> std::io::Result<File> {
+    let dir = path.parent().filter(|d| d.is_dir());
+    dir.map_or_else(|| make(Path::new("/tmp")), &make)
+        .or_else(|_| make(Path::new("/tmp")))
+}
+
+/// `file` given the saved size and mode of `u`.
+fn sized(file: File, u: &UnlinkedFile) -> std::io::Result<File> {
     file.set_len(u.size)?;
     file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
     Ok(file)
@@ -145,22 +156,15 @@ pub(super) fn create_tmpfile(u: &UnlinkedFile) -> std::io::Result<File> {
             u.tmpfile_flags
         )));
     }
-    let tmp = |dir: &Path| {
+    let file = tmpfile_near(crate::paths::path(&u.path), |dir| {
         std::fs::OpenOptions::new()
             .read(access == libc::O_RDWR)
             .write(true)
             .custom_flags(flags & !libc::O_ACCMODE)
             .mode(0o600)
             .open(dir)
-    };
-    let path = crate::paths::path(&u.path);
-    let dir = path.parent().filter(|d| d.is_dir());
-    let file = dir
-        .map_or_else(|| tmp(Path::new("/tmp")), tmp)
-        .or_else(|_| tmp(Path::new("/tmp")))?;
-    file.set_len(u.size)?;
-    file.set_permissions(std::fs::Permissions::from_mode(u.mode))?;
-    Ok(file)
+    })?;
+    sized(file, u)
 }
 
 /// A removed directory, symlink or FIFO: made at its old path (or, where
