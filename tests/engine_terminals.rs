@@ -197,6 +197,9 @@ fn every_process_of_a_session_gets_its_controlling_terminal_back() {
     }
     let dir = TestDir::new("ctty");
     let mut cmd = std::process::Command::new("script");
+    // script runs the command with $SHELL -c (sh without one: dash, which
+    // forks for the command rather than exec it, adding a process).
+    cmd.env("SHELL", "/bin/bash");
     // fd 3: the terminal opened by its path.
     cmd.args([
         "-qfc",
@@ -208,7 +211,8 @@ fn every_process_of_a_session_gets_its_controlling_terminal_back() {
     let mut guard = Kill(Vec::new());
     assert!(
         wait_until(T, || tree_of(root).len() == 3),
-        "script, its shell and the job"
+        "script, its shell and the job: {:?}",
+        tree_of(root)
     );
     let tree = tree_of(root);
     guard.0 = tree.clone();
