@@ -126,6 +126,62 @@ fn lazy_restore_from_s3() {
     lazy_memory_round(&mut w, &url, &env, checksum, dumped);
 }
 
+/// A daemon that dropped root (python3 as nobody, 64 MiB of patterned
+/// memory) comes back lazily. Its userfaultfd is made while the restored
+/// process is still root: made after its credentials, it was refused
+/// (vm.unprivileged_userfaultfd is 0 here, and a user-mode-only one would
+/// turn the kernel's own accesses to missing pages into EFAULT), once the
+/// dump had killed the process.
+#[test]
+fn lazy_restore_of_a_process_that_dropped_root() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let python = "/usr/bin/python3";
+    if !std::path::Path::new(python).exists() {
+        panic!("{python} is needed for this test");
+    }
+    let dir = TestDir::new("lazy-nobody");
+    // nobody writes its report there.
+    std::fs::set_permissions(dir.path(""), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let report = dir.path("report");
+    const SCRIPT: &str = "import os, sys, time\n\
+        report = sys.argv[1]\n\
+        mem = bytearray(64 << 20)\n\
+        for i in range(0, len(mem), 4096): mem[i] = (i >> 12) % 251\n\
+        n = 0\n\
+        while True:\n\
+        \x20   n += 1\n\
+        \x20   total = sum(mem[::4096]) + (os.geteuid() << 32)\n\
+        \x20   with open(report + '.new', 'w') as f: f.write('%d %d %d' % (n, total, os.getpid()))\n\
+        \x20   os.replace(report + '.new', report)\n\
+        \x20   time.sleep(0.05)\n";
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", SCRIPT]).arg(&report).uid(65534).gid(65534);
+    let mut w = spawn_isolated(cmd, report);
+    let before = w.wait_report(T, |r| field(r, 0, 0) >= 3);
+    let checksum = field(&before, 0, 1);
+    assert_eq!(checksum >> 32, 65534, "{before}");
+    let img = dir.path("img");
+    let o = run(
+        &[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "dump failed: {}", text(&o));
+    let dumped = field(&w.read_report().unwrap(), 0, 0);
+    w.reap_dumped();
+    lazy_memory_round(&mut w, img.to_str().unwrap(), &[], checksum, dumped);
+    assert_eq!(
+        status_field(w.pid, "Uid").as_deref(),
+        Some("65534\t65534\t65534\t65534")
+    );
+}
+
 #[test]
 fn lazy_restore_of_threads_faulting_concurrently() {
     let dir = TestDir::new("lazy-threads");

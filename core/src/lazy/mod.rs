@@ -365,9 +365,10 @@ pub(crate) struct Prepared {
     pidfd: OwnedFd,
 }
 
-/// Creates a userfaultfd in the stub's mm, takes it into crstream and
-/// registers the lazy areas (MISSING mode), after filling the frames of
-/// pages the rebuild touched (see [`fill_touched`]). Call this after
+/// Registers the lazy areas (MISSING mode) with `uffd`, the stub's (see
+/// [`take_userfaultfd`](crate::kinds::memory::take_userfaultfd)), after
+/// filling the frames of pages the rebuild touched (see
+/// [`fill_touched`]). Call this after
 /// everything that touches the target's memory: from here on, an access to
 /// a page not yet copied blocks until it is served.
 pub(crate) fn setup(
@@ -375,6 +376,7 @@ pub(crate) fn setup(
     areas: &[VmArea],
     input: &LazyInput<'_>,
     filled: &[u64],
+    uffd: Userfaultfd,
 ) -> Result<Prepared, RestoreError> {
     fill_touched(stub, areas, input, filled)?;
     let pid = stub.pid;
@@ -384,7 +386,6 @@ pub(crate) fn setup(
         err,
     };
     let pidfd = crate::sys::pidfd::open(pid).map_err(|e| io("pidfd_open", e))?;
-    let uffd = crate::kinds::memory::take_userfaultfd(stub)?;
     let features = uffd.api(FEATURES).map_err(|e| io("UFFDIO_API", e))?;
     if features & FEATURES != FEATURES {
         return Err(RestoreError::Incompatible(format!(

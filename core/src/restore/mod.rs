@@ -530,6 +530,15 @@ fn restore_image(
         }
     }
 
+    // Lazy: the userfaultfd is made now, by a process still as privileged
+    // as crstream and with fds to spare: the final phase may drop its
+    // credentials (an unprivileged process may not make one here:
+    // vm.unprivileged_userfaultfd) or fill its RLIMIT_NOFILE. It is
+    // registered after the phases (see below).
+    let uffd = match lazy_input {
+        Some(_) => Some(crate::kinds::memory::take_userfaultfd(&stubs[0])?),
+        None => None,
+    };
     for phase in [
         Phase::Files,
         Phase::Process,
@@ -550,11 +559,12 @@ fn restore_image(
         }
     }
 
-    // Lazy: the userfaultfd, after everything that touches the target's
-    // memory (a missing page would block us from here on).
-    let prepared = match lazy_input {
-        Some(input) => Some(lazy::setup(&stubs[0], areas[0], input, &filled)?),
-        None => None,
+    // Lazy: the areas are registered with the userfaultfd after
+    // everything that touches the target's memory (a missing page would
+    // block us from here on).
+    let prepared = match (lazy_input, uffd) {
+        (Some(input), Some(uffd)) => Some(lazy::setup(&stubs[0], areas[0], input, &filled, uffd)?),
+        _ => None,
     };
     // Lazy: until every page is in, the process dies with crstream rather
     // than run on without its memory; its own parent-death signal is set
