@@ -3,7 +3,10 @@
 //! FPU/xstate registers that restore must bring back). Reports, every
 //! 100 ms, "pid STATUS" then one line per thread: "index tid counter".
 //!
-//! Usage: wl_threads REPORT
+//! Usage: wl_threads REPORT [main-exits]
+//!
+//! With `main-exits`, the main thread reports from another thread and
+//! exits alone (as after pthread_exit): the process runs on in its others.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -70,8 +73,9 @@ fn main() {
             }
         });
     }
+    let main_exits = std::env::args().nth(2).as_deref() == Some("main-exits");
     let pid = std::process::id();
-    loop {
+    let reporter = move || loop {
         std::thread::sleep(Duration::from_millis(100));
         let mut s = format!(
             "{pid} {}\n",
@@ -89,5 +93,11 @@ fn main() {
             );
         }
         report(&path, &s);
+    };
+    if !main_exits {
+        reporter();
     }
+    std::thread::spawn(reporter);
+    // SAFETY: the raw exit ends this thread only, unwinding nothing.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
 }

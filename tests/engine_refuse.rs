@@ -375,3 +375,86 @@ fn a_pipe_whose_other_end_is_outside_the_tree_is_refused_by_name() {
         "{last} then {first}, {second}"
     );
 }
+
+/// A process whose main thread has exited while its other threads run
+/// (pthread_exit in main) is refused, as the root of the tree and as a
+/// child in it, and runs on untouched. It was taken for a zombie, so its
+/// threads were never frozen: as a child, it ran on, orphaned, while the
+/// dump killed its parent, and the restore then found its PID in use.
+#[test]
+fn a_process_whose_main_thread_has_exited_is_refused() {
+    let t = Duration::from_secs(30);
+    let dir = TestDir::new("main-exits");
+    // Counting, untraced, in every thread but the main one.
+    let runs_on = |pid: i32, report: &std::path::Path| {
+        let count = || {
+            let r = std::fs::read_to_string(report).unwrap_or_default();
+            field(&r, 1, 2)
+        };
+        let n = count();
+        assert!(
+            wait_until(t, || count() > n + 2),
+            "pid {pid} stopped counting"
+        );
+        for tid in tasks(pid).into_iter().filter(|&tid| tid != pid) {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+            assert!(s.contains("TracerPid:\t0"), "tid {tid} is traced");
+            assert!(
+                !s.contains("State:\tt") && !s.contains("State:\tT"),
+                "tid {tid} is stopped"
+            );
+        }
+    };
+    let mut w = Workload::spawn("wl_threads", dir.path("report"), &["main-exits"]);
+    w.wait_report(t, |r| field(r, 1, 2) > 2);
+    assert!(wait_until(t, || proc_state(w.pid) == Some('Z')));
+    let err = refused(w.pid, &[]);
+    assert!(err.contains("its main thread has exited"), "{err}");
+    runs_on(w.pid, &w.report);
+    w.kill();
+
+    // As a child of the tree.
+    let report = dir.path("child-report");
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!(
+            "'{}' '{}' main-exits & wait",
+            example("wl_threads").display(),
+            report.display()
+        ))
+        .stdin(Stdio::null());
+    let mut parent = Workload::from_child(sh.spawn().unwrap(), dir.path("unused"));
+    assert!(wait_until(t, || {
+        std::fs::read_to_string(&report).is_ok_and(|r| field(&r, 1, 2) > 2)
+    }));
+    let child = descendants_of(parent.pid)[0];
+    let img = dir.path("img");
+    let o = crstream()
+        .args([
+            "dump",
+            "-t",
+            &parent.pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("pid {child}"))
+            && text(&o).contains("its main thread has exited"),
+        "{}",
+        text(&o)
+    );
+    assert!(!img.exists(), "an image was written");
+    assert_running_untraced(parent.pid);
+    runs_on(child, &report);
+    parent.kill();
+}
+
+/// The state letter of /proc/PID/stat.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}

@@ -247,6 +247,15 @@ impl FrozenTree {
             let stat = proc::stat(pid).map_err(|_| DumpError::NoSuchProcess { pid })?;
             let (pgid, sid) = group_and_session(&stat);
             if stat.state() == 'Z' || stat.state() == 'X' {
+                // A main thread that called pthread_exit: the process
+                // runs on in its other threads.
+                if std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1) {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        what: "threads",
+                        reason: "its main thread has exited while its other threads run".into(),
+                    });
+                }
                 if pid == root {
                     return Err(DumpError::Unsupported {
                         pid,
