@@ -458,3 +458,92 @@ fn proc_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit(')').next()?.trim_start().chars().next()
 }
+
+/// A file whose path no longer leads to it is refused by name, since
+/// restore reopens files by path: a POSIX message queue (its path is in a
+/// filesystem only mq_open reaches: the dump saved it as a regular file and
+/// the restore failed on it, or opened whatever file had that path), and a
+/// file a mount has covered since it was opened (restore would have opened
+/// the file now there).
+#[test]
+fn a_file_its_path_does_not_lead_to_is_refused_by_name() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let name = format!("/crstream-test-{}", std::process::id());
+    let script = "import ctypes, os, sys, time\n\
+        rt = ctypes.CDLL('librt.so.1', use_errno=True)\n\
+        fd = rt.mq_open(sys.argv[1].encode(), os.O_CREAT | os.O_RDWR, 0o600, None)\n\
+        assert fd >= 0, ctypes.get_errno()\n\
+        print(fd, flush=True)\n\
+        time.sleep(600)\n";
+    let dir = TestDir::new("refuse-unreachable");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, &name]);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let log = dir.path("report").with_extension("log");
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
+    }));
+    let fd: i32 = std::fs::read_to_string(&log)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let unlink = || {
+        let unlinked = Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import ctypes; assert ctypes.CDLL('librt.so.1').mq_unlink(b'{name}') == 0"
+            ))
+            .status()
+            .unwrap();
+        assert!(unlinked.success());
+    };
+    // Under its name, then once unlinked (its path then shows "(deleted)").
+    for round in ["linked", "unlinked"] {
+        let err = refused(w.pid, &[]);
+        assert!(
+            err.contains(&format!("fd {fd}")) && err.contains("a POSIX message queue (mq_open)"),
+            "{round}: {err}"
+        );
+        assert_running_untraced(w.pid);
+        if round == "linked" {
+            unlink();
+        }
+    }
+    w.kill();
+
+    // A file covered by a mount, with a file of the same name on top.
+    let sub = dir.path("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("f"), "under").unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec 3<\"$0\"; exec sleep 600"])
+        .arg(sub.join("f"));
+    let mut w = spawn_isolated(cmd, dir.path("report2"));
+    let pid = w.pid;
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    }));
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "crstream-test", sub.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(sub.clone());
+    std::fs::write(sub.join("f"), "on top").unwrap();
+    let err = refused(pid, &[]);
+    assert!(
+        err.contains("fd 3") && err.contains("its path leads to another file"),
+        "{err}"
+    );
+    assert_running_untraced(pid);
+    w.kill();
+}

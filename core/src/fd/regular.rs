@@ -17,6 +17,46 @@ const SAFE_CHAR_DEVICES: &[(u32, u32)] = &[(1, 3), (1, 5), (1, 8), (1, 9)];
 
 pub(super) struct Regular;
 
+/// POSIX message queues' filesystem (statfs f_type).
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+
+/// Refuses a file its path, as the process sees it, does not lead to:
+/// restore reopens by that path. A POSIX message queue (its path is in a
+/// filesystem only mq_open reaches), or a file a mount has covered since.
+fn leads_to_it(pid: i32, fd: i32, link: &[u8], md: &std::fs::Metadata) -> Result<(), DumpError> {
+    let mut seen_from = format!("/proc/{pid}/root").into_bytes();
+    seen_from.extend_from_slice(link);
+    let seen = std::fs::metadata(path(&seen_from));
+    if seen.is_ok_and(|s| s.dev() == md.dev() && s.ino() == md.ino()) {
+        return Ok(());
+    }
+    refuse_message_queue(pid, fd, link)?;
+    Err(DumpError::UnsupportedFile {
+        pid,
+        fd,
+        what: format!(
+            "{}: its path leads to another file or to none (a mount covers it?)",
+            show(link)
+        ),
+    })
+}
+
+/// Refuses a POSIX message queue, which looks like a regular file (also a
+/// deleted one, once mq_unlink'ed).
+fn refuse_message_queue(pid: i32, fd: i32, link: &[u8]) -> Result<(), DumpError> {
+    match rustix::fs::statfs(format!("/proc/{pid}/fd/{fd}").as_str()) {
+        Ok(s) if s.f_type as i64 == MQUEUE_MAGIC => Err(DumpError::UnsupportedFile {
+            pid,
+            fd,
+            what: format!(
+                "{}: a POSIX message queue (mq_open) is not supported",
+                show(link)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl FdKind for Regular {
     fn dump(&mut self, d: &mut DumpFd<'_>, f: &mut OpenFile) -> Result<bool, DumpError> {
         let (pid, fd) = (d.pid, d.fd);
@@ -58,9 +98,17 @@ impl FdKind for Regular {
             };
             return Err(DumpError::UnsupportedFile { pid, fd, what });
         }
+        // (Files under /proc are reopened as restore finds them.)
+        if !crate::paths::is_deleted(d.link)
+            && (ft.is_file() || ft.is_dir())
+            && !d.link.starts_with(b"/proc/")
+        {
+            leads_to_it(pid, fd, d.link, &md)?;
+        }
         // Deleted: no links left (a removed directory not even "." in it).
         // Saved once for the tree, made again at restore.
         if md.nlink() == 0 && crate::paths::is_deleted(d.link) {
+            refuse_message_queue(pid, fd, d.link)?;
             f.deleted = true;
             f.path = undeleted(d.link).to_vec();
             let source = format!("/proc/{pid}/fd/{fd}");
