@@ -45,7 +45,7 @@ fn leads_to_it(pid: i32, fd: i32, link: &[u8], md: &std::fs::Metadata) -> Result
 /// deleted one, once mq_unlink'ed).
 fn refuse_message_queue(pid: i32, fd: i32, link: &[u8]) -> Result<(), DumpError> {
     match rustix::fs::statfs(format!("/proc/{pid}/fd/{fd}").as_str()) {
-        Ok(s) if s.f_type as i64 == MQUEUE_MAGIC => Err(DumpError::UnsupportedFile {
+        Ok(s) if s.f_type == MQUEUE_MAGIC => Err(DumpError::UnsupportedFile {
             pid,
             fd,
             what: format!(
@@ -103,7 +103,7 @@ impl FdKind for Regular {
             && (ft.is_file() || ft.is_dir())
             && !d.link.starts_with(b"/proc/")
         {
-            leads_to_it(pid, fd, d.link, &md)?;
+            leads_to_it(pid, fd, d.link, md)?;
         }
         // Deleted: no links left (a removed directory not even "." in it).
         // Saved once for the tree, made again at restore.
