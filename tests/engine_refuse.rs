@@ -114,6 +114,54 @@ fn a_process_two_pid_namespaces_deep_is_refused() {
     unsafe { libc::kill(first, libc::SIGKILL) };
 }
 
+/// A tree that made a PID namespace inside for some of its processes
+/// (`unshare --pid --fork`, dumped from the unshare) is refused, naming
+/// the first process in it: restored, that one came back in the root's
+/// namespace, no longer PID 1 of its own.
+#[test]
+fn a_pid_namespace_made_inside_the_tree_is_refused() {
+    let g = ChildGuard(Some(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let outer = pid_of(&g);
+    let inner = loop {
+        if let Some(&c) = children_of(outer).first() {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let dir = TestDir::new("inner-pidns");
+    let img = dir.path("img");
+    let o = crstream()
+        .args([
+            "dump",
+            "-t",
+            &outer.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = text(&o);
+    assert!(
+        err.contains(&format!("pid {inner}"))
+            && err.contains("a PID namespace made inside the tree"),
+        "{err}"
+    );
+    assert!(!img.exists(), "an image was written");
+    assert_running_untraced(outer);
+    assert_running_untraced(inner);
+    // SAFETY: the namespace's PID 1, which this test started; unshare
+    // exits with it.
+    unsafe { libc::kill(inner, libc::SIGKILL) };
+}
+
 /// Namespaces crstream does not save are refused by name, and the process
 /// runs on: its own network and UTS namespaces (restored, it would have
 /// the host's network and hostname); its own mount namespace with a tmpfs

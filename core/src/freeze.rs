@@ -240,6 +240,8 @@ impl FrozenTree {
             entries: Vec::new(),
         };
         let mut queue = std::collections::VecDeque::from([root]);
+        // How many PID namespaces deep the root is.
+        let mut root_depth = None;
         while let Some(pid) = queue.pop_front() {
             if pid == std::process::id() as i32 {
                 return Err(DumpError::SelfDump { pid });
@@ -268,6 +270,18 @@ impl FrozenTree {
             }
             let status = proc::status(pid).map_err(|err| DumpError::Proc { pid, err })?;
             refuse_unfreezable(pid, &stat, &status)?;
+            // A namespace made inside for some children (`unshare --pid
+            // --fork` in the tree) would come back flattened.
+            let depth = *root_depth.get_or_insert(status.nspid.len());
+            if status.nspid.len() != depth {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    what: "PID namespace",
+                    reason: "it is in a PID namespace made inside the tree (only processes in \
+                             the namespace of the tree's root can be restored)"
+                        .into(),
+                });
+            }
             let frozen = match Frozen::freeze(pid) {
                 Ok(f) => f,
                 // It exited between the listing and the attach.
