@@ -1,5 +1,7 @@
 //! Workload: threads that each set how they are scheduled, then keep
-//! checking it: policy and nice or real-time priority, SCHED_FLAG_RESET_ON_FORK,
+//! checking it: policy and nice (also of a SCHED_IDLE thread, which
+//! sched_setattr does not set) or real-time priority or deadline
+//! parameters, SCHED_FLAG_RESET_ON_FORK,
 //! I/O priority, CPU affinity and timer slack; the process sets its
 //! oom_score_adj. Every 20 ms each thread compares what the kernel says
 //! with what it set. Reports "pid counter STATUS" every 100 ms, STATUS
@@ -29,6 +31,7 @@ struct SchedAttr {
 }
 
 const RESET_ON_FORK: u64 = 1;
+const SCHED_DEADLINE: i32 = 6;
 const OOM_SCORE_ADJ: &str = "345";
 
 /// What one thread sets and expects.
@@ -38,6 +41,8 @@ struct Want {
     nice: i32,
     priority: u32,
     flags: u64,
+    /// SCHED_DEADLINE's runtime, deadline and period, in ns.
+    deadline: [u64; 3],
     /// class << 13 | level, or 0 to leave it.
     ioprio: u32,
     /// One CPU to run on, or None for any.
@@ -73,6 +78,9 @@ fn set(w: &Want) {
         flags: w.flags,
         nice: w.nice,
         priority: w.priority,
+        runtime: w.deadline[0],
+        deadline: w.deadline[1],
+        period: w.deadline[2],
         ..Default::default()
     };
     // SAFETY: plain syscalls on the calling thread with valid arguments.
@@ -83,6 +91,10 @@ fn set(w: &Want) {
             "sched_setattr: {}",
             std::io::Error::last_os_error()
         );
+        // sched_setattr sets a nice value for SCHED_OTHER and BATCH only.
+        if w.policy == libc::SCHED_IDLE {
+            assert_eq!(libc::setpriority(libc::PRIO_PROCESS, 0, w.nice), 0);
+        }
         if w.ioprio != 0 {
             assert_eq!(libc::syscall(libc::SYS_ioprio_set, 1, 0, w.ioprio), 0);
         }
@@ -107,6 +119,7 @@ fn verify(i: usize, w: &Want) {
     };
     if (a.policy as i32, a.nice, a.priority, a.flags & RESET_ON_FORK)
         != (w.policy, nice, w.priority, w.flags)
+        || (w.policy == SCHED_DEADLINE && [a.runtime, a.deadline, a.period] != w.deadline)
     {
         STATUS.fail(format!(
             "thread-{i}-sched-policy-{}-nice-{}-prio-{}-flags-{}",
@@ -131,8 +144,9 @@ fn verify(i: usize, w: &Want) {
         if !right {
             STATUS.fail(format!("thread-{i}-affinity-{count}"));
         }
-        // Real-time threads have none (the kernel keeps it at 0).
-        let rt = w.policy == libc::SCHED_FIFO || w.policy == libc::SCHED_RR;
+        // Real-time and deadline threads have none (the kernel keeps it
+        // at 0).
+        let rt = matches!(w.policy, libc::SCHED_FIFO | libc::SCHED_RR | SCHED_DEADLINE);
         let want = if rt { 0 } else { w.slack_ns };
         let slack = libc::prctl(libc::PR_GET_TIMERSLACK) as u64;
         if slack != want {
@@ -155,6 +169,7 @@ fn main() {
             nice: 5,
             priority: 0,
             flags: 0,
+            deadline: [0; 3],
             ioprio: class(2, 6),
             cpu: None,
             slack_ns: 200_000,
@@ -164,15 +179,17 @@ fn main() {
             nice: 3,
             priority: 0,
             flags: RESET_ON_FORK,
+            deadline: [0; 3],
             ioprio: 0,
             cpu: Some(0),
             slack_ns: 50_000,
         },
         Want {
             policy: libc::SCHED_IDLE,
-            nice: 0,
+            nice: 7,
             priority: 0,
             flags: 0,
+            deadline: [0; 3],
             ioprio: class(3, 0),
             cpu: None,
             slack_ns: 1_000_000,
@@ -182,6 +199,7 @@ fn main() {
             nice: 0,
             priority: 5,
             flags: 0,
+            deadline: [0; 3],
             ioprio: class(1, 2),
             cpu: Some(cpus - 1),
             slack_ns: 50_000,
@@ -191,9 +209,23 @@ fn main() {
             nice: 0,
             priority: 2,
             flags: RESET_ON_FORK,
+            deadline: [0; 3],
             ioprio: 0,
             cpu: None,
             slack_ns: 70_000,
+        },
+        Want {
+            policy: SCHED_DEADLINE,
+            nice: 0,
+            priority: 0,
+            flags: 0,
+            // 1 ms every 100 ms, done within 50 ms.
+            deadline: [1_000_000, 50_000_000, 100_000_000],
+            ioprio: 0,
+            // A deadline thread may run on every CPU (the kernel refuses
+            // it otherwise).
+            cpu: None,
+            slack_ns: 90_000,
         },
     ];
     for (i, w) in wants.iter().enumerate().skip(1) {

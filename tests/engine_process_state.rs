@@ -57,7 +57,7 @@ fn scheduling_io_priority_affinity_timer_slack_and_oom_score_survive() {
     let oom = |pid: i32| {
         let v = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
         assert_eq!(v.trim(), "345");
-        assert_eq!(tasks(pid).len(), 5);
+        assert_eq!(tasks(pid).len(), 6);
     };
     round_trips(&mut w, &dir, &oom);
 }

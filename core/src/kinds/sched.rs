@@ -110,17 +110,19 @@ impl Kind for Sched {
             };
             let tid = p.host_tid(i);
             let saved = p.image.thread_need_since::<Scheduling>(i, SINCE)?;
-            if let Some(s) = saved {
-                set(tid, s).map_err(|(what, e)| err(what, e))?;
-            }
             // A thread that may run anywhere gets what a task the restorer
-            // started would have had, not the restorer's pin.
+            // started would have had, not the restorer's pin; before its
+            // policy (SCHED_DEADLINE is refused to a thread pinned to less
+            // than all the CPUs of its root domain).
             if saved.is_none_or(|s| s.affinity_all)
                 && let Some(cpus) = p.objects.unpinned_cpus
             {
                 nix::sched::sched_setaffinity(Pid::from_raw(tid), cpus).map_err(|e| {
                     err("sched_setaffinity to the restorer's CPUs".into(), e.into())
                 })?;
+            }
+            if let Some(s) = saved {
+                set(tid, s).map_err(|(what, e)| err(what, e))?;
             }
         }
         Ok(())
@@ -156,6 +158,16 @@ fn set(tid: i32, s: &Scheduling) -> Result<(), (String, std::io::Error)> {
             e,
         )
     })?;
+    // sched_setattr sets a nice value for SCHED_OTHER and SCHED_BATCH only.
+    if s.policy == libc::SCHED_IDLE as u32 && s.nice != 0 {
+        // SAFETY: setpriority has no memory arguments.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, s.nice) } != 0 {
+            return Err((
+                format!("setpriority {} (SCHED_IDLE)", s.nice),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     if s.ioprio >> IOPRIO_CLASS_SHIFT != 0 {
         sched::ioprio_set(tid, s.ioprio).map_err(|e| (format!("ioprio_set {:#x}", s.ioprio), e))?;
     }
