@@ -1,14 +1,18 @@
 //! Workload: anonymous areas, each given one kind of advice or lock that
 //! shows in smaps' VmFlags: MADV_DONTFORK, DONTDUMP, WIPEONFORK, HUGEPAGE,
 //! NOHUGEPAGE, MERGEABLE, SEQUENTIAL, RANDOM, mlock and mlock2 with
-//! MLOCK_ONFAULT. Each area holds a pattern, checked every 100 ms.
+//! MLOCK_ONFAULT; and areas whose VmFlags say what mprotect may do with
+//! them: sealed with mseal ("sl"), a memfd mapped shared and read-only
+//! through a writable fd ("sh mw": it may be made writable), a System V
+//! segment attached with SHM_RDONLY (neither: it may not). Each area holds
+//! a pattern, checked every 100 ms.
 //! Reports "pid counter STATUS" then, on the next line, the start address
 //! of every area (hex), in that order.
 //!
 //! Usage: wl_advice REPORT [AREAS]
 //! AREAS: which areas, comma-separated, in this order (default: all):
 //! dontfork, dontdump, wipeonfork, hugepage, nohugepage, mergeable,
-//! sequential, random, mlock, onfault.
+//! sequential, random, mlock, onfault, sealed, roshared, shmro.
 
 use std::time::Duration;
 
@@ -17,6 +21,56 @@ use wl_common::report;
 
 const PAGE: usize = 4096;
 const PAGES: usize = 16;
+
+const SEALED: i32 = -3;
+const RO_SHARED: i32 = -4;
+const SHM_RO: i32 = -5;
+
+/// A memfd holding `pattern`, mapped shared and read-only through its
+/// writable fd (closed then).
+fn read_only_shared_memfd(pattern: &[u8]) -> *mut u8 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    // SAFETY: memfd_create with a valid name; the fd is owned by the File.
+    let f = unsafe {
+        let fd = libc::memfd_create(c"wl_advice".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0, "memfd_create");
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    f.write_all_at(pattern, 0).unwrap();
+    // SAFETY: a fresh shared mapping of our own file, never unmapped.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pattern.len(),
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p.cast()
+}
+
+/// A private System V segment holding `pattern`, attached with
+/// SHM_RDONLY (and removed: it goes with the process).
+fn read_only_attach(pattern: &[u8]) -> *mut u8 {
+    // SAFETY: a fresh private segment, written through a first attach,
+    // then attached read-only for good.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, pattern.len(), libc::IPC_CREAT | 0o600);
+        assert!(id >= 0, "shmget");
+        let w = libc::shmat(id, std::ptr::null(), 0);
+        assert_ne!(w as isize, -1, "shmat");
+        std::ptr::copy_nonoverlapping(pattern.as_ptr(), w.cast(), pattern.len());
+        assert_eq!(libc::shmdt(w), 0);
+        let p = libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY);
+        assert_ne!(p as isize, -1, "shmat SHM_RDONLY");
+        assert_eq!(libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()), 0);
+        p.cast()
+    }
+}
 
 fn main() {
     // SAFETY: no fd above 2 is in use yet.
@@ -36,6 +90,9 @@ fn main() {
         ("random", libc::MADV_RANDOM),
         ("mlock", -1),
         ("onfault", -2),
+        ("sealed", SEALED),
+        ("roshared", RO_SHARED),
+        ("shmro", SHM_RO),
     ];
     let wanted: Vec<i32> = match std::env::args().nth(2) {
         None => advice.iter().map(|a| a.1).collect(),
@@ -53,6 +110,26 @@ fn main() {
     let len = PAGES * PAGE;
     let mut areas: Vec<*mut u8> = Vec::new();
     for (i, &advice) in wanted.iter().enumerate() {
+        let pattern: Vec<u8> = (0..len)
+            .map(|k| {
+                if k < len / 2 {
+                    (k as u8) ^ (i as u8)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        match advice {
+            RO_SHARED => {
+                areas.push(read_only_shared_memfd(&pattern));
+                continue;
+            }
+            SHM_RO => {
+                areas.push(read_only_attach(&pattern));
+                continue;
+            }
+            _ => {}
+        }
         // SAFETY: a fresh private anonymous mapping, never unmapped.
         let p = unsafe {
             libc::mmap(
@@ -70,14 +147,16 @@ fn main() {
             match advice {
                 -1 => assert_eq!(libc::mlock(p.cast(), len), 0, "mlock"),
                 a if a >= 0 => assert_eq!(libc::madvise(p.cast(), len, a), 0, "madvise {a}"),
+                SEALED => {}
                 _ => assert_eq!(
                     libc::syscall(libc::SYS_mlock2, p, len, 1 /* MLOCK_ONFAULT */),
                     0,
                     "mlock2"
                 ),
             }
-            for k in 0..len / 2 {
-                *p.add(k) = (k as u8) ^ (i as u8);
+            std::ptr::copy_nonoverlapping(pattern.as_ptr(), p, len);
+            if advice == SEALED {
+                assert_eq!(libc::syscall(462 /* mseal */, p, len, 0), 0, "mseal");
             }
         }
         areas.push(p);

@@ -126,6 +126,7 @@ fn a_live_dump_keeps_advice_and_the_pages_of_wipe_on_fork_areas() {
         "dontdump,wipeonfork,hugepage,nohugepage,mergeable,sequential,random",
         "dontfork,wipeonfork,random",
         "wipeonfork,mlock,onfault",
+        "sealed,roshared,shmro,wipeonfork",
     ];
     for (i, layout) in layouts.into_iter().enumerate() {
         let dir = TestDir::new(&format!("liveadvice{i}"));

@@ -319,7 +319,11 @@ fn every_view_of_a_memfd_and_a_file_reads_the_same() {
 
 /// Advice and locks that show in VmFlags (DONTFORK, DONTDUMP, WIPEONFORK,
 /// HUGEPAGE, NOHUGEPAGE, MERGEABLE, SEQUENTIAL, RANDOM, mlock, mlock2
-/// ONFAULT) come back on the same areas.
+/// ONFAULT) come back on the same areas; so do mseal (it was dropped:
+/// the area could be unmapped after restore), a shared read-only mapping
+/// through a writable fd (it came back through a read-only one: mprotect
+/// to make it writable failed), and a System V attach with SHM_RDONLY (it
+/// came back writable-capable once it had pages).
 #[test]
 fn madvise_flags_and_locked_areas_come_back() {
     let dir = TestDir::new("advice");
@@ -338,6 +342,23 @@ fn madvise_flags_and_locked_areas_come_back() {
             before[i]
         );
     }
+    let has = |i: usize, f: &str| before[i].split(' ').any(|x| x == f);
+    assert!(has(10, "sl"), "sealed: {}", before[10]);
+    assert!(
+        has(11, "sh") && has(11, "mw") && !has(11, "wr"),
+        "{}",
+        before[11]
+    );
+    assert!(
+        !has(12, "sh") && !has(12, "mw"),
+        "SHM_RDONLY: {}",
+        before[12]
+    );
+    // Readers that would drop them (before version 12) refuse the image.
+    let img = dir.path("img-v");
+    dump(w.pid, &img, &["--leave-running"]);
+    let o = run(&["inspect", img.to_str().unwrap()], &[]);
+    assert!(text(&o).contains("records version 12"), "{}", text(&o));
     let same = |pid: i32| {
         let now: Vec<String> = starts.iter().map(|s| vm_flags(pid, s)).collect();
         assert_eq!(now, before);

@@ -461,6 +461,12 @@ fn read_process(
     ))
 }
 
+/// Whether the image has what records version 12 added, which a reader of
+/// 11 would restore wrong: see `memory::needs_records_12`.
+fn needs_records_12(processes: &[ProcessDump]) -> bool {
+    crate::kinds::memory::needs_records_12(processes)
+}
+
 /// The inventory, the tree, the objects the tree shares, then every
 /// process's stream and each of its threads' streams. Returns the page
 /// stream of each process, declared with it (pages follow the metadata).
@@ -491,8 +497,10 @@ fn write_metadata(
             // bound, as root's and with crstream's umask, nor a file made
             // with O_TMPFILE as one that can never be linked, nor a file
             // linked elsewhere by a path that no longer exists.
-            format_version: if crate::fd::needs_records_11(processes) {
+            format_version: if needs_records_12(processes) {
                 crstream_proto::RECORDS_VERSION
+            } else if crate::fd::needs_records_11(processes) {
+                crstream_proto::RECORDS_VERSION_WITHOUT_SEALS
             } else if crate::fd::has_socket_files(processes) {
                 crstream_proto::RECORDS_VERSION_WITHOUT_FILE_HANDLES
             } else if crate::fd::has_peer_ids(processes) {

@@ -195,35 +195,50 @@ impl Recreator {
     }
 
     /// Attaches segment `id` in the stub at `start` (replacing what the
-    /// stub has there).
+    /// stub has there), read-only (SHM_RDONLY: it can never be made
+    /// writable) or not, executable or not.
     pub(crate) fn attach(
         &self,
         stub: &Stub,
         id: u32,
         start: u64,
-        prot: i32,
+        read_only: bool,
+        exec: bool,
     ) -> Result<(), RestoreError> {
         if !self.segments.iter().any(|s| s.id == id) {
             return Err(RestoreError::Image(format!(
                 "no SysvShm record for segment {id}"
             )));
         }
-        let mut flags = libc::SHM_REMAP;
-        if prot & libc::PROT_WRITE == 0 {
-            flags |= libc::SHM_RDONLY;
-        }
-        if prot & libc::PROT_EXEC != 0 {
-            flags |= libc::SHM_EXEC;
-        }
-        let got = stub.call("shmat", libc::SYS_shmat, &[id as u64, start, flags as u64])?;
-        if got as u64 != start {
-            return Err(RestoreError::Image(format!(
-                "shmat of segment {id} returned {got:#x}, not {start:#x}"
-            )));
-        }
-        Ok(())
+        attach_at(stub, id, start, read_only, exec)
     }
+}
 
+/// shmat of segment `id` at `start`, replacing what is there.
+pub(crate) fn attach_at(
+    stub: &Stub,
+    id: u32,
+    start: u64,
+    read_only: bool,
+    exec: bool,
+) -> Result<(), RestoreError> {
+    let mut flags = libc::SHM_REMAP;
+    if read_only {
+        flags |= libc::SHM_RDONLY;
+    }
+    if exec {
+        flags |= libc::SHM_EXEC;
+    }
+    let got = stub.call("shmat", libc::SYS_shmat, &[id as u64, start, flags as u64])?;
+    if got as u64 != start {
+        return Err(RestoreError::Image(format!(
+            "shmat of segment {id} returned {got:#x}, not {start:#x}"
+        )));
+    }
+    Ok(())
+}
+
+impl Recreator {
     /// Once the tree runs: segments removed at dump time are removed again
     /// (they go with the last detach, as before); the others stay.
     pub(crate) fn commit(&mut self) {

@@ -24,8 +24,9 @@ pub(crate) use fill::{Copier, PageWriter, take_userfaultfd};
 
 pub(crate) use inherit::{kept_on_fork, settle};
 use vmflags::{
-    ADVICE, ADVICE_DONTFORK, ADVICE_WIPEONFORK, DEVICE_MAPPING, LOCKED, LOCKED_ON_FAULT,
-    apply_vm_flags, has_every_area, is_device_mapping, mark_wiped_on_fork, vm_flag_bits,
+    ADVICE, ADVICE_DONTFORK, ADVICE_WIPEONFORK, DEVICE_MAPPING, LOCKED, LOCKED_ON_FAULT, SEALED,
+    SHARED_READ_ONLY, SHARED_WRITABLE, apply_vm_flags, has_every_area, is_device_mapping,
+    mark_wiped_on_fork, vm_flag_bits,
 };
 
 use crate::error::{DumpError, RestoreError};
@@ -950,7 +951,13 @@ fn map_areas(
             match a.sysv_shmid {
                 Some(id) => objects
                     .sysv
-                    .attach(stub, id, a.start, prot)
+                    .attach(
+                        stub,
+                        id,
+                        a.start,
+                        shm_read_only(a, prot) && !a.has_pages,
+                        prot & libc::PROT_EXEC != 0,
+                    )
                     .map_err(|e| map_err(pid, a, e.to_string()))?,
                 None => map_area(stub, a, prot, shm, objects.unlinked, locks)?,
             }
@@ -1020,8 +1027,8 @@ fn map_area(
             check_mapped_file(pid, a, false)?;
             a.path.clone()
         };
-        let write_shared =
-            a.flags as i32 & libc::MAP_SHARED != 0 && a.prot as i32 & libc::PROT_WRITE != 0;
+        let write_shared = a.flags as i32 & libc::MAP_SHARED != 0
+            && (a.prot as i32 & libc::PROT_WRITE != 0 || a.madvise & SHARED_WRITABLE != 0);
         let oflags = if write_shared {
             libc::O_RDWR
         } else {
@@ -1052,10 +1059,51 @@ fn map_area(
     Ok(())
 }
 
+/// Whether an area has what records version 12 added and a reader of 11
+/// would drop: mseal, a shared mapping read-only now that may be made
+/// writable, a System V attachment read-only for good that has pages.
+pub(crate) fn needs_records_12(processes: &[crate::kind::ProcessDump]) -> bool {
+    processes
+        .iter()
+        .filter_map(|p| p.records.get::<MemoryMap>())
+        .flat_map(|m| &m.areas)
+        .any(|a| {
+            a.madvise & SEALED != 0
+                || (a.madvise & SHARED_WRITABLE != 0 && a.prot as i32 & libc::PROT_WRITE == 0)
+                || (a.madvise & SHARED_READ_ONLY != 0 && a.sysv_shmid.is_some() && a.has_pages)
+        })
+}
+
+/// Whether System V attachment `a` is read-only for good (SHM_RDONLY),
+/// mapped with `prot` now (as the dump saw it, or by its protection in an
+/// image without VmFlags).
+fn shm_read_only(a: &VmArea, prot: i32) -> bool {
+    if a.madvise & (SHARED_WRITABLE | SHARED_READ_ONLY) != 0 {
+        a.madvise & SHARED_READ_ONLY != 0
+    } else {
+        prot & libc::PROT_WRITE == 0
+    }
+}
+
 /// Final protections.
 pub(crate) fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
     for a in areas.iter().filter(|a| is_mapped_area(a)) {
         let len = a.end - a.start;
+        // A read-only attachment was attached writable for its pages: now
+        // as it was (the segment keeps them).
+        if let Some(id) = a.sysv_shmid
+            && a.has_pages
+            && a.madvise & SHARED_READ_ONLY != 0
+        {
+            crate::sysv::attach_at(
+                stub,
+                id,
+                a.start,
+                true,
+                a.prot as i32 & libc::PROT_EXEC != 0,
+            )
+            .map_err(|e| map_err(stub.pid, a, e.to_string()))?;
+        }
         if a.has_pages
             && a.prot as i32 & (libc::PROT_READ | libc::PROT_WRITE)
                 != libc::PROT_READ | libc::PROT_WRITE
@@ -1078,9 +1126,15 @@ pub(crate) fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> 
             stub.call("mlock2", libc::SYS_mlock2, &[a.start, len, flags])
                 .map_err(|e| map_err(stub.pid, a, format!("mlock2: {e}")))?;
         }
+        if a.madvise & SEALED != 0 {
+            stub.call("mseal", SYS_MSEAL, &[a.start, len, 0])
+                .map_err(|e| map_err(stub.pid, a, format!("mseal: {e}")))?;
+        }
     }
     Ok(())
 }
+
+const SYS_MSEAL: libc::c_long = 462;
 
 #[cfg(test)]
 mod tests {

@@ -38,9 +38,20 @@ pub(super) const ADVICE_WIPEONFORK: u64 = 1 << 2;
 pub(super) const LOCKED: u64 = 1 << 8;
 pub(super) const LOCKED_ON_FAULT: u64 = 1 << 9;
 
+/// A MAP_SHARED area mapped through a writable fd (smaps "sh", VM_SHARED),
+/// read-only or not now: mprotect may make it writable again, so it is
+/// mapped through a writable fd again.
+pub(super) const SHARED_WRITABLE: u64 = 1 << 10;
+/// A MAP_SHARED area mapped read-only for good (VmFlags read, no "sh": a
+/// read-only fd, a System V attach with SHM_RDONLY): it comes back so.
+pub(super) const SHARED_READ_ONLY: u64 = 1 << 11;
+/// Sealed with mseal (smaps "sl"): sealed again once restored.
+pub(super) const SEALED: u64 = 1 << 12;
+
 /// What an area's VmFlags (smaps) say that restore reapplies, as bits of
 /// `VmArea.flags` and `VmArea.madvise`: growing down, no swap reservation,
-/// madvise advice, mlock. None from /proc/PID/maps, which lacks VmFlags.
+/// madvise advice, mlock, whether a shared area may be made writable,
+/// mseal. None from /proc/PID/maps, which lacks VmFlags.
 pub(super) fn vm_flag_bits(m: &MapEntry) -> (u32, u64) {
     let mut flags = 0;
     if m.has_flag("gd") {
@@ -56,6 +67,14 @@ pub(super) fn vm_flag_bits(m: &MapEntry) -> (u32, u64) {
         if m.has_flag(name) {
             advice |= bit;
         }
+    }
+    if m.shared && m.has_flag("sh") {
+        advice |= SHARED_WRITABLE;
+    } else if m.shared && !m.vmflags.is_empty() {
+        advice |= SHARED_READ_ONLY;
+    }
+    if m.has_flag("sl") {
+        advice |= SEALED;
     }
     if m.has_flag("lo") {
         advice |= if m.has_flag("lf") {
