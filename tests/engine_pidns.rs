@@ -351,3 +351,73 @@ fn all_pids() -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect()
 }
+
+/// python3 whose working directory was removed, holding a removed file
+/// open and a memfd mapped: in a new PID namespace (`--pidns`) too, it
+/// comes back in that directory, with the file and the memfd's contents
+/// (the restore reached them through crstream's /proc entry, which the
+/// namespace's /proc lacks: it failed, after the dump).
+#[test]
+fn removed_files_and_directories_come_back_in_a_new_pid_namespace() {
+    if !python_available() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TestDir::new("pidns-unlinked");
+    let gone = dir.path("gone");
+    std::fs::create_dir(&gone).unwrap();
+    const REMOVED: &str = r#"
+import mmap, os, sys, time
+report = sys.argv[1]
+os.chdir(sys.argv[2])
+f = open("file", "w+")
+f.write("kept in a removed file")
+f.flush()
+os.unlink("file")
+os.rmdir(sys.argv[2])
+m = os.memfd_create("crstream-test")
+os.write(m, b"memfd contents".ljust(4096, b"."))
+area = mmap.mmap(m, 4096)
+n = 0
+while True:
+    f.seek(0)
+    line = "%d %s %s %s\n" % (n, os.getpid(), f.read().replace(" ", "_"), area[:14].decode())
+    with open(report, "a") as r:
+        r.write(line)
+    n += 1
+    time.sleep(0.05)
+"#;
+    let report = dir.path("report");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", REMOVED]).arg(&report).arg(&gone);
+    let mut w = spawn_isolated(cmd, report.clone());
+    w.wait_report(T, |r| r.lines().count() >= 3);
+    let cwd_before = std::fs::read_link(format!("/proc/{}/cwd", w.pid)).unwrap();
+    assert!(
+        cwd_before.to_string_lossy().ends_with("(deleted)"),
+        "{cwd_before:?}"
+    );
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let copy = restore_copy(&img, &["--pidns"]);
+    let _guard = copy.guard();
+    let n = std::fs::read_to_string(&report).unwrap().lines().count();
+    let deadline = Instant::now() + T;
+    let last = loop {
+        let r = std::fs::read_to_string(&report).unwrap();
+        if r.lines().count() > n + 2 {
+            break r.lines().last().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the copy does not report");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        last.ends_with(" kept_in_a_removed_file memfd contents"),
+        "{last}"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/cwd", copy.pid)).unwrap(),
+        cwd_before
+    );
+}

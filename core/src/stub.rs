@@ -112,14 +112,50 @@ impl Stub {
         self.put(SCRATCH_PATH, &b)
     }
 
-    /// openat(AT_FDCWD, path, flags, mode) in the stub.
+    /// openat(AT_FDCWD, path, flags, mode) in the stub (see
+    /// [`Self::reachable`]).
     pub fn open(&self, path: &[u8], flags: i32, mode: u32) -> Result<i64, TaskError> {
-        let p = self.put_path(path)?;
-        self.call(
+        let (path, taken) = self.reachable(path)?;
+        let p = self.put_path(&path)?;
+        let got = self.call(
             "openat",
             libc::SYS_openat,
             &[libc::AT_FDCWD as u64, p, flags as u64, mode as u64],
-        )
+        );
+        self.close_taken(taken)?;
+        got
+    }
+
+    /// `path` as the stub reaches it, and an fd of its own to close after
+    /// using it ([`Self::close_taken`]). A path through an fd of crstream
+    /// (/proc/CRSTREAM/fd/N: the files restore made again, such as removed
+    /// ones) is not in a new PID namespace's /proc (`--pidns`): there the
+    /// stub takes that fd and goes through its own.
+    pub fn reachable(&self, path: &[u8]) -> Result<(Vec<u8>, Option<i64>), TaskError> {
+        let Some(crstream) = self.handoff else {
+            return Ok((path.to_vec(), None));
+        };
+        let through = format!("/proc/{}/fd/", std::process::id());
+        let Some(fd) = path
+            .strip_prefix(through.as_bytes())
+            .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
+        else {
+            return Ok((path.to_vec(), None));
+        };
+        let own = self.call(
+            "pidfd_getfd",
+            libc::SYS_pidfd_getfd,
+            &[crstream as u64, fd, 0],
+        )?;
+        Ok((format!("/proc/self/fd/{own}").into_bytes(), Some(own)))
+    }
+
+    /// Closes the fd [`Self::reachable`] took, if any.
+    pub fn close_taken(&self, taken: Option<i64>) -> Result<(), TaskError> {
+        match taken {
+            Some(fd) => self.call("close", libc::SYS_close, &[fd as u64]).map(drop),
+            None => Ok(()),
+        }
     }
 }
 

@@ -98,9 +98,11 @@ impl Kind for FsContext {
         } else {
             r.cwd.clone()
         };
+        let (cwd, taken) = stub.reachable(&cwd)?;
         let path = stub.put_path(&cwd)?;
-        stub.call("chdir", libc::SYS_chdir, &[path])
-            .map_err(io(format!("chdir to {}", show(&r.cwd))))?;
+        let changed = stub.call("chdir", libc::SYS_chdir, &[path]);
+        stub.close_taken(taken)?;
+        changed.map_err(io(format!("chdir to {}", show(&r.cwd))))?;
         if r.root != b"/" {
             let path = stub.put_path(&r.root)?;
             stub.call("chroot", libc::SYS_chroot, &[path])
