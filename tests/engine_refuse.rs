@@ -595,3 +595,51 @@ fn a_file_its_path_does_not_lead_to_is_refused_by_name() {
     assert_running_untraced(pid);
     w.kill();
 }
+
+/// A TCP listener a process shares with its parent outside the tree (a
+/// supervisor that hands its workers the listener, socket activation) is
+/// refused, naming the parent: the dump saved it as the worker's own, and
+/// the restore then failed to bind the port the parent still held, after
+/// the dump had killed the worker. Both run on, and the listener answers.
+#[test]
+fn a_socket_shared_with_a_process_outside_the_tree_is_refused_by_name() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let script = "import os, socket, sys, time\n\
+        s = socket.socket()\n\
+        s.bind(('127.0.0.1', 0))\n\
+        s.listen(8)\n\
+        child = os.fork()\n\
+        if child == 0:\n\
+        \x20   time.sleep(600)\n\
+        print(child, s.getsockname()[1], s.fileno(), flush=True)\n\
+        time.sleep(600)\n";
+    let dir = TestDir::new("refuse-shared-socket");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let log = dir.path("report").with_extension("log");
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
+    }));
+    let line = std::fs::read_to_string(&log).unwrap();
+    let v: Vec<i32> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (child, port, fd) = (v[0], v[1], v[2]);
+    let err = refused(child, &[]);
+    assert!(
+        err.contains(&format!("fd {fd}"))
+            && err.contains(&format!(
+                "pid {} (python3) outside the tree holds too",
+                w.pid
+            )),
+        "{err}"
+    );
+    assert_running_untraced(child);
+    assert_running_untraced(w.pid);
+    std::net::TcpStream::connect(("127.0.0.1", port as u16)).expect("the listener answers");
+    w.kill();
+}

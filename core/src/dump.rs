@@ -280,6 +280,7 @@ fn dump_frozen(
         processes: &mut processes,
         objects: &mut objects,
     };
+    crate::fd::refuse_shared_outside(&t)?;
     t.objects.tcp.lock_and_read(t.processes)?;
     crate::failpoint::pause("tcp-locked");
     for k in kinds.iter_mut() {

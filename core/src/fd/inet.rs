@@ -13,9 +13,11 @@ use super::tcp::TcpMode;
 use super::unix::backlog;
 use super::{DumpFd, FdKind, Reopen, sock_diag};
 use crate::error::{DumpError, RestoreError};
+use crate::kind::DumpTree;
 use crate::kind::RestoreObjects;
 use crate::sys::socket;
 use crstream_proto::{OpenFile, SocketFile, TcpConnection};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -288,6 +290,54 @@ fn create(
         }
     }
     Ok(sock)
+}
+
+/// An IPv4 or IPv6 socket the tree shares with a process outside it
+/// (a supervisor that handed it a listener, socket activation) is
+/// refused, naming that process: restored, the tree would have a
+/// socket of its own (a listener's bind fails while the other holds
+/// the port), and a connection read in repair mode would stay so for
+/// the other. Called before the connections are read in repair mode.
+pub(crate) fn refuse_shared_outside(t: &DumpTree<'_>) -> Result<(), DumpError> {
+    let mut held: HashMap<u64, (i32, u32)> = HashMap::new();
+    for p in t.processes.iter() {
+        let Some(table) = p.records.get::<crstream_proto::FileTable>() else {
+            continue;
+        };
+        for f in &table.files {
+            if let Some(s) = f
+                .socket
+                .as_ref()
+                .filter(|s| s.family == libc::AF_INET || s.family == libc::AF_INET6)
+            {
+                held.entry(s.inode).or_insert((p.pid, f.fd));
+            }
+        }
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    let ours: HashSet<i32> = t
+        .entries
+        .iter()
+        .map(|e| e.pid as i32)
+        .chain([std::process::id() as i32])
+        .collect();
+    let outside = super::held_outside(&ours, "socket:", |i| held.contains_key(&i));
+    let Some(&(pid, fd, inode)) = outside.first() else {
+        return Ok(());
+    };
+    let (in_pid, in_fd) = held[&inode];
+    let comm = crate::proc::read_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    Err(DumpError::UnsupportedFile {
+        pid: in_pid,
+        fd: in_fd as i32,
+        what: format!(
+            "socket:[{inode}], which pid {pid} ({}) outside the tree holds too (its fd \
+             {fd}): restored, the tree would have a socket of its own",
+            comm.trim()
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod eventfd;
 mod fanotify;
 mod handles;
 mod inet;
+pub(crate) use inet::refuse_shared_outside;
 mod inotify;
 pub(crate) mod locks;
 mod netlink;
@@ -199,7 +200,44 @@ impl DumpFd<'_> {
     }
 }
 
-/// How an open file description comes back.
+/// Every fd of a process not in `skip` whose link is PREFIX[INODE] (a
+/// pipe, a socket) with an inode `wanted` says: (pid, fd, inode). Reads
+/// every process's fd table: called only where the tree holds such files.
+pub(super) fn held_outside(
+    skip: &std::collections::HashSet<i32>,
+    prefix: &str,
+    wanted: impl Fn(u64) -> bool,
+) -> Vec<(i32, i32, u64)> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for pid in procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| !skip.contains(p))
+    {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in fds.flatten() {
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let Some(inode) = pipe::bracket_inode(link.as_os_str().as_encoded_bytes(), prefix)
+                .filter(|&i| wanted(i))
+            else {
+                continue;
+            };
+            if let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
+                found.push((pid, fd, inode));
+            }
+        }
+    }
+    found
+}
+
+/// How an open file description comes back./// How an open file description comes back.
 #[derive(Debug)]
 enum Reopen {
     /// Opened again from inside the process by path, with these flags,

@@ -223,30 +223,9 @@ fn pipe_ends_outside<T>(
     skip: &HashSet<i32>,
     inodes: &HashMap<u64, T>,
 ) -> Vec<(i32, i32, u64, bool)> {
-    let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for pid in procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| !skip.contains(p))
-    {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for e in fds.flatten() {
-            let Ok(link) = std::fs::read_link(e.path()) else {
-                continue;
-            };
-            let Some(inode) = bracket_inode(link.as_os_str().as_encoded_bytes(), "pipe:")
-                .filter(|i| inodes.contains_key(i))
-            else {
-                continue;
-            };
-            let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
+    super::held_outside(skip, "pipe:", |i| inodes.contains_key(&i))
+        .into_iter()
+        .map(|(pid, fd, inode)| {
             // The end: from the access mode of the description.
             let write_end = crate::proc::read_string(format!("/proc/{pid}/fdinfo/{fd}"))
                 .ok()
@@ -255,10 +234,9 @@ fn pipe_ends_outside<T>(
                     u32::from_str_radix(flags.trim(), 8).ok()
                 })
                 .is_some_and(|flags| flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32);
-            found.push((pid, fd, inode, write_end));
-        }
-    }
-    found
+            (pid, fd, inode, write_end)
+        })
+        .collect()
 }
 
 impl Pipes {
