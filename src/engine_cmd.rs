@@ -579,7 +579,8 @@ fn restore_options(args: &RestoreArgs) -> crstream_core::RestoreOptions {
             .with_shell_job(args.shell_job)
             .with_tcp_close(args.tcp_close)
             .with_skip_validation(args.skip_validation)
-            .with_pidns(args.pidns),
+            .with_pidns(args.pidns)
+            .with_detached(args.detach),
         |o, (fd, key)| o.with_inherit_fd(*fd, key.clone()),
     );
     args.require_label

@@ -759,3 +759,38 @@ fn resource_limits_of_a_process_that_dropped_root_come_back() {
     );
     assert_running_untraced(pid);
 }
+
+/// A process with a parent-death signal (PR_SET_PDEATHSIG, as daemons
+/// started by a supervisor set it) restored with --detach runs on after
+/// the restore returns: its parent there is crstream, which exits at once,
+/// and the signal set again ended it as the restore reported success.
+#[test]
+fn a_detached_restore_does_not_end_a_process_with_a_parent_death_signal() {
+    let python = "/usr/bin/python3";
+    if !std::path::Path::new(python).exists() {
+        panic!("{python} is needed for this test");
+    }
+    let dir = TestDir::new("pdeathsig");
+    let script = "import ctypes, os, signal, sys, time\n\
+        libc = ctypes.CDLL(None)\n\
+        assert libc.prctl(1, signal.SIGTERM) == 0\n\
+        n = 0\n\
+        while True:\n\
+        \x20   n += 1\n\
+        \x20   with open(sys.argv[1] + '.new', 'w') as f: f.write('%d %d' % (os.getpid(), n))\n\
+        \x20   os.replace(sys.argv[1] + '.new', sys.argv[1])\n\
+        \x20   time.sleep(0.05)\n";
+    let mut cmd = std::process::Command::new(python);
+    cmd.args(["-c", script]).arg(dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let n = field(&w.read_report().unwrap(), 0, 1);
+    w.wait_report(T, |r| field(r, 0, 1) > n + 10);
+    assert_running_untraced(pid);
+    w.kill();
+}

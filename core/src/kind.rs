@@ -194,6 +194,9 @@ pub(crate) struct RestoreObjects<'a> {
     pub terminal: Option<&'a [u8]>,
     /// Restore established TCP connections closed (--tcp-close).
     pub tcp_close: bool,
+    /// The restorer returns once the tree runs (see
+    /// `RestoreOptions::detached`).
+    pub detached: bool,
     /// Files handed in by the restorer (--inherit-fd): (crstream's fd, the
     /// file it stands for: "socket:[INODE]" or a path).
     pub inherit: &'a [(i32, String)],

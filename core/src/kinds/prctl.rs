@@ -54,7 +54,21 @@ impl Kind for Prctl {
             libc::SYS_personality,
             &[r.personality as u64],
         )?;
-        if r.pdeath_signal != 0 {
+        // The root of a detached restore: its parent, crstream, exits as
+        // the restore returns (its parent at the dump is not in the tree).
+        let parent_gone = p.objects.detached
+            && p.objects
+                .stubs
+                .first()
+                .is_some_and(|root| root.pid == stub.pid);
+        if parent_gone && r.pdeath_signal != 0 {
+            tracing::warn!(
+                pid = stub.vpid,
+                signal = r.pdeath_signal,
+                "the parent-death signal of the root is not set again: its parent, crstream, \
+                 exits as the detached restore returns"
+            );
+        } else if r.pdeath_signal != 0 {
             stub.call(
                 "prctl(PR_SET_PDEATHSIG)",
                 libc::SYS_prctl,

@@ -40,6 +40,11 @@ pub struct RestoreOptions {
     /// Labels the image must carry with these values (`--require-label`):
     /// checked before anything is created.
     pub required_labels: Vec<(String, String)>,
+    /// The restorer returns once the tree runs (`--detach`): the root's
+    /// parent, crstream, is then gone at once, so the root's parent-death
+    /// signal is not set again (it would end the process as the restore
+    /// returns).
+    pub detached: bool,
 }
 
 impl RestoreOptions {
@@ -73,6 +78,11 @@ impl RestoreOptions {
 
     pub fn with_pidns(mut self, on: bool) -> Self {
         self.pidns = on;
+        self
+    }
+
+    pub fn with_detached(mut self, on: bool) -> Self {
+        self.detached = on;
         self
     }
 
@@ -413,6 +423,7 @@ fn restore_image(
         sysv: &sysv,
         terminal: terminal.as_deref(),
         tcp_close: opts.tcp_close,
+        detached: opts.detached,
         inherit: &opts.inherit_fds,
         tcp_built: &tcp_built,
         unpinned_cpus: pinned.as_ref().map(|p| p.before()),
@@ -572,7 +583,11 @@ fn restore_image(
     let death_signal = match lazy_input {
         Some(_) => {
             let p = processes[0].as_ref().expect("root is alive");
-            let saved = p.need::<crstream_proto::PrctlValues>()?.pdeath_signal;
+            // Not again for a detached restore: see `RestoreOptions::detached`.
+            let saved = match opts.detached {
+                true => 0,
+                false => p.need::<crstream_proto::PrctlValues>()?.pdeath_signal,
+            };
             stubs[0].call(
                 "prctl(PR_SET_PDEATHSIG)",
                 libc::SYS_prctl,
