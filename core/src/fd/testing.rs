@@ -110,6 +110,7 @@ pub(super) fn open_on_terminal(
         sysv: &sysv,
         terminal,
         tcp_close: false,
+        detached: false,
         inherit: &[],
         tcp_built: &Default::default(),
         unpinned_cpus: None,
