@@ -280,7 +280,9 @@ fn dump_frozen(
         processes: &mut processes,
         objects: &mut objects,
     };
-    crate::fd::refuse_shared_outside(&t)?;
+    // The snapshots share their processes' fds.
+    let snapshot_pids: Vec<i32> = snapshots.iter().flatten().map(|s| s.pid).collect();
+    crate::fd::refuse_shared_outside(&t, &snapshot_pids)?;
     t.objects.tcp.lock_and_read(t.processes)?;
     crate::failpoint::pause("tcp-locked");
     for k in kinds.iter_mut() {

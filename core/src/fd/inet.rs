@@ -298,7 +298,8 @@ fn create(
 /// socket of its own (a listener's bind fails while the other holds
 /// the port), and a connection read in repair mode would stay so for
 /// the other. Called before the connections are read in repair mode.
-pub(crate) fn refuse_shared_outside(t: &DumpTree<'_>) -> Result<(), DumpError> {
+/// `also_ours`: crstream's snapshots of the tree's processes.
+pub(crate) fn refuse_shared_outside(t: &DumpTree<'_>, also_ours: &[i32]) -> Result<(), DumpError> {
     let mut held: HashMap<u64, (i32, u32)> = HashMap::new();
     for p in t.processes.iter() {
         let Some(table) = p.records.get::<crstream_proto::FileTable>() else {
@@ -322,6 +323,7 @@ pub(crate) fn refuse_shared_outside(t: &DumpTree<'_>) -> Result<(), DumpError> {
         .iter()
         .map(|e| e.pid as i32)
         .chain([std::process::id() as i32])
+        .chain(also_ours.iter().copied())
         .collect();
     let outside = super::held_outside(&ours, "socket:", |i| held.contains_key(&i));
     let Some(&(pid, fd, inode)) = outside.first() else {
@@ -470,6 +472,60 @@ mod tests {
         assert_eq!(&buf[..len], b"dgram");
     }
 
+    /// A datagram socket's receive options and multicast settings come
+    /// back (IPv4 and IPv6).
+    #[test]
+    fn datagram_receive_and_multicast_options_come_back() {
+        for (family, opts) in [
+            (
+                libc::AF_INET,
+                vec![
+                    (libc::IPPROTO_IP, 49 /* IP_MULTICAST_ALL */, 0),
+                    (libc::IPPROTO_IP, 6 /* IP_RECVOPTS */, 1),
+                    (libc::IPPROTO_IP, 25 /* IP_RECVFRAGSIZE */, 1),
+                    (libc::IPPROTO_UDP, 103 /* UDP_SEGMENT */, 1_200),
+                    (libc::IPPROTO_UDP, 104 /* UDP_GRO */, 1),
+                    (libc::SOL_SOCKET, 45 /* SO_SELECT_ERR_QUEUE */, 1),
+                ],
+            ),
+            (
+                libc::AF_INET6,
+                vec![
+                    (libc::IPPROTO_IPV6, 17 /* IPV6_MULTICAST_IF */, 1),
+                    (libc::IPPROTO_IPV6, 29 /* IPV6_MULTICAST_ALL */, 0),
+                    (libc::IPPROTO_IPV6, 51 /* IPV6_RECVHOPLIMIT */, 1),
+                    (libc::IPPROTO_IPV6, 66 /* IPV6_RECVTCLASS */, 1),
+                    (libc::IPPROTO_IPV6, 74 /* IPV6_RECVORIGDSTADDR */, 1),
+                    (libc::IPPROTO_IPV6, 62 /* IPV6_DONTFRAG */, 1),
+                    (libc::IPPROTO_IPV6, 60 /* IPV6_RECVPATHMTU */, 1),
+                    (
+                        libc::IPPROTO_IPV6,
+                        72, /* IPV6_ADDR_PREFERENCES */
+                        0x400,
+                    ),
+                ],
+            ),
+        ] {
+            let s = socket::socket(family, libc::SOCK_DGRAM, 0).unwrap();
+            for &(level, name, v) in &opts {
+                socket::setsockopt_int(&s, level, name, v)
+                    .unwrap_or_else(|e| panic!("level {level} option {name}: {e}"));
+            }
+            // As the kernel reads them back (it adds defaults to some).
+            let set: Vec<i32> = opts
+                .iter()
+                .map(|&(level, name, _)| socket::getsockopt_int(&s, level, name).unwrap())
+                .collect();
+            let f = dump_own(s.as_raw_fd()).unwrap();
+            drop(s);
+            let n = created(&mut InetSockets::default(), &f);
+            for (&(level, name, _), &v) in opts.iter().zip(&set) {
+                let got = socket::getsockopt_int(&n, level, name).unwrap();
+                assert_eq!(got, v, "family {family} level {level} option {name}");
+            }
+        }
+    }
+
     /// Every option a server sets on its sockets comes back, and a
     /// classic BPF filter with its lock.
     #[test]
@@ -486,6 +542,33 @@ mod tests {
         int(libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, 9_999);
         int(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77);
         int(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+        // Less common ones a sweep of real servers found dropped.
+        let rarer = [
+            (libc::SOL_SOCKET, 40 /* SO_RXQ_OVFL */, 1),
+            (libc::SOL_SOCKET, 37 /* SO_TIMESTAMPING */, 0x58),
+            (libc::IPPROTO_IP, 20 /* IP_RECVORIGDSTADDR */, 1),
+            (
+                libc::IPPROTO_IP,
+                51, /* IP_LOCAL_PORT_RANGE */
+                (40_000 << 16) | 30_000,
+            ),
+            (libc::IPPROTO_TCP, 27 /* TCP_SAVE_SYN */, 1),
+            (libc::IPPROTO_TCP, 36 /* TCP_INQ */, 1),
+            (libc::IPPROTO_TCP, 16 /* TCP_THIN_LINEAR_TIMEOUTS */, 1),
+            (libc::IPPROTO_TCP, 37 /* TCP_TX_DELAY */, 1_000),
+            (libc::IPPROTO_TCP, 34 /* TCP_FASTOPEN_NO_COOKIE */, 1),
+        ];
+        for &(level, name, v) in &rarer {
+            int(level, name, v);
+        }
+        let pacing = 1_000_000u64.to_ne_bytes();
+        socket::setsockopt(
+            &s,
+            libc::SOL_SOCKET,
+            47, /* SO_MAX_PACING_RATE */
+            &pacing,
+        )
+        .unwrap();
         socket::setsockopt(&s, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"reno").unwrap();
         socket::setsockopt(&s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, b"lo").unwrap();
         let timeout = [3u64.to_ne_bytes(), 500_000u64.to_ne_bytes()].concat();
@@ -518,6 +601,10 @@ mod tests {
         assert_eq!(int(libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT), 9_999);
         assert_eq!(int(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 77);
         assert_eq!(int(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        for &(level, name, v) in &rarer {
+            assert_eq!(int(level, name), v, "level {level} option {name}");
+        }
+        assert_eq!(get(libc::SOL_SOCKET, 47), pacing);
         assert!(get(libc::IPPROTO_TCP, libc::TCP_CONGESTION).starts_with(b"reno"));
         assert!(get(libc::SOL_SOCKET, libc::SO_BINDTODEVICE).starts_with(b"lo"));
         assert_eq!(get(libc::SOL_SOCKET, libc::SO_RCVTIMEO), timeout);
