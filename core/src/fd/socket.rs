@@ -198,6 +198,50 @@ const IPV6_FREEBIND: i32 = 78;
 /// (buffer sizes before SO_BUF_LOCK, which setting them changes). A
 /// classic BPF filter (SO_ATTACH_FILTER) is saved apart, before
 /// SO_LOCK_FILTER.
+// Options libc does not name (uapi values, x86_64).
+const SO_TIMESTAMPING: i32 = 37;
+const SO_RXQ_OVFL: i32 = 40;
+const SO_SELECT_ERR_QUEUE: i32 = 45;
+const SO_BUSY_POLL: i32 = 46;
+/// A u64 where the buffer has room for one.
+const SO_MAX_PACING_RATE: i32 = 47;
+const SO_PREFER_BUSY_POLL: i32 = 69;
+const SO_BUSY_POLL_BUDGET: i32 = 70;
+const SO_TXREHASH: i32 = 74;
+const SO_RCVMARK: i32 = 75;
+const IP_RECVOPTS: i32 = 6;
+const IP_RECVRETOPTS: i32 = 7;
+const IP_RECVORIGDSTADDR: i32 = 20;
+const IP_CHECKSUM: i32 = 23;
+const IP_RECVFRAGSIZE: i32 = 25;
+const IP_RECVERR_RFC4884: i32 = 26;
+/// Read as the address (an interface chosen by index alone reads 0.0.0.0).
+const IP_MULTICAST_IF: i32 = 32;
+const IP_MULTICAST_ALL: i32 = 49;
+const IP_LOCAL_PORT_RANGE: i32 = 51;
+const IPV6_MULTICAST_IF: i32 = 17;
+const IPV6_MULTICAST_ALL: i32 = 29;
+const IPV6_RECVERR_RFC4884: i32 = 31;
+const IPV6_RECVHOPLIMIT: i32 = 51;
+const IPV6_RECVHOPOPTS: i32 = 53;
+const IPV6_RECVRTHDR: i32 = 56;
+const IPV6_RECVDSTOPTS: i32 = 58;
+const IPV6_RECVPATHMTU: i32 = 60;
+const IPV6_DONTFRAG: i32 = 62;
+const IPV6_RECVTCLASS: i32 = 66;
+const IPV6_AUTOFLOWLABEL: i32 = 70;
+const IPV6_ADDR_PREFERENCES: i32 = 72;
+const IPV6_RECVORIGDSTADDR: i32 = 74;
+const IPV6_RECVFRAGSIZE: i32 = 77;
+const TCP_THIN_LINEAR_TIMEOUTS: i32 = 16;
+const TCP_SAVE_SYN: i32 = 27;
+const TCP_FASTOPEN_CONNECT: i32 = 30;
+const TCP_FASTOPEN_NO_COOKIE: i32 = 34;
+const TCP_INQ: i32 = 36;
+const TCP_TX_DELAY: i32 = 37;
+const UDP_SEGMENT: i32 = 103;
+const UDP_GRO: i32 = 104;
+
 fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
     let s = libc::SOL_SOCKET;
     let mut v = vec![
@@ -239,6 +283,15 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
         (s, libc::SO_DONTROUTE),
         (s, libc::SO_TIMESTAMP),
         (s, libc::SO_TIMESTAMPNS),
+        (s, SO_TIMESTAMPING),
+        (s, SO_RXQ_OVFL),
+        (s, SO_SELECT_ERR_QUEUE),
+        (s, SO_BUSY_POLL),
+        (s, SO_PREFER_BUSY_POLL),
+        (s, SO_BUSY_POLL_BUDGET),
+        (s, SO_MAX_PACING_RATE),
+        (s, SO_TXREHASH),
+        (s, SO_RCVMARK),
     ]);
     if ty == libc::SOCK_DGRAM {
         v.push((s, libc::SO_BROADCAST));
@@ -256,11 +309,23 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
             (ip, libc::IP_RECVTTL),
             (ip, libc::IP_PKTINFO),
             (ip, libc::IP_RECVERR),
+            (ip, IP_RECVOPTS),
+            (ip, IP_RECVRETOPTS),
+            (ip, IP_RECVORIGDSTADDR),
+            (ip, IP_CHECKSUM),
+            (ip, IP_RECVFRAGSIZE),
+            (ip, IP_RECVERR_RFC4884),
+            (ip, IP_LOCAL_PORT_RANGE),
         ]);
         // Multicast: datagram sockets only (TCP refuses them, and a socket
         // accept() returned has the SYN's TTL there).
         if ty != libc::SOCK_STREAM {
-            v.extend([(ip, libc::IP_MULTICAST_TTL), (ip, libc::IP_MULTICAST_LOOP)]);
+            v.extend([
+                (ip, libc::IP_MULTICAST_TTL),
+                (ip, libc::IP_MULTICAST_LOOP),
+                (ip, IP_MULTICAST_IF),
+                (ip, IP_MULTICAST_ALL),
+            ]);
         }
     }
     if family == libc::AF_INET6 {
@@ -274,11 +339,25 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
             (ip6, libc::IPV6_MTU_DISCOVER),
             (ip6, libc::IPV6_RECVPKTINFO),
             (ip6, libc::IPV6_RECVERR),
+            (ip6, IPV6_RECVHOPLIMIT),
+            (ip6, IPV6_RECVHOPOPTS),
+            (ip6, IPV6_RECVRTHDR),
+            (ip6, IPV6_RECVDSTOPTS),
+            (ip6, IPV6_RECVPATHMTU),
+            (ip6, IPV6_DONTFRAG),
+            (ip6, IPV6_RECVTCLASS),
+            (ip6, IPV6_AUTOFLOWLABEL),
+            (ip6, IPV6_ADDR_PREFERENCES),
+            (ip6, IPV6_RECVORIGDSTADDR),
+            (ip6, IPV6_RECVFRAGSIZE),
+            (ip6, IPV6_RECVERR_RFC4884),
         ]);
         if ty != libc::SOCK_STREAM {
             v.extend([
                 (ip6, libc::IPV6_MULTICAST_HOPS),
                 (ip6, libc::IPV6_MULTICAST_LOOP),
+                (ip6, IPV6_MULTICAST_IF),
+                (ip6, IPV6_MULTICAST_ALL),
             ]);
         }
     }
@@ -299,10 +378,20 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
             (tcp, libc::TCP_LINGER2),
             (tcp, libc::TCP_CONGESTION),
             (tcp, libc::TCP_FASTOPEN),
+            (tcp, TCP_FASTOPEN_CONNECT),
+            (tcp, TCP_FASTOPEN_NO_COOKIE),
+            (tcp, TCP_THIN_LINEAR_TIMEOUTS),
+            (tcp, TCP_SAVE_SYN),
+            (tcp, TCP_INQ),
+            (tcp, TCP_TX_DELAY),
         ]);
     }
     if ty == libc::SOCK_DGRAM && protocol == libc::IPPROTO_UDP {
-        v.push((libc::IPPROTO_UDP, libc::UDP_CORK));
+        v.extend([
+            (libc::IPPROTO_UDP, libc::UDP_CORK),
+            (libc::IPPROTO_UDP, UDP_SEGMENT),
+            (libc::IPPROTO_UDP, UDP_GRO),
+        ]);
     }
     if protocol == libc::IPPROTO_UDPLITE {
         const UDPLITE_SEND_CSCOV: i32 = 10;
