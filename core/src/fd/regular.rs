@@ -20,13 +20,12 @@ pub(super) struct Regular;
 /// POSIX message queues' filesystem (statfs f_type).
 const MQUEUE_MAGIC: i64 = 0x1980_0202;
 
-/// Refuses a file its path, as the process sees it, does not lead to:
-/// restore reopens by that path. A POSIX message queue (its path is in a
-/// filesystem only mq_open reaches), or a file a mount has covered since.
+/// Refuses a file its path does not lead to: restore reopens by that path
+/// (as crstream sees it, which is how /proc shows it, a chrooted process's
+/// too). A POSIX message queue (its path is in a filesystem only mq_open
+/// reaches), or a file a mount has covered since.
 fn leads_to_it(pid: i32, fd: i32, link: &[u8], md: &std::fs::Metadata) -> Result<(), DumpError> {
-    let mut seen_from = format!("/proc/{pid}/root").into_bytes();
-    seen_from.extend_from_slice(link);
-    let seen = std::fs::metadata(path(&seen_from));
+    let seen = std::fs::metadata(path(link));
     if seen.is_ok_and(|s| s.dev() == md.dev() && s.ino() == md.ino()) {
         return Ok(());
     }
