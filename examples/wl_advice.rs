@@ -5,7 +5,9 @@
 //! them: sealed with mseal ("sl"), a memfd mapped shared and read-only
 //! through a writable fd ("sh mw": it may be made writable), a System V
 //! segment attached with SHM_RDONLY (neither: it may not). Each area holds
-//! a pattern, checked every 100 ms.
+//! a pattern, checked every 100 ms. The process also denies itself
+//! write-and-execute mappings (PR_SET_MDWE), checked likewise, and dumps
+//! all its memory in a core (coredump_filter 0x3f, as the JVM sets it).
 //! Reports "pid counter STATUS" then, on the next line, the start address
 //! of every area (hex), in that order.
 //!
@@ -22,6 +24,9 @@ use wl_common::report;
 const PAGE: usize = 4096;
 const PAGES: usize = 16;
 
+const PR_SET_MDWE: i32 = 65;
+const PR_GET_MDWE: i32 = 66;
+const MDWE_REFUSE_EXEC_GAIN: i32 = 1;
 const SEALED: i32 = -3;
 const RO_SHARED: i32 = -4;
 const SHM_RO: i32 = -5;
@@ -107,6 +112,14 @@ fn main() {
             })
             .collect(),
     };
+    // SAFETY: prctl with integer arguments.
+    let mdwe = || unsafe { libc::prctl(PR_GET_MDWE, 0, 0, 0, 0) };
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::prctl(PR_SET_MDWE, MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) },
+        0
+    );
+    std::fs::write("/proc/self/coredump_filter", "0x3f").expect("coredump_filter");
     let len = PAGES * PAGE;
     let mut areas: Vec<*mut u8> = Vec::new();
     for (i, &advice) in wanted.iter().enumerate() {
@@ -167,6 +180,9 @@ fn main() {
     loop {
         counter += 1;
         let mut status = "OK".to_string();
+        if mdwe() != MDWE_REFUSE_EXEC_GAIN {
+            status = format!("mdwe-{}", mdwe());
+        }
         for (i, p) in areas.iter().enumerate() {
             // SAFETY: reading inside our own mapping.
             let bad = (0..len).find(|&k| {

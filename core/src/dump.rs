@@ -465,9 +465,14 @@ fn read_process(
 }
 
 /// Whether the image has what records version 12 added, which a reader of
-/// 11 would restore wrong: see `memory::needs_records_12`.
+/// 11 would restore wrong: see `memory::needs_records_12` and
+/// `prctl::needs_records_12`.
 fn needs_records_12(processes: &[ProcessDump]) -> bool {
     crate::kinds::memory::needs_records_12(processes)
+        || processes
+            .iter()
+            .filter_map(|p| p.records.get::<crstream_proto::PrctlValues>())
+            .any(crate::kinds::prctl::needs_records_12)
 }
 
 /// The inventory, the tree, the objects the tree shares, then every

@@ -1,5 +1,6 @@
 //! Process attributes set with prctl(2) and personality(2): personality,
-//! parent-death signal, child subreaper (the `PrctlValues` record).
+//! parent-death signal, child subreaper, memory-deny-write-execute; and
+//! the core dump filter (the `PrctlValues` record).
 
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
@@ -34,10 +35,24 @@ impl Kind for Prctl {
             .ok()
             .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
             .unwrap_or(0);
+        // EINVAL: a kernel without it (none set, then).
+        let mdwe = p
+            .injector()
+            .call(
+                "prctl(PR_GET_MDWE)",
+                libc::SYS_prctl,
+                &[PR_GET_MDWE, 0, 0, 0, 0],
+            )
+            .map_or(0, |v| v.max(0) as u32);
+        let coredump_filter = crate::proc::read_string(format!("/proc/{}/coredump_filter", p.pid))
+            .ok()
+            .and_then(|s| u32::from_str_radix(s.trim(), 16).ok());
         p.records.push(Record {
             personality,
             pdeath_signal,
             child_subreaper: subreaper != 0,
+            coredump_filter,
+            mdwe,
         });
         Ok(())
     }
@@ -82,6 +97,41 @@ impl Kind for Prctl {
                 &[libc::PR_SET_CHILD_SUBREAPER as u64, 1],
             )?;
         }
+        if let Some(filter) = r.coredump_filter {
+            std::fs::write(
+                format!("/proc/{}/coredump_filter", stub.pid),
+                format!("{filter:#x}"),
+            )
+            .map_err(|err| RestoreError::Io {
+                pid: stub.vpid,
+                what: format!("setting the core dump filter {filter:#x}"),
+                err,
+            })?;
+        }
+        // Once every area is mapped and protected as it was (it refuses
+        // later W+X mappings, which restore makes none of after memory).
+        if r.mdwe != 0 {
+            stub.call(
+                "prctl(PR_SET_MDWE)",
+                libc::SYS_prctl,
+                &[PR_SET_MDWE, r.mdwe as u64, 0, 0, 0],
+            )?;
+        }
         Ok(())
     }
 }
+
+const PR_SET_MDWE: u64 = 65;
+const PR_GET_MDWE: u64 = 66;
+
+/// Whether the record has what records version 12 added, which a reader of
+/// 11 would drop: memory-deny-write-execute, a core dump filter of its own.
+pub(crate) fn needs_records_12(r: &Record) -> bool {
+    r.mdwe != 0
+        || r.coredump_filter
+            .is_some_and(|f| f != DEFAULT_COREDUMP_FILTER)
+}
+
+/// The kernel's default core dump filter (anonymous and ELF headers, private
+/// and shared).
+const DEFAULT_COREDUMP_FILTER: u32 = 0x33;

@@ -270,6 +270,7 @@ fn upgrade_v1(
                 personality: core.personality,
                 pdeath_signal: core.pdeath_signal,
                 child_subreaper: core.child_subreaper != 0,
+                ..Default::default()
             }),
             Body::Rlimits(Rlimits {
                 limits: core.rlimits,
