@@ -323,7 +323,8 @@ fn every_view_of_a_memfd_and_a_file_reads_the_same() {
 /// the area could be unmapped after restore), a shared read-only mapping
 /// through a writable fd (it came back through a read-only one: mprotect
 /// to make it writable failed), and a System V attach with SHM_RDONLY (it
-/// came back writable-capable once it had pages).
+/// came back writable-capable once it had pages). So do the process's
+/// memory-deny-write-execute (which wl_advice checks) and core dump filter.
 #[test]
 fn madvise_flags_and_locked_areas_come_back() {
     let dir = TestDir::new("advice");
@@ -362,6 +363,8 @@ fn madvise_flags_and_locked_areas_come_back() {
     let same = |pid: i32| {
         let now: Vec<String> = starts.iter().map(|s| vm_flags(pid, s)).collect();
         assert_eq!(now, before);
+        let filter = std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).unwrap();
+        assert_eq!(filter.trim(), "0000003f", "the core dump filter");
     };
     round_trips(&mut w, &dir, &same);
 }
@@ -792,5 +795,71 @@ fn a_detached_restore_does_not_end_a_process_with_a_parent_death_signal() {
     let n = field(&w.read_report().unwrap(), 0, 1);
     w.wait_report(T, |r| field(r, 0, 1) > n + 10);
     assert_running_untraced(pid);
+    w.kill();
+}
+
+/// A robust mutex in shared memory (a file mapped shared), held by the
+/// dumped process, stays held through the dump's kill and after the
+/// restore: the kernel marked it as its owner dead (EOWNERDEAD) as the
+/// dump killed the holder, and another process then took a lock the
+/// restored holder still believed its own.
+#[test]
+fn a_robust_mutex_in_shared_memory_stays_held() {
+    let python = "/usr/bin/python3";
+    if !std::path::Path::new(python).exists() {
+        panic!("{python} is needed for this test");
+    }
+    const MUTEX: &str = "import ctypes, mmap, os, sys, time\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        fd = os.open(sys.argv[1], os.O_RDWR)\n\
+        m = mmap.mmap(fd, 4096)\n\
+        at = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(m)))\n\
+        if sys.argv[2] == 'hold':\n\
+        \x20   attr = ctypes.create_string_buffer(8)\n\
+        \x20   libc.pthread_mutexattr_init(attr)\n\
+        \x20   libc.pthread_mutexattr_setpshared(attr, 1)\n\
+        \x20   libc.pthread_mutexattr_setrobust(attr, 1)\n\
+        \x20   assert libc.pthread_mutex_init(at, attr) == 0\n\
+        \x20   assert libc.pthread_mutex_lock(at) == 0\n\
+        \x20   n = 0\n\
+        \x20   while True:\n\
+        \x20       n += 1\n\
+        \x20       with open(sys.argv[3] + '.new', 'w') as f: f.write('%d %d OK' % (os.getpid(), n))\n\
+        \x20       os.replace(sys.argv[3] + '.new', sys.argv[3])\n\
+        \x20       time.sleep(0.05)\n\
+        else:\n\
+        \x20   deadline = (ctypes.c_long * 2)(int(time.time()) + 1, 0)\n\
+        \x20   print(libc.pthread_mutex_timedlock(at, deadline))\n";
+    let dir = TestDir::new("robust");
+    let shared = dir.path("shared");
+    std::fs::write(&shared, vec![0u8; 4096]).unwrap();
+    let report = dir.path("report");
+    let mut cmd = std::process::Command::new(python);
+    cmd.args(["-c", MUTEX])
+        .arg(&shared)
+        .arg("hold")
+        .arg(&report);
+    let mut w = spawn_isolated(cmd, report.clone());
+    w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    // What another process gets: ETIMEDOUT (110) while it is held.
+    let try_lock = || {
+        let o = std::process::Command::new(python)
+            .args(["-c", MUTEX])
+            .arg(&shared)
+            .arg("try")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(try_lock(), "110");
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    assert_eq!(try_lock(), "110", "held while the holder is gone");
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let n = field(&w.read_report().unwrap(), 0, 1);
+    w.wait_report(T, |r| field(r, 0, 1) > n + 2);
+    assert_eq!(try_lock(), "110", "held by the restored holder");
     w.kill();
 }

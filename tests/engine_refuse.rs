@@ -643,3 +643,221 @@ fn a_socket_shared_with_a_process_outside_the_tree_is_refused_by_name() {
     std::net::TcpStream::connect(("127.0.0.1", port as u16)).expect("the listener answers");
     w.kill();
 }
+
+/// A process waiting for its vfork child (posix_spawn's child, blocked on
+/// a FIFO of its file actions before it execs) is refused at once, naming
+/// the child: the freeze waited silently, with SIGTERM ignored, until the
+/// child exec'd or exited. Both run on.
+#[test]
+fn a_process_waiting_for_its_vfork_child_is_refused_at_once() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("refuse-vfork");
+    let fifo = dir.path("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let script = "import os, sys\n\
+        pid = os.posix_spawn('/bin/true', ['true'], os.environ,\n\
+        \x20   file_actions=[(os.POSIX_SPAWN_OPEN, 3, sys.argv[1], os.O_RDONLY, 0)])\n\
+        print('spawned', pid, flush=True)\n\
+        os.waitpid(pid, 0)\n\
+        import time; time.sleep(600)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(&fifo);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let t = Duration::from_secs(30);
+    // The child exists, and the parent waits for it.
+    let child = loop {
+        if let Some(&c) = children_of(w.pid).first() {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let img = dir.path("img");
+    let mut dump = crstream()
+        .args([
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let ended = loop {
+        if dump.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if started.elapsed() > t {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !ended {
+        let _ = dump.kill();
+    }
+    let o = dump.wait_with_output().unwrap();
+    assert!(ended, "the dump waited for the vfork child");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains(&format!("its memory with process {}", w.pid))
+            && err.contains("a vfork child that has not exec'd yet"),
+        "{err}"
+    );
+    assert!(!children_of(w.pid).is_empty() && child > 0);
+    assert!(!img.exists());
+    // Unblocked, the child execs and the parent goes on.
+    let _writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let log = dir.path("report").with_extension("log");
+    assert!(wait_until(t, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("spawned"))
+    }));
+    assert_running_untraced(w.pid);
+    w.kill();
+}
+
+/// A TCP connection holding urgent data (MSG_OOB) the server has not read
+/// is refused by name with --tcp-established: repair mode reads the
+/// receive queue up to the urgent mark, so the urgent byte and all after
+/// it were lost, silently. The server runs on and reads them all.
+#[test]
+fn a_tcp_connection_with_urgent_data_pending_is_refused() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let script = "import socket, sys, time\n\
+        s = socket.socket()\n\
+        s.bind(('127.0.0.1', 0))\n\
+        s.listen(1)\n\
+        print(s.getsockname()[1], flush=True)\n\
+        c, _ = s.accept()\n\
+        sys.stdin = open(sys.argv[1])\n\
+        sys.stdin.read()\n\
+        data = c.recv(100)\n\
+        oob = c.recv(1, socket.MSG_OOB)\n\
+        while len(data) < 20:\n\
+        \x20   data += c.recv(100)\n\
+        print(data.decode(), oob.decode(), flush=True)\n\
+        time.sleep(600)\n";
+    let dir = TestDir::new("refuse-urgent");
+    let go = dir.path("go");
+    let c = std::ffi::CString::new(go.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(&go);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let log = dir.path("report").with_extension("log");
+    let t = Duration::from_secs(30);
+    assert!(wait_until(t, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
+    }));
+    let port: u16 = std::fs::read_to_string(&log)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(b"AAAAAAAAAA").unwrap();
+    // SAFETY: send of a local byte on the client's socket.
+    let sent = unsafe { libc::send(client.as_raw_fd(), b"T".as_ptr().cast(), 1, libc::MSG_OOB) };
+    assert_eq!(sent, 1);
+    client.write_all(b"BBBBBBBBBB").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let img = dir.path("img");
+    let o = crstream()
+        .args([
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ])
+        .arg("--tcp-established")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!img.exists(), "an image was written");
+    let err = text(&o);
+    assert!(err.contains("urgent data (MSG_OOB)"), "{err}");
+    assert_running_untraced(w.pid);
+    // The server reads everything, the urgent byte apart.
+    std::fs::write(&go, b"").unwrap();
+    assert!(
+        wait_until(t, || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("AAAAAAAAAABBBBBBBBBB T"))
+        }),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    w.kill();
+}
+
+/// A unix stream socket holding an out-of-band byte not read yet is
+/// refused by name: it came back as ordinary data in the stream (MSG_OOB
+/// then failed with EINVAL). The process runs on and reads it apart.
+#[test]
+fn a_unix_socket_with_an_out_of_band_byte_pending_is_refused() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let script = "import socket, sys, time\n\
+        a, b = socket.socketpair()\n\
+        a.send(b'normal')\n\
+        a.send(b'U', socket.MSG_OOB)\n\
+        a.send(b'after')\n\
+        print('ready', b.fileno(), flush=True)\n\
+        open(sys.argv[1]).read()\n\
+        time.sleep(0.2)\n\
+        first = b.recv(100)\n\
+        oob = b.recv(1, socket.MSG_OOB)\n\
+        rest = b.recv(100)\n\
+        print(first.decode(), oob.decode(), rest.decode(), flush=True)\n\
+        time.sleep(600)\n";
+    let dir = TestDir::new("refuse-unix-oob");
+    let go = dir.path("go");
+    let c = std::ffi::CString::new(go.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(&go);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let log = dir.path("report").with_extension("log");
+    let t = Duration::from_secs(30);
+    assert!(wait_until(t, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
+    }));
+    let fd: i32 = std::fs::read_to_string(&log)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let err = refused(w.pid, &[]);
+    assert!(
+        err.contains(&format!("fd {fd}")) && err.contains("out-of-band byte (MSG_OOB)"),
+        "{err}"
+    );
+    assert_running_untraced(w.pid);
+    std::fs::write(&go, b"").unwrap();
+    assert!(
+        wait_until(t, || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("normal U after"))
+        }),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    w.kill();
+}

@@ -282,6 +282,7 @@ impl FrozenTree {
                         .into(),
                 });
             }
+            refuse_vfork_parent(pid)?;
             let frozen = match Frozen::freeze(pid) {
                 Ok(f) => f,
                 // It exited between the listing and the attach.
@@ -329,6 +330,14 @@ impl FrozenTree {
     /// (`proc::wait_pid_released`); if crstream exits first, the kernel
     /// hands the exits to the processes' parents.
     pub(crate) fn kill(&mut self) {
+        for f in &self.procs {
+            let Ok(mem) = crate::inject::RemoteMem::open(f.pid, true) else {
+                continue;
+            };
+            for t in &f.threads {
+                empty_robust_list(&mem, t.tid);
+            }
+        }
         for f in &mut self.procs {
             f.released = true;
             let _ = crate::sys::process::kill(f.pid, libc::SIGKILL);
@@ -451,6 +460,53 @@ fn refuse_unfreezable(pid: i32, stat: &proc::Stat, status: &proc::Status) -> Res
         ));
     }
     crate::namespaces::refuse_unsaved(pid, status.nspid.len() > own)
+}
+
+/// Empties the robust futex list of thread `tid` (its head made
+/// to point to itself, no operation pending), so that its exit at the
+/// dump's kill leaves the robust mutexes it holds alone: the kernel would
+/// mark each one's owner dead (FUTEX_OWNER_DIED), and one in shared memory
+/// (not in the image) would then be taken by another process while the
+/// restored thread still holds it. Best effort: a thread without a list, or
+/// whose head cannot be written, exits as it would have.
+fn empty_robust_list(mem: &crate::inject::RemoteMem, tid: i32) {
+    let (mut head, mut len) = (0u64, 0usize);
+    // SAFETY: get_robust_list writes the head pointer and its length into
+    // the two locals.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    if r != 0 || head == 0 {
+        return;
+    }
+    // struct robust_list_head: list.next at 0, list_op_pending at 16.
+    let _ = mem.write(head, &head.to_ne_bytes());
+    let _ = mem.write(head + 16, &0u64.to_ne_bytes());
+}
+
+/// Refuses a process whose child shares its memory (a vfork child that
+/// has not exec'd yet, CLONE_VM without threads), before freezing it: a
+/// vfork parent waits in the kernel, where no ptrace stop reaches it, until
+/// the child execs or exits; the freeze would wait as long, silently.
+fn refuse_vfork_parent(pid: i32) -> Result<(), DumpError> {
+    for child in proc::children(pid).map_err(|err| DumpError::Proc { pid, err })? {
+        if kcmp::shares(pid, child, Shared::Vm).unwrap_or(false) {
+            return Err(DumpError::Unsupported {
+                pid: child,
+                what: "shared process state",
+                reason: format!(
+                    "it shares its memory with process {pid} (CLONE_VM without threads, such \
+                     as a vfork child that has not exec'd yet)"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn zombie_entry(pid: i32, stat: &proc::Stat, pgid: u32, sid: u32) -> ProcessEntry {

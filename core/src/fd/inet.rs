@@ -7,7 +7,7 @@
 
 use super::socket::{
     Created, PeekError, apply_options, finish, fmt_sockaddr, has_queued, is_socket_of,
-    listener_backlog, read, type_name,
+    listener_backlog, read, type_name, urgent_pending,
 };
 use super::tcp::TcpMode;
 use super::unix::backlog;
@@ -83,6 +83,12 @@ impl FdKind for InetSockets {
                         )));
                     }
                     TcpMode::Established => {
+                        if urgent_pending(&dup) {
+                            return Err(d.refuse(format!(
+                                "TCP connection to {to} has urgent data (MSG_OOB) not read yet, \
+                                 which repair mode cannot put back"
+                            )));
+                        }
                         let sock = dup.try_clone().map_err(|e| d.error("dup", e))?;
                         let (pid, fd) = (d.pid, d.fd as u32);
                         d.objects

@@ -198,6 +198,24 @@ const IPV6_FREEBIND: i32 = 78;
 /// (buffer sizes before SO_BUF_LOCK, which setting them changes). A
 /// classic BPF filter (SO_ATTACH_FILTER) is saved apart, before
 /// SO_LOCK_FILTER.
+/// Whether a stream socket has urgent data (MSG_OOB) not read yet (TCP:
+/// or announced and on its way), which no peek of its queue shows as such
+/// (a TCP receive queue reads up to the mark; a unix one without the byte).
+pub(super) fn urgent_pending(s: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: recv into a local buffer of its length.
+    let n = unsafe {
+        libc::recv(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    // EINVAL: none (or read inline, which the receive queue holds).
+    n >= 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+}
+
 // Options libc does not name (uapi values, x86_64).
 const SO_TIMESTAMPING: i32 = 37;
 const SO_RXQ_OVFL: i32 = 40;

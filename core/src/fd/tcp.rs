@@ -531,7 +531,8 @@ fn read_queue(s: &OwnedFd, which: i32, len: usize) -> io::Result<(u32, Vec<u8>)>
         let n = recv_peek(s, &mut data)?;
         if n != len {
             return Err(io::Error::other(format!(
-                "peeked {n} of the {len} queued bytes"
+                "peeked {n} of the {len} queued bytes (urgent data read inline stops a peek \
+                 at its mark)"
             )));
         }
     }

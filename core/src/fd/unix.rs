@@ -13,7 +13,7 @@
 use super::peer_ids::{Maker, Peer};
 use super::socket::{
     Created, PeekError, apply_options, finish, fmt_sockaddr, is_socket_of, listener_backlog,
-    peek_queue, read, refill,
+    peek_queue, read, refill, urgent_pending,
 };
 use super::{DumpFd, FdKind, Reopen, sock_diag, unix_file};
 use crate::error::{DumpError, RestoreError};
@@ -159,6 +159,12 @@ impl FdKind for UnixSockets {
                         "unix_diag failed ({e}) on an unconnected socket"
                     )
                 }
+            }
+            if ty == libc::SOCK_STREAM && urgent_pending(&dup) {
+                return Err(d.refuse(
+                    "unix stream socket with an out-of-band byte (MSG_OOB) not read yet, which \
+                     would come back as ordinary data",
+                ));
             }
             // Datagrams go back from sockets without a name (see `create`).
             let unnamed_senders = ty == libc::SOCK_DGRAM;
