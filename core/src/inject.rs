@@ -316,10 +316,11 @@ pub enum Resume {
     /// their own arguments: a sleep or a timed wait may last longer than
     /// asked, which they all allow, where EINTR would end a wait that no
     /// signal interrupted (`sleep` in perl returns early, `tail -F`
-    /// exits). glibc's sleep() passes the same timespec for the time asked
-    /// and the time left, which the kernel updated: it sleeps what was
-    /// left. Only a task already inside restart_syscall (its original
-    /// call known to the lost restart_block alone) gets EINTR.
+    /// exits). A relative nanosleep or clock_nanosleep that asked for the
+    /// time left (its `rem`, which the kernel wrote as the freeze
+    /// interrupted it) sleeps that instead: what was left at the freeze.
+    /// Only a task already inside restart_syscall (its original call known
+    /// to the lost restart_block alone) gets EINTR.
     Restored,
 }
 
@@ -344,12 +345,28 @@ pub fn adjust_restart(regs: &mut Regs, mode: Resume) {
                 Resume::Restored => {
                     regs.rax = regs.orig_rax;
                     regs.rip -= 2;
+                    sleep_what_was_left(regs);
                 }
             },
             _ => {}
         }
     }
     regs.orig_rax = u64::MAX;
+}
+
+/// A relative nanosleep(req, rem) or clock_nanosleep(clock, flags, req,
+/// rem) with a `rem`, about to start again: asks for `rem`, the time left
+/// at the interruption (the caller never reads the argument registers
+/// back). An absolute one starts again as it is.
+fn sleep_what_was_left(regs: &mut Regs) {
+    const TIMER_ABSTIME: u64 = 1;
+    match regs.orig_rax as i64 {
+        libc::SYS_nanosleep if regs.rsi != 0 => regs.rdi = regs.rsi,
+        libc::SYS_clock_nanosleep if regs.rsi & TIMER_ABSTIME == 0 && regs.r10 != 0 => {
+            regs.rdx = regs.r10
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +394,26 @@ mod tests {
         let mut r = regs(libc::SYS_restart_syscall, -516);
         adjust_restart(&mut r, Resume::Restored);
         assert_eq!((r.rax as i64, r.rip), (-(libc::EINTR as i64), 0x1002));
+        // A relative sleep with a remainder asks for what was left.
+        let mut r = regs(libc::SYS_nanosleep, -516);
+        (r.rdi, r.rsi) = (0x5000, 0x6000);
+        adjust_restart(&mut r, Resume::Restored);
+        assert_eq!(
+            (r.rax, r.rdi, r.rsi),
+            (libc::SYS_nanosleep as u64, 0x6000, 0x6000)
+        );
+        let mut r = regs(libc::SYS_nanosleep, -516);
+        (r.rdi, r.rsi) = (0x5000, 0);
+        adjust_restart(&mut r, Resume::Restored);
+        assert_eq!(r.rdi, 0x5000);
+        let mut r = regs(230, -516);
+        (r.rsi, r.rdx, r.r10) = (0, 0x5000, 0x6000);
+        adjust_restart(&mut r, Resume::Restored);
+        assert_eq!(r.rdx, 0x6000);
+        let mut r = regs(230, -516);
+        (r.rsi, r.rdx, r.r10) = (1 /* TIMER_ABSTIME */, 0x5000, 0x6000);
+        adjust_restart(&mut r, Resume::Restored);
+        assert_eq!(r.rdx, 0x5000);
         let mut r = regs(230, -516);
         adjust_restart(&mut r, Resume::SameTask);
         assert_eq!((r.rax, r.rip), (libc::SYS_restart_syscall as u64, 0x1000));
