@@ -245,6 +245,21 @@ fn assert_running_untraced_or_stopped(pid: i32) {
     assert_ne!(state(pid), 'Z');
 }
 
+/// The signal that stopped process `pid` (in a group stop): seized with
+/// ptrace, it reports it; detached, it stays stopped.
+fn stop_signal(pid: i32) -> i32 {
+    // SAFETY: ptrace of a process this test restored, waited for and
+    // detached again.
+    unsafe {
+        assert_eq!(libc::ptrace(0x4206 /* PTRACE_SEIZE */, pid, 0, 0), 0);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, libc::__WALL), pid);
+        libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+        assert!(libc::WIFSTOPPED(status), "{status:#x}");
+        libc::WSTOPSIG(status)
+    }
+}
+
 fn signal(pid: i32, sig: i32) {
     // SAFETY: signalling a process this test started or restored.
     unsafe { libc::kill(pid, sig) };
@@ -298,6 +313,11 @@ fn stopped_processes_come_back_stopped_and_continue_on_sigcont() {
     w.wait_report(T, |r| field(r, 0, 0) > at_dump + 2);
     assert_eq!(children_of(pid), [child]);
     assert_eq!(state(child), 'T');
+    assert_eq!(
+        stop_signal(child),
+        libc::SIGTSTP,
+        "stopped by SIGTSTP again"
+    );
     assert_ne!(state(pid), 'T');
     signal(child, libc::SIGCONT);
     wait_state(child, 'S');

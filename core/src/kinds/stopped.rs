@@ -15,6 +15,7 @@
 use crate::error::RestoreError;
 use crate::group_stop::OtherSignals;
 use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
+use crate::sys::ptrace;
 use crstream_proto::SignalState;
 
 pub(crate) struct Stopped;
@@ -39,19 +40,25 @@ impl Kind for Stopped {
             return Ok(());
         }
         let pid = p.pid();
-        // The saved signal stops the process only with its default action.
-        let handled = p
-            .image
-            .records
-            .get::<SignalState>()
-            .is_some_and(|s| s.actions.iter().any(|a| a.signal as i32 == sig));
+        // The saved signal stops the process only with its default action
+        // (an action saved as SIG_DFL, as one set back to it, is that).
+        let handled = p.image.records.get::<SignalState>().is_some_and(|s| {
+            s.actions
+                .iter()
+                .any(|a| a.signal as i32 == sig && a.handler != libc::SIG_DFL as u64)
+        });
         let tids: Vec<i32> = (0..p.image.threads.len()).map(|i| p.host_tid(i)).collect();
-        crate::group_stop::enter(pid, &tids, sig, handled, OtherSignals::Drop, false).map_err(|e| {
-            RestoreError::Thread {
-                pid,
-                tid: pid,
-                reason: format!("stopping it again (signal {sig}): {e}"),
-            }
-        })
+        let err = |e: crate::error::TaskError| RestoreError::Thread {
+            pid,
+            tid: pid,
+            reason: format!("stopping it again (signal {sig}): {e}"),
+        };
+        // The stub blocks every signal until its own mask is set, last:
+        // the saved signal, blocked, would be queued back instead of
+        // stopping it (and SIGSTOP would stop it in its place).
+        let leader = tids[0];
+        let mask = ptrace::get_sigmask(leader).map_err(err)?;
+        ptrace::set_sigmask(leader, mask & !(1u64 << (sig - 1))).map_err(err)?;
+        crate::group_stop::enter(pid, &tids, sig, handled, OtherSignals::Drop, false).map_err(err)
     }
 }
