@@ -883,3 +883,67 @@ fn a_robust_mutex_in_shared_memory_stays_held() {
     assert_eq!(try_lock(), "110", "held by the restored holder");
     w.kill();
 }
+
+/// A POSIX named semaphore (glibc's sem_open: a file made under a
+/// temporary name, mapped shared, linked under the semaphore's name, the
+/// temporary name removed), as Python's multiprocessing uses with spawn
+/// and forkserver: the process comes back on the same semaphore, whose
+/// posts by another process it then sees. Such a mapping was refused.
+#[test]
+fn a_named_semaphore_comes_back_shared() {
+    let python = "/usr/bin/python3";
+    if !std::path::Path::new(python).exists() {
+        panic!("{python} is needed for this test");
+    }
+    let name = format!("/crstream-test-{}", std::process::id());
+    const SEM: &str = "import ctypes, os, sys, time\n\
+        libc = ctypes.CDLL(None)\n\
+        libc.sem_open.restype = ctypes.c_void_p\n\
+        sem = ctypes.c_void_p(libc.sem_open(sys.argv[1].encode(), os.O_CREAT, 0o600, 0))\n\
+        assert sem.value\n\
+        if sys.argv[2] == 'post':\n\
+        \x20   assert libc.sem_post(sem) == 0\n\
+        \x20   sys.exit(0)\n\
+        value = ctypes.c_int()\n\
+        n = 0\n\
+        while True:\n\
+        \x20   n += 1\n\
+        \x20   libc.sem_getvalue(sem, ctypes.byref(value))\n\
+        \x20   with open(sys.argv[3] + '.new', 'w') as f: f.write('%d %d %d' % (os.getpid(), n, value.value))\n\
+        \x20   os.replace(sys.argv[3] + '.new', sys.argv[3])\n\
+        \x20   time.sleep(0.05)\n";
+    struct Unlink(String);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(format!("/dev/shm/sem.{}", &self.0[1..]));
+        }
+    }
+    let _unlink = Unlink(name.clone());
+    let dir = TestDir::new("named-sem");
+    let report = dir.path("report");
+    let mut cmd = std::process::Command::new(python);
+    cmd.args(["-c", SEM, &name, "wait"]).arg(&report);
+    let mut w = spawn_isolated(cmd, report.clone());
+    w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    let post = || {
+        let st = std::process::Command::new(python)
+            .args(["-c", SEM, &name, "post", "-"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    post();
+    w.wait_report(T, |r| field(r, 0, 2) == 1);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let n = field(&w.read_report().unwrap(), 0, 1);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > n + 2);
+    assert_eq!(field(&r, 0, 2), 1, "its value: {r}");
+    // Another process's post reaches it: the same semaphore.
+    post();
+    w.wait_report(T, |r| field(r, 0, 2) == 2);
+    w.kill();
+}

@@ -28,8 +28,8 @@ pub const FORMAT_VERSION: u16 = 1;
 /// files removed under the name they were opened by but linked under
 /// another (`OpenFile.handle`); 12 = state a reader of 11 would drop
 /// (`VmArea.madvise` bits for mseal and whether a shared area may be made
-/// writable, `PrctlValues.mdwe` and `coredump_filter`). Readers read every
-/// version up to theirs.
+/// writable, `VmArea.handle`, `PrctlValues.mdwe` and `coredump_filter`).
+/// Readers read every version up to theirs.
 pub const RECORDS_VERSION: u32 = 12;
 
 /// The version written for an image with nothing of version 12 in it.

@@ -200,6 +200,17 @@ impl DumpFd<'_> {
     }
 }
 
+/// Opens (with `flags`) inode `ino` of device `dev` by its saved file
+/// handle, checked to be that inode with a link left. Err: why not.
+pub(crate) fn open_by_saved_handle(
+    dev: u64,
+    ino: u64,
+    handle: &crstream_proto::FileHandle,
+    flags: i32,
+) -> Result<OwnedFd, String> {
+    handles::open_linked_elsewhere(&handles::Handle::of_inode(dev, ino, handle), flags)
+}
+
 /// Every fd of a process not in `skip` whose link is PREFIX[INODE] (a
 /// pipe, a socket) with an inode `wanted` says: (pid, fd, inode). Reads
 /// every process's fd table: called only where the tree holds such files.

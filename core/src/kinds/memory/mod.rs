@@ -428,15 +428,25 @@ fn plan(
                 // A memfd or deleted file: its contents are saved once for
                 // the tree; private pages written since are saved here.
                 let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-                // Removed under this name but linked under another: a copy
-                // would not see the writes through the others, nor they its.
+                // Removed under this name but linked under another (glibc's
+                // sem_open): a copy would not see the writes through the
+                // others, nor they its; mapped by its handle again.
                 if m.shared && std::fs::metadata(&source).is_ok_and(|md| md.nlink() > 0) {
-                    return Err(refuse(format!(
-                        "a shared mapping of {}, removed under that name but linked under another, is not supported",
-                        show(p)
-                    )));
+                    let (handle_type, handle) =
+                        crate::sys::fds::name_to_handle(&source).map_err(|e| {
+                            refuse(format!(
+                                "a shared mapping of {}, removed under that name but linked \
+                                 under another, has no file handle: {e}",
+                                show(p)
+                            ))
+                        })?;
+                    a.handle = Some(crstream_proto::FileHandle {
+                        handle_type,
+                        handle,
+                    });
+                } else {
+                    a.unlinked_file = unlinked.note(pid, &source, p).map_err(refuse)?;
                 }
-                a.unlinked_file = unlinked.note(pid, &source, p).map_err(refuse)?;
                 a.path = undeleted(p).to_vec();
                 (
                     AreaKind::File,
@@ -905,7 +915,7 @@ fn check_files(pid: i32, areas: &[VmArea], identity: bool) -> Result<(), Restore
     let mut seen = std::collections::HashSet::new();
     for a in areas
         .iter()
-        .filter(|a| a.kind() == AreaKind::File && a.unlinked_file == 0)
+        .filter(|a| a.kind() == AreaKind::File && a.unlinked_file == 0 && a.handle.is_none())
     {
         let first = seen.insert(a.path.as_slice());
         let md = check_mapped_file(pid, a, first)?;
@@ -1019,14 +1029,6 @@ fn map_area(
     }
     if a.kind() == AreaKind::File {
         flags &= !libc::MAP_ANONYMOUS;
-        let path = if a.unlinked_file != 0 {
-            unlinked
-                .proc_path(a.unlinked_file, &crate::unlinked::FILE_KINDS)?
-                .into_bytes()
-        } else {
-            check_mapped_file(pid, a, false)?;
-            a.path.clone()
-        };
         let write_shared = a.flags as i32 & libc::MAP_SHARED != 0
             && (a.prot as i32 & libc::PROT_WRITE != 0 || a.madvise & SHARED_WRITABLE != 0);
         let oflags = if write_shared {
@@ -1034,9 +1036,30 @@ fn map_area(
         } else {
             libc::O_RDONLY
         } | libc::O_CLOEXEC;
+        // Held until the stub has opened it through crstream's fd.
+        let mut by_handle = None;
+        let path = if let Some(h) = &a.handle {
+            let fd = crate::fd::open_by_saved_handle(a.dev, a.inode, h, oflags)
+                .map_err(|e| map_err(pid, a, format!("by its file handle: {e}")))?;
+            let path = format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            );
+            by_handle = Some(fd);
+            path.into_bytes()
+        } else if a.unlinked_file != 0 {
+            unlinked
+                .proc_path(a.unlinked_file, &crate::unlinked::FILE_KINDS)?
+                .into_bytes()
+        } else {
+            check_mapped_file(pid, a, false)?;
+            a.path.clone()
+        };
         fd = stub
             .open(&path, oflags, 0)
             .map_err(|e| map_err(pid, a, format!("open: {e}")))?;
+        drop(by_handle);
     }
     let r = stub.call(
         "mmap",
@@ -1069,6 +1092,7 @@ pub(crate) fn needs_records_12(processes: &[crate::kind::ProcessDump]) -> bool {
         .flat_map(|m| &m.areas)
         .any(|a| {
             a.madvise & SEALED != 0
+                || a.handle.is_some()
                 || (a.madvise & SHARED_WRITABLE != 0 && a.prot as i32 & libc::PROT_WRITE == 0)
                 || (a.madvise & SHARED_READ_ONLY != 0 && a.sysv_shmid.is_some() && a.has_pages)
         })
