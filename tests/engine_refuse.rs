@@ -861,3 +861,69 @@ fn a_unix_socket_with_an_out_of_band_byte_pending_is_refused() {
     );
     w.kill();
 }
+
+/// A listener with TCP_DEFER_ACCEPT holding a connection whose client has
+/// sent nothing yet (a handshake no fd or queue holds: nginx's `deferred`)
+/// is refused, by name: restored without it, the client was reset at its
+/// first send. The server runs on and serves that client.
+#[test]
+fn a_deferred_connection_not_yet_accepted_is_refused() {
+    use std::io::{Read, Write};
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let script = "import socket, time\n\
+        s = socket.socket()\n\
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)\n\
+        s.bind(('127.0.0.1', 0))\n\
+        s.listen(8)\n\
+        print(s.getsockname()[1], flush=True)\n\
+        c, _ = s.accept()\n\
+        c.sendall(c.recv(100).upper())\n\
+        time.sleep(600)\n";
+    let dir = TestDir::new("refuse-deferred");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let log = dir.path("report").with_extension("log");
+    let t = Duration::from_secs(30);
+    assert!(wait_until(t, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
+    }));
+    let port: u16 = std::fs::read_to_string(&log)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    for flags in [&[][..], &["--tcp-established"]] {
+        let img = dir.path("img");
+        let o = crstream()
+            .args([
+                "dump",
+                "-t",
+                &w.pid.to_string(),
+                "-o",
+                img.to_str().unwrap(),
+            ])
+            .args(flags)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(!img.exists());
+        assert!(
+            text(&o).contains("1 connection(s) waiting for their client's first data"),
+            "{flags:?}: {}",
+            text(&o)
+        );
+    }
+    assert_running_untraced(w.pid);
+    client.set_read_timeout(Some(t)).unwrap();
+    client.write_all(b"hello").unwrap();
+    let mut got = [0u8; 5];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"HELLO");
+    w.kill();
+}

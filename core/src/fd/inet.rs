@@ -26,6 +26,38 @@ pub(super) struct InetSockets {
     created: Created,
 }
 
+/// A listener with TCP_DEFER_ACCEPT keeps a connection whose client sent
+/// no data yet as a handshake (SYN_RECV) that no fd or queue holds: it
+/// cannot be saved, and restored without it the client would be reset at
+/// its first send. Refused, unless --skip-in-flight drops them.
+fn refuse_deferred_handshakes(
+    d: &DumpFd<'_>,
+    dup: &OwnedFd,
+    sf: &SocketFile,
+    what: &str,
+) -> Result<(), DumpError> {
+    let deferred = socket::getsockopt_int(dup, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT);
+    if !deferred.is_ok_and(|v| v > 0) {
+        return Ok(());
+    }
+    let Some(addr) = crate::netlock::socket_addr(&sf.local_addr) else {
+        return Ok(());
+    };
+    let waiting = sock_diag::syn_received(addr).map_err(|e| d.error("inet_diag (SYN_RECV)", e))?;
+    if waiting == 0 {
+        return Ok(());
+    }
+    let why = format!(
+        "{what} has {waiting} connection(s) waiting for their client's first data \
+         (TCP_DEFER_ACCEPT), which cannot be saved: restored, their clients would be reset"
+    );
+    if d.skip_in_flight {
+        tracing::warn!(pid = d.pid, fd = d.fd, "{why} (dropped: --skip-in-flight)");
+        return Ok(());
+    }
+    Err(d.refuse(format!("{why}; dump with --skip-in-flight to drop them")))
+}
+
 /// Port of an AF_INET/AF_INET6 sockaddr.
 fn port(raw: &[u8]) -> u16 {
     if raw.len() >= 4 {
@@ -141,6 +173,7 @@ impl FdKind for InetSockets {
                     }
                     (diag, _) => sf.backlog = listener_backlog(d, &what, diag)?,
                 }
+                refuse_deferred_handshakes(d, &dup, &sf, &what)?;
             }
         } else {
             // Corked data waits in the send queue, which nothing reads.

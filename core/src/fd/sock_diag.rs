@@ -276,11 +276,36 @@ pub(super) fn tcp_connection(
 pub(super) fn unaccepted(listener: std::net::SocketAddr) -> io::Result<Vec<u32>> {
     const TCP_CLOSE_WAIT: u8 = 8;
     let mut found = Vec::new();
+    let states = (1u32 << TCP_ESTABLISHED) | (1u32 << TCP_CLOSE_WAIT);
+    answered_by(listener, states, |_, at| {
+        if at(68) == 0 {
+            found.push(at(56));
+        }
+    })?;
+    Ok(found)
+}
+
+/// How many handshakes `listener` answers on have not completed (SYN_RECV:
+/// with TCP_DEFER_ACCEPT, those whose client sent no data yet).
+pub(super) fn syn_received(listener: std::net::SocketAddr) -> io::Result<u32> {
+    const TCP_SYN_RECV: u8 = 3;
+    let mut n = 0;
+    answered_by(listener, 1u32 << TCP_SYN_RECV, |_, _| n += 1)?;
+    Ok(n)
+}
+
+/// Calls `each` with every TCP socket of our network namespace in one of
+/// `states` (a mask of 1 << state) whose local address is one `listener`
+/// answers on: its inet_diag_msg, and a reader of its u32 at an offset.
+fn answered_by(
+    listener: std::net::SocketAddr,
+    states: u32,
+    mut each: impl FnMut(&[u8], &dyn Fn(usize) -> u32),
+) -> io::Result<()> {
     for family in [libc::AF_INET, libc::AF_INET6] {
         let mut req = vec![0u8; 56];
         req[0] = family as u8;
         req[1] = libc::IPPROTO_TCP as u8;
-        let states = (1u32 << TCP_ESTABLISHED) | (1u32 << TCP_CLOSE_WAIT);
         req[4..8].copy_from_slice(&states.to_ne_bytes());
         request(&req, true, |p| {
             if p.len() < 72 {
@@ -296,15 +321,13 @@ pub(super) fn unaccepted(listener: std::net::SocketAddr) -> io::Result<Vec<u32>>
                         .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
                 }
             };
-            let answers =
-                port == listener.port() && (listener.ip().is_unspecified() || listener.ip() == ip);
-            if answers && at(68) == 0 {
-                found.push(at(56));
+            if port == listener.port() && (listener.ip().is_unspecified() || listener.ip() == ip) {
+                each(p, &at);
             }
             false
         })?;
     }
-    Ok(found)
+    Ok(())
 }
 
 /// The shutdown bits (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) of TCP socket
