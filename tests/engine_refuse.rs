@@ -526,13 +526,7 @@ fn a_file_its_path_does_not_lead_to_is_refused_by_name() {
         print(fd, flush=True)\n\
         time.sleep(600)\n";
     let dir = TestDir::new("refuse-unreachable");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script, &name]);
-    let mut w = spawn_isolated(cmd, dir.path("report"));
-    let log = dir.path("report").with_extension("log");
-    assert!(wait_until(Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
-    }));
+    let (mut w, log) = python_reporting(&dir, script, &[&name]);
     let fd: i32 = std::fs::read_to_string(&log)
         .unwrap()
         .trim()
@@ -616,13 +610,7 @@ fn a_socket_shared_with_a_process_outside_the_tree_is_refused_by_name() {
         print(child, s.getsockname()[1], s.fileno(), flush=True)\n\
         time.sleep(600)\n";
     let dir = TestDir::new("refuse-shared-socket");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let mut w = spawn_isolated(cmd, dir.path("report"));
-    let log = dir.path("report").with_extension("log");
-    assert!(wait_until(Duration::from_secs(30), || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
-    }));
+    let (mut w, log) = python_reporting(&dir, script, &[]);
     let line = std::fs::read_to_string(&log).unwrap();
     let v: Vec<i32> = line
         .split_whitespace()
@@ -655,27 +643,28 @@ fn a_process_waiting_for_its_vfork_child_is_refused_at_once() {
     }
     let dir = TestDir::new("refuse-vfork");
     let fifo = dir.path("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a valid path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    make_fifo(&fifo);
     let script = "import os, sys\n\
         pid = os.posix_spawn('/bin/true', ['true'], os.environ,\n\
         \x20   file_actions=[(os.POSIX_SPAWN_OPEN, 3, sys.argv[1], os.O_RDONLY, 0)])\n\
         print('spawned', pid, flush=True)\n\
         os.waitpid(pid, 0)\n\
         import time; time.sleep(600)\n";
-    let mut cmd = Command::new("python3");
+    // Not through a wrapper (pyenv's shims run helpers of their own).
+    let mut cmd = Command::new("/usr/bin/python3");
     cmd.args(["-c", script]).arg(&fifo);
     let mut w = spawn_isolated(cmd, dir.path("report"));
     let t = Duration::from_secs(30);
-    // The child exists, and the parent waits for it.
-    let child = loop {
-        if let Some(&c) = children_of(w.pid).first() {
-            break c;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    // The child exists, and the parent waits for it (uninterruptibly).
+    let in_vfork_wait = || {
+        std::fs::read_to_string(format!("/proc/{}/stat", w.pid)).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|f| f.trim_start().starts_with('D'))
+        })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(wait_until(t, || !children_of(w.pid).is_empty() && in_vfork_wait()));
+    let child = children_of(w.pid)[0];
     let img = dir.path("img");
     let mut dump = crstream()
         .args([
@@ -751,17 +740,9 @@ fn a_tcp_connection_with_urgent_data_pending_is_refused() {
         time.sleep(600)\n";
     let dir = TestDir::new("refuse-urgent");
     let go = dir.path("go");
-    let c = std::ffi::CString::new(go.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a valid path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]).arg(&go);
-    let mut w = spawn_isolated(cmd, dir.path("report"));
-    let log = dir.path("report").with_extension("log");
+    make_fifo(&go);
+    let (mut w, log) = python_reporting(&dir, script, &[go.to_str().unwrap()]);
     let t = Duration::from_secs(30);
-    assert!(wait_until(t, || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
-    }));
     let port: u16 = std::fs::read_to_string(&log)
         .unwrap()
         .trim()
@@ -827,17 +808,9 @@ fn a_unix_socket_with_an_out_of_band_byte_pending_is_refused() {
         time.sleep(600)\n";
     let dir = TestDir::new("refuse-unix-oob");
     let go = dir.path("go");
-    let c = std::ffi::CString::new(go.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a valid path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]).arg(&go);
-    let mut w = spawn_isolated(cmd, dir.path("report"));
-    let log = dir.path("report").with_extension("log");
+    make_fifo(&go);
+    let (mut w, log) = python_reporting(&dir, script, &[go.to_str().unwrap()]);
     let t = Duration::from_secs(30);
-    assert!(wait_until(t, || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
-    }));
     let fd: i32 = std::fs::read_to_string(&log)
         .unwrap()
         .split_whitespace()
@@ -882,14 +855,8 @@ fn a_deferred_connection_not_yet_accepted_is_refused() {
         c.sendall(c.recv(100).upper())\n\
         time.sleep(600)\n";
     let dir = TestDir::new("refuse-deferred");
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", script]);
-    let mut w = spawn_isolated(cmd, dir.path("report"));
-    let log = dir.path("report").with_extension("log");
+    let (mut w, log) = python_reporting(&dir, script, &[]);
     let t = Duration::from_secs(30);
-    assert!(wait_until(t, || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
-    }));
     let port: u16 = std::fs::read_to_string(&log)
         .unwrap()
         .trim()
@@ -926,4 +893,24 @@ fn a_deferred_connection_not_yet_accepted_is_refused() {
     client.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"HELLO");
     w.kill();
+}
+
+/// A FIFO at `path`.
+fn make_fifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// python3 running `script` with `args`, its output in a log: the process
+/// and the log, once its first line is written.
+fn python_reporting(dir: &TestDir, script: &str, args: &[&str]) -> (Workload, std::path::PathBuf) {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).args(args);
+    let w = spawn_isolated(cmd, dir.path("report"));
+    let log = dir.path("report").with_extension("log");
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
+    }));
+    (w, log)
 }

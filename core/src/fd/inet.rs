@@ -17,7 +17,7 @@ use crate::kind::DumpTree;
 use crate::kind::RestoreObjects;
 use crate::sys::socket;
 use crstream_proto::{OpenFile, SocketFile, TcpConnection};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -357,14 +357,9 @@ pub(crate) fn refuse_shared_outside(t: &DumpTree<'_>, also_ours: &[i32]) -> Resu
     if held.is_empty() {
         return Ok(());
     }
-    let ours: HashSet<i32> = t
-        .entries
-        .iter()
-        .map(|e| e.pid as i32)
-        .chain([std::process::id() as i32])
-        .chain(also_ours.iter().copied())
-        .collect();
-    let outside = super::held_outside(&ours, "socket:", |i| held.contains_key(&i));
+    let outside = super::held_outside(&super::ours(t, also_ours), "socket:", |i| {
+        held.contains_key(&i)
+    });
     let Some(&(pid, fd, inode)) = outside.first() else {
         return Ok(());
     };

@@ -211,6 +211,17 @@ pub(crate) fn open_by_saved_handle(
     handles::open_linked_elsewhere(&handles::Handle::of_inode(dev, ino, handle), flags)
 }
 
+/// The processes whose fds are the tree's: its own, crstream and `also`
+/// (the tree's live-dump snapshots, which share its fds).
+pub(super) fn ours(t: &DumpTree<'_>, also: &[i32]) -> std::collections::HashSet<i32> {
+    t.entries
+        .iter()
+        .map(|e| e.pid as i32)
+        .chain([std::process::id() as i32])
+        .chain(also.iter().copied())
+        .collect()
+}
+
 /// Every fd of a process not in `skip` whose link is PREFIX[INODE] (a
 /// pipe, a socket) with an inode `wanted` says: (pid, fd, inode). Reads
 /// every process's fd table: called only where the tree holds such files.

@@ -135,13 +135,7 @@ impl FdKind for Pipes {
         if held.is_empty() {
             return Ok(());
         }
-        let ours: HashSet<i32> = t
-            .entries
-            .iter()
-            .map(|e| e.pid as i32)
-            .chain([std::process::id() as i32])
-            .collect();
-        for (pid, fd, inode, write_end) in pipe_ends_outside(&ours, &held) {
+        for (pid, fd, inode, write_end) in pipe_ends_outside(&super::ours(t, &[]), &held) {
             let (ends, (in_pid, in_fd)) = held[&inode];
             if ends[write_end as usize] {
                 continue; // the same end as the tree's: no one is missing
