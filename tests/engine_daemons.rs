@@ -234,6 +234,25 @@ fn postgres_as_its_own_user_answers_queries_on_data_written_before_the_dump() {
             tree.kill();
         }
     }
+    remove_segments_made_by(w.pid);
+}
+
+/// Removes the System V segments process `pid` made that no process has
+/// attached (a postmaster killed leaves its own behind).
+fn remove_segments_made_by(pid: i32) {
+    let table = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+    // key shmid perms size cpid lpid nattch ...
+    for f in table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    {
+        if f.len() > 6 && f[4] == pid.to_string() && f[6] == "0" {
+            let id: i32 = f[1].parse().unwrap();
+            // SAFETY: IPC_RMID of a segment this test's server made.
+            unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
+    }
 }
 
 /// Restores `img` detached; the guard holds the restored processes.
