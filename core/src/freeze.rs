@@ -282,7 +282,10 @@ impl FrozenTree {
                         .into(),
                 });
             }
-            refuse_vfork_parent(pid)?;
+            // A vfork parent waits uninterruptibly (state D).
+            if stat.state() == 'D' {
+                refuse_vfork_parent(pid)?;
+            }
             let frozen = match Frozen::freeze(pid) {
                 Ok(f) => f,
                 // It exited between the listing and the attach.

@@ -135,7 +135,7 @@ impl Stub {
         let Some(crstream) = self.handoff else {
             return Ok((path.to_vec(), None));
         };
-        let through = format!("/proc/{}/fd/", std::process::id());
+        let through = crstream_fd_path("");
         let Some(fd) = path
             .strip_prefix(through.as_bytes())
             .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok())
@@ -157,6 +157,13 @@ impl Stub {
             None => Ok(()),
         }
     }
+}
+
+/// The path through which a stub reaches crstream's fd `fd` (an fd
+/// number, or "" for the directory): restore hands it files so, and
+/// [`Stub::reachable`] takes them where that path does not lead.
+pub(crate) fn crstream_fd_path(fd: impl std::fmt::Display) -> String {
+    format!("/proc/{}/fd/{fd}", std::process::id())
 }
 
 /// capset(2) injected into the thread `remote` of `stub`: version 3, two

@@ -212,6 +212,20 @@ impl Recreator {
         }
         attach_at(stub, id, start, read_only, exec)
     }
+
+    /// Once the tree runs: segments removed at dump time are removed again
+    /// (they go with the last detach, as before); the others stay.
+    pub(crate) fn commit(&mut self) {
+        self.committed = true;
+        for s in self.segments.iter().filter(|s| s.removed) {
+            if let Err(e) = shm::remove(s.id) {
+                tracing::warn!(
+                    id = s.id,
+                    "System V segment removed at dump time stays visible: IPC_RMID: {e}"
+                );
+            }
+        }
+    }
 }
 
 /// shmat of segment `id` at `start`, replacing what is there.
@@ -236,22 +250,6 @@ pub(crate) fn attach_at(
         )));
     }
     Ok(())
-}
-
-impl Recreator {
-    /// Once the tree runs: segments removed at dump time are removed again
-    /// (they go with the last detach, as before); the others stay.
-    pub(crate) fn commit(&mut self) {
-        self.committed = true;
-        for s in self.segments.iter().filter(|s| s.removed) {
-            if let Err(e) = shm::remove(s.id) {
-                tracing::warn!(
-                    id = s.id,
-                    "System V segment removed at dump time stays visible: IPC_RMID: {e}"
-                );
-            }
-        }
-    }
 }
 
 impl Drop for Recreator {

@@ -259,7 +259,7 @@ pub(super) fn held_outside(
     found
 }
 
-/// How an open file description comes back./// How an open file description comes back.
+/// How an open file description comes back.
 #[derive(Debug)]
 enum Reopen {
     /// Opened again from inside the process by path, with these flags,

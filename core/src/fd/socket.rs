@@ -202,18 +202,11 @@ const IPV6_FREEBIND: i32 = 78;
 /// or announced and on its way), which no peek of its queue shows as such
 /// (a TCP receive queue reads up to the mark; a unix one without the byte).
 pub(super) fn urgent_pending(s: &OwnedFd) -> bool {
-    let mut byte = [0u8; 1];
-    // SAFETY: recv into a local buffer of its length.
-    let n = unsafe {
-        libc::recv(
-            std::os::fd::AsRawFd::as_raw_fd(s),
-            byte.as_mut_ptr().cast(),
-            1,
-            libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
     // EINVAL: none (or read inline, which the receive queue holds).
-    n >= 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+    match crate::sys::socket::recv_peek_urgent(s, &mut [0u8; 1]) {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EAGAIN),
+    }
 }
 
 // Options libc does not name (uapi values, x86_64).

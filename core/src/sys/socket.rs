@@ -278,15 +278,18 @@ pub(crate) fn ioctl_int(fd: impl AsFd, request: u64) -> io::Result<i32> {
 
 /// recv with MSG_PEEK | MSG_DONTWAIT into `buf`: the bytes copied.
 pub(crate) fn recv_peek(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    recv(fd, buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+/// recv with MSG_OOB | MSG_PEEK | MSG_DONTWAIT into `buf`: the urgent
+/// (out-of-band) bytes copied.
+pub(crate) fn recv_peek_urgent(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    recv(fd, buf, libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+fn recv(fd: impl AsFd, buf: &mut [u8], flags: i32) -> io::Result<usize> {
     // SAFETY: buf is valid for its length.
-    let n = unsafe {
-        libc::recv(
-            raw(fd),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
+    let n = unsafe { libc::recv(raw(fd), buf.as_mut_ptr().cast(), buf.len(), flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

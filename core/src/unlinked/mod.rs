@@ -505,11 +505,7 @@ impl Recreator {
                 describe(&r.meta)
             )));
         }
-        Ok(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            r.file.as_raw_fd()
-        ))
+        Ok(crate::stub::crstream_fd_path(r.file.as_raw_fd()))
     }
 
     /// Gives each file its seals (and its times again where a mapping moved

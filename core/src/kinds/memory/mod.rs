@@ -1041,11 +1041,7 @@ fn map_area(
         let path = if let Some(h) = &a.handle {
             let fd = crate::fd::open_by_saved_handle(a.dev, a.inode, h, oflags)
                 .map_err(|e| map_err(pid, a, format!("by its file handle: {e}")))?;
-            let path = format!(
-                "/proc/{}/fd/{}",
-                std::process::id(),
-                std::os::fd::AsRawFd::as_raw_fd(&fd)
-            );
+            let path = crate::stub::crstream_fd_path(std::os::fd::AsRawFd::as_raw_fd(&fd));
             by_handle = Some(fd);
             path.into_bytes()
         } else if a.unlinked_file != 0 {
