@@ -946,10 +946,7 @@ fn mappings_of_every_kind_and_itimers_survive() {
 /// the dump once restored, not its whole length again.
 #[test]
 fn a_sleep_asking_for_the_time_left_sleeps_what_was_left() {
-    let python = "/usr/bin/python3";
-    if !std::path::Path::new(python).exists() {
-        panic!("{python} is needed for this test");
-    }
+    let python = system_python();
     let script = "import ctypes, sys, time\n\
         libc = ctypes.CDLL(None)\n\
         class ts(ctypes.Structure): _fields_ = [('s', ctypes.c_long), ('ns', ctypes.c_long)]\n\

@@ -136,10 +136,7 @@ fn lazy_restore_from_s3() {
 fn lazy_restore_of_a_process_that_dropped_root() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let python = "/usr/bin/python3";
-    if !std::path::Path::new(python).exists() {
-        panic!("{python} is needed for this test");
-    }
+    let python = system_python();
     let dir = TestDir::new("lazy-nobody");
     // nobody writes its report there.
     std::fs::set_permissions(dir.path(""), std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -789,10 +789,7 @@ fn resource_limits_of_a_process_that_dropped_root_come_back() {
 /// and the signal set again ended it as the restore reported success.
 #[test]
 fn a_detached_restore_does_not_end_a_process_with_a_parent_death_signal() {
-    let python = "/usr/bin/python3";
-    if !std::path::Path::new(python).exists() {
-        panic!("{python} is needed for this test");
-    }
+    let python = system_python();
     let dir = TestDir::new("pdeathsig");
     let script = "import ctypes, os, signal, sys, time\n\
         libc = ctypes.CDLL(None)\n\
@@ -825,10 +822,7 @@ fn a_detached_restore_does_not_end_a_process_with_a_parent_death_signal() {
 /// restored holder still believed its own.
 #[test]
 fn a_robust_mutex_in_shared_memory_stays_held() {
-    let python = "/usr/bin/python3";
-    if !std::path::Path::new(python).exists() {
-        panic!("{python} is needed for this test");
-    }
+    let python = system_python();
     const MUTEX: &str = "import ctypes, mmap, os, sys, time\n\
         libc = ctypes.CDLL(None, use_errno=True)\n\
         fd = os.open(sys.argv[1], os.O_RDWR)\n\
@@ -891,10 +885,7 @@ fn a_robust_mutex_in_shared_memory_stays_held() {
 /// posts by another process it then sees. Such a mapping was refused.
 #[test]
 fn a_named_semaphore_comes_back_shared() {
-    let python = "/usr/bin/python3";
-    if !std::path::Path::new(python).exists() {
-        panic!("{python} is needed for this test");
-    }
+    let python = system_python();
     let name = format!("/crstream-test-{}", std::process::id());
     const SEM: &str = "import ctypes, os, sys, time\n\
         libc = ctypes.CDLL(None)\n\

@@ -526,12 +526,8 @@ fn a_file_its_path_does_not_lead_to_is_refused_by_name() {
         print(fd, flush=True)\n\
         time.sleep(600)\n";
     let dir = TestDir::new("refuse-unreachable");
-    let (mut w, log) = python_reporting(&dir, script, &[&name]);
-    let fd: i32 = std::fs::read_to_string(&log)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (mut w, _, first) = python_reporting(&dir, script, &[&name]);
+    let fd: i32 = first[0].parse().unwrap();
     let unlink = || {
         let unlinked = Command::new("python3")
             .arg("-c")
@@ -610,12 +606,8 @@ fn a_socket_shared_with_a_process_outside_the_tree_is_refused_by_name() {
         print(child, s.getsockname()[1], s.fileno(), flush=True)\n\
         time.sleep(600)\n";
     let dir = TestDir::new("refuse-shared-socket");
-    let (mut w, log) = python_reporting(&dir, script, &[]);
-    let line = std::fs::read_to_string(&log).unwrap();
-    let v: Vec<i32> = line
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
+    let (mut w, _, first) = python_reporting(&dir, script, &[]);
+    let v: Vec<i32> = first.iter().map(|x| x.parse().unwrap()).collect();
     let (child, port, fd) = (v[0], v[1], v[2]);
     let err = refused(child, &[]);
     assert!(
@@ -705,10 +697,7 @@ fn a_process_waiting_for_its_vfork_child_is_refused_at_once() {
     assert!(!img.exists());
     // Unblocked, the child execs and the parent goes on.
     let _writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    let log = dir.path("report").with_extension("log");
-    assert!(wait_until(t, || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("spawned"))
-    }));
+    wait_for_log(&dir.path("report").with_extension("log"), "spawned");
     assert_running_untraced(w.pid);
     w.kill();
 }
@@ -741,13 +730,8 @@ fn a_tcp_connection_with_urgent_data_pending_is_refused() {
     let dir = TestDir::new("refuse-urgent");
     let go = dir.path("go");
     make_fifo(&go);
-    let (mut w, log) = python_reporting(&dir, script, &[go.to_str().unwrap()]);
-    let t = Duration::from_secs(30);
-    let port: u16 = std::fs::read_to_string(&log)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (mut w, log, first) = python_reporting(&dir, script, &[go.to_str().unwrap()]);
+    let port: u16 = first[0].parse().unwrap();
     let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     client.write_all(b"AAAAAAAAAA").unwrap();
     // SAFETY: send of a local byte on the client's socket.
@@ -775,13 +759,7 @@ fn a_tcp_connection_with_urgent_data_pending_is_refused() {
     assert_running_untraced(w.pid);
     // The server reads everything, the urgent byte apart.
     std::fs::write(&go, b"").unwrap();
-    assert!(
-        wait_until(t, || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("AAAAAAAAAABBBBBBBBBB T"))
-        }),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    wait_for_log(&log, "AAAAAAAAAABBBBBBBBBB T");
     w.kill();
 }
 
@@ -809,15 +787,8 @@ fn a_unix_socket_with_an_out_of_band_byte_pending_is_refused() {
     let dir = TestDir::new("refuse-unix-oob");
     let go = dir.path("go");
     make_fifo(&go);
-    let (mut w, log) = python_reporting(&dir, script, &[go.to_str().unwrap()]);
-    let t = Duration::from_secs(30);
-    let fd: i32 = std::fs::read_to_string(&log)
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut w, log, first) = python_reporting(&dir, script, &[go.to_str().unwrap()]);
+    let fd: i32 = first[1].parse().unwrap();
     let err = refused(w.pid, &[]);
     assert!(
         err.contains(&format!("fd {fd}")) && err.contains("out-of-band byte (MSG_OOB)"),
@@ -825,13 +796,7 @@ fn a_unix_socket_with_an_out_of_band_byte_pending_is_refused() {
     );
     assert_running_untraced(w.pid);
     std::fs::write(&go, b"").unwrap();
-    assert!(
-        wait_until(t, || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("normal U after"))
-        }),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    wait_for_log(&log, "normal U after");
     w.kill();
 }
 
@@ -855,13 +820,9 @@ fn a_deferred_connection_not_yet_accepted_is_refused() {
         c.sendall(c.recv(100).upper())\n\
         time.sleep(600)\n";
     let dir = TestDir::new("refuse-deferred");
-    let (mut w, log) = python_reporting(&dir, script, &[]);
+    let (mut w, _, first) = python_reporting(&dir, script, &[]);
     let t = Duration::from_secs(30);
-    let port: u16 = std::fs::read_to_string(&log)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let port: u16 = first[0].parse().unwrap();
     let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     for flags in [&[][..], &["--tcp-established"]] {
@@ -902,9 +863,13 @@ fn make_fifo(path: &std::path::Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
 
-/// python3 running `script` with `args`, its output in a log: the process
-/// and the log, once its first line is written.
-fn python_reporting(dir: &TestDir, script: &str, args: &[&str]) -> (Workload, std::path::PathBuf) {
+/// python3 running `script` with `args`, its output in a log: the process,
+/// the log and the words of its first line, once written.
+fn python_reporting(
+    dir: &TestDir,
+    script: &str,
+    args: &[&str],
+) -> (Workload, std::path::PathBuf, Vec<String>) {
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script]).args(args);
     let w = spawn_isolated(cmd, dir.path("report"));
@@ -912,5 +877,17 @@ fn python_reporting(dir: &TestDir, script: &str, args: &[&str]) -> (Workload, st
     assert!(wait_until(Duration::from_secs(30), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.ends_with('\n'))
     }));
-    (w, log)
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first = text.lines().next().unwrap_or("");
+    (w, log, first.split_whitespace().map(String::from).collect())
+}
+
+/// Waits until the log shows `want`; fails with the log after 30 s.
+fn wait_for_log(log: &std::path::Path, want: &str) {
+    let shows = || std::fs::read_to_string(log).is_ok_and(|l| l.contains(want));
+    assert!(
+        wait_until(Duration::from_secs(30), shows),
+        "no {want:?} in: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
 }

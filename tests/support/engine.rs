@@ -365,6 +365,17 @@ pub fn restore_refused(src: &str, env: &[(&str, &str)]) -> String {
 /// Whether `program` can run (`args` print its version); false means the
 /// test skips, which CRSTREAM_TEST_REQUIRE_PROGRAMS (set by `.ci/test`)
 /// turns into a failure.
+/// The system's python3: not a pyenv shim under root's home, which runs
+/// helper processes of its own and which other users cannot run.
+pub fn system_python() -> &'static str {
+    let python = "/usr/bin/python3";
+    assert!(
+        Path::new(python).exists(),
+        "{python} is needed for this test"
+    );
+    python
+}
+
 pub fn available(program: &str, args: &[&str]) -> bool {
     let ok = Command::new(program)
         .args(args)
