@@ -8,6 +8,22 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::*;
 
+/// Dumps `pid` with `flags` expecting it to fail, with no image written;
+/// returns what it printed.
+fn dump_fails(pid: i32, flags: &[&str]) -> String {
+    let dir = TestDir::new(&format!("dump-fails-{pid}"));
+    let img = dir.path("img");
+    let o = crstream()
+        .args(["dump", "-t", &pid.to_string(), "-o", img.to_str().unwrap()])
+        .args(flags)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!img.exists(), "an image was written");
+    text(&o)
+}
+
 /// Dumps `pid` expecting a refusal; returns the error line.
 fn refused(pid: i32, prefix: &[&str]) -> String {
     let dir = TestDir::new(&format!("refuse-{pid}"));
@@ -134,27 +150,12 @@ fn a_pid_namespace_made_inside_the_tree_is_refused() {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let dir = TestDir::new("inner-pidns");
-    let img = dir.path("img");
-    let o = crstream()
-        .args([
-            "dump",
-            "-t",
-            &outer.to_string(),
-            "-o",
-            img.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "{}", text(&o));
-    let err = text(&o);
+    let err = dump_fails(outer, &[]);
     assert!(
         err.contains(&format!("pid {inner}"))
             && err.contains("a PID namespace made inside the tree"),
         "{err}"
     );
-    assert!(!img.exists(), "an image was written");
     assert_running_untraced(outer);
     assert_running_untraced(inner);
     // SAFETY: the namespace's PID 1, which this test started; unshare
@@ -476,26 +477,11 @@ fn a_process_whose_main_thread_has_exited_is_refused() {
         std::fs::read_to_string(&report).is_ok_and(|r| field(&r, 1, 2) > 2)
     }));
     let child = descendants_of(parent.pid)[0];
-    let img = dir.path("img");
-    let o = crstream()
-        .args([
-            "dump",
-            "-t",
-            &parent.pid.to_string(),
-            "-o",
-            img.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "{}", text(&o));
+    let err = dump_fails(parent.pid, &[]);
     assert!(
-        text(&o).contains(&format!("pid {child}"))
-            && text(&o).contains("its main thread has exited"),
-        "{}",
-        text(&o)
+        err.contains(&format!("pid {child}")) && err.contains("its main thread has exited"),
+        "{err}"
     );
-    assert!(!img.exists(), "an image was written");
     assert_running_untraced(parent.pid);
     runs_on(child, &report);
     parent.kill();
@@ -739,22 +725,7 @@ fn a_tcp_connection_with_urgent_data_pending_is_refused() {
     assert_eq!(sent, 1);
     client.write_all(b"BBBBBBBBBB").unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let img = dir.path("img");
-    let o = crstream()
-        .args([
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-o",
-            img.to_str().unwrap(),
-        ])
-        .arg("--tcp-established")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "{}", text(&o));
-    assert!(!img.exists(), "an image was written");
-    let err = text(&o);
+    let err = dump_fails(w.pid, &["--tcp-established"]);
     assert!(err.contains("urgent data (MSG_OOB)"), "{err}");
     assert_running_untraced(w.pid);
     // The server reads everything, the urgent byte apart.
@@ -826,25 +797,10 @@ fn a_deferred_connection_not_yet_accepted_is_refused() {
     let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     for flags in [&[][..], &["--tcp-established"]] {
-        let img = dir.path("img");
-        let o = crstream()
-            .args([
-                "dump",
-                "-t",
-                &w.pid.to_string(),
-                "-o",
-                img.to_str().unwrap(),
-            ])
-            .args(flags)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(!o.status.success(), "{}", text(&o));
-        assert!(!img.exists());
+        let err = dump_fails(w.pid, flags);
         assert!(
-            text(&o).contains("1 connection(s) waiting for their client's first data"),
-            "{flags:?}: {}",
-            text(&o)
+            err.contains("1 connection(s) waiting for their client's first data"),
+            "{flags:?}: {err}"
         );
     }
     assert_running_untraced(w.pid);
