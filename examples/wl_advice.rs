@@ -4,8 +4,9 @@
 //! MLOCK_ONFAULT; and areas whose VmFlags say what mprotect may do with
 //! them: sealed with mseal ("sl"), a memfd mapped shared and read-only
 //! through a writable fd ("sh mw": it may be made writable), a System V
-//! segment attached with SHM_RDONLY (neither: it may not). Each area holds
-//! a pattern, checked every 100 ms. The process also denies itself
+//! segment attached with SHM_RDONLY (neither: it may not); and an area
+//! with a guard region (MADV_GUARD_INSTALL) over pages GUARD_PAGES of its
+//! zero half. Each area holds a pattern, checked every 100 ms. The process also denies itself
 //! write-and-execute mappings (PR_SET_MDWE), checked likewise, and dumps
 //! all its memory in a core (coredump_filter 0x3f, as the JVM sets it).
 //! Reports "pid counter STATUS" then, on the next line, the start address
@@ -14,7 +15,7 @@
 //! Usage: wl_advice REPORT [AREAS]
 //! AREAS: which areas, comma-separated, in this order (default: all):
 //! dontfork, dontdump, wipeonfork, hugepage, nohugepage, mergeable,
-//! sequential, random, mlock, onfault, sealed, roshared, shmro.
+//! sequential, random, mlock, onfault, sealed, roshared, shmro, guard.
 
 use std::time::Duration;
 
@@ -30,6 +31,11 @@ const MDWE_REFUSE_EXEC_GAIN: i32 = 1;
 const SEALED: i32 = -3;
 const RO_SHARED: i32 = -4;
 const SHM_RO: i32 = -5;
+const GUARD: i32 = -6;
+const MADV_GUARD_INSTALL: i32 = 102;
+/// The pages of the guard area that are a guard region (a fault there is
+/// SIGSEGV): not read by the check.
+const GUARD_PAGES: std::ops::Range<usize> = 12..14;
 
 /// A memfd holding `pattern`, mapped shared and read-only through its
 /// writable fd (closed then).
@@ -98,6 +104,7 @@ fn main() {
         ("sealed", SEALED),
         ("roshared", RO_SHARED),
         ("shmro", SHM_RO),
+        ("guard", GUARD),
     ];
     let wanted: Vec<i32> = match std::env::args().nth(2) {
         None => advice.iter().map(|a| a.1).collect(),
@@ -160,7 +167,7 @@ fn main() {
             match advice {
                 -1 => assert_eq!(libc::mlock(p.cast(), len), 0, "mlock"),
                 a if a >= 0 => assert_eq!(libc::madvise(p.cast(), len, a), 0, "madvise {a}"),
-                SEALED => {}
+                SEALED | GUARD => {}
                 _ => assert_eq!(
                     libc::syscall(libc::SYS_mlock2, p, len, 1 /* MLOCK_ONFAULT */),
                     0,
@@ -170,6 +177,11 @@ fn main() {
             std::ptr::copy_nonoverlapping(pattern.as_ptr(), p, len);
             if advice == SEALED {
                 assert_eq!(libc::syscall(462 /* mseal */, p, len, 0), 0, "mseal");
+            }
+            if advice == GUARD {
+                let at = p.add(GUARD_PAGES.start * PAGE);
+                let r = libc::madvise(at.cast(), GUARD_PAGES.len() * PAGE, MADV_GUARD_INSTALL);
+                assert_eq!(r, 0, "MADV_GUARD_INSTALL");
             }
         }
         areas.push(p);
@@ -184,8 +196,9 @@ fn main() {
             status = format!("mdwe-{}", mdwe());
         }
         for (i, p) in areas.iter().enumerate() {
-            // SAFETY: reading inside our own mapping.
-            let bad = (0..len).find(|&k| {
+            let guarded = |k: usize| wanted[i] == GUARD && GUARD_PAGES.contains(&(k / PAGE));
+            // SAFETY: reading inside our own mapping, outside guard regions.
+            let bad = (0..len).filter(|&k| !guarded(k)).find(|&k| {
                 let want = if k < len / 2 {
                     (k as u8) ^ (i as u8)
                 } else {

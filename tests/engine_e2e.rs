@@ -980,3 +980,50 @@ fn a_sleep_asking_for_the_time_left_sleeps_what_was_left() {
     assert!(slept >= 6.0, "slept {slept} s");
     w.kill();
 }
+
+/// The multicast groups a UDP socket joined come back with their source
+/// filters (they were lost: nothing lists a socket's groups): after
+/// restore, datagrams sent to an IPv4 group on loopback and to a
+/// source-specific group from its source arrive, one sent to a group never
+/// joined does not, and an IPv6 socket is again a member of its group.
+#[test]
+fn multicast_groups_a_socket_joined_come_back() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("multicast");
+    let script = "import os, struct, sys, time\n\
+         from socket import *\n\
+         report, port = sys.argv[1], int(sys.argv[2])\n\
+         r = socket(AF_INET, SOCK_DGRAM); r.bind(('0.0.0.0', port)); r.settimeout(0.5)\n\
+         r.setsockopt(IPPROTO_IP, IP_ADD_MEMBERSHIP, inet_aton('239.67.82.1') + struct.pack('=4si', inet_aton('0.0.0.0'), 1))\n\
+         ss = lambda a: struct.pack('=H2x4s', AF_INET, inet_aton(a)).ljust(128, b'\\0')\n\
+         r.setsockopt(IPPROTO_IP, 46, struct.pack('=I4x', 1) + ss('232.67.82.2') + ss('127.0.0.1'))\n\
+         r6 = socket(AF_INET6, SOCK_DGRAM)\n\
+         r6.setsockopt(IPPROTO_IPV6, IPV6_JOIN_GROUP, inet_pton(AF_INET6, 'ff15::4352') + struct.pack('=I', 1))\n\
+         def checks():\n\
+         \x20   out = []\n\
+         \x20   tx = socket(AF_INET, SOCK_DGRAM); tx.bind(('127.0.0.1', 0))\n\
+         \x20   tx.setsockopt(IPPROTO_IP, IP_MULTICAST_IF, struct.pack('=4s4si', bytes(4), bytes(4), 1))\n\
+         \x20   for g, want in [('239.67.82.1', True), ('232.67.82.2', True), ('239.67.82.9', False)]:\n\
+         \x20       tx.sendto(g.encode(), (g, port))\n\
+         \x20       try: got = r.recv(100) == g.encode()\n\
+         \x20       except TimeoutError: got = False\n\
+         \x20       out.append(got == want)\n\
+         \x20   out.append(any(l.split()[1:3] == ['lo', 'ff150000000000000000000000004352'] for l in open('/proc/net/igmp6')))\n\
+         \x20   return out\n\
+         before = checks()\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         open(report, 'w').write('%d %d %s %s\\n' % (os.getpid(), n, before, checks()))\n\
+         time.sleep(600)\n";
+    let port = free_port().to_string();
+    let (mut w, r) = python_across_restore(&dir, script, &[port.into()], "]");
+    assert!(
+        r.contains("[True, True, True, True] [True, True, True, True]"),
+        "{r}\n{}",
+        w.log()
+    );
+    w.kill();
+}

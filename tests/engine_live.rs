@@ -119,14 +119,14 @@ fn a_live_dump_keeps_the_pages_a_child_shares_with_its_parent() {
 /// MADV_WIPEONFORK area (a snapshot sees it zeroed: its pages must come
 /// from the process). Without MADV_DONTFORK and mlock, the flags are read
 /// from the snapshot once the process runs again; with either, from the
-/// process while frozen.
+/// process while frozen. A guard region comes back from the snapshot.
 #[test]
 fn a_live_dump_keeps_advice_and_the_pages_of_wipe_on_fork_areas() {
     let layouts = [
         "dontdump,wipeonfork,hugepage,nohugepage,mergeable,sequential,random",
         "dontfork,wipeonfork,random",
         "wipeonfork,mlock,onfault",
-        "sealed,roshared,shmro,wipeonfork",
+        "sealed,roshared,shmro,wipeonfork,guard",
     ];
     for (i, layout) in layouts.into_iter().enumerate() {
         let dir = TestDir::new(&format!("liveadvice{i}"));
@@ -159,6 +159,10 @@ fn a_live_dump_keeps_advice_and_the_pages_of_wipe_on_fork_areas() {
         assert!(r.contains(" OK"), "{layout}, restored: {r}\n{}", w.log());
         assert_running_untraced(pid);
         assert_eq!(flags(pid), before, "{layout}: the restored flags");
+        if let Some(i) = layout.split(',').position(|a| a == "guard") {
+            let guard_area = u64::from_str_radix(&starts[i], 16).unwrap();
+            assert_eq!(guard_pages(pid, guard_area), [12, 13], "the guard region");
+        }
         w.kill();
     }
 }

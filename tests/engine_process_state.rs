@@ -343,8 +343,10 @@ fn every_view_of_a_memfd_and_a_file_reads_the_same() {
 /// the area could be unmapped after restore), a shared read-only mapping
 /// through a writable fd (it came back through a read-only one: mprotect
 /// to make it writable failed), and a System V attach with SHM_RDONLY (it
-/// came back writable-capable once it had pages). So do the process's
-/// memory-deny-write-execute (which wl_advice checks) and core dump filter.
+/// came back writable-capable once it had pages), and a guard region
+/// (MADV_GUARD_INSTALL: the dump failed on it with EIO). So do the
+/// process's memory-deny-write-execute (which wl_advice checks) and core
+/// dump filter.
 #[test]
 fn madvise_flags_and_locked_areas_come_back() {
     let dir = TestDir::new("advice");
@@ -375,14 +377,17 @@ fn madvise_flags_and_locked_areas_come_back() {
         "SHM_RDONLY: {}",
         before[12]
     );
-    // Readers that would drop them (before version 12) refuse the image.
+    let guard_area = u64::from_str_radix(&starts[13], 16).unwrap();
+    assert_eq!(guard_pages(w.pid, guard_area), [12, 13]);
+    // Readers that would drop them (before version 13) refuse the image.
     let img = dir.path("img-v");
     dump(w.pid, &img, &["--leave-running"]);
     let o = run(&["inspect", img.to_str().unwrap()], &[]);
-    assert!(text(&o).contains("records version 12"), "{}", text(&o));
+    assert!(text(&o).contains("records version 13"), "{}", text(&o));
     let same = |pid: i32| {
         let now: Vec<String> = starts.iter().map(|s| vm_flags(pid, s)).collect();
         assert_eq!(now, before);
+        assert_eq!(guard_pages(pid, guard_area), [12, 13], "guard region");
         let filter = std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).unwrap();
         assert_eq!(filter.trim(), "0000003f", "the core dump filter");
     };

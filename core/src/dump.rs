@@ -475,6 +475,26 @@ fn needs_records_12(processes: &[ProcessDump]) -> bool {
             .any(crate::kinds::prctl::needs_records_12)
 }
 
+/// Whether the image has what records version 13 added, which a reader of
+/// 12 would drop: guard regions, multicast memberships.
+fn needs_records_13(processes: &[ProcessDump]) -> bool {
+    let guards = processes
+        .iter()
+        .filter_map(|p| p.records.get::<crstream_proto::MemoryMap>())
+        .flat_map(|m| &m.areas)
+        .any(|a| !a.guards.is_empty());
+    guards
+        || processes
+            .iter()
+            .filter_map(|p| p.records.get::<crstream_proto::FileTable>())
+            .flat_map(|t| &t.files)
+            .any(|f| {
+                f.socket
+                    .as_ref()
+                    .is_some_and(|s| !s.ip_memberships.is_empty())
+            })
+}
+
 /// The inventory, the tree, the objects the tree shares, then every
 /// process's stream and each of its threads' streams. Returns the page
 /// stream of each process, declared with it (pages follow the metadata).
@@ -504,9 +524,12 @@ fn write_metadata(
             // unix socket's peer as root, nor a socket file where it was
             // bound, as root's and with crstream's umask, nor a file made
             // with O_TMPFILE as one that can never be linked, nor a file
-            // linked elsewhere by a path that no longer exists.
-            format_version: if needs_records_12(processes) {
+            // linked elsewhere by a path that no longer exists, nor an
+            // area without its guard regions.
+            format_version: if needs_records_13(processes) {
                 crstream_proto::RECORDS_VERSION
+            } else if needs_records_12(processes) {
+                crstream_proto::RECORDS_VERSION_WITHOUT_GUARDS
             } else if crate::fd::needs_records_11(processes) {
                 crstream_proto::RECORDS_VERSION_WITHOUT_SEALS
             } else if crate::fd::has_socket_files(processes) {

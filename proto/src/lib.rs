@@ -28,9 +28,13 @@ pub const FORMAT_VERSION: u16 = 1;
 /// files removed under the name they were opened by but linked under
 /// another (`OpenFile.handle`); 12 = state a reader of 11 would drop
 /// (`VmArea.madvise` bits for mseal and whether a shared area may be made
-/// writable, `VmArea.handle`, `PrctlValues.mdwe` and `coredump_filter`).
-/// Readers read every version up to theirs.
-pub const RECORDS_VERSION: u32 = 12;
+/// writable, `VmArea.handle`, `PrctlValues.mdwe` and `coredump_filter`);
+/// 13 = guard regions (`VmArea.guards`) and multicast memberships
+/// (`SocketFile.ip_memberships`). Readers read every version up to theirs.
+pub const RECORDS_VERSION: u32 = 13;
+
+/// The version written for an image with nothing of version 13 in it.
+pub const RECORDS_VERSION_WITHOUT_GUARDS: u32 = 12;
 
 /// The version written for an image with nothing of version 12 in it.
 pub const RECORDS_VERSION_WITHOUT_SEALS: u32 = 11;

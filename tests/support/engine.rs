@@ -863,6 +863,24 @@ pub fn advice_starts(report: &str) -> Vec<String> {
         .collect()
 }
 
+/// Which of the 16 pages of wl_advice's area at `start` in `pid` are a guard region
+/// (/proc/PID/pagemap: PM_GUARD_REGION).
+pub fn guard_pages(pid: i32, start: u64) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut entries = [0u8; 16 * 8];
+    pagemap
+        .read_exact_at(&mut entries, start / 4096 * 8)
+        .unwrap();
+    (0..16)
+        .filter(|&i| {
+            let e = u64::from_ne_bytes(entries[i * 8..][..8].try_into().unwrap());
+            e & (1 << 58) != 0
+        })
+        .map(|i| i as u64)
+        .collect()
+}
+
 /// The VmFlags line of the area of `pid` that starts at `start` (hex).
 pub fn vm_flags(pid: i32, start: &str) -> String {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();

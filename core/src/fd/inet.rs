@@ -3,7 +3,8 @@
 //! accept queue, see `accept_queue.rs`), established and closing TCP
 //! connections (with --tcp-established or --tcp-close, see `tcp.rs`), UDP
 //! and UDP-Lite sockets with their peer and queued datagrams (`udp.rs`),
-//! raw and ICMP echo sockets, each with its options.
+//! raw and ICMP echo sockets, each with its options (and the multicast
+//! groups datagram and raw sockets joined: `multicast.rs`).
 
 use super::socket::{
     Created, PeekError, apply_options, finish, fmt_sockaddr, has_queued, is_socket_of,
@@ -11,7 +12,7 @@ use super::socket::{
 };
 use super::tcp::TcpMode;
 use super::unix::backlog;
-use super::{DumpFd, FdKind, Reopen, sock_diag};
+use super::{DumpFd, FdKind, Reopen, multicast, sock_diag};
 use crate::error::{DumpError, RestoreError};
 use crate::kind::DumpTree;
 use crate::kind::RestoreObjects;
@@ -92,6 +93,8 @@ impl FdKind for InetSockets {
                         sf.protocol
                     )));
                 }
+                sf.ip_memberships = multicast::memberships(&dup, sf.family)
+                    .map_err(|e| d.error("its multicast memberships", e))?;
                 finish(d, &dup, sf, f)?;
                 return Ok(true);
             }
@@ -191,6 +194,8 @@ impl FdKind for InetSockets {
                 sf.queued.push(data);
                 sf.queued_from.push(from);
             }
+            sf.ip_memberships = multicast::memberships(&dup, sf.family)
+                .map_err(|e| d.error("its multicast memberships", e))?;
         }
         finish(d, &dup, sf, f)?;
         Ok(true)
@@ -311,6 +316,7 @@ fn create(
     })
     .map_err(|e| ferr("socket", e))?;
     apply_options(&sock, &s.options).map_err(|e| ferr("socket options", e))?;
+    multicast::join(&sock, &s.ip_memberships).map_err(|e| ferr("joining", e))?;
     if port(&s.local_addr) != 0 {
         socket::bind(&sock, &s.local_addr)
             .map_err(|e| ferr(&format!("bind to {}", fmt_sockaddr(&s.local_addr)), e))?;

@@ -23,6 +23,7 @@ mod inet;
 pub(crate) use inet::refuse_shared_outside;
 mod inotify;
 pub(crate) mod locks;
+mod multicast;
 mod netlink;
 pub(crate) mod owner;
 mod packet;

@@ -35,7 +35,7 @@ fn if_name(index: u32) -> io::Result<String> {
 }
 
 /// The index of interface `name` here.
-fn if_index(name: &str) -> io::Result<u32> {
+pub(super) fn if_index(name: &str) -> io::Result<u32> {
     if name.contains('/') {
         return Err(io::Error::other(format!("{name:?} is no interface name")));
     }

@@ -193,11 +193,6 @@ const SO_GET_FILTER: i32 = libc::SO_ATTACH_FILTER;
 const IP_BIND_ADDRESS_NO_PORT: i32 = 24;
 const IPV6_FREEBIND: i32 = 78;
 
-/// (level, name) of the options saved for a socket of this kind, in the
-/// order restore sets those whose value differs from a fresh socket's
-/// (buffer sizes before SO_BUF_LOCK, which setting them changes). A
-/// classic BPF filter (SO_ATTACH_FILTER) is saved apart, before
-/// SO_LOCK_FILTER.
 /// Whether a stream socket has urgent data (MSG_OOB) not read yet (TCP:
 /// or announced and on its way), which no peek of its queue shows as such
 /// (a TCP receive queue reads up to the mark; a unix one without the byte).
@@ -253,6 +248,11 @@ const TCP_TX_DELAY: i32 = 37;
 const UDP_SEGMENT: i32 = 103;
 const UDP_GRO: i32 = 104;
 
+/// (level, name) of the options saved for a socket of this kind, in the
+/// order restore sets those whose value differs from a fresh socket's
+/// (buffer sizes before SO_BUF_LOCK, which setting them changes). A
+/// classic BPF filter (SO_ATTACH_FILTER) is saved apart, before
+/// SO_LOCK_FILTER.
 fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
     let s = libc::SOL_SOCKET;
     let mut v = vec![

@@ -328,7 +328,7 @@ fn fill_touched(
     for a in areas.iter().filter(|a| is_lazy_area(a)) {
         let private = crate::kinds::memory::Save::Private;
         match crate::kinds::memory::scan_ioctl(&pagemap, a.start, a.end, private) {
-            Ok(runs) => present.extend(runs),
+            Ok(runs) => present.extend(runs.pages),
             Err(e) => {
                 tracing::debug!(pid, "PAGEMAP_SCAN: {e}; not checking for touched pages");
                 return Ok(());

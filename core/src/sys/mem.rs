@@ -54,6 +54,22 @@ pub(crate) const PAGE_IS_FILE: u64 = 1 << 2;
 pub(crate) const PAGE_IS_PRESENT: u64 = 1 << 3;
 pub(crate) const PAGE_IS_SWAPPED: u64 = 1 << 4;
 pub(crate) const PAGE_IS_PFNZERO: u64 = 1 << 5;
+/// A guard region's marker (MADV_GUARD_INSTALL), which also reads as
+/// swapped (kernel 6.14 and later name it).
+const PAGE_IS_GUARD: u64 = 1 << 8;
+
+/// PAGE_IS_GUARD where this kernel's PAGEMAP_SCAN knows it, else 0 (such a
+/// kernel refuses the bit with EINVAL).
+fn guard_category() -> u64 {
+    static KNOWN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        let here = &KNOWN as *const _ as u64 & !(PAGE - 1);
+        let mut region = [PageRegion::default()];
+        File::open("/proc/self/pagemap")
+            .and_then(|f| scan_call(&f, here, here + PAGE, 0, PAGE_IS_GUARD, &mut region, 1))
+            .map_or(0, |_| PAGE_IS_GUARD)
+    })
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -81,14 +97,15 @@ struct PageRegion {
 }
 
 /// One PAGEMAP_SCAN of [start, end) for pages present or swapped and in
-/// none of the categories `excluded`, into `regions`, stopping after
-/// `max_pages` pages (0: no limit): the regions filled, and where the walk
-/// ended.
+/// none of the categories `excluded`, into `regions` (which tell the
+/// categories of `returned` apart), stopping after `max_pages` pages (0: no
+/// limit): the regions filled, and where the walk ended.
 fn scan_call(
     pagemap: &File,
     start: u64,
     end: u64,
     excluded: u64,
+    returned: u64,
     regions: &mut [PageRegion],
     max_pages: u64,
 ) -> io::Result<(usize, u64)> {
@@ -102,7 +119,7 @@ fn scan_call(
         category_inverted: excluded,
         category_mask: excluded,
         category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: returned,
         ..Default::default()
     };
     // SAFETY: arg and the regions outlive the call; the kernel writes at
@@ -120,30 +137,54 @@ fn scan_call(
     Ok((n as usize, arg.walk_end))
 }
 
-/// Runs (start, bytes) of the pages of [start, end) in the process of
-/// `pagemap` (its /proc/PID/pagemap) that are present or swapped and in
-/// none of the categories `excluded`, with the PAGEMAP_SCAN ioctl. Err
-/// with ENOTTY or EINVAL: the kernel lacks it.
+/// What a PAGEMAP_SCAN found: runs (start, bytes), sorted and disjoint.
+#[derive(Debug, Default)]
+pub(crate) struct Scanned {
+    /// Pages present or swapped.
+    pub pages: Vec<(u64, u64)>,
+    /// Guard regions (MADV_GUARD_INSTALL): no pages, and a fault there is
+    /// SIGSEGV.
+    pub guards: Vec<(u64, u64)>,
+}
+
+/// The pages of [start, end) in the process of `pagemap` (its
+/// /proc/PID/pagemap) that are present or swapped and in none of the
+/// categories `excluded`, and its guard regions, with the PAGEMAP_SCAN
+/// ioctl. Err with ENOTTY or EINVAL: the kernel lacks it.
 pub(crate) fn pagemap_scan(
     pagemap: &File,
     start: u64,
     end: u64,
     excluded: u64,
-) -> io::Result<Vec<(u64, u64)>> {
+) -> io::Result<Scanned> {
+    let guard = guard_category();
+    let returned = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | guard;
     let mut regions = vec![PageRegion::default(); 1024];
-    let mut found: Vec<(u64, u64)> = Vec::new();
+    let (mut pages, mut guards) = (Vec::new(), Vec::new());
     let mut at = start;
     while at < end {
-        let (n, walk_end) = scan_call(pagemap, at, end, excluded, &mut regions, 0)?;
-        found.extend(regions[..n].iter().map(|r| (r.start, r.end)));
+        let (n, walk_end) = scan_call(pagemap, at, end, excluded, returned, &mut regions, 0)?;
+        for r in &regions[..n] {
+            match r.categories & guard {
+                0 => pages.push((r.start, r.end)),
+                _ => guards.push((r.start, r.end)),
+            }
+        }
         if walk_end <= at {
             break;
         }
         at = walk_end;
     }
-    // Where it skips pages, kernel 6.18 may report regions beyond the
-    // walk_end it returns, and the next call reports them again: the runs
-    // are the union of every call's regions.
+    Ok(Scanned {
+        pages: union(pages),
+        guards: union(guards),
+    })
+}
+
+/// Runs (start, bytes) covering the regions (start, end): where it skips
+/// pages, kernel 6.18 may report regions beyond the walk_end it returns,
+/// and the next call reports them again.
+fn union(mut found: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     found.sort_unstable();
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for (start, end) in found {
@@ -154,7 +195,7 @@ pub(crate) fn pagemap_scan(
             _ => runs.push((start, end - start)),
         }
     }
-    Ok(runs)
+    runs
 }
 
 /// Whether [start, end) of the process of `pagemap` has a page that is
@@ -167,7 +208,9 @@ pub(crate) fn pagemap_has_page(
     excluded: u64,
 ) -> io::Result<bool> {
     let mut region = [PageRegion::default()];
-    let (n, _) = scan_call(pagemap, start, end, excluded, &mut region, 1)?;
+    let excluded = excluded | guard_category();
+    let returned = PAGE_IS_PRESENT | PAGE_IS_SWAPPED;
+    let (n, _) = scan_call(pagemap, start, end, excluded, returned, &mut region, 1)?;
     Ok(n > 0)
 }
 
@@ -176,6 +219,8 @@ pub(crate) const PM_PRESENT: u64 = 1 << 63;
 pub(crate) const PM_SWAPPED: u64 = 1 << 62;
 pub(crate) const PM_FILE: u64 = 1 << 61;
 pub(crate) const PM_PFN: u64 = (1 << 55) - 1;
+/// A guard region's marker (kernel 6.14 and later).
+pub(crate) const PM_GUARD_REGION: u64 = 1 << 58;
 
 /// PFN ranges of the shared zero page and, when transparent huge pages map
 /// it, of the huge zero page: what a read fault on untouched anonymous
@@ -279,7 +324,7 @@ mod tests {
         // SAFETY: our mapping, no longer used.
         unsafe { libc::munmap(p, len) };
         let runs = match scanned {
-            Ok(r) => r,
+            Ok(r) => r.pages,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => return,
             Err(e) => panic!("{e}"),
         };

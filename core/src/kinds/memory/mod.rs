@@ -36,10 +36,10 @@ use crate::proc::MapEntry;
 use crate::records::ProcessImage;
 use crate::stub::Stub;
 use crate::sys::mem::{
-    PAGE_IS_FILE, PAGE_IS_PFNZERO, PM_FILE, PM_PFN, PM_PRESENT, PM_SWAPPED, pagemap_scan, vm_readv,
-    zero_page_pfns,
+    PAGE_IS_FILE, PAGE_IS_PFNZERO, PM_FILE, PM_GUARD_REGION, PM_PFN, PM_PRESENT, PM_SWAPPED,
+    Scanned, pagemap_scan, vm_readv, zero_page_pfns,
 };
-use crstream_proto::{AreaKind, MemoryMap, VmArea};
+use crstream_proto::{AreaKind, Extent, MemoryMap, VmArea};
 use crstream_streamer::{ImageSink, PAGE_SIZE};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -503,14 +503,14 @@ fn plan(
     Ok(out)
 }
 
-/// Populated page runs of [start, end) via PAGEMAP_SCAN; `Err` with
-/// ENOTTY/EINVAL when the kernel lacks it.
+/// Populated page runs and guard regions of [start, end) via
+/// PAGEMAP_SCAN; `Err` with ENOTTY/EINVAL when the kernel lacks it.
 pub(crate) fn scan_ioctl(
     pagemap: &File,
     start: u64,
     end: u64,
     save: Save,
-) -> std::io::Result<Vec<(u64, u64)>> {
+) -> std::io::Result<Scanned> {
     let excluded = match save {
         Save::Private => PAGE_IS_PFNZERO | PAGE_IS_FILE,
         _ => PAGE_IS_PFNZERO,
@@ -526,7 +526,7 @@ fn scan_pagemap(
     end: u64,
     save: Save,
     zero: &[(u64, u64)],
-) -> std::io::Result<Vec<(u64, u64)>> {
+) -> std::io::Result<Scanned> {
     const PRESENT: u64 = PM_PRESENT;
     const SWAPPED: u64 = PM_SWAPPED;
     const FILE: u64 = PM_FILE;
@@ -534,7 +534,7 @@ fn scan_pagemap(
         let pfn = e & PM_PFN;
         pfn != 0 && zero.iter().any(|&(s, end)| (s..end).contains(&pfn))
     };
-    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut found = Scanned::default();
     let mut buf = vec![0u8; 8 * 4096];
     let mut addr = start;
     while addr < end {
@@ -543,12 +543,17 @@ fn scan_pagemap(
         pagemap.read_exact_at(b, addr / PAGE_SIZE as u64 * 8)?;
         for e in b.chunks_exact(8) {
             let e = u64::from_le_bytes(e.try_into().unwrap());
-            let keep = match save {
-                Save::Private => {
-                    (e & PRESENT != 0 && e & FILE == 0 && !is_zero(e)) || e & SWAPPED != 0
-                }
-                _ => e & (PRESENT | SWAPPED) != 0,
+            let runs = match e & PM_GUARD_REGION {
+                0 => &mut found.pages,
+                _ => &mut found.guards,
             };
+            let keep = e & PM_GUARD_REGION != 0
+                || match save {
+                    Save::Private => {
+                        (e & PRESENT != 0 && e & FILE == 0 && !is_zero(e)) || e & SWAPPED != 0
+                    }
+                    _ => e & (PRESENT | SWAPPED) != 0,
+                };
             if keep {
                 match runs.last_mut() {
                     Some(last) if last.0 + last.1 == addr => last.1 += PAGE_SIZE as u64,
@@ -558,7 +563,7 @@ fn scan_pagemap(
             addr += PAGE_SIZE as u64;
         }
     }
-    Ok(runs)
+    Ok(found)
 }
 
 /// The pages of the kernel shmem object a shared anonymous area (or a
@@ -598,7 +603,7 @@ const SCAN_WHOLE_END: u64 = 0x7fff_ffff_f000;
 /// The pages a private area saves (see [`Save::Private`]), found in the
 /// whole address space at once: None when PAGEMAP_SCAN fails (each area is
 /// then scanned on its own, with the fallback).
-fn scan_whole(pid: i32) -> Option<Vec<(u64, u64)>> {
+fn scan_whole(pid: i32) -> Option<Scanned> {
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).ok()?;
     scan_ioctl(&pagemap, 0, SCAN_WHOLE_END, Save::Private).ok()
 }
@@ -632,7 +637,7 @@ fn scan(
     pid: i32,
     read_from: i32,
     areas: &mut [DumpArea],
-    whole: Option<&Vec<(u64, u64)>>,
+    whole: Option<&Scanned>,
     pick: impl Fn(&DumpArea) -> bool,
 ) -> Result<(), DumpError> {
     let pagemap = open_pagemap(pid, read_from)?;
@@ -652,7 +657,10 @@ fn scan(
         }
         let mut runs = None;
         if let Some(whole) = whole.filter(|_| end <= SCAN_WHOLE_END) {
-            runs = Some(runs_within(whole, start, end));
+            runs = Some(Scanned {
+                pages: runs_within(&whole.pages, start, end),
+                guards: runs_within(&whole.guards, start, end),
+            });
         } else if use_ioctl {
             match scan_ioctl(&pagemap, start, end, a.save) {
                 Ok(r) => runs = Some(r),
@@ -687,8 +695,11 @@ fn scan(
                 })?
             }
         };
-        a.area.has_pages = !runs.is_empty();
-        a.runs = runs;
+        a.area.has_pages = !runs.pages.is_empty();
+        a.runs = runs.pages;
+        a.area.guards = (runs.guards.iter())
+            .map(|&(offset, len)| Extent { offset, len })
+            .collect();
     }
     Ok(())
 }
@@ -981,8 +992,24 @@ fn map_areas(
             }
         }
     }
+    // Once every area is in place: an area with a guard region is marked so
+    // ("gu"), and an area mapped next to it after would merge with it and
+    // take the mark. No pages come to a guard region.
+    for a in areas.iter().filter(|a| is_mapped_area(a)) {
+        for g in &a.guards {
+            stub.call(
+                "madvise",
+                libc::SYS_madvise,
+                &[g.offset, g.len, MADV_GUARD_INSTALL],
+            )
+            .map_err(|e| map_err(pid, a, format!("madvise (guard region): {e}")))?;
+        }
+    }
     Ok(())
 }
+
+/// madvise advice (uapi asm-generic/mman-common.h, kernel 6.13).
+const MADV_GUARD_INSTALL: u64 = 102;
 
 /// Maps one area (not a System V attachment) at its address.
 fn map_area(
@@ -1196,6 +1223,11 @@ mod tests {
             *p.add(10 * PAGE_SIZE) = 3;
             // A read fault maps the zero page, which is not saved.
             std::ptr::read_volatile(p.add(20 * PAGE_SIZE));
+            // A guard region over a written page and an untouched one.
+            let guard = p.add(30 * PAGE_SIZE);
+            *guard = 4;
+            let r = libc::madvise(guard.cast(), 2 * PAGE_SIZE, MADV_GUARD_INSTALL as i32);
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
         }
         let maps = crate::proc::smaps(pid).unwrap();
         let mut areas = plan(
@@ -1216,6 +1248,7 @@ mod tests {
         for (w, e) in areas.iter().zip(&each) {
             if w.area.start <= base && w.area.end >= base + len as u64 {
                 assert_eq!(w.runs, e.runs, "area {:#x}", w.area.start);
+                assert_eq!(w.area.guards, e.area.guards, "area {:#x}", w.area.start);
             }
         }
         let a = areas
@@ -1232,6 +1265,11 @@ mod tests {
             ours,
             vec![(base + 3 * 4096, 2 * 4096), (base + 10 * 4096, 4096)]
         );
+        let guard = Extent {
+            offset: base + 30 * 4096,
+            len: 2 * 4096,
+        };
+        assert_eq!(a.area.guards, vec![guard]);
         // The pagemap fallback finds the same pages (root sees PFNs, so the
         // zero page is recognised and skipped).
         let pagemap = File::open(format!("/proc/{pid}/pagemap")).unwrap();
@@ -1241,7 +1279,8 @@ mod tests {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             assert!(!zero.is_empty(), "zero page PFN not found");
-            assert_eq!(fallback, ours);
+            assert_eq!(fallback.pages, ours);
+            assert_eq!(fallback.guards, vec![(guard.offset, guard.len)]);
         }
         assert!(
             areas
