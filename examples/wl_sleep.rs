@@ -1,8 +1,9 @@
 //! Workload: threads blocked in the kernel when the dump freezes them:
 //! short sleeps (nanosleep), a long 3 s sleep, a condvar wait with timeout
 //! (futex with timeout) and a condvar wait without timeout (futex); and
-//! raw poll without timeout, nanosleep and futex wait with a timeout, which
-//! must never see EINTR. Each checks that no wait ends early. Reports, every 100 ms:
+//! raw poll without timeout, nanosleep and futex wait with a timeout,
+//! epoll_wait with and without a timeout, epoll_pwait and io_getevents
+//! (waits the kernel never restarts), which must never see EINTR. Each checks that no wait ends early. Reports, every 100 ms:
 //! "pid errors short_sleeps long_sleeps timed_waits".
 //!
 //! Usage: wl_sleep REPORT
@@ -135,6 +136,70 @@ fn main() {
                 let err = std::io::Error::last_os_error();
                 if r != -1 || err.raw_os_error() != Some(libc::ETIMEDOUT) {
                     eprintln!("futex wait with a timeout returned {r}: {err}");
+                    errors.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    // Waits the kernel never restarts: a tracer's interrupt ends them with
+    // EINTR, which crstream must not let through (no signal handler ran).
+    // SAFETY: an epoll instance watching an eventfd nobody writes.
+    let epoll = unsafe {
+        let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        let ev = libc::eventfd(0, libc::EFD_CLOEXEC);
+        let mut e = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0,
+        };
+        assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ev, &mut e), 0);
+        ep
+    };
+    let never = |what: &'static str, errors: Arc<AtomicU64>, wait: fn(i32) -> i64| {
+        std::thread::spawn(move || {
+            let r = wait(epoll);
+            eprintln!("{what} returned {r}: {}", std::io::Error::last_os_error());
+            errors.fetch_add(1, Ordering::SeqCst);
+        });
+    };
+    // SAFETY (all three): waits on our epoll instance or AIO context, into
+    // a buffer on the waiting thread's stack.
+    never("epoll_wait without timeout", errors.clone(), |ep| unsafe {
+        let mut e = libc::epoll_event { events: 0, u64: 0 };
+        libc::epoll_wait(ep, &mut e, 1, -1) as i64
+    });
+    never("epoll_pwait without timeout", errors.clone(), |ep| unsafe {
+        let mut e = libc::epoll_event { events: 0, u64: 0 };
+        libc::epoll_pwait(ep, &mut e, 1, -1, std::ptr::null()) as i64
+    });
+    never("io_getevents without timeout", errors.clone(), |_| unsafe {
+        let mut ctx: libc::c_ulong = 0;
+        assert_eq!(
+            libc::syscall(libc::SYS_io_setup, 1, &mut ctx),
+            0,
+            "io_setup"
+        );
+        let mut events = [0u64; 4];
+        libc::syscall(
+            libc::SYS_io_getevents,
+            ctx,
+            1,
+            1,
+            events.as_mut_ptr(),
+            std::ptr::null::<libc::timespec>(),
+        )
+    });
+    {
+        let errors = errors.clone();
+        std::thread::spawn(move || {
+            loop {
+                let mut e = libc::epoll_event { events: 0, u64: 0 };
+                // SAFETY: as above, with a 1 s timeout.
+                let r = unsafe { libc::epoll_wait(epoll, &mut e, 1, 1000) };
+                if r != 0 {
+                    eprintln!(
+                        "epoll_wait with a timeout returned {r}: {}",
+                        std::io::Error::last_os_error()
+                    );
                     errors.fetch_add(1, Ordering::SeqCst);
                 }
             }

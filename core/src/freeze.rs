@@ -23,6 +23,8 @@ pub(crate) struct FrozenThread {
     /// The signal that stopped it, if it was in a group stop (SIGSTOP,
     /// SIGTSTP, ...; it stays stopped when released): 0 if it ran.
     pub group_stop: i32,
+    /// Inside restart_syscall: the call it restarts (see [`restarting`]).
+    pub restarting: Option<i64>,
 }
 
 impl FrozenThread {
@@ -55,6 +57,46 @@ pub(crate) struct Frozen {
     /// The ptrace options its threads were seized with.
     pub options: u64,
     released: bool,
+}
+
+/// For a thread inside restart_syscall (a call a stop interrupted, which
+/// the kernel restarts from its restart_block, which no interface reads):
+/// the call it restarts, told by the restart function on its kernel stack.
+/// Read before the freeze interrupts it (then the stack shows the ptrace
+/// stop); None for any other thread, or one whose call is not known here.
+fn restarting(tid: i32) -> Option<i64> {
+    // "NR ARG1 ... ARG6 SP PC" (the arguments are those of the first call).
+    let call = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
+    let mut fields = call.split_whitespace();
+    if fields.next()? != libc::SYS_restart_syscall.to_string() {
+        return None;
+    }
+    let first_arg = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+    let stack = std::fs::read_to_string(format!("/proc/{tid}/stack")).ok()?;
+    let has = |f: &str| stack.lines().any(|l| l.contains(&format!("] {f}+")));
+    if has("do_restart_poll") {
+        Some(libc::SYS_poll)
+    } else if has("futex_wait_restart") {
+        Some(libc::SYS_futex)
+    } else if has("hrtimer_nanosleep_restart") {
+        // nanosleep's first argument is a pointer, clock_nanosleep's a
+        // clock id.
+        Some(if first_arg < 4096 {
+            libc::SYS_clock_nanosleep
+        } else {
+            libc::SYS_nanosleep
+        })
+    } else if has("posix_cpu_nsleep_restart") || has("alarm_timer_nsleep_restart") {
+        Some(libc::SYS_clock_nanosleep)
+    } else {
+        None
+    }
+}
+
+/// Whether a signal thread `t` would take is pending for it (or for its
+/// process); if that cannot be read, as if one were.
+fn takes_a_signal(t: &FrozenThread) -> bool {
+    proc::status(t.tid).map_or(true, |s| (s.sig_pnd | s.shd_pnd) & !t.mask != 0)
 }
 
 /// Waits until a seized+interrupted thread reaches its interrupt stop,
@@ -127,6 +169,7 @@ impl Frozen {
                     mask: 0,
                     touched: false,
                     group_stop: 0,
+                    restarting: restarting(tid),
                 });
                 ptrace::interrupt(tid)?;
                 let Some(sig) = wait_interrupt_stop(tid)? else {
@@ -169,15 +212,21 @@ impl Frozen {
         }
         self.released = true;
         for t in self.threads.iter().rev() {
-            if t.touched {
+            let again = crate::inject::ended_by_the_freeze(&t.regs) && !takes_a_signal(t);
+            if t.touched || again {
                 let mut regs = t.regs;
+                if again {
+                    crate::inject::call_again(&mut regs);
+                }
                 adjust_restart(&mut regs, Resume::SameTask);
                 if let Err(e) = ptrace::set_regs(t.tid, &regs) {
                     tracing::error!(tid = t.tid, "restoring registers: {e}");
                 }
-                if let Err(e) = ptrace::set_sigmask(t.tid, t.mask) {
-                    tracing::error!(tid = t.tid, "restoring the signal mask: {e}");
-                }
+            }
+            if t.touched
+                && let Err(e) = ptrace::set_sigmask(t.tid, t.mask)
+            {
+                tracing::error!(tid = t.tid, "restoring the signal mask: {e}");
             }
         }
         if self.stop_signal != 0 {

@@ -354,6 +354,35 @@ pub fn adjust_restart(regs: &mut Regs, mode: Resume) {
     regs.orig_rax = u64::MAX;
 }
 
+/// Whether a thread stopped with these registers was ended with EINTR in
+/// a wait the kernel never restarts (the freeze alone ends it so): a
+/// signal wait (sigwaitinfo, sigtimedwait), epoll_wait and epoll_pwait,
+/// semop and semtimedop, io_getevents. Unless a signal it would take is
+/// pending, it waits again rather than see EINTR, after a restore as after
+/// a dump that leaves it running: event loops take EINTR for a signal
+/// handler that ran, or give up (and CPython's sigtimedwait, told EINTR
+/// after its deadline, returns a siginfo it never filled). A wait with a
+/// timeout may last longer than asked, which a timeout allows.
+pub(crate) fn ended_by_the_freeze(regs: &Regs) -> bool {
+    const WAITS: [i64; 8] = [
+        libc::SYS_rt_sigtimedwait,
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+        libc::SYS_semop,
+        libc::SYS_semtimedop,
+        libc::SYS_io_getevents,
+        333, // io_pgetevents
+    ];
+    regs.rax as i64 == -(libc::EINTR as i64) && WAITS.contains(&(regs.orig_rax as i64))
+}
+
+/// Makes a thread stopped at the end of a syscall make it again.
+pub(crate) fn call_again(regs: &mut Regs) {
+    regs.rax = regs.orig_rax;
+    regs.rip -= 2;
+}
+
 /// A relative nanosleep(req, rem) or clock_nanosleep(clock, flags, req,
 /// rem) with a `rem`, about to start again: asks for `rem`, the time left
 /// at the interruption (the caller never reads the argument registers

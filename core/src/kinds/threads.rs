@@ -27,7 +27,10 @@ impl Kind for Threads {
         for i in 0..p.threads.len() {
             let remote = p.thread_remote(i)?;
             let (regs, mask) = (p.threads[i].regs, p.threads[i].mask);
-            let core = dump_thread(p, &remote, &regs, mask)?;
+            let mut core = dump_thread(p, &remote, &regs, mask)?;
+            core.restarting = p.threads[i]
+                .restarting
+                .filter(|_| in_restart_syscall(&regs));
             p.thread_records[i].push(core);
         }
         Ok(())
@@ -101,6 +104,7 @@ fn dump_thread(
         clear_child_tid,
         comm: comm.trim_end_matches('\n').to_string(),
         in_syscall: regs.orig_rax as i64,
+        restarting: None,
         fs_base: regs.fs_base,
         gs_base: regs.gs_base,
     })
@@ -219,37 +223,40 @@ fn final_regs(pid: i32, t: &ThreadCore, shared_pending: &[Vec<u8>]) -> Result<Re
             t.gp_regs.len()
         ))
     })?;
-    if regs.orig_rax == libc::SYS_restart_syscall as u64
-        && regs.rax as i64 == -crate::inject::ERESTART_RESTARTBLOCK
-    {
-        tracing::warn!(
-            "tid {} of pid {pid} was in a system call the kernel had already restarted \
-             once (restart_syscall): what it restarts is not saved, so it returns EINTR",
-            t.tid
-        );
+    if in_restart_syscall(&regs) {
+        match t.restarting {
+            // It makes that call again, as one the freeze interrupted.
+            Some(call) => regs.orig_rax = call as u64,
+            None => tracing::warn!(
+                "tid {} of pid {pid} was in a system call the kernel had already restarted \
+                 once (restart_syscall), which crstream could not tell: it returns EINTR",
+                t.tid
+            ),
+        }
     }
     if waits_again(&regs, t, shared_pending) {
-        regs.rax = regs.orig_rax;
-        regs.rip -= 2;
+        crate::inject::call_again(&mut regs);
     }
     adjust_restart(&mut regs, Resume::Restored);
     Ok(regs)
 }
 
-/// Whether a thread the dump froze in rt_sigtimedwait (sigwaitinfo,
-/// sigtimedwait), which the freeze alone ended with EINTR (no signal it
-/// would take is pending), waits again rather than return EINTR: the
-/// kernel does not restart that call, and a restore is a long pause
-/// (CPython's sigtimedwait, told EINTR after its deadline, returns a
-/// siginfo it never filled). The wait may last longer than asked, which
-/// a timeout allows.
+/// Whether a thread was stopped as it left restart_syscall, to enter it
+/// again (a stop interrupted a call, then the restarted call).
+fn in_restart_syscall(regs: &Regs) -> bool {
+    regs.orig_rax == libc::SYS_restart_syscall as u64
+        && regs.rax as i64 == -crate::inject::ERESTART_RESTARTBLOCK
+}
+
+/// Whether a thread the dump froze in a wait the freeze alone ended with
+/// EINTR waits again (see `inject::ended_by_the_freeze`): no signal it
+/// would take is pending.
 fn waits_again(regs: &Regs, t: &ThreadCore, shared_pending: &[Vec<u8>]) -> bool {
     let takes = |si: &Vec<u8>| {
         let sig = crate::kinds::signals::signo(si);
         (1..=64).contains(&sig) && t.blocked_signals & (1u64 << (sig - 1)) == 0
     };
-    regs.orig_rax == libc::SYS_rt_sigtimedwait as u64
-        && regs.rax as i64 == -(libc::EINTR as i64)
+    crate::inject::ended_by_the_freeze(regs)
         && !t.pending_signals.iter().chain(shared_pending).any(takes)
 }
 
