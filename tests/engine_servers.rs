@@ -557,6 +557,116 @@ fn unix_socket_files_come_back_where_and_as_they_were() {
     w.kill();
 }
 
+/// A unix socket bound to a relative name (postfix binds "public/pickup"
+/// from its queue directory) comes back bound from that directory, with
+/// its file's mode and owner, wherever restore runs (it was bound relative
+/// to restore's own directory: the restore failed after the dump, or the
+/// socket landed elsewhere, root's). Where the name no longer leads to its
+/// file from the working directory, the dump is refused.
+#[test]
+fn a_unix_socket_bound_to_a_relative_name_comes_back_in_its_directory() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("unix-relative");
+    let script = "import os, sys, socket, time\n\
+         report, where = sys.argv[1], sys.argv[2]\n\
+         os.makedirs(os.path.join(where, 'public')); os.chdir(where)\n\
+         a = socket.socket(socket.AF_UNIX); a.bind('public/svc'); a.listen(4)\n\
+         os.chmod('public/svc', 0o666); os.chown('public/svc', 65534, 65534)\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         k = socket.socket(socket.AF_UNIX); k.connect(os.path.join(where, 'public/svc'))\n\
+         a.settimeout(5); reached = a.accept()[0] is not None\n\
+         st = os.stat('public/svc')\n\
+         checks = [a.getsockname() == 'public/svc', reached, st.st_mode & 0o7777 == 0o666,\n\
+         \x20   (st.st_uid, st.st_gid) == (65534, 65534)]\n\
+         open(report, 'w').write('%d %d %s\\n' % (os.getpid(), n, checks))\n\
+         time.sleep(600)\n";
+    let queue = dir.path("queue");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(dir.path("report")).arg(&queue);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    // Restore runs in this test's working directory, which has no public/.
+    assert!(!std::path::Path::new("public").exists());
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| r.contains('['));
+    assert!(r.contains("[True, True, True, True]"), "{r}\n{}", w.log());
+    assert!(!std::path::Path::new("public").exists());
+    w.kill();
+
+    // Bound from a directory the process has left since: refused.
+    let dir = TestDir::new("unix-relative-moved");
+    let script = "import os, sys, socket, time\n\
+         report, where = sys.argv[1], sys.argv[2]\n\
+         os.makedirs(where); os.chdir(where)\n\
+         a = socket.socket(socket.AF_UNIX); a.bind('svc'); a.listen(4); os.chdir('/')\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(dir.path("report"))
+        .arg(dir.path("moved"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let err = dump_refused(w.pid, &dir.path("img"), &[], &[]);
+    assert!(err.contains("relative name svc"), "{err}");
+    assert_running_untraced(w.pid);
+    w.kill();
+}
+
+/// Datagram sockets connected to a bound datagram socket of the tree that
+/// is not connected back (postfix's processes to its log server, whose
+/// name is relative to the queue directory) come back connected to it:
+/// the dump refused them as connected outside the tree. What was queued
+/// on the server comes back too.
+#[test]
+fn datagram_sockets_connected_to_a_server_of_the_tree_come_back_connected() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("unix-dgram-server");
+    let script = "import os, sys, socket, time\n\
+         report, where = sys.argv[1], sys.argv[2]\n\
+         os.makedirs(os.path.join(where, 'public')); os.chdir(where)\n\
+         D = socket.SOCK_DGRAM\n\
+         srv = socket.socket(socket.AF_UNIX, D); srv.bind('public/log')\n\
+         c = socket.socket(socket.AF_UNIX, D); c.connect('public/log'); c.send(b'queued')\n\
+         c2 = socket.socket(socket.AF_UNIX, D); c2.connect(os.path.join(where, 'public/log'))\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         c.send(b'one'); c2.send(b'two'); srv.settimeout(5)\n\
+         got = [srv.recv(10) for _ in range(3)]\n\
+         checks = [got == [b'queued', b'one', b'two'], c.getpeername() == 'public/log',\n\
+         \x20   c2.getpeername() == 'public/log']\n\
+         open(report, 'w').write('%d %d %s %s\\n' % (os.getpid(), n, checks, got))\n\
+         time.sleep(600)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(dir.path("report"))
+        .arg(dir.path("queue"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| r.contains('['));
+    assert!(r.contains("[True, True, True]"), "{r}\n{}", w.log());
+    w.kill();
+}
+
 /// A connection whose listener is gone by the dump (closed after it
 /// accepted) keeps its names too: a path (whose stale socket file is left
 /// as it is), an abstract name, a seqpacket listener, and an accepted end

@@ -476,7 +476,8 @@ fn needs_records_12(processes: &[ProcessDump]) -> bool {
 }
 
 /// Whether the image has what records version 13 added, which a reader of
-/// 12 would drop: guard regions, multicast memberships.
+/// 12 would drop: guard regions, multicast memberships, the directory a
+/// unix socket's relative name is relative to.
 fn needs_records_13(processes: &[ProcessDump]) -> bool {
     let guards = processes
         .iter()
@@ -488,10 +489,12 @@ fn needs_records_13(processes: &[ProcessDump]) -> bool {
             .iter()
             .filter_map(|p| p.records.get::<crstream_proto::FileTable>())
             .flat_map(|t| &t.files)
-            .any(|f| {
-                f.socket
-                    .as_ref()
-                    .is_some_and(|s| !s.ip_memberships.is_empty())
+            .filter_map(|f| f.socket.as_ref())
+            .any(|s| {
+                !s.ip_memberships.is_empty()
+                    || s.socket_file
+                        .as_ref()
+                        .is_some_and(|f| !f.relative_to.is_empty())
             })
 }
 

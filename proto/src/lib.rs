@@ -29,8 +29,9 @@ pub const FORMAT_VERSION: u16 = 1;
 /// another (`OpenFile.handle`); 12 = state a reader of 11 would drop
 /// (`VmArea.madvise` bits for mseal and whether a shared area may be made
 /// writable, `VmArea.handle`, `PrctlValues.mdwe` and `coredump_filter`);
-/// 13 = guard regions (`VmArea.guards`) and multicast memberships
-/// (`SocketFile.ip_memberships`). Readers read every version up to theirs.
+/// 13 = guard regions (`VmArea.guards`), multicast memberships
+/// (`SocketFile.ip_memberships`) and the directory a unix socket's
+/// relative name is relative to (`UnixSocketFile.relative_to`). Readers read every version up to theirs.
 pub const RECORDS_VERSION: u32 = 13;
 
 /// The version written for an image with nothing of version 13 in it.

@@ -25,6 +25,7 @@ use crstream_proto::{OpenFile, PeerIds, SocketFile};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 
 #[derive(Default)]
@@ -42,8 +43,11 @@ pub(super) struct UnixSockets {
     /// Dump: what restore needs to know of a connected socket: inode ->
     /// (type, bound, data queued, peer's name).
     connected: HashMap<u64, (i32, bool, bool, Vec<u8>)>,
-    /// Dump: sockets whose peer is outside the tree.
+    /// Dump: sockets whose peer is outside the tree, or a socket of the
+    /// tree not connected back (a datagram socket's server).
     external: Vec<u64>,
+    /// Dump: every unix socket of the tree, by inode.
+    dumped: std::collections::HashSet<u64>,
     /// Dump: the files queued messages carry, for `fd/passed.rs`.
     passing: Vec<super::Passing>,
     /// Restore: what goes into the sockets once every fd table is in
@@ -58,6 +62,10 @@ pub(super) struct UnixSockets {
     /// Restore: the listeners of the image by name (seen by `check`), so
     /// that a connection accepted from one comes back through it.
     listeners: std::cell::RefCell<HashMap<Vec<u8>, SocketFile>>,
+    /// Restore: the name by which crstream reaches each socket of the
+    /// image bound to a path (see [`reachable_name`]), by inode (seen by
+    /// `check`).
+    names: std::cell::RefCell<HashMap<u64, Vec<u8>>>,
     /// Restore: the peer each socket of the image held, by inode (seen by
     /// `check`), and crstream's own ids.
     peer_ids: std::cell::RefCell<HashMap<u64, Peer>>,
@@ -124,9 +132,11 @@ impl FdKind for UnixSockets {
                 groups: ids.groups,
                 pid,
             });
+        self.dumped.insert(sf.inode);
         let diag = sock_diag::unix(sf.inode);
         let bound_file = diag.as_ref().ok().and_then(|q| q.file);
-        sf.socket_file = unix_file::saved(d.pid, &sf.local_addr, bound_file);
+        sf.socket_file =
+            unix_file::saved(d.pid, &sf.local_addr, bound_file).map_err(|why| d.refuse(why))?;
         if sf.listening {
             let what = format!("unix listener {}", fmt_sockaddr(&sf.local_addr));
             let queues = diag.map(|q| (q.rqueue, q.wqueue));
@@ -245,6 +255,9 @@ impl FdKind for UnixSockets {
                 .borrow_mut()
                 .insert(s.local_addr.clone(), s.clone());
         }
+        if unix_file::path_of(&s.local_addr).is_some() {
+            self.names.borrow_mut().insert(s.inode, reachable_name(s));
+        }
         if let Some(peer) = &s.peer_ids {
             self.peer_ids.borrow_mut().insert(
                 s.inode,
@@ -322,6 +335,10 @@ impl UnixSockets {
                 }
                 None => {
                     let (ty, bound, queued, name) = self.connected[ino].clone();
+                    // A datagram socket connected to one of the tree that
+                    // is not connected back (its server): it connects to
+                    // that socket's name again, as to one outside.
+                    let one_way = ty == libc::SOCK_DGRAM && self.dumped.contains(&peer);
                     let refuse = |why: String| DumpError::UnsupportedFile {
                         pid,
                         fd,
@@ -335,7 +352,7 @@ impl UnixSockets {
                             }
                         ),
                     };
-                    if !self.ext_unix {
+                    if !self.ext_unix && !one_way {
                         return Err(refuse(
                             ": --ext-unix-sk saves it (a datagram socket connects to the same \
                              name again; a stream is handed in with --inherit-fd at restore)"
@@ -617,7 +634,10 @@ impl UnixSockets {
         // which a connected socket would refuse).
         let own = super::dup(&sock).map_err(|e| ferr("dup", e))?;
         let what = format!("connect to {}", fmt_sockaddr(&s.peer_addr));
-        self.connects.push((own, s.peer_addr.clone(), what));
+        // A peer of the tree by the name crstream reaches it by (getpeername
+        // says the name the peer was bound to, however it was reached).
+        let to = (self.names.borrow().get(&s.peer_inode).cloned()).unwrap_or(s.peer_addr.clone());
+        self.connects.push((own, to, what));
         Ok(sock)
     }
 
@@ -644,10 +664,24 @@ impl UnixSockets {
             // Datagrams queued on a bound, unconnected socket: send them
             // again to its name (their senders' addresses are lost).
             let tmp = socket::socket(libc::AF_UNIX, s.r#type, 0).map_err(|e| ferr("socket", e))?;
-            self.fill(pid, s, tmp, Some(s.local_addr.clone()));
+            self.fill(pid, s, tmp, Some(reachable_name(s)));
         }
         self.created.keep(s.inode, sock);
         self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
+    }
+}
+
+/// The name by which crstream reaches socket `s` bound to a path: its own,
+/// or for a relative one, the path from the directory it is relative to
+/// (when it fits a sockaddr_un).
+fn reachable_name(s: &SocketFile) -> Vec<u8> {
+    let relative_to = s.socket_file.as_ref().map(|f| &f.relative_to[..]);
+    match (relative_to, unix_file::path_of(&s.local_addr)) {
+        (Some(dir), Some(name)) if !dir.is_empty() => {
+            let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(dir));
+            unix_sockaddr(&dir.join(name)).unwrap_or_else(|| s.local_addr.clone())
+        }
+        _ => s.local_addr.clone(),
     }
 }
 
@@ -742,6 +776,27 @@ pub(super) fn bind_under(
             std::fs::create_dir_all(parent)?;
         }
         socket::bind(sock, addr)
+    })
+}
+
+/// Runs `f` on a thread whose working directory is `dir`.
+pub(super) fn in_directory<T: Send>(
+    dir: &std::path::Path,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: a plain syscall. With a working directory of its
+                // own, this thread alone moves.
+                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                std::env::set_current_dir(dir)?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the thread binding it panicked")))
     })
 }
 

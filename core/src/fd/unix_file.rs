@@ -4,7 +4,9 @@
 //! chmod and chown it (postgres makes its socket 0777, screen keeps its
 //! state in the mode bits). Dump finds the file by the inode unix_diag
 //! gives and saves where it is and its mode and owner; restore binds to
-//! the same name and makes the file so again.
+//! the same name and makes the file so again. A relative name (postfix's
+//! "public/pickup") is found from the process's working directory, and
+//! bound again from there.
 //!
 //! A file already at a path restore binds to is removed only when it is a
 //! stale socket file (no live socket is bound to it, as a dumped and
@@ -13,11 +15,12 @@
 //! path is not touched at all.
 
 use super::sock_diag;
-use super::unix::{bind_under, scratch_dir};
+use super::unix::{bind_under, in_directory, scratch_dir};
 use crate::error::RestoreError;
 use crate::sys::socket;
 use crstream_proto::UnixSocketFile;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -33,15 +36,33 @@ pub(super) fn path_of(addr: &[u8]) -> Option<PathBuf> {
 }
 
 /// Where the file of a socket of process `pid`, bound to `addr`, is now:
-/// `file` is its (inode, device) from unix_diag. None for a name that is
-/// not an absolute path (a relative one was resolved against a working
-/// directory that may have changed since) or when unix_diag names no file.
-pub(super) fn saved(pid: i32, addr: &[u8], file: Option<(u64, u64)>) -> Option<UnixSocketFile> {
-    let name = path_of(addr).filter(|p| p.is_absolute())?;
-    let (ino, dev) = file?;
-    // Through the process's root: a chrooted process's paths are its own.
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let at = root.join(name.strip_prefix("/").unwrap_or(&name));
+/// `file` is its (inode, device) from unix_diag. None when unix_diag names
+/// no file. A name that is a relative path was resolved against the
+/// working directory the process had when it bound it: its file must be
+/// found from the one it has now (Err: where it is cannot be told).
+pub(super) fn saved(
+    pid: i32,
+    addr: &[u8],
+    file: Option<(u64, u64)>,
+) -> Result<Option<UnixSocketFile>, String> {
+    let Some(name) = path_of(addr) else {
+        return Ok(None);
+    };
+    let Some((ino, dev)) = file else {
+        return Ok(None);
+    };
+    let (at, relative_to) = if name.is_absolute() {
+        // Through the process's root: a chrooted process's paths are its own.
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        (
+            root.join(name.strip_prefix("/").unwrap_or(&name)),
+            Vec::new(),
+        )
+    } else {
+        let cwd = PathBuf::from(format!("/proc/{pid}/cwd"));
+        let dir = std::fs::read_link(&cwd).map_err(|e| format!("its working directory: {e}"))?;
+        (cwd.join(&name), dir.into_os_string().into_encoded_bytes())
+    };
     let is_it = |md: &std::fs::Metadata| md.ino() == ino && md.dev() == dev;
     let kept = |md: std::fs::Metadata, renamed_to: String| UnixSocketFile {
         renamed_to,
@@ -49,9 +70,10 @@ pub(super) fn saved(pid: i32, addr: &[u8], file: Option<(u64, u64)>) -> Option<U
         mode: md.permissions().mode() & 0o7777,
         uid: md.uid(),
         gid: md.gid(),
+        relative_to: relative_to.clone(),
     };
     if let Some(md) = std::fs::symlink_metadata(&at).ok().filter(is_it) {
-        return Some(kept(md, String::new()));
+        return Ok(Some(kept(md, String::new())));
     }
     let renamed = at.parent().and_then(|dir| {
         std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
@@ -59,10 +81,18 @@ pub(super) fn saved(pid: i32, addr: &[u8], file: Option<(u64, u64)>) -> Option<U
             Some(kept(md, e.file_name().to_string_lossy().into_owned()))
         })
     });
-    Some(renamed.unwrap_or(UnixSocketFile {
+    if renamed.is_none() && !relative_to.is_empty() {
+        return Err(format!(
+            "unix socket bound to the relative name {}: its file is not where that name leads \
+             from the working directory ({}), so where it is cannot be told",
+            name.display(),
+            String::from_utf8_lossy(&relative_to)
+        ));
+    }
+    Ok(Some(renamed.unwrap_or(UnixSocketFile {
         removed: true,
         ..Default::default()
-    }))
+    })))
 }
 
 /// Binds `sock` to `addr` again, and makes its file as `file` says (see
@@ -83,8 +113,20 @@ pub(super) fn bind(
         let _ = std::fs::remove_dir_all(&scratch);
         return bound.map_err(|e| ferr(&what(), e));
     }
+    // A relative name is bound from the directory it was relative to.
+    let relative_to = file
+        .map(|f| Path::new(std::ffi::OsStr::from_bytes(&f.relative_to)))
+        .filter(|dir| !dir.as_os_str().is_empty());
+    let path = match relative_to {
+        Some(dir) => dir.join(&path),
+        None => path,
+    };
     clear_stale(&path).map_err(|e| ferr(&what(), e))?;
-    socket::bind(sock, addr).map_err(|e| ferr(&what(), e))?;
+    match relative_to {
+        Some(dir) => in_directory(dir, || socket::bind(sock, addr)),
+        None => socket::bind(sock, addr),
+    }
+    .map_err(|e| ferr(&what(), e))?;
     let Some(f) = file else {
         return Ok(());
     };
