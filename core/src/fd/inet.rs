@@ -17,7 +17,7 @@ use crate::error::{DumpError, RestoreError};
 use crate::kind::DumpTree;
 use crate::kind::RestoreObjects;
 use crate::sys::socket;
-use crstream_proto::{OpenFile, SocketFile, TcpConnection};
+use crstream_proto::{OpenFile, SockOpt, SocketFile, TcpConnection};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -150,6 +150,19 @@ impl FdKind for InetSockets {
                     "TCP connection in state {state} with {}: not supported yet",
                     fmt_sockaddr(&sf.peer_addr)
                 )));
+            }
+            if sf.tcp.is_none() {
+                // A listener's or an unconnected socket's TCP_MAXSEG reads
+                // the MSS set on it (536 when none is), which connections
+                // it makes or accepts take; a connection's reads its
+                // segment size, which repair mode sets apart.
+                let mss = socket::getsockopt_int(&dup, libc::IPPROTO_TCP, libc::TCP_MAXSEG)
+                    .map_err(|e| d.error("TCP_MAXSEG", e))?;
+                sf.options.push(SockOpt {
+                    level: libc::IPPROTO_TCP,
+                    name: libc::TCP_MAXSEG,
+                    value: mss.to_ne_bytes().to_vec(),
+                });
             }
             if sf.listening {
                 let what = format!("TCP listener on {}", fmt_sockaddr(&sf.local_addr));
@@ -597,6 +610,7 @@ mod tests {
             (libc::IPPROTO_TCP, 16 /* TCP_THIN_LINEAR_TIMEOUTS */, 1),
             (libc::IPPROTO_TCP, 37 /* TCP_TX_DELAY */, 1_000),
             (libc::IPPROTO_TCP, 34 /* TCP_FASTOPEN_NO_COOKIE */, 1),
+            (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 1200),
         ];
         for &(level, name, v) in &rarer {
             int(level, name, v);

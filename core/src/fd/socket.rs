@@ -215,6 +215,10 @@ const SO_PREFER_BUSY_POLL: i32 = 69;
 const SO_BUSY_POLL_BUDGET: i32 = 70;
 const SO_TXREHASH: i32 = 74;
 const SO_RCVMARK: i32 = 75;
+const SO_PASSSEC: i32 = 34;
+const SO_PASSPIDFD: i32 = 76;
+/// Kernel 6.16 and later (elsewhere the getsockopt fails: not saved).
+const SO_PASSRIGHTS: i32 = 83;
 const IP_RECVOPTS: i32 = 6;
 const IP_RECVRETOPTS: i32 = 7;
 const IP_RECVORIGDSTADDR: i32 = 20;
@@ -266,7 +270,13 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
         (s, libc::SO_PEEK_OFF),
     ];
     if family == libc::AF_UNIX {
-        v.extend([(s, libc::SO_PASSCRED), (s, libc::SO_PRIORITY)]);
+        v.extend([
+            (s, libc::SO_PASSCRED),
+            (s, SO_PASSSEC),
+            (s, SO_PASSPIDFD),
+            (s, SO_PASSRIGHTS),
+            (s, libc::SO_PRIORITY),
+        ]);
         return v;
     }
     if family == libc::AF_PACKET {

@@ -919,11 +919,17 @@ mod tests {
     }
 
     /// Messages queued on a socket that gets its senders' credentials
-    /// (SO_PASSCRED) come back with them.
+    /// (SO_PASSCRED) come back with them; so do its other SO_PASS* options
+    /// (SO_PASSSEC was lost).
     #[test]
     fn queued_messages_keep_their_senders_credentials() {
         let (a, b) = socket::socketpair(libc::SOCK_DGRAM).unwrap();
         socket::setsockopt_int(&a, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).unwrap();
+        const SO_PASSSEC: i32 = 34;
+        const SO_PASSPIDFD: i32 = 76;
+        for o in [SO_PASSSEC, SO_PASSPIDFD] {
+            socket::setsockopt_int(&a, libc::SOL_SOCKET, o, 1).unwrap();
+        }
         let me = std::process::id() as i32;
         for (m, uid, gid) in [(&b"first"[..], 1234, 5678), (b"second", 0, 0)] {
             socket::send_with_creds(&b, m, None, (me, uid, gid)).unwrap();
@@ -941,6 +947,13 @@ mod tests {
         let mut kind = UnixSockets::default();
         let na = created(&mut kind, &fa);
         let _nb = created(&mut kind, &fb);
+        for o in [libc::SO_PASSCRED, SO_PASSSEC, SO_PASSPIDFD] {
+            assert_eq!(
+                socket::getsockopt_int(&na, libc::SOL_SOCKET, o).unwrap(),
+                1,
+                "{o}"
+            );
+        }
         let mut buf = [0u8; 64];
         for (want, uid, gid) in [(&b"first"[..], 1234, 5678), (b"second", 0, 0)] {
             let (n, anc) = socket::peek(&na, &mut buf, true).unwrap().unwrap();
