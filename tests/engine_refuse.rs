@@ -493,6 +493,31 @@ fn proc_state(pid: i32) -> Option<char> {
     stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
+/// memfd_secret memory, whose pages nothing outside the process can read,
+/// is refused by name, mapped or only open (the errors spoke of a file
+/// "removed under that name but linked under another").
+#[test]
+fn memfd_secret_memory_is_refused_by_name() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let script = "import ctypes, mmap, os, sys, time\n\
+        fd = ctypes.CDLL(None, use_errno=True).syscall(447, 0)\n\
+        assert fd >= 0, ctypes.get_errno()\n\
+        os.ftruncate(fd, 4096); m = mmap.mmap(fd, 4096); m[:6] = b'secret'\n\
+        if sys.argv[1] == 'fd': m.close()\n\
+        print(fd, flush=True)\n\
+        time.sleep(600)\n";
+    for how in ["mapped", "fd"] {
+        let dir = TestDir::new(&format!("refuse-secretmem-{how}"));
+        let (mut w, _, _) = python_reporting(&dir, script, &[how]);
+        let err = refused(w.pid, &[]);
+        assert!(err.contains("memfd_secret memory"), "{how}: {err}");
+        assert_running_untraced(w.pid);
+        w.kill();
+    }
+}
+
 /// A file whose path no longer leads to it is refused by name, since
 /// restore reopens files by path: a POSIX message queue (its path is in a
 /// filesystem only mq_open reaches: the dump saved it as a regular file and

@@ -97,6 +97,15 @@ impl FdKind for Regular {
             };
             return Err(DumpError::UnsupportedFile { pid, fd, what });
         }
+        // memfd_secret: its contents are out of reach outside the process.
+        if d.link == b"/secretmem (deleted)" {
+            return Err(DumpError::UnsupportedFile {
+                pid,
+                fd,
+                what: "memfd_secret memory, whose pages nothing outside the process can read"
+                    .into(),
+            });
+        }
         // (Files under /proc are reopened as restore finds them.)
         if !crate::paths::is_deleted(d.link)
             && (ft.is_file() || ft.is_dir())

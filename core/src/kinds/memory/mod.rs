@@ -424,6 +424,13 @@ fn plan(
             }
             // The ring of an io_setup context: the aio kind rebuilds it.
             b"/[aio] (deleted)" => (AreaKind::Aio, Save::None),
+            // memfd_secret: its pages are out of the kernel's reach (no
+            // read of them from outside the process).
+            b"/secretmem (deleted)" => {
+                return Err(refuse(
+                    "memfd_secret memory, whose pages nothing outside the process can read".into(),
+                ));
+            }
             p if is_deleted(p) => {
                 // A memfd or deleted file: its contents are saved once for
                 // the tree; private pages written since are saved here.
