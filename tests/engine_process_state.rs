@@ -520,6 +520,32 @@ fn a_fired_oneshot_epoll_registration_comes_back_disarmed() {
     w.kill();
 }
 
+/// The nice value of a session's autogroup (what `renice` of a session,
+/// or a write to /proc/self/autogroup, sets) comes back with the session
+/// (it came back 0).
+#[test]
+fn a_sessions_autogroup_keeps_its_nice_value() {
+    if std::fs::read_to_string("/proc/self/autogroup").is_err() {
+        return;
+    }
+    let dir = TestDir::new("autogroup");
+    let script = "import os, sys, time\n\
+         report = sys.argv[1]\n\
+         os.setsid(); open('/proc/self/autogroup', 'w').write('5')\n\
+         nice = lambda: open('/proc/self/autogroup').read().split()[2]\n\
+         before = nice()\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         open(report, 'w').write('%d %d %s\\n' % (os.getpid(), n, [before, nice()]))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[], "]");
+    assert!(r.contains("['5', '5']"), "{r}\n{}", w.log());
+    let ours = std::fs::read_to_string("/proc/self/autogroup").unwrap();
+    assert!(ours.ends_with("nice 0\n"), "crstream's own: {ours}");
+    w.kill();
+}
+
 /// epoll registrations that outlived their fd number (the file moved to
 /// another fd, the number reused by another registered file, or by the
 /// epoll fd itself) come back: each file wakes the epoll with its own data.

@@ -477,14 +477,19 @@ fn needs_records_12(processes: &[ProcessDump]) -> bool {
 
 /// Whether the image has what records version 13 added, which a reader of
 /// 12 would drop: guard regions, multicast memberships, the directory a
-/// unix socket's relative name is relative to.
+/// unix socket's relative name is relative to, an autogroup's nice value.
 fn needs_records_13(processes: &[ProcessDump]) -> bool {
+    let autogroup = processes
+        .iter()
+        .filter_map(|p| p.records.get::<crstream_proto::PrctlValues>())
+        .any(|r| r.autogroup_nice.is_some());
     let guards = processes
         .iter()
         .filter_map(|p| p.records.get::<crstream_proto::MemoryMap>())
         .flat_map(|m| &m.areas)
         .any(|a| !a.guards.is_empty());
-    guards
+    autogroup
+        || guards
         || processes
             .iter()
             .filter_map(|p| p.records.get::<crstream_proto::FileTable>())

@@ -31,7 +31,9 @@ pub const FORMAT_VERSION: u16 = 1;
 /// writable, `VmArea.handle`, `PrctlValues.mdwe` and `coredump_filter`);
 /// 13 = guard regions (`VmArea.guards`), multicast memberships
 /// (`SocketFile.ip_memberships`) and the directory a unix socket's
-/// relative name is relative to (`UnixSocketFile.relative_to`). Readers read every version up to theirs.
+/// relative name is relative to (`UnixSocketFile.relative_to`), an
+/// autogroup's nice value (`PrctlValues.autogroup_nice`). Readers read
+/// every version up to theirs.
 pub const RECORDS_VERSION: u32 = 13;
 
 /// The version written for an image with nothing of version 13 in it.

@@ -1,6 +1,7 @@
 //! Process attributes set with prctl(2) and personality(2): personality,
 //! parent-death signal, child subreaper, memory-deny-write-execute; and
-//! the core dump filter (the `PrctlValues` record).
+//! the core dump filter and the nice value of the session's autogroup (the
+//! `PrctlValues` record).
 
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
@@ -53,6 +54,7 @@ impl Kind for Prctl {
             child_subreaper: subreaper != 0,
             coredump_filter,
             mdwe,
+            autogroup_nice: autogroup(p.pid).map(|(_, nice)| nice).filter(|&n| n != 0),
         });
         Ok(())
     }
@@ -108,6 +110,13 @@ impl Kind for Prctl {
                 err,
             })?;
         }
+        if let Some(nice) = r.autogroup_nice {
+            set_autogroup_nice(stub.pid, nice).map_err(|err| RestoreError::Io {
+                pid: stub.vpid,
+                what: format!("setting its autogroup's nice value {nice}"),
+                err,
+            })?;
+        }
         // Once every area is mapped and protected as it was (it refuses
         // later W+X mappings, which restore makes none of after memory).
         if r.mdwe != 0 {
@@ -118,6 +127,37 @@ impl Kind for Prctl {
             )?;
         }
         Ok(())
+    }
+}
+
+/// The autogroup of process `pid` (/proc/PID/autogroup: "/autogroup-N
+/// nice K"): its name and nice value; None without autogroups.
+fn autogroup(pid: i32) -> Option<(String, i32)> {
+    let s = crate::proc::read_string(format!("/proc/{pid}/autogroup")).ok()?;
+    let mut f = s.split_whitespace();
+    let name = f.next()?.to_string();
+    (f.next()? == "nice").then_some(())?;
+    Some((name, f.next()?.parse().ok()?))
+}
+
+/// Sets the nice value of the autogroup of restored process `pid` (made
+/// with its session), unless it is crstream's own (a session outside the
+/// tree, such as a shell job's): that one is left alone, with a warning.
+fn set_autogroup_nice(pid: i32, nice: i32) -> std::io::Result<()> {
+    let ours = autogroup(std::process::id() as i32).map(|(name, _)| name);
+    match autogroup(pid) {
+        Some((name, now)) if Some(&name) == ours.as_ref() => {
+            if now != nice {
+                tracing::warn!(
+                    pid,
+                    nice,
+                    "its session is crstream's, whose autogroup's nice value is left as it is"
+                );
+            }
+            Ok(())
+        }
+        Some((_, now)) if now == nice => Ok(()),
+        _ => std::fs::write(format!("/proc/{pid}/autogroup"), nice.to_string()),
     }
 }
 
