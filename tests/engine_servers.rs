@@ -561,8 +561,10 @@ fn unix_socket_files_come_back_where_and_as_they_were() {
 /// from its queue directory) comes back bound from that directory, with
 /// its file's mode and owner, wherever restore runs (it was bound relative
 /// to restore's own directory: the restore failed after the dump, or the
-/// socket landed elsewhere, root's). Where the name no longer leads to its
-/// file from the working directory, the dump is refused.
+/// socket landed elsewhere, root's), and so does a connection accepted
+/// from it (remade through it from restore's directory: it failed). Where
+/// the name no longer leads to its file from the working directory, the
+/// dump is refused.
 #[test]
 fn a_unix_socket_bound_to_a_relative_name_comes_back_in_its_directory() {
     if !available("python3", &["--version"]) {
@@ -574,14 +576,17 @@ fn a_unix_socket_bound_to_a_relative_name_comes_back_in_its_directory() {
          os.makedirs(os.path.join(where, 'public')); os.chdir(where)\n\
          a = socket.socket(socket.AF_UNIX); a.bind('public/svc'); a.listen(4)\n\
          os.chmod('public/svc', 0o666); os.chown('public/svc', 65534, 65534)\n\
+         k0 = socket.socket(socket.AF_UNIX); k0.connect('public/svc'); c0 = a.accept()[0]\n\
          n = 0\n\
          while not os.path.exists(report + '.go'):\n\
          \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
          k = socket.socket(socket.AF_UNIX); k.connect(os.path.join(where, 'public/svc'))\n\
          a.settimeout(5); reached = a.accept()[0] is not None\n\
          st = os.stat('public/svc')\n\
+         k0.send(b'across'); c0.settimeout(5)\n\
          checks = [a.getsockname() == 'public/svc', reached, st.st_mode & 0o7777 == 0o666,\n\
-         \x20   (st.st_uid, st.st_gid) == (65534, 65534)]\n\
+         \x20   (st.st_uid, st.st_gid) == (65534, 65534), c0.recv(10) == b'across',\n\
+         \x20   c0.getsockname() == 'public/svc', k0.getpeername() == 'public/svc']\n\
          open(report, 'w').write('%d %d %s\\n' % (os.getpid(), n, checks))\n\
          time.sleep(600)\n";
     let queue = dir.path("queue");
@@ -598,7 +603,11 @@ fn a_unix_socket_bound_to_a_relative_name_comes_back_in_its_directory() {
     w.restored(pid);
     std::fs::write(dir.path("report.go"), b"").unwrap();
     let r = w.wait_report(T, |r| r.contains('['));
-    assert!(r.contains("[True, True, True, True]"), "{r}\n{}", w.log());
+    assert!(
+        r.contains("[True, True, True, True, True, True, True]"),
+        "{r}\n{}",
+        w.log()
+    );
     assert!(!std::path::Path::new("public").exists());
     w.kill();
 

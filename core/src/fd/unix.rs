@@ -520,8 +520,10 @@ impl UnixSockets {
                 .listen(l, backlog(&listener))
                 .map_err(|e| ferr("listen as the client's peer", e))?;
         }
+        // By the name crstream reaches it by (a relative one from its
+        // directory); the accepted end's name is the listener's all the same.
         self.maker(accepted_inode, stubs)
-            .connect(&client, name)
+            .connect(&client, &reachable_name(&listener))
             .map_err(|e| ferr(&format!("connect to {}", fmt_sockaddr(name)), e))?;
         if relisten {
             self.maker(listener.inode, stubs)
