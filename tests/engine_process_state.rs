@@ -546,6 +546,50 @@ fn a_sessions_autogroup_keeps_its_nice_value() {
     w.kill();
 }
 
+/// Memory protection keys (node's V8 keeps its WebAssembly code under
+/// one): the keys allocated, one of them on no area, the key an area
+/// carries and the rights the thread's PKRU gives it come back (the keys
+/// were lost: the area lost its key, so writes PKRU was to forbid were
+/// allowed, and the key could be allocated again).
+#[test]
+fn memory_protection_keys_come_back() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    if !cpu.split_whitespace().any(|f| f == "ospke") {
+        return;
+    }
+    let dir = TestDir::new("pkeys");
+    let script = "import ctypes, mmap, os, sys, time\n\
+         report = sys.argv[1]\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         k1 = libc.syscall(330, 0, 0); k2 = libc.syscall(330, 0, 1)\n\
+         m = mmap.mmap(-1, 8192); scratch = mmap.mmap(-1, 4096)\n\
+         at = lambda b: ctypes.addressof(ctypes.c_char.from_buffer(b))\n\
+         base = at(m); assert libc.syscall(329, ctypes.c_void_p(base), 4096, 3, k1) == 0\n\
+         assert libc.pkey_set(k1, 2) == 0\n\
+         def key_of(addr):\n\
+         \x20   cur = None\n\
+         \x20   for l in open('/proc/self/smaps'):\n\
+         \x20       f = l.split()\n\
+         \x20       if '-' in f[0] and all(c in '0123456789abcdef-' for c in f[0]): cur = int(f[0].split('-')[0], 16)\n\
+         \x20       elif f[0] == 'ProtectionKey:' and cur == addr: return int(f[1])\n\
+         allocated = lambda k: libc.syscall(329, ctypes.c_void_p(at(scratch)), 4096, 3, k) == 0\n\
+         state = lambda: [key_of(base), libc.pkey_get(k1), allocated(k1), allocated(k2), allocated(max(k1, k2) + 1)]\n\
+         before = state()\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         after = state(); k3 = libc.syscall(330, 0, 0)\n\
+         open(report, 'w').write('%d %d %s %s %s\\n' % (os.getpid(), n, [before == after, k3 not in (k1, k2)], before, after))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[], "]");
+    assert!(
+        r.contains("[True, True] [1, 2, True, True, False]"),
+        "{r}\n{}",
+        w.log()
+    );
+    w.kill();
+}
+
 /// epoll registrations that outlived their fd number (the file moved to
 /// another fd, the number reused by another registered file, or by the
 /// epoll fd itself) come back: each file wakes the epoll with its own data.

@@ -406,6 +406,7 @@ fn read_process(
         snapshot_planned,
         objects,
         inject: None,
+        keyed_areas: false,
         threads: &mut frozen.threads,
         thread_status: &thread_status,
         records: &mut records,
@@ -477,17 +478,18 @@ fn needs_records_12(processes: &[ProcessDump]) -> bool {
 
 /// Whether the image has what records version 13 added, which a reader of
 /// 12 would drop: guard regions, multicast memberships, the directory a
-/// unix socket's relative name is relative to, an autogroup's nice value.
+/// unix socket's relative name is relative to, an autogroup's nice value,
+/// protection keys.
 fn needs_records_13(processes: &[ProcessDump]) -> bool {
     let autogroup = processes
         .iter()
         .filter_map(|p| p.records.get::<crstream_proto::PrctlValues>())
-        .any(|r| r.autogroup_nice.is_some());
+        .any(|r| r.autogroup_nice.is_some() || r.pkeys != 0);
     let guards = processes
         .iter()
         .filter_map(|p| p.records.get::<crstream_proto::MemoryMap>())
         .flat_map(|m| &m.areas)
-        .any(|a| !a.guards.is_empty());
+        .any(|a| !a.guards.is_empty() || a.pkey != 0);
     autogroup
         || guards
         || processes

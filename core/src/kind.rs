@@ -135,6 +135,8 @@ pub(crate) struct DumpProcess<'a> {
     pub objects: &'a mut DumpObjects,
     /// Injected syscalls, once memory has been read (see `dump`).
     pub inject: Option<&'a Injector>,
+    /// Some area carries a memory protection key (memory says so).
+    pub keyed_areas: bool,
     /// Its threads, leader first.
     pub threads: &'a mut [FrozenThread],
     /// /proc/TID/status of each thread, read once while frozen.

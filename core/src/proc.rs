@@ -55,6 +55,8 @@ pub struct MapEntry {
     /// file name need not be UTF-8.
     pub path: Vec<u8>,
     pub vmflags: Vec<String>,
+    /// Its memory protection key (smaps' ProtectionKey; 0: none).
+    pub pkey: u32,
 }
 
 impl MapEntry {
@@ -100,11 +102,12 @@ pub fn parse_maps_line(line: &[u8]) -> Option<MapEntry> {
         inode: inode.parse().ok()?,
         path,
         vmflags: Vec::new(),
+        pkey: 0,
     })
 }
 
 /// Parses /proc/PID/smaps text: map lines, each followed by `Key: value`
-/// lines, of which we keep VmFlags.
+/// lines, of which we keep VmFlags and ProtectionKey.
 pub fn parse_smaps(text: &[u8], path: &str) -> Result<Vec<MapEntry>, ProcError> {
     let mut out: Vec<MapEntry> = Vec::new();
     for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -114,6 +117,12 @@ pub fn parse_smaps(text: &[u8], path: &str) -> Result<Vec<MapEntry>, ProcError> 
                     .split_whitespace()
                     .map(str::to_string)
                     .collect();
+            }
+            continue;
+        }
+        if let Some(key) = line.strip_prefix(b"ProtectionKey:") {
+            if let Some(last) = out.last_mut() {
+                last.pkey = String::from_utf8_lossy(key).trim().parse().unwrap_or(0);
             }
             continue;
         }

@@ -11,6 +11,7 @@ pub(crate) mod membarrier;
 pub(crate) mod memory;
 pub(crate) mod mm;
 pub(crate) mod oom;
+pub(crate) mod pkeys;
 pub(crate) mod posix_timers;
 pub(crate) mod prctl;
 pub(crate) mod rlimits;

@@ -1,7 +1,7 @@
 //! Process attributes set with prctl(2) and personality(2): personality,
 //! parent-death signal, child subreaper, memory-deny-write-execute; and
-//! the core dump filter and the nice value of the session's autogroup (the
-//! `PrctlValues` record).
+//! the core dump filter, the nice value of the session's autogroup and the
+//! protection keys allocated (`pkeys.rs`) (the `PrctlValues` record).
 
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
@@ -55,6 +55,7 @@ impl Kind for Prctl {
             coredump_filter,
             mdwe,
             autogroup_nice: autogroup(p.pid).map(|(_, nice)| nice).filter(|&n| n != 0),
+            pkeys: crate::kinds::pkeys::allocated(p.injector(), p.keyed_areas)?,
         });
         Ok(())
     }

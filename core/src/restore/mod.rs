@@ -537,7 +537,8 @@ fn restore_image(
                     pages[i], p.pid
                 )));
             }
-            memory::finish(&stubs[i], areas[i])?;
+            let pkeys = p.need::<crstream_proto::PrctlValues>()?.pkeys;
+            memory::finish(&stubs[i], areas[i], pkeys)?;
         }
     }
 

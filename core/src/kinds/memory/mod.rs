@@ -94,6 +94,7 @@ impl Kind for Memory {
             (smaps, scan.and_then(|h| h.join().ok().flatten()))
         });
         let smaps = smaps.map_err(|err| DumpError::Proc { pid, err })?;
+        p.keyed_areas = smaps.iter().any(|m| m.pkey != 0);
         let mut areas = plan(
             pid,
             &smaps,
@@ -500,6 +501,7 @@ fn plan(
             a.flags |= libc::MAP_ANONYMOUS as u32;
         }
         a.kind = kind as i32;
+        a.pkey = m.pkey;
         out.push(DumpArea {
             area: a,
             save,
@@ -1139,8 +1141,13 @@ fn shm_read_only(a: &VmArea, prot: i32) -> bool {
     }
 }
 
-/// Final protections.
-pub(crate) fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> {
+/// Final protections (and protection keys: `pkeys` allocated, as
+/// `PrctlValues.pkeys` says).
+pub(crate) fn finish(stub: &Stub, areas: &[VmArea], pkeys: u32) -> Result<(), RestoreError> {
+    // (The keys of the areas too: a live dump may not have probed them.)
+    let keyed = areas.iter().filter(|a| a.pkey != 0 && a.pkey < 32);
+    let pkeys = keyed.fold(pkeys, |keys, a| keys | 1 << a.pkey);
+    crate::kinds::pkeys::allocate(stub, pkeys)?;
     for a in areas.iter().filter(|a| is_mapped_area(a)) {
         let len = a.end - a.start;
         // A read-only attachment was attached writable for its pages: now
@@ -1168,6 +1175,10 @@ pub(crate) fn finish(stub: &Stub, areas: &[VmArea]) -> Result<(), RestoreError> 
                 &[a.start, len, a.prot as u64],
             )
             .map_err(|e| map_err(stub.pid, a, e.to_string()))?;
+        }
+        if a.pkey != 0 {
+            crate::kinds::pkeys::protect(stub, a.start, len, a.prot, a.pkey)
+                .map_err(|e| map_err(stub.pid, a, format!("protection key {}: {e}", a.pkey)))?;
         }
         if a.madvise & (LOCKED | LOCKED_ON_FAULT) != 0 {
             /// mlock2's flag: lock pages as they fault in.

@@ -184,6 +184,8 @@ pub(super) fn apply_vm_flags(
         }
         a.area.flags |= flags;
         a.area.madvise |= advice;
+        // A fork keeps each area's protection key.
+        a.area.pkey = m.pkey;
     }
     Ok(())
 }
