@@ -590,6 +590,34 @@ fn memory_protection_keys_come_back() {
     w.kill();
 }
 
+/// A thread's NUMA memory policy (what `numactl --interleave` sets) and
+/// the speculation mitigations it asked for (PR_SET_SPECULATION_CTRL)
+/// come back (both came back as the defaults).
+#[test]
+fn memory_policy_and_speculation_mitigations_come_back() {
+    let dir = TestDir::new("mempolicy");
+    let script = "import ctypes, os, sys, time\n\
+         report = sys.argv[1]\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         mask = ctypes.c_ulong(1)\n\
+         assert libc.syscall(238, 3, ctypes.byref(mask), 64) == 0, ctypes.get_errno()\n\
+         spec = [libc.prctl(53, which, 4, 0, 0) == 0 for which in (0, 1)]\n\
+         def state():\n\
+         \x20   mode, nodes = ctypes.c_int(-1), (ctypes.c_ulong * 16)()\n\
+         \x20   libc.syscall(239, ctypes.byref(mode), nodes, 1024, 0, 0)\n\
+         \x20   return [mode.value, nodes[0]] + [libc.prctl(52, w, 0, 0, 0) if on else 'n/a' for w, on in zip((0, 1), spec)]\n\
+         before = state()\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         after = state()\n\
+         open(report, 'w').write('%d %d %s %s %s\\n' % (os.getpid(), n, before == after, before, after))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[], "]");
+    assert!(r.contains(" True [3, 1, "), "{r}\n{}", w.log());
+    w.kill();
+}
+
 /// epoll registrations that outlived their fd number (the file moved to
 /// another fd, the number reused by another registered file, or by the
 /// epoll fd itself) come back: each file wakes the epoll with its own data.

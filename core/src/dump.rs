@@ -479,18 +479,24 @@ fn needs_records_12(processes: &[ProcessDump]) -> bool {
 /// Whether the image has what records version 13 added, which a reader of
 /// 12 would drop: guard regions, multicast memberships, the directory a
 /// unix socket's relative name is relative to, an autogroup's nice value,
-/// protection keys.
+/// protection keys, a thread's memory policy or speculation mitigations.
 fn needs_records_13(processes: &[ProcessDump]) -> bool {
     let autogroup = processes
         .iter()
         .filter_map(|p| p.records.get::<crstream_proto::PrctlValues>())
         .any(|r| r.autogroup_nice.is_some() || r.pkeys != 0);
+    let threads = processes
+        .iter()
+        .flat_map(|p| &p.threads)
+        .filter_map(|t| t.get::<crstream_proto::ThreadCore>())
+        .any(|t| t.mempolicy.is_some() || t.spec_store_bypass != 0 || t.spec_indirect_branch != 0);
     let guards = processes
         .iter()
         .filter_map(|p| p.records.get::<crstream_proto::MemoryMap>())
         .flat_map(|m| &m.areas)
         .any(|a| !a.guards.is_empty() || a.pkey != 0);
     autogroup
+        || threads
         || guards
         || processes
             .iter()

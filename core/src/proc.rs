@@ -186,6 +186,10 @@ pub struct Status {
     pub shd_pnd: u64,
     /// Signals with a handler.
     pub sig_cgt: u64,
+    /// The task's speculation mitigations, as status words them
+    /// (Speculation_Store_Bypass, SpeculationIndirectBranch).
+    pub speculation_store_bypass: String,
+    pub speculation_indirect_branch: String,
     /// Memory in mlocked areas, kB (VmLck): non-zero if any area is
     /// locked; None if the line is missing or unreadable.
     pub vm_lck_kb: Option<u64>,
@@ -249,6 +253,8 @@ pub fn parse_status(text: &str, path: &str) -> Result<Status, ProcError> {
             "SigPnd" => s.sig_pnd = hex(v)?,
             "ShdPnd" => s.shd_pnd = hex(v)?,
             "SigCgt" => s.sig_cgt = hex(v)?,
+            "Speculation_Store_Bypass" => s.speculation_store_bypass = v.to_string(),
+            "SpeculationIndirectBranch" => s.speculation_indirect_branch = v.to_string(),
             "VmLck" => s.vm_lck_kb = v.trim_end_matches("kB").trim().parse().ok(),
             _ => {}
         }

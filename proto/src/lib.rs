@@ -33,8 +33,9 @@ pub const FORMAT_VERSION: u16 = 1;
 /// (`SocketFile.ip_memberships`) and the directory a unix socket's
 /// relative name is relative to (`UnixSocketFile.relative_to`), an
 /// autogroup's nice value (`PrctlValues.autogroup_nice`), memory protection
-/// keys (`PrctlValues.pkeys`, `VmArea.pkey`). Readers read every version
-/// up to theirs.
+/// keys (`PrctlValues.pkeys`, `VmArea.pkey`), a thread's memory policy and
+/// speculation mitigations (`ThreadCore.mempolicy`, `spec_*`). Readers read
+/// every version up to theirs.
 pub const RECORDS_VERSION: u32 = 13;
 
 /// The version written for an image with nothing of version 13 in it.

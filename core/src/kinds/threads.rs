@@ -10,7 +10,7 @@ use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
 use crate::stub::{SCRATCH_DATA, Stub};
 use crate::sys::process::CloneArgs;
 use crate::sys::ptrace::{self, Regs, Stop};
-use crstream_proto::{Arch, Rseq, ThreadCore};
+use crstream_proto::{Arch, MemPolicy, Rseq, ThreadCore};
 
 pub(crate) struct Threads;
 
@@ -31,6 +31,12 @@ impl Kind for Threads {
             core.restarting = p.threads[i]
                 .restarting
                 .filter(|_| in_restart_syscall(&regs));
+            core.mempolicy = mempolicy(p, &remote)?;
+            let status = &p.thread_status[i];
+            (core.spec_store_bypass, core.spec_indirect_branch) = (
+                speculation(&status.speculation_store_bypass, "thread"),
+                speculation(&status.speculation_indirect_branch, "conditional"),
+            );
             p.thread_records[i].push(core);
         }
         Ok(())
@@ -105,6 +111,9 @@ fn dump_thread(
         comm: comm.trim_end_matches('\n').to_string(),
         in_syscall: regs.orig_rax as i64,
         restarting: None,
+        mempolicy: None,
+        spec_store_bypass: 0,
+        spec_indirect_branch: 0,
         fs_base: regs.fs_base,
         gs_base: regs.gs_base,
     })
@@ -199,6 +208,31 @@ fn restore_state(stub: &Stub, remote: &Remote, t: &ThreadCore) -> Result<(), Res
     remote
         .call("sigaltstack", libc::SYS_sigaltstack, &[a, 0])
         .map_err(|e| thread_err(pid, tid, format!("sigaltstack {sp:#x}+{size}: {e}")))?;
+    if let Some(policy) = &t.mempolicy {
+        let nodes = match policy.nodes.iter().any(|&b| b != 0) {
+            true => stub.put(SCRATCH_DATA + 1024, &policy.nodes)?,
+            false => 0,
+        };
+        let max_node = policy.nodes.len() as u64 * 8 + 1;
+        remote
+            .call(
+                "set_mempolicy",
+                libc::SYS_set_mempolicy,
+                &[policy.mode as u32 as u64, nodes, max_node],
+            )
+            .map_err(|e| thread_err(pid, tid, format!("memory policy {}: {e}", policy.mode)))?;
+    }
+    for (which, control) in [(0u64, t.spec_store_bypass), (1, t.spec_indirect_branch)] {
+        if control != 0 {
+            remote
+                .call(
+                    "prctl(PR_SET_SPECULATION_CTRL)",
+                    libc::SYS_prctl,
+                    &[libc::PR_SET_SPECULATION_CTRL as u64, which, control as u64],
+                )
+                .map_err(|e| thread_err(pid, tid, format!("speculation control: {e}")))?;
+        }
+    }
     if !t.comm.is_empty() {
         // /proc/PID/task/TID/comm is writable only from inside the process.
         let mut name: Vec<u8> = t.comm.bytes().take(15).collect();
@@ -211,6 +245,46 @@ fn restore_state(stub: &Stub, remote: &Remote, t: &ThreadCore) -> Result<(), Res
         )?;
     }
     Ok(())
+}
+
+/// Room for a node mask of this many nodes (the kernel refuses a
+/// get_mempolicy with room for fewer than it may have).
+const MAX_NODES: u64 = 1024;
+const MPOL_DEFAULT: i32 = 0;
+
+/// The NUMA memory policy of the thread `remote` injects into, when it
+/// has one of its own (numactl --interleave gives one to every thread).
+fn mempolicy(p: &DumpProcess<'_>, remote: &Remote) -> Result<Option<MemPolicy>, DumpError> {
+    let (mem, scratch) = (&p.injector().mem, p.injector().scratch);
+    let nodes_at = scratch + 8;
+    remote.call(
+        "get_mempolicy",
+        libc::SYS_get_mempolicy,
+        &[scratch, nodes_at, MAX_NODES, 0, 0],
+    )?;
+    let mode = mem.read_u64(scratch)? as i32;
+    if mode == MPOL_DEFAULT {
+        return Ok(None);
+    }
+    let mut nodes = vec![0u8; MAX_NODES as usize / 8];
+    mem.read(nodes_at, &mut nodes)?;
+    let used = nodes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    nodes.truncate(used.div_ceil(8) * 8);
+    Ok(Some(MemPolicy { mode, nodes }))
+}
+
+/// The PR_SPEC_* control a thread asked for, from how /proc/TID/status
+/// words one of its speculation mitigations ("thread force mitigated",
+/// "conditional disabled", ...: `asked` is the word that starts a state
+/// set by the thread itself); 0 for the system's default.
+fn speculation(status: &str, asked: &str) -> u32 {
+    const PR_SPEC_DISABLE: u32 = 1 << 2;
+    const PR_SPEC_FORCE_DISABLE: u32 = 1 << 3;
+    match status.strip_prefix(asked).map(str::trim) {
+        Some("force mitigated" | "force disabled") => PR_SPEC_FORCE_DISABLE,
+        Some("mitigated" | "disabled") => PR_SPEC_DISABLE,
+        _ => 0,
+    }
 }
 
 /// Registers the restored thread starts with. `shared_pending`: the
