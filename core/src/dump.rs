@@ -479,36 +479,37 @@ fn needs_records_12(processes: &[ProcessDump]) -> bool {
 /// Whether the image has what records version 13 added, which a reader of
 /// 12 would drop: guard regions, multicast memberships, the directory a
 /// unix socket's relative name is relative to, an autogroup's nice value,
-/// protection keys, a thread's memory policy or speculation mitigations.
+/// protection keys, a thread's memory policy or speculation mitigations,
+/// the packets of a packet-mode pipe.
 fn needs_records_13(processes: &[ProcessDump]) -> bool {
-    let autogroup = processes
-        .iter()
-        .filter_map(|p| p.records.get::<crstream_proto::PrctlValues>())
-        .any(|r| r.autogroup_nice.is_some() || r.pkeys != 0);
-    let threads = processes
-        .iter()
-        .flat_map(|p| &p.threads)
-        .filter_map(|t| t.get::<crstream_proto::ThreadCore>())
-        .any(|t| t.mempolicy.is_some() || t.spec_store_bypass != 0 || t.spec_indirect_branch != 0);
-    let guards = processes
-        .iter()
-        .filter_map(|p| p.records.get::<crstream_proto::MemoryMap>())
-        .flat_map(|m| &m.areas)
-        .any(|a| !a.guards.is_empty() || a.pkey != 0);
-    autogroup
-        || threads
-        || guards
-        || processes
-            .iter()
-            .filter_map(|p| p.records.get::<crstream_proto::FileTable>())
-            .flat_map(|t| &t.files)
-            .filter_map(|f| f.socket.as_ref())
-            .any(|s| {
-                !s.ip_memberships.is_empty()
-                    || s.socket_file
-                        .as_ref()
-                        .is_some_and(|f| !f.relative_to.is_empty())
+    use crstream_proto::{FileTable, MemoryMap, PrctlValues, ThreadCore};
+    let records = || processes.iter().map(|p| &p.records);
+    let mut values = records().filter_map(|r| r.get::<PrctlValues>());
+    let mut areas = records()
+        .filter_map(|r| r.get::<MemoryMap>())
+        .flat_map(|m| &m.areas);
+    let mut files = records()
+        .filter_map(|r| r.get::<FileTable>())
+        .flat_map(|t| &t.files);
+    let mut threads = processes.iter().flat_map(|p| &p.threads);
+    values.any(|v| v.autogroup_nice.is_some() || v.pkeys != 0)
+        || threads.any(|t| {
+            t.get::<ThreadCore>().is_some_and(|t| {
+                t.mempolicy.is_some() || t.spec_store_bypass != 0 || t.spec_indirect_branch != 0
             })
+        })
+        || areas.any(|a| !a.guards.is_empty() || a.pkey != 0)
+        || files.any(|f| {
+            let relative = |s: &crstream_proto::SocketFile| {
+                s.socket_file
+                    .as_ref()
+                    .is_some_and(|f| !f.relative_to.is_empty())
+            };
+            f.pipe.as_ref().is_some_and(|p| !p.packets.is_empty())
+                || f.socket
+                    .as_ref()
+                    .is_some_and(|s| !s.ip_memberships.is_empty() || relative(s))
+        })
 }
 
 /// The inventory, the tree, the objects the tree shares, then every

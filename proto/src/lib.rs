@@ -34,8 +34,9 @@ pub const FORMAT_VERSION: u16 = 1;
 /// relative name is relative to (`UnixSocketFile.relative_to`), an
 /// autogroup's nice value (`PrctlValues.autogroup_nice`), memory protection
 /// keys (`PrctlValues.pkeys`, `VmArea.pkey`), a thread's memory policy and
-/// speculation mitigations (`ThreadCore.mempolicy`, `spec_*`). Readers read
-/// every version up to theirs.
+/// speculation mitigations (`ThreadCore.mempolicy`, `spec_*`), the packets
+/// of a packet-mode pipe (`PipeFile.packets`). Readers read every version
+/// up to theirs.
 pub const RECORDS_VERSION: u32 = 13;
 
 /// The version written for an image with nothing of version 13 in it.

@@ -3,7 +3,9 @@
 //! (a FIFO is opened again by its path) and hands its ends out.
 //!
 //! The queued bytes are read without consuming them: tee() copies them
-//! into a scratch pipe of ours, which we read.
+//! into a scratch pipe of ours, which we read. A pipe in packet mode
+//! (O_DIRECT) keeps its packets: each read of the copy returns one, and
+//! restore writes them one by one.
 
 use super::{DumpFd, FdKind, Reopen, dup, reopen};
 use crate::error::{DumpError, RestoreError};
@@ -76,14 +78,18 @@ impl FdKind for Pipes {
         let dup = d.take()?;
         let capacity = rustix::pipe::fcntl_getpipe_size(&dup)
             .map_err(|e| d.error("F_GETPIPE_SZ", e.into()))?;
-        let queued = if self.saved.contains(&inode) {
-            Vec::new()
+        let (queued, mut packets) = if self.saved.contains(&inode) {
+            (Vec::new(), Vec::new())
         } else {
             let q =
                 peek(d.pid, d.fd, capacity).map_err(|e| d.error("reading the queued bytes", e))?;
             self.saved.insert(inode);
             q
         };
+        // One run of bytes is one packet where this end is in packet mode.
+        if packets.len() == 1 && f.open_flags as i32 & libc::O_DIRECT == 0 {
+            packets.clear();
+        }
         f.kind = kind as i32;
         f.path = crate::paths::undeleted(d.link).to_vec();
         f.inode = inode;
@@ -93,6 +99,7 @@ impl FdKind for Pipes {
             capacity: capacity as u32,
             queued,
             external: kind == FileKind::Pipe && d.external_pipes.contains(&inode),
+            packets,
         });
         Ok(true)
     }
@@ -278,8 +285,12 @@ impl Pipes {
             } else {
                 // Non-blocking so that a pipe that cannot hold them fails
                 // instead of hanging the restore.
-                let w = reopen(&obj.ends[1], libc::O_WRONLY)?;
-                write_all(&w, &p.queued)?;
+                if p.packets.is_empty() {
+                    let w = reopen(&obj.ends[1], libc::O_WRONLY)?;
+                    write_all(&w, &p.queued)?;
+                } else {
+                    write_packets(&obj.ends[1], &p.queued, &p.packets)?;
+                }
                 obj.filled = true;
             }
         }
@@ -312,8 +323,34 @@ pub(super) fn write_all(fd: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The bytes queued in the pipe of fd `fd` of `pid`, left in place.
-fn peek(pid: i32, fd: i32, capacity: usize) -> io::Result<Vec<u8>> {
+/// Writes `queued` into a pipe (`end`: its write end) in packet mode, one
+/// write for each of `packets` (their lengths), so that each read of the
+/// pipe returns one again.
+fn write_packets(end: &OwnedFd, queued: &[u8], packets: &[u32]) -> io::Result<()> {
+    if packets.iter().map(|&n| n as usize).sum::<usize>() != queued.len() {
+        return Err(io::Error::other(
+            "bad image: packets of a pipe that add up to another length",
+        ));
+    }
+    // (An open with O_DIRECT refuses a pipe; F_SETFL sets it.)
+    let w = reopen(end, libc::O_WRONLY)?;
+    let flags = rustix::fs::fcntl_getfl(&w)? | OFlags::DIRECT;
+    rustix::fs::fcntl_setfl(&w, flags)?;
+    let mut at = 0;
+    for &n in packets {
+        let packet = &queued[at..at + n as usize];
+        if rustix::io::write(&w, packet)? != packet.len() {
+            return Err(io::Error::other("a packet was cut short"));
+        }
+        at += n as usize;
+    }
+    Ok(())
+}
+
+/// The bytes queued in the pipe of fd `fd` of `pid`, left in place, and
+/// the length of each run a read returns of them: each packet of a pipe
+/// in packet mode (O_DIRECT), else all of them at once.
+fn peek(pid: i32, fd: i32, capacity: usize) -> io::Result<(Vec<u8>, Vec<u32>)> {
     // A read end of our own on the same pipe: works when the process only
     // holds the write end, and O_NONBLOCK keeps a FIFO open from blocking.
     let rd = rustix::fs::open(
@@ -323,7 +360,7 @@ fn peek(pid: i32, fd: i32, capacity: usize) -> io::Result<Vec<u8>> {
     )?;
     let avail = rustix::io::ioctl_fionread(&rd)? as usize;
     if avail == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     // A scratch pipe with as many slots as the source, so tee() can
     // duplicate every buffer in one call (it always starts at the head of
@@ -336,17 +373,21 @@ fn peek(pid: i32, fd: i32, capacity: usize) -> io::Result<Vec<u8>> {
             "tee copied {n} of the {avail} queued bytes"
         )));
     }
+    // tee keeps each buffer's packet mark: a read stops after a packet.
     let mut out = vec![0u8; avail];
-    let mut got = 0;
+    let (mut got, mut runs) = (0, Vec::new());
     while got < out.len() {
         match rustix::io::read(&sr, &mut out[got..]) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            Ok(n) => got += n,
+            Ok(n) => {
+                got += n;
+                runs.push(n as u32);
+            }
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(out)
+    Ok((out, runs))
 }
 
 #[cfg(test)]
@@ -395,6 +436,30 @@ mod tests {
         let mut orig = vec![0u8; 3072];
         std::fs::File::from(r).read_exact(&mut orig).unwrap();
         assert_eq!(orig, data);
+    }
+
+    /// A packet-mode pipe (O_DIRECT) keeps its packets: each read returns
+    /// one (they came back as one run of bytes).
+    #[test]
+    fn packets_of_a_packet_mode_pipe_come_back_one_by_one() {
+        let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::DIRECT).unwrap();
+        for packet in [&b"abc"[..], b"defghi", b"j"] {
+            assert_eq!(rustix::io::write(&w, packet).unwrap(), packet.len());
+        }
+        let mut kind = Pipes::default();
+        let fr = super::super::testing::dump_with(&mut kind, r.as_raw_fd()).unwrap();
+        let fw = super::super::testing::dump_with(&mut kind, w.as_raw_fd()).unwrap();
+        assert_eq!(fr.pipe.as_ref().unwrap().packets, [3, 6, 1]);
+        drop((r, w));
+        let mut kind = Pipes::default();
+        let nr = created(&mut kind, &fr);
+        let _nw = created(&mut kind, &fw);
+        rustix::fs::fcntl_setfl(&nr, OFlags::NONBLOCK).unwrap();
+        let mut buf = [0u8; 64];
+        for want in [&b"abc"[..], b"defghi", b"j"] {
+            let n = rustix::io::read(&nr, &mut buf).unwrap();
+            assert_eq!(&buf[..n], want);
+        }
     }
 
     #[test]
