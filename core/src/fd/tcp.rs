@@ -733,7 +733,6 @@ pub(super) fn build(
         .map_err(step("TCP_REPAIR_WINDOW"))?;
     set(&s, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
     set(&s, TCP_REPAIR, TCP_REPAIR_OFF)?;
-    sync_mss(&s, sf).map_err(step("sizing its segments"))?;
     apply_saved(&s, sf, libc::SO_REUSEADDR).map_err(step("SO_REUSEADDR"))?;
     send_all(&s, not_sent).map_err(step("sending what was never sent"))?;
     apply_saved(&s, sf, libc::SO_SNDBUF).map_err(step("SO_SNDBUF"))?;
@@ -746,25 +745,6 @@ pub(super) fn build(
     }
     Ok(s)
 }
-
-/// Sizes the segments of a connection built in repair mode again (its
-/// MSS, what TCP_MAXSEG reads): the connect sized them before the peer's
-/// MSS and window were given back, for the default MSS of 536 (524 with
-/// timestamps), which would stay until the path changes. Setting the IP
-/// options (to none, as they were) makes the kernel size them again: the
-/// IPv4 ones for an IPv4 peer, also on an IPv6 socket (v4-mapped).
-fn sync_mss(s: &OwnedFd, sf: &SocketFile) -> io::Result<()> {
-    let mapped = sf.peer_addr.len() >= 24 && sf.peer_addr[8..20] == V4_MAPPED_PREFIX;
-    if sf.family == libc::AF_INET6 && !mapped {
-        const IPV6_HOPOPTS: i32 = 54;
-        setsockopt(s, libc::IPPROTO_IPV6, IPV6_HOPOPTS, &[])
-    } else {
-        setsockopt(s, libc::IPPROTO_IP, libc::IP_OPTIONS, &[])
-    }
-}
-
-/// The first 12 bytes of an IPv4 address mapped into IPv6 (::ffff:a.b.c.d).
-const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
 /// Brings a socket (out of repair mode, our FIN given already unless it is
 /// LAST_ACK's, which follows the peer's) to the saved state: the peer's FIN
