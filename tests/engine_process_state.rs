@@ -618,6 +618,42 @@ fn memory_policy_and_speculation_mitigations_come_back() {
     w.kill();
 }
 
+/// mlockall(MCL_CURRENT | MCL_FUTURE), which also locks every mapping
+/// made after it, comes back, with MCL_ONFAULT or without (mappings made
+/// after the restore were not locked).
+#[test]
+fn mappings_made_after_mlockall_future_stay_locked() {
+    for flags in ["3", "7"] {
+        let dir = TestDir::new(&format!("mlockall-{flags}"));
+        let script = "import ctypes, mmap, os, sys, time\n\
+             report, flags = sys.argv[1], int(sys.argv[2])\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             assert libc.mlockall(flags) == 0, ctypes.get_errno()\n\
+             def locked():\n\
+             \x20   m = mmap.mmap(-1, 3 * 4096); at = ctypes.addressof(ctypes.c_char.from_buffer(m))\n\
+             \x20   cur, out = None, None\n\
+             \x20   for l in open('/proc/self/smaps'):\n\
+             \x20       f = l.split()\n\
+             \x20       if '-' in f[0] and all(c in '0123456789abcdef-' for c in f[0]): cur = int(f[0].split('-')[0], 16)\n\
+             \x20       elif f[0] == 'VmFlags:' and cur == at: out = sorted(x for x in f[1:] if x in ('lo', 'lf'))\n\
+             \x20   return out\n\
+             before = locked()\n\
+             n = 0\n\
+             while not os.path.exists(report + '.go'):\n\
+             \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+             open(report, 'w').write('%d %d %s %s\\n' % (os.getpid(), n, before, locked()))\n\
+             time.sleep(600)\n";
+        let (mut w, r) = python_across_restore(&dir, script, &[flags.into()], "]");
+        let want = if flags == "3" {
+            "['lo'] ['lo']"
+        } else {
+            "['lf', 'lo'] ['lf', 'lo']"
+        };
+        assert!(r.contains(want), "{flags}: {r}\n{}", w.log());
+        w.kill();
+    }
+}
+
 /// epoll registrations that outlived their fd number (the file moved to
 /// another fd, the number reused by another registered file, or by the
 /// epoll fd itself) come back: each file wakes the epoll with its own data.

@@ -480,7 +480,7 @@ fn needs_records_12(processes: &[ProcessDump]) -> bool {
 /// 12 would drop: guard regions, multicast memberships, the directory a
 /// unix socket's relative name is relative to, an autogroup's nice value,
 /// protection keys, a thread's memory policy or speculation mitigations,
-/// the packets of a packet-mode pipe.
+/// the packets of a packet-mode pipe, mlockall's MCL_FUTURE.
 fn needs_records_13(processes: &[ProcessDump]) -> bool {
     use crstream_proto::{FileTable, MemoryMap, PrctlValues, ThreadCore};
     let records = || processes.iter().map(|p| &p.records);
@@ -492,7 +492,7 @@ fn needs_records_13(processes: &[ProcessDump]) -> bool {
         .filter_map(|r| r.get::<FileTable>())
         .flat_map(|t| &t.files);
     let mut threads = processes.iter().flat_map(|p| &p.threads);
-    values.any(|v| v.autogroup_nice.is_some() || v.pkeys != 0)
+    values.any(|v| v.autogroup_nice.is_some() || v.pkeys != 0 || v.mlockall != 0)
         || threads.any(|t| {
             t.get::<ThreadCore>().is_some_and(|t| {
                 t.mempolicy.is_some() || t.spec_store_bypass != 0 || t.spec_indirect_branch != 0

@@ -35,8 +35,8 @@ pub const FORMAT_VERSION: u16 = 1;
 /// autogroup's nice value (`PrctlValues.autogroup_nice`), memory protection
 /// keys (`PrctlValues.pkeys`, `VmArea.pkey`), a thread's memory policy and
 /// speculation mitigations (`ThreadCore.mempolicy`, `spec_*`), the packets
-/// of a packet-mode pipe (`PipeFile.packets`). Readers read every version
-/// up to theirs.
+/// of a packet-mode pipe (`PipeFile.packets`), mlockall's MCL_FUTURE
+/// (`PrctlValues.mlockall`). Readers read every version up to theirs.
 pub const RECORDS_VERSION: u32 = 13;
 
 /// The version written for an image with nothing of version 13 in it.

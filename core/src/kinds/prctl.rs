@@ -1,7 +1,8 @@
 //! Process attributes set with prctl(2) and personality(2): personality,
 //! parent-death signal, child subreaper, memory-deny-write-execute; and
-//! the core dump filter, the nice value of the session's autogroup and the
-//! protection keys allocated (`pkeys.rs`) (the `PrctlValues` record).
+//! the core dump filter, the nice value of the session's autogroup, the
+//! protection keys allocated (`pkeys.rs`) and whether later mappings are
+//! locked (mlockall MCL_FUTURE) (the `PrctlValues` record).
 
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
@@ -56,6 +57,7 @@ impl Kind for Prctl {
             mdwe,
             autogroup_nice: autogroup(p.pid).map(|(_, nice)| nice).filter(|&n| n != 0),
             pkeys: crate::kinds::pkeys::allocated(p.injector(), p.keyed_areas)?,
+            mlockall: locks_future_mappings(p)?,
         });
         Ok(())
     }
@@ -118,6 +120,10 @@ impl Kind for Prctl {
                 err,
             })?;
         }
+        // Once its memory is in: only mappings made from now on.
+        if r.mlockall != 0 {
+            stub.call("mlockall", libc::SYS_mlockall, &[r.mlockall as u64])?;
+        }
         // Once every area is mapped and protected as it was (it refuses
         // later W+X mappings, which restore makes none of after memory).
         if r.mdwe != 0 {
@@ -129,6 +135,34 @@ impl Kind for Prctl {
         }
         Ok(())
     }
+}
+
+/// The mlockall flags that lock the mappings process `p` makes from now on
+/// (MCL_FUTURE, MCL_ONFAULT), which nothing shows: a page mapped in it for
+/// the moment counts in its VmLck if they are set, and is filled at once
+/// unless MCL_ONFAULT is. Asked only of a process with locked memory:
+/// MCL_FUTURE locks every mapping made after it, so only a process that
+/// has made none since (or unmapped them all) and has no other locked
+/// memory is not seen.
+fn locks_future_mappings(p: &DumpProcess<'_>) -> Result<u32, DumpError> {
+    if !p.status.vm_lck_kb.is_some_and(|kb| kb > 0) {
+        return Ok(0);
+    }
+    let inject = p.injector();
+    let page = crstream_streamer::PAGE_SIZE as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let args = [0, page, libc::PROT_READ as u64, flags, u64::MAX, 0];
+    let at = inject.call("mmap", libc::SYS_mmap, &args)? as u64;
+    let locked = crate::proc::status(p.pid)
+        .map(|s| s.vm_lck_kb > p.status.vm_lck_kb)
+        .map_err(|err| DumpError::Proc { pid: p.pid, err });
+    let filled = crate::sys::mem::page_present(p.pid, at);
+    inject.call("munmap", libc::SYS_munmap, &[at, page])?;
+    Ok(match (locked?, filled) {
+        (false, _) => 0,
+        (true, Ok(true)) => libc::MCL_FUTURE as u32,
+        (true, _) => (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u32,
+    })
 }
 
 /// The autogroup of process `pid` (/proc/PID/autogroup: "/autogroup-N

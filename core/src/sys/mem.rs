@@ -222,6 +222,15 @@ pub(crate) const PM_PFN: u64 = (1 << 55) - 1;
 /// A guard region's marker (kernel 6.14 and later).
 pub(crate) const PM_GUARD_REGION: u64 = 1 << 58;
 
+/// Whether the page at `addr` of process `pid` is present (its pagemap
+/// entry).
+pub(crate) fn page_present(pid: i32, addr: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut e = [0u8; 8];
+    File::open(format!("/proc/{pid}/pagemap"))?.read_exact_at(&mut e, addr / PAGE * 8)?;
+    Ok(u64::from_le_bytes(e) & PM_PRESENT != 0)
+}
+
 /// PFN ranges of the shared zero page and, when transparent huge pages map
 /// it, of the huge zero page: what a read fault on untouched anonymous
 /// memory maps. Found by read-faulting fresh mappings of our own and
