@@ -145,7 +145,7 @@ impl Kind for Prctl {
 /// has made none since (or unmapped them all) and has no other locked
 /// memory is not seen.
 fn locks_future_mappings(p: &DumpProcess<'_>) -> Result<u32, DumpError> {
-    if !p.status.vm_lck_kb.is_some_and(|kb| kb > 0) {
+    if p.status.vm_lck_kb.is_none_or(|kb| kb == 0) {
         return Ok(0);
     }
     let inject = p.injector();
