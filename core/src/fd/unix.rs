@@ -786,19 +786,9 @@ pub(super) fn in_directory<T: Send>(
     dir: &std::path::Path,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: a plain syscall. With a working directory of its
-                // own, this thread alone moves.
-                if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                std::env::set_current_dir(dir)?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the thread binding it panicked")))
+    on_thread_of_its_own_fs(|| {
+        std::env::set_current_dir(dir)?;
+        f()
     })
 }
 
@@ -807,16 +797,23 @@ fn in_private_root<T: Send>(
     root: &std::path::Path,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
+    on_thread_of_its_own_fs(|| {
+        std::os::unix::fs::chroot(root)?;
+        std::env::set_current_dir("/")?;
+        f()
+    })
+}
+
+/// Runs `f` on a thread with a root and working directory of its own
+/// (unshared), which `f` may change: crstream's other threads keep theirs.
+fn on_thread_of_its_own_fs<T: Send>(f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                // SAFETY: a plain syscall. With a root and working directory
-                // of its own, this thread alone is chrooted.
+                // SAFETY: a plain syscall.
                 if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                std::os::unix::fs::chroot(root)?;
-                std::env::set_current_dir("/")?;
                 f()
             })
             .join()
