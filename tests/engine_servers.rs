@@ -636,7 +636,9 @@ fn a_unix_socket_bound_to_a_relative_name_comes_back_in_its_directory() {
 /// is not connected back (postfix's processes to its log server, whose
 /// name is relative to the queue directory) come back connected to it:
 /// the dump refused them as connected outside the tree. What was queued
-/// on the server comes back too.
+/// on the server comes back too. One whose peer was closed before the dump
+/// still names it, and its next send is refused (it came back unconnected:
+/// ENOTCONN).
 #[test]
 fn datagram_sockets_connected_to_a_server_of_the_tree_come_back_connected() {
     if !available("python3", &["--version"]) {
@@ -650,13 +652,19 @@ fn datagram_sockets_connected_to_a_server_of_the_tree_come_back_connected() {
          srv = socket.socket(socket.AF_UNIX, D); srv.bind('public/log')\n\
          c = socket.socket(socket.AF_UNIX, D); c.connect('public/log'); c.send(b'queued')\n\
          c2 = socket.socket(socket.AF_UNIX, D); c2.connect(os.path.join(where, 'public/log'))\n\
+         gone = socket.socket(socket.AF_UNIX, D); gone.bind('public/gone')\n\
+         d = socket.socket(socket.AF_UNIX, D); d.bind('public/d'); d.connect('public/gone'); gone.close()\n\
+         def refused():\n\
+         \x20   try: d.send(b'x')\n\
+         \x20   except ConnectionRefusedError: return True\n\
+         \x20   except OSError as e: return e.errno\n\
          n = 0\n\
          while not os.path.exists(report + '.go'):\n\
          \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
          c.send(b'one'); c2.send(b'two'); srv.settimeout(5)\n\
          got = [srv.recv(10) for _ in range(3)]\n\
          checks = [got == [b'queued', b'one', b'two'], c.getpeername() == 'public/log',\n\
-         \x20   c2.getpeername() == 'public/log']\n\
+         \x20   c2.getpeername() == 'public/log', d.getpeername() == 'public/gone', refused()]\n\
          open(report, 'w').write('%d %d %s %s\\n' % (os.getpid(), n, checks, got))\n\
          time.sleep(600)\n";
     let mut cmd = Command::new("python3");
@@ -672,7 +680,11 @@ fn datagram_sockets_connected_to_a_server_of_the_tree_come_back_connected() {
     w.restored(pid);
     std::fs::write(dir.path("report.go"), b"").unwrap();
     let r = w.wait_report(T, |r| r.contains('['));
-    assert!(r.contains("[True, True, True]"), "{r}\n{}", w.log());
+    assert!(
+        r.contains("[True, True, True, True, True]"),
+        "{r}\n{}",
+        w.log()
+    );
     w.kill();
 }
 

@@ -380,13 +380,14 @@ impl UnixSockets {
             return self.create_external(pid, s, stubs, ferr);
         }
         // Connected to a peer closed at dump time: a stream (shut down both
-        // ways), or an unbound datagram socket (getpeername still answers:
-        // the end of a socketpair, with the messages its peer sent before
-        // it went; its next send fails with ECONNREFUSED).
+        // ways), or a datagram socket (getpeername still answers: the end
+        // of a socketpair, with the messages its peer sent before it went,
+        // or a socket connected to a named one; its next send fails with
+        // ECONNREFUSED).
         let orphan = s.peer_inode == 0
             && !s.listening
             && if s.r#type == libc::SOCK_DGRAM {
-                !s.peer_addr.is_empty() && s.local_addr.len() <= 2
+                !s.peer_addr.is_empty()
             } else {
                 s.shutdown == 3
             };
@@ -421,6 +422,12 @@ impl UnixSockets {
                 .map_err(|e| ferr("socketpair", e))?,
         };
         apply_options(&a, &s.options).map_err(|e| ferr("socket options", e))?;
+        if orphan && s.r#type == libc::SOCK_DGRAM {
+            if s.local_addr.len() > 2 {
+                unix_file::bind(&a, &s.local_addr, s.socket_file.as_ref(), ferr)?;
+            }
+            name_the_gone_peer(&b, &s.peer_addr);
+        }
         self.fill(pid, s, super::dup(&b).map_err(|e| ferr("dup", e))?, None);
         if orphan {
             // The peer was closed at dump time: closing ours (once the
@@ -670,6 +677,28 @@ impl UnixSockets {
         }
         self.created.keep(s.inode, sock);
         self.created.hand_out(s.inode).map_err(|e| ferr("dup", e))
+    }
+}
+
+/// Gives `peer`, the stand-in for a datagram socket's peer that was closed
+/// by the dump (closed again once the queue is in), that peer's name, so
+/// that getpeername says it still: a path under a private root (the real
+/// one is neither needed nor touched), an abstract name where it is free.
+fn name_the_gone_peer(peer: &OwnedFd, name: &[u8]) {
+    let named = match unix_file::path_of(name) {
+        Some(path) => scratch_dir().and_then(|scratch| {
+            let bound = bind_under(&scratch, peer, name, &path);
+            let _ = std::fs::remove_dir_all(&scratch);
+            bound
+        }),
+        None if name.len() > 2 => socket::bind(peer, name),
+        None => Ok(()),
+    };
+    if let Err(e) = named {
+        tracing::debug!(
+            "naming the stand-in of a closed peer {}: {e}",
+            fmt_sockaddr(name)
+        );
     }
 }
 
