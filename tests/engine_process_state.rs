@@ -572,7 +572,9 @@ fn memory_protection_keys_come_back() {
          \x20       f = l.split()\n\
          \x20       if '-' in f[0] and all(c in '0123456789abcdef-' for c in f[0]): cur = int(f[0].split('-')[0], 16)\n\
          \x20       elif f[0] == 'ProtectionKey:' and cur == addr: return int(f[1])\n\
-         allocated = lambda k: libc.syscall(329, ctypes.c_void_p(at(scratch)), 4096, 3, k) == 0\n\
+         def allocated(k):\n\
+         \x20   ok = libc.syscall(329, ctypes.c_void_p(at(scratch)), 4096, 3, k) == 0\n\
+         \x20   libc.syscall(329, ctypes.c_void_p(at(scratch)), 4096, 3, 0); return ok\n\
          state = lambda: [key_of(base), libc.pkey_get(k1), allocated(k1), allocated(k2), allocated(max(k1, k2) + 1)]\n\
          before = state()\n\
          n = 0\n\

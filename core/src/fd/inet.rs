@@ -59,6 +59,10 @@ fn refuse_deferred_handshakes(
     Err(d.refuse(format!("{why}; dump with --skip-in-flight to drop them")))
 }
 
+/// The MSS TCP_MAXSEG accepts (the kernel's TCP_MIN_MSS, MAX_TCP_WINDOW).
+const TCP_MIN_MSS: i32 = 88;
+const MAX_TCP_WINDOW: i32 = 32767;
+
 /// Port of an AF_INET/AF_INET6 sockaddr.
 fn port(raw: &[u8]) -> u16 {
     if raw.len() >= 4 {
@@ -151,18 +155,20 @@ impl FdKind for InetSockets {
                     fmt_sockaddr(&sf.peer_addr)
                 )));
             }
-            if sf.tcp.is_none() {
-                // A listener's or an unconnected socket's TCP_MAXSEG reads
-                // the MSS set on it (536 when none is), which connections
-                // it makes or accepts take; a connection's reads its
-                // segment size, which repair mode sets apart.
+            if sf.listening {
+                // A listener's TCP_MAXSEG reads the MSS set on it (536 when
+                // none is), which the connections it accepts take. (A
+                // closed socket's reads its last connection's segment size
+                // when none was set.)
                 let mss = socket::getsockopt_int(&dup, libc::IPPROTO_TCP, libc::TCP_MAXSEG)
                     .map_err(|e| d.error("TCP_MAXSEG", e))?;
-                sf.options.push(SockOpt {
-                    level: libc::IPPROTO_TCP,
-                    name: libc::TCP_MAXSEG,
-                    value: mss.to_ne_bytes().to_vec(),
-                });
+                if (TCP_MIN_MSS..=MAX_TCP_WINDOW).contains(&mss) {
+                    sf.options.push(SockOpt {
+                        level: libc::IPPROTO_TCP,
+                        name: libc::TCP_MAXSEG,
+                        value: mss.to_ne_bytes().to_vec(),
+                    });
+                }
             }
             if sf.listening {
                 let what = format!("TCP listener on {}", fmt_sockaddr(&sf.local_addr));

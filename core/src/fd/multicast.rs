@@ -30,9 +30,14 @@ const SOURCES_FIRST_READ: usize = 16;
 /// address, 4 or 16 bytes). Each group once per interface.
 fn joined_here(ipv6: bool) -> io::Result<Vec<(String, Vec<u8>)>> {
     let mut v = Vec::new();
+    // (A kernel without multicast has neither file: no groups.)
+    let read = |path: &str| match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        r => r,
+    };
     if ipv6 {
         // "1    lo    ff020000000000000000000000000001     1 0000000C 0"
-        for line in std::fs::read_to_string("/proc/net/igmp6")?.lines() {
+        for line in read("/proc/net/igmp6")?.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if let [_, dev, hex, ..] = f[..]
                 && let Some(group) = hex_bytes(hex).filter(|g| g.len() == 16)
@@ -44,7 +49,7 @@ fn joined_here(ipv6: bool) -> io::Result<Vec<(String, Vec<u8>)>> {
         // "1\tlo        :     1      V3" then one "\t\t\t\t010000E0 ..." line
         // per group, the address as a hex u32 of its network-order bytes.
         let mut dev = None;
-        for line in std::fs::read_to_string("/proc/net/igmp")?.lines().skip(1) {
+        for line in read("/proc/net/igmp")?.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if !line.starts_with('\t') {
                 dev = f.get(1).map(|d| d.trim_end_matches(':').to_string());
@@ -122,7 +127,15 @@ fn membership(
         gf[GF_NUMSRC..GF_SLIST].copy_from_slice(&(room as u32).to_ne_bytes());
         match getsockopt(s, level(group), MCAST_MSFILTER, &mut gf) {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => return Ok(None),
+            // ENOPROTOOPT: an IPv6 raw socket, which has no IPv4 groups.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EADDRNOTAVAIL | libc::ENOPROTOOPT)
+                ) =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         }
         let u32_at = |at: usize| u32::from_ne_bytes(gf[at..at + 4].try_into().expect("4 bytes"));

@@ -46,8 +46,9 @@ pub(super) struct UnixSockets {
     /// Dump: sockets whose peer is outside the tree, or a socket of the
     /// tree not connected back (a datagram socket's server).
     external: Vec<u64>,
-    /// Dump: every unix socket of the tree, by inode.
-    dumped: std::collections::HashSet<u64>,
+    /// Dump: every unix socket of the tree, by inode: whether a name
+    /// reaches it (bound, its file not removed).
+    dumped: HashMap<u64, bool>,
     /// Dump: the files queued messages carry, for `fd/passed.rs`.
     passing: Vec<super::Passing>,
     /// Restore: what goes into the sockets once every fd table is in
@@ -132,11 +133,14 @@ impl FdKind for UnixSockets {
                 groups: ids.groups,
                 pid,
             });
-        self.dumped.insert(sf.inode);
         let diag = sock_diag::unix(sf.inode);
         let bound_file = diag.as_ref().ok().and_then(|q| q.file);
         sf.socket_file =
             unix_file::saved(d.pid, &sf.local_addr, bound_file).map_err(|why| d.refuse(why))?;
+        // (No name leads to one whose file was removed.)
+        let reachable =
+            sf.local_addr.len() > 2 && !sf.socket_file.as_ref().is_some_and(|f| f.removed);
+        self.dumped.insert(sf.inode, reachable);
         if sf.listening {
             let what = format!("unix listener {}", fmt_sockaddr(&sf.local_addr));
             let queues = diag.map(|q| (q.rqueue, q.wqueue));
@@ -338,7 +342,7 @@ impl UnixSockets {
                     // A datagram socket connected to one of the tree that
                     // is not connected back (its server): it connects to
                     // that socket's name again, as to one outside.
-                    let one_way = ty == libc::SOCK_DGRAM && self.dumped.contains(&peer);
+                    let one_way = ty == libc::SOCK_DGRAM && self.dumped.get(&peer) == Some(&true);
                     let refuse = |why: String| DumpError::UnsupportedFile {
                         pid,
                         fd,
@@ -703,17 +707,23 @@ fn name_the_gone_peer(peer: &OwnedFd, name: &[u8]) {
 }
 
 /// The name by which crstream reaches socket `s` bound to a path: its own,
-/// or for a relative one, the path from the directory it is relative to
-/// (when it fits a sockaddr_un).
+/// or for a relative one, the path from the directory it is relative to,
+/// where its file is now (renamed since: its new name), when that fits a
+/// sockaddr_un.
 fn reachable_name(s: &SocketFile) -> Vec<u8> {
-    let relative_to = s.socket_file.as_ref().map(|f| &f.relative_to[..]);
-    match (relative_to, unix_file::path_of(&s.local_addr)) {
-        (Some(dir), Some(name)) if !dir.is_empty() => {
-            let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(dir));
-            unix_sockaddr(&dir.join(name)).unwrap_or_else(|| s.local_addr.clone())
-        }
-        _ => s.local_addr.clone(),
+    let Some(name) = unix_file::path_of(&s.local_addr) else {
+        return s.local_addr.clone();
+    };
+    let file = s.socket_file.clone().unwrap_or_default();
+    let mut path = match file.relative_to.is_empty() {
+        true => name,
+        false => std::path::Path::new(std::ffi::OsStr::from_bytes(&file.relative_to)).join(name),
+    };
+    // Renamed into place since (restore renames it as well).
+    if !file.renamed_to.is_empty() {
+        path.set_file_name(&file.renamed_to);
     }
+    unix_sockaddr(&path).unwrap_or_else(|| s.local_addr.clone())
 }
 
 /// The client end of a connection remade through a listener: a socket of

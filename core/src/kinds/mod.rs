@@ -41,6 +41,8 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         // After every kind that opens a path in the process (the
         // executable, /proc/self files): a chroot would hide them.
         Box::new(fs_context::FsContext),
+        // Once nothing restore maps in the process is left to lock.
+        Box::new(prctl::FutureLocks),
         // Once nothing restore does in the process needs room under them
         // (a process whose fds fill RLIMIT_NOFILE, threads under
         // RLIMIT_NPROC, signals queued under RLIMIT_SIGPENDING); set from

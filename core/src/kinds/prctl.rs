@@ -120,10 +120,6 @@ impl Kind for Prctl {
                 err,
             })?;
         }
-        // Once its memory is in: only mappings made from now on.
-        if r.mlockall != 0 {
-            stub.call("mlockall", libc::SYS_mlockall, &[r.mlockall as u64])?;
-        }
         // Once every area is mapped and protected as it was (it refuses
         // later W+X mappings, which restore makes none of after memory).
         if r.mdwe != 0 {
@@ -152,7 +148,14 @@ fn locks_future_mappings(p: &DumpProcess<'_>) -> Result<u32, DumpError> {
     let page = crstream_streamer::PAGE_SIZE as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
     let args = [0, page, libc::PROT_READ as u64, flags, u64::MAX, 0];
-    let at = inject.call("mmap", libc::SYS_mmap, &args)? as u64;
+    let at = match inject.call("mmap", libc::SYS_mmap, &args) {
+        Ok(at) => at as u64,
+        // At its locked-memory limit: only a mapping to be locked is refused.
+        Err(crate::error::TaskError::Syscall { errno, .. }) if errno == libc::EAGAIN => {
+            return Ok(libc::MCL_FUTURE as u32);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let locked = crate::proc::status(p.pid)
         .map(|s| s.vm_lck_kb > p.status.vm_lck_kb)
         .map_err(|err| DumpError::Proc { pid: p.pid, err });
@@ -193,6 +196,33 @@ fn set_autogroup_nice(pid: i32, nice: i32) -> std::io::Result<()> {
         }
         Some((_, now)) if now == nice => Ok(()),
         _ => std::fs::write(format!("/proc/{pid}/autogroup"), nice.to_string()),
+    }
+}
+
+/// mlockall(MCL_FUTURE) of the `PrctlValues` record, set last (the final
+/// phase): restore's own mappings (an AIO ring, ...) must not be locked.
+pub(crate) struct FutureLocks;
+
+impl Kind for FutureLocks {
+    fn name(&self) -> &'static str {
+        "mlockall"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Final
+    }
+
+    fn dump(&mut self, _p: &mut DumpProcess<'_>) -> Result<(), DumpError> {
+        Ok(()) // read with the other prctl values
+    }
+
+    fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
+        let r: &Record = p.image.need()?;
+        if r.mlockall != 0 {
+            p.stub
+                .call("mlockall", libc::SYS_mlockall, &[r.mlockall as u64])?;
+        }
+        Ok(())
     }
 }
 

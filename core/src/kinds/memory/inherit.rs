@@ -29,7 +29,8 @@ fn is_private(a: &VmArea) -> bool {
 
 /// Whether the child's area `child` is what a fork gives it of the
 /// parent's area `parent`: a private mapping of the same thing, at the same
-/// place, with the same flags and advice, that fork passes on.
+/// place, with the same flags, advice and guard regions, that fork passes
+/// on.
 pub(super) fn inheritable(child: &VmArea, parent: &VmArea) -> bool {
     let advice = |a: &VmArea| a.madvise & !(LOCKED | LOCKED_ON_FAULT);
     let within = parent.start <= child.start && child.end <= parent.end;
@@ -52,6 +53,18 @@ pub(super) fn inheritable(child: &VmArea, parent: &VmArea) -> bool {
         && parent.madvise & (ADVICE_DONTFORK | ADVICE_WIPEONFORK) == 0
         && advice(child) == advice(parent)
         && same_object
+        && guards_within(parent, child.start, child.end)
+            == guards_within(child, child.start, child.end)
+}
+
+/// The guard regions of `a` within [start, end): a fork passes them on,
+/// and restore installs none where they lie already.
+fn guards_within(a: &VmArea, start: u64, end: u64) -> Vec<(u64, u64)> {
+    a.guards
+        .iter()
+        .map(|g| (g.offset.max(start), (g.offset + g.len).min(end)))
+        .filter(|(s, e)| s < e)
+        .collect()
 }
 
 fn open_pagemap(pid: i32) -> Result<File, DumpError> {

@@ -652,8 +652,26 @@ fn scan(
     let pagemap = open_pagemap(pid, read_from)?;
     let mut use_ioctl = true;
     let mut zero: Option<Vec<(u64, u64)>> = None;
-    for a in areas.iter_mut().filter(|a| a.save != Save::None && pick(a)) {
+    for a in areas.iter_mut().filter(|a| pick(a)) {
         let (start, end) = (a.area.start, a.area.end);
+        if a.save != Save::Private {
+            // Guard regions in areas whose pages are not read here (shared
+            // ones: kernel 6.15 and later allow them there).
+            let guards = match whole.filter(|_| end <= SCAN_WHOLE_END) {
+                Some(whole) => runs_within(&whole.guards, start, end),
+                None if use_ioctl => scan_ioctl(&pagemap, start, end, a.save)
+                    .map(|s| s.guards)
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            a.area.guards = guards
+                .iter()
+                .map(|&(offset, len)| Extent { offset, len })
+                .collect();
+        }
+        if a.save == Save::None {
+            continue;
+        }
         if a.save == Save::Shared {
             a.runs = scan_shmem(pid, &a.area).map_err(|err| DumpError::PageScan {
                 pid,
