@@ -25,6 +25,26 @@ use std::os::fd::OwnedFd;
 #[derive(Default)]
 pub(super) struct InetSockets {
     created: Created,
+    /// Dump: the multicast groups joined here, read at the first datagram
+    /// or raw socket.
+    joined_here: Option<multicast::JoinedHere>,
+}
+
+impl InetSockets {
+    /// The multicast groups datagram or raw socket `dup` of fd `d` joined.
+    fn memberships(
+        &mut self,
+        d: &DumpFd<'_>,
+        dup: &OwnedFd,
+        family: i32,
+    ) -> Result<Vec<crstream_proto::IpMembership>, DumpError> {
+        let what = |e| d.error("its multicast memberships", e);
+        let here = match &mut self.joined_here {
+            Some(here) => here,
+            none => none.insert(multicast::JoinedHere::read().map_err(what)?),
+        };
+        multicast::memberships(dup, family, here).map_err(what)
+    }
 }
 
 /// A listener with TCP_DEFER_ACCEPT keeps a connection whose client sent
@@ -97,8 +117,7 @@ impl FdKind for InetSockets {
                         sf.protocol
                     )));
                 }
-                sf.ip_memberships = multicast::memberships(&dup, sf.family)
-                    .map_err(|e| d.error("its multicast memberships", e))?;
+                sf.ip_memberships = self.memberships(d, &dup, sf.family)?;
                 finish(d, &dup, sf, f)?;
                 return Ok(true);
             }
@@ -169,8 +188,6 @@ impl FdKind for InetSockets {
                         value: mss.to_ne_bytes().to_vec(),
                     });
                 }
-            }
-            if sf.listening {
                 let what = format!("TCP listener on {}", fmt_sockaddr(&sf.local_addr));
                 let diag = sock_diag::tcp_listener(sf.family, sf.inode);
                 match (diag, d.tcp) {
@@ -213,8 +230,7 @@ impl FdKind for InetSockets {
                 sf.queued.push(data);
                 sf.queued_from.push(from);
             }
-            sf.ip_memberships = multicast::memberships(&dup, sf.family)
-                .map_err(|e| d.error("its multicast memberships", e))?;
+            sf.ip_memberships = self.memberships(d, &dup, sf.family)?;
         }
         finish(d, &dup, sf, f)?;
         Ok(true)
@@ -585,8 +601,6 @@ mod tests {
         }
     }
 
-    /// Every option a server sets on its sockets comes back, and a
-    /// classic BPF filter with its lock.
     /// The MSS set on a listener (which the connections it accepts take)
     /// comes back; a closed socket's, which reads its last connection's
     /// segment size, is not set again.
@@ -603,6 +617,8 @@ mod tests {
         assert_eq!(mss, 1200);
     }
 
+    /// Every option a server sets on its sockets comes back, and a
+    /// classic BPF filter with its lock.
     #[test]
     fn socket_options_and_filters_come_back() {
         let s = socket::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();

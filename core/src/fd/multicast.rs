@@ -26,6 +26,43 @@ const STORAGE: usize = 128;
 /// limit is 10: net.ipv4.igmp_max_msf); more are read with a second.
 const SOURCES_FIRST_READ: usize = 16;
 
+/// The groups joined on any interface of this network namespace, read
+/// once for a dump (every socket of the tree is asked about each).
+#[derive(Default)]
+pub(super) struct JoinedHere {
+    v4: Vec<Group>,
+    v6: Vec<Group>,
+}
+
+/// A group joined on an interface: its name, its index, the group's
+/// address (4 or 16 bytes).
+struct Group {
+    ifname: String,
+    ifindex: u32,
+    address: Vec<u8>,
+}
+
+impl JoinedHere {
+    pub(super) fn read() -> io::Result<Self> {
+        let groups = |ipv6| -> io::Result<Vec<Group>> {
+            (joined_here(ipv6)?.into_iter())
+                .map(|(ifname, address)| {
+                    let ifindex = super::packet::if_index(&ifname)?;
+                    Ok(Group {
+                        ifname,
+                        ifindex,
+                        address,
+                    })
+                })
+                .collect()
+        };
+        Ok(JoinedHere {
+            v4: groups(false)?,
+            v6: groups(true)?,
+        })
+    }
+}
+
 /// The groups joined on any interface here: (interface name, group
 /// address, 4 or 16 bytes). Each group once per interface.
 fn joined_here(ipv6: bool) -> io::Result<Vec<(String, Vec<u8>)>> {
@@ -155,17 +192,21 @@ fn membership(
     }
 }
 
-/// The groups socket `s` (of `family`) has joined: IPv4 groups for an IPv4
-/// socket, IPv6 and IPv4 groups for an IPv6 one.
-pub(super) fn memberships(s: &OwnedFd, family: i32) -> io::Result<Vec<IpMembership>> {
-    let mut candidates = joined_here(false)?;
-    if family == libc::AF_INET6 {
-        candidates.extend(joined_here(true)?);
-    }
+/// The groups of `here` socket `s` (of `family`) has joined: IPv4 groups
+/// for an IPv4 socket, IPv6 and IPv4 groups for an IPv6 one.
+pub(super) fn memberships(
+    s: &OwnedFd,
+    family: i32,
+    here: &JoinedHere,
+) -> io::Result<Vec<IpMembership>> {
+    let v6 = if family == libc::AF_INET6 {
+        &here.v6[..]
+    } else {
+        &[]
+    };
     let mut v = Vec::new();
-    for (ifname, group) in candidates {
-        let ifindex = super::packet::if_index(&ifname)?;
-        if let Some(m) = membership(s, &ifname, ifindex, &group)? {
+    for g in here.v4.iter().chain(v6) {
+        if let Some(m) = membership(s, &g.ifname, g.ifindex, &g.address)? {
             v.push(m);
         }
     }
@@ -244,12 +285,13 @@ mod tests {
             },
         ];
         join(&s, &joined).unwrap();
-        let mut read = memberships(&s, libc::AF_INET6).unwrap();
+        let here = JoinedHere::read().unwrap();
+        let mut read = memberships(&s, libc::AF_INET6, &here).unwrap();
         read.sort_by(|a, b| a.group.cmp(&b.group));
         let mut want = joined.clone();
         want.sort_by(|a, b| a.group.cmp(&b.group));
         assert_eq!(read, want);
         let other = socket(libc::AF_INET, libc::SOCK_DGRAM, 0).unwrap();
-        assert_eq!(memberships(&other, libc::AF_INET).unwrap(), vec![]);
+        assert_eq!(memberships(&other, libc::AF_INET, &here).unwrap(), vec![]);
     }
 }

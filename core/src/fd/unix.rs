@@ -25,7 +25,6 @@ use crstream_proto::{OpenFile, PeerIds, SocketFile};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 
 #[derive(Default)]
@@ -715,9 +714,9 @@ fn reachable_name(s: &SocketFile) -> Vec<u8> {
         return s.local_addr.clone();
     };
     let file = s.socket_file.clone().unwrap_or_default();
-    let mut path = match file.relative_to.is_empty() {
-        true => name,
-        false => std::path::Path::new(std::ffi::OsStr::from_bytes(&file.relative_to)).join(name),
+    let mut path = match unix_file::directory(&file) {
+        Some(dir) => dir.join(name),
+        None => name,
     };
     // Renamed into place since (restore renames it as well).
     if !file.renamed_to.is_empty() {

@@ -114,9 +114,7 @@ pub(super) fn bind(
         return bound.map_err(|e| ferr(&what(), e));
     }
     // A relative name is bound from the directory it was relative to.
-    let relative_to = file
-        .map(|f| Path::new(std::ffi::OsStr::from_bytes(&f.relative_to)))
-        .filter(|dir| !dir.as_os_str().is_empty());
+    let relative_to = file.and_then(directory);
     let path = match relative_to {
         Some(dir) => dir.join(&path),
         None => path,
@@ -136,6 +134,12 @@ pub(super) fn bind(
         let _ = std::fs::remove_file(&path);
     }
     made
+}
+
+/// The directory a relative name is relative to (None: an absolute one).
+pub(super) fn directory(f: &UnixSocketFile) -> Option<&Path> {
+    let dir = Path::new(std::ffi::OsStr::from_bytes(&f.relative_to));
+    (!dir.as_os_str().is_empty()).then_some(dir)
 }
 
 /// Gives the file a bind just made at `path` the owner and mode `f` says,

@@ -48,22 +48,32 @@ pub(crate) fn allocated(inject: &Injector, keyed_areas: bool) -> Result<u32, Dum
         return Ok(0);
     }
     let mut free = 0u32;
-    let probed = (|| {
-        for _ in 1..KEYS {
-            match inject.call("pkey_alloc", SYS_PKEY_ALLOC, &[0, 0]) {
-                Ok(key) => free |= 1 << key,
-                Err(TaskError::Syscall { errno, .. }) if errno == libc::ENOSPC => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    })();
+    let probed = take_every_free_key(
+        |key| free |= 1 << key,
+        |name, nr, args| inject.call(name, nr, args),
+    );
     for key in (1..KEYS).filter(|k| free & (1 << k) != 0) {
         inject.call("pkey_free", SYS_PKEY_FREE, &[key as u64])?;
     }
     crate::sys::ptrace::set_xstate(tid, &xstate)?;
     probed?;
     Ok(!free & !1 & ((1 << KEYS) - 1))
+}
+
+/// Allocates every key the process `call` injects into has free
+/// (pkey_alloc until none is left), telling `got` each.
+fn take_every_free_key(
+    mut got: impl FnMut(i64),
+    call: impl Fn(&'static str, i64, &[u64]) -> Result<i64, TaskError>,
+) -> Result<(), TaskError> {
+    for _ in 1..KEYS {
+        match call("pkey_alloc", SYS_PKEY_ALLOC, &[0, 0]) {
+            Ok(key) => got(key),
+            Err(TaskError::Syscall { errno, .. }) if errno == libc::ENOSPC => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// What PKRU holds for a task that never changed it: access to every key
@@ -92,13 +102,7 @@ pub(crate) fn allocate(stub: &Stub, wanted: u32) -> Result<(), RestoreError> {
     if wanted == 0 {
         return Ok(());
     }
-    for _ in 1..KEYS {
-        match stub.call("pkey_alloc", SYS_PKEY_ALLOC, &[0, 0]) {
-            Ok(_) => {}
-            Err(TaskError::Syscall { errno, .. }) if errno == libc::ENOSPC => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    take_every_free_key(|_| {}, |name, nr, args| stub.call(name, nr, args))?;
     for key in (1..KEYS).filter(|k| wanted & (1 << k) == 0) {
         stub.call("pkey_free", SYS_PKEY_FREE, &[key as u64])?;
     }

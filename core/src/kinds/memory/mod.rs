@@ -664,10 +664,7 @@ fn scan(
                     .unwrap_or_default(),
                 None => Vec::new(),
             };
-            a.area.guards = guards
-                .iter()
-                .map(|&(offset, len)| Extent { offset, len })
-                .collect();
+            a.area.guards = extents(&guards);
         }
         if a.save == Save::None {
             continue;
@@ -724,11 +721,16 @@ fn scan(
         };
         a.area.has_pages = !runs.pages.is_empty();
         a.runs = runs.pages;
-        a.area.guards = (runs.guards.iter())
-            .map(|&(offset, len)| Extent { offset, len })
-            .collect();
+        a.area.guards = extents(&runs.guards);
     }
     Ok(())
+}
+
+/// Runs (start, bytes) as the image keeps them.
+fn extents(runs: &[(u64, u64)]) -> Vec<Extent> {
+    (runs.iter())
+        .map(|&(offset, len)| Extent { offset, len })
+        .collect()
 }
 
 /// Which pages of a process to write, and where to read them.
