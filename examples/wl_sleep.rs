@@ -3,7 +3,8 @@
 //! (futex with timeout) and a condvar wait without timeout (futex); and
 //! raw poll without timeout, nanosleep and futex wait with a timeout,
 //! epoll_wait with and without a timeout, epoll_pwait and io_getevents
-//! (waits the kernel never restarts), which must never see EINTR. Each checks that no wait ends early. Reports, every 100 ms:
+//! (waits the kernel never restarts), which must never see EINTR. Each
+//! checks that no wait ends early. Reports, every 100 ms:
 //! "pid errors short_sleeps long_sleeps timed_waits".
 //!
 //! Usage: wl_sleep REPORT
