@@ -528,6 +528,9 @@ fn a_sessions_autogroup_keeps_its_nice_value() {
     if std::fs::read_to_string("/proc/self/autogroup").is_err() {
         return;
     }
+    // A session in the default autogroup (one never made by setsid, as
+    // under some CI runners) shows nothing here.
+    let ours_before = std::fs::read_to_string("/proc/self/autogroup").unwrap();
     let dir = TestDir::new("autogroup");
     let script = "import os, sys, time\n\
          report = sys.argv[1]\n\
@@ -542,7 +545,7 @@ fn a_sessions_autogroup_keeps_its_nice_value() {
     let (mut w, r) = python_across_restore(&dir, script, &[], "]");
     assert!(r.contains("['5', '5']"), "{r}\n{}", w.log());
     let ours = std::fs::read_to_string("/proc/self/autogroup").unwrap();
-    assert!(ours.ends_with("nice 0\n"), "crstream's own: {ours}");
+    assert_eq!(ours, ours_before, "crstream's own autogroup changed");
     w.kill();
 }
 

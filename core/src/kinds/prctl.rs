@@ -184,18 +184,20 @@ fn autogroup(pid: i32) -> Option<(String, i32)> {
 fn set_autogroup_nice(pid: i32, nice: i32) -> std::io::Result<()> {
     let ours = autogroup(std::process::id() as i32).map(|(name, _)| name);
     match autogroup(pid) {
-        Some((name, now)) if Some(&name) == ours.as_ref() => {
-            if now != nice {
-                tracing::warn!(
-                    pid,
-                    nice,
-                    "its session is crstream's, whose autogroup's nice value is left as it is"
-                );
-            }
+        // None: the default autogroup (shared with everything never made
+        // by setsid), which shows no name: crstream's session too.
+        Some((_, now)) if now == nice => Ok(()),
+        Some((name, _)) if Some(&name) != ours.as_ref() => {
+            std::fs::write(format!("/proc/{pid}/autogroup"), nice.to_string())
+        }
+        _ => {
+            tracing::warn!(
+                pid,
+                nice,
+                "its session is crstream's, whose autogroup's nice value is left as it is"
+            );
             Ok(())
         }
-        Some((_, now)) if now == nice => Ok(()),
-        _ => std::fs::write(format!("/proc/{pid}/autogroup"), nice.to_string()),
     }
 }
 
