@@ -41,12 +41,14 @@ impl Target {
         field(&self.w.read_report().unwrap_or_default(), 0, 0)
     }
 
-    /// Running, untraced, with its own mask, counting on with the same
-    /// memory.
+    /// Running, untraced, with its own mask and no child (wl_memory has
+    /// none: a memory snapshot left behind would be one), counting on with
+    /// the same memory.
     fn assert_unharmed(&self, what: &str) {
         let pid = self.w.pid;
         assert!(proc_exists(pid), "{what}: pid {pid} is gone");
         assert_running_untraced(pid);
+        assert_eq!(children_of(pid), Vec::<i32>::new(), "{what}: children");
         assert_mask_comes_back(pid, &self.sigblk, what);
         let before = self.counter();
         let r = self.w.wait_report(T, |r| field(r, 0, 0) >= before + 2);
@@ -333,6 +335,26 @@ fn sigkill_of_the_worker_during_an_injected_syscall_harms_nothing() {
         sleeper.assert_unharmed(&format!("SIGKILL of the worker at {point}"));
     }
     sleeper.w.kill();
+}
+
+/// SIGKILL of the worker of a live dump while it writes the pages of the
+/// memory snapshot, a child of the target that reports no exit: the
+/// supervisor has the target reap it (it stayed a zombie child of the
+/// target for as long as the target ran).
+#[test]
+fn sigkill_of_the_worker_during_a_live_dump_leaves_no_snapshot_behind() {
+    let dir = TestDir::new("crash-live");
+    let paused = dir.path("paused");
+    let img = dir.path("img");
+    let mut t = Target::start_with(&dir, "64");
+    let (child, worker) = dump_paused_at(t.w.pid, &img, &paused, "snapshot-pages:1");
+    assert_eq!(children_of(t.w.pid).len(), 1, "the snapshot is a child");
+    signal(worker, libc::SIGKILL);
+    assert!(!outcome(child, libc::SIGKILL), "the dump completed");
+    wait_untraced(t.w.pid);
+    assert_eq!(leftovers(&dir.0), Vec::<String>::new());
+    t.assert_unharmed("SIGKILL of the worker of a live dump");
+    t.w.kill();
 }
 
 /// SIGTERM to a dump to S3: the multipart upload is aborted, no object

@@ -185,6 +185,7 @@ pub(crate) fn dump(opts: &DumpOptions, sink: &mut dyn ImageSink) -> Result<Dumpe
         let Some(snapshot) = snapshots[i].take() else {
             continue;
         };
+        crate::failpoint::pause("snapshot-pages");
         pages +=
             read.memory
                 .write_pages(pid, PagesFrom::Snapshot(snapshot.pid), sink, stream, opts)?;
@@ -440,6 +441,7 @@ fn read_process(
             &injector.mem,
             injector.scratch,
             frozen_options,
+            opts.handoff.as_deref(),
         ) {
             Ok(s) => Some(s),
             Err(e) => {

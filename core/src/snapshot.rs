@@ -27,6 +27,7 @@ use crate::inject::{Remote, RemoteMem};
 use crate::kind::Injector;
 use crate::sys::process::CloneArgs;
 use crate::sys::ptrace::{self, Stop};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// A stopped copy-on-write child of a process being dumped. Dropping it
 /// kills the child and has the process reap it.
@@ -50,12 +51,16 @@ const NO_STACK: u64 = 0x1000;
 impl Snapshot {
     /// Takes a snapshot of the process `leader` belongs to, with its
     /// ptrace options `options` (put back after), through `remote`, the
-    /// leader's injector, and a `scratch` buffer of 88 bytes in it.
+    /// leader's injector, and a `scratch` buffer of 88 bytes in it. A
+    /// pidfd of the snapshot goes to `handoff` (the supervisor of the dump,
+    /// see `DumpOptions::handoff`), which has its parent reap it should
+    /// crstream die first (see [`reap_abandoned`]).
     pub(crate) fn take(
         remote: &Remote,
         mem: &RemoteMem,
         scratch: u64,
         options: u64,
+        handoff: Option<&OwnedFd>,
     ) -> Result<Self, DumpError> {
         let leader = remote.tid;
         tracing::debug!(pid = leader, "taking a memory snapshot");
@@ -80,6 +85,14 @@ impl Snapshot {
         match snapshot.stopped(ret, put_back) {
             Ok(()) => {
                 tracing::debug!(pid = leader, child = snapshot.pid, "memory snapshot taken");
+                if let Some(to) = handoff {
+                    let sent = crate::sys::pidfd::open(snapshot.pid).and_then(|pidfd| {
+                        crate::sys::socket::send_with(to, b"s", None, None, &[pidfd.as_fd()])
+                    });
+                    if let Err(e) = sent {
+                        tracing::warn!(pid = leader, "handing the snapshot to the supervisor: {e}");
+                    }
+                }
                 Ok(snapshot)
             }
             Err(e) => {
@@ -178,6 +191,52 @@ impl Drop for Snapshot {
     fn drop(&mut self) {
         self.end();
     }
+}
+
+/// Whether `fd` is a pidfd (what the supervisor of a dump receives for each
+/// snapshot, among the connections it may have to put back).
+pub(crate) fn is_pidfd(fd: &OwnedFd) -> bool {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .is_ok_and(|info| info.lines().any(|l| l.starts_with("Pid:")))
+}
+
+/// After the dump's worker died: has the parent of the snapshot `pidfd`
+/// names reap it. Killed with the worker (EXITKILL), a snapshot reports no
+/// exit signal, so it would stay a zombie child of the process until the
+/// process waited for it. Returns what could not be done.
+pub(crate) fn reap_abandoned(pidfd: &OwnedFd) -> Option<String> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(pidfd);
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    if pid <= 0 {
+        return None; // reaped already
+    }
+    // It dies as its tracer exits: a moment after.
+    let started = std::time::Instant::now();
+    let (state, parent) = loop {
+        let stat = crate::proc::stat(pid).ok()?;
+        if stat.state() == 'Z' || started.elapsed() > std::time::Duration::from_secs(2) {
+            break (stat.state(), stat.field(4) as i32);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    if state != 'Z' {
+        return Some(format!(
+            "the memory snapshot of pid {parent} (pid {pid}) is still alive"
+        ));
+    }
+    reap_in(parent, pid).err().map(|e| {
+        format!(
+            "the memory snapshot of pid {parent} (pid {pid}) stays a zombie until the process \
+             reaps it: {e}"
+        )
+    })
 }
 
 /// Injects `wait4(child, NULL, __WALL, NULL)` into a thread of `pid`.

@@ -365,12 +365,17 @@ impl Drop for TcpHold {
 /// network locks go. Returns what could not be done.
 pub fn recover_from_dead_dump(worker: i32, root: i32, handoff: Option<&OwnedFd>) -> Vec<String> {
     let mut problems = Vec::new();
-    let taken = handoff.map_or(Ok(Vec::new()), crate::sys::socket::receive_fds);
+    let handed = handoff.map_or(Ok(Vec::new()), crate::sys::socket::receive_fds);
+    let (snapshots, taken): (Vec<_>, Vec<_>) = handed
+        .unwrap_or_else(|e| {
+            problems.push(format!("what the dump handed over: {e}"));
+            Vec::new()
+        })
+        .into_iter()
+        .partition(crate::snapshot::is_pidfd);
+    problems.extend(snapshots.iter().filter_map(crate::snapshot::reap_abandoned));
     let mut queues = AcceptQueues::default();
-    for sock in taken.unwrap_or_else(|e| {
-        problems.push(format!("the connections taken from accept queues: {e}"));
-        Vec::new()
-    }) {
+    for sock in taken {
         // One the worker put back already is closed here.
         if crate::sys::socket::tcp_state(&sock).is_ok_and(|st| !saved_state(st)) {
             continue;
