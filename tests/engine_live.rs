@@ -114,6 +114,51 @@ fn a_live_dump_keeps_the_pages_a_child_shares_with_its_parent() {
     assert_eq!(cow_pages_shared_with_child(pid), COW_PAGES_SHARED);
 }
 
+/// A process whose seccomp filter denies rt_sigaction, dumped live: the
+/// signal actions read from its snapshot (a child that inherits the
+/// filter) are read past the filter, as they are from the process (the
+/// dump failed with EPERM). Restored, the filter still denies the call.
+#[test]
+fn a_live_dump_reads_past_the_seccomp_filters_of_the_snapshot() {
+    let dir = TestDir::new("live-seccomp");
+    let script = "import ctypes, os, signal, struct, sys, time\n\
+         report = sys.argv[1]\n\
+         signal.signal(signal.SIGUSR1, lambda *a: None)\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         insns = [(0x20, 0, 0, 0), (0x15, 0, 1, 13), (0x06, 0, 0, 0x50000 | 1), (0x06, 0, 0, 0x7fff0000)]\n\
+         code = ctypes.create_string_buffer(b''.join(struct.pack('HBBI', *i) for i in insns))\n\
+         prog = struct.pack('HxxxxxxQ', len(insns), ctypes.addressof(code))\n\
+         assert libc.prctl(38, 1, 0, 0, 0) == 0\n\
+         assert libc.syscall(317, 1, 0, ctypes.c_char_p(prog)) == 0\n\
+         def denied():\n\
+         \x20   old = ctypes.create_string_buffer(64)\n\
+         \x20   return libc.syscall(13, 10, None, old, 8) == -1 and ctypes.get_errno() == 1\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1; open(report + '.tmp', 'w').write('%d %d %s\\n' % (os.getpid(), n, 'OK' if denied() else 'ALLOWED'))\n\
+         \x20   os.rename(report + '.tmp', report); time.sleep(0.05)\n";
+    let mut cmd = std::process::Command::new(system_python());
+    cmd.args(["-c", script]).arg(dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let counter = |r: &str| field(r, 0, 1);
+    let r = w.wait_report(T, |r| counter(r) >= 3);
+    assert!(r.contains(" OK"), "before the dump: {r}\n{}", w.log());
+    let img = dir.path("img");
+    let o = dump(w.pid, &img, &["--leave-running", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
+    assert_eq!(s["live"], true, "{s}");
+    let at = counter(&w.read_report().unwrap());
+    w.wait_report(T, |r| counter(r) > at + 1);
+    w.kill();
+    let at = counter(&w.read_report().unwrap());
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| counter(r) > at + 3 || !r.contains(" OK"));
+    assert!(r.contains(" OK"), "restored: {r}\n{}", w.log());
+    assert_eq!(status_field(pid, "Seccomp").as_deref(), Some("2"));
+    w.kill();
+}
+
 /// Areas with advice (wl_advice), dumped live: every area's VmFlags come
 /// back and its pages hold what they held at the freeze, among them a
 /// MADV_WIPEONFORK area (a snapshot sees it zeroed: its pages must come

@@ -82,7 +82,7 @@ impl Snapshot {
             scratch,
             ended: events.child.is_none(),
         };
-        match snapshot.stopped(ret, put_back) {
+        match snapshot.stopped(ret, put_back, options) {
             Ok(()) => {
                 tracing::debug!(pid = leader, child = snapshot.pid, "memory snapshot taken");
                 if let Some(to) = handoff {
@@ -111,7 +111,12 @@ impl Snapshot {
 
     /// The new child (clone3 returned `ret`), stopped and set to die with
     /// crstream.
-    fn stopped(&self, ret: i64, put_back: Result<(), TaskError>) -> Result<(), DumpError> {
+    fn stopped(
+        &self,
+        ret: i64,
+        put_back: Result<(), TaskError>,
+        options: u64,
+    ) -> Result<(), DumpError> {
         let leader = self.parent;
         put_back?;
         if ret < 0 {
@@ -140,10 +145,14 @@ impl Snapshot {
                 .into());
             }
         }
-        // TRACESYSGOOD: syscalls are injected into it too.
+        // TRACESYSGOOD: syscalls are injected into it too, past the
+        // seccomp filters it inherited while its parent's are suspended
+        // (setting options replaces those it inherited).
         ptrace::set_options(
             self.pid,
-            ptrace::PTRACE_O_EXITKILL | ptrace::PTRACE_O_TRACESYSGOOD,
+            ptrace::PTRACE_O_EXITKILL
+                | ptrace::PTRACE_O_TRACESYSGOOD
+                | options & ptrace::PTRACE_O_SUSPEND_SECCOMP,
         )?;
         Ok(())
     }
