@@ -98,20 +98,28 @@ fn a_live_dump_keeps_the_pages_a_child_shares_with_its_parent() {
     let r = w.wait_report(T, |r| counter(r) >= 3);
     assert!(r.contains(" OK"), "before the dump: {r}\n{}", w.log());
     assert_eq!(cow_pages_shared_with_child(w.pid), COW_PAGES_SHARED);
-    let img = dir.path("img");
-    let o = dump(w.pid, &img, &["--leave-running", "--json"]);
+    let pid = live_dump_then_restore(&mut w, &dir.path("img"));
+    assert_eq!(cow_pages_shared_with_child(pid), COW_PAGES_SHARED);
+}
+
+/// Dumps workload `w` (reporting "PID COUNTER ... OK") live to `img`,
+/// checks that it counts on, kills it and restores it; returns the PID of
+/// the restored process, running untraced and counting on, OK.
+fn live_dump_then_restore(w: &mut Workload, img: &std::path::Path) -> i32 {
+    let counter = |r: &str| field(r, 0, 1);
+    let o = dump(w.pid, img, &["--leave-running", "--json"]);
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
     assert_eq!(s["live"], true, "{s}");
     let at = counter(&w.read_report().unwrap());
     w.wait_report(T, |r| counter(r) > at + 1);
     w.kill();
     let at = counter(&w.read_report().unwrap());
-    let (pid, _) = restore(&img);
+    let (pid, _) = restore(img);
     w.restored(pid);
     let r = w.wait_report(T, |r| counter(r) > at + 3 || !r.contains(" OK"));
     assert!(r.contains(" OK"), "restored: {r}\n{}", w.log());
     assert_running_untraced(pid);
-    assert_eq!(cow_pages_shared_with_child(pid), COW_PAGES_SHARED);
+    pid
 }
 
 /// A process whose seccomp filter denies rt_sigaction, dumped live: the
@@ -140,21 +148,9 @@ fn a_live_dump_reads_past_the_seccomp_filters_of_the_snapshot() {
     let mut cmd = std::process::Command::new(system_python());
     cmd.args(["-c", script]).arg(dir.path("report"));
     let mut w = spawn_isolated(cmd, dir.path("report"));
-    let counter = |r: &str| field(r, 0, 1);
-    let r = w.wait_report(T, |r| counter(r) >= 3);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
     assert!(r.contains(" OK"), "before the dump: {r}\n{}", w.log());
-    let img = dir.path("img");
-    let o = dump(w.pid, &img, &["--leave-running", "--json"]);
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json summary");
-    assert_eq!(s["live"], true, "{s}");
-    let at = counter(&w.read_report().unwrap());
-    w.wait_report(T, |r| counter(r) > at + 1);
-    w.kill();
-    let at = counter(&w.read_report().unwrap());
-    let (pid, _) = restore(&img);
-    w.restored(pid);
-    let r = w.wait_report(T, |r| counter(r) > at + 3 || !r.contains(" OK"));
-    assert!(r.contains(" OK"), "restored: {r}\n{}", w.log());
+    let pid = live_dump_then_restore(&mut w, &dir.path("img"));
     assert_eq!(status_field(pid, "Seccomp").as_deref(), Some("2"));
     w.kill();
 }
