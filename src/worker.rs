@@ -13,6 +13,7 @@
 //! and raises the [`Interrupt`] flag.
 
 use anyhow::{Context, Result};
+use crstream_core::Handed;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -82,8 +83,8 @@ fn read_signal(fd: &SignalFd) -> i32 {
 
 /// Forks the worker of a dump of `target`; returns in it, with its end of
 /// the socket on which it hands the supervisor the connections it takes
-/// from accept queues (`DumpOptions::handoff`). The supervisor never
-/// returns: it exits once the worker has.
+/// from accept queues and its memory snapshots (`DumpOptions::handoff`).
+/// The supervisor never returns: it exits once the worker has.
 pub fn split(target: i32) -> Result<(Interrupt, Arc<OwnedFd>)> {
     let (from_supervisor, to_worker) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe")?;
@@ -151,23 +152,26 @@ fn watch_interrupts(interrupt: &Interrupt, pipe: &OwnedFd, signals: &SignalFd) {
 }
 
 /// The supervisor: passes SIGNALS to the worker and waits for it.
-/// `handed`: the connections the worker took from accept queues.
-fn supervise(worker: Pid, to_worker: OwnedFd, handed: &OwnedFd, target: i32) -> i32 {
-    let wait_for = |received| wait_for(worker, received, handed, target);
+/// `handoff`: where the worker hands what it takes (connections taken from
+/// accept queues, memory snapshots), taken from as it comes.
+fn supervise(worker: Pid, to_worker: OwnedFd, handoff: &OwnedFd, target: i32) -> i32 {
+    let mut handed = Handed::default();
+    let wait_for = |received, handed| wait_for(worker, received, handed, handoff, target);
     let Ok(signals) = signalfd() else {
-        return wait_for(None);
+        return wait_for(None, handed);
     };
     let Ok(pidfd) = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(worker.as_raw()).expect("a child's pid"),
         rustix::process::PidfdFlags::empty(),
     ) else {
-        return wait_for(None);
+        return wait_for(None, handed);
     };
     let mut received = None;
     loop {
         let mut fds = [
             PollFd::new(&pidfd, PollFlags::IN),
             PollFd::new(&signals, PollFlags::IN),
+            PollFd::new(handoff, PollFlags::IN),
         ];
         if rustix::event::poll(&mut fds, None).is_err() {
             continue;
@@ -179,8 +183,12 @@ fn supervise(worker: Pid, to_worker: OwnedFd, handed: &OwnedFd, target: i32) -> 
             }
             let _ = rustix::io::write(to_worker.as_fd(), &sig.to_ne_bytes());
         }
+        if !fds[2].revents().is_empty() {
+            // What is left is taken once the worker is gone.
+            let _ = handed.take_from(handoff);
+        }
         if !fds[0].revents().is_empty() {
-            return wait_for(received);
+            return wait_for(received, handed);
         }
     }
 }
@@ -188,7 +196,13 @@ fn supervise(worker: Pid, to_worker: OwnedFd, handed: &OwnedFd, target: i32) -> 
 /// The worker's exit status, or 128+signal if the command was interrupted.
 /// A worker killed outright (SIGKILL, the OOM killer) could not say so
 /// itself: the supervisor does.
-fn wait_for(worker: Pid, received: Option<i32>, handed: &OwnedFd, target: i32) -> i32 {
+fn wait_for(
+    worker: Pid,
+    received: Option<i32>,
+    handed: Handed,
+    handoff: &OwnedFd,
+    target: i32,
+) -> i32 {
     let status = loop {
         match waitpid(worker, None) {
             Err(nix::errno::Errno::EINTR) => continue,
@@ -199,17 +213,21 @@ fn wait_for(worker: Pid, received: Option<i32>, handed: &OwnedFd, target: i32) -
     match (received, status) {
         // The signal came once the image was committed: the dump is done.
         (Some(_), WaitStatus::Exited(_, 0)) => 0,
-        (Some(sig), _) => 128 + sig,
-        (None, WaitStatus::Exited(_, code)) => code,
-        (None, WaitStatus::Signaled(_, sig, _)) => {
+        // The worker blocks the signals the supervisor passes on: killed
+        // by one, it was killed outright, whatever came before.
+        (_, WaitStatus::Signaled(_, sig, _)) => {
             let alive = std::path::Path::new(&format!("/proc/{target}")).exists();
             let now = if alive { "it runs on" } else { "it is gone" };
             // Its TCP connections may be in repair mode behind a network
-            // lock, or taken from an accept queue: only the worker could
-            // have put them back.
+            // lock or taken from an accept queue, and its memory snapshots
+            // unreaped: only the worker could have put them right.
             if alive {
-                let problems =
-                    crstream_core::recover_from_dead_dump(worker.as_raw(), target, Some(handed));
+                let problems = crstream_core::recover_from_dead_dump(
+                    worker.as_raw(),
+                    target,
+                    handed,
+                    Some(handoff),
+                );
                 for problem in problems {
                     eprintln!("crstream: error: {problem}");
                 }
@@ -219,8 +237,11 @@ fn wait_for(worker: Pid, received: Option<i32>, handed: &OwnedFd, target: i32) -
                  was killed by {}); {now}",
                 sig.as_str()
             );
-            128 + sig as i32
+            // Interrupted first: as any interrupted command.
+            128 + received.unwrap_or(sig as i32)
         }
+        (Some(sig), _) => 128 + sig,
+        (None, WaitStatus::Exited(_, code)) => code,
         _ => 1,
     }
 }

@@ -94,8 +94,7 @@ fn no_live_keeps_the_process_frozen_for_the_whole_dump() {
 fn a_live_dump_keeps_the_pages_a_child_shares_with_its_parent() {
     let dir = TestDir::new("livecow");
     let mut w = Workload::spawn("wl_cow", dir.path("report"), &[]);
-    let counter = |r: &str| field(r, 0, 1);
-    let r = w.wait_report(T, |r| counter(r) >= 3);
+    let r = w.wait_report(T, |r| field(r, 0, 1) >= 3);
     assert!(r.contains(" OK"), "before the dump: {r}\n{}", w.log());
     assert_eq!(cow_pages_shared_with_child(w.pid), COW_PAGES_SHARED);
     let pid = live_dump_then_restore(&mut w, &dir.path("img"));
@@ -152,7 +151,6 @@ fn a_live_dump_reads_past_the_seccomp_filters_of_the_snapshot() {
     assert!(r.contains(" OK"), "before the dump: {r}\n{}", w.log());
     let pid = live_dump_then_restore(&mut w, &dir.path("img"));
     assert_eq!(status_field(pid, "Seccomp").as_deref(), Some("2"));
-    w.kill();
 }
 
 /// Areas with advice (wl_advice), dumped live: every area's VmFlags come

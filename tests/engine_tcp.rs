@@ -222,19 +222,24 @@ fn fail_dump_once_connections_are_read(pid: i32, img: &Path) {
     assert!(err.contains("memory"), "{err}");
 }
 
-/// Starts a dump of `pid` with --tcp-established, kills its worker with
-/// SIGKILL once the connections are locked and read, and checks that the
-/// supervisor said so and lifted the worker's network lock.
+/// Starts a live dump of `pid` with --tcp-established, kills its worker
+/// with SIGKILL once the connections are locked and read, and checks that
+/// the supervisor said so, lifted the worker's network lock and had the
+/// process reap its memory snapshot.
 fn kill_dump_worker_once_locked(dir: &TestDir, pid: i32) {
     let paused = dir.path("paused");
     let img = dir.path("img-killed");
+    let children = children_of(pid);
     let pid = pid.to_string();
+    // Live: each process has its memory snapshot by then, handed to the
+    // supervisor with the connections taken from accept queues.
     let dump = crstream()
         .args([
             "dump",
             "-t",
             &pid,
             "--tcp-established",
+            "--leave-running",
             "-o",
             img.to_str().unwrap(),
         ])
@@ -268,6 +273,8 @@ fn kill_dump_worker_once_locked(dir: &TestDir, pid: i32) {
         !tables().contains(&format!("crstream_lock_{worker}_")),
         "{err}"
     );
+    let pid: i32 = pid.parse().unwrap();
+    assert_eq!(children_of(pid), children, "the snapshot is left: {err}");
 }
 
 /// Connections on their way to closing come back in their states: one in

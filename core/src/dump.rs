@@ -52,10 +52,12 @@ pub struct DumpOptions {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// Names and values recorded in the image (`Inventory.labels`).
     pub labels: Vec<(String, String)>,
-    /// A unix socket (SOCK_SEQPACKET) to which dump hands an fd on each
-    /// connection it takes from a listener's accept queue, as it takes it:
-    /// should the dumping process die outright, whoever holds the other
-    /// end puts them back (`recover_from_dead_dump`).
+    /// A unix socket (SOCK_SEQPACKET) to which dump hands, as it makes
+    /// them, an fd on each connection it takes from a listener's accept
+    /// queue and a pidfd of each memory snapshot: should the dumping
+    /// process die outright, whoever holds the other end puts the
+    /// connections back and has the snapshots reaped
+    /// (`recover_from_dead_dump`, see `handoff`).
     pub handoff: Option<Arc<std::os::fd::OwnedFd>>,
 }
 

@@ -103,9 +103,20 @@ fn takes_a_signal(t: &FrozenThread) -> bool {
 /// passing on signals it was about to receive. Returns the stop's signal:
 /// SIGTRAP for the interrupt of a running thread, the stopping signal
 /// (SIGSTOP, SIGTSTP, ...) for a thread in a group stop; None: it exited.
-pub(crate) fn wait_interrupt_stop(tid: i32) -> Result<Option<i32>, TaskError> {
+pub(crate) fn wait_interrupt_stop(
+    tid: i32,
+    limit: Option<std::time::Duration>,
+) -> Result<Option<i32>, TaskError> {
+    let until = limit.map(|l| std::time::Instant::now() + l);
     loop {
-        let (status, stop) = ptrace::wait(tid)?;
+        let (status, stop) = match until {
+            None => ptrace::wait(tid)?,
+            Some(until) => ptrace::wait_until(tid, until)?.ok_or(TaskError::UnexpectedStop {
+                tid,
+                status: 0,
+                while_doing: "waiting for the interrupt stop (none came in time)",
+            })?,
+        };
         match stop {
             Stop::Event(ptrace::PTRACE_EVENT_STOP) => return Ok(Some(libc::WSTOPSIG(status))),
             // A signal-delivery-stop: deliver it; the pending interrupt
@@ -172,7 +183,7 @@ impl Frozen {
                     restarting: restarting(tid),
                 });
                 ptrace::interrupt(tid)?;
-                let Some(sig) = wait_interrupt_stop(tid)? else {
+                let Some(sig) = wait_interrupt_stop(tid, None)? else {
                     f.threads.pop();
                     if tid == pid {
                         return Err(DumpError::NoSuchProcess { pid });

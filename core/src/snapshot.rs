@@ -15,7 +15,10 @@
 //! the parent's plain `wait` never sees it), and starts with a stack
 //! pointer below `mmap_min_addr` and every signal blocked, so that in the
 //! microseconds before EXITKILL is set, a crstream that dies would leave a
-//! child that faults on its first stack access and dies of SIGSEGV.
+//! child that faults on its first stack access and dies of SIGSEGV. Dead,
+//! it stays a zombie until its parent reaps it: a pidfd of it goes to the
+//! dump's supervisor at once (`DumpOptions::handoff`), which has the
+//! parent reap it should the worker die ([`reap_abandoned`]).
 //!
 //! Areas the child does not share copy-on-write (MAP_SHARED memory, which
 //! the parent's writes still reach; MADV_DONTFORK and MADV_WIPEONFORK
@@ -23,11 +26,14 @@
 //! process is still frozen.
 
 use crate::error::{DumpError, TaskError};
+use crate::escape::Gadgets;
 use crate::inject::{Remote, RemoteMem};
 use crate::kind::Injector;
 use crate::sys::process::CloneArgs;
 use crate::sys::ptrace::{self, Stop};
-use std::os::fd::{AsFd, OwnedFd};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
 
 /// A stopped copy-on-write child of a process being dumped. Dropping it
 /// kills the child and has the process reap it.
@@ -82,17 +88,18 @@ impl Snapshot {
             scratch,
             ended: events.child.is_none(),
         };
+        // At once, before anything else can fail or take time.
+        if let (Some(child), Some(to)) = (events.child, handoff) {
+            let sent = crate::sys::pidfd::open(child).and_then(|pidfd| {
+                crate::handoff::hand(to, crate::handoff::SNAPSHOT, pidfd.as_fd())
+            });
+            if let Err(e) = sent {
+                tracing::warn!(pid = leader, "handing the snapshot to the supervisor: {e}");
+            }
+        }
         match snapshot.stopped(ret, put_back, options) {
             Ok(()) => {
                 tracing::debug!(pid = leader, child = snapshot.pid, "memory snapshot taken");
-                if let Some(to) = handoff {
-                    let sent = crate::sys::pidfd::open(snapshot.pid).and_then(|pidfd| {
-                        crate::sys::socket::send_with(to, b"s", None, None, &[pidfd.as_fd()])
-                    });
-                    if let Err(e) = sent {
-                        tracing::warn!(pid = leader, "handing the snapshot to the supervisor: {e}");
-                    }
-                }
                 Ok(snapshot)
             }
             Err(e) => {
@@ -202,50 +209,44 @@ impl Drop for Snapshot {
     }
 }
 
-/// Whether `fd` is a pidfd (what the supervisor of a dump receives for each
-/// snapshot, among the connections it may have to put back).
-pub(crate) fn is_pidfd(fd: &OwnedFd) -> bool {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
-    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
-        .is_ok_and(|info| info.lines().any(|l| l.starts_with("Pid:")))
-}
-
 /// After the dump's worker died: has the parent of the snapshot `pidfd`
-/// names reap it. Killed with the worker (EXITKILL), a snapshot reports no
-/// exit signal, so it would stay a zombie child of the process until the
-/// process waited for it. Returns what could not be done.
-pub(crate) fn reap_abandoned(pidfd: &OwnedFd) -> Option<String> {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(pidfd);
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-    let pid: i32 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("Pid:"))?
-        .trim()
-        .parse()
-        .ok()?;
-    if pid <= 0 {
-        return None; // reaped already
-    }
-    // It dies as its tracer exits: a moment after.
-    let started = std::time::Instant::now();
-    let (state, parent) = loop {
-        let stat = crate::proc::stat(pid).ok()?;
-        if stat.state() == 'Z' || started.elapsed() > std::time::Duration::from_secs(2) {
-            break (stat.state(), stat.field(4) as i32);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+/// names reap it, if that parent is one of `tree`'s processes. Killed
+/// with the worker (EXITKILL), a snapshot reports no exit signal, so it
+/// would stay a zombie child of the process until the process waited for
+/// it. Returns what could not be done.
+pub(crate) fn reap_abandoned(pidfd: &OwnedFd, tree: &[i32]) -> Option<String> {
+    // -1 once reaped (by the worker, before it died).
+    let pid_of = || -> Option<i32> {
+        let fd = pidfd.as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        crate::fd::fdinfo_field(&info, "Pid")?.parse().ok()
     };
-    if state != 'Z' {
-        return Some(format!(
-            "the memory snapshot of pid {parent} (pid {pid}) is still alive"
-        ));
+    let pid = pid_of().filter(|&p| p > 0)?;
+    // It dies as its tracer exits, a moment after: its pidfd says when.
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let _ = rustix::event::poll(
+        &mut fds,
+        Some(&Timespec {
+            tv_sec: 2,
+            tv_nsec: 0,
+        }),
+    );
+    let stat = crate::proc::stat(pid).ok()?;
+    let parent = stat.field(4) as i32;
+    // Read about the same process (not reaped and its PID taken since).
+    if pid_of() != Some(pid) {
+        return None;
     }
-    reap_in(parent, pid).err().map(|e| {
-        format!(
-            "the memory snapshot of pid {parent} (pid {pid}) stays a zombie until the process \
-             reaps it: {e}"
-        )
-    })
+    let what = format!("the memory snapshot of pid {parent} (pid {pid})");
+    if stat.state() != 'Z' {
+        return Some(format!("{what} is still alive"));
+    }
+    if !tree.contains(&parent) {
+        return None; // its process died too: whoever inherited it reaps it
+    }
+    reap_in(parent, pid)
+        .err()
+        .map(|e| format!("{what} stays a zombie until the process reaps it: {e}"))
 }
 
 /// Injects `wait4(child, NULL, __WALL, NULL)` into a thread of `pid`.
@@ -254,15 +255,17 @@ fn reap_in(pid: i32, child: i32) -> Result<(), TaskError> {
         tid: pid,
         status: 0,
     })?;
-    let mem = RemoteMem::open(pid, false)?;
+    // Writable: an escape frame goes below the thread's stack.
+    let mem = RemoteMem::open(pid, true)?;
     let syscall_ip = crate::inject::syscall_site(pid, &mem)?;
+    let gadgets = Gadgets::find(pid, &mem);
     // As in a dump: seccomp filters, which may filter wait4, suspended.
     let options = crate::freeze::seize_options(pid);
     for tid in tids {
         if ptrace::seize(tid, options).is_err() {
             continue;
         }
-        let result = reap_through(tid, syscall_ip, child);
+        let result = reap_through(tid, syscall_ip, child, gadgets.as_ref(), &mem);
         if let Err(e) = ptrace::detach(tid, 0) {
             tracing::debug!(tid, "detaching: {e}");
         }
@@ -274,9 +277,17 @@ fn reap_in(pid: i32, child: i32) -> Result<(), TaskError> {
     })
 }
 
-fn reap_through(tid: i32, syscall_ip: u64, child: i32) -> Result<(), TaskError> {
+fn reap_through(
+    tid: i32,
+    syscall_ip: u64,
+    child: i32,
+    gadgets: Option<&Gadgets>,
+    mem: &RemoteMem,
+) -> Result<(), TaskError> {
     ptrace::interrupt(tid)?;
-    match crate::freeze::wait_interrupt_stop(tid)? {
+    // Bounded: a thread in an uninterruptible wait (a hung NFS call) must
+    // not hold the supervisor of a dead dump forever.
+    match crate::freeze::wait_interrupt_stop(tid, Some(Duration::from_secs(2)))? {
         None => return Err(TaskError::Gone { tid, status: 0 }),
         Some(libc::SIGTRAP) => {}
         // In a group stop (SIGSTOP, ...): left alone, it reaps nothing
@@ -291,14 +302,21 @@ fn reap_through(tid: i32, syscall_ip: u64, child: i32) -> Result<(), TaskError> 
     }
     let regs = ptrace::get_regs(tid)?;
     let mask = ptrace::get_sigmask(tid)?;
-    // Its own registers and mask come back after the call.
-    let remote = Remote::for_dump(tid, syscall_ip, regs, mask);
+    // Its own registers and mask come back after the call, and from its
+    // escape frame should crstream die during it.
+    let below = (regs.rsp - 128 - 256) & !15;
+    let remote = Remote::for_dump(tid, syscall_ip, regs, mask).with_escape(gadgets, mem, below);
     // WNOHANG: the child is dead already (killed and waited for as its
     // tracer), and a call that blocked would hold the thread.
     let flags = (libc::__WALL | libc::WNOHANG) as u64;
     let (ret, _) = remote.raw(libc::SYS_wait4, &[child as u64, 0, flags, 0])?;
     if ret != child as i64 {
-        tracing::debug!(tid, child, ret, "wait4 of the memory snapshot");
+        return Err(TaskError::Syscall {
+            tid,
+            name: "wait4 of the memory snapshot",
+            // 0: not a zombie (yet).
+            errno: if ret < 0 { (-ret) as i32 } else { libc::EAGAIN },
+        });
     }
     Ok(())
 }

@@ -242,7 +242,7 @@ pub(crate) fn take(
             let sock = crate::sys::pidfd::take_fd(pid, accepted);
             if let (Ok(sock), Some(to)) = (&sock, handoff) {
                 // Before the process lets go of it.
-                let sent = crate::sys::socket::send_with(to, b"q", None, None, &[sock.as_fd()]);
+                let sent = crate::handoff::hand(to, crate::handoff::CONNECTION, sock.as_fd());
                 if let Err(e) = sent {
                     tracing::warn!(pid, fd, "handing a taken connection to the supervisor: {e}");
                 }

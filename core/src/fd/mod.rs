@@ -300,7 +300,7 @@ fn dump_by_kind(
 }
 
 /// Value of `key:` in an fdinfo text.
-fn fdinfo_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn fdinfo_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         (k.trim() == key).then(|| v.trim())

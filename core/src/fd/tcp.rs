@@ -144,8 +144,8 @@ pub(crate) struct TcpHold {
     taken: Vec<(Taken, Option<TcpConnection>)>,
     pub(super) queues: AcceptQueues,
     /// Where each connection taken from an accept queue is handed at once
-    /// (`DumpOptions::handoff`), for the supervisor to put back should this
-    /// worker die outright.
+    /// (`DumpOptions::handoff`, see `handoff`), for the supervisor to put
+    /// back should this worker die outright.
     pub(crate) handoff: Option<std::sync::Arc<OwnedFd>>,
 }
 
@@ -358,22 +358,13 @@ impl Drop for TcpHold {
     }
 }
 
-/// After a dump worker (`worker`) died outright while the tree of `root`
-/// runs on: the connections it took from accept queues (handed to
-/// `handoff`, see `DumpOptions::handoff`) go back in their queues, every
-/// TCP socket of the tree left in repair mode leaves it, and the worker's
+/// After a dump worker (`worker`) died outright while the processes `tree`
+/// run on: the connections it took from accept queues (`taken`, handed to
+/// its supervisor, see `handoff`) go back in their queues, every TCP
+/// socket of the tree left in repair mode leaves it, and the worker's
 /// network locks go. Returns what could not be done.
-pub fn recover_from_dead_dump(worker: i32, root: i32, handoff: Option<&OwnedFd>) -> Vec<String> {
+pub(crate) fn recover_tcp(worker: i32, tree: &[i32], taken: Vec<OwnedFd>) -> Vec<String> {
     let mut problems = Vec::new();
-    let handed = handoff.map_or(Ok(Vec::new()), crate::sys::socket::receive_fds);
-    let (snapshots, taken): (Vec<_>, Vec<_>) = handed
-        .unwrap_or_else(|e| {
-            problems.push(format!("what the dump handed over: {e}"));
-            Vec::new()
-        })
-        .into_iter()
-        .partition(crate::snapshot::is_pidfd);
-    problems.extend(snapshots.iter().filter_map(crate::snapshot::reap_abandoned));
     let mut queues = AcceptQueues::default();
     for sock in taken {
         // One the worker put back already is closed here.
@@ -394,22 +385,7 @@ pub fn recover_from_dead_dump(worker: i32, root: i32, handoff: Option<&OwnedFd>)
             ));
         }
     }
-    let mut pids = vec![root];
-    let mut i = 0;
-    while i < pids.len() {
-        let pid = pids[i];
-        i += 1;
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten();
-        for t in tasks.flatten() {
-            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            pids.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<i32>().ok()),
-            );
-        }
+    for &pid in tree {
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .into_iter()
             .flatten();

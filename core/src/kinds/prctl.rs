@@ -180,24 +180,26 @@ fn autogroup(pid: i32) -> Option<(String, i32)> {
 
 /// Sets the nice value of the autogroup of restored process `pid` (made
 /// with its session), unless it is crstream's own (a session outside the
-/// tree, such as a shell job's): that one is left alone, with a warning.
+/// tree, such as a shell job's) or the default autogroup (of every session
+/// never made by setsid, which shows nothing and whose value cannot be
+/// set): those are left alone, with a warning.
 fn set_autogroup_nice(pid: i32, nice: i32) -> std::io::Result<()> {
+    let leave = |why: &str| {
+        tracing::warn!(
+            pid,
+            nice,
+            "its session is {why}, whose nice value is left as it is"
+        );
+        Ok(())
+    };
+    if std::fs::read_to_string(format!("/proc/{pid}/autogroup"))?.is_empty() {
+        return leave("in the default autogroup");
+    }
     let ours = autogroup(std::process::id() as i32).map(|(name, _)| name);
     match autogroup(pid) {
-        // None: the default autogroup (shared with everything never made
-        // by setsid), which shows no name: crstream's session too.
         Some((_, now)) if now == nice => Ok(()),
-        Some((name, _)) if Some(&name) != ours.as_ref() => {
-            std::fs::write(format!("/proc/{pid}/autogroup"), nice.to_string())
-        }
-        _ => {
-            tracing::warn!(
-                pid,
-                nice,
-                "its session is crstream's, whose autogroup's nice value is left as it is"
-            );
-            Ok(())
-        }
+        Some((name, _)) if Some(&name) == ours.as_ref() => leave("crstream's"),
+        _ => std::fs::write(format!("/proc/{pid}/autogroup"), nice.to_string()),
     }
 }
 

@@ -358,6 +358,28 @@ pub fn wait(tid: i32) -> Result<(i32, Stop), TaskError> {
     }
 }
 
+/// [`wait`] until `until` at the latest: None if no stop came by then.
+pub fn wait_until(tid: i32, until: Instant) -> Result<Option<(i32, Stop)>, TaskError> {
+    loop {
+        let mut status = 0;
+        // SAFETY: plain non-blocking waitpid on a specific tid.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == tid {
+            return Ok(Some((status, classify(status))));
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(TaskError::Wait { tid, err: e });
+            }
+        } else if Instant::now() >= until {
+            return Ok(None);
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// Sends SIGKILL to the thread group and reaps it (used to throw away a
 /// half-restored process or a dumped one).
 pub fn kill_and_reap(pid: i32) {

@@ -395,10 +395,12 @@ unsafe fn take_rights(c: *const libc::cmsghdr, into: &mut Vec<OwnedFd>) {
 }
 
 /// Takes every message waiting on `fd` without blocking and returns the
-/// file descriptors they carried (SCM_RIGHTS), in order.
-pub(crate) fn receive_fds(fd: impl AsFd) -> io::Result<Vec<OwnedFd>> {
-    let mut fds = Vec::new();
+/// file descriptors they carried (SCM_RIGHTS), in order, each with the
+/// first byte of its message.
+pub(crate) fn receive_tagged_fds(fd: impl AsFd) -> io::Result<Vec<(u8, OwnedFd)>> {
+    let mut tagged = Vec::new();
     loop {
+        let mut fds = Vec::new();
         let mut byte = [0u8; 16];
         let mut cbuf = [0u64; 8];
         let mut iov = libc::iovec {
@@ -422,13 +424,13 @@ pub(crate) fn receive_fds(fd: impl AsFd) -> io::Result<Vec<OwnedFd>> {
         if n < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::EAGAIN) => return Ok(fds),
+                Some(libc::EAGAIN) => return Ok(tagged),
                 Some(libc::EINTR) => continue,
                 _ => return Err(e),
             }
         }
         if n == 0 && mh.msg_controllen == 0 {
-            return Ok(fds); // the other end is closed
+            return Ok(tagged); // the other end is closed
         }
         // SAFETY: walking the control buffer the kernel filled.
         unsafe {
@@ -438,6 +440,8 @@ pub(crate) fn receive_fds(fd: impl AsFd) -> io::Result<Vec<OwnedFd>> {
                 c = libc::CMSG_NXTHDR(&mh, c);
             }
         }
+        let tag = if n > 0 { byte[0] } else { 0 };
+        tagged.extend(fds.into_iter().map(|f| (tag, f)));
     }
 }
 
