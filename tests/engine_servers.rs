@@ -557,6 +557,52 @@ fn unix_socket_files_come_back_where_and_as_they_were() {
     w.kill();
 }
 
+/// A chrooted process's unix listeners (haproxy's and unbound's control
+/// sockets): one bound before the chroot, under crstream's root, and one
+/// bound after it, under the process's root. Both come back where they
+/// were and take connections (the first came back unreachable, the second
+/// was bound in crstream's root).
+#[test]
+fn unix_sockets_of_a_chrooted_process_come_back_where_they_were() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    assert!(!std::path::Path::new("/in.sock").exists());
+    let dir = TestDir::new("unix-chroot");
+    let script = "import os, sys, socket, time\n\
+         report = sys.argv[1]; jail = os.path.dirname(report)\n\
+         a = socket.socket(socket.AF_UNIX); a.bind(os.path.join(jail, 'before.sock')); a.listen(4)\n\
+         os.chroot(jail); os.chdir('/'); report = '/' + os.path.basename(report)\n\
+         b = socket.socket(socket.AF_UNIX); b.bind('/in.sock'); b.listen(4)\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         k = socket.socket(socket.AF_UNIX); k.connect('/in.sock')\n\
+         a.settimeout(5); b.settimeout(5)\n\
+         got = [len(b.accept()), len(b.accept()), len(a.accept())]\n\
+         open(report, 'w').write('%d %d %s\\n' % (os.getpid(), n, got))\n\
+         time.sleep(600)\n";
+    let mut cmd = Command::new(system_python());
+    cmd.args(["-c", script]).arg(dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    dump(w.pid, &dir.path("img"), &[]);
+    w.reap_dumped();
+    let (pid, _) = restore(&dir.path("img"));
+    w.restored(pid);
+    assert!(
+        !std::path::Path::new("/in.sock").exists(),
+        "bound in our root"
+    );
+    let connect = |name: &str| std::os::unix::net::UnixStream::connect(dir.path(name));
+    let (inside, before) = (connect("in.sock"), connect("before.sock"));
+    assert!(inside.is_ok() && before.is_ok(), "{inside:?} {before:?}");
+    std::fs::write(dir.path("report.go"), b"").unwrap();
+    let r = w.wait_report(T, |r| r.contains('['));
+    assert!(r.contains("[2, 2, 2]"), "{r}\n{}", w.log());
+    w.kill();
+}
+
 /// A unix socket bound to a relative name (postfix binds "public/pickup"
 /// from its queue directory) comes back bound from that directory, with
 /// its file's mode and owner, wherever restore runs (it was bound relative

@@ -507,7 +507,7 @@ fn needs_records_13(processes: &[ProcessDump]) -> bool {
             let relative = |s: &crstream_proto::SocketFile| {
                 s.socket_file
                     .as_ref()
-                    .is_some_and(|f| !f.relative_to.is_empty())
+                    .is_some_and(|f| !f.relative_to.is_empty() || !f.root.is_empty())
             };
             f.pipe.as_ref().is_some_and(|p| !p.packets.is_empty())
                 || f.socket

@@ -714,10 +714,7 @@ fn reachable_name(s: &SocketFile) -> Vec<u8> {
         return s.local_addr.clone();
     };
     let file = s.socket_file.clone().unwrap_or_default();
-    let mut path = match unix_file::directory(&file) {
-        Some(dir) => dir.join(name),
-        None => name,
-    };
+    let mut path = unix_file::from_our_root(&name, &file);
     // Renamed into place since (restore renames it as well).
     if !file.renamed_to.is_empty() {
         path.set_file_name(&file.renamed_to);

@@ -6,7 +6,10 @@
 //! gives and saves where it is and its mode and owner; restore binds to
 //! the same name and makes the file so again. A relative name (postfix's
 //! "public/pickup") is found from the process's working directory, and
-//! bound again from there.
+//! bound again from there. An absolute name of a chrooted process is found
+//! under its root, where it was bound after the chroot, or from
+//! crstream's root, where it was bound before (haproxy binds its sockets,
+//! then chroots), and bound again where it was found.
 //!
 //! A file already at a path restore binds to is removed only when it is a
 //! stale socket file (no live socket is bound to it, as a dumped and
@@ -51,36 +54,50 @@ pub(super) fn saved(
     let Some((ino, dev)) = file else {
         return Ok(None);
     };
-    let (at, relative_to) = if name.is_absolute() {
-        // Through the process's root: a chrooted process's paths are its own.
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        (
-            root.join(name.strip_prefix("/").unwrap_or(&name)),
-            Vec::new(),
-        )
+    // Where the file may be (a path from our root), with what restore
+    // needs to bind there: (path, relative_to, root).
+    let mut places = Vec::new();
+    let relative_to = if name.is_absolute() {
+        // Through the process's root: a chrooted process's paths are its
+        // own; or, bound before its chroot, from ours.
+        let in_root = Path::new("/proc").join(pid.to_string()).join("root");
+        let root = std::fs::read_link(&in_root).map_err(|e| format!("its root: {e}"))?;
+        let under = |r: &Path| r.join(name.strip_prefix("/").unwrap_or(&name));
+        if root == Path::new("/") {
+            places.push((under(&in_root), Vec::new()));
+        } else {
+            places.push((under(&in_root), root.into_os_string().into_encoded_bytes()));
+            places.push((name.clone(), Vec::new()));
+        }
+        Vec::new()
     } else {
         let cwd = PathBuf::from(format!("/proc/{pid}/cwd"));
         let dir = std::fs::read_link(&cwd).map_err(|e| format!("its working directory: {e}"))?;
-        (cwd.join(&name), dir.into_os_string().into_encoded_bytes())
+        places.push((cwd.join(&name), Vec::new()));
+        dir.into_os_string().into_encoded_bytes()
     };
     let is_it = |md: &std::fs::Metadata| md.ino() == ino && md.dev() == dev;
-    let kept = |md: std::fs::Metadata, renamed_to: String| UnixSocketFile {
+    let kept = |md: std::fs::Metadata, renamed_to: String, root: &[u8]| UnixSocketFile {
         renamed_to,
         removed: false,
         mode: md.permissions().mode() & 0o7777,
         uid: md.uid(),
         gid: md.gid(),
         relative_to: relative_to.clone(),
+        root: root.to_vec(),
     };
-    if let Some(md) = std::fs::symlink_metadata(&at).ok().filter(is_it) {
-        return Ok(Some(kept(md, String::new())));
-    }
-    let renamed = at.parent().and_then(|dir| {
-        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-            let md = e.metadata().ok().filter(is_it)?;
-            Some(kept(md, e.file_name().to_string_lossy().into_owned()))
+    let found = |(at, root): &(PathBuf, Vec<u8>)| {
+        if let Some(md) = std::fs::symlink_metadata(at).ok().filter(is_it) {
+            return Some(kept(md, String::new(), root));
+        }
+        at.parent().and_then(|dir| {
+            std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+                let md = e.metadata().ok().filter(is_it)?;
+                Some(kept(md, e.file_name().to_string_lossy().into_owned(), root))
+            })
         })
-    });
+    };
+    let renamed = places.iter().find_map(found);
     if renamed.is_none() && !relative_to.is_empty() {
         return Err(format!(
             "unix socket bound to the relative name {}: its file is not where that name leads \
@@ -113,33 +130,47 @@ pub(super) fn bind(
         let _ = std::fs::remove_dir_all(&scratch);
         return bound.map_err(|e| ferr(&what(), e));
     }
-    // A relative name is bound from the directory it was relative to.
-    let relative_to = file.and_then(directory);
-    let path = match relative_to {
-        Some(dir) => dir.join(&path),
-        None => path,
+    let Some(f) = file else {
+        clear_stale(&path).map_err(|e| ferr(&what(), e))?;
+        return socket::bind(sock, addr).map_err(|e| ferr(&what(), e));
     };
-    clear_stale(&path).map_err(|e| ferr(&what(), e))?;
-    match relative_to {
-        Some(dir) => in_directory(dir, || socket::bind(sock, addr)),
-        None => socket::bind(sock, addr),
+    // A relative name is bound from the directory it was relative to, an
+    // absolute one under the root it was found under.
+    let at = from_our_root(&path, f);
+    clear_stale(&at).map_err(|e| ferr(&what(), e))?;
+    match (directory(f), bytes_path(&f.root)) {
+        (Some(dir), _) => in_directory(dir, || socket::bind(sock, addr)),
+        (None, Some(root)) => bind_under(root, sock, addr, &path),
+        (None, None) => socket::bind(sock, addr),
     }
     .map_err(|e| ferr(&what(), e))?;
-    let Some(f) = file else {
-        return Ok(());
-    };
-    let made = make_as_saved(&path, f).map_err(|(what, e)| ferr(&what, e));
+    let made = make_as_saved(&at, f).map_err(|(what, e)| ferr(&what, e));
     if made.is_err() {
         // The file this bind made goes with the failed restore.
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&at);
     }
     made
 }
 
+/// The path, from crstream's root, of the file of a socket bound to `name`
+/// (see `saved`), by the name it was bound to.
+pub(super) fn from_our_root(name: &Path, f: &UnixSocketFile) -> PathBuf {
+    match (directory(f), bytes_path(&f.root)) {
+        (Some(dir), _) => dir.join(name),
+        (None, Some(root)) => root.join(name.strip_prefix("/").unwrap_or(name)),
+        (None, None) => name.to_path_buf(),
+    }
+}
+
 /// The directory a relative name is relative to (None: an absolute one).
 pub(super) fn directory(f: &UnixSocketFile) -> Option<&Path> {
-    let dir = Path::new(std::ffi::OsStr::from_bytes(&f.relative_to));
-    (!dir.as_os_str().is_empty()).then_some(dir)
+    bytes_path(&f.relative_to)
+}
+
+/// A path saved as bytes; None if empty.
+fn bytes_path(bytes: &[u8]) -> Option<&Path> {
+    let p = Path::new(std::ffi::OsStr::from_bytes(bytes));
+    (!p.as_os_str().is_empty()).then_some(p)
 }
 
 /// Gives the file a bind just made at `path` the owner and mode `f` says,
