@@ -483,3 +483,29 @@ fn a_session_leader_holding_no_fd_of_its_own_pty_is_refused() {
     assert_running_untraced(w.pid);
     assert_running_untraced(leader);
 }
+
+/// The owner and mode of a terminal's device file, which sshd and screen
+/// give the user (group tty, 0620: `mesg`, `write`), come back (the new
+/// pair's were root's, 0600: the user could no longer open its own
+/// terminal).
+#[test]
+fn a_terminal_keeps_the_owner_and_mode_of_its_device() {
+    let dir = TestDir::new("pty-owner");
+    let script = "import os, sys, time\n\
+         report = sys.argv[1]\n\
+         m, s = os.openpty(); os.fchown(s, 65534, 5); os.fchmod(s, 0o620)\n\
+         st = lambda: (lambda x: [x.st_uid, x.st_gid, oct(x.st_mode & 0o7777)])(os.fstat(s))\n\
+         before = st()\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         open(report, 'w').write('%d %d %s %s\\n' % (os.getpid(), n, before, st()))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[], "]");
+    assert!(
+        r.contains("[65534, 5, '0o620'] [65534, 5, '0o620']"),
+        "{r}\n{}",
+        w.log()
+    );
+    w.kill();
+}

@@ -484,7 +484,8 @@ fn needs_records_12(processes: &[ProcessDump]) -> bool {
 /// 12 would drop: guard regions, multicast memberships, the directory a
 /// unix socket's relative name is relative to, an autogroup's nice value,
 /// protection keys, a thread's memory policy or speculation mitigations,
-/// the packets of a packet-mode pipe, mlockall's MCL_FUTURE.
+/// the packets of a packet-mode pipe, mlockall's MCL_FUTURE, the owner or
+/// mode of a terminal other than a new pair's.
 fn needs_records_13(processes: &[ProcessDump]) -> bool {
     use crstream_proto::{FileTable, MemoryMap, PrctlValues, ThreadCore};
     let records = || processes.iter().map(|p| &p.records);
@@ -513,6 +514,9 @@ fn needs_records_13(processes: &[ProcessDump]) -> bool {
                 || f.socket
                     .as_ref()
                     .is_some_and(|s| !s.ip_memberships.is_empty() || relative(s))
+                || f.pty.as_ref().is_some_and(|p| {
+                    p.slave_mode.is_some_and(|m| m != 0o600) || p.slave_uid != 0 || p.slave_gid != 0
+                })
         })
 }
 

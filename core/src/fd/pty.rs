@@ -487,6 +487,7 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
     let slave = tty::peer(dup, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
         .map_err(err("TIOCGPTPEER"))?;
     let exclusive = tty::get_int(&slave, TIOCGEXCL).map_err(err("TIOCGEXCL"))? != 0;
+    let owner = rustix::fs::fstat(&slave).map_err(|e| err("stat of the slave")(e.into()))?;
     // Typed, not read yet: read out (complete lines, in canonical mode),
     // then the line being typed; written back if a later step fails (on
     // success, `PtyHold` does that when the tree runs on).
@@ -523,6 +524,9 @@ fn read_master(d: &DumpFd<'_>, dup: &OwnedFd) -> Result<PtyFile, DumpError> {
         output,
         input,
         input_eof,
+        slave_mode: Some(owner.st_mode & 0o7777),
+        slave_uid: owner.st_uid,
+        slave_gid: owner.st_gid,
         ..Default::default()
     })
 }
@@ -767,6 +771,14 @@ fn set_state(master: &OwnedFd, p: &PtyFile) -> io::Result<()> {
         return Ok(());
     }
     let slave = tty::peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+    if let Some(mode) = p.slave_mode {
+        let (uid, gid) = (
+            rustix::fs::Uid::from_raw(p.slave_uid),
+            rustix::fs::Gid::from_raw(p.slave_gid),
+        );
+        rustix::fs::fchown(&slave, Some(uid), Some(gid))?;
+        rustix::fs::fchmod(&slave, rustix::fs::Mode::from_raw_mode(mode))?;
+    }
     tty::set_bytes(&slave, TCSETS2, &p.slave_termios)?;
     write_output(master, &p.output)?;
     write_input(master, &p.input, &p.input_eof)?;
