@@ -324,6 +324,36 @@ fn stopped_processes_come_back_stopped_and_continue_on_sigcont() {
     w.kill();
 }
 
+/// A stopped process that blocks SIGCONT (php-fpm's master does) comes back
+/// stopped: the SIGCONT with which dump continued it to read it stayed
+/// pending, was saved, and continued the restored process.
+#[test]
+fn a_stopped_process_that_blocks_sigcont_comes_back_stopped() {
+    let dir = TestDir::new("stopped-sigcont");
+    let script = "import os, signal, sys, time\n\
+         report = sys.argv[1]\n\
+         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCONT])\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1; open(report + '.tmp', 'w').write('%d %d\\n' % (os.getpid(), n))\n\
+         \x20   os.rename(report + '.tmp', report); time.sleep(0.05)\n";
+    let mut cmd = std::process::Command::new(system_python());
+    cmd.args(["-c", script]).arg(dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| field(r, 0, 1) >= 2);
+    signal(w.pid, libc::SIGSTOP);
+    wait_state(w.pid, 'T');
+    let at_stop = field(&w.read_report().unwrap(), 0, 1);
+    let pid = dump_and_restore(&mut w, &dir.path("img"));
+    wait_state(pid, 'T');
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(state(pid), 'T');
+    assert_eq!(field(&w.read_report().unwrap(), 0, 1), at_stop, "it ran");
+    signal(pid, libc::SIGCONT);
+    w.wait_report(T, |r| field(r, 0, 1) > at_stop + 2);
+    w.kill();
+}
+
 /// A memfd and a file, each seen through shared, private (with copies of
 /// their own) and partial views and a patchwork of small overlapping
 /// mappings: every page of every view reads the same after restore, and

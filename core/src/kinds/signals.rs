@@ -31,7 +31,13 @@ impl Kind for SignalActions {
             true => Vec::new(),
             false => read_actions(p.injector())?,
         };
-        let shared_pending = crate::sys::ptrace::peek_siginfo(p.pid, true)?;
+        let mut shared_pending = crate::sys::ptrace::peek_siginfo(p.pid, true)?;
+        // The SIGCONT with which dump continued a stopped process (see
+        // `group_stop::leave`) stays pending where the process blocks it.
+        // It is ours, not the process's (a stop signal discards pending
+        // SIGCONTs): queued again, it would continue the restored process.
+        let ours = std::process::id() as i32;
+        shared_pending.retain(|si| !is_kill(si, libc::SIGCONT, ours));
         p.records.push(SignalState {
             pid: p.pid as u32,
             actions,
@@ -127,6 +133,16 @@ impl Kind for PendingSignals {
         }
         Ok(())
     }
+}
+
+/// Whether siginfo `si` is signal `sig` sent with kill() by process `pid`.
+fn is_kill(si: &[u8], sig: i32, pid: i32) -> bool {
+    let int = |at: usize| {
+        si.get(at..at + 4)
+            .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+    };
+    // si_signo, si_code, then si_pid at 16 in the union (x86_64).
+    int(0) == Some(sig) && int(8) == Some(libc::SI_USER) && int(16) == Some(pid)
 }
 
 /// Signals whose action can be read and set (all but SIGKILL and SIGSTOP).
