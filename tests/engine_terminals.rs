@@ -17,6 +17,15 @@ use support::*;
 
 const T: Duration = Duration::from_secs(30);
 
+/// Held by each test while it runs: a restore takes a pseudo-terminal's
+/// index back, which any other test's new pty could take meanwhile
+/// (/dev/pts numbers are the machine's).
+static PTYS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn ptys_to_ourselves() -> std::sync::MutexGuard<'static, ()> {
+    PTYS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tmux(sock: &Path, home: &Path) -> Command {
     let mut c = Command::new("tmux");
     c.arg("-S")
@@ -89,6 +98,7 @@ impl Drop for Kill {
 
 #[test]
 fn a_tmux_server_with_a_counting_shell_keeps_its_screen() {
+    let _ptys = ptys_to_ourselves();
     if !available("tmux", &["-V"]) {
         return;
     }
@@ -192,6 +202,7 @@ fn session_view(pid: i32) -> (String, String, String, String) {
 /// path adds), and one opened by its path has its own.
 #[test]
 fn every_process_of_a_session_gets_its_controlling_terminal_back() {
+    let _ptys = ptys_to_ourselves();
     if !available("script", &["--version"]) {
         return;
     }
@@ -335,6 +346,7 @@ fn read_until(master: &std::os::fd::OwnedFd, want: &str) -> String {
 /// a line typed on it is read and answered there.
 #[test]
 fn a_session_on_a_terminal_another_program_holds_comes_back_on_the_one_handed_in() {
+    let _ptys = ptys_to_ourselves();
     if !available("python3", &["--version"]) {
         return;
     }
@@ -415,6 +427,7 @@ fn a_session_on_a_terminal_another_program_holds_comes_back_on_the_one_handed_in
 /// by name, and it runs on.
 #[test]
 fn a_session_leader_whose_terminal_would_not_come_back_is_refused() {
+    let _ptys = ptys_to_ourselves();
     if !available("python3", &["--version"]) {
         return;
     }
@@ -446,6 +459,7 @@ fn a_session_leader_whose_terminal_would_not_come_back_is_refused() {
 /// and both run on.
 #[test]
 fn a_session_leader_holding_no_fd_of_its_own_pty_is_refused() {
+    let _ptys = ptys_to_ourselves();
     if !available("python3", &["--version"]) {
         return;
     }
@@ -490,6 +504,7 @@ fn a_session_leader_holding_no_fd_of_its_own_pty_is_refused() {
 /// terminal).
 #[test]
 fn a_terminal_keeps_the_owner_and_mode_of_its_device() {
+    let _ptys = ptys_to_ourselves();
     let dir = TestDir::new("pty-owner");
     let script = "import os, sys, time\n\
          report = sys.argv[1]\n\
