@@ -73,24 +73,13 @@ pub fn recover_from_dead_dump(
     problems
 }
 
-/// `root` and every process under it.
+/// `root` and every process under it (one gone meanwhile has none).
 fn tree_of(root: i32) -> Vec<i32> {
     let mut pids = vec![root];
     let mut i = 0;
-    while i < pids.len() {
-        let pid = pids[i];
+    while let Some(&pid) = pids.get(i) {
         i += 1;
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten();
-        for t in tasks.flatten() {
-            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            pids.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<i32>().ok()),
-            );
-        }
+        pids.extend(crate::proc::children(pid).unwrap_or_default());
     }
     pids
 }

@@ -303,9 +303,10 @@ fn reap_through(
     let regs = ptrace::get_regs(tid)?;
     let mask = ptrace::get_sigmask(tid)?;
     // Its own registers and mask come back after the call, and from its
-    // escape frame should crstream die during it.
-    let below = (regs.rsp - 128 - 256) & !15;
-    let remote = Remote::for_dump(tid, syscall_ip, regs, mask).with_escape(gadgets, mem, below);
+    // escape frame (below its stack pointer and red zone) should crstream
+    // die during it.
+    let remote =
+        Remote::for_dump(tid, syscall_ip, regs, mask).with_escape(gadgets, mem, regs.rsp - 128);
     // WNOHANG: the child is dead already (killed and waited for as its
     // tracer), and a call that blocked would hold the thread.
     let flags = (libc::__WALL | libc::WNOHANG) as u64;

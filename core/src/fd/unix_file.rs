@@ -54,8 +54,8 @@ pub(super) fn saved(
     let Some((ino, dev)) = file else {
         return Ok(None);
     };
-    // Where the file may be (a path from our root), with what restore
-    // needs to bind there: (path, relative_to, root).
+    // Where the file may be (a path from our root), each with the root
+    // restore binds it under there (empty: ours).
     let mut places = Vec::new();
     let relative_to = if name.is_absolute() {
         // Through the process's root: a chrooted process's paths are its

@@ -434,11 +434,7 @@ fn now_on(clockid: i32) -> Option<i128> {
 fn timer_of(siginfo: &[u8]) -> Option<i32> {
     const SI_TIMER: i32 = -2;
     // siginfo_t on x86_64: si_code at 8; for SI_TIMER the timer ID at 16.
-    let word = |at: usize| {
-        siginfo
-            .get(at..at + 4)
-            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
-    };
+    let word = |at| crate::kinds::signals::siginfo_word(siginfo, at);
     (word(8)? == SI_TIMER).then(|| word(16)).flatten()
 }
 

@@ -137,12 +137,9 @@ impl Kind for PendingSignals {
 
 /// Whether siginfo `si` is signal `sig` sent with kill() by process `pid`.
 fn is_kill(si: &[u8], sig: i32, pid: i32) -> bool {
-    let int = |at: usize| {
-        si.get(at..at + 4)
-            .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-    };
     // si_signo, si_code, then si_pid at 16 in the union (x86_64).
-    int(0) == Some(sig) && int(8) == Some(libc::SI_USER) && int(16) == Some(pid)
+    let word = |at| siginfo_word(si, at);
+    word(0) == Some(sig) && word(8) == Some(libc::SI_USER) && word(16) == Some(pid)
 }
 
 /// Signals whose action can be read and set (all but SIGKILL and SIGSTOP).
@@ -219,9 +216,15 @@ pub(crate) fn discard_child_signal(parent: &Stub) -> Result<(), RestoreError> {
 /// The signal number of a saved siginfo (si_signo, its first field); 0
 /// for one too short to hold it.
 pub(crate) fn signo(siginfo: &[u8]) -> i32 {
+    siginfo_word(siginfo, 0).unwrap_or(0)
+}
+
+/// The 32-bit field at byte `at` of a saved siginfo (x86_64 layout), if
+/// it is that long.
+pub(crate) fn siginfo_word(siginfo: &[u8], at: usize) -> Option<i32> {
     siginfo
-        .get(0..4)
-        .map_or(0, |b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .get(at..at + 4)
+        .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
 }
 
 /// Queues a saved pending signal again, through `by`: the thread it is
