@@ -230,14 +230,14 @@ fn kill_dump_worker_once_locked(dir: &TestDir, pid: i32) {
     let paused = dir.path("paused");
     let img = dir.path("img-killed");
     let children = children_of(pid);
-    let pid = pid.to_string();
+    let pid_arg = pid.to_string();
     // Live: each process has its memory snapshot by then, handed to the
     // supervisor with the connections taken from accept queues.
     let dump = crstream()
         .args([
             "dump",
             "-t",
-            &pid,
+            &pid_arg,
             "--tcp-established",
             "--leave-running",
             "-o",
@@ -273,7 +273,6 @@ fn kill_dump_worker_once_locked(dir: &TestDir, pid: i32) {
         !tables().contains(&format!("crstream_lock_{worker}_")),
         "{err}"
     );
-    let pid: i32 = pid.parse().unwrap();
     assert_eq!(children_of(pid), children, "the snapshot is left: {err}");
 }
 
