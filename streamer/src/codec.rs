@@ -21,33 +21,29 @@ pub fn compress(codec: Codec, level: i32, raw: Bytes) -> (Codec, Bytes) {
     }
 }
 
-/// Decompresses a stored payload of a frame at `offset` to exactly `raw_len` bytes.
-pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize, offset: u64) -> Result<Vec<u8>> {
-    let out = match codec {
-        Codec::None => stored.to_vec(),
-        Codec::Zstd => {
-            zstd::bulk::decompress(stored, raw_len).map_err(|e| StreamError::Decompress {
-                offset,
-                reason: format!("zstd: {e}"),
-            })?
-        }
-        Codec::Lz4 => {
-            lz4_flex::block::decompress(stored, raw_len).map_err(|e| StreamError::Decompress {
-                offset,
-                reason: format!("lz4: {e}"),
-            })?
-        }
-    };
-    if out.len() != raw_len {
-        return Err(StreamError::Decompress {
-            offset,
-            reason: format!(
-                "decompressed to {} bytes, frame header says {raw_len}",
-                out.len()
-            ),
-        });
+/// Decompresses a stored payload of a frame at `offset` into `out`, which
+/// it must fill exactly (the frame's raw length).
+pub fn decompress_into(codec: Codec, stored: &[u8], out: &mut [u8], offset: u64) -> Result<()> {
+    let err = |reason: String| StreamError::Decompress { offset, reason };
+    let written =
+        match codec {
+            Codec::None if stored.len() == out.len() => {
+                out.copy_from_slice(stored);
+                stored.len()
+            }
+            Codec::None => stored.len(),
+            Codec::Zstd => zstd::bulk::decompress_to_buffer(stored, out)
+                .map_err(|e| err(format!("zstd: {e}")))?,
+            Codec::Lz4 => lz4_flex::block::decompress_into(stored, out)
+                .map_err(|e| err(format!("lz4: {e}")))?,
+        };
+    if written != out.len() {
+        return Err(err(format!(
+            "decompressed to {written} bytes, frame header says {}",
+            out.len()
+        )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Parses a codec name as given on the command line.
@@ -65,5 +61,30 @@ pub fn codec_name(codec: Codec) -> &'static str {
         Codec::None => "none",
         Codec::Zstd => "zstd",
         Codec::Lz4 => "lz4",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decompresses_into_a_buffer_of_exactly_the_raw_length() {
+        let raw: Vec<u8> = (0..64 << 10).map(|i| (i % 251) as u8).collect();
+        for codec in [Codec::Zstd, Codec::Lz4] {
+            let (used, stored) = compress(codec, 1, Bytes::from(raw.clone()));
+            assert_eq!(used, codec);
+            // A reused buffer holding old bytes comes back exactly.
+            let mut out = vec![0xAA; raw.len()];
+            decompress_into(codec, &stored, &mut out, 0).unwrap();
+            assert_eq!(out, raw);
+            // A frame whose header claims another length is refused.
+            let mut longer = vec![0; raw.len() + 4096];
+            assert!(decompress_into(codec, &stored, &mut longer, 7).is_err());
+            let mut shorter = vec![0; raw.len() - 4096];
+            assert!(decompress_into(codec, &stored, &mut shorter, 7).is_err());
+        }
+        let mut out = vec![0; 3];
+        assert!(decompress_into(Codec::None, b"abcd", &mut out, 0).is_err());
     }
 }

@@ -9,6 +9,7 @@ use crate::format::{
 };
 use crate::image::{Frame, Item};
 use crate::pages::PageBatch;
+use crate::pool::BufferPool;
 use crate::reader::{StoredFrame, items_ending_with, items_from_frames};
 use bytes::Bytes;
 use crstream_proto::{FrameEntry, StreamIndex, StreamOptions};
@@ -63,6 +64,8 @@ pub struct RandomReader {
     /// The first [`HEAD_LEN`] bytes, read at open: the header and, most
     /// often, the whole metadata, then served from here.
     head: Bytes,
+    /// Buffers frames are decompressed into.
+    pool: BufferPool,
 }
 
 impl RandomReader {
@@ -166,6 +169,7 @@ impl RandomReader {
             by_frame: Arc::new(by_frame),
             index_crc,
             head,
+            pool: BufferPool::default(),
         })
     }
 
@@ -257,7 +261,7 @@ impl RandomReader {
     async fn read_frames(&self, run: &[(u64, u64)]) -> Result<Vec<Frame>> {
         let mut frames = Vec::with_capacity(run.len());
         for stored in self.read_stored_frames(run).await? {
-            frames.push(decode_stored(stored).await?);
+            frames.push(decode_stored(stored, &self.pool).await?);
         }
         Ok(frames)
     }
@@ -363,7 +367,7 @@ impl RandomReader {
     /// [`stored_page_frames_at`]: Self::stored_page_frames_at
     pub fn page_batch_from_stored(&self, stored: StoredFrame) -> Result<PageBatch> {
         let offset = stored.offset;
-        self.batch_of(stored.decode()?, offset)
+        self.batch_of(stored.decode(&self.pool)?, offset)
     }
 
     /// The page batch a page frame holds, checked against the index.
@@ -466,7 +470,13 @@ async fn fetch_frame(src: &dyn RangeRead, offset: u64, len: u64) -> Result<Frame
 
 /// Checks and decodes the frame at `offset` from its `len` bytes.
 async fn frame_from_bytes(bytes: Bytes, offset: u64, len: u64) -> Result<Frame> {
-    decode_stored(stored_from_bytes(bytes, offset, len)?).await
+    // One frame alone (the index, a frame asked for by offset): nothing
+    // to reuse its buffer for.
+    decode_stored(
+        stored_from_bytes(bytes, offset, len)?,
+        &BufferPool::default(),
+    )
+    .await
 }
 
 /// The frame at `offset` from its `len` bytes, its header checked.
@@ -493,13 +503,14 @@ fn stored_from_bytes(bytes: Bytes, offset: u64, len: u64) -> Result<StoredFrame>
 }
 
 /// Checks and decompresses a frame, off the runtime's threads if large.
-async fn decode_stored(stored: StoredFrame) -> Result<Frame> {
+async fn decode_stored(stored: StoredFrame, pool: &BufferPool) -> Result<Frame> {
     if stored.header.raw_len as usize > 256 << 10 {
-        tokio::task::spawn_blocking(move || stored.decode())
+        let pool = pool.clone();
+        tokio::task::spawn_blocking(move || stored.decode(&pool))
             .await
             .map_err(|e| StreamError::WriterGone(format!("decode worker: {e}")))?
     } else {
-        stored.decode()
+        stored.decode(pool)
     }
 }
 

@@ -75,8 +75,10 @@ pub struct StoredFrame {
 }
 
 impl StoredFrame {
-    /// Checks the payload checksum and decompresses.
-    pub fn decode(self) -> Result<Frame> {
+    /// Checks the payload checksum and decompresses, into a buffer of
+    /// `pool` (memory already faulted in: a fresh buffer per frame costs
+    /// more in page faults than the decompression itself).
+    pub(crate) fn decode(self, pool: &BufferPool) -> Result<Frame> {
         let h = self.header;
         let actual = crc32c::crc32c(&self.stored);
         if actual != h.payload_crc {
@@ -91,12 +93,10 @@ impl StoredFrame {
         let raw = if h.codec == crstream_proto::Codec::None {
             self.stored
         } else {
-            Bytes::from(codec::decompress(
-                h.codec,
-                &self.stored,
-                h.raw_len as usize,
-                self.offset,
-            )?)
+            let len = h.raw_len as usize;
+            let mut buf = pool.take(len);
+            codec::decompress_into(h.codec, &self.stored, &mut buf, self.offset)?;
+            pool.share(buf, 0..len)
         };
         Ok(Frame {
             offset: self.offset,
@@ -299,15 +299,19 @@ impl SequentialReader {
                 Err(e) => Some((Err(e), None)),
             }
         });
+        let pool = BufferPool::default();
         Box::pin(
             stored
-                .map(|r| async move {
-                    let f = r?;
-                    tokio::task::spawn_blocking(move || f.decode())
-                        .await
-                        .map_err(|e| {
-                            StreamError::WriterGone(format!("decompression worker: {e}"))
-                        })?
+                .map(move |r| {
+                    let pool = pool.clone();
+                    async move {
+                        let f = r?;
+                        tokio::task::spawn_blocking(move || f.decode(&pool))
+                            .await
+                            .map_err(|e| {
+                                StreamError::WriterGone(format!("decompression worker: {e}"))
+                            })?
+                    }
                 })
                 .buffered(workers.max(1)),
         )
