@@ -2,6 +2,7 @@
 //! fault waits for first, then prefetch the rest in index order, retrying
 //! failed fetches for a while.
 
+use super::copy::{Copied, Copier};
 use super::{LazyOptions, PageFetcher};
 use crstream_streamer::PageBatch;
 use std::collections::VecDeque;
@@ -74,17 +75,19 @@ pub(super) struct Shared {
     pub cv: Condvar,
     pub claimed: Vec<AtomicBool>,
     pub stop: AtomicBool,
+    pub copier: Copier,
 }
 
 /// A fetch worker: frames faults wait for first, then (unless
 /// `faults_only`, which keeps one worker free for faults while the others
-/// are busy with long prefetch requests) the rest in order.
+/// are busy with long prefetch requests) the rest in order; it copies what
+/// it fetched into the process and reports each frame.
 pub(super) fn worker(
     shared: &Shared,
     frames: &[(u64, u64)],
     fetcher: &dyn PageFetcher,
     opts: &LazyOptions,
-    tx: &mpsc::SyncSender<(usize, Result<PageBatch, String>)>,
+    tx: &mpsc::Sender<Arrived>,
     efd: &OwnedFd,
     faults_only: bool,
 ) {
@@ -164,32 +167,58 @@ pub(super) fn worker(
             }
             None => shared.window.take_now(stored),
         };
-        let results: Vec<(usize, Result<PageBatch, String>)> =
-            match fetch_run_with_retry(fetcher, run, opts.retry_for, Some(&shared.stop)) {
-                Ok(batches) => {
-                    // What the batches hold once decompressed is what counts.
-                    let held: u64 = batches.iter().map(|b| b.data.len() as u64).sum();
-                    room.grow_to(held);
-                    (first..=last)
-                        .zip(batches)
-                        .map(|(f, mut batch)| {
-                            let len = batch.data.len() as u64;
-                            room.attach(&mut batch, len);
-                            (f, Ok(batch))
-                        })
-                        .collect()
-                }
-                Err(e) => vec![(first, Err(e))],
+        let batches = match fetch_run_with_retry(fetcher, run, opts.retry_for, Some(&shared.stop)) {
+            Ok(batches) => batches,
+            Err(reason) => {
+                let _ = tx.send(Arrived::FetchFailed {
+                    frame: first,
+                    reason,
+                });
+                let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
+                return;
+            }
+        };
+        // What the batches hold once decompressed is what counts.
+        let held: u64 = batches.iter().map(|b| b.data.len() as u64).sum();
+        room.grow_to(held);
+        for (frame, mut batch) in (first..=last).zip(batches) {
+            let len = batch.data.len() as u64;
+            room.attach(&mut batch, len);
+            // Copied here, while the pages are still in this core's cache,
+            // and by every worker at once: one thread copying everything
+            // would be the slowest part of the lazy phase.
+            let arrived = match shared.copier.copy(batch, &shared.stop) {
+                Copied::Done(pages) => Arrived::Copied { frame, pages },
+                Copied::Gone => Arrived::Gone,
+                Copied::Stopped => return,
+                Copied::Failed(reason) => Arrived::CopyFailed(reason),
             };
-        // One wake-up per batch: the channel is shorter than a run, so
-        // the serving loop must drain it while the rest waits to be sent.
-        for r in results {
-            if tx.send(r).is_err() {
+            let end = !matches!(arrived, Arrived::Copied { .. });
+            if tx.send(arrived).is_err() {
                 return;
             }
             let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
+            if end {
+                return;
+            }
         }
     }
+}
+
+/// What a worker tells the serving thread.
+pub(super) enum Arrived {
+    /// A frame is in: the faults waiting for it can be woken.
+    Copied {
+        frame: usize,
+        pages: u64,
+    },
+    FetchFailed {
+        frame: usize,
+        reason: String,
+    },
+    CopyFailed(String),
+    /// The process is gone.
+    Gone,
 }
 
 /// Frames a prefetch request takes at most, and their bytes: large ranged

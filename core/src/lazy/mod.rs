@@ -10,16 +10,18 @@
 //! userfaultfd cannot serve (file-backed private pages, shared memory) and
 //! the pages the kernel writes while the process is rebuilt ([`prepare`]).
 //!
-//! One thread (the caller of [`LazySession::serve`]) owns the userfaultfd:
-//! it reads faults and events and does every copy, so an event (madvise
-//! DONTNEED, munmap) is always recorded before any later copy could land in
-//! the range it names. Fetch workers only fetch and hand batches over.
+//! One thread (the caller of [`LazySession::serve`]) reads faults and
+//! events from the userfaultfd and maps zero pages; the fetch workers copy
+//! what they fetch into the process themselves, each frame as it arrives,
+//! and report it. An event (madvise DONTNEED, munmap) is always recorded
+//! before any later copy could land in the range it names ([`copy`]).
 //!
 //! What cannot be served lazily is refused loudly: mremap of a registered
 //! area and fork kill the restored process with an error naming the event,
 //! and so does a frame that cannot be fetched after retries. The process
 //! never runs on with missing memory.
 
+mod copy;
 mod fetch;
 mod serve;
 mod window;
@@ -411,7 +413,7 @@ pub(crate) fn setup(
 /// process.
 pub struct LazySession {
     pid: i32,
-    uffd: Option<Userfaultfd>,
+    uffd: Option<Arc<Userfaultfd>>,
     pidfd: OwnedFd,
     /// Lazy page ranges (start, end, frame index), sorted by start.
     ranges: Vec<(u64, u64, usize)>,
@@ -480,7 +482,7 @@ impl LazySession {
         ranges.sort_unstable();
         Self {
             pid,
-            uffd: Some(prepared.uffd),
+            uffd: Some(Arc::new(prepared.uffd)),
             pidfd: prepared.pidfd,
             ranges,
             frames,
