@@ -98,10 +98,14 @@ fn nginx_master_as_root_and_workers_as_www_data_serve_after_restore() {
     let mut w = spawn_isolated(cmd, dir.path("report"));
     let body = wait_for("nginx answering", || http_get(port, "/"));
     assert_eq!(body, "served by a restored nginx\n");
-    let workers = children_of(w.pid);
-    assert_eq!(workers.len(), 2, "workers: {workers:?}");
     let www_data = user_id("www-data").expect("a www-data user").0.to_string();
-    assert_eq!(uids(&workers), [www_data.clone(), www_data.clone()]);
+    // A worker answers while the other may still be setting itself up
+    // (it is root until it calls setuid).
+    let workers = wait_for("two workers as www-data", || {
+        let workers = children_of(w.pid);
+        (workers.len() == 2 && uids(&workers) == [www_data.clone(), www_data.clone()])
+            .then_some(workers)
+    });
 
     let img = dir.path("img");
     let pids = dump_tree(&mut w, img.to_str().unwrap(), &[]);

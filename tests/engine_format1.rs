@@ -18,8 +18,9 @@ struct Fixture {
     child: i32,
     /// The counter's value when the image was written.
     dumped_at: u64,
-    /// The CPU flag (/proc/cpuinfo) the image's C library relies on.
-    needs_flag: &'static str,
+    /// The CPU flags (/proc/cpuinfo) of the state the image holds or its C
+    /// library relies on, each with what a refusal calls it.
+    needs_flags: &'static [(&'static str, &'static str)],
 }
 
 const FIXTURES: [Fixture; 2] = [
@@ -28,14 +29,16 @@ const FIXTURES: [Fixture; 2] = [
         root: 32001,
         child: 32035,
         dumped_at: 21,
-        needs_flag: "avx512f",
+        // Dumped on a CPU with AMX: its XSAVE area holds AMX state.
+        needs_flags: &[("avx512f", "AVX-512"), ("amx_tile", "AMX")],
     },
     Fixture {
         file: "dash-counter-avx2.img",
         root: 32000,
         child: 32023,
         dumped_at: 22,
-        needs_flag: "avx2",
+        // Dumped on a CPU with protection keys: it holds PKRU.
+        needs_flags: &[("avx2", "AVX2"), ("ospke", "PKRU")],
     },
 ];
 
@@ -91,16 +94,21 @@ fn restores_and_runs_on(f: &Fixture) {
     std::fs::create_dir_all(DIR).unwrap();
     std::fs::write(format!("{DIR}/counter"), "0\n").unwrap();
     let o = run(&["restore", "-i", &image, "--detach", "--json"], &[]);
-    if !cpu_has(f.needs_flag) {
+    let lacking: Vec<&(&str, &str)> = f
+        .needs_flags
+        .iter()
+        .filter(|(flag, _)| !cpu_has(flag))
+        .collect();
+    if !lacking.is_empty() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             !o.status.success()
                 && err.contains("image is incompatible with this machine: this CPU lacks")
-                && err.contains("AVX-512")
+                && lacking.iter().all(|(_, name)| err.contains(name))
                 && err.contains("--skip-validation"),
-            "{} on a CPU without {}: {}",
+            "{} on a CPU without {:?}: {}",
             f.file,
-            f.needs_flag,
+            lacking,
             text(&o)
         );
         return;
