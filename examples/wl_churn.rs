@@ -10,6 +10,9 @@
 //! - `dontneed`: madvise(MADV_DONTNEED) on the second quarter (reads as
 //!   zeros afterwards);
 //! - `mremap`: moves the last quarter to a new address;
+//! - `mprotect`: makes 100 pages inside the last quarter read-only, which
+//!   splits the area at two addresses no frame boundary falls on (every
+//!   page still holds its pattern);
 //! - `fork`: forks a child that exits at once, and reaps it.
 //!
 //! From then on every tick checks every page it still has against what it
@@ -131,6 +134,17 @@ fn do_op(name: &str, area: *mut u8, base: &mut [*mut u64], expect: &mut [Expect]
                 // SAFETY: inside the moved range.
                 base[from + i] = unsafe { to.cast::<u64>().add(i * WORDS) };
             }
+        }
+        "mprotect" => {
+            // SAFETY: part of our own mapping, only read from then on.
+            let r = unsafe {
+                libc::mprotect(
+                    area.add((3 * QUARTER + 7) * PAGE).cast(),
+                    100 * PAGE,
+                    libc::PROT_READ,
+                )
+            };
+            assert_eq!(r, 0, "mprotect");
         }
         "fork" => {
             // SAFETY: the child only calls _exit.

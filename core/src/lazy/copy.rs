@@ -3,13 +3,16 @@
 //! cache; and the ranges the process released since it resumed, which no
 //! copy may fill.
 //!
-//! The order that keeps a released range empty: the kernel fails a copy
-//! with EAGAIN while an event (madvise DONTNEED, munmap) is unread, and the
-//! process clears the range only after the serving thread has read the
-//! event. The serving thread reads events holding [`Copier::removed`] for
-//! writing, and a worker holds it for reading across each copy, so every
-//! copy either ends before the event is read (the clearing then undoes it)
-//! or starts after the range is recorded (and skips it).
+//! The order that keeps a released range empty: from the moment the process
+//! starts a madvise(DONTNEED) or munmap until the serving thread has read
+//! its event, the kernel fails copies with EAGAIN; madvise clears the range
+//! only after the event is read (munmap removes it before, and a copy into
+//! it then finds no registered area). The serving thread reads events
+//! holding [`Copier::removed`] for writing, which waits out every copy in
+//! flight, and a worker holds it for reading across each copy of at most
+//! [`CHUNK_PAGES`], so a copy either ends before the event is read (the
+//! clearing then undoes it) or starts after the range is recorded (and
+//! skips it).
 
 use super::PAGE;
 use crate::sys::uffd::Userfaultfd;
@@ -37,113 +40,100 @@ pub(super) enum Copied {
     Failed(String),
 }
 
+/// Pages one copy covers at most, so that reading an event never waits
+/// long for the copies in flight.
+const CHUNK_PAGES: u64 = 256;
+
 impl Copier {
     /// Copies the runs of `batch` that lie outside released ranges,
     /// retrying after the serving thread has read the events that make
     /// the kernel refuse a copy for now.
-    pub(super) fn copy(&self, mut batch: PageBatch, stop: &AtomicBool) -> Copied {
+    pub(super) fn copy(&self, batch: PageBatch, stop: &AtomicBool) -> Copied {
         let mut copied = 0u64;
-        loop {
-            let attempt = {
-                let removed = self.removed.read().unwrap();
-                self.copy_batch(&batch, &removed)
-            };
-            match attempt {
-                Attempt::Done(pages) => return Copied::Done(copied + pages),
-                Attempt::Again(rest, pages) => {
-                    copied += pages;
-                    batch = rest;
-                    if stop.load(Ordering::Relaxed) {
-                        return Copied::Stopped;
-                    }
-                    // The serving thread reads the pending event at once.
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Attempt::Gone => return Copied::Gone,
-                Attempt::Failed(e) => return Copied::Failed(e),
-            }
-        }
-    }
-
-    /// One pass over `batch`. `Again` carries what is left when the kernel
-    /// asks to retry after pending events are read.
-    fn copy_batch(&self, batch: &PageBatch, removed: &[(u64, u64)]) -> Attempt {
-        let mut copied = 0u64;
-        // Where each run's pages begin in `batch.data`.
-        let mut at_byte = 0usize;
-        for (i, (run, data)) in batch.runs_with_data().enumerate() {
+        for (run, data) in batch.runs_with_data() {
             let inside = self
                 .areas
                 .iter()
                 .any(|&(s, e)| run.start >= s && run.end() <= e);
             if !inside {
-                return Attempt::Failed(format!(
+                return Copied::Failed(format!(
                     "bad image: the frame holds pages at {:#x} ({} pages), outside the \
                      memory areas restored lazily",
                     run.start, run.pages
                 ));
             }
-            for (s, e) in subtract(run.start, run.end(), removed) {
-                let off = (s - run.start) as usize;
-                match copy_range(&self.uffd, s, &data[off..off + (e - s) as usize]) {
-                    Ok(n) => copied += n,
-                    Err(CopyErr::Again(at, n)) => {
-                        copied += n;
-                        // The rest of this run (from `at`) and the later
-                        // runs: the tail of the batch's pages, shared (so
-                        // it keeps its share of the fetch window).
-                        let o = (at - run.start) as usize;
-                        let mut runs = vec![crstream_streamer::PageRun {
-                            start: at,
-                            pages: (run.end() - at) / PAGE,
-                        }];
-                        runs.extend_from_slice(&batch.runs[i + 1..]);
-                        let rest = PageBatch {
-                            pid: batch.pid,
-                            area: batch.area,
-                            runs,
-                            data: batch.data.slice(at_byte + o..),
-                        };
-                        return Attempt::Again(rest, copied);
+            let mut at = run.start;
+            while at < run.end() {
+                let end = (at + CHUNK_PAGES * PAGE).min(run.end());
+                let attempt = {
+                    let removed = self.removed.read().unwrap();
+                    let mut r = Ok(0);
+                    for (s, e) in subtract(at, end, &removed) {
+                        let off = (s - run.start) as usize;
+                        match copy_range(&self.uffd, s, &data[off..off + (e - s) as usize]) {
+                            Ok(n) => copied += n,
+                            Err(err) => {
+                                r = Err(err);
+                                break;
+                            }
+                        }
                     }
-                    Err(CopyErr::Gone) => return Attempt::Gone,
-                    Err(CopyErr::Other(e)) => {
-                        return Attempt::Failed(format!("UFFDIO_COPY at {s:#x}: {e}"));
+                    r
+                };
+                match attempt {
+                    Ok(_) => at = end,
+                    Err(CopyErr::Again(from, n)) => {
+                        // Retried from where the kernel stopped, against
+                        // the ranges the pending event adds.
+                        copied += n;
+                        at = from;
+                        if stop.load(Ordering::Relaxed) {
+                            return Copied::Stopped;
+                        }
+                        // The serving thread reads the pending event at once.
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err(CopyErr::Gone) => return Copied::Gone,
+                    Err(CopyErr::Other(at, e)) => {
+                        return Copied::Failed(format!("UFFDIO_COPY at {at:#x}: {e}"));
                     }
                 }
             }
-            at_byte += data.len();
         }
-        Attempt::Done(copied)
+        Copied::Done(copied)
     }
-}
-
-enum Attempt {
-    Done(u64),
-    Again(PageBatch, u64),
-    Gone,
-    Failed(String),
 }
 
 enum CopyErr {
     /// Retry from this address (after reading events); pages copied so far.
     Again(u64, u64),
     Gone,
-    Other(std::io::Error),
+    Other(u64, std::io::Error),
 }
 
-/// UFFDIO_COPY of `data` to `dst`, page by page past pages that already
-/// exist or vanished. Returns pages copied.
+/// UFFDIO_COPY of `data` to `dst`, past pages that are already there or
+/// no longer in a registered area. Returns pages copied.
 fn copy_range(uffd: &Userfaultfd, dst: u64, data: &[u8]) -> Result<u64, CopyErr> {
     let end = dst + data.len() as u64;
     let mut at = dst;
     let mut pages = 0u64;
+    // A copy must lie in one area: once the process has split the area
+    // (mprotect, mlock, madvise on part of it: no event says so), a copy
+    // across the split fails as a whole with ENOENT. The rest then goes
+    // page by page, and only a page that is itself in no registered area
+    // is skipped.
+    let mut page_by_page = false;
     while at < end {
         let off = (at - dst) as usize;
-        match uffd.copy(at, &data[off..]) {
+        let len = if page_by_page {
+            PAGE as usize
+        } else {
+            data.len() - off
+        };
+        match uffd.copy(at, &data[off..off + len]) {
             (n, Ok(())) => {
                 pages += n / PAGE;
-                at = end;
+                at += n;
             }
             (n, Err(e)) => {
                 if n > 0 {
@@ -152,14 +142,15 @@ fn copy_range(uffd: &Userfaultfd, dst: u64, data: &[u8]) -> Result<u64, CopyErr>
                     continue;
                 }
                 match e.raw_os_error() {
-                    // Already there (or gone since): skip that page.
-                    Some(libc::EEXIST) | Some(libc::ENOENT) | Some(libc::EFAULT) => {
+                    Some(libc::ENOENT) if len > PAGE as usize => page_by_page = true,
+                    // Already there, or unmapped since: skip that page.
+                    Some(libc::EEXIST) | Some(libc::ENOENT) => {
                         uffd.wake(at, PAGE);
                         at += PAGE;
                     }
                     Some(libc::EAGAIN) => return Err(CopyErr::Again(at, pages)),
                     Some(libc::ESRCH) => return Err(CopyErr::Gone),
-                    _ => return Err(CopyErr::Other(e)),
+                    _ => return Err(CopyErr::Other(at, e)),
                 }
             }
         }
