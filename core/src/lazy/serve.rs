@@ -19,16 +19,6 @@ impl LazySession {
     pub fn serve(mut self, opts: &LazyOptions) -> Result<LazyStats, LazyError> {
         self.resumed = Instant::now();
         let (r, workers) = self.serve_inner(opts);
-        let r = r.and_then(|stats| {
-            if !stats.exited_early {
-                self.restore_death_signal().map_err(|reason| LazyError {
-                    pid: self.pid,
-                    reason,
-                    frame_failed: false,
-                })?;
-            }
-            Ok(stats)
-        });
         if let Err(e) = &r {
             tracing::debug!("{e}");
             crate::sys::ptrace::kill_and_reap(self.pid);
@@ -38,9 +28,24 @@ impl LazySession {
             let _ = w.join();
         }
         // Closing the userfaultfd (the workers held it too) unregisters
-        // every area; only after the kill above, so that no faulting thread
-        // runs on with a zero page.
+        // every area: after the kill above, so that no faulting thread runs
+        // on with a zero page; and before the freeze below, which could
+        // never stop a thread that waits for its munmap or madvise event
+        // to be read.
         self.uffd = None;
+        let r = r.and_then(|stats| {
+            if !stats.exited_early
+                && let Err(reason) = self.restore_death_signal()
+            {
+                crate::sys::ptrace::kill_and_reap(self.pid);
+                return Err(LazyError {
+                    pid: self.pid,
+                    reason,
+                    frame_failed: false,
+                });
+            }
+            Ok(stats)
+        });
         self.armed = false;
         r
     }
