@@ -15,11 +15,13 @@ impl BufferPool {
     /// Buffers kept at most: about the frames in flight.
     const MAX: usize = 32;
 
-    /// A buffer of `len` bytes (a reused one is cut or zero-extended).
+    /// A buffer of `len` bytes (a reused one is cut or zero-extended). A
+    /// pooled buffer more than twice as large is not lent: what holds a
+    /// frame's pages would hold far more memory than they count for.
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
         let reused = self.0.lock().ok().and_then(|mut pool| pool.pop());
         match reused {
-            Some(mut buf) if buf.capacity() >= len => {
+            Some(mut buf) if buf.capacity() >= len && buf.capacity() / 2 <= len => {
                 buf.resize(len, 0);
                 buf
             }
