@@ -19,11 +19,13 @@ const T: Duration = Duration::from_secs(30);
 /// The tests here look for processes left behind: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// python3 with a second thread and a child; every 50 ms it appends
-/// "N PID CHILD /proc/self PIDNS-INODE THREADS" to the report.
+/// python3 with a second thread and a child, which counts in memory they
+/// share (MAP_SHARED|MAP_ANONYMOUS); every 50 ms it appends "N PID CHILD
+/// /proc/self PIDNS-INODE THREADS SHARED-COUNT" to the report.
 const SCRIPT: &str = r#"
-import os, sys, threading, time
+import mmap, os, struct, sys, threading, time
 report = sys.argv[1]
+shared = mmap.mmap(-1, 4096)
 def spin():
     while True:
         time.sleep(0.05)
@@ -31,11 +33,13 @@ threading.Thread(target=spin, daemon=True).start()
 child = os.fork()
 if child == 0:
     while True:
-        time.sleep(0.1)
+        struct.pack_into("Q", shared, 0, struct.unpack_from("Q", shared, 0)[0] + 1)
+        time.sleep(0.02)
 n = 0
 while True:
-    line = "%d %d %d %s %d %d\n" % (n, os.getpid(), child, os.readlink("/proc/self"),
-        os.stat("/proc/self/ns/pid").st_ino, threading.active_count())
+    line = "%d %d %d %s %d %d %d\n" % (n, os.getpid(), child, os.readlink("/proc/self"),
+        os.stat("/proc/self/ns/pid").st_ino, threading.active_count(),
+        struct.unpack_from("Q", shared, 0)[0])
     with open(report, "a") as f:
         f.write(line)
     n += 1
@@ -51,6 +55,8 @@ struct Line {
     proc_self: i32,
     ns: u64,
     threads: u32,
+    /// The child's count, as the parent reads it.
+    shared: u64,
 }
 
 fn lines(report: &str) -> Vec<Line> {
@@ -65,6 +71,7 @@ fn lines(report: &str) -> Vec<Line> {
                 proc_self: f.get(3)?.parse().ok()?,
                 ns: f.get(4)?.parse().ok()?,
                 threads: f.get(5)?.parse().ok()?,
+                shared: f.get(6)?.parse().ok()?,
             })
         })
         .collect()
@@ -193,6 +200,10 @@ fn copies_of_one_image_run_side_by_side_in_pid_namespaces_of_their_own() {
     };
     let (na, nb) = (ns_of(&a), ns_of(&b));
     let last = wait_lines_from(&w, &[na, nb], dumped_at);
+    let shared_at_dump = lines(&w.read_report().unwrap())
+        .iter()
+        .find(|l| l.n == dumped_at && l.pid == orig.pid)
+        .map_or(0, |l| l.shared);
     for ns in [na, nb] {
         let l = &last[&ns];
         assert_eq!(
@@ -200,6 +211,8 @@ fn copies_of_one_image_run_side_by_side_in_pid_namespaces_of_their_own() {
             (orig.pid, orig.child, orig.pid, 2),
             "{l:?}"
         );
+        // The child still counts in memory its parent sees.
+        assert!(l.shared > shared_at_dump, "{l:?}, {shared_at_dump} at dump");
     }
     assert_eq!(proc_mounts_here(), mounts, "a /proc mount leaked out");
 

@@ -970,7 +970,10 @@ fn check_files(pid: i32, areas: &[VmArea], identity: bool) -> Result<(), Restore
 /// and the object offset that area starts at.
 #[derive(Debug, Clone, Copy)]
 struct ShmemOrigin {
-    pid: i32,
+    /// As the processes of the tree see it (the stub opens the object
+    /// through its own /proc, which in a new PID namespace shows only
+    /// theirs).
+    vpid: i32,
     start: u64,
     end: u64,
     pgoff: u64,
@@ -1071,13 +1074,13 @@ fn map_area(
     if let Some(o) = origin {
         flags &= !libc::MAP_ANONYMOUS;
         pgoff = a.pgoff - o.pgoff;
-        let path = format!("/proc/{}/map_files/{:x}-{:x}", o.pid, o.start, o.end);
+        let path = format!("/proc/{}/map_files/{:x}-{:x}", o.vpid, o.start, o.end);
         fd = stub
             .open(path.as_bytes(), libc::O_RDWR | libc::O_CLOEXEC, 0)
             .map_err(|e| map_err(pid, a, format!("open {path}: {e}")))?;
     } else if a.shmem_id != 0 {
         shm.entry(a.shmem_id).or_insert(ShmemOrigin {
-            pid,
+            vpid: stub.vpid,
             start: a.start,
             end: a.end,
             pgoff: a.pgoff,
