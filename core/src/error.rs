@@ -126,6 +126,11 @@ pub enum RestoreError {
     DuplicateRecord { what: &'static str, owner: String },
     #[error("image is incompatible with this machine: {0}")]
     Incompatible(String),
+    #[error(
+        "--lazy restores a single process; this image holds a tree of {processes} processes \
+         (restore it without --lazy)"
+    )]
+    LazyTree { processes: usize },
     #[error("PID {pid} is in use")]
     PidInUse { pid: i32 },
     #[error("TID {tid} (of pid {pid}) is in use")]

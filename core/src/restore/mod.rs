@@ -375,10 +375,9 @@ fn restore_image(
         }
     }
     if lazy_input.is_some() && entries.len() > 1 {
-        return Err(RestoreError::Incompatible(format!(
-            "--lazy restores a single process; this image holds a tree of {} processes",
-            entries.len()
-        )));
+        return Err(RestoreError::LazyTree {
+            processes: entries.len(),
+        });
     }
     let maps: Vec<&MemoryMap> = processes
         .iter()
