@@ -65,23 +65,11 @@ impl Copier {
             let mut at = run.start;
             while at < run.end() {
                 let end = (at + CHUNK_PAGES * PAGE).min(run.end());
-                let attempt = {
-                    let removed = self.removed.read().unwrap();
-                    let mut r = Ok(0);
-                    for (s, e) in subtract(at, end, &removed) {
-                        let off = (s - run.start) as usize;
-                        match copy_range(&self.uffd, s, &data[off..off + (e - s) as usize]) {
-                            Ok(n) => copied += n,
-                            Err(err) => {
-                                r = Err(err);
-                                break;
-                            }
-                        }
+                match self.copy_chunk(run.start, data, at, end) {
+                    Ok(n) => {
+                        copied += n;
+                        at = end;
                     }
-                    r
-                };
-                match attempt {
-                    Ok(_) => at = end,
                     Err(CopyErr::Again(from, n)) => {
                         // Retried from where the kernel stopped, against
                         // the ranges the pending event adds.
@@ -101,6 +89,22 @@ impl Copier {
             }
         }
         Copied::Done(copied)
+    }
+
+    /// [at, end) of a run whose pages `data` holds from `run_start`, but
+    /// for released ranges, under the lock; pages copied.
+    fn copy_chunk(&self, run_start: u64, data: &[u8], at: u64, end: u64) -> Result<u64, CopyErr> {
+        let removed = self.removed.read().unwrap();
+        let mut copied = 0;
+        for (s, e) in subtract(at, end, &removed) {
+            let off = (s - run_start) as usize;
+            match copy_range(&self.uffd, s, &data[off..off + (e - s) as usize]) {
+                Ok(n) => copied += n,
+                Err(CopyErr::Again(from, n)) => return Err(CopyErr::Again(from, copied + n)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(copied)
     }
 }
 

@@ -167,14 +167,19 @@ pub(super) fn worker(
             }
             None => shared.window.take_now(stored),
         };
+        // Tells the serving thread (and wakes it); false once it is gone.
+        let report = |arrived: Arrived| {
+            let sent = tx.send(arrived).is_ok();
+            let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
+            sent
+        };
         let batches = match fetch_run_with_retry(fetcher, run, opts.retry_for, Some(&shared.stop)) {
             Ok(batches) => batches,
             Err(reason) => {
-                let _ = tx.send(Arrived::FetchFailed {
+                report(Arrived::FetchFailed {
                     frame: first,
                     reason,
                 });
-                let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
                 return;
             }
         };
@@ -194,11 +199,7 @@ pub(super) fn worker(
                 Copied::Failed(reason) => Arrived::CopyFailed(reason),
             };
             let end = !matches!(arrived, Arrived::Copied { .. });
-            if tx.send(arrived).is_err() {
-                return;
-            }
-            let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
-            if end {
+            if !report(arrived) || end {
                 return;
             }
         }

@@ -81,7 +81,6 @@ impl LazySession {
             Ok(fd) => fd,
             Err(e) => return (Err(fail(format!("signalfd: {e}"))), Vec::new()),
         };
-        let uffd = self.uffd.clone().expect("served once");
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 urgent: VecDeque::new(),
@@ -93,8 +92,8 @@ impl LazySession {
             claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
             stop: AtomicBool::new(false),
             copier: Copier {
-                uffd: uffd.clone(),
-                areas: self.areas.clone(),
+                uffd: self.uffd.clone().expect("served once"),
+                areas: std::mem::take(&mut self.areas),
                 removed: RwLock::new(Vec::new()),
             },
         });
@@ -127,7 +126,7 @@ impl LazySession {
             shared.stop.store(true, Ordering::Relaxed);
             shared.cv.notify_all();
         };
-        let removed = &shared.copier.removed;
+        let (uffd, removed) = (&shared.copier.uffd, &shared.copier.removed);
         let mut done = vec![false; n];
         let mut faulted = vec![false; n];
         let mut done_count = 0usize;
@@ -137,16 +136,13 @@ impl LazySession {
             if done_count == n && pending_zero.is_empty() {
                 break Ok(());
             }
+            let idle = pending_zero.is_empty();
             let timeout = Timespec {
-                tv_sec: if pending_zero.is_empty() { 1 } else { 0 },
-                tv_nsec: if pending_zero.is_empty() {
-                    0
-                } else {
-                    5_000_000
-                },
+                tv_sec: if idle { 1 } else { 0 },
+                tv_nsec: if idle { 0 } else { 5_000_000 },
             };
             let mut fds = [
-                PollFd::new(&*uffd, PollFlags::IN),
+                PollFd::new(&**uffd, PollFlags::IN),
                 PollFd::new(&self.pidfd, PollFlags::IN),
                 PollFd::new(&*efd, PollFlags::IN),
                 PollFd::new(&sfd, PollFlags::IN),
