@@ -14,6 +14,10 @@
 //!   splits the area at two addresses no frame boundary falls on (every
 //!   page still holds its pattern);
 //! - `fork`: forks a child that exits at once, and reaps it.
+//! - `free`: reads the third quarter (so its pages arrive), then
+//!   madvise(MADV_FREE) and MADV_PAGEOUT on it: the kernel drops those
+//!   pages with no userfaultfd event, and each then reads as zeros or, if
+//!   it was kept, its pattern.
 //!
 //! From then on every tick checks every page it still has against what it
 //! must hold; STATE is `idle`, `ok-OP` or `BAD-page-N`.
@@ -39,6 +43,8 @@ enum Expect {
     Pattern,
     Zero,
     Gone,
+    /// MADV_FREE: zeros if the kernel dropped the page, else the pattern.
+    PatternOrZero,
 }
 
 fn main() {
@@ -158,6 +164,23 @@ fn do_op(name: &str, area: *mut u8, base: &mut [*mut u64], expect: &mut [Expect]
             // SAFETY: reaping our own child.
             unsafe { libc::waitpid(child, &mut status, 0) };
         }
+        "free" => {
+            let (first, len) = (2 * QUARTER, QUARTER * PAGE);
+            let mut sum = 0u64;
+            for &p in &base[first..first + QUARTER] {
+                // SAFETY: page of our own mapping; the read makes it arrive.
+                sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(p) });
+            }
+            std::hint::black_box(sum);
+            // SAFETY: the third quarter of our own mapping.
+            let start = unsafe { area.add(first * PAGE) };
+            for advice in [libc::MADV_FREE, libc::MADV_PAGEOUT] {
+                // SAFETY: as above.
+                let r = unsafe { libc::madvise(start.cast(), len, advice) };
+                assert_eq!(r, 0, "madvise({advice})");
+            }
+            expect[first..first + QUARTER].fill(Expect::PatternOrZero);
+        }
         other => panic!("unknown op {other}"),
     }
 }
@@ -178,7 +201,7 @@ fn check(base: &[*mut u64], expect: &[Expect]) -> Option<usize> {
                 for (w, v) in want.iter_mut().enumerate() {
                     *v = pattern(i, w);
                 }
-                page == &want[..]
+                page == &want[..] || (e == Expect::PatternOrZero && page == &ZERO[..])
             }
         };
         if !good {

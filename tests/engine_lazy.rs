@@ -546,10 +546,11 @@ fn churn_state(report: &str) -> &str {
 /// ranges get no copies (they stay unmapped / read as zeros), every other
 /// page still arrives intact, and the restore completes. So does every
 /// page of an area the process split with mprotect (no event tells the
-/// server; a copy across the split fails as a whole).
+/// server; a copy across the split fails as a whole), and pages it freed
+/// with MADV_FREE that the kernel then dropped (they read as zeros).
 #[test]
 fn lazy_restore_honours_munmap_and_dontneed_during_the_lazy_phase() {
-    for op in ["munmap", "dontneed", "mprotect"] {
+    for op in ["munmap", "dontneed", "mprotect", "free"] {
         let dir = TestDir::new(&format!("lazy-{op}"));
         let (mut w, lr, at_dump) = churn_restored(&dir, op);
         let pid = lr.pid;
