@@ -82,6 +82,20 @@ fn main() {
         _ => ("127.0.0.1:0", "127.0.0.1"),
     };
     let listener = TcpListener::bind(bind).expect("bind");
+    // Connections to it send 1388-byte segments, as on an Ethernet path,
+    // both ways: loopback's 65483 is more than a restore can set again.
+    let mss: libc::c_int = 1400;
+    // SAFETY: a valid socket and an int option.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            4,
+        )
+    };
+    assert_eq!(r, 0, "TCP_MAXSEG");
     let port = listener.local_addr().unwrap().port();
     // The child's progress, seen by the parent: [0] bytes it got, [1] a
     // problem (1: inner-closed, 2: other).

@@ -73,6 +73,29 @@ fn moves_on(w: &Workload, since: (u64, u64), want: &str) -> String {
     r
 }
 
+/// The MSS each established connection to or from `port` sends with, by
+/// (local, peer) address, as `ss -ti` shows it.
+fn mss_by_connection(port: u64) -> std::collections::BTreeMap<(String, String), String> {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let o = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", &filter])
+        .output()
+        .expect("ss (Debian package iproute2)");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut out = std::collections::BTreeMap::new();
+    let mut conn: Option<(String, String)> = None;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with(char::is_whitespace) && words.len() >= 4 {
+            conn = Some((words[2].to_string(), words[3].to_string()));
+        } else if let Some(c) = conn.take() {
+            let mss = words.iter().find_map(|w| w.strip_prefix("mss:"));
+            out.insert(c, mss.unwrap_or("none").to_string());
+        }
+    }
+    out
+}
+
 fn tables() -> String {
     let o = nft().args(["list", "tables"]).output().unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -97,6 +120,9 @@ fn a_server_keeps_its_tcp_connections_inside_and_outside_the_tree() {
     client.ping(2);
 
     let kids = children_of(w.pid);
+    let port = field(&r, 0, 3);
+    let mss_at_dump = mss_by_connection(port);
+    assert_eq!(mss_at_dump.len(), 4, "{mss_at_dump:?}");
     let o = dump(w.pid, &img, &["--tcp-established", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let lock = v["net_lock"].as_str().expect("a network lock").to_string();
@@ -134,6 +160,9 @@ fn a_server_keeps_its_tcp_connections_inside_and_outside_the_tree() {
 
     let pid = restore_with(&img, &[]);
     w.restored(pid);
+    // Each connection sends segments of the size it did (not the 524 bytes
+    // a connect in repair mode sets).
+    assert_eq!(mss_by_connection(port), mss_at_dump);
     client.expect(3);
     client.ping(4);
     moves_on(&w, at_dump, "OK");

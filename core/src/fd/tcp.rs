@@ -79,6 +79,8 @@ const TCPOPT_MSS: u32 = 2;
 const TCPOPT_WINDOW: u32 = 3;
 const TCPOPT_SACK_PERM: u32 = 4;
 const TCPOPT_TIMESTAMP: u32 = 8;
+/// The bytes the timestamp option takes in every segment.
+const TCPOLEN_TSTAMP_ALIGNED: u32 = 12;
 pub(super) const TCP_ESTABLISHED: u32 = 1;
 const TCP_FIN_WAIT1: u32 = 4;
 const TCP_FIN_WAIT2: u32 = 5;
@@ -522,9 +524,10 @@ fn read_queue(s: &OwnedFd, which: i32, len: usize) -> io::Result<(u32, Vec<u8>)>
 
 /// Reads a connection already in repair mode.
 fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
-    let mut info = [0u8; 8];
+    let mut info = [0u8; 20];
     getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
     let (state, options, wscale) = (info[0], info[5], info[6]);
+    let snd_mss = u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes"));
     if !saved_state(state) {
         return Err(io::Error::other(format!("in TCP state {state}")));
     }
@@ -562,6 +565,7 @@ fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
         unsent,
         recv_queue,
         mss: int(s, libc::TCP_MAXSEG)? as u32,
+        snd_mss,
         timestamps,
         sack: options & TCPI_OPT_SACK != 0,
         window_scaling: options & TCPI_OPT_WSCALE != 0,
@@ -579,6 +583,38 @@ fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
         rcv_wup: w(4),
         closed: false,
     })
+}
+
+/// The largest MSS a restore gives a connection again: a jumbo frame's.
+/// Beyond it (loopback's 65483, or 32741 where half the peer's window
+/// bounds it) TCP_MAXSEG cannot always say it (it takes at most 32767),
+/// and segments that large stalled a restored connection whose receiver
+/// had a full queue (its window, rebuilt, stays below one segment): those
+/// keep the kernel's 524 bytes.
+const MAX_RESTORED_MSS: u32 = 9000;
+
+/// The TCP_MAXSEG to connect a saved connection with, so that it sends
+/// segments of the size it did: its MSS plus the options every segment
+/// carries (timestamps, which the connect counts when
+/// `net.ipv4.tcp_timestamps` is on), or, from an image without it, its
+/// clamp (the peer's MSS).
+fn connect_mss(t: &TcpConnection) -> Option<u32> {
+    let mss = if t.snd_mss == 0 {
+        t.mss
+    } else if t.snd_mss > MAX_RESTORED_MSS {
+        return None;
+    } else {
+        let timestamps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_timestamps")
+            .map_or(true, |v| v.trim() != "0");
+        t.snd_mss
+            + if timestamps {
+                TCPOLEN_TSTAMP_ALIGNED
+            } else {
+                0
+            }
+    };
+    // TCP_MAXSEG refuses less than the kernel's TCP_MIN_MSS (88).
+    (88..=MAX_RESTORED_MSS).contains(&mss).then_some(mss)
 }
 
 /// The saved value of one SOL_SOCKET option again: SO_REUSEADDR, which
@@ -644,6 +680,14 @@ pub(super) fn build(
     set(&s, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
     set(&s, TCP_QUEUE_SEQ, start(recv_end, &t.recv_queue))?;
     bind(&s, &sf.local_addr).map_err(step("bind"))?;
+    // The MSS the connection sends with is computed once, by the connect,
+    // from the clamp it has then (536 unless TCP_MAXSEG is set; the saved
+    // clamp comes only after, with the options): a TCP_MAXSEG for the
+    // connect only, or it would send 524-byte segments from then on.
+    let mss_at_connect = connect_mss(t);
+    if let Some(mss) = mss_at_connect {
+        set(&s, libc::TCP_MAXSEG, mss as i32)?;
+    }
     connect(&s, &sf.peer_addr).map_err(|e| {
         let why = if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
             " (the connection exists here already: restored before? --tcp-close restores it closed)"
@@ -652,6 +696,9 @@ pub(super) fn build(
         };
         io::Error::new(e.kind(), format!("connect in repair mode: {e}{why}"))
     })?;
+    if mss_at_connect.is_some() {
+        set(&s, libc::TCP_MAXSEG, 0)?;
+    }
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MSS, t.mss)];
     if t.window_scaling {
         opts.push((TCPOPT_WINDOW, t.snd_wscale | t.rcv_wscale << 16));
