@@ -382,25 +382,47 @@ fn a_session_on_a_terminal_another_program_holds_comes_back_on_the_one_handed_in
 
     let err = restore_refused(img.to_str().unwrap(), &[]);
     assert!(err.contains(&key) && err.contains("--inherit-fd"), "{err}");
+    let restore_handing_in = |slave: &std::os::fd::OwnedFd| {
+        // Handed to crstream as its fd 10, in the child only.
+        const HANDED: i32 = 10;
+        let given = std::os::fd::AsRawFd::as_raw_fd(slave);
+        let mut restore = Command::new(crstream_bin());
+        restore
+            .args(["restore", "-i", img.to_str().unwrap(), "--detach", "--json"])
+            .arg("--inherit-fd")
+            .arg(format!("fd[{HANDED}]:{key}"));
+        // SAFETY: dup2 only, between fork and exec.
+        unsafe {
+            restore.pre_exec(move || {
+                if libc::dup2(given, HANDED) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        restore.output().unwrap()
+    };
+
+    // A terminal another session controls cannot be its terminal: the
+    // restore says so, and leaves nothing behind.
+    let (_master3, slave3, _) = new_pty();
+    let mut other = python_leading_a_session_on(
+        &slave3,
+        "import time\nwhile True: time.sleep(1)\n",
+        dir.path("other"),
+    );
+    let o = restore_handing_in(&slave3);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("another session controls it"),
+        "{}",
+        text(&o)
+    );
+    assert!(wait_gone(w.pid, T), "the failed restore left pid {}", w.pid);
+    other.kill();
+
     let (master2, slave2, path2) = new_pty();
-    // Handed to crstream as its fd 10, in the child only.
-    const HANDED: i32 = 10;
-    let given = std::os::fd::AsRawFd::as_raw_fd(&slave2);
-    let mut restore = Command::new(crstream_bin());
-    restore
-        .args(["restore", "-i", img.to_str().unwrap(), "--detach", "--json"])
-        .arg("--inherit-fd")
-        .arg(format!("fd[{HANDED}]:{key}"));
-    // SAFETY: dup2 only, between fork and exec.
-    unsafe {
-        restore.pre_exec(move || {
-            if libc::dup2(given, HANDED) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let o = restore.output().unwrap();
+    let o = restore_handing_in(&slave2);
     drop(slave2);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

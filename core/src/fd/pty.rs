@@ -335,7 +335,23 @@ pub(crate) fn acquire_session_terminal(
     );
     stub.call("close", libc::SYS_close, &[fd as u64])
         .map_err(|e| err(e.to_string()))?;
-    taken.map_err(|e| err(e.to_string()))?;
+    taken.map_err(|e| match terminal {
+        SessionTerminal::HandedIn(_)
+            if matches!(
+                e,
+                crate::error::TaskError::Syscall {
+                    errno: libc::EPERM,
+                    ..
+                }
+            ) =>
+        {
+            err(format!(
+                "{e}: another session controls it (the restorer's own terminal, say); hand in \
+                 a terminal no session controls, such as a new pseudo-terminal's slave"
+            ))
+        }
+        _ => err(e.to_string()),
+    })?;
     if let SessionTerminal::Pty(_) = terminal {
         masters.held.borrow_mut().push(own);
     }
