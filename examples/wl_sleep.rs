@@ -1,7 +1,8 @@
 //! Workload: threads blocked in the kernel when the dump freezes them:
 //! short sleeps (nanosleep), a long 3 s sleep, a condvar wait with timeout
 //! (futex with timeout) and a condvar wait without timeout (futex); and
-//! raw poll without timeout, nanosleep and futex wait with a timeout,
+//! raw poll without timeout, nanosleep and clock_nanosleep of 10 s, futex
+//! wait with a timeout,
 //! epoll_wait with and without a timeout, epoll_pwait and io_getevents
 //! (waits the kernel never restarts), which must never see EINTR. Each
 //! checks that no wait ends early. Reports, every 100 ms:
@@ -97,18 +98,34 @@ fn main() {
             errors.fetch_add(1, Ordering::SeqCst);
         });
     }
-    {
+    // Sleeps of 10 s: still under way at a second freeze soon after a
+    // first (the kernel resumed them through restart_syscall, whose
+    // restart function no stack shows).
+    for clock in [None, Some(libc::CLOCK_MONOTONIC)] {
         let errors = errors.clone();
         std::thread::spawn(move || {
-            let second = libc::timespec {
-                tv_sec: 1,
+            let ten = libc::timespec {
+                tv_sec: 10,
                 tv_nsec: 0,
             };
             loop {
-                // SAFETY: nanosleep with a timespec on the stack and no
-                // remainder asked for.
-                if unsafe { libc::nanosleep(&second, std::ptr::null_mut()) } != 0 {
-                    eprintln!("nanosleep: {}", std::io::Error::last_os_error());
+                let failed = match clock {
+                    // SAFETY: a timespec on the stack, no remainder asked for.
+                    None => match unsafe { libc::nanosleep(&ten, std::ptr::null_mut()) } {
+                        0 => None,
+                        _ => Some(("nanosleep", std::io::Error::last_os_error())),
+                    },
+                    // SAFETY: as above.
+                    Some(clock) => {
+                        match unsafe { libc::clock_nanosleep(clock, 0, &ten, std::ptr::null_mut()) }
+                        {
+                            0 => None,
+                            e => Some(("clock_nanosleep", std::io::Error::from_raw_os_error(e))),
+                        }
+                    }
+                };
+                if let Some((call, e)) = failed {
+                    eprintln!("{call}: {e}");
                     errors.fetch_add(1, Ordering::SeqCst);
                 }
             }

@@ -377,7 +377,9 @@ fn a_thread_stopped_in_user_code_keeps_its_vector_registers_and_mxcsr() {
 /// Threads sleeping or waiting in the kernel come back waiting, and none
 /// sees EINTR: among them waits the kernel never restarts (epoll_wait,
 /// epoll_pwait, io_getevents), which the freeze alone ended with EINTR
-/// after restore and, with --leave-running, in the process left running.
+/// after restore and, with --leave-running, in the process left running;
+/// and sleeps the live dump's freeze left inside restart_syscall when the
+/// second dump came.
 #[test]
 fn sleeping_and_waiting_threads_resume_without_early_wakeups() {
     let dir = TestDir::new("sleep");
@@ -395,7 +397,7 @@ fn sleeping_and_waiting_threads_resume_without_early_wakeups() {
     w.reap_dumped();
     let (pid, tids) = restore(&img);
     w.restored(pid);
-    assert_eq!(tids.len(), 12);
+    assert_eq!(tids.len(), 13);
     let r = w.wait_report(T, |r| {
         field(r, 0, 2) >= field(&at_dump, 0, 2) + 3
             && field(r, 0, 3) > field(&at_dump, 0, 3)

@@ -74,11 +74,18 @@ fn restarting(tid: i32) -> Option<i64> {
     let first_arg = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
     let stack = std::fs::read_to_string(format!("/proc/{tid}/stack")).ok()?;
     let has = |f: &str| stack.lines().any(|l| l.contains(&format!("] {f}+")));
+    // A stack that shows nothing above the system call entry: the restart
+    // function is scheduler code, which stacks leave out, as is nanosleep's
+    // (hrtimer_nanosleep_restart); the others show.
+    let hidden = !stack.trim().is_empty()
+        && stack
+            .lines()
+            .all(|l| l.contains("] do_syscall_64+") || l.contains("] entry_SYSCALL_64"));
     if has("do_restart_poll") {
         Some(libc::SYS_poll)
     } else if has("futex_wait_restart") {
         Some(libc::SYS_futex)
-    } else if has("hrtimer_nanosleep_restart") {
+    } else if has("hrtimer_nanosleep_restart") || hidden {
         // nanosleep's first argument is a pointer, clock_nanosleep's a
         // clock id.
         Some(if first_arg < 4096 {
