@@ -150,6 +150,32 @@ fn open_flags_of_files_opened_by_path_come_back() {
     w.kill();
 }
 
+/// A directory read part-way goes on where its reader was: the next
+/// getdents returns the entries that follow, none of those read before
+/// (python's scandir read all 300 names into its buffer, then yielded 10).
+#[test]
+fn a_directory_read_part_way_goes_on_where_it_was() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("dir-offset");
+    let script = "import os, sys, time\n\
+         report, where = sys.argv[1], sys.argv[2]\n\
+         d = os.path.join(where, 'd'); os.mkdir(d)\n\
+         for i in range(300): open(os.path.join(d, 'entry-%03d' % i), 'w').close()\n\
+         it = os.scandir(d)\n\
+         names = [next(it).name for _ in range(10)]\n\
+         n = 0\n\
+         while not os.path.exists(report + '.go'):\n\
+         \x20   n += 1; open(report, 'w').write('%d %d waiting\\n' % (os.getpid(), n)); time.sleep(0.05)\n\
+         names += [e.name for e in it]\n\
+         open(report, 'w').write('%d %d read %d distinct %d\\n' % (os.getpid(), n, len(names), len(set(names))))\n\
+         time.sleep(600)\n";
+    let (mut w, r) = python_across_restore(&dir, script, &[dir.path("")], "read");
+    assert!(r.contains("read 300 distinct 300"), "{r}\n{}", w.log());
+    w.kill();
+}
+
 /// A file open by a name removed since, while the file keeps another link
 /// (a hard link; an O_TMPFILE file linked since): it comes back as that
 /// file, with its offset, and writes through it still reach the file

@@ -262,7 +262,9 @@ impl FdKind for Regular {
         } else if f.kind() == FileKind::Regular {
             check_regular(pid, f, false)?;
         }
-        if f.kind() == FileKind::Regular {
+        // A directory's offset is where its reader's next getdents goes
+        // on from (a cookie of its file system, which lseek takes back).
+        if matches!(f.kind(), FileKind::Regular | FileKind::Directory) {
             offset = f.offset;
         }
         let mut flags = reopen_flags(f);
@@ -353,10 +355,9 @@ impl Kind for ThreadProcFiles {
 
     fn restore(&mut self, p: &mut RestoreProcess<'_>) -> Result<(), RestoreError> {
         super::install_late(p, of_other_thread, |stub, f| {
-            let offset = if f.kind() == FileKind::Regular {
-                f.offset
-            } else {
-                0
+            let offset = match f.kind() {
+                FileKind::Regular | FileKind::Directory => f.offset,
+                _ => 0,
             };
             super::open_in(stub, f, &f.path, reopen_flags(f), offset)
         })
