@@ -520,6 +520,16 @@ fn needs_records_13(processes: &[ProcessDump]) -> bool {
         })
 }
 
+/// Whether the image has what records version 14 added, which a reader of
+/// version 13 would drop: a timerfd's settime flags.
+fn needs_records_14(processes: &[ProcessDump]) -> bool {
+    processes
+        .iter()
+        .filter_map(|p| p.records.get::<crstream_proto::FileTable>())
+        .flat_map(|t| &t.files)
+        .any(|f| f.timerfd.as_ref().is_some_and(|t| t.settime_flags != 0))
+}
+
 /// The inventory, the tree, the objects the tree shares, then every
 /// process's stream and each of its threads' streams. Returns the page
 /// stream of each process, declared with it (pages follow the metadata).
@@ -550,9 +560,12 @@ fn write_metadata(
             // bound, as root's and with crstream's umask, nor a file made
             // with O_TMPFILE as one that can never be linked, nor a file
             // linked elsewhere by a path that no longer exists, nor an
-            // area without its guard regions.
-            format_version: if needs_records_13(processes) {
+            // area without its guard regions, nor an absolute timerfd as a
+            // relative one.
+            format_version: if needs_records_14(processes) {
                 crstream_proto::RECORDS_VERSION
+            } else if needs_records_13(processes) {
+                crstream_proto::RECORDS_VERSION_WITHOUT_TIMER_FLAGS
             } else if needs_records_12(processes) {
                 crstream_proto::RECORDS_VERSION_WITHOUT_GUARDS
             } else if crate::fd::needs_records_11(processes) {

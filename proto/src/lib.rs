@@ -36,8 +36,12 @@ pub const FORMAT_VERSION: u16 = 1;
 /// keys (`PrctlValues.pkeys`, `VmArea.pkey`), a thread's memory policy and
 /// speculation mitigations (`ThreadCore.mempolicy`, `spec_*`), the packets
 /// of a packet-mode pipe (`PipeFile.packets`), mlockall's MCL_FUTURE
-/// (`PrctlValues.mlockall`). Readers read every version up to theirs.
-pub const RECORDS_VERSION: u32 = 13;
+/// (`PrctlValues.mlockall`); 14 = a timerfd's settime flags
+/// (`TimerFdFile.settime_flags`). Readers read every version up to theirs.
+pub const RECORDS_VERSION: u32 = 14;
+
+/// The version written for an image with nothing of version 14 in it.
+pub const RECORDS_VERSION_WITHOUT_TIMER_FLAGS: u32 = 13;
 
 /// The version written for an image with nothing of version 13 in it.
 pub const RECORDS_VERSION_WITHOUT_GUARDS: u32 = 12;

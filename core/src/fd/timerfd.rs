@@ -35,17 +35,13 @@ impl FdKind for TimerFd {
         let ticks = num("ticks")?;
         let value_ns = time("it_value")?;
         let interval_ns = time("it_interval")?;
-        if let Some(fl) = fdinfo_field(&info, "settime flags")
-            && u32::from_str_radix(fl.trim_start_matches('0'), 8).unwrap_or(0)
-                & libc::TFD_TIMER_CANCEL_ON_SET as u32
-                != 0
-        {
-            tracing::debug!(
-                pid = d.pid,
-                fd = d.fd,
-                "timerfd TFD_TIMER_CANCEL_ON_SET is not kept"
-            );
-        }
+        // Octal, as the kernel prints it ("03": absolute, cancelled when
+        // the clock is set).
+        let settime_flags = match fdinfo_field(&info, "settime flags") {
+            Some(v) => u32::from_str_radix(v, 8)
+                .map_err(|_| d.bad_fdinfo(format!("settime flags: {v:?}")))?,
+            None => 0,
+        };
         f.kind = FileKind::Timerfd as i32;
         f.path = d.link.to_vec();
         f.timerfd = Some(TimerFdFile {
@@ -53,6 +49,7 @@ impl FdKind for TimerFd {
             interval_ns,
             value_ns,
             ticks,
+            settime_flags,
         });
         Ok(true)
     }
@@ -104,6 +101,21 @@ fn clock(id: i32) -> io::Result<TimerfdClockId> {
     })
 }
 
+/// The time of `clockid` now, in nanoseconds.
+fn clock_now_ns(clockid: i32) -> io::Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    if unsafe { libc::clock_gettime(clockid, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64))
+}
+
 fn create(t: &TimerFdFile) -> io::Result<OwnedFd> {
     let fd = timerfd_create(clock(t.clockid)?, TimerfdFlags::CLOEXEC)?;
     let mut value = t.value_ns;
@@ -115,13 +127,21 @@ fn create(t: &TimerFdFile) -> io::Result<OwnedFd> {
         value = t.interval_ns;
     }
     let mut ticks_left = t.ticks;
-    // Relative: the record holds the time left, not an absolute time.
+    // The record holds the time left: an absolute timer is set for now plus
+    // that, absolute again (it follows changes of its clock, and one
+    // cancelled when the clock is set is so again).
+    let flags = TimerfdTimerFlags::from_bits_truncate(t.settime_flags);
     let set = |value: u64| -> io::Result<()> {
+        let value = if value != 0 && flags.contains(TimerfdTimerFlags::ABSTIME) {
+            clock_now_ns(t.clockid)?.saturating_add(value)
+        } else {
+            value
+        };
         let its = Itimerspec {
             it_interval: timespec(t.interval_ns),
             it_value: timespec(value),
         };
-        timerfd_settime(&fd, TimerfdTimerFlags::empty(), &its)?;
+        timerfd_settime(&fd, flags, &its)?;
         Ok(())
     };
     set(value)?;
@@ -178,6 +198,31 @@ mod tests {
             "{left}"
         );
         assert_eq!(cur.it_interval.tv_sec, 2);
+    }
+
+    /// An absolute timer, cancelled when its clock is set, comes back so
+    /// (not as a relative one), due at the same time.
+    #[test]
+    fn an_absolute_timer_stays_absolute() {
+        let t = timerfd_create(TimerfdClockId::Realtime, TimerfdFlags::CLOEXEC).unwrap();
+        let flags = TimerfdTimerFlags::ABSTIME | TimerfdTimerFlags::CANCEL_ON_SET;
+        let due = clock_now_ns(libc::CLOCK_REALTIME).unwrap() + 60_000_000_000;
+        let its = Itimerspec {
+            it_interval: timespec(0),
+            it_value: timespec(due),
+        };
+        timerfd_settime(&t, flags, &its).unwrap();
+        let f = dump_own(t.as_raw_fd()).unwrap();
+        let tf = f.timerfd.clone().unwrap();
+        assert_eq!(tf.settime_flags, flags.bits(), "{tf:?}");
+        let n = created(&mut TimerFd, &f);
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", n.as_raw_fd())).unwrap();
+        assert!(info.contains("settime flags: 03"), "{info}");
+        // timerfd_gettime tells the time left, absolute or not.
+        let cur = rustix::time::timerfd_gettime(&n).unwrap();
+        let left = cur.it_value.tv_sec as u64 * 1_000_000_000 + cur.it_value.tv_nsec as u64;
+        let want = due - clock_now_ns(libc::CLOCK_REALTIME).unwrap();
+        assert!(left.abs_diff(want) < 500_000_000, "{left} {want}");
     }
 
     #[test]
