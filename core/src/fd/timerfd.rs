@@ -213,7 +213,7 @@ mod tests {
         };
         timerfd_settime(&t, flags, &its).unwrap();
         let f = dump_own(t.as_raw_fd()).unwrap();
-        let tf = f.timerfd.clone().unwrap();
+        let tf = f.timerfd.unwrap();
         assert_eq!(tf.settime_flags, flags.bits(), "{tf:?}");
         let n = created(&mut TimerFd, &f);
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", n.as_raw_fd())).unwrap();
