@@ -521,13 +521,17 @@ fn needs_records_13(processes: &[ProcessDump]) -> bool {
 }
 
 /// Whether the image has what records version 14 added, which a reader of
-/// version 13 would drop: a timerfd's settime flags.
+/// version 13 would drop: a timerfd's settime flags, the System V
+/// semaphores whose SEM_UNDO units restore takes again.
 fn needs_records_14(processes: &[ProcessDump]) -> bool {
     processes
         .iter()
         .filter_map(|p| p.records.get::<crstream_proto::FileTable>())
         .flat_map(|t| &t.files)
         .any(|f| f.timerfd.as_ref().is_some_and(|t| t.settime_flags != 0))
+        || processes
+            .iter()
+            .any(|p| p.records.get::<crstream_proto::SysvSemaphores>().is_some())
 }
 
 /// The inventory, the tree, the objects the tree shares, then every

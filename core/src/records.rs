@@ -7,7 +7,7 @@ use crstream_proto::record::Body;
 use crstream_proto::{
     AioContexts, Credentials, FileLocks, FileOwners, FileTable, FsContext, Itimers, LoginUid,
     Membarrier, MemoryMap, MmFields, OomScoreAdj, PosixTimers, PrctlValues, ProcessCore,
-    ProcessEntry, Rlimits, Scheduling, Seccomp, SignalState, ThreadCore,
+    ProcessEntry, Rlimits, Scheduling, Seccomp, SignalState, SysvSemaphores, ThreadCore,
 };
 
 /// A record type: one variant of `Record.body`.
@@ -68,6 +68,7 @@ records!(
     FileOwners,
     Membarrier,
     AioContexts,
+    SysvSemaphores,
     ProcessCore,
 );
 
@@ -194,6 +195,7 @@ pub(crate) fn body_name(body: &Body) -> &'static str {
         Body::FileOwners(_) => "FileOwners",
         Body::Membarrier(_) => "Membarrier",
         Body::AioContexts(_) => "AioContexts",
+        Body::SysvSemaphores(_) => "SysvSemaphores",
     }
 }
 

@@ -19,6 +19,7 @@ pub(crate) mod sched;
 pub(crate) mod seccomp;
 pub(crate) mod signals;
 pub(crate) mod stopped;
+pub(crate) mod sysv_sem;
 pub(crate) mod threads;
 
 use crate::kind::Kind;
@@ -38,6 +39,8 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(mm::Mm),
         Box::new(membarrier::MembarrierKind),
         Box::new(aio::Aio),
+        // As root, before the process's own credentials.
+        Box::new(sysv_sem::SysvSemaphoresKind),
         // After every kind that opens a path in the process (the
         // executable, /proc/self files): a chroot would hide them.
         Box::new(fs_context::FsContext),
