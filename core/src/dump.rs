@@ -521,14 +521,18 @@ fn needs_records_13(processes: &[ProcessDump]) -> bool {
 }
 
 /// Whether the image has what records version 14 added, which a reader of
-/// version 13 would drop: a timerfd's settime flags, the System V
-/// semaphores whose SEM_UNDO units restore takes again.
+/// version 13 would drop: a timerfd's settime flags, the TOS of queued
+/// datagrams, the System V semaphores whose SEM_UNDO units restore takes
+/// again.
 fn needs_records_14(processes: &[ProcessDump]) -> bool {
     processes
         .iter()
         .filter_map(|p| p.records.get::<crstream_proto::FileTable>())
         .flat_map(|t| &t.files)
-        .any(|f| f.timerfd.as_ref().is_some_and(|t| t.settime_flags != 0))
+        .any(|f| {
+            f.timerfd.as_ref().is_some_and(|t| t.settime_flags != 0)
+                || f.socket.as_ref().is_some_and(|s| !s.queued_tos.is_empty())
+        })
         || processes
             .iter()
             .any(|p| p.records.get::<crstream_proto::SysvSemaphores>().is_some())

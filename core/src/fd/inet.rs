@@ -226,9 +226,14 @@ impl FdKind for InetSockets {
                 PeekError::Io(e) => d.error("reading the queued datagrams", e),
                 PeekError::Refuse(why) => d.refuse(format!("UDP socket: {why}")),
             })?;
-            for (data, from) in queued {
+            for (data, from, tos) in queued {
                 sf.queued.push(data);
                 sf.queued_from.push(from);
+                sf.queued_tos.push(tos as u32);
+            }
+            if sf.queued_tos.iter().all(|&t| t == 0) {
+                // What an image without them means: written only if needed.
+                sf.queued_tos.clear();
             }
             sf.ip_memberships = self.memberships(d, &dup, sf.family)?;
         }
@@ -362,7 +367,7 @@ fn create(
     if s.r#type == libc::SOCK_DGRAM || s.r#type == libc::SOCK_RAW {
         // Before connecting: a connected socket takes datagrams from its
         // peer only, and some may have come from elsewhere before.
-        super::udp::refill(&sock, s.protocol, &s.queued, &s.queued_from)
+        super::udp::refill(&sock, s.protocol, &s.queued, &s.queued_from, &s.queued_tos)
             .map_err(|e| ferr("putting the queued datagrams back", e))?;
         if !s.peer_addr.is_empty() {
             socket::connect(&sock, &s.peer_addr)
@@ -723,7 +728,8 @@ mod tests {
     }
 
     /// Datagrams waiting on a UDP socket come back in order, each from
-    /// where it came; a connected socket is connected to the same peer.
+    /// where it came and with the TOS (traffic class) it came with; a
+    /// connected socket is connected to the same peer.
     fn udp_queue_round_trip(local: &str, peers: [&str; 2]) {
         let u = match UdpSocket::bind(local) {
             Ok(u) => u,
@@ -735,6 +741,14 @@ mod tests {
         let a = UdpSocket::bind(peers[0]).unwrap();
         let b = UdpSocket::bind(peers[1]).unwrap();
         let to = u.local_addr().unwrap();
+        // b marks what it sends (DSCP AF11): as TOS over IPv4, as traffic
+        // class over IPv6.
+        let (level, opt) = if b.local_addr().unwrap().is_ipv4() {
+            (libc::IPPROTO_IP, libc::IP_TOS)
+        } else {
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+        };
+        socket::setsockopt_int(&b, level, opt, 0x28).unwrap();
         a.send_to(b"first", to).unwrap();
         b.send_to(b"second, from b", to).unwrap();
         a.send_to(&[7u8; 3000], to).unwrap();
@@ -745,15 +759,38 @@ mod tests {
         let mut buf = [0u8; 4096];
         u.set_nonblocking(true).unwrap();
         assert_eq!(u.peek_from(&mut buf).unwrap().0, 5);
+        // The options the dump set to read TOS are as they were.
+        for (level, opt) in [
+            (libc::IPPROTO_IP, libc::IP_RECVTOS),
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS),
+        ] {
+            // (An IPv4 socket has no IPv6 options.)
+            let v = socket::getsockopt_int(&u, level, opt).unwrap_or(0);
+            assert_eq!(v, 0, "option {level}/{opt} left set");
+        }
         drop(u);
         let n = UdpSocket::from(created(&mut InetSockets::default(), &f));
         n.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
+        for (level, opt) in [
+            (libc::IPPROTO_IP, libc::IP_RECVTOS),
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS),
+        ] {
+            let _ = socket::setsockopt_int(&n, level, opt, 1);
+        }
         let mut got = Vec::new();
+        let mut tos = Vec::new();
         for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            tos.push(
+                socket::peek_datagram(&n, &mut buf)
+                    .unwrap()
+                    .and_then(|p| p.tos),
+            );
             let (len, from) = n.recv_from(&mut buf).unwrap();
             got.push((buf[..len].to_vec(), from));
         }
+        assert_eq!(tos, [Some(0), Some(0x28), Some(0)]);
         assert_eq!(got[0], (b"first".to_vec(), a.local_addr().unwrap()));
         assert_eq!(
             got[1],

@@ -33,7 +33,14 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 /// Sends `l4` (a transport header and payload of `protocol`, whose
 /// checksum field is at `csum_at`) from `src` to `dst`, both IPv4 or both
 /// IPv6, with the checksum and IP header filled in.
-fn send(src: IpAddr, dst: IpAddr, protocol: u8, mut l4: Vec<u8>, csum_at: usize) -> io::Result<()> {
+fn send(
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    tos: u8,
+    mut l4: Vec<u8>,
+    csum_at: usize,
+) -> io::Result<()> {
     let len = l4.len();
     let (pseudo, family) = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => (
@@ -71,7 +78,7 @@ fn send(src: IpAddr, dst: IpAddr, protocol: u8, mut l4: Vec<u8>, csum_at: usize)
     let (packet, to) = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let total = (20 + len) as u16;
-            let mut ip = vec![0x45, 0];
+            let mut ip = vec![0x45, tos];
             ip.extend_from_slice(&total.to_be_bytes());
             ip.extend_from_slice(&INJECT_ID.to_be_bytes());
             ip.extend_from_slice(&[0x40, 0, INJECT_TTL, protocol, 0, 0]);
@@ -86,8 +93,8 @@ fn send(src: IpAddr, dst: IpAddr, protocol: u8, mut l4: Vec<u8>, csum_at: usize)
             (ip, to)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            // Version 6, traffic class 0, flow label INJECT_ID.
-            let mut ip = vec![0x60, 0];
+            // Version 6, traffic class `tos`, flow label INJECT_ID.
+            let mut ip = vec![0x60 | tos >> 4, (tos & 0xf) << 4];
             ip.extend_from_slice(&INJECT_ID.to_be_bytes());
             ip.extend_from_slice(&(len as u16).to_be_bytes());
             ip.extend_from_slice(&[protocol, INJECT_TTL]);
@@ -104,13 +111,15 @@ fn send(src: IpAddr, dst: IpAddr, protocol: u8, mut l4: Vec<u8>, csum_at: usize)
     send_raw_packet(family, &packet, &to)
 }
 
-/// A UDP datagram carrying `data` from `src` to `dst`; with `lite`, a
-/// UDP-Lite one (RFC 3828) whose checksum covers all of it.
+/// A UDP datagram carrying `data` from `src` to `dst`, with TOS (traffic
+/// class) `tos`; with `lite`, a UDP-Lite one (RFC 3828) whose checksum
+/// covers all of it.
 pub(super) fn send_udp(
     src: SocketAddr,
     dst: SocketAddr,
     data: &[u8],
     lite: bool,
+    tos: u8,
 ) -> io::Result<()> {
     let udp_len = 8 + data.len();
     // IPv4's total length counts its 20-byte header; IPv6's payload
@@ -132,7 +141,7 @@ pub(super) fn send_udp(
     } else {
         libc::IPPROTO_UDP
     };
-    send(src.ip(), dst.ip(), protocol as u8, udp, 6)
+    send(src.ip(), dst.ip(), protocol as u8, tos, udp, 6)
 }
 
 pub(super) const TCP_FIN: u8 = 0x01;
@@ -178,7 +187,7 @@ pub(super) fn send_tcp_segment(
     tcp.extend_from_slice(&[0, 0, 0, 0]);
     tcp.extend_from_slice(options);
     tcp.extend_from_slice(data);
-    send(src.ip(), dst.ip(), libc::IPPROTO_TCP as u8, tcp, 16)
+    send(src.ip(), dst.ip(), libc::IPPROTO_TCP as u8, 0, tcp, 16)
 }
 
 #[cfg(test)]

@@ -1,17 +1,26 @@
 //! The datagrams waiting on a UDP socket: read without consuming them
 //! (MSG_PEEK, walking the queue with SO_PEEK_OFF), each with the address
-//! it came from, and put back in the restored socket's queue in order by
-//! sending each again from that address (`packets.rs`).
+//! it came from and the TOS it arrived with, and put back in the restored
+//! socket's queue in order by sending each again from that address, with
+//! that TOS (`packets.rs`).
 
 use super::socket::PeekError;
 use crate::netlock::socket_addr;
-use crate::sys::socket::{SO_PEEK_OFF, getsockopt_int, name, peek_from, setsockopt_int};
+use crate::sys::socket::{SO_PEEK_OFF, getsockopt_int, name, peek_datagram, setsockopt_int};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 
-/// A datagram and the raw sockaddr it came from.
-pub(super) type Datagram = (Vec<u8>, Vec<u8>);
+/// A datagram, the raw sockaddr it came from, and its TOS (IPv4) or
+/// traffic class (IPv6).
+pub(super) type Datagram = (Vec<u8>, Vec<u8>, u8);
+
+/// The options that make a peek tell each datagram's TOS or traffic
+/// class: set while the queue is read, then as they were.
+const TOS_OPTIONS: [(i32, i32); 2] = [
+    (libc::IPPROTO_IP, libc::IP_RECVTOS),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS),
+];
 
 /// Upper bound of datagrams read from one socket.
 const MAX_DATAGRAMS: usize = 1 << 16;
@@ -19,8 +28,20 @@ const MAX_DATAGRAMS: usize = 1 << 16;
 /// The queued datagrams of `s`, oldest first, with their sources.
 pub(super) fn peek_datagrams(s: &OwnedFd) -> Result<Vec<Datagram>, PeekError> {
     let saved_off = getsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF)?;
-    let r = walk(s);
-    let restored = setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, saved_off);
+    // An IPv4 socket has no IPv6 options: those it has are set.
+    let saved_tos: Vec<_> = TOS_OPTIONS
+        .iter()
+        .filter_map(|&(level, opt)| Some((level, opt, getsockopt_int(s, level, opt).ok()?)))
+        .collect();
+    let mut r = Ok(());
+    for &(level, opt, _) in &saved_tos {
+        r = r.and(setsockopt_int(s, level, opt, 1));
+    }
+    let r = r.map_err(PeekError::from).and_then(|()| walk(s));
+    let mut restored = setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, saved_off);
+    for &(level, opt, v) in &saved_tos {
+        restored = restored.and(setsockopt_int(s, level, opt, v));
+    }
     let out = r?;
     restored?;
     Ok(out)
@@ -32,9 +53,10 @@ fn walk(s: &OwnedFd) -> Result<Vec<Datagram>, PeekError> {
     let mut buf = vec![0u8; 64 * 1024];
     for _ in 0..MAX_DATAGRAMS {
         setsockopt_int(s, libc::SOL_SOCKET, SO_PEEK_OFF, off)?;
-        let Some((n, from)) = peek_from(s, &mut buf)? else {
+        let Some(peeked) = peek_datagram(s, &mut buf)? else {
             return Ok(out);
         };
+        let n = peeked.len;
         if n > buf.len() {
             buf.resize(n, 0);
             continue;
@@ -46,7 +68,7 @@ fn walk(s: &OwnedFd) -> Result<Vec<Datagram>, PeekError> {
                 "an empty datagram is queued: it cannot be told from the next".into(),
             ));
         }
-        out.push((buf[..n].to_vec(), from));
+        out.push((buf[..n].to_vec(), peeked.from, peeked.tos.unwrap_or(0)));
         off += n as i32;
     }
     Err(PeekError::Refuse(format!(
@@ -60,6 +82,7 @@ pub(super) fn refill(
     protocol: i32,
     queued: &[Vec<u8>],
     from: &[Vec<u8>],
+    tos: &[u32],
 ) -> io::Result<()> {
     if queued.is_empty() {
         return Ok(());
@@ -79,7 +102,9 @@ pub(super) fn refill(
             "the image names no source for some datagrams",
         ));
     }
-    for (data, src) in queued.iter().zip(from) {
+    // Older images name no TOS: 0.
+    let tos = tos.iter().map(|&t| t as u8).chain(std::iter::repeat(0));
+    for ((data, src), tos) in queued.iter().zip(from).zip(tos) {
         let mut src = socket_addr(src)
             .ok_or_else(|| io::Error::other("a datagram from an address that is not IP"))?;
         let mut to = dest;
@@ -93,7 +118,7 @@ pub(super) fn refill(
             src.set_ip(IpAddr::V4(v4));
         }
         let lite = protocol == libc::IPPROTO_UDPLITE;
-        super::packets::send_udp(src, to, data, lite)?;
+        super::packets::send_udp(src, to, data, lite, tos)?;
     }
     Ok(())
 }

@@ -313,23 +313,38 @@ pub(crate) fn send(fd: impl AsFd, msg: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// One datagram peeked from the head of the queue (at the socket's
-/// SO_PEEK_OFF) into `buf`: its whole length (more than `buf` when it was
-/// truncated) and the raw sockaddr it came from. Ok(None): nothing queued.
-pub(crate) fn peek_from(fd: impl AsFd, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<u8>)>> {
+/// A datagram [`peek_datagram`] saw.
+pub(crate) struct PeekedDatagram {
+    /// Its whole length, even if longer than the buffer.
+    pub len: usize,
+    /// The raw sockaddr it came from.
+    pub from: Vec<u8>,
+    /// The TOS or traffic class it arrived with, if the socket asks for
+    /// it (IP_RECVTOS, IPV6_RECVTCLASS).
+    pub tos: Option<u8>,
+}
+
+/// The next datagram of `fd`, peeked (MSG_PEEK) into `buf`; None: nothing
+/// is queued.
+pub(crate) fn peek_datagram(fd: impl AsFd, buf: &mut [u8]) -> io::Result<Option<PeekedDatagram>> {
     let mut from: libc::sockaddr_storage = super::zeroed();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
+    // Room for a TOS and a traffic class message, aligned as cmsghdr.
+    let mut control = [0u64; 16];
     // SAFETY: msghdr is plain data, filled below.
     let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
     mh.msg_name = (&raw mut from).cast();
     mh.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     mh.msg_iov = &mut iov;
     mh.msg_iovlen = 1;
+    mh.msg_control = control.as_mut_ptr().cast();
+    mh.msg_controllen = std::mem::size_of_val(&control);
     let n = loop {
-        // SAFETY: mh points at `iov` (covering `buf`) and `from`, both alive.
+        // SAFETY: mh points at `iov` (covering `buf`), `from` and
+        // `control`, all alive.
         let n = unsafe {
             libc::recvmsg(
                 raw(&fd),
@@ -347,8 +362,29 @@ pub(crate) fn peek_from(fd: impl AsFd, buf: &mut [u8]) -> io::Result<Option<(usi
             _ => return Err(e),
         }
     };
+    let mut tos = None;
+    // SAFETY: the kernel filled msg_control up to msg_controllen with
+    // cmsghdrs, walked with the libc macros within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&mh);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_TOS) => tos = Some(*data),
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
+                    tos = Some(std::ptr::read_unaligned(data.cast::<i32>()) as u8)
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(&mh, c);
+        }
+    }
     let len = (mh.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-    Ok(Some((n, super::bytes_of_mut(&mut from)[..len].to_vec())))
+    Ok(Some(PeekedDatagram {
+        len: n,
+        from: super::bytes_of_mut(&mut from)[..len].to_vec(),
+        tos,
+    }))
 }
 
 /// Sends a whole IP packet (header included) through a raw socket of
