@@ -232,6 +232,43 @@ fn an_io_uring_instance_is_refused_by_name() {
     assert_running_untraced(w.pid);
 }
 
+/// Memory of hugetlbfs huge pages (mmap MAP_HUGETLB) is refused, naming
+/// it, and the process runs on. The test reserves two huge pages for it
+/// and gives them back.
+#[test]
+fn huge_pages_of_hugetlbfs_are_refused_by_name() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    const RESERVED: &str = "/proc/sys/vm/nr_hugepages";
+    struct Reserve(String);
+    impl Drop for Reserve {
+        fn drop(&mut self) {
+            let _ = std::fs::write(RESERVED, &self.0);
+        }
+    }
+    let before = std::fs::read_to_string(RESERVED).unwrap();
+    let _reserve = Reserve(before.clone());
+    let want = before.trim().parse::<u64>().unwrap() + 2;
+    std::fs::write(RESERVED, want.to_string()).unwrap();
+    let dir = TestDir::new("hugetlb");
+    let script = "import mmap, os, sys, time\n\
+         m = mmap.mmap(-1, 2 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000)\n\
+         m[0:5] = b'hello'\n\
+         open(sys.argv[1], 'w').write('%d ready\\n' % os.getpid())\n\
+         time.sleep(600)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(dir.path("report"));
+    let w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(Duration::from_secs(20), |r| r.contains("ready"));
+    let err = refused(w.pid, &[]);
+    assert!(
+        err.contains("MAP_HUGETLB") && err.contains("not supported"),
+        "{err}"
+    );
+    assert_running_untraced(w.pid);
+}
+
 /// crstream inside a PID namespace, asked to dump the namespace's first
 /// process (whose SIGKILL from inside the kernel ignores): refused at
 /// once, never a hang.

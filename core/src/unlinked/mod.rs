@@ -88,7 +88,11 @@ impl Collector {
             Vec::new()
         };
         if rustix::fs::fstatfs(&file).is_ok_and(|s| s.f_type == HUGETLBFS_MAGIC) {
-            return Err("hugetlbfs files (MFD_HUGETLB) are not supported".into());
+            return Err(
+                "huge pages of hugetlbfs (mmap MAP_HUGETLB, memfd MFD_HUGETLB, a hugetlbfs file) \
+                 are not supported"
+                    .into(),
+            );
         }
         let seals = if kind == UnlinkedKind::Memfd {
             rustix::fs::fcntl_get_seals(&file).map_or(0, |s| s.bits())
