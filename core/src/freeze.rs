@@ -77,10 +77,17 @@ fn restarting(tid: i32) -> Option<i64> {
     // A stack that shows nothing above the system call entry: the restart
     // function is scheduler code, which stacks leave out, as is nanosleep's
     // (hrtimer_nanosleep_restart); the others show.
+    const ENTRY: [&str; 5] = [
+        "do_syscall_64",
+        "entry_SYSCALL_64",
+        "x64_sys_call",
+        "__x64_sys_restart_syscall",
+        "__do_sys_restart_syscall",
+    ];
     let hidden = !stack.trim().is_empty()
         && stack
             .lines()
-            .all(|l| l.contains("] do_syscall_64+") || l.contains("] entry_SYSCALL_64"));
+            .all(|l| ENTRY.iter().any(|f| l.contains(&format!("] {f}"))));
     if has("do_restart_poll") {
         Some(libc::SYS_poll)
     } else if has("futex_wait_restart") {

@@ -262,10 +262,10 @@ impl FdKind for Regular {
         } else if f.kind() == FileKind::Regular {
             check_regular(pid, f, false)?;
         }
-        // A directory's offset is where its reader's next getdents goes
-        // on from (a cookie of its file system, which lseek takes back).
-        if matches!(f.kind(), FileKind::Regular | FileKind::Directory) {
-            offset = f.offset;
+        match f.kind() {
+            FileKind::Regular => offset = f.offset,
+            FileKind::Directory => offset = directory_offset(pid, f, &reopen),
+            _ => {}
         }
         let mut flags = reopen_flags(f);
         // O_NOFOLLOW matters for a symlink opened by its path. Through a
@@ -361,6 +361,23 @@ impl Kind for ThreadProcFiles {
             };
             super::open_in(stub, f, &f.path, reopen_flags(f), offset)
         })
+    }
+}
+
+/// Where a directory's reader goes on from: the saved offset, a cookie of
+/// the directory's file system that lseek takes back, if `path` opens the
+/// very directory (or one of /proc, whose offsets count entries); else the
+/// beginning (another directory's cookie would skip entries).
+fn directory_offset(pid: i32, f: &OpenFile, path: &[u8]) -> u64 {
+    if f.offset == 0 || f.path.starts_with(b"/proc/") {
+        return f.offset;
+    }
+    match std::fs::metadata(crate::paths::path(path)) {
+        Ok(md) if (md.dev(), md.ino()) == (f.dev, f.inode) => f.offset,
+        _ => {
+            tracing::warn!(pid, fd = f.fd, path = %show(&f.path), "a directory read part-way is another one than at the dump (other inode): its reader starts it again");
+            0
+        }
     }
 }
 

@@ -585,36 +585,27 @@ fn read_connection(s: &OwnedFd) -> io::Result<TcpConnection> {
     })
 }
 
-/// The largest MSS a restore gives a connection again: a jumbo frame's.
-/// Beyond it (loopback's 65483, or 32741 where half the peer's window
-/// bounds it) TCP_MAXSEG cannot always say it (it takes at most 32767),
-/// and segments that large stalled a restored connection whose receiver
-/// had a full queue (its window, rebuilt, stays below one segment): those
-/// keep the kernel's 524 bytes.
-const MAX_RESTORED_MSS: u32 = 9000;
+/// The largest clamp (peer's MSS) a restore gives a connection again: a
+/// jumbo frame's. Beyond it (loopback's 65495) TCP_MAXSEG cannot always
+/// say it (it takes at most 32767), and segments that large (32741, where
+/// half the peer's window bounds them) stalled a restored connection whose
+/// receiver had a full queue (its window, rebuilt, stays below one
+/// segment): those keep the kernel's 524 bytes.
+const MAX_RESTORED_CLAMP: u32 = 9000;
 
 /// The TCP_MAXSEG to connect a saved connection with, so that it sends
-/// segments of the size it did: its MSS plus the options every segment
-/// carries (timestamps, which the connect counts when
-/// `net.ipv4.tcp_timestamps` is on), or, from an image without it, its
-/// clamp (the peer's MSS).
+/// segments of the size it did: the connect clamps to it, and a segment
+/// carries that less the options every segment of the connection carries
+/// (timestamps, agreed at its handshake); from an image without its MSS,
+/// its clamp.
 fn connect_mss(t: &TcpConnection) -> Option<u32> {
-    let mss = if t.snd_mss == 0 {
-        t.mss
-    } else if t.snd_mss > MAX_RESTORED_MSS {
-        return None;
-    } else {
-        let timestamps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_timestamps")
-            .map_or(true, |v| v.trim() != "0");
-        t.snd_mss
-            + if timestamps {
-                TCPOLEN_TSTAMP_ALIGNED
-            } else {
-                0
-            }
+    let clamp = match t.snd_mss {
+        0 => t.mss,
+        mss if t.timestamps => mss + TCPOLEN_TSTAMP_ALIGNED,
+        mss => mss,
     };
     // TCP_MAXSEG refuses less than the kernel's TCP_MIN_MSS (88).
-    (88..=MAX_RESTORED_MSS).contains(&mss).then_some(mss)
+    (88..=MAX_RESTORED_CLAMP).contains(&clamp).then_some(clamp)
 }
 
 /// The saved value of one SOL_SOCKET option again: SO_REUSEADDR, which
@@ -696,8 +687,11 @@ pub(super) fn build(
         };
         io::Error::new(e.kind(), format!("connect in repair mode: {e}{why}"))
     })?;
-    if mss_at_connect.is_some() {
-        set(&s, libc::TCP_MAXSEG, 0)?;
+    if mss_at_connect.is_some()
+        && let Err(e) = set(&s, libc::TCP_MAXSEG, 0)
+    {
+        // It only clamps the MSS a later connect would take.
+        tracing::debug!("clearing TCP_MAXSEG after the connect: {e}");
     }
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MSS, t.mss)];
     if t.window_scaling {
@@ -843,5 +837,30 @@ fn wait_state(s: &OwnedFd, want: &[u32]) -> io::Result<()> {
             )));
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clamp a restored connection connects with gives back the
+    /// segments it sent: its MSS plus the timestamp option when it agreed
+    /// on timestamps (whatever this machine's sysctl says), its clamp from
+    /// an image without its MSS, and nothing beyond jumbo frames.
+    #[test]
+    fn connect_clamp_gives_back_the_segment_size() {
+        let conn = |snd_mss, timestamps, mss| TcpConnection {
+            snd_mss,
+            timestamps,
+            mss,
+            ..Default::default()
+        };
+        assert_eq!(connect_mss(&conn(1448, true, 1460)), Some(1460));
+        assert_eq!(connect_mss(&conn(1452, false, 1452)), Some(1452));
+        assert_eq!(connect_mss(&conn(0, true, 1400)), Some(1400));
+        assert_eq!(connect_mss(&conn(8948, true, 8960)), Some(8960));
+        assert_eq!(connect_mss(&conn(65483, true, 65495)), None);
+        assert_eq!(connect_mss(&conn(0, true, 65495)), None);
     }
 }

@@ -133,7 +133,14 @@ fn create(t: &TimerFdFile) -> io::Result<OwnedFd> {
     let flags = TimerfdTimerFlags::from_bits_truncate(t.settime_flags);
     let set = |value: u64| -> io::Result<()> {
         let value = if value != 0 && flags.contains(TimerfdTimerFlags::ABSTIME) {
-            clock_now_ns(t.clockid)?.saturating_add(value)
+            // The alarm clocks read as their base clocks do (and fail to
+            // read where no RTC can wake the machine).
+            let base = match t.clockid {
+                libc::CLOCK_REALTIME_ALARM => libc::CLOCK_REALTIME,
+                libc::CLOCK_BOOTTIME_ALARM => libc::CLOCK_BOOTTIME,
+                other => other,
+            };
+            clock_now_ns(base)?.saturating_add(value)
         } else {
             value
         };

@@ -1,18 +1,24 @@
 //! System V semaphore units a process holds through SEM_UNDO (the
 //! `SysvSemaphores` record). The kernel keeps, per process, what to give
 //! back when it exits (semadj), and no interface reads it; the dump's kill
-//! gives those units back. So dump saves the value of every semaphore of
-//! crstream's IPC namespace, and restore, for each that the dumped
-//! process's exit changed (the kernel then names that process as the
-//! semaphore's last operator), takes the difference again from inside the
-//! restored process, with SEM_UNDO: the semaphore has the value it had,
-//! and the process the adjustment it had. The semaphores themselves live in
-//! the IPC namespace, not in the process: restore finds them there.
+//! gives those units back. So dump saves every semaphore of crstream's IPC
+//! namespace (value, last operator, its set's key and change time), and
+//! restore, for each that the dumped process's exit changed (the kernel
+//! then names that process as the semaphore's last operator), takes the
+//! difference again from inside the restored process, with SEM_UNDO: the
+//! semaphore has the value it had, and the process the adjustment it had.
+//! The semaphores themselves live in the IPC namespace, not in the
+//! process: restore finds them there, the same sets (key and change time;
+//! a semctl that changed a set also cleared its adjustments).
+//!
+//! Units of one semaphore held by several processes of the tree come back
+//! held by the last of them to exit: the kernel names only that one.
 
 use crate::error::{DumpError, RestoreError};
 use crate::kind::{DumpProcess, Kind, Phase, RestoreProcess};
 use crate::stub::SCRATCH_DATA;
 use crstream_proto::{SysvSemaphore, SysvSemaphores};
+use std::collections::HashMap;
 
 const SEM_UNDO: i16 = 0x1000;
 
@@ -33,11 +39,22 @@ impl Kind for SysvSemaphoresKind {
             // Its semaphores are not the ones crstream sees.
             return Ok(());
         }
-        let semaphores = all_semaphores().map_err(|reason| DumpError::Unsupported {
-            pid: p.pid,
-            what: "System V semaphores",
-            reason,
-        })?;
+        let semaphores: Vec<SysvSemaphore> = sets()
+            .into_iter()
+            .flat_map(|set| {
+                (0..set.nsems).filter_map(move |num| {
+                    let (last_pid, value) = last_operator_and_value(set.id, num)?;
+                    Some(SysvSemaphore {
+                        id: set.id,
+                        num,
+                        value,
+                        last_pid,
+                        key: set.key,
+                        ctime: set.ctime,
+                    })
+                })
+            })
+            .collect();
         if !semaphores.is_empty() {
             p.records.push(SysvSemaphores {
                 pid: p.pid,
@@ -56,17 +73,39 @@ impl Kind for SysvSemaphoresKind {
         if saved.pid != p.pid() && std::path::Path::new(&format!("/proc/{}", saved.pid)).exists() {
             tracing::warn!(
                 pid = p.vpid(),
-                "pid {} exists: SEM_UNDO adjustments of System V semaphores are not taken again",
+                "pid {} exists: units of System V semaphores held with SEM_UNDO are not taken \
+                 again",
                 saved.pid
             );
             return Ok(());
         }
+        let now: HashMap<i32, Set> = sets().into_iter().map(|s| (s.id, s)).collect();
         for sem in &saved.semaphores {
-            let Some((last_pid, value)) = last_operator_and_value(sem) else {
-                continue; // removed since
+            if now
+                .get(&sem.id)
+                .is_none_or(|s| (s.key, s.ctime) != (sem.key, sem.ctime))
+            {
+                continue; // removed or set since: no adjustment left
+            }
+            let Some((last_pid, value)) = last_operator_and_value(sem.id, sem.num) else {
+                continue;
             };
             let delta = sem.value - value;
-            if last_pid != saved.pid || delta == 0 {
+            if delta == 0 {
+                continue;
+            }
+            if last_pid != saved.pid {
+                if sem.last_pid == saved.pid {
+                    tracing::warn!(
+                        pid = p.vpid(),
+                        "semaphore {} of set {} changed since the dump ({} then, {value} now, \
+                         last by pid {last_pid}): units the process held with SEM_UNDO, if any, \
+                         are not taken again",
+                        sem.num,
+                        sem.id,
+                        sem.value
+                    );
+                }
                 continue;
             }
             take_again(p, sem, delta).map_err(|reason| RestoreError::Unsupported {
@@ -88,43 +127,43 @@ impl Kind for SysvSemaphoresKind {
     }
 }
 
-/// Every semaphore of crstream's IPC namespace with its value, from
-/// /proc/sysvipc/sem ("key semid perms nsems ...") and semctl.
-fn all_semaphores() -> Result<Vec<SysvSemaphore>, String> {
-    let text = match std::fs::read_to_string("/proc/sysvipc/sem") {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("reading /proc/sysvipc/sem: {e}")),
-    };
-    let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(Ok(id)), Some(Ok(nsems))) = (
-            f.get(1).map(|v| v.parse::<i32>()),
-            f.get(3).map(|v| v.parse::<u32>()),
-        ) else {
-            return Err(format!("/proc/sysvipc/sem: {line:?}"));
-        };
-        for num in 0..nsems {
-            // SAFETY: semctl GETVAL takes no fourth argument.
-            let value = unsafe { libc::semctl(id, num as i32, libc::GETVAL) };
-            if value >= 0 {
-                out.push(SysvSemaphore { id, num, value });
-            }
-            // A set removed meanwhile: nothing to keep.
-        }
-    }
-    Ok(out)
+/// A semaphore set, as /proc/sysvipc/sem lists it.
+struct Set {
+    key: i32,
+    id: i32,
+    nsems: u32,
+    ctime: i64,
 }
 
-/// The PID of the semaphore's last operator (as crstream sees PIDs) and its
+/// The semaphore sets of crstream's IPC namespace ("key semid perms nsems
+/// uid gid cuid cgid otime ctime"); a line not read so is left out.
+fn sets() -> Vec<Set> {
+    let Ok(text) = std::fs::read_to_string("/proc/sysvipc/sem") else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let set = Set {
+                key: f.first()?.parse().ok()?,
+                id: f.get(1)?.parse().ok()?,
+                nsems: f.get(3)?.parse().ok()?,
+                ctime: f.get(9)?.parse().ok()?,
+            };
+            Some(set)
+        })
+        .collect()
+}
+
+/// The PID of a semaphore's last operator (as crstream sees PIDs) and its
 /// value; None if it is gone.
-fn last_operator_and_value(sem: &SysvSemaphore) -> Option<(i32, i32)> {
+fn last_operator_and_value(id: i32, num: u32) -> Option<(i32, i32)> {
     // SAFETY: semctl GETPID and GETVAL take no fourth argument.
     let (pid, value) = unsafe {
         (
-            libc::semctl(sem.id, sem.num as i32, libc::GETPID),
-            libc::semctl(sem.id, sem.num as i32, libc::GETVAL),
+            libc::semctl(id, num as i32, libc::GETPID),
+            libc::semctl(id, num as i32, libc::GETVAL),
         )
     };
     (pid >= 0 && value >= 0).then_some((pid, value))

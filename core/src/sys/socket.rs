@@ -332,8 +332,10 @@ pub(crate) fn peek_datagram(fd: impl AsFd, buf: &mut [u8]) -> io::Result<Option<
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // Room for a TOS and a traffic class message, aligned as cmsghdr.
-    let mut control = [0u64; 16];
+    // Room for a TOS and a traffic class message, and for others the
+    // process asked for (a cut list ends with a message of no data),
+    // aligned as cmsghdr.
+    let mut control = [0u64; 64];
     // SAFETY: msghdr is plain data, filled below.
     let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
     mh.msg_name = (&raw mut from).cast();
@@ -369,9 +371,10 @@ pub(crate) fn peek_datagram(fd: impl AsFd, buf: &mut [u8]) -> io::Result<Option<
         let mut c = libc::CMSG_FIRSTHDR(&mh);
         while !c.is_null() {
             let data = libc::CMSG_DATA(c);
+            let holds = |n: u32| (*c).cmsg_len >= libc::CMSG_LEN(n) as usize;
             match ((*c).cmsg_level, (*c).cmsg_type) {
-                (libc::IPPROTO_IP, libc::IP_TOS) => tos = Some(*data),
-                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
+                (libc::IPPROTO_IP, libc::IP_TOS) if holds(1) => tos = Some(*data),
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) if holds(4) => {
                     tos = Some(std::ptr::read_unaligned(data.cast::<i32>()) as u8)
                 }
                 _ => {}
