@@ -8,8 +8,9 @@
 //! shares its filters). With `strict`, a third thread is in strict mode
 //! (it may only read and write: it echoes each byte the main thread sends
 //! it through a pipe), the second thread inherits the shared filter (TSYNC
-//! is impossible beside a strict thread) and adds one of its own: getcwd(2)
-//! fails with EACCES there.
+//! is impossible beside a strict thread) and adds two of its own that
+//! both deny getcwd(2), with EACCES, then with EROFS: it fails with EROFS
+//! there (on a tie the newest filter decides, so their order shows).
 //!
 //! Every 20 ms each filtering thread checks what its filters do. Reports
 //! "pid counter STATUS" every 100 ms.
@@ -160,9 +161,10 @@ fn main() {
         second.wait();
         // A filter of its own would keep the main thread's TSYNC from
         // succeeding: only beside the strict thread.
-        let own = if strict { libc::EACCES } else { 0 };
+        let own = if strict { libc::EROFS } else { 0 };
         if strict {
             install(&deny(libc::SYS_getcwd, libc::EACCES as u32), 0);
+            install(&deny(libc::SYS_getcwd, libc::EROFS as u32), 0);
         }
         SECOND_FILTER.store(true, Ordering::SeqCst);
         loop {

@@ -87,8 +87,10 @@ fn threads_with_their_own_users_groups_capabilities_and_securebits_come_back() {
 
 /// Seccomp: threads sharing filters installed with TSYNC (and installing
 /// more with TSYNC, which only works while they still share them), then a
-/// thread in strict mode beside threads with filters of their own. The
-/// filters filter after restore, never restore's own syscalls.
+/// thread in strict mode beside threads with filters of their own, in
+/// their order (two deny one call with different errnos: the newest
+/// decides). The filters filter after restore, never restore's own
+/// syscalls.
 #[test]
 fn seccomp_filters_shared_by_threads_per_thread_and_strict_mode_come_back() {
     for variant in ["tsync", "strict"] {

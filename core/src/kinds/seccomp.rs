@@ -65,7 +65,8 @@ impl Kind for SeccompKind {
                     }
                     filters.push(SeccompFilter { program, flags });
                 }
-                filters.reverse();
+                // Index 0 is the oldest filter (the kernel counts back
+                // from the newest): the order they are installed in.
             }
             p.thread_records[i].push(Seccomp {
                 mode: status.seccomp,
