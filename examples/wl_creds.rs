@@ -3,7 +3,9 @@
 //! calling thread):
 //! - the main thread runs as nobody (65534) with groups 65534 and 100,
 //!   keeping CAP_NET_BIND_SERVICE permitted and effective, no_new_privs set;
-//! - a thread runs as uid/gid 1000 with no groups and no capabilities;
+//! - a thread runs as uid/gid 1000 with no groups and no capabilities, and
+//!   file-system ids of its own (fsuid 1003, fsgid 1004: set while it
+//!   still had CAP_SETUID and CAP_SETGID);
 //! - a thread stays root with CAP_NET_RAW and CAP_SYS_BOOT out of its
 //!   bounding set, CAP_NET_BIND_SERVICE inheritable and ambient, and
 //!   SECBIT_NO_SETUID_FIXUP; it writes the report.
@@ -20,6 +22,8 @@ use std::time::Duration;
 mod wl_common;
 use wl_common::{Status, report};
 
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
 const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_RAW: u32 = 13;
 const CAP_SYS_BOOT: u32 = 22;
@@ -126,8 +130,18 @@ fn main() {
     let pid = std::process::id();
 
     std::thread::spawn(|| {
+        prctl("keepcaps", [libc::PR_SET_KEEPCAPS as u64, 1, 0, 0, 0]);
         set_groups(&[]);
         set_ids(1000, 1000);
+        let set_ids_caps = (1u64 << CAP_SETUID) | (1u64 << CAP_SETGID);
+        capset(set_ids_caps, set_ids_caps, 0);
+        // SAFETY: raw calls that change only this thread's fs ids.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, 1003);
+            libc::syscall(libc::SYS_setfsgid, 1004);
+        }
+        capset(0, 0, 0);
+        prctl("keepcaps", [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0]);
         watch("user", || {})
     });
     std::thread::spawn(move || {

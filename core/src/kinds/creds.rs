@@ -7,7 +7,8 @@
 //! after everything that needs privilege), in the one order the kernel
 //! allows from root: the inheritable set while the bounding set is whole,
 //! the bounding set, groups and gids, then the uids with SECBIT_KEEP_CAPS
-//! so that the permitted set survives the change, then the capabilities
+//! and SECBIT_NO_SETUID_FIXUP so that every capability survives the change
+//! (an fsuid other than the uids takes CAP_SETUID), then the capabilities
 //! (with CAP_SETPCAP kept effective while the ambient set and securebits
 //! are set), then the final capability sets. Changing credentials resets
 //! the process's dumpable flag, which is set again once every thread has
@@ -32,6 +33,7 @@ const CAP_SETUID: u32 = 7;
 const CAP_SETPCAP: u32 = 8;
 /// securebits (linux/securebits.h).
 const SECBIT_KEEP_CAPS: u32 = 1 << 4;
+const SECBIT_NO_SETUID_FIXUP: u32 = 1 << 2;
 
 pub(crate) struct Creds;
 
@@ -201,10 +203,15 @@ fn set(stub: &Stub, remote: &Remote, c: &Credentials) -> Result<(), TaskError> {
         &[c.gid as u64, c.egid as u64, c.sgid as u64],
     )?;
     remote.call("setfsgid", libc::SYS_setfsgid, &[c.fsgid as u64])?;
-    // Keep the permitted set through the change of uids.
+    // Keep every capability through the change of uids: the fsuid, unless
+    // it is one of the uids, takes CAP_SETUID effective (setfsuid fails
+    // silently without it), which setresuid would have cleared.
     prctl(
         "prctl(PR_SET_SECUREBITS)",
-        &[libc::PR_SET_SECUREBITS as u64, SECBIT_KEEP_CAPS as u64],
+        &[
+            libc::PR_SET_SECUREBITS as u64,
+            (SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP) as u64,
+        ],
     )?;
     remote.call(
         "setresuid",
@@ -212,6 +219,16 @@ fn set(stub: &Stub, remote: &Remote, c: &Credentials) -> Result<(), TaskError> {
         &[c.uid as u64, c.euid as u64, c.suid as u64],
     )?;
     remote.call("setfsuid", libc::SYS_setfsuid, &[c.fsuid as u64])?;
+    // setfsuid tells no failure: its answer to an invalid id is the fsuid.
+    let fsuid = remote.call("setfsuid", libc::SYS_setfsuid, &[u32::MAX as u64])?;
+    let fsgid = remote.call("setfsgid", libc::SYS_setfsgid, &[u32::MAX as u64])?;
+    if (fsuid as u32, fsgid as u32) != (c.fsuid, c.fsgid) {
+        return Err(TaskError::Syscall {
+            tid: remote.tid,
+            name: "setfsuid",
+            errno: libc::EPERM,
+        });
+    }
     // CAP_SETPCAP effective for the securebits; ambient capabilities need
     // theirs permitted and inheritable.
     let wide = c.cap_permitted | (1u64 << CAP_SETPCAP);
