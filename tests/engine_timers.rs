@@ -216,6 +216,37 @@ fn restore_refuses_an_inotify_watch_on_a_removed_path() {
     assert_eq!(after.len(), watches_before.len(), "{after:?}");
 }
 
+/// inotify events the process has not read when it is dumped cannot come
+/// back (a read takes them, nothing queues one): the dump says so.
+#[test]
+fn inotify_events_not_read_at_the_dump_are_named_as_lost() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("inotify-queued");
+    let script = "import ctypes, os, sys, time\n\
+         report, where = sys.argv[1], sys.argv[2]\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         fd = libc.inotify_init1(os.O_NONBLOCK)\n\
+         assert libc.inotify_add_watch(fd, where.encode(), 0x100) >= 0\n\
+         open(os.path.join(where, 'new'), 'w').close()\n\
+         open(report, 'w').write('%d ready\\n' % os.getpid())\n\
+         time.sleep(600)\n";
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(dir.path("report"))
+        .arg(dir.path(""));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(T, |r| r.contains("ready"));
+    let o = dump(w.pid, &dir.path("img"), &[]);
+    assert!(
+        text(&o).contains("bytes of inotify events the process has not read yet are lost"),
+        "{}",
+        text(&o)
+    );
+    w.reap_dumped();
+}
+
 /// A timer on the creating thread's CPU clock of a multi-threaded process
 /// cannot be recreated (/proc does not say which thread): the dump refuses
 /// it by name and the workload runs on.

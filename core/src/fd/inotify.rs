@@ -44,6 +44,23 @@ impl FdKind for Inotify {
             });
         }
         watches.sort_by_key(|w| w.wd);
+        // Events the process has not read cannot be put back in a queue:
+        // a read takes them, and nothing writes one.
+        let queued = d
+            .take()
+            .and_then(|fd| {
+                crate::sys::socket::ioctl_int(&fd, libc::FIONREAD as u64)
+                    .map_err(|e| d.error("FIONREAD", e))
+            })
+            .unwrap_or(0);
+        if queued > 0 {
+            tracing::warn!(
+                pid = d.pid,
+                fd = d.fd,
+                "{queued} bytes of inotify events the process has not read yet are lost: they \
+                 are not restored"
+            );
+        }
         f.kind = FileKind::Inotify as i32;
         f.path = d.link.to_vec();
         f.inotify = Some(InotifyFile { watches });
