@@ -49,7 +49,7 @@ impl FdKind for Inotify {
         let queued = d
             .take()
             .and_then(|fd| {
-                crate::sys::socket::ioctl_int(&fd, libc::FIONREAD as u64)
+                crate::sys::socket::ioctl_int(&fd, libc::FIONREAD)
                     .map_err(|e| d.error("FIONREAD", e))
             })
             .unwrap_or(0);
