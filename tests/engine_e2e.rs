@@ -285,11 +285,71 @@ fn leave_running_keeps_the_process_and_pid_in_use_fails_cleanly() {
     assert_running_untraced(w.pid);
 
     let err = restore_refused(img.to_str().unwrap(), &[]);
-    assert!(err.contains(&format!("PID {} is in use", w.pid)), "{err}");
+    assert!(
+        err.contains(&format!(
+            "PID {} is in use (by wl_memory, running here)",
+            w.pid
+        )),
+        "{err}"
+    );
     // The original is untouched and keeps running.
     let n = field(&w.read_report().unwrap(), 0, 0);
     w.wait_report(T, |r| field(r, 0, 0) > n + 1);
     assert_running_untraced(w.pid);
+}
+
+/// A PID that no process has but that still names the session of a
+/// process outside the tree (a background child of the dumped session
+/// leader, orphaned) cannot be given: restore says which process keeps it.
+#[test]
+fn a_pid_kept_as_the_session_of_another_process_is_named() {
+    let dir = TestDir::new("pid-kept");
+    let bg_file = dir.path("bg");
+    let script = format!(
+        "( sleep 600 </dev/null >/dev/null 2>&1 & echo $! > {} ); exec sleep 600",
+        bg_file.display()
+    );
+    let mut leader = ChildGuard(Some(
+        std::process::Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let pid = leader.0.as_ref().unwrap().id() as i32;
+    let t = std::time::Instant::now();
+    let bg = loop {
+        if let Some(bg) = std::fs::read_to_string(&bg_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            break bg;
+        }
+        assert!(t.elapsed() < T, "no background child");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Not our child (orphaned): ended by PID whatever happens.
+    struct KillBg(i32);
+    impl Drop for KillBg {
+        fn drop(&mut self) {
+            // SAFETY: a signal to the PID this test's shell started.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _bg = KillBg(bg);
+    let img = dir.path("img");
+    dump(pid, &img, &[]);
+    let _ = leader.0.take().unwrap().wait();
+    assert!(wait_gone(pid, T));
+    let err = restore_refused(img.to_str().unwrap(), &[]);
+    assert!(
+        err.contains(&format!(
+            "PID {pid} is in use (no process has it, but it is the session ID of pid {bg} (sleep)"
+        )),
+        "{err}"
+    );
 }
 
 /// A unix socket connected to a process outside the dumped tree cannot be

@@ -131,8 +131,8 @@ pub enum RestoreError {
          (restore it without --lazy)"
     )]
     LazyTree { processes: usize },
-    #[error("PID {pid} is in use")]
-    PidInUse { pid: i32 },
+    #[error("PID {pid} is in use{by}")]
+    PidInUse { pid: i32, by: String },
     #[error("TID {tid} (of pid {pid}) is in use")]
     TidInUse { pid: i32, tid: i32 },
     #[error("creating the process with pid {pid}: {err}")]
@@ -189,5 +189,50 @@ impl From<crstream_streamer::StreamError> for DumpError {
 impl From<crstream_streamer::StreamError> for RestoreError {
     fn from(e: crstream_streamer::StreamError) -> Self {
         RestoreError::Stream(e)
+    }
+}
+
+impl RestoreError {
+    /// PID `pid` is taken here: by a process, or, where none has it, as
+    /// the process group or session ID of one (the kernel keeps the number
+    /// for them), named so the restorer can tell what to end.
+    pub(crate) fn pid_in_use(pid: i32) -> RestoreError {
+        let comm = |p: i32| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default()
+        };
+        let by = if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            format!(" (by {}, running here)", comm(pid))
+        } else {
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .find_map(|p| {
+                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                    // After "(comm) ": state, ppid, pgrp, session.
+                    let f: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+                    let (pgrp, sid) = (
+                        f.get(2)?.parse::<i32>().ok()?,
+                        f.get(3)?.parse::<i32>().ok()?,
+                    );
+                    let what = if sid == pid {
+                        "session"
+                    } else if pgrp == pid {
+                        "process group"
+                    } else {
+                        return None;
+                    };
+                    Some(format!(
+                        " (no process has it, but it is the {what} ID of pid {p} ({}), which \
+                         keeps it taken until that process leaves it)",
+                        comm(p)
+                    ))
+                })
+                .unwrap_or_default()
+        };
+        RestoreError::PidInUse { pid, by }
     }
 }

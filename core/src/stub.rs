@@ -195,7 +195,7 @@ pub fn spawn(vpid: i32, flags: u64) -> Result<StubGuard, RestoreError> {
     let pid = match crate::sys::process::fork_traced_stub(vpid, flags) {
         Ok(pid) => pid,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            return Err(RestoreError::PidInUse { pid: vpid });
+            return Err(RestoreError::pid_in_use(vpid));
         }
         Err(err) => return Err(RestoreError::Clone { pid: vpid, err }),
     };
@@ -336,7 +336,7 @@ pub fn fork(
     let a = parent.put(SCRATCH_DATA, &args.to_bytes())?;
     let (ret, events) = parent.leader.raw(libc::SYS_clone3, &[a, CloneArgs::SIZE])?;
     if ret == -(libc::EEXIST as i64) {
-        return Err(RestoreError::PidInUse { pid });
+        return Err(RestoreError::pid_in_use(pid));
     }
     if ret != pid as i64 {
         return Err(RestoreError::Clone {

@@ -258,7 +258,7 @@ fn plan_process<'a>(
         )));
     }
     if pids_here && !crate::proc::wait_pid_released(pid) {
-        return Err(RestoreError::PidInUse { pid });
+        return Err(RestoreError::pid_in_use(pid));
     }
     for t in threads[1..].iter().filter(|_| pids_here) {
         if !crate::proc::wait_pid_released(t.tid as i32) {
@@ -367,7 +367,7 @@ fn restore_image(
                 )?),
                 _ => {
                     if !in_pidns && !crate::proc::wait_pid_released(e.pid as i32) {
-                        return Err(RestoreError::PidInUse { pid: e.pid as i32 });
+                        return Err(RestoreError::pid_in_use(e.pid as i32));
                     }
                     None
                 }
