@@ -42,6 +42,16 @@ impl FdKind for TimerFd {
                 .map_err(|_| d.bad_fdinfo(format!("settime flags: {v:?}")))?,
             None => 0,
         };
+        // A wall clock's absolute deadline holds anywhere, later too: kept.
+        let wall = matches!(clockid, libc::CLOCK_REALTIME | libc::CLOCK_REALTIME_ALARM);
+        let deadline_ns =
+            if wall && settime_flags & libc::TFD_TIMER_ABSTIME as u32 != 0 && value_ns != 0 {
+                clock_now_ns(libc::CLOCK_REALTIME)
+                    .map_err(|e| d.error("clock_gettime", e))?
+                    .saturating_add(value_ns)
+            } else {
+                0
+            };
         f.kind = FileKind::Timerfd as i32;
         f.path = d.link.to_vec();
         f.timerfd = Some(TimerFdFile {
@@ -50,6 +60,7 @@ impl FdKind for TimerFd {
             value_ns,
             ticks,
             settime_flags,
+            deadline_ns,
         });
         Ok(true)
     }
@@ -127,12 +138,20 @@ fn create(t: &TimerFdFile) -> io::Result<OwnedFd> {
         value = t.interval_ns;
     }
     let mut ticks_left = t.ticks;
-    // The record holds the time left: an absolute timer is set for now plus
-    // that, absolute again (it follows changes of its clock, and one
-    // cancelled when the clock is set is so again).
+    // The record holds the time left: an absolute timer is set for its
+    // deadline on a wall clock (due at once if it passed, with the periods
+    // missed since), else for now plus that, absolute again (it follows
+    // changes of its clock, and one cancelled when the clock is set is so
+    // again).
     let flags = TimerfdTimerFlags::from_bits_truncate(t.settime_flags);
     let set = |value: u64| -> io::Result<()> {
-        let value = if value != 0 && flags.contains(TimerfdTimerFlags::ABSTIME) {
+        let value = if value != 0
+            && value == t.value_ns
+            && t.deadline_ns != 0
+            && flags.contains(TimerfdTimerFlags::ABSTIME)
+        {
+            t.deadline_ns
+        } else if value != 0 && flags.contains(TimerfdTimerFlags::ABSTIME) {
             // The alarm clocks read as their base clocks do (and fail to
             // read where no RTC can wake the machine).
             let base = match t.clockid {
@@ -229,6 +248,16 @@ mod tests {
         let cur = rustix::time::timerfd_gettime(&n).unwrap();
         let left = cur.it_value.tv_sec as u64 * 1_000_000_000 + cur.it_value.tv_nsec as u64;
         let want = due - clock_now_ns(libc::CLOCK_REALTIME).unwrap();
+        assert!(left.abs_diff(want) < 500_000_000, "{left} {want}");
+        // Restored later, it is due at the same wall-clock time.
+        assert!(tf.deadline_ns.abs_diff(due) < 500_000_000, "{tf:?}");
+        let mut later = tf;
+        later.value_ns += 5_000_000_000; // as if read 5 s before
+        let mut f2 = f.clone();
+        f2.timerfd = Some(later);
+        let n = created(&mut TimerFd, &f2);
+        let cur = rustix::time::timerfd_gettime(&n).unwrap();
+        let left = cur.it_value.tv_sec as u64 * 1_000_000_000 + cur.it_value.tv_nsec as u64;
         assert!(left.abs_diff(want) < 500_000_000, "{left} {want}");
     }
 
