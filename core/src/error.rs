@@ -197,13 +197,8 @@ impl RestoreError {
     /// the process group or session ID of one (the kernel keeps the number
     /// for them), named so the restorer can tell what to end.
     pub(crate) fn pid_in_use(pid: i32) -> RestoreError {
-        let comm = |p: i32| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .map(|c| c.trim().to_string())
-                .unwrap_or_default()
-        };
-        let by = if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            format!(" (by {}, running here)", comm(pid))
+        let by = if let Ok(s) = crate::proc::stat(pid) {
+            format!(" (by {}, running here)", s.comm)
         } else {
             std::fs::read_dir("/proc")
                 .into_iter()
@@ -211,16 +206,11 @@ impl RestoreError {
                 .flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
                 .find_map(|p| {
-                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-                    // After "(comm) ": state, ppid, pgrp, session.
-                    let f: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
-                    let (pgrp, sid) = (
-                        f.get(2)?.parse::<i32>().ok()?,
-                        f.get(3)?.parse::<i32>().ok()?,
-                    );
-                    let what = if sid == pid {
+                    let s = crate::proc::stat(p).ok()?;
+                    // proc(5): field 5 is the process group, 6 the session.
+                    let what = if s.field(6) == pid as u64 {
                         "session"
-                    } else if pgrp == pid {
+                    } else if s.field(5) == pid as u64 {
                         "process group"
                     } else {
                         return None;
@@ -228,7 +218,7 @@ impl RestoreError {
                     Some(format!(
                         " (no process has it, but it is the {what} ID of pid {p} ({}), which \
                          keeps it taken until that process leaves it)",
-                        comm(p)
+                        s.comm
                     ))
                 })
                 .unwrap_or_default()

@@ -760,10 +760,7 @@ mod tests {
         u.set_nonblocking(true).unwrap();
         assert_eq!(u.peek_from(&mut buf).unwrap().0, 5);
         // The options the dump set to read TOS are as they were.
-        for (level, opt) in [
-            (libc::IPPROTO_IP, libc::IP_RECVTOS),
-            (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS),
-        ] {
+        for (level, opt) in crate::fd::udp::TOS_OPTIONS {
             // (An IPv4 socket has no IPv6 options.)
             let v = socket::getsockopt_int(&u, level, opt).unwrap_or(0);
             assert_eq!(v, 0, "option {level}/{opt} left set");
@@ -772,10 +769,7 @@ mod tests {
         let n = UdpSocket::from(created(&mut InetSockets::default(), &f));
         n.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        for (level, opt) in [
-            (libc::IPPROTO_IP, libc::IP_RECVTOS),
-            (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS),
-        ] {
+        for (level, opt) in crate::fd::udp::TOS_OPTIONS {
             let _ = socket::setsockopt_int(&n, level, opt, 1);
         }
         let mut got = Vec::new();

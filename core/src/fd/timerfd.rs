@@ -46,7 +46,7 @@ impl FdKind for TimerFd {
         let wall = matches!(clockid, libc::CLOCK_REALTIME | libc::CLOCK_REALTIME_ALARM);
         let deadline_ns =
             if wall && settime_flags & libc::TFD_TIMER_ABSTIME as u32 != 0 && value_ns != 0 {
-                clock_now_ns(libc::CLOCK_REALTIME)
+                crate::sys::clock_now_ns(libc::CLOCK_REALTIME)
                     .map_err(|e| d.error("clock_gettime", e))?
                     .saturating_add(value_ns)
             } else {
@@ -112,21 +112,6 @@ fn clock(id: i32) -> io::Result<TimerfdClockId> {
     })
 }
 
-/// The time of `clockid` now, in nanoseconds.
-fn clock_now_ns(clockid: i32) -> io::Result<u64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the timespec it is given.
-    if unsafe { libc::clock_gettime(clockid, &mut ts) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64))
-}
-
 fn create(t: &TimerFdFile) -> io::Result<OwnedFd> {
     let fd = timerfd_create(clock(t.clockid)?, TimerfdFlags::CLOEXEC)?;
     let mut value = t.value_ns;
@@ -145,13 +130,11 @@ fn create(t: &TimerFdFile) -> io::Result<OwnedFd> {
     // again).
     let flags = TimerfdTimerFlags::from_bits_truncate(t.settime_flags);
     let set = |value: u64| -> io::Result<()> {
-        let value = if value != 0
-            && value == t.value_ns
-            && t.deadline_ns != 0
-            && flags.contains(TimerfdTimerFlags::ABSTIME)
-        {
+        let value = if value == 0 || !flags.contains(TimerfdTimerFlags::ABSTIME) {
+            value
+        } else if value == t.value_ns && t.deadline_ns != 0 {
             t.deadline_ns
-        } else if value != 0 && flags.contains(TimerfdTimerFlags::ABSTIME) {
+        } else {
             // The alarm clocks read as their base clocks do (and fail to
             // read where no RTC can wake the machine).
             let base = match t.clockid {
@@ -159,9 +142,7 @@ fn create(t: &TimerFdFile) -> io::Result<OwnedFd> {
                 libc::CLOCK_BOOTTIME_ALARM => libc::CLOCK_BOOTTIME,
                 other => other,
             };
-            clock_now_ns(base)?.saturating_add(value)
-        } else {
-            value
+            crate::sys::clock_now_ns(base)?.saturating_add(value)
         };
         let its = Itimerspec {
             it_interval: timespec(t.interval_ns),
@@ -232,7 +213,7 @@ mod tests {
     fn an_absolute_timer_stays_absolute() {
         let t = timerfd_create(TimerfdClockId::Realtime, TimerfdFlags::CLOEXEC).unwrap();
         let flags = TimerfdTimerFlags::ABSTIME | TimerfdTimerFlags::CANCEL_ON_SET;
-        let due = clock_now_ns(libc::CLOCK_REALTIME).unwrap() + 60_000_000_000;
+        let due = crate::sys::clock_now_ns(libc::CLOCK_REALTIME).unwrap() + 60_000_000_000;
         let its = Itimerspec {
             it_interval: timespec(0),
             it_value: timespec(due),
@@ -247,7 +228,7 @@ mod tests {
         // timerfd_gettime tells the time left, absolute or not.
         let cur = rustix::time::timerfd_gettime(&n).unwrap();
         let left = cur.it_value.tv_sec as u64 * 1_000_000_000 + cur.it_value.tv_nsec as u64;
-        let want = due - clock_now_ns(libc::CLOCK_REALTIME).unwrap();
+        let want = due - crate::sys::clock_now_ns(libc::CLOCK_REALTIME).unwrap();
         assert!(left.abs_diff(want) < 500_000_000, "{left} {want}");
         // Restored later, it is due at the same wall-clock time.
         assert!(tf.deadline_ns.abs_diff(due) < 500_000_000, "{tf:?}");

@@ -17,7 +17,7 @@ pub(super) type Datagram = (Vec<u8>, Vec<u8>, u8);
 
 /// The options that make a peek tell each datagram's TOS or traffic
 /// class: set while the queue is read, then as they were.
-const TOS_OPTIONS: [(i32, i32); 2] = [
+pub(super) const TOS_OPTIONS: [(i32, i32); 2] = [
     (libc::IPPROTO_IP, libc::IP_RECVTOS),
     (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS),
 ];

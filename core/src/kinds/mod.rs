@@ -40,7 +40,7 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(membarrier::MembarrierKind),
         Box::new(aio::Aio),
         // As root, before the process's own credentials.
-        Box::new(sysv_sem::SysvSemaphoresKind),
+        Box::<sysv_sem::SysvSemaphoresKind>::default(),
         // After every kind that opens a path in the process (the
         // executable, /proc/self files): a chroot would hide them.
         Box::new(fs_context::FsContext),

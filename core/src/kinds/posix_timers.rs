@@ -421,13 +421,7 @@ fn now_on(clockid: i32) -> Option<i128> {
     if !same_here.contains(&clockid) {
         return None;
     }
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the timespec it is given.
-    (unsafe { libc::clock_gettime(clockid, &mut ts) } == 0)
-        .then(|| ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128)
+    crate::sys::clock_now_ns(clockid).ok().map(i128::from)
 }
 
 /// The timer ID of a saved pending signal sent by a POSIX timer.

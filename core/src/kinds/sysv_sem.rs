@@ -22,7 +22,11 @@ use std::collections::HashMap;
 
 const SEM_UNDO: i16 = 0x1000;
 
-pub(crate) struct SysvSemaphoresKind;
+#[derive(Default)]
+pub(crate) struct SysvSemaphoresKind {
+    /// The semaphores, read once for every process of the frozen tree.
+    read: Option<Vec<SysvSemaphore>>,
+}
 
 impl Kind for SysvSemaphoresKind {
     fn name(&self) -> &'static str {
@@ -39,26 +43,11 @@ impl Kind for SysvSemaphoresKind {
             // Its semaphores are not the ones crstream sees.
             return Ok(());
         }
-        let semaphores: Vec<SysvSemaphore> = sets()
-            .into_iter()
-            .flat_map(|set| {
-                (0..set.nsems).filter_map(move |num| {
-                    let (last_pid, value) = last_operator_and_value(set.id, num)?;
-                    Some(SysvSemaphore {
-                        id: set.id,
-                        num,
-                        value,
-                        last_pid,
-                        key: set.key,
-                        ctime: set.ctime,
-                    })
-                })
-            })
-            .collect();
+        let semaphores = self.read.get_or_insert_with(all_semaphores);
         if !semaphores.is_empty() {
             p.records.push(SysvSemaphores {
                 pid: p.pid,
-                semaphores,
+                semaphores: semaphores.clone(),
             });
         }
         Ok(())
@@ -152,6 +141,27 @@ fn sets() -> Vec<Set> {
                 ctime: f.get(9)?.parse().ok()?,
             };
             Some(set)
+        })
+        .collect()
+}
+
+/// Every semaphore of crstream's IPC namespace, with its value, last
+/// operator and set.
+fn all_semaphores() -> Vec<SysvSemaphore> {
+    sets()
+        .into_iter()
+        .flat_map(|set| {
+            (0..set.nsems).filter_map(move |num| {
+                let (last_pid, value) = last_operator_and_value(set.id, num)?;
+                Some(SysvSemaphore {
+                    id: set.id,
+                    num,
+                    value,
+                    last_pid,
+                    key: set.key,
+                    ctime: set.ctime,
+                })
+            })
         })
         .collect()
 }

@@ -50,6 +50,19 @@ fn cvt_fd(r: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
     cvt(r).map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
+/// The time of clock `clockid` now, in nanoseconds.
+pub(crate) fn clock_now_ns(clockid: libc::clockid_t) -> io::Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    cvt(unsafe { libc::clock_gettime(clockid, &mut ts) })?;
+    Ok((ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64))
+}
+
 /// A plain-data kernel structure, all zeroes (its valid "empty" value).
 pub(crate) fn zeroed<T: PlainData>() -> T {
     // SAFETY: PlainData types are integers and arrays of integers, for
