@@ -26,23 +26,29 @@ fn dump_memory(dir: &TestDir, mib: &str, dest: &str, env: &[(&str, &str)]) -> (W
     (w, field(&before, 0, 1), dumped)
 }
 
-/// Restores lazily from `src` (with a slowed prefetch, so that most pages
-/// arrive through faults) and checks the process continues intact.
+/// Restores lazily from `src` and checks the process continues intact;
+/// returns what crstream logged (`-v`). `slowed`: with a slowed prefetch,
+/// so that most pages arrive through faults; else at full speed, the
+/// process faulting on pages (it reads its memory every 100 ms) while the
+/// prefetch brings them.
 fn lazy_memory_round(
     w: &mut Workload,
     src: &str,
     env: &[(&str, &str)],
     checksum: u64,
     dumped: u64,
-) {
+    slowed: bool,
+) -> String {
     let mut env = env.to_vec();
-    env.push(("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "5"));
-    let lr = LazyRestore::start(src, &env, &["--detach"]);
+    if slowed {
+        env.push(("CRSTREAM_TEST_LAZY_PREFETCH_DELAY_MS", "5"));
+    }
+    let lr = LazyRestore::start(src, &env, &["--detach", "-v"]);
     // The command returned as soon as the process ran, long before the
     // slowed prefetch can have brought every page: its server serves them.
     let server = lr.crstream_pid();
     assert!(
-        status_field(server, "State").is_some_and(|s| !s.starts_with('Z')),
+        !slowed || status_field(server, "State").is_some_and(|s| !s.starts_with('Z')),
         "restore --lazy --detach returned only once its server was done"
     );
     w.restored(lr.pid);
@@ -67,6 +73,7 @@ fn lazy_memory_round(
             .any(|l| l.to_string_lossy().contains("userfaultfd")),
         "the restored process keeps a userfaultfd ({fds} fds)"
     );
+    stderr
 }
 
 #[test]
@@ -74,7 +81,9 @@ fn lazy_restore_from_a_file_continues_with_pid_counter_and_checksum() {
     let dir = TestDir::new("lazy-file");
     let img = dir.path("img");
     let (mut w, checksum, dumped) = dump_memory(&dir, "128", img.to_str().unwrap(), &[]);
-    lazy_memory_round(&mut w, img.to_str().unwrap(), &[], checksum, dumped);
+    let log = lazy_memory_round(&mut w, img.to_str().unwrap(), &[], checksum, dumped, true);
+    // A local file is read with ranged reads, as cheap as a stream.
+    assert!(log.contains("streamed=false"), "{log}");
     w.kill();
     std::fs::remove_file(&w.report).unwrap();
 
@@ -114,7 +123,10 @@ fn lazy_restore_from_a_pipe_is_refused() {
     );
 }
 
-/// The same from the S3 test server (CRSTREAM_TEST_S3_ENDPOINT).
+/// The same from the S3 test server (CRSTREAM_TEST_S3_ENDPOINT), where
+/// the prefetch reads the frames as one stream: slowed (one frame per
+/// request), then at full speed (the stream's read-ahead, with faults
+/// taking frames it has read or is about to read).
 #[test]
 fn lazy_restore_from_s3() {
     let env = s3_env();
@@ -123,7 +135,12 @@ fn lazy_restore_from_s3() {
     let url = format!("s3://{bucket}/memory.img");
     let dir = TestDir::new("lazy-s3");
     let (mut w, checksum, dumped) = dump_memory(&dir, "128", &url, &env);
-    lazy_memory_round(&mut w, &url, &env, checksum, dumped);
+    for slowed in [true, false] {
+        let log = lazy_memory_round(&mut w, &url, &env, checksum, dumped, slowed);
+        assert!(log.contains("streamed=true"), "{log}");
+        w.kill();
+        std::fs::remove_file(&w.report).unwrap();
+    }
 }
 
 /// A daemon that dropped root (python3 as nobody, 64 MiB of patterned
@@ -172,7 +189,7 @@ fn lazy_restore_of_a_process_that_dropped_root() {
     assert!(o.status.success(), "dump failed: {}", text(&o));
     let dumped = field(&w.read_report().unwrap(), 0, 0);
     w.reap_dumped();
-    lazy_memory_round(&mut w, img.to_str().unwrap(), &[], checksum, dumped);
+    lazy_memory_round(&mut w, img.to_str().unwrap(), &[], checksum, dumped, true);
     assert_eq!(
         status_field(w.pid, "Uid").as_deref(),
         Some("65534\t65534\t65534\t65534")

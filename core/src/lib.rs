@@ -43,7 +43,9 @@ pub use dump::{DumpOptions, DumpStats, Dumped};
 pub use error::{DumpError, ProcError, RestoreError, TaskError};
 pub use fd::tcp::TcpMode;
 pub use handoff::{Handed, recover_from_dead_dump};
-pub use lazy::{FetchError, LazyError, LazyOptions, LazySession, LazyStats, PageFetcher};
+pub use lazy::{
+    FetchError, FrameStream, LazyError, LazyOptions, LazySession, LazyStats, PageFetcher,
+};
 pub use pidns::start_in_new_pid_namespace;
 pub use restore::{RestoreOptions, Restored};
 

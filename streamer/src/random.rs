@@ -361,6 +361,40 @@ impl RandomReader {
         self.read_stored_frames(frames).await
     }
 
+    /// Page frames (`(offset, len)` as the index gives them, sorted by
+    /// offset) read ahead of the caller, in order: runs of consecutive
+    /// frames of up to `run_bytes`, `in_flight` of them at once, each read
+    /// by a task of its own on `runtime` so that reading goes on while the
+    /// caller is busy with what it got. A sequential read like this is what
+    /// an object store serves most cheaply. They come stored, for
+    /// [`page_batch_from_stored`](Self::page_batch_from_stored); the reads
+    /// still running stop when the stream is dropped.
+    pub fn stored_page_frames_ahead(
+        &self,
+        frames: &[(u64, u64)],
+        run_bytes: u64,
+        in_flight: usize,
+        runtime: &tokio::runtime::Handle,
+    ) -> impl Stream<Item = Result<StoredFrame>> + Send + Unpin + 'static {
+        let runs = consecutive_runs(frames, usize::MAX, run_bytes);
+        let (this, runtime) = (self.clone(), runtime.clone());
+        Box::pin(
+            futures::stream::iter(runs)
+                .map(move |run| {
+                    let this = this.clone();
+                    let task = runtime.spawn(async move { this.read_stored_frames(&run).await });
+                    ReadTask(task)
+                })
+                .buffered(in_flight.max(1))
+                .flat_map(|r| {
+                    futures::stream::iter(match r {
+                        Ok(frames) => frames.into_iter().map(Ok).collect::<Vec<_>>(),
+                        Err(e) => vec![Err(e)],
+                    })
+                }),
+        )
+    }
+
     /// The page batch of a frame [`stored_page_frames_at`] read, its
     /// checksum checked and its payload decompressed here (blocking).
     ///
@@ -398,6 +432,32 @@ impl RandomReader {
         self.frames(in_flight)
             .try_fold(0u64, |n, _| async move { Ok(n + 1) })
             .await
+    }
+}
+
+/// A read running as a task of its own, stopped when dropped.
+struct ReadTask(tokio::task::JoinHandle<Result<Vec<StoredFrame>>>);
+
+impl std::future::Future for ReadTask {
+    type Output = Result<Vec<StoredFrame>>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|e| {
+                Err(StreamError::Io {
+                    offset: 0,
+                    err: io::Error::other(format!("read task failed: {e}")),
+                })
+            })
+        })
+    }
+}
+
+impl Drop for ReadTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -269,3 +269,85 @@ fn blocking_writer_reports_a_failed_output() {
         "{e}"
     );
 }
+
+/// A stored stream whose reads of `bad` fail once `failing` is set (a
+/// storage that cannot serve part of it any more).
+struct FailingAt {
+    bytes: Bytes,
+    bad: u64,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl crstream_streamer::RangeRead for FailingAt {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    async fn read_range(&self, range: std::ops::Range<u64>) -> io::Result<Bytes> {
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) && range.contains(&self.bad) {
+            return Err(io::Error::other("storage gone"));
+        }
+        Ok(self.bytes.slice(range.start as usize..range.end as usize))
+    }
+}
+
+/// The prefetch of a lazy restore reads page frames ahead: every frame
+/// asked for comes, in order and as a ranged read of it gives it, whatever
+/// the runs the read-ahead cuts them into; a read that fails gives its
+/// error in its place, after the frames before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_frames_read_ahead_come_in_order_and_fail_in_place() {
+    let spec = SynthSpec {
+        pages_per_area: 300,
+        ..Default::default()
+    };
+    let image = Bytes::from(image_bytes(opts(Codec::Zstd), &spec).await.unwrap());
+    let random = RandomReader::open(Arc::new(image.clone())).await.unwrap();
+    let mut frames: Vec<(u64, u64)> = random
+        .index()
+        .pages
+        .iter()
+        .map(|p| (p.frame_offset, p.frame_len as u64))
+        .collect();
+    frames.dedup();
+    // Every other frame: no two asked for follow each other.
+    let asked: Vec<(u64, u64)> = frames.iter().copied().step_by(2).collect();
+    assert!(asked.len() > 8, "{} frames", asked.len());
+    let runtime = tokio::runtime::Handle::current();
+    for (wanted, run_bytes) in [(&frames, 3 * frames[0].1), (&asked, 1 << 20)] {
+        let got: Vec<_> = random
+            .stored_page_frames_ahead(wanted, run_bytes, 3, &runtime)
+            .collect()
+            .await;
+        assert_eq!(got.len(), wanted.len());
+        for (stored, &(offset, len)) in got.into_iter().zip(wanted.iter()) {
+            let stored = stored.unwrap();
+            assert_eq!(stored.offset, offset);
+            let batch = random.page_batch_from_stored(stored).unwrap();
+            assert_eq!(batch, random.page_batch(offset, len).await.unwrap());
+        }
+    }
+
+    let storage = Arc::new(FailingAt {
+        bytes: image.clone(),
+        bad: frames[frames.len() / 2].0 + 1,
+        failing: false.into(),
+    });
+    let failing = RandomReader::open(storage.clone()).await.unwrap();
+    storage
+        .failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let got: Vec<_> = failing
+        .stored_page_frames_ahead(&frames, 1, 4, &runtime)
+        .collect()
+        .await;
+    let ok = got.iter().take_while(|r| r.is_ok()).count();
+    assert_eq!(ok, frames.len() / 2, "frames before the failure");
+    assert!(
+        got[ok]
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("storage gone")),
+        "{:?}",
+        got[ok].as_ref().err()
+    );
+}

@@ -167,12 +167,7 @@ pub(super) fn worker(
             }
             None => shared.window.take_now(stored),
         };
-        // Tells the serving thread (and wakes it); false once it is gone.
-        let report = |arrived: Arrived| {
-            let sent = tx.send(arrived).is_ok();
-            let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
-            sent
-        };
+        let report = |arrived: Arrived| report(tx, efd, arrived);
         let batches = match fetch_run_with_retry(fetcher, run, opts.retry_for, Some(&shared.stop)) {
             Ok(batches) => batches,
             Err(reason) => {
@@ -204,6 +199,13 @@ pub(super) fn worker(
             }
         }
     }
+}
+
+/// Tells the serving thread (and wakes it); false once it is gone.
+pub(super) fn report(tx: &mpsc::Sender<Arrived>, efd: &OwnedFd, arrived: Arrived) -> bool {
+    let sent = tx.send(arrived).is_ok();
+    let _ = rustix::io::write(efd, &1u64.to_ne_bytes());
+    sent
 }
 
 /// What a worker tells the serving thread.

@@ -24,13 +24,14 @@
 mod copy;
 mod fetch;
 mod serve;
+mod stream;
 mod window;
 
 use crate::error::RestoreError;
 use crate::stub::Stub;
 use crate::sys::uffd::{self, Userfaultfd};
 use crstream_proto::{AreaKind, PageRange, VmArea};
-use crstream_streamer::{PAGE_SIZE, PageBatch};
+use crstream_streamer::{PAGE_SIZE, PageBatch, StoredFrame};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -52,9 +53,29 @@ pub trait PageFetcher: Send + Sync + 'static {
     /// its header) and starting where the previous one ends, in one
     /// request where the storage allows: one batch per frame, in order.
     fn fetch_run(&self, frames: &[(u64, u64)]) -> Result<Vec<PageBatch>, FetchError>;
+    /// The frames, in order, read as one sequential stream that runs ahead
+    /// of the caller (blocking iterator), for the prefetch: an object store
+    /// serves that with far less work than ranged reads waited for one by
+    /// one. Each comes stored, for [`decode`](Self::decode), so that a
+    /// frame a fault already brought costs no decompression. None where
+    /// ranged reads cost as little (a local file): the prefetch then
+    /// fetches runs of frames with [`fetch_run`](Self::fetch_run).
+    fn stream(&self, _frames: &[(u64, u64)]) -> Option<FrameStream> {
+        None
+    }
+    /// Checks and decompresses a frame [`stream`](Self::stream) gave.
+    fn decode(&self, _stored: StoredFrame) -> Result<PageBatch, FetchError> {
+        Err(FetchError {
+            message: "this storage streams no frames".into(),
+            retryable: false,
+        })
+    }
     /// Where the image lives, for error messages (e.g. its URL).
     fn describe(&self) -> String;
 }
+
+/// Frames read ahead, in order (see [`PageFetcher::stream`]).
+pub type FrameStream = Box<dyn Iterator<Item = Result<StoredFrame, FetchError>> + Send>;
 
 /// Why a frame could not be fetched.
 #[derive(Debug, Clone)]
@@ -74,11 +95,12 @@ impl std::fmt::Display for FetchError {
 /// Tuning of the lazy phase.
 #[derive(Debug, Clone)]
 pub struct LazyOptions {
-    /// Prefetch requests at the same time (one more fetch serves faults).
+    /// Prefetch requests at the same time (one more fetch serves faults),
+    /// where the storage streams no frames ([`PageFetcher::stream`]).
     pub fetch_threads: usize,
     /// Bytes fetched and not yet copied into the process at most: what
     /// crstream's memory holds beyond its own (~25 MiB). Faults never wait
-    /// for room.
+    /// for room. A streamed prefetch holds its read-ahead instead.
     pub window: u64,
     /// How long a failing frame fetch is retried (100 ms doubling up to
     /// 5 s between attempts) before the restore is given up.
@@ -121,6 +143,8 @@ pub struct LazyStats {
     pub elapsed: Duration,
     /// The process exited before every page arrived.
     pub exited_early: bool,
+    /// The prefetch read the frames as one stream ([`PageFetcher::stream`]).
+    pub streamed: bool,
     /// The working set: frames (by offset) the process faulted on before
     /// they arrived, in the order of the first fault on each.
     pub working_set: Vec<u64>,

@@ -99,9 +99,30 @@ impl LazySession {
         });
         let (tx, rx) = mpsc::channel::<Arrived>();
         let mut workers = Vec::new();
-        // One more worker waits for faults only, so that a fault never
-        // waits behind the long requests of the prefetch.
-        let count = (opts.fetch_threads.max(1) + 1).min(n.max(1));
+        // The prefetch reads the frames as one stream where the storage
+        // offers one; two workers then serve faults. Otherwise workers
+        // fetch runs of frames, and one more waits for faults only, so that
+        // a fault never waits behind the long requests of the prefetch.
+        let stream = self.fetcher.stream(&self.frames);
+        stats.streamed = stream.is_some();
+        let (count, faults_only) = match &stream {
+            Some(_) => (2.min(n), 2),
+            None => {
+                let count = (opts.fetch_threads.max(1) + 1).min(n.max(1));
+                (count, usize::from(count > 1))
+            }
+        };
+        if let Some(stream) = stream {
+            let shared = shared.clone();
+            let tx = tx.clone();
+            let efd = efd.clone();
+            let fetcher = self.fetcher.clone();
+            let frames = self.frames.clone();
+            let opts = opts.clone();
+            workers.push(std::thread::spawn(move || {
+                super::stream::prefetch(&shared, &frames, stream, &*fetcher, &opts, &tx, &efd)
+            }));
+        }
         for i in 0..count {
             let shared = shared.clone();
             let tx = tx.clone();
@@ -117,7 +138,7 @@ impl LazySession {
                     &opts,
                     &tx,
                     &efd,
-                    i == 0 && count > 1,
+                    i < faults_only,
                 )
             }));
         }
