@@ -310,7 +310,11 @@ impl crstream_core::PageFetcher for Fetcher {
             })
             .collect()
     }
-    fn stream(&self, frames: &[(u64, u64)]) -> Option<crstream_core::FrameStream> {
+    fn stream(
+        &self,
+        frames: &[(u64, u64)],
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Option<crstream_core::FrameStream> {
         let read = self.read_ahead?;
         let mut frames = self.reader.stored_page_frames_ahead(
             frames,
@@ -319,11 +323,21 @@ impl crstream_core::PageFetcher for Fetcher {
             &self.handle,
         );
         let (handle, url) = (self.handle.clone(), self.url.clone());
+        // The lazy phase may end while a read is under way (the last
+        // frames came through faults): it does not wait for it.
         Some(Box::new(std::iter::from_fn(move || {
             use futures::StreamExt;
-            handle
-                .block_on(frames.next())
-                .map(|r| r.map_err(|e| fetch_error(&url, e)))
+            let stopped = async {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            };
+            handle.block_on(async {
+                tokio::select! {
+                    r = frames.next() => r.map(|r| r.map_err(|e| fetch_error(&url, e))),
+                    () = stopped => None,
+                }
+            })
         })))
     }
     fn decode(

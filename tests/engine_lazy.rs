@@ -138,6 +138,10 @@ fn lazy_restore_from_s3() {
     for slowed in [true, false] {
         let log = lazy_memory_round(&mut w, &url, &env, checksum, dumped, slowed);
         assert!(log.contains("streamed=true"), "{log}");
+        assert!(
+            faults_logged(&log) > 0,
+            "no fault raced the prefetch: {log}"
+        );
         w.kill();
         std::fs::remove_file(&w.report).unwrap();
     }

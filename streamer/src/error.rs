@@ -70,6 +70,10 @@ pub enum StreamError {
     Usage(String),
     #[error("stream writer stopped: {0}")]
     WriterGone(String),
+    /// A task reading part of the stream panicked or was cancelled: a bug,
+    /// not a failure of the storage that retrying could heal.
+    #[error("a read task failed: {0}")]
+    ReadTaskFailed(String),
 }
 
 fn show_magic(found: &[u8; 8]) -> String {

@@ -444,14 +444,9 @@ impl std::future::Future for ReadTask {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.unwrap_or_else(|e| {
-                Err(StreamError::Io {
-                    offset: 0,
-                    err: io::Error::other(format!("read task failed: {e}")),
-                })
-            })
-        })
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|e| Err(StreamError::ReadTaskFailed(e.to_string()))))
     }
 }
 

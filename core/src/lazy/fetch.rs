@@ -74,7 +74,8 @@ pub(super) struct Shared {
     pub window: std::sync::Arc<super::window::Window>,
     pub cv: Condvar,
     pub claimed: Vec<AtomicBool>,
-    pub stop: AtomicBool,
+    /// Set when the lazy phase ends (also read by the fetcher's stream).
+    pub stop: std::sync::Arc<AtomicBool>,
     pub copier: Copier,
 }
 

@@ -59,8 +59,13 @@ pub trait PageFetcher: Send + Sync + 'static {
     /// one. Each comes stored, for [`decode`](Self::decode), so that a
     /// frame a fault already brought costs no decompression. None where
     /// ranged reads cost as little (a local file): the prefetch then
-    /// fetches runs of frames with [`fetch_run`](Self::fetch_run).
-    fn stream(&self, _frames: &[(u64, u64)]) -> Option<FrameStream> {
+    /// fetches runs of frames with [`fetch_run`](Self::fetch_run). Once
+    /// `stop` is set, the stream ends (None) without waiting for a read.
+    fn stream(
+        &self,
+        _frames: &[(u64, u64)],
+        _stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Option<FrameStream> {
         None
     }
     /// Checks and decompresses a frame [`stream`](Self::stream) gave.

@@ -90,7 +90,7 @@ impl LazySession {
             cv: Condvar::new(),
             window: super::window::Window::new(opts.window),
             claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             copier: Copier {
                 uffd: self.uffd.clone().expect("served once"),
                 areas: std::mem::take(&mut self.areas),
@@ -103,7 +103,7 @@ impl LazySession {
         // offers one; two workers then serve faults. Otherwise workers
         // fetch runs of frames, and one more waits for faults only, so that
         // a fault never waits behind the long requests of the prefetch.
-        let stream = self.fetcher.stream(&self.frames);
+        let stream = self.fetcher.stream(&self.frames, shared.stop.clone());
         stats.streamed = stream.is_some();
         let (count, faults_only) = match &stream {
             Some(_) => (2.min(n), 2),

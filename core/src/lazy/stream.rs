@@ -54,7 +54,12 @@ fn copy_frames(
     // handed over is dropped: returning instead could leave the reader
     // waiting forever to hand over a frame.
     let mut ended = false;
-    while let Ok((frame, stored)) = taken.lock().unwrap().recv() {
+    loop {
+        // The lock only while waiting: both copiers copy at once.
+        let job = taken.lock().unwrap().recv();
+        let Ok((frame, stored)) = job else {
+            return;
+        };
         if ended || shared.stop.load(Ordering::Relaxed) {
             continue;
         }
@@ -114,9 +119,11 @@ fn read_frames(
                     offset = frames[next].0,
                     "reading frames failed ({e}); retrying from there in {wait:?}"
                 );
-                std::thread::sleep(wait.min(left));
+                if !sleep_unless_stopped(shared, wait.min(left)) {
+                    return;
+                }
                 wait = (wait * 2).min(Duration::from_secs(5));
-                let Some(again) = fetcher.stream(&frames[next..]) else {
+                let Some(again) = fetcher.stream(&frames[next..], shared.stop.clone()) else {
                     report(Arrived::FetchFailed {
                         frame: next,
                         reason: format!("{e}, and the storage reads no frames any more"),
@@ -126,6 +133,8 @@ fn read_frames(
                 stream = again;
                 continue;
             }
+            // Stopped, or (a bug of the storage's stream) ended early.
+            None if shared.stop.load(Ordering::Relaxed) => return,
             None => {
                 report(Arrived::FetchFailed {
                     frame: next,
@@ -144,9 +153,9 @@ fn read_frames(
             });
             return;
         }
-        if !opts.prefetch_delay.is_zero() {
+        if !opts.prefetch_delay.is_zero() && !sleep_unless_stopped(shared, opts.prefetch_delay) {
             // Tests: a fault during the pause takes the frame instead.
-            std::thread::sleep(opts.prefetch_delay);
+            return;
         }
         // Unless a fault brought it already.
         if !shared.claimed[frame].swap(true, Ordering::Relaxed)
@@ -155,4 +164,18 @@ fn read_frames(
             return;
         }
     }
+}
+
+/// Sleeps `d`, or less if the lazy phase ends meanwhile (false then): the
+/// serving thread waits for this thread before it lets the process go.
+fn sleep_unless_stopped(shared: &Shared, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+    false
 }
