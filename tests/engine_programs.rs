@@ -58,7 +58,8 @@ fn python_with_modules_continues() {
 /// A JVM comes back with its threads, and with the flock on its
 /// hsperfdata file, which it holds only through the file's mapping (it
 /// closed the fd): without it, another JVM's start-up takes the file for
-/// a dead one's.
+/// a dead one's. The file is gone at restore (as on another machine): it
+/// is made again with its contents.
 #[test]
 fn java_with_threads_continues() {
     if !have("javac") || !have("java") {
@@ -81,8 +82,8 @@ fn java_with_threads_continues() {
     w.wait_report(T, |r| (2..6).all(|i| field(r, 0, i) >= 50));
     let tids_before = tasks(w.pid);
     let perf_data = std::path::PathBuf::from(format!("/tmp/hsperfdata_root/{}", w.pid));
-    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&perf_data).unwrap());
     let flock = || {
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&perf_data).unwrap());
         std::fs::read_to_string("/proc/locks")
             .unwrap()
             .lines()
@@ -93,7 +94,26 @@ fn java_with_threads_continues() {
     dump(w.pid, &img, &[]);
     let at_dump = w.read_report().unwrap();
     w.reap_dumped();
+    // Gone, as on another machine or once the JVM that made it exited:
+    // made again from the image.
+    let saved = std::fs::read(&perf_data).unwrap();
+    std::fs::remove_file(&perf_data).unwrap();
     let (pid, mut tids) = restore(&img);
+    // The JVM updates a few counters in it at once: most of what it held
+    // must be there (its names, its constants).
+    let back = std::fs::read(&perf_data).unwrap();
+    let held = saved.iter().filter(|&&b| b != 0).count();
+    let kept = saved
+        .iter()
+        .zip(&back)
+        .filter(|&(&a, &b)| a != 0 && a == b)
+        .count();
+    assert!(
+        back.len() == saved.len() && kept * 10 >= held * 9,
+        "{} of the {held} bytes the file held are back ({} bytes now)",
+        kept,
+        back.len()
+    );
     w.restored(pid);
     tids.sort_unstable();
     assert_eq!(tids, tids_before);

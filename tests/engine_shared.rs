@@ -174,3 +174,150 @@ if __name__ == "__main__":
         );
     });
 }
+
+/// Files of a temporary file system mapped shared, as a JVM maps its
+/// hsperfdata file (under /tmp, its fd closed) and python's
+/// `shared_memory` a POSIX shared memory object (in /dev/shm, a tmpfs, its
+/// fd open): each keeps a counter the process increments. Gone at
+/// restore (another machine, a reboot, the process that made them
+/// removed them), they are made again at their paths with the contents,
+/// mode and owner they had, the directory too, and the counters go on from
+/// where they were; still there, they are mapped as they are (their
+/// contents now, not the image's).
+#[test]
+fn temporary_files_mapped_shared_come_back_when_gone() {
+    if !have("python3") {
+        panic!("python3 is needed for this test");
+    }
+    let dir = TestDir::new("transient");
+    let report = dir.path("report");
+    let tmp_dir = format!("/tmp/crstream-transient-{}", std::process::id());
+    let tmp_file = format!("{tmp_dir}/counters");
+    let shm_name = format!("crstream-transient-{}", std::process::id());
+    let shm_file = format!("/dev/shm/{shm_name}");
+    let script = format!(
+        r#"
+import mmap, os, struct, time
+from multiprocessing import shared_memory
+os.makedirs({d:?}, mode=0o750)
+os.chown({d:?}, 1234, 1235)
+fd = os.open({f:?}, os.O_RDWR | os.O_CREAT, 0o640)
+os.ftruncate(fd, 40960)
+tmp = mmap.mmap(fd, 40960, mmap.MAP_SHARED)
+os.close(fd)
+os.chown({f:?}, 1234, 1235)
+tmp[8:40960] = bytes(i % 251 for i in range(40952))
+shm = shared_memory.SharedMemory(name={s:?}, create=True, size=8192)
+shm.buf[8:8192] = bytes(i % 241 for i in range(8184))
+def put(text):
+    with open({r:?} + ".tmp", "w") as f:
+        f.write(text)
+    os.replace({r:?} + ".tmp", {r:?})
+while True:
+    a = struct.unpack_from("q", tmp, 0)[0] + 1
+    struct.pack_into("q", tmp, 0, a)
+    b = struct.unpack_from("q", shm.buf, 0)[0] + 1
+    struct.pack_into("q", shm.buf, 0, b)
+    intact = tmp[8:40960] == bytes(i % 251 for i in range(40952)) and \
+        bytes(shm.buf[8:8192]) == bytes(i % 241 for i in range(8184))
+    put("%d %d %d %s\n" % (os.getpid(), a, b, "OK" if intact else "BAD"))
+    time.sleep(0.05)
+"#,
+        d = tmp_dir,
+        f = tmp_file,
+        s = shm_name,
+        r = report.to_str().unwrap()
+    );
+    let _cleanup = RemovedAtEnd(vec![tmp_dir.clone(), shm_file.clone()]);
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", &script]);
+    let mut w = spawn_isolated(cmd, report);
+    w.wait_report(T, |r| field(r, 0, 1) >= 5);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = w.read_report().unwrap();
+    w.reap_dumped();
+    let counter = |path: &str| {
+        let bytes = std::fs::read(path).unwrap();
+        u64::from_ne_bytes(bytes[..8].try_into().unwrap())
+    };
+    // Stopped at the dump: what the files hold is what the image holds.
+    let (tmp_at_dump, shm_at_dump) = (counter(&tmp_file), counter(&shm_file));
+    assert_eq!(tmp_at_dump, field(&at_dump, 0, 1));
+    std::fs::remove_dir_all(&tmp_dir).unwrap();
+    std::fs::remove_file(&shm_file).unwrap();
+
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > tmp_at_dump + 5);
+    assert!(r.contains(" OK"), "the saved contents are back: {r}");
+    assert!(
+        field(&r, 0, 1) < tmp_at_dump + 100 && field(&r, 0, 2) > shm_at_dump,
+        "the counters go on from where they were ({tmp_at_dump}, {shm_at_dump}): {r}"
+    );
+    // The process writes the files at their paths again.
+    assert!(counter(&tmp_file) >= field(&r, 0, 1));
+    assert!(counter(&shm_file) >= field(&r, 0, 2));
+    use std::os::unix::fs::MetadataExt;
+    for (path, mode, owner) in [
+        (tmp_dir.as_str(), 0o750, (1234, 1235)),
+        (tmp_file.as_str(), 0o640, (1234, 1235)),
+    ] {
+        let md = std::fs::metadata(path).unwrap();
+        assert_eq!(
+            (md.mode() & 0o7777, (md.uid(), md.gid())),
+            (mode, owner),
+            "{path}"
+        );
+    }
+    // A restore that fails (the PID is taken: by the copy restored above)
+    // leaves nothing it made behind.
+    let mut bytes = std::fs::read(&tmp_file).unwrap();
+    std::fs::remove_dir_all(&tmp_dir).unwrap();
+    std::fs::remove_file(&shm_file).unwrap();
+    let failed = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
+    assert!(!failed.status.success(), "{}", text(&failed));
+    for path in [&tmp_dir, &shm_file] {
+        assert!(
+            !std::path::Path::new(path).exists(),
+            "{path} left behind by a failed restore: {}",
+            text(&failed)
+        );
+    }
+    w.kill();
+
+    // Still there: mapped as they are now (a value the image never held).
+    let tmp_now = 1_000_000u64;
+    bytes[..8].copy_from_slice(&tmp_now.to_ne_bytes());
+    std::fs::create_dir(&tmp_dir).unwrap();
+    std::fs::write(&tmp_file, &bytes).unwrap();
+    // Unless another user's: refused, naming it.
+    std::os::unix::fs::chown(&tmp_file, Some(4321), Some(4321)).unwrap();
+    let refused = run(&["restore", "-i", img.to_str().unwrap(), "--detach"], &[]);
+    assert!(
+        !refused.status.success() && text(&refused).contains("belongs to uid 4321 now, not 1234"),
+        "{}",
+        text(&refused)
+    );
+    std::os::unix::fs::chown(&tmp_file, Some(1234), Some(1235)).unwrap();
+    let (pid, _) = restore(&img);
+    w.restored(pid);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > 2);
+    assert!(r.contains(" OK"), "{r}");
+    assert!(
+        field(&r, 0, 1) > tmp_now && field(&r, 0, 1) < tmp_now + 100,
+        "the counter goes on from the file's {tmp_now}, not the image's {tmp_at_dump}: {r}"
+    );
+    w.kill();
+}
+
+/// Paths a test made outside its directory, removed when it ends.
+struct RemovedAtEnd(Vec<String>);
+
+impl Drop for RemovedAtEnd {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+        }
+    }
+}

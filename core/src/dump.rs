@@ -569,9 +569,11 @@ fn write_metadata(
             // with O_TMPFILE as one that can never be linked, nor a file
             // linked elsewhere by a path that no longer exists, nor an
             // area without its guard regions, nor an absolute timerfd as a
-            // relative one.
-            format_version: if needs_records_14(processes) {
+            // relative one, nor meet a saved temporary file it cannot make.
+            format_version: if objects.unlinked.has_transient() {
                 crstream_proto::RECORDS_VERSION
+            } else if needs_records_14(processes) {
+                crstream_proto::RECORDS_VERSION_WITHOUT_TRANSIENT_FILES
             } else if needs_records_13(processes) {
                 crstream_proto::RECORDS_VERSION_WITHOUT_TIMER_FLAGS
             } else if needs_records_12(processes) {

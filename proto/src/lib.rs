@@ -37,8 +37,14 @@ pub const FORMAT_VERSION: u16 = 1;
 /// speculation mitigations (`ThreadCore.mempolicy`, `spec_*`), the packets
 /// of a packet-mode pipe (`PipeFile.packets`), mlockall's MCL_FUTURE
 /// (`PrctlValues.mlockall`); 14 = a timerfd's settime flags
-/// (`TimerFdFile.settime_flags`). Readers read every version up to theirs.
-pub const RECORDS_VERSION: u32 = 14;
+/// (`TimerFdFile.settime_flags`); 15 = files of a temporary file system
+/// mapped shared, saved with their contents to be made again if gone
+/// (`UnlinkedKind::Transient`, `UnlinkedFile.dir_*`). Readers read every
+/// version up to theirs.
+pub const RECORDS_VERSION: u32 = 15;
+
+/// The version written for an image with nothing of version 15 in it.
+pub const RECORDS_VERSION_WITHOUT_TRANSIENT_FILES: u32 = 14;
 
 /// The version written for an image with nothing of version 14 in it.
 pub const RECORDS_VERSION_WITHOUT_TIMER_FLAGS: u32 = 13;

@@ -653,11 +653,12 @@ fn restore_image(
         guards[i].armed = false;
     }
     let ns_init = pidns.and_then(|ns| ns.started(root.pid as i32));
-    // Until here a failure removed the segments this restore created; now
-    // the tree runs and keeps them, and those removed at dump time are
-    // removed again (they go with the last detach).
+    // Until here a failure removed the segments and temporary files this
+    // restore created; now the tree runs and keeps them, and segments
+    // removed at dump time are removed again (they go with the last detach).
     sysv.commit();
     tcp_built.commit();
+    img.unlinked.commit();
     // The tree runs: the connections the dump locked away may talk again
     // (a failed restore keeps the lock, for another try of the image).
     if !inv.net_lock.is_empty()

@@ -3,6 +3,8 @@
 //! removed again at once) where possible; and giving them their saved
 //! owner, mode and times, but only once they are unlinked: what restore
 //! made at a path others may write to, never an object swapped in there.
+//! A transient file is made again only if it is gone, and stays at its
+//! path (given its owner by fd).
 
 use crstream_proto::{UnlinkedFile, UnlinkedKind};
 use std::ffi::CString;
@@ -22,7 +24,7 @@ pub(super) fn set_owner_and_times(file: &File, u: &UnlinkedFile) -> std::io::Res
     // Made at a path others may write to: what is given an owner and mode
     // must be what restore made, unlinked since (never an object swapped
     // in at that path, still reachable by a name).
-    if rustix::fs::fstat(file)?.st_nlink != 0 {
+    if u.kind() != UnlinkedKind::Transient && rustix::fs::fstat(file)?.st_nlink != 0 {
         return Err(std::io::Error::other(
             "it has a name again (was the path swapped?): no owner given",
         ));
@@ -41,10 +43,15 @@ pub(super) fn set_owner_and_times(file: &File, u: &UnlinkedFile) -> std::io::Res
     // A change of owner clears set-user-ID and set-group-ID bits. A
     // symlink's mode is always 0777; the others through the magic link,
     // which (unlike fchmod) takes O_PATH fds.
+    // A transient file stays at its path: never set-user-ID there.
+    let mode = match u.kind() {
+        UnlinkedKind::Transient => u.mode & 0o777,
+        _ => u.mode,
+    };
     if u.kind() != UnlinkedKind::Symlink {
         std::fs::set_permissions(
             format!("/proc/self/fd/{}", file.as_raw_fd()),
-            std::fs::Permissions::from_mode(u.mode),
+            std::fs::Permissions::from_mode(mode),
         )?;
     }
     let ts = |ns: i64| Timespec {
@@ -120,6 +127,128 @@ pub(super) fn create_deleted(u: &UnlinkedFile) -> std::io::Result<File> {
         })?,
     };
     sized(file, u)
+}
+
+/// What [`open_or_make_transient`] made at a path, for a failed restore
+/// to remove again.
+pub(super) struct Made {
+    pub file: std::path::PathBuf,
+    /// Its directory, when that was gone too.
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// A transient file: the file at its path if there is one (kept, as any
+/// mapped file, if it still belongs to the saved owner; the image's
+/// contents are not written), else a new one made there, to be filled with
+/// the saved contents (and its directory, with its saved mode and owner, if
+/// that is gone too; not further up). No symlink on the way is followed: a
+/// saved path is the kernel's own, with none in it, and in a directory any
+/// user may write to (/tmp, /dev/shm) one would let them choose which file
+/// restore maps, makes or gives an owner.
+pub(super) fn open_or_make_transient(u: &UnlinkedFile) -> std::io::Result<(File, Option<Made>)> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let path = crate::paths::path(&u.path);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other("not the path of a file"));
+    };
+    if !path.is_absolute() {
+        return Err(std::io::Error::other("not an absolute path"));
+    }
+    let open_dir = |dir: &Path| {
+        rustix::fs::openat2(
+            rustix::fs::CWD,
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS,
+        )
+    };
+    let mut made_dir = None;
+    let dirfd = match open_dir(dir) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => {
+            let (Some(up), Some(dir_name)) = (dir.parent(), dir.file_name()) else {
+                return Err(std::io::Error::other("its directory is gone"));
+            };
+            let upfd = open_dir(up).map_err(|e| {
+                std::io::Error::other(format!("{} is gone too ({e})", up.display()))
+            })?;
+            match rustix::fs::mkdirat(&upfd, dir_name, Mode::from_raw_mode(0o700)) {
+                Ok(()) => {
+                    let fd = rustix::fs::openat(
+                        &upfd,
+                        dir_name,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    rustix::fs::fchown(
+                        &fd,
+                        Some(rustix::fs::Uid::from_raw(u.dir_uid)),
+                        Some(rustix::fs::Gid::from_raw(u.dir_gid)),
+                    )?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(u.dir_mode & 0o7777))?;
+                    made_dir = Some(dir.to_path_buf());
+                }
+                // Made meanwhile by someone else: used as it is.
+                Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            open_dir(dir)?
+        }
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(std::io::Error::other(format!(
+                "a symlink is on the way to {} (not followed)",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Only ever in a temporary file system, whatever the image says.
+    let on_tmpfs = rustix::fs::fstatfs(&dirfd).is_ok_and(|s| s.f_type == super::TMPFS_MAGIC);
+    if !on_tmpfs && !path.starts_with("/tmp/") {
+        return Err(std::io::Error::other(
+            "not in a temporary file system (a tmpfs, /tmp): not made by restore",
+        ));
+    }
+    match rustix::fs::openat(
+        &dirfd,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            let st = rustix::fs::fstat(&fd)?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            {
+                return Err(std::io::Error::other("not a regular file any more"));
+            }
+            if st.st_uid != u.uid {
+                return Err(std::io::Error::other(format!(
+                    "it belongs to uid {} now, not {} as at the dump: remove it, and restore \
+                     makes it again from the image",
+                    st.st_uid, u.uid
+                )));
+            }
+            let file = File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+            return Ok((file, None));
+        }
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = rustix::fs::openat(
+        &dirfd,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let file = File::from(fd);
+    let made = Made {
+        file: path.to_path_buf(),
+        dir: made_dir,
+    };
+    file.set_len(u.size)?;
+    file.set_permissions(std::fs::Permissions::from_mode(u.mode & 0o777))?;
+    Ok((file, Some(made)))
 }
 
 /// A file with no name made by `make` (O_TMPFILE in the directory it is

@@ -17,7 +17,7 @@ use crstream_proto::{
 use crstream_streamer::ImageSink;
 use make::{
     SEALING_OFF, create_deleted, create_memfd, create_removed_node, create_tmpfile,
-    owner_or_times_differ, set_owner_and_times,
+    open_or_make_transient, owner_or_times_differ, set_owner_and_times,
 };
 use std::collections::HashMap;
 use std::fs::File;
@@ -48,6 +48,27 @@ impl Collector {
     /// `/proc/PID/map_files/A-B` path) opens, whose link reads `link`, and
     /// returns its id. Err: why it cannot be saved.
     pub(crate) fn note(&mut self, pid: i32, source: &str, link: &[u8]) -> Result<u64, String> {
+        self.note_as(pid, source, link, false)
+    }
+
+    /// Notes the transient file (see [`is_transient`]) that `source` (a
+    /// `/proc/PID/map_files/A-B` path) maps, at `path`, and returns its id.
+    pub(crate) fn note_transient(
+        &mut self,
+        pid: i32,
+        source: &str,
+        path: &[u8],
+    ) -> Result<u64, String> {
+        self.note_as(pid, source, path, true)
+    }
+
+    fn note_as(
+        &mut self,
+        pid: i32,
+        source: &str,
+        link: &[u8],
+        transient: bool,
+    ) -> Result<u64, String> {
         // The magic link leads to the object itself (a symlink too, not
         // what it points to); O_PATH opens any of them without side effects
         // (a FIFO would wait for a writer).
@@ -57,7 +78,9 @@ impl Collector {
         }
         let ft = md.file_type();
         let name = crate::paths::undeleted(link);
-        let (kind, path) = if ft.is_file() {
+        let (kind, path) = if transient {
+            (UnlinkedKind::Transient, link)
+        } else if ft.is_file() {
             match name.strip_prefix(MEMFD_PREFIX) {
                 Some(n) => (UnlinkedKind::Memfd, n),
                 None => (UnlinkedKind::Deleted, name),
@@ -104,6 +127,15 @@ impl Collector {
         } else {
             Vec::new()
         };
+        let dir = match transient {
+            true => std::fs::metadata(
+                crate::paths::path(path)
+                    .parent()
+                    .unwrap_or(std::path::Path::new("/")),
+            )
+            .map_err(|e| format!("stat of its directory: {e}"))?,
+            false => md.clone(),
+        };
         let id = self.saved.len() as u64 + 1;
         self.by_inode.insert((md.dev(), md.ino()), self.saved.len());
         self.saved.push(Saved {
@@ -125,11 +157,21 @@ impl Collector {
                 mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
                 target,
                 tmpfile_flags: 0,
+                dir_mode: if transient { dir.mode() & 0o7777 } else { 0 },
+                dir_uid: if transient { dir.uid() } else { 0 },
+                dir_gid: if transient { dir.gid() } else { 0 },
             },
             file,
             pid,
         });
         Ok(id)
+    }
+
+    /// Whether a transient file is saved: what makes the image version 15.
+    pub(crate) fn has_transient(&self) -> bool {
+        self.saved
+            .iter()
+            .any(|s| s.meta.kind() == UnlinkedKind::Transient)
     }
 
     /// Notes that file `id` was made with O_TMPFILE by an open file
@@ -254,7 +296,27 @@ fn file_position(u: &UnlinkedFile, n: u64) -> (u64, u64) {
 /// Memfds and deleted regular files carry bytes; removed directories,
 /// symlinks and FIFOs (whose bytes go with the pipe) none.
 fn has_contents(u: &UnlinkedFile) -> bool {
-    matches!(u.kind(), UnlinkedKind::Memfd | UnlinkedKind::Deleted)
+    matches!(
+        u.kind(),
+        UnlinkedKind::Memfd | UnlinkedKind::Deleted | UnlinkedKind::Transient
+    )
+}
+
+/// Files of a temporary file system that a process maps shared are saved
+/// with their contents up to this size: a JVM's hsperfdata file (32 KiB),
+/// POSIX shared memory objects. Larger ones must be there at restore.
+const TRANSIENT_MAX: u64 = 64 << 20;
+pub(super) const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Whether the regular file at `path` (metadata `md`), mapped shared, is
+/// transient: on a tmpfs (memory: gone after a reboot, absent on another
+/// machine) or under /tmp (where a JVM makes its hsperfdata file, which it
+/// removes when it exits), and small enough to save.
+pub(crate) fn is_transient(path: &[u8], md: &std::fs::Metadata) -> bool {
+    md.is_file()
+        && md.size() <= TRANSIENT_MAX
+        && (path.starts_with(b"/tmp/")
+            || rustix::fs::statfs(crate::paths::path(path)).is_ok_and(|s| s.f_type == TMPFS_MAGIC))
 }
 
 fn describe(u: &UnlinkedFile) -> String {
@@ -264,6 +326,7 @@ fn describe(u: &UnlinkedFile) -> String {
         UnlinkedKind::Directory => format!("removed directory {path}"),
         UnlinkedKind::Symlink => format!("removed symlink {path}"),
         UnlinkedKind::Fifo => format!("removed FIFO {path}"),
+        UnlinkedKind::Transient => format!("temporary file {path}"),
         _ => format!("deleted file {path}"),
     }
 }
@@ -277,6 +340,9 @@ struct Recreated {
     /// `file` is held read-only.
     made_by: Option<File>,
     written: u64,
+    /// A transient file found at its path: used as it is (the saved
+    /// contents, owner and times are not applied).
+    kept: bool,
 }
 
 /// The unlinked files of an image being restored, recreated in crstream.
@@ -287,6 +353,20 @@ pub(crate) struct Recreator {
     by_stream: HashMap<u32, u64>,
     /// Memfds whose own open file description was handed to a process.
     handed: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// Transient files (and directories) made at their paths, removed
+    /// again if the restore fails ([`commit`](Self::commit): it did not).
+    made: std::sync::Mutex<Vec<make::Made>>,
+}
+
+impl Drop for Recreator {
+    fn drop(&mut self) {
+        for made in self.made.get_mut().unwrap().drain(..) {
+            let _ = std::fs::remove_file(&made.file);
+            if let Some(dir) = made.dir {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
 }
 
 impl Recreator {
@@ -321,6 +401,7 @@ impl Recreator {
                 describe(&u)
             )));
         }
+        let mut kept = false;
         let file = match u.kind() {
             UnlinkedKind::Memfd => create_memfd(&u),
             UnlinkedKind::Deleted if u.tmpfile_flags != 0 => create_tmpfile(&u),
@@ -328,6 +409,19 @@ impl Recreator {
             UnlinkedKind::Directory | UnlinkedKind::Symlink | UnlinkedKind::Fifo => {
                 create_removed_node(&u)
             }
+            UnlinkedKind::Transient => open_or_make_transient(&u).map(|(file, made)| {
+                match made {
+                    Some(made) => {
+                        tracing::info!(
+                            path = %crate::paths::show(&u.path),
+                            "a mapped temporary file was gone: made again from the image"
+                        );
+                        self.made.lock().unwrap().push(made);
+                    }
+                    None => kept = true,
+                }
+                file
+            }),
             UnlinkedKind::Unknown => Err(std::io::Error::other("unknown kind")),
         }
         .map_err(|e| err(e.to_string()))?;
@@ -341,6 +435,7 @@ impl Recreator {
                 file,
                 made_by: None,
                 written: 0,
+                kept,
             },
         );
         Ok(())
@@ -366,6 +461,11 @@ impl Recreator {
                 "the contents of {what} exceed the {} bytes announced",
                 blob_len(&r.meta)
             )));
+        }
+        if r.kept {
+            // The file found at its path holds what the process maps now.
+            r.written += data.len() as u64;
+            return Ok(());
         }
         while !data.is_empty() {
             let (at, room) = file_position(&r.meta, r.written);
@@ -451,7 +551,7 @@ impl Recreator {
     }
 
     fn set_owners_and_times(&self, only_changed: bool) -> Result<(), RestoreError> {
-        for r in self.by_id.values() {
+        for r in self.by_id.values().filter(|r| !r.kept) {
             if only_changed && !owner_or_times_differ(&r.file, &r.meta) {
                 continue;
             }
@@ -495,6 +595,17 @@ impl Recreator {
         Ok(Some(rustix::io::fcntl_dupfd_cloexec(own, 0)?))
     }
 
+    /// The tree runs: the transient files made for it stay.
+    pub(crate) fn commit(&self) {
+        self.made.lock().unwrap().clear();
+    }
+
+    /// Whether file `id` is a transient file found at its path (mapped as
+    /// any file there: it must still cover the mapping).
+    pub(crate) fn kept(&self, id: u64) -> bool {
+        self.by_id.get(&id).is_some_and(|r| r.kept)
+    }
+
     /// A path the restored process opens to get file `id`, which must be
     /// of one of the kinds `want` (a damaged image could name a FIFO where
     /// a file is opened, which would block).
@@ -535,15 +646,20 @@ impl Recreator {
 }
 
 /// Every kind: for a caller that takes any (a watch, a mark).
-pub(crate) const ANY_KIND: [UnlinkedKind; 5] = [
+pub(crate) const ANY_KIND: [UnlinkedKind; 6] = [
     UnlinkedKind::Deleted,
     UnlinkedKind::Memfd,
     UnlinkedKind::Directory,
     UnlinkedKind::Symlink,
     UnlinkedKind::Fifo,
+    UnlinkedKind::Transient,
 ];
-/// Files with contents: memfds and deleted regular files.
-pub(crate) const FILE_KINDS: [UnlinkedKind; 2] = [UnlinkedKind::Deleted, UnlinkedKind::Memfd];
+/// Files with contents: memfds, deleted regular files, transient files.
+pub(crate) const FILE_KINDS: [UnlinkedKind; 3] = [
+    UnlinkedKind::Deleted,
+    UnlinkedKind::Memfd,
+    UnlinkedKind::Transient,
+];
 
 /// Reads a whole file, for tests.
 #[cfg(test)]

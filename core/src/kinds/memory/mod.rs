@@ -484,6 +484,11 @@ fn plan(
                 if !m.shared && md.is_file() {
                     identity::note(&mut a, &md, build_ids);
                 }
+                // Saved, to be made again if it is gone at restore.
+                if m.shared && crate::unlinked::is_transient(p, &md) {
+                    let source = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                    a.unlinked_file = unlinked.note_transient(pid, &source, p).map_err(refuse)?;
+                }
                 (
                     AreaKind::File,
                     if m.shared { Save::None } else { Save::Private },
@@ -927,8 +932,17 @@ pub(crate) fn is_mapped_area(a: &VmArea) -> bool {
 /// file the mapping covered at the dump (a shorter file would give SIGBUS
 /// or zeros where data was). A replaced file is logged when `warn`.
 fn check_mapped_file(pid: i32, a: &VmArea, warn: bool) -> Result<std::fs::Metadata, RestoreError> {
-    let md = std::fs::metadata(path(&a.path))
-        .map_err(|e| map_err(pid, a, format!("cannot stat: {e}")))?;
+    check_file_of_area(pid, a, path(&a.path), warn)
+}
+
+/// [`check_mapped_file`] of the file at `file` (the one the area will map).
+fn check_file_of_area(
+    pid: i32,
+    a: &VmArea,
+    file: &std::path::Path,
+    warn: bool,
+) -> Result<std::fs::Metadata, RestoreError> {
+    let md = std::fs::metadata(file).map_err(|e| map_err(pid, a, format!("cannot stat: {e}")))?;
     let needed = (a.pgoff + (a.end - a.start)).min(a.file_size);
     if md.size() < needed {
         return Err(map_err(
@@ -1104,9 +1118,12 @@ fn map_area(
             by_handle = Some(fd);
             path.into_bytes()
         } else if a.unlinked_file != 0 {
-            unlinked
-                .proc_path(a.unlinked_file, &crate::unlinked::FILE_KINDS)?
-                .into_bytes()
+            let at = unlinked.proc_path(a.unlinked_file, &crate::unlinked::FILE_KINDS)?;
+            // A transient file found at its path: as any mapped file.
+            if unlinked.kept(a.unlinked_file) {
+                check_file_of_area(pid, a, std::path::Path::new(&at), true)?;
+            }
+            at.into_bytes()
         } else {
             check_mapped_file(pid, a, false)?;
             a.path.clone()
