@@ -248,6 +248,8 @@ fn a_python_service_is_restored_eagerly() {
     );
 }
 
+/// A JVM with its default flags: its hsperfdata file under /tmp travels
+/// with the checkpoint.
 #[test]
 fn a_java_service_is_started_cold_then_restored_warm() {
     if !available("java", &["-version"]) || !available("javac", &["-version"]) {
@@ -263,18 +265,7 @@ fn a_java_service_is_started_cold_then_restored_warm() {
     assert!(st.success(), "javac failed");
     let port = free_port();
     let cp = dir.0.display().to_string();
-    miss_then_hit(
-        &dir,
-        &[
-            "java",
-            "-XX:-UsePerfData",
-            "-cp",
-            &cp,
-            "Svc",
-            &port.to_string(),
-        ],
-        port,
-    );
+    miss_then_hit(&dir, &["java", "-cp", &cp, "Svc", &port.to_string()], port);
 }
 
 /// The cache in an object store (the local S3 server): a miss uploads the
