@@ -112,24 +112,26 @@ impl LazySession {
                 (count, usize::from(count > 1))
             }
         };
+        // What each thread takes along.
+        let parts = || {
+            let (fetcher, frames) = (self.fetcher.clone(), self.frames.clone());
+            (
+                shared.clone(),
+                tx.clone(),
+                efd.clone(),
+                fetcher,
+                frames,
+                opts.clone(),
+            )
+        };
         if let Some(stream) = stream {
-            let shared = shared.clone();
-            let tx = tx.clone();
-            let efd = efd.clone();
-            let fetcher = self.fetcher.clone();
-            let frames = self.frames.clone();
-            let opts = opts.clone();
+            let (shared, tx, efd, fetcher, frames, opts) = parts();
             workers.push(std::thread::spawn(move || {
                 super::stream::prefetch(&shared, &frames, stream, &*fetcher, &opts, &tx, &efd)
             }));
         }
         for i in 0..count {
-            let shared = shared.clone();
-            let tx = tx.clone();
-            let efd = efd.clone();
-            let fetcher = self.fetcher.clone();
-            let frames = self.frames.clone();
-            let opts = opts.clone();
+            let (shared, tx, efd, fetcher, frames, opts) = parts();
             workers.push(std::thread::spawn(move || {
                 worker(
                     &shared,
