@@ -300,9 +300,11 @@ while True:
         text(&refused)
     );
     std::os::unix::fs::chown(&tmp_file, Some(1234), Some(1235)).unwrap();
+    // The last copy's report must not pass for this one's.
+    std::fs::remove_file(&w.report).unwrap();
     let (pid, _) = restore(&img);
     w.restored(pid);
-    let r = w.wait_report(T, |r| field(r, 0, 1) > 2);
+    let r = w.wait_report(T, |r| field(r, 0, 1) > 0);
     assert!(r.contains(" OK"), "{r}");
     assert!(
         field(&r, 0, 1) > tmp_now && field(&r, 0, 1) < tmp_now + 100,
