@@ -169,6 +169,8 @@ fn postgres_as_its_own_user_answers_queries_on_data_written_before_the_dump() {
         return;
     }
     let (uid, gid) = user_id("postgres").expect("a postgres user");
+    // Its dynamic shared memory segments, which it leaves when killed.
+    let _segments = NewFilesRemoved::new("/dev/shm", "PostgreSQL.");
     let dir = TestDir::new("postgres");
     let data = dir.path("data");
     let sock = dir.path("sock");

@@ -256,7 +256,9 @@ fn a_java_service_is_started_cold_then_restored_warm() {
         return;
     }
     let _one = one_at_a_time();
-    let _perf_files = NewPerfFilesRemoved::new();
+    // Its JVMs, killed in their PID namespace, leave hsperfdata files whose
+    // small-PID names no later JVM takes for dead ones.
+    let _perf_files = NewFilesRemoved::new("/tmp/hsperfdata_root", "");
     let dir = TestDir::new("run-java");
     std::fs::write(dir.path("Svc.java"), JAVA_SERVICE).unwrap();
     let st = std::process::Command::new("javac")
@@ -745,32 +747,6 @@ fn readiness_timeout_log_condition_and_wait() {
             .any(|k| name.starts_with(&format!("crstream-run-{k}.")))
         {
             let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-/// The hsperfdata files the JVMs of a test leave (killed, they do not
-/// remove them; in their PID namespace their names are small PIDs no
-/// later JVM takes for dead ones), removed when the test ends.
-struct NewPerfFilesRemoved(std::collections::HashSet<std::ffi::OsString>);
-
-const PERF_DIR: &str = "/tmp/hsperfdata_root";
-
-impl NewPerfFilesRemoved {
-    fn new() -> Self {
-        Self(Self::names())
-    }
-    fn names() -> std::collections::HashSet<std::ffi::OsString> {
-        std::fs::read_dir(PERF_DIR)
-            .map(|d| d.filter_map(|e| Some(e.ok()?.file_name())).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for NewPerfFilesRemoved {
-    fn drop(&mut self) {
-        for name in Self::names().difference(&self.0) {
-            let _ = std::fs::remove_file(std::path::Path::new(PERF_DIR).join(name));
         }
     }
 }

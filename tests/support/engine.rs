@@ -900,3 +900,39 @@ pub fn vm_flags(pid: i32, start: &str) -> String {
     }
     panic!("no area at {start} in pid {pid}");
 }
+
+/// Files named `prefix...` that appear in `dir` while a test runs (left
+/// there by the programs it kills), removed when the test ends.
+pub struct NewFilesRemoved {
+    dir: PathBuf,
+    prefix: &'static str,
+    before: std::collections::HashSet<std::ffi::OsString>,
+}
+
+impl NewFilesRemoved {
+    pub fn new(dir: &str, prefix: &'static str) -> Self {
+        let dir = PathBuf::from(dir);
+        let before = names_in(&dir);
+        Self {
+            dir,
+            prefix,
+            before,
+        }
+    }
+}
+
+fn names_in(dir: &Path) -> std::collections::HashSet<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| Some(e.ok()?.file_name())).collect())
+        .unwrap_or_default()
+}
+
+impl Drop for NewFilesRemoved {
+    fn drop(&mut self) {
+        for name in names_in(&self.dir).difference(&self.before) {
+            if name.to_string_lossy().starts_with(self.prefix) {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
+        }
+    }
+}
