@@ -247,12 +247,7 @@ impl RandomReader {
                     async move { this.read_frames(&run).await }
                 })
                 .buffered(in_flight.max(1))
-                .flat_map(|r| {
-                    futures::stream::iter(match r {
-                        Ok(frames) => frames.into_iter().map(Ok).collect::<Vec<_>>(),
-                        Err(e) => vec![Err(e)],
-                    })
-                }),
+                .flat_map(one_by_one),
         )
     }
 
@@ -386,12 +381,7 @@ impl RandomReader {
                     ReadTask(task)
                 })
                 .buffered(in_flight.max(1))
-                .flat_map(|r| {
-                    futures::stream::iter(match r {
-                        Ok(frames) => frames.into_iter().map(Ok).collect::<Vec<_>>(),
-                        Err(e) => vec![Err(e)],
-                    })
-                }),
+                .flat_map(one_by_one),
         )
     }
 
@@ -433,6 +423,14 @@ impl RandomReader {
             .try_fold(0u64, |n, _| async move { Ok(n + 1) })
             .await
     }
+}
+
+/// The frames of one read, one by one (its error in their place).
+fn one_by_one<T>(read: Result<Vec<T>>) -> futures::stream::Iter<std::vec::IntoIter<Result<T>>> {
+    futures::stream::iter(match read {
+        Ok(frames) => frames.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(e) => vec![Err(e)],
+    })
 }
 
 /// A read running as a task of its own, stopped when dropped.

@@ -32,15 +32,14 @@ pub(crate) fn fetch_run_with_retry(
 }
 
 /// Calls `fetch` until it succeeds, fails for good, or failures that may
-/// heal have gone on for `retry_for` (backoff from 100 ms to 5 s).
+/// heal have gone on for `retry_for` (counted from the first attempt).
 fn retrying<T>(
     offset: u64,
     retry_for: Duration,
     stop: Option<&AtomicBool>,
     mut fetch: impl FnMut() -> Result<T, super::FetchError>,
 ) -> Result<T, String> {
-    let t0 = Instant::now();
-    let mut wait = Duration::from_millis(100);
+    let mut backoff = Backoff::new(retry_for, Some(Instant::now()));
     loop {
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
             return Err("the lazy phase ended".into());
@@ -49,15 +48,48 @@ fn retrying<T>(
             Ok(b) => return Ok(b),
             Err(e) if !e.retryable => return Err(e.message),
             Err(e) => {
-                let left = retry_for.saturating_sub(t0.elapsed());
-                if left.is_zero() || stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                let pause = backoff.after_failure();
+                let Some(pause) =
+                    pause.filter(|_| !stop.is_some_and(|s| s.load(Ordering::Relaxed)))
+                else {
                     return Err(e.message);
-                }
-                tracing::warn!(offset, "fetching frame failed ({e}); retrying in {wait:?}");
-                std::thread::sleep(wait.min(left));
-                wait = (wait * 2).min(Duration::from_secs(5));
+                };
+                tracing::warn!(offset, "fetching frame failed ({e}); retrying in {pause:?}");
+                std::thread::sleep(pause);
             }
         }
+    }
+}
+
+/// The pauses between attempts at reading frames after failures that may
+/// heal: 100 ms, doubling up to 5 s, for `retry_for` from `since` (the
+/// first attempt, or else the first failure).
+pub(super) struct Backoff {
+    retry_for: Duration,
+    since: Option<Instant>,
+    wait: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new(retry_for: Duration, since: Option<Instant>) -> Self {
+        Self {
+            retry_for,
+            since,
+            wait: Duration::from_millis(100),
+        }
+    }
+
+    /// After a failure that may heal: the pause before the next attempt,
+    /// cut to the time left; None once `retry_for` has passed.
+    pub(super) fn after_failure(&mut self) -> Option<Duration> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let left = self.retry_for.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            return None;
+        }
+        let pause = self.wait.min(left);
+        self.wait = (self.wait * 2).min(Duration::from_secs(5));
+        Some(pause)
     }
 }
 

@@ -8,7 +8,7 @@
 //! frames) and the frames its copiers are at.
 
 use super::copy::Copied;
-use super::fetch::{Arrived, Shared, report};
+use super::fetch::{Arrived, Backoff, Shared, report};
 use super::{FrameStream, LazyOptions, PageFetcher};
 use crstream_streamer::StoredFrame;
 use std::os::fd::OwnedFd;
@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 /// Reads `frames` through `stream` (opened on all of them), and opens it
 /// again from the first frame not yet read after a failure that may heal,
-/// with the same backoff and time limit as a worker's fetch.
+/// with a worker's backoff and time limit (counted from the first
+/// failure since the last frame read).
 pub(super) fn prefetch(
     shared: &Shared,
     frames: &[(u64, u64)],
@@ -97,8 +98,7 @@ fn read_frames(
     let report = |arrived: Arrived| report(tx, efd, arrived);
     // The first frame the stream has not given yet.
     let mut next = 0usize;
-    let mut failing_since: Option<Instant> = None;
-    let mut wait = Duration::from_millis(100);
+    let mut backoff = Backoff::new(opts.retry_for, None);
     while next < frames.len() {
         if shared.stop.load(Ordering::Relaxed) {
             return;
@@ -106,23 +106,25 @@ fn read_frames(
         let stored = match stream.next() {
             Some(Ok(stored)) => stored,
             Some(Err(e)) => {
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                let left = opts.retry_for.saturating_sub(since.elapsed());
-                if !e.retryable || left.is_zero() {
+                let pause = if e.retryable {
+                    backoff.after_failure()
+                } else {
+                    None
+                };
+                let Some(pause) = pause else {
                     report(Arrived::FetchFailed {
                         frame: next,
                         reason: e.message,
                     });
                     return;
-                }
+                };
                 tracing::warn!(
                     offset = frames[next].0,
-                    "reading frames failed ({e}); retrying from there in {wait:?}"
+                    "reading frames failed ({e}); retrying from there in {pause:?}"
                 );
-                if !sleep_unless_stopped(shared, wait.min(left)) {
+                if !sleep_unless_stopped(shared, pause) {
                     return;
                 }
-                wait = (wait * 2).min(Duration::from_secs(5));
                 let Some(again) = fetcher.stream(&frames[next..], shared.stop.clone()) else {
                     report(Arrived::FetchFailed {
                         frame: next,
@@ -143,7 +145,7 @@ fn read_frames(
                 return;
             }
         };
-        (failing_since, wait) = (None, Duration::from_millis(100));
+        backoff = Backoff::new(opts.retry_for, None);
         let frame = next;
         next += 1;
         if stored.offset != frames[frame].0 {

@@ -127,14 +127,17 @@ impl Collector {
         } else {
             Vec::new()
         };
+        // A transient file's directory, made again with it if gone too.
         let dir = match transient {
-            true => std::fs::metadata(
-                crate::paths::path(path)
-                    .parent()
-                    .unwrap_or(std::path::Path::new("/")),
-            )
-            .map_err(|e| format!("stat of its directory: {e}"))?,
-            false => md.clone(),
+            true => Some(
+                std::fs::metadata(
+                    crate::paths::path(path)
+                        .parent()
+                        .unwrap_or(std::path::Path::new("/")),
+                )
+                .map_err(|e| format!("stat of its directory: {e}"))?,
+            ),
+            false => None,
         };
         let id = self.saved.len() as u64 + 1;
         self.by_inode.insert((md.dev(), md.ino()), self.saved.len());
@@ -157,9 +160,9 @@ impl Collector {
                 mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
                 target,
                 tmpfile_flags: 0,
-                dir_mode: if transient { dir.mode() & 0o7777 } else { 0 },
-                dir_uid: if transient { dir.uid() } else { 0 },
-                dir_gid: if transient { dir.gid() } else { 0 },
+                dir_mode: dir.as_ref().map_or(0, |d| d.mode() & 0o7777),
+                dir_uid: dir.as_ref().map_or(0, |d| d.uid()),
+                dir_gid: dir.as_ref().map_or(0, |d| d.gid()),
             },
             file,
             pid,
