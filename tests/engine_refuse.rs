@@ -95,6 +95,46 @@ fn a_traced_process_is_refused_naming_its_tracer() {
     );
 }
 
+/// A process that traces another outside the tree (a debugger attached
+/// to a running program) is refused naming its tracee: the attachment
+/// would end with the dump, and the restored tracer would go on believing
+/// it holds it. Both run on, still attached.
+#[test]
+fn a_process_tracing_one_outside_the_tree_is_refused_naming_its_tracee() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("refuse-tracer");
+    let g = sleeper();
+    let tracee = pid_of(&g);
+    let script = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.ptrace(0x4206, int(sys.argv[2]), 0, 0) != 0:  # PTRACE_SEIZE
+    sys.exit("seize: " + os.strerror(ctypes.get_errno()))
+open(sys.argv[1], "w").write(f"{os.getpid()} ready\n")
+while True:
+    time.sleep(0.1)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(dir.path("report"))
+        .arg(tracee.to_string());
+    let w = spawn_isolated(cmd, dir.path("report"));
+    w.wait_report(Duration::from_secs(20), |r| r.contains("ready"));
+    let err = refused(w.pid, &[]);
+    assert!(
+        err.contains("tracer") && err.contains(&format!("traces pid {tracee} (sleep")),
+        "{err}"
+    );
+    assert_running_untraced(w.pid);
+    assert_eq!(
+        status_field(tracee, "TracerPid").as_deref(),
+        Some(w.pid.to_string().as_str()),
+        "the tracee lost its tracer"
+    );
+}
+
 /// One PID namespace inside crstream's is dumped with its PIDs there
 /// (engine_pidns); a process two namespaces deep is refused, and runs on.
 #[test]

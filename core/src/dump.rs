@@ -278,6 +278,7 @@ fn dump_frozen(
         memory.after_snapshot(p.pid, child)?;
         processes.push(p);
     }
+    tree.refuse_tracers()?;
     let mut t = DumpTree {
         entries: &tree.entries,
         processes: &mut processes,

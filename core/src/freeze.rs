@@ -298,6 +298,10 @@ impl Drop for Frozen {
 pub(crate) struct FrozenTree {
     pub procs: Vec<Frozen>,
     pub entries: Vec<ProcessEntry>,
+    /// The scan for processes the tree traces (see [`refuse_tracers`]),
+    /// under way while the tree is read: it reads every task of the
+    /// machine, a few milliseconds the tree would otherwise stay frozen.
+    tracers: Option<std::thread::JoinHandle<Result<(), DumpError>>>,
 }
 
 /// (pgid, sid) of a process from its /proc/PID/stat.
@@ -312,6 +316,7 @@ impl FrozenTree {
         let mut tree = FrozenTree {
             procs: Vec::new(),
             entries: Vec::new(),
+            tracers: None,
         };
         let mut queue = std::collections::VecDeque::from([root]);
         // How many PID namespaces deep the root is.
@@ -386,8 +391,26 @@ impl FrozenTree {
             tree.procs.push(frozen);
             queue.extend(proc::children(pid).map_err(|err| DumpError::Proc { pid, err })?);
         }
+        // (tid, pid) of every frozen thread.
+        let threads: Vec<(i32, i32)> = tree
+            .procs
+            .iter()
+            .flat_map(|f| f.threads.iter().map(|t| (t.tid, f.pid)))
+            .collect();
+        tree.tracers = Some(std::thread::spawn(move || refuse_tracers(&threads)));
         tracing::debug!(root, processes = tree.entries.len(), "tree frozen");
         Ok(tree)
+    }
+
+    /// Waits for the scan started when the tree was frozen: an error if a
+    /// process of the tree traces another. Must be called while the tree
+    /// is still frozen, for an answer that holds at the point the image is.
+    pub(crate) fn refuse_tracers(&mut self) -> Result<(), DumpError> {
+        match self.tracers.take().map(|scan| scan.join()) {
+            None => Ok(()),
+            Some(Ok(answer)) => answer,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+        }
     }
 
     pub(crate) fn release(&mut self) {
@@ -546,6 +569,52 @@ fn refuse_unfreezable(pid: i32, stat: &proc::Stat, status: &proc::Status) -> Res
 /// (not in the image) would then be taken by another process while the
 /// restored thread still holds it. Best effort: a thread without a list, or
 /// whose head cannot be written, exits as it would have.
+/// Refuses a tree one of whose threads traces a process (a debugger, a
+/// strace, a sandbox supervisor): the attachment ends with the dumped
+/// process, and the restored one would go on believing it holds its
+/// tracee. A tracee inside the tree is refused as traced, before it is
+/// frozen; this finds the tracees outside it. Once the tree is frozen, no
+/// thread of it can attach to another process: the scan is final.
+fn refuse_tracers(threads: &[(i32, i32)]) -> Result<(), DumpError> {
+    let tracer_pid = |tid: i32| threads.iter().find(|t| t.0 == tid).map(|t| t.1);
+    let first = threads.first().map_or(0, |t| t.1);
+    for pid in proc::processes().map_err(|err| DumpError::Proc { pid: first, err })? {
+        let Ok(tasks) = proc::tasks(pid) else {
+            continue; // gone meanwhile
+        };
+        for tid in tasks {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+                continue;
+            };
+            let traced_by = text
+                .lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+                .unwrap_or(0);
+            if traced_by == 0 {
+                continue;
+            }
+            if let Some(tracer) = tracer_pid(traced_by) {
+                let comm = proc::read_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                return Err(DumpError::Unsupported {
+                    pid: tracer,
+                    what: "tracer",
+                    reason: format!(
+                        "it traces pid {pid} ({}{}), and a ptrace attachment is not restored",
+                        comm.trim(),
+                        if tid == pid {
+                            String::new()
+                        } else {
+                            format!(", thread {tid}")
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn empty_robust_list(mem: &crate::inject::RemoteMem, tid: i32) {
     let (mut head, mut len) = (0u64, 0usize);
     // SAFETY: get_robust_list writes the head pointer and its length into

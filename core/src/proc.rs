@@ -320,6 +320,11 @@ fn numeric_entries(path: String) -> Result<Vec<i32>, ProcError> {
     Ok(v)
 }
 
+/// Every process this /proc shows.
+pub fn processes() -> Result<Vec<i32>, ProcError> {
+    numeric_entries("/proc".into())
+}
+
 pub fn tasks(pid: i32) -> Result<Vec<i32>, ProcError> {
     let mut v = numeric_entries(format!("/proc/{pid}/task"))?;
     // The thread-group leader first.
