@@ -1,6 +1,9 @@
 //! Dump and restore of real language runtimes: CPython with imported
-//! modules keeping a dict checksum, and a multi-threaded Java program.
-//! Skipped (with a message) when python3 / java / javac are not installed.
+//! modules keeping a dict checksum, a multi-threaded Java program, and
+//! Node.js serving HTTP with a worker thread and a forked child, and a Go
+//! HTTP server whose goroutines keep allocating (its runtime preempts them
+//! with signals and collects garbage on threads of its own). Skipped (with
+//! a message) when python3 / java / javac / node / go are not installed.
 
 mod support;
 
@@ -125,6 +128,219 @@ fn java_with_threads_continues() {
     assert_running_untraced(pid);
     w.kill();
     let _ = std::fs::remove_file(&perf_data);
+}
+
+const NODE: &str = r#"
+const http = require('http'), fs = require('fs'), cp = require('child_process');
+const { Worker } = require('worker_threads');
+const report = process.argv[2];
+let ticks = 0, fromWorker = 0, fromChild = 0;
+const worker = new Worker(
+  "const { parentPort } = require('worker_threads'); let i = 0;" +
+  "setInterval(() => parentPort.postMessage(++i), 20);", { eval: true });
+worker.on('message', m => { fromWorker = m; });
+// Ping-pong over the IPC channel (a unix socket pair) with a forked child.
+const child = cp.fork(process.argv[3]);
+child.on('message', m => { fromChild = m; setTimeout(() => child.send(m), 20); });
+child.send(0);
+const server = http.createServer((req, res) => res.end(`node ${ticks} ${fromWorker} ${fromChild}\n`));
+server.listen(0, '127.0.0.1', () => {
+  setInterval(() => {
+    ticks++;
+    const line = `${process.pid} ${ticks} ${fromWorker} ${fromChild} ${server.address().port} ${child.pid}\n`;
+    fs.writeFileSync(report + '.tmp', line);
+    fs.renameSync(report + '.tmp', report);
+  }, 50);
+});
+"#;
+
+/// Node.js comes back serving: its event loop ticks on, its worker thread
+/// and its forked child (over the IPC channel) keep counting, the listening
+/// socket answers, with the same PIDs and threads.
+#[test]
+fn node_with_a_worker_and_a_child_continues() {
+    if !available("node", &["--version"]) {
+        return;
+    }
+    let dir = TestDir::new("node");
+    std::fs::write(dir.path("main.js"), NODE).unwrap();
+    std::fs::write(
+        dir.path("child.js"),
+        "process.on('message', m => process.send(m + 1));\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.path("main.js"))
+        .arg(dir.path("report"))
+        .arg(dir.path("child.js"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let before = w.wait_report(T, |r| (1..4).all(|i| field(r, 0, i) >= 5));
+    let (port, child) = (field(&before, 0, 4) as u16, field(&before, 0, 5) as i32);
+    assert_eq!(children_of(w.pid), vec![child]);
+    let body = http_get(port, "/").expect("node answers before the dump");
+    assert!(body.starts_with("node "), "{body}");
+    let mut tids_before = tasks(w.pid);
+    tids_before.sort_unstable();
+    let child_tids = tasks(child);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = w.read_report().unwrap();
+    w.reap_dumped();
+    assert!(
+        wait_gone(child, T),
+        "the dumped child {child} is still there"
+    );
+    let (pid, mut tids) = restore(&img);
+    w.restored(pid);
+    tids.sort_unstable();
+    assert_eq!(tids, tids_before, "threads of the restored node");
+    assert_eq!(children_of(pid), vec![child]);
+    assert_eq!(tasks(child), child_tids, "threads of the restored child");
+    let r = w.wait_report(T, |r| {
+        (1..4).all(|i| field(r, 0, i) > field(&at_dump, 0, i) + 5)
+    });
+    assert_eq!(field(&r, 0, 0) as i32, pid, "{r}");
+    let body = http_get(port, "/").expect("the restored node answers");
+    let answered: Vec<u64> = body
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(
+        answered.len() == 3 && (0..3).all(|i| answered[i] > field(&at_dump, 0, i + 1)),
+        "{body} (at the dump: {at_dump})"
+    );
+    assert_running_untraced(pid);
+    assert_running_untraced(child);
+    w.kill();
+}
+
+const GO: &str = r#"
+package main
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+func digest(m map[int]string) string {
+	h := sha256.New()
+	for i := 0; i < len(m); i++ {
+		h.Write([]byte(m[i]))
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))[:16]
+}
+
+func main() {
+	report := os.Args[1]
+	var hits, churn atomic.Int64
+	kept := map[int]string{}
+	for i := 0; i < 100000; i++ {
+		kept[i] = fmt.Sprint(i * i)
+	}
+	expected := digest(kept)
+	// Goroutines that never block: the runtime preempts them with SIGURG,
+	// and what they allocate keeps the collector busy.
+	for g := 0; g < 4; g++ {
+		go func() {
+			garbage := map[int][]byte{}
+			for j := 0; ; j++ {
+				garbage[j%512] = make([]byte, 1024)
+				churn.Add(1)
+			}
+		}()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	go func() {
+		for ticks := 1; ; ticks++ {
+			ok := "OK"
+			if digest(kept) != expected {
+				ok = "CORRUPT"
+			}
+			line := fmt.Sprintf("%d %d %d %d %s %s\n", os.Getpid(), ticks, hits.Load(), port, expected, ok)
+			os.WriteFile(report+".tmp", []byte(line), 0o644)
+			os.Rename(report+".tmp", report)
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "go %d %d\n", hits.Add(1), churn.Load())
+	})
+	http.Serve(ln, nil)
+}
+"#;
+
+/// A Go HTTP server comes back: its goroutines run on (preempted by
+/// signals, the collector at work), its map checksum holds, its listening
+/// socket answers and its counters go on, with the same threads.
+#[test]
+fn go_http_server_with_busy_goroutines_continues() {
+    if !available("go", &["version"]) {
+        return;
+    }
+    let dir = TestDir::new("go");
+    std::fs::write(dir.path("main.go"), GO).unwrap();
+    std::fs::write(dir.path("go.mod"), "module wl\n\ngo 1.19\n").unwrap();
+    let built = Command::new("go")
+        .args(["build", "-o", "wl", "."])
+        .current_dir(&dir.0)
+        // Hermetic: nothing fetched, nothing kept outside the test's directory.
+        .env("GOCACHE", dir.path("gocache"))
+        .env("GOPATH", dir.path("gopath"))
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "go build: {}", text(&built));
+    let mut cmd = Command::new(dir.path("wl"));
+    cmd.arg(dir.path("report"));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    let before = w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    let port = field(&before, 0, 3) as u16;
+    let served = |what: &str| -> (u64, u64) {
+        let body = http_get(port, "/").unwrap_or_else(|| panic!("go answers {what}"));
+        let f: Vec<u64> = body
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        assert_eq!(f.len(), 2, "{body}");
+        (f[0], f[1])
+    };
+    let (hits_before, churn_before) = served("before the dump");
+    assert!(churn_before > 0, "the goroutines run");
+    // The runtime may start a thread more before the dump, never end one.
+    let tids_before = tasks(w.pid);
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    let at_dump = w.read_report().unwrap();
+    w.reap_dumped();
+    let (pid, tids) = restore(&img);
+    w.restored(pid);
+    assert!(
+        tids_before.iter().all(|t| tids.contains(t)),
+        "threads {tids_before:?} before the dump, {tids:?} restored"
+    );
+    let r = w.wait_report(T, |r| field(r, 0, 1) > field(&at_dump, 0, 1) + 5);
+    assert!(r.trim_end().ends_with("OK"), "{r}\n{}", w.log());
+    assert_eq!(
+        r.split_whitespace().nth(4),
+        before.split_whitespace().nth(4)
+    );
+    let (hits, churn) = served("after the restore");
+    assert_eq!(hits, hits_before + 1, "its hit counter goes on");
+    assert!(churn > churn_before, "its goroutines run on");
+    assert_running_untraced(pid);
+    w.kill();
 }
 
 /// A signal pending on a thread other than the leader, sent with

@@ -362,9 +362,6 @@ pub fn restore_refused(src: &str, env: &[(&str, &str)]) -> String {
 
 // --- shared by the real-program and lazy-restore tests ---
 
-/// Whether `program` can run (`args` print its version); false means the
-/// test skips, which CRSTREAM_TEST_REQUIRE_PROGRAMS (set by `.ci/test`)
-/// turns into a failure.
 /// The system's python3: not a pyenv shim under root's home, which runs
 /// helper processes of its own and which other users cannot run.
 pub fn system_python() -> &'static str {
@@ -376,6 +373,9 @@ pub fn system_python() -> &'static str {
     python
 }
 
+/// Whether `program` can run (`args` print its version); false means the
+/// test skips, which CRSTREAM_TEST_REQUIRE_PROGRAMS (set by `.ci/test`)
+/// turns into a failure.
 pub fn available(program: &str, args: &[&str]) -> bool {
     let ok = Command::new(program)
         .args(args)
@@ -391,6 +391,22 @@ pub fn available(program: &str, args: &[&str]) -> bool {
         eprintln!("{program} is not installed: skipped");
     }
     ok
+}
+
+/// GET `path` from 127.0.0.1:`port`; the response body, or None.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// A loopback port free a moment ago.
