@@ -418,13 +418,7 @@ fn files_in_flight_in_unix_messages_come_back_with_them() {
     dump(w.pid, &img, &[]);
     w.reap_dumped();
     // Readers that would drop the files (before version 6) refuse the image.
-    let o = run(&["inspect", img.to_str().unwrap()], &[]);
-    let version: u32 = text(&o)
-        .split("records version ")
-        .nth(1)
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("records version");
-    assert!(version >= 6, "{}", text(&o));
+    assert!(records_version(&img) >= 6);
     let (pid, _) = restore(&img);
     w.restored(pid);
     std::fs::write(dir.path("go"), b"").unwrap();

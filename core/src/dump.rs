@@ -539,6 +539,17 @@ fn needs_records_14(processes: &[ProcessDump]) -> bool {
             .any(|p| p.records.get::<crstream_proto::SysvSemaphores>().is_some())
 }
 
+/// Whether the image has what records version 16 added, which a reader of
+/// version 15 would drop: a thread's machine-check kill policy, RDTSC or
+/// CPUID faulting.
+fn needs_records_16(processes: &[ProcessDump]) -> bool {
+    processes
+        .iter()
+        .flat_map(|p| &p.threads)
+        .filter_map(|t| t.get::<ThreadCore>())
+        .any(|t| t.machine_check_kill != 0 || t.tsc_faults || t.cpuid_faults)
+}
+
 /// The inventory, the tree, the objects the tree shares, then every
 /// process's stream and each of its threads' streams. Returns the page
 /// stream of each process, declared with it (pages follow the metadata).
@@ -570,9 +581,12 @@ fn write_metadata(
             // with O_TMPFILE as one that can never be linked, nor a file
             // linked elsewhere by a path that no longer exists, nor an
             // area without its guard regions, nor an absolute timerfd as a
-            // relative one, nor meet a saved temporary file it cannot make.
-            format_version: if objects.unlinked.has_transient() {
+            // relative one, nor meet a saved temporary file it cannot make,
+            // nor drop what a thread is trapped or killed on.
+            format_version: if needs_records_16(processes) {
                 crstream_proto::RECORDS_VERSION
+            } else if objects.unlinked.has_transient() {
+                crstream_proto::RECORDS_VERSION_WITHOUT_THREAD_TRAPS
             } else if needs_records_14(processes) {
                 crstream_proto::RECORDS_VERSION_WITHOUT_TRANSIENT_FILES
             } else if needs_records_13(processes) {

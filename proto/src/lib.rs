@@ -39,9 +39,14 @@ pub const FORMAT_VERSION: u16 = 1;
 /// (`PrctlValues.mlockall`); 14 = a timerfd's settime flags
 /// (`TimerFdFile.settime_flags`); 15 = files of a temporary file system
 /// mapped shared, saved with their contents to be made again if gone
-/// (`UnlinkedKind::Transient`, `UnlinkedFile.dir_*`). Readers read every
-/// version up to theirs.
-pub const RECORDS_VERSION: u32 = 15;
+/// (`UnlinkedKind::Transient`, `UnlinkedFile.dir_*`); 16 = a thread's
+/// machine-check kill policy and whether RDTSC or CPUID fault in it
+/// (`ThreadCore.machine_check_kill`, `tsc_faults`, `cpuid_faults`). Readers
+/// read every version up to theirs.
+pub const RECORDS_VERSION: u32 = 16;
+
+/// The version written for an image with nothing of version 16 in it.
+pub const RECORDS_VERSION_WITHOUT_THREAD_TRAPS: u32 = 15;
 
 /// The version written for an image with nothing of version 15 in it.
 pub const RECORDS_VERSION_WITHOUT_TRANSIENT_FILES: u32 = 14;

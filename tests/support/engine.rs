@@ -409,6 +409,17 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
+/// The records version of the image at `img`, as `inspect` shows it.
+pub fn records_version(img: &Path) -> u32 {
+    let o = run(&["inspect", img.to_str().unwrap()], &[]);
+    text(&o)
+        .split("records version ")
+        .nth(1)
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no records version: {}", text(&o)))
+}
+
 /// A loopback port free a moment ago.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

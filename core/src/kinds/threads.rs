@@ -1,5 +1,7 @@
 //! Threads: registers, FPU/xstate, signal mask, altstack, rseq, robust
-//! list, clear_child_tid and name, one `ThreadCore` record per thread (in
+//! list, clear_child_tid, name, memory policy, speculation controls, and
+//! what the thread is trapped or killed on (machine checks, RDTSC, CPUID),
+//! one `ThreadCore` record per thread (in
 //! the thread's stream). Restore creates each thread with its TID and sets
 //! its state from inside it; registers are set last, by the orchestrator,
 //! with [`set_registers`].
@@ -88,6 +90,7 @@ fn dump_thread(
         })?;
     let comm =
         std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", p.pid)).unwrap_or_default();
+    let traps = traps(remote, scratch, mem)?;
     let word = |i: usize| u64::from_le_bytes(ss[i..i + 8].try_into().expect("8 bytes"));
     Ok(ThreadCore {
         tid: tid as u32,
@@ -116,7 +119,110 @@ fn dump_thread(
         spec_indirect_branch: 0,
         fs_base: regs.fs_base,
         gs_base: regs.gs_base,
+        machine_check_kill: traps.machine_check_kill,
+        tsc_faults: traps.tsc_faults,
+        cpuid_faults: traps.cpuid_faults,
     })
+}
+
+/// PR_MCE_KILL_GET answers (include/uapi/linux/prctl.h).
+const PR_MCE_KILL_LATE: i64 = 0;
+const PR_MCE_KILL_EARLY: i64 = 1;
+const PR_MCE_KILL_SET: u64 = 1;
+const PR_TSC_SIGSEGV: u32 = 2;
+const ARCH_GET_CPUID: u64 = 0x1011;
+const ARCH_SET_CPUID: u64 = 0x1012;
+
+/// What a thread asked to be trapped or killed on, each inherited by the
+/// threads it creates: its machine-check kill policy, and whether RDTSC
+/// and CPUID fault in it (a sandbox, a deterministic replayer, a VMM's
+/// vCPU threads set them).
+struct Traps {
+    machine_check_kill: u32,
+    tsc_faults: bool,
+    cpuid_faults: bool,
+}
+
+fn traps(
+    remote: &Remote,
+    scratch: u64,
+    mem: &crate::inject::RemoteMem,
+) -> Result<Traps, DumpError> {
+    let machine_check_kill = match remote.call(
+        "prctl(PR_MCE_KILL_GET)",
+        libc::SYS_prctl,
+        &[libc::PR_MCE_KILL_GET as u64],
+    )? {
+        PR_MCE_KILL_LATE => 1,
+        PR_MCE_KILL_EARLY => 2,
+        _ => 0,
+    };
+    remote.call(
+        "prctl(PR_GET_TSC)",
+        libc::SYS_prctl,
+        &[libc::PR_GET_TSC as u64, scratch],
+    )?;
+    let mut mode = [0u8; 4];
+    mem.read(scratch, &mut mode)?;
+    let tsc_faults = u32::from_le_bytes(mode) == PR_TSC_SIGSEGV;
+    // 1: CPUID runs; 0: it faults. Asked only where it can fault.
+    let cpuid_faults = cpuid_faulting_here()
+        && remote.call(
+            "arch_prctl(ARCH_GET_CPUID)",
+            libc::SYS_arch_prctl,
+            &[ARCH_GET_CPUID, 0],
+        )? == 0;
+    Ok(Traps {
+        machine_check_kill,
+        tsc_faults,
+        cpuid_faults,
+    })
+}
+
+/// Whether this CPU can make CPUID fault: asking crstream's own thread to
+/// let CPUID run (as it does) fails with ENODEV where it cannot.
+fn cpuid_faulting_here() -> bool {
+    static HERE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: arch_prctl with integer arguments, changing nothing.
+    *HERE.get_or_init(|| unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_CPUID, 1) } == 0)
+}
+
+/// Sets what [`traps`] read, last: nothing restore runs in the thread
+/// afterwards executes RDTSC or CPUID.
+fn restore_traps(remote: &Remote, t: &ThreadCore) -> Result<(), String> {
+    if t.machine_check_kill != 0 {
+        let policy = if t.machine_check_kill == 2 {
+            PR_MCE_KILL_EARLY
+        } else {
+            PR_MCE_KILL_LATE
+        };
+        remote
+            .call(
+                "prctl(PR_MCE_KILL)",
+                libc::SYS_prctl,
+                &[libc::PR_MCE_KILL as u64, PR_MCE_KILL_SET, policy as u64],
+            )
+            .map_err(|e| format!("machine-check kill policy: {e}"))?;
+    }
+    if t.tsc_faults {
+        remote
+            .call(
+                "prctl(PR_SET_TSC)",
+                libc::SYS_prctl,
+                &[libc::PR_SET_TSC as u64, PR_TSC_SIGSEGV as u64],
+            )
+            .map_err(|e| format!("RDTSC faulting: {e}"))?;
+    }
+    if t.cpuid_faults {
+        remote
+            .call(
+                "arch_prctl(ARCH_SET_CPUID)",
+                libc::SYS_arch_prctl,
+                &[ARCH_SET_CPUID, 0],
+            )
+            .map_err(|e| format!("CPUID faulting (which this CPU or hypervisor may lack): {e}"))?;
+    }
+    Ok(())
 }
 
 fn thread_err(pid: i32, tid: i32, reason: String) -> RestoreError {
@@ -244,7 +350,7 @@ fn restore_state(stub: &Stub, remote: &Remote, t: &ThreadCore) -> Result<(), Res
             &[libc::PR_SET_NAME as u64, a],
         )?;
     }
-    Ok(())
+    restore_traps(remote, t).map_err(|reason| thread_err(pid, tid, reason))
 }
 
 /// Room for a node mask of this many nodes (the kernel refuses a
