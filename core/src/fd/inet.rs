@@ -653,6 +653,7 @@ mod tests {
             (libc::IPPROTO_TCP, 16 /* TCP_THIN_LINEAR_TIMEOUTS */, 1),
             (libc::IPPROTO_TCP, 37 /* TCP_TX_DELAY */, 1_000),
             (libc::IPPROTO_TCP, 34 /* TCP_FASTOPEN_NO_COOKIE */, 1),
+            (libc::SOL_SOCKET, 60 /* SO_ZEROCOPY */, 1),
         ];
         for &(level, name, v) in &rarer {
             int(level, name, v);
@@ -665,6 +666,9 @@ mod tests {
             &pacing,
         )
         .unwrap();
+        // struct sock_txtime: CLOCK_TAI, SOF_TXTIME_REPORT_ERRORS.
+        let txtime = [11i32.to_ne_bytes(), 2u32.to_ne_bytes()].concat();
+        socket::setsockopt(&s, libc::SOL_SOCKET, 61 /* SO_TXTIME */, &txtime).unwrap();
         socket::setsockopt(&s, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"reno").unwrap();
         socket::setsockopt(&s, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, b"lo").unwrap();
         let timeout = [3u64.to_ne_bytes(), 500_000u64.to_ne_bytes()].concat();
@@ -701,6 +705,7 @@ mod tests {
             assert_eq!(int(level, name), v, "level {level} option {name}");
         }
         assert_eq!(get(libc::SOL_SOCKET, 47), pacing);
+        assert_eq!(get(libc::SOL_SOCKET, 61), txtime);
         assert!(get(libc::IPPROTO_TCP, libc::TCP_CONGESTION).starts_with(b"reno"));
         assert!(get(libc::SOL_SOCKET, libc::SO_BINDTODEVICE).starts_with(b"lo"));
         assert_eq!(get(libc::SOL_SOCKET, libc::SO_RCVTIMEO), timeout);

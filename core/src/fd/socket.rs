@@ -94,6 +94,12 @@ pub(super) fn finish(
     mut sf: SocketFile,
     f: &mut OpenFile,
 ) -> Result<(), DumpError> {
+    if let Some(ulp) = upper_layer(dup, &sf) {
+        return Err(d.refuse(format!(
+            "a TCP socket with the upper layer protocol \"{ulp}\" (TCP_ULP: kernel TLS keys \
+             and records, or ESP in TCP), which is not saved: restored, it would send in the clear"
+        )));
+    }
     for (level, opt) in option_list(sf.family, sf.r#type, sf.protocol) {
         let mut buf = [0u8; 64];
         match getsockopt(dup, level, opt, &mut buf) {
@@ -249,6 +255,9 @@ const TCP_FASTOPEN_CONNECT: i32 = 30;
 const TCP_FASTOPEN_NO_COOKIE: i32 = 34;
 const TCP_INQ: i32 = 36;
 const TCP_TX_DELAY: i32 = 37;
+const TCP_ULP: i32 = 31;
+const SO_ZEROCOPY: i32 = 60;
+const SO_TXTIME: i32 = 61;
 const UDP_SEGMENT: i32 = 103;
 const UDP_GRO: i32 = 104;
 
@@ -313,7 +322,12 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
         (s, SO_MAX_PACING_RATE),
         (s, SO_TXREHASH),
         (s, SO_RCVMARK),
+        (s, SO_TXTIME),
     ]);
+    // Zero-copy sends: TCP and UDP only.
+    if ty == libc::SOCK_STREAM || protocol == libc::IPPROTO_UDP {
+        v.push((s, SO_ZEROCOPY));
+    }
     if ty == libc::SOCK_DGRAM {
         v.push((s, libc::SO_BROADCAST));
     }
@@ -441,6 +455,19 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
     // After IP_TOS / IPV6_TCLASS, which may set it too.
     v.push((s, libc::SO_PRIORITY));
     v
+}
+
+/// The upper layer protocol on a TCP socket (TCP_ULP: "tls", "espintcp"),
+/// if it has one.
+fn upper_layer(s: &OwnedFd, sf: &SocketFile) -> Option<String> {
+    let inet = sf.family == libc::AF_INET || sf.family == libc::AF_INET6;
+    if !inet || sf.r#type != libc::SOCK_STREAM || sf.protocol != libc::IPPROTO_TCP {
+        return None;
+    }
+    let mut name = [0u8; 16];
+    let n = getsockopt(s, libc::IPPROTO_TCP, TCP_ULP, &mut name).ok()?;
+    let name = name[..n].split(|&b| b == 0).next().unwrap_or_default();
+    (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
 }
 
 /// A classic BPF socket filter (SO_GET_FILTER): its instructions, 8 bytes
