@@ -1,8 +1,9 @@
 //! Workload: the main thread asks to be killed early on a memory error in
 //! its pages (PR_MCE_KILL early); a second thread asks for late kills and
 //! for RDTSC and CPUID to fault in it (PR_SET_TSC, ARCH_SET_CPUID, where
-//! the CPU can), as sandboxes and deterministic replayers do. Each thread checks its own
-//! settings every 50 ms (the second with raw syscalls only: it must not
+//! the CPU can), as sandboxes and deterministic replayers do; a third,
+//! started first, keeps the defaults. Each thread checks its own settings
+//! every 50 ms (the second with raw syscalls only: it must not
 //! read the TSC, as the vDSO's clocks do). Reports "pid counter STATUS",
 //! the counter being the second thread's checks.
 //!
@@ -16,6 +17,8 @@ use wl_common::{Status, report};
 const PR_MCE_KILL_SET: u64 = 1;
 const PR_MCE_KILL_LATE: i64 = 0;
 const PR_MCE_KILL_EARLY: i64 = 1;
+const PR_MCE_KILL_DEFAULT: i64 = 2;
+const PR_TSC_ENABLE: i32 = 1;
 const PR_TSC_SIGSEGV: i32 = 2;
 const ARCH_GET_CPUID: u64 = 0x1011;
 const ARCH_SET_CPUID: u64 = 0x1012;
@@ -79,10 +82,29 @@ fn trapped_thread() {
     }
 }
 
+/// A thread started before the others asked for anything (the main
+/// thread's policy is set after it starts): every setting the default.
+fn plain_thread() {
+    loop {
+        let mut tsc: i32 = 0;
+        prctl(libc::PR_GET_TSC, &mut tsc as *mut i32 as u64, 0);
+        // SAFETY: arch_prctl with integer arguments.
+        let cpuid = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_CPUID, 0) };
+        if mce_kill() != PR_MCE_KILL_DEFAULT {
+            STATUS.fail(format!("plain-mce-kill-{}", mce_kill()));
+        }
+        if tsc != PR_TSC_ENABLE || cpuid != 1 {
+            STATUS.fail(format!("plain-tsc-{tsc}-cpuid-{cpuid}"));
+        }
+        pause();
+    }
+}
+
 fn main() {
     // SAFETY: no fd above 2 is in use yet.
     unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
     let path = std::env::args().nth(1).expect("usage: wl_traps REPORT");
+    std::thread::spawn(plain_thread);
     assert_eq!(
         prctl(libc::PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY as u64),
         0

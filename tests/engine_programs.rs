@@ -179,8 +179,9 @@ fn node_with_a_worker_and_a_child_continues() {
     assert_eq!(children_of(w.pid), vec![child]);
     let body = http_get(port, "/").expect("node answers before the dump");
     assert!(body.starts_with("node "), "{body}");
-    let mut tids_before = tasks(w.pid);
-    tids_before.sort_unstable();
+    // Node may start a thread more before the dump (its thread pool),
+    // never end one.
+    let tids_before = tasks(w.pid);
     let child_tids = tasks(child);
     let img = dir.path("img");
     dump(w.pid, &img, &[]);
@@ -190,12 +191,18 @@ fn node_with_a_worker_and_a_child_continues() {
         wait_gone(child, T),
         "the dumped child {child} is still there"
     );
-    let (pid, mut tids) = restore(&img);
+    let (pid, tids) = restore(&img);
     w.restored(pid);
-    tids.sort_unstable();
-    assert_eq!(tids, tids_before, "threads of the restored node");
+    assert!(
+        tids_before.iter().all(|t| tids.contains(t)),
+        "threads {tids_before:?} before the dump, {tids:?} restored"
+    );
     assert_eq!(children_of(pid), vec![child]);
-    assert_eq!(tasks(child), child_tids, "threads of the restored child");
+    let child_now = tasks(child);
+    assert!(
+        child_tids.iter().all(|t| child_now.contains(t)),
+        "threads of the child {child_tids:?} before the dump, {child_now:?} restored"
+    );
     let r = w.wait_report(T, |r| {
         (1..4).all(|i| field(r, 0, i) > field(&at_dump, 0, i) + 5)
     });
@@ -238,7 +245,7 @@ func digest(m map[int]string) string {
 
 func main() {
 	report := os.Args[1]
-	var hits, churn atomic.Int64
+	var hits, churn int64
 	kept := map[int]string{}
 	for i := 0; i < 100000; i++ {
 		kept[i] = fmt.Sprint(i * i)
@@ -251,7 +258,7 @@ func main() {
 			garbage := map[int][]byte{}
 			for j := 0; ; j++ {
 				garbage[j%512] = make([]byte, 1024)
-				churn.Add(1)
+				atomic.AddInt64(&churn, 1)
 			}
 		}()
 	}
@@ -266,14 +273,14 @@ func main() {
 			if digest(kept) != expected {
 				ok = "CORRUPT"
 			}
-			line := fmt.Sprintf("%d %d %d %d %s %s\n", os.Getpid(), ticks, hits.Load(), port, expected, ok)
+			line := fmt.Sprintf("%d %d %d %d %s %s\n", os.Getpid(), ticks, atomic.LoadInt64(&hits), port, expected, ok)
 			os.WriteFile(report+".tmp", []byte(line), 0o644)
 			os.Rename(report+".tmp", report)
 			time.Sleep(50 * time.Millisecond)
 		}
 	}()
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "go %d %d\n", hits.Add(1), churn.Load())
+		fmt.Fprintf(w, "go %d %d\n", atomic.AddInt64(&hits, 1), atomic.LoadInt64(&churn))
 	})
 	http.Serve(ln, nil)
 }
@@ -289,13 +296,15 @@ fn go_http_server_with_busy_goroutines_continues() {
     }
     let dir = TestDir::new("go");
     std::fs::write(dir.path("main.go"), GO).unwrap();
-    std::fs::write(dir.path("go.mod"), "module wl\n\ngo 1.19\n").unwrap();
+    std::fs::write(dir.path("go.mod"), "module wl\n\ngo 1.16\n").unwrap();
     let built = Command::new("go")
         .args(["build", "-o", "wl", "."])
         .current_dir(&dir.0)
         // Hermetic: nothing fetched, nothing kept outside the test's directory.
         .env("GOCACHE", dir.path("gocache"))
         .env("GOPATH", dir.path("gopath"))
+        .env("HOME", &dir.0)
+        .env("XDG_CONFIG_HOME", dir.path("config"))
         .env("GOPROXY", "off")
         .env("GOFLAGS", "-mod=mod")
         .output()

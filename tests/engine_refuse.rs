@@ -846,6 +846,39 @@ fn a_tcp_connection_with_urgent_data_pending_is_refused() {
     w.kill();
 }
 
+/// A TCP connection with zero-copy sends (SO_ZEROCOPY) is refused by name
+/// with --tcp-established: the kernel's count of zero-copy sends, which
+/// numbers their completions, would start again at 0. With --tcp-close it
+/// is saved (it sends nothing more). The server runs on.
+#[test]
+fn a_tcp_connection_with_zero_copy_sends_is_refused_established() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let script = "import socket, time\n\
+        s = socket.socket()\n\
+        s.bind(('127.0.0.1', 0))\n\
+        s.listen(1)\n\
+        print(s.getsockname()[1], flush=True)\n\
+        c, _ = s.accept()\n\
+        c.setsockopt(socket.SOL_SOCKET, 60, 1)\n\
+        c.send(b'zero-copy', 0x4000000)\n\
+        print('sent', flush=True)\n\
+        time.sleep(600)\n";
+    let dir = TestDir::new("refuse-zerocopy");
+    let (mut w, log, first) = python_reporting(&dir, script, &[]);
+    let port: u16 = first[0].parse().unwrap();
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    wait_for_log(&log, "sent");
+    let err = dump_fails(w.pid, &["--tcp-established"]);
+    assert!(err.contains("zero-copy sends (SO_ZEROCOPY)"), "{err}");
+    assert_running_untraced(w.pid);
+    let img = dir.path("img-closed");
+    dump(w.pid, &img, &["--tcp-close", "--leave-running"]);
+    assert_running_untraced(w.pid);
+    w.kill();
+}
+
 /// A unix stream socket holding an out-of-band byte not read yet is
 /// refused by name: it came back as ordinary data in the stream (MSG_OOB
 /// then failed with EINVAL). The process runs on and reads it apart.

@@ -397,7 +397,17 @@ impl FrozenTree {
             .iter()
             .flat_map(|f| f.threads.iter().map(|t| (t.tid, f.pid)))
             .collect();
-        tree.tracers = Some(std::thread::spawn(move || refuse_tracers(&threads)));
+        tree.tracers = match std::thread::Builder::new().name("tracers".into()).spawn({
+            let threads = threads.clone();
+            move || refuse_tracers(&threads)
+        }) {
+            Ok(scan) => Some(scan),
+            // No thread to spare (a pids limit): the scan is done here.
+            Err(_) => {
+                refuse_tracers(&threads)?;
+                None
+            }
+        };
         tracing::debug!(root, processes = tree.entries.len(), "tree frozen");
         Ok(tree)
     }
@@ -409,7 +419,11 @@ impl FrozenTree {
         match self.tracers.take().map(|scan| scan.join()) {
             None => Ok(()),
             Some(Ok(answer)) => answer,
-            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            Some(Err(_)) => Err(DumpError::Unsupported {
+                pid: self.procs.first().map_or(0, |f| f.pid),
+                what: "tracer",
+                reason: "the scan for processes the tree traces failed (a bug of crstream)".into(),
+            }),
         }
     }
 
@@ -562,18 +576,11 @@ fn refuse_unfreezable(pid: i32, stat: &proc::Stat, status: &proc::Status) -> Res
     crate::namespaces::refuse_unsaved(pid, status.nspid.len() > own)
 }
 
-/// Empties the robust futex list of thread `tid` (its head made
-/// to point to itself, no operation pending), so that its exit at the
-/// dump's kill leaves the robust mutexes it holds alone: the kernel would
-/// mark each one's owner dead (FUTEX_OWNER_DIED), and one in shared memory
-/// (not in the image) would then be taken by another process while the
-/// restored thread still holds it. Best effort: a thread without a list, or
-/// whose head cannot be written, exits as it would have.
 /// Refuses a tree one of whose threads traces a process (a debugger, a
 /// strace, a sandbox supervisor): the attachment ends with the dumped
 /// process, and the restored one would go on believing it holds its
-/// tracee. A tracee inside the tree is refused as traced, before it is
-/// frozen; this finds the tracees outside it. Once the tree is frozen, no
+/// tracee. A tracee inside the tree is refused when it is frozen (its
+/// seize fails); this finds the tracees outside it. Once the tree is frozen, no
 /// thread of it can attach to another process: the scan is final.
 fn refuse_tracers(threads: &[(i32, i32)]) -> Result<(), DumpError> {
     let tracer_pid = |tid: i32| threads.iter().find(|t| t.0 == tid).map(|t| t.1);
@@ -615,6 +622,13 @@ fn refuse_tracers(threads: &[(i32, i32)]) -> Result<(), DumpError> {
     Ok(())
 }
 
+/// Empties the robust futex list of thread `tid` (its head made
+/// to point to itself, no operation pending), so that its exit at the
+/// dump's kill leaves the robust mutexes it holds alone: the kernel would
+/// mark each one's owner dead (FUTEX_OWNER_DIED), and one in shared memory
+/// (not in the image) would then be taken by another process while the
+/// restored thread still holds it. Best effort: a thread without a list, or
+/// whose head cannot be written, exits as it would have.
 fn empty_robust_list(mem: &crate::inject::RemoteMem, tid: i32) {
     let (mut head, mut len) = (0u64, 0usize);
     // SAFETY: get_robust_list writes the head pointer and its length into

@@ -94,12 +94,7 @@ pub(super) fn finish(
     mut sf: SocketFile,
     f: &mut OpenFile,
 ) -> Result<(), DumpError> {
-    if let Some(ulp) = upper_layer(dup, &sf) {
-        return Err(d.refuse(format!(
-            "a TCP socket with the upper layer protocol \"{ulp}\" (TCP_ULP: kernel TLS keys \
-             and records, or ESP in TCP), which is not saved: restored, it would send in the clear"
-        )));
-    }
+    refuse_connection_state(d, dup, &sf)?;
     for (level, opt) in option_list(sf.family, sf.r#type, sf.protocol) {
         let mut buf = [0u8; 64];
         match getsockopt(dup, level, opt, &mut buf) {
@@ -322,6 +317,8 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
         (s, SO_MAX_PACING_RATE),
         (s, SO_TXREHASH),
         (s, SO_RCVMARK),
+        // Read back as its clock and flags only: one enabled with
+        // CLOCK_REALTIME and no flags looks like none, and is lost.
         (s, SO_TXTIME),
     ]);
     // Zero-copy sends: TCP and UDP only.
@@ -457,13 +454,37 @@ fn option_list(family: i32, ty: i32, protocol: i32) -> Vec<(i32, i32)> {
     v
 }
 
+/// Refuses a TCP connection to be restored established
+/// (`--tcp-established`) with state on it that is not saved: an upper
+/// layer protocol (TCP_ULP: kernel TLS keys and records, ESP in TCP),
+/// without which it would send in the clear; zero-copy sends
+/// (SO_ZEROCOPY), whose completion counter would start again at 0 and
+/// whose pending completions would be lost. Closed (`--tcp-close`) or
+/// refused anyway, a connection sends nothing more.
+fn refuse_connection_state(d: &DumpFd<'_>, s: &OwnedFd, sf: &SocketFile) -> Result<(), DumpError> {
+    let inet = sf.family == libc::AF_INET || sf.family == libc::AF_INET6;
+    let tcp = inet && sf.r#type == libc::SOCK_STREAM && sf.protocol == libc::IPPROTO_TCP;
+    if !tcp || sf.peer_addr.is_empty() || d.tcp != super::tcp::TcpMode::Established {
+        return Ok(());
+    }
+    if let Some(ulp) = upper_layer(s) {
+        return Err(d.refuse(format!(
+            "a TCP connection with the upper layer protocol \"{ulp}\" (TCP_ULP: kernel TLS or \
+             ESP in TCP), which is not saved: restored, it would send in the clear"
+        )));
+    }
+    if getsockopt_int(s, libc::SOL_SOCKET, SO_ZEROCOPY).unwrap_or(0) != 0 {
+        return Err(d.refuse(
+            "a TCP connection with zero-copy sends (SO_ZEROCOPY), whose completion counter \
+             and pending completions are not saved",
+        ));
+    }
+    Ok(())
+}
+
 /// The upper layer protocol on a TCP socket (TCP_ULP: "tls", "espintcp"),
 /// if it has one.
-fn upper_layer(s: &OwnedFd, sf: &SocketFile) -> Option<String> {
-    let inet = sf.family == libc::AF_INET || sf.family == libc::AF_INET6;
-    if !inet || sf.r#type != libc::SOCK_STREAM || sf.protocol != libc::IPPROTO_TCP {
-        return None;
-    }
+fn upper_layer(s: &OwnedFd) -> Option<String> {
     let mut name = [0u8; 16];
     let n = getsockopt(s, libc::IPPROTO_TCP, TCP_ULP, &mut name).ok()?;
     let name = name[..n].split(|&b| b == 0).next().unwrap_or_default();

@@ -128,6 +128,8 @@ fn dump_thread(
 /// PR_MCE_KILL_GET answers (include/uapi/linux/prctl.h).
 const PR_MCE_KILL_LATE: i64 = 0;
 const PR_MCE_KILL_EARLY: i64 = 1;
+const PR_MCE_KILL_DEFAULT: i64 = 2;
+const PR_MCE_KILL_CLEAR: u64 = 0;
 const PR_MCE_KILL_SET: u64 = 1;
 const PR_TSC_SIGSEGV: u32 = 2;
 const ARCH_GET_CPUID: u64 = 0x1011;
@@ -179,6 +181,13 @@ fn traps(
     })
 }
 
+/// crstream's own machine-check kill policy, which the threads it makes
+/// inherit (RDTSC and CPUID run in crstream: it reads clocks).
+fn own_machine_check_kill() -> i64 {
+    // SAFETY: prctl with integer arguments, changing nothing.
+    unsafe { libc::prctl(libc::PR_MCE_KILL_GET, 0, 0, 0, 0) as i64 }
+}
+
 /// Whether this CPU can make CPUID fault: asking crstream's own thread to
 /// let CPUID run (as it does) fails with ENODEV where it cannot.
 fn cpuid_faulting_here() -> bool {
@@ -190,18 +199,25 @@ fn cpuid_faulting_here() -> bool {
 /// Sets what [`traps`] read, last: nothing restore runs in the thread
 /// afterwards executes RDTSC or CPUID.
 fn restore_traps(remote: &Remote, t: &ThreadCore) -> Result<(), String> {
-    if t.machine_check_kill != 0 {
-        let policy = if t.machine_check_kill == 2 {
-            PR_MCE_KILL_EARLY
-        } else {
-            PR_MCE_KILL_LATE
-        };
+    // The thread has crstream's: only a different one is set.
+    let set = match t.machine_check_kill {
+        0 if own_machine_check_kill() == PR_MCE_KILL_DEFAULT => None,
+        0 => Some([libc::PR_MCE_KILL as u64, PR_MCE_KILL_CLEAR, 0]),
+        1 => Some([
+            libc::PR_MCE_KILL as u64,
+            PR_MCE_KILL_SET,
+            PR_MCE_KILL_LATE as u64,
+        ]),
+        2 => Some([
+            libc::PR_MCE_KILL as u64,
+            PR_MCE_KILL_SET,
+            PR_MCE_KILL_EARLY as u64,
+        ]),
+        other => return Err(format!("bad image: machine-check kill policy {other}")),
+    };
+    if let Some(args) = set {
         remote
-            .call(
-                "prctl(PR_MCE_KILL)",
-                libc::SYS_prctl,
-                &[libc::PR_MCE_KILL as u64, PR_MCE_KILL_SET, policy as u64],
-            )
+            .call("prctl(PR_MCE_KILL)", libc::SYS_prctl, &args)
             .map_err(|e| format!("machine-check kill policy: {e}"))?;
     }
     if t.tsc_faults {
