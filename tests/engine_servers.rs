@@ -2,7 +2,8 @@
 //! dumped with --tcp-established while a client (this test) holds a
 //! connection open, restored, and asked on that same connection for what
 //! it stored before the dump; then restored again with --tcp-close (the
-//! first copy had the connection) and asked on a new connection.
+//! first copy had the connection) and asked on a new connection. And
+//! OpenSSH's server with a session whose client reads on across the dump.
 //!
 //! Skipped with a message when the program is not installed, unless
 //! CRSTREAM_TEST_REQUIRE_PROGRAMS is set (as `.ci/test` does).
@@ -105,6 +106,114 @@ fn keeps_its_client_across_dump_and_restore(dir: &TestDir, port: u16, srv: Serve
     let mut again = connect(port);
     ask_get(&mut again, "before", "written-before-the-dump");
     assert_running_untraced(w.pid);
+    w.kill();
+}
+
+/// OpenSSH's server with a session: the listener, the session's monitor
+/// and the shell it runs (a count), dumped with --tcp-established while
+/// the client, outside the tree, reads the shell's output over the
+/// encrypted connection. Restored, the same session goes on: the client
+/// reads the count on from where it was, each number once, and a new
+/// client is greeted. Nothing outside the test's directory is used but the
+/// privilege separation directory sshd needs.
+#[test]
+fn sshd_keeps_a_session_across_dump_and_restore() {
+    let sshd = "/usr/sbin/sshd";
+    if !available(sshd, &["-V"]) || !available("ssh", &["-V"]) {
+        return;
+    }
+    let dir = TestDir::new("sshd");
+    for key in ["host", "user"] {
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(dir.path(key))
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "ssh-keygen: {}", text(&made));
+    }
+    let authorized = dir.path("authorized_keys");
+    std::fs::copy(dir.path("user.pub"), &authorized).unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(sshd);
+    // No system configuration: keys and files of the test only.
+    cmd.args(["-D", "-e", "-f", "/dev/null", "-p", &port.to_string()])
+        .args([
+            "-o",
+            "ListenAddress=127.0.0.1",
+            "-o",
+            "StrictModes=no",
+            "-h",
+        ])
+        .arg(dir.path("host"))
+        .arg("-o")
+        .arg(format!("AuthorizedKeysFile={}", authorized.display()))
+        .arg("-o")
+        .arg(format!("PidFile={}", dir.path("sshd.pid").display()));
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    drop(connect(port));
+    let output = dir.path("client.out");
+    let client = ChildGuard(Some(
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-p", &port.to_string(), "-i"])
+            .arg(dir.path("user"))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "root@127.0.0.1",
+            ])
+            .arg("n=0; while :; do n=$((n+1)); echo tick $n; sleep 0.1; done")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&output).unwrap())
+            .stderr(std::fs::File::create(dir.path("client.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    let ticks = || -> Vec<u64> {
+        std::fs::read_to_string(&output)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+            .collect()
+    };
+    let log = || std::fs::read_to_string(dir.path("client.err")).unwrap_or_default();
+    assert!(
+        wait_until(T, || ticks().len() >= 5),
+        "no session: {}",
+        log()
+    );
+    assert!(!children_of(w.pid).is_empty(), "the session's processes");
+
+    let img = dir.path("img");
+    let dumped = dump_tree_with(&mut w, img.to_str().unwrap(), &["--tcp-established"], &[]);
+    let _lock = NetLockGuard::of(&dumped);
+    let at_dump = ticks().len();
+    restore_with(&img, &[], &mut w);
+    assert!(
+        wait_until(T, || ticks().len() >= at_dump + 10),
+        "the session did not go on ({at_dump} ticks at the dump): {}",
+        log()
+    );
+    let seen = ticks();
+    assert!(
+        seen.iter().zip(1..).all(|(&n, i)| n == i),
+        "the count restarted or lost a number: {seen:?}"
+    );
+    let pid = client.0.as_ref().unwrap().id() as i32;
+    assert_running_untraced(pid);
+    let mut banner = [0u8; 8];
+    connect(port).read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    assert_running_untraced(w.pid);
+    drop(client);
     w.kill();
 }
 
