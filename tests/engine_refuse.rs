@@ -135,6 +135,92 @@ while True:
     );
 }
 
+/// Landlock sandboxes, which no interface reads back: a process that
+/// restricted itself (and closed its ruleset) is refused naming Landlock,
+/// and so is one where only a worker thread did; each runs on, still
+/// confined, and no probe of crstream's is left behind.
+#[test]
+fn a_landlock_sandbox_is_refused_by_thread() {
+    if !available("python3", &["--version"]) {
+        return;
+    }
+    let script = r#"
+import ctypes, os, struct, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def restrict():
+    # Writing files is handled (and so denied), nothing is allowed.
+    attr = ctypes.create_string_buffer(struct.pack("QQQ", 1 << 1, 0, 0))
+    rs = libc.syscall(444, attr, 8, 0)
+    if rs < 0 or libc.prctl(38, 1, 0, 0, 0) != 0 or libc.syscall(446, rs, 0) != 0:
+        sys.exit("landlock: " + os.strerror(ctypes.get_errno()))
+    os.close(rs)
+def denied():
+    try:
+        open(sys.argv[1] + ".probe", "w")
+        return "writable"
+    except PermissionError:
+        return "denied"
+state = {}
+def worker():
+    restrict()
+    while True:
+        state["worker"] = denied()
+        time.sleep(0.05)
+if sys.argv[2] == "process":
+    restrict()
+    threading.Thread(target=worker, daemon=True).start()
+else:
+    threading.Thread(target=worker, daemon=True).start()
+while True:
+    time.sleep(0.1)
+    line = f"{threading.get_native_id()} {len(threading.enumerate())} {state.get('worker')}\n"
+    if sys.argv[2] == "thread":
+        open(sys.argv[1] + ".main", "w").write("ok\n")
+    sys.stdout.write(line)
+    sys.stdout.flush()
+"#;
+    for scope in ["process", "thread"] {
+        let dir = TestDir::new(&format!("refuse-landlock-{scope}"));
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script]).arg(dir.path("report")).arg(scope);
+        let w = spawn_isolated(cmd, dir.path("report"));
+        let log = dir.path("report").with_extension("log");
+        wait_for_log(&log, "denied");
+        let err = refused(w.pid, &[]);
+        assert!(
+            err.contains("Landlock sandbox") && err.contains("landlock_restrict_self"),
+            "{scope}: {err}"
+        );
+        // The thread named is the one confined.
+        let tid: i32 = err
+            .split("thread ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(tid == w.pid, scope == "process", "{scope}: {err}");
+        assert_running_untraced(w.pid);
+        // Still confined where it was, and (by thread) free elsewhere.
+        let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+        assert!(wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).unwrap().lines().count() > lines + 2
+        }));
+        let last = std::fs::read_to_string(&log).unwrap();
+        assert!(last.trim_end().ends_with("denied"), "{scope}: {last}");
+        assert_eq!(dir.path("report.main").exists(), scope == "thread");
+        // No probe is left: none runs with this dump's command line.
+        let dumped = format!("dump\0-t\0{}\0", w.pid);
+        for pid in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(pid.path().join("cmdline")).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(&dumped),
+                "a probe of the dump is left: {}",
+                pid.file_name().to_string_lossy()
+            );
+        }
+    }
+}
+
 /// One PID namespace inside crstream's is dumped with its PIDs there
 /// (engine_pidns); a process two namespaces deep is refused, and runs on.
 #[test]

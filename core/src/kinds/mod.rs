@@ -6,6 +6,7 @@ pub(crate) mod aio;
 pub(crate) mod creds;
 pub(crate) mod fs_context;
 pub(crate) mod itimers;
+pub(crate) mod landlock;
 pub(crate) mod loginuid;
 pub(crate) mod membarrier;
 pub(crate) mod memory;
@@ -52,6 +53,7 @@ pub(crate) fn registry() -> Vec<Box<dyn Kind>> {
         // crstream, so before the process's own credentials.
         Box::new(rlimits::Rlimits),
         Box::new(seccomp::SeccompKind),
+        Box::<landlock::Landlock>::default(),
         Box::new(creds::Creds),
         Box::new(crate::fd::owner::Owners),
         // Once the owners are set: the break signals the holder.
