@@ -144,6 +144,11 @@ fn a_landlock_sandbox_is_refused_by_thread() {
     if !available("python3", &["--version"]) {
         return;
     }
+    // SAFETY: landlock_create_ruleset asking the ABI version only.
+    if unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, 0usize, 0usize, 1u64) } < 1 {
+        eprintln!("this kernel enforces no Landlock: skipped");
+        return;
+    }
     let script = r#"
 import ctypes, os, struct, sys, threading, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -180,13 +185,45 @@ while True:
     sys.stdout.write(line)
     sys.stdout.flush()
 "#;
-    for scope in ["process", "thread"] {
+    // Also in a PID namespace of its own (as `crstream run` starts
+    // services): its second process, the probe made in there.
+    for scope in ["process", "thread", "pidns"] {
         let dir = TestDir::new(&format!("refuse-landlock-{scope}"));
-        let mut cmd = Command::new("python3");
-        cmd.args(["-c", script]).arg(dir.path("report")).arg(scope);
-        let w = spawn_isolated(cmd, dir.path("report"));
-        let log = dir.path("report").with_extension("log");
+        let report = dir.path("report");
+        let mut cmd = match scope {
+            "pidns" => {
+                let mut c = Command::new("unshare");
+                c.args(["--pid", "--fork", "/bin/sh", "-c"])
+                    .arg(r#"python3 -c "$0" "$1" process & wait"#)
+                    .arg(script)
+                    .arg(&report);
+                c
+            }
+            _ => {
+                let mut c = Command::new("python3");
+                c.args(["-c", script]).arg(&report).arg(scope);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null());
+        let mut w = spawn_isolated(cmd, report.clone());
+        let log = report.with_extension("log");
         wait_for_log(&log, "denied");
+        if scope == "pidns" {
+            // The python below unshare and its sh.
+            let python = descendants_of(w.pid)
+                .into_iter()
+                .find(|&p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.starts_with("python"))
+                })
+                .expect("python in the namespace");
+            let err = refused(python, &[]);
+            assert!(err.contains("Landlock sandbox"), "{scope}: {err}");
+            assert_running_untraced(python);
+            w.kill();
+            continue;
+        }
         let err = refused(w.pid, &[]);
         assert!(
             err.contains("Landlock sandbox") && err.contains("landlock_restrict_self"),
@@ -218,6 +255,31 @@ while True:
                 pid.file_name().to_string_lossy()
             );
         }
+    }
+}
+
+/// A process of another user, unconfined, is not taken for a sandboxed
+/// one: the probe is used only once it has that user's ids (it starts as
+/// root, with every capability).
+#[test]
+fn an_unconfined_process_of_another_user_is_dumped() {
+    let python = system_python();
+    for _ in 0..5 {
+        let dir = TestDir::new("landlock-unconfined");
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            python,
+            "-c",
+        ])
+        .arg("import time\nprint('up', flush=True)\ntime.sleep(600)");
+        let mut w = spawn_isolated(cmd, dir.path("report"));
+        wait_for_log(&dir.path("report").with_extension("log"), "up");
+        dump(w.pid, &dir.path("img"), &["--leave-running"]);
+        assert_running_untraced(w.pid);
+        w.kill();
     }
 }
 

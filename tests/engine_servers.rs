@@ -114,8 +114,8 @@ fn keeps_its_client_across_dump_and_restore(dir: &TestDir, port: u16, srv: Serve
 /// the client, outside the tree, reads the shell's output over the
 /// encrypted connection. Restored, the same session goes on: the client
 /// reads the count on from where it was, each number once, and a new
-/// client is greeted. Nothing outside the test's directory is used but the
-/// privilege separation directory sshd needs.
+/// client is greeted. Its keys and configuration are the test's own (sshd
+/// needs its privilege separation directory, /run/sshd, made if missing).
 #[test]
 fn sshd_keeps_a_session_across_dump_and_restore() {
     let sshd = "/usr/sbin/sshd";
@@ -133,7 +133,15 @@ fn sshd_keeps_a_session_across_dump_and_restore() {
     }
     let authorized = dir.path("authorized_keys");
     std::fs::copy(dir.path("user.pub"), &authorized).unwrap();
-    std::fs::create_dir_all("/run/sshd").unwrap();
+    // sshd's privilege separation directory: root's, not writable by others.
+    if !Path::new("/run/sshd").exists() {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        std::fs::set_permissions(
+            "/run/sshd",
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
     let port = free_port();
     let mut cmd = Command::new(sshd);
     // No system configuration: keys and files of the test only.
@@ -168,6 +176,10 @@ fn sshd_keeps_a_session_across_dump_and_restore() {
                 "BatchMode=yes",
                 "-o",
                 "LogLevel=ERROR",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "IdentityAgent=none",
                 "root@127.0.0.1",
             ])
             .arg("n=0; while :; do n=$((n+1)); echo tick $n; sleep 0.1; done")
