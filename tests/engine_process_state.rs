@@ -472,6 +472,24 @@ fn machine_check_policies_and_rdtsc_cpuid_faulting_come_back_per_thread() {
     round_trips(&mut w, &dir, &|_| {});
 }
 
+/// A thread on a small stack of its own right above data of the process
+/// (as Go runs goroutines): what dump writes below the stack pointers (its
+/// calls' buffers, the frames that let a thread resume should crstream
+/// die) is put back, in the process left running and in the image.
+#[test]
+fn memory_below_a_threads_stack_pointer_is_left_as_it_was() {
+    let dir = TestDir::new("small-stack");
+    let mut w = Workload::spawn("wl_small_stack", dir.path("report"), &[]);
+    w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    for _ in 0..3 {
+        let at = field(&w.read_report().unwrap(), 0, 1);
+        dump(w.pid, &dir.path("img-live"), &["--leave-running"]);
+        let r = w.wait_report(T, |r| field(r, 0, 1) > at + 2 || !r.contains(" OK"));
+        assert!(r.contains(" OK"), "left running: {r}");
+    }
+    round_trips(&mut w, &dir, &|_| {});
+}
+
 /// Files with no usable path, or a path only a careful restore gets
 /// right: a removed working directory (the same inode as an fd that holds
 /// it), a removed directory held open, symlinks opened with O_PATH (one

@@ -326,7 +326,9 @@ fn write_image(
         read.memory
             .scan_kept(p.pid, snapshot.map_or(p.pid, |s| s.pid))?;
         if let Some(s) = snapshot {
-            crate::kinds::signals::fill_actions(&mut p.records, &s.injector()?)?;
+            let injector = s.injector()?;
+            crate::kinds::signals::fill_actions(&mut p.records, &injector)?;
+            injector.mem.put_back(s.pid)?;
         }
     }
     let mut t = DumpTree {
@@ -362,7 +364,21 @@ fn write_image(
 }
 
 /// Bytes of scratch memory injected syscalls may fill.
-const SCRATCH_LEN: u64 = 256;
+pub(crate) const SCRATCH_LEN: u64 = 256;
+
+/// Puts back, when dropped, what dump wrote into a process.
+struct PutBack<'a>(&'a RemoteMem);
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.put_back(self.0.pid) {
+            tracing::warn!(
+                pid = self.0.pid,
+                "putting back the memory below its stack: {e}"
+            );
+        }
+    }
+}
 
 /// Reads every kind of one frozen process: memory first, then the
 /// registry, whose kinds may inject syscalls; the threads get their own
@@ -394,8 +410,9 @@ fn read_process(
         .iter()
         .map(|t| Records::new(Owner::Thread(t.tid as u32)))
         .collect();
-    // Writable: escape frames are written below the threads' stacks.
-    let mem = RemoteMem::open(pid, true)?;
+    // Writable: escape frames are written below the threads' stacks (and
+    // put back, see `RemoteMem::journaled`).
+    let mem = RemoteMem::open(pid, true)?.journaled();
     let syscall_ip = crate::inject::syscall_site(pid, &mem)?;
     let mut p = DumpProcess {
         pid,
@@ -423,6 +440,7 @@ fn read_process(
     // (nothing the process relies on lives there), so nothing is mapped in
     // it that a failed dump could leave behind.
     let scratch = (p.threads[0].regs.rsp - 128 - SCRATCH_LEN) & !15;
+    mem.remember(scratch, SCRATCH_LEN as usize)?;
     let gadgets = Gadgets::find(pid, &mem);
     let leader = p.threads[0].remote(syscall_ip, gadgets.as_ref(), &mem, scratch);
     let injector = Injector {
@@ -433,6 +451,9 @@ fn read_process(
         gadgets,
     };
     p.inject = Some(&injector);
+    // However the reading ends, the process gets back what the calls'
+    // buffers and escape frames overwrote.
+    let _put_back = PutBack(&injector.mem);
     kinds.iter_mut().try_for_each(|k| {
         opts.check_interrupt()?;
         tracing::trace!(pid, kind = k.name(), "dumping");
@@ -460,6 +481,10 @@ fn read_process(
     } else {
         None
     };
+    // Its copy too, whose pages go into the image.
+    if let Some(s) = &snapshot {
+        injector.mem.put_back(s.pid)?;
+    }
     Ok((
         ProcessDump {
             pid,

@@ -250,7 +250,14 @@ pub fn find_syscall_insn(vdso: &[u8], base: u64) -> Option<u64> {
 pub struct RemoteMem {
     pub pid: i32,
     file: File,
+    /// What was in memory this writes over, in order (see [`journaled`]).
+    ///
+    /// [`journaled`]: RemoteMem::journaled
+    journal: Option<std::sync::Mutex<Vec<Overwritten>>>,
 }
+
+/// Bytes at an address, as they were before a write.
+type Overwritten = (u64, Vec<u8>);
 
 impl RemoteMem {
     pub fn open(pid: i32, write: bool) -> Result<Self, TaskError> {
@@ -265,7 +272,51 @@ impl RemoteMem {
                 len: 0,
                 err,
             })?;
-        Ok(Self { pid, file })
+        Ok(Self {
+            pid,
+            file,
+            journal: None,
+        })
+    }
+
+    /// Keeps what every write overwrites, to be put back with
+    /// [`put_back`](RemoteMem::put_back): dump's buffers and escape frames
+    /// go below the threads' stack pointers, where a signal frame would,
+    /// but a runtime whose threads run on small stacks of its own and
+    /// take signals on an alternate stack (Go) keeps other stacks there.
+    pub fn journaled(mut self) -> Self {
+        self.journal = Some(std::sync::Mutex::new(Vec::new()));
+        self
+    }
+
+    /// Notes what `len` bytes at `addr` hold now (memory the kernel may
+    /// write into: an injected call's buffer).
+    pub fn remember(&self, addr: u64, len: usize) -> Result<(), TaskError> {
+        if let Some(journal) = &self.journal {
+            let mut was = vec![0u8; len];
+            self.read(addr, &mut was)?;
+            journal.lock().unwrap().push((addr, was));
+        }
+        Ok(())
+    }
+
+    /// Writes back, into the memory of `pid` (this process, or a copy of
+    /// its memory: a snapshot child), everything the journal kept.
+    pub fn put_back(&self, pid: i32) -> Result<(), TaskError> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let into = if pid == self.pid {
+            None
+        } else {
+            Some(RemoteMem::open(pid, true)?)
+        };
+        let target = into.as_ref().unwrap_or(self);
+        // Last first: the first copy of a place is what it held.
+        for (addr, was) in journal.lock().unwrap().iter().rev() {
+            target.write_unjournaled(*addr, was)?;
+        }
+        Ok(())
     }
 
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), TaskError> {
@@ -281,6 +332,11 @@ impl RemoteMem {
     }
 
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), TaskError> {
+        self.remember(addr, data.len())?;
+        self.write_unjournaled(addr, data)
+    }
+
+    fn write_unjournaled(&self, addr: u64, data: &[u8]) -> Result<(), TaskError> {
         self.file
             .write_all_at(data, addr)
             .map_err(|err| TaskError::RemoteMemory {

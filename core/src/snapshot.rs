@@ -25,6 +25,7 @@
 //! areas, which the child lacks or sees zeroed) are written while the
 //! process is still frozen.
 
+use crate::dump::SCRATCH_LEN;
 use crate::error::{DumpError, TaskError};
 use crate::escape::Gadgets;
 use crate::inject::{Remote, RemoteMem};
@@ -166,10 +167,14 @@ impl Snapshot {
 
     /// Injected syscalls into the child, which dies with crstream (no
     /// escape frame needed) and has every signal blocked from its start.
+    /// What its calls write into the scratch memory is kept, to be put
+    /// back (`RemoteMem::put_back`) before its pages are read.
     pub(crate) fn injector(&self) -> Result<Injector, TaskError> {
+        let mem = RemoteMem::open(self.pid, true)?.journaled();
+        mem.remember(self.scratch, SCRATCH_LEN as usize)?;
         Ok(Injector {
             leader: Remote::new(self.pid, self.syscall_ip)?,
-            mem: RemoteMem::open(self.pid, true)?,
+            mem,
             scratch: self.scratch,
             syscall_ip: self.syscall_ip,
             gadgets: None,
@@ -255,8 +260,9 @@ fn reap_in(pid: i32, child: i32) -> Result<(), TaskError> {
         tid: pid,
         status: 0,
     })?;
-    // Writable: an escape frame goes below the thread's stack.
-    let mem = RemoteMem::open(pid, true)?;
+    // Writable: an escape frame goes below the thread's stack (and what
+    // it overwrote is put back: see `RemoteMem::journaled`).
+    let mem = RemoteMem::open(pid, true)?.journaled();
     let syscall_ip = crate::inject::syscall_site(pid, &mem)?;
     let gadgets = Gadgets::find(pid, &mem);
     // As in a dump: seccomp filters, which may filter wait4, suspended.
@@ -266,6 +272,9 @@ fn reap_in(pid: i32, child: i32) -> Result<(), TaskError> {
             continue;
         }
         let result = reap_through(tid, syscall_ip, child, gadgets.as_ref(), &mem);
+        if let Err(e) = mem.put_back(pid) {
+            tracing::warn!(tid, "putting back the memory below its stack: {e}");
+        }
         if let Err(e) = ptrace::detach(tid, 0) {
             tracing::debug!(tid, "detaching: {e}");
         }
