@@ -66,6 +66,8 @@ fn a_format_1_image_restores_its_tree_and_runs_on() {
     for f in &FIXTURES {
         restores_and_runs_on(f);
     }
+    // The images name this directory: made for them, removed after.
+    let _ = std::fs::remove_dir_all(DIR);
 }
 
 fn restores_and_runs_on(f: &Fixture) {
