@@ -45,6 +45,16 @@ fn pause() {
     unsafe { libc::syscall(libc::SYS_nanosleep, &ts, 0usize) };
 }
 
+/// The calling thread's machine-check kill policy, TSC mode and whether
+/// CPUID runs (1) or faults (0), read with raw syscalls only.
+fn settings() -> (i64, i32, i64) {
+    let mut tsc: i32 = 0;
+    prctl(libc::PR_GET_TSC, &mut tsc as *mut i32 as u64, 0);
+    // SAFETY: arch_prctl with integer arguments.
+    let cpuid = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_CPUID, 0) };
+    (mce_kill(), tsc, cpuid)
+}
+
 fn trapped_thread() {
     assert_eq!(
         prctl(libc::PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_LATE as u64),
@@ -64,12 +74,9 @@ fn trapped_thread() {
         std::io::Error::last_os_error()
     );
     loop {
-        let mut tsc: i32 = 0;
-        prctl(libc::PR_GET_TSC, &mut tsc as *mut i32 as u64, 0);
-        // SAFETY: as above.
-        let cpuid = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_CPUID, 0) };
-        if mce_kill() != PR_MCE_KILL_LATE {
-            STATUS.fail(format!("thread-mce-kill-{}", mce_kill()));
+        let (mce, tsc, cpuid) = settings();
+        if mce != PR_MCE_KILL_LATE {
+            STATUS.fail(format!("thread-mce-kill-{mce}"));
         }
         if tsc != PR_TSC_SIGSEGV {
             STATUS.fail(format!("tsc-mode-{tsc}"));
@@ -86,12 +93,9 @@ fn trapped_thread() {
 /// thread's policy is set after it starts): every setting the default.
 fn plain_thread() {
     loop {
-        let mut tsc: i32 = 0;
-        prctl(libc::PR_GET_TSC, &mut tsc as *mut i32 as u64, 0);
-        // SAFETY: arch_prctl with integer arguments.
-        let cpuid = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_CPUID, 0) };
-        if mce_kill() != PR_MCE_KILL_DEFAULT {
-            STATUS.fail(format!("plain-mce-kill-{}", mce_kill()));
+        let (mce, tsc, cpuid) = settings();
+        if mce != PR_MCE_KILL_DEFAULT {
+            STATUS.fail(format!("plain-mce-kill-{mce}"));
         }
         if tsc != PR_TSC_ENABLE || cpuid != 1 {
             STATUS.fail(format!("plain-tsc-{tsc}-cpuid-{cpuid}"));

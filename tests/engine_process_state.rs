@@ -459,8 +459,8 @@ fn membarrier_registrations_come_back() {
 /// What a thread is trapped or killed on: the main thread's early
 /// machine-check kills, another thread's late ones and its RDTSC and CPUID
 /// faulting, a third thread's defaults, each thread checking its own after
-/// restore (and an image
-/// with them is version 16, which a reader of 15 refuses).
+/// restore (and an image with them is version 16, which a reader of 15
+/// refuses).
 #[test]
 fn machine_check_policies_and_rdtsc_cpuid_faulting_come_back_per_thread() {
     let dir = TestDir::new("traps");

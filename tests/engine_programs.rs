@@ -130,6 +130,16 @@ fn java_with_threads_continues() {
     let _ = std::fs::remove_file(&perf_data);
 }
 
+/// Every thread `before` the dump is back (a runtime may start one more
+/// before the dump, as Node's thread pool or Go's scheduler do, and never
+/// ends one).
+fn assert_threads_kept(before: &[i32], restored: &[i32], what: &str) {
+    assert!(
+        before.iter().all(|t| restored.contains(t)),
+        "{what}: threads {before:?} before the dump, {restored:?} restored"
+    );
+}
+
 const NODE: &str = r#"
 const http = require('http'), fs = require('fs'), cp = require('child_process');
 const { Worker } = require('worker_threads');
@@ -179,8 +189,6 @@ fn node_with_a_worker_and_a_child_continues() {
     assert_eq!(children_of(w.pid), vec![child]);
     let body = http_get(port, "/").expect("node answers before the dump");
     assert!(body.starts_with("node "), "{body}");
-    // Node may start a thread more before the dump (its thread pool),
-    // never end one.
     let tids_before = tasks(w.pid);
     let child_tids = tasks(child);
     let img = dir.path("img");
@@ -193,16 +201,9 @@ fn node_with_a_worker_and_a_child_continues() {
     );
     let (pid, tids) = restore(&img);
     w.restored(pid);
-    assert!(
-        tids_before.iter().all(|t| tids.contains(t)),
-        "threads {tids_before:?} before the dump, {tids:?} restored"
-    );
+    assert_threads_kept(&tids_before, &tids, "the restored process");
     assert_eq!(children_of(pid), vec![child]);
-    let child_now = tasks(child);
-    assert!(
-        child_tids.iter().all(|t| child_now.contains(t)),
-        "threads of the child {child_tids:?} before the dump, {child_now:?} restored"
-    );
+    assert_threads_kept(&child_tids, &tasks(child), "the restored child");
     let r = w.wait_report(T, |r| {
         (1..4).all(|i| field(r, 0, i) > field(&at_dump, 0, i) + 5)
     });
@@ -327,7 +328,6 @@ fn go_http_server_with_busy_goroutines_continues() {
     };
     let (hits_before, churn_before) = served("before the dump");
     assert!(churn_before > 0, "the goroutines run");
-    // The runtime may start a thread more before the dump, never end one.
     let tids_before = tasks(w.pid);
     let img = dir.path("img");
     dump(w.pid, &img, &[]);
@@ -335,10 +335,7 @@ fn go_http_server_with_busy_goroutines_continues() {
     w.reap_dumped();
     let (pid, tids) = restore(&img);
     w.restored(pid);
-    assert!(
-        tids_before.iter().all(|t| tids.contains(t)),
-        "threads {tids_before:?} before the dump, {tids:?} restored"
-    );
+    assert_threads_kept(&tids_before, &tids, "the restored process");
     let r = w.wait_report(T, |r| field(r, 0, 1) > field(&at_dump, 0, 1) + 5);
     assert!(r.trim_end().ends_with("OK"), "{r}\n{}", w.log());
     assert_eq!(

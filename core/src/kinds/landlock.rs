@@ -44,11 +44,21 @@ impl Kind for Landlock {
         if !landlock_enabled() {
             return Ok(());
         }
+        let ns = match std::fs::File::open(format!("/proc/{}/ns/pid", p.pid)) {
+            Ok(ns) => ns,
+            Err(e) => {
+                tracing::warn!(
+                    pid = p.pid,
+                    "its PID namespace ({e}): Landlock sandboxes not looked for"
+                );
+                return Ok(());
+            }
+        };
         for i in 0..p.threads.len() {
             let status = &p.thread_status[i];
             let (uid, gid) = (status.uids[0], status.gids[0]);
             let tid = p.threads[i].tid;
-            let Some(probe) = self.probe(p.pid, uid, gid) else {
+            let Some(probe) = self.probe(&ns, p.pid, uid, gid) else {
                 continue;
             };
             let remote = p.thread_remote(i)?;
@@ -108,23 +118,13 @@ impl Kind for Landlock {
 }
 
 impl Landlock {
-    /// The PID, in the PID namespace of process `pid`, of a probe running
-    /// there as `uid`:`gid`, started on first use; None (with a warning)
-    /// if it cannot be.
-    fn probe(&mut self, pid: i32, uid: u32, gid: u32) -> Option<i32> {
-        let ns = match std::fs::File::open(format!("/proc/{pid}/ns/pid")) {
-            Ok(ns) => ns,
-            Err(e) => {
-                tracing::warn!(
-                    pid,
-                    "its PID namespace ({e}): Landlock sandboxes not looked for"
-                );
-                return None;
-            }
-        };
+    /// The PID, in `ns` (the PID namespace of process `pid`), of a probe
+    /// running there as `uid`:`gid`, started on first use; None (with a
+    /// warning) if it cannot be.
+    fn probe(&mut self, ns: &std::fs::File, pid: i32, uid: u32, gid: u32) -> Option<i32> {
         let inode = ns.metadata().map(|m| m.ino()).unwrap_or(0);
         let probe = self.probes.entry((inode, uid, gid)).or_insert_with(|| {
-            match Probe::start(OwnedFd::from(ns), uid, gid) {
+            match Probe::start(ns, inode, uid, gid) {
                 Ok(probe) => Some(probe),
                 Err(e) => {
                     tracing::warn!(
@@ -154,9 +154,10 @@ struct Probe {
 }
 
 impl Probe {
-    fn start(ns: OwnedFd, uid: u32, gid: u32) -> std::io::Result<Probe> {
+    /// In `ns`, whose inode is `ns_inode`.
+    fn start(ns: &std::fs::File, ns_inode: u64, uid: u32, gid: u32) -> std::io::Result<Probe> {
         let own = std::fs::File::open("/proc/thread-self/ns/pid_for_children")?;
-        let elsewhere = ns_inode(&ns)? != own.metadata()?.ino();
+        let elsewhere = ns_inode != own.metadata()?.ino();
         let mut fds = [0i32; 2];
         // SAFETY: pipe2 into a local array.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -213,11 +214,6 @@ impl Probe {
         }
         Ok(probe)
     }
-}
-
-fn ns_inode(fd: &OwnedFd) -> std::io::Result<u64> {
-    let f = std::fs::File::from(fd.try_clone()?);
-    Ok(f.metadata()?.ino())
 }
 
 /// The probe's life after fork; never returns. `ready`: the fd it writes a
