@@ -711,6 +711,12 @@ fn readiness_timeout_log_condition_and_wait() {
     let script =
         "import time; print('ready now', flush=True); time.sleep(1.5); raise SystemExit(7)";
     for want in ["miss", "hit"] {
+        // Restored, it ends while its lazy server, paused once every page
+        // is in, still is its parent: its status must outlive the server.
+        let pause: &[(&str, &str)] = match want {
+            "hit" => &[("CRSTREAM_TEST_PAUSE_AT", "lazy-all-in:1")],
+            _ => &[],
+        };
         let o = run(
             &[
                 "run",
@@ -726,7 +732,7 @@ fn readiness_timeout_log_condition_and_wait() {
                 "-c",
                 script,
             ],
-            &[],
+            pause,
         );
         assert_eq!(o.status.code(), Some(7), "{}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);

@@ -34,9 +34,16 @@ impl LazySession {
         // to be read.
         self.uffd = None;
         let r = r.and_then(|stats| {
-            if !stats.exited_early
-                && let Err(reason) = self.restore_death_signal()
-            {
+            if stats.exited_early {
+                return Ok(stats);
+            }
+            crate::failpoint::pause("lazy-all-in");
+            if let Err(reason) = self.restore_death_signal() {
+                // It ended on its own once every page was in: its status
+                // is left to whoever reaps it (the parent it has after us).
+                if self.exited() {
+                    return Ok(stats);
+                }
                 crate::sys::ptrace::kill_and_reap(self.pid);
                 return Err(LazyError {
                     pid: self.pid,
@@ -48,6 +55,16 @@ impl LazySession {
         });
         self.armed = false;
         r
+    }
+
+    /// Whether the process has ended (a zombie or gone), without waiting.
+    fn exited(&self) -> bool {
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0)
     }
 
     /// The fetch workers it started come back stopped, to be joined.
