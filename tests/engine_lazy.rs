@@ -503,39 +503,45 @@ fn sigkill_during_the_lazy_phase_never_leaves_the_process_on_missing_memory() {
 /// The process killed while its server holds it frozen at the end of the
 /// lazy phase (to set its parent-death signal again): the server collects
 /// the threads the kill left traced, then exits, instead of waiting for
-/// the leader forever.
+/// the leader forever; and the leader's exit status is its parent's (a
+/// restore that waits for it exits with it).
 #[test]
 fn a_process_killed_while_its_server_holds_it_frozen_leaves_no_server() {
-    let dir = TestDir::new("lazy-kill-frozen");
-    let mut w = Workload::spawn("wl_threads", dir.path("report"), &[]);
-    w.wait_report(T, |r| r.lines().count() == 9);
-    let img = dir.path("img");
-    dump(w.pid, &img, &[]);
-    w.reap_dumped();
-    let paused = dir.path("paused");
-    let lr = LazyRestore::start(
-        img.to_str().unwrap(),
-        &[
-            ("CRSTREAM_TEST_PAUSE_AT", "lazy-frozen-at-end:1"),
-            ("CRSTREAM_TEST_PAUSE_FILE", paused.to_str().unwrap()),
-        ],
-        &["--detach"],
-    );
-    let pid = lr.pid;
-    w.restored(pid);
-    let t = std::time::Instant::now();
-    while !paused.exists() {
-        assert!(
-            t.elapsed() < T,
-            "the server never froze the process at the end"
+    for detach in [true, false] {
+        let dir = TestDir::new(&format!("lazy-kill-frozen-{detach}"));
+        let mut w = Workload::spawn("wl_threads", dir.path("report"), &[]);
+        w.wait_report(T, |r| r.lines().count() == 9);
+        let img = dir.path("img");
+        dump(w.pid, &img, &[]);
+        w.reap_dumped();
+        let paused = dir.path("paused");
+        let lr = LazyRestore::start(
+            img.to_str().unwrap(),
+            &[
+                ("CRSTREAM_TEST_PAUSE_AT", "lazy-frozen-at-end:1"),
+                ("CRSTREAM_TEST_PAUSE_FILE", paused.to_str().unwrap()),
+            ],
+            if detach { &["--detach"] } else { &[] },
         );
-        std::thread::sleep(Duration::from_millis(20));
+        let pid = lr.pid;
+        w.restored(pid);
+        let t = std::time::Instant::now();
+        while !paused.exists() {
+            assert!(
+                t.elapsed() < T,
+                "the server never froze the process at the end"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(tasks(pid).len() > 1, "a process with threads");
+        // SAFETY: killing the process this test restored.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let (st, log) = lr.finish(T);
+        assert!(wait_gone(pid, T), "pid {pid} still exists: {log}");
+        if !detach {
+            assert_eq!(st.code(), Some(128 + libc::SIGKILL), "{log}");
+        }
     }
-    assert!(tasks(pid).len() > 1, "a process with threads");
-    // SAFETY: killing the process this test restored.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let (_, log) = lr.finish(T);
-    assert!(wait_gone(pid, T), "pid {pid} still exists: {log}");
 }
 
 /// wl_churn: dumps it idle, leaves `op` in its op file, restores it lazily

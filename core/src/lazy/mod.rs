@@ -541,6 +541,9 @@ impl LazySession {
     fn restore_death_signal(&self) -> Result<(), String> {
         let pid = self.pid;
         let err = |e: &dyn std::fmt::Display| format!("setting its parent-death signal again: {e}");
+        // It may end meanwhile (exiting as it is seized, or killed while
+        // frozen): its status is its next parent's.
+        let _keep = crate::sys::ptrace::KeepExit::of(pid);
         let mut frozen = crate::freeze::Frozen::freeze(pid).map_err(|e| err(&e))?;
         // The process is held under ptrace: a kill now leaves its threads
         // zombies that only we can collect.

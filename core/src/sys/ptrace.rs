@@ -3,6 +3,7 @@
 
 use crate::error::TaskError;
 use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 pub type Regs = libc::user_regs_struct;
@@ -323,11 +324,86 @@ pub fn classify(status: i32) -> Stop {
     }
 }
 
+/// A child of ours whose exit the waits here see but do not collect (see
+/// [`KeepExit`]); 0: none.
+static KEEP_EXIT_OF: AtomicI32 = AtomicI32::new(0);
+
+/// While alive, the exit of `pid`, our own child that we trace, is left
+/// for its parent's wait (ours, or whoever's it becomes once we exit): a
+/// ptrace wait on a child both traced and ours would collect its exit
+/// status for good.
+pub struct KeepExit(());
+
+impl KeepExit {
+    pub fn of(pid: i32) -> Self {
+        KEEP_EXIT_OF.store(pid, Ordering::Relaxed);
+        KeepExit(())
+    }
+}
+
+impl Drop for KeepExit {
+    fn drop(&mut self) {
+        KEEP_EXIT_OF.store(0, Ordering::Relaxed);
+    }
+}
+
+fn keeps_exit(tid: i32) -> bool {
+    tid != 0 && KEEP_EXIT_OF.load(Ordering::Relaxed) == tid
+}
+
+/// The next state change of `tid`, seen without collecting it (waitid
+/// WNOWAIT): its wait status; None without one yet (`block`: false).
+fn peek(tid: i32, block: bool) -> io::Result<Option<i32>> {
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED
+            | libc::WSTOPPED
+            | libc::WNOWAIT
+            | libc::__WALL
+            | if block { 0 } else { libc::WNOHANG };
+        // SAFETY: waitid on a specific tid into a local siginfo.
+        let r = unsafe { libc::waitid(libc::P_PID, tid as libc::id_t, &mut info, flags) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: waitid filled the SIGCHLD fields (or left zeros).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => (status & 0xff) << 8,
+            libc::CLD_KILLED => status & 0x7f,
+            libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+            // A stop: consumed by the caller's waitpid, which reads it whole.
+            _ => 0x7f,
+        }));
+    }
+}
+
+/// For the child whose exit is kept: its exit, seen and left in place.
+fn kept_exit(tid: i32, block: bool) -> Result<Option<(i32, Stop)>, TaskError> {
+    match peek(tid, block).map_err(|err| TaskError::Wait { tid, err })? {
+        Some(status) if !libc::WIFSTOPPED(status) => Ok(Some((status, Stop::Gone))),
+        _ => Ok(None),
+    }
+}
+
 /// How long [`wait`] polls before it sleeps.
 const SPIN_FOR: Duration = Duration::from_micros(200);
 
 /// Waits for the next state change of `tid`.
 pub fn wait(tid: i32) -> Result<(i32, Stop), TaskError> {
+    if keeps_exit(tid)
+        && let Some(exit) = kept_exit(tid, true)?
+    {
+        return Ok(exit);
+    }
     let mut status = 0;
     // Most stops come within microseconds (an injected syscall): polling
     // for a moment first spares the wake-up of a sleeping waiter, which
@@ -361,6 +437,11 @@ pub fn wait(tid: i32) -> Result<(i32, Stop), TaskError> {
 /// [`wait`] until `until` at the latest: None if no stop came by then.
 pub fn wait_until(tid: i32, until: Instant) -> Result<Option<(i32, Stop)>, TaskError> {
     loop {
+        if keeps_exit(tid)
+            && let Some(exit) = kept_exit(tid, false)?
+        {
+            return Ok(Some(exit));
+        }
         let mut status = 0;
         // SAFETY: plain non-blocking waitpid on a specific tid.
         let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
@@ -395,8 +476,11 @@ pub fn kill_and_reap(pid: i32) {
 }
 
 /// Collects the exit of `tid` (a traced thread or our child), if any:
-/// ECHILD when it is not ours, which is fine.
+/// ECHILD when it is not ours, which is fine. A kept exit stays.
 pub fn reap(tid: i32) {
+    if keeps_exit(tid) {
+        return;
+    }
     let mut status = 0;
     // SAFETY: waitpid on a specific tid into a local.
     unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
