@@ -345,6 +345,36 @@ fn sigkill_of_the_worker_during_an_injected_syscall_harms_nothing() {
     sleeper.w.kill();
 }
 
+/// SIGKILL of the worker while the escape frames dump writes for each
+/// thread are in place: they lie on the threads' alternate signal stacks,
+/// where the kernel writes signal frames, not below their stack pointers,
+/// where a runtime like Go keeps other goroutines' stacks (wl_small_stack
+/// checks its data 64 bytes below a thread's). Only a thread's first call
+/// runs with its frame below.
+#[test]
+fn sigkill_of_the_worker_leaves_memory_below_a_threads_stack_as_it_was() {
+    let dir = TestDir::new("crash-small-stack");
+    let paused = dir.path("paused");
+    let img = dir.path("img");
+    let mut w = Workload::spawn("wl_small_stack", dir.path("report"), &[]);
+    w.wait_report(T, |r| field(r, 0, 1) >= 3);
+    // The leader's frame is placed first, then the small-stack thread's.
+    for point in ["escape-placed:2", "escape-placed:1"] {
+        let (child, worker) = dump_paused_at(w.pid, &img, &paused, point);
+        signal(worker, libc::SIGKILL);
+        assert!(
+            !outcome(child, libc::SIGKILL),
+            "{point}: the dump completed"
+        );
+        wait_untraced(w.pid);
+        assert_eq!(leftovers(&dir.0), Vec::<String>::new(), "{point}");
+        let at = field(&w.read_report().unwrap(), 0, 1);
+        let r = w.wait_report(T, |r| field(r, 0, 1) > at + 2 || !r.contains(" OK"));
+        assert!(r.contains(" OK"), "SIGKILL of the worker at {point}: {r}");
+    }
+    w.kill();
+}
+
 /// SIGKILL of the worker of a live dump while it writes the pages of the
 /// memory snapshot, a child of the target that reports no exit: the
 /// supervisor has the target reap it (it stayed a zombie child of the

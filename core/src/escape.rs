@@ -4,7 +4,12 @@
 //!
 //! Before the first call, a signal frame is written below the task's
 //! stack (where a signal handler's frame would go): the registers the task
-//! resumes with, its signal mask, its FPU/vector state. Each call then
+//! resumes with, its signal mask, its FPU/vector state. The first call
+//! reads the task's alternate signal stack; if it has one it is not on,
+//! the frame moves to its top, where the kernel writes the frames of
+//! handlers that take signals there, and what it overwrote below the stack
+//! pointer is put back at once: a runtime that runs threads on small stacks
+//! of its own (Go) may keep another stack there. Each call then
 //! enters the kernel at a `syscall` (the vDSO's, or one in the process's
 //! code) that is followed only by register clears and `ret`, with the
 //! stack pointer at that frame, whose first word
@@ -119,8 +124,9 @@ pub(crate) struct Escape {
 }
 
 /// Writes the frame of thread `tid` (which resumes with `resume`, signal
-/// mask `mask`) below address `below` of its memory. None, logged, when
-/// the thread has a shadow stack or the frame cannot be written.
+/// mask `mask`) below address `below` of its memory, and not under
+/// `floor`. None, logged, when the thread has a shadow stack or the frame
+/// does not fit or cannot be written.
 pub(crate) fn prepare(
     tid: i32,
     gadgets: &Gadgets,
@@ -128,6 +134,7 @@ pub(crate) fn prepare(
     resume: &Regs,
     mask: u64,
     below: u64,
+    floor: u64,
 ) -> Option<Escape> {
     if has_shadow_stack(tid) {
         tracing::debug!(tid, "shadow stack: no escape frame");
@@ -139,6 +146,9 @@ pub(crate) fn prepare(
     };
     let xstate_size = xstate_size(&xstate, crate::sys::cpu::xstate_component);
     let (at, frame) = frame(below, resume, mask, &xstate, xstate_size, gadgets.sigreturn);
+    if at < floor {
+        return None;
+    }
     if let Err(e) = mem.write(at, &frame) {
         tracing::debug!(tid, "writing the escape frame: {e}");
         return None;

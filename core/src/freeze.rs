@@ -25,6 +25,9 @@ pub(crate) struct FrozenThread {
     pub group_stop: i32,
     /// Inside restart_syscall: the call it restarts (see [`restarting`]).
     pub restarting: Option<i64>,
+    /// Its escape frame and alternate signal stack, once the first of its
+    /// injectors placed the frame: the later ones use the same.
+    escape: Option<crate::inject::PlacedEscape>,
 }
 
 impl FrozenThread {
@@ -39,8 +42,15 @@ impl FrozenThread {
         below: u64,
     ) -> Remote {
         self.touched = true;
-        Remote::for_dump(self.tid, syscall_ip, self.regs, self.mask)
-            .with_escape(gadgets, mem, below)
+        let remote = Remote::for_dump(self.tid, syscall_ip, self.regs, self.mask);
+        match self.escape {
+            Some(placed) => remote.with_placed_escape(placed),
+            None => {
+                let remote = remote.with_escape(gadgets, mem, below);
+                self.escape = Some(remote.placed_escape());
+                remote
+            }
+        }
     }
 }
 
@@ -202,6 +212,7 @@ impl Frozen {
                     touched: false,
                     group_stop: 0,
                     restarting: restarting(tid),
+                    escape: None,
                 });
                 ptrace::interrupt(tid)?;
                 let Some(sig) = wait_interrupt_stop(tid, None)? else {

@@ -34,6 +34,16 @@ pub struct Remote {
     /// Where its calls start from, if it has a way back should crstream
     /// die during one (see [`crate::escape`]).
     escape: Option<Escape>,
+    /// Its alternate signal stack (a stack_t), read on the way to placing
+    /// the escape frame there.
+    altstack: Option<[u8; 24]>,
+}
+
+/// A thread's escape frame as placed, and its alternate signal stack.
+#[derive(Clone, Copy)]
+pub(crate) struct PlacedEscape {
+    escape: Option<Escape>,
+    altstack: Option<[u8; 24]>,
 }
 
 /// A task's own registers (ready to resume on its own) and signal mask.
@@ -53,6 +63,7 @@ impl Remote {
             base,
             own: None,
             escape: None,
+            altstack: None,
         })
     }
 
@@ -71,6 +82,7 @@ impl Remote {
             base: regs,
             own: Some(Own { regs: own, mask }),
             escape: None,
+            altstack: None,
         }
     }
 
@@ -83,8 +95,85 @@ impl Remote {
         below: u64,
     ) -> Self {
         if let (Some(g), Some(own)) = (gadgets, self.own) {
-            self.escape = crate::escape::prepare(self.tid, g, mem, &own.regs, own.mask, below);
+            let mark = mem.journal_len();
+            self.escape = crate::escape::prepare(self.tid, g, mem, &own.regs, own.mask, below, 0);
+            if let (Some(first), Some(mark)) = (self.escape, mark) {
+                self.move_escape_to_altstack(g, mem, first.rsp..below, mark);
+            }
+            crate::failpoint::pause("escape-placed");
         }
+        self
+    }
+
+    /// Moves the escape frame from below the stack pointer to the top of
+    /// the thread's alternate signal stack, if it has one it is not on:
+    /// where the kernel writes the frame of any signal its handlers take
+    /// there, so nothing of the program's can be. Below the stack pointer
+    /// may lie another stack (Go runs goroutines on small stacks in its
+    /// heap and takes every signal on an alternate stack), which a dump
+    /// killed before it puts back what it wrote would leave overwritten.
+    /// The bytes the frame at `first` overwrote are put back at once (a
+    /// journaled `mem`, from its write `mark` on): only this one call ran
+    /// with the frame there.
+    fn move_escape_to_altstack(
+        &mut self,
+        g: &Gadgets,
+        mem: &RemoteMem,
+        first: std::ops::Range<u64>,
+        mark: usize,
+    ) {
+        let Some(own) = self.own else {
+            return;
+        };
+        let buf = (first.start - 32) & !15;
+        if mem.remember(buf, 24).is_err() {
+            return;
+        }
+        if !matches!(self.raw(libc::SYS_sigaltstack, &[0, buf]), Ok((0, _))) {
+            return;
+        }
+        let mut ss = [0u8; 24];
+        if mem.read(buf, &mut ss).is_err() {
+            return;
+        }
+        self.altstack = Some(ss);
+        let word = |i: usize| u64::from_le_bytes(ss[i..i + 8].try_into().expect("8 bytes"));
+        let (sp, flags, size) = (word(0), word(8) as u32 as i32, word(16));
+        let top = sp.saturating_add(size);
+        let on_it = (sp..=top).contains(&own.regs.rsp);
+        let overlaps = sp < first.end && buf < top;
+        if flags & libc::SS_DISABLE != 0 || size == 0 || on_it || overlaps {
+            return;
+        }
+        let Some(written) = mem.journal_len() else {
+            return;
+        };
+        let moved = crate::escape::prepare(self.tid, g, mem, &own.regs, own.mask, top, sp);
+        if let Some(moved) = moved
+            && mem.put_back_between(mark, written).is_ok()
+        {
+            self.escape = Some(moved);
+        }
+    }
+
+    /// The thread's alternate signal stack (a stack_t), if placing its
+    /// escape frame read it.
+    pub(crate) fn altstack(&self) -> Option<[u8; 24]> {
+        self.altstack
+    }
+
+    /// Where [`with_escape`](Self::with_escape) put the escape frame, for
+    /// the thread's later injectors.
+    pub(crate) fn placed_escape(&self) -> PlacedEscape {
+        PlacedEscape {
+            escape: self.escape,
+            altstack: self.altstack,
+        }
+    }
+
+    /// The escape frame another injector of the same frozen thread placed.
+    pub(crate) fn with_placed_escape(mut self, placed: PlacedEscape) -> Self {
+        (self.escape, self.altstack) = (placed.escape, placed.altstack);
         self
     }
 
@@ -296,6 +385,25 @@ impl RemoteMem {
             let mut was = vec![0u8; len];
             self.read(addr, &mut was)?;
             journal.lock().unwrap().push((addr, was));
+        }
+        Ok(())
+    }
+
+    /// How many writes the journal kept so far; None: no journal.
+    pub fn journal_len(&self) -> Option<usize> {
+        self.journal.as_ref().map(|j| j.lock().unwrap().len())
+    }
+
+    /// Writes back what the journaled writes `from..to` overwrote (they
+    /// stay in the journal: writing them back again at
+    /// [`put_back`](Self::put_back) changes nothing).
+    pub fn put_back_between(&self, from: usize, to: usize) -> Result<(), TaskError> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let writes: Vec<(u64, Vec<u8>)> = journal.lock().unwrap()[from..to].to_vec();
+        for (addr, was) in writes.iter().rev() {
+            self.write_unjournaled(*addr, was)?;
         }
         Ok(())
     }

@@ -72,9 +72,16 @@ fn dump_thread(
         }
     };
     let pending = ptrace::peek_siginfo(tid, false)?;
-    remote.call("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
-    let mut ss = [0u8; 24];
-    mem.read(scratch, &mut ss)?;
+    // Read already where the escape frame was placed.
+    let ss = match remote.altstack() {
+        Some(ss) => ss,
+        None => {
+            remote.call("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
+            let mut ss = [0u8; 24];
+            mem.read(scratch, &mut ss)?;
+            ss
+        }
+    };
     remote.call(
         "prctl(PR_GET_TID_ADDRESS)",
         libc::SYS_prctl,

@@ -548,7 +548,10 @@ impl LazySession {
         // The process is held under ptrace: a kill now leaves its threads
         // zombies that only we can collect.
         crate::failpoint::pause("lazy-frozen-at-end");
-        let mem = crate::inject::RemoteMem::open(pid, true).map_err(|e| err(&e))?;
+        // What the call writes below its stack pointer is put back.
+        let mem = crate::inject::RemoteMem::open(pid, true)
+            .map_err(|e| err(&e))?
+            .journaled();
         let ip = crate::inject::syscall_site(pid, &mem).map_err(|e| err(&e))?;
         let gadgets = crate::escape::Gadgets::find(pid, &mem);
         let leader = &mut frozen.threads[0];
@@ -561,7 +564,8 @@ impl LazySession {
                 &[libc::PR_SET_PDEATHSIG as u64, self.death_signal as u64],
             )
             .map_err(|e| err(&e))?;
-        Ok(())
+        mem.put_back(pid)
+            .map_err(|e| format!("putting back the memory below its stack: {e}"))
     }
 
     fn frame_of(&self, addr: u64) -> Option<usize> {
