@@ -145,10 +145,12 @@ pub(crate) fn prepare(
         _ => return None,
     };
     let xstate_size = xstate_size(&xstate, crate::sys::cpu::xstate_component);
-    let (at, frame) = frame(below, resume, mask, &xstate, xstate_size, gadgets.sigreturn);
-    if at < floor {
+    // The frame with its alignments takes at most this much below `below`.
+    let most = (FRAME_LEN + xstate.len() + 4 + 64 + 16) as u64;
+    if below.checked_sub(most)? < floor {
         return None;
     }
+    let (at, frame) = frame(below, resume, mask, &xstate, xstate_size, gadgets.sigreturn);
     if let Err(e) = mem.write(at, &frame) {
         tracing::debug!(tid, "writing the escape frame: {e}");
         return None;

@@ -89,15 +89,37 @@ impl Remote {
     /// Gives a task being dumped its way back (a signal frame below
     /// `below`), if `gadgets` were found in its process.
     pub(crate) fn with_escape(
-        mut self,
+        self,
         gadgets: Option<&Gadgets>,
         mem: &RemoteMem,
         below: u64,
     ) -> Self {
+        self.place_escape(gadgets, mem, below, true)
+    }
+
+    /// [`with_escape`](Self::with_escape) in a process whose other threads
+    /// run: the frame stays below `below`, since one of them could be
+    /// taking a signal on an alternate stack this thread shares.
+    pub(crate) fn with_escape_in_place(
+        self,
+        gadgets: Option<&Gadgets>,
+        mem: &RemoteMem,
+        below: u64,
+    ) -> Self {
+        self.place_escape(gadgets, mem, below, false)
+    }
+
+    fn place_escape(
+        mut self,
+        gadgets: Option<&Gadgets>,
+        mem: &RemoteMem,
+        below: u64,
+        may_move: bool,
+    ) -> Self {
         if let (Some(g), Some(own)) = (gadgets, self.own) {
             let mark = mem.journal_len();
             self.escape = crate::escape::prepare(self.tid, g, mem, &own.regs, own.mask, below, 0);
-            if let (Some(first), Some(mark)) = (self.escape, mark) {
+            if let (Some(first), Some(mark), true) = (self.escape, mark, may_move) {
                 self.move_escape_to_altstack(g, mem, first.rsp..below, mark);
             }
             crate::failpoint::pause("escape-placed");
@@ -142,17 +164,23 @@ impl Remote {
         let top = sp.saturating_add(size);
         let on_it = (sp..=top).contains(&own.regs.rsp);
         let overlaps = sp < first.end && buf < top;
-        if flags & libc::SS_DISABLE != 0 || size == 0 || on_it || overlaps {
+        let mut taken = mem.altstacks_taken.lock().unwrap();
+        let shared = taken.iter().any(|t| t.start < top && sp < t.end);
+        if flags & libc::SS_DISABLE != 0 || size == 0 || on_it || overlaps || shared {
             return;
         }
         let Some(written) = mem.journal_len() else {
             return;
         };
-        let moved = crate::escape::prepare(self.tid, g, mem, &own.regs, own.mask, top, sp);
-        if let Some(moved) = moved
-            && mem.put_back_between(mark, written).is_ok()
-        {
-            self.escape = Some(moved);
+        let Some(moved) = crate::escape::prepare(self.tid, g, mem, &own.regs, own.mask, top, sp)
+        else {
+            return;
+        };
+        taken.push(sp..top);
+        self.escape = Some(moved);
+        // Should this fail, the journal still puts it back at the end.
+        if let Err(e) = mem.put_back_between(mark, written) {
+            tracing::debug!(tid = self.tid, "putting back below the stack pointer: {e}");
         }
     }
 
@@ -343,6 +371,9 @@ pub struct RemoteMem {
     ///
     /// [`journaled`]: RemoteMem::journaled
     journal: Option<std::sync::Mutex<Vec<Overwritten>>>,
+    /// The alternate signal stacks escape frames were moved to: a stack
+    /// two threads share takes one thread's frame only.
+    altstacks_taken: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
 }
 
 /// Bytes at an address, as they were before a write.
@@ -365,6 +396,7 @@ impl RemoteMem {
             pid,
             file,
             journal: None,
+            altstacks_taken: Default::default(),
         })
     }
 

@@ -402,7 +402,7 @@ pub fn pid_exists(pid: i32) -> bool {
 /// The kernel's PF_EXITING task flag (field 9 of /proc/PID/stat): set from
 /// the start of the exit, while the process is still freeing its memory
 /// and files, before it becomes a zombie.
-const PF_EXITING: u64 = 0x4;
+pub(crate) const PF_EXITING: u64 = 0x4;
 
 /// How long a PID held by an exit is waited for: a killed process frees
 /// its memory first (about 0.15 s per GiB here), and a zombie whose parent

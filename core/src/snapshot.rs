@@ -314,8 +314,11 @@ fn reap_through(
     // Its own registers and mask come back after the call, and from its
     // escape frame (below its stack pointer and red zone) should crstream
     // die during it.
-    let remote =
-        Remote::for_dump(tid, syscall_ip, regs, mask).with_escape(gadgets, mem, regs.rsp - 128);
+    let remote = Remote::for_dump(tid, syscall_ip, regs, mask).with_escape_in_place(
+        gadgets,
+        mem,
+        regs.rsp - 128,
+    );
     // WNOHANG: the child is dead already (killed and waited for as its
     // tracer), and a call that blocked would hold the thread.
     let flags = (libc::__WALL | libc::WNOHANG) as u64;

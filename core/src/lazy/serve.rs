@@ -57,14 +57,24 @@ impl LazySession {
         r
     }
 
-    /// Whether the process has ended (a zombie or gone), without waiting.
+    /// Whether the process has ended (a zombie or gone), without waiting
+    /// for a live one. A leader already a zombie or exiting is waited for: its other
+    /// threads may still be tearing its memory down.
     fn exited(&self) -> bool {
+        let ending = crate::proc::stat(self.pid).is_ok_and(|s| {
+            matches!(s.state(), 'Z' | 'X') || s.field(9) & crate::proc::PF_EXITING != 0
+        });
         let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
-        let now = Timespec {
-            tv_sec: 0,
+        let wait = Timespec {
+            tv_sec: if ending { 30 } else { 0 },
             tv_nsec: 0,
         };
-        rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0)
+        loop {
+            match rustix::event::poll(&mut fds, Some(&wait)) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => return r.is_ok_and(|n| n > 0),
+            }
+        }
     }
 
     /// The fetch workers it started come back stopped, to be joined.

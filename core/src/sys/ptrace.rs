@@ -351,19 +351,21 @@ fn keeps_exit(tid: i32) -> bool {
     tid != 0 && KEEP_EXIT_OF.load(Ordering::Relaxed) == tid
 }
 
-/// The next state change of `tid`, seen without collecting it (waitid
-/// WNOWAIT): its wait status; None without one yet (`block`: false).
-fn peek(tid: i32, block: bool) -> io::Result<Option<i32>> {
+/// waitid on `tid` with `flags` (and __WALL): the wait status of the
+/// state change it reports, None if none (WNOHANG).
+fn wait_id(tid: i32, flags: i32) -> io::Result<Option<i32>> {
     loop {
         // SAFETY: siginfo_t is plain data; waitid writes into it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let flags = libc::WEXITED
-            | libc::WSTOPPED
-            | libc::WNOWAIT
-            | libc::__WALL
-            | if block { 0 } else { libc::WNOHANG };
         // SAFETY: waitid on a specific tid into a local siginfo.
-        let r = unsafe { libc::waitid(libc::P_PID, tid as libc::id_t, &mut info, flags) };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                tid as libc::id_t,
+                &mut info,
+                flags | libc::__WALL,
+            )
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -380,17 +382,30 @@ fn peek(tid: i32, block: bool) -> io::Result<Option<i32>> {
             libc::CLD_EXITED => (status & 0xff) << 8,
             libc::CLD_KILLED => status & 0x7f,
             libc::CLD_DUMPED => (status & 0x7f) | 0x80,
-            // A stop: consumed by the caller's waitpid, which reads it whole.
-            _ => 0x7f,
+            // A stop: the signal and event bits as waitpid gives them.
+            _ => (status << 8) | 0x7f,
         }));
     }
 }
 
-/// For the child whose exit is kept: its exit, seen and left in place.
-fn kept_exit(tid: i32, block: bool) -> Result<Option<(i32, Stop)>, TaskError> {
-    match peek(tid, block).map_err(|err| TaskError::Wait { tid, err })? {
-        Some(status) if !libc::WIFSTOPPED(status) => Ok(Some((status, Stop::Gone))),
-        _ => Ok(None),
+/// For the child whose exit is kept: its next state change, an exit only
+/// seen (WNOWAIT), a stop consumed by a wait that cannot collect an exit
+/// (no WEXITED). None: nothing yet (`block`: false).
+fn wait_keeping_exit(tid: i32, block: bool) -> Result<Option<(i32, Stop)>, TaskError> {
+    let err = |err| TaskError::Wait { tid, err };
+    let nohang = if block { 0 } else { libc::WNOHANG };
+    loop {
+        let seen = wait_id(tid, libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | nohang);
+        let Some(status) = seen.map_err(err)? else {
+            return Ok(None);
+        };
+        if !libc::WIFSTOPPED(status) {
+            return Ok(Some((status, Stop::Gone)));
+        }
+        // The stop seen, unless an exit (SIGKILL) took its place since.
+        if let Some(status) = wait_id(tid, libc::WSTOPPED | libc::WNOHANG).map_err(err)? {
+            return Ok(Some((status, classify(status))));
+        }
     }
 }
 
@@ -399,10 +414,11 @@ const SPIN_FOR: Duration = Duration::from_micros(200);
 
 /// Waits for the next state change of `tid`.
 pub fn wait(tid: i32) -> Result<(i32, Stop), TaskError> {
-    if keeps_exit(tid)
-        && let Some(exit) = kept_exit(tid, true)?
-    {
-        return Ok(exit);
+    if keeps_exit(tid) {
+        return wait_keeping_exit(tid, true)?.ok_or(TaskError::Wait {
+            tid,
+            err: io::Error::other("waitid reported no change"),
+        });
     }
     let mut status = 0;
     // Most stops come within microseconds (an injected syscall): polling
@@ -437,10 +453,15 @@ pub fn wait(tid: i32) -> Result<(i32, Stop), TaskError> {
 /// [`wait`] until `until` at the latest: None if no stop came by then.
 pub fn wait_until(tid: i32, until: Instant) -> Result<Option<(i32, Stop)>, TaskError> {
     loop {
-        if keeps_exit(tid)
-            && let Some(exit) = kept_exit(tid, false)?
-        {
-            return Ok(Some(exit));
+        if keeps_exit(tid) {
+            match wait_keeping_exit(tid, false)? {
+                Some(change) => return Ok(Some(change)),
+                None if Instant::now() >= until => return Ok(None),
+                None => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            }
         }
         let mut status = 0;
         // SAFETY: plain non-blocking waitpid on a specific tid.
