@@ -95,7 +95,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
                 interrupted(pid, &interrupt)
             } else {
                 // The engine's errors name the process at fault.
-                e.context("dump failed; the process was left running")
+                e.context(dump_failed(pid))
             });
         }
     };
@@ -144,7 +144,7 @@ pub fn dump(args: DumpArgs) -> Result<u8> {
             return Err(if interrupt.raised() {
                 interrupted(pid, &interrupt)
             } else {
-                e.context("dump failed; the process was left running")
+                e.context(dump_failed(pid))
             });
         }
     };
@@ -424,6 +424,15 @@ fn wait_restored(restored: &crstream_core::Restored) -> Result<u8> {
             .with_context(|| format!("waiting for the PID namespace's init {init}"))?;
     }
     Ok(code)
+}
+
+/// What a failed dump left: the process runs on, unless it ended meanwhile
+/// (killed by someone else during the dump).
+fn dump_failed(pid: i32) -> &'static str {
+    match crstream_core::process_alive(pid) {
+        true => "dump failed; the process was left running",
+        false => "dump failed; the process ended during the dump",
+    }
 }
 
 /// `restore --lazy`: metadata from a random-access reader, then the process

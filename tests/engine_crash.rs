@@ -375,6 +375,26 @@ fn sigkill_of_the_worker_leaves_memory_below_a_threads_stack_as_it_was() {
     w.kill();
 }
 
+/// The target killed by someone else while a call of the dump runs in it:
+/// the dump ends at once with one line saying so (no stray errors about
+/// the registers it could not give back), and leaves no image.
+#[test]
+fn a_target_killed_during_the_dump_ends_it_with_one_line() {
+    let dir = TestDir::new("crash-target-killed");
+    let paused = dir.path("paused");
+    let img = dir.path("img");
+    let mut w = Workload::spawn("wl_small_stack", dir.path("report"), &[]);
+    w.wait_report(T, |r| field(r, 0, 1) >= 1);
+    let (child, _) = dump_paused_at(w.pid, &img, &paused, "syscall:5");
+    w.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("the process ended during the dump"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert_eq!(leftovers(&dir.0), Vec::<String>::new());
+}
+
 /// SIGKILL of the worker of a live dump while it writes the pages of the
 /// memory snapshot, a child of the target that reports no exit: the
 /// supervisor has the target reap it (it stayed a zombie child of the

@@ -371,7 +371,10 @@ struct PutBack<'a>(&'a RemoteMem);
 
 impl Drop for PutBack<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.0.put_back(self.0.pid) {
+        // A process killed meanwhile has nothing to put back into.
+        if let Err(e) = self.0.put_back(self.0.pid)
+            && crate::proc::alive(self.0.pid)
+        {
             tracing::warn!(
                 pid = self.0.pid,
                 "putting back the memory below its stack: {e}"

@@ -45,6 +45,15 @@ impl TaskError {
     pub(crate) fn ptrace(tid: i32, op: &'static str) -> impl FnOnce(io::Error) -> Self {
         move |err| TaskError::Ptrace { tid, op, err }
     }
+
+    /// The task no longer exists (killed while held, say).
+    pub(crate) fn is_gone(&self) -> bool {
+        match self {
+            TaskError::Ptrace { err, .. } => err.raw_os_error() == Some(libc::ESRCH),
+            TaskError::Gone { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// A /proc file that could not be read or parsed.

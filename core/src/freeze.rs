@@ -262,12 +262,15 @@ impl Frozen {
                     crate::inject::call_again(&mut regs);
                 }
                 adjust_restart(&mut regs, Resume::SameTask);
-                if let Err(e) = ptrace::set_regs(t.tid, &regs) {
+                if let Err(e) = ptrace::set_regs(t.tid, &regs)
+                    && !e.is_gone()
+                {
                     tracing::error!(tid = t.tid, "restoring registers: {e}");
                 }
             }
             if t.touched
                 && let Err(e) = ptrace::set_sigmask(t.tid, t.mask)
+                && !e.is_gone()
             {
                 tracing::error!(tid = t.tid, "restoring the signal mask: {e}");
             }

@@ -99,6 +99,11 @@ pub fn elf_build_id(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> 
     kinds::memory::identity::build_id(path)
 }
 
+/// Whether process `pid` exists and has not ended (a zombie, exiting).
+pub fn process_alive(pid: i32) -> bool {
+    proc::alive(pid)
+}
+
 /// What this machine supports.
 pub fn check() -> Vec<FeatureCheck> {
     check::check()

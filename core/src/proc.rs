@@ -399,6 +399,15 @@ pub fn pid_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether process `pid` exists and has not ended (neither gone, nor a
+/// zombie, nor exiting).
+pub fn alive(pid: i32) -> bool {
+    stat(pid).is_ok_and(|s| {
+        let zombie = matches!(s.state(), 'Z' | 'X') && s.field(20) <= 1;
+        !zombie && s.field(9) & PF_EXITING == 0
+    })
+}
+
 /// The kernel's PF_EXITING task flag (field 9 of /proc/PID/stat): set from
 /// the start of the exit, while the process is still freeing its memory
 /// and files, before it becomes a zombie.
