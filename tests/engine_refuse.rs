@@ -689,6 +689,8 @@ fn a_process_whose_main_thread_has_exited_is_refused() {
     assert!(wait_until(t, || proc_state(w.pid) == Some('Z')));
     let err = refused(w.pid, &[]);
     assert!(err.contains("its main thread has exited"), "{err}");
+    // Its main thread shows Z and exiting, but the process runs on.
+    assert!(err.contains("the process was left running"), "{err}");
     runs_on(w.pid, &w.report);
     w.kill();
 

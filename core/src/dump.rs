@@ -416,6 +416,7 @@ fn read_process(
     // Writable: escape frames are written below the threads' stacks (and
     // put back, see `RemoteMem::journaled`).
     let mem = RemoteMem::open(pid, true)?.journaled();
+    mem.note_stack_pointers(frozen.threads.iter().map(|t| t.regs.rsp));
     let syscall_ip = crate::inject::syscall_site(pid, &mem)?;
     let mut p = DumpProcess {
         pid,

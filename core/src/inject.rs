@@ -87,7 +87,10 @@ impl Remote {
     }
 
     /// Gives a task being dumped its way back (a signal frame below
-    /// `below`), if `gadgets` were found in its process.
+    /// `below`, or on its alternate signal stack: see
+    /// `move_escape_to_altstack`), if `gadgets` were found in its process.
+    /// Every thread of the process is frozen, their stack pointers noted in
+    /// `mem` ([`RemoteMem::note_stack_pointers`]).
     pub(crate) fn with_escape(
         self,
         gadgets: Option<&Gadgets>,
@@ -165,7 +168,13 @@ impl Remote {
         let on_it = (sp..=top).contains(&own.regs.rsp);
         let overlaps = sp < first.end && buf < top;
         let mut taken = mem.altstacks_taken.lock().unwrap();
-        let shared = taken.iter().any(|t| t.start < top && sp < t.end);
+        let shared = taken.iter().any(|t| t.start < top && sp < t.end)
+            || mem
+                .stack_pointers
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| (sp..=top).contains(r));
         if flags & libc::SS_DISABLE != 0 || size == 0 || on_it || overlaps || shared {
             return;
         }
@@ -374,6 +383,9 @@ pub struct RemoteMem {
     /// The alternate signal stacks escape frames were moved to: a stack
     /// two threads share takes one thread's frame only.
     altstacks_taken: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
+    /// The stack pointers of the process's frozen threads: a frame never
+    /// moves to an alternate stack one of them is on (running a handler).
+    stack_pointers: std::sync::Mutex<Vec<u64>>,
 }
 
 /// Bytes at an address, as they were before a write.
@@ -397,6 +409,7 @@ impl RemoteMem {
             file,
             journal: None,
             altstacks_taken: Default::default(),
+            stack_pointers: Default::default(),
         })
     }
 
@@ -419,6 +432,12 @@ impl RemoteMem {
             journal.lock().unwrap().push((addr, was));
         }
         Ok(())
+    }
+
+    /// Notes the stack pointers of every frozen thread of the process (see
+    /// [`Remote::with_escape`]).
+    pub(crate) fn note_stack_pointers(&self, rsps: impl IntoIterator<Item = u64>) {
+        self.stack_pointers.lock().unwrap().extend(rsps);
     }
 
     /// How many writes the journal kept so far; None: no journal.

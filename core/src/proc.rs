@@ -402,16 +402,30 @@ pub fn pid_exists(pid: i32) -> bool {
 /// Whether process `pid` exists and has not ended (neither gone, nor a
 /// zombie, nor exiting).
 pub fn alive(pid: i32) -> bool {
-    stat(pid).is_ok_and(|s| {
-        let zombie = matches!(s.state(), 'Z' | 'X') && s.field(20) <= 1;
-        !zombie && s.field(9) & PF_EXITING == 0
+    pid_exists(pid) && !ending(pid)
+}
+
+/// Whether every thread of `pid` is exiting or a zombie (true if it is
+/// gone). A main thread that ended alone (pthread_exit) shows Z and
+/// PF_EXITING while its other threads run on: that process is not ending.
+pub fn ending(pid: i32) -> bool {
+    let Ok(tids) = tasks(pid) else {
+        return true;
+    };
+    tids.iter().all(|tid| {
+        let path = format!("/proc/{pid}/task/{tid}/stat");
+        read_string(&path)
+            .and_then(|text| parse_stat(&text, &path))
+            .map_or(true, |s| {
+                matches!(s.state(), 'Z' | 'X') || s.field(9) & PF_EXITING != 0
+            })
     })
 }
 
 /// The kernel's PF_EXITING task flag (field 9 of /proc/PID/stat): set from
 /// the start of the exit, while the process is still freeing its memory
 /// and files, before it becomes a zombie.
-pub(crate) const PF_EXITING: u64 = 0x4;
+const PF_EXITING: u64 = 0x4;
 
 /// How long a PID held by an exit is waited for: a killed process frees
 /// its memory first (about 0.15 s per GiB here), and a zombie whose parent
@@ -445,7 +459,7 @@ fn wait_exit(pid: i32, zombies_too: bool) -> bool {
         // A leader that ended alone (pthread_exit) shows Z while its
         // threads run on: that process is alive.
         let zombie = matches!(stat.state(), 'Z' | 'X') && stat.field(20) <= 1;
-        let exiting = !zombie && stat.field(9) & PF_EXITING != 0;
+        let exiting = !zombie && stat.field(9) & PF_EXITING != 0 && ending(pid);
         if !(exiting || zombies_too && zombie) || started.elapsed() > EXIT_WAIT {
             return false;
         }

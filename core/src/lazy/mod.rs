@@ -552,6 +552,7 @@ impl LazySession {
         let mem = crate::inject::RemoteMem::open(pid, true)
             .map_err(|e| err(&e))?
             .journaled();
+        mem.note_stack_pointers(frozen.threads.iter().map(|t| t.regs.rsp));
         let ip = crate::inject::syscall_site(pid, &mem).map_err(|e| err(&e))?;
         let gadgets = crate::escape::Gadgets::find(pid, &mem);
         let leader = &mut frozen.threads[0];

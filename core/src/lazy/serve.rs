@@ -61,9 +61,7 @@ impl LazySession {
     /// for a live one. A leader already a zombie or exiting is waited for: its other
     /// threads may still be tearing its memory down.
     fn exited(&self) -> bool {
-        let ending = crate::proc::stat(self.pid).is_ok_and(|s| {
-            matches!(s.state(), 'Z' | 'X') || s.field(9) & crate::proc::PF_EXITING != 0
-        });
+        let ending = crate::proc::ending(self.pid);
         let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
         let wait = Timespec {
             tv_sec: if ending { 30 } else { 0 },

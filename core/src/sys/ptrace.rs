@@ -402,9 +402,14 @@ fn wait_keeping_exit(tid: i32, block: bool) -> Result<Option<(i32, Stop)>, TaskE
         if !libc::WIFSTOPPED(status) {
             return Ok(Some((status, Stop::Gone)));
         }
-        // The stop seen, unless an exit (SIGKILL) took its place since.
-        if let Some(status) = wait_id(tid, libc::WSTOPPED | libc::WNOHANG).map_err(err)? {
-            return Ok(Some((status, classify(status))));
+        // The stop seen, unless an exit (SIGKILL) took its place since
+        // (seen by the next peek; this wait may then find nothing to wait
+        // for: ECHILD).
+        match wait_id(tid, libc::WSTOPPED | libc::WNOHANG) {
+            Ok(Some(status)) => return Ok(Some((status, classify(status)))),
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {}
+            Err(e) => return Err(err(e)),
         }
     }
 }
