@@ -4,6 +4,7 @@
 //! it stored before the dump; then restored again with --tcp-close (the
 //! first copy had the connection) and asked on a new connection. And
 //! OpenSSH's server with a session whose client reads on across the dump.
+//! unbound, answering DNS from two threads and taking control commands.
 //!
 //! Skipped with a message when the program is not installed, unless
 //! CRSTREAM_TEST_REQUIRE_PROGRAMS is set (as `.ci/test` does).
@@ -963,5 +964,108 @@ fn unix_sockets_keep_the_ids_of_their_peers() {
 fn check_after_restore(dir: &TestDir, script: &str, name: &str, expected: &str) {
     let (mut w, r) = python_across_restore(dir, script, &[dir.path(name)], "[");
     assert!(r.contains(expected), "{r}\n{}", w.log());
+    w.kill();
+}
+
+/// Asks the DNS server on 127.0.0.1:`port` for the A record of `name` over
+/// UDP; the answer's address, if it gave one.
+fn dns_a(port: u16, name: &str) -> Option<[u8; 4]> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let id = (std::process::id() as u16) ^ 0x5a5a;
+    // Header: id, recursion desired, one question.
+    let mut q = vec![(id >> 8) as u8, id as u8, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+    s.send_to(&q, ("127.0.0.1", port)).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf).ok()?;
+    let answers = u16::from_be_bytes([buf[6], buf[7]]);
+    (n >= q.len() + 16 && buf[..2] == q[..2] && answers == 1)
+        .then(|| buf[n - 4..n].try_into().unwrap())
+}
+
+/// unbound, Debian's validating DNS resolver: two threads answering on
+/// one port through SO_REUSEPORT sockets, and a control socket. Restored,
+/// it answers from its zone, `unbound-control` reaches it through its unix
+/// socket, and its statistics count on from where they were.
+#[test]
+fn unbound_answers_and_takes_control_commands_after_restore() {
+    // Root's PATH may lack /usr/sbin.
+    let sbin = |name: &str| {
+        let p = Path::new("/usr/sbin").join(name);
+        match p.exists() {
+            true => p,
+            false => std::path::PathBuf::from(name),
+        }
+    };
+    if !available(sbin("unbound").to_str().unwrap(), &["-V"]) {
+        return;
+    }
+    let dir = TestDir::new("unbound");
+    let port = free_port();
+    let conf = dir.path("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  num-threads: 2\n  \
+             so-reuseport: yes\n  do-daemonize: no\n  use-syslog: no\n  logfile: \"\"\n  \
+             chroot: \"\"\n  username: \"\"\n  directory: \"{d}\"\n  pidfile: \"\"\n  \
+             access-control: 127.0.0.0/8 allow\n  local-zone: \"crstream.test.\" static\n  \
+             local-data: \"a.crstream.test. IN A 10.1.2.3\"\n\
+             remote-control:\n  control-enable: yes\n  control-interface: {d}/control\n  \
+             control-use-cert: no\n",
+            d = dir.0.display()
+        ),
+    )
+    .unwrap();
+    let control = |what: &str| {
+        let o = Command::new(sbin("unbound-control"))
+            .arg("-c")
+            .arg(&conf)
+            .arg(what)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "unbound-control {what}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let queries = || -> u64 {
+        control("stats_noreset")
+            .lines()
+            .find_map(|l| l.strip_prefix("total.num.queries="))
+            .and_then(|v| v.parse().ok())
+            .expect("total.num.queries")
+    };
+    let mut cmd = Command::new(sbin("unbound"));
+    cmd.arg("-d").arg("-c").arg(&conf);
+    let mut w = spawn_isolated(cmd, dir.path("report"));
+    assert!(
+        wait_until(T, || dns_a(port, "a.crstream.test").is_some()),
+        "unbound never answered: {}",
+        w.log()
+    );
+    for _ in 0..3 {
+        assert_eq!(dns_a(port, "a.crstream.test"), Some([10, 1, 2, 3]));
+    }
+    let before = queries();
+    assert!(before >= 4, "{before}");
+    let tids_before = tasks(w.pid);
+    assert_eq!(tids_before.len(), 2, "two threads");
+
+    let img = dir.path("img");
+    dump(w.pid, &img, &[]);
+    w.reap_dumped();
+    let (pid, tids) = restore(&img);
+    w.restored(pid);
+    assert_eq!(tids, tids_before, "the same threads");
+    for _ in 0..4 {
+        assert_eq!(dns_a(port, "a.crstream.test"), Some([10, 1, 2, 3]));
+    }
+    assert!(control("status").contains("is running"));
+    assert_eq!(queries(), before + 4, "its statistics count on");
+    assert_running_untraced(pid);
     w.kill();
 }
