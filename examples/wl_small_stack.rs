@@ -4,9 +4,10 @@
 //! a loop of raw nanosleep calls with its stack pointer 64 bytes above that
 //! data; the main thread checks the data every 100 ms. Whatever a dump
 //! writes below a thread's stack pointer must be put back. Reports "pid
-//! counter STATUS".
+//! counter STATUS". With `leader`, the main thread is the one on the small
+//! stack, and another thread checks.
 //!
-//! Usage: wl_small_stack REPORT
+//! Usage: wl_small_stack REPORT [leader]
 
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ fn main() {
         *b = pattern(i);
     }
     let sp = area.stack.as_ptr() as u64 + 64;
-    std::thread::spawn(move || {
+    let sleep_on_small_stack = move || -> ! {
         // SAFETY: the thread never returns from here: it only makes
         // nanosleep calls, on a stack nothing else uses.
         unsafe {
@@ -65,7 +66,17 @@ fn main() {
                 options(noreturn),
             )
         }
-    });
+    };
+    if std::env::args().nth(2).as_deref() == Some("leader") {
+        std::thread::spawn(move || check(&path));
+        sleep_on_small_stack();
+    }
+    std::thread::spawn(move || sleep_on_small_stack());
+    check(&path)
+}
+
+/// Reports every 100 ms whether the data below the small stack is intact.
+fn check(path: &str) -> ! {
     let pid = std::process::id();
     let mut counter = 0u64;
     loop {
@@ -76,7 +87,7 @@ fn main() {
             None => "OK".to_string(),
             Some(i) => format!("CORRUPT-at-{}-below-the-stack", DATA - i),
         };
-        report(&path, &format!("{pid} {counter} {status}\n"));
+        report(path, &format!("{pid} {counter} {status}\n"));
         std::thread::sleep(Duration::from_millis(100));
     }
 }

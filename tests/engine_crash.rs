@@ -346,19 +346,28 @@ fn sigkill_of_the_worker_during_an_injected_syscall_harms_nothing() {
 }
 
 /// SIGKILL of the worker while the escape frames dump writes for each
-/// thread are in place: they lie on the threads' alternate signal stacks,
-/// where the kernel writes signal frames, not below their stack pointers,
-/// where a runtime like Go keeps other goroutines' stacks (wl_small_stack
-/// checks its data 64 bytes below a thread's). Only a thread's first call
-/// runs with its frame below.
+/// thread, and the buffers of its calls, are in place: they lie on the
+/// threads' alternate signal stacks, where the kernel writes signal frames,
+/// not below their stack pointers, where a runtime like Go keeps other
+/// goroutines' stacks (wl_small_stack checks its data 64 bytes below a
+/// thread's: a second thread's, then the main thread's, whose stack the
+/// buffers would be below). Only a thread's first call runs with its frame
+/// below.
 #[test]
 fn sigkill_of_the_worker_leaves_memory_below_a_threads_stack_as_it_was() {
+    for mode in [&[][..], &["leader"]] {
+        sigkill_of_the_worker_leaves_memory_below_the_small_stack(mode);
+    }
+}
+
+fn sigkill_of_the_worker_leaves_memory_below_the_small_stack(mode: &[&str]) {
     let dir = TestDir::new("crash-small-stack");
     let paused = dir.path("paused");
     let img = dir.path("img");
-    let mut w = Workload::spawn("wl_small_stack", dir.path("report"), &[]);
+    let mut w = Workload::spawn("wl_small_stack", dir.path("report"), mode);
     w.wait_report(T, |r| field(r, 0, 1) >= 3);
-    // The leader's frame is placed first, then the small-stack thread's.
+    // The leader's frame is placed first, then the other thread's, with
+    // calls of the leader's using the buffers between.
     for point in ["escape-placed:2", "escape-placed:1"] {
         let (child, worker) = dump_paused_at(w.pid, &img, &paused, point);
         signal(worker, libc::SIGKILL);
@@ -370,7 +379,10 @@ fn sigkill_of_the_worker_leaves_memory_below_a_threads_stack_as_it_was() {
         assert_eq!(leftovers(&dir.0), Vec::<String>::new(), "{point}");
         let at = field(&w.read_report().unwrap(), 0, 1);
         let r = w.wait_report(T, |r| field(r, 0, 1) > at + 2 || !r.contains(" OK"));
-        assert!(r.contains(" OK"), "SIGKILL of the worker at {point}: {r}");
+        assert!(
+            r.contains(" OK"),
+            "{mode:?}: SIGKILL of the worker at {point}: {r}"
+        );
     }
     w.kill();
 }

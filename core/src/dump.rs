@@ -440,13 +440,24 @@ fn read_process(
     memory.dump(&mut p)?;
 
     // Scratch memory for the calls' buffers: below the leader's stack
-    // pointer and its red zone, where the kernel would put a signal frame
-    // (nothing the process relies on lives there), so nothing is mapped in
-    // it that a failed dump could leave behind.
+    // pointer and its red zone, where the kernel would put a signal frame,
+    // so that nothing is mapped in it that a failed dump could leave
+    // behind (and put back once the process is read).
     let scratch = (p.threads[0].regs.rsp - 128 - SCRATCH_LEN) & !15;
     mem.remember(scratch, SCRATCH_LEN as usize)?;
     let gadgets = Gadgets::find(pid, &mem);
     let leader = p.threads[0].remote(syscall_ip, gadgets.as_ref(), &mem, scratch);
+    // Where the leader's escape frame moved to its alternate signal stack,
+    // the buffers go there too, under it (nothing wrote the first place
+    // yet): then nothing of crstream's stays below a stack pointer, should
+    // the worker be killed.
+    let scratch = match leader.room_under_escape(SCRATCH_LEN) {
+        Some(at) => {
+            mem.remember(at, SCRATCH_LEN as usize)?;
+            at
+        }
+        None => scratch,
+    };
     let injector = Injector {
         leader,
         mem,

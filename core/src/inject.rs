@@ -199,6 +199,19 @@ impl Remote {
         self.altstack
     }
 
+    /// Room for `len` bytes right under the escape frame, if the frame
+    /// moved to the thread's alternate signal stack and they fit there.
+    pub(crate) fn room_under_escape(&self, len: u64) -> Option<u64> {
+        let (e, ss) = (self.escape?, self.altstack?);
+        let word = |i: usize| u64::from_le_bytes(ss[i..i + 8].try_into().expect("8 bytes"));
+        let (sp, size) = (word(0), word(16));
+        if !(sp..sp.saturating_add(size)).contains(&e.rsp) {
+            return None;
+        }
+        let at = e.rsp.checked_sub(len)? & !15;
+        (at >= sp).then_some(at)
+    }
+
     /// Where [`with_escape`](Self::with_escape) put the escape frame, for
     /// the thread's later injectors.
     pub(crate) fn placed_escape(&self) -> PlacedEscape {
