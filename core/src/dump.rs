@@ -432,6 +432,7 @@ fn read_process(
         objects,
         inject: None,
         keyed_areas: false,
+        no_escapes: Vec::new(),
         threads: &mut frozen.threads,
         thread_status: &thread_status,
         records: &mut records,
@@ -446,6 +447,7 @@ fn read_process(
     let scratch = (p.threads[0].regs.rsp - 128 - SCRATCH_LEN) & !15;
     mem.remember(scratch, SCRATCH_LEN as usize)?;
     let gadgets = Gadgets::find(pid, &mem);
+    mem.keep_escapes_out_of(std::mem::take(&mut p.no_escapes));
     let leader = p.threads[0].remote(syscall_ip, gadgets.as_ref(), &mem, scratch);
     // Where the leader's escape frame moved to its alternate signal stack,
     // the buffers go there too, under it (nothing wrote the first place

@@ -37,6 +37,8 @@ pub struct Remote {
     /// Its alternate signal stack (a stack_t), read on the way to placing
     /// the escape frame there.
     altstack: Option<[u8; 24]>,
+    /// The escape frame moved to that stack.
+    escape_moved: bool,
 }
 
 /// A thread's escape frame as placed, and its alternate signal stack.
@@ -44,6 +46,7 @@ pub struct Remote {
 pub(crate) struct PlacedEscape {
     escape: Option<Escape>,
     altstack: Option<[u8; 24]>,
+    moved: bool,
 }
 
 /// A task's own registers (ready to resume on its own) and signal mask.
@@ -64,6 +67,7 @@ impl Remote {
             own: None,
             escape: None,
             altstack: None,
+            escape_moved: false,
         })
     }
 
@@ -83,6 +87,7 @@ impl Remote {
             own: Some(Own { regs: own, mask }),
             escape: None,
             altstack: None,
+            escape_moved: false,
         }
     }
 
@@ -122,6 +127,7 @@ impl Remote {
         if let (Some(g), Some(own)) = (gadgets, self.own) {
             let mark = mem.journal_len();
             self.escape = crate::escape::prepare(self.tid, g, mem, &own.regs, own.mask, below, 0);
+            let may_move = may_move && !mem.escapes_stay.load(std::sync::atomic::Ordering::Relaxed);
             if let (Some(first), Some(mark), true) = (self.escape, mark, may_move) {
                 self.move_escape_to_altstack(g, mem, first.rsp..below, mark);
             }
@@ -168,13 +174,11 @@ impl Remote {
         let on_it = (sp..=top).contains(&own.regs.rsp);
         let overlaps = sp < first.end && buf < top;
         let mut taken = mem.altstacks_taken.lock().unwrap();
-        let shared = taken.iter().any(|t| t.start < top && sp < t.end)
-            || mem
-                .stack_pointers
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|r| (sp..=top).contains(r));
+        let meets = |r: &std::ops::Range<u64>| r.start < top && sp < r.end;
+        let on_a_thread = |rsp: &u64| (sp..=top).contains(rsp);
+        let shared = taken.iter().any(meets)
+            || mem.stack_pointers.lock().unwrap().iter().any(on_a_thread)
+            || mem.no_escapes.lock().unwrap().iter().any(meets);
         if flags & libc::SS_DISABLE != 0 || size == 0 || on_it || overlaps || shared {
             return;
         }
@@ -187,6 +191,7 @@ impl Remote {
         };
         taken.push(sp..top);
         self.escape = Some(moved);
+        self.escape_moved = true;
         // Should this fail, the journal still puts it back at the end.
         if let Err(e) = mem.put_back_between(mark, written) {
             tracing::debug!(tid = self.tid, "putting back below the stack pointer: {e}");
@@ -203,11 +208,10 @@ impl Remote {
     /// moved to the thread's alternate signal stack and they fit there.
     pub(crate) fn room_under_escape(&self, len: u64) -> Option<u64> {
         let (e, ss) = (self.escape?, self.altstack?);
-        let word = |i: usize| u64::from_le_bytes(ss[i..i + 8].try_into().expect("8 bytes"));
-        let (sp, size) = (word(0), word(16));
-        if !(sp..sp.saturating_add(size)).contains(&e.rsp) {
+        if !self.escape_moved {
             return None;
         }
+        let sp = u64::from_le_bytes(ss[..8].try_into().expect("8 bytes"));
         let at = e.rsp.checked_sub(len)? & !15;
         (at >= sp).then_some(at)
     }
@@ -218,12 +222,14 @@ impl Remote {
         PlacedEscape {
             escape: self.escape,
             altstack: self.altstack,
+            moved: self.escape_moved,
         }
     }
 
     /// The escape frame another injector of the same frozen thread placed.
     pub(crate) fn with_placed_escape(mut self, placed: PlacedEscape) -> Self {
-        (self.escape, self.altstack) = (placed.escape, placed.altstack);
+        (self.escape, self.altstack, self.escape_moved) =
+            (placed.escape, placed.altstack, placed.moved);
         self
     }
 
@@ -399,6 +405,10 @@ pub struct RemoteMem {
     /// The stack pointers of the process's frozen threads: a frame never
     /// moves to an alternate stack one of them is on (running a handler).
     stack_pointers: std::sync::Mutex<Vec<u64>>,
+    /// Areas no frame moves to (see [`Self::keep_escapes_out_of`]).
+    no_escapes: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
+    /// No frame moves at all (see [`Self::keep_escapes_in_place`]).
+    escapes_stay: std::sync::atomic::AtomicBool,
 }
 
 /// Bytes at an address, as they were before a write.
@@ -423,6 +433,8 @@ impl RemoteMem {
             journal: None,
             altstacks_taken: Default::default(),
             stack_pointers: Default::default(),
+            no_escapes: Default::default(),
+            escapes_stay: Default::default(),
         })
     }
 
@@ -451,6 +463,18 @@ impl RemoteMem {
     /// [`Remote::with_escape`]).
     pub(crate) fn note_stack_pointers(&self, rsps: impl IntoIterator<Item = u64>) {
         self.stack_pointers.lock().unwrap().extend(rsps);
+    }
+
+    /// Keeps escape frames from moving to alternate stacks in `areas`.
+    pub(crate) fn keep_escapes_out_of(&self, areas: Vec<std::ops::Range<u64>>) {
+        self.no_escapes.lock().unwrap().extend(areas);
+    }
+
+    /// Keeps escape frames where they are first placed (for a single
+    /// call, whose frame is put back right after it).
+    pub(crate) fn keep_escapes_in_place(&self) {
+        self.escapes_stay
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many writes the journal kept so far; None: no journal.

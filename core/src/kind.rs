@@ -137,6 +137,9 @@ pub(crate) struct DumpProcess<'a> {
     pub inject: Option<&'a Injector>,
     /// Some area carries a memory protection key (memory says so).
     pub keyed_areas: bool,
+    /// Areas no escape frame may move to (memory says which; see
+    /// [`RemoteMem::keep_escapes_out_of`](crate::inject::RemoteMem::keep_escapes_out_of)).
+    pub no_escapes: Vec<std::ops::Range<u64>>,
     /// Its threads, leader first.
     pub threads: &'a mut [FrozenThread],
     /// /proc/TID/status of each thread, read once while frozen.
@@ -158,9 +161,10 @@ impl<'a> DumpProcess<'a> {
     /// registers and mask, which it gets back after every call.
     pub(crate) fn thread_remote(&mut self, i: usize) -> Result<Remote, TaskError> {
         let inj = self.injector();
-        // The leader's escape frame goes below the scratch buffer, which
-        // lies on its stack; another thread's below its own stack pointer
-        // and red zone.
+        // First placed (then cached: see `FrozenThread::remote`), the
+        // leader's escape frame goes below the scratch buffer, under its
+        // stack pointer; another thread's below its own stack pointer and
+        // red zone. Either may then move to an alternate signal stack.
         let below = match i {
             0 => inj.scratch,
             _ => self.threads[i].regs.rsp - 128,

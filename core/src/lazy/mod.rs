@@ -552,7 +552,9 @@ impl LazySession {
         let mem = crate::inject::RemoteMem::open(pid, true)
             .map_err(|e| err(&e))?
             .journaled();
-        mem.note_stack_pointers(frozen.threads.iter().map(|t| t.regs.rsp));
+        // One call: its frame stays where it is first placed, and is put
+        // back right after.
+        mem.keep_escapes_in_place();
         let ip = crate::inject::syscall_site(pid, &mem).map_err(|e| err(&e))?;
         let gadgets = crate::escape::Gadgets::find(pid, &mem);
         let leader = &mut frozen.threads[0];

@@ -95,6 +95,16 @@ impl Kind for Memory {
         });
         let smaps = smaps.map_err(|err| DumpError::Proc { pid, err })?;
         p.keyed_areas = smaps.iter().any(|m| m.pkey != 0);
+        // An escape frame (and the calls' buffers) on an alternate stack in
+        // such an area could be denied to the thread by its protection key,
+        // be seen by other processes or the running process while the
+        // snapshot is read (shared), or be missing or zeroed in the
+        // snapshot (MADV_DONTFORK, MADV_WIPEONFORK).
+        p.no_escapes = smaps
+            .iter()
+            .filter(|m| m.shared || m.pkey != 0 || m.has_flag("dc") || m.has_flag("wf"))
+            .map(|m| m.start..m.end)
+            .collect();
         let mut areas = plan(
             pid,
             &smaps,
