@@ -163,12 +163,7 @@ pub(crate) fn wait_interrupt_stop(
 /// filter its own syscalls alone) has them suspended while traced, so that
 /// they do not filter the injected syscalls.
 pub(crate) fn seize_options(pid: i32) -> u64 {
-    let filtered = |tid: i32| {
-        let path = format!("/proc/{pid}/task/{tid}/status");
-        proc::read_string(&path)
-            .and_then(|text| proc::parse_status(&text, &path))
-            .is_ok_and(|s| s.seccomp != 0)
-    };
+    let filtered = |tid: i32| proc::status(tid).is_ok_and(|s| s.seccomp != 0);
     let seccomp = proc::tasks(pid).is_ok_and(|tids| tids.into_iter().any(filtered));
     ptrace::PTRACE_O_TRACESYSGOOD
         | if seccomp {

@@ -97,37 +97,15 @@ impl Remote {
     /// Every thread of the process is frozen, their stack pointers noted in
     /// `mem` ([`RemoteMem::note_stack_pointers`]).
     pub(crate) fn with_escape(
-        self,
-        gadgets: Option<&Gadgets>,
-        mem: &RemoteMem,
-        below: u64,
-    ) -> Self {
-        self.place_escape(gadgets, mem, below, true)
-    }
-
-    /// [`with_escape`](Self::with_escape) in a process whose other threads
-    /// run: the frame stays below `below`, since one of them could be
-    /// taking a signal on an alternate stack this thread shares.
-    pub(crate) fn with_escape_in_place(
-        self,
-        gadgets: Option<&Gadgets>,
-        mem: &RemoteMem,
-        below: u64,
-    ) -> Self {
-        self.place_escape(gadgets, mem, below, false)
-    }
-
-    fn place_escape(
         mut self,
         gadgets: Option<&Gadgets>,
         mem: &RemoteMem,
         below: u64,
-        may_move: bool,
     ) -> Self {
         if let (Some(g), Some(own)) = (gadgets, self.own) {
             let mark = mem.journal_len();
             self.escape = crate::escape::prepare(self.tid, g, mem, &own.regs, own.mask, below, 0);
-            let may_move = may_move && !mem.escapes_stay.load(std::sync::atomic::Ordering::Relaxed);
+            let may_move = !mem.escapes_stay.load(std::sync::atomic::Ordering::Relaxed);
             if let (Some(first), Some(mark), true) = (self.escape, mark, may_move) {
                 self.move_escape_to_altstack(g, mem, first.rsp..below, mark);
             }
@@ -173,13 +151,9 @@ impl Remote {
         let top = sp.saturating_add(size);
         let on_it = (sp..=top).contains(&own.regs.rsp);
         let overlaps = sp < first.end && buf < top;
-        let mut taken = mem.altstacks_taken.lock().unwrap();
-        let meets = |r: &std::ops::Range<u64>| r.start < top && sp < r.end;
-        let on_a_thread = |rsp: &u64| (sp..=top).contains(rsp);
-        let shared = taken.iter().any(meets)
-            || mem.stack_pointers.lock().unwrap().iter().any(on_a_thread)
-            || mem.no_escapes.lock().unwrap().iter().any(meets);
-        if flags & libc::SS_DISABLE != 0 || size == 0 || on_it || overlaps || shared {
+        let mut kept_out = mem.no_escapes.lock().unwrap();
+        let barred = kept_out.iter().any(|r| r.start < top && sp < r.end);
+        if flags & libc::SS_DISABLE != 0 || size == 0 || on_it || overlaps || barred {
             return;
         }
         let Some(written) = mem.journal_len() else {
@@ -189,7 +163,9 @@ impl Remote {
         else {
             return;
         };
-        taken.push(sp..top);
+        // Another thread's frame does not go there too (threads may share
+        // a stack).
+        kept_out.push(sp..top);
         self.escape = Some(moved);
         self.escape_moved = true;
         // Should this fail, the journal still puts it back at the end.
@@ -399,13 +375,10 @@ pub struct RemoteMem {
     ///
     /// [`journaled`]: RemoteMem::journaled
     journal: Option<std::sync::Mutex<Vec<Overwritten>>>,
-    /// The alternate signal stacks escape frames were moved to: a stack
-    /// two threads share takes one thread's frame only.
-    altstacks_taken: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
-    /// The stack pointers of the process's frozen threads: a frame never
-    /// moves to an alternate stack one of them is on (running a handler).
-    stack_pointers: std::sync::Mutex<Vec<u64>>,
-    /// Areas no frame moves to (see [`Self::keep_escapes_out_of`]).
+    /// Where no escape frame moves to: areas unfit for one
+    /// ([`Self::keep_escapes_out_of`]), the frozen threads' stack pointers
+    /// ([`Self::note_stack_pointers`]), and the alternate stacks frames
+    /// moved to already.
     no_escapes: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
     /// No frame moves at all (see [`Self::keep_escapes_in_place`]).
     escapes_stay: std::sync::atomic::AtomicBool,
@@ -431,8 +404,6 @@ impl RemoteMem {
             pid,
             file,
             journal: None,
-            altstacks_taken: Default::default(),
-            stack_pointers: Default::default(),
             no_escapes: Default::default(),
             escapes_stay: Default::default(),
         })
@@ -460,9 +431,14 @@ impl RemoteMem {
     }
 
     /// Notes the stack pointers of every frozen thread of the process (see
-    /// [`Remote::with_escape`]).
+    /// [`Remote::with_escape`]): no frame moves to an alternate stack one
+    /// of them is on (running a handler), its top included.
     pub(crate) fn note_stack_pointers(&self, rsps: impl IntoIterator<Item = u64>) {
-        self.stack_pointers.lock().unwrap().extend(rsps);
+        let at = |rsp: u64| rsp.saturating_sub(1)..rsp.saturating_add(1);
+        self.no_escapes
+            .lock()
+            .unwrap()
+            .extend(rsps.into_iter().map(at));
     }
 
     /// Keeps escape frames from moving to alternate stacks in `areas`.
@@ -470,8 +446,9 @@ impl RemoteMem {
         self.no_escapes.lock().unwrap().extend(areas);
     }
 
-    /// Keeps escape frames where they are first placed (for a single
-    /// call, whose frame is put back right after it).
+    /// Keeps escape frames where they are first placed: for a single call,
+    /// whose frame is put back right after it, or in a process whose other
+    /// threads run.
     pub(crate) fn keep_escapes_in_place(&self) {
         self.escapes_stay
             .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -412,13 +412,11 @@ pub fn ending(pid: i32) -> bool {
     let Ok(tids) = tasks(pid) else {
         return true;
     };
-    tids.iter().all(|tid| {
-        let path = format!("/proc/{pid}/task/{tid}/stat");
-        read_string(&path)
-            .and_then(|text| parse_stat(&text, &path))
-            .map_or(true, |s| {
-                matches!(s.state(), 'Z' | 'X') || s.field(9) & PF_EXITING != 0
-            })
+    // /proc/TID/stat: the thread's own state and flags.
+    tids.into_iter().all(|tid| {
+        stat(tid).map_or(true, |s| {
+            matches!(s.state(), 'Z' | 'X') || s.field(9) & PF_EXITING != 0
+        })
     })
 }
 

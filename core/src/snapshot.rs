@@ -261,8 +261,11 @@ fn reap_in(pid: i32, child: i32) -> Result<(), TaskError> {
         status: 0,
     })?;
     // Writable: an escape frame goes below the thread's stack (and what
-    // it overwrote is put back: see `RemoteMem::journaled`).
+    // it overwrote is put back: see `RemoteMem::journaled`). It stays
+    // there: the process's other threads run, and one of them could be
+    // taking a signal on an alternate stack this thread shares.
     let mem = RemoteMem::open(pid, true)?.journaled();
+    mem.keep_escapes_in_place();
     let syscall_ip = crate::inject::syscall_site(pid, &mem)?;
     let gadgets = Gadgets::find(pid, &mem);
     // As in a dump: seccomp filters, which may filter wait4, suspended.
@@ -314,11 +317,8 @@ fn reap_through(
     // Its own registers and mask come back after the call, and from its
     // escape frame (below its stack pointer and red zone) should crstream
     // die during it.
-    let remote = Remote::for_dump(tid, syscall_ip, regs, mask).with_escape_in_place(
-        gadgets,
-        mem,
-        regs.rsp - 128,
-    );
+    let remote =
+        Remote::for_dump(tid, syscall_ip, regs, mask).with_escape(gadgets, mem, regs.rsp - 128);
     // WNOHANG: the child is dead already (killed and waited for as its
     // tracer), and a call that blocked would hold the thread.
     let flags = (libc::__WALL | libc::WNOHANG) as u64;
